@@ -1,0 +1,1 @@
+"""Post-Training Workbench core: pure Python, never imports streamlit."""

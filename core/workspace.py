@@ -1,0 +1,81 @@
+"""The workspace: every file the user makes lives under $WORKBENCH_HOME (default ~/.workbench).
+
+Layout: datasets/<name>/, runs/<id>/, models/ (converted model cache), reports/.
+Also the two write helpers everything uses so nothing is ever half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def workbench_home() -> Path:
+    home = Path(os.environ.get("WORKBENCH_HOME", "~/.workbench")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def subdir(name: str) -> Path:
+    path = workbench_home() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def datasets_dir() -> Path:
+    return subdir("datasets")
+
+
+def runs_dir() -> Path:
+    return subdir("runs")
+
+
+def models_dir() -> Path:
+    return subdir("models")
+
+
+def reports_dir() -> Path:
+    return subdir("reports")
+
+
+def safe_name(text: str, default: str = "unnamed", max_len: int = 80) -> str:
+    """A name that is safe as one path component: no separators, no dots at the start, bounded."""
+    cleaned = _UNSAFE.sub("-", str(text)).strip("-.")[:max_len].strip("-.")
+    return cleaned or default
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
