@@ -1,0 +1,190 @@
+"""Jobs: the UI writes runs/<id>/spec.yaml and starts `python -m core.runs.worker runs/<id>` in a new
+process session. The worker owns status.json / metrics.jsonl / worker.log; the UI only reads them, so a
+refresh, a second tab or an app restart reattaches to the same run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.runs.metrics import read_all_metrics, read_new_metrics, tail_text
+from core.runs.spec import read_spec_dict, spec_to_dict, spec_to_yaml, write_spec
+from core.runs.status import (
+    LOG_FILE,
+    METRICS_FILE,
+    SPEC_FILE,
+    RunStatus,
+    read_raw_status,
+    read_status,
+    write_status,
+)
+from core.workspace import atomic_write_text, runs_dir, safe_name
+
+__all__ = [
+    "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
+    "read_new_metrics", "read_all_metrics", "log_tail", "run_command", "spec_to_yaml", "read_spec_dict",
+    "METRICS_FILE", "LOG_FILE", "SPEC_FILE",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_children: list[subprocess.Popen] = []  # reaped opportunistically so finished workers leave no zombies
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    path: Path
+    kind: str
+    name: str
+    status: RunStatus
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_dir(kind: str, name: str = "") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{safe_name(kind)}" + (f"-{safe_name(name, max_len=40)}" if name else "")
+    path = runs_dir() / base
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = runs_dir() / f"{base}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def create_run(spec: Any, name: str = "") -> Path:
+    """A run folder with spec.yaml and a `created` status; nothing runs until launch()."""
+    kind = getattr(type(spec), "kind", None) or spec_to_dict(spec).get("kind")
+    if not kind:
+        raise ValueError("a job spec needs a `kind` (train, evaluate, merge, prune, distill)")
+    run_dir = new_run_dir(kind, name or getattr(spec, "name", "") or "")
+    write_spec(run_dir, spec)
+    write_status(run_dir, RunStatus(state="created", kind=kind))
+    return run_dir
+
+
+def create_run_from_dict(data: dict, name: str = "") -> Path:
+    import yaml
+
+    if "kind" not in data:
+        raise ValueError("a job spec needs a `kind`")
+    run_dir = new_run_dir(data["kind"], name or data.get("name", ""))
+    atomic_write_text(run_dir / SPEC_FILE, yaml.safe_dump(data, sort_keys=False))
+    write_status(run_dir, RunStatus(state="created", kind=data["kind"]))
+    return run_dir
+
+
+def _reap() -> None:
+    for child in list(_children):
+        if child.poll() is not None:
+            _children.remove(child)
+
+
+def launch(run_dir: str | Path) -> int:
+    """Start the worker in a new process session (no shell); returns its pid."""
+    run_dir = Path(run_dir).resolve()
+    _reap()
+    current = read_status(run_dir)
+    if current.is_active:
+        raise RuntimeError(f"run {run_dir.name} is already {current.state}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(run_dir / LOG_FILE, "ab") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "core.runs.worker", str(run_dir)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _children.append(child)
+    previous = read_raw_status(run_dir) or RunStatus(kind=read_spec_dict(run_dir)["kind"])
+    previous.state, previous.pid, previous.heartbeat, previous.error = "queued", child.pid, time.time(), ""
+    previous.finished_at = None
+    previous.message = "starting the worker"
+    write_status(run_dir, previous)
+    return child.pid
+
+
+def stop(run_dir: str | Path) -> bool:
+    """SIGTERM to the worker's process group: it finishes the step, saves, and records `stopped`."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status.state == "created":
+        status.state, status.finished_at, status.message = "stopped", time.time(), "stopped before it started"
+        write_status(run_dir, status)
+        return True
+    if not status.is_active or not status.pid:
+        return False
+    try:
+        os.killpg(os.getpgid(status.pid), signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def relaunch(run_dir: str | Path, spec_updates: dict | None = None) -> int:
+    """Resume a stopped / failed run, or continue a finished one with changed fields ("train N more")."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    if spec_updates:
+        data = read_spec_dict(run_dir)
+        data.update(spec_updates)
+        atomic_write_text(run_dir / SPEC_FILE, yaml.safe_dump(data, sort_keys=False))
+    return launch(run_dir)
+
+
+def load_summary(run_dir: Path) -> RunSummary | None:
+    try:
+        spec = read_spec_dict(run_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    return RunSummary(
+        run_id=run_dir.name,
+        path=run_dir,
+        kind=spec.get("kind", ""),
+        name=str(spec.get("name") or run_dir.name),
+        status=read_status(run_dir),
+        spec=spec,
+    )
+
+
+def list_runs(kind: str | None = None, root: Path | None = None) -> list[RunSummary]:
+    _reap()
+    root = root or runs_dir()
+    runs = [s for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") for s in [load_summary(d)] if s]
+    if kind:
+        runs = [r for r in runs if r.kind == kind]
+    return sorted(runs, key=lambda r: r.status.created_at, reverse=True)
+
+
+def log_tail(run_dir: str | Path, max_bytes: int = 6000) -> str:
+    return tail_text(Path(run_dir) / LOG_FILE, max_bytes)
+
+
+def run_command(run_dir: str | Path) -> str:
+    return f"python -m core.runs.worker {Path(run_dir)}"
+
+
+def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> RunStatus:
+    """Block until the run reaches a final state (for scripts and tests)."""
+    deadline = time.time() + timeout
+    while True:
+        _reap()
+        status = read_status(run_dir)
+        if status.is_final:
+            return status
+        if time.time() > deadline:
+            raise TimeoutError(f"run {Path(run_dir).name} still {status.state} after {timeout:.0f} s")
+        time.sleep(poll)

@@ -1,0 +1,54 @@
+"""Turn an exception from a job into one sentence a user can act on."""
+from __future__ import annotations
+
+import traceback
+
+from core.runs.jobs import JobError
+
+OOM_ADVICE = (
+    "lower the batch size (raise gradient accumulation to keep the effective batch), lower max_length, "
+    "turn on gradient checkpointing, or switch to QLoRA"
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "defaultcpuallocator" in text
+
+
+def _memory_facts() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info(0)
+            peak = torch.cuda.max_memory_allocated(0)
+            return f"the GPU has {total / 1e9:.1f} GB ({free / 1e9:.1f} GB free now; this job peaked at {peak / 1e9:.1f} GB)"
+    except Exception:  # noqa: BLE001 - the facts are a courtesy, never a second failure
+        pass
+    from core.hardware import _system_ram_gb
+
+    total, free = _system_ram_gb()
+    return f"the machine has {total:.1f} GB of RAM ({free:.1f} GB free now)" if total else "memory size unknown"
+
+
+def explain_failure(exc: BaseException) -> str:
+    if isinstance(exc, JobError):
+        return str(exc)
+    if is_out_of_memory(exc):
+        return f"Out of memory: {_memory_facts()}. To fit, {OOM_ADVICE}."
+    first_line = (str(exc).strip().splitlines() or [""])[0][:400]
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

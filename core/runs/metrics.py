@@ -1,0 +1,54 @@
+"""metrics.jsonl: append-only, one JSON object per logged step. Readers tail it by byte offset."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def append_metrics(path: str | Path, row: dict[str, Any]) -> None:
+    line = json.dumps({"time": round(time.time(), 3), **row}, default=float) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+
+
+def read_new_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Rows appended since `offset`, and the new offset. A half-written last line is left for next time."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    rows = []
+    for line in chunk[: end + 1].splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows, offset + end + 1
+
+
+def read_all_metrics(path: str | Path) -> list[dict]:
+    return read_new_metrics(path, 0)[0]
+
+
+def tail_text(path: str | Path, max_bytes: int = 8000) -> str:
+    """The last bytes of a log, starting at a line boundary."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > max_bytes and "\n" in text:
+        text = text.split("\n", 1)[1]
+    return text

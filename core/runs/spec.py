@@ -1,0 +1,149 @@
+"""Job specs: a dataclass whose fields carry help text and limits is the YAML file, the CLI and the form.
+
+Each job kind (train, evaluate, merge, ...) defines its own dataclass; this module gives them one way to
+round-trip to `spec.yaml`, to validate unknown keys with a message naming the key, and to describe their
+fields for a generated form.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+from core.runs.status import SPEC_FILE
+from core.workspace import atomic_write_text
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    type: str  # "int" | "float" | "bool" | "str" | "list" | "dict"
+    default: Any
+    help: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    group: str = "general"
+    advanced: bool = False
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return _type_name(args[0]) if args else "str"
+    if origin is typing.Literal:
+        return _type_name(type(get_args(annotation)[0]))
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return "list"
+    if origin is dict or annotation is dict:
+        return "dict"
+    return {int: "int", float: "float", bool: "bool", str: "str"}.get(annotation, "str")
+
+
+def spec_fields(cls: type) -> list[FieldInfo]:
+    hints = typing.get_type_hints(cls)
+    infos = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        meta = f.metadata or {}
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        choices = meta.get("choices")
+        if choices is None and get_origin(hints[f.name]) is typing.Literal:
+            choices = get_args(hints[f.name])
+        infos.append(
+            FieldInfo(
+                name=f.name,
+                type=_type_name(hints[f.name]),
+                default=default,
+                help=meta.get("help", ""),
+                choices=tuple(choices) if choices else None,
+                min=meta.get("min"),
+                max=meta.get("max"),
+                group=meta.get("group", "general"),
+                advanced=meta.get("advanced", False),
+            )
+        )
+    return infos
+
+
+def check_limits(spec: Any) -> None:
+    """Validate choices and numeric limits declared in field metadata; raise ValueError naming the field."""
+    for info in spec_fields(type(spec)):
+        value = getattr(spec, info.name)
+        if info.choices and value not in info.choices:
+            raise ValueError(f"{info.name}: {value!r} is not one of {', '.join(map(str, info.choices))}")
+        if info.type in ("int", "float") and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{info.name}: expected a number, got {value!r}")
+            if info.min is not None and value < info.min:
+                raise ValueError(f"{info.name}: {value} is below the minimum {info.min}")
+            if info.max is not None and value > info.max:
+                raise ValueError(f"{info.name}: {value} is above the maximum {info.max}")
+
+
+def spec_to_dict(spec: Any) -> dict:
+    data = dataclasses.asdict(spec)
+    kind = getattr(type(spec), "kind", None)
+    return {"kind": kind, **data} if kind else data
+
+
+def spec_from_dict(cls: type, data: dict) -> Any:
+    data = {k: v for k, v in dict(data or {}).items() if k != "kind"}
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) in {cls.__name__}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    hints = typing.get_type_hints(cls)
+    coerced = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
+    return cls(**coerced)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """YAML and form widgets give '1e-4' strings and ints where floats belong: convert, or say which field."""
+    kind = _type_name(annotation)
+    if value is None:
+        return None
+    try:
+        if kind == "float" and not isinstance(value, bool):
+            return float(value)
+        if kind == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "bool" and isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "list" and isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if kind == "list" and isinstance(value, tuple):
+            return list(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {kind}, got {value!r}") from None
+    return value
+
+
+def spec_to_yaml(spec: Any) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, allow_unicode=True)
+
+
+def write_spec(run_dir: str | Path, spec: Any) -> Path:
+    return atomic_write_text(Path(run_dir) / SPEC_FILE, spec_to_yaml(spec))
+
+
+def read_spec_dict(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / SPEC_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: is this a run folder?") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ValueError(f"{path} must be a mapping with a 'kind' field (train, evaluate, merge, prune, distill)")
+    return data

@@ -1,0 +1,172 @@
+"""The job worker: `python -m core.runs.worker <run_dir>`.
+
+Started by the UI in a new process session (or by hand from a terminal, headless). Reads spec.yaml,
+waits for the exclusive lock as `queued`, runs the job as `running`, and records the end in
+status.json: succeeded / stopped / failed (with one human sentence; the traceback goes to worker.log).
+SIGTERM asks the job to finish its step and save; a second SIGTERM interrupts it.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from core.runs.errors import explain_failure, format_traceback
+from core.runs.jobs import EXCLUSIVE_KINDS, JobContext, JobError, JobStopped, resolve_job
+from core.runs.spec import read_spec_dict
+from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, write_status
+
+LOCK_NAME = ".exclusive-job.lock"
+log = logging.getLogger("workbench.worker")
+
+
+class Worker:
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.spec = read_spec_dict(run_dir)
+        previous = read_raw_status(run_dir)
+        self.status = RunStatus(
+            state="queued",
+            kind=self.spec["kind"],
+            pid=os.getpid(),
+            created_at=previous.created_at if previous else time.time(),
+            heartbeat=time.time(),
+            attempts=(previous.attempts if previous else 0) + 1,
+            message="waiting for the exclusive job lock",
+        )
+        self._lock = threading.RLock()  # re-entrant: the SIGTERM handler updates status from the main thread
+        self._stop_requests = 0
+        self._done = threading.Event()
+        self._lock_handle = None
+
+    # ---------------------------------------------------------------- status
+    def update(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.status, key, value)
+            self.status.heartbeat = time.time()
+            write_status(self.run_dir, self.status)
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self.update()
+
+    # ---------------------------------------------------------------- signals
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            log.info("stop requested (SIGTERM): finishing the current step, then saving")
+            if self.status.state in ("running", "queued"):
+                self.update(state="stopping", message="stopping after the current step")
+        else:
+            raise JobStopped("stopped at once on a second stop request")
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requests > 0
+
+    # ---------------------------------------------------------------- lock
+    def _wait_for_lock(self) -> bool:
+        """Take the workspace-wide lock for heavy jobs; stay `queued` meanwhile. False if stopped while waiting."""
+        if self.spec["kind"] not in EXCLUSIVE_KINDS:
+            return True
+        path = self.run_dir.parent / LOCK_NAME
+        self._lock_handle = open(path, "a+")
+        while True:
+            try:
+                fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if self.stop_requested:
+                    return False
+                time.sleep(0.5)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        write_status(self.run_dir, self.status)
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        try:
+            if not self._wait_for_lock():
+                self.update(state="stopped", message="stopped while queued", finished_at=time.time(), exit_code=0)
+                return 0
+            self.update(state="stopping" if self.stop_requested else "running", started_at=time.time(), message="started", error="")
+            log.info("running %s job in %s (attempt %d)", self.spec["kind"], self.run_dir, self.status.attempts)
+            job = resolve_job(self.spec["kind"])
+            ctx = JobContext(
+                run_dir=self.run_dir,
+                spec=self.spec,
+                log=logging.getLogger(f"workbench.{self.spec['kind']}"),
+                set_progress=lambda fraction, message: self.update(progress=fraction, message=message),
+                _stop=lambda: self.stop_requested,
+            )
+            result = job(ctx) or {}
+            final = "stopped" if self.stop_requested else "succeeded"
+            self.update(state=final, result=result, finished_at=time.time(), exit_code=0,
+                        progress=1.0 if final == "succeeded" else self.status.progress,
+                        message="stopped by the user" if final == "stopped" else "done")
+            log.info("%s", final)
+            return 0
+        except JobStopped:
+            self.update(state="stopped", finished_at=time.time(), exit_code=0, message="stopped by the user (interrupted)")
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - every failure must end in status.json
+            log.error("job failed:\n%s", format_traceback(exc))
+            self.update(state="failed", error=explain_failure(exc), finished_at=time.time(), exit_code=1, message="failed")
+            return 1
+        finally:
+            self._done.set()
+
+
+def _redirect_output(run_dir: Path) -> None:
+    """Everything the job prints lands in worker.log; from a terminal it is also shown there."""
+    log_file = open(run_dir / LOG_FILE, "ab", buffering=0)
+    if not sys.stderr.isatty():
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        return
+    terminal = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+
+    def tee() -> None:
+        while chunk := os.read(read_end, 65536):
+            log_file.write(chunk)
+            os.write(terminal, chunk)
+
+    threading.Thread(target=tee, name="log-tee", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one workbench job (train / evaluate / merge / prune / distill) headless.")
+    parser.add_argument("run_dir", type=Path, help="run folder containing spec.yaml")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if not (run_dir / "spec.yaml").is_file():
+        print(f"error: {run_dir / 'spec.yaml'} not found", file=sys.stderr)
+        return 2
+    _redirect_output(run_dir)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        worker = Worker(run_dir)
+    except (ValueError, FileNotFoundError, JobError) as exc:
+        log.error("%s", exc)
+        write_status(run_dir, RunStatus(state="failed", error=str(exc), pid=os.getpid(), finished_at=time.time(), exit_code=2))
+        return 2
+    code = worker.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

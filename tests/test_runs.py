@@ -1,0 +1,146 @@
+"""The job protocol: status transitions, metrics, stop, resume, dead workers, queueing, failures."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import yaml
+
+from core import runs
+from core.runs.metrics import append_metrics, read_new_metrics
+from core.runs.status import RunStatus, read_status, write_status
+
+
+def _selftest(workspace, **fields):
+    return runs.create_run_from_dict({"kind": "selftest", **fields}, name="probe")
+
+
+def _wait_state(run_dir, states, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = read_status(run_dir)
+        if status.state in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"never reached {states}: {read_status(run_dir)}")
+
+
+def test_success_writes_status_metrics_and_log(workspace):
+    run_dir = _selftest(workspace, steps=5, step_seconds=0.01)
+    assert read_status(run_dir).state == "created"
+    runs.launch(run_dir)
+    final = runs.wait(run_dir, timeout=60)
+    assert final.state == "succeeded", final.error
+    assert final.exit_code == 0 and final.progress == 1.0
+    assert final.result == {"steps_done": 5, "resumed_from": 0}
+    rows = runs.read_all_metrics(run_dir / runs.METRICS_FILE)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert "running selftest job" in runs.log_tail(run_dir)
+
+
+def test_stop_then_resume_continues_from_saved_step(workspace):
+    run_dir = _selftest(workspace, steps=400, step_seconds=0.02)
+    runs.launch(run_dir)
+    _wait_state(run_dir, {"running"})
+    time.sleep(0.5)
+    assert runs.stop(run_dir)
+    stopped = runs.wait(run_dir, timeout=30)
+    assert stopped.state == "stopped"
+    done = stopped.result["steps_done"]
+    assert 0 < done < 400
+    runs.relaunch(run_dir, {"steps": done + 5})
+    final = runs.wait(run_dir, timeout=60)
+    assert final.state == "succeeded"
+    assert final.result == {"steps_done": done + 5, "resumed_from": done}
+    assert final.attempts == 2
+    steps = [r["step"] for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE)]
+    assert steps == list(range(1, done + 6))
+
+
+@pytest.mark.parametrize("fail_with, expected", [("error", "ValueError: injected failure at step 3"), ("oom", "Out of memory")])
+def test_failures_end_as_failed_with_message(workspace, fail_with, expected):
+    run_dir = _selftest(workspace, steps=10, step_seconds=0.01, fail_at=3, fail_with=fail_with)
+    runs.launch(run_dir)
+    final = runs.wait(run_dir, timeout=60)
+    assert final.state == "failed"
+    assert expected in final.error
+    assert "Traceback" in runs.log_tail(run_dir)
+    if fail_with == "oom":
+        assert "gradient checkpointing" in final.error and "QLoRA" in final.error
+
+
+def test_killed_worker_is_detected(workspace):
+    run_dir = _selftest(workspace, steps=1000, step_seconds=0.05)
+    pid = runs.launch(run_dir)
+    _wait_state(run_dir, {"running"})
+    os.kill(pid, signal.SIGKILL)
+    status = _wait_state(run_dir, {"failed"}, timeout=15)
+    assert "ended without recording a result" in status.error
+
+
+def test_stale_heartbeat_is_failed(workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_status(run_dir, RunStatus(state="running", kind="train", pid=os.getpid(), heartbeat=time.time() - 120))
+    status = read_status(run_dir)
+    assert status.state == "failed" and "heartbeats" in status.error
+
+
+def test_second_job_waits_queued(workspace):
+    first = _selftest(workspace, steps=60, step_seconds=0.05)
+    second = _selftest(workspace, steps=2, step_seconds=0.01)
+    runs.launch(first)
+    _wait_state(first, {"running"})
+    runs.launch(second)
+    time.sleep(1.0)
+    assert read_status(second).state == "queued"
+    assert read_status(first).state == "running"
+    assert runs.wait(first, 60).state == "succeeded"
+    assert runs.wait(second, 60).state == "succeeded"
+
+
+def test_stop_while_queued(workspace):
+    first = _selftest(workspace, steps=60, step_seconds=0.05)
+    second = _selftest(workspace, steps=2)
+    runs.launch(first)
+    _wait_state(first, {"running"})
+    runs.launch(second)
+    _wait_state(second, {"queued"})
+    time.sleep(0.5)
+    runs.stop(second)
+    assert runs.wait(second, 30).state == "stopped"
+    runs.stop(first)
+    assert runs.wait(first, 30).state == "stopped"
+
+
+def test_unknown_kind_fails_cleanly(workspace):
+    run_dir = runs.create_run_from_dict({"kind": "bogus"})
+    runs.launch(run_dir)
+    final = runs.wait(run_dir, 30)
+    assert final.state == "failed" and "unknown job kind" in final.error
+
+
+def test_list_runs_and_command(workspace):
+    a = _selftest(workspace, steps=1)
+    runs.create_run_from_dict({"kind": "evaluate"}, name="other")
+    assert {r.kind for r in runs.list_runs()} == {"selftest", "evaluate"}
+    assert [r.path for r in runs.list_runs("selftest")] == [a]
+    assert runs.run_command(a).startswith("python -m core.runs.worker")
+    assert yaml.safe_load((a / "spec.yaml").read_text())["kind"] == "selftest"
+
+
+def test_metrics_tail_reads_only_complete_new_lines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    append_metrics(path, {"step": 1})
+    rows, offset = read_new_metrics(path, 0)
+    assert [r["step"] for r in rows] == [1]
+    with open(path, "a") as handle:
+        handle.write('{"step": 2}\n{"step": 3')  # a half-written line
+    rows, offset2 = read_new_metrics(path, offset)
+    assert [r["step"] for r in rows] == [2]
+    with open(path, "a") as handle:
+        handle.write("}\n")
+    rows, _ = read_new_metrics(path, offset2)
+    assert [r["step"] for r in rows] == [3]
