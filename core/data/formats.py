@@ -1,0 +1,639 @@
+"""Load a dataset from a file, folder or Hub id and normalise every row to one conversational form.
+
+Sources: JSONL (streamed line by line), JSON (an array of objects, or columns: an object of equal-length
+lists), CSV, Parquet (read in record batches), a folder written by `datasets.save_to_disk`, a workspace
+dataset folder (`datasets/<name>/data.jsonl`), or a Hugging Face Hub id with a split.
+
+Formats detected (or forced with `fmt=`):
+
+- ``messages``           OpenAI style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]}``
+- ``sharegpt``           ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
+- ``alpaca``             ``{"instruction": ..., "input": ..., "output": ...}`` (input optional)
+- ``prompt_completion``  ``{"prompt": ..., "completion": ...}``
+- ``text``               ``{"text": ...}`` plain text for language-model training
+
+Normalised rows: conversations become ``{"messages": [{"role": ..., "content": ...}, ...]}``.
+Plain text stays ``{"text": ...}``: wrapping it in an assistant turn would train the chat template's
+tokens around text that is never used as a chat, so text rows are trained on every token, untemplated
+(see `core.data.masking.encode_text`).
+
+A ``mapping`` names the columns for the canonical fields when the data uses other names or detection is
+ambiguous, e.g. ``{"prompt": "question", "completion": "answer"}``; when ``fmt`` is not given the format
+follows from the mapped fields. Canonical fields: messages, conversations, instruction, input, output,
+prompt, completion, text, system.
+
+Every row is validated. A row with a problem is not kept, but it is counted under its (first) error kind
+in the `ValidationReport`, with the first few examples (row index, field, message).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from core.workspace import datasets_dir
+
+FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES: dict[str, str] = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+}
+ERROR_KINDS: tuple[str, ...] = (
+    "bad_json",
+    "not_an_object",
+    "missing_field",
+    "not_a_string",
+    "bad_messages",
+    "unknown_role",
+    "empty_content",
+    "no_assistant_turn",
+    "turn_order",
+)
+FIELD_NAMES: tuple[str, ...] = (
+    "messages", "conversations", "instruction", "input", "output", "prompt", "completion", "text", "system",
+)
+FILE_SUFFIXES: dict[str, str] = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+}
+DEMO_SPLITS: tuple[str, ...] = ("train", "eval")
+EXAMPLES_PER_KIND = 5
+DETECT_ROWS = 50
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class DatasetLoadError(RuntimeError):
+    """The dataset as a whole could not be read; the message names the file / id and why."""
+
+
+class RowInvalid(ValueError):
+    """One row is invalid: `kind` is one of ERROR_KINDS, `field` names the offending field."""
+
+    def __init__(self, kind: str, field: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int  # 0-based index of the row in the source (line N of a JSONL file is row N-1)
+    kind: str
+    field: str
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"row": self.row, "kind": self.kind, "field": self.field, "message": self.message}
+
+
+@dataclass
+class ValidationReport:
+    n_read: int = 0
+    n_valid: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # error kind -> rows rejected for it
+    examples: dict[str, list[RowError]] = field(default_factory=dict)  # error kind -> first rows
+
+    @property
+    def n_invalid(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.n_invalid == 0
+
+    def add_valid(self) -> None:
+        self.n_read += 1
+        self.n_valid += 1
+
+    def add_error(self, row: int, kind: str, field: str, message: str) -> None:
+        self.n_read += 1
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < EXAMPLES_PER_KIND:
+            shown.append(RowError(row, kind, field, message))
+
+    def first_errors(self) -> list[RowError]:
+        return sorted((e for errs in self.examples.values() for e in errs), key=lambda e: e.row)
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.n_valid} rows, all valid"
+        kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(self.counts.items()))
+        return f"{self.n_valid} of {self.n_read} rows valid; rejected: {kinds}"
+
+    def as_dict(self) -> dict:
+        return {
+            "n_read": self.n_read,
+            "n_valid": self.n_valid,
+            "n_invalid": self.n_invalid,
+            "counts": dict(self.counts),
+            "examples": {k: [e.as_dict() for e in v] for k, v in self.examples.items()},
+        }
+
+
+@dataclass
+class LoadedDataset:
+    rows: list[dict]
+    report: ValidationReport
+    detected_format: str
+    source: str
+    source_hash: str
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# ---------------------------------------------------------------- detection
+
+
+def detect_format(raw: dict, mapping: dict | None = None) -> str | None:
+    """The format one raw row looks like, or None. Order decides ties: messages > sharegpt > alpaca > ..."""
+    if not isinstance(raw, dict):
+        return None
+    cols = _columns(mapping)
+    for key in ("messages", "conversations"):
+        value = raw.get(cols[key])
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            value = _parse_json_list(value)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            first = value[0]
+            if "from" in first or "value" in first:
+                return "sharegpt"
+            return "messages"
+        if isinstance(value, list) and cols[key] in raw:
+            return "messages" if key == "messages" else "sharegpt"
+    if cols["instruction"] in raw and cols["output"] in raw:
+        return "alpaca"
+    if cols["prompt"] in raw and cols["completion"] in raw:
+        return "prompt_completion"
+    if cols["text"] in raw:
+        return "text"
+    return None
+
+
+def format_from_mapping(mapping: dict | None) -> str | None:
+    """When a mapping names the fields of exactly one format, that format."""
+    keys = set(mapping or {})
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if keys & {"instruction", "output"}:
+        return "alpaca"
+    if keys & {"prompt", "completion"}:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def detect_dataset_format(raws: Iterable[dict], mapping: dict | None = None) -> str:
+    """Majority format over the first rows; raises DatasetLoadError naming the columns when none fits."""
+    votes: dict[str, int] = {}
+    seen_keys: set[str] = set()
+    for raw in raws:
+        if isinstance(raw, dict):
+            seen_keys.update(map(str, raw))
+        fmt = detect_format(raw, mapping)
+        if fmt:
+            votes[fmt] = votes.get(fmt, 0) + 1
+    if not votes:
+        cols = ", ".join(sorted(seen_keys)[:20]) or "none"
+        raise DatasetLoadError(
+            f"could not detect the dataset format from columns [{cols}]; expected one of {', '.join(FORMATS)} "
+            "or a column mapping such as {'prompt': 'question', 'completion': 'answer'}"
+        )
+    return max(votes, key=lambda f: (votes[f], -FORMATS.index(f)))
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def normalise_row(raw: Any, fmt: str, mapping: dict | None = None) -> dict:
+    """One raw row to ``{"messages": [...]}`` (or ``{"text": ...}``); raises RowInvalid when it is not valid."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown dataset format {fmt!r}; expected one of {FORMATS}")
+    if not isinstance(raw, dict):
+        raise RowInvalid("not_an_object", "", f"row is a {type(raw).__name__}, expected a JSON object")
+    cols = _columns(mapping)
+    if fmt == "text":
+        return {"text": _required_text(raw, cols["text"], strip_check=True)}
+    if fmt == "messages":
+        messages = _messages_from_openai(raw, cols["messages"] if cols["messages"] in raw else cols["conversations"])
+    elif fmt == "sharegpt":
+        messages = _messages_from_sharegpt(raw, cols["conversations"] if cols["conversations"] in raw else cols["messages"])
+    elif fmt == "alpaca":
+        instruction = _required_text(raw, cols["instruction"], strip_check=True)
+        extra = _optional_text(raw, cols["input"])
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": _required_text(raw, cols["output"], strip_check=True)}]
+    else:
+        messages = _messages_from_prompt_completion(raw, cols["prompt"], cols["completion"])
+    system = _optional_text(raw, cols["system"]) if fmt in ("alpaca", "prompt_completion") else ""
+    if system.strip() and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    check_conversation(messages)
+    return {"messages": messages}
+
+
+def check_conversation(messages: list[dict]) -> None:
+    """Roles known, contents non-empty, at least one assistant turn, and turns in a trainable order."""
+    for i, message in enumerate(messages):
+        if message["role"] not in ROLES:
+            raise RowInvalid("unknown_role", f"messages[{i}].role", f"unknown role {message['role']!r} in message {i}; expected one of {', '.join(ROLES)}")
+        if not message["content"].strip():
+            raise RowInvalid("empty_content", f"messages[{i}].content", f"message {i} ({message['role']}) has empty content")
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise RowInvalid("no_assistant_turn", "messages", "conversation has no assistant turn, so nothing would be trained")
+    allowed_before = {"user": {None, "system", "assistant", "tool"}, "assistant": {"user", "tool"}, "tool": {"assistant", "tool"}}
+    previous = None
+    for i, role in enumerate(roles):
+        if role == "system":
+            if i != 0:
+                raise RowInvalid("turn_order", f"messages[{i}].role", f"system message at position {i}; only the first message may be a system message")
+        elif previous not in allowed_before[role]:
+            after = f"after a {previous} turn" if previous else "as the first turn"
+            raise RowInvalid("turn_order", f"messages[{i}].role", f"{role} turn at position {i} {after}")
+        previous = role
+    if roles[-1] != "assistant":
+        raise RowInvalid("turn_order", f"messages[{len(roles) - 1}].role", f"conversation ends with a {roles[-1]} turn that is never answered")
+
+
+def _columns(mapping: dict | None) -> dict[str, str]:
+    cols = {name: name for name in FIELD_NAMES}
+    for key, column in (mapping or {}).items():
+        if key not in cols:
+            raise ValueError(f"unknown mapping field {key!r}; expected one of {', '.join(FIELD_NAMES)}")
+        cols[key] = str(column)
+    return cols
+
+
+def _required_text(raw: dict, name: str, *, strip_check: bool = False) -> str:
+    if name not in raw or raw[name] is None:
+        raise RowInvalid("missing_field", name, f"missing field {name!r}")
+    value = raw[name]
+    if not isinstance(value, str):
+        raise RowInvalid("not_a_string", name, f"field {name!r} is a {type(value).__name__}, expected a string")
+    if strip_check and not value.strip():
+        raise RowInvalid("empty_content", name, f"field {name!r} is empty")
+    return value
+
+
+def _optional_text(raw: dict, name: str) -> str:
+    value = raw.get(name)
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN from a CSV / parquet column
+        return ""
+    if not isinstance(value, str):
+        raise RowInvalid("not_a_string", name, f"field {name!r} is a {type(value).__name__}, expected a string")
+    return value
+
+
+def _parse_json_list(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _message_list(raw: dict, name: str) -> list:
+    if name not in raw or raw[name] is None:
+        raise RowInvalid("missing_field", name, f"missing field {name!r}")
+    value = raw[name]
+    if isinstance(value, str):  # CSV cells hold conversations as JSON text
+        value = _parse_json_list(value)
+    if hasattr(value, "tolist"):  # numpy arrays from parquet via pandas
+        value = value.tolist()
+    if not isinstance(value, list):
+        raise RowInvalid("bad_messages", name, f"field {name!r} is a {type(value).__name__}, expected a list of messages")
+    if not value:
+        raise RowInvalid("bad_messages", name, f"field {name!r} is an empty list")
+    return value
+
+
+def _content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)  # OpenAI content parts, text only
+    if content is None:
+        raise RowInvalid("missing_field", where, f"{where} is missing")
+    raise RowInvalid("not_a_string", where, f"{where} is a {type(content).__name__}, expected a string")
+
+
+def _messages_from_openai(raw: dict, name: str) -> list[dict]:
+    messages = []
+    for i, message in enumerate(_message_list(raw, name)):
+        if not isinstance(message, dict):
+            raise RowInvalid("bad_messages", f"{name}[{i}]", f"{name}[{i}] is a {type(message).__name__}, expected an object with role and content")
+        if "role" not in message:
+            raise RowInvalid("missing_field", f"{name}[{i}].role", f"{name}[{i}] has no 'role'")
+        role = message["role"]
+        if not isinstance(role, str):
+            raise RowInvalid("not_a_string", f"{name}[{i}].role", f"{name}[{i}].role is a {type(role).__name__}, expected a string")
+        if message.get("tool_calls") and not message.get("content"):
+            raise RowInvalid("empty_content", f"{name}[{i}].content", f"{name}[{i}] carries tool_calls without text content; tool-call rows are not supported")
+        messages.append({"role": role, "content": _content_text(message.get("content"), f"{name}[{i}].content")})
+    return messages
+
+
+def _messages_from_sharegpt(raw: dict, name: str) -> list[dict]:
+    messages = []
+    for i, turn in enumerate(_message_list(raw, name)):
+        if not isinstance(turn, dict):
+            raise RowInvalid("bad_messages", f"{name}[{i}]", f"{name}[{i}] is a {type(turn).__name__}, expected an object with from and value")
+        if "from" not in turn:
+            raise RowInvalid("missing_field", f"{name}[{i}].from", f"{name}[{i}] has no 'from'")
+        speaker = turn["from"]
+        if not isinstance(speaker, str):
+            raise RowInvalid("not_a_string", f"{name}[{i}].from", f"{name}[{i}].from is a {type(speaker).__name__}, expected a string")
+        role = SHAREGPT_ROLES.get(speaker.lower())
+        if role is None:
+            raise RowInvalid("unknown_role", f"{name}[{i}].from", f"unknown speaker {speaker!r} in turn {i}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
+        messages.append({"role": role, "content": _content_text(turn.get("value"), f"{name}[{i}].value")})
+    return messages
+
+
+def _messages_from_prompt_completion(raw: dict, prompt_col: str, completion_col: str) -> list[dict]:
+    prompt, completion = raw.get(prompt_col), raw.get(completion_col)
+    if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational prompt/completion
+        return _messages_from_openai({"p": prompt}, "p") + _messages_from_openai({"c": completion}, "c")
+    prompt = _required_text(raw, prompt_col, strip_check=True)
+    completion = _required_text(raw, completion_col, strip_check=True)
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+# ---------------------------------------------------------------- reading sources
+
+
+def load_dataset_file(
+    path_or_id: str | Path,
+    *,
+    fmt: str | None = None,
+    mapping: dict | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+) -> LoadedDataset:
+    """Read, detect, normalise and validate. Raises DatasetLoadError when the source itself is unusable."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    _columns(mapping)  # validate the mapping keys up front
+    fmt = fmt or format_from_mapping(mapping)
+    source, records, hasher = _open_source(path_or_id, split)
+    report = ValidationReport()
+    rows: list[dict] = []
+    head: list[tuple[int, Any]] = []
+    for index, record in records:
+        if limit is not None and report.n_read + len(head) >= limit:
+            break
+        if fmt is None:  # buffer the first rows until the format is known
+            head.append((index, record))
+            if len(head) < DETECT_ROWS:
+                continue
+            fmt = detect_dataset_format((r for _, r in head if not isinstance(r, _BadJson)), mapping)
+            for i, r in head:
+                _accept(i, r, fmt, mapping, rows, report)
+            head = []
+            continue
+        _accept(index, record, fmt, mapping, rows, report)
+    if head:
+        fmt = detect_dataset_format((r for _, r in head if not isinstance(r, _BadJson)), mapping)
+        for i, r in head:
+            _accept(i, r, fmt, mapping, rows, report)
+    if fmt is None:
+        raise DatasetLoadError(f"{source} has no rows")
+    return LoadedDataset(rows=rows, report=report, detected_format=fmt, source=source, source_hash=hasher())
+
+
+def _accept(index: int, record: Any, fmt: str, mapping: dict | None, rows: list, report: ValidationReport) -> None:
+    if isinstance(record, _BadJson):
+        report.add_error(index, "bad_json", "", record.message)
+        return
+    try:
+        rows.append(normalise_row(record, fmt, mapping))
+    except RowInvalid as exc:
+        report.add_error(index, exc.kind, exc.field, exc.message)
+        return
+    report.add_valid()
+
+
+@dataclass(frozen=True)
+class _BadJson:
+    message: str
+
+
+def _open_source(path_or_id: str | Path, split: str | None):
+    """(source label, iterator of (row index, record), function giving the source hash once read)."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "data.jsonl").is_file():
+            return _open_file(path / "data.jsonl", split)
+        return _open_saved_dataset(path, split)
+    if path.is_file():
+        return _open_file(path, split)
+    if _looks_like_path(text):
+        raise DatasetLoadError(f"no such file or folder: {path}")
+    if _HUB_ID.match(text):
+        return _open_hub(text, split)
+    raise DatasetLoadError(f"{text!r} is neither an existing file or folder nor a Hugging Face dataset id")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or os.sep in text.strip("/").split("/", 1)[-1] or Path(text).suffix.lower() in FILE_SUFFIXES
+
+
+def _file_kind(path: Path) -> str:
+    name = path.name.lower()
+    for suffix, kind in FILE_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    if name.endswith((".jsonl.gz", ".json.gz")):
+        raise DatasetLoadError(f"{path}: compressed files are not supported, decompress it first")
+    raise DatasetLoadError(f"{path}: unknown file type; expected one of {', '.join(sorted(FILE_SUFFIXES))}")
+
+
+def _open_file(path: Path, split: str | None):
+    kind = _file_kind(path)
+    digest = hashlib.sha256()
+    if kind == "jsonl":
+        return str(path), _read_jsonl(path, digest), digest.hexdigest
+    _hash_file(path, digest)
+    readers = {"json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+    return str(path), readers[kind](path), digest.hexdigest
+
+
+def _hash_file(path: Path, digest) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+def _read_jsonl(path: Path, digest) -> Iterator[tuple[int, Any]]:
+    """One line at a time; the hash is fed the same bytes, so the file is read once."""
+    index = 0
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            digest.update(line)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                record = _BadJson(f"bad JSON on line {line_number}: {exc}")
+            yield index, record
+            index += 1
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetLoadError(f"{path}: not valid JSON ({exc}); for one object per line use a .jsonl file") from exc
+    if isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if len(lists) == 1 and len(data) == 1 and all(isinstance(r, dict) for r in next(iter(lists.values()))[:5]):
+            data = next(iter(lists.values()))  # {"data": [...]} wrapper
+        elif lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
+            yield from _iter_columns(data)
+            return
+        else:
+            raise DatasetLoadError(f"{path}: a JSON object must be columns (equal-length lists), got keys {sorted(data)[:10]}")
+    if not isinstance(data, list):
+        raise DatasetLoadError(f"{path}: expected a JSON array of rows, got a {type(data).__name__}")
+    yield from enumerate(data)
+
+
+def _iter_columns(columns: dict[str, list]) -> Iterator[tuple[int, dict]]:
+    names = list(columns)
+    n = len(columns[names[0]])
+    for i in range(n):
+        yield i, {name: columns[name][i] for name in names}
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise DatasetLoadError(f"{path}: CSV file has no header row")
+        for i, record in enumerate(reader):
+            yield i, {k: v for k, v in record.items() if k is not None}
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DatasetLoadError(f"{path}: not a readable Parquet file ({exc})") from exc
+    index = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            yield index, record
+            index += 1
+
+
+def _iter_hf_dataset(dataset) -> Iterator[tuple[int, dict]]:
+    for i, record in enumerate(dataset):
+        yield i, record
+
+
+def _pick_split(dataset, split: str | None, label: str):
+    from datasets import DatasetDict
+
+    if not isinstance(dataset, DatasetDict):
+        return dataset
+    splits = list(dataset)
+    if split is None:
+        if len(splits) == 1 or "train" in splits:
+            split = "train" if "train" in splits else splits[0]
+        else:
+            raise DatasetLoadError(f"{label} has splits {splits}; choose one with split=")
+    if split not in dataset:
+        raise DatasetLoadError(f"{label} has no split {split!r}; it has {splits}")
+    return dataset[split]
+
+
+def _open_saved_dataset(path: Path, split: str | None):
+    if not any((path / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        raise DatasetLoadError(f"{path} is a folder but neither a saved `datasets` folder nor a workspace dataset (data.jsonl)")
+    from datasets import load_from_disk
+
+    try:
+        dataset = _pick_split(load_from_disk(str(path)), split, str(path))
+    except DatasetLoadError:
+        raise
+    except Exception as exc:
+        raise DatasetLoadError(f"{path}: could not load the saved dataset ({exc})") from exc
+    digest = hashlib.sha256()
+    for name in sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()):
+        digest.update(name.encode())
+        _hash_file(path / name, digest)
+    return str(path), _iter_hf_dataset(dataset), digest.hexdigest
+
+
+def _open_hub(dataset_id: str, split: str | None):
+    from core.models import hub_reachable
+
+    split = split or "train"
+    label = f"{dataset_id} [{split}]"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline and not hub_reachable(timeout=3.0):
+        raise DatasetLoadError(f"cannot download {dataset_id!r}: the Hugging Face Hub is unreachable from this machine; load a local file instead")
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(dataset_id, split=split)
+    except Exception as exc:
+        why = "offline mode and not in the local cache" if offline else str(exc).splitlines()[0][:300]
+        raise DatasetLoadError(f"could not load Hub dataset {label}: {why}") from exc
+    fingerprint = getattr(dataset, "_fingerprint", "") or ""
+    digest = hashlib.sha256(f"{dataset_id}:{split}:{fingerprint}".encode())
+    return f"hub:{label}", _iter_hf_dataset(dataset), digest.hexdigest
+
+
+# ---------------------------------------------------------------- workspace and demo
+
+
+def list_workspace_datasets() -> list[str]:
+    """Names of the curated datasets saved in the workspace (folders holding data.jsonl)."""
+    root = datasets_dir()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "data.jsonl").is_file())
+
+
+def workspace_dataset_path(name: str) -> Path:
+    return datasets_dir() / name / "data.jsonl"
+
+
+def assets_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "assets"
+
+
+def demo_dataset_path(split: str = "train") -> Path:
+    """The shipped support-ticket → JSON demo task: split 'train' or 'eval'."""
+    if split not in DEMO_SPLITS:
+        raise ValueError(f"demo split must be one of {DEMO_SPLITS}, got {split!r}")
+    return assets_dir() / "demo" / f"{split}.jsonl"
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Normalised rows to a JSONL file, atomically."""
+    from core.workspace import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
