@@ -403,3 +403,21 @@ def save_model(model: Any, tokenizer: Any, target: str | Path) -> Path:
 
 def model_file_size(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.models --prepare`: convert the embedded model once, so the app's first load is fast."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Model cache utilities")
+    parser.add_argument("--prepare", action="store_true", help="convert the embedded model to safetensors in the workspace")
+    args = parser.parse_args(argv)
+    if args.prepare:
+        start = time.perf_counter()
+        path = embedded_model_dir()
+        print(f"embedded model ready at {path} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

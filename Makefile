@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:  `make run`  (serve the app)  and  `make test`  (install + run every test).
+PYTHON ?= python3
+# `make run GPU=1` uses a separate virtualenv with the Unsloth stack (requirements-gpu.txt).
+ifeq ($(GPU),1)
+VENV   := .venv-gpu
+REQS   := requirements-gpu.txt
+TORCH  :=
+else
+VENV   := .venv
+REQS   := requirements-dev.txt
+# torch is pinned to the CPU build (a file on local disk here); an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+endif
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt $(REQS) | sha1sum | cut -c1-12)
+
+.PHONY: install run test chromium bench clean-venv
+
+$(STAMP): requirements.txt $(REQS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(if $(TORCH),$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH))
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r $(REQS) $(TORCH)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+# Debian's chromium for the end-to-end test (Playwright's own browser download cannot work offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+run: install
+	$(BIN)/python -m core.models --prepare
+	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+test: install chromium
+	$(BIN)/python -m pytest
+
+bench: install
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

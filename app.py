@@ -1,0 +1,34 @@
+"""Post-Training Workbench: `streamlit run app.py` (or `make run`)."""
+import streamlit as st
+
+from pages_common import init_session_defaults, render_sidebar
+
+st.set_page_config(page_title="Post-Training Workbench", page_icon="🧪", layout="wide")
+init_session_defaults()
+
+PAGES = {
+    "Plan": [
+        st.Page("pages/decide.py", title="Decide", icon="🧭", default=True),
+        st.Page("pages/budget.py", title="Budget", icon="📐"),
+    ],
+    "Data": [
+        st.Page("pages/data.py", title="Data", icon="🗂️"),
+        st.Page("pages/template.py", title="Template", icon="🎨"),
+    ],
+    "Train": [
+        st.Page("pages/train.py", title="Train", icon="🏋️"),
+    ],
+    "Prove": [
+        st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
+        st.Page("pages/chat.py", title="Chat", icon="💬"),
+    ],
+    "Transform": [
+        st.Page("pages/merge.py", title="Merge", icon="🔀"),
+        st.Page("pages/prune.py", title="Prune", icon="✂️"),
+        st.Page("pages/distill.py", title="Distill", icon="⚗️"),
+    ],
+}
+
+page = st.navigation(PAGES)
+render_sidebar()
+page.run()

@@ -1,0 +1,160 @@
+"""Chat: one prompt to two or three model variants, answers streaming side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.chat import GenerationSettings, start_generation, transcript_jsonl
+from core.models import ModelLoadError, ModelSource
+from core.runs import list_runs
+from pages_common import SOURCE_LABELS, active_model_source, cached_model
+
+VARIANTS = ("Active model", "Active model + adapter", "Other model")
+
+st.title("💬 Chat side by side")
+st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
+
+
+def trained_adapters() -> dict[str, str]:
+    """Adapters from finished training runs: label -> folder."""
+    found = {}
+    for run in list_runs("train"):
+        adapter = run.path / "adapter"
+        if run.status.state in ("succeeded", "stopped") and (adapter / "adapter_config.json").is_file():
+            found[f"{run.run_id} ({run.status.state})"] = str(adapter)
+    return found
+
+
+def variant_source(i: int) -> ModelSource | None:
+    """Widgets that choose column i's model; None while the choice is incomplete."""
+    preset_adapter = st.session_state.get("chat_adapter")
+    preset_model = st.session_state.get("chat_model_path")
+    if i == 0:
+        default = 0
+    elif i == 1 and preset_model and not preset_adapter:
+        default = 2
+    elif i == 1 and (preset_adapter or trained_adapters()):
+        default = 1
+    else:
+        default = 2
+    variant = st.selectbox("Variant", VARIANTS, index=default, key=f"chat_variant_{i}")
+    if variant == "Active model":
+        return active_model_source()
+    if variant == "Active model + adapter":
+        adapters = trained_adapters()
+        options = list(adapters) + ["Folder path…"]
+        chosen = st.selectbox("Adapter", options, key=f"chat_adapter_pick_{i}",
+                              index=next((k for k, v in enumerate(adapters.values()) if v == preset_adapter), 0))
+        path = adapters.get(chosen) or st.text_input("Adapter folder", value=preset_adapter or "", key=f"chat_adapter_path_{i}")
+        return active_model_source().with_adapter(path.strip()) if path and path.strip() else None
+    kind = st.selectbox("Source", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get, key=f"chat_other_kind_{i}",
+                        index=1 if preset_model else 0)
+    if kind == "embedded":
+        return ModelSource()
+    ref = st.text_input("Path or id", value=preset_model or "", key=f"chat_other_ref_{i}")
+    return ModelSource(kind, ref.strip()) if ref.strip() else None
+
+
+def settings_form() -> GenerationSettings:
+    with st.expander("Sampling settings (shared by all columns)", expanded=False):
+        system = st.text_area("System prompt", value="", key="chat_system", height=80)
+        c1, c2, c3, c4 = st.columns(4)
+        temperature = c1.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key="chat_temperature", help="0 = greedy (deterministic)")
+        top_p = c2.slider("Top-p", 0.05, 1.0, 0.9, 0.05, key="chat_top_p")
+        max_new = c3.number_input("Max new tokens", 1, 4096, 128, key="chat_max_new")
+        seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="chat_seed")
+    return GenerationSettings(system, float(temperature), float(top_p), int(max_new), int(seed))
+
+
+n_columns = st.radio("Columns", [2, 3], horizontal=True, key="chat_n_columns")
+settings = settings_form()
+histories: dict[int, list] = st.session_state.setdefault("chat_histories", {})
+streams: dict[int, object] = st.session_state.setdefault("chat_streams", {})
+
+cols = st.columns(n_columns)
+sources: list[ModelSource | None] = []
+for i, col in enumerate(cols):
+    with col:
+        sources.append(variant_source(i))
+
+prompt = st.chat_input("Ask all columns…", key="chat_prompt")
+if prompt:
+    for i, source in enumerate(sources):
+        if source is None:
+            st.warning(f"Column {i + 1}: choose a model first.")
+            continue
+        try:
+            with st.spinner(f"Loading {source.label}…"):
+                loaded = cached_model(source)
+        except ModelLoadError as exc:
+            st.error(f"Column {i + 1}: {exc}")
+            continue
+        history = histories.setdefault(i, [])
+        history.append({"role": "user", "content": prompt})
+        streams[i] = start_generation(loaded, history, settings)
+
+
+def render_column(i: int, col) -> None:
+    with col:
+        for turn in histories.get(i, []):
+            with st.chat_message(turn["role"]):
+                st.markdown(turn["content"])
+                if turn.get("stats"):
+                    s = turn["stats"]
+                    tps = f"{s['tokens_per_s']:.1f} tok/s" if s.get("tokens_per_s") else "–"
+                    ttft = f"{s['time_to_first_token_s']:.2f} s" if s.get("time_to_first_token_s") is not None else "–"
+                    st.caption(f"{s['new_tokens']} tokens · first token {ttft} · {s['latency_s']:.2f} s total · {tps}")
+        stream = streams.get(i)
+        if stream is not None and not stream.done:
+            with st.chat_message("assistant"):
+                st.markdown(stream.text + " ▌" if stream.text else "_waiting…_")
+
+
+def collect_finished() -> bool:
+    """Move finished streams into their column's history; True when something changed."""
+    changed = False
+    for i, stream in list(streams.items()):
+        if stream.done:
+            if stream.error:
+                st.session_state.setdefault("chat_errors", {})[i] = stream.error
+            else:
+                histories.setdefault(i, []).append({"role": "assistant", "content": stream.text, "stats": stream.stats.as_dict()})
+            del streams[i]
+            changed = True
+    return changed
+
+
+active = any(not s.done for s in streams.values())
+
+
+@st.fragment(run_every=0.5 if streams else None)
+def live_answers() -> None:
+    if collect_finished() and not streams:
+        st.rerun()  # whole page: stop polling, show the final answers with their stats
+    answer_cols = st.columns(n_columns)
+    for i, col in enumerate(answer_cols):
+        render_column(i, col)
+    for i, error in st.session_state.get("chat_errors", {}).items():
+        st.error(f"Column {i + 1}: {error}")
+
+
+live_answers()
+
+left, right = st.columns(2)
+if left.button("Clear conversation", key="chat_clear", disabled=active):
+    st.session_state["chat_histories"] = {}
+    st.session_state["chat_errors"] = {}
+    st.rerun()
+columns_for_export = [
+    {"label": f"column {i + 1}", "model": sources[i].label if i < len(sources) and sources[i] else "?", "history": h}
+    for i, h in sorted(histories.items())
+]
+right.download_button(
+    "Export transcript (JSONL)",
+    transcript_jsonl(columns_for_export, settings),
+    file_name="chat-transcript.jsonl",
+    mime="application/jsonl",
+    key="chat_export",
+    disabled=not histories,
+)
