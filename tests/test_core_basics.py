@@ -1,0 +1,73 @@
+"""core.workspace, core.hardware and the generic job-spec machinery."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import pytest
+
+from core.hardware import detect
+from core.runs.spec import check_limits, spec_fields, spec_from_dict, spec_to_yaml
+from core.workspace import atomic_write_json, read_json, safe_name
+
+
+@dataclass
+class DemoSpec:
+    kind: ClassVar[str] = "demo"
+    rate: float = field(default=1e-4, metadata={"help": "learning rate", "min": 0.0, "max": 1.0})
+    steps: int = field(default=10, metadata={"help": "steps", "min": 1})
+    mode: Literal["a", "b"] = field(default="a", metadata={"help": "mode"})
+    targets: list = field(default_factory=lambda: ["q_proj"], metadata={"help": "targets"})
+    flag: bool = False
+
+
+def test_spec_fields_describe_the_form():
+    infos = {f.name: f for f in spec_fields(DemoSpec)}
+    assert infos["rate"].type == "float" and infos["rate"].help == "learning rate" and infos["rate"].max == 1.0
+    assert infos["mode"].choices == ("a", "b")
+    assert infos["targets"].type == "list" and infos["targets"].default == ["q_proj"]
+    assert infos["flag"].type == "bool"
+
+
+def test_spec_roundtrip_with_coercion():
+    import yaml
+
+    spec = spec_from_dict(DemoSpec, {"rate": "2e-4", "steps": 5.0, "targets": "q_proj, v_proj", "flag": "true"})
+    assert spec == DemoSpec(rate=2e-4, steps=5, targets=["q_proj", "v_proj"], flag=True)
+    data = yaml.safe_load(spec_to_yaml(spec))
+    assert data["kind"] == "demo"
+    assert spec_from_dict(DemoSpec, data) == spec
+
+
+def test_spec_errors_name_the_field():
+    with pytest.raises(ValueError, match="unknown field.*bogus"):
+        spec_from_dict(DemoSpec, {"bogus": 1})
+    with pytest.raises(ValueError, match="steps: expected int"):
+        spec_from_dict(DemoSpec, {"steps": 2.5})
+    with pytest.raises(ValueError, match="rate: 5.0 is above the maximum"):
+        check_limits(DemoSpec(rate=5.0))
+    with pytest.raises(ValueError, match="mode: 'c' is not one of"):
+        check_limits(DemoSpec(mode="c"))
+
+
+def test_safe_name_blocks_paths():
+    assert safe_name("../../etc/passwd") == "etc-passwd"
+    assert safe_name("my run: v2!") == "my-run-v2"
+    assert safe_name("...") == "unnamed"
+
+
+def test_atomic_json_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert read_json(target) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_hardware_detect_on_this_machine():
+    hw = detect()
+    assert hw.device in ("cpu", "cuda", "mps")
+    assert hw.cpu_cores >= 1
+    if hw.device == "cpu":
+        assert not hw.unsloth and not hw.bf16
+    assert hw.summary.startswith(hw.device.upper())
