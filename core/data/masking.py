@@ -1,0 +1,645 @@
+"""The one place that turns a conversation into `input_ids` + `labels` for training.
+
+The trainer and the Template page both call `encode_conversation`, so what the page draws is what the
+model is trained on.
+
+How it works, for any Jinja chat template:
+
+1. Render the conversation with the template (exactly the text the model sees, `tokenize=False`).
+2. Render it again with every message content replaced by a unique sentinel. The sentinel render splits
+   into the template's own literal text and the places where each content goes; walking both renders
+   side by side gives the character span of every message's content in the real render, even when the
+   template trims it, folds the system prompt into the first user turn, or injects a default system prompt.
+3. The end-of-turn marker of an assistant turn is the text the template emits right after the assistant
+   content, up to and including the first special token there (`<|im_end|>`, `</s>`, ...). When the text
+   there holds no special token, it is what the template emits after the content when that assistant turn
+   ends the conversation (e.g. Alpaca-style `"\\n\\n"`); a template that emits nothing has no marker.
+4. Tokenize the render once with offsets (fast tokenizer, `add_special_tokens=False`: the template already
+   wrote BOS where it wants one, as `apply_chat_template(tokenize=True)` does at inference) and train every
+   token whose characters overlap a trained span (the rule transformers uses for its assistant mask).
+
+Templates with `{% generation %}` blocks: the blocks are the trained spans, so the labels equal
+`apply_chat_template(..., return_assistant_tokens_mask=True)`.
+
+Templates that refuse a system message (Gemma-style `raise_exception('System role not supported')`): the
+system prompt is folded into the first user turn (`system + "\\n\\n" + user`) and the row carries a note.
+
+Policies: ``all_assistant`` (every assistant turn + its end-of-turn marker), ``last_assistant`` (only the
+final assistant turn), ``completion_only`` (everything after the prompt, where the prompt is the render of
+the messages before the last assistant turn with `add_generation_prompt=True` — TRL's prompt/completion
+rule), ``everything`` (every token). Labels are the token id where trained and -100 where masked; the
+shift by one happens inside the model's loss.
+"""
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any, Iterable, NamedTuple, Sequence
+
+IGNORE_INDEX = -100
+POLICIES: tuple[str, ...] = ("all_assistant", "last_assistant", "completion_only", "everything")
+PARTS: tuple[str, ...] = ("template", "content", "eot")
+_SENTINEL = "\ue000{}\ue001"
+_SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+class MaskingError(ValueError):
+    """A conversation cannot be encoded with this template; the message says which and why."""
+
+
+class TokenSpan(NamedTuple):
+    role: str  # role of the message the token belongs to ("" for text rows' padding-free tail)
+    turn: int  # index of that message in the conversation as given
+    part: str  # "template" (chat-template text), "content" (message text) or "eot" (end-of-turn marker)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A character range of the rendered text with its owner and whether it is trained."""
+
+    start: int
+    end: int
+    role: str
+    turn: int
+    part: str
+    trained: bool
+
+
+@dataclass
+class EncodedRow:
+    input_ids: list[int]
+    labels: list[int]  # input id where trained, IGNORE_INDEX where masked
+    truncated: bool
+    n_trained: int
+    text: str = ""  # the rendered conversation (before truncation)
+    offsets: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    segments: list[Segment] = field(default_factory=list, repr=False)
+    n_tokens_full: int = 0  # length before truncation
+    has_eot_marker: bool = True  # the template emits an end-of-turn marker after assistant turns
+    eot_trained: bool = True  # every trained assistant turn has its whole marker trained (after truncation)
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def spans(self) -> list[TokenSpan]:
+        """Per token: role, turn index and part, taken from the segment holding the token's last character."""
+        starts = [s.start for s in self.segments]
+        result = []
+        for start, end in self.offsets[: len(self.input_ids)]:
+            i = bisect.bisect_right(starts, max(end - 1, start)) - 1
+            seg = self.segments[max(i, 0)] if self.segments else None
+            result.append(TokenSpan(seg.role, seg.turn, seg.part) if seg else TokenSpan("", -1, "template"))
+        return result
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def attention_mask(self) -> list[int]:
+        return [1] * len(self.input_ids)
+
+    @property
+    def trained_share(self) -> float:
+        return self.n_trained / len(self.input_ids) if self.input_ids else 0.0
+
+    @property
+    def trained_mask(self) -> list[bool]:
+        return [label != IGNORE_INDEX for label in self.labels]
+
+    def trained_runs(self) -> list[tuple[int, int]]:
+        """Maximal [start, end) token ranges that are trained."""
+        runs, start = [], None
+        for i, label in enumerate(self.labels + [IGNORE_INDEX]):
+            if label != IGNORE_INDEX and start is None:
+                start = i
+            elif label == IGNORE_INDEX and start is not None:
+                runs.append((start, i))
+                start = None
+        return runs
+
+    def trained_texts(self, tokenizer: Any) -> list[str]:
+        """The decoded text of each trained run (special tokens kept)."""
+        return [tokenizer.decode(self.input_ids[a:b], skip_special_tokens=False) for a, b in self.trained_runs()]
+
+    def as_features(self) -> dict:
+        """What a collator needs."""
+        return {"input_ids": self.input_ids, "labels": self.labels, "attention_mask": self.attention_mask}
+
+
+# ---------------------------------------------------------------- public API
+
+
+def encode_conversation(
+    messages: Sequence[dict],
+    tokenizer: Any,
+    *,
+    chat_template: str | None = None,
+    policy: str = "all_assistant",
+    max_length: int | None = None,
+    train_eot: bool = True,
+) -> EncodedRow:
+    """One conversation → ids, labels (-100 where masked) and per-token spans. Raises MaskingError."""
+    return encode_conversations([messages], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length, train_eot=train_eot)[0]
+
+
+def encode_conversations(
+    conversations: Iterable[Sequence[dict]],
+    tokenizer: Any,
+    *,
+    chat_template: str | None = None,
+    policy: str = "all_assistant",
+    max_length: int | None = None,
+    train_eot: bool = True,
+    errors: str = "raise",
+) -> list[EncodedRow | None]:
+    """Many conversations with one batched tokenizer call (fast). errors="skip" puts None for rows that fail."""
+    if errors not in ("raise", "skip"):
+        raise ValueError("errors must be 'raise' or 'skip'")
+    ctx = _Context.make(tokenizer, chat_template, policy, max_length)
+    plans: list[_Plan | None] = []
+    for messages in conversations:
+        try:
+            plans.append(_plan(list(messages), ctx, train_eot))
+        except MaskingError:
+            if errors == "raise":
+                raise
+            plans.append(None)
+    texts = [p.text for p in plans if p is not None]
+    encodings = iter(_tokenize(tokenizer, texts))
+    return [None if p is None else _finish(p, *next(encodings), max_length) for p in plans]
+
+
+def encode_text(text: str, tokenizer: Any, *, max_length: int | None = None, add_eos: bool = True) -> EncodedRow:
+    """A plain-text row for language-model training: every token trained, no chat template, EOS appended."""
+    body = text + (tokenizer.eos_token or "") if add_eos else text
+    ids, offsets = _tokenize(tokenizer, [body])[0]
+    segments = [Segment(0, len(text), "text", 0, "content", True)]
+    if len(body) > len(text):
+        segments.append(Segment(len(text), len(body), "text", 0, "eot", True))
+    plan = _Plan(body, segments, [(0, len(body))], [], True, [])
+    return _finish(plan, ids, offsets, max_length)
+
+
+def encode_row(row: dict, tokenizer: Any, **kwargs: Any) -> EncodedRow:
+    """A normalised row from core.data.formats: ``{"messages": ...}`` or ``{"text": ...}``."""
+    if "messages" in row:
+        return encode_conversation(row["messages"], tokenizer, **kwargs)
+    if "text" in row:
+        return encode_text(row["text"], tokenizer, max_length=kwargs.get("max_length"))
+    raise MaskingError(f"row has neither 'messages' nor 'text' (keys: {sorted(row)})")
+
+
+def render_conversation(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, add_generation_prompt: bool = False) -> str:
+    """The text the template makes of these messages (system folded where the template refuses it)."""
+    ctx = _Context.make(tokenizer, chat_template, "all_assistant", None)
+    return _render(ctx, list(messages), add_generation_prompt=add_generation_prompt)[0]
+
+
+def inference_prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None) -> list[int]:
+    """Token ids the model sees at inference for these messages (`add_generation_prompt=True`)."""
+    return _tokenize(tokenizer, [render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True)])[0][0]
+
+
+def has_generation_markers(chat_template: str) -> bool:
+    return bool(_GENERATION_RE.search(chat_template or ""))
+
+
+@dataclass(frozen=True)
+class PackingPreview:
+    max_length: int
+    n_rows: int
+    n_sequences: int
+    rows_per_sequence: float
+    fill: float  # share of the packed sequences' capacity holding real tokens
+    n_truncated: int  # rows longer than max_length (cut to max_length before packing)
+
+
+def packing_preview(lengths: Sequence[int], max_length: int) -> PackingPreview:
+    """How rows would pack into sequences of max_length (first-fit decreasing)."""
+    if max_length <= 0:
+        raise ValueError("max_length must be positive")
+    clipped = sorted((min(n, max_length) for n in lengths if n > 0), reverse=True)
+    free: list[int] = []  # remaining room per bin, kept for a simple first-fit
+    for n in clipped:
+        for i, room in enumerate(free):
+            if room >= n:
+                free[i] -= n
+                break
+        else:
+            free.append(max_length - n)
+    n_seq = len(free)
+    return PackingPreview(
+        max_length=max_length,
+        n_rows=len(clipped),
+        n_sequences=n_seq,
+        rows_per_sequence=len(clipped) / n_seq if n_seq else 0.0,
+        fill=sum(clipped) / (n_seq * max_length) if n_seq else 0.0,
+        n_truncated=sum(1 for n in lengths if n > max_length),
+    )
+
+
+# ---------------------------------------------------------------- internals
+
+
+@dataclass
+class _Context:
+    template: str
+    compiled: Any
+    kwargs: dict
+    special_re: re.Pattern | None
+    policy: str
+    generation_markers: bool
+
+    @classmethod
+    def make(cls, tokenizer: Any, chat_template: str | None, policy: str, max_length: int | None) -> "_Context":
+        if policy not in POLICIES:
+            raise ValueError(f"unknown masking policy {policy!r}; expected one of {', '.join(POLICIES)}")
+        if max_length is not None and max_length <= 0:
+            raise ValueError("max_length must be a positive number of tokens")
+        template = chat_template or getattr(tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # tokenizers with several named templates
+            template = template.get("default") or next(iter(template.values()))
+        if not template:
+            raise MaskingError("the tokenizer has no chat template; choose one of the shipped templates")
+        return cls(
+            template=template,
+            compiled=_compile(template),
+            kwargs=_template_kwargs(tokenizer),
+            special_re=_special_tokens_re(tuple(_special_tokens(tokenizer))),
+            policy=policy,
+            generation_markers=has_generation_markers(template),
+        )
+
+
+@dataclass
+class _Plan:
+    text: str
+    segments: list[Segment]
+    trained: list[tuple[int, int]]  # merged char ranges to train
+    eot_ranges: list[tuple[int, int]]  # the markers of trained assistant turns
+    has_eot_marker: bool
+    notes: list[str]
+
+
+def _compile(template: str) -> Any:
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        return _compile_jinja_template(template)
+    except Exception as exc:  # jinja2.TemplateSyntaxError and friends
+        raise MaskingError(f"the chat template does not compile: {exc}") from exc
+
+
+def _template_kwargs(tokenizer: Any) -> dict:
+    kwargs = {k: v for k, v in getattr(tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        kwargs.setdefault(name, getattr(tokenizer, name, None) or "")
+    return kwargs
+
+
+def _special_tokens(tokenizer: Any) -> list[str]:
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tokens.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    return sorted(t for t in tokens if t and not t.isspace())
+
+
+@lru_cache(maxsize=32)
+def _special_tokens_re(tokens: tuple[str, ...]) -> re.Pattern | None:
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def _render(ctx: _Context, messages: list[dict], *, add_generation_prompt: bool = False, track: bool = False) -> tuple[str, list, list[dict], list[str]]:
+    """(text, generation spans, messages actually rendered, notes). Folds the system prompt if refused."""
+    import jinja2
+
+    notes: list[str] = []
+    try:
+        text, spans = _render_raw(ctx, messages, add_generation_prompt, track)
+    except jinja2.TemplateError as exc:
+        if not (messages and messages[0].get("role") == "system" and "system" in str(exc).lower() and len(messages) > 1):
+            raise MaskingError(f"the chat template rejected this conversation: {exc}") from exc
+        messages = _fold_system(messages)
+        notes.append("the template does not accept a system message: it was folded into the first user turn")
+        try:
+            text, spans = _render_raw(ctx, messages, add_generation_prompt, track)
+        except jinja2.TemplateError as exc2:
+            raise MaskingError(f"the chat template rejected this conversation: {exc2}") from exc2
+    return text, spans, messages, notes
+
+
+def _render_raw(ctx: _Context, messages: list[dict], add_generation_prompt: bool, track: bool) -> tuple[str, list]:
+    kwargs = dict(ctx.kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None)
+    if not track:
+        return ctx.compiled.render(**kwargs), []
+    blocks: list[str] = []
+    spans: list[tuple[int, int]] = []
+    with ctx.compiled.environment.activate_tracker(blocks, spans):
+        for block in ctx.compiled.generate(**kwargs):
+            blocks.append(block)
+    return "".join(blocks), spans
+
+
+def _fold_system(messages: list[dict]) -> list[dict]:
+    system, first, rest = messages[0], messages[1], messages[2:]
+    folded = dict(first, content=f"{system['content']}\n\n{first['content']}")
+    return [folded] + rest
+
+
+def _plan(messages: list[dict], ctx: _Context, train_eot: bool) -> _Plan:
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
+            raise MaskingError(f"message {i} needs a string 'role' and a string 'content'")
+    if not messages:
+        raise MaskingError("empty conversation")
+    text, generation_spans, rendered_messages, notes = _render(ctx, messages, track=ctx.generation_markers)
+    folded = len(rendered_messages) != len(messages)
+    turn_of = (lambda i: i + 1) if folded else (lambda i: i)  # index into the caller's messages
+    contents = _contents_via_skeleton(ctx, text, rendered_messages)
+
+    closing = _closing_text(text, contents, rendered_messages, ctx)
+    segments, eot_by_turn = _segments(text, contents, rendered_messages, closing, ctx, turn_of)
+    assistant_turns = [t for t in sorted(eot_by_turn)]
+    if not assistant_turns:
+        raise MaskingError("no assistant content appears in the rendered conversation, so nothing can be trained")
+    has_marker = all(eot_by_turn[t][1] > eot_by_turn[t][0] for t in assistant_turns)
+
+    trained, eot_ranges = _trained_ranges(ctx, messages, text, segments, eot_by_turn, generation_spans, train_eot)
+    segments = _mark_trained(segments, trained)
+    return _Plan(text, segments, trained, eot_ranges, has_marker, notes)
+
+
+_SKELETONS: dict[tuple, str] = {}
+
+
+def _contents_via_skeleton(ctx: _Context, text: str, messages: list[dict]) -> list[_Content]:
+    """Content spans from the sentinel render. Skeletons are reused across rows with the same roles, but
+    only trusted when every content then matches exactly; otherwise the row gets its own sentinel render."""
+    key = (ctx.template, tuple(sorted(ctx.kwargs.items())), tuple(m["role"] for m in messages))
+    cached = _SKELETONS.get(key)
+    if cached is not None:
+        try:
+            return _locate_contents(text, cached, messages, exact_only=True)
+        except MaskingError:
+            pass
+    sentinel_messages = [dict(m, content=_SENTINEL.format(i)) for i, m in enumerate(messages)]
+    skeleton = _render_raw(ctx, sentinel_messages, False, False)[0]
+    if len(_SKELETONS) > 4096:
+        _SKELETONS.clear()
+    _SKELETONS[key] = skeleton
+    return _locate_contents(text, skeleton, messages)
+
+
+class _Content(NamedTuple):
+    start: int
+    end: int
+    message: int  # index into the rendered messages
+
+
+def _locate_contents(text: str, skeleton: str, messages: list[dict], *, exact_only: bool = False) -> list[_Content]:
+    """Walk the sentinel render and the real render together to find each content's character span."""
+    pieces = _SENTINEL_RE.split(skeleton)  # [literal, index, literal, index, ..., literal]
+    literals, indices = pieces[0::2], [int(i) for i in pieces[1::2]]
+    found: list[_Content] = []
+    pos = 0
+    for k, idx in enumerate(indices):
+        literal = literals[k]
+        if not text.startswith(literal, pos):
+            raise _alignment_error(text, pos, literal)
+        pos += len(literal)
+        following = literals[k + 1]
+        is_last = k == len(indices) - 1
+        end = _content_end(text, pos, messages[idx]["content"], following, is_last, exact_only)
+        found.append(_Content(pos, end, idx))
+        pos = end
+    if text[pos:] != literals[-1]:
+        raise _alignment_error(text, pos, literals[-1])
+    return found
+
+
+def _content_end(text: str, pos: int, content: str, following: str, is_last: bool, exact_only: bool = False) -> int:
+    def fits(candidate: str) -> bool:
+        end = pos + len(candidate)
+        if not text.startswith(candidate, pos) or not text.startswith(following, end):
+            return False
+        return not is_last or end + len(following) == len(text)
+
+    for candidate in (content, content.strip(), content.rstrip(), content.lstrip()):
+        if fits(candidate):
+            return pos + len(candidate)
+    # The template transformed the content (e.g. replaced blank lines): it ends where the next literal starts.
+    if exact_only:
+        raise MaskingError("content not found verbatim")
+    if is_last:
+        if text.endswith(following) and len(text) - len(following) >= pos:
+            return len(text) - len(following)
+    elif following:
+        end = text.find(following, pos)
+        if end >= 0:
+            return end
+    raise MaskingError("could not find where a message's content ends in the rendered template; the template rewrites contents in a way this tool cannot follow")
+
+
+def _alignment_error(text: str, pos: int, literal: str) -> MaskingError:
+    return MaskingError(
+        "the chat template lays out this conversation differently depending on the message text "
+        f"(expected {literal[:40]!r} at character {pos}, found {text[pos:pos + 40]!r}); masking cannot be derived reliably"
+    )
+
+
+def _cut_at_special(literal: str, ctx: _Context) -> str | None:
+    """The literal up to and including its first special token, or None when it holds none."""
+    if ctx.special_re is None:
+        return None
+    match = ctx.special_re.search(literal)
+    return literal[: match.end()] if match else None
+
+
+def _closing_text(text: str, contents: list[_Content], messages: list[dict], ctx: _Context) -> str:
+    """What the template writes after assistant content when that turn ends the conversation."""
+    if not contents or messages[contents[-1].message]["role"] != "assistant":
+        return ""
+    trailing = text[contents[-1].end:]
+    cut = _cut_at_special(trailing, ctx)
+    return cut if cut is not None else trailing
+
+
+def _eot_length(after: str, closing: str, ctx: _Context) -> int:
+    cut = _cut_at_special(after, ctx)
+    if cut is not None and (not closing or len(cut) <= len(closing) or not after.startswith(closing)):
+        return len(cut)
+    if closing and after.startswith(closing):
+        return len(closing)
+    return 0
+
+
+def _segments(text, contents, messages, closing, ctx, turn_of) -> tuple[list[Segment], dict[int, tuple[int, int]]]:
+    """Cover the whole render with segments; template text belongs to the turn whose content follows it."""
+    segments: list[Segment] = []
+    eot_by_turn: dict[int, tuple[int, int]] = {}
+    pos = 0
+    for k, c in enumerate(contents):
+        role = messages[c.message]["role"]
+        turn = turn_of(c.message)
+        if c.start > pos:
+            segments.append(Segment(pos, c.start, role, turn, "template", False))
+        segments.append(Segment(c.start, c.end, role, turn, "content", False))
+        pos = c.end
+        if role == "assistant":
+            limit = contents[k + 1].start if k + 1 < len(contents) else len(text)
+            n = _eot_length(text[c.end:limit], closing, ctx)
+            eot_by_turn[turn] = (c.end, c.end + n)
+            if n:
+                segments.append(Segment(c.end, c.end + n, role, turn, "eot", False))
+                pos = c.end + n
+    if pos < len(text):
+        last = segments[-1] if segments else Segment(0, 0, "", -1, "template", False)
+        segments.append(Segment(pos, len(text), last.role, last.turn, "template", False))
+    return segments, eot_by_turn
+
+
+def _trained_ranges(ctx, messages, text, segments, eot_by_turn, generation_spans, train_eot):
+    assistant_turns = sorted(eot_by_turn)
+    last_turn = assistant_turns[-1]
+    content_of = {s.turn: (s.start, s.end) for s in segments if s.part == "content" and s.role == "assistant"}
+    if ctx.policy == "everything":
+        return [(0, len(text))], [eot_by_turn[t] for t in assistant_turns]
+    if ctx.policy == "completion_only":
+        prompt_messages = messages[:last_turn]
+        start = content_of[last_turn][0]
+        if prompt_messages:
+            prompt = _render(ctx, prompt_messages, add_generation_prompt=True)[0]
+            if text.startswith(prompt) and len(prompt) <= start:
+                start = len(prompt)
+        ranges = [(start, len(text))]
+        if not train_eot:
+            ranges = _subtract(ranges, [eot_by_turn[last_turn]])
+        return ranges, [eot_by_turn[last_turn]]
+    turns = assistant_turns if ctx.policy == "all_assistant" else [last_turn]
+    if ctx.generation_markers:
+        ranges = _generation_ranges_for(generation_spans, turns, content_of, assistant_turns)
+        if not train_eot:
+            ranges = _intersect(ranges, [content_of[t] for t in turns])
+        eots = [(content_of[t][1], max((b for a, b in ranges if a <= content_of[t][1] <= b), default=content_of[t][1])) for t in turns]
+        return ranges, [e for e in eots if e[1] > e[0]] or [eot_by_turn[t] for t in turns]
+    ranges = []
+    for t in turns:
+        start, end = content_of[t]
+        eot_start, eot_end = eot_by_turn[t]
+        ranges.append((start, eot_end if train_eot else end))
+    return _merge(ranges), [eot_by_turn[t] for t in turns]
+
+
+def _generation_ranges_for(spans, turns, content_of, all_turns):
+    """The generation blocks that cover the chosen assistant turns (all blocks for all_assistant)."""
+    spans = _merge([s for s in spans if s[1] > s[0]])
+    if set(turns) == set(all_turns):
+        return spans
+    wanted = [content_of[t] for t in turns]
+    return [s for s in spans if any(s[0] < b and a < s[1] for a, b in wanted)]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def _subtract(ranges, holes):
+    out = []
+    for a, b in ranges:
+        pieces = [(a, b)]
+        for h0, h1 in holes:
+            pieces = [p for x, y in pieces for p in ((x, min(y, h0)), (max(x, h1), y)) if p[1] > p[0]]
+        out.extend(pieces)
+    return _merge(out)
+
+
+def _intersect(ranges, keep):
+    return _merge([(max(a, c), min(b, d)) for a, b in ranges for c, d in keep if min(b, d) > max(a, c)])
+
+
+def _mark_trained(segments: list[Segment], trained: list[tuple[int, int]]) -> list[Segment]:
+    """Split segments at trained-range boundaries so each segment is wholly trained or not."""
+    cuts = sorted({p for r in trained for p in r})
+    out = []
+    for s in segments:
+        points = [s.start] + [c for c in cuts if s.start < c < s.end] + [s.end]
+        for a, b in zip(points, points[1:]):
+            inside = any(x <= a and b <= y for x, y in trained)
+            out.append(Segment(a, b, s.role, s.turn, s.part, inside))
+    return out
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [(e.ids, e.offsets) for e in encodings]
+    try:
+        out = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError as exc:
+        raise MaskingError("masking needs a fast tokenizer (with character offsets)") from exc
+    return list(zip(out["input_ids"], out["offset_mapping"]))
+
+
+def _finish(plan: _Plan, ids: list[int], offsets: list[tuple[int, int]], max_length: int | None) -> EncodedRow:
+    labels = _labels(ids, offsets, plan.trained)
+    n_full = len(ids)
+    truncated = max_length is not None and n_full > max_length
+    if truncated:
+        ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
+    n_trained = sum(1 for x in labels if x != IGNORE_INDEX)
+    return EncodedRow(
+        input_ids=list(ids),
+        labels=labels,
+        truncated=truncated,
+        n_trained=n_trained,
+        text=plan.text,
+        offsets=list(offsets),
+        segments=plan.segments,
+        n_tokens_full=n_full,
+        has_eot_marker=plan.has_eot_marker,
+        eot_trained=_eot_trained(plan, offsets, labels),
+        notes=list(plan.notes),
+    )
+
+
+def _labels(ids: Sequence[int], offsets: Sequence[tuple[int, int]], trained: list[tuple[int, int]]) -> list[int]:
+    """A token is trained when its characters overlap a trained range (transformers' assistant-mask rule)."""
+    labels = [IGNORE_INDEX] * len(ids)
+    k, n = 0, len(trained)
+    for i, (start, end) in enumerate(offsets):
+        while k < n and start >= trained[k][1]:
+            k += 1
+        if k == n:
+            break
+        if end > trained[k][0]:
+            labels[i] = ids[i]
+    return labels
+
+
+def _eot_trained(plan: _Plan, offsets, labels) -> bool:
+    """Every end-of-turn marker of a trained turn is present after truncation and all its tokens trained."""
+    if not plan.has_eot_marker:
+        return False
+    for start, end in plan.eot_ranges:
+        if end <= start:
+            return False
+        covering = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
+        if not covering or covering[-1] == len(offsets) - 1 and offsets[-1][1] < end:
+            return False
+        if any(labels[i] == IGNORE_INDEX for i in covering):
+            return False
+    return True
