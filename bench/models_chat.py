@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         os.environ["WORKBENCH_HOME"] = home  # an empty workspace: the first load really converts
-        from core.chat import ChatStream, GenerationSettings, _run_generation, build_messages, generate_text
+        from core.chat import GenerationSettings, generate_blocking
         from core.models import ModelSource, embedded_model_dir, load_model
 
         start = time.perf_counter()
@@ -27,12 +27,8 @@ def main() -> None:
 
         settings = GenerationSettings(temperature=0.0, max_new_tokens=64)
         history = [{"role": "user", "content": "Write three sentences about the history of Paris."}]
-        generate_text(loaded, history, settings)  # warm-up
-        runs = []
-        for _ in range(3):
-            stream = ChatStream()
-            _run_generation(loaded, build_messages(history, settings), settings, stream)
-            runs.append(stream.stats)
+        generate_blocking(loaded, history, settings)  # warm-up
+        runs = [generate_blocking(loaded, history, settings).stats for _ in range(3)]
         ttft = sorted(s.time_to_first_token_s for s in runs)[1]
         tps = sorted(s.tokens_per_s for s in runs)[1]
         figures = {

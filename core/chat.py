@@ -150,13 +150,19 @@ def start_generation(loaded: LoadedModel, history: list[dict], settings: Generat
     return stream
 
 
-def generate_text(loaded: LoadedModel, history: list[dict], settings: GenerationSettings | None = None) -> str:
-    """Blocking convenience: the whole answer as a string (raises on failure)."""
+def generate_blocking(loaded: LoadedModel, history: list[dict], settings: GenerationSettings | None = None) -> ChatStream:
+    """Generate in the calling thread; the finished buffer carries the text and timing stats."""
+    settings = settings or GenerationSettings()
     stream = ChatStream()
-    _run_generation(loaded, build_messages(history, settings or GenerationSettings()), settings or GenerationSettings(), stream)
+    _run_generation(loaded, build_messages(history, settings), settings, stream)
     if stream.error:
         raise RuntimeError(stream.error)
-    return stream.text
+    return stream
+
+
+def generate_text(loaded: LoadedModel, history: list[dict], settings: GenerationSettings | None = None) -> str:
+    """Blocking convenience: the whole answer as a string (raises on failure)."""
+    return generate_blocking(loaded, history, settings).text
 
 
 def transcript_jsonl(columns: Iterable[dict], settings: GenerationSettings) -> str:
