@@ -232,9 +232,9 @@ def normalise_row(raw: Any, fmt: str, mapping: dict | None = None) -> dict:
     if fmt == "text":
         return {"text": _required_text(raw, cols["text"], strip_check=True)}
     if fmt == "messages":
-        messages = _messages_from_openai(raw, cols["messages"] if cols["messages"] in raw else cols["conversations"])
+        messages = _messages_from_openai(raw, _present(raw, cols["messages"], cols["conversations"]))
     elif fmt == "sharegpt":
-        messages = _messages_from_sharegpt(raw, cols["conversations"] if cols["conversations"] in raw else cols["messages"])
+        messages = _messages_from_sharegpt(raw, _present(raw, cols["conversations"], cols["messages"]))
     elif fmt == "alpaca":
         instruction = _required_text(raw, cols["instruction"], strip_check=True)
         extra = _optional_text(raw, cols["input"])
@@ -280,6 +280,11 @@ def _columns(mapping: dict | None) -> dict[str, str]:
             raise ValueError(f"unknown mapping field {key!r}; expected one of {', '.join(FIELD_NAMES)}")
         cols[key] = str(column)
     return cols
+
+
+def _present(raw: dict, preferred: str, alternative: str) -> str:
+    """The preferred column, or the alternative when only that one is there (errors then name the preferred)."""
+    return alternative if preferred not in raw and alternative in raw else preferred
 
 
 def _required_text(raw: dict, name: str, *, strip_check: bool = False) -> str:
