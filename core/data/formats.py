@@ -613,6 +613,19 @@ def _open_hub(dataset_id: str, split: str | None):
     return f"hub:{label}", _iter_hf_dataset(dataset), digest.hexdigest
 
 
+def load_uploaded(filename: str, data: bytes, **kwargs: Any) -> LoadedDataset:
+    """A file the user uploaded in the browser: read from a temporary copy that keeps its file type."""
+    import tempfile
+
+    suffix = "".join(Path(filename).suffixes[-2:]) or ".jsonl"
+    with tempfile.TemporaryDirectory(prefix="upload-") as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        loaded = load_dataset_file(path, **kwargs)
+    loaded.source = f"upload:{filename}"
+    return loaded
+
+
 # ---------------------------------------------------------------- workspace and demo
 
 

@@ -1,0 +1,101 @@
+"""HTML and table views of an encoded row, for the Template page (no streamlit here, so it is testable).
+
+Every token is a chip: green when trained (label = its id), grey when masked (label -100); the
+end-of-turn marker gets a darker green, template text a dashed outline. Hovering shows id, label, role,
+turn and part. Chip text is the exact slice of the rendered conversation the token covers, with newlines
+shown as ↵ and the line broken after them.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from core.data.masking import IGNORE_INDEX, EncodedRow
+
+CHIP_CSS = """
+<style>
+.tpl-chips{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px;line-height:2.1;}
+.tpl-chip{display:inline-block;padding:0 3px;margin:1px 1px;border-radius:4px;white-space:pre;border:1px solid transparent;}
+.tpl-chip.trained{background:#c8f7c5;color:#0b3d0b;border-color:#7bd389;}
+.tpl-chip.trained.eot{background:#2e9e44;color:#fff;border-color:#1f6f2f;}
+.tpl-chip.masked{background:#eeeeee;color:#6b6b6b;}
+.tpl-chip.template{border-style:dashed;border-color:#b5b5b5;}
+.tpl-chip.cut{text-decoration:line-through;opacity:.5;}
+.tpl-legend{font-size:12px;margin-bottom:6px;}
+</style>
+"""
+
+
+def token_text(row: EncodedRow, index: int, tokenizer: Any | None = None) -> str:
+    """The characters token `index` covers in the rendered text (decoded id when it covers none)."""
+    start, end = row.offsets[index] if index < len(row.offsets) else (0, 0)
+    if end > start:
+        return row.text[start:end]
+    if tokenizer is not None:
+        return tokenizer.decode([row.input_ids[index]], skip_special_tokens=False)
+    return ""
+
+
+def visible(text: str) -> str:
+    """HTML for chip text: escaped, newlines and tabs shown."""
+    shown = html.escape(text).replace("\t", "→").replace("\r", "␍")
+    return shown.replace("\n", "↵")
+
+
+def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_tokens: int | None = None) -> str:
+    """All tokens of a row as coloured chips with a hover title; a line break follows each newline."""
+    spans = row.spans
+    pieces = [CHIP_CSS, '<div class="tpl-chips">']
+    count = len(row.input_ids) if max_tokens is None else min(max_tokens, len(row.input_ids))
+    for i in range(count):
+        text = token_text(row, i, tokenizer)
+        label = row.labels[i]
+        span = spans[i]
+        classes = ["tpl-chip", "trained" if label != IGNORE_INDEX else "masked", span.part]
+        title = f"#{i} · id {row.input_ids[i]} · label {label} · role {span.role or '-'} · turn {span.turn} · {span.part}"
+        pieces.append(f'<span class="{" ".join(classes)}" title="{html.escape(title, quote=True)}">{visible(text) or "&#8203;"}</span>')
+        if "\n" in text:
+            pieces.append("<br>")
+    if count < len(row.input_ids):
+        pieces.append(f"<span class='tpl-chip masked'>… {len(row.input_ids) - count} more tokens</span>")
+    pieces.append("</div>")
+    return "".join(pieces)
+
+
+def legend_html() -> str:
+    return (
+        CHIP_CSS
+        + '<div class="tpl-legend">'
+        + '<span class="tpl-chip trained content">trained</span> '
+        + '<span class="tpl-chip trained eot">end-of-turn (trained)</span> '
+        + '<span class="tpl-chip masked content">masked (label -100)</span> '
+        + '<span class="tpl-chip masked template">template text</span>'
+        + "</div>"
+    )
+
+
+def token_table(row: EncodedRow, tokenizer: Any | None = None) -> list[dict]:
+    """One dict per token (for a dataframe): position, text, id, label, role, turn, part."""
+    return [
+        {
+            "pos": i,
+            "token": token_text(row, i, tokenizer),
+            "id": row.input_ids[i],
+            "label": row.labels[i],
+            "role": span.role,
+            "turn": span.turn,
+            "part": span.part,
+        }
+        for i, span in enumerate(row.spans)
+    ]
+
+
+def row_summary(row: EncodedRow) -> dict:
+    return {
+        "tokens": row.n_tokens,
+        "tokens_before_truncation": row.n_tokens_full,
+        "trained": row.n_trained,
+        "trained_share": round(row.trained_share, 4),
+        "truncated": row.truncated,
+        "eot_trained": row.eot_trained,
+    }

@@ -1,0 +1,170 @@
+"""Template: every token of a row, coloured by whether the trainer learns it (label != -100)."""
+from __future__ import annotations
+
+import json
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data.formats import (
+    DatasetLoadError,
+    demo_dataset_path,
+    list_workspace_datasets,
+    load_dataset_file,
+    load_uploaded,
+    workspace_dataset_path,
+)
+from core.data.lint import lint_dataset
+from core.data.masking import POLICIES, MaskingError, encode_row
+from core.data.render import legend_html, token_chips_html, token_table
+from core.data.templates import load_template, shipped_template_names
+from core.models import ModelLoadError, ModelSource, load_tokenizer
+
+MODEL_TEMPLATE = "The active model's own"
+POLICY_HELP = {
+    "all_assistant": "every assistant turn and its end-of-turn marker",
+    "last_assistant": "only the final assistant turn",
+    "completion_only": "everything after the prompt the model sees at inference",
+    "everything": "every token, the prompt included (plain language modelling)",
+}
+LINT_SAMPLE = 500
+
+st.title("🎨 Chat template & token mask")
+st.caption("See exactly which tokens a training run learns from. The trainer calls the same function that draws this page.")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading tokenizer…")
+def cached_tokenizer(source_json: str):
+    return load_tokenizer(ModelSource.from_dict(json.loads(source_json)))
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading dataset…")
+def cached_file(path: str, mtime: float):
+    return load_dataset_file(path)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading upload…")
+def cached_upload(name: str, data: bytes):
+    return load_uploaded(name, data)
+
+
+@st.cache_data(max_entries=16, show_spinner="Linting the dataset…")
+def cached_lint(source_hash: str, model_key: str, template: str, policy: str, max_length: int, train_eot: bool, _rows, _tokenizer):
+    return lint_dataset(_rows, _tokenizer, chat_template=template, policy=policy, max_length=max_length or None, train_eot=train_eot, sample=LINT_SAMPLE)
+
+
+def choose_dataset():
+    sources = ["Demo: support tickets (train)", "Demo: support tickets (eval)", "Workspace dataset", "Upload a file"]
+    choice = st.radio("Dataset", sources, horizontal=True, key="tpl_source")
+    if choice.startswith("Demo"):
+        path = demo_dataset_path("eval" if "eval" in choice else "train")
+        return cached_file(str(path), path.stat().st_mtime)
+    if choice == "Workspace dataset":
+        names = list_workspace_datasets()
+        if not names:
+            st.info("No curated datasets in the workspace yet: export one from the Data page.")
+            return None
+        path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key="tpl_workspace_name"))
+        return cached_file(str(path), path.stat().st_mtime)
+    upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key="tpl_upload")
+    return cached_upload(upload.name, upload.getvalue()) if upload else None
+
+
+model_dict = st.session_state.get("active_model") or {}
+model_key = json.dumps(model_dict, sort_keys=True)
+try:
+    tokenizer = cached_tokenizer(model_key)
+    dataset = choose_dataset()
+except (ModelLoadError, DatasetLoadError, ValueError) as exc:
+    st.error(str(exc))
+    st.stop()
+if dataset is None:
+    st.stop()
+report = dataset.report
+st.caption(f"**{dataset.source}** · format `{dataset.detected_format}` · {report.summary()}")
+if not dataset.rows:
+    st.error("No valid row to show. The Data page lists each rejected row and why.")
+    st.stop()
+
+own_template = getattr(tokenizer, "chat_template", None)
+template_names = ([MODEL_TEMPLATE] if own_template else []) + shipped_template_names()
+c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+template_name = c1.selectbox("Chat template", template_names, key="tpl_template",
+                             help="The model's own template, or one of the common templates shipped with the app.")
+policy = c2.selectbox("What is trained", POLICIES, key="tpl_policy", format_func=lambda p: f"{p} — {POLICY_HELP[p]}")
+max_length = int(c3.number_input("max_length (0 = none)", 0, 32768, 0, step=64, key="tpl_max_length"))
+train_eot = c4.checkbox("Train end-of-turn", value=True, key="tpl_train_eot", help="Learn the marker that ends the answer, so generation stops.")
+chat_template = own_template if template_name == MODEL_TEMPLATE else load_template(template_name)
+
+n_rows = len(dataset.rows)
+st.session_state.setdefault("tpl_row", 0)
+st.session_state["tpl_row"] = min(st.session_state["tpl_row"], n_rows - 1)
+
+
+def step(delta: int) -> None:
+    st.session_state["tpl_row"] = (st.session_state["tpl_row"] + delta) % n_rows
+
+
+nav = st.columns([1, 1, 3])
+nav[0].button("◀ Previous", key="tpl_prev", on_click=step, args=(-1,))
+nav[1].button("Next ▶", key="tpl_next", on_click=step, args=(1,))
+index = int(nav[2].number_input(f"Row (0–{n_rows - 1})", 0, n_rows - 1, key="tpl_row"))
+
+try:
+    row = encode_row(dataset.rows[index], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length or None, train_eot=train_eot)
+except MaskingError as exc:
+    st.error(f"Row {index}: {exc}")
+    st.stop()
+
+m = st.columns(4)
+m[0].metric("Tokens", row.n_tokens, delta=f"-{row.n_tokens_full - row.n_tokens} truncated" if row.truncated else None, delta_color="inverse")
+m[1].metric("Trained tokens", row.n_trained)
+m[2].metric("Trained share", f"{row.trained_share:.0%}")
+m[3].metric("End-of-turn trained", "yes" if row.eot_trained else "no")
+for note in row.notes:
+    st.info(note)
+if row.n_trained == 0:
+    st.warning("This row has no trained token: it costs compute and teaches nothing.")
+st.html(legend_html())
+st.html(token_chips_html(row, tokenizer))
+
+with st.expander("Raw arrays: input_ids and labels"):
+    st.code(f"input_ids = {row.input_ids}\nlabels    = {row.labels}", language="python")
+    st.dataframe(token_table(row, tokenizer), hide_index=True, width="stretch")
+with st.expander("Rendered text (what the tokenizer sees)"):
+    st.code(row.text, language=None)
+
+st.subheader("Dataset statistics and lint")
+lint = cached_lint(dataset.source_hash, model_key, chat_template, policy, max_length, train_eot, dataset.rows, tokenizer)
+s = st.columns(4)
+s[0].metric("Rows checked", f"{lint.n_checked} of {lint.n_rows}")
+s[1].metric("Tokens", f"{lint.total_tokens:,}")
+s[2].metric("Trained tokens", f"{lint.trained_tokens:,}")
+s[3].metric("Trained share", f"{lint.trained_tokens / max(lint.total_tokens, 1):.0%}")
+if (refusal := lint.refusal()):
+    st.error(f"Training would be refused: {refusal}.")
+for issue in lint.errors:
+    st.error(f"{issue.message} — {issue.count} rows (e.g. rows {issue.rows})")
+for issue in lint.warnings:
+    st.warning(f"{issue.message} — {issue.count} rows (e.g. rows {issue.rows})")
+if not lint.issues:
+    st.success("No lint findings: every checked row trains its answer and its end-of-turn marker.")
+edges, counts = lint.share_histogram()
+figure = go.Figure(go.Bar(x=[f"{e:.0%}" for e in edges], y=counts, marker_color="#2e9e44"))
+figure.update_layout(title="Trained-token share per row", xaxis_title="share of the row's tokens that are trained", yaxis_title="rows", height=300, margin=dict(t=40, b=40))
+st.plotly_chart(figure, key="tpl_share_chart")
+if lint.packing:
+    p = lint.packing
+    st.caption(f"Packing preview at max_length {p.max_length}: {p.n_rows} rows → {p.n_sequences} sequences "
+               f"({p.rows_per_sequence:.1f} rows each, {p.fill:.0%} full; {p.n_truncated} rows truncated).")
+
+with st.expander("Why masking matters", expanded=False):
+    st.markdown("A causal language model is trained to predict each token from the ones before it. The mask "
+                r"$m_t \in \{0, 1\}$ decides which predictions count in the loss:")
+    st.latex(r"\mathcal{L} = -\sum_t m_t \,\log p_\theta(x_t \mid x_{<t})")
+    st.markdown(
+        "Tokens with label **-100** have $m_t = 0$: the model reads them as context but is not taught to write them. "
+        "Masking the prompt spends the whole gradient on the answer; training the **end-of-turn** marker teaches the "
+        "model to stop. A template that differs from the one used at inference, or rows truncated before the answer, "
+        "silently train the wrong thing — the lint above catches those."
+    )
