@@ -131,6 +131,9 @@ def test_missing_paths_and_unknown_types(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DatasetLoadError, match="not valid JSON"):
         load_dataset_file(tmp_path / "bad.json")
+    (tmp_path / "garbage.jsonl").write_text("not json\n{also not\n")
+    with pytest.raises(DatasetLoadError, match="none of the first 2 rows is valid JSON .bad JSON on line 1"):
+        load_dataset_file(tmp_path / "garbage.jsonl")
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DatasetLoadError, match="has no rows"):
         load_dataset_file(tmp_path / "empty.jsonl")

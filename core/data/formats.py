@@ -408,19 +408,26 @@ def load_dataset_file(
             head.append((index, record))
             if len(head) < DETECT_ROWS:
                 continue
-            fmt = detect_dataset_format((r for _, r in head if not isinstance(r, _BadJson)), mapping)
+            fmt = _detect_head(head, mapping, source)
             for i, r in head:
                 _accept(i, r, fmt, mapping, rows, report)
             head = []
             continue
         _accept(index, record, fmt, mapping, rows, report)
     if head:
-        fmt = detect_dataset_format((r for _, r in head if not isinstance(r, _BadJson)), mapping)
+        fmt = _detect_head(head, mapping, source)
         for i, r in head:
             _accept(i, r, fmt, mapping, rows, report)
     if fmt is None:
         raise DatasetLoadError(f"{source} has no rows")
     return LoadedDataset(rows=rows, report=report, detected_format=fmt, source=source, source_hash=hasher())
+
+
+def _detect_head(head: list[tuple[int, Any]], mapping: dict | None, source: str) -> str:
+    parsed = [r for _, r in head if not isinstance(r, _BadJson)]
+    if not parsed:
+        raise DatasetLoadError(f"{source}: none of the first {len(head)} rows is valid JSON ({head[0][1].message})")
+    return detect_dataset_format(parsed, mapping)
 
 
 def _accept(index: int, record: Any, fmt: str, mapping: dict | None, rows: list, report: ValidationReport) -> None:

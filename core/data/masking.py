@@ -58,14 +58,13 @@ class TokenSpan(NamedTuple):
 
 @dataclass(frozen=True)
 class Segment:
-    """A character range of the rendered text with its owner and whether it is trained."""
+    """A character range of the rendered text and the message / part it belongs to."""
 
     start: int
     end: int
     role: str
     turn: int
     part: str
-    trained: bool
 
 
 @dataclass
@@ -77,6 +76,7 @@ class EncodedRow:
     text: str = ""  # the rendered conversation (before truncation)
     offsets: list[tuple[int, int]] = field(default_factory=list, repr=False)
     segments: list[Segment] = field(default_factory=list, repr=False)
+    trained_chars: list[tuple[int, int]] = field(default_factory=list, repr=False)  # [start, end) of text trained
     n_tokens_full: int = 0  # length before truncation
     has_eot_marker: bool = True  # the template emits an end-of-turn marker after assistant turns
     eot_trained: bool = True  # every trained assistant turn has its whole marker trained (after truncation)
@@ -176,9 +176,9 @@ def encode_text(text: str, tokenizer: Any, *, max_length: int | None = None, add
     """A plain-text row for language-model training: every token trained, no chat template, EOS appended."""
     body = text + (tokenizer.eos_token or "") if add_eos else text
     ids, offsets = _tokenize(tokenizer, [body])[0]
-    segments = [Segment(0, len(text), "text", 0, "content", True)]
+    segments = [Segment(0, len(text), "text", 0, "content")]
     if len(body) > len(text):
-        segments.append(Segment(len(text), len(body), "text", 0, "eot", True))
+        segments.append(Segment(len(text), len(body), "text", 0, "eot"))
     plan = _Plan(body, segments, [(0, len(body))], [], True, [])
     return _finish(plan, ids, offsets, max_length)
 
@@ -303,7 +303,7 @@ def _template_kwargs(tokenizer: Any) -> dict:
 def _special_tokens(tokenizer: Any) -> list[str]:
     tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    tokens.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    tokens.update(t.content for t in decoder.values() if getattr(t, "special"))
     return sorted(t for t in tokens if t and not t.isspace())
 
 
@@ -370,7 +370,6 @@ def _plan(messages: list[dict], ctx: _Context, train_eot: bool) -> _Plan:
     has_marker = all(eot_by_turn[t][1] > eot_by_turn[t][0] for t in assistant_turns)
 
     trained, eot_ranges = _trained_ranges(ctx, messages, text, segments, eot_by_turn, generation_spans, train_eot)
-    segments = _mark_trained(segments, trained)
     return _Plan(text, segments, trained, eot_ranges, has_marker, notes)
 
 
@@ -487,19 +486,19 @@ def _segments(text, contents, messages, closing, ctx, turn_of) -> tuple[list[Seg
         role = messages[c.message]["role"]
         turn = turn_of(c.message)
         if c.start > pos:
-            segments.append(Segment(pos, c.start, role, turn, "template", False))
-        segments.append(Segment(c.start, c.end, role, turn, "content", False))
+            segments.append(Segment(pos, c.start, role, turn, "template"))
+        segments.append(Segment(c.start, c.end, role, turn, "content"))
         pos = c.end
         if role == "assistant":
             limit = contents[k + 1].start if k + 1 < len(contents) else len(text)
             n = _eot_length(text[c.end:limit], closing, ctx)
             eot_by_turn[turn] = (c.end, c.end + n)
             if n:
-                segments.append(Segment(c.end, c.end + n, role, turn, "eot", False))
+                segments.append(Segment(c.end, c.end + n, role, turn, "eot"))
                 pos = c.end + n
     if pos < len(text):
-        last = segments[-1] if segments else Segment(0, 0, "", -1, "template", False)
-        segments.append(Segment(pos, len(text), last.role, last.turn, "template", False))
+        last = segments[-1] if segments else Segment(0, 0, "", -1, "template")
+        segments.append(Segment(pos, len(text), last.role, last.turn, "template"))
     return segments, eot_by_turn
 
 
@@ -568,18 +567,6 @@ def _intersect(ranges, keep):
     return _merge([(max(a, c), min(b, d)) for a, b in ranges for c, d in keep if min(b, d) > max(a, c)])
 
 
-def _mark_trained(segments: list[Segment], trained: list[tuple[int, int]]) -> list[Segment]:
-    """Split segments at trained-range boundaries so each segment is wholly trained or not."""
-    cuts = sorted({p for r in trained for p in r})
-    out = []
-    for s in segments:
-        points = [s.start] + [c for c in cuts if s.start < c < s.end] + [s.end]
-        for a, b in zip(points, points[1:]):
-            inside = any(x <= a and b <= y for x, y in trained)
-            out.append(Segment(a, b, s.role, s.turn, s.part, inside))
-    return out
-
-
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     if not texts:
         return []
@@ -595,51 +582,63 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[tu
 
 
 def _finish(plan: _Plan, ids: list[int], offsets: list[tuple[int, int]], max_length: int | None) -> EncodedRow:
-    labels = _labels(ids, offsets, plan.trained)
     n_full = len(ids)
     truncated = max_length is not None and n_full > max_length
     if truncated:
-        ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
-    n_trained = sum(1 for x in labels if x != IGNORE_INDEX)
+        ids, offsets = ids[:max_length], offsets[:max_length]
+    token_ranges = _token_ranges(offsets, plan.trained)
+    labels = [IGNORE_INDEX] * len(ids)
+    for i0, i1 in token_ranges:
+        labels[i0:i1] = ids[i0:i1]
     return EncodedRow(
-        input_ids=list(ids),
+        input_ids=ids,
         labels=labels,
         truncated=truncated,
-        n_trained=n_trained,
+        n_trained=sum(i1 - i0 for i0, i1 in token_ranges),
         text=plan.text,
-        offsets=list(offsets),
+        offsets=offsets,
         segments=plan.segments,
+        trained_chars=plan.trained,
         n_tokens_full=n_full,
         has_eot_marker=plan.has_eot_marker,
-        eot_trained=_eot_trained(plan, offsets, labels),
+        eot_trained=_eot_trained(plan, offsets, token_ranges),
         notes=list(plan.notes),
     )
 
 
-def _labels(ids: Sequence[int], offsets: Sequence[tuple[int, int]], trained: list[tuple[int, int]]) -> list[int]:
-    """A token is trained when its characters overlap a trained range (transformers' assistant-mask rule)."""
-    labels = [IGNORE_INDEX] * len(ids)
-    k, n = 0, len(trained)
-    for i, (start, end) in enumerate(offsets):
-        while k < n and start >= trained[k][1]:
-            k += 1
-        if k == n:
-            break
-        if end > trained[k][0]:
-            labels[i] = ids[i]
-    return labels
+def _start(offset: tuple[int, int]) -> int:
+    return offset[0]
 
 
-def _eot_trained(plan: _Plan, offsets, labels) -> bool:
-    """Every end-of-turn marker of a trained turn is present after truncation and all its tokens trained."""
-    if not plan.has_eot_marker:
+def _end(offset: tuple[int, int]) -> int:
+    return offset[1]
+
+
+def _token_ranges(offsets: Sequence[tuple[int, int]], char_ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Token index ranges overlapping the character ranges: a token is trained when any of its characters
+    is (transformers' assistant-mask rule). Offsets are in text order, so two bisections per range do it."""
+    if not offsets or not char_ranges:
+        return []
+    out: list[tuple[int, int]] = []
+    for a, b in char_ranges:
+        i0 = bisect.bisect_right(offsets, a, key=_end)  # first token ending after a
+        i1 = bisect.bisect_left(offsets, b, key=_start)  # first token starting at or after b
+        if i1 > i0:
+            if out and i0 <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], i1))
+            else:
+                out.append((i0, i1))
+    return out
+
+
+def _eot_trained(plan: _Plan, offsets: Sequence[tuple[int, int]], token_ranges: list[tuple[int, int]]) -> bool:
+    """Every end-of-turn marker of a trained turn is inside the (truncated) row and all its tokens trained."""
+    if not plan.has_eot_marker or not offsets:
         return False
     for start, end in plan.eot_ranges:
-        if end <= start:
+        if end <= start or offsets[-1][1] < end:
             return False
-        covering = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
-        if not covering or covering[-1] == len(offsets) - 1 and offsets[-1][1] < end:
-            return False
-        if any(labels[i] == IGNORE_INDEX for i in covering):
+        needed = _token_ranges(offsets, [(start, end)])
+        if not needed or not any(a <= needed[0][0] and needed[0][1] <= b for a, b in token_ranges):
             return False
     return True
