@@ -285,6 +285,9 @@ def test_lint_reports_the_silent_failures(embedded_tokenizer):
     bad = lint_dataset(rows[:2], embedded_tokenizer, chat_template=mismatched)
     assert bad.count("inference_mismatch") == 2 and bad.issues["inference_mismatch"].severity == "error"
 
+    failing = lint_dataset([{"messages": CONVERSATIONS["single_system"]}], embedded_tokenizer, chat_template="{{ raise_exception('no') }}")
+    assert (failing.n_checked, failing.n_encoded, failing.count("encode_failed")) == (1, 0, 1)
+    assert not failing.can_train and "could be encoded" in failing.refusal()
     nothing = lint_dataset(rows[:2], embedded_tokenizer, max_length=5)
     assert not nothing.can_train and "learn nothing" in nothing.refusal()
     edges, counts = clean.share_histogram(10)

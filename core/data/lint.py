@@ -48,9 +48,10 @@ class LintIssue:
 @dataclass
 class LintReport:
     n_rows: int
-    n_checked: int
+    n_checked: int  # rows attempted (the first `sample`), including those that failed to encode
     policy: str
     max_length: int | None
+    n_encoded: int = 0  # rows the template could encode
     total_tokens: int = 0
     trained_tokens: int = 0
     trained_share: list[float] = field(default_factory=list)  # per checked row (histogram data)
@@ -77,6 +78,8 @@ class LintReport:
     def refusal(self) -> str | None:
         """Why training must not start, or None."""
         if self.n_checked == 0:
+            return "the dataset has no rows"
+        if self.n_encoded == 0:
             return "no row could be encoded with this chat template"
         if self.trained_tokens == 0:
             return f"none of the {self.n_checked} checked rows has a trained token (policy {self.policy!r}); training would learn nothing"
@@ -93,6 +96,7 @@ class LintReport:
         return {
             "n_rows": self.n_rows,
             "n_checked": self.n_checked,
+            "n_encoded": self.n_encoded,
             "policy": self.policy,
             "max_length": self.max_length,
             "total_tokens": self.total_tokens,
@@ -130,6 +134,7 @@ def lint_dataset(
         encoded += [(i, e) for (i, _), e in zip(chat_rows, results)]
     encoded += [(i, encode_text(r["text"], tokenizer, max_length=max_length)) for i, r in enumerate(chosen) if "text" in r and "messages" not in r]
     encoded.sort(key=lambda pair: pair[0])
+    report.n_checked = len(encoded)
     for index, row in encoded:
         if row is None:
             report._add("encode_failed", "error", "the chat template could not render these rows (see the Template page for the reason)", index)
@@ -137,7 +142,7 @@ def lint_dataset(
         _check_row(report, index, row, train_eot)
     if check_inference and chat_rows:
         _check_inference(report, chat_rows, {i: e for i, e in encoded}, tokenizer, chat_template)
-    if report.n_checked and report.trained_tokens == 0:
+    if report.n_encoded and report.trained_tokens == 0:
         report._add("no_trainable_tokens", "error", "no checked row has a trained token: training would learn nothing", 0)
     if max_length and report.lengths:
         report.packing = packing_preview(report.lengths, max_length)
@@ -145,7 +150,7 @@ def lint_dataset(
 
 
 def _check_row(report: LintReport, index: int, row: EncodedRow, train_eot: bool) -> None:
-    report.n_checked += 1
+    report.n_encoded += 1
     report.total_tokens += row.n_tokens
     report.trained_tokens += row.n_trained
     report.trained_share.append(row.trained_share)
