@@ -300,3 +300,14 @@ def test_packing_preview_counts_rows_per_sequence():
     assert preview.n_sequences == 3  # 128 | 60+60 | 40+40 (first-fit decreasing)
     assert preview.rows_per_sequence == pytest.approx(5 / 3)
     assert preview.fill == pytest.approx((128 + 200) / (3 * 128))
+
+
+def test_no_double_bos_when_the_tokenizer_adds_one_itself(embedded_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_dir), add_bos_token=True)
+    assert tokenizer("hi").input_ids[0] == tokenizer.bos_token_id  # this tokenizer would add BOS on its own
+    for name in ("llama-2-chat", "mistral-instruct", "chatml"):
+        row = encode_conversation(CONVERSATIONS["multi"], tokenizer, chat_template=load_template(name))
+        assert row.text.startswith(tokenizer.bos_token)
+        assert row.input_ids.count(tokenizer.bos_token_id) == row.text.count(tokenizer.bos_token)
