@@ -150,8 +150,10 @@ for issue in lint.warnings:
 if not lint.issues:
     st.success("No lint findings: every checked row trains its answer and its end-of-turn marker.")
 edges, counts = lint.share_histogram()
-figure = go.Figure(go.Bar(x=[f"{e:.0%}" for e in edges], y=counts, marker_color="#2e9e44"))
-figure.update_layout(title="Trained-token share per row", xaxis_title="share of the row's tokens that are trained", yaxis_title="rows", height=300, margin=dict(t=40, b=40))
+width = 100 / len(edges)
+figure = go.Figure(go.Bar(x=[e * 100 + width / 2 for e in edges], y=counts, width=width * 0.95, marker_color="#2e9e44"))
+figure.update_layout(title="Trained-token share per row", xaxis=dict(title="share of the row's tokens that are trained", range=[0, 100], ticksuffix="%"),
+                     yaxis_title="rows", height=300, margin=dict(t=40, b=40))
 st.plotly_chart(figure, key="tpl_share_chart")
 if lint.packing:
     p = lint.packing
