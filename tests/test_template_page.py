@@ -67,3 +67,31 @@ def test_template_page_lints_and_flags_truncation(workspace, embedded_dir):
     assert any("longer than max_length" in w.value for w in at.warning)
     assert int(metric(at, "Trained tokens")) == 0
     assert any("Packing preview" in c.value for c in at.caption)
+
+
+def test_chip_html_escapes_text_and_carries_hover_details(embedded_tokenizer):
+    from core.data.masking import encode_conversation
+    from core.data.render import token_chips_html, token_table
+
+    messages = [{"role": "user", "content": "<b>bold</b> & \"quotes\""}, {"role": "assistant", "content": "ok\nfine"}]
+    row = encode_conversation(messages, embedded_tokenizer)
+    body = token_chips_html(row, embedded_tokenizer)
+    assert "<b>" not in body and "    assert "<b>bold" not in body and "&lt;b&gt;" in bodylt;" in body and "    assert "<b>bold" not in body and "&lt;b&gt;" in bodyamp;" in body
+    assert body.count('class="tpl-chip ') == row.n_tokens
+    assert body.count("tpl-chip trained") == row.n_trained
+    assert f"label {row.labels[-2]} · role assistant" in body and "label -100 · role user" in body
+    table = token_table(row, embedded_tokenizer)
+    assert "".join(t["token"] for t in table) == row.text
+    assert [t["label"] for t in table] == row.labels
+    assert token_chips_html(row, embedded_tokenizer, max_tokens=5).count('class="tpl-chip ') == 6  # 5 + "more"
+
+
+def test_uploaded_bytes_load_like_a_file():
+    import json
+
+    from core.data.formats import load_uploaded
+
+    data = json.dumps([{"prompt": "p", "completion": "c"}]).encode()
+    loaded = load_uploaded("my data.json", data)
+    assert loaded.source == "upload:my data.json" and loaded.detected_format == "prompt_completion"
+    assert len(loaded.rows) == 1
