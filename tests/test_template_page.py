@@ -76,7 +76,7 @@ def test_chip_html_escapes_text_and_carries_hover_details(embedded_tokenizer):
     messages = [{"role": "user", "content": "<b>bold</b> & \"quotes\""}, {"role": "assistant", "content": "ok\nfine"}]
     row = encode_conversation(messages, embedded_tokenizer)
     body = token_chips_html(row, embedded_tokenizer)
-    assert "<b>" not in body and "    assert "<b>bold" not in body and "&lt;b&gt;" in bodylt;" in body and "    assert "<b>bold" not in body and "&lt;b&gt;" in bodyamp;" in body
+    assert "<b>" not in body and "&lt;" in body and "&amp;" in body
     assert body.count('class="tpl-chip ') == row.n_tokens
     assert body.count("tpl-chip trained") == row.n_trained
     assert f"label {row.labels[-2]} · role assistant" in body and "label -100 · role user" in body
