@@ -57,7 +57,7 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
         if "\n" in text:
             pieces.append("<br>")
     if count < len(row.input_ids):
-        pieces.append(f"<span class='tpl-chip masked'>… {len(row.input_ids) - count} more tokens</span>")
+        pieces.append(f'<span class="tpl-chip masked more">… {len(row.input_ids) - count} more tokens</span>')
     pieces.append("</div>")
     return "".join(pieces)
 
