@@ -198,6 +198,12 @@ def test_generation_markers_match_transformers_assistant_mask(embedded_tokenizer
         assert ours.input_ids == list(theirs["input_ids"])
         assert [int(label != IGNORE_INDEX) for label in ours.labels] == list(theirs["assistant_masks"])
         assert ours.n_trained > 0 and ours.eot_trained
+    multi = CONVERSATIONS["multi_system"]
+    last = encode_conversation(multi, embedded_tokenizer, chat_template=CHATML_WITH_GENERATION, policy="last_assistant")
+    assert last.trained_texts(embedded_tokenizer) == encode_conversation(multi, embedded_tokenizer).trained_texts(embedded_tokenizer)[1:]
+    bare = encode_conversation(multi, embedded_tokenizer, chat_template=CHATML_WITH_GENERATION, train_eot=False)
+    assert bare.trained_texts(embedded_tokenizer) == ["Hello! How can I help?", "\n  Blue.\n\nAlso ### Response: a pear, USER: no.  "]
+    assert not bare.eot_trained
 
 
 def test_policies_change_what_is_trained(embedded_tokenizer):

@@ -524,13 +524,8 @@ def _trained_ranges(ctx, messages, text, segments, eot_by_turn, generation_spans
         ranges = _generation_ranges_for(generation_spans, turns, content_of, assistant_turns)
         if not train_eot:
             ranges = _intersect(ranges, [content_of[t] for t in turns])
-        eots = [(content_of[t][1], max((b for a, b in ranges if a <= content_of[t][1] <= b), default=content_of[t][1])) for t in turns]
-        return ranges, [e for e in eots if e[1] > e[0]] or [eot_by_turn[t] for t in turns]
-    ranges = []
-    for t in turns:
-        start, end = content_of[t]
-        eot_start, eot_end = eot_by_turn[t]
-        ranges.append((start, eot_end if train_eot else end))
+        return ranges, [eot_by_turn[t] for t in turns]
+    ranges = [(content_of[t][0], eot_by_turn[t][1] if train_eot else content_of[t][1]) for t in turns]
     return _merge(ranges), [eot_by_turn[t] for t in turns]
 
 
