@@ -85,3 +85,141 @@ def render_sidebar() -> None:
     with st.sidebar:
         render_model_selector()
         render_hardware()
+
+
+# ---------------------------------------------------------------- job pages (merge / prune / distill)
+# Generic helpers for pages that launch a job and watch it: choose a model, start a run, follow it live,
+# send its result to Chat / Evaluate. The run folder is the only state; a refresh reattaches to it.
+
+MODEL_CHOICES = ("Active model", "Active model + trained adapter", "Embedded default", "Local folder", "Hugging Face Hub id")
+
+
+def trained_adapter_folders() -> dict[str, str]:
+    """Adapters of finished training runs, newest first: label -> folder."""
+    from core.runs import list_runs
+
+    found = {}
+    for run in list_runs("train"):
+        adapter = run.path / "adapter"
+        if run.status.state in ("succeeded", "stopped") and (adapter / "adapter_config.json").is_file():
+            found[f"{run.run_id} ({run.status.state})"] = str(adapter)
+    return found
+
+
+def model_picker(label: str, key: str, *, default_choice: int = 0, allow_adapter: bool = True, help: str | None = None) -> ModelSource | None:
+    """A model source from widgets (None while incomplete). Keys are prefixed with `key`."""
+    choices = [c for c in MODEL_CHOICES if allow_adapter or "adapter" not in c]
+    choice = st.selectbox(label, choices, index=min(default_choice, len(choices) - 1), key=f"{key}_choice", help=help)
+    if choice == "Active model":
+        return active_model_source()
+    if choice == "Embedded default":
+        return ModelSource()
+    if choice == "Active model + trained adapter":
+        adapters = trained_adapter_folders()
+        picked = st.selectbox("Adapter", list(adapters) + ["Folder path…"], key=f"{key}_adapter_pick")
+        path = adapters.get(picked) or st.text_input("Adapter folder", key=f"{key}_adapter_path", placeholder="/path/to/adapter")
+        return active_model_source().with_adapter(path.strip()) if path and path.strip() else None
+    kind = "local" if choice == "Local folder" else "hub"
+    ref = st.text_input("Path" if kind == "local" else "Hub id", key=f"{key}_ref",
+                        placeholder="/path/to/model-folder" if kind == "local" else "org/model")
+    return ModelSource(kind, ref.strip()) if ref.strip() else None
+
+
+def start_run(spec, key: str) -> None:
+    """Create the run folder from a spec dataclass, launch its worker, and remember it for this page."""
+    from core.runs import create_run, launch
+
+    run_dir = create_run(spec)
+    launch(run_dir)
+    st.session_state[key] = str(run_dir)
+
+
+def run_selector(kind: str, key: str, label: str = "Run"):
+    """Pick one of this kind's runs (the page's latest launch first). Returns its folder or None."""
+    from pathlib import Path
+
+    from core.runs import list_runs
+
+    runs = list_runs(kind)
+    if not runs:
+        st.info(f"No {kind} runs yet in this workspace.")
+        return None
+    paths = [str(r.path) for r in runs]
+    current = st.session_state.get(key)
+    index = paths.index(current) if current in paths else 0
+    chosen = st.selectbox(label, paths, index=index, key=f"{key}_select",
+                          format_func=lambda p: f"{Path(p).name} · {next(r.status.state for r in runs if str(r.path) == p)}")
+    st.session_state[key] = chosen
+    return Path(chosen)
+
+
+def run_metrics(run_dir) -> list[dict]:
+    """All metrics rows of a run, read incrementally by byte offset across reruns."""
+    from core.runs import METRICS_FILE, read_new_metrics
+
+    cache = st.session_state.setdefault("_job_metrics", {})
+    offset, rows = cache.get(str(run_dir), (0, []))
+    new, offset = read_new_metrics(run_dir / METRICS_FILE, offset)
+    rows = rows + new
+    cache[str(run_dir)] = (offset, rows)
+    return rows
+
+
+def _render_status(run_dir, render_body):
+    from core.runs import log_tail, read_status, stop
+
+    status = read_status(run_dir)
+    icon = {"succeeded": "✅", "failed": "❌", "stopped": "⏹️", "running": "⏳", "queued": "🕒", "stopping": "⏳"}.get(status.state, "•")
+    elapsed = f" · {status.elapsed:.0f} s" if status.elapsed else ""
+    st.markdown(f"**{icon} {status.state}**{elapsed} — {status.message}")
+    if status.is_active:
+        st.progress(status.progress)
+        if st.button("Stop", key=f"stop_{run_dir.name}"):
+            stop(run_dir)
+    if status.state == "failed":
+        st.error(status.error or "The job failed.")
+        with st.expander("Log tail", expanded=True):
+            st.code(log_tail(run_dir) or "(empty log)")
+    render_body(run_dir, status, run_metrics(run_dir))
+    return status
+
+
+@st.fragment(run_every=2)
+def _live_status(run_dir, render_body) -> None:
+    status = _render_status(run_dir, render_body)
+    if status.is_final:
+        st.rerun()  # hand over to the static view: stop polling
+
+
+def live_run(run_dir, render_body) -> None:
+    """Status, progress, stop and log tail of a run; polls every 2 s while it is active.
+
+    render_body(run_dir, status, metrics_rows) draws the page-specific part (charts, results).
+    """
+    from core.runs import read_status
+
+    if read_status(run_dir).is_active:
+        _live_status(run_dir, render_body)
+    else:
+        _render_status(run_dir, render_body)
+
+
+def send_model_buttons(folder: str, key: str) -> None:
+    """Open a result folder on the Chat or Evaluate page."""
+    c1, c2 = st.columns(2)
+    if c1.button("💬 Chat with it", key=f"{key}_to_chat"):
+        st.session_state["chat_model_path"] = str(folder)
+        st.switch_page("pages/chat.py")
+    if c2.button("📊 Evaluate it", key=f"{key}_to_eval"):
+        st.session_state["eval_model_path"] = str(folder)
+        st.switch_page("pages/evaluate.py")
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
