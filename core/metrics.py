@@ -8,13 +8,18 @@
 - `rouge_l_f1`: longest-common-subsequence F1 over normalised words.
 - `detect_free_text_fields`: which fields of JSON answers hold prose rather than a label.
 - `choose_scorer`: JSON scoring when every reference answer is a JSON object, exact match otherwise.
+- `is_strict_json_object`: the whole answer is one JSON object (one ```json fence tolerated): what a program
+  calling `json.loads` on the reply accepts; the evaluation's "JSON validity".
+- `perplexity`, `choice_accuracy`: likelihood-based scores (exp of the mean token NLL; multiple choice by
+  summed and per-character log-likelihood, as lm-evaluation-harness computes acc and acc_norm).
 """
 from __future__ import annotations
 
 import json
 import re
 import string
-from typing import Any, Callable, Iterable
+import math
+from typing import Any, Callable, Iterable, Sequence
 
 _SPACES = re.compile(r"\s+")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -165,3 +170,35 @@ def choose_scorer(references: Iterable[str]) -> tuple[str, Scorer]:
 
 
 SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "json_field_accuracy": json_field_accuracy, "rouge_l": rouge_l_f1}
+
+
+_WHOLE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
+
+
+def is_strict_json_object(text: Any) -> float:
+    """1.0 when the whole answer (surrounding whitespace and one ```json fence aside) is a JSON object."""
+    stripped = str(text if text is not None else "").strip()
+    fenced = _WHOLE_FENCE.match(stripped)
+    try:
+        value = json.loads(fenced.group(1) if fenced else stripped)
+    except (json.JSONDecodeError, ValueError):
+        return 0.0
+    return 1.0 if isinstance(value, dict) else 0.0
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """exp(mean negative log-likelihood per token)."""
+    if n_tokens <= 0:
+        raise ValueError("perplexity needs at least one scored token")
+    return math.exp(total_nll / n_tokens)
+
+
+def choice_accuracy(logliks: Sequence[float], choices: Sequence[str], gold: int) -> tuple[float, float]:
+    """(acc, acc_norm) for one multiple-choice item: is the gold choice the one with the highest summed
+    log-likelihood, and the one with the highest log-likelihood per character of the choice text (first
+    maximum wins on ties, like numpy.argmax in lm-evaluation-harness)."""
+    if len(logliks) != len(choices) or not choices:
+        raise ValueError(f"one log-likelihood per choice is needed ({len(logliks)} for {len(choices)} choices)")
+    best = max(range(len(choices)), key=lambda i: logliks[i])
+    best_norm = max(range(len(choices)), key=lambda i: logliks[i] / max(1, len(choices[i])))
+    return float(best == gold), float(best_norm == gold)

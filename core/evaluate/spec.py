@@ -1,0 +1,96 @@
+"""EvalSpec: what an evaluation job compares, on which data, with how many samples (the YAML file and the form)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from core.models import ModelSource
+from core.runs.spec import check_limits, spec_from_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TASK_DATASET = "assets/demo/eval.jsonl"
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class EvalSpec:
+    kind: ClassVar[str] = "evaluate"
+
+    name: str = field(default="", metadata=_help("A short name for the run folder."))
+    base: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=_help(
+        "The base model as a model-source dict: {kind: embedded|local|hub|gguf, ref: path or id}."))
+    variants: list = field(default_factory=list, metadata=_help(
+        "Fine-tuned models to compare with the base: [{label, model: {kind, ref, adapter}}]. An adapter variant "
+        "usually names the base plus `adapter`; a merged model names its own folder."))
+    checkpoints_of: str = field(default="", metadata=_help(
+        "A training run folder: every checkpoint in <run>/checkpoints/ (and the final adapter) becomes a variant, "
+        "for the learning-vs-forgetting curve."))
+    task_dataset: str = field(default=DEFAULT_TASK_DATASET, metadata=_help(
+        "Held-out conversations of the task (JSONL / JSON / CSV / Parquet, any format core.data reads); the last "
+        "assistant turn of each row is the reference answer.", group="data"))
+    task_samples: int = field(default=24, metadata=_help(
+        "Task rows to evaluate (a seeded sample; 0 = all).", min=0, max=100_000, group="data"))
+    general_samples: int = field(default=48, metadata=_help(
+        "General texts for perplexity (of 175; 0 = all).", min=0, max=100_000, group="data"))
+    mc_samples: int = field(default=100, metadata=_help(
+        "General multiple-choice items (of 600; 0 = all).", min=0, max=100_000, group="data"))
+    max_new_tokens: int = field(default=96, metadata=_help(
+        "Longest generated answer in tokens (greedy decoding).", min=1, max=8192, group="generation"))
+    batch_size: int = field(default=8, metadata=_help(
+        "Prompts / sequences per forward pass.", min=1, max=512, group="generation", advanced=True))
+    max_length: int = field(default=1024, metadata=_help(
+        "Longest sequence scored for loss / perplexity, in tokens (longer ones are cut).", min=16, max=131_072,
+        group="generation", advanced=True))
+    bootstrap_samples: int = field(default=1000, metadata=_help(
+        "Bootstrap resamples for the 95% confidence intervals (0 = no intervals).", min=0, max=100_000, group="verdict"))
+    forgetting_threshold: float = field(default=3.0, metadata=_help(
+        "Forgetting when the general score (multiple-choice accuracy, percentage points) drops by more than this.",
+        min=0.0, max=100.0, group="verdict"))
+    perplexity_threshold: float = field(default=10.0, metadata=_help(
+        "Forgetting also when general-text perplexity rises by more than this many percent.", min=0.0, max=10_000.0,
+        group="verdict"))
+    free_text_fields: list = field(default_factory=list, metadata=_help(
+        "JSON fields compared with ROUGE-L instead of exact match; empty = detect from the references.",
+        group="data", advanced=True))
+    lm_eval_tasks: list = field(default_factory=list, metadata=_help(
+        "Optional lm-evaluation-harness task names (run only when `lm-eval` is installed).", group="extra", advanced=True))
+    lm_eval_limit: int = field(default=100, metadata=_help(
+        "Examples per lm-eval task (0 = the whole task).", min=0, max=1_000_000, group="extra", advanced=True))
+    seed: int = field(default=0, metadata=_help("Seed for the samples and the bootstrap.", min=0, max=2**31 - 1))
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+        ModelSource.from_dict(self.base)  # raises ValueError naming a bad kind / missing ref
+        if not isinstance(self.variants, list):
+            raise ValueError("variants must be a list of {label, model}")
+        labels = set()
+        for n, variant in enumerate(self.variants):
+            if not isinstance(variant, dict) or not isinstance(variant.get("model"), dict):
+                raise ValueError(f"variants[{n}] must be a mapping with `label` and `model` (a model-source dict)")
+            label = str(variant.get("label") or "").strip()
+            if not label:
+                raise ValueError(f"variants[{n}] needs a label")
+            if label == "base" or label in labels:
+                raise ValueError(f"variants[{n}]: the label {label!r} is used twice (or is the reserved 'base')")
+            labels.add(label)
+            ModelSource.from_dict(variant["model"])
+        if not self.variants and not self.checkpoints_of:
+            raise ValueError("choose at least one fine-tuned variant (an adapter, a merged model, or checkpoints_of a training run)")
+        self.lm_eval_tasks = [str(t).strip() for t in self.lm_eval_tasks if str(t).strip()]
+        self.free_text_fields = [str(f).strip() for f in self.free_text_fields if str(f).strip()]
+
+    @property
+    def base_source(self) -> ModelSource:
+        return ModelSource.from_dict(self.base)
+
+    def task_path(self) -> Path:
+        path = Path(self.task_dataset).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EvalSpec":
+        return spec_from_dict(cls, data)

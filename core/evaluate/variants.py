@@ -1,0 +1,74 @@
+"""Which models an evaluation compares: the spec's variants, plus the checkpoints of a training run."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.models import ModelSource
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+FINAL_ADAPTER = "adapter"
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    source: ModelSource
+    step: int | None = None  # set for checkpoints of a training run (the learning-vs-forgetting curve)
+
+
+def variant_source(model: dict, base: ModelSource) -> ModelSource:
+    """A variant's model dict; one that names only an adapter goes on top of the base."""
+    if "kind" not in model and "ref" not in model:
+        return base.with_adapter(model.get("adapter", ""))
+    return ModelSource.from_dict(model)
+
+
+def run_checkpoints(train_run: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every adapter checkpoint of a training run, oldest first."""
+    root = Path(train_run).expanduser() / "checkpoints"
+    found = []
+    for path in root.iterdir() if root.is_dir() else []:
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / "adapter_config.json").is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def final_step(train_run: Path) -> int | None:
+    """The step the final adapter was saved at, from the run's status (result.global_step) if recorded."""
+    from core.runs import read_status
+
+    try:
+        result = read_status(train_run).result or {}
+    except Exception:  # noqa: BLE001 - a missing status only loses the x position of the final point
+        return None
+    for key in ("global_step", "steps", "step"):
+        if isinstance(result.get(key), (int, float)):
+            return int(result[key])
+    return None
+
+
+def checkpoint_variants(train_run: str | Path, base: ModelSource) -> list[Variant]:
+    train_run = Path(train_run).expanduser()
+    if not train_run.is_dir():
+        raise ValueError(f"checkpoints_of: training run folder not found: {train_run}")
+    variants = [Variant(f"step {step}", base.with_adapter(str(path)), step) for step, path in run_checkpoints(train_run)]
+    final = train_run / FINAL_ADAPTER
+    if (final / "adapter_config.json").is_file():
+        step = final_step(train_run)
+        if step is None or all(v.step != step for v in variants):
+            last = variants[-1].step if variants else 0
+            variants.append(Variant("final", base.with_adapter(str(final)), step if step is not None else last + 1))
+    if not variants:
+        raise ValueError(f"checkpoints_of: {train_run} has no adapter checkpoints (checkpoints/checkpoint-N/adapter_config.json) and no final adapter")
+    return variants
+
+
+def expand_variants(spec_variants: list[dict], checkpoints_of: str, base: ModelSource) -> list[Variant]:
+    variants = [Variant(str(v["label"]).strip(), variant_source(v["model"], base)) for v in spec_variants]
+    if checkpoints_of:
+        taken = {v.label for v in variants}
+        variants += [v for v in checkpoint_variants(checkpoints_of, base) if v.label not in taken]
+    return variants

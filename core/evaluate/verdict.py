@@ -1,0 +1,114 @@
+"""The forgetting verdict: the task must improve and the general score must not drop by more than the threshold.
+
+Definitions (also written into every report):
+
+- task delta: fine-tuned − base task score, in points (0-100), with a paired 95% bootstrap interval;
+- general delta: fine-tuned − base general score = multiple-choice acc_norm in percentage points;
+- perplexity change: 100 · (ppl_fine-tuned / ppl_base − 1) on the general text set, in percent.
+
+Verdict, in this order:
+
+1. **forgetting** — general delta < −forgetting_threshold points, or perplexity change > perplexity_threshold %;
+2. **improved** — the task delta's interval lies above zero (no interval: the delta itself is above zero);
+3. **no effect** — otherwise (the task did not measurably improve, or got worse).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from core.evaluate.stats import Interval
+
+VERDICTS = ("improved", "no effect", "forgetting")
+
+FORGETTING_ADVICE = [
+    "Lower the learning rate (halve it) so each step moves the weights less.",
+    "Use a smaller LoRA rank (or fewer target modules): less capacity to overwrite general behaviour.",
+    "Train fewer epochs / steps: forgetting grows with training past the point where the task is learned.",
+    "Mix general data back in (replay): 5-20% general instruction rows alongside the task rows.",
+    "Use an earlier checkpoint: evaluate the run's checkpoints (checkpoints_of) and keep the best trade-off.",
+]
+NO_EFFECT_ADVICE = [
+    "Check on the Template page that the answer tokens are trained (label ≠ -100), including the end-of-turn marker.",
+    "Train longer or with a higher learning rate: the loss curve should still be falling when training stops.",
+    "Check that the evaluation rows have the same format (system prompt, template) as the training rows.",
+    "Evaluate more task rows (task_samples): a small sample gives a wide interval that can hide a real gain.",
+]
+IMPROVED_ADVICE = [
+    "Compare answers side by side on the Chat page before shipping.",
+    "Merge the adapter into the base model (Merge page) for deployment, then re-run this report on the merged model.",
+]
+
+
+@dataclass
+class Verdict:
+    label: str
+    verdict: str
+    headline: str
+    task_delta: dict | None
+    general_delta: dict | None
+    perplexity_change: dict | None
+    reasons: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fmt(interval: Interval, unit: str) -> str:
+    if interval.low == interval.high == interval.value:
+        return f"{interval.value:+.1f}{unit}"
+    return f"{interval.value:+.1f}{unit} (95% CI {interval.low:+.1f} to {interval.high:+.1f})"
+
+
+def decide(
+    label: str,
+    task_delta: Interval,
+    general_delta: Interval | None,
+    perplexity_change: Interval | None,
+    *,
+    forgetting_threshold: float = 3.0,
+    perplexity_threshold: float = 10.0,
+    best_checkpoint: str | None = None,
+) -> Verdict:
+    reasons: list[str] = []
+    forgetting = False
+    if general_delta is not None and general_delta.value < -forgetting_threshold:
+        forgetting = True
+        sure = "" if general_delta.high < 0 else " — the interval still includes no change: evaluate more items to be sure"
+        reasons.append(f"general score dropped {_fmt(general_delta, ' points')}, more than the {forgetting_threshold:g}-point limit{sure}")
+    if perplexity_change is not None and perplexity_change.value > perplexity_threshold:
+        forgetting = True
+        reasons.append(f"general-text perplexity rose {_fmt(perplexity_change, '%')}, more than the {perplexity_threshold:g}% limit")
+    task_gain = task_delta.low > 0 if task_delta.low != task_delta.high else task_delta.value > 0
+    task_text = f"task score {_fmt(task_delta, ' points')}"
+    if forgetting:
+        verdict = "forgetting"
+        headline = f"{label}: forgetting — {task_text}, but the general ability dropped past the limit."
+        advice = list(FORGETTING_ADVICE)
+        if best_checkpoint:
+            advice.insert(0, f"Checkpoint {best_checkpoint} had the best task score without forgetting: start from it.")
+    elif task_gain:
+        verdict = "improved"
+        headline = f"{label}: improved — {task_text}, general ability held."
+        advice = list(IMPROVED_ADVICE)
+    else:
+        verdict = "no effect"
+        worse = task_delta.high < 0
+        headline = f"{label}: no effect — {task_text}" + (" (worse than the base)." if worse else "; the gain is not distinguishable from zero.")
+        advice = list(NO_EFFECT_ADVICE)
+    if not forgetting:
+        if general_delta is not None:
+            reasons.append(f"general score {_fmt(general_delta, ' points')} (limit −{forgetting_threshold:g})")
+        if perplexity_change is not None:
+            reasons.append(f"general-text perplexity {_fmt(perplexity_change, '%')} (limit +{perplexity_threshold:g}%)")
+    reasons.insert(0, task_text)
+    return Verdict(
+        label=label,
+        verdict=verdict,
+        headline=headline,
+        task_delta=task_delta.as_dict(),
+        general_delta=general_delta.as_dict() if general_delta else None,
+        perplexity_change=perplexity_change.as_dict() if perplexity_change else None,
+        reasons=reasons,
+        advice=advice,
+    )
