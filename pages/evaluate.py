@@ -1,0 +1,158 @@
+"""Evaluate: base vs fine-tuned on the task and on general ability, with a forgetting verdict and what to do."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.evaluate import charts
+from core.evaluate.harness import lm_eval_available
+from core.evaluate.report import REPORT_FILE, metric_table, render_html, render_markdown, top_changes
+from core.evaluate.spec import EvalSpec
+from core.evaluate.variants import run_checkpoints
+from core.runs import list_runs
+from core.runs.spec import spec_fields
+from pages_common import live_run, model_picker, run_selector, start_run, trained_adapter_folders
+
+FIELDS = {f.name: f for f in spec_fields(EvalSpec)}
+VERDICT_BOX = {"improved": st.success, "no effect": st.warning, "forgetting": st.error}
+
+st.title("📊 Evaluate: did fine-tuning help, and what did it cost?")
+st.caption("The task score on held-out rows and a general score (multiple choice + perplexity on general text), "
+           "base vs fine-tuned, with 95% bootstrap intervals. Forgetting = the general score drops by more than "
+           "the threshold. Runs as a job: a refresh or a second tab reattaches to it.")
+
+if st.query_params.get("eval_run"):  # a shared / reloaded link names the run to show
+    named = next((r.path for r in list_runs("evaluate") if r.run_id == st.query_params["eval_run"]), None)
+    if named is not None and "eval_run_seen" not in st.session_state:
+        st.session_state["eval_run"] = str(named)
+        st.session_state["eval_run_seen"] = True
+
+
+def number_input(name: str, column) -> float | int:
+    info = FIELDS[name]
+    numeric = float if info.type == "float" else int
+    return column.number_input(name.replace("_", " ").capitalize(), min_value=numeric(info.min or 0), max_value=numeric(info.max),
+                               value=numeric(info.default), help=info.help, key=f"eval_{name}")
+
+
+def runs_with_checkpoints() -> dict[str, str]:
+    return {f"{r.run_id} ({len(run_checkpoints(r.path))} checkpoints)": str(r.path)
+            for r in list_runs("train") if run_checkpoints(r.path)}
+
+
+def variant_widgets() -> tuple[list[dict], str]:
+    """The fine-tuned variants ({label, model}) and an optional training run whose checkpoints to sweep."""
+    adapters = trained_adapter_folders()
+    preset = st.session_state.get("eval_adapter")
+    default = [label for label, folder in adapters.items() if folder == preset]
+    picked = st.multiselect("Adapters from finished training runs", list(adapters), default=default, key="eval_adapters",
+                            help="Applied on top of the base model above.")
+    variants = [{"label": label.split(" ")[0], "model": {"adapter": adapters[label]}} for label in picked]
+    c1, c2 = st.columns(2)
+    folder = c1.text_input("…or an adapter folder", value=preset if preset and not default else "", key="eval_adapter_path",
+                           placeholder="/path/to/adapter")
+    if folder.strip():
+        variants.append({"label": Path(folder.strip()).name or "adapter", "model": {"adapter": folder.strip()}})
+    merged = c2.text_input("Merged / pruned / distilled model folder", value=st.session_state.get("eval_model_path", ""),
+                           key="eval_merged_path", placeholder="/path/to/model-folder")
+    if merged.strip():
+        variants.append({"label": Path(merged.strip()).name or "merged", "model": {"kind": "local", "ref": merged.strip()}})
+    sweeps = runs_with_checkpoints()
+    sweep = st.selectbox("Learning-vs-forgetting curve: every checkpoint of", ["(none)"] + list(sweeps), key="eval_sweep")
+    return _unique_labels(variants), sweeps.get(sweep, "")
+
+
+def _unique_labels(variants: list[dict]) -> list[dict]:
+    seen: dict[str, int] = {}
+    for v in variants:
+        seen[v["label"]] = seen.get(v["label"], 0) + 1
+        if seen[v["label"]] > 1:
+            v["label"] = f"{v['label']} #{seen[v['label']]}"
+    return variants
+
+
+def new_evaluation_form() -> None:
+    base = model_picker("Base model", "eval_base", allow_adapter=False,
+                        help="The model before fine-tuning; adapters are applied on top of it.")
+    variants, checkpoints_of = variant_widgets()
+    task = st.text_input("Task dataset (held-out rows)", value=FIELDS["task_dataset"].default, key="eval_task_dataset",
+                         help=FIELDS["task_dataset"].help)
+    st.markdown("**Sample sizes** — the defaults finish in a few minutes on a laptop CPU with the embedded model; raise them for tighter intervals.")
+    c = st.columns(4)
+    sizes = {name: number_input(name, c[i % 4]) for i, name in enumerate(
+        ("task_samples", "general_samples", "mc_samples", "max_new_tokens", "bootstrap_samples", "forgetting_threshold", "perplexity_threshold", "seed"))}
+    tasks = st.text_input("lm-eval tasks (optional, comma-separated)", key="eval_lm_tasks", placeholder="hellaswag, arc_easy")
+    if tasks.strip() and not lm_eval_available():
+        st.info("`lm-eval` is not installed: these tasks will be skipped (the report says so). `pip install lm-eval` to run them.")
+    if st.button("▶ Run evaluation", type="primary", key="eval_launch", disabled=base is None or not (variants or checkpoints_of)):
+        try:
+            spec = EvalSpec(base=base.as_dict(), variants=variants, checkpoints_of=checkpoints_of, task_dataset=task.strip(),
+                            lm_eval_tasks=[t for t in tasks.split(",") if t.strip()], **sizes)
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+        start_run(spec, "eval_run")
+        st.query_params["eval_run"] = Path(st.session_state["eval_run"]).name
+        st.rerun()
+    if not (variants or checkpoints_of):
+        st.caption("Choose at least one fine-tuned variant: an adapter, a merged model, or a training run's checkpoints.")
+
+
+def render_report(report: dict) -> None:
+    for verdict in report["verdicts"]:
+        VERDICT_BOX.get(verdict["verdict"], st.info)(f"**{verdict['headline']}**\n\n" + "\n".join(f"- {r}" for r in verdict["reasons"]))
+        if verdict["verdict"] != "improved" or len(report["verdicts"]) == 1:
+            with st.expander(f"What to do — {verdict['label']}", expanded=verdict["verdict"] == "forgetting"):
+                st.markdown("\n".join(f"1. {a}" for a in verdict["advice"]))
+    st.caption(f"{report['task']['n']} task rows · {report['general']['n_texts']} general texts · {report['general']['n_mc']} "
+               f"multiple-choice items · wall time {report['wall_seconds']:.0f} s")
+    for figure in (charts.delta_bars(report), charts.metric_bars(report, "points"), charts.metric_bars(report, "perplexity"),
+                   charts.checkpoint_curve(report)):
+        if figure is not None:
+            st.plotly_chart(figure, width="stretch")
+    st.dataframe(pd.DataFrame(metric_table(report)), hide_index=True, width="stretch")
+    render_examples(report)
+    lm = report.get("lm_eval") or {}
+    if lm.get("status") not in (None, "not requested"):
+        st.info(f"lm-eval: {lm['status']} — {lm.get('note', '')}")
+    with st.expander("Definitions"):
+        st.markdown("\n".join(f"- **{k}**: {v}" for k, v in report["definitions"].items()))
+    name = report["spec"].get("name") or "evaluation"
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("⬇ Markdown", render_markdown(report), f"{name}-report.md", "text/markdown", key="eval_dl_md")
+    c2.download_button("⬇ HTML", render_html(report), f"{name}-report.html", "text/html", key="eval_dl_html")
+    c3.download_button("⬇ JSON", json.dumps(report, indent=2), f"{name}-report.json", "application/json", key="eval_dl_json")
+
+
+def render_examples(report: dict) -> None:
+    variants = list(report["comparisons"])
+    if not variants or not report.get("examples"):
+        return
+    label = st.selectbox("Per-example changes of", variants, key="eval_examples_variant") if len(variants) > 1 else variants[0]
+    regressions, wins = top_changes(report, label, n=8)
+    base = report["models"][0]["label"]
+    for title, rows in (("Largest regressions", regressions), ("Largest wins", wins)):
+        st.markdown(f"**{title}** ({len(rows)})")
+        if rows:
+            st.dataframe(pd.DataFrame([{"row": r["row"], "Δ score": round(100 * r["delta"]), "prompt": r["prompt"], "reference": r["reference"],
+                                        "base answer": r["answers"][base], f"{label} answer": r["answers"][label]} for r in rows]),
+                         hide_index=True, width="stretch")
+
+
+def render_body(run_dir: Path, status, metrics_rows: list[dict]) -> None:
+    if metrics_rows and not (run_dir / REPORT_FILE).is_file():
+        st.dataframe(pd.DataFrame(metrics_rows), hide_index=True, width="stretch")
+    if (run_dir / REPORT_FILE).is_file():
+        render_report(json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8")))
+
+
+with st.expander("New evaluation", expanded=not list_runs("evaluate")):
+    new_evaluation_form()
+
+run_dir = run_selector("evaluate", "eval_run", "Evaluation run")
+if run_dir is not None:
+    st.query_params["eval_run"] = run_dir.name
+    live_run(run_dir, render_body)

@@ -1,0 +1,70 @@
+"""AppTest of the Evaluate page: the form, launching a real evaluation job from it, and the finished report."""
+from __future__ import annotations
+
+import time
+
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+from core import runs
+from test_evaluate import make_adapter
+
+PAGE = str(ROOT / "pages" / "evaluate.py")
+
+
+def _page(tiny_llama_dir) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    return at
+
+
+def test_form_without_runs_and_adapter_preselected_from_the_train_page(workspace, tiny_llama_dir, tmp_path):
+    at = _page(tiny_llama_dir)
+    at.run()
+    assert not at.exception
+    assert at.title[0].value.startswith("📊 Evaluate")
+    launch = at.button(key="eval_launch")
+    assert launch.disabled  # no fine-tuned variant chosen yet
+    assert at.number_input(key="eval_task_samples").value == 24
+    assert at.number_input(key="eval_forgetting_threshold").value == 3.0
+    assert any("No evaluate runs yet" in i.value for i in at.info)
+
+    at = _page(tiny_llama_dir)
+    at.session_state["eval_adapter"] = str(tmp_path / "some-adapter")
+    at.run()
+    assert at.text_input(key="eval_adapter_path").value == str(tmp_path / "some-adapter")
+    assert not at.button(key="eval_launch").disabled
+
+
+def test_launch_from_the_page_then_reattach_to_the_report(workspace, tiny_llama_dir, tmp_path):
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter", random_weights=True)
+    at = _page(tiny_llama_dir)
+    at.run()
+    at.text_input(key="eval_adapter_path").set_value(str(adapter))
+    for name, value in (("task_samples", 3), ("general_samples", 3), ("mc_samples", 4), ("max_new_tokens", 6), ("bootstrap_samples", 100)):
+        at.number_input(key=f"eval_{name}").set_value(value)
+    at.text_input(key="eval_lm_tasks").set_value("hellaswag")
+    at.run()
+    assert any("lm-eval" in i.value and "not installed" in i.value for i in at.info)
+    at.button(key="eval_launch").click()
+    at.run(timeout=60)
+    assert not at.exception
+    (run,) = runs.list_runs("evaluate")
+    spec = run.spec
+    assert spec["variants"] == [{"label": "adapter", "model": {"adapter": str(adapter)}}] and spec["task_samples"] == 3
+    assert at.query_params["eval_run"] == [run.run_id] or at.query_params["eval_run"] == run.run_id
+    status = runs.wait(run.path, timeout=300)
+    assert status.state == "succeeded", (status.error, runs.log_tail(run.path))
+
+    # a fresh session (a browser reload) with the run in the URL shows the finished report
+    fresh = _page(tiny_llama_dir)
+    fresh.query_params["eval_run"] = run.run_id
+    fresh.run()
+    assert not fresh.exception
+    boxes = [b.value for b in (*fresh.success, *fresh.warning, *fresh.error)]
+    assert any("adapter:" in text and any(v in text for v in ("improved", "no effect", "forgetting")) for text in boxes), boxes
+    assert len(fresh.get("plotly_chart")) >= 3
+    assert any("Task score" in str(df.value) for df in fresh.dataframe)
+    labels = [d.proto.label for d in fresh.get("download_button")]
+    assert labels == ["⬇ Markdown", "⬇ HTML", "⬇ JSON"]
+    assert any("lm-eval: skipped" in i.value for i in fresh.info)
