@@ -135,14 +135,15 @@ def _fake_train_run(root: Path, tiny_llama_dir: Path, adapters: dict) -> Path:
     for step, name in ((2, "random"), (4, "random2")):
         shutil.copytree(adapters[name], run / "checkpoints" / f"checkpoint-{step}")
     shutil.copytree(adapters["random2"], run / "adapter")
+    (run / "spec.yaml").write_text(f"kind: train\nmodel:\n  kind: local\n  ref: {tiny_llama_dir}\n")
     return run
 
 
 def test_checkpoints_of_a_training_run_make_the_learning_vs_forgetting_curve(workspace, tmp_path, tiny_llama_dir, adapters):
     train_run = _fake_train_run(tmp_path, tiny_llama_dir, adapters)
-    base = ModelSource("local", str(tiny_llama_dir))
-    variants = checkpoint_variants(train_run, base)
+    variants = checkpoint_variants(train_run, ModelSource())  # the adapters go on the model the run trained
     assert [(v.label, v.step) for v in variants] == [("step 2", 2), ("step 4", 4), ("final", 5)]
+    assert all(v.source.ref == str(tiny_llama_dir) and v.source.adapter for v in variants)
     spec = tiny_spec(tiny_llama_dir, checkpoints_of=str(train_run), bootstrap_samples=50)
     run_dir = tmp_path / "eval"
     run_dir.mkdir()

@@ -38,7 +38,7 @@ class EvalSpec:
         "General texts for perplexity (of 175; 0 = all).", min=0, max=100_000, group="data"))
     mc_samples: int = field(default=100, metadata=_help(
         "General multiple-choice items (of 600; 0 = all).", min=0, max=100_000, group="data"))
-    max_new_tokens: int = field(default=96, metadata=_help(
+    max_new_tokens: int = field(default=64, metadata=_help(
         "Longest generated answer in tokens (greedy decoding).", min=1, max=8192, group="generation"))
     batch_size: int = field(default=8, metadata=_help(
         "Prompts / sequences per forward pass.", min=1, max=512, group="generation", advanced=True))

@@ -50,10 +50,23 @@ def final_step(train_run: Path) -> int | None:
     return None
 
 
+def trained_base(train_run: Path, default: ModelSource) -> ModelSource:
+    """The model a training run trained (its spec's `model`; the train spec's default is the embedded
+    model), so its adapters go on the right base. A folder without a spec keeps `default`."""
+    from core.runs.spec import read_spec_dict
+
+    try:
+        model = read_spec_dict(train_run).get("model") or {"kind": "embedded"}
+    except (FileNotFoundError, ValueError):
+        return default
+    return ModelSource.from_dict(model) if isinstance(model, dict) else default
+
+
 def checkpoint_variants(train_run: str | Path, base: ModelSource) -> list[Variant]:
     train_run = Path(train_run).expanduser()
     if not train_run.is_dir():
         raise ValueError(f"checkpoints_of: training run folder not found: {train_run}")
+    base = trained_base(train_run, base)
     variants = [Variant(f"step {step}", base.with_adapter(str(path)), step) for step, path in run_checkpoints(train_run)]
     final = train_run / FINAL_ADAPTER
     if (final / "adapter_config.json").is_file():
