@@ -122,13 +122,22 @@ def sweep_curve(points: list[dict]) -> None:
     st.dataframe(points, hide_index=True)
 
 
+def sweep_points(run_dir, metrics: list[dict]) -> list[dict]:
+    """Final points from sweep.json; while running, the latest metrics row per λ."""
+    final = run_dir / "sweep.json"
+    if final.is_file():
+        return json.loads(final.read_text())["points"]
+    latest = {m["lambda"]: m for m in metrics if "lambda" in m}
+    return sorted(latest.values(), key=lambda p: p["lambda"])
+
+
 def render_result(run_dir, status, metrics) -> None:
     if read_spec_dict(run_dir).get("sweep"):
-        points = [m for m in metrics if "lambda" in m]
+        points = sweep_points(run_dir, metrics)
         if points:
             sweep_curve(points)
         best = status.result.get("best_lambda") if status.result else None
-        kept = [p for p in points if p.get("model_dir")]
+        kept = [p for p in points if p.get("model_dir")] if status.is_final else []
         if kept:
             default = next((i for i, p in enumerate(kept) if p["lambda"] == best), 0)
             chosen = st.selectbox("Use the model at", range(len(kept)), index=default, key=f"merge_point_{run_dir.name}",

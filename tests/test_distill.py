@@ -1,6 +1,7 @@
 """core.distill: the loss against hand-computed values, tokenizer checks, the shallow student, the job lowers the KL."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -139,15 +140,21 @@ def test_short_distillation_lowers_the_held_out_kl(tmp_path, workspace, embedded
     assert student.model.config.num_hidden_layers == 2
 
 
-def test_distill_runs_as_a_job_through_the_worker(tmp_path, workspace, embedded_tokenizer):
+def test_distill_runs_as_a_job_through_the_worker_and_is_scored(tmp_path, workspace, embedded_tokenizer):
     from core import runs
 
+    pytest.importorskip("core.evaluate.job")
     teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
     run_dir = runs.create_run_from_dict({"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 2,
-                                         "batch_size": 1, "max_rows": 4, "max_length": 192, "evaluate": False}, name="probe")
+                                         "batch_size": 1, "max_rows": 4, "max_length": 192, "eval_rows": 2}, name="probe")
     runs.launch(run_dir)
     status = runs.wait(run_dir, timeout=300)
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
     assert status.result["student"] == "teacher layers [0, 2, 3] of 4"
     assert [r["step"] for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE)] == [1, 2]
     assert (run_dir / "student" / "config.json").is_file() and (run_dir / "tokenizer_check.json").is_file()
+    assert status.result["verdict"].startswith("student")  # the student scored against the teacher
+    assert status.result["reference_general_score"] is not None and status.result["general_score"] is not None
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert [m["label"] for m in report["models"]] == ["base", "student"]
+    assert report["spec"]["base"] == {"kind": "local", "ref": str(teacher)}

@@ -310,3 +310,35 @@ def test_job_refuses_with_the_preflight_sentence(family, tmp_path, workspace):
 def test_method_lookup_names_the_choices():
     with pytest.raises(ValueError, match="linear, slerp"):
         get_method("frankenmerge")
+
+
+def test_sweep_job_scores_every_point_with_the_forgetting_report(tiny_llama_dir, tmp_path, workspace):
+    pytest.importorskip("core.evaluate.job")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.merge.job import run
+
+    tuned = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tuned.save_pretrained(tmp_path / "tuned")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "tuned")
+    rows = []
+    ctx = _context(tmp_path / "run", {"kind": "merge", "method": "linear", "base": local(tiny_llama_dir), "eval_rows": 2,
+                                      "models": [{"source": local(tmp_path / "tuned")}], "sweep": [0.0, 0.5, 1.0]})
+    ctx.metrics = lambda **row: rows.append(row)
+    result = run(ctx)
+    assert result["sweep_points"] == 3 and result["best_lambda"] in (0.0, 0.5, 1.0)
+    points = json.loads((ctx.run_dir / "sweep.json").read_text())["points"]
+    assert [p["lambda"] for p in points] == [0.0, 0.5, 1.0]
+    for p in points:
+        assert 0 <= p["task_score"] <= 100 and 0 <= p["general_score"] <= 100 and p["general_perplexity"] > 1
+        assert (Path(p["model_dir"]) / "merge.yaml").is_file()
+    assert "verdict" not in points[0] and points[1]["verdict"].startswith("λ=0.5")
+    report = json.loads((ctx.run_dir / "eval" / "report.json").read_text())
+    assert [m["label"] for m in report["models"]] == ["base", "λ=0.5", "λ=1"]  # λ = 0 is the base: scored once
+    assert [r["lambda"] for r in rows if r.get("stage") == "score"] == [0.0, 0.5, 1.0]  # live, one row per point
+    base_ppl = report["models"][0]["metrics"]["general_perplexity"]["value"]
+    assert points[0]["general_perplexity"] == base_ppl

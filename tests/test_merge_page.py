@@ -102,16 +102,16 @@ def test_start_runs_a_merge_and_shows_the_result(workspace, tmp_path):
 def test_sweep_run_draws_the_learning_vs_forgetting_curve(workspace, tmp_path):
     run_dir = runs.create_run_from_dict({"kind": "merge", "method": "linear", "models": [{"source": {"kind": "embedded"}}],
                                          "sweep": [0.0, 0.5, 1.0]}, name="sweep")
-    from core.runs.metrics import append_metrics
     from core.runs.status import RunStatus, write_status
+    from core.workspace import atomic_write_json
 
-    for lam, task, general in ((0.0, 0.1, 0.60), (0.5, 0.7, 0.58), (1.0, 0.9, 0.40)):
-        append_metrics(run_dir / runs.METRICS_FILE, {"point": 0, "lambda": lam, "task_score": task, "general_score": general,
-                                                     "model_dir": str(tmp_path / f"l{lam}")})
+    points = [{"point": i, "lambda": lam, "task_score": task, "general_score": general, "model_dir": str(tmp_path / f"l{lam}")}
+              for i, (lam, task, general) in enumerate(((0.0, 10.0, 60.0), (0.5, 70.0, 58.0), (1.0, 90.0, 40.0)))]
+    atomic_write_json(run_dir / "sweep.json", {"method": "linear", "points": points})
     write_status(run_dir, RunStatus(state="succeeded", kind="merge", result={"best_lambda": 0.5}))
     at = page()
     trace = chart_traces(at)[0]
-    assert decode(trace["x"]) == [0.6, 0.58, 0.4] and decode(trace["y"]) == [0.1, 0.7, 0.9]
+    assert decode(trace["x"]) == [60.0, 58.0, 40.0] and decode(trace["y"]) == [10.0, 70.0, 90.0]
     assert decode(trace["text"]) == ["λ=0", "λ=0.5", "λ=1"]
     picker = at.selectbox(key=f"merge_point_{run_dir.name}")
     assert picker.value == 1  # the suggested point keeps the general score and learns the task

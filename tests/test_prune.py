@@ -137,13 +137,15 @@ def _context(run_dir: Path, data: dict) -> JobContext:
     return JobContext(run_dir=run_dir, spec=data, log=logging.getLogger("test"), set_progress=lambda f, m: None, _stop=lambda: False)
 
 
-@pytest.mark.parametrize("mode, sparsity", [("unstructured", 0.5), ("mlp_neurons", 0.5)])
-def test_job_saves_a_pruned_model_that_reloads_and_generates(tiny_llama_dir, tmp_path, workspace, mode, sparsity):
+@pytest.mark.parametrize("mode, sparsity, evaluate", [("unstructured", 0.5, True), ("mlp_neurons", 0.5, False)])
+def test_job_saves_a_pruned_model_that_reloads_and_generates(tiny_llama_dir, tmp_path, workspace, mode, sparsity, evaluate):
     from core.models import ModelSource, load_model
     from core.prune.job import run
 
+    if evaluate:
+        pytest.importorskip("core.evaluate.job")
     ctx = _context(tmp_path / "run", {"kind": "prune", "model": {"kind": "local", "ref": str(tiny_llama_dir)}, "mode": mode,
-                                      "sparsity": sparsity, "latency_tokens": 4, "evaluate": False})
+                                      "sparsity": sparsity, "latency_tokens": 4, "evaluate": evaluate, "eval_rows": 2})
     result = run(ctx)
     report = json.loads((ctx.run_dir / "report.json").read_text())
     assert report["achieved_sparsity"] == pytest.approx(0.5, abs=1e-6)
@@ -160,6 +162,11 @@ def test_job_saves_a_pruned_model_that_reloads_and_generates(tiny_llama_dir, tmp
         assert loaded.model.config.intermediate_size == 64
         assert report["parameters_after"] < report["parameters_before"]
         assert report["size_after_bytes"] < report["size_before_bytes"]
+    if evaluate:  # the forgetting report compares the model before and after pruning
+        evaluation = report["evaluation"]
+        assert evaluation["verdict"].startswith("pruned") and evaluation["general_perplexity"] > 1
+        assert evaluation["reference_general_perplexity"] != evaluation["general_perplexity"]
+        assert any(row["metric"] == "General-text perplexity" and "Δ pruned" in row for row in evaluation["table"])
     ids = loaded.tokenizer("Hello", return_tensors="pt")["input_ids"]
     assert loaded.model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
 

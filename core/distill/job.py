@@ -124,9 +124,9 @@ def run(ctx: JobContext) -> dict:
         step += 1
         seconds = time.perf_counter() - tick
         tokens = int(batch["attention_mask"].sum())
-        ctx.metrics(step=step, loss=float(out.loss), ce=float(out.ce), kl=float(out.kl), lr=lr, grad_norm=grad_norm,
+        ctx.metrics(step=step, loss=float(out.loss.detach()), ce=float(out.ce), kl=float(out.kl), lr=lr, grad_norm=grad_norm,
                     tokens_per_s=tokens / seconds, trained_tokens=out.tokens)
-        ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · loss {float(out.loss):.3f} · KL {float(out.kl):.4f}")
+        ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · loss {float(out.loss.detach()):.3f} · KL {float(out.kl):.4f}")
 
     student.eval()
     kl_end = held_out_kl(teacher_model, student, held_out, spec.temperature)
@@ -152,8 +152,7 @@ def run(ctx: JobContext) -> dict:
 
         ctx.progress(0.85, "scoring the student against the teacher")
         result["evaluation"] = score_against(spec.teacher_source, ModelSource("local", str(student_dir)), ctx,
-                                             rows=spec.eval_rows, progress_span=(0.85, 1.0),
-                                             labels=("teacher", "student"))
+                                             rows=spec.eval_rows, progress_span=(0.85, 1.0), label="student")
     ctx.write_json("result.json", result)
     return {k: v for k, v in result.items() if k != "evaluation"} | _headline(result.get("evaluation"))
 

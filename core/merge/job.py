@@ -54,54 +54,75 @@ def run(ctx: JobContext) -> dict:
 
         ctx.progress(0.5, "scoring the merged model against the base")
         result["evaluation"] = score_against(spec.reference_source, ModelSource("local", str(merged)), ctx,
-                                             rows=spec.eval_rows, progress_span=(0.5, 1.0), labels=("base", "merged"))
+                                             rows=spec.eval_rows, progress_span=(0.5, 1.0), label="merged")
         ctx.write_json("result.json", result)
     return {k: v for k, v in result.items() if k != "evaluation"} | _headline(result.get("evaluation"))
 
 
 def run_sweep(ctx: JobContext, spec: MergeSpec, inputs) -> dict:
-    """One merge + one evaluation per λ; each finished point is a metrics row and is kept in sweep.json."""
-    done = {p["lambda"]: p for p in (ctx.read_json(SWEEP_FILE) or {}).get("points", [])}
-    points = []
-    reference_cache: dict = {}
+    """Merge every λ first, then score them all in one forgetting report (the base is evaluated once);
+    each model the report finishes becomes a live metrics row (λ, task score, general score)."""
+    points: dict[float, dict] = {}
+    merge_share = 0.35 if spec.evaluate else 0.95
     for index, lam in enumerate(spec.sweep):
         if ctx.stop_requested:
             break
-        if lam in done:
-            points.append(done[lam])
-            continue
-        fraction = index / len(spec.sweep)
-        ctx.progress(0.05 + 0.95 * fraction, f"λ = {lam:g}: merging ({index + 1}/{len(spec.sweep)})")
+        ctx.progress(0.05 + merge_share * index / len(spec.sweep), f"λ = {lam:g}: merging ({index + 1}/{len(spec.sweep)})")
         folder = ctx.run_dir / SWEEP_DIR / point_folder_name(lam)
-        config = build_config(spec, inputs, lam)
-        merge_seconds = run_mergekit(config, folder, seed=spec.seed)
-        point = {"point": index, "lambda": lam, "merge_seconds": round(merge_seconds, 3), "model_dir": str(folder)}
-        if spec.evaluate:
-            from core.transform_eval import score_against
-
-            started = time.perf_counter()
-            span = (0.05 + 0.95 * fraction, 0.05 + 0.95 * (index + 1) / len(spec.sweep))
-            ctx.progress(span[0], f"λ = {lam:g}: scoring")
-            evaluation = score_against(spec.reference_source, ModelSource("local", str(folder)), ctx, rows=spec.eval_rows,
-                                       progress_span=span, labels=("base", f"λ={lam:g}"), reference_cache=reference_cache)
-            point.update(_headline(evaluation), eval_seconds=round(time.perf_counter() - started, 2))
-        if not spec.keep_sweep_models:
-            shutil.rmtree(folder, ignore_errors=True)
+        if (folder / MERGE_YAML).is_file():  # done by an earlier attempt of this run
+            merge_seconds = None
+        else:
+            merge_seconds = round(run_mergekit(build_config(spec, inputs, lam), folder, seed=spec.seed), 3)
+        points[lam] = {"point": index, "lambda": lam, "merge_seconds": merge_seconds, "model_dir": str(folder)}
+        ctx.metrics(stage="merge", **points[lam])
+    if spec.evaluate and not ctx.stop_requested and points:
+        _score_sweep(ctx, spec, points, (0.05 + merge_share, 1.0))
+    if not spec.keep_sweep_models:
+        for point in points.values():
+            shutil.rmtree(point["model_dir"], ignore_errors=True)
             point["model_dir"] = ""
-        ctx.metrics(**point)
-        points.append(point)
-        ctx.write_json(SWEEP_FILE, {"method": spec.method, "points": sorted(points, key=lambda p: p["lambda"])})
-    return {"method": spec.method, "sweep_points": len(points), "best_lambda": best_point(points)}
+    ordered = sorted(points.values(), key=lambda p: p["lambda"])
+    ctx.write_json(SWEEP_FILE, {"method": spec.method, "points": ordered})
+    return {"method": spec.method, "sweep_points": len(ordered), "best_lambda": best_point(ordered)}
 
 
-def best_point(points: list[dict]) -> float | None:
-    """The λ with the highest task score among the points whose general score is no worse than the base's
-    (within 2 %), else the highest task score overall. None without scores."""
+def _score_sweep(ctx: JobContext, spec: MergeSpec, points: dict[float, dict], span: tuple[float, float]) -> None:
+    from core.transform_eval import evaluate_variants, model_scores, summary
+
+    # λ = 0 is the base itself (mergekit reproduces it): it takes the base's scores instead of a second evaluation.
+    labels = {f"λ={lam:g}": lam for lam in points if lam != 0.0}
+    variants = [(label, ModelSource("local", points[lam]["model_dir"])) for label, lam in labels.items()]
+
+    def live_row(row: dict) -> None:
+        lam = 0.0 if row.get("model") == "base" else labels.get(row.get("model"))
+        if lam is None or lam not in points:
+            return
+        scores = {"task_score": _points(row.get("task_score")), "general_score": _points(row.get("general_mc_acc_norm"))}
+        points[lam].update(scores)
+        ctx.metrics(stage="score", **points[lam])
+
+    started = time.perf_counter()
+    report = evaluate_variants(spec.reference_source, variants, ctx, rows=spec.eval_rows, progress_span=span, on_model=live_row)
+    for lam, point in points.items():
+        label = "base" if lam == 0.0 else f"λ={lam:g}"
+        point.update(model_scores(report, label))
+        if lam != 0.0:
+            point["verdict"] = summary(report, label).get("verdict", "")
+    ctx.log.info("sweep scored in %.0f s", time.perf_counter() - started)
+
+
+def _points(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100 * float(fraction), 2)
+
+
+def best_point(points: list[dict], forgetting_points: float = 3.0) -> float | None:
+    """The λ with the highest task score among the points whose general score stays within `forgetting_points`
+    of the base's (the forgetting report's threshold), else the highest task score overall. None without scores."""
     scored = [p for p in points if p.get("task_score") is not None and p.get("general_score") is not None]
     if not scored:
         return None
     base = min(scored, key=lambda p: p["lambda"])["general_score"]
-    keeps_general = [p for p in scored if p["general_score"] >= base - 0.02 * abs(base)]
+    keeps_general = [p for p in scored if p["general_score"] >= base - forgetting_points]
     return max(keeps_general or scored, key=lambda p: (p["task_score"], p["general_score"]))["lambda"]
 
 

@@ -79,7 +79,7 @@ def run(ctx: JobContext) -> dict:
 
         ctx.progress(0.5, "scoring before and after with the forgetting report")
         report["evaluation"] = score_against(spec.source, ModelSource("local", str(pruned_dir)), ctx, rows=spec.eval_rows,
-                                             progress_span=(0.5, 1.0), labels=("before", "pruned"))
+                                             progress_span=(0.5, 1.0), label="pruned")
         ctx.write_json("report.json", report)
     return {k: report[k] for k in ("mode", "achieved_sparsity", "parameters_before", "parameters_after", "size_before_bytes",
                                    "size_after_bytes", "pruned_dir")} | {
