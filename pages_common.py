@@ -223,3 +223,81 @@ def human_bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+# ---------------------------------------------------------------- forms generated from a spec dataclass
+
+
+def _float_format(value: float) -> tuple[str, float]:
+    """A display format and step for a float widget: small rates in scientific notation."""
+    if value and abs(value) < 1e-2:
+        return "%.2e", abs(value) / 10
+    return "%.3f", 0.01 if abs(value or 0) < 10 else 1.0
+
+
+def spec_widget(info, value, key: str):
+    """One widget chosen by the field's type / choices / limits, labelled by its name and helped by its metadata."""
+    label = info.name.replace("_", " ")
+    if info.choices:
+        options = list(info.choices)
+        return st.selectbox(label, options, index=options.index(value) if value in options else 0, help=info.help, key=key)
+    if info.type == "bool":
+        return st.checkbox(label, value=bool(value), help=info.help, key=key)
+    if info.type == "int":
+        return st.number_input(label, value=int(value), step=1, help=info.help, key=key,
+                               min_value=int(info.min) if info.min is not None else None,
+                               max_value=int(info.max) if info.max is not None else None)
+    if info.type == "float":
+        fmt, step = _float_format(float(value))
+        return st.number_input(label, value=float(value), step=step, format=fmt, help=info.help, key=key,
+                               min_value=float(info.min) if info.min is not None else None,
+                               max_value=float(info.max) if info.max is not None else None)
+    if info.type == "list":
+        text = st.text_input(label, value=", ".join(map(str, value or [])), help=info.help + " (comma separated)", key=key)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return st.text_input(label, value="" if value is None else str(value), help=info.help, key=key)
+
+
+def spec_form(cls, defaults=None, key_prefix: str = "spec", *, skip: tuple[str, ...] = (), columns: int = 3) -> dict:
+    """Widgets for every field of a spec dataclass (core.runs.spec_fields), grouped by `metadata["group"]`;
+    advanced fields of each group sit in an expander. Returns {field: value} for `spec_from_dict`.
+
+    `defaults` is an instance or a dict; a widget keeps what the user typed across reruns (its session key is
+    f"{key_prefix}_{field}"), so delete those keys to re-apply new defaults (e.g. a recipe from the Decide page).
+    """
+    import dataclasses
+
+    from core.runs.spec import spec_fields
+
+    if dataclasses.is_dataclass(defaults):
+        defaults = dataclasses.asdict(defaults)
+    defaults = dict(defaults or {})
+    infos = [i for i in spec_fields(cls) if i.name not in skip and i.type != "dict"]
+    values: dict = {}
+    groups: dict[str, list] = {}
+    for info in infos:
+        groups.setdefault(info.group, []).append(info)
+    for group, members in groups.items():
+        basic = [i for i in members if not i.advanced]
+        advanced = [i for i in members if i.advanced]
+        if basic:
+            st.markdown(f"**{group.capitalize()}**")
+            cols = st.columns(columns)
+            for n, info in enumerate(basic):
+                with cols[n % columns]:
+                    values[info.name] = spec_widget(info, defaults.get(info.name, info.default), f"{key_prefix}_{info.name}")
+        if advanced:
+            with st.expander(f"Advanced · {group}", expanded=False):
+                cols = st.columns(columns)
+                for n, info in enumerate(advanced):
+                    with cols[n % columns]:
+                        values[info.name] = spec_widget(info, defaults.get(info.name, info.default), f"{key_prefix}_{info.name}")
+    return values
+
+
+def reset_spec_form(cls, key_prefix: str) -> None:
+    """Forget the form's widget values so the next spec_form() shows its defaults again."""
+    from core.runs.spec import spec_fields
+
+    for info in spec_fields(cls):
+        st.session_state.pop(f"{key_prefix}_{info.name}", None)

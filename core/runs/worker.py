@@ -122,6 +122,13 @@ class Worker:
             return 1
         finally:
             self._done.set()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        """Free the exclusive lock now (not when the process exits), so a worker run in-process can be followed by another."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing the descriptor releases the flock
+            self._lock_handle = None
 
 
 def _redirect_output(run_dir: Path) -> None:

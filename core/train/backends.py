@@ -1,0 +1,201 @@
+"""Training backends, in order: Unsloth kernels when usable, else transformers + PEFT + TRL (always there).
+
+Ordered dispatch, first available wins, the plain one last. A backend that cannot run says why in one
+sentence, which the job logs and the Train page shows as a note — a missing accelerator is never a crash.
+
+Unsloth is only ever imported inside the training worker, first, before transformers / TRL (its import
+patches them). Nothing here imports it at module import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.train.spec import TrainSpec
+
+# What "all-linear" means for Unsloth, which wants explicit names (Llama / Mistral / Qwen / Gemma layouts).
+UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+NF4_KWARGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+
+
+@dataclass
+class Precision:
+    load_dtype: str  # dtype of the base weights
+    bf16: bool  # Trainer mixed precision flags
+    fp16: bool
+    compute_dtype: str  # QLoRA compute dtype
+
+
+def choose_precision(spec: TrainSpec, device: str, bf16_supported: bool) -> Precision:
+    wanted = spec.precision
+    if device == "cpu" or wanted == "fp32" or (wanted == "auto" and device not in ("cuda",)):
+        return Precision("float32", False, False, "float32")
+    if wanted == "fp16" or (wanted == "auto" and not bf16_supported):
+        # fp16 AMP needs fp32 master weights for anything trained in full; adapters are upcast by PEFT anyway.
+        return Precision("float32" if spec.method == "full" else "float16", False, True, "float16")
+    return Precision("bfloat16", True, False, "bfloat16")
+
+
+class Backend:
+    name = "base"
+
+    def unavailable_reason(self, spec: TrainSpec, hardware: Any) -> str | None:
+        """None when this backend can run the spec here; else one sentence why not."""
+        raise NotImplementedError
+
+    def load(self, spec: TrainSpec, hardware: Any) -> tuple[Any, Any]:
+        """(model ready for training — adapters attached unless full fine-tuning —, tokenizer)."""
+        raise NotImplementedError
+
+
+class UnslothBackend(Backend):
+    name = "unsloth"
+
+    def unavailable_reason(self, spec: TrainSpec, hardware: Any) -> str | None:
+        if spec.backend == "hf":
+            return "the spec asks for the hf backend"
+        if hardware.device != "cuda":
+            return "Unsloth needs a CUDA GPU"
+        if not hardware.unsloth:
+            return "Unsloth is not installed (pip install -r requirements-gpu.txt in a separate GPU venv)"
+        if spec.method == "dora":
+            return "Unsloth does not train DoRA adapters"
+        if spec.model_source.kind == "gguf":
+            return "Unsloth loads Hugging Face folders, not .gguf files"
+        return None
+
+    def load(self, spec: TrainSpec, hardware: Any) -> tuple[Any, Any]:
+        import unsloth  # noqa: F401 - must come before transformers / trl are used: it patches them
+        from unsloth import FastLanguageModel
+
+        from core.models import resolve_model_path
+
+        # Unsloth's own loader is the only way to get its patched model; the path still comes from core.models.
+        source = spec.model_source
+        precision = choose_precision(spec, "cuda", hardware.bf16)
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=resolve_model_path(source),
+            max_seq_length=spec.max_length,
+            dtype=_torch_dtype(precision.load_dtype),
+            load_in_4bit=spec.method == "qlora",
+            full_finetuning=spec.method == "full",
+            trust_remote_code=source.trust_remote_code,
+        )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if spec.method == "full":
+            return model, tokenizer
+        targets = UNSLOTH_ALL_LINEAR if spec.target_modules == ["all-linear"] else list(spec.target_modules)
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=spec.lora_r,
+            lora_alpha=spec.lora_alpha,
+            lora_dropout=spec.lora_dropout,
+            target_modules=targets,
+            bias="none",
+            use_gradient_checkpointing="unsloth" if spec.gradient_checkpointing else False,
+            random_state=spec.seed,
+            use_rslora=spec.method == "rslora",
+            max_seq_length=spec.max_length,
+        )
+        return model, tokenizer
+
+
+class HFBackend(Backend):
+    """transformers + PEFT (+ bitsandbytes 4-bit for QLoRA); the model comes from core.models.load_model."""
+
+    name = "hf"
+
+    def unavailable_reason(self, spec: TrainSpec, hardware: Any) -> str | None:
+        if spec.backend == "unsloth":
+            return "the spec asks for the unsloth backend"
+        if spec.method == "qlora" and not hardware.bnb_4bit:
+            return "QLoRA needs bitsandbytes 4-bit, which is not usable here (pip install bitsandbytes>=0.45)"
+        if spec.method == "qlora" and spec.model_source.kind == "gguf":
+            return "QLoRA quantizes a Hugging Face folder on load; a .gguf file cannot be re-quantized — use the LoRA method"
+        return None
+
+    def load(self, spec: TrainSpec, hardware: Any) -> tuple[Any, Any]:
+        import torch
+
+        from core.models import load_model
+
+        torch.manual_seed(spec.seed)
+        precision = choose_precision(spec, hardware.device, hardware.bf16)
+        quantization = None
+        if spec.method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            quantization = BitsAndBytesConfig(**NF4_KWARGS, bnb_4bit_compute_dtype=_torch_dtype(precision.compute_dtype))
+        loaded = load_model(spec.model_source, device=hardware.device, dtype=precision.load_dtype,
+                            quantization_config=quantization, for_training=True)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        model.config.use_cache = False
+        if spec.method == "full":
+            for param in model.parameters():
+                param.requires_grad_(True)
+            return model, tokenizer
+        if spec.method == "qlora":
+            keep_4bit_layers_trainable(model)
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=spec.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        from peft import get_peft_model
+
+        return get_peft_model(model, lora_config(spec)), tokenizer
+
+
+def lora_config(spec: TrainSpec) -> Any:
+    from peft import LoraConfig
+
+    targets = "all-linear" if spec.target_modules == ["all-linear"] else list(spec.target_modules)
+    return LoraConfig(
+        r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=targets,
+        use_dora=spec.method == "dora",
+        use_rslora=spec.method == "rslora",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def keep_4bit_layers_trainable(model: Any) -> int:
+    """bitsandbytes on an AVX512-BF16 CPU repacks a Linear4bit's weight for fast inference the first time it
+    runs in eval mode without grad (an eval loss, a generate). The repacked path has no autograd, so from then
+    on gradients stop flowing through that layer and LoRA training silently stalls. Switch the repacking off."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+BACKENDS: list[Backend] = [UnslothBackend(), HFBackend()]
+
+
+def choose_backend(spec: TrainSpec, hardware: Any) -> tuple[Backend, list[str]]:
+    """The first backend that can run the spec, and notes on the ones skipped. Raises ValueError if none can."""
+    notes = []
+    for backend in BACKENDS:
+        reason = backend.unavailable_reason(spec, hardware)
+        if reason is None:
+            return backend, notes
+        if spec.backend in ("auto", backend.name):
+            notes.append(f"{backend.name} backend not used: {reason}")
+    raise ValueError(f"backend: no training backend can run this spec here ({'; '.join(notes)})")

@@ -1,0 +1,290 @@
+"""Training data: load, encode with `core.data.masking`, split, pack, and collate — labels untouched.
+
+The trainer receives exactly the `input_ids` / `labels` that `encode_conversation` returns (the ones the
+Template page draws). Nothing downstream re-tokenizes or re-masks: the dataset is handed to TRL already
+tokenized with `skip_prepare_dataset`, and our collator only pads (ids with the pad token, labels with -100).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.data.lint import LintReport, lint_dataset
+from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversations, encode_text
+from core.train.spec import TrainSpec, resolve_data_path
+
+LINT_SAMPLE = 2000
+
+
+class DataError(ValueError):
+    """The training data cannot be used; the message names the file and why."""
+
+
+@dataclass
+class EncodedSplit:
+    features: list[dict]  # {"input_ids", "labels"} per row (or per packed sequence, + "position_ids")
+    n_rows: int  # rows read for this split
+    n_failed: int = 0  # rows the chat template could not encode
+    n_zero_trained: int = 0  # rows left without a trained token (dropped)
+    n_truncated: int = 0
+    tokens: int = 0  # tokens of the kept rows
+    trained_tokens: int = 0  # of those, tokens with a label
+
+    @property
+    def n_kept(self) -> int:
+        return self.n_rows - self.n_failed - self.n_zero_trained
+
+
+@dataclass
+class PreparedData:
+    train: EncodedSplit
+    eval: EncodedSplit | None
+    lint: LintReport
+    source: str
+    detected_format: str
+    source_sha256: str
+    manifest_sha256: str | None
+    n_invalid_rows: int  # rows the loader rejected (bad JSON, missing fields, ...)
+    chat_template: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def manifest(self) -> dict:
+        """What the run card records about the data."""
+        return {
+            "source": self.source,
+            "format": self.detected_format,
+            "sha256": self.source_sha256,
+            "manifest_sha256": self.manifest_sha256,
+            "invalid_rows": self.n_invalid_rows,
+            "train_rows": self.train.n_kept,
+            "eval_rows": self.eval.n_kept if self.eval else 0,
+            "dropped_zero_trained": self.train.n_zero_trained,
+            "failed_to_encode": self.train.n_failed,
+            "truncated_rows": self.train.n_truncated,
+            "train_tokens": self.train.tokens,
+            "trained_tokens": self.train.trained_tokens,
+        }
+
+
+# ---------------------------------------------------------------- loading
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_file(text: str) -> Path:
+    """The file a dataset field points to (a workspace dataset folder means its data.jsonl)."""
+    path = resolve_data_path(text)
+    if path.is_dir() and (path / "data.jsonl").is_file():
+        return path / "data.jsonl"
+    return path
+
+
+def manifest_sha256(path: Path) -> str | None:
+    """Hash of the curated dataset's manifest.json when the data comes from a workspace dataset folder."""
+    manifest = path.parent / "manifest.json"
+    return file_sha256(manifest) if manifest.is_file() else None
+
+
+def load_rows(text: str) -> Any:
+    from core.data.formats import DatasetLoadError, load_dataset_file
+
+    path = data_file(text)
+    try:
+        loaded = load_dataset_file(path)
+    except (DatasetLoadError, ValueError, OSError) as exc:
+        raise DataError(f"dataset {text}: {exc}") from exc
+    if not loaded.rows:
+        raise DataError(f"dataset {text}: no valid rows ({loaded.report.summary()})")
+    return loaded
+
+
+def chat_template_text(name: str) -> str | None:
+    """A spec's chat_template: a shipped name, a .jinja file, or empty for the tokenizer's own."""
+    name = (name or "").strip()
+    if not name:
+        return None
+    from core.data.templates import compact_template, load_template, shipped_template_names
+
+    if name in shipped_template_names():
+        return load_template(name)
+    path = Path(name).expanduser()
+    if path.is_file():
+        return compact_template(path.read_text(encoding="utf-8"))
+    raise DataError(f"chat_template: {name!r} is neither a shipped template ({', '.join(shipped_template_names())}) nor a file")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_rows(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> list[EncodedRow | None]:
+    """Every row through the masking module (the same call the Template page and the lint make)."""
+    encoded: list[EncodedRow | None] = [None] * len(rows)
+    chat = [(i, r["messages"]) for i, r in enumerate(rows) if "messages" in r]
+    if chat:
+        results = encode_conversations(
+            [m for _, m in chat], tokenizer, chat_template=chat_template, policy=spec.masking_policy,
+            max_length=spec.max_length, train_eot=spec.train_eot, errors="skip",
+        )
+        for (i, _), row in zip(chat, results):
+            encoded[i] = row
+    for i, r in enumerate(rows):
+        if "text" in r and "messages" not in r:
+            encoded[i] = encode_text(r["text"], tokenizer, max_length=spec.max_length)
+    return encoded
+
+
+def build_split(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_template: str | None, *, pack: bool) -> EncodedSplit:
+    split = EncodedSplit(features=[], n_rows=len(rows))
+    for row in encode_rows(rows, tokenizer, spec, chat_template):
+        if row is None:
+            split.n_failed += 1
+            continue
+        if row.n_trained == 0:
+            split.n_zero_trained += 1
+            continue
+        split.n_truncated += int(row.truncated)
+        split.tokens += row.n_tokens
+        split.trained_tokens += row.n_trained
+        split.features.append({"input_ids": list(row.input_ids), "labels": list(row.labels)})
+    if pack and split.features:
+        split.features = pack_features(split.features, spec.max_length)
+    return split
+
+
+def held_out(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A seeded split: (train rows, eval rows). Keeps at least one training row."""
+    if fraction <= 0 or len(rows) < 2:
+        return list(rows), []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    eval_ids = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in eval_ids], [r for i, r in enumerate(rows) if i in eval_ids]
+
+
+def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
+    """Load, lint, split and encode. Raises DataError when nothing could be trained."""
+    loaded = load_rows(spec.dataset)
+    template = chat_template_text(spec.chat_template)
+    if spec.eval_dataset.strip():
+        train_rows, eval_rows = loaded.rows, load_rows(spec.eval_dataset).rows
+    else:
+        train_rows, eval_rows = held_out(loaded.rows, spec.eval_fraction, spec.seed)
+    lint = lint_dataset(train_rows, tokenizer, chat_template=template, policy=spec.masking_policy,
+                        max_length=spec.max_length, train_eot=spec.train_eot, sample=LINT_SAMPLE, check_inference=False)
+    refusal = lint.refusal()
+    if refusal:
+        raise DataError(f"Refusing to train on {spec.dataset}: {refusal}{_zero_reason(lint)}.")
+    train = build_split(train_rows, tokenizer, spec, template, pack=spec.packing)
+    if not train.features:
+        raise DataError(
+            f"Refusing to train on {spec.dataset}: none of its {train.n_rows} training rows keeps a trained token "
+            f"({train.n_zero_trained} have none under masking policy {spec.masking_policy!r} at max_length {spec.max_length}, "
+            f"{train.n_failed} could not be encoded)."
+        )
+    evaluation = build_split(eval_rows, tokenizer, spec, template, pack=False) if eval_rows else None
+    path = data_file(spec.dataset)
+    notes = []
+    if train.n_zero_trained:
+        notes.append(f"{train.n_zero_trained} of {train.n_rows} rows had no trained token and were left out")
+    if train.n_failed:
+        notes.append(f"{train.n_failed} rows could not be rendered with the chat template and were left out")
+    if train.n_truncated:
+        notes.append(f"{train.n_truncated} rows were cut to max_length {spec.max_length}")
+    return PreparedData(
+        train=train,
+        eval=evaluation if evaluation and evaluation.features else None,
+        lint=lint,
+        source=str(path),
+        detected_format=loaded.detected_format,
+        source_sha256=file_sha256(path) if path.is_file() else loaded.source_hash,
+        manifest_sha256=manifest_sha256(path) if path.is_file() else None,
+        n_invalid_rows=loaded.report.n_invalid,
+        chat_template=template,
+        notes=notes,
+    )
+
+
+def _zero_reason(lint: LintReport) -> str:
+    if lint.count("encode_failed") == lint.n_checked and lint.n_checked:
+        return ""
+    truncated = lint.count("over_max_length")
+    if truncated:
+        return f" ({truncated} rows are longer than max_length {lint.max_length}: the cut removes every trained token — raise max_length)"
+    if lint.policy != "everything":
+        return " (try masking policy 'everything' or check the assistant turns in the Template page)"
+    return ""
+
+
+# ---------------------------------------------------------------- packing and collation
+
+
+def pack_features(features: list[dict], max_length: int) -> list[dict]:
+    """Best-fit decreasing into sequences of at most max_length tokens.
+
+    Each packed sequence carries `position_ids` that restart at 0 for every row, which is how transformers
+    knows to keep rows from attending to each other (its packed-sequence mask); the first label of every
+    row is masked so no row learns to predict the start of the next one.
+    """
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(features[i]["input_ids"])
+        best = min((k for k, r in enumerate(room) if r >= n), key=lambda k: room[k], default=None)
+        if best is None:
+            bins.append([i])
+            room.append(max_length - n)
+        else:
+            bins[best].append(i)
+            room[best] -= n
+    packed = []
+    for members in bins:
+        ids, labels, positions = [], [], []
+        for i in members:
+            row_ids, row_labels = features[i]["input_ids"], list(features[i]["labels"])
+            row_labels[0] = IGNORE_INDEX
+            ids += row_ids
+            labels += row_labels
+            positions += list(range(len(row_ids)))
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+    return packed
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch: ids with the pad token, labels with -100. Packed rows keep their position_ids and
+    get no attention mask (transformers then builds the per-row causal mask from the position ids)."""
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in examples)
+
+        def padded(key: str, value: int) -> "torch.Tensor":
+            return torch.tensor([list(e[key]) + [value] * (width - len(e[key])) for e in examples], dtype=torch.long)
+
+        batch = {"input_ids": padded("input_ids", self.pad_token_id), "labels": padded("labels", IGNORE_INDEX)}
+        if "position_ids" in examples[0]:
+            batch["position_ids"] = padded("position_ids", 0)
+        else:
+            batch["attention_mask"] = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples], dtype=torch.long)
+        return batch
+
+
+def to_hf_dataset(features: list[dict]) -> Any:
+    from datasets import Dataset
+
+    columns = {key: [f[key] for f in features] for key in features[0]}
+    return Dataset.from_dict(columns)

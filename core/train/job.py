@@ -1,0 +1,244 @@
+"""The "train" job: `python -m core.runs.worker runs/<id>` with a TrainSpec in spec.yaml.
+
+Order of work: validate the spec, pick the backend (importing Unsloth first when it wins), tokenize and
+lint the data (refuse before any model is loaded if nothing would be trained), load the model, measure the
+starting eval loss, train (resuming from the newest checkpoint of this run folder if there is one), then
+save the adapter (or full model), the optional merged model and the run card.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from core.runs.errors import explain_failure, is_out_of_memory
+from core.runs.jobs import JobContext, JobError
+from core.train.backends import choose_backend, choose_precision
+from core.train.data import DataError, PreparedData, prepare_data
+from core.train.preflight import predict_memory
+from core.train.spec import TrainSpec
+from core.train.trainer import (
+    MemoryProbe,
+    TokenCounter,
+    build_trainer,
+    checkpoint_step,
+    latest_checkpoint,
+    make_callback,
+    tune_cpu_allocator,
+)
+from core.workspace import atomic_write_json
+
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+MERGED_DIR = "merged"
+RUN_CARD = "run_card.json"
+
+
+def run(ctx: JobContext) -> dict:
+    started = time.time()
+    try:
+        spec = TrainSpec.from_dict(ctx.spec)
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"spec.yaml: {exc}") from None
+    from core.hardware import detect
+
+    hardware = detect()
+    try:
+        backend, notes = choose_backend(spec, hardware)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    if backend.name == "unsloth":
+        import unsloth  # noqa: F401 - first, before transformers / TRL / PEFT are used in this process
+    for note in notes:
+        ctx.log.info(note)
+    ctx.log.info("backend: %s on %s", backend.name, hardware.summary)
+
+    if hardware.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        tune_cpu_allocator()
+    probe = MemoryProbe(hardware.device)
+    ctx.progress(0.0, "tokenizing the data")
+    data = _prepare(spec, ctx)
+    if ctx.stop_requested:
+        return {"global_step": 0, "note": "stopped before training started"}
+
+    ctx.progress(0.0, "loading the model")
+    model, tokenizer = backend.load(spec, hardware)
+    precision = choose_precision(spec, hardware.device, hardware.bf16)
+    resume = latest_checkpoint(ctx.run_dir)
+    counter = TokenCounter()
+    callback = make_callback(ctx, spec, probe, counter)
+    trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
+                            bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter)
+    eval_start = _starting_eval(trainer, spec, data, resume, ctx)
+    if resume:
+        ctx.log.info("resuming from %s", resume)
+    train_started = time.time()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except Exception as exc:  # noqa: BLE001 - an OOM gets the spec's numbers; anything else goes up as is
+        if is_out_of_memory(exc):
+            step = trainer.state.global_step
+            raise JobError(
+                f"{explain_failure(exc)} (It ran out at step {step + 1} training {spec.method} with batch_size "
+                f"{spec.batch_size}, gradient_accumulation {spec.gradient_accumulation}, max_length {spec.max_length}, "
+                f"gradient checkpointing {'on' if spec.gradient_checkpointing else 'off'}.)"
+            ) from exc
+        raise
+    train_seconds = time.time() - train_started
+    stopped = ctx.stop_requested
+    eval_end = None
+    if data.eval is not None and not stopped:
+        ctx.progress(1.0, "measuring the eval loss")
+        eval_end = trainer.evaluate().get("eval_loss")
+
+    ctx.progress(1.0, "saving")
+    outputs = _save_outputs(spec, ctx.run_dir, trainer.model, tokenizer, data)
+    card = {
+        "spec": {"kind": TrainSpec.kind, **ctx.spec},
+        "state": "stopped" if stopped else "succeeded",
+        "data": data.manifest(),
+        "data_notes": data.notes,
+        "backend": backend.name,
+        "backend_notes": notes,
+        "device": hardware.device,
+        "hardware": hardware.summary,
+        "precision": precision.__dict__,
+        "resumed_from_step": checkpoint_step(resume),
+        "final_metrics": _final_metrics(trainer, callback, output, eval_start, eval_end),
+        "tokens_per_s": round(counter.tokens / train_seconds, 2) if train_seconds > 0 else 0.0,
+        "supervised_tokens_per_s": round(counter.supervised / train_seconds, 2) if train_seconds > 0 else 0.0,
+        "tokens_trained_this_attempt": counter.tokens,
+        "train_seconds": round(train_seconds, 2),
+        "wall_time_s": round(time.time() - started, 2),
+        "peak_memory_bytes": probe.peak(),
+        **_predicted(spec, hardware),
+        "outputs": outputs,
+        "versions": _versions(backend.name),
+    }
+    del trainer, model
+    _free_memory()
+    if spec.merge_after and spec.uses_adapter and not stopped:
+        ctx.progress(1.0, "merging the adapter into the base model")
+        card["outputs"]["merged"] = str(merge_adapter(spec, Path(outputs["adapter"]), ctx.run_dir / MERGED_DIR, data.chat_template))
+    atomic_write_json(ctx.run_dir / RUN_CARD, card)
+    final = card["final_metrics"]
+    return {
+        "global_step": final["global_step"],
+        "final_loss": final.get("loss"),
+        "eval_loss": final.get("eval_loss"),
+        "tokens_per_s": card["tokens_per_s"],
+        "peak_memory_bytes": card["peak_memory_bytes"],
+        **{k: v for k, v in outputs.items() if k != "checkpoint"},
+    }
+
+
+def _prepare(spec: TrainSpec, ctx: JobContext) -> PreparedData:
+    from core.models import ModelLoadError, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(spec.model_source)
+        data = prepare_data(spec, tokenizer)
+    except (DataError, ModelLoadError) as exc:
+        raise JobError(str(exc)) from None
+    manifest = data.manifest()
+    ctx.log.info("data: %d training rows (%d tokens, %d trained), %d eval rows", manifest["train_rows"],
+                 manifest["train_tokens"], manifest["trained_tokens"], manifest["eval_rows"])
+    for note in data.notes:
+        ctx.log.info("data: %s", note)
+    for issue in data.lint.warnings:
+        ctx.log.warning("lint: %s (%d rows)", issue.message, issue.count)
+    return data
+
+
+def _starting_eval(trainer: Any, spec: TrainSpec, data: PreparedData, resume: Path | None, ctx: JobContext) -> float | None:
+    """The eval loss before the first step (not again on a resume): where the curve starts."""
+    if data.eval is None or not spec.eval_on_start or resume is not None:
+        return None
+    ctx.progress(0.0, "measuring the starting eval loss")
+    return trainer.evaluate().get("eval_loss")
+
+
+def _final_metrics(trainer: Any, callback: Any, output: Any, eval_start: float | None, eval_end: float | None) -> dict:
+    last = callback.last_row
+    metrics = {
+        "global_step": int(trainer.state.global_step),
+        "epoch": round(float(trainer.state.epoch or 0.0), 4),
+        "loss": last.get("loss"),
+        "train_loss_mean": (output.metrics or {}).get("train_loss") if output is not None else None,
+        "eval_loss_start": eval_start,
+        "eval_loss": eval_end if eval_end is not None else callback.last_eval.get("eval_loss"),
+    }
+    return metrics
+
+
+def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, data: PreparedData) -> dict:
+    if data.chat_template:
+        tokenizer.chat_template = data.chat_template  # so chat / evaluate render prompts the way training did
+    outputs: dict[str, str] = {}
+    newest = latest_checkpoint(run_dir)
+    if newest:
+        outputs["checkpoint"] = str(newest)
+    if spec.uses_adapter:
+        outputs["adapter"] = str(_save_atomically(run_dir / ADAPTER_DIR, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))))
+    else:
+        from core.models import save_model
+
+        outputs["model"] = str(save_model(model, tokenizer, run_dir / MODEL_DIR))
+    return outputs
+
+
+def _save_atomically(target: Path, write) -> Path:
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_template: str | None = None) -> Path:
+    """Base model (reloaded unquantized) + adapter, merged into plain weights and saved under `target`."""
+    from core.models import load_model, save_model
+
+    loaded = load_model(spec.model_source.with_adapter(adapter_dir))
+    merged = loaded.model.merge_and_unload()
+    if chat_template:
+        loaded.tokenizer.chat_template = chat_template
+    return save_model(merged, loaded.tokenizer, target)
+
+
+def _predicted(spec: TrainSpec, hardware: Any) -> dict:
+    predicted, note = predict_memory(spec, hardware)
+    return {"predicted_memory_bytes": predicted, "predicted_memory_note": note}
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def _versions(backend: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "transformers", "trl", "peft", "bitsandbytes"] + (["unsloth"] if backend == "unsloth" else [])
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

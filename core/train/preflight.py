@@ -1,0 +1,101 @@
+"""Pre-flight for a training spec, before anything is launched: will the data train, will it fit, how long.
+
+The Train page shows this; the job records the same memory prediction in the run card next to the
+measured peak, so the estimator (`core.memory`, the one the Budget page uses) can be checked run by run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.train.spec import TrainSpec
+
+
+@dataclass
+class Preflight:
+    rows: int = 0  # training rows after the held-out split
+    eval_rows: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    zero_trained_rows: int = 0
+    truncated_rows: int = 0
+    failed_rows: int = 0
+    invalid_rows: int = 0
+    lint_warnings: list[str] = field(default_factory=list)
+    refusal: str | None = None  # why training would be refused, or None
+    total_steps: int | None = None
+    predicted_memory_bytes: int | None = None  # the whole peak (with CUDA context), for the fits check
+    available_memory_bytes: int | None = None
+    memory_note: str = ""
+    backend: str = ""
+    backend_notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool | None:
+        if self.predicted_memory_bytes is None or self.available_memory_bytes is None:
+            return None
+        return self.predicted_memory_bytes <= self.available_memory_bytes
+
+
+def total_steps(spec: TrainSpec, train_rows: int) -> int:
+    """Optimizer steps the run will take (HF Trainer's rule: batches per epoch / accumulation, rounded)."""
+    if spec.max_steps > 0:
+        return spec.max_steps
+    batches = math.ceil(train_rows / spec.batch_size)
+    per_epoch = max(1, batches // spec.gradient_accumulation + int(batches % spec.gradient_accumulation > 0))
+    return math.ceil(per_epoch * spec.num_epochs)
+
+
+def memory_estimate(spec: TrainSpec, hardware: Any) -> tuple[Any, str]:
+    """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows."""
+    try:
+        from core.memory import estimate_for_spec
+    except ImportError:
+        return None, "no estimate: core.memory is not available in this build"
+    try:
+        estimate = estimate_for_spec(spec, hardware)
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice; never block training on it
+        return None, f"no estimate: {exc}"
+    return estimate, estimate.note
+
+
+def predict_memory(spec: TrainSpec, hardware: Any) -> tuple[int | None, str]:
+    """The peak a run's memory probe should see (CUDA: live tensors; CPU: the process above its baseline)."""
+    estimate, note = memory_estimate(spec, hardware)
+    return (int(estimate.measurable_bytes) if estimate is not None else None), note
+
+
+def available_memory_bytes(hardware: Any) -> int | None:
+    free = getattr(hardware, "free_memory_gb", None)
+    return int(free * 1e9) if free else None
+
+
+def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
+    """Everything the Train page shows before Start. Loads only the tokenizer, never the model."""
+    from core.models import ModelLoadError, load_tokenizer
+    from core.train.backends import choose_backend
+    from core.train.data import DataError, prepare_data
+
+    report = Preflight(available_memory_bytes=available_memory_bytes(hardware))
+    estimate, report.memory_note = memory_estimate(spec, hardware)
+    report.predicted_memory_bytes = int(estimate.total_bytes) if estimate is not None else None
+    try:
+        backend, notes = choose_backend(spec, hardware)
+        report.backend, report.backend_notes = backend.name, notes
+    except ValueError as exc:
+        report.refusal = str(exc)
+    try:
+        data = prepare_data(spec, load_tokenizer(spec.model_source))
+    except (DataError, ModelLoadError) as exc:
+        report.refusal = report.refusal or str(exc)
+        return report
+    train = data.train
+    report.rows = train.n_rows
+    report.eval_rows = data.eval.n_kept if data.eval else 0
+    report.tokens, report.trained_tokens = train.tokens, train.trained_tokens
+    report.zero_trained_rows, report.truncated_rows, report.failed_rows = train.n_zero_trained, train.n_truncated, train.n_failed
+    report.invalid_rows = data.n_invalid_rows
+    report.lint_warnings = [f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings]
+    report.total_steps = total_steps(spec, len(train.features))
+    return report

@@ -1,0 +1,207 @@
+"""The training run spec: one dataclass that is the YAML file, the CLI and the Train page's form.
+
+Every field carries its help text, limits and form group in `metadata`; `__post_init__` checks them
+(`core.runs.spec.check_limits`) and the rules between fields, with messages that name the field.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from core.data.masking import POLICIES
+from core.runs.spec import check_limits, spec_from_dict
+
+METHODS: tuple[str, ...] = ("lora", "dora", "rslora", "qlora", "full")
+SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup")
+BACKENDS: tuple[str, ...] = ("auto", "unsloth", "hf")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+DEMO_DATASET = "assets/demo/train.jsonl"
+_FAULT = re.compile(r"^(error|oom)@(\d+)$")
+
+
+def _meta(help: str, group: str = "general", advanced: bool = False, **limits: Any) -> dict:
+    return {"help": help, "group": group, "advanced": advanced, **limits}
+
+
+@dataclass
+class TrainSpec:
+    kind: ClassVar[str] = "train"
+
+    # ---------------------------------------------------------------- what
+    name: str = field(default="", metadata=_meta("A short name for the run folder (optional)."))
+    model: dict = field(
+        default_factory=lambda: {"kind": "embedded"},
+        metadata=_meta("The base model, as a core.models source: {kind: embedded|local|hub|gguf, ref: path or id}.", "model"),
+    )
+    dataset: str = field(
+        default=DEMO_DATASET,
+        metadata=_meta("Training data: a JSONL / JSON / CSV / Parquet file or a workspace dataset folder "
+                       "(messages, ShareGPT, Alpaca, prompt/completion or text rows).", "data"),
+    )
+    eval_dataset: str = field(
+        default="",
+        metadata=_meta("Held-out data for the eval loss (a file like `dataset`). Empty: hold out `eval_fraction` of the training rows.", "data"),
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata=_meta("Share of the training rows held out for the eval loss when no eval dataset is given (0 = no eval).", "data", min=0.0, max=0.5),
+    )
+    masking_policy: str = field(
+        default="all_assistant",
+        metadata=_meta("Which tokens are trained (label != -100): every assistant turn, only the last one, everything after "
+                       "the prompt, or every token. The Template page shows the result token by token.", "data", choices=POLICIES),
+    )
+    train_eot: bool = field(
+        default=True,
+        metadata=_meta("Train the end-of-turn marker after each trained assistant turn (without it the model never learns to stop).", "data", advanced=True),
+    )
+    chat_template: str = field(
+        default="",
+        metadata=_meta("Chat template: a shipped template name (e.g. chatml), a .jinja file, or empty for the tokenizer's own.", "data", advanced=True),
+    )
+    max_length: int = field(
+        default=512,
+        metadata=_meta("Longest sequence in tokens; longer rows are cut (the pre-flight counts them). Drives activation memory.", "data", min=16, max=131072),
+    )
+    packing: bool = field(
+        default=False,
+        metadata=_meta("Pack several short rows into one max_length sequence (each row still attends only to itself): fewer pad tokens, faster.", "data"),
+    )
+
+    # ---------------------------------------------------------------- method
+    method: str = field(
+        default="lora",
+        metadata=_meta("lora: low-rank adapters; dora: weight-decomposed LoRA; rslora: rank-stabilised scaling; "
+                       "qlora: LoRA on a 4-bit NF4 base (double quantization), least memory; full: every weight.", "method", choices=METHODS),
+    )
+    lora_r: int = field(default=16, metadata=_meta("LoRA rank: adapter capacity (and size).", "method", min=1, max=1024))
+    lora_alpha: int = field(default=32, metadata=_meta("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) for rslora).", "method", min=1, max=4096))
+    lora_dropout: float = field(default=0.05, metadata=_meta("Dropout on the adapter input.", "method", min=0.0, max=0.9))
+    target_modules: list = field(
+        default_factory=lambda: ["all-linear"],
+        metadata=_meta("Layers that get adapters: 'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
+    )
+
+    # ---------------------------------------------------------------- schedule
+    learning_rate: float = field(default=2e-4, metadata=_meta("Peak learning rate.", "schedule", min=1e-8, max=1.0))
+    lr_scheduler: str = field(default="linear", metadata=_meta("Learning-rate schedule after warmup.", "schedule", choices=SCHEDULERS))
+    warmup_ratio: float = field(default=0.03, metadata=_meta("Share of the steps spent warming the learning rate up from 0.", "schedule", min=0.0, max=0.5))
+    num_epochs: float = field(default=1.0, metadata=_meta("Passes over the training rows (ignored when max_steps > 0).", "schedule", min=0.0, max=1000.0))
+    max_steps: int = field(default=0, metadata=_meta("Optimizer steps to run; 0 = run num_epochs.", "schedule", min=0, max=10_000_000))
+    batch_size: int = field(default=4, metadata=_meta("Rows per device per forward pass. Drives activation memory.", "schedule", min=1, max=4096))
+    gradient_accumulation: int = field(
+        default=1, metadata=_meta("Forward passes per optimizer step (effective batch = batch_size x this).", "schedule", min=1, max=4096)
+    )
+    weight_decay: float = field(default=0.0, metadata=_meta("AdamW weight decay.", "schedule", advanced=True, min=0.0, max=1.0))
+    max_grad_norm: float = field(default=1.0, metadata=_meta("Gradient clipping norm (0 = off).", "schedule", advanced=True, min=0.0, max=1000.0))
+    seed: int = field(default=42, metadata=_meta("Seed for adapter init, data order and the eval split.", "schedule", advanced=True, min=0, max=2**31 - 1))
+
+    # ---------------------------------------------------------------- system
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_meta("Recompute activations in the backward pass: much less memory, ~30% slower.", "system")
+    )
+    backend: str = field(
+        default="auto",
+        metadata=_meta("auto: Unsloth kernels when installed on a CUDA GPU, else transformers + PEFT + TRL; unsloth / hf force one.", "system", choices=BACKENDS),
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_meta("Compute precision. auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.", "system", advanced=True, choices=PRECISIONS),
+    )
+    logging_steps: int = field(default=1, metadata=_meta("Write a metrics row every N optimizer steps.", "system", advanced=True, min=1, max=100000))
+    eval_steps: int = field(
+        default=0, metadata=_meta("Evaluate every N steps (0 = only before and after training).", "system", advanced=True, min=0, max=10_000_000)
+    )
+    eval_on_start: bool = field(
+        default=True, metadata=_meta("Measure the eval loss before the first step, so the curve shows where training started.", "system", advanced=True)
+    )
+    save_steps: int = field(default=50, metadata=_meta("Save a resumable checkpoint every N steps (one is always saved at the end).", "system", advanced=True, min=1, max=10_000_000))
+    save_total_limit: int = field(default=2, metadata=_meta("Checkpoints kept on disk (older ones are deleted).", "system", advanced=True, min=1, max=1000))
+    merge_after: bool = field(
+        default=False, metadata=_meta("Also save the base model with the adapter merged in (under merged/), e.g. for export.", "system")
+    )
+    fault_injection: str = field(
+        default="",
+        metadata=_meta("For tests only: 'error@N' raises an error and 'oom@N' a simulated CUDA out-of-memory error at step N.", "debug", advanced=True),
+    )
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+        self._check_model()
+        if not str(self.dataset).strip():
+            raise ValueError("dataset: choose a training data file or folder")
+        if self.max_steps == 0 and self.num_epochs <= 0:
+            raise ValueError("num_epochs: must be above 0 when max_steps is 0 (set one of them)")
+        if self.method != "full":
+            if not self.target_modules or not all(isinstance(m, str) and m.strip() for m in self.target_modules):
+                raise ValueError("target_modules: name at least one layer, or 'all-linear'")
+            if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+                raise ValueError("target_modules: 'all-linear' already covers every linear layer; list names or 'all-linear', not both")
+        if self.method == "qlora" and self.precision == "fp32" and self.backend == "unsloth":
+            raise ValueError("precision: Unsloth QLoRA computes in bf16 / fp16, not fp32")
+        if self.fault_injection and not _FAULT.match(self.fault_injection):
+            raise ValueError("fault_injection: expected 'error@N' or 'oom@N' (N = the step), or empty")
+
+    def _check_model(self) -> None:
+        from core.models import ModelSource
+
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model: expected a mapping like {{kind: embedded}}, got {self.model!r}")
+        try:
+            source = ModelSource.from_dict(self.model)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model: {exc}") from None
+        if source.adapter:
+            raise ValueError("model: training on top of an adapter is not supported; merge it first (Merge page) or choose the base model")
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def model_source(self):
+        from core.models import ModelSource
+
+        return ModelSource.from_dict(self.model)
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.method != "full"
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.gradient_accumulation
+
+    def fault(self) -> tuple[str, int] | None:
+        match = _FAULT.match(self.fault_injection or "")
+        return (match.group(1), int(match.group(2))) if match else None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSpec":
+        return spec_from_dict(cls, data)
+
+
+def resolve_data_path(text: str) -> Path:
+    """A dataset path as typed: absolute, relative to the working folder, or relative to the repository (the demo)."""
+    path = Path(str(text)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    from core.runs import REPO_ROOT
+
+    in_repo = REPO_ROOT / path
+    return in_repo if in_repo.exists() else path
+
+
+# CPU: one optimizer step of 8 short demo rows on the embedded 135M model takes ~4.7 s on 2 cores,
+# so ~36 steps is a LoRA run that finishes in about three minutes and still visibly moves the loss.
+CPU_DEMO_STEPS = 36
+
+
+def hardware_defaults(hardware: Any, base: TrainSpec | None = None) -> TrainSpec:
+    """A spec sized to this machine: a few-minute LoRA on CPU; a full epoch pass with checkpointing on a GPU."""
+    base = base or TrainSpec()
+    if getattr(hardware, "device", "cpu") == "cuda":
+        return replace(base, batch_size=8, num_epochs=3.0, max_steps=0, gradient_checkpointing=True, eval_steps=20, logging_steps=5, save_steps=100)
+    # The demo rows are 148-174 tokens: max_length 256 keeps the memory estimate (which assumes full-length
+    # batches) honest without cutting any row.
+    return replace(base, batch_size=8, max_length=256, max_steps=CPU_DEMO_STEPS, learning_rate=5e-4, logging_steps=1,
+                   eval_steps=0, save_steps=50)

@@ -1,0 +1,191 @@
+"""Train: a run spec form generated from TrainSpec, pre-flight, launch, live charts, stop / resume / train more.
+
+The page only writes spec.yaml and starts the worker (core.runs); everything it shows is read back from the
+run folder, so a refresh or a second tab reattaches to the same run (its id is in the URL: ?run=<id>).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.runs import create_run, launch, list_runs, read_status, relaunch, run_command, spec_to_yaml
+from core.runs.spec import spec_fields
+from core.train import TrainSpec, continue_updates, hardware_defaults
+from core.train.preflight import run_preflight
+from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, runs_table, small_figures
+from core.workspace import runs_dir
+from pages_common import active_model_source, cached_hardware, human_bytes, live_run, reset_spec_form, spec_form
+
+FORM = "train_form"
+FIELDS = {info.name for info in spec_fields(TrainSpec)}
+
+st.title("🏋️ Train")
+st.caption("LoRA, DoRA, rsLoRA, QLoRA or full fine-tuning of the active model. The form is the run spec: "
+           "the YAML below is what the worker runs, and the same file works from a terminal.")
+hardware = cached_hardware()
+
+
+def form_defaults() -> dict:
+    """Hardware-sized defaults, with the Decide page's recipe on top (applied once per new recipe)."""
+    defaults = {k: v for k, v in vars(hardware_defaults(hardware)).items()}
+    recipe = {k: v for k, v in (st.session_state.get("train_recipe") or {}).items() if k in FIELDS}
+    if recipe and st.session_state.get("train_recipe_applied") != recipe:
+        reset_spec_form(TrainSpec, FORM)
+        st.session_state["train_recipe_applied"] = recipe
+    if recipe:
+        st.info("Prefilled from the Decide page's recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
+    return {**defaults, **recipe}
+
+
+def dataset_field(default: str) -> str:
+    choices = dataset_choices()
+    labels = list(choices) + [PATH_LABEL]
+    preset = next((label for label, value in choices.items() if value == default), PATH_LABEL)
+    label = st.selectbox("Training data", labels, index=labels.index(preset), key="train_dataset_choice",
+                         help="The demo task, a curated dataset from the Data page, or any JSONL / JSON / CSV / Parquet file.")
+    if label != PATH_LABEL:
+        return choices[label]
+    return st.text_input("Dataset path", value=default if preset == PATH_LABEL else "", key="train_dataset_path",
+                         placeholder="/path/to/train.jsonl").strip()
+
+
+@st.cache_data(show_spinner="Pre-flight: tokenizing and linting the data…", max_entries=16)
+def cached_preflight(spec_yaml: str, data_stamp: float):  # noqa: ARG001 - data_stamp keys the cache on the file's mtime
+    import yaml
+
+    return run_preflight(TrainSpec.from_dict(yaml.safe_load(spec_yaml)), hardware)
+
+
+def data_stamp(spec: TrainSpec) -> float:
+    from core.train.data import data_file
+
+    path = data_file(spec.dataset)
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def render_preflight(spec: TrainSpec):
+    check = cached_preflight(spec_to_yaml(spec), data_stamp(spec))
+    cols = st.columns(5)
+    cols[0].metric("Training rows", check.rows)
+    cols[1].metric("Trained tokens", f"{check.trained_tokens:,}", help=f"of {check.tokens:,} tokens; the rest are masked (-100)")
+    cols[2].metric("Rows with nothing trained", check.zero_trained_rows)
+    cols[3].metric("Steps", check.total_steps if check.total_steps is not None else "?")
+    memory = human_bytes(check.predicted_memory_bytes) if check.predicted_memory_bytes else "—"
+    cols[4].metric("Predicted memory", memory, help=f"available: {human_bytes(check.available_memory_bytes)} · {check.memory_note}")
+    if check.fits is False:
+        st.warning(f"Predicted {memory} exceeds the {human_bytes(check.available_memory_bytes)} free: lower batch_size or "
+                   "max_length, turn on gradient checkpointing, or use QLoRA.")
+    notes = check.backend_notes + ([f"{check.truncated_rows} rows cut to max_length"] if check.truncated_rows else [])
+    st.caption(f"Backend: **{check.backend or '—'}** · eval rows: {check.eval_rows}" + "".join(f" · {n}" for n in notes))
+    for warning in check.lint_warnings:
+        st.warning(f"Lint: {warning}")
+    if check.refusal:
+        st.error(check.refusal)
+    return check
+
+
+def open_run(run_id: str) -> None:
+    st.session_state["train_run_id"] = run_id
+    st.query_params["run"] = run_id
+
+
+def start(spec: TrainSpec) -> None:
+    run_dir = create_run(spec)
+    launch(run_dir)
+    open_run(run_dir.name)
+
+
+# ---------------------------------------------------------------- new run
+with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
+    defaults = form_defaults()
+    model = active_model_source()
+    st.markdown(f"**Model:** {model.label} ({model.kind}) — change it in the sidebar.")
+    dataset = dataset_field(str(defaults.get("dataset", "")))
+    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset"))
+    try:
+        spec = TrainSpec.from_dict({**values, "model": model.as_dict(), "dataset": dataset})
+    except ValueError as exc:
+        st.error(f"Check the form: {exc}")
+        spec = None
+    if spec is not None:
+        st.markdown("**Pre-flight**")
+        check = render_preflight(spec)
+        with st.expander("Command / YAML preview", expanded=False):
+            st.code(spec_to_yaml(spec), language="yaml")
+            st.caption("Save it as spec.yaml and run it headless (the worker runs in the foreground):")
+            st.code("python -m core.train spec.yaml\n# or, for an existing run folder:\n" + run_command(runs_dir() / "<run-id>"), language="bash")
+        if st.button("▶️ Start training", type="primary", key="train_start", disabled=bool(check.refusal)):
+            start(spec)
+            st.rerun()
+
+
+# ---------------------------------------------------------------- one run, live
+def run_body(run_dir: Path, status, rows: list[dict]) -> None:
+    summary = live_summary(rows)
+    if status.is_active or summary.step:
+        st.progress(summary.fraction, text=summary.label)
+    cols = st.columns(4)
+    cols[0].metric("Train loss", f"{summary.loss:.4f}" if summary.loss is not None else "—")
+    cols[1].metric("Eval loss", f"{summary.eval_loss:.4f}" if summary.eval_loss is not None else "—")
+    cols[2].metric("Tokens / s", f"{summary.tokens_per_s:.0f}" if summary.tokens_per_s else "—")
+    cols[3].metric("Peak memory", f"{summary.peak_memory_gb:.2f} GB" if summary.peak_memory_gb else "—")
+    if rows:
+        log_scale = st.checkbox("Log-scale loss", key="train_log_scale")
+        st.plotly_chart(loss_figure(rows, log_scale), key=f"train_loss_{run_dir.name}")
+        figures = small_figures(rows)
+        for row_start in (0, 2):
+            cols = st.columns(2)
+            for col, fig, n in zip(cols, figures[row_start:row_start + 2], range(row_start, row_start + 2)):
+                col.plotly_chart(fig, key=f"train_small_{n}_{run_dir.name}")
+    if status.is_final:
+        run_actions(run_dir, status)
+
+
+def run_actions(run_dir: Path, status) -> None:
+    has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("checkpoint-*"))
+    cols = st.columns(3)
+    if status.state in ("stopped", "failed") and cols[0].button("⏯️ Resume", key="train_resume",
+                                                                help="Continue from the newest checkpoint" if has_checkpoint else "Start again"):
+        relaunch(run_dir)
+        st.rerun()
+    more = cols[1].number_input("More steps", min_value=1, value=20, step=10, key="train_more_steps")
+    if cols[2].button(f"➕ Train {more} more steps", key="train_more", disabled=not has_checkpoint):
+        relaunch(run_dir, continue_updates(run_dir, int(more)))
+        st.rerun()
+    adapter, full_model = run_dir / "adapter", run_dir / "model"
+    if status.state in ("succeeded", "stopped") and (adapter.is_dir() or full_model.is_dir()):
+        c1, c2 = st.columns(2)
+        if c1.button("💬 Chat with the result", key="train_to_chat"):
+            if adapter.is_dir():
+                st.session_state["chat_adapter"] = str(adapter)
+            else:
+                st.session_state["chat_model_path"] = str(full_model)
+            st.switch_page("pages/chat.py")
+        if c2.button("📊 Evaluate it", key="train_to_eval"):
+            st.session_state["eval_adapter" if adapter.is_dir() else "eval_model_path"] = str(adapter if adapter.is_dir() else full_model)
+            st.switch_page("pages/evaluate.py")
+
+
+train_runs = list_runs("train")
+by_id = {run.run_id: run for run in train_runs}
+selected = st.query_params.get("run") or st.session_state.get("train_run_id")
+if selected in by_id:
+    st.session_state["train_run_id"] = selected
+    run_dir = by_id[selected].path
+    st.subheader(f"Run {selected}")
+    st.caption(f"Headless: `{run_command(run_dir)}` · method {by_id[selected].spec.get('method')} · "
+               f"state {read_status(run_dir).state}")
+    live_run(run_dir, run_body)
+
+# ---------------------------------------------------------------- all runs
+st.subheader("Runs")
+if not train_runs:
+    st.info("No training runs yet in this workspace.")
+else:
+    st.dataframe(runs_table(train_runs), hide_index=True, width="stretch")
+    ids = list(by_id)
+    choice = st.selectbox("Open a run", ids, index=ids.index(selected) if selected in ids else 0, key="train_open_choice")
+    if st.button("Open", key="train_open") and choice != selected:
+        open_run(choice)
+        st.rerun()

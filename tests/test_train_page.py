@@ -1,0 +1,94 @@
+"""The Train page (AppTest): generated form, pre-flight, YAML preview, Start launches a real tiny run,
+the live panel reads it back, a refresh reattaches through ?run=<id>, and a failed run shows its error."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+from core import runs
+from core.runs.status import RunStatus, write_status
+
+pytestmark = pytest.mark.slow
+PAGE = str(ROOT / "pages" / "train.py")
+
+
+def _page(tiny_llama_dir) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    return at
+
+
+def _data(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]} for w in ("yes", "no", "maybe", "never")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_form_preflight_preview_start_and_live_panel(workspace, tiny_llama_dir, tmp_path):
+    at = _page(tiny_llama_dir)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_form_method").value == "lora"
+    assert at.number_input(key="train_form_max_steps").value == 36, "CPU defaults: a few-minute demo run"
+    assert at.selectbox(key="train_dataset_choice").value.startswith("Demo")
+    assert any(e.label.startswith("Advanced") for e in at.expander)
+    labels = {m.label: m.value for m in at.metric}
+    assert int(labels["Training rows"]) == 270, "demo: 300 rows, 10% held out"
+    assert any("kind: train" in c.value for c in at.code), "the YAML preview shows the spec"
+
+    at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()
+    at.text_input(key="train_dataset_path").set_value(str(_data(tmp_path))).run()
+    for key, value in {"max_steps": 2, "batch_size": 2, "max_length": 64, "lora_r": 4, "save_steps": 100}.items():
+        at.number_input(key=f"train_form_{key}").set_value(value)
+    at.number_input(key="train_form_eval_fraction").set_value(0.25)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert {m.label: m.value for m in at.metric}["Training rows"] == "3"
+    preview = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
+    assert preview["max_steps"] == 2 and preview["model"] == {"kind": "local", "ref": str(tiny_llama_dir)}
+
+    at.button(key="train_start").click().run()
+    run_id = at.session_state["train_run_id"]
+    run_dir = workspace / "runs" / run_id
+    assert (run_dir / "spec.yaml").is_file()
+    assert yaml.safe_load((run_dir / "spec.yaml").read_text())["dataset"] == str(tmp_path / "qa.jsonl")
+    assert runs.wait(run_dir, timeout=240).state == "succeeded", runs.log_tail(run_dir)
+
+    fresh = _page(tiny_llama_dir)  # a browser refresh: only the URL knows the run
+    fresh.query_params["run"] = run_id
+    fresh.run()
+    assert not fresh.exception
+    assert any(run_id in s.value for s in fresh.subheader)
+    assert {m.label for m in fresh.metric} >= {"Train loss", "Eval loss", "Tokens / s"}
+    assert fresh.button(key="train_to_chat") and fresh.button(key="train_more")
+    assert "succeeded" in str(fresh.dataframe[0].value["status"].tolist())
+
+
+def test_failed_run_shows_its_error_and_log(workspace, tiny_llama_dir):
+    from core.train import TrainSpec
+
+    run_dir = runs.create_run(TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}))
+    (run_dir / runs.LOG_FILE).write_text("Traceback (most recent call last):\nValueError: the real cause\n")
+    write_status(run_dir, RunStatus(state="failed", kind="train", error="ValueError: the real cause", finished_at=time.time()))
+    at = _page(tiny_llama_dir)
+    at.session_state["train_run_id"] = run_dir.name
+    at.run()
+    assert not at.exception
+    assert any("the real cause" in e.value for e in at.error)
+    assert any("Traceback" in c.value for c in at.code)
+    assert at.button(key="train_resume")
+
+
+def test_recipe_from_decide_prefills_the_form(workspace, tiny_llama_dir):
+    at = _page(tiny_llama_dir)
+    at.session_state["train_recipe"] = {"method": "qlora", "lora_r": 32, "not_a_field": 1}
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="train_form_method").value == "qlora"
+    assert at.number_input(key="train_form_lora_r").value == 32
