@@ -1,0 +1,915 @@
+"""Training and inference memory, from the model's config alone: the one estimator the Budget page and the
+Train page's pre-flight check both call.
+
+Units: bytes everywhere; "GB" in text means 1e9 bytes (the unit of the worked examples practitioners learn:
+a 7B model fully fine-tuned with mixed-precision Adam needs 14 + 14 + 28 + 56 = 112 GB of model state).
+
+Entry points
+- `estimate(spec: MemorySpec) -> MemoryEstimate`: the estimator.
+- `estimate_for_model(config_or_preset, method="lora", ...) -> MemoryEstimate`: the same, from a transformers
+  config, a config dict, a preset id / name (assets/model_presets.json), a `ModelArch` or a `ModelSource`.
+- `inference_estimate(...)`: weights + KV cache for generation.
+- `past_run_calibration(runs_dir)` / `correction_factor(points, device)`: predicted vs measured peaks of
+  finished runs (their `run_card.json`), and the bounded median ratio that corrects estimates on this machine.
+
+How a training peak is modelled (checked on CPU against torch's saved-tensor hooks, the allocation profiler
+and the process's peak RSS; see bench/memory_calibration.py):
+- model state per trainable parameter: weights + gradients + fp32 master copy (mixed precision only) +
+  optimizer states; frozen parameters cost only their weights (NF4 for QLoRA's quantized linear layers);
+- activations: the tensors autograd saves per token and layer (residual stream and RMSNorm internals in fp32,
+  q/k/v/attention output, the gated MLP's four intermediate tensors, LoRA's rank-r outputs), or only the
+  layer inputs plus one recomputed layer with gradient checkpointing;
+- logits: 12 bytes per (token, vocabulary entry) at the start of backward (fp32 log-probs saved by the loss,
+  plus the fp32 gradient buffers of the loss and log-softmax backward);
+- gradients are freed after each optimizer step (`zero_grad(set_to_none=True)`), so the peak is the larger of
+  two moments: *forward/backward* (activations and logits alive, no gradients yet unless gradients
+  accumulate across micro-batches) and *optimizer step* (all gradients alive, activations freed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+GB = 1e9  # decimal gigabyte, the unit of every "GB" this module prints
+GIB = 2**30
+
+METHODS = ("full", "lora", "dora", "qlora")
+PRECISIONS = ("fp32", "mixed", "bf16")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "sgd")
+ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
+DEVICES = ("cuda", "cpu", "mps")
+WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "nf4")
+COMPONENTS = ("weights", "gradients", "master_weights", "optimizer_states", "activations", "logits", "overhead")
+PHASES = ("forward/backward", "optimizer step")
+
+METHOD_LABELS = {"full": "Full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 + double quant)"}
+PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed bf16/fp16 + fp32 master weights", "bf16": "pure bf16"}
+OPTIMIZER_LABELS = {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw": "paged AdamW", "sgd": "SGD (momentum)"}
+
+# NF4: 4-bit codes (0.5 B/param) + one absmax per 64 weights. Double quantization stores those absmax values
+# as 8-bit codes with one fp32 constant per 256 of them: 8/64 + 32/(64*256) = 0.127 bits per parameter
+# (0.5 bits per parameter without double quantization).
+NF4_BLOCK = 64
+NF4_DQ_BLOCK = 256
+NF4_CONSTANT_BITS_DOUBLE_QUANT = 8 / NF4_BLOCK + 32 / (NF4_BLOCK * NF4_DQ_BLOCK)
+NF4_CONSTANT_BITS_SINGLE = 32 / NF4_BLOCK
+
+# bitsandbytes 8-bit optimizers: 1 byte per state with one fp32 absmax per 256 values; tensors smaller than
+# 4096 elements keep 32-bit states.
+BNB_8BIT_BLOCK = 256
+BNB_8BIT_MIN_SIZE = 4096
+
+LOGIT_BYTES_PER_ELEMENT = 12  # fp32 log-probs saved by the loss + two fp32 gradient buffers in backward
+CPU_RUNTIME_BYTES = 75_000_000  # autograd graph, oneDNN / OpenMP buffers: measured 60-80 MB on the embedded model
+CUDA_CONTEXT_BYTES = 750_000_000  # CUDA context + cuBLAS workspace (typically 0.4-0.9 GB with torch 2.x)
+CUDA_ALLOCATOR_SLACK = 0.10  # caching-allocator fragmentation, as a share of activations + logits
+CORRECTION_BOUNDS = (0.5, 2.0)
+
+# glibc keeps freed medium-sized blocks in its heap instead of returning them to the OS, so a CPU training
+# process's RSS grows past its live tensors (measured +35% to +100% of activation bytes on the embedded model).
+# A fixed mmap threshold makes large blocks come from mmap and go back on free; CPU training jobs should run
+# with this environment (it costs a page fault per fresh block, a few percent of step time).
+CPU_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+
+    @property
+    def params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """The config values memory depends on (decoder-only transformer with RMSNorm and a gated MLP)."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    norms_per_layer: int = 2  # Gemma-2/3 add a post-norm after attention and after the MLP
+    qk_norm: bool = False  # Qwen3 / Gemma-3 normalise q and k per head
+    fused_qkv: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
+    max_position_embeddings: int | None = None
+    final_logit_softcapping: float | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"model config {self.name!r}: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"model config {self.name!r}: num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})")
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def layer_linears(self) -> tuple[LinearShape, ...]:
+        h, i = self.hidden_size, self.intermediate_size
+        if self.fused_qkv:
+            return (
+                LinearShape("qkv_proj", h, self.q_dim + 2 * self.kv_dim, self.qkv_bias),
+                LinearShape("o_proj", self.q_dim, h, self.o_bias),
+                LinearShape("gate_up_proj", h, 2 * i, self.mlp_bias),
+                LinearShape("down_proj", i, h, self.mlp_bias),
+            )
+        return (
+            LinearShape("q_proj", h, self.q_dim, self.qkv_bias),
+            LinearShape("k_proj", h, self.kv_dim, self.qkv_bias),
+            LinearShape("v_proj", h, self.kv_dim, self.qkv_bias),
+            LinearShape("o_proj", self.q_dim, h, self.o_bias),
+            LinearShape("gate_proj", h, i, self.mlp_bias),
+            LinearShape("up_proj", h, i, self.mlp_bias),
+            LinearShape("down_proj", i, h, self.mlp_bias),
+        )
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        return tuple(linear.name for linear in self.layer_linears())
+
+    def param_counts(self) -> dict[str, int]:
+        """Exact parameter counts: embedding, attention (GQA), gated MLP, norms, lm_head (0 when tied), total."""
+        linears = {linear.name: linear.params for linear in self.layer_linears()}
+        attention = sum(v for k, v in linears.items() if k in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"))
+        mlp = sum(v for k, v in linears.items() if k in ("gate_proj", "up_proj", "gate_up_proj", "down_proj"))
+        per_layer_norms = self.norms_per_layer * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)
+        counts = {
+            "embedding": self.vocab_size * self.hidden_size,
+            "attention": attention * self.num_layers,
+            "mlp": mlp * self.num_layers,
+            "norms": per_layer_norms * self.num_layers + self.hidden_size,
+            "lm_head": 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size,
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+    @property
+    def total_params(self) -> int:
+        return self.param_counts()["total"]
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["notes"] = list(self.notes)
+        return data
+
+
+_FUSED_TYPES = {"phi3"}
+_QKV_BIAS_TYPES = {"qwen2"}  # q/k/v have biases, o_proj does not
+_FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
+_QK_NORM_TYPES = {"qwen3", "gemma3", "gemma3_text"}
+_KNOWN_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "smollm3", "granite", "olmo2"}
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def _get(config: Any, key: str, default: Any = None) -> Any:
+    if isinstance(config, Mapping):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def arch_from_config(config: Any, name: str = "") -> ModelArch:
+    """A `ModelArch` from a transformers config object or a config.json dict; errors name the missing field."""
+    if not isinstance(config, Mapping) and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    elif isinstance(config, Mapping) and isinstance(config.get("text_config"), Mapping):
+        config = config["text_config"]
+    model_type = str(_get(config, "model_type", "") or "")
+    label = name or str(_get(config, "_name_or_path", "") or _get(config, "name_or_path", "") or model_type or "model")
+    if any(_get(config, key) for key in _MOE_KEYS):
+        raise ValueError(f"{label}: mixture-of-experts models ({model_type}) are not modelled by the memory estimator yet")
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if _get(config, k) in (None, "")]
+    if missing:
+        raise ValueError(f"{label}: the model config lacks {', '.join(missing)}, so its memory cannot be estimated")
+    hidden, heads = int(_get(config, "hidden_size")), int(_get(config, "num_attention_heads"))
+    head_dim = _get(config, "head_dim") or hidden // heads
+    attention_bias = bool(_get(config, "attention_bias", False))
+    notes = []
+    if model_type not in _KNOWN_TYPES:
+        notes.append(f"Architecture {model_type or 'unknown'!r} is treated as Llama-like (RMSNorm, gated MLP, separate q/k/v projections).")
+    return ModelArch(
+        name=label,
+        model_type=model_type or "llama",
+        hidden_size=hidden,
+        intermediate_size=int(_get(config, "intermediate_size")),
+        num_layers=int(_get(config, "num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=int(_get(config, "num_key_value_heads") or heads),
+        head_dim=int(head_dim),
+        vocab_size=int(_get(config, "vocab_size")),
+        tie_word_embeddings=bool(_get(config, "tie_word_embeddings", False)),
+        qkv_bias=attention_bias or model_type in _QKV_BIAS_TYPES,
+        o_bias=attention_bias,
+        mlp_bias=bool(_get(config, "mlp_bias", False)),
+        norms_per_layer=4 if model_type in _FOUR_NORM_TYPES else 2,
+        qk_norm=model_type in _QK_NORM_TYPES,
+        fused_qkv=model_type in _FUSED_TYPES,
+        max_position_embeddings=_get(config, "max_position_embeddings"),
+        final_logit_softcapping=_get(config, "final_logit_softcapping"),
+        notes=tuple(notes),
+    )
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def presets_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "assets" / "model_presets.json"
+
+
+@lru_cache(maxsize=1)
+def _preset_table() -> tuple[dict, ...]:
+    data = json.loads(presets_path().read_text(encoding="utf-8"))
+    return tuple(data["presets"])
+
+
+def list_presets() -> list[dict]:
+    """[{id, name, published_params, config}] for the common architectures the app ships."""
+    return [dict(p) for p in _preset_table()]
+
+
+def preset_arch(key: str) -> ModelArch:
+    """A preset by Hub id ("Qwen/Qwen2.5-7B"), name ("Qwen2.5 7B") or the id's last part; case-insensitive."""
+    wanted = key.strip().lower()
+    for preset in _preset_table():
+        if wanted in (preset["id"].lower(), preset["name"].lower(), preset["id"].split("/")[-1].lower()):
+            return arch_from_config(preset["config"], name=preset["name"])
+    names = ", ".join(p["name"] for p in _preset_table())
+    raise KeyError(f"no model preset called {key!r}; presets: {names}")
+
+
+def arch_from_source(source: Any) -> ModelArch:
+    """Config of a `core.models.ModelSource` (local folder, embedded model, cached / reachable Hub id)."""
+    from core.models import load_config
+
+    return arch_from_config(load_config(source), name=getattr(source, "label", ""))
+
+
+def resolve_arch(model: Any) -> ModelArch:
+    if isinstance(model, ModelArch):
+        return model
+    if isinstance(model, str):
+        try:
+            return preset_arch(model)
+        except KeyError:
+            from core.models import ModelSource
+
+            return arch_from_source(ModelSource.parse(model))
+    if type(model).__name__ == "ModelSource":
+        return arch_from_source(model)
+    return arch_from_config(model)
+
+
+# --------------------------------------------------------------------------- bytes per parameter
+
+
+def weight_bytes_per_param(fmt: str, double_quant: bool = True) -> float:
+    """Bytes per parameter of stored weights: fp32 4, fp16/bf16 2, int8 1, NF4 0.5 + quantization constants."""
+    if fmt == "fp32":
+        return 4.0
+    if fmt in ("fp16", "bf16"):
+        return 2.0
+    if fmt == "int8":
+        return 1.0
+    if fmt == "nf4":
+        return 0.5 + (NF4_CONSTANT_BITS_DOUBLE_QUANT if double_quant else NF4_CONSTANT_BITS_SINGLE) / 8
+    raise ValueError(f"weight format must be one of {WEIGHT_FORMATS}, got {fmt!r}")
+
+
+def weight_bytes(n_params: int | float, fmt: str, double_quant: bool = True) -> float:
+    """70e9 params → 280 / 140 / 70 / ~36 GB in fp32 / fp16 / int8 / NF4 + double quant."""
+    return n_params * weight_bytes_per_param(fmt, double_quant)
+
+
+def lora_params(in_features: int, out_features: int, rank: int) -> int:
+    """LoRA adds A (r × in) and B (out × r): a 4096 × 4096 matrix at rank 8 gets 65,536 against 16.8 M."""
+    return rank * (in_features + out_features)
+
+
+def model_state_bytes_per_param(precision: str, optimizer: str) -> dict[str, float]:
+    """Bytes per *trainable* parameter of weights, gradients, fp32 master weights and optimizer states.
+
+    mixed + AdamW = 2 + 2 + 4 + 8 = 16 B/param (7B → 14 + 14 + 28 + 56 = 112 GB); fp32 + AdamW = 4 + 4 + 0 + 8;
+    pure bf16 + AdamW = 2 + 2 + 0 + 4 (the states take the parameters' dtype).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    working = 4.0 if precision == "fp32" else 2.0
+    state_dtype = 2.0 if precision == "bf16" else 4.0
+    return {
+        "weights": working,
+        "gradients": working,
+        "master_weights": 4.0 if precision == "mixed" else 0.0,
+        "optimizer_states": optimizer_bytes_per_param(optimizer, state_dtype),
+    }
+
+
+def optimizer_bytes_per_param(optimizer: str, state_dtype_bytes: float = 4.0, tensor_numel: int | None = None) -> float:
+    if optimizer in ("adamw", "paged_adamw"):
+        return 2 * state_dtype_bytes
+    if optimizer == "adamw_8bit":
+        if tensor_numel is not None and tensor_numel < BNB_8BIT_MIN_SIZE:
+            return 8.0
+        return 2 * (1 + 4 / BNB_8BIT_BLOCK)
+    if optimizer == "sgd":
+        return state_dtype_bytes
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+
+
+def model_state_bytes(n_params: int | float, precision: str = "mixed", optimizer: str = "adamw") -> dict[str, float]:
+    """Model state of a fully trained model of n_params: the practitioners' worked example."""
+    per = model_state_bytes_per_param(precision, optimizer)
+    return {key: n_params * value for key, value in per.items()}
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class MemorySpec:
+    model: ModelArch = field(metadata=_help("Architecture (from a config, a local folder, the Hub or a preset)."))
+    method: str = field(default="lora", metadata=_help("full, lora, dora or qlora (NF4 base + double quantization)."))
+    precision: str = field(default="mixed", metadata=_help("fp32, mixed (16-bit compute + fp32 master weights) or bf16 (pure)."))
+    optimizer: str = field(default="adamw", metadata=_help("adamw, adamw_8bit, paged_adamw or sgd (with momentum)."))
+    lora_r: int = field(default=16, metadata=_help("LoRA rank r."))
+    lora_targets: str | tuple[str, ...] = field(default="all-linear", metadata=_help("'all-linear' or module names such as ('q_proj', 'v_proj')."))
+    batch_size: int = field(default=1, metadata=_help("Sequences per micro-batch."))
+    seq_len: int = field(default=512, metadata=_help("Tokens per sequence (padded length)."))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute each layer in backward; keep only layer inputs."))
+    attention: str = field(default="sdpa", metadata=_help("flash_attention_2, sdpa (padded batches repeat K/V for GQA) or eager (T×T scores)."))
+    chunked_loss: bool = field(default=False, metadata=_help("Fused linear + cross-entropy in chunks (Liger / Unsloth): full logits never exist."))
+    grad_accumulation: int = field(default=1, metadata=_help("Micro-batches per optimizer step; >1 keeps gradients alive during forward."))
+    device: str = field(default="cuda", metadata=_help("cuda, cpu (fp32, no CUDA context) or mps."))
+    double_quant: bool = field(default=True, metadata=_help("QLoRA: quantize the NF4 block constants too (0.127 instead of 0.5 bits/param)."))
+    kbit_upcast: bool = field(default=True, metadata=_help("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, lm_head and norms to fp32 (Unsloth does not)."))
+
+    def __post_init__(self) -> None:
+        checks = (("method", METHODS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("attention", ATTENTIONS), ("device", DEVICES))
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"memory spec: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("lora_r", "batch_size", "seq_len", "grad_accumulation"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"memory spec: {name} must be a positive integer, got {value!r}")
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ValueError("memory spec: CPU training runs in fp32 here; choose precision 'fp32' for device 'cpu'")
+        if isinstance(self.lora_targets, list):
+            self.lora_targets = tuple(self.lora_targets)
+        if self.method != "full":
+            self.targeted_linears()  # validates the names
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method in ("lora", "dora", "qlora")
+
+    @property
+    def compute_bytes(self) -> int:
+        return 4 if self.precision == "fp32" else 2
+
+    def targeted_linears(self) -> tuple[LinearShape, ...]:
+        linears = self.model.layer_linears()
+        if self.method == "full" or self.lora_targets in ("all-linear", ("all-linear",)):
+            return linears
+        wanted = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
+        unknown = [name for name in wanted if name not in self.model.linear_names]
+        if unknown or not wanted:
+            raise ValueError(f"LoRA targets {unknown or wanted} are not linear layers of {self.model.name}; choose from {self.model.linear_names} or 'all-linear'")
+        return tuple(linear for linear in linears if linear.name in wanted)
+
+    def as_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["model"] = self.model.as_dict()
+        data["lora_targets"] = self.lora_targets if isinstance(self.lora_targets, str) else list(self.lora_targets)
+        return data
+
+
+@dataclass
+class MemoryEstimate:
+    spec: MemorySpec
+    breakdown: dict[str, int]  # bytes per component at the peak moment; sums to total_bytes
+    total_bytes: int
+    peak_phase: str
+    phases: dict[str, dict[str, int]]  # component bytes at each of the two candidate peak moments
+    total_params: int
+    trainable_params: int
+    runtime_bytes: int  # CUDA context + allocator slack inside "overhead": invisible to max_memory_allocated
+    assumptions: list[str]
+
+    @property
+    def tensor_bytes(self) -> int:
+        """The peak of live tensors: comparable with torch.cuda.max_memory_allocated()."""
+        return self.total_bytes - self.runtime_bytes
+
+    @property
+    def measurable_bytes(self) -> int:
+        """What a run's memory probe sees: live tensors on CUDA (max_memory_allocated has no context), the
+        whole process on CPU (RSS includes the runtime). Run cards record this as predicted_memory_bytes."""
+        return self.tensor_bytes if self.spec.device == "cuda" else self.total_bytes
+
+    @property
+    def note(self) -> str:
+        s = self.spec
+        return (f"{METHOD_LABELS[s.method]}, {PRECISION_LABELS[s.precision]}, {OPTIMIZER_LABELS[s.optimizer]}, "
+                f"batch {s.batch_size} × {s.seq_len} tokens on {s.device}: {self.total_bytes / GB:.2f} GB peak ({self.peak_phase})")
+
+    @property
+    def total_gb(self) -> float:
+        return self.total_bytes / GB
+
+    def fits(self, capacity_bytes: float | None, headroom: float = 0.0) -> bool | None:
+        if not capacity_bytes:
+            return None
+        return self.total_bytes <= capacity_bytes * (1 - headroom)
+
+    def as_dict(self) -> dict:
+        return {
+            "spec": self.spec.as_dict(),
+            "breakdown": dict(self.breakdown),
+            "total_bytes": self.total_bytes,
+            "peak_phase": self.peak_phase,
+            "phases": {k: dict(v) for k, v in self.phases.items()},
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "tensor_bytes": self.tensor_bytes,
+            "assumptions": list(self.assumptions),
+        }
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+def trainable_params(spec: MemorySpec) -> int:
+    """Full: every parameter. LoRA: r·(in+out) per targeted linear per layer; DoRA adds one magnitude per output."""
+    if spec.method == "full":
+        return spec.model.total_params
+    per_layer = 0
+    for linear in spec.targeted_linears():
+        per_layer += lora_params(linear.in_features, linear.out_features, spec.lora_r)
+        if spec.method == "dora":
+            per_layer += linear.out_features
+    return per_layer * spec.model.num_layers
+
+
+def _frozen_weight_bytes(spec: MemorySpec) -> tuple[float, list[str]]:
+    arch, notes = spec.model, []
+    base_bytes = 4.0 if spec.precision == "fp32" else 2.0
+    counts = arch.param_counts()
+    if spec.method != "qlora":
+        return counts["total"] * base_bytes, notes
+    linear_params = sum(l.in_features * l.out_features for l in arch.layer_linears()) * arch.num_layers
+    rest = counts["total"] - linear_params
+    rest_bytes = 4.0 if spec.kbit_upcast else base_bytes
+    how = "upcast to fp32 by prepare_model_for_kbit_training" if spec.kbit_upcast else f"kept {int(base_bytes)}-byte"
+    notes.append(
+        f"QLoRA: the decoder's linear weights ({linear_params / 1e9:.2f} B params) are NF4 at "
+        f"{weight_bytes_per_param('nf4', spec.double_quant):.4f} B/param (0.5 + {NF4_CONSTANT_BITS_DOUBLE_QUANT if spec.double_quant else NF4_CONSTANT_BITS_SINGLE:.3f} bits of constants); "
+        f"embeddings, lm_head, norms and biases ({rest / 1e9:.2f} B params) are {how}."
+    )
+    return linear_params * weight_bytes_per_param("nf4", spec.double_quant) + rest * rest_bytes, notes
+
+
+def _trainable_tensor_sizes(spec: MemorySpec) -> list[int]:
+    """Element count of every trainable tensor (what per-tensor optimizer rules and temporaries depend on)."""
+    arch = spec.model
+    if spec.method == "full":
+        per_layer = [l.in_features * l.out_features for l in arch.layer_linears()]
+        per_layer += [l.out_features for l in arch.layer_linears() if l.bias]
+        per_layer += [arch.hidden_size] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
+        heads = [arch.vocab_size * arch.hidden_size] * (1 if arch.tie_word_embeddings else 2)
+        return per_layer * arch.num_layers + heads + [arch.hidden_size]
+    per_layer = []
+    for linear in spec.targeted_linears():
+        per_layer += [spec.lora_r * linear.in_features, spec.lora_r * linear.out_features]
+        per_layer += [linear.out_features] if spec.method == "dora" else []
+    return per_layer * arch.num_layers
+
+
+def _optimizer_bytes(spec: MemorySpec, trainable: int) -> float:
+    state_dtype = 2.0 if spec.precision == "bf16" else 4.0
+    if spec.optimizer != "adamw_8bit":
+        return trainable * optimizer_bytes_per_param(spec.optimizer, state_dtype)
+    return sum(n * optimizer_bytes_per_param("adamw_8bit", state_dtype, n) for n in _trainable_tensor_sizes(spec))
+
+
+def _consumed(names: Iterable[str], targeted: set[str], full: bool) -> bool:
+    return full or any(name in targeted for name in names)
+
+
+def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
+    """Bytes autograd keeps per token for one decoder layer (no checkpointing).
+
+    Measured exactly on CPU fp32 with saved-tensor hooks (Llama layer, full and LoRA, any targets); 16-bit
+    numbers scale the same tensors by 2 bytes, with RMSNorm's fp32 upcast kept at 4.
+    """
+    arch, b, f = spec.model, spec.compute_bytes, 4
+    h, i, q, kv, T = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim, spec.seq_len
+    full = spec.method == "full"
+    targeted = {l.name for l in spec.targeted_linears()}
+    total = 0.0
+    # The two pre-norms feed linear layers; Gemma's post-norms feed the residual stream only.
+    consumers = [("q_proj", "k_proj", "v_proj", "qkv_proj"), ("gate_proj", "up_proj", "gate_up_proj")] + [()] * (arch.norms_per_layer - 2)
+    for names in consumers:
+        total += f * h  # the fp32 input kept by pow / mul
+        if full:
+            total += b * h  # normalised input kept by the trainable weight's multiply
+        if names and _consumed(names, targeted, full):
+            total += b * h  # the norm's output, kept by the linear layers that read it
+    repeated_kv = spec.attention in ("sdpa", "eager")  # K/V expanded to every query head (padded batches)
+    total += b * (2 * q + 2 * (q if repeated_kv else kv))  # rotated q, k, v and the attention output
+    total += 4 * arch.num_heads  # log-sum-exp per head (flash / SDPA kernels)
+    if spec.attention == "sdpa":
+        total += 4 * T  # the padding mask row SDPA keeps per query
+    if spec.attention == "eager":
+        total += arch.num_heads * T * (4 + (b if b != 4 else 0))  # fp32 softmax (+ its 16-bit cast)
+        if _consumed(("o_proj",), targeted, full):
+            total += b * q  # the contiguous copy o_proj keeps
+    if arch.qk_norm:
+        total += (f + b) * (q + kv)
+    total += 3 * b * i  # gate, up, act(gate)
+    if _consumed(("down_proj",), targeted, full):
+        total += b * i  # act(gate) * up, kept by down_proj
+    if spec.is_lora:
+        # PEFT keeps adapters in fp32: pure-bf16 inputs are cast to fp32 for them, autocast casts them back to
+        # 16-bit; each cast copy of a distinct input is kept for the adapter's gradient.
+        lora_out_bytes = {"fp32": 4, "mixed": 2, "bf16": 4}[spec.precision]
+        cast_bytes = {"fp32": 0, "mixed": 2, "bf16": 4}[spec.precision]
+        total += len(targeted) * spec.lora_r * lora_out_bytes  # lora_A outputs
+        distinct_inputs = (h if targeted & {"q_proj", "k_proj", "v_proj", "qkv_proj"} else 0) + (q if "o_proj" in targeted else 0)
+        distinct_inputs += (h if targeted & {"gate_proj", "up_proj", "gate_up_proj"} else 0) + (i if "down_proj" in targeted else 0)
+        total += cast_bytes * distinct_inputs
+        if spec.method == "dora":
+            total += sum(2 * b * l.out_features for l in spec.targeted_linears())  # base and LoRA results kept for the magnitude scaling
+    return total
+
+
+def _head_activation_bytes_per_token(spec: MemorySpec) -> float:
+    arch, b = spec.model, spec.compute_bytes
+    total = 4 * arch.hidden_size  # final norm input
+    if spec.method == "full":
+        total += 2 * b * arch.hidden_size  # normalised input and output kept for the trainable norm and lm_head
+    return total
+
+
+def activation_bytes(spec: MemorySpec) -> float:
+    tokens = spec.batch_size * spec.seq_len
+    per_layer = layer_activation_bytes_per_token(spec)
+    head = _head_activation_bytes_per_token(spec)
+    if spec.gradient_checkpointing:
+        checkpoints = spec.model.num_layers * spec.model.hidden_size * spec.compute_bytes
+        return tokens * (checkpoints + per_layer + head)  # layer inputs + one layer recomputed in backward
+    return tokens * (spec.model.num_layers * per_layer + head)
+
+
+def logits_bytes(spec: MemorySpec) -> float:
+    arch = spec.model
+    tokens = spec.batch_size * spec.seq_len
+    per_element = LOGIT_BYTES_PER_ELEMENT + (8 if arch.final_logit_softcapping else 0)
+    if spec.chunked_loss:
+        chunks = max(1, math.ceil(arch.vocab_size / arch.hidden_size))
+        tokens = math.ceil(tokens / chunks)
+    return tokens * arch.vocab_size * per_element
+
+
+def _largest_trainable_tensor(spec: MemorySpec) -> int:
+    sizes = _trainable_tensor_sizes(spec)
+    return max(sizes) if sizes else 0
+
+
+def estimate(spec: MemorySpec) -> MemoryEstimate:
+    """Peak training memory for `spec`, split into components, with the sentences that explain it."""
+    arch = spec.model
+    total_params = arch.total_params
+    trainable = trainable_params(spec)
+    per = model_state_bytes_per_param(spec.precision, spec.optimizer)
+    notes: list[str] = [f"GB = 1e9 bytes. {arch.name}: {total_params / 1e9:.3f} B parameters, {trainable:,} trainable ({100 * trainable / total_params:.3f}%)."]
+    notes += list(arch.notes)
+
+    if spec.method == "full":
+        weights = trainable * per["weights"]
+    else:
+        frozen, qnotes = _frozen_weight_bytes(spec)
+        weights = frozen + trainable * per["weights"]
+        notes += qnotes
+    gradients = trainable * per["gradients"]
+    master = trainable * per["master_weights"]
+    optimizer = _optimizer_bytes(spec, trainable)
+    activations = activation_bytes(spec)
+    logits = logits_bytes(spec)
+
+    if spec.device == "cuda":
+        runtime = CUDA_CONTEXT_BYTES + CUDA_ALLOCATOR_SLACK * (activations + logits)
+        optimizer_temp = 0.0  # fused AdamW (the transformers default) updates in place
+        notes.append(f"Overhead on CUDA: {CUDA_CONTEXT_BYTES / GB:.2f} GB for the CUDA context and cuBLAS workspace plus {CUDA_ALLOCATOR_SLACK:.0%} of activations for caching-allocator fragmentation.")
+    elif spec.device == "mps":
+        runtime = CUDA_ALLOCATOR_SLACK * (activations + logits)
+        optimizer_temp = 2 * 4 * _largest_trainable_tensor(spec)
+        notes.append("MPS shares the Mac's unified memory with the system: macOS lets the GPU use roughly 65-75% of it.")
+    else:
+        runtime = CPU_RUNTIME_BYTES
+        optimizer_temp = 2 * 4 * _largest_trainable_tensor(spec)  # single-tensor AdamW: sqrt and divide temporaries
+        notes.append(
+            "CPU mode: everything in fp32, no CUDA context; overhead = the autograd graph and runtime buffers "
+            f"(~{CPU_RUNTIME_BYTES / 1e6:.0f} MB) or AdamW's temporaries for the largest tensor. "
+            "The C allocator's default settings can add 35-100% of the activation bytes to the process RSS; "
+            f"training jobs avoid that with {next(iter(CPU_ALLOCATOR_ENV))}={next(iter(CPU_ALLOCATOR_ENV.values()))}."
+        )
+    transient = 0.0
+    if spec.method == "qlora":
+        largest = max(l.in_features * l.out_features for l in arch.layer_linears())
+        transient = largest * spec.compute_bytes  # one linear weight dequantized at a time
+    if spec.method == "dora":
+        largest = max(l.in_features * l.out_features for l in spec.targeted_linears())
+        transient += 2 * largest * spec.compute_bytes  # W + BA materialised for the weight norm
+        notes.append("DoRA materialises W + BA of one layer at a time to take its column norms.")
+
+    grads_in_forward = gradients if spec.grad_accumulation > 1 else 0.0
+    fwd = {"weights": weights, "gradients": grads_in_forward, "master_weights": master, "optimizer_states": optimizer,
+           "activations": activations, "logits": logits, "overhead": runtime + transient}
+    step = {"weights": weights, "gradients": gradients, "master_weights": master, "optimizer_states": optimizer,
+            "activations": 0.0, "logits": 0.0, "overhead": runtime + optimizer_temp}
+    phases = {PHASES[0]: {k: int(round(v)) for k, v in fwd.items()}, PHASES[1]: {k: int(round(v)) for k, v in step.items()}}
+    peak_phase = max(PHASES, key=lambda p: sum(phases[p].values()))
+    breakdown = phases[peak_phase]
+    total = sum(breakdown.values())
+
+    notes.append(_state_sentence(spec, per))
+    notes.append(
+        "Gradients are freed after every optimizer step, so activations and all gradients are never alive together; "
+        f"the peak is the larger of the forward/backward moment ({sum(phases[PHASES[0]].values()) / GB:.2f} GB) "
+        f"and the optimizer step ({sum(phases[PHASES[1]].values()) / GB:.2f} GB)."
+        if spec.grad_accumulation == 1 else
+        f"Gradient accumulation ({spec.grad_accumulation} micro-batches) keeps all gradients alive while activations build up."
+    )
+    notes.append(_activation_sentence(spec, activations, logits))
+    if spec.optimizer == "paged_adamw":
+        notes.append("Paged AdamW keeps the same 32-bit states but lets them page out to CPU memory under pressure, so spikes do not crash; counted here as resident.")
+    if spec.optimizer == "adamw_8bit":
+        notes.append(f"8-bit AdamW: 1 byte per state with one fp32 scale per {BNB_8BIT_BLOCK} values; tensors under {BNB_8BIT_MIN_SIZE} elements keep 32-bit states.")
+    if spec.precision == "mixed":
+        notes.append("Mixed precision is counted as 16-bit working weights and gradients plus an fp32 master copy (DeepSpeed style); torch autocast over fp32 weights keeps fp32 gradients instead (+2 B per trainable parameter).")
+    return MemoryEstimate(
+        spec=spec, breakdown=breakdown, total_bytes=total, peak_phase=peak_phase, phases=phases,
+        total_params=total_params, trainable_params=trainable, runtime_bytes=int(round(runtime)), assumptions=notes,
+    )
+
+
+def _state_sentence(spec: MemorySpec, per: dict[str, float]) -> str:
+    parts = f"weights {per['weights']:g} + gradients {per['gradients']:g} + master {per['master_weights']:g} + optimizer {per['optimizer_states']:g}"
+    if spec.method == "full":
+        return f"Every parameter is trained: {parts} = {sum(per.values()):g} bytes per parameter ({PRECISION_LABELS[spec.precision]}, {OPTIMIZER_LABELS[spec.optimizer]})."
+    base = "NF4" if spec.method == "qlora" else ("fp32" if spec.precision == "fp32" else "16-bit")
+    return f"The base model is frozen ({base} weights only, no gradients or optimizer states); the adapter parameters cost {parts} bytes each."
+
+
+def _activation_sentence(spec: MemorySpec, activations: float, logits: float) -> str:
+    tokens = spec.batch_size * spec.seq_len
+    how = "gradient checkpointing keeps each layer's input and recomputes one layer at a time" if spec.gradient_checkpointing else "every layer's saved tensors stay until backward reaches it"
+    loss = "chunked loss computes the logits a slice of tokens at a time" if spec.chunked_loss else f"{LOGIT_BYTES_PER_ELEMENT} bytes per token per vocabulary entry"
+    return (f"Activations for {tokens:,} tokens ({spec.batch_size} × {spec.seq_len}): {activations / GB:.2f} GB ({how}; attention: {spec.attention}). "
+            f"Logits: {logits / GB:.2f} GB ({loss}).")
+
+
+def estimate_for_model(config_or_preset: Any, method: str = "lora", **options: Any) -> MemoryEstimate:
+    """The estimator from anything that names a model, for the Train page's pre-flight check.
+
+    `config_or_preset`: a transformers config, a config.json dict, a preset id / name ("Llama-3.1 8B"), a
+    local folder or Hub id string, a `core.models.ModelSource` or a `ModelArch`. `options` are `MemorySpec`
+    fields (precision, optimizer, lora_r, lora_targets, batch_size, seq_len, gradient_checkpointing,
+    attention, chunked_loss, grad_accumulation, device, double_quant) plus two shortcuts:
+    `flash_attention=True` (→ attention="flash_attention_2") and `target_modules` (→ lora_targets).
+    The device defaults to the detected one (`core.hardware.detect()`), with fp32 on CPU.
+
+        est = estimate_for_model("Qwen2.5 7B", method="qlora", lora_r=16, batch_size=2, seq_len=2048)
+        est.total_bytes, est.breakdown, est.fits(24e9)
+    """
+    arch = resolve_arch(config_or_preset)
+    options = dict(options)
+    if "flash_attention" in options:
+        flash = options.pop("flash_attention")
+        options.setdefault("attention", "flash_attention_2" if flash else "sdpa")
+    if "target_modules" in options:
+        options["lora_targets"] = options.pop("target_modules")
+    if "device" not in options:
+        options["device"] = detected_device()
+    if options["device"] == "cpu":
+        options.setdefault("precision", "fp32")
+    unknown = set(options) - {f.name for f in fields(MemorySpec)}
+    if unknown:
+        raise TypeError(f"estimate_for_model got unknown options {sorted(unknown)}")
+    return estimate(MemorySpec(model=arch, method=method, **options))
+
+
+def memory_spec_from_train_spec(spec: Any, hardware: Any, arch: ModelArch | None = None) -> MemorySpec:
+    """The `MemorySpec` a `core.train.spec.TrainSpec` run will have on `hardware` (the precision rules of
+    core.train.backends: fp32 on CPU; on CUDA a bf16 base with autocast — pure bf16 for full fine-tuning)."""
+    from core.models import ModelSource
+
+    device = getattr(hardware, "device", "cpu")
+    device = device if device in DEVICES else "cpu"
+    source = getattr(spec, "model_source", None) or ModelSource.from_dict(getattr(spec, "model", None))
+    arch = arch or arch_from_source(source)
+    method = {"rslora": "lora"}.get(spec.method, spec.method)
+    wanted = getattr(spec, "precision", "auto")
+    if device != "cuda" or wanted == "fp32":
+        precision = "fp32"
+    elif method == "full" and wanted in ("auto", "bf16") and getattr(hardware, "bf16", True):
+        precision = "bf16"
+    else:
+        precision = "mixed"
+    targets = list(getattr(spec, "target_modules", None) or ["all-linear"])
+    return MemorySpec(
+        model=arch, method=method, precision=precision, optimizer="adamw", lora_r=int(getattr(spec, "lora_r", 16)),
+        lora_targets="all-linear" if "all-linear" in targets else tuple(targets),
+        batch_size=int(spec.batch_size), seq_len=int(spec.max_length),
+        gradient_checkpointing=bool(getattr(spec, "gradient_checkpointing", False)),
+        attention="sdpa", chunked_loss=getattr(spec, "backend", "") == "unsloth", kbit_upcast=getattr(spec, "backend", "") != "unsloth",
+        grad_accumulation=int(getattr(spec, "gradient_accumulation", 1)), device=device,
+    )
+
+
+def estimate_for_spec(spec: Any, hardware: Any = None) -> MemoryEstimate:
+    """The estimate for a Train-page run spec (`core.train.spec.TrainSpec`) on `hardware` (default: detected).
+    `.total_bytes` is the full peak for the fits check; `.measurable_bytes` is what the run card compares."""
+    if hardware is None:
+        from core.hardware import detect
+
+        hardware = detect()
+    return estimate(memory_spec_from_train_spec(spec, hardware))
+
+
+def detected_device() -> str:
+    from core.hardware import detect
+
+    return detect().device
+
+
+def compare_methods(spec: MemorySpec, methods: Iterable[str] = ("full", "lora", "qlora")) -> dict[str, MemoryEstimate]:
+    return {m: estimate(replace(spec, method=m)) for m in methods}
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_bytes: float
+    note: str = ""
+
+
+# Memory as the driver reports it (nvidia-smi MiB), or unified memory for Apple chips.
+COMMON_GPUS: tuple[GPU, ...] = (
+    GPU("NVIDIA T4 (16 GB)", 15_360 * 2**20),
+    GPU("NVIDIA A10 (24 GB)", 23_028 * 2**20),
+    GPU("NVIDIA L4 (24 GB)", 23_034 * 2**20),
+    GPU("NVIDIA RTX 3090 (24 GB)", 24_576 * 2**20),
+    GPU("NVIDIA RTX 4090 (24 GB)", 24_564 * 2**20),
+    GPU("NVIDIA A100 (40 GB)", 40_960 * 2**20),
+    GPU("NVIDIA A100 (80 GB)", 81_920 * 2**20),
+    GPU("NVIDIA H100 (80 GB)", 81_559 * 2**20),
+    GPU("NVIDIA H200 (141 GB)", 143_771 * 2**20),
+    GPU("Apple M-series, 16 GB unified", 16 * GIB * 0.70, "about 70% of unified memory is available to the GPU"),
+    GPU("Apple M-series, 32 GB unified", 32 * GIB * 0.70, "about 70% of unified memory is available to the GPU"),
+    GPU("Apple M-series, 64 GB unified", 64 * GIB * 0.75, "about 75% of unified memory is available to the GPU"),
+    GPU("Apple M-series, 128 GB unified", 128 * GIB * 0.75, "about 75% of unified memory is available to the GPU"),
+)
+
+
+def fit_label(total_bytes: float, capacity_bytes: float | None) -> str:
+    if not capacity_bytes:
+        return "unknown"
+    share = total_bytes / capacity_bytes
+    if share <= 0.9:
+        return "fits"
+    if share <= 1.0:
+        return "tight"
+    return "does not fit"
+
+
+def fit_table(estimate_: MemoryEstimate, hardware: Any = None) -> list[dict]:
+    """One row per GPU (the detected device first): memory, share used, fits / tight / does not fit."""
+    rows = []
+    if hardware is not None and getattr(hardware, "total_memory_gb", None):
+        capacity = hardware.total_memory_gb * GB
+        label = f"This machine: {hardware.device_name}" + (" (system RAM)" if hardware.device == "cpu" else "")
+        rows.append({"gpu": label, "memory_gb": round(capacity / GB, 1), "used": round(estimate_.total_bytes / capacity, 3), "verdict": fit_label(estimate_.total_bytes, capacity)})
+    for gpu in COMMON_GPUS:
+        rows.append({"gpu": gpu.name, "memory_gb": round(gpu.memory_bytes / GB, 1), "used": round(estimate_.total_bytes / gpu.memory_bytes, 3), "verdict": fit_label(estimate_.total_bytes, gpu.memory_bytes)})
+    return rows
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def kv_cache_bytes(arch: ModelArch, batch_size: int, context_len: int, kv_bytes: float = 2.0) -> float:
+    """K and V for every layer: 2 · layers · kv_heads · head_dim · tokens · bytes."""
+    return 2 * arch.num_layers * arch.kv_dim * batch_size * context_len * kv_bytes
+
+
+def inference_estimate(model: Any, weight_format: str = "bf16", batch_size: int = 1, context_len: int = 4096,
+                       kv_bytes: float = 2.0, device: str = "cuda") -> dict[str, float]:
+    """Generation memory: weights + KV cache + the prefill's largest intermediate + runtime."""
+    arch = resolve_arch(model)
+    weights = weight_bytes(arch.total_params, weight_format)
+    if weight_format == "nf4":  # embeddings and lm_head stay 16-bit
+        head = arch.param_counts()["embedding"] + arch.param_counts()["lm_head"]
+        weights += head * (2.0 - weight_bytes_per_param("nf4"))
+    kv = kv_cache_bytes(arch, batch_size, context_len, kv_bytes)
+    act_bytes = 4 if weight_format == "fp32" else 2
+    activations = batch_size * context_len * (2 * arch.intermediate_size + 2 * arch.hidden_size) * act_bytes + batch_size * arch.vocab_size * 4
+    runtime = CUDA_CONTEXT_BYTES if device == "cuda" else CPU_RUNTIME_BYTES
+    parts = {"weights": weights, "kv_cache": kv, "activations": activations, "overhead": runtime}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+# --------------------------------------------------------------------------- calibration from past runs
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    run_id: str
+    device: str
+    predicted_bytes: int
+    measured_bytes: int
+    spec: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_bytes / self.predicted_bytes
+
+
+def past_run_calibration(runs_dir: str | Path) -> list[CalibrationPoint]:
+    """Every finished run whose `run_card.json` records both its predicted and measured peak memory.
+
+    Run cards without those fields (a run that failed early, another kind of job) or with unusable values
+    are skipped; the result is sorted by run id.
+    """
+    points = []
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return points
+    for card_path in sorted(root.glob("*/run_card.json")):
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        point = _point_from_card(card_path.parent.name, card)
+        if point is not None:
+            points.append(point)
+    return points
+
+
+def _point_from_card(run_id: str, card: Any) -> CalibrationPoint | None:
+    if not isinstance(card, dict):
+        return None
+    measured, predicted = card.get("peak_memory_bytes"), card.get("predicted_memory_bytes")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (measured, predicted)):
+        return None
+    device = str(card.get("device") or "cpu")
+    spec = card.get("spec") if isinstance(card.get("spec"), dict) else {}
+    return CalibrationPoint(run_id, device, int(predicted), int(measured), spec)
+
+
+def correction_factor(points: Iterable[CalibrationPoint], device: str, bounds: tuple[float, float] = CORRECTION_BOUNDS) -> float:
+    """Median measured / predicted of this device's past runs, clamped to `bounds`; 1.0 without runs."""
+    ratios = [p.ratio for p in points if p.device == device]
+    if not ratios:
+        return 1.0
+    low, high = bounds
+    return min(high, max(low, statistics.median(ratios)))
+
+
+def corrected_total(estimate_: MemoryEstimate, factor: float) -> int:
+    return int(round(estimate_.total_bytes * factor))
