@@ -59,19 +59,20 @@ def embed_texts(
     dimension = dimension_of()
     if len(texts) == 0:
         return np.zeros((0, dimension), dtype=np.float32)
-    parts = []
+    # Longest first over the whole set (not just within one encode call), so every batch pads
+    # to a similar length; results go back to the input order at the end.
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = np.empty((len(texts), dimension), dtype=np.float32)
     for start in range(0, len(texts), slice_rows):
-        chunk = list(texts[start : start + slice_rows])
-        parts.append(
-            model.encode(
-                chunk,
-                batch_size=batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            ).astype(np.float32, copy=False)
+        chunk = order[start : start + slice_rows]
+        out[chunk] = model.encode(
+            [texts[i] for i in chunk],
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
         )
         if progress:
             done = min(start + slice_rows, len(texts))
             progress(done / len(texts), f"embedded {done:,} / {len(texts):,} texts")
-    return np.concatenate(parts, axis=0)
+    return out

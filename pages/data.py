@@ -7,14 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import curate, decontam, dedup
-from core.data.formats import (
-    DatasetLoadError,
-    demo_dataset_path,
-    list_workspace_datasets,
-    load_dataset_file,
-    load_uploaded,
-    workspace_dataset_path,
-)
+from core.data.formats import DatasetLoadError, demo_dataset_path, list_workspace_datasets, load_dataset_file, load_uploaded, workspace_dataset_path
 from core.data.highlight import highlight_html, plain_box_html
 from core.data.summary import dataset_summary
 from core.data.text import FIELDS, row_text
@@ -95,6 +88,7 @@ def record_decision(method: str, k: int) -> None:
     dropping = st.session_state[f"data_drop_{method}_{k}"]
     (kept_whole.discard if dropping else kept_whole.add)((method, k))
 
+
 summary = dataset_summary(rows)
 st.caption(f"**{dataset.source}** · format `{dataset.detected_format}` · sha256 `{dataset.source_hash[:12]}…`")
 m = st.columns(4)
@@ -119,7 +113,7 @@ with tab_dedup:
     c = st.columns(4)
     field = c[0].selectbox("Compare", FIELDS, index=2, key="data_dd_field", help="System prompts are never compared.")
     keep = c[1].selectbox("Keep", list(dedup.KEEP_RULES), format_func=dedup.KEEP_RULES.get, key="data_dd_keep")
-    near_threshold = c[2].slider("Near: Jaccard ≥", 0.5, 1.0, 0.8, 0.01, key="data_dd_near_t", help="Word 5-gram shingles, MinHash-LSH, 128 permutations.")
+    near_threshold = c[2].slider("Near: Jaccard ≥", 0.5, 1.0, 0.8, 0.01, key="data_dd_near_t", help="Word 5-gram shingles, MinHash-LSH, 256 permutations.")
     semantic_threshold = c[3].slider("Semantic: cosine ≥", 0.7, 1.0, 0.9, 0.01, key="data_dd_sem_t", help="all-MiniLM-L6-v2 embeddings; slow on CPU for big sets.")
     methods = st.multiselect("Methods", dedup.METHODS, default=["exact", "near"], key="data_dd_methods")
     if st.button("Find duplicates", key="data_dd_run", type="primary"):

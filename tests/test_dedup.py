@@ -204,11 +204,11 @@ UNRELATED = [
 def test_semantic_duplicates_find_paraphrases():
     prompts = [p for pair in PARAPHRASES for p in pair] + UNRELATED
     rows = [chat(p, "ok") for p in prompts]
-    result = find_semantic_duplicates(rows, SemanticDedupConfig(field="prompt", threshold=0.85))
+    result = find_semantic_duplicates(rows, SemanticDedupConfig(field="prompt"))  # cosine >= 0.9; these pairs score 0.94-0.97
     assert sorted(c.members for c in result.clusters) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     for cluster in result.clusters:
         assert cluster.method == "semantic"
-        assert cluster.similarity[cluster.dropped[0]] >= 0.85
+        assert cluster.similarity[cluster.dropped[0]] >= 0.9
     # exact and near de-duplication see none of these as duplicates
     assert find_exact_duplicates(rows, ExactDedupConfig(field="prompt")).clusters == []
     assert find_near_duplicates(rows, NearDedupConfig(field="prompt", workers=1)).clusters == []
@@ -253,7 +253,7 @@ def test_leakage_between_train_and_eval(alpaca):
     paraphrase_train = [chat(b, "y") for _, b in PARAPHRASES] + [chat(u, "z") for u in UNRELATED]
     without = find_leakage(paraphrase_train, paraphrase_eval)
     assert without.matches == []
-    with_semantic = find_leakage(paraphrase_train, paraphrase_eval, LeakageConfig(semantic=True, semantic_threshold=0.85))
+    with_semantic = find_leakage(paraphrase_train, paraphrase_eval, LeakageConfig(semantic=True))
     assert with_semantic.leaked_train_rows == [0, 1, 2, 3]
     assert {(m.train_row, m.eval_row) for m in with_semantic.matches} == {(k, k) for k in range(4)}
 

@@ -270,7 +270,7 @@ def _signature_chunk(args: tuple[Sequence[str], int, int, int]) -> np.ndarray:
 def minhash_signatures(
     texts: Sequence[str],
     *,
-    num_perm: int = 128,
+    num_perm: int = 256,
     ngram: int = 5,
     seed: int = 1,
     workers: int = 0,
@@ -379,7 +379,7 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray, block: int = 100_000
 @dataclass
 class NearDedupConfig:
     threshold: float = dc_field(default=0.8, metadata={"help": "Jaccard similarity of shingle sets at or above which two rows are near-duplicates"})
-    num_perm: int = dc_field(default=128, metadata={"help": "MinHash permutations (more: better estimate, slower); 128-256 is usual"})
+    num_perm: int = dc_field(default=256, metadata={"help": "MinHash permutations (more: better estimate, slower); 128-256 is usual"})
     ngram: int = dc_field(default=5, metadata={"help": "words per shingle"})
     field: str = dc_field(default="both", metadata={"help": "compare the prompt, the answer or both"})
     keep: str = dc_field(default="first", metadata={"help": "which member to keep: first seen or longest answer"})
@@ -615,7 +615,7 @@ class LeakageConfig:
     semantic: bool = dc_field(default=False, metadata={"help": "also look for paraphrases (embeddings); slower"})
     near_threshold: float = dc_field(default=0.8, metadata={"help": "Jaccard threshold for near-duplicates"})
     semantic_threshold: float = dc_field(default=0.9, metadata={"help": "cosine threshold for paraphrases"})
-    num_perm: int = dc_field(default=128, metadata={"help": "MinHash permutations"})
+    num_perm: int = dc_field(default=256, metadata={"help": "MinHash permutations"})
     ngram: int = dc_field(default=5, metadata={"help": "words per shingle"})
     seed: int = dc_field(default=1, metadata={"help": "MinHash seed"})
     lsh_weights: tuple[float, float] = dc_field(default=(0.1, 0.9), metadata={"help": "LSH (false-positive, false-negative) weights"})
