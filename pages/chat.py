@@ -7,23 +7,12 @@ import streamlit as st
 
 from core.chat import GenerationSettings, start_generation, transcript_jsonl
 from core.models import ModelLoadError, ModelSource
-from core.runs import list_runs
-from pages_common import SOURCE_LABELS, active_model_source, cached_model
+from pages_common import SOURCE_LABELS, active_model_source, cached_model, trained_adapter_folders
 
 VARIANTS = ("Active model", "Active model + adapter", "Other model")
 
 st.title("💬 Chat side by side")
 st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
-
-
-def trained_adapters() -> dict[str, str]:
-    """Adapters from finished training runs: label -> folder."""
-    found = {}
-    for run in list_runs("train"):
-        adapter = run.path / "adapter"
-        if run.status.state in ("succeeded", "stopped") and (adapter / "adapter_config.json").is_file():
-            found[f"{run.run_id} ({run.status.state})"] = str(adapter)
-    return found
 
 
 def variant_source(i: int) -> ModelSource | None:
@@ -34,7 +23,7 @@ def variant_source(i: int) -> ModelSource | None:
         default = 0
     elif i == 1 and preset_model and not preset_adapter:
         default = 2
-    elif i == 1 and (preset_adapter or trained_adapters()):
+    elif i == 1 and (preset_adapter or trained_adapter_folders()):
         default = 1
     else:
         default = 2
@@ -42,7 +31,7 @@ def variant_source(i: int) -> ModelSource | None:
     if variant == "Active model":
         return active_model_source()
     if variant == "Active model + adapter":
-        adapters = trained_adapters()
+        adapters = trained_adapter_folders()
         options = list(adapters) + ["Folder path…"]
         chosen = st.selectbox("Adapter", options, key=f"chat_adapter_pick_{i}",
                               index=next((k for k, v in enumerate(adapters.values()) if v == preset_adapter), 0))
