@@ -257,22 +257,6 @@ def starting_recipe(method: str, rows: int, fit: MethodFit | None = None, max_le
     }
 
 
-def recipe_from_memory_spec(spec: memory.MemorySpec, num_epochs: float = 1) -> dict:
-    """The Budget page's what-if settings as a Train-page recipe (same field names as `starting_recipe`)."""
-    targets = ["all-linear"] if isinstance(spec.lora_targets, str) else list(spec.lora_targets)
-    return {
-        "method": spec.method,
-        "lora_r": spec.lora_r,
-        "lora_alpha": 2 * spec.lora_r,
-        "learning_rate": FULL_LEARNING_RATE if spec.method == "full" else LORA_LEARNING_RATE,
-        "target_modules": targets,
-        "num_epochs": num_epochs,
-        "batch_size": spec.batch_size,
-        "max_length": spec.seq_len,
-        "gradient_checkpointing": spec.gradient_checkpointing,
-    }
-
-
 def recommend(q: Questionnaire) -> Recommendation:
     notes: list[str] = []
     fits: list[MethodFit] = []

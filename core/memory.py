@@ -179,13 +179,6 @@ class ModelArch:
         data["notes"] = list(self.notes)
         return data
 
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "ModelArch":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["notes"] = tuple(values.get("notes") or ())
-        return cls(**values)
-
 
 _FUSED_TYPES = {"phi3"}
 _QKV_BIAS_TYPES = {"qwen2"}  # q/k/v have biases, o_proj does not
@@ -779,17 +772,6 @@ def detected_device() -> str:
     from core.hardware import detect
 
     return detect().device
-
-
-def breakdown_rows(estimates: Mapping[str, MemoryEstimate], phases: bool = False) -> list[dict]:
-    """Long-form rows {label, component, gb} for a stacked bar chart: one bar per estimate (its peak), or one
-    bar per phase of each estimate when `phases` is true."""
-    rows = []
-    for label, est in estimates.items():
-        bars = {f"{label} · {phase}": est.phases[phase] for phase in PHASES} if phases else {label: est.breakdown}
-        for bar, parts in bars.items():
-            rows += [{"label": bar, "component": name.replace("_", " "), "gb": parts[name] / GB} for name in COMPONENTS]
-    return rows
 
 
 def compare_methods(spec: MemorySpec, methods: Iterable[str] = ("full", "lora", "qlora")) -> dict[str, MemoryEstimate]:

@@ -26,7 +26,6 @@ from core.train.trainer import (
     TokenCounter,
     build_trainer,
     checkpoint_step,
-    import_training_stack,
     latest_checkpoint,
     make_callback,
     tune_cpu_allocator,
@@ -60,7 +59,6 @@ def run(ctx: JobContext) -> dict:
 
     if hardware.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         tune_cpu_allocator()
-    import_training_stack()
     probe = MemoryProbe(hardware.device)
     ctx.progress(0.0, "tokenizing the data")
     data = _prepare(spec, ctx)
