@@ -68,7 +68,7 @@ def recovery_button(pruned_dir: str, run_dir) -> None:
     if st.button("Start a short LoRA recovery fine-tune", key=f"prune_recover_{run_dir.name}"):
         train_dir = create_run_from_dict(recovery_train_spec(pruned_dir))
         launch(train_dir)
-        st.session_state["train_run"] = str(train_dir)
+        st.session_state["train_run_id"] = train_dir.name  # the Train page opens this run
         st.success(f"Recovery run {train_dir.name} started: follow it on the Train page.")
 
 

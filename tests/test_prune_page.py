@@ -57,3 +57,12 @@ def test_a_prune_run_reports_sparsity_size_and_latency(workspace, tiny_llama_dir
                                          "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"}
     labels = {b.label for b in at.button}
     assert {"💬 Chat with it", "📊 Evaluate it", "Start a short LoRA recovery fine-tune"} <= labels
+    pruned_dir = str(run_dir / "pruned")
+
+    at.button(key=f"prune_recover_{run_dir.name}").click().run()  # a LoRA recovery run on the pruned folder
+    assert not at.exception, at.exception
+    train_runs = runs.list_runs("train")
+    assert len(train_runs) == 1 and at.session_state["train_run_id"] == train_runs[0].run_id
+    assert train_runs[0].spec["model"] == {"kind": "local", "ref": pruned_dir}
+    runs.stop(train_runs[0].path)
+    assert runs.wait(train_runs[0].path, timeout=120).is_final
