@@ -82,7 +82,7 @@ def run(ctx: JobContext) -> dict:
     if not check.compatible:
         raise JobError("Teacher and student tokenizers are incompatible: " + " ".join(check.problems))
     device = next(teacher_model.parameters()).device
-    student.to(device).train()
+    student.to(device=device, dtype=torch.float32).train()  # AdamW updates vanish in half precision
 
     ctx.progress(0.03, "encoding the data")
     data_path = DEMO_TRAIN if spec.data == "demo" else spec.dataset_path
