@@ -110,7 +110,9 @@ def test_multiple_choice_loglik_matches_manual_computation(tiny):
         {"context": "The capital of France is", "choices": [" Paris", " a large city in Europe", " 42"], "gold": 0},
         {"context": "Two plus two equals ", "choices": ["four", "five"], "gold": 0},  # trailing space moves to the choice
     ]
-    got = scoring.choice_logliks(tiny.model, tok, items, batch_size=3)
+    shared = scoring._shared_context_logliks(tiny.model, tok, [[scoring.encode_choice(tok, i["context"], c) for c in i["choices"]] for i in items], 2, None, None)
+    got = scoring.choice_logliks(tiny.model, tok, items, batch_size=3, share_context=False)
+    assert np.allclose(np.concatenate(shared), np.concatenate(got), atol=1e-3)  # the cached-context path agrees
     for item, values in zip(items, got):
         context = item["context"].rstrip()
         moved = item["context"][len(context):]

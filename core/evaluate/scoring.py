@@ -225,27 +225,38 @@ def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: in
     return [NllRow(float(-lp.sum()), int(lp.size)) for lp in logprobs]
 
 
-def encode_choice(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], int]:
-    """(whole ids, where the continuation starts), the way lm-evaluation-harness splits a request:
-    trailing spaces of the context move to the continuation, and the continuation's tokens are the
-    tail of the tokenised whole beyond the tokenised context."""
+def encode_choice(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids), split the way lm-evaluation-harness splits a request: trailing spaces
+    of the context move to the continuation, and the continuation's ids are the tail of the tokenised
+    whole beyond the tokenised context. The model reads context ids + continuation ids."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation, context = context[-spaces:] + continuation, context[:-spaces]
     whole = tokenizer(context + continuation)["input_ids"]
-    context_len = len(tokenizer(context)["input_ids"])
-    return whole, max(1, context_len)
+    context_ids = tokenizer(context)["input_ids"]
+    return context_ids, whole[len(context_ids):]
 
 
-def choice_logliks(model: Any, tokenizer: Any, items: Sequence[dict], *, batch_size: int = 8,
+def choice_logliks(model: Any, tokenizer: Any, items: Sequence[dict], *, batch_size: int = 8, share_context: bool = True,
                    should_stop: StopCheck | None = None, on_progress: Progress | None = None) -> list[list[float]]:
-    """Summed log-likelihood of each choice continuation given its item's context."""
+    """Summed log-likelihood of each choice continuation given its item's context.
+
+    The context of an item is read once and its key/value cache shared by all of its choices (the
+    continuations are short, so this is ~2-4x less compute than scoring every context + choice); models
+    whose cache cannot be shared are scored one full sequence per choice."""
+    encoded = [[encode_choice(tokenizer, item["context"], choice) for choice in item["choices"]] for item in items]
+    if share_context:
+        try:
+            return _shared_context_logliks(model, tokenizer, encoded, batch_size, should_stop, on_progress)
+        except Stopped:
+            raise
+        except (TypeError, AttributeError, NotImplementedError, ValueError, RuntimeError):
+            pass  # e.g. a model without a reorderable cache: score full sequences below
     sequences, scored, owners = [], [], []
-    for n, item in enumerate(items):
-        for choice in item["choices"]:
-            whole, start = encode_choice(tokenizer, item["context"], choice)
-            sequences.append(whole)
-            scored.append([j >= start for j in range(len(whole))])
+    for n, pairs in enumerate(encoded):
+        for context_ids, continuation in pairs:
+            sequences.append(context_ids + continuation)
+            scored.append([j >= len(context_ids) for j in range(len(context_ids) + len(continuation))])
             owners.append(n)
     per_request = token_logprobs(model, sequences, scored, batch_size=batch_size, should_stop=should_stop)
     logliks: list[list[float]] = [[] for _ in items]
@@ -253,6 +264,54 @@ def choice_logliks(model: Any, tokenizer: Any, items: Sequence[dict], *, batch_s
         logliks[owner].append(float(lp.sum()))
     if on_progress:
         on_progress(len(items))
+    return logliks
+
+
+def _shared_context_logliks(model, tokenizer, encoded, batch_size, should_stop, on_progress) -> list[list[float]]:
+    import torch
+
+    device, pad = _device(model), _pad_id(tokenizer)
+    logliks: list[list[float]] = [[] for _ in encoded]
+    order = sorted(range(len(encoded)), key=lambda n: len(encoded[n][0][0]))
+    for start in range(0, len(order), batch_size):
+        _check_stop(should_stop)
+        chunk = order[start:start + batch_size]
+        contexts = [encoded[n][0][0] for n in chunk]
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, context in enumerate(contexts):
+            ids[row, width - len(context):] = torch.tensor(context)
+            mask[row, width - len(context):] = 1
+        owners = [row for row, n in enumerate(chunk) for _ in encoded[n]]
+        continuations = [cont for n in chunk for _, cont in encoded[n]]
+        cont_width = max(1, max(len(c) for c in continuations))
+        cont_ids = torch.full((len(owners), cont_width), pad, dtype=torch.long)
+        cont_mask = torch.zeros((len(owners), cont_width), dtype=torch.long)
+        for row, cont in enumerate(continuations):
+            cont_ids[row, :len(cont)] = torch.tensor(cont, dtype=torch.long)
+            cont_mask[row, :len(cont)] = 1
+        owner_index = torch.tensor(owners)
+        with torch.no_grad():
+            first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                          use_cache=True, logits_to_keep=1)
+            new_api = "cache" in first  # transformers >= 5.x renamed past_key_values to cache
+            cache = first["cache"] if new_api else first.past_key_values
+            cache.reorder_cache(owner_index.to(device))  # one copy of the context's cache per choice
+            full_mask = torch.cat([mask[owner_index], cont_mask], dim=1)
+            positions = mask.sum(-1)[owner_index][:, None] + torch.arange(cont_width)[None, :]
+            rest = model(input_ids=cont_ids.to(device), attention_mask=full_mask.to(device), position_ids=positions.to(device),
+                         use_cache=True, **{"cache" if new_api else "past_key_values": cache}).logits.float()
+            first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)[owner_index.to(device)]
+            rest_logp = rest - torch.logsumexp(rest, dim=-1, keepdim=True)
+        for row, cont in enumerate(continuations):
+            total = float(first_logp[row, cont[0]]) if cont else 0.0
+            for t in range(1, len(cont)):
+                total += float(rest_logp[row, t - 1, cont[t]])
+            logliks[chunk[owners[row]]].append(total)
+        del cache, first, rest
+        if on_progress:
+            on_progress(len(chunk))
     return logliks
 
 
