@@ -11,10 +11,10 @@ from core.evaluate import charts
 from core.evaluate.harness import lm_eval_available
 from core.evaluate.report import REPORT_FILE, metric_table, render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
-from core.evaluate.variants import run_checkpoints
+from core.evaluate.variants import run_checkpoints, trained_base
 from core.runs import list_runs
 from core.runs.spec import spec_fields
-from pages_common import live_run, model_picker, run_selector, start_run, trained_adapter_folders
+from pages_common import active_model_source, live_run, model_picker, run_selector, start_run, trained_adapter_folders
 
 FIELDS = {f.name: f for f in spec_fields(EvalSpec)}
 VERDICT_BOX = {"improved": st.success, "no effect": st.warning, "forgetting": st.error}
@@ -43,14 +43,15 @@ def runs_with_checkpoints() -> dict[str, str]:
             for r in list_runs("train") if run_checkpoints(r.path)}
 
 
-def variant_widgets() -> tuple[list[dict], str]:
+def variant_widgets(base) -> tuple[list[dict], str]:
     """The fine-tuned variants ({label, model}) and an optional training run whose checkpoints to sweep."""
     adapters = trained_adapter_folders()
     preset = st.session_state.get("eval_adapter")
     default = [label for label, folder in adapters.items() if folder == preset]
     picked = st.multiselect("Adapters from finished training runs", list(adapters), default=default, key="eval_adapters",
-                            help="Applied on top of the base model above.")
-    variants = [{"label": label.split(" ")[0], "model": {"adapter": adapters[label]}} for label in picked]
+                            help="Each goes on the model its run trained (usually the base above).")
+    variants = [{"label": label.split(" ")[0], "model": trained_base(Path(adapters[label]).parent, base).with_adapter(adapters[label]).as_dict()}
+                for label in picked]
     c1, c2 = st.columns(2)
     folder = c1.text_input("…or an adapter folder", value=preset if preset and not default else "", key="eval_adapter_path",
                            placeholder="/path/to/adapter")
@@ -77,7 +78,7 @@ def _unique_labels(variants: list[dict]) -> list[dict]:
 def new_evaluation_form() -> None:
     base = model_picker("Base model", "eval_base", allow_adapter=False,
                         help="The model before fine-tuning; adapters are applied on top of it.")
-    variants, checkpoints_of = variant_widgets()
+    variants, checkpoints_of = variant_widgets(base or active_model_source())
     task = st.text_input("Task dataset (held-out rows)", value=FIELDS["task_dataset"].default, key="eval_task_dataset",
                          help=FIELDS["task_dataset"].help)
     st.markdown("**Sample sizes** — the defaults finish in a few minutes on a laptop CPU with the embedded model; raise them for tighter intervals.")

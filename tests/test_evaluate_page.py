@@ -36,11 +36,22 @@ def test_form_without_runs_and_adapter_preselected_from_the_train_page(workspace
     assert not at.button(key="eval_launch").disabled
 
 
-def test_launch_from_the_page_then_reattach_to_the_report(workspace, tiny_llama_dir, tmp_path):
-    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter", random_weights=True)
+def _finished_train_run(tiny_llama_dir) -> tuple[str, str]:
+    """A training run folder as the train job leaves it: spec naming the model, status succeeded, adapter/."""
+    from core.runs.status import RunStatus, write_status
+
+    run_dir = runs.create_run_from_dict({"kind": "train", "name": "tiny", "model": {"kind": "local", "ref": str(tiny_llama_dir)}})
+    make_adapter(tiny_llama_dir, run_dir / "adapter", random_weights=True)
+    write_status(run_dir, RunStatus(state="succeeded", kind="train", progress=1.0))
+    return run_dir.name, str(run_dir / "adapter")
+
+
+def test_launch_from_the_page_then_reattach_to_the_report(workspace, tiny_llama_dir):
+    train_id, adapter = _finished_train_run(tiny_llama_dir)
     at = _page(tiny_llama_dir)
+    at.session_state["eval_adapter"] = adapter  # what the Train page hands over
     at.run()
-    at.text_input(key="eval_adapter_path").set_value(str(adapter))
+    assert at.multiselect(key="eval_adapters").value == [f"{train_id} (succeeded)"]
     for name, value in (("task_samples", 3), ("general_samples", 3), ("mc_samples", 4), ("max_new_tokens", 6), ("bootstrap_samples", 100)):
         at.number_input(key=f"eval_{name}").set_value(value)
     at.text_input(key="eval_lm_tasks").set_value("hellaswag")
@@ -51,7 +62,8 @@ def test_launch_from_the_page_then_reattach_to_the_report(workspace, tiny_llama_
     assert not at.exception
     (run,) = runs.list_runs("evaluate")
     spec = run.spec
-    assert spec["variants"] == [{"label": "adapter", "model": {"adapter": str(adapter)}}] and spec["task_samples"] == 3
+    assert spec["variants"] == [{"label": train_id, "model": {"kind": "local", "ref": str(tiny_llama_dir), "adapter": adapter}}]
+    assert spec["task_samples"] == 3
     assert at.query_params["eval_run"] == [run.run_id] or at.query_params["eval_run"] == run.run_id
     status = runs.wait(run.path, timeout=300)
     assert status.state == "succeeded", (status.error, runs.log_tail(run.path))
@@ -62,7 +74,7 @@ def test_launch_from_the_page_then_reattach_to_the_report(workspace, tiny_llama_
     fresh.run()
     assert not fresh.exception
     boxes = [b.value for b in (*fresh.success, *fresh.warning, *fresh.error)]
-    assert any("adapter:" in text and any(v in text for v in ("improved", "no effect", "forgetting")) for text in boxes), boxes
+    assert any(f"{train_id}:" in text and any(v in text for v in ("improved", "no effect", "forgetting")) for text in boxes), boxes
     assert len(fresh.get("plotly_chart")) >= 3
     assert any("Task score" in str(df.value) for df in fresh.dataframe)
     labels = [d.proto.label for d in fresh.get("download_button")]
