@@ -190,3 +190,19 @@ def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
     report = json.loads((eval_dir / REPORT_FILE).read_text())
     gain = report["comparisons"]["demo LoRA"]["json_valid"]["value"]
     assert gain >= 30, f"JSON validity gain {gain:.0f} points (base {report['models'][0]['metrics']['json_valid']['value']:.0f}%)"
+
+
+def test_an_adapter_is_prompted_with_the_chat_template_it_was_trained_with(tiny_llama_dir, adapters, tmp_path):
+    import shutil
+
+    from core.evaluate.job import _tokenizer_for
+    from core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelSource("local", str(tiny_llama_dir)))
+    assert _tokenizer_for(tokenizer, ModelSource("local", str(tiny_llama_dir), adapter=str(adapters["random"]))) is tokenizer
+    adapter = shutil.copytree(adapters["random"], tmp_path / "templated")
+    (adapter / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                                                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+    templated = _tokenizer_for(tokenizer, ModelSource("local", str(tiny_llama_dir), adapter=str(adapter)))
+    rendered = templated.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered == "<user>hi\n<assistant>" and tokenizer.chat_template != templated.chat_template

@@ -10,9 +10,11 @@ weights are read once; a merged model or another base is loaded on its own.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from core.evaluate import harness, scoring
@@ -24,6 +26,7 @@ from core.evaluate.variants import Variant, expand_variants
 from core.metrics import choice_accuracy
 from core.models import LoadedModel, ModelLoadError, ModelSource, apply_adapter, load_model
 from core.runs.jobs import JobContext, JobError
+from core.workspace import read_json
 
 
 class _Progress:
@@ -101,6 +104,26 @@ def _load(source: ModelSource) -> LoadedModel:
         raise JobError(str(exc)) from exc
 
 
+def adapter_chat_template(adapter: str) -> str | None:
+    """The chat template saved beside an adapter (training saves the one it rendered with), if any."""
+    folder = Path(adapter).expanduser()
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = read_json(folder / "tokenizer_config.json", {}) or {}
+    template = config.get("chat_template")
+    return template if isinstance(template, str) and template.strip() else None
+
+
+def _tokenizer_for(tokenizer: Any, source: ModelSource) -> Any:
+    """Prompts for an adapter are rendered with the template it was trained with, when it saved one."""
+    template = adapter_chat_template(source.adapter) if source.adapter else None
+    if not template or template == getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
 def _same_base(a: ModelSource, b: ModelSource) -> bool:
     return (a.kind, a.ref, a.revision, a.trust_remote_code) == (b.kind, b.ref, b.revision, b.trust_remote_code)
 
@@ -117,7 +140,7 @@ def _variant_model(base: LoadedModel, variant: Variant) -> Iterator[LoadedModel]
             raise JobError(f"{variant.label}: {exc}") from exc
         wrapped.eval()
         try:
-            yield LoadedModel(model=wrapped, tokenizer=base.tokenizer, info=base.info, source=source)
+            yield LoadedModel(model=wrapped, tokenizer=_tokenizer_for(base.tokenizer, source), info=base.info, source=source)
         finally:
             wrapped.unload()  # removes the LoRA layers without merging: base.model is the base again
         return
@@ -125,6 +148,7 @@ def _variant_model(base: LoadedModel, variant: Variant) -> Iterator[LoadedModel]
         loaded = load_model(source)
     except ModelLoadError as exc:
         raise JobError(f"{variant.label}: {exc}") from exc
+    loaded.tokenizer = _tokenizer_for(loaded.tokenizer, source)
     try:
         yield loaded
     finally:
@@ -137,7 +161,9 @@ def _check_variants_change_the_model(base: LoadedModel, base_probe: Any, variant
     for variant in variants:
         progress.set_stage(f"checking that {variant.label} changes the model")
         with _variant_model(base, variant) as loaded:
-            difference = scoring.probe_difference(base_probe, scoring.probe_logits(loaded.model, loaded.tokenizer))
+            # the same prompt ids as the base (an adapter's own chat template must not mask an unchanged model)
+            tokenizer = base.tokenizer if _same_base(variant.source, base.source) else loaded.tokenizer
+            difference = scoring.probe_difference(base_probe, scoring.probe_logits(loaded.model, tokenizer))
         if difference < scoring.PROBE_TOLERANCE:
             what = f"the adapter {variant.source.adapter}" if variant.source.adapter else f"the model {variant.source.ref}"
             raise JobError(
