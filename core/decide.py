@@ -206,16 +206,17 @@ def _precision_for(device: str, method: str) -> str:
 
 
 def fit_methods(arch: memory.ModelArch, hardware: Any, max_length: int = 1024) -> list[MethodFit]:
-    """For full, LoRA and QLoRA: the largest batch (8, 4, 2, 1; checkpointing only if needed) that fits in
-    85% of the device's memory, or the smallest configuration's total when nothing fits."""
+    """For full, LoRA and QLoRA: the largest batch (8, 4, 2, 1 — at most 4 on CPU; checkpointing only if
+    needed) that fits in 85% of the device's memory, or the smallest configuration's total when nothing fits."""
     device = getattr(hardware, "device", "cuda") if getattr(hardware, "device", None) in memory.DEVICES else "cuda"
     capacity = _capacity_bytes(hardware)
     methods = ["full", "lora"] + (["qlora"] if device == "cuda" or getattr(hardware, "bnb_4bit", False) else [])
+    batches = (4, 2, 1) if device == "cpu" else (8, 4, 2, 1)  # a CPU step on a bigger batch is too slow to be useful
     fits = []
     for method in methods:
         best = None
         for checkpointing in (False, True):
-            for batch in (8, 4, 2, 1):
+            for batch in batches:
                 spec = memory.MemorySpec(arch, method=method, precision=_precision_for(device, method), device=device,
                                          batch_size=batch, seq_len=max_length, gradient_checkpointing=checkpointing)
                 total = memory.estimate(spec).total_bytes
@@ -257,11 +258,31 @@ def starting_recipe(method: str, rows: int, fit: MethodFit | None = None, max_le
     }
 
 
+def recipe_from_memory_spec(spec: memory.MemorySpec, num_epochs: float = 1) -> dict:
+    """The Budget page's what-if settings as a Train-page recipe (same field names as `starting_recipe`)."""
+    targets = ["all-linear"] if isinstance(spec.lora_targets, str) else list(spec.lora_targets)
+    return {
+        "method": spec.method,
+        "lora_r": spec.lora_r,
+        "lora_alpha": 2 * spec.lora_r,
+        "learning_rate": FULL_LEARNING_RATE if spec.method == "full" else LORA_LEARNING_RATE,
+        "target_modules": targets,
+        "num_epochs": num_epochs,
+        "batch_size": spec.batch_size,
+        "max_length": spec.seq_len,
+        "gradient_checkpointing": spec.gradient_checkpointing,
+    }
+
+
 def recommend(q: Questionnaire) -> Recommendation:
     notes: list[str] = []
     fits: list[MethodFit] = []
+    length = q.max_length
+    if getattr(q.hardware, "device", None) == "cpu" and length > 512:
+        length = 512
+        notes.append("On CPU the recipe caps max_length at 512 tokens and the batch at 4: a 135M model trains in minutes, larger ones take hours.")
     if q.model is not None and q.hardware is not None:
-        fits = fit_methods(q.model, q.hardware, q.max_length)
+        fits = fit_methods(q.model, q.hardware, length)
         method = choose_method(fits, q.labelled_rows)
         where = getattr(q.hardware, "device_name", "this machine")
         notes.append(f"Memory check for {q.model.name} on {where}: " + "; ".join(
@@ -277,10 +298,7 @@ def recommend(q: Questionnaire) -> Recommendation:
         choice = "rag + fine-tune"
     fine_method = method if choice in ("fine-tune", "rag + fine-tune") else None
     fit = next((f for f in fits if f.method == method), None)
-    recipe = starting_recipe(method or "lora", q.labelled_rows, fit, q.max_length)
-    if getattr(q.hardware, "device", None) == "cpu":
-        recipe["max_length"] = min(recipe["max_length"], 512)
-        notes.append("On CPU the recipe caps max_length at 512 tokens; a 135M model trains in minutes, larger ones in hours.")
+    recipe = starting_recipe(method or "lora", q.labelled_rows, fit, length)
     return Recommendation(choice, _headline(choice, fine_method, by_name), options, fine_method, fits, recipe, notes)
 
 

@@ -179,6 +179,13 @@ class ModelArch:
         data["notes"] = list(self.notes)
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelArch":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["notes"] = tuple(values.get("notes") or ())
+        return cls(**values)
+
 
 _FUSED_TYPES = {"phi3"}
 _QKV_BIAS_TYPES = {"qwen2"}  # q/k/v have biases, o_proj does not
@@ -384,6 +391,8 @@ class MemorySpec:
                 raise ValueError(f"memory spec: {name} must be a positive integer, got {value!r}")
         if self.device == "cpu" and self.precision != "fp32":
             raise ValueError("memory spec: CPU training runs in fp32 here; choose precision 'fp32' for device 'cpu'")
+        if isinstance(self.lora_targets, str) and "," in self.lora_targets:
+            self.lora_targets = tuple(name.strip() for name in self.lora_targets.split(",") if name.strip())
         if isinstance(self.lora_targets, list):
             self.lora_targets = tuple(self.lora_targets)
         if self.method != "full":
@@ -772,6 +781,17 @@ def detected_device() -> str:
     from core.hardware import detect
 
     return detect().device
+
+
+def breakdown_rows(estimates: Mapping[str, MemoryEstimate], phases: bool = False) -> list[dict]:
+    """Long-form rows {label, component, gb} for a stacked bar chart: one bar per estimate (its peak), or one
+    bar per phase of each estimate when `phases` is true."""
+    rows = []
+    for label, est in estimates.items():
+        bars = {f"{label} · {phase}": est.phases[phase] for phase in PHASES} if phases else {label: est.breakdown}
+        for bar, parts in bars.items():
+            rows += [{"label": bar, "component": name.replace("_", " "), "gb": parts[name] / GB} for name in COMPONENTS]
+    return rows
 
 
 def compare_methods(spec: MemorySpec, methods: Iterable[str] = ("full", "lora", "qlora")) -> dict[str, MemoryEstimate]:

@@ -1,0 +1,153 @@
+"""Budget: how much memory a fine-tune needs, split by component, where it fits, and how past runs compare."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import decide, memory
+from core.models import ModelLoadError, ModelSource
+from core.workspace import runs_dir
+from pages_common import active_model_source, cached_hardware
+
+TARGET_SETS = {"all-linear": "all-linear", "attention (q, k, v, o)": ("q_proj", "k_proj", "v_proj", "o_proj"), "q and v only": ("q_proj", "v_proj")}
+SEQ_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
+RANKS = [4, 8, 16, 32, 64, 128, 256]
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def arch_of(source_json: str) -> dict:
+    return memory.arch_from_source(ModelSource.from_dict(json.loads(source_json))).as_dict()
+
+
+def choose_model() -> memory.ModelArch | None:
+    presets = {p["name"]: p for p in memory.list_presets()}
+    origin = st.radio("Model", ["Active model", "Preset", "Local folder or Hub id"], horizontal=True, key="budget_origin")
+    try:
+        if origin == "Preset":
+            name = st.selectbox("Preset architecture", list(presets), index=list(presets).index("Llama-3.1 8B"), key="budget_preset")
+            return memory.preset_arch(name)
+        source = active_model_source()
+        if origin == "Local folder or Hub id":
+            text = st.text_input("Folder or Hub id", placeholder="/path/to/model or Qwen/Qwen2.5-7B", key="budget_ref")
+            if not text.strip():
+                st.info("Type a local model folder or a Hub id (the Hub is used only when reachable).")
+                return None
+            source = ModelSource.parse(text)
+        return memory.ModelArch.from_dict(arch_of(json.dumps(source.as_dict(), sort_keys=True)))
+    except (ModelLoadError, ValueError, KeyError, OSError) as exc:
+        st.error(f"Cannot read that model's config: {exc}")
+        return None
+
+
+def settings(arch: memory.ModelArch, device: str) -> memory.MemorySpec:
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.selectbox("Method", memory.METHODS, index=1, format_func=memory.METHOD_LABELS.get, key="budget_method")
+    devices = list(memory.DEVICES)
+    device = c1.selectbox("Device", devices, index=devices.index(device), key="budget_device",
+                          help="cpu: fp32 everything, no CUDA context. Defaults to this machine's device.")
+    precisions = ["fp32"] if device == "cpu" else list(memory.PRECISIONS)
+    precision = c2.selectbox("Precision", precisions, index=min(1, len(precisions) - 1), format_func=memory.PRECISION_LABELS.get, key=f"budget_precision_{device}")
+    optimizer = c2.selectbox("Optimizer", memory.OPTIMIZERS, format_func=memory.OPTIMIZER_LABELS.get, key="budget_optimizer")
+    rank = c3.select_slider("LoRA rank r", RANKS, value=16, key="budget_rank", disabled=method == "full")
+    targets = c3.selectbox("LoRA targets", list(TARGET_SETS) if not arch.fused_qkv else ["all-linear"], key="budget_targets", disabled=method == "full")
+    batch = c4.slider("Batch size", 1, 64, 4, key="budget_batch")
+    seq = c4.select_slider("Sequence length", SEQ_LENGTHS, value=1024, key="budget_seq")
+    c5, c6, c7, c8 = st.columns(4)
+    ckpt = c5.checkbox("Gradient checkpointing", value=True, key="budget_ckpt")
+    attention = c6.selectbox("Attention", memory.ATTENTIONS, index=1, key="budget_attention")
+    chunked = c7.checkbox("Chunked loss (Liger / Unsloth)", key="budget_chunked")
+    accumulation = c8.number_input("Gradient accumulation", 1, 512, 1, key="budget_accum")
+    return memory.MemorySpec(arch, method=method, precision=precision, optimizer=optimizer, lora_r=rank, lora_targets=TARGET_SETS[targets],
+                             batch_size=batch, seq_len=seq, gradient_checkpointing=ckpt, attention=attention, chunked_loss=chunked,
+                             grad_accumulation=int(accumulation), device=device)
+
+
+def stacked_bars(rows: list[dict], title: str):
+    fig = px.bar(pd.DataFrame(rows), x="label", y="gb", color="component", title=title, labels={"gb": "GB (1e9 bytes)", "label": ""})
+    fig.update_layout(barmode="stack", height=360, margin=dict(t=40, b=10))
+    st.plotly_chart(fig, width="stretch")
+
+
+def past_runs(est: memory.MemoryEstimate) -> None:
+    st.subheader("Predicted vs measured on this machine")
+    points = memory.past_run_calibration(runs_dir())
+    if not points:
+        st.caption("No finished run has recorded its peak memory yet. Every training run writes its predicted and measured peak to its run card; they appear here.")
+        return
+    table = pd.DataFrame([{"run": p.run_id, "device": p.device, "predicted GB": p.predicted_bytes / memory.GB,
+                           "measured GB": p.measured_bytes / memory.GB, "measured / predicted": p.ratio} for p in points])
+    st.dataframe(table, hide_index=True, width="stretch")
+    fig = px.scatter(table, x="predicted GB", y="measured GB", color="device", hover_name="run", title="Each dot is a finished run")
+    top = float(max(table["predicted GB"].max(), table["measured GB"].max())) * 1.05
+    fig.add_shape(type="line", x0=0, y0=0, x1=top, y1=top, line=dict(dash="dot"))
+    st.plotly_chart(fig, width="stretch")
+    factor = memory.correction_factor(points, est.spec.device)
+    low, high = memory.CORRECTION_BOUNDS
+    st.metric(f"Corrected estimate on {est.spec.device}", f"{memory.corrected_total(est, factor) / memory.GB:.2f} GB",
+              f"× {factor:.2f} (median measured / predicted, bounded to {low}–{high})", delta_color="off")
+
+
+FORMULAS = r"""
+**Bytes per trainable parameter** (mixed precision + AdamW): weights 2 + gradients 2 + fp32 master copy 4 +
+Adam's two fp32 moments 8 = **16 B**. A 7B model: 14 + 14 + 28 + 56 = **112 GB** before a single activation.
+Frozen weights cost only themselves: fp32 4, bf16 2, int8 1, NF4 ≈ 0.5 B per parameter.
+
+**LoRA** replaces the update of a $d_{out} \times d_{in}$ matrix by $B A$ with $A \in \mathbb{R}^{r \times d_{in}}$,
+$B \in \mathbb{R}^{d_{out} \times r}$: $r (d_{in} + d_{out})$ trainable parameters — 65,536 instead of 16.8 M for a
+4096 × 4096 matrix at $r = 8$. The update is scaled by $\alpha / r$, so doubling $r$ at fixed $\alpha$ halves each
+direction's step; keep $\alpha = 2r$ and the learning rate (~2e-4, ten times a full fine-tune's) transfers.
+
+**NF4 + double quantization** (QLoRA): 4-bit codes (0.5 B) plus one absmax per 64 weights. Stored in fp32 that is
+32/64 = 0.5 bits per parameter; double quantization stores the absmax values in 8 bits with one fp32 constant per
+256 blocks: $8/64 + 32/(64 \cdot 256) \approx 0.127$ bits. 70B weights: 280 / 140 / 70 / ~36 GB in fp32 / fp16 / int8 / NF4.
+
+**Activations** grow with batch × sequence × layers; **logits** with batch × sequence × vocabulary (12 bytes each
+at the start of backward) — large-vocabulary models need checkpointing and a chunked loss long before their weights fill the GPU.
+"""
+
+st.title("📐 Budget")
+st.caption("Memory for full / LoRA / QLoRA training, split by component, from the model's config alone — the same estimator the Train page's pre-flight uses.")
+hardware = cached_hardware()
+arch = choose_model()
+if arch is not None:
+    counts = arch.param_counts()
+    head = "tied to the embedding" if arch.tie_word_embeddings else f"{counts['lm_head'] / 1e6:.0f} M"
+    st.caption(f"**{arch.name}** · {counts['total'] / 1e9:.3f} B parameters (embedding {counts['embedding'] / 1e6:.0f} M, attention {counts['attention'] / 1e6:.0f} M, "
+               f"MLP {counts['mlp'] / 1e6:.0f} M, norms {counts['norms'] / 1e3:.0f} K, lm_head {head})")
+    spec = settings(arch, hardware.device if hardware.device in memory.DEVICES else "cpu")
+    est = memory.estimate(spec)
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Peak memory", f"{est.total_bytes / memory.GB:.2f} GB")
+    m2.metric("Trainable parameters", f"{est.trainable_params:,}", f"{100 * est.trainable_params / est.total_params:.3f}% of {est.total_params / 1e9:.2f} B", delta_color="off")
+    m3.metric("Activations + logits", f"{(est.phases[memory.PHASES[0]]['activations'] + est.phases[memory.PHASES[0]]['logits']) / memory.GB:.2f} GB")
+    here = next(iter(memory.fit_table(est, hardware)), None)
+    m4.metric("Fits this machine?", here["verdict"] if here else "unknown", f"{here['used']:.0%} of {here['memory_gb']} GB" if here else None, delta_color="off")
+    st.caption(f"{est.note}.")
+    left, right = st.columns(2)
+    with left:
+        stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[m]: e for m, e in memory.compare_methods(spec, ("full", "lora", "qlora")).items()}),
+                     "Same settings, three methods (peak)")
+    with right:
+        stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[spec.method]: est}, phases=True), "The two candidate peaks of this run")
+    st.subheader("Where it fits")
+    st.dataframe(pd.DataFrame(memory.fit_table(est, hardware)), hide_index=True, width="stretch",
+                 column_config={"used": st.column_config.ProgressColumn("share used", min_value=0.0, max_value=1.0, format="percent")})
+    with st.expander("How this number is made (assumptions)", expanded=False):
+        for sentence in est.assumptions:
+            st.markdown(f"- {sentence}")
+    with st.expander("The formulas", expanded=False):
+        st.markdown(FORMULAS)
+    st.subheader("Inference")
+    i1, i2, i3 = st.columns(3)
+    fmt = i1.selectbox("Weights", memory.WEIGHT_FORMATS, index=2, key="budget_infer_format")
+    context = i2.select_slider("Context length", SEQ_LENGTHS, value=4096, key="budget_infer_context")
+    users = i3.slider("Concurrent sequences", 1, 64, 1, key="budget_infer_batch")
+    parts = memory.inference_estimate(arch, fmt, users, context, device=spec.device)
+    st.caption(" · ".join(f"{k.replace('_', ' ')} {v / memory.GB:.2f} GB" for k, v in parts.items()) + " (KV cache = 2 × layers × kv heads × head dim × tokens × 2 bytes)")
+    past_runs(est)
+    if st.button("Use these settings on the Train page", type="primary", key="budget_to_train"):
+        st.session_state["train_recipe"] = decide.recipe_from_memory_spec(spec)
+        st.success("Sent: the Train page's form now starts from these settings.")

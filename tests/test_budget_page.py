@@ -1,0 +1,84 @@
+"""AppTest of the Budget page: the numbers it shows are core.memory's, past runs correct them, settings go to Train."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core import memory
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "budget.py")
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(PAGE, default_timeout=120)
+
+
+def _metric(at: AppTest, label: str):
+    return next(m for m in at.metric if m.label.startswith(label))
+
+
+def test_active_embedded_model_budget_renders(workspace):
+    at = _app()
+    at.run()
+    assert not at.exception
+    assert "SmolLM2-135M-Instruct" in " ".join(c.value for c in at.caption) and "0.135 B parameters" in " ".join(c.value for c in at.caption)
+    assert _metric(at, "Peak memory").value.endswith(" GB")
+    assert _metric(at, "Trainable parameters").value.replace(",", "").isdigit()
+    assert len(at.get("plotly_chart")) >= 2
+    assert any("No finished run" in c.value for c in at.caption)
+
+
+def test_preset_what_if_matches_the_estimator(workspace):
+    at = _app()
+    at.run()
+    at.radio(key="budget_origin").set_value("Preset").run()
+    at.selectbox(key="budget_preset").set_value("Llama-3.1 8B").run()
+    at.selectbox(key="budget_device").set_value("cuda").run()
+    at.selectbox(key="budget_method").set_value("qlora").run()
+    at.select_slider(key="budget_rank").set_value(64).run()
+    at.slider(key="budget_batch").set_value(2).run()
+    at.select_slider(key="budget_seq").set_value(2048).run()
+    assert not at.exception
+    spec = memory.MemorySpec(memory.preset_arch("Llama-3.1 8B"), method="qlora", precision="mixed", lora_r=64, batch_size=2, seq_len=2048,
+                             gradient_checkpointing=True, attention="sdpa", device="cuda")
+    expected = memory.estimate(spec)
+    assert _metric(at, "Peak memory").value == f"{expected.total_bytes / memory.GB:.2f} GB"
+    assert _metric(at, "Trainable parameters").value == f"{expected.trainable_params:,}"
+    fits = at.dataframe[0].value
+    assert "NVIDIA H100 (80 GB)" in set(fits["gpu"]) and set(fits["verdict"]) <= {"fits", "tight", "does not fit"}
+    at.selectbox(key="budget_method").set_value("full").run()
+    assert float(_metric(at, "Peak memory").value.split()[0]) > expected.total_bytes / memory.GB
+
+
+def test_past_runs_give_a_corrected_estimate(workspace):
+    for name, measured in (("run-1", 1.1e9), ("run-2", 1.3e9), ("run-3", 1.2e9)):
+        folder = workspace / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "spec.yaml").write_text("kind: train\n")
+        (folder / "run_card.json").write_text(json.dumps({"peak_memory_bytes": int(measured), "predicted_memory_bytes": int(1e9), "device": "cpu", "spec": {}}))
+    at = _app()
+    at.run()
+    at.selectbox(key="budget_device").set_value("cpu").run()
+    assert not at.exception
+    corrected = _metric(at, "Corrected estimate on cpu")
+    assert "× 1.20" in str(corrected.delta)
+    assert set(at.dataframe[1].value["run"]) == {"run-1", "run-2", "run-3"}
+
+
+def test_local_folder_and_send_to_train(workspace, tiny_llama_dir):
+    at = _app()
+    at.run()
+    at.radio(key="budget_origin").set_value("Local folder or Hub id").run()
+    assert any("Type a local model folder" in i.value for i in at.info)
+    at.text_input(key="budget_ref").set_value(str(tiny_llama_dir)).run()
+    assert not at.exception and not at.error
+    at.selectbox(key="budget_method").set_value("lora").run()
+    at.select_slider(key="budget_rank").set_value(8).run()
+    at.button(key="budget_to_train").click().run()
+    recipe = at.session_state["train_recipe"]
+    assert recipe["method"] == "lora" and recipe["lora_r"] == 8 and recipe["lora_alpha"] == 16 and recipe["learning_rate"] == 2e-4
+    assert recipe["target_modules"] == ["all-linear"] and recipe["batch_size"] == 4 and recipe["max_length"] == 1024
+    at.text_input(key="budget_ref").set_value(str(workspace / "nope")).run()
+    assert any("Cannot read that model's config" in e.value for e in at.error)
