@@ -11,6 +11,7 @@ Train page, and a quick prompt-only baseline ("measure before you decide").
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -336,8 +337,6 @@ def split_row(row: dict) -> tuple[list[dict], str]:
 
 def _answer_text(value: Any) -> str:
     if isinstance(value, (dict, list)):
-        import json
-
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 

@@ -33,7 +33,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Mapping
 
 GB = 1e9  # decimal gigabyte, the unit of every "GB" this module prints
 GIB = 2**30

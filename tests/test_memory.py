@@ -98,6 +98,17 @@ def test_counts_from_config_equal_the_instantiated_model(index):
     assert memory.arch_from_config(config).total_params == sum(p.numel() for p in model.parameters()), config.model_type
 
 
+@pytest.mark.parametrize("name", ["Llama-3.2 1B", "Qwen2.5 0.5B", "Mistral-7B v0.3", "Gemma-2 2B", "Phi-3-mini 4k"])
+def test_preset_counts_equal_the_real_architecture_on_the_meta_device(name):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    preset = next(p for p in memory.list_presets() if p["name"] == name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**preset["config"]))
+    assert preset_arch(name).total_params == sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize("method, targets", [("lora", "all-linear"), ("lora", ("q_proj", "v_proj")), ("dora", "all-linear")])
 def test_trainable_count_equals_peft(method, targets):
     from peft import LoraConfig, get_peft_model
@@ -240,7 +251,7 @@ def test_estimate_for_model_shortcuts():
                              target_modules=["q_proj", "v_proj"], lora_r=16, batch_size=2, seq_len=2048)
     assert est.spec.attention == "flash_attention_2" and est.spec.lora_targets == ("q_proj", "v_proj")
     assert est.trainable_params == 32 * 16 * ((4096 + 4096) + (4096 + 1024))
-    assert 5 * GB < est.total_bytes < 16 * GB  # QLoRA of an 8B model fits a 16-24 GB card
+    assert 5 * GB < est.total_bytes < 24 * GB  # QLoRA of an 8B model fits a 24 GB card
     json.dumps(est.as_dict())
 
 
