@@ -115,6 +115,36 @@ def test_packing_keeps_each_rows_labels_and_restarts_positions():
     assert sorted(pieces) == originals  # first label of each row is already masked in these rows
 
 
+def test_workspace_dataset_records_its_manifest_hash(workspace, tiny_llama_dir, embedded_tokenizer):
+    from core.train.data import prepare_data
+    from core.workspace import datasets_dir
+
+    folder = datasets_dir() / "curated"
+    folder.mkdir()
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    (folder / "manifest.json").write_text(json.dumps({"operations": ["dedup"], "rows": 8}))
+    data = prepare_data(_spec(tiny_llama_dir, folder, eval_fraction=0.25), embedded_tokenizer)
+    manifest = data.manifest()
+    assert manifest["sha256"] == file_sha256(folder / "data.jsonl")
+    assert manifest["manifest_sha256"] == file_sha256(folder / "manifest.json")
+    assert (manifest["train_rows"], manifest["eval_rows"]) == (6, 2)
+    assert manifest["trained_tokens"] == sum(sum(1 for x in f["labels"] if x != IGNORE_INDEX) for f in data.train.features)
+
+
+def test_live_summary_and_charts_keep_the_latest_value_per_step():
+    from core.train.report import live_summary, loss_figure, small_figures
+
+    rows = [{"event": "start", "step": 0, "total_steps": 4}, {"step": 1, "loss": 3.0, "tokens_per_s": 10.0, "eta_s": 9.0},
+            {"step": 2, "loss": 2.5}, {"event": "start", "step": 1, "total_steps": 4}, {"step": 2, "loss": 2.4},
+            {"step": 2, "eval_loss": 2.6}]
+    summary = live_summary(rows)
+    assert (summary.step, summary.total_steps, summary.loss, summary.eval_loss) == (2, 4, 2.4, 2.6)
+    assert summary.fraction == 0.5 and "step 2 / 4" in summary.label
+    fig = loss_figure(rows, log_scale=True)
+    assert list(fig.data[0].y) == [3.0, 2.4] and fig.layout.yaxis.type == "log"
+    assert len(small_figures(rows)) == 4
+
+
 # ---------------------------------------------------------------- runs in the worker
 
 

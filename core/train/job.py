@@ -26,6 +26,7 @@ from core.train.trainer import (
     TokenCounter,
     build_trainer,
     checkpoint_step,
+    import_training_stack,
     latest_checkpoint,
     make_callback,
     tune_cpu_allocator,
@@ -59,6 +60,7 @@ def run(ctx: JobContext) -> dict:
 
     if hardware.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         tune_cpu_allocator()
+    import_training_stack()
     probe = MemoryProbe(hardware.device)
     ctx.progress(0.0, "tokenizing the data")
     data = _prepare(spec, ctx)
@@ -73,9 +75,11 @@ def run(ctx: JobContext) -> dict:
     callback = make_callback(ctx, spec, probe, counter)
     trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
                             bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter)
+    previous = (ctx.read_json(RUN_CARD) or {}) if resume else {}  # the card of the attempt this one continues
     eval_start = _starting_eval(trainer, spec, data, resume, ctx)
     if resume:
         ctx.log.info("resuming from %s", resume)
+        eval_start = (previous.get("final_metrics") or {}).get("eval_loss_start")
     train_started = time.time()
     try:
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -113,6 +117,7 @@ def run(ctx: JobContext) -> dict:
         "supervised_tokens_per_s": round(counter.supervised / train_seconds, 2) if train_seconds > 0 else 0.0,
         "tokens_trained_this_attempt": counter.tokens,
         "train_seconds": round(train_seconds, 2),
+        "total_train_seconds": round(train_seconds + float(previous.get("total_train_seconds") or 0.0), 2),
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": probe.peak(),
         **_predicted(spec, hardware),

@@ -100,8 +100,10 @@ def live_summary(rows: list[dict]) -> LiveSummary:
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None and "step" in r]
-    return [p[0] for p in points], [p[1] for p in points]
+    """(steps, values) of one metric. A resumed run re-logs the steps after its last checkpoint: the latest wins."""
+    by_step = {r["step"]: r[key] for r in rows if r.get(key) is not None and "step" in r}
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
 
 
 def loss_figure(rows: list[dict], log_scale: bool = False) -> Any:

@@ -67,6 +67,14 @@ def _reset_peak_rss() -> None:
         pass
 
 
+def import_training_stack() -> None:
+    """Import transformers / PEFT / TRL / datasets before the memory baseline: their import is not training memory."""
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # noqa: F401 - TRL's lazy module imports the trainer here
+
+
 def tune_cpu_allocator() -> bool:
     """Make glibc return freed blocks of 64 KB and more to the OS (core.memory.CPU_ALLOCATOR_ENV), so the
     process's peak RSS measures live tensors rather than heap the allocator kept. Same effect as starting the
