@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from core.data.text import FIELDS, WORD, row_text, row_texts
+from core.data.text import FIELDS, WORD, row_texts
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -538,8 +538,3 @@ def decontaminate(
     _report(progress, 1.0, "done")
     params = asdict(config) | {"benchmarks": [b.name for b in benchmarks], "rule": MODES[config.mode].rule}
     return DecontamResult(config.mode, config.field, len(texts), reports, params, time.perf_counter() - started)
-
-
-def row_text_for(rows: Sequence[Any], index: int, field: str) -> str:
-    """The text the spans of a match point into."""
-    return row_text(rows[index], field)

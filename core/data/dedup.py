@@ -267,6 +267,16 @@ def _signature_chunk(args: tuple[Sequence[str], int, int, int]) -> np.ndarray:
     return out
 
 
+def _pool_context():
+    """forkserver where available: workers fork from a clean server process that has already
+    imported this module, not from a threaded app process (fork there can deadlock)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def minhash_signatures(
     texts: Sequence[str],
     *,
@@ -275,7 +285,7 @@ def minhash_signatures(
     seed: int = 1,
     workers: int = 0,
     chunk_rows: int = 1000,
-    parallel_min_rows: int = 5000,
+    parallel_min_rows: int = 20_000,
     progress: Progress = None,
 ) -> np.ndarray:
     """MinHash signatures, (len(texts), num_perm) uint32, equal to datasketch's affine32 MinHash
@@ -290,9 +300,7 @@ def minhash_signatures(
     parts = []
     done = 0
     if workers > 1 and n >= parallel_min_rows and len(chunks) > 1:
-        methods = multiprocessing.get_all_start_methods()
-        # forkserver: children fork from a clean server, not from a threaded app process.
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context = _pool_context()
         with context.Pool(min(workers, len(chunks))) as pool:
             for part in pool.imap(_signature_chunk, chunks):
                 parts.append(part)
