@@ -74,6 +74,9 @@ def app_url(e2e_home, embedded_dir):  # embedded_dir: convert the model before t
 
 @pytest.fixture(scope="session")
 def browser():
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")

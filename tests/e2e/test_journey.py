@@ -28,12 +28,20 @@ def go(page: Page, title: str) -> None:
     settle(page)
 
 
+def fill(page: Page, role: str, label: str, value) -> None:
+    """Type into a text ("textbox") or number ("spinbutton") input and commit it with Enter."""
+    box = page.get_by_role(role, name=label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    settle(page)
+
+
 def test_every_page_opens(page: Page, app_url: str):
     page.goto(app_url)
     settle(page)
     for title in ("Decide", "Budget", "Data", "Template", "Train", "Evaluate", "Chat", "Merge", "Prune", "Distill"):
         go(page, title)
-        expect(page.locator("h1").first).to_be_visible()
+        expect(page.locator("h1").first, f"{title} page has no title").to_be_visible()
     expect(page.locator("[data-testid='stSidebar']").get_by_text(re.compile("Active model"))).to_be_visible()
 
 
@@ -47,9 +55,7 @@ def test_main_journey(page: Page, app_url: str):
     settle(page)
     expect(page.get_by_text(re.compile(r"near\*?\*?: [\d,]+ clusters"))).to_be_visible()
     page.get_by_role("tab", name="Export").click()
-    page.get_by_label("Name").fill("e2e-curated")
-    page.get_by_label("Name").press("Enter")
-    settle(page)
+    fill(page, "textbox", "Name", "e2e-curated")
     page.get_by_role("button", name=re.compile(r"Export [\d,]+ rows")).click()
     settle(page)
     expect(page.get_by_text(re.compile("Saved .*e2e-curated"))).to_be_visible()
@@ -61,10 +67,7 @@ def test_main_journey(page: Page, app_url: str):
 
     # Train: a short LoRA on the embedded model; the loss chart grows; the run succeeds.
     go(page, "Train")
-    steps = page.get_by_label("max steps")
-    steps.fill(str(TRAIN_STEPS))
-    steps.press("Enter")
-    settle(page)
+    fill(page, "spinbutton", "max steps", TRAIN_STEPS)
     page.get_by_role("button", name=re.compile("Start training")).click()
     settle(page)
     chart = page.locator("[data-testid='stPlotlyChart']").first
@@ -76,10 +79,7 @@ def test_main_journey(page: Page, app_url: str):
     page.get_by_role("button", name=re.compile("Evaluate it")).click()
     settle(page)
     for label, value in (("Task samples", 6), ("General samples", 6), ("Mc samples", 6), ("Bootstrap samples", 200)):
-        box = page.get_by_label(label)
-        box.fill(str(value))
-        box.press("Enter")
-        settle(page)
+        fill(page, "spinbutton", label, value)
     page.get_by_role("button", name=re.compile("Run evaluation")).click()
     settle(page)
     expect(page.get_by_text(re.compile(r"task rows · .* general texts"))).to_be_visible(timeout=600_000)
@@ -100,13 +100,8 @@ def test_main_journey(page: Page, app_url: str):
     go(page, "Merge")
     page.get_by_text("Forgetting remedy").click()
     settle(page)
-    sweep = page.get_by_label("λ values")
-    sweep.fill("0, 0.5, 1")
-    sweep.press("Enter")
-    rows = page.get_by_label("Evaluation rows")
-    rows.fill("4")
-    rows.press("Enter")
-    settle(page)
+    fill(page, "textbox", "λ values", "0, 0.5, 1")
+    fill(page, "spinbutton", "Evaluation rows", 4)
     page.get_by_role("button", name="Start", exact=True).click()
     settle(page)
     expect(page.get_by_text(re.compile(r"succeeded"))).to_be_visible(timeout=600_000)
