@@ -179,7 +179,7 @@ def _check_variants_change_the_model(base: LoadedModel, base_probe: Any, variant
 
 def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, source: ModelSource, setup: TaskSetup,
               general, spec: EvalSpec, progress: _Progress) -> ModelResult:
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     model, tokenizer = loaded.model, loaded.tokenizer
     common = {"batch_size": spec.batch_size, "should_stop": lambda: ctx.stop_requested, "on_progress": progress.advance}
     progress.set_stage(f"{label}: answering {len(setup.examples)} task prompts")
@@ -202,7 +202,7 @@ def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, sourc
     result = ModelResult(
         label=label, role=role, source=source.as_dict(), answers=answers, task_rows=rows,
         task_nll=[(r.nll, r.tokens) for r in task_nll], text_nll=[(r.nll, r.tokens) for r in text_nll], mc=mc,
-        seconds=time.time() - started,
+        seconds=time.time() - started, cpu_seconds=time.process_time() - cpu_started,
     )
     _log_summary(ctx, result)
     return result
@@ -220,6 +220,7 @@ def _log_summary(ctx: JobContext, result: ModelResult) -> None:
         "general_loss": sum(n for n, _ in result.text_nll) / text_tokens if text_tokens else None,
         "general_mc_acc_norm": mean([m["acc_norm"] for m in result.mc]),
         "seconds": round(result.seconds, 2),
+        "cpu_seconds": round(result.cpu_seconds, 2),
     }
     ctx.metrics(**row)
     ctx.log.info("%s: %s", result.label, row)

@@ -68,6 +68,7 @@ class ModelResult:
     step: int | None = None
     probe_difference: float | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the worker process (all threads) while scoring this model
 
     def values(self, key: str) -> list[float] | None:
         if key == GENERAL_SCORE:
@@ -143,6 +144,7 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
     base = results[0]
     models = [{
         "label": r.label, "role": r.role, "source": r.source, "step": r.step, "seconds": round(r.seconds, 2),
+        "cpu_seconds": round(r.cpu_seconds, 2),
         "probe_difference": r.probe_difference, "metrics": summarise(r, defs, resamples, seed),
     } for r in results]
     comparisons = {r.label: compare(base, r, defs, resamples, seed) for r in results[1:]}
