@@ -11,6 +11,7 @@ import json
 import shutil
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from core.merge.spec import MergeSpec
@@ -86,20 +87,38 @@ def read_weight_shapes(folder: str | Path) -> tuple[dict[str, tuple[int, ...]], 
 
 def vocabulary_fingerprint(folder: str | Path) -> str | None:
     """A hash of token -> id (tokenizer.json, else vocab.json, else tokenizer.model); None if no tokenizer."""
-    folder = Path(folder)
+    tok = Path(folder) / "tokenizer.json"
+    stamp = (tok.stat().st_mtime_ns, tok.stat().st_size) if tok.is_file() else None
+    return _fingerprint(str(Path(folder).resolve()), stamp)
+
+
+@lru_cache(maxsize=32)
+def _fingerprint(folder_text: str, stamp: tuple | None) -> str | None:  # noqa: ARG001 - stamp keys the cache on the file
+    folder = Path(folder_text)
     tok = folder / "tokenizer.json"
     if tok.is_file():
-        data = json.loads(tok.read_text(encoding="utf-8"))
+        raw = tok.read_bytes()
+        return _vocab_hash(hashlib.sha256(raw).hexdigest(), raw)
+    for name in ("vocab.json", "tokenizer.model"):
+        if (folder / name).is_file():
+            return hashlib.sha256((folder / name).read_bytes()).hexdigest()[:16]
+    return None
+
+
+_VOCAB_BY_FILE: dict[str, str] = {}
+
+
+def _vocab_hash(file_hash: str, raw: bytes) -> str:
+    """token -> id hash of a tokenizer.json; parsed once per distinct file content (copies of one tokenizer are common)."""
+    if file_hash not in _VOCAB_BY_FILE:
+        data = json.loads(raw)
         vocab = (data.get("model") or {}).get("vocab")
         if isinstance(vocab, list):  # unigram: [[piece, score], ...]
             vocab = {piece[0]: i for i, piece in enumerate(vocab)}
         added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
         items = sorted({**(vocab or {}), **added}.items())
-        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-    for name in ("vocab.json", "tokenizer.model"):
-        if (folder / name).is_file():
-            return hashlib.sha256((folder / name).read_bytes()).hexdigest()[:16]
-    return None
+        _VOCAB_BY_FILE[file_hash] = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+    return _VOCAB_BY_FILE[file_hash]
 
 
 def inspect_model(source: ModelSource) -> ModelFacts:
