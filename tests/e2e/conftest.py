@@ -38,6 +38,21 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
+def _stop_jobs(home: Path) -> None:
+    """Workers run in their own sessions and outlive the app: end the ones this test started."""
+    import signal
+
+    from core.runs.status import read_raw_status
+
+    for status_file in (home / "runs").glob("*/status.json"):
+        status = read_raw_status(status_file.parent)
+        if status and status.is_active and status.pid:
+            try:
+                os.killpg(os.getpgid(status.pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 @pytest.fixture(scope="session")
 def e2e_home(tmp_path_factory) -> Path:
     from conftest import TEST_HOME
@@ -64,6 +79,7 @@ def app_url(e2e_home, embedded_dir):  # embedded_dir: convert the model before t
         _wait_healthy(url, proc)
         yield url
     finally:
+        _stop_jobs(e2e_home)
         proc.terminate()
         try:
             proc.wait(10)
