@@ -57,11 +57,12 @@ def main() -> None:
     hidden += hide(rows, rng.sample(humaneval.items, 30), rng, "Complete the function:")
     hidden_set = set(hidden)
     for mode in MODES:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = decontaminate(rows, [gsm8k, humaneval], DecontamConfig(mode=mode))
         seconds = time.perf_counter() - started
         flagged = set(result.rows_to_drop)
         figures[f"{mode}_s"] = round(seconds, 2)
+        figures[f"{mode}_cpu_s"] = round(time.process_time() - cpu_started, 2)
         figures[f"{mode}_flagged"] = len(flagged)
         figures[f"{mode}_recall_hidden"] = round(len(flagged & hidden_set) / len(hidden_set), 4)
         figures[f"{mode}_false_positives"] = len(flagged - hidden_set)

@@ -19,20 +19,22 @@ Words are the lower-cased ``\\w+`` runs of the text (``core.data.text.words``): 
 whitespace never decide a match.
 
 Speed: the benchmark's n-grams (or sampled substrings) are hashed to 64-bit integers once; the
-training rows are turned into one integer array, every window is hashed in numpy, a 16M-slot
-bitmap rejects almost all windows, the few survivors are looked up exactly and every hit is
+training rows are turned into one integer array, every window is hashed in numpy, a bitmap
+sized to the benchmark rejects almost all windows, the few survivors are looked up exactly and every hit is
 verified on the real words / characters before it is reported. So a hash collision can cost
 time, never a false match.
 """
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import time
 import zlib
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,7 +47,6 @@ Progress = Optional[Callable[[float, str], None]]
 MIN_ITEM_WORDS = 5
 MIN_ITEM_CHARS = 10
 _NON_ALNUM = re.compile(r"[\W_]+")
-_ALNUM_CHAR = re.compile(r"[^\W_]")
 _BITMAP_BITS = 24
 _MASK64 = (1 << 64) - 1
 
@@ -240,32 +241,29 @@ def merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------- hashing
 
 
-class _Vocabulary(dict):
-    """word -> id (1-based); any other word is 0, which no benchmark n-gram contains."""
-
-    def __missing__(self, word: str) -> int:
-        return 0
-
-
 def _random_uint64(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2**64 - 1, size=count, dtype=np.uint64, endpoint=True)
 
 
 class _Bitmap:
-    """A 2^24-slot presence filter on the top bits of 64-bit hashes, then an exact sorted lookup."""
+    """A presence filter on the top bits of 64-bit hashes, then an exact sorted lookup.
+
+    Sized to about 64 slots per hash (at most 2^24), so it stays in cache and passes ~1.5 %
+    of the windows that are not in the set on to the exact lookup."""
 
     def __init__(self, hashes: np.ndarray):
         self.sorted = np.unique(hashes)
-        self.bits = np.zeros(1 << _BITMAP_BITS, dtype=bool)
-        self.bits[self.sorted >> np.uint64(64 - _BITMAP_BITS)] = True
+        self.bits_used = int(min(_BITMAP_BITS, max(16, int(np.ceil(np.log2(max(len(self.sorted), 1) * 64))))))
+        self.shift = np.uint64(64 - self.bits_used)
+        self.bits = np.zeros(1 << self.bits_used, dtype=bool)
+        self.bits[self.sorted >> self.shift] = True
 
     def hits(self, hashes: np.ndarray) -> np.ndarray:
         """Positions of `hashes` that are in the set."""
-        maybe = np.flatnonzero(self.bits[hashes >> np.uint64(64 - _BITMAP_BITS)])
+        maybe = np.flatnonzero(self.bits[hashes >> self.shift])
         if len(maybe) == 0 or len(self.sorted) == 0:
             return maybe
-        found = np.searchsorted(self.sorted, hashes[maybe])
-        found = np.minimum(found, len(self.sorted) - 1)
+        found = np.minimum(np.searchsorted(self.sorted, hashes[maybe]), len(self.sorted) - 1)
         return maybe[self.sorted[found] == hashes[maybe]]
 
 
@@ -291,7 +289,7 @@ def _valid_windows(ids: np.ndarray, length: int) -> np.ndarray:
 
 @dataclass
 class _NgramIndex:
-    vocabulary: _Vocabulary
+    vocabulary: dict[str, int]  # word -> id from 1; any other word is 0, in no benchmark n-gram
     table: np.ndarray
     multipliers: np.ndarray
     item_ids: list[list[np.ndarray]]  # per benchmark, per item: word ids
@@ -301,7 +299,7 @@ class _NgramIndex:
 
 
 def _build_ngram_index(benchmarks: Sequence[Benchmark], n: int) -> _NgramIndex:
-    vocabulary = _Vocabulary()
+    vocabulary: dict[str, int] = {}
     tokenised = [[WORD.findall(item.lower()) for item in b.items] for b in benchmarks]
     for items in tokenised:
         for tokens in items:
@@ -327,7 +325,7 @@ def _build_ngram_index(benchmarks: Sequence[Benchmark], n: int) -> _NgramIndex:
     return _NgramIndex(vocabulary, table, multipliers, item_ids, occurrences, bitmaps, skipped)
 
 
-def _train_ids(texts: Sequence[str], vocabulary: _Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+def _train_ids(texts: Sequence[str], vocabulary: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """All rows' word ids in one array with a 0 after each row, and each row's start offset."""
     token_lists = [WORD.findall(text.lower()) for text in texts]
     lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(texts))
@@ -336,9 +334,8 @@ def _train_ids(texts: Sequence[str], vocabulary: _Vocabulary) -> tuple[np.ndarra
     flat = np.zeros(n_words + len(texts), dtype=np.int64)
     is_word = np.ones(len(flat), dtype=bool)
     is_word[starts + lengths] = False
-    flat[is_word] = np.fromiter(
-        map(vocabulary.__getitem__, (w for tokens in token_lists for w in tokens)), dtype=np.int64, count=n_words
-    )
+    all_words = itertools.chain.from_iterable(token_lists)
+    flat[is_word] = np.fromiter(map(vocabulary.get, all_words, itertools.repeat(0)), dtype=np.int64, count=n_words)
     return flat, starts
 
 
@@ -416,7 +413,13 @@ def sampled_substrings(item: str, length: int = 50, samples: int = 3) -> list[st
 
 
 def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+@lru_cache(maxsize=1)
+def _alnum_table() -> np.ndarray:
+    """is-letter-or-digit for every code point: the same set as the regex [^\\W_] (str.isalnum)."""
+    return np.array([chr(c).isalnum() for c in range(0x110000)], dtype=bool)
 
 
 class _RollingHash:
@@ -425,31 +428,31 @@ class _RollingHash:
     def __init__(self, seed: int = 4242):
         self.base = int(_random_uint64(1, seed)[0]) | 1
         self.inverse = pow(self.base, -1, 1 << 64)
+        self._powers: dict[int, np.ndarray] = {}
 
-    def _powers(self, base: int, count: int) -> np.ndarray:
-        steps = np.full(count, base, dtype=np.uint64)
-        steps[0] = 1
-        return np.cumprod(steps, dtype=np.uint64)
+    def powers(self, base: int, count: int) -> np.ndarray:
+        cached = self._powers.get(base)
+        if cached is None or len(cached) < count:
+            steps = np.full(max(count, 1024), base, dtype=np.uint64)
+            steps[0] = 1
+            cached = self._powers[base] = np.cumprod(steps, dtype=np.uint64)
+        return cached[:count]
 
-    def of(self, text: str) -> int:
-        powers = self._powers(self.base, len(text))
-        return int((_codepoints(text) * powers).sum(dtype=np.uint64))
+    def of(self, codes: np.ndarray) -> int:
+        return int((codes.astype(np.uint64) * self.powers(self.base, len(codes))).sum(dtype=np.uint64))
 
     def windows(self, codes: np.ndarray, length: int) -> np.ndarray:
-        """Hash of the `length` characters starting at every position 0 .. len - length."""
+        """Hash of the `length` code points starting at every position 0 .. len - length."""
         count = len(codes) - length + 1
         if count <= 0:
             return np.zeros(0, dtype=np.uint64)
         prefix = np.zeros(len(codes) + 1, dtype=np.uint64)
-        np.cumsum(codes * self._powers(self.base, len(codes)), dtype=np.uint64, out=prefix[1:])
-        return (prefix[length:] - prefix[:count]) * self._powers(self.inverse, count)
+        np.cumsum(codes.astype(np.uint64) * self.powers(self.base, len(codes)), dtype=np.uint64, out=prefix[1:])
+        return (prefix[length:] - prefix[:count]) * self.powers(self.inverse, count)
 
 
-def _substring_matches(
-    texts: Sequence[str], benchmarks: Sequence[Benchmark], length: int, samples: int, progress: Progress, chunk_chars: int = 1 << 22
-) -> tuple[list[list[RowMatch]], list[int]]:
-    rolling = _RollingHash()
-    patterns: dict[int, dict[int, list[tuple[int, int, str]]]] = {}  # length -> hash -> [(bench, item, text)]
+def _substring_patterns(benchmarks: Sequence[Benchmark], length: int, samples: int, rolling: _RollingHash):
+    patterns: dict[int, dict[int, list[tuple[int, int, np.ndarray]]]] = {}  # length -> hash -> [(bench, item, codes)]
     skipped = [0] * len(benchmarks)
     for b, bench in enumerate(benchmarks):
         for i, item in enumerate(bench.items):
@@ -458,41 +461,49 @@ def _substring_matches(
                 skipped[b] += 1
                 continue
             for pattern in set(sampled_substrings(processed, length, samples)):
-                patterns.setdefault(len(pattern), {}).setdefault(rolling.of(pattern), []).append((b, i, pattern))
+                codes = _codepoints(pattern)
+                patterns.setdefault(len(codes), {}).setdefault(rolling.of(codes), []).append((b, i, codes))
+    return patterns, skipped
+
+
+def _substring_matches(
+    texts: Sequence[str], benchmarks: Sequence[Benchmark], length: int, samples: int, progress: Progress, chunk_chars: int = 1 << 22
+) -> tuple[list[list[RowMatch]], list[int]]:
+    """Rows are processed a block at a time as one array of code points: keep the letters and
+    digits (a table lookup), hash every window, look the hashes up, verify each hit."""
+    rolling = _RollingHash()
+    patterns, skipped = _substring_patterns(benchmarks, length, samples, rolling)
     bitmaps = {n: _Bitmap(np.fromiter(bucket, dtype=np.uint64, count=len(bucket))) for n, bucket in patterns.items()}
-    _report(progress, 0.1, "processing the training rows")
-    processed_rows = [alnum_only(text) for text in texts]
-    found: dict[tuple[int, int, int], set[str]] = {}
+    is_alnum = _alnum_table()
+    found: dict[tuple[int, int, int], list[tuple[int, int]]] = {}  # (row, bench, item) -> spans
     row = 0
-    while row < len(texts):  # a block of rows at a time keeps the arrays small
-        first, size, parts = row, 0, []
+    while row < len(texts):
+        first, size = row, 0
         while row < len(texts) and (size < chunk_chars or row == first):
-            parts.append(processed_rows[row])
-            size += len(processed_rows[row]) + 1
+            size += len(texts[row])
             row += 1
-        joined = "\0".join(parts)  # no pattern contains \0, so no window spans two rows
-        codes = _codepoints(joined)
-        offsets = np.cumsum([0] + [len(p) + 1 for p in parts])
+        raw = _codepoints("".join(texts[first:row]))
+        row_starts = np.cumsum([0] + [len(t) for t in texts[first:row]])  # in raw code points
+        kept_at = np.flatnonzero(is_alnum[raw])  # raw position of every kept character
+        codes = raw[kept_at]
+        kept_row_starts = np.searchsorted(kept_at, row_starts)  # where each row begins among the kept
         for n, bitmap in bitmaps.items():
             hashes = rolling.windows(codes, n)
             for position in bitmap.hits(hashes).tolist():
-                r = int(np.searchsorted(offsets, position, side="right") - 1)
-                candidate = joined[position : position + n]
+                r = int(np.searchsorted(kept_row_starts, position, side="right") - 1)
+                if position + n > kept_row_starts[r + 1]:
+                    continue  # the window runs into the next row
+                window = codes[position : position + n]
                 for b, i, pattern in patterns[n][int(hashes[position])]:
-                    if pattern == candidate:
-                        found.setdefault((first + r, b, i), set()).add(pattern)
+                    if np.array_equal(pattern, window):
+                        span = (int(kept_at[position] - row_starts[r]), int(kept_at[position + n - 1] - row_starts[r] + 1))
+                        found.setdefault((first + r, b, i), []).append(span)
         _report(progress, 0.1 + 0.8 * row / len(texts), f"scanned {row:,} / {len(texts):,} rows")
     per_benchmark: list[list[RowMatch]] = [[] for _ in benchmarks]
-    for (r, b, i), found_patterns in sorted(found.items()):
-        kept_positions = [m.start() for m in _ALNUM_CHAR.finditer(texts[r])]
-        spans = []
-        for pattern in found_patterns:
-            start = processed_rows[r].find(pattern)
-            while start != -1:
-                spans.append((kept_positions[start], kept_positions[start + len(pattern) - 1] + 1))
-                start = processed_rows[r].find(pattern, start + 1)
+    for (r, b, i), spans in sorted(found.items()):
         bench = benchmarks[b]
-        per_benchmark[b].append(RowMatch(r, bench.name, i, bench.item_ids[i], merge_spans(spans), float(len(found_patterns))))
+        n_substrings = len({alnum_only(texts[r][a:e]) for a, e in spans})
+        per_benchmark[b].append(RowMatch(r, bench.name, i, bench.item_ids[i], merge_spans(spans), float(n_substrings)))
     return per_benchmark, skipped
 
 

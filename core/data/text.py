@@ -45,22 +45,31 @@ def check_field(field: str) -> str:
 
 def row_text(row: Any, field: str = "both") -> str:
     """The text of one row for the chosen field ("prompt", "answer" or "both")."""
-    check_field(field)
+    return _row_text(row, check_field(field))
+
+
+_KEEP_ROLE = {  # field -> which turns it keeps (system never)
+    "prompt": lambda role: role != "assistant" and role != "system",
+    "answer": lambda role: role == "assistant",
+    "both": lambda role: role != "system",
+}
+
+
+def _row_text(row: Any, field: str) -> str:
     if isinstance(row, str):  # already a text (tests, benchmark items)
         return row
-    if isinstance(row, dict) and "messages" not in row and isinstance(row.get("text"), str):
-        return row["text"]
     messages = row.get("messages") if isinstance(row, dict) else None
+    if messages is None and isinstance(row, dict) and isinstance(row.get("text"), str):
+        return row["text"]
     if not isinstance(messages, list):
         raise ValueError(f"row is not in the normalised form {{'messages': [...]}} or {{'text': ...}}: {str(row)[:120]!r}")
+    keep = _KEEP_ROLE[field]
     parts = []
     for message in messages:
-        role = message.get("role", "") if isinstance(message, dict) else ""
-        content = message.get("content", "") if isinstance(message, dict) else ""
-        if role == "system" or not isinstance(content, str) or not content.strip():
+        if not isinstance(message, dict):
             continue
-        is_answer = role == "assistant"
-        if field == "both" or (field == "answer") == is_answer:
+        content = message.get("content")
+        if isinstance(content, str) and content.strip() and keep(message.get("role", "")):
             parts.append(content)
     return TURN_SEPARATOR.join(parts)
 
@@ -76,9 +85,10 @@ def row_texts(rows: Sequence[Any], field: str, *, require_text: bool = True) -> 
         raise ValueError("the dataset is empty: there are no rows to compare")
     texts = []
     empty = []
+    check_field(field)
     for index, row in enumerate(rows):
         try:
-            text = row_text(row, field)
+            text = _row_text(row, field)
         except ValueError as error:
             raise ValueError(f"row {index}: {error}") from None
         if not text.strip():
