@@ -218,3 +218,41 @@ def test_verdict_forgetting_by_general_score_threshold():
 def test_verdict_forgetting_by_perplexity_and_best_checkpoint_advice():
     v = decide("final", _iv(20, 10, 30), _iv(0), _iv(25, 15, 35), perplexity_threshold=10, best_checkpoint="step 20")
     assert v.verdict == "forgetting" and "step 20" in v.advice[0]
+
+
+# ---------------------------------------------------------------- report from per-example results
+
+
+def _result(label, role, task_scores, acc_norm, nll_scale=1.0, step=None):
+    from core.evaluate.report import ModelResult
+
+    rows = [{"task_score": s, "json_valid": s, "exact_match": 0.0, "rouge_l": s} for s in task_scores]
+    return ModelResult(label=label, role=role, source={"kind": "embedded"}, answers=[f"<script>alert({i})</script>" for i in range(len(rows))],
+                       task_rows=rows, task_nll=[(10.0 * nll_scale, 5)] * len(rows), text_nll=[(20.0 * nll_scale, 10), (30.0 * nll_scale, 10)],
+                       mc=[{"logliks": [0, 0], "acc": a, "acc_norm": a} for a in acc_norm], step=step)
+
+
+def test_report_verdicts_checkpoints_and_safe_exports():
+    from core.evaluate.report import build_report, metric_defs, render_html, render_markdown, top_changes
+
+    n = 20
+    base = _result("base", "base", [0.0] * n, [1.0] * n)
+    early = _result("step 10", "variant", [1.0] * 10 + [0.0] * 10, [1.0] * n, step=10)
+    late = _result("step 20", "variant", [1.0] * 18 + [0.0] * 2, [1.0] * 18 + [0.0] * 2, nll_scale=1.05, step=20)
+    examples = [{"position": i, "row": i, "prompt": "<b>ticket</b>", "reference": "{}"} for i in range(n)]
+    report = build_report(spec={"name": "t", "bootstrap_samples": 200, "seed": 0, "forgetting_threshold": 3.0},
+                          task={"source": "x.jsonl", "n": n, "n_rows": n, "is_json": True, "fields": {}},
+                          general={"text_set": "t", "mc_set": "m", "n_texts": 2, "n_mc": n},
+                          results=[base, early, late], examples=examples, defs=metric_defs([], True), wall_seconds=1.0)
+    verdicts = {v["label"]: v for v in report["verdicts"]}
+    assert verdicts["step 10"]["verdict"] == "improved"
+    assert verdicts["step 20"]["verdict"] == "forgetting"  # general score −10 points
+    assert "step 10" in verdicts["step 20"]["advice"][0]  # the best checkpoint without forgetting
+    assert report["comparisons"]["step 20"]["general_perplexity"]["value"] == pytest.approx(100 * (math.exp(0.05 * 2.5) - 1))
+    assert [p["step"] for p in report["checkpoints"]] == [0, 10, 20]
+    regressions, wins = top_changes(report, "step 20")
+    assert not regressions and len(wins) == 5 and wins[0]["delta"] == 1.0
+    html_text = render_html(report)
+    assert "<script>" not in html_text and "&lt;script&gt;" in html_text and "<b>ticket</b>" not in html_text
+    markdown = render_markdown(report)
+    assert "forgetting" in markdown and "| Task score |" in markdown
