@@ -23,7 +23,9 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: list[str], *, limit: int, bat
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
-        wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # HFLM wants a transformers model: a PEFT wrapper's inner model still has its LoRA layers active
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        wrapped = HFLM(pretrained=inner, tokenizer=tokenizer, batch_size=batch_size)
         output = simple_evaluate(model=wrapped, tasks=list(tasks), limit=limit or None, log_samples=False)
     except Exception as exc:  # noqa: BLE001 - an optional extra never fails the evaluation
         return {"status": "failed", "tasks": tasks, "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
