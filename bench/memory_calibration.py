@@ -100,6 +100,10 @@ def worker_cpu(config: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if config.get("mallopt"):
+        from core.memory import tune_cpu_allocator
+
+        config["mallopt_applied"] = tune_cpu_allocator()
     path = config["model_dir"]
     reset = _reset_peak_rss()
     baseline = _proc_status("VmRSS")
@@ -111,7 +115,8 @@ def worker_cpu(config: dict) -> dict:
     started = time.perf_counter()
     _train_steps(model, config, "cpu")
     peak = _proc_status("VmHWM")
-    return {"measured_bytes": peak - baseline, "baseline_bytes": baseline, "hwm_reset": reset, "seconds": round(time.perf_counter() - started, 1)}
+    return {"measured_bytes": peak - baseline, "baseline_bytes": baseline, "hwm_reset": reset, "seconds": round(time.perf_counter() - started, 1),
+            "mallopt_applied": config.get("mallopt_applied", False)}
 
 
 def worker_cuda(config: dict) -> dict:
@@ -202,6 +207,13 @@ def bench_cpu(quick: bool) -> tuple[list[dict], list[dict]]:
         measured = run_worker(config)
         default.append(_row(config, estimate_, measured["measured_bytes"], estimate_.measurable_bytes))
         print(_line("cpu, glibc default", default[-1]), flush=True)
+    if not quick:  # the in-process switch (tune_cpu_allocator) on the configuration glibc inflates most
+        config = {**configs[1], "name": "cpu-lora-mallopt", "device": "cpu", "model_dir": model_dir, "mallopt": True}
+        estimate_ = predict(config, arch)
+        measured = run_worker(config)
+        tuned.append({**_row(config, estimate_, measured["measured_bytes"], estimate_.measurable_bytes), "seconds": measured["seconds"],
+                      "hwm_reset": measured["hwm_reset"], "mallopt_applied": measured["mallopt_applied"]})
+        print(_line("cpu, mallopt in-process", tuned[-1]), flush=True)
     return tuned, default
 
 

@@ -229,6 +229,15 @@ def test_cpu_mode_is_fp32_without_cuda_context():
         MemorySpec(preset_arch("SmolLM2 135M"), precision="mixed", device="cpu")
 
 
+def test_cpu_allocator_switch_applies_on_glibc():
+    import platform
+
+    applied = memory.tune_cpu_allocator()
+    if platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    assert memory.CPU_ALLOCATOR_ENV == {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def test_bad_inputs_get_specific_messages():
     arch = preset_arch("Phi-3-mini 4k")
     with pytest.raises(ValueError, match="q_proj.*qkv_proj"):
