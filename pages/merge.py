@@ -79,24 +79,25 @@ def spec_from_widgets() -> MergeSpec | None:
 
 
 spec = spec_from_widgets()
+spec_key = json.dumps(spec.to_dict(), sort_keys=True) if spec else ""
 if spec is not None:
     c1, c2, c3 = st.columns(3)
     if c1.button("Pre-flight check", key="merge_preflight"):
-        report = check_merge(spec)
-        st.session_state["merge_report"] = report.as_dict()
+        st.session_state["merge_report"] = (spec_key, check_merge(spec).as_dict())
     if c2.button("Start", type="primary", key="merge_start"):
         report = check_merge(spec)
-        st.session_state["merge_report"] = report.as_dict()
+        st.session_state["merge_report"] = (spec_key, report.as_dict())
         if report.ok:
             start_run(spec, "merge_run")
+    point = spec.sweep[len(spec.sweep) // 2] if spec.sweep else None
     try:
-        c3.download_button("Download mergekit YAML", export_yaml(spec, spec.sweep[0] if spec.sweep else None),
+        c3.download_button("Download mergekit YAML" + (f" (λ = {point:g})" if spec.sweep else ""), export_yaml(spec, point),
                            file_name=f"{method_name}.yaml", key="merge_yaml")
     except ModelLoadError as exc:
         c3.caption(f"YAML export needs the models on disk: {exc}")
 
-report = st.session_state.get("merge_report")
-if report:
+checked_key, report = st.session_state.get("merge_report") or ("", None)
+if report and checked_key == spec_key:  # only the check of the settings shown now
     for problem in report["problems"]:
         st.error(problem)
     for note in report["notes"]:

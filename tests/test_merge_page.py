@@ -73,6 +73,10 @@ def test_preflight_refusal_and_yaml_export(workspace, tmp_path):
     at.button(key="merge_preflight").click().run()
     assert not at.exception
     assert any("Different architecture" in e.value for e in at.error)
+    at.text_input(key="merge_m0_ref").set_value(str(make_model(tmp_path / "tuned", seed=1))).run()
+    assert not at.error  # the refusal belonged to the previous inputs
+    at.button(key="merge_preflight").click().run()
+    assert any("Pre-flight passed" in s.value for s in at.success)
     assert at.get("download_button")[0].label == "Download mergekit YAML"
 
 
