@@ -71,7 +71,7 @@ def test_main_journey(page: Page, app_url: str):
     page.get_by_role("button", name=re.compile("Start training")).click()
     settle(page)
     chart = page.locator("[data-testid='stPlotlyChart']").first
-    expect(chart).to_be_visible(timeout=180_000)
+    expect(chart).to_be_visible(timeout=600_000)
     expect(page.get_by_text(re.compile(r"succeeded"))).to_be_visible(timeout=600_000)
     settle(page)
 
