@@ -114,6 +114,7 @@ def test_end_to_end_job_writes_a_complete_report(workspace, tiny_llama_dir, adap
         entry = base_metrics[key]
         assert entry["low"] <= entry["value"] <= entry["high"], key
     assert report["models"][1]["probe_difference"] > 0
+    assert set(report["models"][0]["stage_seconds"]) == {"generate", "task_loss", "general_perplexity", "multiple_choice"}
     verdict = report["verdicts"][0]
     assert verdict["verdict"] in ("improved", "no effect", "forgetting") and verdict["advice"]
     assert "general_perplexity" in report["comparisons"]["fine-tuned"]

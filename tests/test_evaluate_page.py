@@ -25,7 +25,7 @@ def test_form_without_runs_and_adapter_preselected_from_the_train_page(workspace
     assert at.title[0].value.startswith("📊 Evaluate")
     launch = at.button(key="eval_launch")
     assert launch.disabled  # no fine-tuned variant chosen yet
-    assert at.number_input(key="eval_task_samples").value == 24
+    assert at.number_input(key="eval_task_samples").value == 12
     assert at.number_input(key="eval_forgetting_threshold").value == 3.0
     assert any("No evaluate runs yet" in i.value for i in at.info)
 

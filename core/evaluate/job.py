@@ -182,19 +182,30 @@ def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, sourc
     started, cpu_started = time.time(), time.process_time()
     model, tokenizer = loaded.model, loaded.tokenizer
     common = {"batch_size": spec.batch_size, "should_stop": lambda: ctx.stop_requested, "on_progress": progress.advance}
+    stage_seconds: dict[str, float] = {}
+    clock = [time.time()]
+
+    def stage_done(name: str) -> None:
+        stage_seconds[name] = round(time.time() - clock[0], 2)
+        clock[0] = time.time()
+
     progress.set_stage(f"{label}: answering {len(setup.examples)} task prompts")
     prompts = [scoring.prompt_ids(ex.prompt, tokenizer) for ex in setup.examples]
     answers = scoring.generate_answers(model, tokenizer, prompts, max_new_tokens=spec.max_new_tokens, **common)
     rows = [score_answer(answer, ex.reference, setup) for answer, ex in zip(answers, setup.examples)]
+    stage_done("generate")
     progress.set_stage(f"{label}: loss on the reference answers")
     try:
         task_nll = scoring.conversation_nll(model, tokenizer, [ex.messages for ex in setup.examples], max_length=spec.max_length, **common)
     except scoring.MaskingError as exc:
         raise JobError(str(exc)) from exc
+    stage_done("task_loss")
     progress.set_stage(f"{label}: perplexity on {len(general.texts)} general texts")
     text_nll = scoring.text_nll(model, tokenizer, [t["text"] for t in general.texts], max_length=spec.max_length, **common)
+    stage_done("general_perplexity")
     progress.set_stage(f"{label}: {len(general.mc_items)} multiple-choice items")
     logliks = scoring.choice_logliks(model, tokenizer, general.mc_items, **common)
+    stage_done("multiple_choice")
     mc = []
     for item, values in zip(general.mc_items, logliks):
         acc, acc_norm = choice_accuracy(values, item["choices"], int(item["gold"]))
@@ -202,7 +213,7 @@ def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, sourc
     result = ModelResult(
         label=label, role=role, source=source.as_dict(), answers=answers, task_rows=rows,
         task_nll=[(r.nll, r.tokens) for r in task_nll], text_nll=[(r.nll, r.tokens) for r in text_nll], mc=mc,
-        seconds=time.time() - started, cpu_seconds=time.process_time() - cpu_started,
+        seconds=time.time() - started, cpu_seconds=time.process_time() - cpu_started, stage_seconds=stage_seconds,
     )
     _log_summary(ctx, result)
     return result

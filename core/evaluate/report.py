@@ -69,6 +69,7 @@ class ModelResult:
     probe_difference: float | None = None
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time of the worker process (all threads) while scoring this model
+    stage_seconds: dict = field(default_factory=dict)  # wall seconds per stage (generate, task_loss, ...)
 
     def values(self, key: str) -> list[float] | None:
         if key == GENERAL_SCORE:
@@ -140,11 +141,11 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
                  defs: list[MetricDef], wall_seconds: float, lm_eval: dict | None = None, notes: list[str] | None = None) -> dict:
     resamples, seed = int(spec.get("bootstrap_samples", 1000)), int(spec.get("seed", 0))
     threshold = float(spec.get("forgetting_threshold", 3.0))
-    ppl_threshold = float(spec.get("perplexity_threshold", 10.0))
+    ppl_threshold = float(spec.get("perplexity_threshold", 25.0))
     base = results[0]
     models = [{
         "label": r.label, "role": r.role, "source": r.source, "step": r.step, "seconds": round(r.seconds, 2),
-        "cpu_seconds": round(r.cpu_seconds, 2),
+        "cpu_seconds": round(r.cpu_seconds, 2), "stage_seconds": r.stage_seconds,
         "probe_difference": r.probe_difference, "metrics": summarise(r, defs, resamples, seed),
     } for r in results]
     comparisons = {r.label: compare(base, r, defs, resamples, seed) for r in results[1:]}

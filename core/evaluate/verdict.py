@@ -67,7 +67,7 @@ def decide(
     perplexity_change: Interval | None,
     *,
     forgetting_threshold: float = 3.0,
-    perplexity_threshold: float = 10.0,
+    perplexity_threshold: float = 25.0,
     best_checkpoint: str | None = None,
 ) -> Verdict:
     reasons: list[str] = []
