@@ -175,8 +175,9 @@ def test_missing_task_dataset_is_a_clear_job_error(tmp_path, tiny_llama_dir, ada
 def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
     """Train a short LoRA on the demo task through the train job, then evaluate it against the embedded base."""
     pytest.importorskip("core.train.job", reason="waits for core.train (the train job) to exist")
-    train_dir = runs.create_run_from_dict({"kind": "train", "name": "demo-short", "max_steps": 30, "learning_rate": 1e-3,
-                                           "eval_fraction": 0.0, "max_length": 256, "batch_size": 4, "save_steps": 30})
+    # 10 steps at lr 1e-3 already took strict JSON validity from 0% to 100% on 12 held-out rows (measured); 12 for margin
+    train_dir = runs.create_run_from_dict({"kind": "train", "name": "demo-short", "max_steps": 12, "learning_rate": 1e-3,
+                                           "eval_fraction": 0.0, "max_length": 256, "batch_size": 4, "save_steps": 12})
     runs.launch(train_dir)
     status = runs.wait(train_dir, timeout=900)
     assert status.state == "succeeded", (status.error, runs.log_tail(train_dir))
