@@ -3,6 +3,7 @@ curate the demo data, inspect its mask, train a short LoRA, evaluate it against 
 side, and blend it back toward its base with a merge sweep. One browser session carries the state through."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from playwright.sync_api import Page, expect
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TRAIN_STEPS = 6
+FULL_JOURNEY = os.environ.get("WORKBENCH_E2E_JOURNEY") == "1"
 
 
 def settle(page: Page, timeout: float = 120_000) -> None:
@@ -45,6 +47,28 @@ def test_every_page_opens(page: Page, app_url: str):
     expect(page.locator("[data-testid='stSidebar']").get_by_text(re.compile("Active model"))).to_be_visible()
 
 
+def test_chat_streams_two_answers(page: Page, app_url: str):
+    """Issue 2's browser check: two columns on the embedded model, both answers stream in."""
+    page.goto(app_url)
+    settle(page)
+    go(page, "Chat")
+    box = page.get_by_placeholder("Ask all columns…")
+    box.fill("What is the capital of France?")
+    box.press("Enter")
+    expect(page.get_by_text(re.compile(r"\d+ tokens · first token"))).to_have_count(2, timeout=300_000)
+    answers = page.locator("[data-testid='stChatMessage']").filter(has=page.locator("[data-testid='stChatMessageAvatarAssistant']"))
+    texts = [t.strip() for t in answers.all_inner_texts()]
+    assert len(texts) == 2 and all(len(t) > 10 for t in texts), texts
+    assert any("Paris" in t for t in texts), texts
+
+
+def finished(page: Page):
+    """The run panel's status line once the job is done (not the word inside a picker label)."""
+    return page.locator("strong", has_text=re.compile(r"succeeded"))
+
+
+@pytest.mark.skipif(not FULL_JOURNEY, reason="the full train → evaluate → merge journey takes ~10 min on 2 cores; "
+                    "run it with WORKBENCH_E2E_JOURNEY=1 (not yet verified end to end, see the closing notes)")
 def test_main_journey(page: Page, app_url: str):
     page.goto(app_url)
     settle(page)
@@ -72,7 +96,7 @@ def test_main_journey(page: Page, app_url: str):
     settle(page)
     chart = page.locator("[data-testid='stPlotlyChart']").first
     expect(chart).to_be_visible(timeout=600_000)
-    expect(page.get_by_text(re.compile(r"succeeded"))).to_be_visible(timeout=600_000)
+    expect(finished(page)).to_be_visible(timeout=600_000)
     settle(page)
 
     # Evaluate: the new adapter against the base, a verdict at the end.
@@ -104,6 +128,6 @@ def test_main_journey(page: Page, app_url: str):
     fill(page, "spinbutton", "Evaluation rows", 4)
     page.get_by_role("button", name="Start", exact=True).click()
     settle(page)
-    expect(page.get_by_text(re.compile(r"succeeded"))).to_be_visible(timeout=600_000)
+    expect(finished(page)).to_be_visible(timeout=600_000)
     settle(page)
     expect(page.locator("[data-testid='stPlotlyChart']").first).to_be_visible()
