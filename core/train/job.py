@@ -29,7 +29,6 @@ from core.train.trainer import (
     import_training_stack,
     latest_checkpoint,
     make_callback,
-    tune_cpu_allocator,
 )
 from core.workspace import atomic_write_json
 
@@ -59,7 +58,9 @@ def run(ctx: JobContext) -> dict:
     ctx.log.info("backend: %s on %s", backend.name, hardware.summary)
 
     if hardware.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        tune_cpu_allocator()
+        from core.memory import tune_cpu_allocator
+
+        tune_cpu_allocator()  # peak RSS then follows live tensors, so it can be compared with the estimate
     import_training_stack()
     probe = MemoryProbe(hardware.device)
     ctx.progress(0.0, "tokenizing the data")

@@ -75,20 +75,6 @@ def import_training_stack() -> None:
     from trl import SFTConfig, SFTTrainer  # noqa: F401 - TRL's lazy module imports the trainer here
 
 
-def tune_cpu_allocator() -> bool:
-    """Make glibc return freed blocks of 64 KB and more to the OS (core.memory.CPU_ALLOCATOR_ENV), so the
-    process's peak RSS measures live tensors rather than heap the allocator kept. Same effect as starting the
-    process with MALLOC_MMAP_THRESHOLD_=65536; a no-op off glibc."""
-    import ctypes
-
-    M_MMAP_THRESHOLD = -3
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 65536))
-    except (OSError, AttributeError):
-        return False
-
-
 class MemoryProbe:
     """Peak memory of the training: CUDA max allocated, or on CPU the process high-water mark (VmHWM)
     above the resident size measured before the model was loaded."""
