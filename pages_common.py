@@ -301,3 +301,20 @@ def reset_spec_form(cls, key_prefix: str) -> None:
 
     for info in spec_fields(cls):
         st.session_state.pop(f"{key_prefix}_{info.name}", None)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading dataset…")
+def cached_dataset_file(path: str, mtime: float):  # noqa: ARG001 - mtime keys the cache on the file's version
+    from core.data.formats import load_dataset_file
+
+    return load_dataset_file(path)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading upload…")
+def cached_dataset_upload(name: str, data: bytes):
+    from core.data.formats import load_uploaded
+
+    return load_uploaded(name, data)

@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import curate, decontam, dedup
-from core.data.formats import DatasetLoadError, demo_dataset_path, list_workspace_datasets, load_dataset_file, load_uploaded, workspace_dataset_path
+from core.data.formats import DatasetLoadError, demo_dataset_path, list_workspace_datasets, workspace_dataset_path
+from pages_common import cached_dataset_file, cached_dataset_upload
 from core.data.highlight import highlight_html, plain_box_html
 from core.data.summary import dataset_summary
 from core.data.text import FIELDS, row_text
@@ -17,37 +18,27 @@ st.title("🗂️ Data")
 st.caption("Load a dataset, check it, drop duplicates and benchmark leaks, and export the curated copy to the workspace.")
 
 
-@st.cache_data(max_entries=8, show_spinner="Reading dataset…")
-def cached_file(path: str, mtime: float):
-    return load_dataset_file(path)
-
-
-@st.cache_data(max_entries=4, show_spinner="Reading upload…")
-def cached_upload(name: str, data: bytes):
-    return load_uploaded(name, data)
-
-
 def choose_dataset():
     sources = ["Demo: support tickets", "Workspace dataset", "Path or Hub id", "Upload a file"]
     choice = st.radio("Source", sources, horizontal=True, key="data_source")
     if choice.startswith("Demo"):
         path = demo_dataset_path("train")
-        return cached_file(str(path), path.stat().st_mtime)
+        return cached_dataset_file(str(path), path.stat().st_mtime)
     if choice == "Workspace dataset":
         names = list_workspace_datasets()
         if not names:
             st.info("No curated datasets in the workspace yet: export one below.")
             return None
         path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key="data_workspace_name"))
-        return cached_file(str(path), path.stat().st_mtime)
+        return cached_dataset_file(str(path), path.stat().st_mtime)
     if choice == "Path or Hub id":
         text = st.text_input("JSONL / JSON / CSV / Parquet file, a saved `datasets` folder, or a Hub id", key="data_path").strip()
         if not text:
             return None
         path = Path(text).expanduser()
-        return cached_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0)
+        return cached_dataset_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0)
     upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key="data_upload")
-    return cached_upload(upload.name, upload.getvalue()) if upload else None
+    return cached_dataset_upload(upload.name, upload.getvalue()) if upload else None
 
 
 def progress_callback(label: str):
@@ -164,7 +155,7 @@ with tab_decontam:
         try:
             benchmarks = [decontam.load_builtin_benchmark(n) for n in names]
             if own is not None:
-                benchmarks.append(decontam.benchmark_from_rows(Path(own.name).stem, cached_upload(own.name, own.getvalue()).rows))
+                benchmarks.append(decontam.benchmark_from_rows(Path(own.name).stem, cached_dataset_upload(own.name, own.getvalue()).rows))
             config = decontam.DecontamConfig(mode=mode, field=dc_field)
             results["decontam"] = decontam.decontaminate(rows, benchmarks, config, progress_callback("decontamination"))
         except (ValueError, DatasetLoadError) as exc:

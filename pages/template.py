@@ -10,8 +10,6 @@ from core.data.formats import (
     DatasetLoadError,
     demo_dataset_path,
     list_workspace_datasets,
-    load_dataset_file,
-    load_uploaded,
     workspace_dataset_path,
 )
 from core.data.lint import lint_dataset
@@ -19,6 +17,7 @@ from core.data.masking import POLICIES, MaskingError, encode_row
 from core.data.render import legend_html, token_chips_html, token_table
 from core.data.templates import load_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
+from pages_common import cached_dataset_file, cached_dataset_upload
 
 MODEL_TEMPLATE = "The active model's own"
 POLICY_HELP = {
@@ -38,16 +37,6 @@ def cached_tokenizer(source_json: str):
     return load_tokenizer(ModelSource.from_dict(json.loads(source_json)))
 
 
-@st.cache_data(max_entries=8, show_spinner="Reading dataset…")
-def cached_file(path: str, mtime: float):
-    return load_dataset_file(path)
-
-
-@st.cache_data(max_entries=4, show_spinner="Reading upload…")
-def cached_upload(name: str, data: bytes):
-    return load_uploaded(name, data)
-
-
 @st.cache_data(max_entries=16, show_spinner="Linting the dataset…")
 def cached_lint(source_hash: str, model_key: str, template: str, policy: str, max_length: int, train_eot: bool, _rows, _tokenizer):
     return lint_dataset(_rows, _tokenizer, chat_template=template, policy=policy, max_length=max_length or None, train_eot=train_eot, sample=LINT_SAMPLE)
@@ -58,16 +47,16 @@ def choose_dataset():
     choice = st.radio("Dataset", sources, horizontal=True, key="tpl_source")
     if choice.startswith("Demo"):
         path = demo_dataset_path("eval" if "eval" in choice else "train")
-        return cached_file(str(path), path.stat().st_mtime)
+        return cached_dataset_file(str(path), path.stat().st_mtime)
     if choice == "Workspace dataset":
         names = list_workspace_datasets()
         if not names:
             st.info("No curated datasets in the workspace yet: export one from the Data page.")
             return None
         path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key="tpl_workspace_name"))
-        return cached_file(str(path), path.stat().st_mtime)
+        return cached_dataset_file(str(path), path.stat().st_mtime)
     upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key="tpl_upload")
-    return cached_upload(upload.name, upload.getvalue()) if upload else None
+    return cached_dataset_upload(upload.name, upload.getvalue()) if upload else None
 
 
 model_dict = st.session_state.get("active_model") or {}

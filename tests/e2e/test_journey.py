@@ -53,14 +53,20 @@ def test_chat_streams_two_answers(page: Page, app_url: str):
     page.goto(app_url)
     settle(page)
     go(page, "Chat")
+    texts = ask_both_columns(page, "What is the capital of France?")
+    assert any("Paris" in t for t in texts), texts
+
+
+def ask_both_columns(page: Page, prompt: str) -> list[str]:
+    """Send one prompt from the Chat page; wait until both columns finished; their answers' text."""
     box = page.get_by_placeholder("Ask all columns…")
-    box.fill("What is the capital of France?")
+    box.fill(prompt)
     box.press("Enter")
     expect(page.get_by_text(re.compile(r"\d+ tokens · first token"))).to_have_count(2, timeout=300_000)
     answers = page.locator("[data-testid='stChatMessage']").filter(has=page.locator("[data-testid='stChatMessageAvatarAssistant']"))
     texts = [t.strip() for t in answers.all_inner_texts()]
     assert len(texts) == 2 and all(len(t) > 10 for t in texts), texts
-    assert any("Paris" in t for t in texts), texts
+    return texts
 
 
 def finished(page: Page):
@@ -116,13 +122,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
     # Chat: base and the new adapter side by side.
     go(page, "Chat")
     expect(page.get_by_text("Active model + adapter")).to_be_visible()
-    box = page.get_by_placeholder("Ask all columns…")
-    box.fill("What is the capital of France?")
-    box.press("Enter")
-    expect(page.get_by_text(re.compile(r"\d+ tokens · first token"))).to_have_count(2, timeout=180_000)
-    answers = page.locator("[data-testid='stChatMessage']").filter(has=page.locator("[data-testid='stChatMessageAvatarAssistant']"))
-    texts = [t.strip() for t in answers.all_inner_texts()]
-    assert len(texts) == 2 and all(len(t) > 10 for t in texts), texts
+    ask_both_columns(page, "What is the capital of France?")
 
     # Merge: blend the fine-tune back toward its base and draw the learning-vs-forgetting curve.
     go(page, "Merge")
