@@ -2,8 +2,10 @@
 TrainSpec through the real worker, and reading its throughput back from metrics.jsonl / run_card.json."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,14 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def bench_workspace() -> Path:
-    """A fresh WORKBENCH_HOME whose models/ is the usual cache (the embedded model is converted only once)."""
+def bench_workspace(keep: bool = False) -> Path:
+    """A fresh WORKBENCH_HOME whose models/ is the usual cache (the embedded model is converted only once).
+    Removed at exit unless `keep` (or BENCH_KEEP=1) — the runs' checkpoints are not worth the disk."""
     from core.workspace import models_dir
 
     cache = models_dir()  # resolved from the caller's WORKBENCH_HOME before we switch
     home = Path(tempfile.mkdtemp(prefix="workbench-bench-"))
     (home / "models").symlink_to(cache, target_is_directory=True)
     os.environ["WORKBENCH_HOME"] = str(home)
+    if not (keep or os.environ.get("BENCH_KEEP") == "1"):
+        atexit.register(shutil.rmtree, home, True)
     return home
 
 
