@@ -238,18 +238,21 @@ def test_report_verdicts_checkpoints_and_safe_exports():
     n = 20
     base = _result("base", "base", [0.0] * n, [1.0] * n)
     early = _result("step 10", "variant", [1.0] * 10 + [0.0] * 10, [1.0] * n, step=10)
+    shifted = _result("step 15", "variant", [1.0] * 19 + [0.0], [1.0] * n, nll_scale=1.2, step=15)  # perplexity +65%
     late = _result("step 20", "variant", [1.0] * 18 + [0.0] * 2, [1.0] * 18 + [0.0] * 2, nll_scale=1.05, step=20)
     examples = [{"position": i, "row": i, "prompt": "<b>ticket</b>", "reference": "{}"} for i in range(n)]
     report = build_report(spec={"name": "t", "bootstrap_samples": 200, "seed": 0, "forgetting_threshold": 3.0},
                           task={"source": "x.jsonl", "n": n, "n_rows": n, "is_json": True, "fields": {}},
                           general={"text_set": "t", "mc_set": "m", "n_texts": 2, "n_mc": n},
-                          results=[base, early, late], examples=examples, defs=metric_defs([], True), wall_seconds=1.0)
+                          results=[base, early, shifted, late], examples=examples, defs=metric_defs([], True), wall_seconds=1.0)
     verdicts = {v["label"]: v for v in report["verdicts"]}
     assert verdicts["step 10"]["verdict"] == "improved"
     assert verdicts["step 20"]["verdict"] == "forgetting"  # general score −10 points
-    assert "step 10" in verdicts["step 20"]["advice"][0]  # the best checkpoint without forgetting
+    assert verdicts["step 15"]["verdict"] == "forgetting" and "perplexity" in " ".join(verdicts["step 15"]["reasons"])
+    # the best checkpoint without forgetting: step 15 scores higher on the task, but it forgot
+    assert "step 10" in verdicts["step 20"]["advice"][0] and "step 10" in verdicts["step 15"]["advice"][0]
     assert report["comparisons"]["step 20"]["general_perplexity"]["value"] == pytest.approx(100 * (math.exp(0.05 * 2.5) - 1))
-    assert [p["step"] for p in report["checkpoints"]] == [0, 10, 20]
+    assert [p["step"] for p in report["checkpoints"]] == [0, 10, 15, 20]
     regressions, wins = top_changes(report, "step 20")
     assert not regressions and len(wins) == 5 and wins[0]["delta"] == 1.0
     html_text = render_html(report)

@@ -125,15 +125,10 @@ def _interval(data: dict | None) -> stats.Interval | None:
     return stats.Interval(**data) if data else None
 
 
-def best_checkpoint(models: list[dict], comparisons: dict[str, dict], threshold: float) -> str | None:
-    """The checkpoint variant with the highest task score whose general score stayed within the threshold."""
-    candidates = []
-    for m in models:
-        if m.get("step") is None or m["role"] != "variant":
-            continue
-        delta = comparisons.get(m["label"], {}).get(GENERAL_SCORE)
-        if delta is None or delta["value"] >= -threshold:
-            candidates.append((m["metrics"].get("task_score", {}).get("value", float("-inf")), m["label"]))
+def best_checkpoint(models: list[dict], verdicts: dict[str, str]) -> str | None:
+    """The checkpoint variant with the highest task score among those the verdict does not call forgetting."""
+    candidates = [(m["metrics"].get("task_score", {}).get("value", float("-inf")), m["label"]) for m in models
+                  if m["role"] == "variant" and m.get("step") is not None and verdicts.get(m["label"]) not in (None, "forgetting")]
     return max(candidates)[1] if candidates else None
 
 
@@ -149,16 +144,18 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
         "probe_difference": r.probe_difference, "metrics": summarise(r, defs, resamples, seed),
     } for r in results]
     comparisons = {r.label: compare(base, r, defs, resamples, seed) for r in results[1:]}
-    best = best_checkpoint(models, comparisons, threshold)
-    verdicts = []
-    for r in results[1:]:
+
+    def verdict_for(r: ModelResult, best: str | None) -> dict:
         deltas = comparisons[r.label]
-        verdicts.append(decide(
+        return decide(
             r.label, _interval(deltas.get("task_score")) or stats.Interval(0.0, 0.0, 0.0, 0),
             _interval(deltas.get(GENERAL_SCORE)), _interval(deltas.get("general_perplexity")),
-            forgetting_threshold=threshold, perplexity_threshold=ppl_threshold,
-            best_checkpoint=best if best != r.label else None,
-        ).as_dict())
+            forgetting_threshold=threshold, perplexity_threshold=ppl_threshold, best_checkpoint=best,
+        ).as_dict()
+
+    first_pass = {r.label: verdict_for(r, None)["verdict"] for r in results[1:]}
+    best = best_checkpoint(models, first_pass)
+    verdicts = [verdict_for(r, best if best != r.label else None) for r in results[1:]]
     for row in examples:
         row["answers"] = {r.label: r.answers[row["position"]] for r in results}
         row["scores"] = {r.label: r.task_rows[row["position"]]["task_score"] for r in results}
