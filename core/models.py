@@ -10,16 +10,14 @@ import fcntl
 import importlib.util
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from core.workspace import models_dir
+from core.workspace import atomic_write_dir, models_dir
 
 SourceKind = Literal["embedded", "local", "hub", "gguf"]
 SOURCE_KINDS: tuple[str, ...] = ("embedded", "local", "hub", "gguf")
@@ -144,17 +142,12 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(target, write)
 
 
 def _clear_gguf_marker(model: Any) -> None:

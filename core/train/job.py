@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from core.train.trainer import (
     latest_checkpoint,
     make_callback,
 )
-from core.workspace import atomic_write_json
+from core.workspace import atomic_write_dir, atomic_write_json
 
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
@@ -189,7 +187,7 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
     if newest:
         outputs["checkpoint"] = str(newest)
     if spec.uses_adapter:
-        outputs["adapter"] = str(_save_atomically(run_dir / ADAPTER_DIR, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))))
+        outputs["adapter"] = str(atomic_write_dir(run_dir / ADAPTER_DIR, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))))
     else:
         from core.models import save_model
 
@@ -197,17 +195,6 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
     return outputs
 
 
-def _save_atomically(target: Path, write) -> Path:
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_template: str | None = None) -> Path:
