@@ -179,7 +179,7 @@ def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
     train_dir = runs.create_run_from_dict({"kind": "train", "name": "demo-short", "max_steps": 12, "learning_rate": 1e-3,
                                            "eval_fraction": 0.0, "max_length": 256, "batch_size": 4, "save_steps": 12})
     runs.launch(train_dir)
-    status = runs.wait(train_dir, timeout=900)
+    status = runs.wait(train_dir, timeout=1800)
     assert status.state == "succeeded", (status.error, runs.log_tail(train_dir))
     adapter = train_dir / "adapter"
     eval_dir = runs.create_run_from_dict({
@@ -187,7 +187,7 @@ def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
         "task_samples": 12, "general_samples": 8, "mc_samples": 12, "max_new_tokens": 48, "bootstrap_samples": 200,
     })
     runs.launch(eval_dir)
-    status = runs.wait(eval_dir, timeout=900)
+    status = runs.wait(eval_dir, timeout=1800)
     assert status.state == "succeeded", (status.error, runs.log_tail(eval_dir))
     report = json.loads((eval_dir / REPORT_FILE).read_text())
     gain = report["comparisons"]["demo LoRA"]["json_valid"]["value"]
