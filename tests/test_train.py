@@ -312,10 +312,12 @@ def test_stop_saves_then_resume_continues_then_kill_is_detected(workspace, tiny_
     assert json.loads((run_dir / "run_card.json").read_text())["state"] == "stopped"
 
     pid = runs.relaunch(run_dir)
-    rows = _wait_rows(run_dir, len([r for r in _metrics(run_dir) if "loss" in r]) + 1)
-    starts = [r for r in _metrics(run_dir) if r.get("event") == "start"]
-    assert [s["resumed_from"] for s in starts] == [0, done]
-    assert rows[-1]["step"] == done + 1, "the resumed run continues the global step, not from 0"
+    _wait_rows(run_dir, len([r for r in _metrics(run_dir) if "loss" in r]) + 1)
+    rows = _metrics(run_dir)
+    starts = [i for i, r in enumerate(rows) if r.get("event") == "start"]
+    assert [rows[i]["resumed_from"] for i in starts] == [0, done]
+    first_resumed = next(r for r in rows[starts[1]:] if "loss" in r)
+    assert first_resumed["step"] == done + 1, "the resumed run continues the global step, not from 0"
     assert read_status(run_dir).attempts == 2
 
     os.kill(pid, signal.SIGKILL)
