@@ -5,7 +5,9 @@ Prints the wall time, the eval loss before and after, the first and last trainin
 predicted memory, and (unless --no-generate) how many of 10 held-out tickets the base model and the trained
 adapter answer with valid JSON holding the three required keys (greedy decoding).
 
-    .venv/bin/python bench/demo_run.py            # last line is JSON
+    .venv/bin/python bench/demo_run.py                         # last line is JSON
+    BENCH_KEEP=1 .venv/bin/python bench/demo_run.py            # keep the run folder (its adapter path is printed)
+    .venv/bin/python bench/demo_run.py --check-adapter ADAPTER # only the JSON check of an existing demo adapter
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ def valid_answers(source, rows: list[dict]) -> int:
     from core.models import load_model
 
     loaded = load_model(source)
-    settings = GenerationSettings(temperature=0.0, max_new_tokens=64)
     good = 0
     for row in rows:
-        prompt = [m for m in row["messages"] if m["role"] != "assistant"]
+        # Chat takes the system prompt from its settings (a history's own system turns are dropped).
+        system = "\n".join(m["content"] for m in row["messages"] if m["role"] == "system")
+        settings = GenerationSettings(system_prompt=system, temperature=0.0, max_new_tokens=64)
+        prompt = [m for m in row["messages"] if m["role"] == "user"]
         text = generate_text(loaded, prompt, settings)
         try:
             answer = json.loads(text.strip())
@@ -42,7 +46,10 @@ def valid_answers(source, rows: list[dict]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-generate", action="store_true", help="skip the JSON-validity check")
+    parser.add_argument("--check-adapter", metavar="ADAPTER", help="no training: only the JSON-validity check of this demo adapter")
     args = parser.parse_args()
+    if args.check_adapter:
+        return check_only(args.check_adapter)
     bench_workspace()
     from core.hardware import detect
     from core.train.spec import hardware_defaults
@@ -75,14 +82,24 @@ def main() -> int:
         "adapter": card["outputs"]["adapter"],  # kept when BENCH_KEEP=1, e.g. for bench/evaluate.py --adapter
     }
     if not args.no_generate:
-        from core.data.formats import demo_dataset_path, load_dataset_file
-
-        held_out = load_dataset_file(demo_dataset_path("eval")).rows[:10]
-        base = spec.model_source
-        figures["valid_json_base"] = valid_answers(base, held_out)
-        figures["valid_json_trained"] = valid_answers(base.with_adapter(card["outputs"]["adapter"]), held_out)
-        print(f"valid JSON answers on 10 held-out tickets: base {figures['valid_json_base']} → trained {figures['valid_json_trained']}")
+        figures.update(json_validity(spec.model_source, card["outputs"]["adapter"]))
     print(json.dumps(figures))
+    return 0
+
+
+def json_validity(base, adapter: str) -> dict:
+    from core.data.formats import demo_dataset_path, load_dataset_file
+
+    held_out = load_dataset_file(demo_dataset_path("eval")).rows[:10]
+    figures = {"valid_json_base": valid_answers(base, held_out), "valid_json_trained": valid_answers(base.with_adapter(adapter), held_out)}
+    print(f"valid JSON answers on 10 held-out tickets: base {figures['valid_json_base']} → trained {figures['valid_json_trained']}")
+    return figures
+
+
+def check_only(adapter: str) -> int:
+    from core.models import ModelSource
+
+    print(json.dumps(json_validity(ModelSource(), adapter)))
     return 0
 
 
