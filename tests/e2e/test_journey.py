@@ -4,6 +4,7 @@ every page opens; chat streams two answers; curate the demo data and inspect its
 Each test drives one browser session, switching pages through the sidebar so session state carries over."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -18,6 +19,13 @@ TRAIN_LOSS_POINTS = """() => {
   const trace = plot && plot.data ? plot.data.find(t => t.name === "train loss") : null;
   return trace ? trace.x.length : 0;
 }"""
+
+
+def snapshot(page: Page, name: str) -> None:
+    """With WORKBENCH_SCREENSHOTS=<folder>, keep a full-page PNG of this step (how docs/*.png are made)."""
+    folder = os.environ.get("WORKBENCH_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
 
 
 def settle(page: Page, timeout: float = 120_000) -> None:
@@ -113,6 +121,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
     expect(finished(page)).to_be_visible(timeout=600_000)
     settle(page)
     assert page.evaluate(TRAIN_LOSS_POINTS) == TRAIN_STEPS, "the finished chart holds every logged step"
+    snapshot(page, "train")
 
     # Evaluate: the new adapter against the base, a verdict at the end.
     page.get_by_role("button", name=re.compile("Evaluate it")).click()
@@ -123,12 +132,14 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
     settle(page)
     expect(page.get_by_text(re.compile(r"task rows · .* general texts"))).to_be_visible(timeout=600_000)
     settle(page)
+    snapshot(page, "evaluate")
 
     # Chat: base and the new adapter side by side.
     go(page, "Chat")
     expect(page.get_by_role("combobox", name="Variant").nth(1)).to_have_value("Active model + adapter")
     expect(page.get_by_role("combobox", name="Adapter")).to_have_value(re.compile(r"-train \(succeeded\)$"))
     ask_both_columns(page, "What is the capital of France?")
+    snapshot(page, "chat")
 
     # Merge: blend the fine-tune back toward its base and draw the learning-vs-forgetting curve.
     go(page, "Merge")
@@ -141,3 +152,4 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
     expect(finished(page)).to_be_visible(timeout=600_000)
     settle(page)
     expect(page.locator("[data-testid='stPlotlyChart']").first).to_be_visible()
+    snapshot(page, "merge")
