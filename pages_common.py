@@ -5,6 +5,7 @@ Lives beside app.py, not in core/, because it imports streamlit. Pages call thes
 from __future__ import annotations
 
 import json
+import zlib
 
 import streamlit as st
 
@@ -144,11 +145,14 @@ def run_selector(kind: str, key: str, label: str = "Run"):
     if not runs:
         st.info(f"No {kind} runs yet in this workspace.")
         return None
-    paths = [str(r.path) for r in runs]
+    labels = {str(r.path): f"{r.path.name} · {r.status.state}" for r in runs}
+    paths = list(labels)
     current = st.session_state.get(key)
     index = paths.index(current) if current in paths else 0
-    chosen = st.selectbox(label, paths, index=index, key=f"{key}_select",
-                          format_func=lambda p: f"{Path(p).name} · {next(r.status.state for r in runs if str(r.path) == p)}")
+    # The browser keeps a keyed selectbox's old option labels; a key that follows the labels makes a finished
+    # run stop reading "running" there (the choice itself carries over through st.session_state[key]).
+    labels_key = zlib.crc32("\n".join(labels.values()).encode())
+    chosen = st.selectbox(label, paths, index=index, key=f"{key}_select_{labels_key:08x}", format_func=labels.get)
     st.session_state[key] = chosen
     return Path(chosen)
 

@@ -132,6 +132,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
     settle(page)
     expect(page.get_by_text(re.compile(r"task rows · .* general texts"))).to_be_visible(timeout=600_000)
     settle(page)
+    expect(page.get_by_role("combobox", name="Evaluation run")).to_have_value(re.compile(r"· succeeded$"))
     snapshot(page, "evaluate")
 
     # Chat: base and the new adapter side by side.
