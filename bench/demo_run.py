@@ -78,7 +78,6 @@ def main() -> int:
         "tokens_per_s": card["tokens_per_s"],
         "peak_memory_gb": round(card["peak_memory_bytes"] / 1e9, 3),
         "predicted_memory_gb": round(card["predicted_memory_bytes"] / 1e9, 3) if card["predicted_memory_bytes"] else None,
-
         "adapter": card["outputs"]["adapter"],  # kept when BENCH_KEEP=1, e.g. for bench/evaluate.py --adapter
     }
     if not args.no_generate:
