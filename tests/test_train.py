@@ -71,6 +71,41 @@ def _metrics(run_dir: Path) -> list[dict]:
     return runs.read_all_metrics(run_dir / runs.METRICS_FILE)
 
 
+# ---------------------------------------------------------------- backend choice
+
+
+def _hardware(**changes):
+    from core.hardware import HardwareInfo
+
+    fields = dict(device="cpu", device_name="CPU", gpu_count=0, total_memory_gb=16.0, free_memory_gb=12.0, bf16=False,
+                  cpu_cores=2, system_ram_gb=16.0, bnb_4bit=True, unsloth=False)
+    fields.update(changes)
+    return HardwareInfo(**fields)
+
+
+def test_backend_choice_prefers_unsloth_only_where_it_can_run(tiny_llama_dir, data_file):
+    from core.train.backends import choose_backend
+
+    gpu_with_unsloth = _hardware(device="cuda", device_name="GPU", gpu_count=1, bf16=True, unsloth=True)
+    backend, notes = choose_backend(_spec(tiny_llama_dir, data_file), gpu_with_unsloth)
+    assert backend.name == "unsloth" and notes == []
+
+    backend, notes = choose_backend(_spec(tiny_llama_dir, data_file), _hardware())
+    assert backend.name == "hf" and notes == ["unsloth backend not used: Unsloth needs a CUDA GPU"]
+
+    backend, notes = choose_backend(_spec(tiny_llama_dir, data_file), _hardware(device="cuda", gpu_count=1))
+    assert backend.name == "hf" and "not installed" in notes[0]
+
+    backend, _ = choose_backend(_spec(tiny_llama_dir, data_file, method="dora"), gpu_with_unsloth)
+    assert backend.name == "hf", "Unsloth does not train DoRA"
+
+    backend, notes = choose_backend(_spec(tiny_llama_dir, data_file, backend="hf"), gpu_with_unsloth)
+    assert backend.name == "hf" and notes == []
+
+    with pytest.raises(ValueError, match="unsloth backend not used: Unsloth needs a CUDA GPU"):
+        choose_backend(_spec(tiny_llama_dir, data_file, backend="unsloth"), _hardware())
+
+
 # ---------------------------------------------------------------- labels
 
 
