@@ -8,11 +8,11 @@ import streamlit as st
 
 from core.data import curate, decontam, dedup
 from core.data.formats import DatasetLoadError, demo_dataset_path, list_workspace_datasets, workspace_dataset_path
-from pages_common import cached_dataset_file, cached_dataset_upload
 from core.data.highlight import highlight_html, plain_box_html
 from core.data.summary import dataset_summary
 from core.data.text import FIELDS, row_text
 from core.workspace import safe_name
+from pages_common import cached_dataset_file, cached_dataset_upload
 
 st.title("🗂️ Data")
 st.caption("Load a dataset, check it, drop duplicates and benchmark leaks, and export the curated copy to the workspace.")

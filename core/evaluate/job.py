@@ -183,11 +183,12 @@ def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, sourc
     model, tokenizer = loaded.model, loaded.tokenizer
     common = {"batch_size": spec.batch_size, "should_stop": lambda: ctx.stop_requested, "on_progress": progress.advance}
     stage_seconds: dict[str, float] = {}
-    clock = [time.time()]
+    stage_started = time.time()
 
     def stage_done(name: str) -> None:
-        stage_seconds[name] = round(time.time() - clock[0], 2)
-        clock[0] = time.time()
+        nonlocal stage_started
+        stage_seconds[name] = round(time.time() - stage_started, 2)
+        stage_started = time.time()
 
     progress.set_stage(f"{label}: answering {len(setup.examples)} task prompts")
     prompts = [scoring.prompt_ids(ex.prompt, tokenizer) for ex in setup.examples]

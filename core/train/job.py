@@ -195,8 +195,6 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
     return outputs
 
 
-
-
 def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_template: str | None = None) -> Path:
     """Base model (reloaded unquantized) + adapter, merged into plain weights and saved under `target`."""
     from core.models import load_model, save_model
