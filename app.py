@@ -8,24 +8,24 @@ init_session_defaults()
 
 PAGES = {
     "Plan": [
-        st.Page("pages/decide.py", title="Decide", icon="🧭", default=True),
-        st.Page("pages/budget.py", title="Budget", icon="📐"),
+        st.Page("app_pages/decide.py", title="Decide", icon="🧭", default=True),
+        st.Page("app_pages/budget.py", title="Budget", icon="📐"),
     ],
     "Data": [
-        st.Page("pages/data.py", title="Data", icon="🗂️"),
-        st.Page("pages/template.py", title="Template", icon="🎨"),
+        st.Page("app_pages/data.py", title="Data", icon="🗂️"),
+        st.Page("app_pages/template.py", title="Template", icon="🎨"),
     ],
     "Train": [
-        st.Page("pages/train.py", title="Train", icon="🏋️"),
+        st.Page("app_pages/train.py", title="Train", icon="🏋️"),
     ],
     "Prove": [
-        st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
-        st.Page("pages/chat.py", title="Chat", icon="💬"),
+        st.Page("app_pages/evaluate.py", title="Evaluate", icon="📊"),
+        st.Page("app_pages/chat.py", title="Chat", icon="💬"),
     ],
     "Transform": [
-        st.Page("pages/merge.py", title="Merge", icon="🔀"),
-        st.Page("pages/prune.py", title="Prune", icon="✂️"),
-        st.Page("pages/distill.py", title="Distill", icon="⚗️"),
+        st.Page("app_pages/merge.py", title="Merge", icon="🔀"),
+        st.Page("app_pages/prune.py", title="Prune", icon="✂️"),
+        st.Page("app_pages/distill.py", title="Distill", icon="⚗️"),
     ],
 }
 

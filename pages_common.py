@@ -213,10 +213,10 @@ def send_model_buttons(folder: str, key: str) -> None:
     c1, c2 = st.columns(2)
     if c1.button("💬 Chat with it", key=f"{key}_to_chat"):
         st.session_state["chat_model_path"] = str(folder)
-        st.switch_page("pages/chat.py")
+        st.switch_page("app_pages/chat.py")
     if c2.button("📊 Evaluate it", key=f"{key}_to_eval"):
         st.session_state["eval_model_path"] = str(folder)
-        st.switch_page("pages/evaluate.py")
+        st.switch_page("app_pages/evaluate.py")
 
 
 def human_bytes(n: int | None) -> str:

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import memory
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "budget.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "budget.py")
 
 
 def _app() -> AppTest:

@@ -55,7 +55,7 @@ def test_transcript_jsonl():
 
 
 def test_chat_page_streams_two_columns(workspace, tiny_llama_dir):
-    at = AppTest.from_file(str(ROOT / "pages" / "chat.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "chat.py"), default_timeout=120)
     at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
     at.run()
     assert not at.exception

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.data.curate import read_manifest
 from core.data.decontam import load_builtin_benchmark
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "data.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "data.py")
 
 
 def no_errors(at: AppTest) -> None:

@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = str(ROOT / "pages" / "decide.py")
+PAGE = str(ROOT / "app_pages" / "decide.py")
 
 
 def _app() -> AppTest:

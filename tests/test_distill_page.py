@@ -9,7 +9,7 @@ from core import runs
 from test_distill import four_layer_teacher
 from test_merge_page import chart_traces, decode
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "distill.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "distill.py")
 
 
 def page(active: Path | None = None) -> AppTest:

@@ -9,7 +9,7 @@ from conftest import ROOT
 from core import runs
 from test_evaluate import make_adapter
 
-PAGE = str(ROOT / "pages" / "evaluate.py")
+PAGE = str(ROOT / "app_pages" / "evaluate.py")
 
 
 def _page(tiny_llama_dir) -> AppTest:

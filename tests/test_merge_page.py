@@ -12,7 +12,7 @@ from core import runs
 from core.merge import METHODS
 from test_merge import make_model
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "merge.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "merge.py")
 
 
 def decode(value):

@@ -9,7 +9,7 @@ from core import runs
 from core.prune import MODE_LABELS
 from test_merge_page import chart_traces, decode
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "prune.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "prune.py")
 
 
 def page() -> AppTest:

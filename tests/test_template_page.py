@@ -7,7 +7,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "template.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "template.py")
 
 
 def metric(at: AppTest, label: str) -> str:

@@ -14,7 +14,7 @@ from core import runs
 from core.runs.status import RunStatus, write_status
 
 pytestmark = pytest.mark.slow
-PAGE = str(ROOT / "pages" / "train.py")
+PAGE = str(ROOT / "app_pages" / "train.py")
 
 
 def _page(tiny_llama_dir) -> AppTest:

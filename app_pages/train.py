@@ -161,10 +161,10 @@ def run_actions(run_dir: Path, status) -> None:
                 st.session_state["chat_adapter"] = str(adapter)
             else:
                 st.session_state["chat_model_path"] = str(full_model)
-            st.switch_page("pages/chat.py")
+            st.switch_page("app_pages/chat.py")
         if c2.button("📊 Evaluate it", key="train_to_eval"):
             st.session_state["eval_adapter" if adapter.is_dir() else "eval_model_path"] = str(adapter if adapter.is_dir() else full_model)
-            st.switch_page("pages/evaluate.py")
+            st.switch_page("app_pages/evaluate.py")
 
 
 train_runs = list_runs("train")
