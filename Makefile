@@ -16,7 +16,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8501
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt $(REQS) | sha1sum | cut -c1-12)
 
-.PHONY: install run test chromium bench clean-venv
+.PHONY: install run test chromium gpu-set bench clean-venv
 
 $(STAMP): requirements.txt $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,15 @@ run: install
 	$(BIN)/python -m core.models --prepare
 	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
-test: install chromium
+# The GPU set must still resolve for a Linux CUDA target (pip's resolver, dry run: registry metadata only), and the
+# CPU training tests run a second time on its transformers / TRL / datasets versions (an overlay, hf backend).
+gpu-set: install
+	$(BIN)/python -m tools.gpu_set resolve
+	$(BIN)/python -m tools.gpu_set overlay
+
+test: install chromium gpu-set
 	$(BIN)/python -m pytest
+	PYTHONPATH=.gpuset/site $(BIN)/python -m pytest -q -m gpuset -p no:cacheprovider tests/test_train.py
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -109,6 +109,7 @@ def test_backend_choice_prefers_unsloth_only_where_it_can_run(tiny_llama_dir, da
 # ---------------------------------------------------------------- labels
 
 
+@pytest.mark.gpuset
 def test_trainer_receives_exactly_the_masking_labels(workspace, tiny_llama_dir, data_file, embedded_tokenizer):
     from core.hardware import detect
     from core.models import ModelSource, load_tokenizer
@@ -150,6 +151,36 @@ def test_packing_keeps_each_rows_labels_and_restarts_positions():
     assert sorted(pieces) == originals  # first label of each row is already masked in these rows
 
 
+def test_unsloth_packed_batch_is_one_row_with_the_lengths_its_attention_needs(tiny_llama_dir):
+    """Unsloth keeps packed rows apart only through `packed_seq_lengths` on a flattened batch (its padding-free
+    form); without them its attention is causal across the whole row. Check the contract, then check that a
+    batch in that form really keeps rows apart in a model that honours position ids (transformers)."""
+    from transformers import AutoModelForCausalLM
+
+    from core.train.data import PadCollator
+
+    features = [{"input_ids": list(range(10, 10 + n)), "labels": list(range(10, 10 + n))} for n in (6, 9, 4, 7, 5)]
+    packed = pack_features(features, max_length=16)
+    batch = PadCollator(pad_token_id=0, flatten_packed=True)(packed)
+    lengths = batch["packed_seq_lengths"].tolist()
+    assert batch["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in features)) and "attention_mask" not in batch
+    assert batch["packed_seq_lengths"].dtype == torch.int32 and sum(lengths) == batch["input_ids"].shape[1]
+    starts = [0] + list(torch.tensor(lengths).cumsum(0)[:-1].tolist())
+    assert (batch["position_ids"][0] == 0).nonzero().flatten().tolist() == starts, "every row restarts its positions"
+    assert all(batch["labels"][0, s] == IGNORE_INDEX for s in starts), "no row learns the first token of the next"
+    assert PadCollator(pad_token_id=0)(packed)["input_ids"].shape[0] == len(packed), "hf keeps one packed sequence per row"
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        # use_cache=False as in training: transformers reads packed rows from position ids only without a cache
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        offset = 0
+        for n in lengths:
+            alone = model(input_ids=batch["input_ids"][:, offset:offset + n]).logits[0]
+            assert torch.allclose(together[offset:offset + n], alone, atol=1e-4), "a packed row saw its neighbours"
+            offset += n
+
+
 def test_workspace_dataset_records_its_manifest_hash(workspace, tiny_llama_dir, embedded_tokenizer):
     from core.train.data import prepare_data
     from core.workspace import datasets_dir
@@ -183,6 +214,7 @@ def test_live_summary_and_charts_keep_the_latest_value_per_step():
 # ---------------------------------------------------------------- runs in the worker
 
 
+@pytest.mark.gpuset
 def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny_llama_dir, tmp_path):
     data = tmp_path / "more.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(12)))
@@ -269,6 +301,7 @@ def test_full_fine_tune_saves_a_changed_model(workspace, tiny_llama_dir, data_fi
     assert not (run_dir / "adapter").exists()
 
 
+@pytest.mark.gpuset
 def test_qlora_on_cpu_updates_every_lora_weight_even_after_an_eval(workspace, tiny_llama_dir, data_file):
     from core.hardware import detect
 
@@ -283,6 +316,7 @@ def test_qlora_on_cpu_updates_every_lora_weight_even_after_an_eval(workspace, ti
     assert not frozen, f"LoRA weights that never received a gradient: {frozen}"
 
 
+@pytest.mark.gpuset
 def test_packing_run(workspace, tiny_llama_dir, data_file):
     run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, packing=True, max_steps=1, batch_size=1))
     assert status.state == "succeeded", status.error
@@ -332,6 +366,7 @@ def _wait_rows(run_dir: Path, n: int, timeout: float = 120) -> list[dict]:
     raise AssertionError(f"fewer than {n} metric rows after {timeout} s")
 
 
+@pytest.mark.gpuset
 def test_stop_saves_then_resume_continues_then_kill_is_detected(workspace, tiny_llama_dir, data_file):
     run_dir = runs.create_run(_spec(tiny_llama_dir, data_file, max_steps=500, save_steps=1000))
     runs.launch(run_dir)

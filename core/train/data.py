@@ -232,7 +232,8 @@ def pack_features(features: list[dict], max_length: int) -> list[dict]:
     """Best-fit decreasing into sequences of at most max_length tokens.
 
     Each packed sequence carries `position_ids` that restart at 0 for every row, which is how transformers
-    knows to keep rows from attending to each other (its packed-sequence mask); the first label of every
+    knows to keep rows from attending to each other (its packed-sequence mask), and `seq_lengths`, the length
+    of each row in it, which Unsloth needs for the same separation (see PadCollator); the first label of every
     row is masked so no row learns to predict the start of the next one.
     """
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
@@ -249,27 +250,37 @@ def pack_features(features: list[dict], max_length: int) -> list[dict]:
             room[best] -= n
     packed = []
     for members in bins:
-        ids, labels, positions = [], [], []
+        ids, labels, positions, lengths = [], [], [], []
         for i in members:
             row_ids, row_labels = features[i]["input_ids"], list(features[i]["labels"])
             row_labels[0] = IGNORE_INDEX
             ids += row_ids
             labels += row_labels
             positions += list(range(len(row_ids)))
-        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+            lengths.append(len(row_ids))
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lengths": lengths})
     return packed
 
 
 @dataclass
 class PadCollator:
     """Right-pads a batch: ids with the pad token, labels with -100. Packed rows keep their position_ids and
-    get no attention mask (transformers then builds the per-row causal mask from the position ids)."""
+    get no attention mask (transformers then builds the per-row causal mask from the position ids).
+
+    `flatten_packed` is the form Unsloth keeps packed rows apart with (its padding-free path, as in
+    unsloth/utils/packing.py): the whole batch becomes one row of all its tokens, no padding, with
+    `packed_seq_lengths` (int32, one entry per original row, summing to the row's width) from which its
+    attention builds the block-diagonal mask / varlen boundaries. Without that tensor Unsloth's attention is
+    plain causal over the whole sequence and packed rows would attend to each other."""
 
     pad_token_id: int
+    flatten_packed: bool = False
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch
 
+        if self.flatten_packed and "position_ids" in examples[0]:
+            return self._flattened(examples)
         width = max(len(e["input_ids"]) for e in examples)
 
         def padded(key: str, value: int) -> "torch.Tensor":
@@ -280,6 +291,19 @@ class PadCollator:
             batch["position_ids"] = padded("position_ids", 0)
         else:
             batch["attention_mask"] = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples], dtype=torch.long)
+        return batch
+
+    @staticmethod
+    def _flattened(examples: list[dict]) -> dict:
+        import torch
+
+        def joined(key: str) -> "torch.Tensor":
+            return torch.tensor([[v for e in examples for v in e[key]]], dtype=torch.long)
+
+        lengths = [n for e in examples for n in e["seq_lengths"]]
+        batch = {"input_ids": joined("input_ids"), "labels": joined("labels"), "position_ids": joined("position_ids"),
+                 "packed_seq_lengths": torch.tensor(lengths, dtype=torch.int32)}
+        batch["labels"][batch["position_ids"] == 0] = IGNORE_INDEX  # no row learns the first token of the next
         return batch
 
 

@@ -73,7 +73,8 @@ def run(ctx: JobContext) -> dict:
     counter = TokenCounter()
     callback = make_callback(ctx, spec, probe, counter)
     trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
-                            bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter)
+                            bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter,
+                            backend=backend.name)
     previous = (ctx.read_json(RUN_CARD) or {}) if resume else {}  # the card of the attempt this one continues
     eval_start = _starting_eval(trainer, spec, data, resume, ctx)
     if resume:

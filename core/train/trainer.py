@@ -108,7 +108,9 @@ class TokenCounter:
     def add(self, inputs: dict) -> None:
         labels = inputs["labels"]
         self.supervised += int((labels != IGNORE_INDEX).sum())
-        if "attention_mask" in inputs:
+        if "packed_seq_lengths" in inputs:  # one flattened row without padding (Unsloth's packed form)
+            self.tokens += int(inputs["packed_seq_lengths"].sum())
+        elif "attention_mask" in inputs:
             self.tokens += int(inputs["attention_mask"].sum())
         elif "position_ids" in inputs:  # packed rows: padding sits after the last position > 0 of each row
             moving = inputs["position_ids"] > 0
@@ -259,11 +261,22 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
     )
 
 
+def trl_loss_runs_without_cuda() -> bool:
+    """Whether TRL's fused LM-head loss has a non-Triton path (TRL >= 1.16 does; 1.15's needs CUDA)."""
+    try:
+        from trl.kernels import chunked_logprob
+    except ImportError:
+        return True  # no fused kernel module at all: TRL computes the loss from the logits
+    return hasattr(chunked_logprob, "_forward_tile")
+
+
 def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, data: PreparedData, *,
-                  device: str, bf16: bool, fp16: bool, callbacks: list, counter: TokenCounter | None = None) -> Any:
+                  device: str, bf16: bool, fp16: bool, callbacks: list, counter: TokenCounter | None = None,
+                  backend: str = "hf") -> Any:
     from trl import SFTTrainer
 
     counter = counter or TokenCounter()
+    plain_loss = device != "cuda" and not trl_loss_runs_without_cuda()
 
     class WorkbenchTrainer(SFTTrainer):
         """SFTTrainer that counts the tokens of every batch it trains on (for tokens/s)."""
@@ -273,6 +286,15 @@ def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
             counter.add(inputs)
             return super().training_step(*args, **kwargs)
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not plain_loss:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            # TRL 1.15 (the GPU set's) computes every loss with a Triton kernel that needs CUDA: use the model's own
+            # causal-LM loss on the same labels instead (transformers' Trainer.compute_loss, the class TRL extends).
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
     args = training_arguments(spec, run_dir, device=device, bf16=bf16, fp16=fp16, has_eval=data.eval is not None)
     return WorkbenchTrainer(
         model=model,
@@ -280,6 +302,6 @@ def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
         train_dataset=to_hf_dataset(data.train.features),
         eval_dataset=to_hf_dataset(data.eval.features) if data.eval else None,
         processing_class=tokenizer,
-        data_collator=PadCollator(pad_token_id=tokenizer.pad_token_id),
+        data_collator=PadCollator(pad_token_id=tokenizer.pad_token_id, flatten_packed=backend == "unsloth"),
         callbacks=callbacks,
     )
