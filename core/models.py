@@ -310,7 +310,9 @@ def load_model(
         if quantization_config is not None:
             kwargs["quantization_config"] = quantization_config
             if device == "cuda":
-                kwargs["device_map"] = {"": 0}
+                import torch
+
+                kwargs["device_map"] = {"": torch.cuda.current_device()}  # a launched rank has pinned its own GPU
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except Exception as exc:  # noqa: BLE001

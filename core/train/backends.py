@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.train.distributed import needs_quant_storage
 from core.train.spec import TrainSpec
 
 # What "all-linear" means for Unsloth, which wants explicit names (Llama / Mistral / Qwen / Gemma layouts).
@@ -62,6 +63,9 @@ class UnslothBackend(Backend):
             return "Unsloth does not train DoRA adapters"
         if spec.model_source.kind == "gguf":
             return "Unsloth loads Hugging Face folders, not .gguf files"
+        if spec.distributed_strategy != "ddp":
+            return ("Unsloth's documented multi-GPU path is DDP (accelerate launch / torchrun, one model copy per GPU); "
+                    "FSDP and DeepSpeed run on the hf backend")
         return None
 
     def load(self, spec: TrainSpec, hardware: Any) -> tuple[Any, Any]:
@@ -73,7 +77,14 @@ class UnslothBackend(Backend):
         # Unsloth's own loader is the only way to get its patched model; the path still comes from core.models.
         source = spec.model_source
         precision = choose_precision(spec, "cuda", hardware.bf16)
+        import torch
+
+        from core.train.distributed import in_launched_process
+
+        # One model per GPU under DDP (Unsloth's DDP guide): each rank loads onto the GPU it pinned.
+        placement = {"device_map": {"": torch.cuda.current_device()}} if in_launched_process() else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
+            **placement,
             model_name=resolve_model_path(source),
             max_seq_length=spec.max_length,
             dtype=_torch_dtype(precision.load_dtype),
@@ -126,7 +137,10 @@ class HFBackend(Backend):
         if spec.method == "qlora":
             from transformers import BitsAndBytesConfig
 
-            quantization = BitsAndBytesConfig(**NF4_KWARGS, bnb_4bit_compute_dtype=_torch_dtype(precision.compute_dtype))
+            compute = _torch_dtype(precision.compute_dtype)
+            # FSDP / ZeRO-3 flatten and shard the 4-bit weights: PEFT's recipe stores them in the compute dtype.
+            storage = {"bnb_4bit_quant_storage": compute} if needs_quant_storage(spec) else {}
+            quantization = BitsAndBytesConfig(**NF4_KWARGS, bnb_4bit_compute_dtype=compute, **storage)
         loaded = load_model(spec.model_source, device=hardware.device, dtype=precision.load_dtype,
                             quantization_config=quantization, for_training=True)
         model, tokenizer = loaded.model, loaded.tokenizer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,15 @@ from core.runs.errors import explain_failure, is_out_of_memory
 from core.runs.jobs import JobContext, JobError
 from core.train.backends import choose_backend, choose_precision
 from core.train.data import DataError, PreparedData, prepare_data
+from core.train.distributed import (
+    RankInfo,
+    all_ranks_gather,
+    all_ranks_sum,
+    barrier,
+    distribution_refusal,
+    in_launched_process,
+    strategy_label,
+)
 from core.train.preflight import predict_memory
 from core.train.spec import TrainSpec
 from core.train.trainer import (
@@ -45,6 +55,14 @@ def run(ctx: JobContext) -> dict:
     from core.hardware import detect
 
     hardware = detect()
+    if spec.uses_launcher and not in_launched_process():
+        from core.train.supervisor import supervise
+
+        return supervise(ctx, spec, hardware)  # this worker starts torchrun / accelerate and watches the ranks
+    rank = getattr(ctx, "rank", None) or RankInfo()
+    refusal = distribution_refusal(spec, hardware, launching_here=False) if spec.uses_launcher else None
+    if refusal:
+        raise JobError(refusal)
     try:
         backend, notes = choose_backend(spec, hardware)
     except ValueError as exc:
@@ -100,7 +118,14 @@ def run(ctx: JobContext) -> dict:
         eval_end = trainer.evaluate().get("eval_loss")
 
     ctx.progress(1.0, "saving")
-    outputs = _save_outputs(spec, ctx.run_dir, trainer.model, tokenizer, data)
+    if rank.distributed:
+        outputs = _save_outputs_distributed(spec, ctx.run_dir, trainer, tokenizer, data, rank)
+    else:
+        outputs = _save_outputs(spec, ctx.run_dir, trainer.model, tokenizer, data)
+    tokens, supervised = all_ranks_sum([counter.tokens, counter.supervised])
+    peaks = all_ranks_gather(probe.peak())
+    if not rank.is_main:
+        return {"rank": rank.rank, "global_step": int(trainer.state.global_step)}
     card = {
         "spec": {"kind": TrainSpec.kind, **ctx.spec},
         "state": "stopped" if stopped else "succeeded",
@@ -113,14 +138,15 @@ def run(ctx: JobContext) -> dict:
         "precision": precision.__dict__,
         "resumed_from_step": checkpoint_step(resume),
         "final_metrics": _final_metrics(trainer, callback, output, eval_start, eval_end),
-        "tokens_per_s": round(counter.tokens / train_seconds, 2) if train_seconds > 0 else 0.0,
-        "supervised_tokens_per_s": round(counter.supervised / train_seconds, 2) if train_seconds > 0 else 0.0,
-        "tokens_trained_this_attempt": counter.tokens,
+        "tokens_per_s": round(tokens / train_seconds, 2) if train_seconds > 0 else 0.0,
+        "supervised_tokens_per_s": round(supervised / train_seconds, 2) if train_seconds > 0 else 0.0,
+        "tokens_trained_this_attempt": int(tokens),
         "train_seconds": round(train_seconds, 2),
         "total_train_seconds": round(train_seconds + float(previous.get("total_train_seconds") or 0.0), 2),
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": probe.peak(),
         **_predicted(spec, hardware),
+        **_distribution_card(spec, rank, peaks),
         "outputs": outputs,
         "versions": _versions(backend.name),
     }
@@ -139,6 +165,14 @@ def run(ctx: JobContext) -> dict:
         "peak_memory_bytes": card["peak_memory_bytes"],
         **{k: v for k, v in outputs.items() if k != "checkpoint"},
     }
+
+
+def _distribution_card(spec: TrainSpec, rank: RankInfo, peaks: list[float]) -> dict:
+    if not spec.uses_launcher:
+        return {}
+    return {"distribution": {"world_size": rank.world_size, "processes_per_node": spec.processes_per_node,
+                             "num_nodes": spec.num_nodes, "strategy": strategy_label(spec), "launcher": spec.launcher,
+                             "global_batch": spec.global_batch, "peak_memory_bytes_per_rank": [int(p) for p in peaks]}}
 
 
 def _prepare(spec: TrainSpec, ctx: JobContext) -> PreparedData:
@@ -193,6 +227,32 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
         from core.models import save_model
 
         outputs["model"] = str(save_model(model, tokenizer, run_dir / MODEL_DIR))
+    return outputs
+
+
+def _save_outputs_distributed(spec: TrainSpec, run_dir: Path, trainer: Any, tokenizer: Any, data: PreparedData, rank: RankInfo) -> dict:
+    """Every rank takes part in trainer.save_model (FSDP / ZeRO-3 gather the shards); rank 0 writes the folder and
+    swaps it into place, so the result is never half-written."""
+    if data.chat_template:
+        tokenizer.chat_template = data.chat_template
+    name = ADAPTER_DIR if spec.uses_adapter else MODEL_DIR
+    target, tmp = run_dir / name, run_dir / f".{name}.saving"
+    if rank.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    trainer.save_model(str(tmp))
+    barrier()
+    outputs: dict[str, str] = {}
+    if rank.is_main:
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        newest = latest_checkpoint(run_dir)
+        if newest:
+            outputs["checkpoint"] = str(newest)
+    outputs["adapter" if spec.uses_adapter else "model"] = str(target)
+    barrier()
     return outputs
 
 

@@ -76,6 +76,7 @@ def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
     from core.models import ModelLoadError, load_tokenizer
     from core.train.backends import choose_backend
     from core.train.data import DataError, prepare_data
+    from core.train.distributed import distribution_notes, distribution_refusal
 
     report = Preflight(available_memory_bytes=available_memory_bytes(hardware))
     estimate, report.memory_note = memory_estimate(spec, hardware)
@@ -85,6 +86,8 @@ def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
         report.backend, report.backend_notes = backend.name, notes
     except ValueError as exc:
         report.refusal = str(exc)
+    report.refusal = report.refusal or distribution_refusal(spec, hardware)
+    report.backend_notes = report.backend_notes + distribution_notes(spec, hardware)
     try:
         data = prepare_data(spec, load_tokenizer(spec.model_source))
     except (DataError, ModelLoadError) as exc:

@@ -18,7 +18,14 @@ SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_wa
 BACKENDS: tuple[str, ...] = ("auto", "unsloth", "hf")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DEMO_DATASET = "assets/demo/train.jsonl"
-_FAULT = re.compile(r"^(error|oom)@(\d+)$")
+_FAULT = re.compile(r"^(error|oom|kill)@(\d+)(?::(\d+))?$")
+# Distribution (beyond one process): see core.train.distributed for what each choice turns into.
+DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "deepspeed")
+LAUNCHERS: tuple[str, ...] = ("torchrun", "accelerate")
+FSDP_SHARDINGS: tuple[str, ...] = ("full_shard", "shard_grad_op")
+FSDP_WRAP_POLICIES: tuple[str, ...] = ("transformer_layer", "size")
+ZERO_STAGES: tuple[int, ...] = (1, 2, 3)
+ZERO_OFFLOADS: tuple[str, ...] = ("none", "optimizer", "optimizer_and_params")
 
 
 def _meta(help: str, group: str = "general", advanced: bool = False, **limits: Any) -> dict:
@@ -122,9 +129,77 @@ class TrainSpec:
     merge_after: bool = field(
         default=False, metadata=_meta("Also save the base model with the adapter merged in (under merged/), e.g. for export.", "system")
     )
+
+    # ---------------------------------------------------------------- distribution (more than one process / node)
+    # One process per GPU (or CPU processes sharing the cores), started by torchrun or accelerate launch; rank 0
+    # writes the run folder. 1 process with ddp is the plain single-process run.
+    processes_per_node: int = field(
+        default=1,
+        metadata=_meta("Training processes on each node: one per GPU (on a CPU-only machine: CPU processes sharing the cores, "
+                       "gloo backend). The effective batch is batch_size x gradient_accumulation x processes x nodes.",
+                       "distribution", min=1, max=64),
+    )
+    num_nodes: int = field(
+        default=1,
+        metadata=_meta("Machines taking part. Above 1 the run is started on every node with the generated torchrun, Slurm or "
+                       "Ray files (the run folder must then be on a filesystem every node shares).", "distribution", min=1, max=1024),
+    )
+    distributed_strategy: str = field(
+        default="ddp",
+        metadata=_meta("ddp: a full copy of the model per device, gradients all-reduced; fsdp: PyTorch FSDP2 shards weights, "
+                       "gradients and optimizer states (CUDA only); deepspeed: DeepSpeed ZeRO stage 1/2/3 (CUDA only).",
+                       "distribution", choices=DISTRIBUTED_STRATEGIES),
+    )
+    launcher: str = field(
+        default="torchrun",
+        metadata=_meta("What starts the processes: torchrun, or accelerate launch with the accelerate config generated from "
+                       "this spec (both are written into the run folder's launch/).", "distribution", choices=LAUNCHERS),
+    )
+    fsdp_sharding: str = field(
+        default="full_shard",
+        metadata=_meta("FSDP: full_shard keeps only a shard of every weight between uses (ZeRO-3-like); shard_grad_op keeps "
+                       "gathered weights from forward to backward (ZeRO-2-like, less communication).", "distribution",
+                       advanced=True, choices=FSDP_SHARDINGS),
+    )
+    fsdp_cpu_offload: bool = field(
+        default=False,
+        metadata=_meta("FSDP: keep the sharded weights, gradients and optimizer states in CPU memory (slower, far less GPU memory).",
+                       "distribution", advanced=True),
+    )
+    fsdp_wrap_policy: str = field(
+        default="transformer_layer",
+        metadata=_meta("FSDP: what one shard unit is: each decoder layer (transformer_layer), or blocks of at least "
+                       "fsdp_min_params parameters (size).", "distribution", advanced=True, choices=FSDP_WRAP_POLICIES),
+    )
+    fsdp_min_params: int = field(
+        default=100_000_000,
+        metadata=_meta("FSDP with the size wrap policy: parameters per shard unit.", "distribution", advanced=True, min=1, max=10**12),
+    )
+    zero_stage: int = field(
+        default=2,
+        metadata=_meta("DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also the weights.", "distribution",
+                       advanced=True, choices=ZERO_STAGES),
+    )
+    zero_offload: str = field(
+        default="none",
+        metadata=_meta("DeepSpeed: move optimizer states (ZeRO-Offload) or optimizer states and weights (ZeRO-Infinity, "
+                       "stage 3 only) to CPU memory.", "distribution", advanced=True, choices=ZERO_OFFLOADS),
+    )
+    rendezvous_host: str = field(
+        default="",
+        metadata=_meta("Multi-node: the address of node 0 that every node can reach (torchrun --master_addr). Not needed on one node.",
+                       "distribution", advanced=True),
+    )
+    rendezvous_port: int = field(
+        default=29500,
+        metadata=_meta("Multi-node: the TCP port on node 0 for the rendezvous (torchrun --master_port).", "distribution",
+                       advanced=True, min=1024, max=65535),
+    )
+
     fault_injection: str = field(
         default="",
-        metadata=_meta("For tests only: 'error@N' raises an error and 'oom@N' a simulated CUDA out-of-memory error at step N.", "debug", advanced=True),
+        metadata=_meta("For tests only: 'error@N' raises an error, 'oom@N' a simulated CUDA out-of-memory error and 'kill@N' a "
+                       "SIGKILL at step N; ':R' after N limits it to rank R (e.g. kill@2:1).", "debug", advanced=True),
     )
 
     def __post_init__(self) -> None:
@@ -142,7 +217,20 @@ class TrainSpec:
         if self.method == "qlora" and self.precision == "fp32" and self.backend == "unsloth":
             raise ValueError("precision: Unsloth QLoRA computes in bf16 / fp16, not fp32")
         if self.fault_injection and not _FAULT.match(self.fault_injection):
-            raise ValueError("fault_injection: expected 'error@N' or 'oom@N' (N = the step), or empty")
+            raise ValueError("fault_injection: expected 'error@N', 'oom@N' or 'kill@N' (N = the step), optionally ':R' for one rank, or empty")
+        self._check_distribution()
+
+    def _check_distribution(self) -> None:
+        """Rules between the distribution fields that hold on any machine (core.train.distributed checks the hardware)."""
+        if self.fsdp_cpu_offload and self.distributed_strategy != "fsdp":
+            raise ValueError("fsdp_cpu_offload: applies only with distributed_strategy fsdp")
+        if self.zero_offload != "none" and self.distributed_strategy != "deepspeed":
+            raise ValueError("zero_offload: applies only with distributed_strategy deepspeed")
+        if self.zero_offload == "optimizer_and_params" and self.zero_stage != 3:
+            raise ValueError("zero_offload: weights can be offloaded only with zero_stage 3 (stages 1 and 2 keep every weight on "
+                             "each GPU); choose 'optimizer' or zero_stage 3")
+        if self.fault_rank is not None and self.fault_rank >= self.world_size:
+            raise ValueError(f"fault_injection: rank {self.fault_rank} does not exist in a run of {self.world_size} processes")
 
     def _check_model(self) -> None:
         from core.models import ModelSource
@@ -171,9 +259,29 @@ class TrainSpec:
     def effective_batch(self) -> int:
         return self.batch_size * self.gradient_accumulation
 
+    @property
+    def world_size(self) -> int:
+        return self.processes_per_node * self.num_nodes
+
+    @property
+    def global_batch(self) -> int:
+        """Rows per optimizer step over every process."""
+        return self.effective_batch * self.world_size
+
+    @property
+    def uses_launcher(self) -> bool:
+        """True when the worker starts torchrun / accelerate launch instead of training in its own process."""
+        return self.world_size > 1 or self.distributed_strategy != "ddp"
+
     def fault(self) -> tuple[str, int] | None:
         match = _FAULT.match(self.fault_injection or "")
         return (match.group(1), int(match.group(2))) if match else None
+
+    @property
+    def fault_rank(self) -> int | None:
+        """The one rank a fault is injected on ('kill@2:1' → 1), or None for every rank."""
+        match = _FAULT.match(self.fault_injection or "")
+        return int(match.group(3)) if match and match.group(3) is not None else None
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSpec":

@@ -6,7 +6,9 @@ and our padding collator, so the labels the model sees are exactly the masking m
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 from core.data.masking import IGNORE_INDEX
 from core.train.data import PadCollator, PreparedData, to_hf_dataset
+from core.train.distributed import all_ranks_sum, any_rank, trainer_distribution_kwargs
 from core.train.spec import TrainSpec
 
 CHECKPOINTS = "checkpoints"
@@ -137,7 +140,9 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
         def __init__(self) -> None:
             self.started = time.time()
             self.first_step = 0
-            self.fault = spec.fault()
+            rank = getattr(getattr(ctx, "rank", None), "rank", 0)
+            self.distributed = getattr(getattr(ctx, "rank", None), "distributed", False)
+            self.fault = spec.fault() if spec.fault_rank in (None, rank) else None
             self.last_row: dict = {}
             self.last_eval: dict = {}
             self.rows_written = 0
@@ -152,6 +157,9 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
         def on_step_begin(self, args, state, control, **kwargs):
             if self.fault and state.global_step + 1 == self.fault[1]:
                 kind, step = self.fault
+                if kind == "kill":
+                    ctx.log.info("fault_injection: SIGKILL at step %d", step)
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if kind == "oom":
                     import torch
 
@@ -159,7 +167,7 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
                 raise RuntimeError(f"injected failure at step {step} (fault_injection)")
 
         def on_step_end(self, args, state, control, **kwargs):
-            if ctx.stop_requested:
+            if any_rank(ctx.stop_requested):  # every rank must stop after the same step (the save is collective)
                 ctx.log.info("stop requested: saving a checkpoint at step %d", state.global_step)
                 control.should_training_stop = True
                 control.should_save = True
@@ -186,19 +194,22 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
                 return
             if "loss" not in logs:
                 return  # the end-of-training summary; the run card has it
+            tokens, supervised = all_ranks_sum([counter.tokens, counter.supervised])  # every rank logs the same steps
             row = {
                 **base,
                 "loss": float(logs["loss"]),
                 "learning_rate": float(logs.get("learning_rate", 0.0)),
                 "grad_norm": _float(logs.get("grad_norm")),
                 "mean_token_accuracy": _float(logs.get("mean_token_accuracy")),
-                "tokens_per_s": round(counter.tokens / elapsed, 2) if elapsed > 0 else 0.0,
-                "supervised_tokens_per_s": round(counter.supervised / elapsed, 2) if elapsed > 0 else 0.0,
-                "tokens_seen": counter.tokens,
+                "tokens_per_s": round(tokens / elapsed, 2) if elapsed > 0 else 0.0,
+                "supervised_tokens_per_s": round(supervised / elapsed, 2) if elapsed > 0 else 0.0,
+                "tokens_seen": int(tokens),
                 "peak_memory_bytes": probe.peak(),
                 "elapsed_s": round(elapsed, 2),
                 "eta_s": _round(self.eta(state)),
             }
+            if self.distributed:
+                row["rank_tokens_per_s"] = round(counter.tokens / elapsed, 2) if elapsed > 0 else 0.0
             self.last_row = row
             ctx.metrics(**row)
 
@@ -258,6 +269,7 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
         packing=False,  # packing, when asked, is done by core.train.data (same labels, position ids per row)
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
+        **trainer_distribution_kwargs(spec, device),  # ddp backend, FSDP2 / DeepSpeed config for launched ranks
     )
 
 

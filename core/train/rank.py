@@ -1,0 +1,224 @@
+"""One training process of a multi-process run: `python -m core.train.rank <run_dir>`, started by torchrun,
+accelerate launch, Slurm (through torchrun) or Ray Train — never by hand in a plain shell.
+
+Every rank runs the same train job (core.train.job.run) on its share of the data. What differs by rank:
+- rank 0 appends metrics.jsonl, saves the adapter / model and the run card, and writes ranks/result.json;
+- every rank keeps its own log, ranks/rank-<k>.log, and its own record, ranks/rank-<k>.json (state, progress,
+  tokens/s, memory, heartbeat), which the Train page shows per rank and the supervisor reads when a rank dies;
+- status.json belongs to the workbench worker that launched the ranks on one node (core.train.supervisor);
+  without one (multi-node, Slurm, Ray) rank 0 writes it itself.
+A stop request (SIGTERM to the worker) reaches the ranks as ranks/stop.request; they agree on it every step,
+so every rank stops after the same step and saves.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.runs.errors import explain_failure, format_traceback
+from core.runs.jobs import JobContext
+from core.runs.metrics import append_metrics
+from core.runs.spec import read_spec_dict
+from core.runs.status import HEARTBEAT_SECONDS, METRICS_FILE, RunStatus, read_raw_status, write_status
+from core.train.distributed import RankInfo, supervised
+from core.workspace import atomic_write_json, read_json
+
+RANKS_DIR = "ranks"
+STOP_FILE = "stop.request"
+RESULT_FILE = "result.json"
+# Fields of a metrics row a rank's own record keeps (its local view: tokens/s of this rank, its device's memory).
+RECORDED = ("step", "loss", "rank_tokens_per_s", "tokens_per_s", "peak_memory_bytes", "elapsed_s", "eta_s")
+log = logging.getLogger("workbench.rank")
+
+
+def ranks_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RANKS_DIR
+
+
+def rank_log(run_dir: str | Path, rank: int) -> Path:
+    return ranks_dir(run_dir) / f"rank-{rank}.log"
+
+
+def rank_record_path(run_dir: str | Path, rank: int) -> Path:
+    return ranks_dir(run_dir) / f"rank-{rank}.json"
+
+
+def read_rank_records(run_dir: str | Path) -> list[dict]:
+    """Every rank's record, in rank order (empty for a single-process run)."""
+    records = [read_json(path) for path in ranks_dir(run_dir).glob("rank-*.json")]
+    return sorted((r for r in records if isinstance(r, dict) and "rank" in r), key=lambda r: r["rank"])
+
+
+class RankRecord:
+    """ranks/rank-<k>.json: this rank's state, written atomically whenever it changes."""
+
+    def __init__(self, run_dir: Path, info: RankInfo, attempt: int):
+        self.path = rank_record_path(run_dir, info.rank)
+        self.data: dict[str, Any] = {
+            "rank": info.rank, "local_rank": info.local_rank, "node_rank": info.node_rank, "world_size": info.world_size,
+            "host": socket.gethostname(), "pid": os.getpid(), "attempt": attempt, "state": "running",
+            "progress": 0.0, "message": "starting", "started_at": time.time(), "finished_at": None, "error": "",
+        }
+        self._lock = threading.Lock()
+        self.update()
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            self.data.update(changes)
+            self.data["heartbeat"] = time.time()
+            atomic_write_json(self.path, self.data)
+
+
+@dataclass
+class RankContext(JobContext):
+    """The job context of one rank: only rank 0 appends metrics.jsonl; every rank keeps its own record."""
+
+    rank: RankInfo = field(default_factory=RankInfo)
+    record: RankRecord | None = None
+
+    def metrics(self, **row: Any) -> None:
+        if self.rank.is_main:
+            append_metrics(self.run_dir / METRICS_FILE, row)
+        if self.record is not None and "loss" in row:
+            self.record.update(**{key: row[key] for key in RECORDED if key in row})
+
+
+class StatusOwner:
+    """status.json for a run no workbench worker supervises (rank 0 of a multi-node / Slurm / Ray run)."""
+
+    def __init__(self, run_dir: Path, kind: str):
+        previous = read_raw_status(run_dir)
+        self.run_dir = run_dir
+        self.status = RunStatus(state="running", kind=kind, pid=os.getpid(), started_at=time.time(), heartbeat=time.time(),
+                                created_at=previous.created_at if previous else time.time(),
+                                attempts=(previous.attempts if previous else 0) + 1, message="started")
+        self._done = threading.Event()
+        self._lock = threading.RLock()
+        self.update()
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.status, key, value)
+            self.status.heartbeat = time.time()
+            write_status(self.run_dir, self.status)
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self.update()
+
+    def finish(self, **changes: Any) -> None:
+        self._done.set()
+        self.update(finished_at=time.time(), **changes)
+
+
+def _redirect_output(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "ab", buffering=0)
+    os.dup2(handle.fileno(), 1)
+    os.dup2(handle.fileno(), 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+def run_rank(run_dir: str | Path) -> int:
+    """Run this process's share of the training job in `run_dir`; 0 on success (or stop), 1 on failure."""
+    run_dir = Path(run_dir).resolve()
+    info = RankInfo.from_env()
+    _redirect_output(rank_log(run_dir, info.rank))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format=f"%(asctime)s rank{info.rank} %(levelname)s %(name)s: %(message)s")
+    spec = read_spec_dict(run_dir)
+    owner = StatusOwner(run_dir, spec["kind"]) if info.is_main and not supervised() else None
+    attempt = owner.status.attempts if owner else int((read_raw_status(run_dir) or RunStatus()).attempts or 1)
+    record = RankRecord(run_dir, info, attempt)
+    stop_signals: list[int] = []
+    if threading.current_thread() is threading.main_thread():  # Ray Train runs the loop in a thread: no handlers there
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop_signals.append(signum))  # noqa: ARG005
+
+    def progress(fraction: float, message: str) -> None:
+        record.update(progress=fraction, message=message)
+        if owner is not None:
+            owner.update(progress=fraction, message=message)
+
+    stop_file = ranks_dir(run_dir) / STOP_FILE
+
+    def stop_requested() -> bool:
+        # A stop request, or the worker that launched this rank is gone (then stop and save rather than train unwatched).
+        return bool(stop_signals) or stop_file.exists() or not _supervisor_alive()
+
+    ctx = RankContext(run_dir=run_dir, spec=spec, log=logging.getLogger("workbench.train"), set_progress=progress,
+                      _stop=stop_requested, rank=info, record=record)
+    log.info("rank %d of %d (local rank %d, node %d) on %s, pid %d", info.rank, info.world_size, info.local_rank,
+             info.node_rank, socket.gethostname(), os.getpid())
+    try:
+        _pin_device(info)
+        from core.train.job import run as run_train
+
+        result = run_train(ctx) or {}
+        state = "stopped" if ctx.stop_requested else "succeeded"
+        if info.is_main:
+            atomic_write_json(ranks_dir(run_dir) / RESULT_FILE, {"state": state, "result": result})
+        record.update(state=state, progress=1.0 if state == "succeeded" else record.data["progress"], finished_at=time.time(),
+                      message="done" if state == "succeeded" else "stopped")
+        if owner is not None:
+            owner.finish(state=state, result=result, exit_code=0, progress=1.0 if state == "succeeded" else owner.status.progress,
+                         message="done" if state == "succeeded" else "stopped by the user")
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure ends in this rank's record, with the traceback in its log
+        log.error("rank %d failed:\n%s", info.rank, format_traceback(exc))
+        record.update(state="failed", error=explain_failure(exc), finished_at=time.time(), message="failed")
+        if owner is not None:
+            owner.finish(state="failed", error=f"rank {info.rank}: {explain_failure(exc)}", exit_code=1, message="failed")
+        return 1
+    finally:
+        _close_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _supervisor_alive() -> bool:
+    from core.runs.status import pid_alive
+    from core.train.distributed import SUPERVISOR_ENV
+
+    pid = os.environ.get(SUPERVISOR_ENV)
+    return not pid or pid_alive(int(pid))
+
+
+def _pin_device(info: RankInfo) -> None:
+    """One GPU per process: make "cuda" mean this rank's GPU for every later .to("cuda")."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+
+
+def _close_process_group() -> None:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - shutting down after a failure must not raise a second one
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m core.train.rank <run_dir>   (started by torchrun / accelerate launch / Ray Train)", file=sys.stderr)
+        return 2
+    return run_rank(args[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

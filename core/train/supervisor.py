@@ -1,0 +1,171 @@
+"""The workbench worker watching the processes it launched for a multi-process run on one node.
+
+The worker (core.runs.worker: status.json, the exclusive lock, Stop) calls `supervise` instead of training in its
+own process: it writes launch/ from the spec, starts torchrun / accelerate launch in a process group of its own,
+relays rank 0's progress into status.json, turns Stop into ranks/stop.request (every rank stops after the same
+step and saves), and when the launcher exits non-zero fails the run with the rank that died first and its log tail.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from core.runs.jobs import JobContext, JobError
+from core.runs.metrics import tail_text
+from core.runs.status import LOG_FILE
+from core.train.distributed import SUPERVISOR_ENV, distribution_refusal, distribution_notes, free_port, strategy_label
+from core.train.launchers import launch_argv, launch_command, write_launch_files
+from core.train.rank import RESULT_FILE, STOP_FILE, rank_log, ranks_dir, read_rank_records
+from core.train.spec import TrainSpec
+from core.workspace import read_json
+
+POLL_SECONDS = 0.5
+TERMINATE_GRACE_SECONDS = 30
+# torchrun's (torch.distributed.elastic) failure report: "Root Cause (first observed failure): ... rank : 1 (local_rank: 1)
+# ... exitcode : -9 (pid: 123)". accelerate launch runs the same elastic agent, so its report reads the same.
+_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\).*?exitcode\s*:\s*(-?\d+)",
+                         re.DOTALL)
+
+
+def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
+    refusal = distribution_refusal(spec, hardware)
+    if refusal:
+        raise JobError(refusal)
+    run_dir = Path(ctx.run_dir)
+    write_launch_files(spec, run_dir, hardware, port=free_port())
+    _clear_previous_attempt(run_dir)
+    for note in distribution_notes(spec, hardware):
+        ctx.log.info(note)
+    ctx.log.info("launching: %s", launch_command(spec, run_dir))
+    ctx.progress(0.0, f"starting {spec.world_size} processes ({spec.launcher}, {strategy_label(spec)})")
+    started = time.time()
+    proc = subprocess.Popen(launch_argv(spec, run_dir), cwd=_repo_root(), env=_rank_env(spec, hardware), stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # its own group: Stop's SIGTERM to the worker's group must not reach it
+    try:
+        _watch(ctx, proc, run_dir)
+    except BaseException:
+        _terminate(proc)
+        raise
+    if proc.returncode != 0:
+        raise JobError(_failure(run_dir, spec, proc.returncode))
+    outcome = read_json(ranks_dir(run_dir) / RESULT_FILE) or {}
+    if "result" not in outcome:
+        raise JobError(f"The {spec.launcher} launcher exited without rank 0's result: see the rank logs in {ranks_dir(run_dir)}.")
+    ctx.log.info("all %d processes finished in %.0f s", spec.world_size, time.time() - started)
+    return {**outcome["result"], "world_size": spec.world_size, "strategy": strategy_label(spec), "launcher": spec.launcher}
+
+
+def _repo_root() -> Path:
+    from core.runs import REPO_ROOT
+
+    return REPO_ROOT
+
+
+def _rank_env(spec: TrainSpec, hardware: Any) -> dict:
+    env = dict(os.environ)
+    env[SUPERVISOR_ENV] = str(os.getpid())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_repo_root()), env.get("PYTHONPATH", "")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if getattr(hardware, "device", "cpu") == "cpu":
+        # The cores are shared by the ranks: one process per core beats every process spinning on all of them.
+        env["OMP_NUM_THREADS"] = str(max(1, int(getattr(hardware, "cpu_cores", 1) or 1) // spec.processes_per_node))
+    return env
+
+
+def _clear_previous_attempt(run_dir: Path) -> None:
+    """A resumed run starts its ranks afresh: drop the last attempt's records, result and stop request (logs are kept,
+    each attempt appends to rank-<k>.log)."""
+    folder = ranks_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [*folder.glob("rank-*.json"), folder / RESULT_FILE, folder / STOP_FILE]:
+        path.unlink(missing_ok=True)
+
+
+def _watch(ctx: JobContext, proc: subprocess.Popen, run_dir: Path) -> None:
+    stop_file = ranks_dir(run_dir) / STOP_FILE
+    shown = None
+    while proc.poll() is None:
+        if ctx.stop_requested and not stop_file.exists():
+            ctx.log.info("stop requested: asking every rank to stop after the current step and save")
+            stop_file.touch()
+        main = next((r for r in read_rank_records(run_dir) if r.get("rank") == 0), None)
+        if main and (main.get("progress"), main.get("message")) != shown:
+            shown = (main.get("progress"), main.get("message"))
+            ctx.progress(float(main.get("progress") or 0.0), str(main.get("message") or ""))
+        time.sleep(POLL_SECONDS)
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM to the launcher's group (it shuts its ranks down), SIGKILL after the grace period."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def root_cause(launcher_output: str) -> tuple[int, int] | None:
+    """(rank, exit code) of the first failure torchrun / accelerate reported, or None."""
+    matches = _ROOT_CAUSE.findall(launcher_output or "")
+    return (int(matches[-1][0]), int(matches[-1][1])) if matches else None
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        extra = " (the out-of-memory killer or kill -9)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{extra}"
+    return f"exited with code {code}"
+
+
+def dead_rank(records: list[dict], world_size: int, reported: tuple[int, int] | None) -> tuple[int, dict | None, int | None]:
+    """The rank to blame: the launcher's root cause, else a rank that never wrote a record or died without a final
+    state, else the first rank that recorded a failure."""
+    by_rank = {r["rank"]: r for r in records}
+    if reported is not None:
+        return reported[0], by_rank.get(reported[0]), reported[1]
+    missing = [k for k in range(world_size) if k not in by_rank]
+    if missing:
+        return missing[0], None, None
+    unfinished = [r for r in records if r.get("state") == "running"]
+    if unfinished:
+        return unfinished[0]["rank"], unfinished[0], None
+    failed = sorted((r for r in records if r.get("state") == "failed"), key=lambda r: r.get("finished_at") or 0)
+    if failed:
+        return failed[0]["rank"], failed[0], None
+    return 0, by_rank.get(0), None
+
+
+def _failure(run_dir: Path, spec: TrainSpec, returncode: int) -> str:
+    """One sentence for status.json naming the rank that died; its log tail is appended to worker.log (the page shows it)."""
+    worker_log = run_dir / LOG_FILE
+    rank, record, code = dead_rank(read_rank_records(run_dir), spec.world_size, root_cause(tail_text(worker_log, 40_000)))
+    if record is not None and record.get("state") == "failed" and record.get("error"):
+        how = f"failed: {record['error']}"
+    elif record is None:
+        how = f"{_exit_text(code)} before it started training"
+    else:
+        how = _exit_text(code)
+    step = str((record or {}).get("message") or "").split(" · ")[0]
+    where = f" after {step}" if step.startswith("step") else ""
+    tail = tail_text(rank_log(run_dir, rank), 4000) or "(the rank wrote no log)"
+    with open(worker_log, "a", encoding="utf-8") as handle:
+        handle.write(f"\n===== rank {rank} of {spec.world_size}: last lines of {rank_log(run_dir, rank)} =====\n{tail}\n")
+    return (f"Rank {rank} of {spec.world_size} {how}{where}, so the {spec.launcher} launcher stopped the other ranks "
+            f"(launcher exit code {returncode}). Its log tail is below; every rank's log is in {ranks_dir(run_dir)}.")
