@@ -195,17 +195,14 @@ def package_available(name: str) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True
-    except OSError:
-        return False
+    from core import hub
+
+    return hub.reachable(timeout)
 
 
-def resolve_model_path(source: ModelSource) -> str:
-    """A folder (or Hub id that is cached / reachable) that from_pretrained can read; errors are specific."""
+def resolve_model_path(source: ModelSource, *, weights: bool = True) -> str:
+    """A folder that from_pretrained can read; errors are specific. For a Hub id, `weights=False` is enough for
+    configs and tokenizers (a few small files, fetched when missing); `weights=True` needs the downloaded weights."""
     if source.kind == "embedded":
         return str(embedded_model_dir())
     if source.kind == "gguf":
@@ -220,28 +217,37 @@ def resolve_model_path(source: ModelSource) -> str:
             hint = " It looks like a PEFT adapter: choose its base model and add it as the adapter." if (path / "adapter_config.json").is_file() else ""
             raise ModelLoadError(f"{path} is not a Hugging Face model folder: it has no config.json.{hint}")
         return str(path)
-    return _resolve_hub_id(source)
+    return str(hub_weights_folder(source) if weights else hub_config_folder(source))
 
 
-def _resolve_hub_id(source: ModelSource) -> str:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def hub_config_folder(source: ModelSource) -> Path:
+    """Config + tokenizer files of a Hub model (its *.py too only when remote code is trusted); never weights."""
+    from core import hub
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-    kwargs = dict(repo_id=source.ref, allow_patterns=patterns, revision=source.revision or None)
     try:
-        return snapshot_download(local_files_only=True, **kwargs)
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
-    if not hub_reachable():
+        return hub.config_snapshot(source.ref, source.revision, remote_code=source.trust_remote_code)
+    except hub.HubError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def hub_weights_folder(source: ModelSource) -> Path:
+    """The cached snapshot with every weight shard, or a ModelLoadError saying how to download it (never downloads)."""
+    from core import hub
+
+    folder = hub.cached_snapshot(source.ref, source.revision)
+    if folder is None or not hub.has_weights(folder):
         raise ModelLoadError(
-            f"The Hugging Face Hub is unreachable (offline mode or no network) and {source.ref!r} is not in the local cache. "
-            "Download it on a connected machine, or choose a local folder."
+            f"The weights of {source.ref} are not downloaded yet: start the download job (sidebar, or "
+            f"`python -m core.download {source.ref}`); a train, evaluate or merge job downloads them as its first stage."
         )
-    try:
-        return snapshot_download(**kwargs, token=os.environ.get("HF_TOKEN") or None)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"Could not download {source.ref!r} from the Hub: {exc}") from exc
+    return folder
+
+
+def hub_weights_present(source: ModelSource) -> bool:
+    from core import hub
+
+    folder = hub.cached_snapshot(source.ref, source.revision) if source.kind == "hub" else None
+    return folder is not None and hub.has_weights(folder)
 
 
 def load_config(source: ModelSource) -> Any:
@@ -252,7 +258,11 @@ def load_config(source: ModelSource) -> Any:
         path = Path(source.ref).expanduser()
         _check_gguf_file(path)
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(resolve_model_path(source), trust_remote_code=source.trust_remote_code)
+    path = resolve_model_path(source, weights=False)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=source.trust_remote_code)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelLoadError(_explain_load_failure(path, exc)) from exc
 
 
 def load_tokenizer(source: ModelSource) -> Any:
@@ -262,7 +272,7 @@ def load_tokenizer(source: ModelSource) -> Any:
         path = Path(source.ref).expanduser()
         _check_gguf_file(path)
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    path = resolve_model_path(source)
+    path = resolve_model_path(source, weights=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=source.trust_remote_code)
     except Exception as exc:  # noqa: BLE001
@@ -345,8 +355,9 @@ def _explain_load_failure(path: str, exc: Exception) -> str:
     lowered = text.lower()
     if "safetensor" in lowered or "header" in lowered or "deserializ" in lowered or "incomplete metadata" in lowered:
         return f"The weights in {path} are corrupt or truncated (safetensors could not read them): {text}"
-    if "trust_remote_code" in lowered:
-        return f"{path} needs custom code from the model repository; enable 'trust remote code' only if you trust its author."
+    if "trust_remote_code" in lowered or "custom code" in lowered:
+        return (f"{path} needs custom code from the model repository: tick 'Trust remote code' (it then downloads and "
+                "runs the repository's Python files) only if you trust its author.")
     if "out of memory" in lowered:
         return f"Not enough memory to load {path}: {text}"
     return f"Could not load the model from {path}: {text}"

@@ -60,6 +60,9 @@ def run(ctx: JobContext) -> dict:
     ctx.log.info("evaluating %s against %d variant(s): %d task rows, %d texts, %d MC items",
                  base_source.label, len(variants), len(setup.examples), len(general.texts), len(general.mc_items))
 
+    from core.download import ensure_weights
+
+    ensure_weights(ctx, [base_source] + [v.source for v in variants])  # Hub models not in the cache yet
     progress.set_stage(f"loading {base_source.label}")
     base = _load(base_source)
     base_probe = scoring.probe_logits(base.model, base.tokenizer)

@@ -26,6 +26,9 @@ def run(ctx: JobContext) -> dict:
         spec = MergeSpec.from_dict(ctx.spec)
     except ValueError as exc:
         raise JobError(f"The merge spec is invalid: {exc}") from None
+    from core.download import ensure_weights
+
+    ensure_weights(ctx, [spec.base_source, *spec.model_sources()])  # Hub models not in the cache yet: first stage
     ctx.progress(0.01, "pre-flight: configs and weight headers")
     report = check_merge(spec, ctx.run_dir)
     ctx.write_json("preflight.json", report.as_dict())

@@ -22,6 +22,7 @@ JOB_KINDS: dict[str, str] = {
     "merge": "core.merge.job:run",
     "prune": "core.prune.job:run",
     "distill": "core.distill.job:run",
+    "download": "core.download.job:run",
     "selftest": "core.runs.selftest:run",
 }
 

@@ -84,6 +84,9 @@ def run(ctx: JobContext) -> dict:
     if ctx.stop_requested:
         return {"global_step": 0, "note": "stopped before training started"}
 
+    from core.download import ensure_weights
+
+    ensure_weights(ctx, [spec.model_source])  # a Hub model not in the cache yet: its download is this run's first stage
     ctx.progress(0.0, "loading the model")
     model, tokenizer = backend.load(spec, hardware)
     precision = choose_precision(spec, hardware.device, hardware.bf16)

@@ -1,0 +1,37 @@
+"""DownloadSpec: which Hub model (and revision) to fetch; the YAML file, the CLI and the form."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from core.runs.spec import check_limits, spec_from_dict
+
+
+@dataclass
+class DownloadSpec:
+    kind: ClassVar[str] = "download"
+
+    model: dict = field(default_factory=dict, metadata={
+        "help": "The Hub model, as a core.models source: {kind: hub, ref: org/name, revision: ..., trust_remote_code: ...}."})
+    name: str = field(default="", metadata={"help": "A label for the run folder (optional)."})
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+        from core.models import ModelSource
+
+        try:
+            source = ModelSource.from_dict(self.model)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model: {exc}") from None
+        if source.kind != "hub":
+            raise ValueError(f"model: only Hub models are downloaded; {source.label} is a {source.kind} source")
+
+    @property
+    def source(self):
+        from core.models import ModelSource
+
+        return ModelSource.from_dict(self.model)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DownloadSpec":
+        return spec_from_dict(cls, data)

@@ -1,0 +1,356 @@
+"""Every Hugging Face Hub call of the workbench: config / tokenizer look-ups that never fetch weights, the file
+list of a repository, and resumable downloads into the standard Hub cache (so transformers and any other tool
+find the files there too).
+
+Layout written, as huggingface_hub itself does: <cache>/models--org--name/{blobs/<etag>, snapshots/<commit>/<file>
+-> ../../blobs/<etag>, refs/<branch>}. The transfer itself is ours because huggingface_hub (2.x) writes every
+download to a fresh process-unique temp file: after an interruption it starts the file again from byte 0. Here a
+partial file stays as blobs/<etag>.incomplete and the next attempt asks the server for the rest (HTTP Range).
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urlparse
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# What a config or tokenizer look-up may fetch: never a weight file.
+CONFIG_PATTERNS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "tokenizer.model", "spiece.model", "*.tiktoken", "chat_template.json", "chat_template.jinja")
+CODE_PATTERNS = ("*.py",)  # only when the user ticked "Trust remote code"
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+CHUNK = 1 << 20
+
+
+class HubError(RuntimeError):
+    """A Hub request failed; the message is one sentence a user can act on."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int
+    etag: str  # the blob name in the cache: sha256 for LFS files, the git blob id otherwise
+    sha256: str | None  # checked after the download when known
+
+
+@dataclass(frozen=True)
+class RemoteRepo:
+    repo_id: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+    gated: bool = False
+
+    def select(self, patterns: Iterable[str]) -> list[RemoteFile]:
+        patterns = tuple(patterns)
+        return [f for f in self.files if matches(f.name, patterns)]
+
+
+# --------------------------------------------------------------------------- settings (read at call time)
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    return home / "hub"
+
+
+def token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub (or HF_ENDPOINT's server) answers a TCP connection, without hanging."""
+    if offline():
+        return False
+    url = urlparse(endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(Path(name).name, p) for p in patterns)
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def repo_folder(repo_id: str) -> Path:
+    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def cached_snapshot(repo_id: str, revision: str = "") -> Path | None:
+    """The cached snapshot folder of a repo at a revision (no network), or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir(), local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def has_weights(folder: Path) -> bool:
+    """All safetensors shards are present (the index names them), or a single model file is."""
+    import json
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        return bool(shards) and all((folder / s).is_file() for s in shards)
+    return any(folder.glob("*.safetensors"))
+
+
+# --------------------------------------------------------------------------- the remote repository
+
+
+def gated_sentence(repo_id: str) -> str:
+    return (f"{repo_id} is a gated model: accept its licence on {endpoint()}/{repo_id} with your account, then set "
+            "HF_TOKEN to a token of that account (Settings > Access Tokens) and start again.")
+
+
+def explain(exc: BaseException, repo_id: str) -> str:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, GatedRepoError):
+        return gated_sentence(repo_id)
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{repo_id} has no revision by that name on the Hub."
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"No model {repo_id!r} on the Hub: check the id (organisation/name); a private model also needs "
+                "HF_TOKEN set to a token that can read it.")
+    return f"The Hub request for {repo_id} failed: {exc}"
+
+
+def remote_repo(repo_id: str, revision: str = "") -> RemoteRepo:
+    """The commit and every file (with size and etag) of a Hub model at a revision."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if offline():
+        raise HubError(f"Offline mode (HF_HUB_OFFLINE=1): {repo_id} cannot be fetched from the Hub.")
+    try:
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision or None, files_metadata=True, token=token())
+    except HfHubHTTPError as exc:
+        raise HubError(explain(exc, repo_id)) from exc
+    except OSError as exc:
+        raise HubError(f"The Hub at {endpoint()} could not be reached for {repo_id}: {exc}") from exc
+    files = tuple(
+        RemoteFile(name=s.rfilename, size=int(s.lfs.size if s.lfs else (s.size or 0)),
+                   etag=s.lfs.sha256 if s.lfs else (s.blob_id or ""), sha256=s.lfs.sha256 if s.lfs else None)
+        for s in info.siblings or []
+    )
+    return RemoteRepo(repo_id=repo_id, commit=info.sha, files=files, gated=bool(getattr(info, "gated", False)))
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+@dataclass
+class Progress:
+    total_bytes: int
+    done_bytes: int = 0
+    resumed_bytes: int = 0  # bytes that were already on disk from an earlier attempt
+    current_file: str = ""
+    started: float = 0.0
+
+    @property
+    def bytes_per_s(self) -> float:
+        seconds = time.time() - self.started
+        return (self.done_bytes - self.resumed_bytes) / seconds if seconds > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        speed = self.bytes_per_s
+        return (self.total_bytes - self.done_bytes) / speed if speed > 0 else None
+
+
+def missing_bytes(repo: RemoteRepo, files: list[RemoteFile]) -> int:
+    """Bytes still to fetch: files not in the cache yet, less what their partial files already hold."""
+    blobs = repo_folder(repo.repo_id) / "blobs"
+    total = 0
+    for f in files:
+        if (blobs / f.etag).is_file():
+            continue
+        partial = blobs / f"{f.etag}.incomplete"
+        total += f.size - (partial.stat().st_size if partial.is_file() else 0)
+    return total
+
+
+def check_disk_space(repo: RemoteRepo, files: list[RemoteFile], margin: float = 1.05) -> None:
+    needed = missing_bytes(repo, files)
+    target = cache_dir()
+    while not target.exists():
+        target = target.parent
+    free = shutil.disk_usage(target).free
+    if needed * margin > free:
+        raise HubError(f"Not enough disk space for {repo.repo_id}: it needs {_gb(needed)} more but only {_gb(free)} is free "
+                       f"in {cache_dir()} (set HF_HUB_CACHE to a larger disk, or free some space).")
+
+
+def download(repo: RemoteRepo, files: list[RemoteFile], *, revision: str = "", on_progress: Callable[[Progress], None] | None = None,
+             should_stop: Callable[[], bool] | None = None, report_every: float = 0.5) -> tuple[Path, Progress, bool]:
+    """Fetch `files` of `repo` into the cache; resumes partial files. Returns (snapshot folder, progress, finished)."""
+    folder = repo_folder(repo.repo_id)
+    blobs, snapshot = folder / "blobs", folder / "snapshots" / repo.commit
+    blobs.mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    progress = Progress(total_bytes=sum(f.size for f in files), started=time.time())
+    for f in files:  # what is already complete counts as done
+        if (blobs / f.etag).is_file():
+            progress.done_bytes += f.size
+            progress.resumed_bytes += f.size
+    last_report = 0.0
+    for f in files:
+        blob = blobs / f.etag
+        if not blob.is_file():
+            progress.current_file = f.name
+            partial = blobs / f"{f.etag}.incomplete"
+            have = partial.stat().st_size if partial.is_file() else 0
+            progress.done_bytes += have
+            progress.resumed_bytes += have
+            for written in _transfer(repo, f, partial, have):
+                progress.done_bytes += written
+                if on_progress and time.time() - last_report >= report_every:
+                    on_progress(progress)
+                    last_report = time.time()
+                if should_stop and should_stop():
+                    return snapshot, progress, False
+            _finish_blob(f, partial, blob)
+        _link(snapshot / f.name, blob)
+    if revision and revision != repo.commit:
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / revision).write_text(repo.commit)
+    elif not revision:
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / "main").write_text(repo.commit)
+    if on_progress:
+        on_progress(progress)
+    return snapshot, progress, True
+
+
+def _transfer(repo: RemoteRepo, f: RemoteFile, partial: Path, have: int):
+    """Append the rest of one file to its partial file; yields the bytes written per chunk."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    if have >= f.size > 0:
+        return
+    url = hf_hub_url(repo.repo_id, f.name, revision=repo.commit, endpoint=endpoint())
+    headers = build_hf_headers(token=token())
+    headers["Accept-Encoding"] = "identity"
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as exc:
+        raise HubError(_http_sentence(exc, repo.repo_id, f.name)) from exc
+    except OSError as exc:
+        raise HubError(f"The download of {repo.repo_id}/{f.name} broke off: {exc}. Start it again to resume.") from exc
+    with response, open(partial, "ab" if have and response.status == 206 else "wb") as out:
+        while chunk := response.read(CHUNK):
+            out.write(chunk)
+            yield len(chunk)
+
+
+def _finish_blob(f: RemoteFile, partial: Path, blob: Path) -> None:
+    size = partial.stat().st_size if partial.is_file() else 0
+    if f.size and size != f.size:
+        raise HubError(f"{f.name}: got {size} bytes, expected {f.size}; start the download again to resume.")
+    if f.sha256:
+        digest = hashlib.sha256()
+        with open(partial, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != f.sha256:
+            partial.unlink()
+            raise HubError(f"{f.name}: the downloaded file does not match its sha256 from the Hub; it was removed, start again.")
+    if not partial.exists():
+        partial.write_bytes(b"")
+    os.replace(partial, blob)
+
+
+def _link(path: Path, blob: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(os.path.relpath(blob, path.parent))
+
+
+def _http_sentence(exc: urllib.error.HTTPError, repo_id: str, name: str) -> str:
+    code = exc.headers.get("X-Error-Code", "")
+    if code == "GatedRepo" or (exc.code in (401, 403) and "gated" in (exc.headers.get("X-Error-Message") or "").lower()):
+        return gated_sentence(repo_id)
+    if code == "RepoNotFound" or exc.code == 404:
+        return f"{repo_id}/{name} was not found on the Hub ({exc.code})."
+    return f"The Hub refused {repo_id}/{name}: HTTP {exc.code} {exc.reason}."
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# --------------------------------------------------------------------------- look-ups
+
+
+def config_snapshot(repo_id: str, revision: str = "", *, remote_code: bool = False) -> Path:
+    """A snapshot folder holding the repo's config and tokenizer files (and its *.py only with remote_code) — from
+    the cache when they are there, else fetched (a few small files). Never a weight file."""
+    patterns = CONFIG_PATTERNS + (CODE_PATTERNS if remote_code else ())
+    folder = cached_snapshot(repo_id, revision)
+    if folder is not None and (folder / "config.json").is_file() and (not remote_code or _code_present(folder)):
+        return folder
+    if not reachable():
+        where = "the Hub is unreachable (offline mode, HF_HUB_OFFLINE=1)" if offline() else f"the Hub at {endpoint()} is unreachable"
+        raise HubError(f"{repo_id!r} is not in the local Hub cache ({cache_dir()}) and {where}: download it on a connected "
+                       "machine, or choose a local folder.")
+    repo = remote_repo(repo_id, revision)
+    wanted = repo.select(patterns)
+    if not any(f.name == "config.json" for f in wanted):
+        raise HubError(f"{repo_id} has no config.json: it is not a transformers model repository.")
+    snapshot, _, _ = download(repo, wanted, revision=revision)
+    return snapshot
+
+
+def _code_present(folder: Path) -> bool:
+    """Every module the config's auto_map names is in the folder."""
+    import json
+
+    try:
+        auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
+    except (OSError, ValueError):
+        return False
+    modules = {str(ref).split("--")[-1].split(".")[0] for ref in _flatten(auto_map.values())}
+    return all((folder / f"{module}.py").is_file() for module in modules)
+
+
+def _flatten(values) -> list:
+    out = []
+    for value in values:
+        out.extend(_flatten(value) if isinstance(value, (list, tuple)) else [value] if value else [])
+    return out

@@ -1,0 +1,252 @@
+"""Hub models: config / tokenizer look-ups that never read weights (a real Hub cache layout, HF_HUB_OFFLINE=1),
+remote code only when ticked, and the download job against a real local HTTP endpoint (HF_ENDPOINT): progress,
+disk-space refusal, interruption and resume, gated and unknown ids, and the download as a train job's first stage."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from core import runs
+from core.download import DownloadSpec
+from core.models import ModelLoadError, ModelSource, load_config, load_model, load_tokenizer
+from hub_server import HubRepo, HubServer, repo_from_folder, write_hub_cache
+
+REPO = "tiny-org/tiny-llama"
+_opened: list[str] = []
+_recording: list[bool] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _recording and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one records only while _recording is set
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def online(hub_cache, monkeypatch):
+    """Environment for a worker process that talks to a local Hub server (set HF_ENDPOINT after starting it)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return monkeypatch
+
+
+def _files_opened(action) -> list[str]:
+    _opened.clear()
+    _recording.append(True)
+    try:
+        action()
+    finally:
+        _recording.clear()
+    return list(_opened)
+
+
+# --------------------------------------------------------------------------- look-ups from the cache (offline)
+
+
+def test_cached_config_and_tokenizer_read_no_weight_file(hub_cache, tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_hub_cache(hub_cache, repo_from_folder(REPO, tiny_llama_dir))
+    source = ModelSource("hub", REPO)
+    timings = {}
+
+    def look_up():
+        start = time.perf_counter()
+        timings["config"] = load_config(source)
+        timings["config_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        timings["tokenizer"] = load_tokenizer(source)
+        timings["tokenizer_s"] = time.perf_counter() - start
+
+    opened = _files_opened(look_up)
+    assert timings["config"].num_hidden_layers == 2 and timings["tokenizer"].chat_template
+    assert any(p.endswith("config.json") for p in opened) and any(p.endswith("tokenizer.json") for p in opened)
+    assert not [p for p in opened if p.endswith((".safetensors", ".bin"))], "a config look-up must never touch weights"
+    # The issue's bound: each look-up from the cache within a second (measured: milliseconds for the config).
+    assert timings["config_s"] < 1.0 and timings["tokenizer_s"] < 1.0, timings
+
+
+def test_weights_not_downloaded_is_a_clear_sentence_and_the_config_still_works(hub_cache, tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = repo_from_folder(REPO, tiny_llama_dir)
+    write_hub_cache(hub_cache, repo, [n for n in repo.files if not n.endswith(".safetensors")])
+    assert load_config(ModelSource("hub", REPO)).hidden_size == 64, "Budget / Decide / pre-flight work from the config alone"
+    with pytest.raises(ModelLoadError, match="not downloaded yet.*download job"):
+        load_model(ModelSource("hub", REPO))
+    with pytest.raises(ModelLoadError, match="not in the local Hub cache"):
+        load_config(ModelSource("hub", "someone/never-cached"))
+
+
+def _custom_code_repo() -> HubRepo:
+    code = ("from transformers import PretrainedConfig\n\n"
+            "class MarkerConfig(PretrainedConfig):\n    model_type = 'wb-marker'\n\n"
+            "    def __init__(self, marker=0, **kwargs):\n        self.marker = marker\n"
+            "        self.loaded_by_remote_code = True\n        super().__init__(**kwargs)\n")
+    config = {"model_type": "wb-marker", "marker": 7, "auto_map": {"AutoConfig": "configuration_marker.MarkerConfig"}}
+    return HubRepo("someone/custom-code", {"config.json": json.dumps(config).encode(), "configuration_marker.py": code.encode()})
+
+
+def test_remote_code_from_the_cache_is_used_only_when_ticked(hub_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = _custom_code_repo()
+    write_hub_cache(hub_cache, repo)
+    with pytest.raises(ModelLoadError, match="Trust remote code"):
+        load_config(ModelSource("hub", repo.repo_id))
+    config = load_config(ModelSource("hub", repo.repo_id, trust_remote_code=True))
+    assert config.loaded_by_remote_code and config.marker == 7
+
+
+LOOKUP = """
+import json, sys
+from core.models import ModelLoadError, ModelSource, load_config
+try:
+    config = load_config(ModelSource("hub", sys.argv[1], trust_remote_code=sys.argv[2] == "1"))
+    print(json.dumps({"remote_code": getattr(config, "loaded_by_remote_code", False)}))
+except ModelLoadError as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+def _look_up_in_a_fresh_process(repo_id: str, trust: bool) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", LOOKUP, repo_id, "1" if trust else "0"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_remote_code_is_fetched_from_the_hub_only_when_ticked(online):
+    repo = _custom_code_repo()
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        refused = _look_up_in_a_fresh_process(repo.repo_id, trust=False)
+        assert "Trust remote code" in refused["refused"]
+        assert server.fetched("/config.json") and not server.fetched("configuration_marker.py"), server.requests
+        used = _look_up_in_a_fresh_process(repo.repo_id, trust=True)
+        assert used == {"remote_code": True}
+        assert server.fetched("configuration_marker.py")
+
+
+# --------------------------------------------------------------------------- the download job (a real HTTP endpoint)
+
+
+def _download(workspace_model: dict) -> Path:
+    run_dir = runs.create_run(DownloadSpec(model=workspace_model))
+    runs.launch(run_dir)
+    return run_dir
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return runs.read_all_metrics(run_dir / runs.METRICS_FILE)
+
+
+def test_download_job_fetches_weights_with_progress_and_never_pickles(workspace, online, hub_cache, tiny_llama_dir):
+    repo = repo_from_folder(REPO, tiny_llama_dir)
+    repo.files["pytorch_model.bin"] = b"pickled weights that must never be fetched" * 100
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        run_dir = _download({"kind": "hub", "ref": REPO})
+        status = runs.wait(run_dir, timeout=180)
+        assert status.state == "succeeded", runs.log_tail(run_dir)
+        assert not server.fetched("pytorch_model.bin") and server.fetched("model.safetensors")
+    rows = [r for r in _rows(run_dir) if r.get("stage") == "download"]
+    weights = len(repo.files["model.safetensors"])
+    assert rows and rows[-1]["bytes_done"] == rows[-1]["bytes_total"] >= weights
+    assert all(r["bytes_per_s"] >= 0 and "eta_s" in r for r in rows)
+    result = json.loads((run_dir / "download.json").read_text())
+    assert result["finished"] and result["commit"] == repo.commit and result["resumed_bytes"] == 0
+    snapshot = Path(result["folder"])
+    assert (snapshot / "model.safetensors").read_bytes() == repo.files["model.safetensors"]
+    online.setenv("HF_HUB_OFFLINE", "1")  # the Hub is gone: the cached model loads on its own
+    loaded = load_model(ModelSource("hub", REPO))
+    assert loaded.info.parameters > 0
+
+
+def test_download_refuses_before_any_byte_when_the_disk_is_too_small(workspace, online, tiny_llama_dir):
+    repo = repo_from_folder(REPO, tiny_llama_dir, claimed_sizes={"model.safetensors": 10**16})
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        run_dir = _download({"kind": "hub", "ref": REPO})
+        status = runs.wait(run_dir, timeout=120)
+        assert status.state == "failed" and "Not enough disk space" in status.error
+        assert not server.fetched("model.safetensors"), "refused before the first byte"
+
+
+def test_interrupted_download_resumes_where_it_stopped(workspace, online, hub_cache, tiny_llama_dir):
+    repo = repo_from_folder(REPO, tiny_llama_dir)
+    weights = repo.files["model.safetensors"]
+    with HubServer([repo], bytes_per_s=2_000_000) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        run_dir = _download({"kind": "hub", "ref": REPO})
+        deadline = time.time() + 90
+        while time.time() < deadline and not any(r.get("bytes_done", 0) > 2_000_000 for r in _rows(run_dir)):
+            time.sleep(0.2)
+        pid = runs.read_status(run_dir).pid
+        os.killpg(os.getpgid(pid), signal.SIGKILL)  # a real interruption: no chance to clean up
+        deadline = time.time() + 30
+        while runs.read_status(run_dir).state != "failed" and time.time() < deadline:
+            time.sleep(0.2)
+        partial = list((hub_cache / f"models--{REPO.replace('/', '--')}" / "blobs").glob("*.incomplete"))
+        assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(weights)
+        kept = partial[0].stat().st_size
+
+        server.bytes_per_s = None
+        runs.relaunch(run_dir)
+        status = runs.wait(run_dir, timeout=180)
+        assert status.state == "succeeded", runs.log_tail(run_dir)
+        ranges = [r[2] for r in server.fetched("model.safetensors")]
+        assert f"bytes={kept}-" in ranges, ranges
+    result = json.loads((run_dir / "download.json").read_text())
+    assert result["resumed_bytes"] >= kept
+    blob = Path(result["folder"]) / "model.safetensors"
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == hashlib.sha256(weights).hexdigest()
+
+
+def test_gated_and_unknown_models_fail_with_a_sentence_to_act_on(workspace, online, tiny_llama_dir):
+    gated = repo_from_folder("meta-like/gated-model", tiny_llama_dir, gated=True)
+    with HubServer([gated]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        locked = _download({"kind": "hub", "ref": gated.repo_id})
+        unknown = _download({"kind": "hub", "ref": "nobody/no-such-model"})
+        locked_status, unknown_status = runs.wait(locked, timeout=120), runs.wait(unknown, timeout=120)
+    assert locked_status.state == "failed" and "gated model" in locked_status.error and "HF_TOKEN" in locked_status.error
+    assert f"{server.url}/{gated.repo_id}" in locked_status.error, "where to accept the licence"
+    assert unknown_status.state == "failed" and "No model 'nobody/no-such-model' on the Hub" in unknown_status.error
+
+
+def test_a_train_job_on_a_hub_model_downloads_it_as_its_first_stage(workspace, online, tiny_llama_dir, tmp_path):
+    from core.train.spec import TrainSpec
+
+    repo = repo_from_folder(REPO, tiny_llama_dir)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]}) + "\n"
+                            for w in ("yes", "no", "maybe", "never")))
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        spec = TrainSpec(model={"kind": "hub", "ref": REPO}, dataset=str(data), max_steps=1, batch_size=2, max_length=64,
+                         eval_fraction=0.0, eval_on_start=False, lora_r=4, save_steps=100)
+        run_dir = runs.create_run(spec)
+        runs.launch(run_dir)
+        status = runs.wait(run_dir, timeout=300)
+        assert status.state == "succeeded", runs.log_tail(run_dir)
+    rows = _rows(run_dir)
+    first_download = next(i for i, r in enumerate(rows) if r.get("stage") == "download")
+    first_start = next(i for i, r in enumerate(rows) if r.get("event") == "start")
+    assert first_download < first_start and rows[first_start - 1]["bytes_done"] == rows[first_start - 1]["bytes_total"]
