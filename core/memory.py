@@ -38,7 +38,11 @@ from typing import Any, Iterable, Mapping
 GB = 1e9  # decimal gigabyte, the unit of every "GB" this module prints
 GIB = 2**30
 
-METHODS = ("full", "lora", "dora", "qlora")
+LORA_METHODS = ("lora", "dora", "qlora")
+# The rest of the seed chapter's PEFT table (see "PEFT family" below): low-rank relatives, learned scaling
+# vectors, virtual tokens, bias-only and top-layers-only training.
+PEFT_FAMILY_METHODS = ("loha", "lokr", "ia3", "prompt_tuning", "prefix_tuning", "bitfit", "partial")
+METHODS = ("full", *LORA_METHODS, *PEFT_FAMILY_METHODS)
 PRECISIONS = ("fp32", "mixed", "bf16")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "sgd")
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
@@ -47,7 +51,9 @@ WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "nf4")
 COMPONENTS = ("weights", "gradients", "master_weights", "optimizer_states", "activations", "logits", "overhead")
 PHASES = ("forward/backward", "optimizer step")
 
-METHOD_LABELS = {"full": "Full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 + double quant)"}
+METHOD_LABELS = {"full": "Full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 + double quant)",
+                 "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)³", "prompt_tuning": "Prompt tuning", "prefix_tuning": "Prefix tuning",
+                 "bitfit": "BitFit (biases only)", "partial": "Partial fine-tune (top layers)"}
 PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed bf16/fp16 + fp32 master weights", "bf16": "pure bf16"}
 OPTIMIZER_LABELS = {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw": "paged AdamW", "sgd": "SGD (momentum)"}
 
@@ -379,7 +385,8 @@ def _help(text: str) -> dict:
 @dataclass
 class MemorySpec:
     model: ModelArch = field(metadata=_help("Architecture (from a config, a local folder, the Hub or a preset)."))
-    method: str = field(default="lora", metadata=_help("full, lora, dora or qlora (NF4 base + double quantization)."))
+    method: str = field(default="lora", metadata=_help("full, lora, dora, qlora (NF4 base + double quantization), or one of the PEFT family: "
+                                                       "loha, lokr, ia3, prompt_tuning, prefix_tuning, bitfit, partial."))
     precision: str = field(default="mixed", metadata=_help("fp32, mixed (16-bit compute + fp32 master weights) or bf16 (pure)."))
     optimizer: str = field(default="adamw", metadata=_help("adamw, adamw_8bit, paged_adamw or sgd (with momentum)."))
     lora_r: int = field(default=16, metadata=_help("LoRA rank r."))
@@ -393,13 +400,15 @@ class MemorySpec:
     device: str = field(default="cuda", metadata=_help("cuda, cpu (fp32, no CUDA context) or mps."))
     double_quant: bool = field(default=True, metadata=_help("QLoRA: quantize the NF4 block constants too (0.127 instead of 0.5 bits/param)."))
     kbit_upcast: bool = field(default=True, metadata=_help("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, lm_head and norms to fp32 (Unsloth does not)."))
+    num_virtual_tokens: int = field(default=20, metadata=_help("Prompt / prefix tuning: learned virtual tokens."))
+    frozen_layers: int = field(default=0, metadata=_help("Partial fine-tuning: bottom decoder layers kept frozen (0 = the bottom half)."))
 
     def __post_init__(self) -> None:
         checks = (("method", METHODS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("attention", ATTENTIONS), ("device", DEVICES))
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"memory spec: {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("lora_r", "batch_size", "seq_len", "grad_accumulation"):
+        for name in ("lora_r", "batch_size", "seq_len", "grad_accumulation", "num_virtual_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"memory spec: {name} must be a positive integer, got {value!r}")
@@ -409,8 +418,11 @@ class MemorySpec:
             self.lora_targets = tuple(name.strip() for name in self.lora_targets.split(",") if name.strip())
         if isinstance(self.lora_targets, list):
             self.lora_targets = tuple(self.lora_targets)
-        if self.method != "full":
+        if self.method in TARGETED_METHODS:
             self.targeted_linears()  # validates the names
+        if self.method == "partial" and not 0 <= self.frozen_layers < self.model.num_layers:
+            raise ValueError(f"memory spec: frozen_layers must be between 0 and {self.model.num_layers - 1} for {self.model.name} "
+                             f"({self.model.num_layers} layers), got {self.frozen_layers}")
 
     @property
     def is_lora(self) -> bool:
@@ -422,7 +434,7 @@ class MemorySpec:
 
     def targeted_linears(self) -> tuple[LinearShape, ...]:
         linears = self.model.layer_linears()
-        if self.method == "full" or self.lora_targets in ("all-linear", ("all-linear",)):
+        if self.method not in TARGETED_METHODS or self.lora_targets in ("all-linear", ("all-linear",)):
             return linears
         wanted = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
         unknown = [name for name in wanted if name not in self.model.linear_names]
@@ -496,6 +508,8 @@ def trainable_params(spec: MemorySpec) -> int:
     """Full: every parameter. LoRA: r·(in+out) per targeted linear per layer; DoRA adds one magnitude per output."""
     if spec.method == "full":
         return spec.model.total_params
+    if spec.method in PEFT_FAMILY_METHODS:
+        return sum(peft_family_tensor_sizes(spec))
     per_layer = 0
     for linear in spec.targeted_linears():
         per_layer += lora_params(linear.in_features, linear.out_features, spec.lora_r)
@@ -509,7 +523,7 @@ def _frozen_weight_bytes(spec: MemorySpec) -> tuple[float, list[str]]:
     base_bytes = 4.0 if spec.precision == "fp32" else 2.0
     counts = arch.param_counts()
     if spec.method != "qlora":
-        return counts["total"] * base_bytes, notes
+        return counts["total"] * base_bytes, notes  # (partial / BitFit train a part of these: see estimate())
     linear_params = sum(l.in_features * l.out_features for l in arch.layer_linears()) * arch.num_layers
     rest = counts["total"] - linear_params
     rest_bytes = 4.0 if spec.kbit_upcast else base_bytes
@@ -522,6 +536,113 @@ def _frozen_weight_bytes(spec: MemorySpec) -> tuple[float, list[str]]:
     return linear_params * weight_bytes_per_param("nf4", spec.double_quant) + rest * rest_bytes, notes
 
 
+# --------------------------------------------------------------------------- PEFT family (issue 16)
+# Trainable tensors of the chapter's other PEFT methods, element for element what PEFT (or, for BitFit and
+# partial fine-tuning, requires_grad) trains: tests compare the sums with PeftModel.get_nb_trainable_parameters.
+
+TARGETED_METHODS = (*LORA_METHODS, "loha", "lokr")  # methods whose `lora_targets` choose the layers
+# PEFT's default (IA)³ targets per architecture (peft.utils.constants): scaled outputs, and the feed-forward
+# layers whose *input* is scaled.
+_IA3_OUTPUTS = {"llama": ("k_proj", "v_proj"), "mistral": ("k_proj", "v_proj")}
+_IA3_OUTPUTS_DEFAULT = ("q_proj", "v_proj")  # qwen2/3, gemma 1-3
+_IA3_FEEDFORWARD = ("down_proj",)
+
+
+def ia3_targets(arch: ModelArch) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """((layers whose output (IA)³ scales), (feed-forward layers whose input it scales)) for this architecture."""
+    if arch.fused_qkv:
+        raise ValueError(f"{arch.name}: (IA)³ has no default targets for fused qkv_proj layers ({arch.model_type})")
+    outputs = _IA3_OUTPUTS.get(arch.model_type, _IA3_OUTPUTS["llama"] if arch.model_type not in _KNOWN_TYPES else _IA3_OUTPUTS_DEFAULT)
+    return outputs, _IA3_FEEDFORWARD
+
+
+def frozen_layer_count(spec: MemorySpec) -> int:
+    """Partial fine-tuning: how many bottom layers stay frozen (frozen_layers, or half the layers for 0)."""
+    return spec.frozen_layers or spec.model.num_layers // 2
+
+
+def bias_params(arch: ModelArch) -> int:
+    """Every bias of the decoder's linear layers (BitFit's trainable set); 0 for Llama-style models."""
+    return sum(l.out_features for l in arch.layer_linears() if l.bias) * arch.num_layers
+
+
+def _lokr_factor(dimension: int) -> tuple[int, int]:
+    """PEFT's LoKr `factorization(dimension, -1)`: the divisor pair closest to the square root, smaller first."""
+    best = (1, dimension)
+    for m in range(1, math.isqrt(dimension) + 1):
+        if dimension % m == 0:
+            best = (m, dimension // m)
+    return best
+
+
+def _lokr_tensor_sizes(linear: LinearShape, rank: int) -> list[int]:
+    in_m, in_n = _lokr_factor(linear.in_features)
+    out_l, out_k = _lokr_factor(linear.out_features)
+    sizes = [out_l * in_m]  # w1, kept whole (decompose_both off)
+    if rank < max(out_k, in_n) / 2:
+        return sizes + [out_k * rank, rank * in_n]  # w2 as a rank-r product
+    return sizes + [out_k * in_n]
+
+
+def peft_family_tensor_sizes(spec: MemorySpec) -> list[int]:
+    """Element count of every trainable tensor of a PEFT-family method."""
+    arch, method = spec.model, spec.method
+    layers = arch.num_layers
+    if method == "loha":  # two Hadamard-multiplied rank-r products per layer
+        return [n for l in spec.targeted_linears() for n in (l.out_features * spec.lora_r, spec.lora_r * l.in_features) * 2] * layers
+    if method == "lokr":
+        return [n for l in spec.targeted_linears() for n in _lokr_tensor_sizes(l, spec.lora_r)] * layers
+    if method == "ia3":
+        outputs, inputs = ia3_targets(arch)
+        shapes = {l.name: l for l in arch.layer_linears()}
+        return ([shapes[n].out_features for n in outputs] + [shapes[n].in_features for n in inputs]) * layers
+    if method == "prompt_tuning":
+        return [spec.num_virtual_tokens * arch.hidden_size]
+    if method == "prefix_tuning":  # a key and a value per virtual token and layer (at the KV heads' width)
+        return [spec.num_virtual_tokens * layers * 2 * arch.kv_dim]
+    if method == "bitfit":
+        return [l.out_features for l in arch.layer_linears() if l.bias] * layers
+    if method == "partial":
+        trained = arch.num_layers - frozen_layer_count(spec)
+        per_layer = [l.in_features * l.out_features for l in arch.layer_linears()] + [l.out_features for l in arch.layer_linears() if l.bias]
+        per_layer += [arch.hidden_size] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
+        head = [] if arch.tie_word_embeddings else [arch.vocab_size * arch.hidden_size]  # tied: the head is the frozen embedding
+        return per_layer * trained + [arch.hidden_size] + head
+    raise ValueError(f"not a PEFT-family method: {method!r}")
+
+
+def trained_seq_len(spec: MemorySpec) -> int:
+    """Positions the model computes per sequence: prompt tuning prepends its virtual tokens to the input."""
+    return spec.seq_len + (spec.num_virtual_tokens if spec.method == "prompt_tuning" else 0)
+
+
+def materialised_delta_bytes(spec: MemorySpec) -> float:
+    """LoHa / LoKr build each targeted layer's whole weight update (out × in) in the forward pass and keep it for
+    backward (F.linear saves it): a per-layer cost that does not depend on the batch."""
+    if spec.method not in ("loha", "lokr"):
+        return 0.0
+    return spec.compute_bytes * sum(l.in_features * l.out_features for l in spec.targeted_linears()) * spec.model.num_layers
+
+
+def peft_family_sentence(spec: MemorySpec) -> str:
+    arch = spec.model
+    if spec.method in ("loha", "lokr"):
+        return (f"rank-{spec.lora_r} {'Hadamard' if spec.method == 'loha' else 'Kronecker'} factors per targeted layer; each layer's whole "
+                f"update ΔW is built in the forward pass and kept for backward ({materialised_delta_bytes(spec) / GB:.3f} GB).")
+    if spec.method == "ia3":
+        outputs, inputs = ia3_targets(arch)
+        return f"one learned scaling vector on the outputs of {', '.join(outputs)} and the input of {', '.join(inputs)} in every layer."
+    if spec.method == "prompt_tuning":
+        return f"{spec.num_virtual_tokens} learned input embeddings prepended to every sequence (activations for {trained_seq_len(spec)} positions)."
+    if spec.method == "prefix_tuning":
+        return f"{spec.num_virtual_tokens} learned key/value pairs per layer prepended to the attention of every sequence."
+    if spec.method == "bitfit":
+        return f"only the {bias_params(arch):,} bias terms train; gradients still flow through every layer."
+    frozen = frozen_layer_count(spec)
+    return (f"the bottom {frozen} of {arch.num_layers} layers and the embeddings stay frozen, so autograd keeps nothing below layer {frozen}; "
+            f"the top {arch.num_layers - frozen} layers and the final norm{'' if arch.tie_word_embeddings else ' and the lm_head'} train in full.")
+
+
 def _trainable_tensor_sizes(spec: MemorySpec) -> list[int]:
     """Element count of every trainable tensor (what per-tensor optimizer rules and temporaries depend on)."""
     arch = spec.model
@@ -531,6 +652,8 @@ def _trainable_tensor_sizes(spec: MemorySpec) -> list[int]:
         per_layer += [arch.hidden_size] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
         heads = [arch.vocab_size * arch.hidden_size] * (1 if arch.tie_word_embeddings else 2)
         return per_layer * arch.num_layers + heads + [arch.hidden_size]
+    if spec.method in PEFT_FAMILY_METHODS:
+        return peft_family_tensor_sizes(spec)
     per_layer = []
     for linear in spec.targeted_linears():
         per_layer += [spec.lora_r * linear.in_features, spec.lora_r * linear.out_features]
@@ -557,8 +680,8 @@ def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
     """
     arch, b, f = spec.model, spec.compute_bytes, 4
     h, i, q, kv, T = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim, spec.seq_len
-    full = spec.method == "full"
-    targeted = {l.name for l in spec.targeted_linears()}
+    full = spec.method in ("full", "partial")  # partial: called for its trained (top) layers only
+    targeted = {l.name for l in spec.targeted_linears()} if full or spec.method in TARGETED_METHODS else set()
     total = 0.0
     # The two pre-norms feed linear layers; Gemma's post-norms feed the residual stream only.
     consumers = [("q_proj", "k_proj", "v_proj", "qkv_proj"), ("gate_proj", "up_proj", "gate_up_proj")] + [()] * (arch.norms_per_layer - 2)
@@ -568,6 +691,7 @@ def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
             total += b * h  # normalised input kept by the trainable weight's multiply
         if names and _consumed(names, targeted, full):
             total += b * h  # the norm's output, kept by the linear layers that read it
+    T = T + (spec.num_virtual_tokens if spec.method in ("prompt_tuning", "prefix_tuning") else 0)  # keys include the virtual tokens
     repeated_kv = spec.attention in ("sdpa", "eager")  # K/V expanded to every query head (padded batches)
     total += b * (2 * q + 2 * (q if repeated_kv else kv))  # rotated q, k, v and the attention output
     total += 4 * arch.num_heads  # log-sum-exp per head (flash / SDPA kernels)
@@ -593,30 +717,37 @@ def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
         total += cast_bytes * distinct_inputs
         if spec.method == "dora":
             total += sum(2 * b * l.out_features for l in spec.targeted_linears())  # base and LoRA results kept for the magnitude scaling
+    if spec.method == "ia3":
+        outputs, inputs = ia3_targets(arch)
+        shapes = {l.name: l for l in arch.layer_linears()}
+        total += b * sum(shapes[n].out_features for n in outputs) + b * sum(shapes[n].in_features for n in inputs)  # kept for l's gradient
     return total
 
 
 def _head_activation_bytes_per_token(spec: MemorySpec) -> float:
     arch, b = spec.model, spec.compute_bytes
     total = 4 * arch.hidden_size  # final norm input
-    if spec.method == "full":
+    if spec.method in ("full", "partial"):
         total += 2 * b * arch.hidden_size  # normalised input and output kept for the trainable norm and lm_head
     return total
 
 
 def activation_bytes(spec: MemorySpec) -> float:
-    tokens = spec.batch_size * spec.seq_len
+    tokens = spec.batch_size * trained_seq_len(spec)
     per_layer = layer_activation_bytes_per_token(spec)
     head = _head_activation_bytes_per_token(spec)
+    # Partial fine-tuning: nothing below the lowest trained layer needs a gradient, so autograd keeps nothing there.
+    layers = spec.model.num_layers - (frozen_layer_count(spec) if spec.method == "partial" else 0)
+    deltas = materialised_delta_bytes(spec)
     if spec.gradient_checkpointing:
-        checkpoints = spec.model.num_layers * spec.model.hidden_size * spec.compute_bytes
-        return tokens * (checkpoints + per_layer + head)  # layer inputs + one layer recomputed in backward
-    return tokens * (spec.model.num_layers * per_layer + head)
+        checkpoints = layers * spec.model.hidden_size * spec.compute_bytes
+        return tokens * (checkpoints + per_layer + head) + deltas / spec.model.num_layers  # layer inputs + one layer recomputed
+    return tokens * (layers * per_layer + head) + deltas
 
 
 def logits_bytes(spec: MemorySpec) -> float:
     arch = spec.model
-    tokens = spec.batch_size * spec.seq_len
+    tokens = spec.batch_size * trained_seq_len(spec)
     per_element = LOGIT_BYTES_PER_ELEMENT + (8 if arch.final_logit_softcapping else 0)
     if spec.chunked_loss:
         chunks = max(1, math.ceil(arch.vocab_size / arch.hidden_size))
@@ -640,6 +771,8 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
 
     if spec.method == "full":
         weights = trainable * per["weights"]
+    elif spec.method in ("partial", "bitfit"):  # the trained parameters are part of the model, not added to it
+        weights, _ = _frozen_weight_bytes(spec)
     else:
         frozen, qnotes = _frozen_weight_bytes(spec)
         weights = frozen + trainable * per["weights"]
@@ -712,6 +845,8 @@ def _state_sentence(spec: MemorySpec, per: dict[str, float]) -> str:
     if spec.method == "full":
         return f"Every parameter is trained: {parts} = {sum(per.values()):g} bytes per parameter ({PRECISION_LABELS[spec.precision]}, {OPTIMIZER_LABELS[spec.optimizer]})."
     base = "NF4" if spec.method == "qlora" else ("fp32" if spec.precision == "fp32" else "16-bit")
+    if spec.method in PEFT_FAMILY_METHODS:
+        return f"{METHOD_LABELS[spec.method]}: {peft_family_sentence(spec)} The rest is frozen ({base} weights only); each trained parameter costs {parts} bytes."
     return f"The base model is frozen ({base} weights only, no gradients or optimizer states); the adapter parameters cost {parts} bytes each."
 
 
@@ -766,7 +901,7 @@ def memory_spec_from_train_spec(spec: Any, hardware: Any, arch: ModelArch | None
     wanted = getattr(spec, "precision", "auto")
     if device != "cuda" or wanted == "fp32":
         precision = "fp32"
-    elif method == "full" and wanted in ("auto", "bf16") and getattr(hardware, "bf16", True):
+    elif method in ("full", "partial", "bitfit") and wanted in ("auto", "bf16") and getattr(hardware, "bf16", True):
         precision = "bf16"
     else:
         precision = "mixed"
@@ -778,6 +913,7 @@ def memory_spec_from_train_spec(spec: Any, hardware: Any, arch: ModelArch | None
         gradient_checkpointing=bool(getattr(spec, "gradient_checkpointing", False)),
         attention="sdpa", chunked_loss=getattr(spec, "backend", "") == "unsloth", kbit_upcast=getattr(spec, "backend", "") != "unsloth",
         grad_accumulation=int(getattr(spec, "gradient_accumulation", 1)), device=device,
+        num_virtual_tokens=int(getattr(spec, "num_virtual_tokens", 20)), frozen_layers=int(getattr(spec, "frozen_layers", 0)),
     )
 
 

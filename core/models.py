@@ -375,6 +375,31 @@ def apply_adapter(model: Any, adapter: str | Path, *, trainable: bool = False) -
         raise ModelLoadError(f"Could not apply the adapter {adapter_path}: {exc}") from exc
 
 
+def is_prompt_learning(model: Any) -> bool:
+    """A PEFT model that adds virtual tokens (prompt / prefix tuning): it ignores position ids, prepends its own
+    tokens on every forward call, and cannot be merged into the weights."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def unwrap_adapter(model: Any) -> Any:
+    """The base model back from a PeftModel without merging: LoRA-style layers are removed; prompt learning never
+    touched the base's modules, so its base model is returned as is."""
+    if is_prompt_learning(model):
+        return model.base_model
+    return model.unload()
+
+
+def merge_adapter_weights(model: Any, adapter: str | Path = "") -> Any:
+    """merge_and_unload with a refusal that names the reason for adapters that are not weight changes."""
+    if is_prompt_learning(model):
+        kind = getattr(model.active_peft_config, "peft_type", "prompt learning")
+        raise ModelLoadError(f"The adapter {adapter or ''} ({getattr(kind, 'value', kind)}) cannot be merged into the weights: it adds "
+                             "learned virtual tokens in front of every input, not a change to any weight matrix. Use it as an "
+                             "adapter on top of its base model instead.")
+    return model.merge_and_unload()
+
+
 def adapter_base(adapter: str | Path) -> str:
     """The base model an adapter was trained on, as recorded in its adapter_config.json."""
     config = json.loads((Path(adapter) / "adapter_config.json").read_text())

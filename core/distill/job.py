@@ -14,7 +14,7 @@ from core.distill.loss import distillation_loss, kl_teacher_student
 from core.distill.spec import DistillSpec
 from core.distill.student import kept_layer_indices, shallow_student
 from core.distill.tokenizers import check_tokenizers
-from core.models import ModelSource, load_model, model_file_size, save_model
+from core.models import ModelSource, load_model, merge_adapter_weights, model_file_size, save_model
 from core.runs.jobs import JobContext, JobError
 
 STUDENT_DIR = "student"
@@ -70,7 +70,7 @@ def run(ctx: JobContext) -> dict:
     teacher = load_model(spec.teacher_source)
     teacher_model = teacher.model
     if hasattr(teacher_model, "merge_and_unload") and spec.teacher_source.adapter:
-        teacher_model = teacher_model.merge_and_unload()  # a fine-tuned teacher: distil the adapted model
+        teacher_model = merge_adapter_weights(teacher_model, spec.teacher_source.adapter)  # distil the adapted model
     teacher_model.eval()
     for p in teacher_model.parameters():
         p.requires_grad_(False)

@@ -24,7 +24,7 @@ from core.evaluate.spec import EvalSpec
 from core.evaluate.task import TaskDataError, TaskSetup, load_task, score_answer
 from core.evaluate.variants import Variant, expand_variants
 from core.metrics import choice_accuracy
-from core.models import LoadedModel, ModelLoadError, ModelSource, apply_adapter, load_model
+from core.models import LoadedModel, ModelLoadError, ModelSource, apply_adapter, load_model, unwrap_adapter
 from core.runs.jobs import JobContext, JobError
 from core.workspace import read_json
 
@@ -145,7 +145,7 @@ def _variant_model(base: LoadedModel, variant: Variant) -> Iterator[LoadedModel]
         try:
             yield LoadedModel(model=wrapped, tokenizer=_tokenizer_for(base.tokenizer, source), info=base.info, source=source)
         finally:
-            wrapped.unload()  # removes the LoRA layers without merging: base.model is the base again
+            unwrap_adapter(wrapped)  # removes the adapter layers without merging: base.model is the base again
         return
     try:
         loaded = load_model(source)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from core.data.masking import IGNORE_INDEX, MaskingError, encode_conversation, inference_prompt_ids
+from core.models import is_prompt_learning
 
 LOGIT_BUDGET = 64_000_000  # floats of logits per forward pass (~256 MB in float32)
 PROBE_MESSAGES = [{"role": "user", "content": "Summarise this support ticket as JSON: my invoice was charged twice this month."}]
@@ -26,6 +27,12 @@ Progress = Callable[[int], None]  # called with the number of items just finishe
 
 class Stopped(Exception):
     """The user asked the job to stop between two batches."""
+
+
+def _batch_for(model: Any, batch_size: int) -> int:
+    """Prompt / prefix tuning ignore position ids, so a left-padded row would be scored at shifted positions:
+    those models score one sequence at a time (no padding)."""
+    return 1 if is_prompt_learning(model) else batch_size
 
 
 def _device(model: Any) -> Any:
@@ -136,6 +143,7 @@ def token_logprobs(
 
     if len(sequences) != len(scored):
         raise ValueError("one scored-mask per sequence is needed")
+    batch_size = _batch_for(model, batch_size)
     vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None else 50_000
     token_budget = max(1, LOGIT_BUDGET // vocab)
     targets = [[j for j in range(1, len(seq)) if scored[i][j]] for i, seq in enumerate(sequences)]
@@ -245,7 +253,7 @@ def choice_logliks(model: Any, tokenizer: Any, items: Sequence[dict], *, batch_s
     continuations are short, so this is ~2-4x less compute than scoring every context + choice); models
     whose cache cannot be shared are scored one full sequence per choice."""
     encoded = [[encode_choice(tokenizer, item["context"], choice) for choice in item["choices"]] for item in items]
-    if share_context:
+    if share_context and not is_prompt_learning(model):  # virtual tokens would be prepended again to the continuation
         try:
             return _shared_context_logliks(model, tokenizer, encoded, batch_size, should_stop, on_progress)
         except Stopped:

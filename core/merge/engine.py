@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from core.merge.config import to_yaml, validate_with_mergekit
-from core.models import ModelSource, load_model, save_model
+from core.models import ModelSource, load_model, merge_adapter_weights, save_model
 from core.workspace import atomic_write_text, safe_name
 
 MERGE_YAML = "merge.yaml"
@@ -21,7 +21,7 @@ def merge_adapter_into_base(source: ModelSource, target: str | Path) -> str:
         return str(target)  # a resumed run reuses the folder it already wrote
     log.info("merging adapter %s into %s", source.adapter, source.with_adapter("").label)
     loaded = load_model(source, device="cpu")
-    merged = loaded.model.merge_and_unload()
+    merged = merge_adapter_weights(loaded.model, source.adapter)
     save_model(merged, loaded.tokenizer, target)
     return str(target)
 

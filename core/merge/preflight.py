@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.merge.spec import MergeSpec
 from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, adapter_base, resolve_model_path
+from core.train.methods import adapter_merge_refusal
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                "F8_E4M3": 1, "F8_E5M2": 1}
@@ -229,6 +230,10 @@ def _check_shared_base(spec: MergeSpec, report: PreflightReport) -> None:
     base = spec.base_source
     for i, source in enumerate(spec.model_sources()):
         if source.adapter:
+            refusal = adapter_merge_refusal(source.adapter)
+            if refusal:
+                report.problems.append(f"Model {i + 1}: {refusal}")
+                continue
             if not _same_root(source, base):
                 report.problems.append(f"No shared base: model {i + 1} applies its adapter on top of {source.with_adapter('').label}, "
                                        f"but the merge base is {base.label}; task vectors are only meaningful against the model they were trained from.")

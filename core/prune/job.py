@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from core.models import ModelSource, load_model, model_file_size, resolve_model_path, save_model
+from core.models import ModelSource, load_model, merge_adapter_weights, model_file_size, resolve_model_path, save_model
 from core.prune.measure import generation_latency, speed_note
 from core.prune.methods import PruneError, count_parameters, layer_sparsity_table, overall_sparsity, prune_model
 from core.prune.spec import PruneSpec
@@ -29,7 +29,7 @@ def run(ctx: JobContext) -> dict:
     loaded = load_model(spec.source)
     model = loaded.model
     if spec.source.adapter:
-        model = model.merge_and_unload()  # prune the fine-tuned weights, not the adapter
+        model = merge_adapter_weights(model, spec.source.adapter)  # prune the fine-tuned weights, not the adapter
     params_before, nonzero_before = count_parameters(model)
     ctx.progress(0.08, "timing a fixed generation before pruning")
     before = generation_latency(model, loaded.tokenizer, spec.latency_prompt, spec.latency_tokens)

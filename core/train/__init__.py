@@ -1,4 +1,7 @@
-"""Training: LoRA / DoRA / rsLoRA / QLoRA / full fine-tuning as a `train` job of core.runs.
+"""Training: the LoRA family, the rest of the PEFT table ((IA)³, prompt / prefix tuning, LoHa, LoKr, BitFit,
+partial) and full fine-tuning as a `train` job of core.runs.
+
+- `core.train.methods`   the methods as data (fields, mergeability, learning rate) and the PEFT configs
 
 - `core.train.spec`      TrainSpec: the YAML file, the CLI (`python -m core.train`) and the Train page's form
 - `core.train.data`      data through core.data.masking into input_ids / labels, split, packed, padded

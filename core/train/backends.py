@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.train.distributed import needs_quant_storage
+from core.models import resolve_model_path
+from core.train.methods import attach_method, peft_config
 from core.train.spec import TrainSpec
 
 # What "all-linear" means for Unsloth, which wants explicit names (Llama / Mistral / Qwen / Gemma layouts).
@@ -33,7 +35,8 @@ def choose_precision(spec: TrainSpec, device: str, bf16_supported: bool) -> Prec
         return Precision("float32", False, False, "float32")
     if wanted == "fp16" or (wanted == "auto" and not bf16_supported):
         # fp16 AMP needs fp32 master weights for anything trained in full; adapters are upcast by PEFT anyway.
-        return Precision("float32" if spec.method == "full" else "float16", False, True, "float16")
+        trains_base_weights = spec.method in ("full", "partial", "bitfit")
+        return Precision("float32" if trains_base_weights else "float16", False, True, "float16")
     return Precision("bfloat16", True, False, "bfloat16")
 
 
@@ -61,6 +64,8 @@ class UnslothBackend(Backend):
             return "Unsloth is not installed (pip install -r requirements-gpu.txt in a separate GPU venv)"
         if spec.method == "dora":
             return "Unsloth does not train DoRA adapters"
+        if spec.method not in ("lora", "rslora", "qlora", "full"):
+            return f"Unsloth trains LoRA / QLoRA / full fine-tunes, not {spec.method}"
         if spec.model_source.kind == "gguf":
             return "Unsloth loads Hugging Face folders, not .gguf files"
         if spec.distributed_strategy != "ddp":
@@ -71,8 +76,6 @@ class UnslothBackend(Backend):
     def load(self, spec: TrainSpec, hardware: Any) -> tuple[Any, Any]:
         import unsloth  # noqa: F401 - must come before transformers / trl are used: it patches them
         from unsloth import FastLanguageModel
-
-        from core.models import resolve_model_path
 
         # Unsloth's own loader is the only way to get its patched model; the path still comes from core.models.
         source = spec.model_source
@@ -145,10 +148,6 @@ class HFBackend(Backend):
                             quantization_config=quantization, for_training=True)
         model, tokenizer = loaded.model, loaded.tokenizer
         model.config.use_cache = False
-        if spec.method == "full":
-            for param in model.parameters():
-                param.requires_grad_(True)
-            return model, tokenizer
         if spec.method == "qlora":
             keep_4bit_layers_trainable(model)
             from peft import prepare_model_for_kbit_training
@@ -157,25 +156,14 @@ class HFBackend(Backend):
                 model, use_gradient_checkpointing=spec.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        from peft import get_peft_model
-
-        return get_peft_model(model, lora_config(spec)), tokenizer
+        if spec.method == "prompt_tuning" and spec.prompt_init_text.strip() and spec.model_source.kind == "gguf":
+            raise ValueError("prompt_init_text: text initialisation reads a Hugging Face tokenizer folder; a .gguf source has none")
+        tokenizer_path = resolve_model_path(spec.model_source) if spec.model_source.kind != "gguf" else None
+        return attach_method(model, spec, tokenizer_path), tokenizer
 
 
 def lora_config(spec: TrainSpec) -> Any:
-    from peft import LoraConfig
-
-    targets = "all-linear" if spec.target_modules == ["all-linear"] else list(spec.target_modules)
-    return LoraConfig(
-        r=spec.lora_r,
-        lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        target_modules=targets,
-        use_dora=spec.method == "dora",
-        use_rslora=spec.method == "rslora",
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return peft_config(spec)
 
 
 def keep_4bit_layers_trainable(model: Any) -> int:

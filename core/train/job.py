@@ -27,6 +27,7 @@ from core.train.distributed import (
     in_launched_process,
     strategy_label,
 )
+from core.train.methods import method_refusal_for, trainable_counts
 from core.train.preflight import predict_memory
 from core.train.spec import TrainSpec
 from core.train.trainer import (
@@ -72,6 +73,9 @@ def run(ctx: JobContext) -> dict:
     for note in notes:
         ctx.log.info(note)
     ctx.log.info("backend: %s on %s", backend.name, hardware.summary)
+    refusal = method_refusal_for(spec)
+    if refusal:
+        raise JobError(refusal)
 
     if hardware.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         from core.memory import tune_cpu_allocator
@@ -88,7 +92,12 @@ def run(ctx: JobContext) -> dict:
 
     ensure_weights(ctx, [spec.model_source])  # a Hub model not in the cache yet: its download is this run's first stage
     ctx.progress(0.0, "loading the model")
-    model, tokenizer = backend.load(spec, hardware)
+    try:
+        model, tokenizer = backend.load(spec, hardware)
+    except ValueError as exc:  # a method that cannot train this model, named by its field
+        raise JobError(str(exc)) from None
+    trainable, total = trainable_counts(model)
+    ctx.log.info("method %s: %s of %s parameters trainable (%.4f%%)", spec.method, f"{trainable:,}", f"{total:,}", 100 * trainable / max(1, total))
     precision = choose_precision(spec, hardware.device, hardware.bf16)
     resume = latest_checkpoint(ctx.run_dir)
     counter = TokenCounter()
@@ -150,6 +159,10 @@ def run(ctx: JobContext) -> dict:
         "peak_memory_bytes": probe.peak(),
         **_predicted(spec, hardware),
         **_distribution_card(spec, rank, peaks),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_share": trainable / max(1, total),
+        "artifact_bytes": folder_bytes(outputs.get("adapter") or outputs.get("model")),
         "outputs": outputs,
         "versions": _versions(backend.name),
     }
@@ -176,6 +189,13 @@ def _distribution_card(spec: TrainSpec, rank: RankInfo, peaks: list[float]) -> d
     return {"distribution": {"world_size": rank.world_size, "processes_per_node": spec.processes_per_node,
                              "num_nodes": spec.num_nodes, "strategy": strategy_label(spec), "launcher": spec.launcher,
                              "global_batch": spec.global_batch, "peak_memory_bytes_per_rank": [int(p) for p in peaks]}}
+
+
+def folder_bytes(path: str | Path | None) -> int:
+    """Size on disk of a saved adapter / model folder (weights, config, tokenizer)."""
+    if not path or not Path(path).is_dir():
+        return 0
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def _prepare(spec: TrainSpec, ctx: JobContext) -> PreparedData:
@@ -261,10 +281,10 @@ def _save_outputs_distributed(spec: TrainSpec, run_dir: Path, trainer: Any, toke
 
 def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_template: str | None = None) -> Path:
     """Base model (reloaded unquantized) + adapter, merged into plain weights and saved under `target`."""
-    from core.models import load_model, save_model
+    from core.models import load_model, merge_adapter_weights, save_model
 
     loaded = load_model(spec.model_source.with_adapter(adapter_dir))
-    merged = loaded.model.merge_and_unload()
+    merged = merge_adapter_weights(loaded.model, adapter_dir)
     if chat_template:
         loaded.tokenizer.chat_template = chat_template
     return save_model(merged, loaded.tokenizer, target)

@@ -88,6 +88,9 @@ def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
         report.refusal = str(exc)
     report.refusal = report.refusal or distribution_refusal(spec, hardware)
     report.backend_notes = report.backend_notes + distribution_notes(spec, hardware)
+    from core.train.methods import method_refusal_for
+
+    report.refusal = report.refusal or method_refusal_for(spec)
     try:
         data = prepare_data(spec, load_tokenizer(spec.model_source))
     except (DataError, ModelLoadError) as exc:

@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 
 from core.data.masking import POLICIES
 from core.runs.spec import check_limits, spec_from_dict
+from core.train.methods import LORA_FIELDS, METHODS as METHOD_TABLE, merge_refusal, method_info
 
-METHODS: tuple[str, ...] = ("lora", "dora", "rslora", "qlora", "full")
+METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
 SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup")
 BACKENDS: tuple[str, ...] = ("auto", "unsloth", "hf")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -80,15 +81,34 @@ class TrainSpec:
     # ---------------------------------------------------------------- method
     method: str = field(
         default="lora",
-        metadata=_meta("lora: low-rank adapters; dora: weight-decomposed LoRA; rslora: rank-stabilised scaling; "
-                       "qlora: LoRA on a 4-bit NF4 base (double quantization), least memory; full: every weight.", "method", choices=METHODS),
+        metadata=_meta("; ".join(f"{m.name}: {m.summary}" for m in METHOD_TABLE.values()) + ". The Compare methods page "
+                       "measures them side by side on this model and data.", "method", choices=METHODS),
     )
     lora_r: int = field(default=16, metadata=_meta("LoRA rank: adapter capacity (and size).", "method", min=1, max=1024))
     lora_alpha: int = field(default=32, metadata=_meta("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) for rslora).", "method", min=1, max=4096))
     lora_dropout: float = field(default=0.05, metadata=_meta("Dropout on the adapter input.", "method", min=0.0, max=0.9))
     target_modules: list = field(
         default_factory=lambda: ["all-linear"],
-        metadata=_meta("Layers that get adapters: 'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
+        metadata=_meta("Layers that get adapters (LoRA family, LoHa, LoKr): 'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
+    )
+
+    # ---------------------------------------------------------------- PEFT family: (IA)³, prompt / prefix tuning, BitFit, partial (issue 16)
+    # (IA)³ and BitFit need no fields of their own: (IA)³ scales PEFT's default layers of the architecture,
+    # BitFit trains every bias. LoHa / LoKr read lora_r, lora_alpha, lora_dropout and target_modules above.
+    num_virtual_tokens: int = field(
+        default=20,
+        metadata=_meta("Prompt / prefix tuning: learned virtual tokens put before every input (more = more capacity, "
+                       "longer sequences).", "method", min=1, max=512),
+    )
+    prompt_init_text: str = field(
+        default="",
+        metadata=_meta("Prompt tuning: start the virtual tokens from this text's token embeddings (repeated to fill them), "
+                       "e.g. the task instruction; empty = random start.", "method"),
+    )
+    frozen_layers: int = field(
+        default=0,
+        metadata=_meta("Partial fine-tuning: the bottom N decoder layers and the embeddings stay frozen; the layers above, the "
+                       "final norm and an untied lm_head train. 0 = the bottom half.", "method", min=0, max=1024),
     )
 
     # ---------------------------------------------------------------- schedule
@@ -209,13 +229,17 @@ class TrainSpec:
             raise ValueError("dataset: choose a training data file or folder")
         if self.max_steps == 0 and self.num_epochs <= 0:
             raise ValueError("num_epochs: must be above 0 when max_steps is 0 (set one of them)")
-        if self.method != "full":
+        if set(LORA_FIELDS) <= set(method_info(self.method).fields):
             if not self.target_modules or not all(isinstance(m, str) and m.strip() for m in self.target_modules):
                 raise ValueError("target_modules: name at least one layer, or 'all-linear'")
             if "all-linear" in self.target_modules and len(self.target_modules) > 1:
                 raise ValueError("target_modules: 'all-linear' already covers every linear layer; list names or 'all-linear', not both")
         if self.method == "qlora" and self.precision == "fp32" and self.backend == "unsloth":
             raise ValueError("precision: Unsloth QLoRA computes in bf16 / fp16, not fp32")
+        if self.merge_after and merge_refusal(self.method):
+            raise ValueError(f"merge_after: {merge_refusal(self.method)}")
+        if self.prompt_init_text.strip() and self.method != "prompt_tuning":
+            raise ValueError("prompt_init_text: only prompt tuning starts from a text; clear it or choose method prompt_tuning")
         if self.fault_injection and not _FAULT.match(self.fault_injection):
             raise ValueError("fault_injection: expected 'error@N', 'oom@N' or 'kill@N' (N = the step), optionally ':R' for one rank, or empty")
         self._check_distribution()
@@ -253,7 +277,8 @@ class TrainSpec:
 
     @property
     def uses_adapter(self) -> bool:
-        return self.method != "full"
+        """The result is a PEFT adapter folder (else a full model folder: full, partial, BitFit)."""
+        return method_info(self.method).peft
 
     @property
     def effective_batch(self) -> int:

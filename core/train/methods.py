@@ -1,0 +1,204 @@
+"""The training methods, as data: the seed chapter's PEFT table plus LoRA's variants and full fine-tuning.
+
+Each method says what it trains, which spec fields it reads (the Train page shows only those), whether its
+result is a PEFT adapter or a full model folder, whether it can be merged into the weights, and a learning
+rate that works for it (prompt / prefix tuning and (IA)³ want far larger rates than full fine-tuning).
+
+The PEFT configs are built here and nowhere else; BitFit and partial fine-tuning are plain `requires_grad`
+choices on the loaded model (PEFT has no such tuner). Every PEFT call of the workbench's training lives in
+`core.train` (this module and `core.train.backends`), because those APIs move monthly.
+
+Not here, on purpose: bottleneck adapters (Houlsby / Pfeiffer). The `adapters` library that implements them
+(1.3.0) pins transformers ~= 4.57 and cannot load beside our transformers 5.x; PEFT has no bottleneck tuner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    summary: str  # one line: what trains
+    fields: tuple[str, ...] = ()  # method-specific TrainSpec fields this method reads
+    peft: bool = True  # the result is a PEFT adapter folder (else a full model folder)
+    mergeable: bool = True  # can be folded into the base weights (merge_and_unload)
+    learning_rate: float = 2e-4  # a rate that works for this method on a small model
+    paper: str = ""
+    merge_note: str = ""  # why it cannot be merged, when it cannot
+
+
+_PROMPT_MERGE = ("{label} cannot be merged into the weights: it adds learned virtual tokens in front of every input, "
+                 "not a change to any weight matrix. Use it as an adapter on top of the base model (Chat and Evaluate load it that way).")
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("lora", "LoRA", "low-rank A·B updates beside the targeted linear layers", LORA_FIELDS,
+           paper="https://arxiv.org/abs/2106.09685"),
+    Method("dora", "DoRA", "LoRA plus a learned magnitude per output (weight-decomposed)", LORA_FIELDS,
+           paper="https://arxiv.org/abs/2402.09353"),
+    Method("rslora", "rsLoRA", "LoRA scaled by alpha / sqrt(r), stable at high ranks", LORA_FIELDS,
+           paper="https://arxiv.org/abs/2312.03732"),
+    Method("qlora", "QLoRA", "LoRA on a 4-bit NF4 base (double quantization): least memory", LORA_FIELDS,
+           paper="https://arxiv.org/abs/2305.14314"),
+    Method("loha", "LoHa", "Hadamard product of two low-rank products per targeted layer", LORA_FIELDS,
+           paper="https://arxiv.org/abs/2108.06098"),
+    Method("lokr", "LoKr", "Kronecker product of a small full factor and a low-rank factor per targeted layer", LORA_FIELDS,
+           paper="https://arxiv.org/abs/2309.14859"),
+    Method("ia3", "(IA)³", "one learned scaling vector on keys, values and the feed-forward input of every layer", (),
+           learning_rate=1e-2, paper="https://arxiv.org/abs/2205.05638"),
+    Method("prompt_tuning", "Prompt tuning", "learned virtual-token embeddings prepended to every input",
+           ("num_virtual_tokens", "prompt_init_text"), mergeable=False, learning_rate=3e-2,
+           paper="https://arxiv.org/abs/2104.08691", merge_note=_PROMPT_MERGE.format(label="Prompt tuning")),
+    Method("prefix_tuning", "Prefix tuning", "learned key/value prefixes in the attention of every layer",
+           ("num_virtual_tokens",), mergeable=False, learning_rate=1e-2,
+           paper="https://arxiv.org/abs/2101.00190", merge_note=_PROMPT_MERGE.format(label="Prefix tuning")),
+    Method("bitfit", "BitFit", "only the bias terms of the linear layers (refused for models without biases)", (),
+           peft=False, learning_rate=1e-3, paper="https://arxiv.org/abs/2106.10199"),
+    Method("partial", "Partial fine-tuning", "the top layers in full, the bottom N layers and the embeddings frozen",
+           ("frozen_layers",), peft=False, learning_rate=5e-5, paper="https://arxiv.org/abs/1411.1792"),
+    Method("full", "Full fine-tuning", "every weight", (), peft=False, learning_rate=5e-5),
+)}
+
+LORA_FAMILY = ("lora", "dora", "rslora", "qlora")
+METHOD_FIELDS = tuple(dict.fromkeys(f for m in METHODS.values() for f in m.fields))
+
+
+def method_info(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method: {name!r} is not one of {', '.join(METHODS)}") from None
+
+
+def hidden_fields(method: str) -> tuple[str, ...]:
+    """Method-specific fields the chosen method does not read (the Train page hides them)."""
+    used = set(method_info(method).fields)
+    return tuple(f for f in METHOD_FIELDS if f not in used)
+
+
+def merge_refusal(method: str) -> str | None:
+    """Why a result of this method cannot be merged into the base weights, or None when it can."""
+    info = METHODS.get(method)
+    return info.merge_note if info is not None and not info.mergeable else None
+
+
+def adapter_merge_refusal(adapter_dir: Any) -> str | None:
+    """The same, read from an adapter folder's adapter_config.json (for Merge / export of any adapter)."""
+    import json
+    from pathlib import Path
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        peft_type = str(json.loads(path.read_text()).get("peft_type", "")).upper()
+    except (OSError, ValueError):
+        return None
+    names = {"PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning", "P_TUNING": "prompt_tuning"}
+    return merge_refusal(names[peft_type]) if peft_type in names else None
+
+
+# ---------------------------------------------------------------- refusals that need the model's config
+
+
+def method_refusal(spec: Any, arch: Any) -> str | None:
+    """Why `spec.method` cannot train this architecture (a core.memory.ModelArch), or None."""
+    from core.memory import bias_params
+
+    if spec.method == "bitfit" and bias_params(arch) == 0:
+        return (f"method: BitFit trains only bias terms, and {arch.name} ({arch.model_type}) has none in its linear layers "
+                "(Llama-family models are built without biases). Choose (IA)³ for a similarly tiny trainable set, or a "
+                "model with biases such as Qwen2.")
+    if spec.method == "partial" and spec.frozen_layers >= arch.num_layers:
+        return (f"frozen_layers: {spec.frozen_layers} would freeze all {arch.num_layers} layers of {arch.name}; "
+                f"choose 1-{arch.num_layers - 1} (0 = the bottom half)")
+    if spec.method == "ia3" and arch.fused_qkv:
+        return f"method: (IA)³ has no default target layers for {arch.model_type}'s fused qkv_proj; choose LoRA"
+    return None
+
+
+def method_refusal_for(spec: Any) -> str | None:
+    """The same for a TrainSpec, from its model's config only (never the weights)."""
+    from core.memory import arch_from_source
+    from core.models import ModelLoadError
+
+    try:
+        arch = arch_from_source(spec.model_source)
+    except (ModelLoadError, ValueError, OSError):
+        return None  # no config to judge by: loading the model says what is wrong
+    return method_refusal(spec, arch)
+
+
+# ---------------------------------------------------------------- building the trainable model
+
+
+def peft_config(spec: Any, tokenizer_path: str | None = None) -> Any:
+    """The PEFT config of a PEFT method (LoRA family included)."""
+    import peft
+
+    targets = "all-linear" if list(spec.target_modules) == ["all-linear"] else list(spec.target_modules)
+    method = spec.method
+    if method in LORA_FAMILY:
+        return peft.LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=targets,
+                               use_dora=method == "dora", use_rslora=method == "rslora", bias="none", task_type="CAUSAL_LM")
+    if method == "loha":
+        return peft.LoHaConfig(r=spec.lora_r, alpha=spec.lora_alpha, module_dropout=spec.lora_dropout, target_modules=targets,
+                               task_type="CAUSAL_LM")
+    if method == "lokr":
+        return peft.LoKrConfig(r=spec.lora_r, alpha=spec.lora_alpha, module_dropout=spec.lora_dropout, target_modules=targets,
+                               task_type="CAUSAL_LM")
+    if method == "ia3":
+        return peft.IA3Config(task_type="CAUSAL_LM")  # PEFT's per-architecture targets (core.memory.ia3_targets mirrors them)
+    if method == "prompt_tuning":
+        text = spec.prompt_init_text.strip()
+        if text and not tokenizer_path:
+            raise ValueError("prompt_init_text: text initialisation needs a Hugging Face tokenizer folder (not a .gguf file)")
+        init = dict(prompt_tuning_init="TEXT", prompt_tuning_init_text=text, tokenizer_name_or_path=tokenizer_path) if text else {}
+        return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec.num_virtual_tokens, **init)
+    if method == "prefix_tuning":
+        return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec.num_virtual_tokens)
+    raise ValueError(f"method: {method!r} is not a PEFT method")
+
+
+def attach_method(model: Any, spec: Any, tokenizer_path: str | None = None) -> Any:
+    """The model ready to train with `spec.method`: wrapped by PEFT, or with requires_grad set (BitFit, partial, full)."""
+    if method_info(spec.method).peft:
+        from peft import get_peft_model
+
+        return get_peft_model(model, peft_config(spec, tokenizer_path))
+    for param in model.parameters():
+        param.requires_grad_(spec.method == "full")
+    if spec.method == "bitfit":
+        biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
+        if not biases:
+            raise ValueError(f"method: BitFit trains only bias terms, and this {type(model).__name__} has none")
+        for param in biases:
+            param.requires_grad_(True)
+    elif spec.method == "partial":
+        _unfreeze_top_layers(model, spec.frozen_layers)
+    return model
+
+
+def _unfreeze_top_layers(model: Any, frozen_layers: int) -> None:
+    decoder = model.get_decoder()
+    layers = decoder.layers
+    frozen = frozen_layers or len(layers) // 2
+    if not 0 < frozen < len(layers):
+        raise ValueError(f"frozen_layers: {frozen} is not between 1 and {len(layers) - 1} for a {len(layers)}-layer model")
+    for layer in list(layers)[frozen:]:
+        layer.requires_grad_(True)
+    decoder.norm.requires_grad_(True)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:  # a tied head is the frozen embedding
+        head.requires_grad_(True)
+
+
+def trainable_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters as PEFT counts them (get_nb_trainable_parameters), or by requires_grad."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
