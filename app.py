@@ -17,6 +17,7 @@ PAGES = {
     ],
     "Train": [
         st.Page("app_pages/train.py", title="Train", icon="🏋️"),
+        st.Page("app_pages/compare.py", title="Compare methods", icon="⚖️"),
     ],
     "Prove": [
         st.Page("app_pages/evaluate.py", title="Evaluate", icon="📊"),

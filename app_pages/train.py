@@ -12,6 +12,7 @@ import streamlit as st
 from core.runs import create_run, launch, list_runs, read_status, relaunch, run_command, spec_to_yaml
 from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
+from core.train.methods import hidden_fields, method_info
 from core.train.preflight import run_preflight
 from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, runs_table, small_figures
 from core.workspace import runs_dir
@@ -21,8 +22,9 @@ FORM = "train_form"
 FIELDS = {info.name for info in spec_fields(TrainSpec)}
 
 st.title("🏋️ Train")
-st.caption("LoRA, DoRA, rsLoRA, QLoRA or full fine-tuning of the active model. The form is the run spec: "
-           "the YAML below is what the worker runs, and the same file works from a terminal.")
+st.caption("LoRA and its variants, the rest of the PEFT table ((IA)³, prompt / prefix tuning, LoHa, LoKr, BitFit), partial or "
+           "full fine-tuning of the active model. The form is the run spec: the YAML below is what the worker runs, and the "
+           "same file works from a terminal. **Compare methods** measures them side by side.")
 hardware = cached_hardware()
 
 
@@ -102,7 +104,10 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
     model = active_model_source()
     st.markdown(f"**Model:** {model.label} ({model.kind}) — change it in the sidebar.")
     dataset = dataset_field(str(defaults.get("dataset", "")))
-    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset"))
+    method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
+    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)))
+    st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
+               + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
     try:
         spec = TrainSpec.from_dict({**values, "model": model.as_dict(), "dataset": dataset})
     except ValueError as exc:

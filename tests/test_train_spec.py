@@ -66,7 +66,8 @@ def test_full_fine_tune_needs_no_target_modules_and_fault_parses():
 def test_fields_carry_help_groups_and_limits_for_the_form():
     infos = {f.name: f for f in spec_fields(TrainSpec)}
     assert all(info.help for info in infos.values()), "every field explains itself"
-    assert infos["method"].choices == ("lora", "dora", "rslora", "qlora", "full")
+    assert infos["method"].choices == ("lora", "dora", "rslora", "qlora", "loha", "lokr", "ia3", "prompt_tuning", "prefix_tuning",
+                                       "bitfit", "partial", "full")
     assert infos["masking_policy"].choices[0] == "all_assistant"
     assert infos["lora_r"].min == 1 and infos["learning_rate"].type == "float"
     assert infos["fault_injection"].advanced and infos["model"].type == "dict"

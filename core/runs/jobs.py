@@ -23,11 +23,13 @@ JOB_KINDS: dict[str, str] = {
     "prune": "core.prune.job:run",
     "distill": "core.distill.job:run",
     "download": "core.download.job:run",
+    "feature_extraction": "core.compare.job:run_feature_extraction",
+    "method_comparison": "core.compare.job:run_comparison",  # an orchestrator: its train / evaluate children take the lock
     "selftest": "core.runs.selftest:run",
 }
 
 # Kinds that hold the accelerator (or, on CPU, all cores): one at a time per workspace.
-EXCLUSIVE_KINDS = {"train", "evaluate", "merge", "prune", "distill", "selftest"}
+EXCLUSIVE_KINDS = {"train", "evaluate", "merge", "prune", "distill", "selftest", "feature_extraction"}
 
 
 class JobError(RuntimeError):
