@@ -207,7 +207,7 @@ def test_prompt_tuning_starts_from_the_text_and_its_adapter_refuses_merging(work
     with pytest.raises(ModelLoadError, match="cannot be merged into the weights"):
         merge_adapter_weights(loaded.model, adapter)
     base = {"kind": "local", "ref": str(tiny_llama_dir)}
-    merge = MergeSpec(method="linear", base=base, models=[{"source": {**base, "adapter": str(adapter)}, "weight": 1.0}], evaluate=False)
+    merge = MergeSpec(method="task_arithmetic", base=base, models=[{"source": {**base, "adapter": str(adapter)}, "weight": 1.0}], evaluate=False)
     report = check_merge(merge)
     assert not report.ok and any("cannot be merged into the weights" in p for p in report.problems)
 
