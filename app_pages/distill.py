@@ -2,14 +2,13 @@
 scored against the teacher, and a panel that shows what the temperature does."""
 from __future__ import annotations
 
-import json
-
 import plotly.express as px
 import streamlit as st
 
 from core.distill.spec import DistillSpec
 from core.distill.temperature import entropy_by_temperature, next_token_logits, temperature_table
 from core.models import ModelLoadError
+from core.runs import read_result
 from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
 
 st.title("⚗️ Distill into a smaller student")
@@ -85,10 +84,9 @@ def curves(metrics: list[dict]) -> None:
 
 def render_result(run_dir, status, metrics) -> None:
     curves(metrics)
-    result_path = run_dir / "result.json"
-    if not result_path.is_file():
+    result = read_result(run_dir, "distill")
+    if result is None:
         return
-    result = json.loads(result_path.read_text())
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Teacher parameters", f"{result['teacher_parameters'] / 1e6:.2f} M")
     c2.metric("Student parameters", f"{result['student_parameters'] / 1e6:.2f} M",

@@ -9,10 +9,10 @@ import streamlit as st
 
 from core.evaluate import charts
 from core.evaluate.harness import lm_eval_available
-from core.evaluate.report import REPORT_FILE, metric_table, render_html, render_markdown, top_changes
+from core.evaluate.report import metric_table, render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
 from core.evaluate.variants import run_checkpoints, trained_base
-from core.runs import list_runs
+from core.runs import list_runs, read_result
 from core.runs.spec import spec_fields
 from pages_common import active_model_source, live_run, model_picker, run_selector, start_run, trained_adapter_folders
 
@@ -144,10 +144,12 @@ def render_examples(report: dict) -> None:
 
 
 def render_body(run_dir: Path, status, metrics_rows: list[dict]) -> None:
-    if metrics_rows and not (run_dir / REPORT_FILE).is_file():
-        st.dataframe(pd.DataFrame(metrics_rows), hide_index=True, width="stretch")
-    if (run_dir / REPORT_FILE).is_file():
-        render_report(json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8")))
+    report = read_result(run_dir, "evaluate")
+    if report is None:
+        if metrics_rows:
+            st.dataframe(pd.DataFrame(metrics_rows), hide_index=True, width="stretch")
+        return
+    render_report(report)
 
 
 with st.expander("New evaluation", expanded=not list_runs("evaluate")):

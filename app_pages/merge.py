@@ -11,7 +11,7 @@ from core.merge import DEFAULT_SWEEP, METHODS, SWEEP_METHODS, MergeSpec, method_
 from core.merge.config import export_yaml
 from core.merge.preflight import check_merge
 from core.models import ModelLoadError
-from core.runs import read_spec_dict
+from core.runs import read_result, read_spec_dict
 from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
 
 st.title("🔀 Merge models")
@@ -145,10 +145,9 @@ def render_result(run_dir, status, metrics) -> None:
                                   format_func=lambda i: f"λ = {kept[i]['lambda']:g}" + (" (suggested)" if kept[i]["lambda"] == best else ""))
             send_model_buttons(kept[chosen]["model_dir"], f"merge_send_{run_dir.name}")
         return
-    result_path = run_dir / "result.json"
-    if not result_path.is_file():
+    result = read_result(run_dir, "merge")
+    if result is None:
         return
-    result = json.loads(result_path.read_text())
     c1, c2 = st.columns(2)
     c1.metric("Merge time", f"{result['merge_seconds']:.1f} s")
     c2.metric("Size on disk", human_bytes(result.get("size_bytes")))

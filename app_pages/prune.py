@@ -2,14 +2,12 @@
 forgetting report before / after; an optional short LoRA recovery fine-tune."""
 from __future__ import annotations
 
-import json
-
 import plotly.express as px
 import streamlit as st
 
 from core.prune import MODE_LABELS, MODES, TARGETS, PruneSpec
 from core.prune.job import recovery_train_spec
-from core.runs import create_run_from_dict, launch
+from core.runs import create_run_from_dict, launch, read_result
 from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
 
 st.title("✂️ Prune a model")
@@ -73,13 +71,12 @@ def recovery_button(pruned_dir: str, run_dir) -> None:
 
 
 def render_result(run_dir, status, metrics) -> None:
-    report_path = run_dir / "report.json"
-    if not report_path.is_file():
+    report = read_result(run_dir, "prune")
+    if report is None:
         done = [m for m in metrics if m.get("stage") == "prune"]
         if done:
             st.caption(f"{len(done)} weight matrices pruned so far")
         return
-    report = json.loads(report_path.read_text())
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Sparsity reached", f"{report['achieved_sparsity']:.1%}")
     c2.metric("Parameters", f"{report['parameters_after'] / 1e6:.2f} M",

@@ -48,7 +48,7 @@ def run_worker(spec, timeout: float = 3600) -> dict:
     if status.state != "succeeded":
         raise SystemExit(f"run {run_dir} ended {status.state}: {status.error}\n{runs.log_tail(run_dir)}")
     rows = runs.read_all_metrics(run_dir / runs.METRICS_FILE)
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = runs.read_result(run_dir)
     return {
         "run_dir": str(run_dir),
         "rows": rows,

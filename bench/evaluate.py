@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import runs  # noqa: E402
-from core.evaluate.report import REPORT_FILE  # noqa: E402
 
 
 def train_demo_adapter(steps: int) -> Path:
@@ -52,7 +51,7 @@ def main() -> None:
     wall = time.time() - started
     if status.state != "succeeded":
         sys.exit(f"evaluation failed: {status.error}\n{runs.log_tail(run_dir)}")
-    report = json.loads((run_dir / REPORT_FILE).read_text())
+    report = runs.read_result(run_dir)
     base, tuned = report["models"]
     figures = {"wall_s": round(wall, 1), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                "task_rows": report["task"]["n"], "general_texts": report["general"]["n_texts"], "mc_items": report["general"]["n_mc"],
@@ -67,7 +66,7 @@ def main() -> None:
             key = m["key"].replace("field:", "field_")
             figures[f"base_{key}"], figures[f"finetuned_{key}"] = round(a["value"], 2), round(b["value"], 2)
     print(report["verdicts"][0]["headline"])
-    print(f"report: {run_dir / REPORT_FILE}")
+    print(f"report: {runs.result_path(run_dir)}")
     print(json.dumps(figures))
 
 

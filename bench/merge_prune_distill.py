@@ -119,7 +119,7 @@ def main() -> None:
         figures["prune"] = {}
         for mode in ("unstructured", "semi_structured_2_4"):
             run_dir, _, wall = run_job({"kind": "prune", "model": EMBEDDED, "mode": mode, "sparsity": 0.5, "eval_rows": args.eval_rows}, mode)
-            report = json.loads((run_dir / "report.json").read_text())
+            report = runs.read_result(run_dir)
             evaluation = report.get("evaluation") or {}
             figures["prune"][mode] = {
                 "achieved_sparsity": report["achieved_sparsity"],
@@ -138,7 +138,7 @@ def main() -> None:
 
         run_dir, status, wall = run_job({"kind": "distill", "teacher": EMBEDDED, "steps": args.distill_steps, "batch_size": 4,
                                          "max_length": 256, "learning_rate": 1e-4, "eval_rows": args.eval_rows}, "distill")
-        result = json.loads((run_dir / "result.json").read_text())
+        result = runs.read_result(run_dir)
         evaluation = result.get("evaluation") or {}
         figures["distill"] = {
             "teacher_params_m": round(result["teacher_parameters"] / 1e6, 2),

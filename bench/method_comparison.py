@@ -48,7 +48,7 @@ def main() -> int:
     wall = time.time() - started
     if status.state != "succeeded":
         raise SystemExit(f"comparison ended {status.state}: {status.error}\n{runs.log_tail(run_dir)}")
-    result = json.loads((run_dir / "comparison.json").read_text())
+    result = runs.read_result(run_dir)
     rows = result["rows"]
     for row in display_rows(rows):
         print(" | ".join(f"{k}: {v}" for k, v in row.items() if k not in ("Run", "Error") and v not in (None, "")))

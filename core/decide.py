@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from core import memory, metrics
+from core.runs.spec import meta
 
 GAPS = ("knowledge", "behaviour", "steering")
 GAP_LABELS = {
@@ -33,23 +34,19 @@ FULL_LEARNING_RATE = 2e-5
 FIT_SHARE = 0.85  # leave 15% of the device free for the unexpected
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class Questionnaire:
-    gaps: tuple[str, ...] = field(default=("behaviour",), metadata=_help("What is missing: knowledge, behaviour (format/style) and/or steering."))
-    knowledge_changes: str = field(default="static", metadata=_help("How often the needed facts change: static, yearly, monthly, weekly, daily."))
-    knowledge_fits_in_prompt: bool = field(default=False, metadata=_help("All the facts needed fit comfortably in one prompt."))
-    prompt_success: float | None = field(default=None, metadata=_help("Share of requests a good prompt already gets right (0-1; measure it with the quick baseline)."))
-    failure_share: float | None = field(default=None, metadata=_help("Share of all requests that hit the failing case (a rare edge case is below 0.05)."))
-    labelled_rows: int = field(default=0, metadata=_help("Good input → output examples you have (or can write)."))
-    latency_sensitive: bool = field(default=False, metadata=_help("Every request must answer fast (extra retrieval / long prompts hurt)."))
-    cost_sensitive: bool = field(default=False, metadata=_help("Per-request token cost matters (long prompts are paid on every call)."))
-    model: memory.ModelArch | None = field(default=None, metadata=_help("The model to adapt (for the memory check)."))
-    hardware: Any = field(default=None, metadata=_help("core.hardware.HardwareInfo of the training machine."))
-    max_length: int = field(default=1024, metadata=_help("Typical example length in tokens (for the memory check)."))
+    gaps: tuple[str, ...] = field(default=("behaviour",), metadata=meta("What is missing: knowledge, behaviour (format/style) and/or steering."))
+    knowledge_changes: str = field(default="static", metadata=meta("How often the needed facts change.", choices=FRESHNESS))
+    knowledge_fits_in_prompt: bool = field(default=False, metadata=meta("All the facts needed fit comfortably in one prompt."))
+    prompt_success: float | None = field(default=None, metadata=meta("Share of requests a good prompt already gets right (0-1; measure it with the quick baseline)."))
+    failure_share: float | None = field(default=None, metadata=meta("Share of all requests that hit the failing case (a rare edge case is below 0.05)."))
+    labelled_rows: int = field(default=0, metadata=meta("Good input → output examples you have (or can write)."))
+    latency_sensitive: bool = field(default=False, metadata=meta("Every request must answer fast (extra retrieval / long prompts hurt)."))
+    cost_sensitive: bool = field(default=False, metadata=meta("Per-request token cost matters (long prompts are paid on every call)."))
+    model: memory.ModelArch | None = field(default=None, metadata=meta("The model to adapt (for the memory check)."))
+    hardware: Any = field(default=None, metadata=meta("core.hardware.HardwareInfo of the training machine."))
+    max_length: int = field(default=1024, metadata=meta("Typical example length in tokens (for the memory check)."))
 
     def __post_init__(self) -> None:
         self.gaps = tuple(self.gaps)

@@ -1050,7 +1050,9 @@ def past_run_calibration(runs_dir: str | Path) -> list[CalibrationPoint]:
     root = Path(runs_dir)
     if not root.is_dir():
         return points
-    for card_path in sorted(root.glob("*/run_card.json")):
+    from core.runs.jobs import JOBS
+
+    for card_path in sorted(root.glob(f"*/{JOBS['train'].result_file}")):
         try:
             card = json.loads(card_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -1,17 +1,17 @@
 """Score the output of a merge / prune / distill job with the forgetting report (core.evaluate).
 
 The evaluate job itself runs in-process, inside the calling job, on a sub-folder of the run (`<run>/eval/`),
-so its report.json is the same file the Evaluate page reads. Its progress maps onto a slice of the
+so its result file (the evaluate kind's, from the job registry) is the one the Evaluate page reads. Its progress maps onto a slice of the
 calling job's progress bar, and each model it finishes can be forwarded as a live metrics row.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from core.models import ModelSource
-from core.runs.jobs import JobContext
+from core.runs.jobs import JobContext, parse_spec, result_path
+from core.runs.spec import write_spec
 
 EVAL_DIR = "eval"
 GENERAL_SCORE = "general_mc_acc_norm"
@@ -41,21 +41,21 @@ def evaluate_variants(reference: ModelSource, variants: list[tuple[str, ModelSou
                       on_model: Callable[[dict], None] | None = None) -> dict:
     """Run core.evaluate's job on `reference` (as the base) and the variants; returns its report dict."""
     from core.evaluate.job import run as run_evaluation
-    from core.evaluate.report import REPORT_FILE
 
     low, high = progress_span
+    data = eval_spec(reference, variants, rows, name=f"{ctx.run_dir.name}-{subdir}")
     sub = _SubContext(
         run_dir=ctx.path(subdir, "spec.yaml").parent,
-        spec=eval_spec(reference, variants, rows, name=f"{ctx.run_dir.name}-{subdir}"),
+        spec=parse_spec(data),
+        spec_data=data,
         log=ctx.log,
         set_progress=lambda fraction, message: ctx.progress(low + (high - low) * fraction, f"scoring: {message}"),
         _stop=lambda: ctx.stop_requested,
         on_metrics=on_model,
     )
-    _write_spec(sub)
+    write_spec(sub.run_dir, sub.spec)  # the sub-folder is a readable evaluate run of its own
     run_evaluation(sub)
-    report_path = sub.run_dir / REPORT_FILE
-    return json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return sub.read_result(default={})
 
 
 def model_scores(report: dict, label: str) -> dict:
@@ -93,14 +93,6 @@ def score_against(reference: ModelSource, candidate: ModelSource, ctx: JobContex
     report = evaluate_variants(reference, [(label, candidate)], ctx, rows=rows, progress_span=progress_span)
     out = summary(report, label)
     if out:
-        out["report_path"] = str(ctx.run_dir / EVAL_DIR / "report.json")
+        out["report_path"] = str(result_path(ctx.run_dir / EVAL_DIR, "evaluate"))
     return out
 
-
-def _write_spec(sub: JobContext) -> None:
-    """The sub-folder is a readable evaluate run of its own (spec.yaml), so the Evaluate page can open it."""
-    import yaml
-
-    from core.workspace import atomic_write_text
-
-    atomic_write_text(sub.run_dir / "spec.yaml", yaml.safe_dump(sub.spec, sort_keys=False))

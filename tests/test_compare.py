@@ -85,7 +85,7 @@ def test_feature_extraction_job_with_minilm_separates_urgent_from_calm(workspace
     train, test = ticket_files
     run_dir, status = _run_here(FeatureExtractionSpec(encoder="minilm", dataset=str(train), test_dataset=str(test)))
     assert status.state == "succeeded", status.error
-    report = json.loads((run_dir / "features.json").read_text())
+    report = runs.read_result(run_dir)
     assert report["accuracy"] == 1.0 and report["test_rows"] == 2 and report["labels"] == ["high", "low"]
     assert report["feature_dim"] == 384 and report["head_params"] == 385
     head = json.loads((run_dir / "head.json").read_text())
@@ -129,7 +129,7 @@ def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_
                                 learning_rates={"lora": 1e-2, "prompt_tuning": 1e-1})
     run_dir, status = _run_here(spec)
     assert status.state == "succeeded", status.error
-    result = json.loads((run_dir / "comparison.json").read_text())
+    result = runs.read_result(run_dir)
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["lora", "prompt_tuning", "bitfit", "feature_extraction"]
     for method in ("lora", "prompt_tuning"):

@@ -39,7 +39,7 @@ def test_compare_form_builds_the_spec_and_a_finished_comparison_shows_table_char
              "peak_memory_bytes": 2e9, "task_score": 41.7, "general_score": 30.0},
             {"method": "ia3", "label": "(IA)³", "state": "succeeded", "trainable_params": 138_240, "trainable_share": 0.001,
              "peak_memory_bytes": 1.5e9, "task_score": 20.0, "general_score": 31.0}]
-    (run_dir / "comparison.json").write_text(json.dumps({"rows": rows, "base": {"task_score": 5.0}, "notes": ["same seed"]}))
+    runs.result_path(run_dir).write_text(json.dumps({"rows": rows, "base": {"task_score": 5.0}, "notes": ["same seed"]}))
     write_status(run_dir, RunStatus(state="succeeded", kind="method_comparison"))
     at.session_state["cmp_run"] = str(run_dir)
     at.run()

@@ -2,29 +2,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import pytest
 
 from core.hardware import detect
-from core.runs.spec import check_limits, spec_fields, spec_from_dict, spec_to_yaml
+from core.runs.spec import check_limits, meta, spec_fields, spec_from_dict, spec_to_yaml
 from core.workspace import atomic_write_json, read_json, safe_name
 
 
 @dataclass
 class DemoSpec:
     kind: ClassVar[str] = "demo"
-    rate: float = field(default=1e-4, metadata={"help": "learning rate", "min": 0.0, "max": 1.0})
-    steps: int = field(default=10, metadata={"help": "steps", "min": 1})
-    mode: Literal["a", "b"] = field(default="a", metadata={"help": "mode"})
-    targets: list = field(default_factory=lambda: ["q_proj"], metadata={"help": "targets"})
+    rate: float = field(default=1e-4, metadata=meta("learning rate", min=0.0, max=1.0))
+    steps: int = field(default=10, metadata=meta("steps", min=1))
+    mode: str = field(default="a", metadata=meta("mode", "extra", advanced=True, choices={"a": "first", "b": "second"}))
+    targets: list = field(default_factory=lambda: ["q_proj"], metadata=meta("targets"))
     flag: bool = False
 
 
 def test_spec_fields_describe_the_form():
     infos = {f.name: f for f in spec_fields(DemoSpec)}
     assert infos["rate"].type == "float" and infos["rate"].help == "learning rate" and infos["rate"].max == 1.0
-    assert infos["mode"].choices == ("a", "b")
+    assert infos["mode"].choices == ("a", "b") and infos["mode"].group == "extra" and infos["mode"].advanced
     assert infos["targets"].type == "list" and infos["targets"].default == ["q_proj"]
     assert infos["flag"].type == "bool"
 
@@ -48,6 +48,43 @@ def test_spec_errors_name_the_field():
         check_limits(DemoSpec(rate=5.0))
     with pytest.raises(ValueError, match="mode: 'c' is not one of"):
         check_limits(DemoSpec(mode="c"))
+
+
+def test_field_metadata_comes_from_the_one_helper():
+    with pytest.raises(ValueError, match="help text"):
+        meta(" ")
+
+    @dataclass
+    class Typo:
+        steps: int = field(default=1, metadata={"help": "steps", "mni": 1})
+
+    with pytest.raises(TypeError, match="Typo.steps: unknown metadata mni"):
+        spec_fields(Typo)
+
+
+def test_every_job_spec_declares_its_fields_with_meta_and_registry_choices():
+    import dataclasses
+    import typing
+
+    from core.data.masking import POLICIES
+    from core.merge.methods import METHODS as MERGE_METHODS
+    from core.prune.methods import MODES, TARGETS
+    from core.runs.jobs import JOBS
+    from core.train import backends
+    from core.train.spec import BACKENDS
+
+    for job in JOBS.values():
+        cls = job.spec_class()
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+            assert typing.get_origin(hints[f.name]) is not typing.Literal, f"{cls.__name__}.{f.name}: choices belong in meta(choices=registry)"
+    choices = lambda cls: {i.name: i.choices for i in spec_fields(cls)}  # noqa: E731
+    assert choices(JOBS["merge"].spec_class())["method"] == tuple(MERGE_METHODS)
+    assert choices(JOBS["prune"].spec_class())["mode"] == MODES
+    assert choices(JOBS["prune"].spec_class())["target"] == tuple(TARGETS)
+    assert choices(JOBS["distill"].spec_class())["policy"] == POLICIES == choices(JOBS["train"].spec_class())["masking_policy"]
+    assert BACKENDS == ("auto",) + tuple(b.name for b in backends.BACKENDS)
 
 
 def test_safe_name_blocks_paths():

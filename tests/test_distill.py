@@ -126,8 +126,8 @@ def test_short_distillation_lowers_the_held_out_kl(tmp_path, workspace, embedded
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     rows = []
-    ctx = JobContext(run_dir=run_dir, log=logging.getLogger("test"), set_progress=lambda f, m: None, _stop=lambda: False,
-                     spec={"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 10, "batch_size": 2,
+    ctx = JobContext.in_process(run_dir, log=logging.getLogger("test"),
+                                spec={"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 10, "batch_size": 2,
                            "student": "model", "student_model": {"kind": "local", "ref": str(tiny_llama_dir)}, "alpha": 0.9,
                            "max_length": 192, "max_rows": 24, "learning_rate": 5e-3, "warmup_steps": 1, "evaluate": False})
     ctx.metrics = lambda **row: rows.append(row)
@@ -143,7 +143,6 @@ def test_short_distillation_lowers_the_held_out_kl(tmp_path, workspace, embedded
 def test_distill_runs_as_a_job_through_the_worker_and_is_scored(tmp_path, workspace, embedded_tokenizer):
     from core import runs
 
-    pytest.importorskip("core.evaluate.job")
     teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
     run_dir = runs.create_run_from_dict({"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 2,
                                          "batch_size": 1, "max_rows": 4, "max_length": 192, "eval_rows": 2}, name="probe")
@@ -155,6 +154,6 @@ def test_distill_runs_as_a_job_through_the_worker_and_is_scored(tmp_path, worksp
     assert (run_dir / "student" / "config.json").is_file() and (run_dir / "tokenizer_check.json").is_file()
     assert status.result["verdict"].startswith("student")  # the student scored against the teacher
     assert status.result["reference_general_score"] is not None and status.result["general_score"] is not None
-    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    report = runs.read_result(run_dir / "eval", "evaluate")
     assert [m["label"] for m in report["models"]] == ["base", "student"]
     assert report["spec"]["base"] == {"kind": "local", "ref": str(teacher)}

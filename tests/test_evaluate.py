@@ -11,11 +11,11 @@ import pytest
 
 from core import runs
 from core.evaluate.job import run as run_eval_job
-from core.evaluate.report import REPORT_FILE, render_html, render_markdown, top_changes
+from core.evaluate.report import render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
 from core.evaluate.variants import checkpoint_variants
 from core.models import ModelSource
-from core.runs.jobs import JobContext, JobError
+from core.runs.jobs import JobContext, JobError, read_result, result_path
 from core.runs.spec import spec_from_dict, spec_to_yaml
 
 TINY_SIZES = {"task_samples": 4, "general_samples": 4, "mc_samples": 6, "max_new_tokens": 8, "bootstrap_samples": 200, "batch_size": 4}
@@ -52,8 +52,8 @@ def tiny_spec(tiny_llama_dir: Path, adapter: Path | None = None, **changes) -> d
 
 def in_process_context(run_dir: Path, spec: dict, stop_after: float | None = None) -> JobContext:
     started = time.time()
-    return JobContext(run_dir=run_dir, spec=spec, log=logging.getLogger("test.evaluate"), set_progress=lambda f, m: None,
-                      _stop=lambda: stop_after is not None and time.time() - started > stop_after)
+    return JobContext.in_process(run_dir, spec, log=logging.getLogger("test.evaluate"),
+                                 stop=lambda: stop_after is not None and time.time() - started > stop_after)
 
 
 def test_spec_validation_and_round_trip(tiny_llama_dir):
@@ -94,7 +94,7 @@ def test_zero_initialised_adapter_stops_with_a_clear_error(workspace, tiny_llama
     status = runs.wait(run_dir, timeout=240)
     assert status.state == "failed", runs.log_tail(run_dir)
     assert "adapter not applied / no effect" in status.error
-    assert not (run_dir / REPORT_FILE).exists()
+    assert not result_path(run_dir, "evaluate").exists()
 
 
 def test_end_to_end_job_writes_a_complete_report(workspace, tiny_llama_dir, adapters):
@@ -103,8 +103,8 @@ def test_end_to_end_job_writes_a_complete_report(workspace, tiny_llama_dir, adap
     runs.launch(run_dir)
     status = runs.wait(run_dir, timeout=300)
     assert status.state == "succeeded", (status.error, runs.log_tail(run_dir))
-    assert status.progress == 1.0 and status.result["report"] == REPORT_FILE
-    report = json.loads((run_dir / REPORT_FILE).read_text())
+    assert status.progress == 1.0 and status.result["report"] == result_path(run_dir).name == "report.json"
+    report = read_result(run_dir, "evaluate")
     for section in ("spec", "definitions", "thresholds", "metrics", "task", "general", "models", "comparisons", "verdicts", "examples", "lm_eval"):
         assert section in report, section
     assert [m["label"] for m in report["models"]] == ["base", "fine-tuned"]
@@ -149,7 +149,7 @@ def test_checkpoints_of_a_training_run_make_the_learning_vs_forgetting_curve(wor
     run_dir = tmp_path / "eval"
     run_dir.mkdir()
     result = run_eval_job(in_process_context(run_dir, spec))
-    report = json.loads((run_dir / REPORT_FILE).read_text())
+    report = read_result(run_dir, "evaluate")
     assert set(result["verdicts"]) == {"step 2", "step 4", "final"}
     assert [p["step"] for p in report["checkpoints"]] == [0, 2, 4, 5]
     assert all(p["task_score"] is not None and p["general_score"] is not None for p in report["checkpoints"])
@@ -162,7 +162,7 @@ def test_checkpoints_of_a_training_run_make_the_learning_vs_forgetting_curve(wor
 def test_stop_request_ends_without_a_report(tmp_path, tiny_llama_dir, adapters):
     spec = tiny_spec(tiny_llama_dir, adapters["random"])
     result = run_eval_job(in_process_context(tmp_path, spec, stop_after=0.0))
-    assert result["stopped"] and not (tmp_path / REPORT_FILE).exists()
+    assert result["stopped"] and not result_path(tmp_path, "evaluate").exists()
 
 
 def test_missing_task_dataset_is_a_clear_job_error(tmp_path, tiny_llama_dir, adapters):
@@ -174,7 +174,6 @@ def test_missing_task_dataset_is_a_clear_job_error(tmp_path, tiny_llama_dir, ada
 @pytest.mark.slow
 def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
     """Train a short LoRA on the demo task through the train job, then evaluate it against the embedded base."""
-    pytest.importorskip("core.train.job", reason="waits for core.train (the train job) to exist")
     # 10 steps at lr 1e-3 already took strict JSON validity from 0% to 100% on 12 held-out rows (measured); 12 for margin
     train_dir = runs.create_run_from_dict({"kind": "train", "name": "demo-short", "max_steps": 12, "learning_rate": 1e-3,
                                            "eval_fraction": 0.0, "max_length": 256, "batch_size": 4, "save_steps": 12})
@@ -189,7 +188,7 @@ def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
     runs.launch(eval_dir)
     status = runs.wait(eval_dir, timeout=1800)
     assert status.state == "succeeded", (status.error, runs.log_tail(eval_dir))
-    report = json.loads((eval_dir / REPORT_FILE).read_text())
+    report = read_result(eval_dir)
     gain = report["comparisons"]["demo LoRA"]["json_valid"]["value"]
     assert gain >= 30, f"JSON validity gain {gain:.0f} points (base {report['models'][0]['metrics']['json_valid']['value']:.0f}%)"
 

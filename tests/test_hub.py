@@ -170,7 +170,7 @@ def test_download_job_fetches_weights_with_progress_and_never_pickles(workspace,
     weights = len(repo.files["model.safetensors"])
     assert rows and rows[-1]["bytes_done"] == rows[-1]["bytes_total"] >= weights
     assert all(r["bytes_per_s"] >= 0 and "eta_s" in r for r in rows)
-    result = json.loads((run_dir / "download.json").read_text())
+    result = runs.read_result(run_dir)
     assert result["finished"] and result["commit"] == repo.commit and result["resumed_bytes"] == 0
     snapshot = Path(result["folder"])
     assert (snapshot / "model.safetensors").read_bytes() == repo.files["model.safetensors"]
@@ -213,7 +213,7 @@ def test_interrupted_download_resumes_where_it_stopped(workspace, online, hub_ca
         assert status.state == "succeeded", runs.log_tail(run_dir)
         ranges = [r[2] for r in server.fetched("model.safetensors")]
         assert f"bytes={kept}-" in ranges, ranges
-    result = json.loads((run_dir / "download.json").read_text())
+    result = runs.read_result(run_dir)
     assert result["resumed_bytes"] >= kept
     blob = Path(result["folder"]) / "model.safetensors"
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == hashlib.sha256(weights).hexdigest()

@@ -15,7 +15,7 @@ from core.merge.engine import run_mergekit
 from core.merge.methods import METHODS, get_method
 from core.merge.preflight import check_merge, safetensors_header
 from core.merge.spec import MergeSpec
-from core.runs.jobs import JobContext, JobError
+from core.runs.jobs import JobContext, JobError, read_result
 
 DOWN = "model.layers.0.mlp.down_proj.weight"
 
@@ -265,9 +265,7 @@ def test_sweep_points_interpolate_between_base_and_fine_tuned(family):
 
 
 def _context(run_dir: Path, data: dict) -> JobContext:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return JobContext(run_dir=run_dir, spec=data, log=logging.getLogger("test"), set_progress=lambda f, m: None,
-                      _stop=lambda: False)
+    return JobContext.in_process(run_dir, data, log=logging.getLogger("test"))
 
 
 def test_job_merges_a_lora_adapter_into_its_base_first(tiny_llama_dir, tmp_path, workspace):
@@ -313,7 +311,6 @@ def test_method_lookup_names_the_choices():
 
 
 def test_sweep_job_scores_every_point_with_the_forgetting_report(tiny_llama_dir, tmp_path, workspace):
-    pytest.importorskip("core.evaluate.job")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.merge.job import run
@@ -337,7 +334,7 @@ def test_sweep_job_scores_every_point_with_the_forgetting_report(tiny_llama_dir,
         assert 0 <= p["task_score"] <= 100 and 0 <= p["general_score"] <= 100 and p["general_perplexity"] > 1
         assert (Path(p["model_dir"]) / "merge.yaml").is_file()
     assert "verdict" not in points[0] and points[1]["verdict"].startswith("λ=0.5")
-    report = json.loads((ctx.run_dir / "eval" / "report.json").read_text())
+    report = read_result(ctx.run_dir / "eval", "evaluate")
     assert [m["label"] for m in report["models"]] == ["base", "λ=0.5", "λ=1"]  # λ = 0 is the base: scored once
     assert [r["lambda"] for r in rows if r.get("stage") == "score"] == [0.0, 0.5, 1.0]  # live, one row per point
     base_ppl = report["models"][0]["metrics"]["general_perplexity"]["value"]

@@ -98,7 +98,7 @@ def test_start_runs_a_merge_and_shows_the_result(workspace, tmp_path):
     assert any("succeeded" in m.value for m in at.markdown)
     assert any(m.label == "Merge time" for m in at.metric)
     assert {b.label for b in at.button} >= {"💬 Chat with it", "📊 Evaluate it"}
-    result = json.loads((run_dir / "result.json").read_text())
+    result = runs.read_result(run_dir)
     assert (Path(result["model_dir"]) / "merge.yaml").is_file()
     assert any(b.label == "Download the YAML this merge used" for b in at.get("download_button"))
 

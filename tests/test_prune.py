@@ -11,7 +11,7 @@ import torch
 from core.prune.methods import (PruneError, count_parameters, layer_sparsity_table, magnitude_mask, n_of_m_mask,
                                 overall_sparsity, prune_model, select_linear_layers)
 from core.prune.spec import PruneSpec
-from core.runs.jobs import JobContext, JobError
+from core.runs.jobs import JobContext, JobError, read_result
 
 
 def tiny(seed: int = 0, heads: int = 4, kv: int = 2):
@@ -133,8 +133,7 @@ def test_spec_validation():
 
 
 def _context(run_dir: Path, data: dict) -> JobContext:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return JobContext(run_dir=run_dir, spec=data, log=logging.getLogger("test"), set_progress=lambda f, m: None, _stop=lambda: False)
+    return JobContext.in_process(run_dir, data, log=logging.getLogger("test"))
 
 
 @pytest.mark.parametrize("mode, sparsity, evaluate", [("unstructured", 0.5, True), ("mlp_neurons", 0.5, False)])
@@ -142,12 +141,10 @@ def test_job_saves_a_pruned_model_that_reloads_and_generates(tiny_llama_dir, tmp
     from core.models import ModelSource, load_model
     from core.prune.job import run
 
-    if evaluate:
-        pytest.importorskip("core.evaluate.job")
     ctx = _context(tmp_path / "run", {"kind": "prune", "model": {"kind": "local", "ref": str(tiny_llama_dir)}, "mode": mode,
                                       "sparsity": sparsity, "latency_tokens": 4, "evaluate": evaluate, "eval_rows": 2})
     result = run(ctx)
-    report = json.loads((ctx.run_dir / "report.json").read_text())
+    report = read_result(ctx.run_dir, "prune")
     assert report["achieved_sparsity"] == pytest.approx(0.5, abs=1e-6)
     assert report["latency_before"]["new_tokens"] == 4 == report["latency_after"]["new_tokens"]
     assert "Measured" in report["speed_note"]
@@ -183,7 +180,7 @@ def test_job_explains_an_impossible_prune(tiny_llama_dir, tmp_path, workspace):
 def test_recovery_spec_is_a_valid_train_spec(tmp_path):
     from core.prune.job import recovery_train_spec
 
-    TrainSpec = pytest.importorskip("core.train.spec").TrainSpec
+    from core.train.spec import TrainSpec
 
     data = recovery_train_spec(tmp_path / "run" / "pruned", steps=5)
     assert data["kind"] == "train" and data["model"] == {"kind": "local", "ref": str(tmp_path / "run" / "pruned")}

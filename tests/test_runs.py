@@ -115,16 +115,72 @@ def test_stop_while_queued(workspace):
     assert runs.wait(first, 30).state == "stopped"
 
 
-def test_unknown_kind_fails_cleanly(workspace):
-    run_dir = runs.create_run_from_dict({"kind": "bogus"})
+def _hand_written_run(spec_text: str):
+    run_dir = _selftest(None, steps=1)
+    (run_dir / "spec.yaml").write_text(spec_text)  # as a user editing spec.yaml by hand would
+    return run_dir
+
+
+@pytest.mark.parametrize("spec_text, expected", [
+    ("kind: bogus\n", "unknown job kind 'bogus'; known kinds: train, evaluate"),
+    ("kind: selftest\nsteps: 2\nstpes: 3\n", "spec.yaml (selftest): unknown field(s) in SelftestSpec: stpes"),
+    ("kind: selftest\nfail_with: segfault\n", "fail_with: 'segfault' is not one of error, oom, exit"),
+    ("kind: selftest\nsteps: -1\n", "steps: -1 is below the minimum 0"),
+])
+def test_an_invalid_spec_fails_the_run_one_way_naming_the_field(workspace, spec_text, expected):
+    run_dir = _hand_written_run(spec_text)
     runs.launch(run_dir)
     final = runs.wait(run_dir, 30)
-    assert final.state == "failed" and "unknown job kind" in final.error
+    assert final.state == "failed" and expected in final.error, final.error
+    assert final.exit_code == 2 and final.message == "invalid spec"
+    assert final.kind  # the status keeps the run's kind and creation time
+    assert not (run_dir / "result.json").exists() and not (run_dir / runs.METRICS_FILE).exists()
+    assert "invalid spec" in runs.log_tail(run_dir)
 
 
-def test_list_runs_and_command(workspace):
+def test_creating_or_updating_a_run_with_a_bad_spec_is_refused_before_anything_is_written(workspace):
+    with pytest.raises(runs.InvalidSpec, match="unknown job kind"):
+        runs.create_run_from_dict({"kind": "bogus"})
+    with pytest.raises(runs.InvalidSpec, match="fine-tuned variant"):
+        runs.create_run_from_dict({"kind": "evaluate"})
+    assert runs.list_runs() == []
+    run_dir = _selftest(workspace, steps=1)
+    before = (run_dir / "spec.yaml").read_text()
+    with pytest.raises(runs.InvalidSpec, match="steps: expected int"):
+        runs.relaunch(run_dir, {"steps": "many"})
+    assert (run_dir / "spec.yaml").read_text() == before and read_status(run_dir).state == "created"
+
+
+def test_every_registered_kind_names_its_spec_run_function_and_result_file():
+    for name, job in runs.JOBS.items():
+        cls = job.spec_class()
+        assert cls.kind == name and callable(job.run_function()), name
+        assert job.result_file.endswith(".json") and "/" not in job.result_file
+        assert callable(cls.from_dict)
+
+
+def test_the_result_file_is_written_and_read_through_the_registry(workspace):
+    run_dir = _selftest(workspace, steps=2, step_seconds=0.0)
+    assert runs.read_result(run_dir) is None
+    runs.launch(run_dir)
+    assert runs.wait(run_dir, 60).state == "succeeded"
+    assert runs.result_path(run_dir) == run_dir / runs.JOBS["selftest"].result_file
+    assert runs.read_result(run_dir) == {"steps_done": 2, "resumed_from": 0}
+
+
+def test_a_job_function_gets_the_parsed_spec(workspace, tmp_path):
+    from core.runs.jobs import JobContext
+    from core.runs.selftest import SelftestSpec, run
+
+    ctx = JobContext.in_process(tmp_path / "run", {"kind": "selftest", "steps": "3", "step_seconds": 0})
+    assert ctx.spec == SelftestSpec(steps=3, step_seconds=0.0) and ctx.spec_data["kind"] == "selftest"
+    assert run(ctx) == {"steps_done": 3, "resumed_from": 0} == ctx.read_result()
+
+
+def test_list_runs_and_command(workspace, tiny_llama_dir):
     a = _selftest(workspace, steps=1)
-    runs.create_run_from_dict({"kind": "evaluate"}, name="other")
+    runs.create_run_from_dict({"kind": "evaluate", "variants": [{"label": "x", "model": {"kind": "local", "ref": str(tiny_llama_dir)}}]},
+                              name="other")
     assert {r.kind for r in runs.list_runs()} == {"selftest", "evaluate"}
     assert [r.path for r in runs.list_runs("selftest")] == [a]
     assert runs.run_command(a).startswith("python -m core.runs.worker")

@@ -8,7 +8,6 @@ orchestrator holds none (it only waits), and a Stop is passed on to the child th
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import Any
 from core.compare.features import FeatureError, encode_with_minilm, encode_with_model, feature_baseline, load_labelled
 from core.compare.spec import FeatureExtractionSpec, MethodComparisonSpec
 from core.compare.table import to_csv
-from core.runs.jobs import JobContext, JobError
+from core.runs.jobs import JobContext, JobError, read_result
+from core.runs.spec import spec_to_dict
 from core.train.methods import METHODS
 
-FEATURES_FILE = "features.json"
 HEAD_FILE = "head.json"
-COMPARISON_FILE = "comparison.json"
 COMPARISON_CSV = "comparison.csv"
 CHILDREN_FILE = "children.json"
 POLL_SECONDS = 1.0
@@ -37,10 +35,7 @@ def run_feature_extraction(ctx: JobContext) -> dict:
     from core.train.trainer import MemoryProbe
 
     started = time.time()
-    try:
-        spec = FeatureExtractionSpec.from_dict(ctx.spec)
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"spec.yaml: {exc}") from None
+    spec: FeatureExtractionSpec = ctx.spec
     try:
         train = load_labelled(data_file(spec.dataset), spec.label_field)
         test = load_labelled(data_file(spec.test_dataset), spec.label_field)
@@ -75,10 +70,10 @@ def run_feature_extraction(ctx: JobContext) -> dict:
     report = {**result.as_dict(), "encoder_params": encoder_params, "peak_memory_bytes": probe.peak(),
               "wall_seconds": round(time.time() - started, 2), "train_dataset": train.source, "test_dataset": test.source}
     ctx.write_json(HEAD_FILE, result.head)
-    ctx.write_json(FEATURES_FILE, {**report, "head_bytes": (ctx.run_dir / HEAD_FILE).stat().st_size})
+    ctx.write_result({**report, "head_bytes": (ctx.run_dir / HEAD_FILE).stat().st_size})
     ctx.log.info("feature extraction (%s): %.1f%% accuracy on %d test rows (majority label %.1f%%)", name, 100 * result.accuracy,
                  result.test_rows, 100 * result.majority_accuracy)
-    return {"accuracy": result.accuracy, "majority_accuracy": result.majority_accuracy, "report": FEATURES_FILE}
+    return {"accuracy": result.accuracy, "majority_accuracy": result.majority_accuracy, "report": ctx.result_path().name}
 
 
 # ---------------------------------------------------------------- method comparison
@@ -86,10 +81,7 @@ def run_feature_extraction(ctx: JobContext) -> dict:
 
 def run_comparison(ctx: JobContext) -> dict:
     started = time.time()
-    try:
-        spec = MethodComparisonSpec.from_dict(ctx.spec)
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"spec.yaml: {exc}") from None
+    spec: MethodComparisonSpec = ctx.spec
     children: dict[str, str] = ctx.read_json(CHILDREN_FILE, {}) or {}  # step -> run folder (a resumed comparison reuses them)
     steps = len(spec.methods) + 1 + (1 if spec.feature_field.strip() else 0)
     rows: dict[str, dict] = {}
@@ -107,7 +99,7 @@ def run_comparison(ctx: JobContext) -> dict:
     if trained and not ctx.stop_requested:
         run_dir = _child(ctx, children, "evaluate", lambda: evaluate_spec_for(spec, trained))
         _follow(ctx, run_dir, len(spec.methods), steps, "evaluation")
-        report = _read(run_dir / "report.json")
+        report = read_result(run_dir, "evaluate")
         if report is None:
             note = _child_error(run_dir)
             for row in trained.values():
@@ -122,15 +114,15 @@ def run_comparison(ctx: JobContext) -> dict:
         rows["feature_extraction"] = feature_row(spec, run_dir, base_scores)
 
     table = list(rows.values())
-    result = {"spec": {"kind": MethodComparisonSpec.kind, **ctx.spec}, "rows": table, "base": base_scores,
+    result = {"spec": spec_to_dict(spec), "rows": table, "base": base_scores,
               "evaluation_run": children.get("evaluate"), "wall_seconds": round(time.time() - started, 1),
               "stopped": ctx.stop_requested, "notes": comparison_notes(spec)}
-    ctx.write_json(COMPARISON_FILE, result)
+    ctx.write_result(result)
     from core.workspace import atomic_write_text
 
     atomic_write_text(ctx.path(COMPARISON_CSV), to_csv(table))
     done = [r for r in table if r["state"] == "succeeded"]
-    return {"table": COMPARISON_FILE, "csv": COMPARISON_CSV, "methods": len(table), "succeeded": len(done)}
+    return {"table": ctx.result_path().name, "csv": COMPARISON_CSV, "methods": len(table), "succeeded": len(done)}
 
 
 def comparison_notes(spec: MethodComparisonSpec) -> list[str]:
@@ -211,13 +203,6 @@ def _follow(ctx: JobContext, run_dir: Path | None, index: int, steps: int, what:
         time.sleep(POLL_SECONDS)
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _child_error(run_dir: Path | None) -> str:
     from core.runs import read_status
 
@@ -235,7 +220,7 @@ def train_row(spec: MethodComparisonSpec, method: str, run_dir: Path | None) -> 
     if run_dir is None:
         return {**row, "state": "not run", "error": "invalid settings for this method"}
     status = read_status(run_dir)
-    card = _read(run_dir / "run_card.json") or {}
+    card = read_result(run_dir, "train") or {}
     outputs = card.get("outputs") or {}
     final = card.get("final_metrics") or {}
     return {
@@ -269,7 +254,7 @@ def feature_row(spec: MethodComparisonSpec, run_dir: Path | None, base_scores: d
     if run_dir is None:
         return {**row, "state": "not run", "error": "invalid settings"}
     status = read_status(run_dir)
-    report = _read(run_dir / FEATURES_FILE) or {}
+    report = read_result(run_dir, "feature_extraction") or {}
     total = (report.get("encoder_params") or 0) + (report.get("head_params") or 0)
     return {
         **row, "state": status.state, "error": status.error or "", "run_id": run_dir.name,

@@ -63,15 +63,10 @@ def to_csv(rows: Iterable[dict]) -> str:
 
 
 def load_result(run_dir: Any) -> dict | None:
-    """comparison.json of a finished comparison run, or None while it runs."""
-    import json
-    from pathlib import Path
+    """The result file of a finished comparison run, or None while it runs."""
+    from core.runs.jobs import read_result
 
-    path = Path(run_dir) / "comparison.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_result(run_dir, "method_comparison")
 
 
 def live_rows(metrics_rows: Iterable[dict]) -> list[dict]:

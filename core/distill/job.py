@@ -60,10 +60,7 @@ def build_student(spec: DistillSpec, teacher_model: Any, run_dir: Path, log) -> 
 
 
 def run(ctx: JobContext) -> dict:
-    try:
-        spec = DistillSpec.from_dict(ctx.spec)
-    except ValueError as exc:
-        raise JobError(f"The distill spec is invalid: {exc}") from None
+    spec: DistillSpec = ctx.spec
     torch.manual_seed(spec.seed)
     state = ctx.read_json(STATE_FILE) or {}
     ctx.progress(0.01, "loading the teacher")
@@ -153,7 +150,7 @@ def run(ctx: JobContext) -> dict:
         ctx.progress(0.85, "scoring the student against the teacher")
         result["evaluation"] = score_against(spec.teacher_source, ModelSource("local", str(student_dir)), ctx,
                                              rows=spec.eval_rows, progress_span=(0.85, 1.0), label="student")
-    ctx.write_json("result.json", result)
+    ctx.write_result(result)
     return {k: v for k, v in result.items() if k != "evaluation"} | _headline(result.get("evaluation"))
 
 

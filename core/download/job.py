@@ -8,9 +8,6 @@ from typing import Any, Iterable
 from core import hub
 from core.runs.jobs import JobContext, JobError
 
-RESULT_FILE = "download.json"
-
-
 def files_to_fetch(repo: hub.RemoteRepo, remote_code: bool) -> list[hub.RemoteFile]:
     """Safetensors weights, config and tokenizer files (and *.py only for trusted remote code); never pickles."""
     weights = repo.select(hub.WEIGHT_PATTERNS)
@@ -54,14 +51,9 @@ def fetch(ctx: JobContext, source: Any, *, stage: str = "download", share: float
 
 
 def run(ctx: JobContext) -> dict:
-    from core.download.spec import DownloadSpec
-
-    try:
-        spec = DownloadSpec.from_dict(ctx.spec)
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"spec.yaml: {exc}") from None
+    spec = ctx.spec  # a DownloadSpec
     result = fetch(ctx, spec.source)
-    ctx.write_json(RESULT_FILE, result)
+    ctx.write_result(result)
     if result["finished"]:
         ctx.progress(1.0, f"downloaded {spec.source.ref}: {_size(result['bytes'])}")
     return result

@@ -4,16 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from core.runs.spec import check_limits, spec_from_dict
+from core.runs.spec import check_limits, meta, spec_from_dict
 
 
 @dataclass
 class DownloadSpec:
     kind: ClassVar[str] = "download"
 
-    model: dict = field(default_factory=dict, metadata={
-        "help": "The Hub model, as a core.models source: {kind: hub, ref: org/name, revision: ..., trust_remote_code: ...}."})
-    name: str = field(default="", metadata={"help": "A label for the run folder (optional)."})
+    model: dict = field(default_factory=dict, metadata=meta("The Hub model, as a core.models source: {kind: hub, ref: org/name, revision: ..., trust_remote_code: ...}."))
+    name: str = field(default="", metadata=meta("A label for the run folder (optional)."))
 
     def __post_init__(self) -> None:
         check_limits(self)

@@ -19,13 +19,14 @@ from typing import Any, Iterator
 
 from core.evaluate import harness, scoring
 from core.evaluate.general import MC_SET_NAME, TEXT_SET_NAME, GeneralSetError, load_general_sets
-from core.evaluate.report import REPORT_FILE, ModelResult, build_report, metric_defs
+from core.evaluate.report import ModelResult, build_report, metric_defs
 from core.evaluate.spec import EvalSpec
 from core.evaluate.task import TaskDataError, TaskSetup, load_task, score_answer
 from core.evaluate.variants import Variant, expand_variants
 from core.metrics import choice_accuracy
 from core.models import LoadedModel, ModelLoadError, ModelSource, apply_adapter, load_model, unwrap_adapter
 from core.runs.jobs import JobContext, JobError
+from core.runs.spec import spec_to_dict
 from core.workspace import read_json
 
 
@@ -46,7 +47,7 @@ class _Progress:
 
 def run(ctx: JobContext) -> dict:
     started = time.time()
-    spec = _spec(ctx.spec)
+    spec: EvalSpec = ctx.spec
     base_source = spec.base_source
     try:
         variants = expand_variants(spec.variants, spec.checkpoints_of, base_source)
@@ -83,21 +84,14 @@ def run(ctx: JobContext) -> dict:
     lm_eval = _lm_eval(spec, base, variants, progress)
     progress.set_stage("bootstrap intervals and verdict")
     report = build_report(
-        spec={"kind": EvalSpec.kind, **ctx.spec}, task=_task_summary(setup), general=_general_summary(general),
+        spec=spec_to_dict(spec), task=_task_summary(setup), general=_general_summary(general),
         results=results, examples=_example_rows(setup), defs=metric_defs(setup.fields, setup.is_json),
         wall_seconds=time.time() - started, lm_eval=lm_eval, notes=_notes(setup, base),
     )
-    ctx.write_json(REPORT_FILE, report)
+    ctx.write_result(report)
     ctx.log.info("report written: %s", ", ".join(v["headline"] for v in report["verdicts"]))
-    return {"report": REPORT_FILE, "verdicts": {v["label"]: v["verdict"] for v in report["verdicts"]},
+    return {"report": ctx.result_path().name, "verdicts": {v["label"]: v["verdict"] for v in report["verdicts"]},
             "wall_seconds": report["wall_seconds"]}
-
-
-def _spec(data: dict) -> EvalSpec:
-    try:
-        return EvalSpec.from_dict(data)
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"invalid evaluation spec: {exc}") from exc
 
 
 def _load(source: ModelSource) -> LoadedModel:

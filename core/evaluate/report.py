@@ -12,7 +12,6 @@ from typing import Any
 from core.evaluate import stats
 from core.evaluate.verdict import decide
 
-REPORT_FILE = "report.json"
 REPORT_VERSION = 1
 GENERAL_SCORE = "general_mc_acc_norm"
 

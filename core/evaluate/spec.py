@@ -6,62 +6,58 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.models import ModelSource
-from core.runs.spec import check_limits, spec_from_dict
+from core.runs.spec import check_limits, meta, spec_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TASK_DATASET = "assets/demo/eval.jsonl"
-
-
-def _help(text: str, **extra: Any) -> dict:
-    return {"help": text, **extra}
 
 
 @dataclass
 class EvalSpec:
     kind: ClassVar[str] = "evaluate"
 
-    name: str = field(default="", metadata=_help("A short name for the run folder."))
-    base: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=_help(
+    name: str = field(default="", metadata=meta("A short name for the run folder."))
+    base: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=meta(
         "The base model as a model-source dict: {kind: embedded|local|hub|gguf, ref: path or id}."))
-    variants: list = field(default_factory=list, metadata=_help(
+    variants: list = field(default_factory=list, metadata=meta(
         "Fine-tuned models to compare with the base: [{label, model: {kind, ref, adapter}}]. An adapter variant "
         "usually names the base plus `adapter`; a merged model names its own folder."))
-    checkpoints_of: str = field(default="", metadata=_help(
+    checkpoints_of: str = field(default="", metadata=meta(
         "A training run folder: every checkpoint in <run>/checkpoints/ (and the final adapter) becomes a variant, "
         "for the learning-vs-forgetting curve."))
-    task_dataset: str = field(default=DEFAULT_TASK_DATASET, metadata=_help(
+    task_dataset: str = field(default=DEFAULT_TASK_DATASET, metadata=meta(
         "Held-out conversations of the task (JSONL / JSON / CSV / Parquet, any format core.data reads); the last "
         "assistant turn of each row is the reference answer.", group="data"))
-    task_samples: int = field(default=12, metadata=_help(
+    task_samples: int = field(default=12, metadata=meta(
         "Task rows to evaluate (a seeded sample; 0 = all).", min=0, max=100_000, group="data"))
-    general_samples: int = field(default=16, metadata=_help(
+    general_samples: int = field(default=16, metadata=meta(
         "General texts for perplexity (of 175; 0 = all).", min=0, max=100_000, group="data"))
-    mc_samples: int = field(default=60, metadata=_help(
+    mc_samples: int = field(default=60, metadata=meta(
         "General multiple-choice items (of 600; 0 = all).", min=0, max=100_000, group="data"))
-    max_new_tokens: int = field(default=48, metadata=_help(
+    max_new_tokens: int = field(default=48, metadata=meta(
         "Longest generated answer in tokens (greedy decoding).", min=1, max=8192, group="generation"))
-    batch_size: int = field(default=8, metadata=_help(
+    batch_size: int = field(default=8, metadata=meta(
         "Prompts / sequences per forward pass.", min=1, max=512, group="generation", advanced=True))
-    max_length: int = field(default=1024, metadata=_help(
+    max_length: int = field(default=1024, metadata=meta(
         "Longest sequence scored for loss / perplexity, in tokens (longer ones are cut).", min=16, max=131_072,
         group="generation", advanced=True))
-    bootstrap_samples: int = field(default=1000, metadata=_help(
+    bootstrap_samples: int = field(default=1000, metadata=meta(
         "Bootstrap resamples for the 95% confidence intervals (0 = no intervals).", min=0, max=100_000, group="verdict"))
-    forgetting_threshold: float = field(default=3.0, metadata=_help(
+    forgetting_threshold: float = field(default=3.0, metadata=meta(
         "Forgetting when the general score (multiple-choice accuracy, percentage points) drops by more than this.",
         min=0.0, max=100.0, group="verdict"))
-    perplexity_threshold: float = field(default=25.0, metadata=_help(
+    perplexity_threshold: float = field(default=25.0, metadata=meta(
         "Forgetting also when general-text perplexity rises by more than this many percent (a second guard; "
         "the demo LoRA raised it ~15% after 10 steps at lr 1e-3 with the general score unchanged).", min=0.0, max=10_000.0,
         group="verdict"))
-    free_text_fields: list = field(default_factory=list, metadata=_help(
+    free_text_fields: list = field(default_factory=list, metadata=meta(
         "JSON fields compared with ROUGE-L instead of exact match; empty = detect from the references.",
         group="data", advanced=True))
-    lm_eval_tasks: list = field(default_factory=list, metadata=_help(
+    lm_eval_tasks: list = field(default_factory=list, metadata=meta(
         "Optional lm-evaluation-harness task names (run only when `lm-eval` is installed).", group="extra", advanced=True))
-    lm_eval_limit: int = field(default=100, metadata=_help(
+    lm_eval_limit: int = field(default=100, metadata=meta(
         "Examples per lm-eval task (0 = the whole task).", min=0, max=1_000_000, group="extra", advanced=True))
-    seed: int = field(default=0, metadata=_help("Seed for the samples and the bootstrap.", min=0, max=2**31 - 1))
+    seed: int = field(default=0, metadata=meta("Seed for the samples and the bootstrap.", min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
         check_limits(self)

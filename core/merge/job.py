@@ -22,10 +22,7 @@ SWEEP_FILE = "sweep.json"
 
 
 def run(ctx: JobContext) -> dict:
-    try:
-        spec = MergeSpec.from_dict(ctx.spec)
-    except ValueError as exc:
-        raise JobError(f"The merge spec is invalid: {exc}") from None
+    spec: MergeSpec = ctx.spec
     from core.download import ensure_weights
 
     ensure_weights(ctx, [spec.base_source, *spec.model_sources()])  # Hub models not in the cache yet: first stage
@@ -51,14 +48,14 @@ def run(ctx: JobContext) -> dict:
     ctx.metrics(stage="merge", merge_seconds=seconds)
     result = {"method": spec.method, "model_dir": str(merged), "merge_seconds": round(seconds, 3),
               "size_bytes": model_file_size(merged), "parameters": report.facts.get("parameters")}
-    ctx.write_json("result.json", result)
+    ctx.write_result(result)
     if spec.evaluate and not ctx.stop_requested:
         from core.transform_eval import score_against
 
         ctx.progress(0.5, "scoring the merged model against the base")
         result["evaluation"] = score_against(spec.reference_source, ModelSource("local", str(merged)), ctx,
                                              rows=spec.eval_rows, progress_span=(0.5, 1.0), label="merged")
-        ctx.write_json("result.json", result)
+        ctx.write_result(result)
     return {k: v for k, v in result.items() if k != "evaluation"} | _headline(result.get("evaluation"))
 
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from core.merge.methods import METHODS, SWEEP_METHODS, get_method
 from core.models import ModelSource
-from core.runs.spec import check_limits, spec_from_dict, spec_to_dict
+from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -15,28 +15,22 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 class MergeSpec:
     kind: ClassVar[str] = "merge"
 
-    name: str = field(default="", metadata={"help": "A label for the run folder."})
-    method: Literal["linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = field(
-        default="task_arithmetic", metadata={"help": "The merge method (see the method table)."})
-    base: dict = field(default_factory=lambda: {"kind": "embedded"}, metadata={
-        "help": "The base model (a model source). Task-vector methods and SLERP merge relative to it; "
-                "the forgetting report always compares against it. Empty = none (linear only)."})
-    models: list = field(default_factory=list, metadata={
-        "help": "The models to merge: a list of {source: <model source>, weight: float, density: float}. "
-                "A source with an `adapter` is merged into its base first."})
-    parameters: dict = field(default_factory=dict, metadata={
-        "help": "Method-wide parameters (t, lambda, normalize, rescale); missing ones take the method's default."})
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "dtype of the merged weights; auto = the base model's dtype."})
-    seed: int = field(default=0, metadata={"help": "Random seed (DARE drops entries at random).", "min": 0, "advanced": True})
-    sweep: list = field(default_factory=list, metadata={
-        "help": "Interpolation weights λ between base (0) and the fine-tuned model (1), e.g. 0, 0.25, 0.5, 0.75, 1. "
-                "Non-empty = a learning-vs-forgetting sweep: one merge + one evaluation per λ."})
-    evaluate: bool = field(default=True, metadata={"help": "Score the result(s) with the forgetting report."})
-    eval_rows: int = field(default=20, metadata={"help": "Task rows (and general texts) used per evaluation; fewer = faster.",
-                                                   "min": 1, "max": 10000, "advanced": True})
-    keep_sweep_models: bool = field(default=True, metadata={
-        "help": "Keep every sweep point's merged model on disk (needed to chat with a chosen point).", "advanced": True})
+    name: str = field(default="", metadata=meta("A label for the run folder."))
+    method: str = field(
+        default="task_arithmetic", metadata=meta("The merge method (see the method table).", choices=METHODS))
+    base: dict = field(default_factory=lambda: {"kind": "embedded"}, metadata=meta("The base model (a model source). Task-vector methods and SLERP merge relative to it; "
+                "the forgetting report always compares against it. Empty = none (linear only)."))
+    models: list = field(default_factory=list, metadata=meta("The models to merge: a list of {source: <model source>, weight: float, density: float}. "
+                "A source with an `adapter` is merged into its base first."))
+    parameters: dict = field(default_factory=dict, metadata=meta("Method-wide parameters (t, lambda, normalize, rescale); missing ones take the method's default."))
+    dtype: str = field(
+        default="auto", metadata=meta("dtype of the merged weights; auto = the base model's dtype.", choices=DTYPES))
+    seed: int = field(default=0, metadata=meta("Random seed (DARE drops entries at random).", advanced=True, min=0))
+    sweep: list = field(default_factory=list, metadata=meta("Interpolation weights λ between base (0) and the fine-tuned model (1), e.g. 0, 0.25, 0.5, 0.75, 1. "
+                "Non-empty = a learning-vs-forgetting sweep: one merge + one evaluation per λ."))
+    evaluate: bool = field(default=True, metadata=meta("Score the result(s) with the forgetting report."))
+    eval_rows: int = field(default=20, metadata=meta("Task rows (and general texts) used per evaluation; fewer = faster.", advanced=True, min=1, max=10000))
+    keep_sweep_models: bool = field(default=True, metadata=meta("Keep every sweep point's merged model on disk (needed to chat with a chosen point).", advanced=True))
 
     def __post_init__(self) -> None:
         check_limits(self)

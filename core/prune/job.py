@@ -21,10 +21,7 @@ def source_size_bytes(source: ModelSource) -> int | None:
 
 
 def run(ctx: JobContext) -> dict:
-    try:
-        spec = PruneSpec.from_dict(ctx.spec)
-    except ValueError as exc:
-        raise JobError(f"The prune spec is invalid: {exc}") from None
+    spec: PruneSpec = ctx.spec
     ctx.progress(0.02, f"loading {spec.source.label}")
     loaded = load_model(spec.source)
     model = loaded.model
@@ -73,14 +70,14 @@ def run(ctx: JobContext) -> dict:
         "prune_seconds": round(prune_seconds, 3),
         "pruned_dir": str(pruned_dir),
     }
-    ctx.write_json("report.json", report)
+    ctx.write_result(report)
     if spec.evaluate and not ctx.stop_requested:
         from core.transform_eval import score_against
 
         ctx.progress(0.5, "scoring before and after with the forgetting report")
         report["evaluation"] = score_against(spec.source, ModelSource("local", str(pruned_dir)), ctx, rows=spec.eval_rows,
                                              progress_span=(0.5, 1.0), label="pruned")
-        ctx.write_json("report.json", report)
+        ctx.write_result(report)
     return {k: report[k] for k in ("mode", "achieved_sparsity", "parameters_before", "parameters_after", "size_before_bytes",
                                    "size_after_bytes", "pruned_dir")} | {
         "latency_before_s": round(before.seconds, 3), "latency_after_s": round(after.seconds, 3)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.runs.jobs import JOBS, InvalidSpec, job_kind, kind_names, parse_spec, read_result, result_path
 from core.runs.metrics import read_all_metrics, read_new_metrics, tail_text
 from core.runs.spec import read_spec_dict, spec_to_dict, spec_to_yaml, write_spec
 from core.runs.status import (
@@ -29,7 +30,8 @@ from core.workspace import atomic_write_text, runs_dir, safe_name
 __all__ = [
     "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
     "read_new_metrics", "read_all_metrics", "log_tail", "run_command", "spec_to_yaml", "read_spec_dict",
-    "METRICS_FILE", "LOG_FILE", "SPEC_FILE",
+    "METRICS_FILE", "LOG_FILE", "SPEC_FILE", "JOBS", "InvalidSpec", "job_kind", "parse_spec", "read_result", "result_path",
+    "create_run_from_dict", "wait",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +62,7 @@ def new_run_dir(kind: str, name: str = "") -> Path:
 
 def create_run(spec: Any, name: str = "") -> Path:
     """A run folder with spec.yaml and a `created` status; nothing runs until launch()."""
-    kind = getattr(type(spec), "kind", None) or spec_to_dict(spec).get("kind")
-    if not kind:
-        raise ValueError("a job spec needs a `kind` (train, evaluate, merge, prune, distill)")
+    kind = job_kind(getattr(type(spec), "kind", "")).name  # InvalidSpec for a class that is not a registered job
     run_dir = new_run_dir(kind, name or getattr(spec, "name", "") or "")
     write_spec(run_dir, spec)
     write_status(run_dir, RunStatus(state="created", kind=kind))
@@ -70,10 +70,10 @@ def create_run(spec: Any, name: str = "") -> Path:
 
 
 def create_run_from_dict(data: dict, name: str = "") -> Path:
+    """The same from a spec.yaml mapping (checked through the registry first: InvalidSpec names the field)."""
     import yaml
 
-    if "kind" not in data:
-        raise ValueError("a job spec needs a `kind`")
+    parse_spec(data)
     run_dir = new_run_dir(data["kind"], name or data.get("name", ""))
     atomic_write_text(run_dir / SPEC_FILE, yaml.safe_dump(data, sort_keys=False))
     write_status(run_dir, RunStatus(state="created", kind=data["kind"]))
@@ -141,6 +141,7 @@ def relaunch(run_dir: str | Path, spec_updates: dict | None = None) -> int:
     if spec_updates:
         data = read_spec_dict(run_dir)
         data.update(spec_updates)
+        parse_spec(data)  # a bad update is refused here, before the run folder changes
         atomic_write_text(run_dir / SPEC_FILE, yaml.safe_dump(data, sort_keys=False))
     return launch(run_dir)
 

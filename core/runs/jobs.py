@@ -1,7 +1,13 @@
-"""The job kinds the worker can run: name -> "module:function" (imported only inside the worker).
+"""The job registry: kind -> (spec class, run function, result file). One table; everything else reads it.
 
-A job function takes a JobContext and returns a small JSON-able result dict. It reports through the
-context (metrics, progress, log) and checks `ctx.stop_requested` between steps.
+A job function takes a JobContext whose `spec` is already the parsed spec dataclass (the worker parses
+spec.yaml once, through the registry) and returns a small JSON-able summary for status.json. Its full
+result goes to the kind's result file (`ctx.write_result`), which pages read through `read_result`.
+Spec classes and run functions are named as "module:attribute" strings and imported only when used, so
+reading the table imports neither torch nor the jobs' libraries.
+
+To add a job kind: write its spec dataclass (fields with `core.runs.spec.meta`) and its `run(ctx)`, then
+add one `JobKind` line to JOBS below.
 """
 from __future__ import annotations
 
@@ -14,47 +20,131 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.runs.metrics import append_metrics
-from core.runs.status import METRICS_FILE
+from core.runs.status import METRICS_FILE, SPEC_FILE
 
-JOB_KINDS: dict[str, str] = {
-    "train": "core.train.job:run",
-    "evaluate": "core.evaluate.job:run",
-    "merge": "core.merge.job:run",
-    "prune": "core.prune.job:run",
-    "distill": "core.distill.job:run",
-    "download": "core.download.job:run",
-    "feature_extraction": "core.compare.job:run_feature_extraction",
-    "method_comparison": "core.compare.job:run_comparison",  # an orchestrator: its train / evaluate children take the lock
-    "selftest": "core.runs.selftest:run",
-}
 
-# Kinds that hold the accelerator (or, on CPU, all cores): one at a time per workspace.
-EXCLUSIVE_KINDS = {"train", "evaluate", "merge", "prune", "distill", "selftest", "feature_extraction"}
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec: str  # "module:Class", the spec dataclass (has a `kind` ClassVar equal to `name`)
+    run: str  # "module:function", called with a JobContext
+    result_file: str  # the job's full result, written with ctx.write_result and read with read_result
+    exclusive: bool = True  # holds the accelerator (on CPU: every core): one exclusive job at a time
+    title: str = ""
+
+    def spec_class(self) -> type:
+        return _import(self.spec)
+
+    def run_function(self) -> Callable[[JobContext], dict | None]:
+        return _import(self.run)
+
+    def parse_spec(self, data: dict) -> Any:
+        """The spec dataclass from a spec.yaml mapping; InvalidSpec names the field that is wrong."""
+        cls = self.spec_class()
+        try:
+            return cls.from_dict({k: v for k, v in dict(data or {}).items() if k != "kind"})
+        except (TypeError, ValueError) as exc:
+            raise InvalidSpec(f"{SPEC_FILE} ({self.name}): {exc}") from None
+
+
+JOBS: dict[str, JobKind] = {job.name: job for job in (
+    JobKind("train", "core.train.spec:TrainSpec", "core.train.job:run", "run_card.json", title="Training run"),
+    JobKind("evaluate", "core.evaluate.spec:EvalSpec", "core.evaluate.job:run", "report.json", title="Forgetting report"),
+    JobKind("merge", "core.merge.spec:MergeSpec", "core.merge.job:run", "result.json", title="Merge"),
+    JobKind("prune", "core.prune.spec:PruneSpec", "core.prune.job:run", "result.json", title="Prune"),
+    JobKind("distill", "core.distill.spec:DistillSpec", "core.distill.job:run", "result.json", title="Distillation"),
+    JobKind("download", "core.download.spec:DownloadSpec", "core.download.job:run", "download.json", exclusive=False,
+            title="Model download"),
+    JobKind("feature_extraction", "core.compare.spec:FeatureExtractionSpec", "core.compare.job:run_feature_extraction",
+            "features.json", title="Feature-extraction baseline"),
+    # an orchestrator: its train / evaluate children take the exclusive lock in turn
+    JobKind("method_comparison", "core.compare.spec:MethodComparisonSpec", "core.compare.job:run_comparison",
+            "comparison.json", exclusive=False, title="Method comparison"),
+    JobKind("selftest", "core.runs.selftest:SelftestSpec", "core.runs.selftest:run", "result.json", title="Job-system self-test"),
+)}
 
 
 class JobError(RuntimeError):
     """A failure the job can explain in one human sentence (shown as the run's error)."""
 
 
+class InvalidSpec(JobError, ValueError):
+    """spec.yaml does not describe a valid job (unknown kind, unknown field, value out of range)."""
+
+
 class JobStopped(Exception):
     """Raised when a second stop request arrives while the job ignores the first."""
 
 
-def resolve_job(kind: str) -> Callable[["JobContext"], dict | None]:
-    if kind not in JOB_KINDS:
-        raise JobError(f"unknown job kind {kind!r}; known kinds: {', '.join(JOB_KINDS)}")
-    module_name, func_name = JOB_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+def _import(target: str) -> Any:
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def job_kind(kind: str) -> JobKind:
+    try:
+        return JOBS[kind]
+    except KeyError:
+        raise InvalidSpec(f"unknown job kind {kind!r}; known kinds: {', '.join(JOBS)}") from None
+
+
+def kind_names() -> str:
+    return ", ".join(JOBS)
+
+
+def parse_spec(data: dict) -> Any:
+    """The spec dataclass of a spec.yaml mapping, chosen by its `kind`."""
+    if not isinstance(data, dict) or not data.get("kind"):
+        raise InvalidSpec(f"{SPEC_FILE} needs a `kind` ({kind_names()})")
+    return job_kind(str(data["kind"])).parse_spec(data)
+
+
+def result_path(run_dir: str | Path, kind: str | None = None) -> Path:
+    """Where a run's result file lives (its kind is read from spec.yaml when not given)."""
+    run_dir = Path(run_dir)
+    if kind is None:
+        from core.runs.spec import read_spec_dict
+
+        kind = read_spec_dict(run_dir)["kind"]
+    return run_dir / job_kind(kind).result_file
+
+
+def read_result(run_dir: str | Path, kind: str | None = None, default: Any = None) -> Any:
+    """A run's result file as JSON (None / `default` while it has not been written)."""
+    try:
+        return json.loads(result_path(run_dir, kind).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
 
 
 @dataclass
 class JobContext:
     run_dir: Path
-    spec: dict[str, Any]
+    spec: Any  # the parsed spec dataclass
     log: logging.Logger
     set_progress: Callable[[float, str], None]
     _stop: Callable[[], bool]
+    spec_data: dict = field(default_factory=dict)  # spec.yaml as written (kind included), for run cards
     started: float = field(default_factory=time.time)
+
+    @classmethod
+    def in_process(cls, run_dir: str | Path, spec: Any, *, log: logging.Logger | None = None,
+                   set_progress: Callable[[float, str], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> JobContext:
+        """A context for running a job function in this process (a job inside a job, tests, benchmarks):
+        `spec` is a spec dataclass or a spec.yaml mapping, parsed through the registry like the worker does."""
+        from core.runs.spec import spec_to_dict
+
+        parsed = parse_spec(spec) if isinstance(spec, dict) else spec
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cls(run_dir=run_dir, spec=parsed, spec_data=spec_to_dict(parsed),
+                   log=log or logging.getLogger(f"workbench.{type(parsed).kind}"),
+                   set_progress=set_progress or (lambda fraction, message: None), _stop=stop or (lambda: False))
+
+    @property
+    def kind(self) -> str:
+        return type(self.spec).kind
 
     @property
     def stop_requested(self) -> bool:
@@ -76,8 +166,18 @@ class JobContext:
 
         return atomic_write_json(self.path(name), obj)
 
+    def result_path(self) -> Path:
+        return result_path(self.run_dir, self.kind)
+
+    def write_result(self, obj: Any) -> Path:
+        """The job's full result, in the file the registry names for its kind."""
+        return self.write_json(job_kind(self.kind).result_file, obj)
+
     def read_json(self, name: str, default: Any = None) -> Any:
         try:
             return json.loads((self.run_dir / name).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return default
+
+    def read_result(self, default: Any = None) -> Any:
+        return read_result(self.run_dir, self.kind, default)

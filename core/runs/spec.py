@@ -1,8 +1,13 @@
 """Job specs: a dataclass whose fields carry help text and limits is the YAML file, the CLI and the form.
 
-Each job kind (train, evaluate, merge, ...) defines its own dataclass; this module gives them one way to
-round-trip to `spec.yaml`, to validate unknown keys with a message naming the key, and to describe their
-fields for a generated form.
+Each job kind (core.runs.jobs.JOBS) defines its own dataclass; this module gives them one way to declare a
+field's help text, form group and limits (`meta`), to round-trip to `spec.yaml`, to validate unknown keys
+with a message naming the key, and to describe their fields for a generated form (`spec_fields`).
+
+    method: str = field(default="lora", metadata=meta("What is trained.", "method", choices=METHODS))
+
+Choices come from the registry that defines them (a tuple, or a dict whose keys are the names), never a
+copied `Literal[...]` list.
 """
 from __future__ import annotations
 
@@ -32,6 +37,27 @@ class FieldInfo:
     advanced: bool = False
 
 
+_META_KEYS = ("help", "group", "advanced", "choices", "min", "max")
+
+
+def meta(help: str, group: str = "general", *, advanced: bool = False, choices: Any = None,
+         min: float | None = None, max: float | None = None) -> dict:  # noqa: A002 - the names the form shows
+    """Field metadata for every spec dataclass: help text, form group, advanced flag, choices and limits.
+
+    `choices` is the registry of allowed values (a tuple / list, or a mapping whose keys are the names);
+    `check_limits` enforces it and the generated form shows it as a select box."""
+    if not help or not help.strip():
+        raise ValueError("meta: every spec field needs its help text")
+    data: dict[str, Any] = {"help": help, "group": group, "advanced": advanced}
+    if choices is not None:
+        data["choices"] = tuple(choices)
+    if min is not None:
+        data["min"] = min
+    if max is not None:
+        data["max"] = max
+    return data
+
+
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -52,22 +78,23 @@ def spec_fields(cls: type) -> list[FieldInfo]:
     for f in dataclasses.fields(cls):
         if not f.init or f.name.startswith("_"):
             continue
-        meta = f.metadata or {}
+        data = f.metadata or {}
+        unknown = sorted(set(data) - set(_META_KEYS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.{f.name}: unknown metadata {', '.join(unknown)} (use core.runs.spec.meta)")
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
-        choices = meta.get("choices")
-        if choices is None and get_origin(hints[f.name]) is typing.Literal:
-            choices = get_args(hints[f.name])
+        choices = data.get("choices")
         infos.append(
             FieldInfo(
                 name=f.name,
                 type=_type_name(hints[f.name]),
                 default=default,
-                help=meta.get("help", ""),
+                help=data.get("help", ""),
                 choices=tuple(choices) if choices else None,
-                min=meta.get("min"),
-                max=meta.get("max"),
-                group=meta.get("group", "general"),
-                advanced=meta.get("advanced", False),
+                min=data.get("min"),
+                max=data.get("max"),
+                group=data.get("group", "general"),
+                advanced=data.get("advanced", False),
             )
         )
     return infos
@@ -145,5 +172,7 @@ def read_spec_dict(run_dir: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or "kind" not in data:
-        raise ValueError(f"{path} must be a mapping with a 'kind' field (train, evaluate, merge, prune, distill)")
+        from core.runs.jobs import kind_names
+
+        raise ValueError(f"{path} must be a mapping with a 'kind' field ({kind_names()})")
     return data

@@ -1,7 +1,7 @@
 """The job worker: `python -m core.runs.worker <run_dir>`.
 
-Started by the UI in a new process session (or by hand from a terminal, headless). Reads spec.yaml,
-waits for the exclusive lock as `queued`, runs the job as `running`, and records the end in
+Started by the UI in a new process session (or by hand from a terminal, headless). Reads spec.yaml and
+parses it once into the kind's spec dataclass (an invalid spec fails the run here, naming the field), waits for the exclusive lock as `queued`, runs the job as `running`, and records the end in
 status.json: succeeded / stopped / failed (with one human sentence; the traceback goes to worker.log).
 SIGTERM asks the job to finish its step and save; a second SIGTERM interrupts it.
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from core.runs.errors import explain_failure, format_traceback
-from core.runs.jobs import EXCLUSIVE_KINDS, JobContext, JobError, JobStopped, resolve_job
+from core.runs.jobs import InvalidSpec, JobContext, JobStopped, job_kind, kind_names, parse_spec
 from core.runs.spec import read_spec_dict
 from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, write_status
 
@@ -27,13 +27,15 @@ log = logging.getLogger("workbench.worker")
 
 
 class Worker:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, spec_data: dict):
         self.run_dir = run_dir
-        self.spec = read_spec_dict(run_dir)
+        self.spec_data = spec_data
+        self.job = job_kind(spec_data["kind"])
+        self.spec = self.job.parse_spec(spec_data)
         previous = read_raw_status(run_dir)
         self.status = RunStatus(
             state="queued",
-            kind=self.spec["kind"],
+            kind=self.job.name,
             pid=os.getpid(),
             created_at=previous.created_at if previous else time.time(),
             heartbeat=time.time(),
@@ -74,7 +76,7 @@ class Worker:
     # ---------------------------------------------------------------- lock
     def _wait_for_lock(self) -> bool:
         """Take the workspace-wide lock for heavy jobs; stay `queued` meanwhile. False if stopped while waiting."""
-        if self.spec["kind"] not in EXCLUSIVE_KINDS:
+        if not self.job.exclusive:
             return True
         path = self.run_dir.parent / LOCK_NAME
         self._lock_handle = open(path, "a+")
@@ -97,16 +99,16 @@ class Worker:
                 self.update(state="stopped", message="stopped while queued", finished_at=time.time(), exit_code=0)
                 return 0
             self.update(state="stopping" if self.stop_requested else "running", started_at=time.time(), message="started", error="")
-            log.info("running %s job in %s (attempt %d)", self.spec["kind"], self.run_dir, self.status.attempts)
-            job = resolve_job(self.spec["kind"])
+            log.info("running %s job in %s (attempt %d)", self.job.name, self.run_dir, self.status.attempts)
             ctx = JobContext(
                 run_dir=self.run_dir,
                 spec=self.spec,
-                log=logging.getLogger(f"workbench.{self.spec['kind']}"),
+                spec_data=self.spec_data,
+                log=logging.getLogger(f"workbench.{self.job.name}"),
                 set_progress=lambda fraction, message: self.update(progress=fraction, message=message),
                 _stop=lambda: self.stop_requested,
             )
-            result = job(ctx) or {}
+            result = self.job.run_function()(ctx) or {}
             final = "stopped" if self.stop_requested else "succeeded"
             self.update(state=final, result=result, finished_at=time.time(), exit_code=0,
                         progress=1.0 if final == "succeeded" else self.status.progress,
@@ -151,8 +153,19 @@ def _redirect_output(run_dir: Path) -> None:
     threading.Thread(target=tee, name="log-tee", daemon=True).start()
 
 
+def _refuse(run_dir: Path, exc: Exception) -> int:
+    """The one way an invalid spec ends: `failed` with the message naming the field, nothing run."""
+    log.error("invalid spec: %s", exc)
+    previous = read_raw_status(run_dir) or RunStatus()
+    previous.state, previous.error, previous.pid, previous.exit_code = "failed", str(exc), os.getpid(), 2
+    previous.finished_at = previous.heartbeat = time.time()
+    previous.message = "invalid spec"
+    write_status(run_dir, previous)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one workbench job (train / evaluate / merge / prune / distill) headless.")
+    parser = argparse.ArgumentParser(description=f"Run one workbench job ({kind_names()}) headless.")
     parser.add_argument("run_dir", type=Path, help="run folder containing spec.yaml")
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
@@ -164,11 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     try:
-        worker = Worker(run_dir)
-    except (ValueError, FileNotFoundError, JobError) as exc:
-        log.error("%s", exc)
-        write_status(run_dir, RunStatus(state="failed", error=str(exc), pid=os.getpid(), finished_at=time.time(), exit_code=2))
-        return 2
+        spec_data = read_spec_dict(run_dir)
+        worker = Worker(run_dir, spec_data)
+    except (InvalidSpec, ValueError, FileNotFoundError) as exc:
+        return _refuse(run_dir, exc)
     code = worker.run()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -16,6 +16,7 @@ from typing import Any
 
 from core.runs.errors import explain_failure, is_out_of_memory
 from core.runs.jobs import JobContext, JobError
+from core.runs.spec import spec_to_dict
 from core.train.backends import choose_backend, choose_precision
 from core.train.data import DataError, PreparedData, prepare_data
 from core.train.distributed import (
@@ -39,20 +40,16 @@ from core.train.trainer import (
     latest_checkpoint,
     make_callback,
 )
-from core.workspace import atomic_write_dir, atomic_write_json
+from core.workspace import atomic_write_dir
 
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 MERGED_DIR = "merged"
-RUN_CARD = "run_card.json"
 
 
 def run(ctx: JobContext) -> dict:
     started = time.time()
-    try:
-        spec = TrainSpec.from_dict(ctx.spec)
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"spec.yaml: {exc}") from None
+    spec: TrainSpec = ctx.spec
     from core.hardware import detect
 
     hardware = detect()
@@ -105,7 +102,7 @@ def run(ctx: JobContext) -> dict:
     trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
                             bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter,
                             backend=backend.name)
-    previous = (ctx.read_json(RUN_CARD) or {}) if resume else {}  # the card of the attempt this one continues
+    previous = (ctx.read_result() or {}) if resume else {}  # the card of the attempt this one continues
     eval_start = _starting_eval(trainer, spec, data, resume, ctx)
     if resume:
         ctx.log.info("resuming from %s", resume)
@@ -139,7 +136,7 @@ def run(ctx: JobContext) -> dict:
     if not rank.is_main:
         return {"rank": rank.rank, "global_step": int(trainer.state.global_step)}
     card = {
-        "spec": {"kind": TrainSpec.kind, **ctx.spec},
+        "spec": spec_to_dict(spec),
         "state": "stopped" if stopped else "succeeded",
         "data": data.manifest(),
         "data_notes": data.notes,
@@ -171,7 +168,7 @@ def run(ctx: JobContext) -> dict:
     if spec.merge_after and spec.uses_adapter and not stopped:
         ctx.progress(1.0, "merging the adapter into the base model")
         card["outputs"]["merged"] = str(merge_adapter(spec, Path(outputs["adapter"]), ctx.run_dir / MERGED_DIR, data.chat_template))
-    atomic_write_json(ctx.run_dir / RUN_CARD, card)
+    ctx.write_result(card)
     final = card["final_metrics"]
     return {
         "global_step": final["global_step"],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.data.masking import POLICIES
-from core.runs.spec import check_limits, spec_from_dict
+from core.runs.spec import check_limits, meta, spec_from_dict
 from core.train.methods import LORA_FIELDS, METHODS as METHOD_TABLE, merge_refusal, method_info
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
@@ -29,67 +29,63 @@ ZERO_STAGES: tuple[int, ...] = (1, 2, 3)
 ZERO_OFFLOADS: tuple[str, ...] = ("none", "optimizer", "optimizer_and_params")
 
 
-def _meta(help: str, group: str = "general", advanced: bool = False, **limits: Any) -> dict:
-    return {"help": help, "group": group, "advanced": advanced, **limits}
-
-
 @dataclass
 class TrainSpec:
     kind: ClassVar[str] = "train"
 
     # ---------------------------------------------------------------- what
-    name: str = field(default="", metadata=_meta("A short name for the run folder (optional)."))
+    name: str = field(default="", metadata=meta("A short name for the run folder (optional)."))
     model: dict = field(
         default_factory=lambda: {"kind": "embedded"},
-        metadata=_meta("The base model, as a core.models source: {kind: embedded|local|hub|gguf, ref: path or id}.", "model"),
+        metadata=meta("The base model, as a core.models source: {kind: embedded|local|hub|gguf, ref: path or id}.", "model"),
     )
     dataset: str = field(
         default=DEMO_DATASET,
-        metadata=_meta("Training data: a JSONL / JSON / CSV / Parquet file or a workspace dataset folder "
+        metadata=meta("Training data: a JSONL / JSON / CSV / Parquet file or a workspace dataset folder "
                        "(messages, ShareGPT, Alpaca, prompt/completion or text rows).", "data"),
     )
     eval_dataset: str = field(
         default="",
-        metadata=_meta("Held-out data for the eval loss (a file like `dataset`). Empty: hold out `eval_fraction` of the training rows.", "data"),
+        metadata=meta("Held-out data for the eval loss (a file like `dataset`). Empty: hold out `eval_fraction` of the training rows.", "data"),
     )
     eval_fraction: float = field(
         default=0.1,
-        metadata=_meta("Share of the training rows held out for the eval loss when no eval dataset is given (0 = no eval).", "data", min=0.0, max=0.5),
+        metadata=meta("Share of the training rows held out for the eval loss when no eval dataset is given (0 = no eval).", "data", min=0.0, max=0.5),
     )
     masking_policy: str = field(
         default="all_assistant",
-        metadata=_meta("Which tokens are trained (label != -100): every assistant turn, only the last one, everything after "
+        metadata=meta("Which tokens are trained (label != -100): every assistant turn, only the last one, everything after "
                        "the prompt, or every token. The Template page shows the result token by token.", "data", choices=POLICIES),
     )
     train_eot: bool = field(
         default=True,
-        metadata=_meta("Train the end-of-turn marker after each trained assistant turn (without it the model never learns to stop).", "data", advanced=True),
+        metadata=meta("Train the end-of-turn marker after each trained assistant turn (without it the model never learns to stop).", "data", advanced=True),
     )
     chat_template: str = field(
         default="",
-        metadata=_meta("Chat template: a shipped template name (e.g. chatml), a .jinja file, or empty for the tokenizer's own.", "data", advanced=True),
+        metadata=meta("Chat template: a shipped template name (e.g. chatml), a .jinja file, or empty for the tokenizer's own.", "data", advanced=True),
     )
     max_length: int = field(
         default=512,
-        metadata=_meta("Longest sequence in tokens; longer rows are cut (the pre-flight counts them). Drives activation memory.", "data", min=16, max=131072),
+        metadata=meta("Longest sequence in tokens; longer rows are cut (the pre-flight counts them). Drives activation memory.", "data", min=16, max=131072),
     )
     packing: bool = field(
         default=False,
-        metadata=_meta("Pack several short rows into one max_length sequence (each row still attends only to itself): fewer pad tokens, faster.", "data"),
+        metadata=meta("Pack several short rows into one max_length sequence (each row still attends only to itself): fewer pad tokens, faster.", "data"),
     )
 
     # ---------------------------------------------------------------- method
     method: str = field(
         default="lora",
-        metadata=_meta("; ".join(f"{m.name}: {m.summary}" for m in METHOD_TABLE.values()) + ". The Compare methods page "
+        metadata=meta("; ".join(f"{m.name}: {m.summary}" for m in METHOD_TABLE.values()) + ". The Compare methods page "
                        "measures them side by side on this model and data.", "method", choices=METHODS),
     )
-    lora_r: int = field(default=16, metadata=_meta("LoRA rank: adapter capacity (and size).", "method", min=1, max=1024))
-    lora_alpha: int = field(default=32, metadata=_meta("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) for rslora).", "method", min=1, max=4096))
-    lora_dropout: float = field(default=0.05, metadata=_meta("Dropout on the adapter input.", "method", min=0.0, max=0.9))
+    lora_r: int = field(default=16, metadata=meta("LoRA rank: adapter capacity (and size).", "method", min=1, max=1024))
+    lora_alpha: int = field(default=32, metadata=meta("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) for rslora).", "method", min=1, max=4096))
+    lora_dropout: float = field(default=0.05, metadata=meta("Dropout on the adapter input.", "method", min=0.0, max=0.9))
     target_modules: list = field(
         default_factory=lambda: ["all-linear"],
-        metadata=_meta("Layers that get adapters (LoRA family, LoHa, LoKr): 'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
+        metadata=meta("Layers that get adapters (LoRA family, LoHa, LoKr): 'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
     )
 
     # ---------------------------------------------------------------- PEFT family: (IA)³, prompt / prefix tuning, BitFit, partial (issue 16)
@@ -97,57 +93,57 @@ class TrainSpec:
     # BitFit trains every bias. LoHa / LoKr read lora_r, lora_alpha, lora_dropout and target_modules above.
     num_virtual_tokens: int = field(
         default=20,
-        metadata=_meta("Prompt / prefix tuning: learned virtual tokens put before every input (more = more capacity, "
+        metadata=meta("Prompt / prefix tuning: learned virtual tokens put before every input (more = more capacity, "
                        "longer sequences).", "method", min=1, max=512),
     )
     prompt_init_text: str = field(
         default="",
-        metadata=_meta("Prompt tuning: start the virtual tokens from this text's token embeddings (repeated to fill them), "
+        metadata=meta("Prompt tuning: start the virtual tokens from this text's token embeddings (repeated to fill them), "
                        "e.g. the task instruction; empty = random start.", "method"),
     )
     frozen_layers: int = field(
         default=0,
-        metadata=_meta("Partial fine-tuning: the bottom N decoder layers and the embeddings stay frozen; the layers above, the "
+        metadata=meta("Partial fine-tuning: the bottom N decoder layers and the embeddings stay frozen; the layers above, the "
                        "final norm and an untied lm_head train. 0 = the bottom half.", "method", min=0, max=1024),
     )
 
     # ---------------------------------------------------------------- schedule
-    learning_rate: float = field(default=2e-4, metadata=_meta("Peak learning rate.", "schedule", min=1e-8, max=1.0))
-    lr_scheduler: str = field(default="linear", metadata=_meta("Learning-rate schedule after warmup.", "schedule", choices=SCHEDULERS))
-    warmup_ratio: float = field(default=0.03, metadata=_meta("Share of the steps spent warming the learning rate up from 0.", "schedule", min=0.0, max=0.5))
-    num_epochs: float = field(default=1.0, metadata=_meta("Passes over the training rows (ignored when max_steps > 0).", "schedule", min=0.0, max=1000.0))
-    max_steps: int = field(default=0, metadata=_meta("Optimizer steps to run; 0 = run num_epochs.", "schedule", min=0, max=10_000_000))
-    batch_size: int = field(default=4, metadata=_meta("Rows per device per forward pass. Drives activation memory.", "schedule", min=1, max=4096))
+    learning_rate: float = field(default=2e-4, metadata=meta("Peak learning rate.", "schedule", min=1e-8, max=1.0))
+    lr_scheduler: str = field(default="linear", metadata=meta("Learning-rate schedule after warmup.", "schedule", choices=SCHEDULERS))
+    warmup_ratio: float = field(default=0.03, metadata=meta("Share of the steps spent warming the learning rate up from 0.", "schedule", min=0.0, max=0.5))
+    num_epochs: float = field(default=1.0, metadata=meta("Passes over the training rows (ignored when max_steps > 0).", "schedule", min=0.0, max=1000.0))
+    max_steps: int = field(default=0, metadata=meta("Optimizer steps to run; 0 = run num_epochs.", "schedule", min=0, max=10_000_000))
+    batch_size: int = field(default=4, metadata=meta("Rows per device per forward pass. Drives activation memory.", "schedule", min=1, max=4096))
     gradient_accumulation: int = field(
-        default=1, metadata=_meta("Forward passes per optimizer step (effective batch = batch_size x this).", "schedule", min=1, max=4096)
+        default=1, metadata=meta("Forward passes per optimizer step (effective batch = batch_size x this).", "schedule", min=1, max=4096)
     )
-    weight_decay: float = field(default=0.0, metadata=_meta("AdamW weight decay.", "schedule", advanced=True, min=0.0, max=1.0))
-    max_grad_norm: float = field(default=1.0, metadata=_meta("Gradient clipping norm (0 = off).", "schedule", advanced=True, min=0.0, max=1000.0))
-    seed: int = field(default=42, metadata=_meta("Seed for adapter init, data order and the eval split.", "schedule", advanced=True, min=0, max=2**31 - 1))
+    weight_decay: float = field(default=0.0, metadata=meta("AdamW weight decay.", "schedule", advanced=True, min=0.0, max=1.0))
+    max_grad_norm: float = field(default=1.0, metadata=meta("Gradient clipping norm (0 = off).", "schedule", advanced=True, min=0.0, max=1000.0))
+    seed: int = field(default=42, metadata=meta("Seed for adapter init, data order and the eval split.", "schedule", advanced=True, min=0, max=2**31 - 1))
 
     # ---------------------------------------------------------------- system
     gradient_checkpointing: bool = field(
-        default=False, metadata=_meta("Recompute activations in the backward pass: much less memory, ~30% slower.", "system")
+        default=False, metadata=meta("Recompute activations in the backward pass: much less memory, ~30% slower.", "system")
     )
     backend: str = field(
         default="auto",
-        metadata=_meta("auto: Unsloth kernels when installed on a CUDA GPU, else transformers + PEFT + TRL; unsloth / hf force one.", "system", choices=BACKENDS),
+        metadata=meta("auto: Unsloth kernels when installed on a CUDA GPU, else transformers + PEFT + TRL; unsloth / hf force one.", "system", choices=BACKENDS),
     )
     precision: str = field(
         default="auto",
-        metadata=_meta("Compute precision. auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.", "system", advanced=True, choices=PRECISIONS),
+        metadata=meta("Compute precision. auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.", "system", advanced=True, choices=PRECISIONS),
     )
-    logging_steps: int = field(default=1, metadata=_meta("Write a metrics row every N optimizer steps.", "system", advanced=True, min=1, max=100000))
+    logging_steps: int = field(default=1, metadata=meta("Write a metrics row every N optimizer steps.", "system", advanced=True, min=1, max=100000))
     eval_steps: int = field(
-        default=0, metadata=_meta("Evaluate every N steps (0 = only before and after training).", "system", advanced=True, min=0, max=10_000_000)
+        default=0, metadata=meta("Evaluate every N steps (0 = only before and after training).", "system", advanced=True, min=0, max=10_000_000)
     )
     eval_on_start: bool = field(
-        default=True, metadata=_meta("Measure the eval loss before the first step, so the curve shows where training started.", "system", advanced=True)
+        default=True, metadata=meta("Measure the eval loss before the first step, so the curve shows where training started.", "system", advanced=True)
     )
-    save_steps: int = field(default=50, metadata=_meta("Save a resumable checkpoint every N steps (one is always saved at the end).", "system", advanced=True, min=1, max=10_000_000))
-    save_total_limit: int = field(default=2, metadata=_meta("Checkpoints kept on disk (older ones are deleted).", "system", advanced=True, min=1, max=1000))
+    save_steps: int = field(default=50, metadata=meta("Save a resumable checkpoint every N steps (one is always saved at the end).", "system", advanced=True, min=1, max=10_000_000))
+    save_total_limit: int = field(default=2, metadata=meta("Checkpoints kept on disk (older ones are deleted).", "system", advanced=True, min=1, max=1000))
     merge_after: bool = field(
-        default=False, metadata=_meta("Also save the base model with the adapter merged in (under merged/), e.g. for export.", "system")
+        default=False, metadata=meta("Also save the base model with the adapter merged in (under merged/), e.g. for export.", "system")
     )
 
     # ---------------------------------------------------------------- distribution (more than one process / node)
@@ -155,70 +151,70 @@ class TrainSpec:
     # writes the run folder. 1 process with ddp is the plain single-process run.
     processes_per_node: int = field(
         default=1,
-        metadata=_meta("Training processes on each node: one per GPU (on a CPU-only machine: CPU processes sharing the cores, "
+        metadata=meta("Training processes on each node: one per GPU (on a CPU-only machine: CPU processes sharing the cores, "
                        "gloo backend). The effective batch is batch_size x gradient_accumulation x processes x nodes.",
                        "distribution", min=1, max=64),
     )
     num_nodes: int = field(
         default=1,
-        metadata=_meta("Machines taking part. Above 1 the run is started on every node with the generated torchrun, Slurm or "
+        metadata=meta("Machines taking part. Above 1 the run is started on every node with the generated torchrun, Slurm or "
                        "Ray files (the run folder must then be on a filesystem every node shares).", "distribution", min=1, max=1024),
     )
     distributed_strategy: str = field(
         default="ddp",
-        metadata=_meta("ddp: a full copy of the model per device, gradients all-reduced; fsdp: PyTorch FSDP2 shards weights, "
+        metadata=meta("ddp: a full copy of the model per device, gradients all-reduced; fsdp: PyTorch FSDP2 shards weights, "
                        "gradients and optimizer states (CUDA only); deepspeed: DeepSpeed ZeRO stage 1/2/3 (CUDA only).",
                        "distribution", choices=DISTRIBUTED_STRATEGIES),
     )
     launcher: str = field(
         default="torchrun",
-        metadata=_meta("What starts the processes: torchrun, or accelerate launch with the accelerate config generated from "
+        metadata=meta("What starts the processes: torchrun, or accelerate launch with the accelerate config generated from "
                        "this spec (both are written into the run folder's launch/).", "distribution", choices=LAUNCHERS),
     )
     fsdp_sharding: str = field(
         default="full_shard",
-        metadata=_meta("FSDP: full_shard keeps only a shard of every weight between uses (ZeRO-3-like); shard_grad_op keeps "
+        metadata=meta("FSDP: full_shard keeps only a shard of every weight between uses (ZeRO-3-like); shard_grad_op keeps "
                        "gathered weights from forward to backward (ZeRO-2-like, less communication).", "distribution",
                        advanced=True, choices=FSDP_SHARDINGS),
     )
     fsdp_cpu_offload: bool = field(
         default=False,
-        metadata=_meta("FSDP: keep the sharded weights, gradients and optimizer states in CPU memory (slower, far less GPU memory).",
+        metadata=meta("FSDP: keep the sharded weights, gradients and optimizer states in CPU memory (slower, far less GPU memory).",
                        "distribution", advanced=True),
     )
     fsdp_wrap_policy: str = field(
         default="transformer_layer",
-        metadata=_meta("FSDP: what one shard unit is: each decoder layer (transformer_layer), or blocks of at least "
+        metadata=meta("FSDP: what one shard unit is: each decoder layer (transformer_layer), or blocks of at least "
                        "fsdp_min_params parameters (size).", "distribution", advanced=True, choices=FSDP_WRAP_POLICIES),
     )
     fsdp_min_params: int = field(
         default=100_000_000,
-        metadata=_meta("FSDP with the size wrap policy: parameters per shard unit.", "distribution", advanced=True, min=1, max=10**12),
+        metadata=meta("FSDP with the size wrap policy: parameters per shard unit.", "distribution", advanced=True, min=1, max=10**12),
     )
     zero_stage: int = field(
         default=2,
-        metadata=_meta("DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also the weights.", "distribution",
+        metadata=meta("DeepSpeed ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also the weights.", "distribution",
                        advanced=True, choices=ZERO_STAGES),
     )
     zero_offload: str = field(
         default="none",
-        metadata=_meta("DeepSpeed: move optimizer states (ZeRO-Offload) or optimizer states and weights (ZeRO-Infinity, "
+        metadata=meta("DeepSpeed: move optimizer states (ZeRO-Offload) or optimizer states and weights (ZeRO-Infinity, "
                        "stage 3 only) to CPU memory.", "distribution", advanced=True, choices=ZERO_OFFLOADS),
     )
     rendezvous_host: str = field(
         default="",
-        metadata=_meta("Multi-node: the address of node 0 that every node can reach (torchrun --master_addr). Not needed on one node.",
+        metadata=meta("Multi-node: the address of node 0 that every node can reach (torchrun --master_addr). Not needed on one node.",
                        "distribution", advanced=True),
     )
     rendezvous_port: int = field(
         default=29500,
-        metadata=_meta("Multi-node: the TCP port on node 0 for the rendezvous (torchrun --master_port).", "distribution",
+        metadata=meta("Multi-node: the TCP port on node 0 for the rendezvous (torchrun --master_port).", "distribution",
                        advanced=True, min=1024, max=65535),
     )
 
     fault_injection: str = field(
         default="",
-        metadata=_meta("For tests only: 'error@N' raises an error, 'oom@N' a simulated CUDA out-of-memory error and 'kill@N' a "
+        metadata=meta("For tests only: 'error@N' raises an error, 'oom@N' a simulated CUDA out-of-memory error and 'kill@N' a "
                        "SIGKILL at step N; ':R' after N limits it to rank R (e.g. kill@2:1).", "debug", advanced=True),
     )
 
