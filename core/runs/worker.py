@@ -27,11 +27,11 @@ log = logging.getLogger("workbench.worker")
 
 
 class Worker:
-    def __init__(self, run_dir: Path, spec_data: dict):
-        self.run_dir = run_dir
-        self.spec_data = spec_data
-        self.job = job_kind(spec_data["kind"])
-        self.spec = self.job.parse_spec(spec_data)
+    def __init__(self, run_dir: Path, spec_data: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.spec_data = spec_data if spec_data is not None else read_spec_dict(self.run_dir)
+        self.job = job_kind(self.spec_data["kind"])
+        self.spec = self.job.parse_spec(self.spec_data)
         previous = read_raw_status(run_dir)
         self.status = RunStatus(
             state="queued",
