@@ -4,7 +4,7 @@ CPU (always): the embedded SmolLM2-135M, fp32, AdamW, a padded batch of random t
 steps of plain torch (+ PEFT for LoRA). Each configuration runs in a fresh subprocess; the measurement is the
 process's peak resident set (VmHWM, reset through /proc/self/clear_refs after the imports) minus its resident
 size just before the model is loaded. The main comparison runs with the allocator setting training jobs use
-(core.memory.CPU_ALLOCATOR_ENV: freed blocks go back to the OS); the same configurations are also measured with
+(core.runs.allocator.CPU_ALLOCATOR_ENV: freed blocks go back to the OS); the same configurations are also measured with
 glibc's default settings, which keep freed activation memory in the heap.
 
 CUDA (only when a GPU is present; skipped cleanly otherwise): random-weight models built from two preset
@@ -101,7 +101,7 @@ def worker_cpu(config: dict) -> dict:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if config.get("mallopt"):
-        from core.memory import tune_cpu_allocator
+        from core.runs.allocator import tune_cpu_allocator
 
         config["mallopt_applied"] = tune_cpu_allocator()
     path = config["model_dir"]
@@ -165,7 +165,7 @@ def predict(config: dict, arch) -> "object":
 
 
 def run_worker(config: dict, env_extra: dict | None = None) -> dict:
-    from core.memory import CPU_ALLOCATOR_ENV
+    from core.runs.allocator import CPU_ALLOCATOR_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in CPU_ALLOCATOR_ENV}  # glibc defaults unless asked
     env.update(env_extra or {})
@@ -188,7 +188,8 @@ def _row(config: dict, estimate_, measured: int, compare_bytes: int) -> dict:
 
 
 def bench_cpu(quick: bool) -> tuple[list[dict], list[dict]]:
-    from core.memory import CPU_ALLOCATOR_ENV, arch_from_config
+    from core.memory import arch_from_config
+    from core.runs.allocator import CPU_ALLOCATOR_ENV
     from core.models import ModelSource, embedded_model_dir, load_config
 
     model_dir = str(embedded_model_dir())

@@ -3,7 +3,7 @@
 The workbench run goes through everything the UI uses (spec.yaml, the worker subprocess, masking-module
 labels, our collator, the metrics callback, checkpoints). The plain script is the few lines TRL's docs show:
 SFTTrainer on the raw `messages` rows with a LoraConfig. Both run in a fresh process, one after the other,
-with the same allocator setting (core.memory.CPU_ALLOCATOR_ENV). Throughput is steady-state non-padding
+with the same allocator setting (core.runs.allocator.CPU_ALLOCATOR_ENV). Throughput is steady-state non-padding
 tokens per second between the first and the last logged step; peak memory is the process's peak RSS above
 its resident size after the imports (CPU) or torch.cuda.max_memory_allocated (GPU). Then packing on vs off
 for our job on the same data.
@@ -89,7 +89,7 @@ def main() -> int:
         return 0
 
     bench_workspace()
-    from core.memory import CPU_ALLOCATOR_ENV
+    from core.runs.allocator import CPU_ALLOCATOR_ENV
 
     os.environ.update(CPU_ALLOCATOR_ENV)  # inherited by the worker and the plain script alike
     started = time.time()

@@ -75,7 +75,7 @@ def run(ctx: JobContext) -> dict:
         raise JobError(refusal)
 
     if hardware.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        from core.memory import tune_cpu_allocator
+        from core.runs.allocator import tune_cpu_allocator
 
         tune_cpu_allocator()  # peak RSS then follows live tensors, so it can be compared with the estimate
     import_training_stack()

@@ -2,6 +2,7 @@
 
 The Train page shows this; the job records the same memory prediction in the run card next to the
 measured peak, so the estimator (`core.memory`, the one the Budget page uses) can be checked run by run.
+`memory_spec_from_train_spec` is the one adapter from a TrainSpec to core.memory's MemorySpec.
 """
 from __future__ import annotations
 
@@ -47,12 +48,48 @@ def total_steps(spec: TrainSpec, train_rows: int) -> int:
     return math.ceil(per_epoch * spec.num_epochs)
 
 
+def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None) -> Any:
+    """The `MemorySpec` a `core.train.spec.TrainSpec` run will have on `hardware` (the precision rules of
+    core.train.backends: fp32 on CPU; on CUDA a bf16 base with autocast — pure bf16 for full fine-tuning)."""
+    from core.memory import DEVICES, MemorySpec, arch_from_source
+
+    device = getattr(hardware, "device", "cpu")
+    device = device if device in DEVICES else "cpu"
+    arch = arch or arch_from_source(spec.model_source)
+    method = {"rslora": "lora"}.get(spec.method, spec.method)
+    wanted = spec.precision
+    if device != "cuda" or wanted == "fp32":
+        precision = "fp32"
+    elif method in ("full", "partial", "bitfit") and wanted in ("auto", "bf16") and getattr(hardware, "bf16", True):
+        precision = "bf16"
+    else:
+        precision = "mixed"
+    targets = list(spec.target_modules or ["all-linear"])
+    return MemorySpec(
+        model=arch, method=method, precision=precision, optimizer="adamw", lora_r=spec.lora_r,
+        lora_targets="all-linear" if "all-linear" in targets else tuple(targets),
+        batch_size=spec.batch_size, seq_len=spec.max_length,
+        gradient_checkpointing=spec.gradient_checkpointing,
+        attention="sdpa", chunked_loss=spec.backend == "unsloth", kbit_upcast=spec.backend != "unsloth",
+        grad_accumulation=spec.gradient_accumulation, device=device,
+        num_virtual_tokens=spec.num_virtual_tokens, frozen_layers=spec.frozen_layers,
+    )
+
+
+def estimate_for_spec(spec: TrainSpec, hardware: Any = None) -> Any:
+    """The estimate for a Train-page run spec (`core.train.spec.TrainSpec`) on `hardware` (default: detected).
+    `.total_bytes` is the full peak for the fits check; `.measurable_bytes` is what the run card compares."""
+    if hardware is None:
+        from core.hardware import detect
+
+        hardware = detect()
+    from core.memory import estimate
+
+    return estimate(memory_spec_from_train_spec(spec, hardware))
+
+
 def memory_estimate(spec: TrainSpec, hardware: Any) -> tuple[Any, str]:
     """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows."""
-    try:
-        from core.memory import estimate_for_spec
-    except ImportError:
-        return None, "no estimate: core.memory is not available in this build"
     try:
         estimate = estimate_for_spec(spec, hardware)
     except Exception as exc:  # noqa: BLE001 - an estimate is advice; never block training on it

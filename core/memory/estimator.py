@@ -1,18 +1,5 @@
-"""Training and inference memory, from the model's config alone: the one estimator the Budget page and the
-Train page's pre-flight check both call.
+"""The training-memory estimator: bytes per parameter, the MemorySpec, activations, logits and the peak.
 
-Units: bytes everywhere; "GB" in text means 1e9 bytes (the unit of the worked examples practitioners learn:
-a 7B model fully fine-tuned with mixed-precision Adam needs 14 + 14 + 28 + 56 = 112 GB of model state).
-
-Entry points
-- `estimate(spec: MemorySpec) -> MemoryEstimate`: the estimator.
-- `estimate_for_model(config_or_preset, method="lora", ...) -> MemoryEstimate`: the same, from a transformers
-  config, a config dict, a preset id / name (assets/model_presets.json), a `ModelArch` or a `ModelSource`.
-- `inference_estimate(...)`: weights + KV cache for generation.
-- `past_run_calibration(runs_dir)` / `correction_factor(points, device)`: predicted vs measured peaks of
-  finished runs (their `run_card.json`), and the bounded median ratio that corrects estimates on this machine.
-
-How a training peak is modelled (checked on CPU against torch's saved-tensor hooks, the allocation profiler
 and the process's peak RSS; see bench/memory_calibration.py):
 - model state per trainable parameter: weights + gradients + fp32 master copy (mixed precision only) +
   optimizer states; frozen parameters cost only their weights (NF4 for QLoRA's quantized linear layers);
@@ -27,13 +14,15 @@ and the process's peak RSS; see bench/memory_calibration.py):
 """
 from __future__ import annotations
 
-import json
 import math
-import statistics
-from dataclasses import asdict, dataclass, field, fields, replace
-from functools import lru_cache
-from pathlib import Path
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
+
+from core.memory.architecture import _KNOWN_TYPES, LinearShape, ModelArch, resolve_arch
+from core.runs.allocator import CPU_ALLOCATOR_ENV
+from core.runs.spec import check_limits, meta
+
+_ALLOCATOR_SETTING = ", ".join(f"{k}={v}" for k, v in CPU_ALLOCATOR_ENV.items())
 
 GB = 1e9  # decimal gigabyte, the unit of every "GB" this module prints
 GIB = 2**30
@@ -74,243 +63,6 @@ LOGIT_BYTES_PER_ELEMENT = 12  # fp32 log-probs saved by the loss + two fp32 grad
 CPU_RUNTIME_BYTES = 90_000_000  # autograd graph, oneDNN / OpenMP buffers: RSS above live tensors, measured 78-102 MB (bench)
 CUDA_CONTEXT_BYTES = 750_000_000  # CUDA context + cuBLAS workspace (typically 0.4-0.9 GB with torch 2.x)
 CUDA_ALLOCATOR_SLACK = 0.10  # caching-allocator fragmentation, as a share of activations + logits
-CORRECTION_BOUNDS = (0.5, 2.0)
-
-# glibc keeps freed medium-sized blocks in its heap instead of returning them to the OS, so a CPU training
-# process's RSS grows past its live tensors (measured +35% to +100% of activation bytes on the embedded model).
-# A fixed mmap threshold makes large blocks come from mmap and go back on free; CPU training jobs should run
-# with this environment (it costs a page fault per fresh block, a few percent of step time).
-CPU_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-
-
-def tune_cpu_allocator(threshold: int = 65536) -> bool:
-    """Inside an already running process, the same as CPU_ALLOCATOR_ENV: fix glibc's mmap threshold so
-    freed blocks above it go back to the OS. Call it at the start of a CPU training job; False (no change)
-    where the C library is not glibc."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):
-        return False
-
-
-# --------------------------------------------------------------------------- architecture
-
-
-@dataclass(frozen=True)
-class LinearShape:
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-
-    @property
-    def params(self) -> int:
-        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
-
-
-@dataclass(frozen=True)
-class ModelArch:
-    """The config values memory depends on (decoder-only transformer with RMSNorm and a gated MLP)."""
-
-    name: str
-    model_type: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    norms_per_layer: int = 2  # Gemma-2/3 add a post-norm after attention and after the MLP
-    qk_norm: bool = False  # Qwen3 / Gemma-3 normalise q and k per head
-    fused_qkv: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
-    max_position_embeddings: int | None = None
-    final_logit_softcapping: float | None = None
-    notes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"model config {self.name!r}: {name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"model config {self.name!r}: num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})")
-
-    @property
-    def q_dim(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_kv_heads * self.head_dim
-
-    def layer_linears(self) -> tuple[LinearShape, ...]:
-        h, i = self.hidden_size, self.intermediate_size
-        if self.fused_qkv:
-            return (
-                LinearShape("qkv_proj", h, self.q_dim + 2 * self.kv_dim, self.qkv_bias),
-                LinearShape("o_proj", self.q_dim, h, self.o_bias),
-                LinearShape("gate_up_proj", h, 2 * i, self.mlp_bias),
-                LinearShape("down_proj", i, h, self.mlp_bias),
-            )
-        return (
-            LinearShape("q_proj", h, self.q_dim, self.qkv_bias),
-            LinearShape("k_proj", h, self.kv_dim, self.qkv_bias),
-            LinearShape("v_proj", h, self.kv_dim, self.qkv_bias),
-            LinearShape("o_proj", self.q_dim, h, self.o_bias),
-            LinearShape("gate_proj", h, i, self.mlp_bias),
-            LinearShape("up_proj", h, i, self.mlp_bias),
-            LinearShape("down_proj", i, h, self.mlp_bias),
-        )
-
-    @property
-    def linear_names(self) -> tuple[str, ...]:
-        return tuple(linear.name for linear in self.layer_linears())
-
-    def param_counts(self) -> dict[str, int]:
-        """Exact parameter counts: embedding, attention (GQA), gated MLP, norms, lm_head (0 when tied), total."""
-        linears = {linear.name: linear.params for linear in self.layer_linears()}
-        attention = sum(v for k, v in linears.items() if k in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"))
-        mlp = sum(v for k, v in linears.items() if k in ("gate_proj", "up_proj", "gate_up_proj", "down_proj"))
-        per_layer_norms = self.norms_per_layer * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)
-        counts = {
-            "embedding": self.vocab_size * self.hidden_size,
-            "attention": attention * self.num_layers,
-            "mlp": mlp * self.num_layers,
-            "norms": per_layer_norms * self.num_layers + self.hidden_size,
-            "lm_head": 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size,
-        }
-        counts["total"] = sum(counts.values())
-        return counts
-
-    @property
-    def total_params(self) -> int:
-        return self.param_counts()["total"]
-
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["notes"] = list(self.notes)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "ModelArch":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["notes"] = tuple(values.get("notes") or ())
-        return cls(**values)
-
-
-_FUSED_TYPES = {"phi3"}
-_QKV_BIAS_TYPES = {"qwen2"}  # q/k/v have biases, o_proj does not
-_FOUR_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}
-_QK_NORM_TYPES = {"qwen3", "gemma3", "gemma3_text"}
-_KNOWN_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "smollm3", "granite", "olmo2"}
-_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
-
-
-def arch_from_config(config: Any, name: str = "") -> ModelArch:
-    """A `ModelArch` from a transformers config object or a config.json dict; errors name the missing field."""
-    if not isinstance(config, Mapping) and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    elif isinstance(config, Mapping) and isinstance(config.get("text_config"), Mapping):
-        config = config["text_config"]
-    model_type = str(_get(config, "model_type", "") or "")
-    label = name or str(_get(config, "_name_or_path", "") or _get(config, "name_or_path", "") or model_type or "model")
-    if any(_get(config, key) for key in _MOE_KEYS):
-        raise ValueError(f"{label}: mixture-of-experts models ({model_type}) are not modelled by the memory estimator yet")
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if _get(config, k) in (None, "")]
-    if missing:
-        raise ValueError(f"{label}: the model config lacks {', '.join(missing)}, so its memory cannot be estimated")
-    hidden, heads = int(_get(config, "hidden_size")), int(_get(config, "num_attention_heads"))
-    head_dim = _get(config, "head_dim") or hidden // heads
-    attention_bias = bool(_get(config, "attention_bias", False))
-    notes = []
-    if model_type not in _KNOWN_TYPES:
-        notes.append(f"Architecture {model_type or 'unknown'!r} is treated as Llama-like (RMSNorm, gated MLP, separate q/k/v projections).")
-    return ModelArch(
-        name=label,
-        model_type=model_type or "llama",
-        hidden_size=hidden,
-        intermediate_size=int(_get(config, "intermediate_size")),
-        num_layers=int(_get(config, "num_hidden_layers")),
-        num_heads=heads,
-        num_kv_heads=int(_get(config, "num_key_value_heads") or heads),
-        head_dim=int(head_dim),
-        vocab_size=int(_get(config, "vocab_size")),
-        tie_word_embeddings=bool(_get(config, "tie_word_embeddings", False)),
-        qkv_bias=attention_bias or model_type in _QKV_BIAS_TYPES,
-        o_bias=attention_bias,
-        mlp_bias=bool(_get(config, "mlp_bias", False)),
-        norms_per_layer=4 if model_type in _FOUR_NORM_TYPES else 2,
-        qk_norm=model_type in _QK_NORM_TYPES,
-        fused_qkv=model_type in _FUSED_TYPES,
-        max_position_embeddings=_get(config, "max_position_embeddings"),
-        final_logit_softcapping=_get(config, "final_logit_softcapping"),
-        notes=tuple(notes),
-    )
-
-
-# --------------------------------------------------------------------------- presets
-
-
-def presets_path() -> Path:
-    return Path(__file__).resolve().parents[1] / "assets" / "model_presets.json"
-
-
-@lru_cache(maxsize=1)
-def _preset_table() -> tuple[dict, ...]:
-    data = json.loads(presets_path().read_text(encoding="utf-8"))
-    return tuple(data["presets"])
-
-
-def list_presets() -> list[dict]:
-    """[{id, name, published_params, config}] for the common architectures the app ships."""
-    return [dict(p) for p in _preset_table()]
-
-
-def preset_arch(key: str) -> ModelArch:
-    """A preset by Hub id ("Qwen/Qwen2.5-7B"), name ("Qwen2.5 7B") or the id's last part; case-insensitive."""
-    wanted = key.strip().lower()
-    for preset in _preset_table():
-        if wanted in (preset["id"].lower(), preset["name"].lower(), preset["id"].split("/")[-1].lower()):
-            return arch_from_config(preset["config"], name=preset["name"])
-    names = ", ".join(p["name"] for p in _preset_table())
-    raise KeyError(f"no model preset called {key!r}; presets: {names}")
-
-
-def arch_from_source(source: Any) -> ModelArch:
-    """Config of a `core.models.ModelSource` (local folder, embedded model, cached / reachable Hub id)."""
-    from core.models import load_config
-
-    return arch_from_config(load_config(source), name=getattr(source, "label", ""))
-
-
-def resolve_arch(model: Any) -> ModelArch:
-    if isinstance(model, ModelArch):
-        return model
-    if isinstance(model, str):
-        try:
-            return preset_arch(model)
-        except KeyError:
-            from core.models import ModelSource
-
-            return arch_from_source(ModelSource.parse(model))
-    if type(model).__name__ == "ModelSource":
-        return arch_from_source(model)
-    return arch_from_config(model)
 
 
 # --------------------------------------------------------------------------- bytes per parameter
@@ -378,40 +130,36 @@ def model_state_bytes(n_params: int | float, precision: str = "mixed", optimizer
 # --------------------------------------------------------------------------- the spec
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class MemorySpec:
-    model: ModelArch = field(metadata=_help("Architecture (from a config, a local folder, the Hub or a preset)."))
-    method: str = field(default="lora", metadata=_help("full, lora, dora, qlora (NF4 base + double quantization), or one of the PEFT family: "
-                                                       "loha, lokr, ia3, prompt_tuning, prefix_tuning, bitfit, partial."))
-    precision: str = field(default="mixed", metadata=_help("fp32, mixed (16-bit compute + fp32 master weights) or bf16 (pure)."))
-    optimizer: str = field(default="adamw", metadata=_help("adamw, adamw_8bit, paged_adamw or sgd (with momentum)."))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank r."))
-    lora_targets: str | tuple[str, ...] = field(default="all-linear", metadata=_help("'all-linear' or module names such as ('q_proj', 'v_proj')."))
-    batch_size: int = field(default=1, metadata=_help("Sequences per micro-batch."))
-    seq_len: int = field(default=512, metadata=_help("Tokens per sequence (padded length)."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute each layer in backward; keep only layer inputs."))
-    attention: str = field(default="sdpa", metadata=_help("flash_attention_2, sdpa (padded batches repeat K/V for GQA) or eager (T×T scores)."))
-    chunked_loss: bool = field(default=False, metadata=_help("Fused linear + cross-entropy in chunks (Liger / Unsloth): full logits never exist."))
-    grad_accumulation: int = field(default=1, metadata=_help("Micro-batches per optimizer step; >1 keeps gradients alive during forward."))
-    device: str = field(default="cuda", metadata=_help("cuda, cpu (fp32, no CUDA context) or mps."))
-    double_quant: bool = field(default=True, metadata=_help("QLoRA: quantize the NF4 block constants too (0.127 instead of 0.5 bits/param)."))
-    kbit_upcast: bool = field(default=True, metadata=_help("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, lm_head and norms to fp32 (Unsloth does not)."))
-    num_virtual_tokens: int = field(default=20, metadata=_help("Prompt / prefix tuning: learned virtual tokens."))
-    frozen_layers: int = field(default=0, metadata=_help("Partial fine-tuning: bottom decoder layers kept frozen (0 = the bottom half)."))
+    model: ModelArch = field(metadata=meta("Architecture (from a config, a local folder, the Hub or a preset)."))
+    method: str = field(default="lora", metadata=meta("full, lora, dora, qlora (NF4 base + double quantization), or one of the PEFT family: "
+                                                       "loha, lokr, ia3, prompt_tuning, prefix_tuning, bitfit, partial.", choices=METHODS))
+    precision: str = field(default="mixed", metadata=meta("fp32, mixed (16-bit compute + fp32 master weights) or bf16 (pure).", choices=PRECISIONS))
+    optimizer: str = field(default="adamw", metadata=meta("adamw, adamw_8bit, paged_adamw or sgd (with momentum).", choices=OPTIMIZERS))
+    lora_r: int = field(default=16, metadata=meta("LoRA rank r.", min=1))
+    lora_targets: str | tuple[str, ...] = field(default="all-linear", metadata=meta("'all-linear' or module names such as ('q_proj', 'v_proj')."))
+    batch_size: int = field(default=1, metadata=meta("Sequences per micro-batch.", min=1))
+    seq_len: int = field(default=512, metadata=meta("Tokens per sequence (padded length).", min=1))
+    gradient_checkpointing: bool = field(default=False, metadata=meta("Recompute each layer in backward; keep only layer inputs."))
+    attention: str = field(default="sdpa", metadata=meta("flash_attention_2, sdpa (padded batches repeat K/V for GQA) or eager (T×T scores).", choices=ATTENTIONS))
+    chunked_loss: bool = field(default=False, metadata=meta("Fused linear + cross-entropy in chunks (Liger / Unsloth): full logits never exist."))
+    grad_accumulation: int = field(default=1, metadata=meta("Micro-batches per optimizer step; >1 keeps gradients alive during forward.", min=1))
+    device: str = field(default="cuda", metadata=meta("cuda, cpu (fp32, no CUDA context) or mps.", choices=DEVICES))
+    double_quant: bool = field(default=True, metadata=meta("QLoRA: quantize the NF4 block constants too (0.127 instead of 0.5 bits/param)."))
+    kbit_upcast: bool = field(default=True, metadata=meta("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, lm_head and norms to fp32 (Unsloth does not)."))
+    num_virtual_tokens: int = field(default=20, metadata=meta("Prompt / prefix tuning: learned virtual tokens.", min=1))
+    frozen_layers: int = field(default=0, metadata=meta("Partial fine-tuning: bottom decoder layers kept frozen (0 = the bottom half)."))
 
     def __post_init__(self) -> None:
-        checks = (("method", METHODS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("attention", ATTENTIONS), ("device", DEVICES))
-        for name, allowed in checks:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"memory spec: {name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("lora_r", "batch_size", "seq_len", "grad_accumulation", "num_virtual_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"memory spec: {name} must be a positive integer, got {value!r}")
+        try:
+            check_limits(self)
+        except ValueError as exc:
+            raise ValueError(f"memory spec: {exc}") from None
         if self.device == "cpu" and self.precision != "fp32":
             raise ValueError("memory spec: CPU training runs in fp32 here; choose precision 'fp32' for device 'cpu'")
         if isinstance(self.lora_targets, str) and "," in self.lora_targets:
@@ -798,7 +546,7 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
             "CPU mode: everything in fp32, no CUDA context; overhead = the autograd graph and runtime buffers "
             f"(~{CPU_RUNTIME_BYTES / 1e6:.0f} MB) or AdamW's temporaries for the largest tensor. "
             "The C allocator's default settings can add 35-100% of the activation bytes to the process RSS; "
-            f"a job avoids that with core.memory.tune_cpu_allocator() or {next(iter(CPU_ALLOCATOR_ENV))}={next(iter(CPU_ALLOCATOR_ENV.values()))}."
+            f"the train job avoids that with core.runs.allocator.tune_cpu_allocator() ({_ALLOCATOR_SETTING})."
         )
     transient = 0.0
     if spec.method == "qlora":
@@ -888,44 +636,6 @@ def estimate_for_model(config_or_preset: Any, method: str = "lora", **options: A
     return estimate(MemorySpec(model=arch, method=method, **options))
 
 
-def memory_spec_from_train_spec(spec: Any, hardware: Any, arch: ModelArch | None = None) -> MemorySpec:
-    """The `MemorySpec` a `core.train.spec.TrainSpec` run will have on `hardware` (the precision rules of
-    core.train.backends: fp32 on CPU; on CUDA a bf16 base with autocast — pure bf16 for full fine-tuning)."""
-    from core.models import ModelSource
-
-    device = getattr(hardware, "device", "cpu")
-    device = device if device in DEVICES else "cpu"
-    source = getattr(spec, "model_source", None) or ModelSource.from_dict(getattr(spec, "model", None))
-    arch = arch or arch_from_source(source)
-    method = {"rslora": "lora"}.get(spec.method, spec.method)
-    wanted = getattr(spec, "precision", "auto")
-    if device != "cuda" or wanted == "fp32":
-        precision = "fp32"
-    elif method in ("full", "partial", "bitfit") and wanted in ("auto", "bf16") and getattr(hardware, "bf16", True):
-        precision = "bf16"
-    else:
-        precision = "mixed"
-    targets = list(getattr(spec, "target_modules", None) or ["all-linear"])
-    return MemorySpec(
-        model=arch, method=method, precision=precision, optimizer="adamw", lora_r=int(getattr(spec, "lora_r", 16)),
-        lora_targets="all-linear" if "all-linear" in targets else tuple(targets),
-        batch_size=int(spec.batch_size), seq_len=int(spec.max_length),
-        gradient_checkpointing=bool(getattr(spec, "gradient_checkpointing", False)),
-        attention="sdpa", chunked_loss=getattr(spec, "backend", "") == "unsloth", kbit_upcast=getattr(spec, "backend", "") != "unsloth",
-        grad_accumulation=int(getattr(spec, "gradient_accumulation", 1)), device=device,
-        num_virtual_tokens=int(getattr(spec, "num_virtual_tokens", 20)), frozen_layers=int(getattr(spec, "frozen_layers", 0)),
-    )
-
-
-def estimate_for_spec(spec: Any, hardware: Any = None) -> MemoryEstimate:
-    """The estimate for a Train-page run spec (`core.train.spec.TrainSpec`) on `hardware` (default: detected).
-    `.total_bytes` is the full peak for the fits check; `.measurable_bytes` is what the run card compares."""
-    if hardware is None:
-        from core.hardware import detect
-
-        hardware = detect()
-    return estimate(memory_spec_from_train_spec(spec, hardware))
-
 
 def detected_device() -> str:
     from core.hardware import detect
@@ -946,57 +656,6 @@ def breakdown_rows(estimates: Mapping[str, MemoryEstimate], phases: bool = False
 
 def compare_methods(spec: MemorySpec, methods: Iterable[str] = ("full", "lora", "qlora")) -> dict[str, MemoryEstimate]:
     return {m: estimate(replace(spec, method=m)) for m in methods}
-
-
-# --------------------------------------------------------------------------- GPUs
-
-
-@dataclass(frozen=True)
-class GPU:
-    name: str
-    memory_bytes: float
-    note: str = ""
-
-
-# Memory as the driver reports it (nvidia-smi MiB), or unified memory for Apple chips.
-COMMON_GPUS: tuple[GPU, ...] = (
-    GPU("NVIDIA T4 (16 GB)", 15_360 * 2**20),
-    GPU("NVIDIA A10 (24 GB)", 23_028 * 2**20),
-    GPU("NVIDIA L4 (24 GB)", 23_034 * 2**20),
-    GPU("NVIDIA RTX 3090 (24 GB)", 24_576 * 2**20),
-    GPU("NVIDIA RTX 4090 (24 GB)", 24_564 * 2**20),
-    GPU("NVIDIA A100 (40 GB)", 40_960 * 2**20),
-    GPU("NVIDIA A100 (80 GB)", 81_920 * 2**20),
-    GPU("NVIDIA H100 (80 GB)", 81_559 * 2**20),
-    GPU("NVIDIA H200 (141 GB)", 143_771 * 2**20),
-    GPU("Apple M-series, 16 GB unified", 16 * GIB * 0.70, "about 70% of unified memory is available to the GPU"),
-    GPU("Apple M-series, 32 GB unified", 32 * GIB * 0.70, "about 70% of unified memory is available to the GPU"),
-    GPU("Apple M-series, 64 GB unified", 64 * GIB * 0.75, "about 75% of unified memory is available to the GPU"),
-    GPU("Apple M-series, 128 GB unified", 128 * GIB * 0.75, "about 75% of unified memory is available to the GPU"),
-)
-
-
-def fit_label(total_bytes: float, capacity_bytes: float | None) -> str:
-    if not capacity_bytes:
-        return "unknown"
-    share = total_bytes / capacity_bytes
-    if share <= 0.9:
-        return "fits"
-    if share <= 1.0:
-        return "tight"
-    return "does not fit"
-
-
-def fit_table(estimate_: MemoryEstimate, hardware: Any = None) -> list[dict]:
-    """One row per GPU (the detected device first): memory, share used, fits / tight / does not fit."""
-    rows = []
-    if hardware is not None and getattr(hardware, "total_memory_gb", None):
-        capacity = hardware.total_memory_gb * GB
-        label = f"This machine: {hardware.device_name}" + (" (system RAM)" if hardware.device == "cpu" else "")
-        rows.append({"gpu": label, "memory_gb": round(capacity / GB, 1), "used": round(estimate_.total_bytes / capacity, 3), "verdict": fit_label(estimate_.total_bytes, capacity)})
-    for gpu in COMMON_GPUS:
-        rows.append({"gpu": gpu.name, "memory_gb": round(gpu.memory_bytes / GB, 1), "used": round(estimate_.total_bytes / gpu.memory_bytes, 3), "verdict": fit_label(estimate_.total_bytes, gpu.memory_bytes)})
-    return rows
 
 
 # --------------------------------------------------------------------------- inference
@@ -1022,66 +681,3 @@ def inference_estimate(model: Any, weight_format: str = "bf16", batch_size: int 
     parts = {"weights": weights, "kv_cache": kv, "activations": activations, "overhead": runtime}
     parts["total"] = sum(parts.values())
     return parts
-
-
-# --------------------------------------------------------------------------- calibration from past runs
-
-
-@dataclass(frozen=True)
-class CalibrationPoint:
-    run_id: str
-    device: str
-    predicted_bytes: int
-    measured_bytes: int
-    spec: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def ratio(self) -> float:
-        return self.measured_bytes / self.predicted_bytes
-
-
-def past_run_calibration(runs_dir: str | Path) -> list[CalibrationPoint]:
-    """Every finished run whose `run_card.json` records both its predicted and measured peak memory.
-
-    Run cards without those fields (a run that failed early, another kind of job) or with unusable values
-    are skipped; the result is sorted by run id.
-    """
-    points = []
-    root = Path(runs_dir)
-    if not root.is_dir():
-        return points
-    from core.runs.jobs import JOBS
-
-    for card_path in sorted(root.glob(f"*/{JOBS['train'].result_file}")):
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        point = _point_from_card(card_path.parent.name, card)
-        if point is not None:
-            points.append(point)
-    return points
-
-
-def _point_from_card(run_id: str, card: Any) -> CalibrationPoint | None:
-    if not isinstance(card, dict):
-        return None
-    measured, predicted = card.get("peak_memory_bytes"), card.get("predicted_memory_bytes")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (measured, predicted)):
-        return None
-    device = str(card.get("device") or "cpu")
-    spec = card.get("spec") if isinstance(card.get("spec"), dict) else {}
-    return CalibrationPoint(run_id, device, int(predicted), int(measured), spec)
-
-
-def correction_factor(points: Iterable[CalibrationPoint], device: str, bounds: tuple[float, float] = CORRECTION_BOUNDS) -> float:
-    """Median measured / predicted of this device's past runs, clamped to `bounds`; 1.0 without runs."""
-    ratios = [p.ratio for p in points if p.device == device]
-    if not ratios:
-        return 1.0
-    low, high = bounds
-    return min(high, max(low, statistics.median(ratios)))
-
-
-def corrected_total(estimate_: MemoryEstimate, factor: float) -> int:
-    return int(round(estimate_.total_bytes * factor))
