@@ -5,7 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.chat import GenerationSettings, start_generation, transcript_jsonl
+from core.chat import transcript_jsonl
+from core.generation import GenerationSettings, start_generation
 from core.models import ModelLoadError, ModelSource
 from pages_common import SOURCE_LABELS, active_model_source, cached_model, trained_adapter_folders
 

@@ -24,7 +24,7 @@ KEYS = {"summary", "next_step", "urgency"}
 
 
 def valid_answers(source, rows: list[dict]) -> int:
-    from core.chat import GenerationSettings, generate_text
+    from core.generation import GenerationSettings, generate_text
     from core.models import load_model
 
     loaded = load_model(source)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         os.environ["WORKBENCH_HOME"] = home  # an empty workspace: the first load really converts
-        from core.chat import GenerationSettings, generate_blocking
+        from core.generation import GenerationSettings, generate_blocking
         from core.models import ModelSource, embedded_model_dir, load_model
 
         start = time.perf_counter()

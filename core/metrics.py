@@ -3,13 +3,14 @@
 - `exact_match`: normalised string equality (case, surrounding whitespace / quotes, inner whitespace runs,
   trailing punctuation).
 - `json_field_accuracy`: the share of the reference object's fields whose values the prediction reproduces
-  (0 when the prediction holds no JSON object); `json_validity` says whether it holds one at all.
+  (0 when the prediction holds no JSON object anywhere).
 - `json_field_scores`: per-field scores (exact, or ROUGE-L F1 for free-text fields such as a summary).
 - `rouge_l_f1`: longest-common-subsequence F1 over normalised words.
 - `detect_free_text_fields`: which fields of JSON answers hold prose rather than a label.
 - `choose_scorer`: JSON scoring when every reference answer is a JSON object, exact match otherwise.
-- `is_strict_json_object`: the whole answer is one JSON object (one ```json fence tolerated): what a program
-  calling `json.loads` on the reply accepts; the evaluation's "JSON validity".
+- `json_validity`: THE rule for "valid JSON", used by the forgetting report and the Decide baseline alike: the
+  whole answer is one JSON object (one ```json fence tolerated), what a program calling `json.loads` on the
+  reply accepts. `holds_json_object` is the named lenient variant (an object somewhere in the text).
 - `perplexity`, `choice_accuracy`: likelihood-based scores (exp of the mean token NLL; multiple choice by
   summed and per-character log-likelihood, as lm-evaluation-harness computes acc and acc_norm).
 """
@@ -81,7 +82,8 @@ def _balanced_object(text: str, start: int) -> str:
     return text[start:]
 
 
-def json_validity(prediction: str) -> float:
+def holds_json_object(prediction: str) -> float:
+    """The lenient variant of `json_validity`: 1.0 when a JSON object can be found anywhere in the answer."""
     return 1.0 if parse_json_object(prediction) is not None else 0.0
 
 
@@ -175,7 +177,7 @@ SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "json_field_accuracy":
 _WHOLE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
 
 
-def is_strict_json_object(text: Any) -> float:
+def json_validity(text: Any) -> float:
     """1.0 when the whole answer (surrounding whitespace and one ```json fence aside) is a JSON object."""
     stripped = str(text if text is not None else "").strip()
     fenced = _WHOLE_FENCE.match(stripped)

@@ -8,7 +8,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
-from core.chat import GenerationSettings, build_messages, generate_text, start_generation, transcript_jsonl
+from core.chat import transcript_jsonl
+from core.generation import GenerationSettings, build_messages, generate_text, start_generation
 from core.models import ModelSource, load_model
 
 

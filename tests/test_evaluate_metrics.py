@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from core import metrics
+from core import generation, metrics
 from core.evaluate import scoring, stats
 from core.evaluate.stats import Interval
 from core.evaluate.task import TaskExample, describe_task, score_answer
@@ -36,11 +36,11 @@ def test_exact_match_normalisation():
 
 def test_json_validity_strict_vs_lenient():
     answer = 'Sure! Here it is: {"urgency": "high"}'
-    assert metrics.json_validity(answer) == 1.0  # an object can be found in it (field scores use it)
-    assert metrics.is_strict_json_object(answer) == 0.0  # but json.loads on the reply fails
-    assert metrics.is_strict_json_object('```json\n{"urgency": "high"}\n```') == 1.0
-    assert metrics.is_strict_json_object('  {"a": 1}\n') == 1.0
-    assert metrics.is_strict_json_object("[1, 2]") == 0.0
+    assert metrics.holds_json_object(answer) == 1.0  # an object can be found in it (field scores use it)
+    assert metrics.json_validity(answer) == 0.0  # but json.loads on the reply fails: not valid JSON, anywhere
+    assert metrics.json_validity('```json\n{"urgency": "high"}\n```') == 1.0
+    assert metrics.json_validity('  {"a": 1}\n') == 1.0
+    assert metrics.json_validity("[1, 2]") == 0.0
 
 
 def test_json_field_accuracy_demo_task():
@@ -149,9 +149,9 @@ def test_answer_loss_scores_exactly_the_trained_tokens(tiny):
 
 
 def test_batched_generation_equals_one_by_one(tiny):
-    prompts = [scoring.prompt_ids([{"role": "user", "content": text}], tiny.tokenizer) for text in ("Hi", "A much longer prompt here, with more words")]
-    batched = scoring.generate_answers(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, batch_size=2)
-    single = [scoring.generate_answers(tiny.model, tiny.tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    prompts = [generation.prompt_ids([{"role": "user", "content": text}], tiny.tokenizer) for text in ("Hi", "A much longer prompt here, with more words")]
+    batched = generation.greedy_answers(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, batch_size=2)
+    single = [generation.greedy_answers(tiny.model, tiny.tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert batched == single
 
 

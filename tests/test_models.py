@@ -15,7 +15,7 @@ def test_import_core_without_streamlit(monkeypatch):
 
     code = (
         "import sys; sys.modules['streamlit'] = None\n"
-        "import core, core.models, core.hardware, core.workspace, core.chat, core.runs\n"
+        "import core, core.models, core.hardware, core.workspace, core.chat, core.generation, core.runs\n"
         "print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
@@ -25,7 +25,7 @@ def test_import_core_without_streamlit(monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_model_knows_paris(embedded_dir):
-    from core.chat import GenerationSettings, generate_text
+    from core.generation import GenerationSettings, generate_text
 
     loaded = load_model(ModelSource())
     assert loaded.info.parameters == 134_515_008

@@ -71,13 +71,33 @@ def test_failures_end_as_failed_with_message(workspace, fail_with, expected):
         assert "gradient checkpointing" in final.error and "QLoRA" in final.error
 
 
-def test_killed_worker_is_detected(workspace):
+def test_killed_worker_is_detected_and_recorded_failed_once(workspace):
+    from core.runs.status import read_raw_status
+
     run_dir = _selftest(workspace, steps=1000, step_seconds=0.05)
     pid = runs.launch(run_dir)
     _wait_state(run_dir, {"running"})
     os.kill(pid, signal.SIGKILL)
     status = _wait_state(run_dir, {"failed"}, timeout=15)
     assert "ended without recording a result" in status.error
+    on_disk = read_raw_status(run_dir)  # the first reader wrote it down: status.json no longer says running
+    assert on_disk.state == "failed" and on_disk.error == status.error and on_disk.pid == pid
+    written = (run_dir / "status.json").stat().st_mtime_ns
+    time.sleep(0.05)
+    assert read_status(run_dir).state == "failed" and (run_dir / "status.json").stat().st_mtime_ns == written  # once
+
+
+def test_a_finished_worker_leaves_no_zombie(workspace):
+    from core.runs.status import read_raw_status
+
+    run_dir = _selftest(workspace, steps=1, step_seconds=0.0)
+    pid = runs.launch(run_dir)
+    deadline = time.time() + 30
+    while not read_raw_status(run_dir).is_final and time.time() < deadline:  # raw reads: nothing here reaps
+        time.sleep(0.05)
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), open(f"/proc/{pid}/stat").read()  # reaped, not <defunct>
 
 
 def test_stale_heartbeat_is_failed(workspace, tmp_path):

@@ -6,14 +6,14 @@ from typing import Any, Sequence
 import torch
 
 from core.distill.loss import softened_probs
-from core.prune.measure import prompt_ids
+from core.generation import prompt_ids
 
 
 @torch.no_grad()
 def next_token_logits(model: Any, tokenizer: Any, prompt: str) -> torch.Tensor:
     """Logits of the token after the prompt (the chat template's assistant turn when the model has one)."""
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
+    ids = torch.tensor([prompt_ids([{"role": "user", "content": prompt}], tokenizer)], device=device)
     return model(input_ids=ids).logits[0, -1].float().cpu()
 
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from core import generation
 from core.evaluate import harness, scoring
 from core.evaluate.general import MC_SET_NAME, TEXT_SET_NAME, GeneralSetError, load_general_sets
 from core.evaluate.report import ModelResult, build_report, metric_defs
@@ -77,7 +78,7 @@ def run(ctx: JobContext) -> dict:
                 result = _evaluate(ctx, variant.label, "variant", loaded, variant.source, setup, general, spec, progress)
             result.step, result.probe_difference = variant.step, probe_differences[variant.label]
             results.append(result)
-    except scoring.Stopped:
+    except generation.Stopped:
         ctx.log.info("stopped after %d of %d models; no report written", len(results), n_models)
         return {"stopped": True, "models_done": len(results)}
 
@@ -188,8 +189,8 @@ def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, sourc
         stage_started = time.time()
 
     progress.set_stage(f"{label}: answering {len(setup.examples)} task prompts")
-    prompts = [scoring.prompt_ids(ex.prompt, tokenizer) for ex in setup.examples]
-    answers = scoring.generate_answers(model, tokenizer, prompts, max_new_tokens=spec.max_new_tokens, **common)
+    prompts = [generation.prompt_ids(ex.prompt, tokenizer) for ex in setup.examples]
+    answers = generation.greedy_answers(model, tokenizer, prompts, max_new_tokens=spec.max_new_tokens, **common)
     rows = [score_answer(answer, ex.reference, setup) for answer, ex in zip(answers, setup.examples)]
     stage_done("generate")
     progress.set_stage(f"{label}: loss on the reference answers")

@@ -1,4 +1,5 @@
-"""Model-side scoring: greedy answers, token log-likelihoods, multiple choice, and the adapter probe.
+"""Model-side scoring: token log-likelihoods, multiple choice, and the adapter probe (greedy answers come
+from `core.generation`, the one generation path).
 
 Everything here takes an already loaded model + tokenizer (loaded through `core.models`) and returns
 plain Python numbers; the string metrics themselves live in `core.metrics`.
@@ -14,7 +15,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from core.data.masking import IGNORE_INDEX, MaskingError, encode_conversation, inference_prompt_ids
+from core.data.masking import IGNORE_INDEX, MaskingError, encode_conversation
+from core.generation import Stopped, prompt_ids
+from core.generation import pad_token_id as _pad_id
 from core.models import is_prompt_learning
 
 LOGIT_BUDGET = 64_000_000  # floats of logits per forward pass (~256 MB in float32)
@@ -23,10 +26,6 @@ PROBE_TOLERANCE = 1e-4  # max |logit difference| below which a fine-tuned model 
 
 StopCheck = Callable[[], bool]
 Progress = Callable[[int], None]  # called with the number of items just finished
-
-
-class Stopped(Exception):
-    """The user asked the job to stop between two batches."""
 
 
 def _batch_for(model: Any, batch_size: int) -> int:
@@ -39,28 +38,12 @@ def _device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def _check_stop(should_stop: StopCheck | None) -> None:
     if should_stop is not None and should_stop():
         raise Stopped()
 
 
 # ---------------------------------------------------------------- prompts
-
-
-def prompt_ids(messages: Sequence[dict], tokenizer: Any) -> list[int]:
-    """The ids the model sees before answering: the chat template with the generation prompt, or a plain
-    `role: content` layout for a tokenizer without a template."""
-    if getattr(tokenizer, "chat_template", None):
-        return inference_prompt_ids(list(messages), tokenizer)
-    text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-    return tokenizer(text)["input_ids"]
 
 
 def answer_token_mask(messages: Sequence[dict], tokenizer: Any, max_length: int | None) -> tuple[list[int], list[bool]]:
@@ -73,57 +56,6 @@ def answer_token_mask(messages: Sequence[dict], tokenizer: Any, max_length: int 
     answer = tokenizer(" " + messages[-1]["content"] + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     ids = (prompt + answer)[: max_length or None]
     return ids, [i >= len(prompt) for i in range(len(ids))]
-
-
-# ---------------------------------------------------------------- generation
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 8,
-    should_stop: StopCheck | None = None,
-    on_progress: Progress | None = None,
-) -> list[str]:
-    """Greedy answers for tokenised prompts, batched with left padding (longest prompts batched together)."""
-    import torch
-
-    device, pad = _device(model), _pad_id(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        _check_stop(should_stop)
-        chunk = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos,
-            )
-        for row, i in enumerate(chunk):
-            answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
-        if on_progress:
-            on_progress(len(chunk))
-    return answers
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, configured):
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v is not None and int(v) not in ids:
-                ids.append(int(v))
-    return ids
 
 
 # ---------------------------------------------------------------- log-likelihoods

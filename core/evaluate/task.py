@@ -83,7 +83,7 @@ def score_answer(answer: str, reference: str, setup: TaskSetup) -> dict:
         "rouge_l": metrics.rouge_l_f1(answer, reference),
     }
     if setup.is_json:
-        row["json_valid"] = metrics.is_strict_json_object(answer)
+        row["json_valid"] = metrics.json_validity(answer)
         fields = metrics.json_field_scores(answer, reference, setup.free_text_fields)
         for name, score in fields.items():
             row[f"field:{name}"] = score

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from core.generation import pad_token_id, prompt_ids
+
 
 @dataclass
 class Latency:
@@ -21,20 +23,13 @@ class Latency:
         return asdict(self)
 
 
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return tokenizer(prompt)["input_ids"]
-
-
 @torch.no_grad()
 def generation_latency(model: Any, tokenizer: Any, prompt: str, new_tokens: int = 32, repeats: int = 3) -> Latency:
     """Greedy generation of exactly `new_tokens` tokens (EOS ignored), timed `repeats` times after one warm-up."""
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
+    ids = torch.tensor([prompt_ids([{"role": "user", "content": prompt}], tokenizer)], device=device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                  pad_token_id=pad_token_id(tokenizer),
                   attention_mask=torch.ones_like(ids))
     output = model.generate(ids, **kwargs)  # warm-up (allocations, kernel selection)
     times = []

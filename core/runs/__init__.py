@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_children: list[subprocess.Popen] = []  # reaped opportunistically so finished workers leave no zombies
 
 
 @dataclass
@@ -80,16 +80,14 @@ def create_run_from_dict(data: dict, name: str = "") -> Path:
     return run_dir
 
 
-def _reap() -> None:
-    for child in list(_children):
-        if child.poll() is not None:
-            _children.remove(child)
+def _reap_when_done(child: subprocess.Popen) -> None:
+    """Wait for the worker in a daemon thread, so it is reaped the moment it exits (no <defunct> zombie)."""
+    threading.Thread(target=child.wait, name=f"reap-{child.pid}", daemon=True).start()
 
 
 def launch(run_dir: str | Path) -> int:
     """Start the worker in a new process session (no shell); returns its pid."""
     run_dir = Path(run_dir).resolve()
-    _reap()
     current = read_status(run_dir)
     if current.is_active:
         raise RuntimeError(f"run {run_dir.name} is already {current.state}")
@@ -107,7 +105,7 @@ def launch(run_dir: str | Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _children.append(child)
+    _reap_when_done(child)
     previous = read_raw_status(run_dir) or RunStatus(kind=read_spec_dict(run_dir)["kind"])
     previous.state, previous.pid, previous.heartbeat, previous.error = "queued", child.pid, time.time(), ""
     previous.finished_at = None
@@ -162,7 +160,6 @@ def load_summary(run_dir: Path) -> RunSummary | None:
 
 
 def list_runs(kind: str | None = None, root: Path | None = None) -> list[RunSummary]:
-    _reap()
     root = root or runs_dir()
     runs = [s for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") for s in [load_summary(d)] if s]
     if kind:
@@ -182,7 +179,6 @@ def wait(run_dir: str | Path, timeout: float = 600, poll: float = 0.2) -> RunSta
     """Block until the run reaches a final state (for scripts and tests)."""
     deadline = time.time() + timeout
     while True:
-        _reap()
         status = read_status(run_dir)
         if status.is_final:
             return status

@@ -1,10 +1,12 @@
 """status.json: the one record of a job's state. Written atomically by the worker, read by any page.
 
-The reader never trusts a non-final state blindly: a worker that stopped writing heartbeats (kill -9,
-power loss, the OOM killer) is reported as failed, with the most likely reason.
+The reader never trusts a non-final state blindly: a worker whose process is gone (kill -9, the OOM
+killer, a crash) is recorded as failed in status.json by the first reader that finds it (under a lock, so
+once); a worker that is alive but silent (hung) is shown as failed without touching the file.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -95,6 +97,11 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+DEAD_WORKER = ("The worker process ended without recording a result (killed, e.g. by the system's out-of-memory "
+               "killer or kill -9). See the log tail below.")
+_STATUS_LOCK = ".status.lock"
+
+
 def read_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
     """The status as a user should see it: a silent worker is a failed worker, never 'running' forever."""
     status = read_raw_status(run_dir) or RunStatus()
@@ -102,10 +109,25 @@ def read_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
         return status
     now = now or time.time()
     beat = status.heartbeat or status.created_at
-    if pid_alive(status.pid) and now - beat < STALE_AFTER_SECONDS:
+    alive = pid_alive(status.pid)
+    if alive and now - beat < STALE_AFTER_SECONDS:
         return status
-    if status.pid and not pid_alive(status.pid):
-        why = "The worker process ended without recording a result (killed, e.g. by the system's out-of-memory killer or kill -9)."
-    else:
-        why = f"The worker stopped sending heartbeats {now - beat:.0f} s ago (it hung or the machine lost power)."
-    return replace(status, state="failed", error=why + " See the log tail below.", finished_at=beat)
+    if status.pid and not alive:
+        return record_dead_worker(run_dir, status)
+    why = f"The worker stopped sending heartbeats {now - beat:.0f} s ago (it hung or the machine lost power). See the log tail below."
+    return replace(status, state="failed", error=why, finished_at=beat)
+
+
+def record_dead_worker(run_dir: str | Path, seen: RunStatus) -> RunStatus:
+    """Write `failed` for a run whose worker process is gone, once: under the run's status lock the file is
+    read again, and only a run still active with the same dead pid is changed."""
+    run_dir = Path(run_dir)
+    with open(run_dir / _STATUS_LOCK, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        current = read_raw_status(run_dir) or seen
+        if not current.is_active or current.pid != seen.pid or pid_alive(current.pid):
+            return current
+        failed = replace(current, state="failed", error=DEAD_WORKER, message="the worker process died",
+                         finished_at=current.heartbeat or current.created_at)
+        write_status(run_dir, failed)
+        return failed
