@@ -83,15 +83,20 @@ def read_json(path: str | Path, default: Any = None) -> Any:
 
 
 def atomic_write_dir(target: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Fill a temp folder beside `target` with write(tmp), then swap it into place: never a half-written folder."""
+    """Fill a temp folder beside `target` with write(tmp), then swap it into place: readers see the old folder
+    or the new one, never a half-written or missing one (the old one is moved aside first, deleted last)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         write(tmp)
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            os.replace(target, retired / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,7 +8,7 @@ import pytest
 
 from core.hardware import detect
 from core.runs.spec import check_limits, meta, spec_fields, spec_from_dict, spec_to_yaml
-from core.workspace import atomic_write_json, read_json, safe_name
+from core.workspace import atomic_write_dir, atomic_write_json, read_json, safe_name
 
 
 @dataclass
@@ -99,6 +99,22 @@ def test_atomic_json_leaves_no_temp_files(tmp_path):
     atomic_write_json(target, {"a": 2})
     assert read_json(target) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "adapter"
+    atomic_write_dir(target, lambda tmp: (tmp / "a.txt").write_text("old"))
+
+    def half_written(tmp):
+        (tmp / "a.txt").write_text("new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_dir(target, half_written)
+    assert (target / "a.txt").read_text() == "old"  # the old folder was never deleted first
+    atomic_write_dir(target, lambda tmp: (tmp / "b.txt").write_text("new"))
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary or retired folders left
 
 
 def test_hardware_detect_on_this_machine():

@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from core.workspace import atomic_write_json, datasets_dir, safe_name
+from core.workspace import atomic_write_bytes, atomic_write_dir, atomic_write_json, datasets_dir, safe_name
 
 MANIFEST_SCHEMA = "workbench.dataset/1"
 DATA_FILE = "data.jsonl"
@@ -188,24 +185,11 @@ def export_curated(
         "rows": len(kept),
         "data": {"file": DATA_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        with open(staging / DATA_FILE, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    def write(staging: Path) -> None:
+        atomic_write_bytes(staging / DATA_FILE, data)
         atomic_write_json(staging / MANIFEST_FILE, manifest)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, retired / "dataset")
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+
+    return atomic_write_dir(target, write)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
