@@ -73,9 +73,9 @@ def test_ddp_on_two_processes_matches_one_process_with_doubled_accumulation(work
     worst = max(float((ddp_weights[k].float() - one_weights[k].float()).abs().max()) for k in one_weights)
     assert worst < 1e-4, f"gradients were not averaged across the ranks: max weight difference {worst}"
 
-    card = json.loads((ddp_dir / "run_card.json").read_text())
+    card = runs.read_result(ddp_dir)
     assert card["distribution"]["world_size"] == 2 and card["distribution"]["global_batch"] == 4
-    assert len(card["distribution"]["peak_memory_bytes_per_rank"]) == 2 and "distribution" not in json.loads((one_dir / "run_card.json").read_text())
+    assert len(card["distribution"]["peak_memory_bytes_per_rank"]) == 2 and "distribution" not in runs.read_result(one_dir)
     assert ddp.result["world_size"] == 2 and ddp.result["strategy"] == "DDP"
     records = read_rank_records(ddp_dir)
     assert [r["rank"] for r in records] == [0, 1] and all(r["state"] == "succeeded" for r in records)

@@ -232,7 +232,7 @@ def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert (run_dir / "adapter" / "tokenizer_config.json").is_file()
     assert (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file(), "a final checkpoint is always saved"
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = runs.read_result(run_dir)
     assert card["data"]["sha256"] == file_sha256(data)
     assert card["data"]["train_rows"] == 9 and card["data"]["eval_rows"] == 3
     assert card["final_metrics"]["global_step"] == 3 and card["tokens_per_s"] > 0 and card["peak_memory_bytes"] > 0
@@ -261,7 +261,7 @@ def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny
     again = read_status(run_dir)
     assert again.state == "succeeded" and again.result["global_step"] == 5 and again.attempts == 2
     assert [r["step"] for r in _metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5]
-    assert json.loads((run_dir / "run_card.json").read_text())["resumed_from_step"] == 3
+    assert runs.read_result(run_dir)["resumed_from_step"] == 3
 
 
 def _lora_b_tensors(adapter: Path) -> dict[str, torch.Tensor]:
@@ -379,7 +379,7 @@ def test_stop_saves_then_resume_continues_then_kill_is_detected(workspace, tiny_
     assert 2 <= done < 500
     assert (run_dir / "checkpoints" / f"checkpoint-{done}" / "trainer_state.json").is_file(), "stop saves a checkpoint where it is"
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
-    assert json.loads((run_dir / "run_card.json").read_text())["state"] == "stopped"
+    assert runs.read_result(run_dir)["state"] == "stopped"
 
     pid = runs.relaunch(run_dir)
     _wait_rows(run_dir, len([r for r in _metrics(run_dir) if "loss" in r]) + 1)

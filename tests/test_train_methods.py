@@ -166,7 +166,7 @@ def test_each_method_trains_in_the_worker_and_changes_the_model(workspace, tiny_
     extra = {"prompt_init_text": "Answer briefly"} if method == "prompt_tuning" else {}
     run_dir, status = _run_here(_spec(base_dir, data_file, method, **extra))
     assert status.state == "succeeded", status.error
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = runs.read_result(run_dir)
     assert card["final_metrics"]["global_step"] == 2 and card["tokens_per_s"] > 0
     arch = arch_from_config(json.loads((base_dir / "config.json").read_text()))
     assert card["trainable_params"] == trainable_params(MemorySpec(arch, method=method, lora_r=4, num_virtual_tokens=4, frozen_layers=1,
@@ -216,6 +216,7 @@ def test_prompt_tuning_starts_from_the_text_and_its_adapter_refuses_merging(work
 def test_prompt_and_prefix_adapters_score_like_one_sequence_at_a_time(workspace, tiny_llama_dir, data_file):
     """Evaluate's batched log-likelihoods and answers work for virtual-token adapters (they ignore position ids)."""
     from core.evaluate import scoring
+    from core.generation import greedy_answers
     from core.models import ModelSource, is_prompt_learning, load_model, unwrap_adapter
 
     run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, "prompt_tuning"))
@@ -228,6 +229,6 @@ def test_prompt_and_prefix_adapters_score_like_one_sequence_at_a_time(workspace,
     assert [round(r.nll, 4) for r in batched] == [round(r.nll, 4) for r in single]
     items = [{"context": "The sky is", "choices": [" blue", " green"]}]
     assert len(scoring.choice_logliks(loaded.model, loaded.tokenizer, items)[0]) == 2
-    answers = scoring.generate_answers(loaded.model, loaded.tokenizer, [loaded.tokenizer("Hi")["input_ids"]], max_new_tokens=3)
+    answers = greedy_answers(loaded.model, loaded.tokenizer, [loaded.tokenizer("Hi")["input_ids"]], max_new_tokens=3)
     assert isinstance(answers[0], str)
     assert unwrap_adapter(loaded.model) is loaded.model.base_model

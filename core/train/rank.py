@@ -26,6 +26,7 @@ from typing import Any
 from core.runs.errors import explain_failure, format_traceback
 from core.runs.jobs import JobContext
 from core.runs.metrics import append_metrics
+from core.runs.jobs import parse_spec
 from core.runs.spec import read_spec_dict
 from core.runs.status import HEARTBEAT_SECONDS, METRICS_FILE, RunStatus, read_raw_status, write_status
 from core.train.distributed import RankInfo, supervised
@@ -137,8 +138,9 @@ def run_rank(run_dir: str | Path) -> int:
     _redirect_output(rank_log(run_dir, info.rank))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format=f"%(asctime)s rank{info.rank} %(levelname)s %(name)s: %(message)s")
-    spec = read_spec_dict(run_dir)
-    owner = StatusOwner(run_dir, spec["kind"]) if info.is_main and not supervised() else None
+    spec_data = read_spec_dict(run_dir)
+    spec = parse_spec(spec_data)  # the job registry's spec class, as the worker parses it
+    owner = StatusOwner(run_dir, spec_data["kind"]) if info.is_main and not supervised() else None
     attempt = owner.status.attempts if owner else int((read_raw_status(run_dir) or RunStatus()).attempts or 1)
     record = RankRecord(run_dir, info, attempt)
     stop_signals: list[int] = []
@@ -156,7 +158,7 @@ def run_rank(run_dir: str | Path) -> int:
         # A stop request, or the worker that launched this rank is gone (then stop and save rather than train unwatched).
         return bool(stop_signals) or stop_file.exists() or not _supervisor_alive()
 
-    ctx = RankContext(run_dir=run_dir, spec=spec, log=logging.getLogger("workbench.train"), set_progress=progress,
+    ctx = RankContext(run_dir=run_dir, spec=spec, spec_data=spec_data, log=logging.getLogger("workbench.train"), set_progress=progress,
                       _stop=stop_requested, rank=info, record=record)
     log.info("rank %d of %d (local rank %d, node %d) on %s, pid %d", info.rank, info.world_size, info.local_rank,
              info.node_rank, socket.gethostname(), os.getpid())
