@@ -101,7 +101,9 @@ def test_exact_match_normalises():
 def test_json_scores():
     reference = '{"summary": "Charged twice for Quill Notes.", "next_step": "issue_refund", "urgency": "low"}'
     good = 'Here you go:\n```json\n{"summary": "charged twice for quill notes", "next_step": "issue_refund", "urgency": "Low"}\n```'
-    assert metrics.json_validity(good) == 1.0 and metrics.json_field_accuracy(good, reference) == 1.0
+    assert metrics.json_field_accuracy(good, reference) == 1.0  # fields are read from the object inside the prose
+    assert metrics.json_validity(good) == 0.0 and metrics.holds_json_object(good) == 1.0  # but json.loads on the reply fails
+    assert metrics.json_validity(good[good.index("```"):]) == 1.0  # one ```json fence alone is valid
     partial = '{"summary": "Charged twice", "next_step": "escalate_to_engineering", "urgency": "low"} trailing words'
     assert metrics.json_field_accuracy(partial, reference) == pytest.approx(1 / 3)
     scores = metrics.json_field_scores(partial, reference, free_text_fields=["summary"])
