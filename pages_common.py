@@ -72,14 +72,43 @@ def render_model_selector() -> None:
                 st.error(str(exc))
                 return
             try:
-                with st.spinner(f"Loading {chosen.label}…"):
-                    info = cached_model(chosen).info
+                with st.spinner(f"Reading {chosen.label}…"):
+                    if chosen.kind == "hub":  # a Hub id: its config alone (no weights); the download is a job
+                        from core.models import load_config
+
+                        load_config(chosen)
+                    else:
+                        info = cached_model(chosen).info
+                        st.success(f"Loaded {info.name}: {info.parameters / 1e6:.1f} M parameters, {info.dtype}")
             except ModelLoadError as exc:
                 st.error(str(exc))
                 return
             st.session_state["active_model"] = chosen.as_dict()
-            st.success(f"Loaded {info.name}: {info.parameters / 1e6:.1f} M parameters, {info.dtype}")
             st.rerun()
+    if current.kind == "hub":
+        render_hub_download(current)
+
+
+def render_hub_download(source: ModelSource) -> None:
+    """Whether the active Hub model's weights are here; if not, a button that starts the download job, and its state."""
+    from core.download import DownloadSpec
+    from core.models import hub_weights_present
+    from core.runs import list_runs
+
+    if hub_weights_present(source):
+        st.caption("Weights: downloaded (Hub cache)")
+        return
+    latest = next((r for r in list_runs("download") if (r.spec.get("model") or {}).get("ref") == source.ref), None)
+    if latest and latest.status.is_active:
+        st.caption(f"⬇️ {latest.status.message or latest.status.state} · run {latest.run_id}")
+        return
+    if latest and latest.status.state == "failed":
+        st.caption(f"Last download failed: {latest.status.error}")
+    st.caption("Weights: not downloaded yet (configs and tokenizer are enough for Budget, Decide, Template and the pre-flight; "
+               "a train / evaluate / merge job downloads them as its first stage).")
+    if st.button("⬇️ Download weights", key="sidebar_download"):
+        start_run(DownloadSpec(model=source.as_dict()), "download_run")
+        st.rerun()
 
 
 def render_sidebar() -> None:
@@ -123,7 +152,15 @@ def model_picker(label: str, key: str, *, default_choice: int = 0, allow_adapter
     kind = "local" if choice == "Local folder" else "hub"
     ref = st.text_input("Path" if kind == "local" else "Hub id", key=f"{key}_ref",
                         placeholder="/path/to/model-folder" if kind == "local" else "org/model")
-    return ModelSource(kind, ref.strip()) if ref.strip() else None
+    trust = remote_code_checkbox(f"{key}_trust")
+    return ModelSource(kind, ref.strip(), trust_remote_code=trust) if ref.strip() else None
+
+
+def remote_code_checkbox(key: str) -> bool:
+    """The opt-in for a model's own Python code, on every widget group that names a folder or Hub id (off by default:
+    a Hub repo's *.py files are then neither downloaded nor run)."""
+    return st.checkbox("Trust remote code", value=False, key=key,
+                       help="Downloads and runs the Python files of the model repository (custom architectures). Only for authors you trust.")
 
 
 def start_run(spec, key: str) -> None:

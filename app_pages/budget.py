@@ -10,7 +10,7 @@ import streamlit as st
 from core import decide, memory
 from core.models import ModelLoadError, ModelSource
 from core.workspace import runs_dir
-from pages_common import active_model_source, cached_hardware
+from pages_common import active_model_source, cached_hardware, remote_code_checkbox
 
 TARGET_SETS = {"all-linear": "all-linear", "attention (q, k, v, o)": ("q_proj", "k_proj", "v_proj", "o_proj"), "q and v only": ("q_proj", "v_proj")}
 SEQ_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
@@ -36,6 +36,8 @@ def choose_model() -> memory.ModelArch | None:
                 st.info("Type a local model folder or a Hub id (the Hub is used only when reachable).")
                 return None
             source = ModelSource.parse(text)
+            if source.kind in ("local", "hub"):
+                source = ModelSource(source.kind, source.ref, trust_remote_code=remote_code_checkbox("budget_trust"))
         return memory.ModelArch.from_dict(arch_of(json.dumps(source.as_dict(), sort_keys=True)))
     except (ModelLoadError, ValueError, KeyError, OSError) as exc:
         st.error(f"Cannot read that model's config: {exc}")

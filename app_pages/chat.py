@@ -8,7 +8,7 @@ import streamlit as st
 from core.chat import transcript_jsonl
 from core.generation import GenerationSettings, start_generation
 from core.models import ModelLoadError, ModelSource
-from pages_common import SOURCE_LABELS, active_model_source, cached_model, trained_adapter_folders
+from pages_common import SOURCE_LABELS, active_model_source, cached_model, remote_code_checkbox, trained_adapter_folders
 
 VARIANTS = ("Active model", "Active model + adapter", "Other model")
 
@@ -43,7 +43,8 @@ def variant_source(i: int) -> ModelSource | None:
     if kind == "embedded":
         return ModelSource()
     ref = st.text_input("Path or id", value=preset_model or "", key=f"chat_other_ref_{i}")
-    return ModelSource(kind, ref.strip()) if ref.strip() else None
+    trust = remote_code_checkbox(f"chat_other_trust_{i}") if kind in ("local", "hub") else False
+    return ModelSource(kind, ref.strip(), trust_remote_code=trust) if ref.strip() else None
 
 
 def settings_form() -> GenerationSettings:

@@ -15,7 +15,7 @@ from core.data.formats import (
 from core.data.lint import lint_dataset
 from core.data.masking import POLICIES, MaskingError, encode_row
 from core.data.render import legend_html, token_chips_html, token_table
-from core.data.templates import load_template, shipped_template_names
+from core.data.templates import load_template, propose_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
 from pages_common import cached_dataset_file, cached_dataset_upload
 
@@ -77,6 +77,11 @@ if not dataset.rows:
 
 own_template = getattr(tokenizer, "chat_template", None)
 template_names = ([MODEL_TEMPLATE] if own_template else []) + shipped_template_names()
+if not own_template:  # a base model: start from the template its special tokens point to
+    proposal = propose_template(tokenizer)
+    template_names.insert(0, template_names.pop(template_names.index(proposal.name)))
+    st.info(f"This tokenizer has no chat template (a base model). Proposed: **{proposal.name}**, because "
+            f"{proposal.reason.removeprefix('the tokenizer has no chat template, and ')}. Training proposes the same one.")
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 template_name = c1.selectbox("Chat template", template_names, key="tpl_template",
                              help="The model's own template, or one of the common templates shipped with the app.")

@@ -5,6 +5,7 @@ run folder, so a refresh or a second tab reattaches to the same run (its id is i
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import streamlit as st
@@ -12,8 +13,9 @@ import streamlit as st
 from core.runs import create_run, launch, list_runs, read_status, relaunch, run_command, spec_to_yaml
 from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
+from core.models import ModelSource
 from core.train.methods import hidden_fields, method_info
-from core.train.preflight import run_preflight
+from core.train.preflight import model_defaults, run_preflight
 from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, runs_table, small_figures
 from core.workspace import runs_dir
 from pages_common import active_model_source, cached_hardware, human_bytes, live_run, reset_spec_form, spec_form
@@ -28,9 +30,17 @@ st.caption("LoRA and its variants, the rest of the PEFT table ((IA)³, prompt / 
 hardware = cached_hardware()
 
 
-def form_defaults() -> dict:
-    """Hardware-sized defaults, with the Decide page's recipe on top (applied once per new recipe)."""
-    defaults = {k: v for k, v in vars(hardware_defaults(hardware)).items()}
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_model_defaults(source_json: str) -> tuple[dict, list[str]]:
+    return model_defaults(ModelSource.from_dict(json.loads(source_json)), hardware)
+
+
+def form_defaults(model: ModelSource) -> dict:
+    """Hardware- and model-sized defaults, with the Decide page's recipe on top (applied once per new recipe)."""
+    updates, notes = cached_model_defaults(json.dumps(model.as_dict(), sort_keys=True))
+    for note in notes:
+        st.info(note)
+    defaults = {**vars(hardware_defaults(hardware)), **updates}
     recipe = {k: v for k, v in (st.session_state.get("train_recipe") or {}).items() if k in FIELDS}
     if recipe and st.session_state.get("train_recipe_applied") != recipe:
         reset_spec_form(TrainSpec, FORM)
@@ -79,7 +89,9 @@ def render_preflight(spec: TrainSpec):
         st.warning(f"Predicted {memory} exceeds the {human_bytes(check.available_memory_bytes)} free: lower batch_size or "
                    "max_length, turn on gradient checkpointing, or use QLoRA.")
     notes = check.backend_notes + ([f"{check.truncated_rows} rows cut to max_length"] if check.truncated_rows else [])
-    st.caption(f"Backend: **{check.backend or '—'}** · eval rows: {check.eval_rows}" + "".join(f" · {n}" for n in notes))
+    template = check.template.get("name") or ("the tokenizer's own" if check.template.get("source") == "tokenizer" else "—")
+    st.caption(f"Backend: **{check.backend or '—'}** · chat template: {template} · eval rows: {check.eval_rows}"
+               + "".join(f" · {n}" for n in notes))
     for warning in check.lint_warnings:
         st.warning(f"Lint: {warning}")
     if check.refusal:
@@ -100,9 +112,9 @@ def start(spec: TrainSpec) -> None:
 
 # ---------------------------------------------------------------- new run
 with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
-    defaults = form_defaults()
     model = active_model_source()
     st.markdown(f"**Model:** {model.label} ({model.kind}) — change it in the sidebar.")
+    defaults = form_defaults(model)
     dataset = dataset_field(str(defaults.get("dataset", "")))
     method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
     values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)))
@@ -128,6 +140,9 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
 # ---------------------------------------------------------------- one run, live
 def run_body(run_dir: Path, status, rows: list[dict]) -> None:
     summary = live_summary(rows)
+    backend = json.loads((run_dir / "backend.json").read_text()) if (run_dir / "backend.json").is_file() else {}
+    for note in backend.get("notes", []):
+        st.info(f"Backend {backend['backend']}: {note}")
     if status.is_active or summary.step:
         st.progress(summary.fraction, text=summary.label)
     cols = st.columns(4)

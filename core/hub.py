@@ -167,6 +167,30 @@ def remote_repo(repo_id: str, revision: str = "") -> RemoteRepo:
     return RemoteRepo(repo_id=repo_id, commit=info.sha, files=files, gated=bool(getattr(info, "gated", False)))
 
 
+def remote_safetensors_shapes(repo_id: str, revision: str = "") -> tuple[dict[str, tuple[int, ...]], int]:
+    """Every tensor's shape and the total bytes of a Hub model's safetensors, read from the file headers only."""
+    from huggingface_hub import get_safetensors_metadata
+    from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError
+
+    if not reachable():
+        raise HubError(f"the Hub is unreachable, so the weight headers of {repo_id} cannot be read; download it first")
+    try:
+        meta = get_safetensors_metadata(repo_id, revision=revision or None, token=token())
+    except NotASafetensorsRepoError as exc:
+        raise HubError(f"{repo_id} has no .safetensors weights: {exc}") from exc
+    except HfHubHTTPError as exc:
+        raise HubError(explain(exc, repo_id)) from exc
+    shapes, total = {}, 0
+    for file in meta.files_metadata.values():
+        for name, info in file.tensors.items():
+            shapes[name] = tuple(info.shape)
+            total += info.parameter_count * _DTYPE_BYTES.get(info.dtype, 4)
+    return shapes, total
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
 # --------------------------------------------------------------------------- downloading
 
 

@@ -250,3 +250,38 @@ def test_a_train_job_on_a_hub_model_downloads_it_as_its_first_stage(workspace, o
     first_download = next(i for i, r in enumerate(rows) if r.get("stage") == "download")
     first_start = next(i for i, r in enumerate(rows) if r.get("event") == "start")
     assert first_download < first_start and rows[first_start - 1]["bytes_done"] == rows[first_start - 1]["bytes_total"]
+
+
+MERGE_CHECK = """
+import json, sys
+from core.merge.config import export_yaml
+from core.merge.preflight import inspect_model
+from core.merge.spec import MergeSpec
+from core.models import ModelSource, hub_weights_present
+
+source = ModelSource("hub", sys.argv[1])
+facts = inspect_model(source)
+spec = MergeSpec(method="linear", base={}, models=[{"source": source.as_dict(), "weight": 0.5},
+                                                   {"source": {"kind": "local", "ref": sys.argv[2]}, "weight": 0.5}])
+print(json.dumps({"parameters": facts.parameters, "tensors": len(facts.shapes), "yaml": export_yaml(spec),
+                  "downloaded": hub_weights_present(source)}))
+"""
+
+
+def test_merge_preflight_and_yaml_of_a_hub_model_read_only_configs_and_weight_headers(online, tiny_llama_dir):
+    from safetensors.torch import load_file
+
+    repo = repo_from_folder(REPO, tiny_llama_dir)
+    expected = sum(t.numel() for t in load_file(str(tiny_llama_dir / "model.safetensors")).values())
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-c", MERGE_CHECK, REPO, str(tiny_llama_dir)], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        weight_reads = server.fetched("model.safetensors")
+    assert result["parameters"] == expected and not result["downloaded"]
+    assert f"model: {REPO}" in result["yaml"], "the exported YAML names the Hub id, so mergekit-yaml fetches it anywhere"
+    assert weight_reads and all(r[2].startswith("bytes=") for r in weight_reads), "only range reads of the header"
+    assert sum(int(r[2].split("-")[1]) + 1 for r in weight_reads if r[2].split("-")[1]) < len(repo.files["model.safetensors"]) // 4

@@ -29,7 +29,15 @@ def model_reference(source: ModelSource, materialize: Callable[[ModelSource], st
     if source.adapter:
         if materialize is not None:
             return materialize(source)
-        return f"{resolve_model_path(source.with_adapter(''))}+{source.adapter}"
+        return f"{_reference(source.with_adapter(''), materialize)}+{source.adapter}"
+    return _reference(source, materialize)
+
+
+def _reference(source: ModelSource, materialize) -> str:
+    # A downloadable YAML names a Hub model by its id (mergekit fetches it anywhere); the job, which has
+    # downloaded it first, uses the cached folder.
+    if source.kind == "hub" and materialize is None:
+        return source.ref
     return resolve_model_path(source)
 
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.merge.spec import MergeSpec
-from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, adapter_base, resolve_model_path
+from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, adapter_base, hub_weights_present, resolve_model_path
 from core.train.methods import adapter_merge_refusal
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -86,6 +86,16 @@ def read_weight_shapes(folder: str | Path) -> tuple[dict[str, tuple[int, ...]], 
     return shapes, total
 
 
+def remote_weight_shapes(source: ModelSource) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Tensor shapes and bytes of a Hub model not downloaded yet, from its safetensors headers (HTTP range reads)."""
+    from core import hub
+
+    try:
+        return hub.remote_safetensors_shapes(source.ref, source.revision)
+    except hub.HubError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
 def vocabulary_fingerprint(folder: str | Path) -> str | None:
     """A hash of token -> id (tokenizer.json, else vocab.json, else tokenizer.model); None if no tokenizer."""
     tok = Path(folder) / "tokenizer.json"
@@ -127,11 +137,12 @@ def inspect_model(source: ModelSource) -> ModelFacts:
     if source.kind == "gguf":
         raise ModelLoadError(f"{source.label} is a GGUF file: merging needs safetensors weights — "
                              "load it once and save it as a folder, then merge that folder.")
-    folder = resolve_model_path(source)
+    remote = source.kind == "hub" and not hub_weights_present(source)
+    folder = resolve_model_path(source, weights=not remote)  # a Hub model not downloaded: its config files only
     if source.adapter and not (Path(source.adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"{source.adapter} is not a PEFT adapter folder: it has no adapter_config.json.")
     config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    shapes, weight_bytes = read_weight_shapes(folder)
+    shapes, weight_bytes = remote_weight_shapes(source) if remote else read_weight_shapes(folder)
     if not shapes:
         raise ModelLoadError(f"{folder} has no .safetensors weights (pytorch .bin files cannot be checked or merged safely).")
     text_config = config.get("text_config") or {}

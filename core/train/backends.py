@@ -16,8 +16,6 @@ from core.models import resolve_model_path
 from core.train.methods import attach_method, peft_config
 from core.train.spec import TrainSpec
 
-# What "all-linear" means for Unsloth, which wants explicit names (Llama / Mistral / Qwen / Gemma layouts).
-UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NF4_KWARGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
 
 
@@ -99,7 +97,9 @@ class UnslothBackend(Backend):
             tokenizer.pad_token = tokenizer.eos_token
         if spec.method == "full":
             return model, tokenizer
-        targets = UNSLOTH_ALL_LINEAR if spec.target_modules == ["all-linear"] else list(spec.target_modules)
+        # Unsloth wants explicit names: "all-linear" becomes the linear layers this model really has
+        # (q_proj ... down_proj for Llama, qkv_proj / gate_up_proj for Phi-3's fused projections, ...).
+        targets = linear_layer_names(model) if spec.target_modules == ["all-linear"] else list(spec.target_modules)
         model = FastLanguageModel.get_peft_model(
             model,
             r=spec.lora_r,
@@ -160,6 +160,71 @@ class HFBackend(Backend):
             raise ValueError("prompt_init_text: text initialisation reads a Hugging Face tokenizer folder; a .gguf source has none")
         tokenizer_path = resolve_model_path(spec.model_source) if spec.model_source.kind != "gguf" else None
         return attach_method(model, spec, tokenizer_path), tokenizer
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """The distinct names of the model's linear layers (4-bit ones too), the output head left out."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not head and name}
+    return sorted(names - {"lm_head", "output", "embed_out", "score"})
+
+
+def tokenizer_differences(encoded_with: Any, trains_with: Any) -> list[str]:
+    """Where the tokenizer the rows were encoded with and the one the model trains with disagree (vocabulary, pad /
+    BOS / EOS ids): Unsloth's loader returns its own tokenizer, which can fix or add tokens."""
+    differences = []
+    if len(encoded_with) != len(trains_with):
+        differences.append(f"vocabulary size {len(encoded_with)} vs {len(trains_with)}")
+    elif encoded_with.get_vocab() != trains_with.get_vocab():
+        differences.append("the same vocabulary size but different token ids")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        ours, theirs = getattr(encoded_with, name, None), getattr(trains_with, name, None)
+        if ours != theirs:
+            differences.append(f"{name} {ours} vs {theirs}")
+    return differences
+
+
+def activate(backend: Backend, spec: TrainSpec, hardware: Any) -> tuple[Backend, list[str]]:
+    """Import the backend's accelerator now, first in the process (Unsloth patches transformers / TRL on import).
+    If the import fails, the next backend that can run takes over, with a note for the page and the run card."""
+    if backend.name != "unsloth":
+        return backend, []
+    try:
+        import unsloth  # noqa: F401 - first, before transformers / TRL / PEFT are used in this process
+    except Exception as exc:  # noqa: BLE001 - any import / patch failure (no GPU found, version clash) falls back
+        return fall_back(spec, hardware, f"Unsloth could not be imported ({type(exc).__name__}: {_first_line(exc)})")
+    return backend, []
+
+
+def load_with_fallback(backend: Backend, spec: TrainSpec, hardware: Any) -> tuple[Any, Any, Backend, list[str]]:
+    """backend.load, except that an Unsloth failure while loading / patching the model falls back like `activate`."""
+    try:
+        model, tokenizer = backend.load(spec, hardware)
+        return model, tokenizer, backend, []
+    except Exception as exc:  # noqa: BLE001
+        from core.runs.errors import is_out_of_memory
+
+        if backend.name != "unsloth" or is_out_of_memory(exc):
+            raise
+        fallback, notes = fall_back(spec, hardware, f"Unsloth failed to load or patch the model ({type(exc).__name__}: {_first_line(exc)})")
+        model, tokenizer = fallback.load(spec, hardware)
+        return model, tokenizer, fallback, notes
+
+
+def fall_back(spec: TrainSpec, hardware: Any, why: str) -> tuple[Backend, list[str]]:
+    if spec.backend == "unsloth":
+        raise ValueError(f"backend: {why}; the spec asks for unsloth only — set backend to auto to fall back to hf")
+    for backend in BACKENDS:
+        if backend.name != "unsloth" and backend.unavailable_reason(spec, hardware) is None:
+            return backend, [f"{why}: trained with the {backend.name} backend instead"]
+    raise ValueError(f"backend: {why}, and no other backend can run this spec")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 def lora_config(spec: TrainSpec) -> Any:

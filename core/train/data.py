@@ -50,6 +50,7 @@ class PreparedData:
     n_invalid_rows: int  # rows the loader rejected (bad JSON, missing fields, ...)
     chat_template: str | None
     notes: list[str] = field(default_factory=list)
+    template_choice: dict = field(default_factory=dict)  # {name, source: spec | tokenizer | proposed, reason}
 
     def manifest(self) -> dict:
         """What the run card records about the data."""
@@ -122,6 +123,21 @@ def chat_template_text(name: str) -> str | None:
     raise DataError(f"chat_template: {name!r} is neither a shipped template ({', '.join(shipped_template_names())}) nor a file")
 
 
+def choose_chat_template(name: str, tokenizer: Any) -> tuple[str | None, dict]:
+    """(template text or None for the tokenizer's own, what was chosen and why). A tokenizer without a template
+    (a base model) gets the shipped template its special tokens point to, instead of failing to encode."""
+    from core.data.templates import load_template, propose_template
+
+    text = chat_template_text(name)
+    own = getattr(tokenizer, "chat_template", None)
+    proposal = None if own else propose_template(tokenizer)
+    if text is not None:
+        return text, proposal.as_dict() if proposal and proposal.name == name else {"name": name, "source": "spec"}
+    if own:
+        return None, {"name": "", "source": "tokenizer"}
+    return load_template(proposal.name), proposal.as_dict()
+
+
 # ---------------------------------------------------------------- encoding
 
 
@@ -174,7 +190,7 @@ def held_out(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[dic
 def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
     """Load, lint, split and encode. Raises DataError when nothing could be trained."""
     loaded = load_rows(spec.dataset)
-    template = chat_template_text(spec.chat_template)
+    template, template_choice = choose_chat_template(spec.chat_template, tokenizer)
     if spec.eval_dataset.strip():
         train_rows, eval_rows = loaded.rows, load_rows(spec.eval_dataset).rows
     else:
@@ -194,6 +210,8 @@ def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
     evaluation = build_split(eval_rows, tokenizer, spec, template, pack=False) if eval_rows else None
     path = data_file(spec.dataset)
     notes = []
+    if template_choice["source"] == "proposed":
+        notes.append(f"chat template {template_choice['name']} proposed: {template_choice['reason']}")
     if train.n_zero_trained:
         notes.append(f"{train.n_zero_trained} of {train.n_rows} rows had no trained token and were left out")
     if train.n_failed:
@@ -211,6 +229,7 @@ def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
         n_invalid_rows=loaded.report.n_invalid,
         chat_template=template,
         notes=notes,
+        template_choice=template_choice,
     )
 
 

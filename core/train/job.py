@@ -17,7 +17,7 @@ from typing import Any
 from core.runs.errors import explain_failure, is_out_of_memory
 from core.runs.jobs import JobContext, JobError
 from core.runs.spec import spec_to_dict
-from core.train.backends import choose_backend, choose_precision
+from core.train.backends import activate, choose_backend, choose_precision, load_with_fallback, tokenizer_differences
 from core.train.data import DataError, PreparedData, prepare_data
 from core.train.distributed import (
     RankInfo,
@@ -45,6 +45,7 @@ from core.workspace import atomic_write_dir
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 MERGED_DIR = "merged"
+BACKEND_FILE = "backend.json"
 
 
 def run(ctx: JobContext) -> dict:
@@ -63,10 +64,10 @@ def run(ctx: JobContext) -> dict:
         raise JobError(refusal)
     try:
         backend, notes = choose_backend(spec, hardware)
+        backend, fallback_notes = activate(backend, spec, hardware)  # imports Unsloth first, or falls back to hf
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    if backend.name == "unsloth":
-        import unsloth  # noqa: F401 - first, before transformers / TRL / PEFT are used in this process
+    notes += fallback_notes + _dropout_notes(spec, backend)
     for note in notes:
         ctx.log.info(note)
     ctx.log.info("backend: %s on %s", backend.name, hardware.summary)
@@ -81,7 +82,7 @@ def run(ctx: JobContext) -> dict:
     import_training_stack()
     probe = MemoryProbe(hardware.device)
     ctx.progress(0.0, "tokenizing the data")
-    data = _prepare(spec, ctx)
+    data, data_tokenizer = _prepare(spec, ctx)
     if ctx.stop_requested:
         return {"global_step": 0, "note": "stopped before training started"}
 
@@ -90,11 +91,20 @@ def run(ctx: JobContext) -> dict:
     ensure_weights(ctx, [spec.model_source])  # a Hub model not in the cache yet: its download is this run's first stage
     ctx.progress(0.0, "loading the model")
     try:
-        model, tokenizer = backend.load(spec, hardware)
-    except ValueError as exc:  # a method that cannot train this model, named by its field
+        model, tokenizer, backend, load_notes = load_with_fallback(backend, spec, hardware)
+    except ValueError as exc:  # a method that cannot train this model, named by its field; a forced backend that failed
         raise JobError(str(exc)) from None
     trainable, total = trainable_counts(model)
     ctx.log.info("method %s: %s of %s parameters trainable (%.4f%%)", spec.method, f"{trainable:,}", f"{total:,}", 100 * trainable / max(1, total))
+    notes += load_notes
+    differences = tokenizer_differences(data_tokenizer, tokenizer)
+    if differences:  # the rows must be the ids this model trains on: encode them again with its tokenizer
+        notes.append(f"the {backend.name} loader's tokenizer differs from the one the rows were encoded with "
+                     f"({'; '.join(differences)}): the data was encoded again with the model's tokenizer")
+        data = _encode(spec, ctx, tokenizer)
+    for note in notes[len(notes) - len(load_notes) - bool(differences):]:
+        ctx.log.info(note)
+    ctx.write_json(BACKEND_FILE, {"backend": backend.name, "notes": notes})  # the Train page shows it while running
     precision = choose_precision(spec, hardware.device, hardware.bf16)
     resume = latest_checkpoint(ctx.run_dir)
     counter = TokenCounter()
@@ -140,6 +150,7 @@ def run(ctx: JobContext) -> dict:
         "state": "stopped" if stopped else "succeeded",
         "data": data.manifest(),
         "data_notes": data.notes,
+        "chat_template": data.template_choice,
         "backend": backend.name,
         "backend_notes": notes,
         "device": hardware.device,
@@ -154,7 +165,7 @@ def run(ctx: JobContext) -> dict:
         "total_train_seconds": round(train_seconds + float(previous.get("total_train_seconds") or 0.0), 2),
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": probe.peak(),
-        **_predicted(spec, hardware),
+        **_predicted(spec, hardware, backend.name),
         **_distribution_card(spec, rank, peaks),
         "trainable_params": trainable,
         "total_params": total,
@@ -195,13 +206,26 @@ def folder_bytes(path: str | Path | None) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _prepare(spec: TrainSpec, ctx: JobContext) -> PreparedData:
+def _prepare(spec: TrainSpec, ctx: JobContext) -> tuple[PreparedData, Any]:
     from core.models import ModelLoadError, load_tokenizer
 
     try:
         tokenizer = load_tokenizer(spec.model_source)
+    except ModelLoadError as exc:
+        raise JobError(str(exc)) from None
+    return _encode(spec, ctx, tokenizer), tokenizer
+
+
+def _dropout_notes(spec: TrainSpec, backend: Any) -> list[str]:
+    if backend.name == "unsloth" and spec.uses_adapter and spec.lora_dropout > 0:
+        return [f"lora_dropout {spec.lora_dropout} turns Unsloth's fast LoRA kernels off (0 keeps them on)"]
+    return []
+
+
+def _encode(spec: TrainSpec, ctx: JobContext, tokenizer: Any) -> PreparedData:
+    try:
         data = prepare_data(spec, tokenizer)
-    except (DataError, ModelLoadError) as exc:
+    except DataError as exc:
         raise JobError(str(exc)) from None
     manifest = data.manifest()
     ctx.log.info("data: %d training rows (%d tokens, %d trained), %d eval rows", manifest["train_rows"],
@@ -287,8 +311,8 @@ def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_templat
     return save_model(merged, loaded.tokenizer, target)
 
 
-def _predicted(spec: TrainSpec, hardware: Any) -> dict:
-    predicted, note = predict_memory(spec, hardware)
+def _predicted(spec: TrainSpec, hardware: Any, backend: str) -> dict:
+    predicted, note = predict_memory(spec, hardware, backend)  # the backend actually used, after any fallback
     return {"predicted_memory_bytes": predicted, "predicted_memory_note": note}
 
 

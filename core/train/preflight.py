@@ -31,6 +31,7 @@ class Preflight:
     memory_note: str = ""
     backend: str = ""
     backend_notes: list[str] = field(default_factory=list)
+    template: dict = field(default_factory=dict)  # the chat template the run will use: {name, source, reason}
 
     @property
     def fits(self) -> bool | None:
@@ -48,9 +49,11 @@ def total_steps(spec: TrainSpec, train_rows: int) -> int:
     return math.ceil(per_epoch * spec.num_epochs)
 
 
-def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None) -> Any:
+def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None, backend: str | None = None) -> Any:
     """The `MemorySpec` a `core.train.spec.TrainSpec` run will have on `hardware` (the precision rules of
-    core.train.backends: fp32 on CPU; on CUDA a bf16 base with autocast — pure bf16 for full fine-tuning)."""
+    core.train.backends: fp32 on CPU; on CUDA a bf16 base with autocast — pure bf16 for full fine-tuning).
+    `backend` is the one the run actually gets (choose_backend, after any fallback); default: the spec's own choice,
+    "auto" counting as hf. Unsloth computes the loss in chunks and does not upcast embeddings / head to fp32."""
     from core.memory import DEVICES, MemorySpec, arch_from_source
 
     device = getattr(hardware, "device", "cpu")
@@ -65,18 +68,19 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
     else:
         precision = "mixed"
     targets = list(spec.target_modules or ["all-linear"])
+    unsloth = (backend or spec.backend) == "unsloth"
     return MemorySpec(
         model=arch, method=method, precision=precision, optimizer="adamw", lora_r=spec.lora_r,
         lora_targets="all-linear" if "all-linear" in targets else tuple(targets),
         batch_size=spec.batch_size, seq_len=spec.max_length,
         gradient_checkpointing=spec.gradient_checkpointing,
-        attention="sdpa", chunked_loss=spec.backend == "unsloth", kbit_upcast=spec.backend != "unsloth",
+        attention="sdpa", chunked_loss=unsloth, kbit_upcast=not unsloth,
         grad_accumulation=spec.gradient_accumulation, device=device,
         num_virtual_tokens=spec.num_virtual_tokens, frozen_layers=spec.frozen_layers,
     )
 
 
-def estimate_for_spec(spec: TrainSpec, hardware: Any = None) -> Any:
+def estimate_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None) -> Any:
     """The estimate for a Train-page run spec (`core.train.spec.TrainSpec`) on `hardware` (default: detected).
     `.total_bytes` is the full peak for the fits check; `.measurable_bytes` is what the run card compares."""
     if hardware is None:
@@ -85,21 +89,29 @@ def estimate_for_spec(spec: TrainSpec, hardware: Any = None) -> Any:
         hardware = detect()
     from core.memory import estimate
 
-    return estimate(memory_spec_from_train_spec(spec, hardware))
+    return estimate(memory_spec_from_train_spec(spec, hardware, backend=backend))
 
 
-def memory_estimate(spec: TrainSpec, hardware: Any) -> tuple[Any, str]:
-    """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows."""
+def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None) -> tuple[Any, str]:
+    """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows, for the backend the run
+    gets (by default the one choose_backend picks here)."""
+    if backend is None:
+        from core.train.backends import choose_backend
+
+        try:
+            backend = choose_backend(spec, hardware)[0].name
+        except ValueError:
+            backend = None
     try:
-        estimate = estimate_for_spec(spec, hardware)
+        estimate = estimate_for_spec(spec, hardware, backend=backend)
     except Exception as exc:  # noqa: BLE001 - an estimate is advice; never block training on it
         return None, f"no estimate: {exc}"
     return estimate, estimate.note
 
 
-def predict_memory(spec: TrainSpec, hardware: Any) -> tuple[int | None, str]:
+def predict_memory(spec: TrainSpec, hardware: Any, backend: str | None = None) -> tuple[int | None, str]:
     """The peak a run's memory probe should see (CUDA: live tensors; CPU: the process above its baseline)."""
-    estimate, note = memory_estimate(spec, hardware)
+    estimate, note = memory_estimate(spec, hardware, backend)
     return (int(estimate.measurable_bytes) if estimate is not None else None), note
 
 
@@ -108,8 +120,35 @@ def available_memory_bytes(hardware: Any) -> int | None:
     return int(free * 1e9) if free else None
 
 
+def model_defaults(source: Any, hardware: Any) -> tuple[dict, list[str]]:
+    """Form defaults that depend on the model and the backend it will get, each with the sentence the form shows:
+    a proposed chat template for a base model (a tokenizer without one), lora_dropout 0 where Unsloth trains."""
+    from core.data.templates import propose_template
+    from core.models import ModelLoadError, load_tokenizer
+    from core.train.backends import UnslothBackend
+    from core.train.spec import TrainSpec
+
+    updates, notes = {}, []
+    try:
+        tokenizer = load_tokenizer(source)
+    except ModelLoadError as exc:
+        return updates, [f"The tokenizer could not be read, so the pre-flight below will refuse: {exc}"]
+    if not getattr(tokenizer, "chat_template", None):
+        proposal = propose_template(tokenizer)
+        updates["chat_template"] = proposal.name
+        notes.append(f"{source.label} has no chat template (a base model). Proposed: **{proposal.name}**, because "
+                     f"{proposal.reason.removeprefix('the tokenizer has no chat template, and ')}. It is set in "
+                     "Advanced · data → chat template (change it there); the run card records it.")
+    if UnslothBackend().unavailable_reason(TrainSpec(model=source.as_dict()), hardware) is None:
+        updates["lora_dropout"] = 0.0
+        notes.append("Unsloth will train this run: lora_dropout defaults to 0, which keeps Unsloth's fast LoRA kernels "
+                     "(any dropout above 0 makes it fall back to its slower path).")
+    return updates, notes
+
+
 def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
     """Everything the Train page shows before Start. Loads only the tokenizer, never the model."""
+    from core.data.masking import MaskingError
     from core.models import ModelLoadError, load_tokenizer
     from core.train.backends import choose_backend
     from core.train.data import DataError, prepare_data
@@ -130,9 +169,13 @@ def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
     report.refusal = report.refusal or method_refusal_for(spec)
     try:
         data = prepare_data(spec, load_tokenizer(spec.model_source))
-    except (DataError, ModelLoadError) as exc:
+    except (DataError, ModelLoadError, MaskingError) as exc:
         report.refusal = report.refusal or str(exc)
         return report
+    except Exception as exc:  # noqa: BLE001 - any data or template failure is a refusal on the page, never a crash
+        report.refusal = report.refusal or f"The data cannot be prepared with this model's tokenizer: {type(exc).__name__}: {exc}"
+        return report
+    report.template = data.template_choice
     train = data.train
     report.rows = train.n_rows
     report.eval_rows = data.eval.n_kept if data.eval else 0
