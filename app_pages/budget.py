@@ -8,6 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import decide, memory
+from core.memory import distributed as memory_distributed
 from core.models import ModelLoadError, ModelSource
 from core.workspace import runs_dir
 from pages_common import active_model_source, cached_hardware, remote_code_checkbox
@@ -92,6 +93,23 @@ def past_runs(est: memory.MemoryEstimate) -> None:
               f"× {factor:.2f} (median measured / predicted, bounded to {low}–{high})", delta_color="off")
 
 
+def across_gpus(spec: memory.MemorySpec) -> None:
+    st.subheader("Across GPUs")
+    if spec.device != "cuda":
+        st.caption("DDP, ZeRO and FSDP divide GPU memory: choose device cuda above to see how many GPUs each strategy needs.")
+        return
+    names = [gpu.name for gpu in memory.COMMON_GPUS if gpu.name.startswith("NVIDIA")]
+    gpu = st.selectbox("GPU model", names, index=names.index("NVIDIA H100 (80 GB)"), key="budget_multi_gpu")
+    rows = memory_distributed.fits_by_gpu_count(spec, memory_distributed.gpu_capacity(gpu))
+    st.dataframe(pd.DataFrame(memory_distributed.fits_matrix(rows)), hide_index=True, width="stretch")
+    fewest = memory_distributed.fewest_gpus(rows)
+    st.caption("Per-device peak (✅ fits, ⚠️ tight, ❌ does not fit); nodes of 8 GPUs above 8. Fewest GPUs that fit: "
+               + " · ".join(f"{name} {count or '—'}" for name, count in fewest.items())
+               + ". Offload rows need the CPU memory per node shown in the Train page's pre-flight.")
+    with st.expander("How the strategies divide the model state", expanded=False):
+        st.markdown(memory_distributed.__doc__.split("\n\n", 1)[1])
+
+
 FORMULAS = r"""
 **Bytes per trainable parameter** (mixed precision + AdamW): weights 2 + gradients 2 + fp32 master copy 4 +
 Adam's two fp32 moments 8 = **16 B**. A 7B model: 14 + 14 + 28 + 56 = **112 GB** before a single activation.
@@ -137,6 +155,7 @@ if arch is not None:
     st.subheader("Where it fits")
     st.dataframe(pd.DataFrame(memory.fit_table(est, hardware)), hide_index=True, width="stretch",
                  column_config={"used": st.column_config.ProgressColumn("share used", min_value=0.0, max_value=1.0, format="percent")})
+    across_gpus(spec)
     with st.expander("How this number is made (assumptions)", expanded=False):
         for sentence in est.assumptions:
             st.markdown(f"- {sentence}")

@@ -82,3 +82,27 @@ def test_local_folder_and_send_to_train(workspace, tiny_llama_dir):
     assert recipe["target_modules"] == ["all-linear"] and recipe["batch_size"] == 4 and recipe["max_length"] == 1024
     at.text_input(key="budget_ref").set_value(str(workspace / "nope")).run()
     assert any("Cannot read that model's config" in e.value for e in at.error)
+
+
+def test_fits_table_per_gpu_count_is_the_per_device_estimator(workspace):
+    from core.memory.distributed import Distribution, estimate_per_device
+
+    at = _app()
+    at.run()
+    at.caption  # the CPU default explains why the multi-GPU table needs a GPU device
+    assert any("choose device cuda" in c.value for c in at.caption)
+    at.radio(key="budget_origin").set_value("Preset").run()
+    at.selectbox(key="budget_preset").set_value("Llama-3.1 8B").run()
+    at.selectbox(key="budget_device").set_value("cuda").run()
+    at.selectbox(key="budget_method").set_value("full").run()
+    at.selectbox(key="budget_multi_gpu").set_value("NVIDIA A100 (80 GB)").run()
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "GPUs" in df.value.columns)
+    assert list(table["GPUs"]) == [1, 2, 4, 8, 16, 32, 64]
+    spec = memory.MemorySpec(memory.preset_arch("Llama-3.1 8B"), method="full", precision="mixed", batch_size=4, seq_len=1024,
+                             gradient_checkpointing=True, attention="sdpa", device="cuda")
+    eight = estimate_per_device(spec, Distribution("zero3", 8, 1))
+    cell = table.loc[table["GPUs"] == 8, "ZeRO-3"].item()
+    assert cell.startswith(f"{eight.total_bytes / memory.GB:.1f} GB") and cell.endswith("✅")
+    assert table.loc[table["GPUs"] == 1, "DDP"].item().endswith("❌")
+    assert any("Fewest GPUs that fit" in c.value for c in at.caption)

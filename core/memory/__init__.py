@@ -9,6 +9,8 @@ a 7B model fully fine-tuned with mixed-precision Adam needs 14 + 14 + 28 + 56 = 
   activations, logits, overhead at the peak), `estimate_for_model(...)`, `inference_estimate(...)`;
 - `fits`: common GPUs and the fits / tight / does-not-fit table;
 - `calibration`: predicted vs measured peaks of finished training runs and the correction factor.
+- `distributed`: memory per device when DDP, ZeRO-1/2/3 or FSDP spread the run over GPUs (the Budget page's
+  table per GPU count; checked against DeepSpeed's own estimators).
 
 The TrainSpec adapter lives beside the Train pre-flight (`core.train.preflight`); the CPU allocator switch
 with the code that runs jobs (`core.runs.allocator`).

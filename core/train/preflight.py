@@ -92,9 +92,21 @@ def estimate_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None
     return estimate(memory_spec_from_train_spec(spec, hardware, backend=backend))
 
 
+def estimate_per_device_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None) -> Any:
+    """Per-device peak of a multi-process spec (core.memory.distributed: the model state divided as its
+    distributed_strategy divides it; activations per device)."""
+    if hardware is None:
+        from core.hardware import detect
+
+        hardware = detect()
+    from core.memory.distributed import distribution_from_train_spec, estimate_per_device
+
+    return estimate_per_device(memory_spec_from_train_spec(spec, hardware, backend=backend), distribution_from_train_spec(spec))
+
+
 def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None) -> tuple[Any, str]:
     """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows, for the backend the run
-    gets (by default the one choose_backend picks here)."""
+    gets (by default the one choose_backend picks here); for several processes, the peak of ONE device."""
     if backend is None:
         from core.train.backends import choose_backend
 
@@ -103,7 +115,10 @@ def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None) 
         except ValueError:
             backend = None
     try:
-        estimate = estimate_for_spec(spec, hardware, backend=backend)
+        if spec.uses_launcher:  # the model state divided as the strategy divides it
+            estimate = estimate_per_device_for_spec(spec, hardware, backend=backend)
+        else:
+            estimate = estimate_for_spec(spec, hardware, backend=backend)
     except Exception as exc:  # noqa: BLE001 - an estimate is advice; never block training on it
         return None, f"no estimate: {exc}"
     return estimate, estimate.note
@@ -157,6 +172,10 @@ def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
     report = Preflight(available_memory_bytes=available_memory_bytes(hardware))
     estimate, report.memory_note = memory_estimate(spec, hardware)
     report.predicted_memory_bytes = int(estimate.total_bytes) if estimate is not None else None
+    if estimate is not None and spec.uses_launcher and getattr(hardware, "device", "cpu") == "cpu":
+        # CPU processes share one machine's RAM: the fits check is against all of them together.
+        report.predicted_memory_bytes *= spec.processes_per_node
+        report.memory_note += f"; × {spec.processes_per_node} processes sharing this machine's RAM"
     try:
         backend, notes = choose_backend(spec, hardware)
         report.backend, report.backend_notes = backend.name, notes
