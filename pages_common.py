@@ -299,12 +299,14 @@ def spec_widget(info, value, key: str):
     return st.text_input(label, value="" if value is None else str(value), help=info.help, key=key)
 
 
-def spec_form(cls, defaults=None, key_prefix: str = "spec", *, skip: tuple[str, ...] = (), columns: int = 3) -> dict:
+def spec_form(cls, defaults=None, key_prefix: str = "spec", *, skip: tuple[str, ...] = (), columns: int = 3,
+              overrides: dict[str, dict] | None = None) -> dict:
     """Widgets for every field of a spec dataclass (core.runs.spec_fields), grouped by `metadata["group"]`;
     advanced fields of each group sit in an expander. Returns {field: value} for `spec_from_dict`.
 
     `defaults` is an instance or a dict; a widget keeps what the user typed across reruns (its session key is
     f"{key_prefix}_{field}"), so delete those keys to re-apply new defaults (e.g. a recipe from the Decide page).
+    `overrides` changes a field's FieldInfo for this form only (e.g. a maximum sized to the hardware found).
     """
     import dataclasses
 
@@ -313,7 +315,8 @@ def spec_form(cls, defaults=None, key_prefix: str = "spec", *, skip: tuple[str, 
     if dataclasses.is_dataclass(defaults):
         defaults = dataclasses.asdict(defaults)
     defaults = dict(defaults or {})
-    infos = [i for i in spec_fields(cls) if i.name not in skip and i.type != "dict"]
+    overrides = overrides or {}
+    infos = [dataclasses.replace(i, **overrides.get(i.name, {})) for i in spec_fields(cls) if i.name not in skip and i.type != "dict"]
     values: dict = {}
     groups: dict[str, list] = {}
     for info in infos:

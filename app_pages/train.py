@@ -15,8 +15,10 @@ from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
 from core.models import ModelSource
 from core.train.methods import hidden_fields, method_info
+from core.train.distributed import processes_field
+from core.train.launchers import launch_preview, write_launch_files
 from core.train.preflight import model_defaults, run_preflight
-from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, runs_table, small_figures
+from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, rank_rows, runs_table, small_figures
 from core.workspace import runs_dir
 from pages_common import active_model_source, cached_hardware, human_bytes, live_run, reset_spec_form, spec_form
 
@@ -117,7 +119,8 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
     defaults = form_defaults(model)
     dataset = dataset_field(str(defaults.get("dataset", "")))
     method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
-    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)))
+    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)),
+                       overrides={"processes_per_node": processes_field(hardware)})
     st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
                + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
     try:
@@ -128,10 +131,19 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
     if spec is not None:
         st.markdown("**Pre-flight**")
         check = render_preflight(spec)
-        with st.expander("Command / YAML preview", expanded=False):
+        with st.expander("Command / YAML preview", expanded=spec.uses_launcher):
             st.code(spec_to_yaml(spec), language="yaml")
             st.caption("Save it as spec.yaml and run it headless (the worker runs in the foreground):")
             st.code("python -m core.train spec.yaml\n# or, for an existing run folder:\n" + run_command(runs_dir() / "<run-id>"), language="bash")
+            if spec.uses_launcher:
+                st.caption("The worker starts the processes with this command and writes these files into the run's launch/:")
+                previews = launch_preview(spec, hardware, runs_dir() / "<run-id>")
+                for tab, (title, language, text) in zip(st.tabs([p[0] for p in previews]), previews):
+                    tab.code(text, language=language)
+        if spec.num_nodes > 1 and st.button("📝 Create the run folder for the nodes", key="train_multinode"):
+            run_dir = create_run(spec)
+            write_launch_files(spec, run_dir, hardware)
+            st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
         if st.button("▶️ Start training", type="primary", key="train_start", disabled=bool(check.refusal)):
             start(spec)
             st.rerun()
@@ -150,6 +162,10 @@ def run_body(run_dir: Path, status, rows: list[dict]) -> None:
     cols[1].metric("Eval loss", f"{summary.eval_loss:.4f}" if summary.eval_loss is not None else "—")
     cols[2].metric("Tokens / s", f"{summary.tokens_per_s:.0f}" if summary.tokens_per_s else "—")
     cols[3].metric("Peak memory", f"{summary.peak_memory_gb:.2f} GB" if summary.peak_memory_gb else "—")
+    ranks = rank_rows(run_dir)
+    if len(ranks) > 1:
+        st.dataframe(ranks, hide_index=True, width="stretch", key=f"train_ranks_{run_dir.name}",
+                     column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
     if rows:
         log_scale = st.checkbox("Log-scale loss", key="train_log_scale")
         st.plotly_chart(loss_figure(rows, log_scale), key=f"train_loss_{run_dir.name}")

@@ -92,3 +92,39 @@ def test_recipe_from_decide_prefills_the_form(workspace, tiny_llama_dir):
     assert not at.exception
     assert at.selectbox(key="train_form_method").value == "qlora"
     assert at.number_input(key="train_form_lora_r").value == 32
+
+
+def test_processes_field_launch_command_refusal_and_per_rank_progress(workspace, tiny_llama_dir, tmp_path):
+    from core.hardware import detect
+
+    at = _page(tiny_llama_dir)
+    at.run()
+    field = at.number_input(key="train_form_processes_per_node")
+    assert field.value == 1 and field.max == detect().cpu_cores, "sized to the cores found (no GPU here)"
+    assert "CPU cores" in field.help
+    at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()
+    at.text_input(key="train_dataset_path").set_value(str(_data(tmp_path))).run()
+    for key, value in {"max_steps": 2, "batch_size": 1, "max_length": 64, "lora_r": 4, "save_steps": 100, "processes_per_node": 2}.items():
+        at.number_input(key=f"train_form_{key}").set_value(value)
+    at.number_input(key="train_form_eval_fraction").set_value(0.0)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    codes = [c.value for c in at.code]
+    assert any(c.startswith("torchrun --standalone --nnodes 1 --nproc_per_node 2 -m core.train.rank") for c in codes)
+    assert any("distributed_type: MULTI_GPU" in c for c in codes) and any("#SBATCH --nodes=1" in c for c in codes)
+    assert any("2 process(es)" in c.value for c in at.caption), "the pre-flight says how the run is spread"
+
+    at.selectbox(key="train_form_distributed_strategy").set_value("fsdp").run()
+    assert any("FSDP needs CUDA GPUs" in e.value for e in at.error) and at.button(key="train_start").disabled
+    at.selectbox(key="train_form_distributed_strategy").set_value("ddp").run()
+    assert not at.button(key="train_start").disabled
+
+    at.button(key="train_start").click().run()
+    run_dir = workspace / "runs" / at.session_state["train_run_id"]
+    assert runs.wait(run_dir, timeout=300).state == "succeeded", runs.log_tail(run_dir)
+    fresh = _page(tiny_llama_dir)
+    fresh.query_params["run"] = run_dir.name
+    fresh.run()
+    assert not fresh.exception
+    ranks = next(df.value for df in fresh.dataframe if "rank" in df.value.columns)
+    assert list(ranks["rank"]) == [0, 1] and set(ranks["state"]) == {"succeeded"} and list(ranks["progress"]) == [1.0, 1.0]

@@ -113,6 +113,16 @@ def distribution_notes(spec: TrainSpec, hardware: Any) -> list[str]:
     return notes
 
 
+def processes_field(hardware: Any) -> dict:
+    """The Train form's processes_per_node sized to this machine: one process per GPU, or per CPU core."""
+    if getattr(hardware, "device", "cpu") == "cuda":
+        most, what = max(1, int(getattr(hardware, "gpu_count", 1) or 1)), "GPU(s)"
+    else:
+        most, what = max(1, int(getattr(hardware, "cpu_cores", 1) or 1)), "CPU cores (gloo, one thread each)"
+    return {"max": most, "help": f"Training processes on this node: this machine has {most} {what}, so 1 to {most}. "
+                                 "Above 1 the worker launches them with torchrun / accelerate and rank 0 writes the run."}
+
+
 def strategy_label(spec: TrainSpec) -> str:
     if spec.distributed_strategy == "fsdp":
         return f"FSDP {spec.fsdp_sharding}" + (" + CPU offload" if spec.fsdp_cpu_offload else "")

@@ -285,3 +285,15 @@ def write_launch_files(spec: TrainSpec, run_dir: str | Path, hardware: Any, port
         if name.endswith((".sh", ".sbatch", ".py")):
             written[name].chmod(0o755)
     return written
+
+
+def launch_preview(spec: TrainSpec, hardware: Any, run_dir: str | Path) -> list[tuple[str, str, str]]:
+    """(title, code language, text) for the Train page: the command, then every file written into launch/."""
+    languages = {".sh": "bash", ".sbatch": "bash", ".yaml": "yaml", ".json": "json", ".py": "python"}
+    if spec.num_nodes > 1:
+        commands = "\n".join(f"# node {k}\n{command}" for k, command in enumerate(node_commands(spec, run_dir)))
+        first = ("torchrun on each node" if spec.launcher == "torchrun" else "accelerate on each node", "bash", commands)
+    else:
+        first = ("launch command", "bash", launch_command(spec, run_dir))
+    files = launch_files(spec, run_dir, hardware)
+    return [first] + [(name, languages[Path(name).suffix], text) for name, text in files.items() if name != "command.sh"]

@@ -137,3 +137,25 @@ def small_figures(rows: list[dict]) -> list[Any]:
         fig.update_layout(title=title, xaxis_title="step", height=240, margin=dict(l=10, r=10, t=40, b=10))
         figures.append(fig)
     return figures
+
+
+def rank_rows(run_dir: Path, now: float | None = None) -> list[dict]:
+    """One row per rank of a multi-process run (from ranks/rank-<k>.json), for the per-rank progress table."""
+    from core.train.rank import read_rank_records
+
+    now = now or time.time()
+    rows = []
+    for record in read_rank_records(run_dir):
+        beat = record.get("heartbeat")
+        rows.append({
+            "rank": record["rank"],
+            "node": record.get("node_rank", 0),
+            "host": record.get("host", ""),
+            "state": record.get("state", ""),
+            "progress": float(record.get("progress") or 0.0),
+            "message": record.get("error") or record.get("message", ""),
+            "tokens/s": record.get("rank_tokens_per_s", record.get("tokens_per_s")),
+            "peak memory GB": round(record["peak_memory_bytes"] / 1e9, 2) if record.get("peak_memory_bytes") else None,
+            "last heard": f"{now - beat:.0f} s ago" if beat and record.get("state") == "running" else "",
+        })
+    return rows
