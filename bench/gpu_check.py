@@ -199,12 +199,61 @@ def calibration() -> object:
     return bench_cuda()
 
 
+# ---------------------------------------------------------------- scale (issue 18): sharded strategies on one GPU
+# An H200 is one GPU: what it can show of FSDP / ZeRO is one rank with and without CPU offload, launched by the
+# worker through torchrun / accelerate exactly as a multi-GPU run is, with the per-device memory prediction of
+# core.memory_distributed next to the measured peak. Needs the deepspeed wheel for the ZeRO rows (pure Python here:
+# `pip download --no-deps deepspeed==0.19.8 hjson py-cpuinfo einops` plus msgpack / ninja cp312 wheels); ZeRO-Offload
+# JIT-builds DeepSpeed's CPU Adam with the machine's C++ compiler on first use. A row that fails is reported, not fatal.
+SCALE_RUNS = {
+    "fsdp_full_shard": dict(distributed_strategy="fsdp"),
+    "fsdp_full_shard_offload": dict(distributed_strategy="fsdp", fsdp_cpu_offload=True),
+    "zero2": dict(distributed_strategy="deepspeed", zero_stage=2, launcher="accelerate"),
+    "zero3_offload": dict(distributed_strategy="deepspeed", zero_stage=3, zero_offload="optimizer_and_params"),
+}
+
+
+def scale_checks(model_dir: Path, steps: int, reference: dict | None) -> dict:
+    """FSDP / ZeRO on one rank through the real worker + launcher: state, tokens/s, peak vs per-device prediction,
+    and the loss curve against the plain single-process hf LoRA run (same data, seed, steps and schedule: sharding
+    must not change the training, only where the bytes live)."""
+    from dataclasses import replace
+
+    from core.memory_distributed import estimate_per_device_for_spec
+
+    results = {}
+    for name, fields in SCALE_RUNS.items():
+        spec = replace(train_spec(model_dir, "hf", "lora", False, steps), name=f"gpu-scale-{name}", **fields)
+        predicted = estimate_per_device_for_spec(spec)
+        started = time.time()
+        try:
+            run = run_worker(spec, timeout=900)
+        except SystemExit as exc:
+            results[name] = {"failed": str(exc).splitlines()[0][:400]}
+            print(f"scale {name:26s} FAILED: {results[name]['failed']}", flush=True)
+            continue
+        card, losses = run["card"], [r["loss"] for r in run["rows"] if "loss" in r]
+        ref = (reference or {}).get("losses", [])[: len(losses)]
+        results[name] = {
+            "tokens_per_s": round(run["steady_tokens_per_s"], 1), "peak_memory_gb": round(card["peak_memory_bytes"] / 1e9, 3),
+            "predicted_per_device_gb": round(predicted.measurable_bytes / 1e9, 3), "cpu_gb_predicted": round(predicted.host_bytes_per_node / 1e9, 2),
+            "first_loss_vs_hf_lora": round(abs(losses[0] - ref[0]) / ref[0], 5) if losses and ref else None,
+            "largest_relative_loss_difference": round(largest_relative_difference(ref, losses[: len(ref)]), 5) if ref else None,
+            "strategy": card.get("distribution", {}).get("strategy"), "seconds": round(time.time() - started, 1),
+        }
+        r = results[name]
+        print(f"scale {name:26s} {r['tokens_per_s']:9.1f} tokens/s · peak {r['peak_memory_gb']:.2f} GB (per-device prediction "
+              f"{r['predicted_per_device_gb']}) · loss vs hf LoRA {r['largest_relative_loss_difference']}", flush=True)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--model", type=Path, help="a local Llama-family folder instead of random weights")
     parser.add_argument("--tokenizer", type=Path, help="a folder with tokenizer files (default: the embedded model's)")
     parser.add_argument("--skip-calibration", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true", help="leave out the FSDP / ZeRO one-rank runs (issue 18)")
     parser.add_argument("--probe", choices=BACKENDS, help=argparse.SUPPRESS)  # internal: one probe in a fresh process
     args = parser.parse_args()
     if not cuda_available():
@@ -252,9 +301,10 @@ def main() -> int:
     for backend, probe in probes.items():
         print(f"packing probe {backend}: {probe}", flush=True)
     memory = "skipped: --skip-calibration" if args.skip_calibration else calibration()
+    scale = "skipped: --skip-scale" if args.skip_scale else scale_checks(model_dir, args.steps, runs.get("hf_lora_padded"))
     print(json.dumps({"device": hardware.device_name, "steps": args.steps, "loss_tolerance": LOSS_TOLERANCE, "runs": runs,
                       "failed": failed, "agreement": agreement, "packing_probe": probes, "memory_calibration": memory,
-                      "bench_seconds": round(time.time() - started, 1)}))
+                      "scale": scale, "bench_seconds": round(time.time() - started, 1)}))
     return 0
 
 

@@ -9,8 +9,8 @@ Expected on GPUs (no GPU here, so this is arithmetic, printed with its assumptio
 computes ~6·P FLOPs per token for a full fine-tune (forward 2P, backward 4P) or ~4·P with LoRA (no weight gradients
 for the frozen base), and communicates, per ring collective, 2·(N-1)/N of the bytes reduced:
 - DDP: all-reduce of the trainable gradients (Ψ_trainable · 2 bytes in bf16);
-- ZeRO-3 / FSDP full_shard: all-gather of the weights in forward and again in backward, reduce-scatter of the
-  gradients: ~3 · (N-1)/N · P · 2 bytes (the frozen base of a LoRA is gathered too);
+- ZeRO-3 / FSDP full_shard: all-gather of every weight in forward and again in backward (the frozen base of a LoRA
+  too), reduce-scatter of the trainable gradients: (N-1)/N · (2·P + Ψ_trainable) · 2 bytes (3·(N-1)/N·P·2 in full);
 efficiency = compute / (compute + communication), bounded above by full overlap (max of the two).
 
     python bench/scale.py [--model embedded|tiny] [--steps 8]        # last line is JSON
@@ -82,7 +82,8 @@ def expected_scaling(arch_name: str, method: str) -> dict:
     rows = {}
     for n in (2, 4, 8):
         ring = 2 * (n - 1) / n
-        volumes = {"DDP": ring * trainable * 2, "ZeRO-3 / FSDP": 1.5 * ring * total * 2 + (ring / 2) * trainable * 2}
+        # ZeRO-3 / FSDP: two all-gathers of every weight (forward, backward) + a reduce-scatter of the trainable gradients.
+        volumes = {"DDP": ring * trainable * 2, "ZeRO-3 / FSDP": ring * total * 2 + (ring / 2) * trainable * 2}
         for strategy, volume in volumes.items():
             for link, bandwidth in INTERCONNECTS.items():
                 comm_s = volume / bandwidth
@@ -123,7 +124,9 @@ def main() -> int:
         "expected_8gpu_nvlink_efficiency": {
             f"{t['method']} {s}": t["rows"][f"8 GPUs · {s} · NVLink 4 (one node)"]["efficiency_no_overlap"]
             for t in expected for s in ("DDP", "ZeRO-3 / FSDP")},
-        "expected_16gpu_ib_note": "across nodes use the InfiniBand rows (4 GPUs per ring step dominate)",
+        "expected_8gpu_pcie_efficiency": {
+            f"{t['method']} {s}": t["rows"][f"8 GPUs · {s} · PCIe 4 x16 (one node)"]["efficiency_no_overlap"]
+            for t in expected for s in ("DDP", "ZeRO-3 / FSDP")},
     }
     print(json.dumps(summary))
     return 0
