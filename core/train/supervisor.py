@@ -37,6 +37,9 @@ def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
     if refusal:
         raise JobError(refusal)
     run_dir = Path(ctx.run_dir)
+    from core.download import ensure_weights
+
+    ensure_weights(ctx, [spec.model_source])  # once, here: the ranks then all find the weights in the cache
     write_launch_files(spec, run_dir, hardware, port=free_port())
     _clear_previous_attempt(run_dir)
     for note in distribution_notes(spec, hardware):
