@@ -202,7 +202,7 @@ def calibration() -> object:
 # ---------------------------------------------------------------- scale (issue 18): sharded strategies on one GPU
 # An H200 is one GPU: what it can show of FSDP / ZeRO is one rank with and without CPU offload, launched by the
 # worker through torchrun / accelerate exactly as a multi-GPU run is, with the per-device memory prediction of
-# core.memory_distributed next to the measured peak. Needs the deepspeed wheel for the ZeRO rows (pure Python here:
+# core.memory.distributed next to the measured peak. Needs the deepspeed wheel for the ZeRO rows (pure Python here:
 # `pip download --no-deps deepspeed==0.19.8 hjson py-cpuinfo einops` plus msgpack / ninja cp312 wheels); ZeRO-Offload
 # JIT-builds DeepSpeed's CPU Adam with the machine's C++ compiler on first use. A row that fails is reported, not fatal.
 SCALE_RUNS = {
@@ -219,7 +219,7 @@ def scale_checks(model_dir: Path, steps: int, reference: dict | None) -> dict:
     must not change the training, only where the bytes live)."""
     from dataclasses import replace
 
-    from core.memory_distributed import estimate_per_device_for_spec
+    from core.train.preflight import estimate_per_device_for_spec
 
     results = {}
     for name, fields in SCALE_RUNS.items():

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _train_common import ROOT, bench_workspace, run_worker  # noqa: E402
+from _train_common import bench_workspace, run_worker  # noqa: E402
 
 # GPU assumptions for the expected-scaling table (dense bf16 peaks and effective collective bandwidths).
 GPU_PEAK_FLOPS = 989e12  # H100 SXM, dense bf16

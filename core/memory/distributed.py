@@ -26,7 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from core.memory.estimator import GB, PHASES, MemoryEstimate, MemorySpec, estimate, model_state_bytes_per_param, trainable_params
+from core.memory.estimator import (
+    GB,
+    PHASES,
+    MemoryEstimate,
+    MemorySpec,
+    estimate,
+    model_state_bytes_per_param,
+    trainable_params,
+)
 from core.memory.fits import COMMON_GPUS, fit_label
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp_full_shard", "fsdp_shard_grad_op")
@@ -114,7 +122,7 @@ def largest_layer_params(spec: MemorySpec) -> int:
     """The largest single module's own parameters (DeepSpeed's `model_to_params` rule): for LLMs usually the
     embedding (vocabulary × hidden), else the biggest linear layer."""
     arch = spec.model
-    linear = max(l.in_features * l.out_features for l in arch.layer_linears())
+    linear = max(layer.in_features * layer.out_features for layer in arch.layer_linears())
     return max(arch.vocab_size * arch.hidden_size, linear)
 
 

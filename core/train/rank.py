@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from core.runs.errors import explain_failure, format_traceback
-from core.runs.jobs import JobContext
+from core.runs.jobs import JobContext, parse_spec
 from core.runs.metrics import append_metrics
-from core.runs.jobs import parse_spec
 from core.runs.spec import read_spec_dict
 from core.runs.status import HEARTBEAT_SECONDS, METRICS_FILE, RunStatus, read_raw_status, write_status
 from core.train.distributed import RankInfo, supervised

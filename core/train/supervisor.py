@@ -18,7 +18,7 @@ from typing import Any
 from core.runs.jobs import JobContext, JobError
 from core.runs.metrics import tail_text
 from core.runs.status import LOG_FILE
-from core.train.distributed import SUPERVISOR_ENV, distribution_refusal, distribution_notes, free_port, strategy_label
+from core.train.distributed import SUPERVISOR_ENV, distribution_notes, distribution_refusal, free_port, strategy_label
 from core.train.launchers import launch_argv, launch_command, write_launch_files
 from core.train.rank import RESULT_FILE, STOP_FILE, rank_log, ranks_dir, read_rank_records
 from core.train.spec import TrainSpec
