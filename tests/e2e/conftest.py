@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,11 +65,12 @@ def e2e_home(tmp_path_factory) -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
-def app_url(e2e_home, embedded_dir):  # embedded_dir: convert the model before the browser waits on it
+@contextmanager
+def serve_app(home: Path, **env_changes: str):
+    """`streamlit run app.py` on a free port with WORKBENCH_HOME=home; its jobs are ended afterwards."""
     port = _free_port()
-    env = {**os.environ, "WORKBENCH_HOME": str(e2e_home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(e2e_home / "streamlit.log", "wb")
+    env = {**os.environ, "WORKBENCH_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **env_changes}
+    log = open(home / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -79,13 +81,49 @@ def app_url(e2e_home, embedded_dir):  # embedded_dir: convert the model before t
         _wait_healthy(url, proc)
         yield url
     finally:
-        _stop_jobs(e2e_home)
+        _stop_jobs(home)
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(e2e_home, embedded_dir):  # embedded_dir: convert the model before the browser waits on it
+    with serve_app(e2e_home) as url:
+        yield url
+
+
+HUB_REPO = "tiny-org/tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def hub(tiny_llama_dir):
+    """A local Hub (HF_ENDPOINT) serving the tiny random Llama as tiny-org/tiny-llama, a little throttled."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hub_server import HubServer, repo_from_folder
+
+    with HubServer([repo_from_folder(HUB_REPO, tiny_llama_dir)], bytes_per_s=4_000_000) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hub_app_url(tmp_path_factory, hub, embedded_dir):
+    """The app as a user with a Hub connection starts it: HF_ENDPOINT set, online, its own Hub cache."""
+    home = tmp_path_factory.mktemp("e2e-hub-home")
+    (home / "models").symlink_to(e2e_models(), target_is_directory=True)
+    with serve_app(home, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(home / "hub-cache")) as url:
+        yield url
+
+
+def e2e_models() -> Path:
+    from conftest import TEST_HOME
+
+    shared = TEST_HOME / "models"
+    shared.mkdir(parents=True, exist_ok=True)
+    return shared
 
 
 @pytest.fixture(scope="session")
