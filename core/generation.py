@@ -257,3 +257,21 @@ def generate_blocking(loaded: Any, history: list[dict], settings: GenerationSett
 def generate_text(loaded: Any, history: list[dict], settings: GenerationSettings | None = None) -> str:
     """Blocking convenience: the whole answer as a string (raises on failure)."""
     return generate_blocking(loaded, history, settings).text
+
+
+def greedy_continuation_ids(model: Any, tokenizer: Any, input_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of one tokenised prompt as ids, the end-of-answer id excluded: the torch reference
+    an export is compared with (the same ids go to llama.cpp)."""
+    import torch
+
+    eos = eos_token_ids(model, tokenizer)
+    ids = torch.tensor([list(input_ids)], device=_device(model))
+    with GENERATION_LOCK, torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                             temperature=None, top_p=None, top_k=None, repetition_penalty=1.0,
+                             pad_token_id=pad_token_id(tokenizer), eos_token_id=eos or None)
+    new = [int(t) for t in out[0, ids.shape[1]:].tolist()]
+    for index, token in enumerate(new):
+        if token in eos:
+            return new[:index]
+    return new

@@ -53,6 +53,7 @@ JOBS: dict[str, JobKind] = {job.name: job for job in (
     JobKind("merge", "core.merge.spec:MergeSpec", "core.merge.job:run", "result.json", title="Merge"),
     JobKind("prune", "core.prune.spec:PruneSpec", "core.prune.job:run", "result.json", title="Prune"),
     JobKind("distill", "core.distill.spec:DistillSpec", "core.distill.job:run", "result.json", title="Distillation"),
+    JobKind("export", "core.export.spec:ExportSpec", "core.export.job:run", "export.json", title="Export"),
     JobKind("download", "core.download.spec:DownloadSpec", "core.download.job:run", "download.json", exclusive=False,
             title="Model download"),
     JobKind("feature_extraction", "core.compare.spec:FeatureExtractionSpec", "core.compare.job:run_feature_extraction",

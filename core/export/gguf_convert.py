@@ -1,0 +1,460 @@
+"""Our Hugging Face folder → GGUF converter, on the `gguf` package (writer, tensor name maps, quantisers).
+
+It follows llama.cpp's `convert_hf_to_gguf.py` for the families we can check end to end (Llama, Mistral →
+arch `llama`; Qwen2 → arch `qwen2`): the same tensor names, the Llama q/k row permutation (llama.cpp's rope
+is the interleaved kind, HF's the half-split one), 1-D tensors kept in F32, tied embeddings written once
+(llama.cpp reuses `token_embd` as the output), the same hyper-parameter keys, and the tokenizer as llama.cpp
+reads it: GPT-2 style BPE with its pre-tokenizer named from the hash of a fixed probe text, or SentencePiece.
+
+Tensors stream through one at a time (pass 1 writes the header from the safetensors headers, pass 2 the
+data), so memory stays at about one tensor; bf16 goes through torch to float32 (numpy has no bfloat16).
+The file is written under a temporary name and renamed, so a failed conversion leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+# HF architecture name -> (gguf arch name, undo the q/k permutation?)
+ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "LlamaForCausalLM": ("llama", True),
+    "MistralForCausalLM": ("llama", True),
+    "Qwen2ForCausalLM": ("qwen2", False),
+}
+OUTTYPES = ("f16", "q8_0", "f32")
+
+# llama.cpp names a BPE pre-tokenizer by the sha256 of the token ids of this probe text
+# (convert_hf_to_gguf.py, get_vocab_base_pre); the table lists the families we export.
+_PROBE = (
+    '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 '
+    '3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на '
+    'Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll '
+    'make it, \'D you like some tea? We\'Ve a\'lL'
+)
+PRE_TOKENIZERS: dict[str, str] = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM / SmolLM2
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 / Qwen2.5
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3 tokenizer
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+}
+
+
+class ConversionError(ValueError):
+    """The folder cannot be converted; the message names the architecture / file / tensor and why."""
+
+
+@dataclass
+class ConversionResult:
+    path: Path
+    arch: str
+    outtype: str
+    tensors: int
+    size_bytes: int
+    tokenizer: str  # "gpt2/<pre>" or "llama (sentencepiece)"
+    tied_embeddings: bool
+    tensor_types: dict[str, int] = field(default_factory=dict)  # ggml type name -> tensor count
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "arch": self.arch, "outtype": self.outtype, "tensors": self.tensors,
+                "size_bytes": self.size_bytes, "tokenizer": self.tokenizer, "tied_embeddings": self.tied_embeddings,
+                "tensor_types": self.tensor_types, "notes": self.notes}
+
+
+def read_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{model_dir} has no config.json: GGUF export needs a full model folder (merge the adapter first)")
+    return json.loads(path.read_text())
+
+
+def gguf_architecture(config: dict) -> tuple[str, bool]:
+    """(gguf arch, undo_permute) for a config, or a ConversionError naming what is supported."""
+    names = config.get("architectures") or []
+    for name in names:
+        if name in ARCHITECTURES:
+            return ARCHITECTURES[name]
+    supported = ", ".join(sorted(ARCHITECTURES))
+    raise ConversionError(f"GGUF export supports {supported}; this model is {', '.join(names) or 'of an unknown architecture'} "
+                          "(export it as merged safetensors and convert it with llama.cpp's convert_hf_to_gguf.py)")
+
+
+def rope_theta(config: dict) -> float | None:
+    """transformers 5 keeps rope_theta inside rope_parameters; 4.x at the top level."""
+    params = config.get("rope_parameters") or {}
+    return params.get("rope_theta", config.get("rope_theta"))
+
+
+def rope_scaling(config: dict) -> dict:
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = (params.get("rope_type") or params.get("type") or "default").lower()
+    return {**params, "rope_type": kind}
+
+
+def permute_qk(weights: Any, n_head: int, n_head_kv: int | None = None) -> Any:
+    """llama.cpp's LlamaModel.permute: HF's half-split rope rows -> llama.cpp's interleaved pairs."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(weights.shape))
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _safetensor_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("model*.safetensors"))
+    if not files:
+        raise ConversionError(f"{model_dir} has no model*.safetensors weights (pickled .bin weights are not read, for safety)")
+    return files
+
+
+def _tensor_headers(files: list[Path]) -> dict[str, tuple[Path, list[int], str]]:
+    """name -> (file, shape, dtype) from the safetensors headers alone (no data read)."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[Path, list[int], str]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    sl = handle.get_slice(name)
+                    found[name] = (path, list(sl.get_shape()), str(sl.get_dtype()))
+        except Exception as exc:  # noqa: BLE001 - a broken header is one sentence
+            raise ConversionError(f"{path.name} is not a readable safetensors file: {exc}") from exc
+    return found
+
+
+@dataclass
+class _Planned:
+    gguf_name: str
+    hf_name: str
+    shape: list[int]
+    qtype: Any  # gguf.GGMLQuantizationType
+    transform: Callable[[Any], Any] | None = None
+
+
+def _plan_tensors(config: dict, headers: dict, arch: str, undo_permute: bool, outtype: str) -> tuple[list[_Planned], bool, list[str]]:
+    import gguf
+
+    n_blocks = int(config["num_hidden_layers"])
+    name_map = gguf.get_tensor_name_map(_arch_enum(arch), n_blocks)
+    n_head = int(config["num_attention_heads"])
+    n_head_kv = int(config.get("num_key_value_heads") or n_head)
+    notes: list[str] = []
+    planned: list[_Planned] = []
+    tied = "lm_head.weight" not in headers
+    for hf_name in headers:
+        if hf_name.endswith(("rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")):
+            continue
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ConversionError(f"tensor {hf_name!r} has no GGUF name for arch {arch} (an unsupported variant of this family?)")
+        shape = headers[hf_name][1]
+        transform = None
+        if undo_permute and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            transform = lambda t: permute_qk(t, n_head, n_head)  # noqa: E731
+        elif undo_permute and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            transform = lambda t: permute_qk(t, n_head, n_head_kv)  # noqa: E731
+        planned.append(_Planned(gguf_name, hf_name, shape, _choose_qtype(gguf_name, shape, outtype, notes), transform))
+    if not tied and config.get("tie_word_embeddings"):
+        notes.append("lm_head.weight is stored although tie_word_embeddings is set: written as output.weight")
+    planned.extend(_rope_freqs(config, notes))
+    return planned, tied, notes
+
+
+def _choose_qtype(gguf_name: str, shape: list[int], outtype: str, notes: list[str]) -> Any:
+    """llama.cpp's rule: 1-D tensors and norms stay F32; 2-D weights take the output type when the row fits its blocks."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.constants import GGML_QUANT_SIZES
+
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or outtype == "f32":
+        return Q.F32
+    if outtype == "q8_0":
+        block = GGML_QUANT_SIZES[Q.Q8_0][0]
+        if shape[-1] % block == 0:
+            return Q.Q8_0
+        notes.append(f"{gguf_name}: rows of {shape[-1]} are not a multiple of {block}: kept in F16")
+    return Q.F16
+
+
+def _rope_freqs(config: dict, notes: list[str]) -> list[_Planned]:
+    """Llama 3.1-style rope scaling is a tensor of per-frequency factors in GGUF (as llama.cpp writes it)."""
+    from gguf import GGMLQuantizationType as Q
+
+    scaling = rope_scaling(config)
+    if scaling["rope_type"] != "llama3":
+        return []
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    notes.append("llama3 rope scaling written as rope_freqs.weight")
+    return [_Planned("rope_freqs.weight", "", [dim // 2], Q.F32)]
+
+
+def _llama3_rope_factors(config: dict) -> Any:
+    import numpy as np
+
+    scaling = rope_scaling(config)
+    base = rope_theta(config) or 10000.0
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = scaling.get("factor", 8.0)
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old_context = scaling.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+def _arch_enum(arch: str) -> Any:
+    import gguf
+
+    return next(key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch)
+
+
+def _nbytes(shape: list[int], qtype: Any) -> int:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    numel = math.prod(shape) if shape else 1
+    return numel // block * type_size
+
+
+def _load_tensor(plan: _Planned, headers: dict, config: dict, handles: dict) -> Any:
+    """float32 numpy array of one tensor (bf16 / f16 widened through torch), permuted when planned."""
+    import torch
+    from safetensors import safe_open
+
+    if plan.gguf_name == "rope_freqs.weight":
+        return _llama3_rope_factors(config)
+    path = headers[plan.hf_name][0]
+    if path not in handles:
+        handles[path] = safe_open(str(path), framework="pt").__enter__()
+    tensor = handles[path].get_tensor(plan.hf_name).to(torch.float32)
+    if plan.transform is not None:
+        tensor = plan.transform(tensor)
+    return tensor.contiguous().numpy()
+
+
+def _encode(data: Any, qtype: Any) -> Any:
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    if qtype == Q.F32:
+        return data.astype(np.float32, copy=False)
+    if qtype == Q.F16:
+        return data.astype(np.float16)
+    return quantize(data, qtype)
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+def _add_vocab(writer: Any, model_dir: Path, config: dict) -> str:
+    import gguf
+
+    if (model_dir / "tokenizer.model").is_file():
+        tokens, scores, types = [], [], []
+        vocab = gguf.vocab.SentencePieceVocab(model_dir)
+        for text, score, toktype in vocab.all_tokens():
+            tokens.append(text)
+            scores.append(score)
+            types.append(toktype)
+        vocab_size = int(config.get("vocab_size") or len(tokens))
+        for i in range(len(tokens), vocab_size):  # padded embedding rows
+            tokens.append(f"[PAD{i}]".encode())
+            scores.append(-1000.0)
+            types.append(gguf.TokenType.UNUSED)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens[:vocab_size])
+        writer.add_token_scores(scores[:vocab_size])
+        writer.add_token_types(types[:vocab_size])
+        gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        return "llama (sentencepiece)"
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ConversionError(f"{model_dir} has neither tokenizer.json nor tokenizer.model: the GGUF would have no vocabulary")
+    tokens, types, pre = bpe_vocab(model_dir, config)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(writer, quiet=True)
+    return f"gpt2/{pre}"
+
+
+def pre_tokenizer_name(tokenizer: Any) -> str:
+    digest = sha256(str(tokenizer.encode(_PROBE)).encode()).hexdigest()
+    try:
+        return PRE_TOKENIZERS[digest]
+    except KeyError:
+        raise ConversionError(
+            f"the tokenizer's BPE pre-tokenizer is not one llama.cpp knows for our families (probe hash {digest[:12]}…): "
+            "llama.cpp would split text differently than training did"
+        ) from None
+
+
+def bpe_vocab(model_dir: Path, config: dict) -> tuple[list[str], list[int], str]:
+    """llama.cpp's get_vocab_base: every id's token text and type (normal / control / user-defined / unused)."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = tokenizer.get_vocab()
+    vocab_size = int(config.get("vocab_size") or len(vocab))
+    if max(vocab.values()) >= vocab_size:
+        raise ConversionError(f"the tokenizer has ids up to {max(vocab.values())} but the model's vocab_size is {vocab_size}")
+    pre = pre_tokenizer_name(tokenizer)
+    reverse = {i: token for token, i in vocab.items()}
+    added = tokenizer.get_added_vocab()
+    decoder = tokenizer.added_tokens_decoder
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        token = reverse[i]
+        if token in added:
+            if decoder[i].special or _looks_special(token):
+                types.append(gguf.TokenType.CONTROL)
+            else:
+                token = token.replace("\u2581", " ")  # pre-normalise user-defined spaces, as llama.cpp does
+                types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+        tokens.append(token)
+    return tokens, types, pre
+
+
+def _looks_special(token: str) -> bool:
+    return (token.startswith("<|") and token.endswith("|>")) or token in ("<pad>", "<mask>")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _add_hparams(writer: Any, config: dict, arch: str, ftype: int, name: str) -> None:
+    import gguf
+
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    if config.get("max_position_embeddings"):
+        writer.add_context_length(int(config["max_position_embeddings"]))
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_head_count(int(config["num_attention_heads"]))
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
+    if (theta := rope_theta(config)) is not None:
+        writer.add_rope_freq_base(float(theta))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    if config.get("head_dim"):
+        writer.add_key_length(int(config["head_dim"]))
+        writer.add_value_length(int(config["head_dim"]))
+    writer.add_file_type(ftype)
+    if arch == "llama":
+        writer.add_vocab_size(int(config["vocab_size"]))
+        writer.add_rope_dimension_count(int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]))
+    scaling = rope_scaling(config)
+    if scaling["rope_type"] == "linear" and scaling.get("factor"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif scaling["rope_type"] not in ("default", "llama3", "linear"):
+        raise ConversionError(f"rope scaling {scaling['rope_type']!r} is not supported by our GGUF export")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _ftype(outtype: str) -> int:
+    import gguf
+
+    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def convert(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", *, chat_template: str | None = None,
+            name: str = "", progress: Callable[[float, str], None] | None = None) -> ConversionResult:
+    """Write `out_path` (.gguf) from a HF model folder; `chat_template` overrides the tokenizer's own."""
+    import gguf
+
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    config = read_config(model_dir)
+    arch, undo_permute = gguf_architecture(config)
+    headers = _tensor_headers(_safetensor_files(model_dir))
+    planned, tied, notes = _plan_tensors(config, headers, arch, undo_permute, outtype)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    writer = gguf.GGUFWriter(tmp, arch)
+    _add_hparams(writer, config, arch, int(_ftype(outtype)), name or model_dir.name)
+    tokenizer_kind = _add_vocab(writer, model_dir, config)
+    if chat_template:
+        writer.add_chat_template(chat_template)  # a later key of the same name would be refused: set it once, here
+    for plan in planned:
+        writer.add_tensor_info(plan.gguf_name, plan.shape, _np_dtype(plan.qtype), _nbytes(plan.shape, plan.qtype), raw_dtype=plan.qtype)
+    handles: dict = {}
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for index, plan in enumerate(planned):
+            data = _encode(_load_tensor(plan, headers, config, handles), plan.qtype)
+            writer.write_tensor_data(data)
+            if progress:
+                progress((index + 1) / len(planned), plan.gguf_name)
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        for handle in handles.values():
+            handle.__exit__(None, None, None)
+    counts: dict[str, int] = {}
+    for plan in planned:
+        counts[plan.qtype.name] = counts.get(plan.qtype.name, 0) + 1
+    return ConversionResult(out_path, arch, outtype, len(planned), out_path.stat().st_size, tokenizer_kind, tied, counts, notes)
+
+
+def _np_dtype(qtype: Any) -> Any:
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    return {Q.F32: np.float32, Q.F16: np.float16}.get(qtype, np.float32)
+
+
+def iter_metadata(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(key, value) pairs of a GGUF file's metadata, token lists summarised by length."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    for key, field_ in reader.fields.items():
+        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+            yield key, f"<{len(field_.data)} entries>"
+            continue
+        try:
+            yield key, field_.contents()
+        except Exception:  # noqa: BLE001 - an odd field type is shown as unreadable, never fatal
+            yield key, "?"

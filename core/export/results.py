@@ -1,0 +1,79 @@
+"""What the Export, Runs and Chat pages show of an export, computed here so the pages stay thin readers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.export.job import RESULT_FILE
+
+ICONS = {True: "✅", False: "❌", None: "➖"}
+
+
+def read_result(run_dir: str | Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / RESULT_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def check_icon(check: dict) -> str:
+    return "⚠️" if check.get("passed") and check.get("warning") else ICONS[check.get("passed")]
+
+
+def artifact_rows(result: dict) -> list[dict]:
+    """One row per artifact: what, file, size, time, and its checks in one line."""
+    rows = []
+    for artifact in result.get("artifacts", []):
+        checks = artifact.get("verified", {}).get("checks") or artifact.get("checks", [])
+        rows.append({"artifact": artifact["kind"], "file": Path(artifact["path"]).name,
+                     "size MB": round(artifact["size_bytes"] / 1e6, 2), "seconds": artifact["seconds"],
+                     "checks": " ".join(check_icon(c) for c in checks) or "not checked"})
+    return rows
+
+
+def check_rows(result: dict) -> list[dict]:
+    rows = []
+    for artifact in result.get("artifacts", []):
+        for check in artifact.get("verified", {}).get("checks") or artifact.get("checks", []):
+            summary = check["summary"] + (f" — ⚠️ {check['warning']}" if check.get("warning") else "")
+            rows.append({"artifact": artifact["kind"], "": check_icon(check), "check": check["name"], "result": summary})
+    return rows
+
+
+def gguf_files(result: dict) -> list[dict]:
+    return [a for a in result.get("artifacts", []) if a["path"].endswith(".gguf") and Path(a["path"]).is_file()]
+
+
+def gguf_choices() -> dict[str, str]:
+    """label -> path of every GGUF an export run wrote (newest first), checks passed or not."""
+    from core.runs import list_runs
+
+    choices = {}
+    for run in list_runs("export"):
+        for artifact in gguf_files(read_result(run.path)):
+            passed = all(c.get("passed") is not False for c in artifact.get("checks", []))
+            choices[f"{Path(artifact['path']).name} · {run.run_id}{'' if passed else ' (checks failed)'}"] = artifact["path"]
+    return choices
+
+
+def small_files(result: dict) -> list[Path]:
+    """The Modelfile and recipe files, offered as downloads."""
+    files = []
+    for artifact in result.get("artifacts", []):
+        path = Path(artifact["path"])
+        if artifact["kind"] == "modelfile" and path.is_file():
+            files.append(path)
+        if artifact["kind"] == "recipes" and path.is_dir():
+            files.extend(sorted(path.glob("*.yaml")))
+    return files
+
+
+def export_sources() -> dict[str, str]:
+    """Finished runs that hold a model to export: label -> run folder (newest first)."""
+    from core.runs import list_runs
+
+    found = {}
+    for run in list_runs():
+        if run.kind in ("train", "merge", "prune", "distill") and run.status.state in ("succeeded", "stopped"):
+            found[f"{run.run_id} ({run.kind}, {run.status.state})"] = str(run.path)
+    return found

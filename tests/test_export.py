@@ -1,0 +1,301 @@
+"""Exports, each written and loaded back: merged safetensors vs base + adapter, our GGUF converter vs torch in
+llama.cpp (Llama, Mistral, Qwen2 families; the embedded model), llama.cpp K-quants, the Ollama Modelfile's
+template vs ours, recipes, corrupted / truncated files, and the disk-space refusal.
+
+The tiny models are random with a wide initialisation (std 0.3), so their next-token choices are decided by
+clear margins; random weights are still far more sensitive to quantisation than trained ones, so Q8_0 on them
+must agree on 75 % of next tokens (the default 90 % is asserted on the embedded model).
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from core import runs
+from core.export import gguf_convert, ollama
+from core.export.integrity import file_problems
+from core.export.spec import ExportSpec
+from core.runs.status import read_status
+from core.runs.worker import Worker
+
+pytestmark = pytest.mark.slow
+TINY_Q8_AGREEMENT = 0.75
+INIT = 0.3
+
+
+def _tiny(kind: str, tokenizer, path: Path, init: float = INIT) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls, tied = {"llama": (LlamaConfig, LlamaForCausalLM, True),
+                                   "mistral": (MistralConfig, MistralForCausalLM, False),
+                                   "qwen2": (Qwen2Config, Qwen2ForCausalLM, True)}[kind]
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, initializer_range=init,
+                        tie_word_embeddings=tied)
+    model_cls(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _adapter(base: Path, path: Path) -> Path:
+    """A LoRA whose B matrices are random (PEFT's init_lora_weights=False), so merging it changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                                                   init_lora_weights=False))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(base).save_pretrained(path)
+    return path
+
+
+def _run(spec) -> tuple[Path, object]:
+    run_dir = runs.create_run(spec)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        Worker(run_dir).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return run_dir, read_status(run_dir)
+
+
+def _result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "export.json").read_text())
+
+
+def _checks(result: dict, kind: str) -> dict[str, dict]:
+    artifact = next(a for a in result["artifacts"] if a["kind"] == kind)
+    return {c["name"]: c for c in artifact["checks"]}
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory, embedded_tokenizer) -> dict[str, tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("families")
+    found = {}
+    for kind in ("llama", "mistral", "qwen2"):
+        base = _tiny(kind, embedded_tokenizer, root / kind)
+        found[kind] = (base, _adapter(base, root / f"{kind}-adapter"))
+    return found
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_each_family_exports_and_matches_torch_in_llama_cpp(family, family_models, workspace, monkeypatch):
+    if family == "qwen2":
+        # transformers gives a Qwen2 config Qwen's pre-tokenizer regex over this small vocabulary; real Qwen2
+        # tokenizers hash to e636dc… ("qwen2"). Name this one the same so llama.cpp splits text with that regex.
+        from transformers import AutoTokenizer
+
+        probe = gguf_convert.sha256(str(AutoTokenizer.from_pretrained(family_models[family][0]).encode(gguf_convert._PROBE)).encode())
+        monkeypatch.setitem(gguf_convert.PRE_TOKENIZERS, probe.hexdigest(), "qwen2")
+    base, adapter = family_models[family]
+    spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)},
+                      formats=["merged", "gguf_f16", "gguf_q8_0"], min_agreement=TINY_Q8_AGREEMENT)
+    run_dir, status = _run(spec)
+    assert status.state == "succeeded", status.error
+    result = _result(run_dir)
+    merged = _checks(result, "merged")["merged = base + adapter"]
+    assert merged["passed"] and merged["adapter_effect"] > 10 * merged["mean_abs_diff"]
+    f16 = _checks(result, "gguf_f16")
+    assert all(c["passed"] for c in f16.values()), f16
+    greedy = f16["greedy text vs torch"]  # F16: the first K tokens of every prompt, but for ties at 16-bit precision
+    assert all(p == 16 or any(t[0] == i for t in greedy["ties"]) for i, p in enumerate(greedy["identical_prefix"])), greedy
+    assert sum(p == 16 for p in greedy["identical_prefix"]) >= 3
+    q8 = _checks(result, "gguf_q8_0")["greedy text vs torch"]
+    assert q8["passed"] and q8["agreement"] >= TINY_Q8_AGREEMENT
+    arch = next(a for a in result["artifacts"] if a["kind"] == "gguf_f16")["conversion"]
+    assert arch["arch"] == ("qwen2" if family == "qwen2" else "llama")
+    assert arch["tied_embeddings"] is (family != "mistral")
+
+
+def test_gguf_tensors_are_the_permuted_hf_tensors(family_models, tmp_path):
+    """Tensor for tensor: q/k rows permuted the llama.cpp way, others as they are, tied output written once."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    base, _ = family_models["llama"]
+    out = tmp_path / "tiny.gguf"
+    gguf_convert.convert(base, out, "f16")
+    hf = load_file(str(base / "model.safetensors"))
+    tensors = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(out)).tensors}
+    q = hf["model.layers.0.self_attn.q_proj.weight"]
+    k = hf["model.layers.0.self_attn.k_proj.weight"]
+    assert np.array_equal(tensors["blk.0.attn_q.weight"], gguf_convert.permute_qk(q, 4, 4).astype(np.float16))
+    assert np.array_equal(tensors["blk.0.attn_k.weight"], gguf_convert.permute_qk(k, 4, 2).astype(np.float16))
+    assert not np.array_equal(tensors["blk.0.attn_q.weight"], q.astype(np.float16))
+    assert np.array_equal(tensors["blk.0.attn_v.weight"], hf["model.layers.0.self_attn.v_proj.weight"].astype(np.float16))
+    assert tensors["blk.0.attn_norm.weight"].dtype == np.float32
+    assert "output.weight" not in tensors and "token_embd.weight" in tensors
+
+
+def test_unsupported_architecture_is_refused_by_name(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(gguf_convert.ConversionError, match="GPT2LMHeadModel"):
+        gguf_convert.convert(tmp_path, tmp_path / "x.gguf")
+    assert not list(tmp_path.glob("*.gguf*"))
+
+
+def _train_run(tiny_llama_dir: Path, tmp_path: Path) -> Path:
+    from core.train.spec import TrainSpec
+
+    data = tmp_path / "train.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]} for w in
+            ("red", "blue", "green", "yellow", "black", "white", "pink", "grey")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_steps=2, batch_size=4,
+                     max_length=64, eval_fraction=0.0, learning_rate=5e-2, warmup_ratio=0.0, lora_r=4, lora_alpha=8,
+                     save_steps=100, eval_on_start=False, chat_template="chatml", name="to-export")
+    run_dir, status = _run(spec)
+    assert status.state == "succeeded", status.error
+    return run_dir
+
+
+def test_train_run_exports_every_kind_with_its_template_and_recipes(workspace, tiny_llama_dir, tmp_path):
+    from core.data.templates import load_template
+
+    train_dir = _train_run(tiny_llama_dir, tmp_path)
+    spec = ExportSpec(source_run=str(train_dir), formats=["adapter", "merged", "gguf_q8_0", "modelfile", "recipes"],
+                      quantize=["Q4_K_M"], min_agreement=0.0)
+    run_dir, status = _run(spec)
+    result = _result(run_dir)
+    assert status.state == "succeeded", [c for a in result["artifacts"] for c in a["checks"] if not c["passed"]]
+    kinds = [a["kind"] for a in result["artifacts"]]
+    assert kinds == ["adapter", "merged", "gguf_q8_0", "Q4_K_M", "modelfile", "recipes"]
+    assert result["chat_template"] == load_template("chatml")  # the template training used, not the base's own
+    assert _checks(result, "gguf_q8_0")["chat template stored"]["passed"]
+    assert _checks(result, "gguf_q8_0")["llama.cpp renders the template"]["passed"]  # llama.cpp knows ChatML natively
+    assert _checks(result, "modelfile")["Modelfile template"]["passed"]
+    assert "agreement" in _checks(result, "Q4_K_M")["greedy text vs torch"]
+    modelfile = (run_dir / "export" / "Modelfile").read_text()
+    assert "FROM ./to-export-Q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    axolotl = (run_dir / "export" / "recipes" / "axolotl.yaml").read_text()
+    import yaml
+
+    config = yaml.safe_load(axolotl)
+    assert config["adapter"] == "lora" and config["lora_r"] == 4 and config["max_steps"] == 2
+    assert config["datasets"][0]["type"] == "chat_template" and config["chat_template_jinja"] == load_template("chatml")
+    assert "# NOT MAPPED — eval_on_start" not in axolotl or "workbench-only" in axolotl
+    assert "NOT MAPPED" in axolotl  # the fields without an Axolotl equivalent are listed, not dropped
+    spec_yaml = yaml.safe_load((run_dir / "export" / "recipes" / "spec.yaml").read_text())
+    assert spec_yaml["kind"] == "train" and spec_yaml["max_steps"] == 2
+
+
+def test_every_mappable_shipped_template_renders_the_same_in_the_modelfile(embedded_tokenizer):
+    from core.data.templates import load_template, shipped_template_names
+
+    unmappable = set()
+    conversations = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    for name in shipped_template_names() + ["own"]:
+        template = embedded_tokenizer.chat_template if name == "own" else load_template(name)
+        try:
+            anatomy = ollama.read_anatomy(embedded_tokenizer, template)
+        except ollama.TemplateNotMappable:
+            unmappable.add(name)
+            continue
+        parsed = ollama.parse_modelfile(ollama.modelfile("m.gguf", anatomy, eos_token="<|im_end|>", add_bos=False))
+        for messages in conversations:
+            ours = embedded_tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+            assert ollama.render_go_template(parsed["template"], ollama.ollama_messages(messages, parsed["system"])) == ours, name
+    # these fold the system prompt into a user turn, refuse a system role, or need a context document
+    assert unmappable == {"chatqa", "gemma-it", "llama-2-chat", "saiga"}
+
+
+def test_modelfile_keeps_the_default_system_prompt_of_the_embedded_template(embedded_tokenizer):
+    anatomy = ollama.read_anatomy(embedded_tokenizer, embedded_tokenizer.chat_template)
+    assert anatomy.default_system.startswith("You are a helpful AI assistant named SmolLM")
+    text = ollama.modelfile("m.gguf", anatomy, eos_token=embedded_tokenizer.eos_token, add_bos=False)
+    assert f'SYSTEM """{anatomy.default_system}"""' in text
+    assert ollama.parse_modelfile(text)["stop"][:1] == ["<|im_end|>"]
+
+
+def test_go_template_renderer_refuses_what_it_does_not_know():
+    with pytest.raises(ValueError, match="unsupported"):
+        ollama.render_go_template("{{ range .Messages }}{{ .Content }}{{ end }}", [{"role": "user", "content": "x"}])
+
+
+def test_corrupted_and_truncated_exports_are_detected(workspace, family_models):
+    base, adapter = family_models["llama"]
+    spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)}, formats=["merged", "gguf_f16"])
+    run_dir, status = _run(spec)
+    assert status.state == "succeeded", status.error
+    gguf_path = next((run_dir / "export").glob("*-F16.gguf"))
+    weights = run_dir / "export" / "merged" / "model.safetensors"
+    original = gguf_path.read_bytes()
+
+    # flipped bytes inside the tensor data: sizes still fit, the hash and llama.cpp's greedy text do not
+    data = bytearray(original)
+    for offset in range(len(data) - 40_000, len(data) - 20_000, 7):
+        data[offset] ^= 0x55
+    gguf_path.write_bytes(bytes(data))
+    runs.relaunch(run_dir, {"verify_only": True})
+    status = runs.wait(run_dir, timeout=300)
+    assert status.state == "failed" and "changed since the export" in status.error
+    checks = {c["name"]: c for c in next(a for a in _result(run_dir)["artifacts"] if a["kind"] == "gguf_f16")["verified"]["checks"]}
+    assert checks["unchanged since export"]["passed"] is False
+
+    # truncated files: named by the header / size check before anything is loaded
+    gguf_path.write_bytes(original[: len(original) // 2])
+    assert any("truncated" in p for p in file_problems(gguf_path))
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    assert any("truncated" in p for p in file_problems(weights.parent))
+
+
+def test_an_unmerged_lora_is_caught(family_models):
+    """The classic silent failure: the 'merged' model is really the base. The check compares with base + adapter."""
+    from core.export import validate
+    from core.models import ModelSource, load_model
+
+    base, adapter = family_models["llama"]
+    tuned = load_model(ModelSource("local", str(base), adapter=str(adapter)), device="cpu", dtype="float32")
+    plain = load_model(ModelSource("local", str(base)), device="cpu", dtype="float32")
+    ids = [[1, 5, 9, 200, 7, 3], [4, 8, 15, 16, 23, 42]]
+    references = validate.source_logits(tuned, ids, has_adapter=True)
+    assert validate.merged_check(references, tuned.model.merge_and_unload(), ids, "float32")["passed"]
+    failed = validate.merged_check(references, plain.model, ids, "float32")
+    assert failed["passed"] is False and failed["residual_ratio"] > 0.5
+
+
+def test_disk_space_is_checked_before_anything_is_written(workspace, family_models, monkeypatch):
+    import shutil
+
+    base, adapter = family_models["llama"]
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr("core.export.disk.shutil.disk_usage", lambda path: usage._replace(free=10 * 1024**2))
+    spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)}, formats=["merged", "gguf_f16"])
+    run_dir, status = _run(spec)
+    assert status.state == "failed" and "Not enough disk space" in status.error and "GB are free" in status.error
+    assert not (run_dir / "export").exists()
+    assert json.loads((run_dir / "disk_plan.json").read_text())["bytes"]["merged"] > 0
+
+
+def test_spec_names_bad_fields():
+    with pytest.raises(ValueError, match="formats: unknown gguf_q2"):
+        ExportSpec(model={"kind": "embedded"}, formats=["gguf_q2"])
+    with pytest.raises(ValueError, match="quantize: unknown Q9_K"):
+        ExportSpec(model={"kind": "embedded"}, quantize=["q9_k"])
+    with pytest.raises(ValueError, match="source_run"):
+        ExportSpec()
+
+
+def test_embedded_model_exports_f16_identical_and_q8_above_the_stated_rate(workspace, embedded_dir, tmp_path):
+    """The embedded SmolLM2-135M with a random LoRA: F16 greedy text equals torch's, Q8_0 agrees on ≥ 90 % of next tokens."""
+    adapter = _adapter(embedded_dir, tmp_path / "adapter")
+    spec = ExportSpec(model={"kind": "embedded", "adapter": str(adapter)}, formats=["gguf_f16", "gguf_q8_0", "modelfile"])
+    run_dir, status = _run(spec)
+    assert status.state == "succeeded", status.error
+    result = _result(run_dir)
+    assert all(c["passed"] for c in _checks(result, "gguf_f16").values())
+    assert _checks(result, "gguf_q8_0")["greedy text vs torch"]["agreement"] >= 0.9
+    assert _checks(result, "modelfile")["Modelfile template"]["passed"]
+    assert not (run_dir / ".work").exists()  # the temporary merged weights are gone
+    conversion = next(a for a in result["artifacts"] if a["kind"] == "gguf_f16")["conversion"]
+    assert conversion["tokenizer"] == "gpt2/smollm"  # the pre-tokenizer the shipped GGUF names too
