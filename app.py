@@ -28,6 +28,10 @@ PAGES = {
         st.Page("app_pages/prune.py", title="Prune", icon="✂️"),
         st.Page("app_pages/distill.py", title="Distill", icon="⚗️"),
     ],
+    "Ship": [
+        st.Page("app_pages/runs.py", title="Runs", icon="🗂️"),
+        st.Page("app_pages/export.py", title="Export", icon="📦"),
+    ],
 }
 
 page = st.navigation(PAGES)

@@ -38,6 +38,30 @@ def cached_model(source: ModelSource):
     return _load_cached(json.dumps(source.as_dict(), sort_keys=True))
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _load_llamacpp(path: str, mtime: float):  # noqa: ARG001 - mtime: a rewritten file is loaded again
+    from core.export.llamacpp import load_chat_model
+
+    return load_chat_model(path)
+
+
+def cached_chat_model(choice):
+    """A torch model (ModelSource) through core.models, or a GGUF file (LlamaCppChoice) through llama.cpp."""
+    from pathlib import Path
+
+    from core.export.llamacpp import LlamaCppChoice
+
+    if isinstance(choice, LlamaCppChoice):
+        path = Path(choice.path).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        try:
+            return _load_llamacpp(str(path), path.stat().st_mtime)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    return cached_model(choice)
+
+
 @st.cache_resource(show_spinner=False)
 def cached_hardware():
     return detect()

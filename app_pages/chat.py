@@ -6,21 +6,39 @@ from pathlib import Path
 import streamlit as st
 
 from core.chat import transcript_jsonl
+from core.export.llamacpp import LlamaCppChoice, available
+from core.export.results import gguf_choices
 from core.generation import GenerationSettings, start_generation
 from core.models import ModelLoadError, ModelSource
-from pages_common import SOURCE_LABELS, active_model_source, cached_model, remote_code_checkbox, trained_adapter_folders
+from pages_common import SOURCE_LABELS, active_model_source, cached_chat_model, remote_code_checkbox, trained_adapter_folders
 
-VARIANTS = ("Active model", "Active model + adapter", "Other model")
+VARIANTS = ("Active model", "Active model + adapter", "Other model", "GGUF export (llama.cpp)")
 
 st.title("💬 Chat side by side")
 st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
 
 
-def variant_source(i: int) -> ModelSource | None:
+def gguf_variant(i: int) -> LlamaCppChoice | None:
+    if not available():
+        st.caption("llama.cpp (llama-cpp-python) is not installed here.")
+        return None
+    files = gguf_choices()
+    preset = st.session_state.get("chat_gguf")
+    options = list(files) + ["File path…"]
+    chosen = st.selectbox("GGUF file", options, key=f"chat_gguf_pick_{i}",
+                          index=next((k for k, v in enumerate(files.values()) if v == preset), 0))
+    path = files.get(chosen) or st.text_input("GGUF path", value=preset or "", key=f"chat_gguf_path_{i}")
+    return LlamaCppChoice(path.strip()) if path and path.strip() else None
+
+
+def variant_source(i: int) -> ModelSource | LlamaCppChoice | None:
     """Widgets that choose column i's model; None while the choice is incomplete."""
     preset_adapter = st.session_state.get("chat_adapter")
     preset_model = st.session_state.get("chat_model_path")
-    if i == 0:
+    preset_gguf = st.session_state.get("chat_gguf")
+    if preset_gguf:  # from the Export page: the torch model it came from beside the GGUF in llama.cpp
+        default = (1 if preset_adapter else 0) if i == 0 else 3
+    elif i == 0:
         default = 0
     elif i == 1 and preset_model and not preset_adapter:
         default = 2
@@ -29,6 +47,9 @@ def variant_source(i: int) -> ModelSource | None:
     else:
         default = 2
     variant = st.selectbox("Variant", VARIANTS, index=default, key=f"chat_variant_{i}")
+    st.caption("backend: llama.cpp" if variant == VARIANTS[3] else "backend: torch (transformers)")
+    if variant == VARIANTS[3]:
+        return gguf_variant(i)
     if variant == "Active model":
         return active_model_source()
     if variant == "Active model + adapter":
@@ -64,7 +85,7 @@ histories: dict[int, list] = st.session_state.setdefault("chat_histories", {})
 streams: dict[int, object] = st.session_state.setdefault("chat_streams", {})
 
 cols = st.columns(n_columns)
-sources: list[ModelSource | None] = []
+sources: list[ModelSource | LlamaCppChoice | None] = []
 for i, col in enumerate(cols):
     with col:
         sources.append(variant_source(i))
@@ -77,7 +98,7 @@ if prompt:
             continue
         try:
             with st.spinner(f"Loading {source.label}…"):
-                loaded = cached_model(source)
+                loaded = cached_chat_model(source)
         except ModelLoadError as exc:
             st.error(f"Column {i + 1}: {exc}")
             continue

@@ -191,6 +191,11 @@ class ChatStream:
 
 
 def _stream(loaded: Any, messages: list[dict], settings: GenerationSettings, stream: ChatStream) -> None:
+    from core.export.llamacpp import LlamaCppModel
+
+    if isinstance(loaded, LlamaCppModel):  # a GGUF export held by llama.cpp
+        _stream_llamacpp(loaded, messages, settings, stream)
+        return
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -230,6 +235,29 @@ def _stream(loaded: Any, messages: list[dict], settings: GenerationSettings, str
             if "error" in result:
                 raise result["error"]
             stream.stats.new_tokens = int(result["ids"].shape[1]) - stream.stats.prompt_tokens
+    except Exception as exc:  # noqa: BLE001
+        stream.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        stream.done = True
+
+
+def _stream_llamacpp(model: Any, messages: list[dict], settings: GenerationSettings, stream: ChatStream) -> None:
+    """The same stream protocol through llama.cpp: the GGUF renders the prompt with the chat template stored in it."""
+    from core.export.llamacpp import stream_chat
+
+    def on_piece(piece: str) -> None:
+        if stream.stats.time_to_first_token_s is None:
+            stream.stats.time_to_first_token_s = time.perf_counter() - start
+        stream.text += piece
+
+    try:
+        with GENERATION_LOCK:
+            start = time.perf_counter()
+            prompt_tokens, new_tokens = stream_chat(model, messages, temperature=settings.temperature, top_p=settings.top_p,
+                                                    max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                                                    on_piece=on_piece, cancelled=stream._cancel.is_set)
+            stream.stats.latency_s = time.perf_counter() - start
+            stream.stats.prompt_tokens, stream.stats.new_tokens = prompt_tokens, new_tokens
     except Exception as exc:  # noqa: BLE001
         stream.error = f"{type(exc).__name__}: {exc}"
     finally:

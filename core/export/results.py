@@ -1,19 +1,15 @@
 """What the Export, Runs and Chat pages show of an export, computed here so the pages stay thin readers."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from core.export.job import RESULT_FILE
+from core.runs.jobs import read_result as read_job_result
 
 ICONS = {True: "✅", False: "❌", None: "➖"}
 
 
 def read_result(run_dir: str | Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / RESULT_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    return read_job_result(run_dir, "export", {}) or {}
 
 
 def check_icon(check: dict) -> str:

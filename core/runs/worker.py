@@ -125,12 +125,23 @@ class Worker:
         finally:
             self._done.set()
             self._release_lock()
+            _refresh_cards(self.run_dir)
 
     def _release_lock(self) -> None:
         """Free the exclusive lock now (not when the process exits), so a worker run in-process can be followed by another."""
         if self._lock_handle is not None:
             self._lock_handle.close()  # closing the descriptor releases the flock
             self._lock_handle = None
+
+
+def _refresh_cards(run_dir: Path) -> None:
+    """card.json / README.md of this run and of the runs it came from (their lineage grew); never fails the job."""
+    try:
+        from core.runs.card import refresh_lineage
+
+        refresh_lineage(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a card is a summary: the job's own result stands without it
+        log.warning("could not write the run card: %s", exc)
 
 
 def _redirect_output(run_dir: Path) -> None:

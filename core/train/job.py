@@ -31,6 +31,7 @@ from core.train.distributed import (
 from core.train.methods import method_refusal_for, trainable_counts
 from core.train.preflight import predict_memory
 from core.train.spec import TrainSpec
+from core.train.tracking import resolve as resolve_trackers
 from core.train.trainer import (
     MemoryProbe,
     TokenCounter,
@@ -109,9 +110,13 @@ def run(ctx: JobContext) -> dict:
     resume = latest_checkpoint(ctx.run_dir)
     counter = TokenCounter()
     callback = make_callback(ctx, spec, probe, counter)
+    trackers, tracker_env, tracker_notes = resolve_trackers(spec.report_to, ctx.run_dir, spec.name or ctx.run_dir.name)
+    os.environ.update(tracker_env)  # read by transformers' tracker callbacks when the trainer is built
+    for note in tracker_notes:
+        ctx.log.warning(note)
     trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
                             bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter,
-                            backend=backend.name)
+                            backend=backend.name, report_to=trackers)
     previous = (ctx.read_result() or {}) if resume else {}  # the card of the attempt this one continues
     eval_start = _starting_eval(trainer, spec, data, resume, ctx)
     if resume:
@@ -153,6 +158,7 @@ def run(ctx: JobContext) -> dict:
         "chat_template": data.template_choice,
         "backend": backend.name,
         "backend_notes": notes,
+        "tracking": {"report_to": trackers, "notes": tracker_notes},
         "device": hardware.device,
         "hardware": hardware.summary,
         "precision": precision.__dict__,

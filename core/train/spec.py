@@ -212,6 +212,12 @@ class TrainSpec:
                        advanced=True, min=1024, max=65535),
     )
 
+    # ---------------------------------------------------------------- tracking (experiment trackers, issue 13)
+    report_to: list = field(
+        default_factory=list,
+        metadata=meta("Also log the run to these trackers, offline in the run folder: tensorboard, trackio, mlflow, wandb "
+                       "(those installed; a missing one is a note). Empty = only the workbench's own metrics.", "system", advanced=True),
+    )
     fault_injection: str = field(
         default="",
         metadata=meta("For tests only: 'error@N' raises an error, 'oom@N' a simulated CUDA out-of-memory error and 'kill@N' a "
@@ -236,6 +242,11 @@ class TrainSpec:
             raise ValueError(f"merge_after: {merge_refusal(self.method)}")
         if self.prompt_init_text.strip() and self.method != "prompt_tuning":
             raise ValueError("prompt_init_text: only prompt tuning starts from a text; clear it or choose method prompt_tuning")
+        from core.train.tracking import TRACKERS
+
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker(s) {', '.join(unknown)} (choose from {', '.join(TRACKERS)})")
         if self.fault_injection and not _FAULT.match(self.fault_injection):
             raise ValueError("fault_injection: expected 'error@N', 'oom@N' or 'kill@N' (N = the step), optionally ':R' for one rank, or empty")
         self._check_distribution()

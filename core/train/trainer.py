@@ -230,7 +230,8 @@ def _round(value: float | None) -> float | None:
 # ---------------------------------------------------------------- trainer
 
 
-def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: bool, fp16: bool, has_eval: bool) -> Any:
+def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: bool, fp16: bool, has_eval: bool,
+                       report_to: list[str] | None = None) -> Any:
     from trl import SFTConfig
 
     evaluate_during = has_eval and spec.eval_steps > 0
@@ -261,7 +262,7 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
         bf16=bf16,
         fp16=fp16,
         use_cpu=device == "cpu",
-        report_to="none",
+        report_to=list(report_to) if report_to else "none",  # resolved by core.train.tracking (installed ones only)
         disable_tqdm=True,
         remove_unused_columns=False,  # keep position_ids of packed rows
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized and masked by core.data.masking
@@ -284,7 +285,7 @@ def trl_loss_runs_without_cuda() -> bool:
 
 def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, data: PreparedData, *,
                   device: str, bf16: bool, fp16: bool, callbacks: list, counter: TokenCounter | None = None,
-                  backend: str = "hf") -> Any:
+                  backend: str = "hf", report_to: list[str] | None = None) -> Any:
     from trl import SFTTrainer
 
     counter = counter or TokenCounter()
@@ -307,7 +308,7 @@ def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
 
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
-    args = training_arguments(spec, run_dir, device=device, bf16=bf16, fp16=fp16, has_eval=data.eval is not None)
+    args = training_arguments(spec, run_dir, device=device, bf16=bf16, fp16=fp16, has_eval=data.eval is not None, report_to=report_to)
     return WorkbenchTrainer(
         model=model,
         args=args,
