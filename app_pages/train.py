@@ -191,7 +191,7 @@ def run_actions(run_dir: Path, status) -> None:
         st.rerun()
     adapter, full_model = run_dir / "adapter", run_dir / "model"
     if status.state in ("succeeded", "stopped") and (adapter.is_dir() or full_model.is_dir()):
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         if c1.button("💬 Chat with the result", key="train_to_chat"):
             if adapter.is_dir():
                 st.session_state["chat_adapter"] = str(adapter)
@@ -201,6 +201,9 @@ def run_actions(run_dir: Path, status) -> None:
         if c2.button("📊 Evaluate it", key="train_to_eval"):
             st.session_state["eval_adapter" if adapter.is_dir() else "eval_model_path"] = str(adapter if adapter.is_dir() else full_model)
             st.switch_page("app_pages/evaluate.py")
+        if c3.button("📦 Export it", key="train_to_export", help="Merged safetensors, GGUF, Ollama Modelfile, recipes — each checked"):
+            st.session_state["export_source_run"] = str(run_dir)
+            st.switch_page("app_pages/export.py")
 
 
 train_runs = list_runs("train")

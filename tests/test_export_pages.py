@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_runs_card import _data, _train
 
 from core import runs
 from core.export import gguf_convert
-from test_runs_card import _data, _train
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -129,7 +129,7 @@ def test_spec_diff_flattens_nested_fields():
 
 def test_lineage_is_read_from_the_specs(workspace, tmp_path):
     parent = runs.create_run_from_dict({"kind": "train", "name": "p"})
-    child = runs.create_run_from_dict({"kind": "evaluate", "variants": [{"model": {"kind": "local", "ref": "x", "adapter": str(parent / "adapter")}}]})
+    child = runs.create_run_from_dict({"kind": "evaluate", "variants": [{"label": "tuned", "model": {"kind": "local", "ref": "x", "adapter": str(parent / "adapter")}}]})
     outsider = runs.create_run_from_dict({"kind": "merge", "models": [{"source": {"kind": "local", "ref": str(tmp_path)}}]})
     graph = lineage(scan())
     assert graph.children[parent.name] == [child.name]

@@ -59,15 +59,19 @@ def tokenize(llm: Any, text: str, *, add_bos: bool = False) -> list[int]:
 
 
 def greedy(llm: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[int] = frozenset()) -> list[int]:
-    """Greedy continuation (no repetition penalty), stopping at an end-of-generation id."""
+    """Greedy continuation: the argmax of llama.cpp's logits after each token (no sampler, no penalties),
+    stopping at an end-of-generation id."""
+    import numpy as np
+
     llm.reset()
+    llm.eval(prompt_ids)
     out: list[int] = []
-    for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+    while len(out) < max_new_tokens:
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         if token in stop_ids:
             break
-        out.append(int(token))
-        if len(out) >= max_new_tokens:
-            break
+        out.append(token)
+        llm.eval([token])
     return out
 
 
