@@ -34,7 +34,9 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# HOST other than 127.0.0.1: the app has no authentication, so this needs WORKBENCH_ALLOW_REMOTE=1 (see README).
 run: install
+	$(BIN)/python -m tools.host_check $(HOST) $(PORT)
 	$(BIN)/python -m core.models --prepare
 	$(BIN)/streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
@@ -45,6 +47,7 @@ gpu-set: install
 	$(BIN)/python -m tools.gpu_set overlay
 
 test: install chromium gpu-set
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	PYTHONPATH=.gpuset/site $(BIN)/python -m pytest -q -m gpuset -p no:cacheprovider tests/test_train.py
 

@@ -1,9 +1,14 @@
 """Post-Training Workbench: `streamlit run app.py` (or `make run`)."""
 import streamlit as st
 
+from core.serving import check_address
 from pages_common import init_session_defaults, render_sidebar
 
 st.set_page_config(page_title="Post-Training Workbench", page_icon="🧪", layout="wide")
+allowed, exposure = check_address(st.get_option("server.address") or "", st.get_option("server.port"))
+if not allowed:  # started by hand on a public address without the opt-in: serve nothing
+    st.error(exposure)
+    st.stop()
 init_session_defaults()
 
 PAGES = {

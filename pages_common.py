@@ -145,7 +145,9 @@ def render_sidebar() -> None:
 # Generic helpers for pages that launch a job and watch it: choose a model, start a run, follow it live,
 # send its result to Chat / Evaluate. The run folder is the only state; a refresh reattaches to it.
 
-MODEL_CHOICES = ("Active model", "Active model + trained adapter", "Embedded default", "Local folder", "Hugging Face Hub id")
+MODEL_CHOICES = ("Active model", "Active model + trained adapter", "Embedded default", "Local folder", "Hugging Face Hub id", "GGUF file")
+_REF_KINDS = {"Local folder": "local", "Hugging Face Hub id": "hub", "GGUF file": "gguf"}
+_REF_PLACEHOLDERS = {"local": "/path/to/model-folder", "hub": "org/model", "gguf": "/path/to/model.gguf"}
 
 
 def trained_adapter_folders() -> dict[str, str]:
@@ -160,24 +162,34 @@ def trained_adapter_folders() -> dict[str, str]:
     return found
 
 
-def model_picker(label: str, key: str, *, default_choice: int = 0, allow_adapter: bool = True, help: str | None = None) -> ModelSource | None:
-    """A model source from widgets (None while incomplete). Keys are prefixed with `key`."""
-    choices = [c for c in MODEL_CHOICES if allow_adapter or "adapter" not in c]
-    choice = st.selectbox(label, choices, index=min(default_choice, len(choices) - 1), key=f"{key}_choice", help=help)
+def model_picker(label: str, key: str, *, default_choice: int | str = 0, allow_adapter: bool = True, help: str | None = None,
+                 adapter: str | None = None, ref: str | None = None, extra_choices: tuple[str, ...] = ()) -> ModelSource | str | None:
+    """A model source from widgets (None while incomplete). Keys are prefixed with `key`.
+
+    `default_choice` is an index or a choice label; `adapter` / `ref` prefill the adapter folder and the path (e.g.
+    a result another page handed over). A page's own `extra_choices` (e.g. Chat's llama.cpp GGUF) are offered after
+    the shared ones; picking one returns its label for the page to handle."""
+    choices = [c for c in MODEL_CHOICES if allow_adapter or "adapter" not in c] + list(extra_choices)
+    index = choices.index(default_choice) if isinstance(default_choice, str) else min(default_choice, len(choices) - 1)
+    choice = st.selectbox(label, choices, index=index, key=f"{key}_choice", help=help)
+    if choice in extra_choices:
+        return choice
     if choice == "Active model":
         return active_model_source()
     if choice == "Embedded default":
         return ModelSource()
     if choice == "Active model + trained adapter":
         adapters = trained_adapter_folders()
-        picked = st.selectbox("Adapter", list(adapters) + ["Folder path…"], key=f"{key}_adapter_pick")
-        path = adapters.get(picked) or st.text_input("Adapter folder", key=f"{key}_adapter_path", placeholder="/path/to/adapter")
+        options = list(adapters) + ["Folder path…"]
+        preset = next((n for n, folder in enumerate(adapters.values()) if folder == adapter), len(adapters) if adapter else 0)
+        picked = st.selectbox("Adapter", options, index=preset, key=f"{key}_adapter_pick")
+        path = adapters.get(picked) or st.text_input("Adapter folder", value=adapter or "", key=f"{key}_adapter_path",
+                                                     placeholder="/path/to/adapter")
         return active_model_source().with_adapter(path.strip()) if path and path.strip() else None
-    kind = "local" if choice == "Local folder" else "hub"
-    ref = st.text_input("Path" if kind == "local" else "Hub id", key=f"{key}_ref",
-                        placeholder="/path/to/model-folder" if kind == "local" else "org/model")
-    trust = remote_code_checkbox(f"{key}_trust")
-    return ModelSource(kind, ref.strip(), trust_remote_code=trust) if ref.strip() else None
+    kind = _REF_KINDS[choice]
+    text = st.text_input("Hub id" if kind == "hub" else "Path", value=ref or "", key=f"{key}_ref", placeholder=_REF_PLACEHOLDERS[kind])
+    trust = remote_code_checkbox(f"{key}_trust") if kind in ("local", "hub") else False
+    return ModelSource(kind, text.strip(), trust_remote_code=trust) if text.strip() else None
 
 
 def remote_code_checkbox(key: str) -> bool:
@@ -187,13 +199,35 @@ def remote_code_checkbox(key: str) -> bool:
                        help="Downloads and runs the Python files of the model repository (custom architectures). Only for authors you trust.")
 
 
-def start_run(spec, key: str) -> None:
-    """Create the run folder from a spec dataclass, launch its worker, and remember it for this page."""
+@st.cache_data(show_spinner=False, max_entries=16)
+def _arch_dict(source_json: str) -> dict:
+    from core.memory import arch_from_source
+
+    return arch_from_source(ModelSource.from_dict(json.loads(source_json))).as_dict()
+
+
+def cached_arch(source: ModelSource):
+    """core.memory's ModelArch of a model source, read from its config once per source."""
+    from core.memory import ModelArch
+
+    return ModelArch.from_dict(_arch_dict(json.dumps(source.as_dict(), sort_keys=True)))
+
+
+def start_run(spec, key: str, *, query_param: str | None = None):
+    """Create the run folder from a spec dataclass, launch its worker, and remember it for this page (in
+    session_state[key], and in the URL's `query_param` so a refresh or a shared link reopens it)."""
     from core.runs import create_run, launch
 
     run_dir = create_run(spec)
     launch(run_dir)
+    remember_run(run_dir, key, query_param=query_param)
+    return run_dir
+
+
+def remember_run(run_dir, key: str, *, query_param: str | None = None) -> None:
     st.session_state[key] = str(run_dir)
+    if query_param:
+        st.query_params[query_param] = run_dir.name
 
 
 def run_selector(kind: str, key: str, label: str = "Run"):
@@ -270,13 +304,16 @@ def live_run(run_dir, render_body) -> None:
 
 
 def send_model_buttons(folder: str, key: str) -> None:
-    """Open a result folder on the Chat or Evaluate page."""
+    """Open a result folder (a model, or an adapter of the active model) on the Chat or Evaluate page."""
+    from pathlib import Path
+
+    role = "adapter" if (Path(folder) / "adapter_config.json").is_file() else "model_path"
     c1, c2 = st.columns(2)
     if c1.button("💬 Chat with it", key=f"{key}_to_chat"):
-        st.session_state["chat_model_path"] = str(folder)
+        st.session_state[f"chat_{role}"] = str(folder)
         st.switch_page("app_pages/chat.py")
     if c2.button("📊 Evaluate it", key=f"{key}_to_eval"):
-        st.session_state["eval_model_path"] = str(folder)
+        st.session_state[f"eval_{role}"] = str(folder)
         st.switch_page("app_pages/evaluate.py")
 
 
@@ -381,8 +418,53 @@ def cached_dataset_file(path: str, mtime: float):  # noqa: ARG001 - mtime keys t
     return load_dataset_file(path)
 
 
+def upload_digest(upload) -> str:
+    """sha256 of an uploaded file, computed once per upload (Streamlit's file_id), not on every rerun."""
+    import hashlib
+
+    digests = st.session_state.setdefault("_upload_digests", {})
+    if upload.file_id not in digests:
+        digests[upload.file_id] = hashlib.sha256(upload.getbuffer()).hexdigest()
+    return digests[upload.file_id]
+
+
 @st.cache_data(max_entries=4, show_spinner="Reading upload…")
-def cached_dataset_upload(name: str, data: bytes):
+def _dataset_upload(name: str, digest: str, _data: bytes):  # noqa: ARG001 - digest keys the cache; the bytes are not re-hashed
     from core.data.formats import load_uploaded
 
-    return load_uploaded(name, data)
+    return load_uploaded(name, _data)
+
+
+def cached_dataset_upload(upload):
+    """A dataset file the user uploaded, parsed once per content (keyed by its digest)."""
+    return _dataset_upload(upload.name, upload_digest(upload), upload.getvalue())
+
+
+def choose_dataset(key: str, *, demo_splits: tuple[str, ...] = ("train",), allow_path: bool = False, label: str = "Source"):
+    """Pick a dataset: the demo task (train / eval), a curated workspace dataset, a path or Hub id, or an upload.
+    Returns core.data's loaded dataset (cached by file version or upload digest), or None while incomplete."""
+    from pathlib import Path
+
+    from core.data.formats import demo_dataset_path, list_workspace_datasets, workspace_dataset_path
+
+    demos = {f"Demo: support tickets{f' ({split})' if len(demo_splits) > 1 else ''}": split for split in demo_splits}
+    sources = list(demos) + ["Workspace dataset"] + (["Path or Hub id"] if allow_path else []) + ["Upload a file"]
+    choice = st.radio(label, sources, horizontal=True, key=f"{key}_source")
+    if choice in demos:
+        path = demo_dataset_path(demos[choice])
+        return cached_dataset_file(str(path), path.stat().st_mtime)
+    if choice == "Workspace dataset":
+        names = list_workspace_datasets()
+        if not names:
+            st.info("No curated datasets in the workspace yet: export one from the Data page.")
+            return None
+        path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key=f"{key}_workspace_name"))
+        return cached_dataset_file(str(path), path.stat().st_mtime)
+    if choice == "Path or Hub id":
+        text = st.text_input("JSONL / JSON / CSV / Parquet file, a saved `datasets` folder, or a Hub id", key=f"{key}_path").strip()
+        if not text:
+            return None
+        path = Path(text).expanduser()
+        return cached_dataset_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0)
+    upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key=f"{key}_upload")
+    return cached_dataset_upload(upload) if upload else None

@@ -1,8 +1,6 @@
 """Budget: how much memory a fine-tune needs, split by component, where it fits, and how past runs compare."""
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -11,16 +9,11 @@ from core import decide, memory
 from core.memory import distributed as memory_distributed
 from core.models import ModelLoadError, ModelSource
 from core.workspace import runs_dir
-from pages_common import active_model_source, cached_hardware, remote_code_checkbox
+from pages_common import active_model_source, cached_arch, cached_hardware, remote_code_checkbox
 
 TARGET_SETS = {"all-linear": "all-linear", "attention (q, k, v, o)": ("q_proj", "k_proj", "v_proj", "o_proj"), "q and v only": ("q_proj", "v_proj")}
 SEQ_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 RANKS = [4, 8, 16, 32, 64, 128, 256]
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def arch_of(source_json: str) -> dict:
-    return memory.arch_from_source(ModelSource.from_dict(json.loads(source_json))).as_dict()
 
 
 def choose_model() -> memory.ModelArch | None:
@@ -39,7 +32,7 @@ def choose_model() -> memory.ModelArch | None:
             source = ModelSource.parse(text)
             if source.kind in ("local", "hub"):
                 source = ModelSource(source.kind, source.ref, trust_remote_code=remote_code_checkbox("budget_trust"))
-        return memory.ModelArch.from_dict(arch_of(json.dumps(source.as_dict(), sort_keys=True)))
+        return cached_arch(source)
     except (ModelLoadError, ValueError, KeyError, OSError) as exc:
         st.error(f"Cannot read that model's config: {exc}")
         return None

@@ -1,8 +1,6 @@
 """Chat: one prompt to two or three model variants, answers streaming side by side."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from core.chat import transcript_jsonl
@@ -10,12 +8,9 @@ from core.export.llamacpp import LlamaCppChoice, available
 from core.export.results import gguf_choices
 from core.generation import GenerationSettings, start_generation
 from core.models import ModelLoadError, ModelSource
-from pages_common import SOURCE_LABELS, active_model_source, cached_chat_model, remote_code_checkbox, trained_adapter_folders
+from pages_common import cached_chat_model, model_picker, trained_adapter_folders
 
-VARIANTS = ("Active model", "Active model + adapter", "Other model", "GGUF export (llama.cpp)")
-
-st.title("💬 Chat side by side")
-st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
+LLAMACPP = "GGUF export (llama.cpp)"
 
 
 def gguf_variant(i: int) -> LlamaCppChoice | None:
@@ -32,40 +27,25 @@ def gguf_variant(i: int) -> LlamaCppChoice | None:
 
 
 def variant_source(i: int) -> ModelSource | LlamaCppChoice | None:
-    """Widgets that choose column i's model; None while the choice is incomplete."""
+    """Column i's model: the shared picker plus a GGUF run by llama.cpp; a result another page handed over
+    preselects column 2."""
     preset_adapter = st.session_state.get("chat_adapter")
     preset_model = st.session_state.get("chat_model_path")
     preset_gguf = st.session_state.get("chat_gguf")
     if preset_gguf:  # from the Export page: the torch model it came from beside the GGUF in llama.cpp
-        default = (1 if preset_adapter else 0) if i == 0 else 3
+        default = ("Active model + trained adapter" if preset_adapter else "Active model") if i == 0 else LLAMACPP
     elif i == 0:
-        default = 0
+        default = "Active model"
     elif i == 1 and preset_model and not preset_adapter:
-        default = 2
+        default = "Local folder"
     elif i == 1 and (preset_adapter or trained_adapter_folders()):
-        default = 1
+        default = "Active model + trained adapter"
     else:
-        default = 2
-    variant = st.selectbox("Variant", VARIANTS, index=default, key=f"chat_variant_{i}")
-    st.caption("backend: llama.cpp" if variant == VARIANTS[3] else "backend: torch (transformers)")
-    if variant == VARIANTS[3]:
-        return gguf_variant(i)
-    if variant == "Active model":
-        return active_model_source()
-    if variant == "Active model + adapter":
-        adapters = trained_adapter_folders()
-        options = list(adapters) + ["Folder path…"]
-        chosen = st.selectbox("Adapter", options, key=f"chat_adapter_pick_{i}",
-                              index=next((k for k, v in enumerate(adapters.values()) if v == preset_adapter), 0))
-        path = adapters.get(chosen) or st.text_input("Adapter folder", value=preset_adapter or "", key=f"chat_adapter_path_{i}")
-        return active_model_source().with_adapter(path.strip()) if path and path.strip() else None
-    kind = st.selectbox("Source", list(SOURCE_LABELS), format_func=SOURCE_LABELS.get, key=f"chat_other_kind_{i}",
-                        index=1 if preset_model else 0)
-    if kind == "embedded":
-        return ModelSource()
-    ref = st.text_input("Path or id", value=preset_model or "", key=f"chat_other_ref_{i}")
-    trust = remote_code_checkbox(f"chat_other_trust_{i}") if kind in ("local", "hub") else False
-    return ModelSource(kind, ref.strip(), trust_remote_code=trust) if ref.strip() else None
+        default = "Embedded default"
+    picked = model_picker("Variant", f"chat_{i}", default_choice=default, adapter=preset_adapter, ref=preset_model if i == 1 else None,
+                          extra_choices=(LLAMACPP,))
+    st.caption("backend: llama.cpp" if picked == LLAMACPP else "backend: torch (transformers)")
+    return gguf_variant(i) if picked == LLAMACPP else picked
 
 
 def settings_form() -> GenerationSettings:
@@ -77,34 +57,6 @@ def settings_form() -> GenerationSettings:
         max_new = c3.number_input("Max new tokens", 1, 4096, 128, key="chat_max_new")
         seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="chat_seed")
     return GenerationSettings(system, float(temperature), float(top_p), int(max_new), int(seed))
-
-
-n_columns = st.radio("Columns", [2, 3], horizontal=True, key="chat_n_columns")
-settings = settings_form()
-histories: dict[int, list] = st.session_state.setdefault("chat_histories", {})
-streams: dict[int, object] = st.session_state.setdefault("chat_streams", {})
-
-cols = st.columns(n_columns)
-sources: list[ModelSource | LlamaCppChoice | None] = []
-for i, col in enumerate(cols):
-    with col:
-        sources.append(variant_source(i))
-
-prompt = st.chat_input("Ask all columns…", key="chat_prompt")
-if prompt:
-    for i, source in enumerate(sources):
-        if source is None:
-            st.warning(f"Column {i + 1}: choose a model first.")
-            continue
-        try:
-            with st.spinner(f"Loading {source.label}…"):
-                loaded = cached_chat_model(source)
-        except ModelLoadError as exc:
-            st.error(f"Column {i + 1}: {exc}")
-            continue
-        history = histories.setdefault(i, [])
-        history.append({"role": "user", "content": prompt})
-        streams[i] = start_generation(loaded, history, settings)
 
 
 def render_column(i: int, col) -> None:
@@ -137,11 +89,8 @@ def collect_finished() -> bool:
     return changed
 
 
-active = any(not s.done for s in streams.values())
-
-
-@st.fragment(run_every=0.5 if streams else None)
 def live_answers() -> None:
+    """The answer columns; a fragment that reruns every 0.5 s while any answer is still streaming."""
     if collect_finished() and not streams:
         st.rerun()  # whole page: stop polling, show the final answers with their stats
     answer_cols = st.columns(n_columns)
@@ -151,7 +100,41 @@ def live_answers() -> None:
         st.error(f"Column {i + 1}: {error}")
 
 
-live_answers()
+st.title("💬 Chat side by side")
+st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
+
+n_columns = st.radio("Columns", [2, 3], horizontal=True, key="chat_n_columns")
+settings = settings_form()
+histories: dict[int, list] = st.session_state.setdefault("chat_histories", {})
+streams: dict[int, object] = st.session_state.setdefault("chat_streams", {})
+
+cols = st.columns(n_columns)
+sources: list[ModelSource | LlamaCppChoice | None] = []
+for i, col in enumerate(cols):
+    with col:
+        sources.append(variant_source(i))
+
+prompt = st.chat_input("Ask all columns…", key="chat_prompt")
+if prompt:
+    for i, source in enumerate(sources):
+        if source is None:
+            st.warning(f"Column {i + 1}: choose a model first.")
+            continue
+        try:
+            with st.spinner(f"Loading {source.label}…"):
+                loaded = cached_chat_model(source)
+        except ModelLoadError as exc:
+            st.error(f"Column {i + 1}: {exc}")
+            continue
+        history = histories.setdefault(i, [])
+        history.append({"role": "user", "content": prompt})
+        streams[i] = start_generation(loaded, history, settings)
+
+
+active = any(not s.done for s in streams.values())
+
+
+st.fragment(live_answers, run_every=0.5 if streams else None)()
 
 left, right = st.columns(2)
 if left.button("Clear conversation", key="chat_clear", disabled=active):

@@ -15,6 +15,32 @@ from pages_common import active_model_source, live_run, run_selector, spec_form,
 
 FORM = "cmp_form"
 
+
+def render_result(run_dir, status, metrics) -> None:
+    result = load_result(run_dir)
+    rows = result["rows"] if result else live_rows(metrics)
+    if not rows:
+        return
+    st.dataframe(display_rows(rows), hide_index=True, width="stretch",
+                 column_config={"Trainable %": st.column_config.NumberColumn(format="%.4f")})
+    if not result:
+        st.caption("Scores appear when every method has trained and the evaluation has run.")
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(pareto_figure(rows, "trainable_params"), key=f"cmp_params_{run_dir.name}")
+    right.plotly_chart(pareto_figure(rows, "peak_memory_bytes"), key=f"cmp_memory_{run_dir.name}")
+    base = result.get("base") or {}
+    if base:
+        st.caption(f"Base model: task score {base.get('task_score')}, general score {base.get('general_score')}, "
+                   f"label accuracy {base.get('label_accuracy')}.")
+    for note in result.get("notes", []):
+        st.caption(f"ℹ️ {note}")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download the table (CSV)", to_csv(rows), file_name=f"{run_dir.name}.csv", key=f"cmp_csv_{run_dir.name}")
+    c2.download_button("Download everything (JSON)", json.dumps(result, indent=2), file_name=f"{run_dir.name}.json",
+                       key=f"cmp_json_{run_dir.name}")
+
+
 st.title("⚖️ Compare methods")
 st.caption("Which method closes your gap most cheaply? Every method gets the same data, seed and number of steps on the "
            "active model; each is then scored by the same evaluation as the Evaluate page. A frozen-encoder baseline "
@@ -48,31 +74,6 @@ with st.expander("New comparison", expanded=not st.session_state.get("cmp_run"))
         if st.button("▶️ Start the comparison", type="primary", key="cmp_start"):
             start_run(spec, "cmp_run")
             st.rerun()
-
-
-def render_result(run_dir, status, metrics) -> None:
-    result = load_result(run_dir)
-    rows = result["rows"] if result else live_rows(metrics)
-    if not rows:
-        return
-    st.dataframe(display_rows(rows), hide_index=True, width="stretch",
-                 column_config={"Trainable %": st.column_config.NumberColumn(format="%.4f")})
-    if not result:
-        st.caption("Scores appear when every method has trained and the evaluation has run.")
-        return
-    left, right = st.columns(2)
-    left.plotly_chart(pareto_figure(rows, "trainable_params"), key=f"cmp_params_{run_dir.name}")
-    right.plotly_chart(pareto_figure(rows, "peak_memory_bytes"), key=f"cmp_memory_{run_dir.name}")
-    base = result.get("base") or {}
-    if base:
-        st.caption(f"Base model: task score {base.get('task_score')}, general score {base.get('general_score')}, "
-                   f"label accuracy {base.get('label_accuracy')}.")
-    for note in result.get("notes", []):
-        st.caption(f"ℹ️ {note}")
-    c1, c2 = st.columns(2)
-    c1.download_button("Download the table (CSV)", to_csv(rows), file_name=f"{run_dir.name}.csv", key=f"cmp_csv_{run_dir.name}")
-    c2.download_button("Download everything (JSON)", json.dumps(result, indent=2), file_name=f"{run_dir.name}.json",
-                       key=f"cmp_json_{run_dir.name}")
 
 
 st.subheader("Comparisons")

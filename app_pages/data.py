@@ -7,38 +7,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import curate, decontam, dedup
-from core.data.formats import DatasetLoadError, demo_dataset_path, list_workspace_datasets, workspace_dataset_path
+from core.data.formats import DatasetLoadError
 from core.data.highlight import highlight_html, plain_box_html
 from core.data.summary import dataset_summary
 from core.data.text import FIELDS, row_text
 from core.workspace import safe_name
-from pages_common import cached_dataset_file, cached_dataset_upload
-
-st.title("🗂️ Data")
-st.caption("Load a dataset, check it, drop duplicates and benchmark leaks, and export the curated copy to the workspace.")
-
-
-def choose_dataset():
-    sources = ["Demo: support tickets", "Workspace dataset", "Path or Hub id", "Upload a file"]
-    choice = st.radio("Source", sources, horizontal=True, key="data_source")
-    if choice.startswith("Demo"):
-        path = demo_dataset_path("train")
-        return cached_dataset_file(str(path), path.stat().st_mtime)
-    if choice == "Workspace dataset":
-        names = list_workspace_datasets()
-        if not names:
-            st.info("No curated datasets in the workspace yet: export one below.")
-            return None
-        path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key="data_workspace_name"))
-        return cached_dataset_file(str(path), path.stat().st_mtime)
-    if choice == "Path or Hub id":
-        text = st.text_input("JSONL / JSON / CSV / Parquet file, a saved `datasets` folder, or a Hub id", key="data_path").strip()
-        if not text:
-            return None
-        path = Path(text).expanduser()
-        return cached_dataset_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0)
-    upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key="data_upload")
-    return cached_dataset_upload(upload.name, upload.getvalue()) if upload else None
+from pages_common import cached_dataset_upload, choose_dataset
 
 
 def progress_callback(label: str):
@@ -52,8 +26,24 @@ def histogram(values: list[int], title: str) -> go.Figure:
     return figure
 
 
+def forget_decisions(method: str | None = None) -> None:
+    """Back to the default (drop every cluster's duplicates), checkboxes included."""
+    kept_whole.difference_update({d for d in kept_whole if method in (None, d[0])})
+    for key in [k for k in st.session_state if k.startswith(f"data_drop_{method or ''}")]:
+        del st.session_state[key]
+
+
+def record_decision(method: str, k: int) -> None:
+    dropping = st.session_state[f"data_drop_{method}_{k}"]
+    (kept_whole.discard if dropping else kept_whole.add)((method, k))
+
+
+st.title("🗂️ Data")
+st.caption("Load a dataset, check it, drop duplicates and benchmark leaks, and export the curated copy to the workspace.")
+
+
 try:
-    dataset = choose_dataset()
+    dataset = choose_dataset("data", allow_path=True)
 except (DatasetLoadError, ValueError, OSError) as exc:
     st.error(str(exc))
     st.stop()
@@ -66,18 +56,6 @@ if st.session_state.get("data_hash") != dataset.source_hash:  # a new dataset: f
     st.session_state["data_kept_whole"] = set()
 results: dict = st.session_state["data_results"]
 kept_whole: set = st.session_state["data_kept_whole"]  # (method, cluster) the user keeps entirely
-
-
-def forget_decisions(method: str | None = None) -> None:
-    """Back to the default (drop every cluster's duplicates), checkboxes included."""
-    kept_whole.difference_update({d for d in kept_whole if method in (None, d[0])})
-    for key in [k for k in st.session_state if k.startswith(f"data_drop_{method or ''}")]:
-        del st.session_state[key]
-
-
-def record_decision(method: str, k: int) -> None:
-    dropping = st.session_state[f"data_drop_{method}_{k}"]
-    (kept_whole.discard if dropping else kept_whole.add)((method, k))
 
 
 summary = dataset_summary(rows)
@@ -155,7 +133,7 @@ with tab_decontam:
         try:
             benchmarks = [decontam.load_builtin_benchmark(n) for n in names]
             if own is not None:
-                benchmarks.append(decontam.benchmark_from_rows(Path(own.name).stem, cached_dataset_upload(own.name, own.getvalue()).rows))
+                benchmarks.append(decontam.benchmark_from_rows(Path(own.name).stem, cached_dataset_upload(own).rows))
             config = decontam.DecontamConfig(mode=mode, field=dc_field)
             results["decontam"] = decontam.decontaminate(rows, benchmarks, config, progress_callback("decontamination"))
         except (ValueError, DatasetLoadError) as exc:

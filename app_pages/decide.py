@@ -2,7 +2,6 @@
 recipe for the Train page, and a quick prompt-only baseline to measure before deciding."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,15 +9,11 @@ import plotly.express as px
 import streamlit as st
 
 from core import decide, memory
-from core.models import ModelLoadError, ModelSource
-from pages_common import active_model_source, cached_hardware, cached_model
+from core.data.formats import DatasetLoadError
+from core.models import ModelLoadError
+from pages_common import active_model_source, cached_arch, cached_dataset_upload, cached_hardware, cached_model
 
 DEMO_EVAL = Path(__file__).resolve().parents[1] / "assets" / "demo" / "eval.jsonl"
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def arch_of(source_json: str) -> dict:
-    return memory.arch_from_source(ModelSource.from_dict(json.loads(source_json))).as_dict()
 
 
 def model_for_check() -> memory.ModelArch | None:
@@ -27,7 +22,7 @@ def model_for_check() -> memory.ModelArch | None:
     try:
         if choice != "Active model":
             return memory.preset_arch(choice)
-        return memory.ModelArch.from_dict(arch_of(json.dumps(active_model_source().as_dict(), sort_keys=True)))
+        return cached_arch(active_model_source())
     except (ModelLoadError, ValueError, OSError) as exc:
         st.warning(f"No memory check: cannot read the active model's config ({exc}).")
         return None
@@ -88,12 +83,17 @@ def eval_rows() -> list[dict] | None:
     try:
         if origin == "Upload a file":
             upload = st.file_uploader("JSONL / JSON / CSV / Parquet with prompts and reference answers", key="decide_upload")
-            return decide.load_eval_upload(upload.name, upload.getvalue()) if upload else None
+            if upload is None:
+                return None
+            rows = cached_dataset_upload(upload).rows  # parsed once per content, not on every rerun
+            if not rows:
+                raise ValueError(f"{upload.name} has no valid rows")
+            return rows
         if not DEMO_EVAL.is_file():
             st.info(f"The demo eval set ({DEMO_EVAL.name}) is not in this build; upload your own file instead.")
             return None
         return decide.load_eval_rows(DEMO_EVAL)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, DatasetLoadError) as exc:
         st.error(f"Cannot read the eval rows: {exc}")
         return None
 

@@ -11,6 +11,38 @@ from core.models import ModelLoadError
 from core.runs import read_result
 from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
 
+
+def curves(metrics: list[dict]) -> None:
+    steps_rows = [m for m in metrics if "step" in m]
+    if not steps_rows:
+        return
+    long = [{"step": m["step"], "series": k, "value": m[k]} for m in steps_rows for k in ("loss", "ce", "kl")]
+    st.plotly_chart(px.line(long, x="step", y="value", color="series", title="Loss, cross-entropy and KL"), use_container_width=True)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(px.line(steps_rows, x="step", y="lr", title="Learning rate"), use_container_width=True)
+    c2.plotly_chart(px.line(steps_rows, x="step", y="tokens_per_s", title="Tokens / s"), use_container_width=True)
+
+
+def render_result(run_dir, status, metrics) -> None:
+    curves(metrics)
+    result = read_result(run_dir, "distill")
+    if result is None:
+        return
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Teacher parameters", f"{result['teacher_parameters'] / 1e6:.2f} M")
+    c2.metric("Student parameters", f"{result['student_parameters'] / 1e6:.2f} M",
+              f"{result['student_parameters'] / result['teacher_parameters'] - 1:+.0%}", delta_color="off")
+    c3.metric("Held-out KL", f"{result['held_out_kl_end']:.4f}", f"{result['held_out_kl_end'] - result['held_out_kl_start']:+.4f}",
+              delta_color="inverse")
+    c4.metric("Training time", f"{result['train_seconds']:.0f} s")
+    st.caption(f"Student: {result['student']} · {human_bytes(result.get('student_bytes'))} on disk")
+    evaluation = result.get("evaluation")
+    if evaluation:
+        st.markdown(f"**Student vs teacher:** {evaluation.get('verdict', '—')}")
+        st.dataframe(evaluation.get("table", []), hide_index=True)
+    send_model_buttons(result["student_dir"], f"distill_send_{run_dir.name}")
+
+
 st.title("⚗️ Distill into a smaller student")
 st.caption("loss = (1 − λ)·CE(student, data) + λ·T²·KL(teacher^T ‖ student^T): the student learns the teacher's whole "
            "distribution, softened by the temperature T, not only its top token.")
@@ -69,37 +101,6 @@ with st.expander("What does the temperature do? Try it on your own prompt", expa
         st.plotly_chart(fig, use_container_width=True)
         st.caption("Entropy (nats): " + " · ".join(f"{k}: {v}" for k, v in entropy.items()))
         st.dataframe(rows, hide_index=True)
-
-
-def curves(metrics: list[dict]) -> None:
-    steps_rows = [m for m in metrics if "step" in m]
-    if not steps_rows:
-        return
-    long = [{"step": m["step"], "series": k, "value": m[k]} for m in steps_rows for k in ("loss", "ce", "kl")]
-    st.plotly_chart(px.line(long, x="step", y="value", color="series", title="Loss, cross-entropy and KL"), use_container_width=True)
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(px.line(steps_rows, x="step", y="lr", title="Learning rate"), use_container_width=True)
-    c2.plotly_chart(px.line(steps_rows, x="step", y="tokens_per_s", title="Tokens / s"), use_container_width=True)
-
-
-def render_result(run_dir, status, metrics) -> None:
-    curves(metrics)
-    result = read_result(run_dir, "distill")
-    if result is None:
-        return
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Teacher parameters", f"{result['teacher_parameters'] / 1e6:.2f} M")
-    c2.metric("Student parameters", f"{result['student_parameters'] / 1e6:.2f} M",
-              f"{result['student_parameters'] / result['teacher_parameters'] - 1:+.0%}", delta_color="off")
-    c3.metric("Held-out KL", f"{result['held_out_kl_end']:.4f}", f"{result['held_out_kl_end'] - result['held_out_kl_start']:+.4f}",
-              delta_color="inverse")
-    c4.metric("Training time", f"{result['train_seconds']:.0f} s")
-    st.caption(f"Student: {result['student']} · {human_bytes(result.get('student_bytes'))} on disk")
-    evaluation = result.get("evaluation")
-    if evaluation:
-        st.markdown(f"**Student vs teacher:** {evaluation.get('verdict', '—')}")
-        st.dataframe(evaluation.get("table", []), hide_index=True)
-    send_model_buttons(result["student_dir"], f"distill_send_{run_dir.name}")
 
 
 st.subheader("Runs")

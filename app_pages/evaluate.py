@@ -19,17 +19,6 @@ from pages_common import active_model_source, live_run, model_picker, run_select
 FIELDS = {f.name: f for f in spec_fields(EvalSpec)}
 VERDICT_BOX = {"improved": st.success, "no effect": st.warning, "forgetting": st.error}
 
-st.title("📊 Evaluate: did fine-tuning help, and what did it cost?")
-st.caption("The task score on held-out rows and a general score (multiple choice + perplexity on general text), "
-           "base vs fine-tuned, with 95% bootstrap intervals. Forgetting = the general score drops by more than "
-           "the threshold. Runs as a job: a refresh or a second tab reattaches to it.")
-
-if st.query_params.get("eval_run"):  # a shared / reloaded link names the run to show
-    named = next((r.path for r in list_runs("evaluate") if r.run_id == st.query_params["eval_run"]), None)
-    if named is not None and "eval_run_seen" not in st.session_state:
-        st.session_state["eval_run"] = str(named)
-        st.session_state["eval_run_seen"] = True
-
 
 def number_input(name: str, column) -> float | int:
     info = FIELDS[name]
@@ -150,6 +139,18 @@ def render_body(run_dir: Path, status, metrics_rows: list[dict]) -> None:
             st.dataframe(pd.DataFrame(metrics_rows), hide_index=True, width="stretch")
         return
     render_report(report)
+
+
+st.title("📊 Evaluate: did fine-tuning help, and what did it cost?")
+st.caption("The task score on held-out rows and a general score (multiple choice + perplexity on general text), "
+           "base vs fine-tuned, with 95% bootstrap intervals. Forgetting = the general score drops by more than "
+           "the threshold. Runs as a job: a refresh or a second tab reattaches to it.")
+
+if st.query_params.get("eval_run"):  # a shared / reloaded link names the run to show
+    named = next((r.path for r in list_runs("evaluate") if r.run_id == st.query_params["eval_run"]), None)
+    if named is not None and "eval_run_seen" not in st.session_state:
+        st.session_state["eval_run"] = str(named)
+        st.session_state["eval_run_seen"] = True
 
 
 with st.expander("New evaluation", expanded=not list_runs("evaluate")):

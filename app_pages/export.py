@@ -12,36 +12,6 @@ from core.export.results import artifact_rows, check_rows, export_sources, gguf_
 from core.runs import read_spec_dict, relaunch
 from pages_common import human_bytes, live_run, run_selector, spec_form, start_run
 
-st.title("📦 Export")
-st.caption("Every artifact is loaded back and compared with the model it came from before it is called done: "
-           "merged logits vs base + adapter, GGUF greedy text in llama.cpp vs torch, the chat template round trip.")
-
-sources = export_sources()
-if not sources:
-    st.info("No finished train, merge, prune or distill run yet: train one on the Train page first.")
-    st.stop()
-labels = list(sources)
-preset = st.session_state.get("export_source_run")
-index = next((i for i, label in enumerate(labels) if sources[label] == preset), 0)
-source_label = st.selectbox("Run to export", labels, index=index, key="export_source")
-formats = st.multiselect("Formats", FORMATS, default=["merged", "gguf_f16", "gguf_q8_0", "modelfile", "recipes"],
-                         format_func=FORMAT_LABELS.get, key="export_formats")
-if available():
-    quantize = st.multiselect("K-quants (llama.cpp's quantiser, from the F16 GGUF)", QUANT_TYPES, key="export_quantize")
-else:
-    quantize = []
-    st.caption(f"ℹ️ {missing_note()}")
-with st.expander("Checks and options", expanded=False):
-    options = spec_form(ExportSpec, key_prefix="export_opt", skip=("name", "source_run", "model", "formats", "quantize", "verify_only"))
-
-if st.button("Export", type="primary", key="export_start"):
-    try:
-        spec = ExportSpec.from_dict({"source_run": sources[source_label], "formats": formats, "quantize": quantize, **options})
-    except ValueError as exc:
-        st.error(str(exc))
-    else:
-        start_run(spec, "export_run")
-
 
 def send_to_chat(run_dir: Path, gguf: str) -> None:
     """Chat with the GGUF in llama.cpp beside the torch model it came from."""
@@ -88,6 +58,37 @@ def render_result(run_dir: Path, status, metrics) -> None:  # noqa: ARG001 - liv
         st.rerun()
     if result.get("verified_at"):
         right.caption("Last verified: every file re-hashed and reloaded (see the checks above).")
+
+
+st.title("📦 Export")
+st.caption("Every artifact is loaded back and compared with the model it came from before it is called done: "
+           "merged logits vs base + adapter, GGUF greedy text in llama.cpp vs torch, the chat template round trip.")
+
+sources = export_sources()
+if not sources:
+    st.info("No finished train, merge, prune or distill run yet: train one on the Train page first.")
+    st.stop()
+labels = list(sources)
+preset = st.session_state.get("export_source_run")
+index = next((i for i, label in enumerate(labels) if sources[label] == preset), 0)
+source_label = st.selectbox("Run to export", labels, index=index, key="export_source")
+formats = st.multiselect("Formats", FORMATS, default=["merged", "gguf_f16", "gguf_q8_0", "modelfile", "recipes"],
+                         format_func=FORMAT_LABELS.get, key="export_formats")
+if available():
+    quantize = st.multiselect("K-quants (llama.cpp's quantiser, from the F16 GGUF)", QUANT_TYPES, key="export_quantize")
+else:
+    quantize = []
+    st.caption(f"ℹ️ {missing_note()}")
+with st.expander("Checks and options", expanded=False):
+    options = spec_form(ExportSpec, key_prefix="export_opt", skip=("name", "source_run", "model", "formats", "quantize", "verify_only"))
+
+if st.button("Export", type="primary", key="export_start"):
+    try:
+        spec = ExportSpec.from_dict({"source_run": sources[source_label], "formats": formats, "quantize": quantize, **options})
+    except ValueError as exc:
+        st.error(str(exc))
+    else:
+        start_run(spec, "export_run")
 
 
 st.subheader("Exports")

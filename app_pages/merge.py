@@ -14,19 +14,6 @@ from core.models import ModelLoadError
 from core.runs import read_result, read_spec_dict
 from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
 
-st.title("🔀 Merge models")
-st.caption("Combine fine-tunes with mergekit, or blend a fine-tune back towards its base to win back what it forgot.")
-with st.expander("The methods", expanded=False):
-    st.dataframe(method_table(), hide_index=True, column_config={"paper": st.column_config.LinkColumn()})
-
-MODES = ("Merge models", "Forgetting remedy: sweep base → fine-tuned")
-mode = st.radio("What to do", MODES, horizontal=True, key="merge_mode")
-sweeping = mode == MODES[1]
-names = list(SWEEP_METHODS if sweeping else METHODS)
-method_name = st.selectbox("Method", names, format_func=lambda n: METHODS[n].pretty_name, key="merge_method")
-method = METHODS[method_name]
-st.markdown(f"{method.explanation} [Paper]({method.paper})")
-
 
 def param_widget(param, key: str):
     if param.is_bool:
@@ -76,37 +63,6 @@ def spec_from_widgets() -> MergeSpec | None:
     except ValueError as exc:
         st.error(str(exc))
         return None
-
-
-spec = spec_from_widgets()
-spec_key = json.dumps(spec.to_dict(), sort_keys=True) if spec else ""
-if spec is not None:
-    c1, c2, c3 = st.columns(3)
-    if c1.button("Pre-flight check", key="merge_preflight"):
-        st.session_state["merge_report"] = (spec_key, check_merge(spec).as_dict())
-    if c2.button("Start", type="primary", key="merge_start"):
-        report = check_merge(spec)
-        st.session_state["merge_report"] = (spec_key, report.as_dict())
-        if report.ok:
-            start_run(spec, "merge_run")
-    point = spec.sweep[len(spec.sweep) // 2] if spec.sweep else None
-    try:
-        c3.download_button("Download mergekit YAML" + (f" (λ = {point:g})" if spec.sweep else ""), export_yaml(spec, point),
-                           file_name=f"{method_name}.yaml", key="merge_yaml")
-    except ModelLoadError as exc:
-        c3.caption(f"YAML export needs the models on disk: {exc}")
-
-checked_key, report = st.session_state.get("merge_report") or ("", None)
-if report and checked_key == spec_key:  # only the check of the settings shown now
-    for problem in report["problems"]:
-        st.error(problem)
-    for note in report["notes"]:
-        st.caption(f"ℹ️ {note}")
-    if report["ok"]:
-        facts = report["facts"]
-        st.success(f"Pre-flight passed: {facts['parameters'] / 1e6:.1f} M parameters, output {human_bytes(facts['output_bytes'])} "
-                   f"({facts['output_dtype']}), needs ~{human_bytes(facts['ram_needed_bytes'])} RAM and "
-                   f"~{human_bytes(facts['disk_needed_bytes'])} disk.")
 
 
 def sweep_curve(points: list[dict]) -> None:
@@ -160,6 +116,51 @@ def render_result(run_dir, status, metrics) -> None:
         st.download_button("Download the YAML this merge used", yaml_path.read_text(), file_name="merge.yaml",
                            key=f"merge_used_{run_dir.name}")
     send_model_buttons(result["model_dir"], f"merge_send_{run_dir.name}")
+
+
+st.title("🔀 Merge models")
+st.caption("Combine fine-tunes with mergekit, or blend a fine-tune back towards its base to win back what it forgot.")
+with st.expander("The methods", expanded=False):
+    st.dataframe(method_table(), hide_index=True, column_config={"paper": st.column_config.LinkColumn()})
+
+MODES = ("Merge models", "Forgetting remedy: sweep base → fine-tuned")
+mode = st.radio("What to do", MODES, horizontal=True, key="merge_mode")
+sweeping = mode == MODES[1]
+names = list(SWEEP_METHODS if sweeping else METHODS)
+method_name = st.selectbox("Method", names, format_func=lambda n: METHODS[n].pretty_name, key="merge_method")
+method = METHODS[method_name]
+st.markdown(f"{method.explanation} [Paper]({method.paper})")
+
+
+spec = spec_from_widgets()
+spec_key = json.dumps(spec.to_dict(), sort_keys=True) if spec else ""
+if spec is not None:
+    c1, c2, c3 = st.columns(3)
+    if c1.button("Pre-flight check", key="merge_preflight"):
+        st.session_state["merge_report"] = (spec_key, check_merge(spec).as_dict())
+    if c2.button("Start", type="primary", key="merge_start"):
+        report = check_merge(spec)
+        st.session_state["merge_report"] = (spec_key, report.as_dict())
+        if report.ok:
+            start_run(spec, "merge_run")
+    point = spec.sweep[len(spec.sweep) // 2] if spec.sweep else None
+    try:
+        c3.download_button("Download mergekit YAML" + (f" (λ = {point:g})" if spec.sweep else ""), export_yaml(spec, point),
+                           file_name=f"{method_name}.yaml", key="merge_yaml")
+    except ModelLoadError as exc:
+        c3.caption(f"YAML export needs the models on disk: {exc}")
+
+checked_key, report = st.session_state.get("merge_report") or ("", None)
+if report and checked_key == spec_key:  # only the check of the settings shown now
+    for problem in report["problems"]:
+        st.error(problem)
+    for note in report["notes"]:
+        st.caption(f"ℹ️ {note}")
+    if report["ok"]:
+        facts = report["facts"]
+        st.success(f"Pre-flight passed: {facts['parameters'] / 1e6:.1f} M parameters, output {human_bytes(facts['output_bytes'])} "
+                   f"({facts['output_dtype']}), needs ~{human_bytes(facts['ram_needed_bytes'])} RAM and "
+                   f"~{human_bytes(facts['disk_needed_bytes'])} disk.")
 
 
 st.subheader("Runs")

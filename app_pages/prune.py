@@ -8,7 +8,60 @@ import streamlit as st
 from core.prune import MODE_LABELS, MODES, TARGETS, PruneSpec
 from core.prune.job import recovery_train_spec
 from core.runs import create_run_from_dict, launch, read_result
-from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
+from pages_common import human_bytes, live_run, model_picker, remember_run, run_selector, send_model_buttons, start_run
+
+
+def sparsity_heatmap(layers: list[dict]) -> None:
+    modules = sorted({r["module"] for r in layers})
+    numbered = sorted({r["layer"] for r in layers})
+    grid = [[next((r["sparsity"] for r in layers if r["layer"] == n and r["module"] == m), None) for m in modules] for n in numbered]
+    fig = px.imshow(grid, x=modules, y=[str(n) for n in numbered], zmin=0, zmax=1, color_continuous_scale="Blues",
+                    labels={"x": "module", "y": "layer", "color": "sparsity"}, aspect="auto", title="Sparsity per layer")
+    st.plotly_chart(fig, use_container_width=True)
+
+
+def evaluation_table(evaluation: dict) -> None:
+    st.markdown(f"**Forgetting report:** {evaluation.get('verdict', '—')}")
+    st.dataframe(evaluation.get("table", []), hide_index=True)
+
+
+def recovery_button(pruned_dir: str, run_dir) -> None:
+    st.caption("A short LoRA fine-tune on the pruned model can win back some quality. Merging that adapter into the "
+               "weights fills the zeros again, so keep it as an adapter to keep the sparsity.")
+    if st.button("Start a short LoRA recovery fine-tune", key=f"prune_recover_{run_dir.name}"):
+        train_dir = create_run_from_dict(recovery_train_spec(pruned_dir))
+        launch(train_dir)
+        remember_run(train_dir, "train_run_id")  # the Train page opens this run
+        st.success(f"Recovery run {train_dir.name} started: follow it on the Train page.")
+
+
+def render_result(run_dir, status, metrics) -> None:
+    report = read_result(run_dir, "prune")
+    if report is None:
+        done = [m for m in metrics if m.get("stage") == "prune"]
+        if done:
+            st.caption(f"{len(done)} weight matrices pruned so far")
+        return
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Sparsity reached", f"{report['achieved_sparsity']:.1%}")
+    c2.metric("Parameters", f"{report['parameters_after'] / 1e6:.2f} M",
+              f"{(report['parameters_after'] - report['parameters_before']) / 1e6:+.2f} M", delta_color="inverse")
+    c3.metric("Non-zero parameters", f"{report['nonzero_after'] / 1e6:.2f} M",
+              f"{(report['nonzero_after'] - report['nonzero_before']) / 1e6:+.2f} M", delta_color="inverse")
+    c4.metric("Size on disk", human_bytes(report["size_after_bytes"]), f"was {human_bytes(report['size_before_bytes'])}", delta_color="off")
+    before, after = report["latency_before"], report["latency_after"]
+    c1, c2 = st.columns(2)
+    c1.metric(f"Latency, {after['new_tokens']} tokens", f"{after['seconds']:.2f} s", f"{after['seconds'] - before['seconds']:+.2f} s",
+              delta_color="inverse")
+    c2.metric("Tokens / s", f"{after['tokens_per_s']:.1f}", f"{after['tokens_per_s'] - before['tokens_per_s']:+.1f}")
+    (st.info if report["physically_smaller"] else st.warning)(report["speed_note"])
+    st.caption(f"Pruned model's answer to the fixed prompt: {after['text']!r}")
+    sparsity_heatmap(report["layers"])
+    if report.get("evaluation"):
+        evaluation_table(report["evaluation"])
+    send_model_buttons(report["pruned_dir"], f"prune_send_{run_dir.name}")
+    recovery_button(report["pruned_dir"], run_dir)
+
 
 st.title("✂️ Prune a model")
 st.caption("Remove weights, see where the sparsity went, what it did to size and speed on this machine, and what it cost in quality.")
@@ -44,58 +97,6 @@ if source is not None:
         st.error(str(exc))
 if spec is not None and st.button("Start pruning", type="primary", key="prune_start"):
     start_run(spec, "prune_run")
-
-
-def sparsity_heatmap(layers: list[dict]) -> None:
-    modules = sorted({r["module"] for r in layers})
-    numbered = sorted({r["layer"] for r in layers})
-    grid = [[next((r["sparsity"] for r in layers if r["layer"] == n and r["module"] == m), None) for m in modules] for n in numbered]
-    fig = px.imshow(grid, x=modules, y=[str(n) for n in numbered], zmin=0, zmax=1, color_continuous_scale="Blues",
-                    labels={"x": "module", "y": "layer", "color": "sparsity"}, aspect="auto", title="Sparsity per layer")
-    st.plotly_chart(fig, use_container_width=True)
-
-
-def evaluation_table(evaluation: dict) -> None:
-    st.markdown(f"**Forgetting report:** {evaluation.get('verdict', '—')}")
-    st.dataframe(evaluation.get("table", []), hide_index=True)
-
-
-def recovery_button(pruned_dir: str, run_dir) -> None:
-    st.caption("A short LoRA fine-tune on the pruned model can win back some quality. Merging that adapter into the "
-               "weights fills the zeros again, so keep it as an adapter to keep the sparsity.")
-    if st.button("Start a short LoRA recovery fine-tune", key=f"prune_recover_{run_dir.name}"):
-        train_dir = create_run_from_dict(recovery_train_spec(pruned_dir))
-        launch(train_dir)
-        st.session_state["train_run_id"] = train_dir.name  # the Train page opens this run
-        st.success(f"Recovery run {train_dir.name} started: follow it on the Train page.")
-
-
-def render_result(run_dir, status, metrics) -> None:
-    report = read_result(run_dir, "prune")
-    if report is None:
-        done = [m for m in metrics if m.get("stage") == "prune"]
-        if done:
-            st.caption(f"{len(done)} weight matrices pruned so far")
-        return
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Sparsity reached", f"{report['achieved_sparsity']:.1%}")
-    c2.metric("Parameters", f"{report['parameters_after'] / 1e6:.2f} M",
-              f"{(report['parameters_after'] - report['parameters_before']) / 1e6:+.2f} M", delta_color="inverse")
-    c3.metric("Non-zero parameters", f"{report['nonzero_after'] / 1e6:.2f} M",
-              f"{(report['nonzero_after'] - report['nonzero_before']) / 1e6:+.2f} M", delta_color="inverse")
-    c4.metric("Size on disk", human_bytes(report["size_after_bytes"]), f"was {human_bytes(report['size_before_bytes'])}", delta_color="off")
-    before, after = report["latency_before"], report["latency_after"]
-    c1, c2 = st.columns(2)
-    c1.metric(f"Latency, {after['new_tokens']} tokens", f"{after['seconds']:.2f} s", f"{after['seconds'] - before['seconds']:+.2f} s",
-              delta_color="inverse")
-    c2.metric("Tokens / s", f"{after['tokens_per_s']:.1f}", f"{after['tokens_per_s'] - before['tokens_per_s']:+.1f}")
-    (st.info if report["physically_smaller"] else st.warning)(report["speed_note"])
-    st.caption(f"Pruned model's answer to the fixed prompt: {after['text']!r}")
-    sparsity_heatmap(report["layers"])
-    if report.get("evaluation"):
-        evaluation_table(report["evaluation"])
-    send_model_buttons(report["pruned_dir"], f"prune_send_{run_dir.name}")
-    recovery_button(report["pruned_dir"], run_dir)
 
 
 st.subheader("Runs")

@@ -12,23 +12,6 @@ from core.runs.card import README_FILE, build_card, lineage, lineage_dot, model_
 from core.runs.compare import compare, overlay_figure
 from pages_common import human_bytes
 
-st.title("🗂️ Runs")
-st.caption("One card per run links its data, mask statistics, memory, curves, evaluations and every artifact made from it. "
-           "Pick two or more runs to compare them.")
-
-summaries = list_runs()
-if not summaries:
-    st.info("No runs yet in this workspace: start one on the Train page.")
-    st.stop()
-nodes = scan()
-graph = lineage(nodes)
-st.dataframe([{"run": r.run_id, "kind": r.kind, "state": r.status.state, "name": r.name,
-               "made from": len(graph.parents.get(r.run_id, [])), "made from it": len(graph.descendants(r.run_id)),
-               "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.status.created_at))} for r in summaries],
-             hide_index=True, use_container_width=True)
-ids = [r.run_id for r in summaries]
-card_tab, compare_tab = st.tabs(["Run card", "Compare runs"])
-
 
 def open_run(run_id: str) -> None:
     st.session_state["runs_pick"] = run_id
@@ -66,6 +49,24 @@ def render_card(run_id: str) -> None:
     d1, d2 = st.columns(2)
     d1.download_button("⬇️ README.md", readme, file_name="README.md", key="runs_dl_readme")
     d2.download_button("⬇️ card.json", json.dumps(card, indent=2, default=str), file_name="card.json", key="runs_dl_card")
+
+
+st.title("🗂️ Runs")
+st.caption("One card per run links its data, mask statistics, memory, curves, evaluations and every artifact made from it. "
+           "Pick two or more runs to compare them.")
+
+summaries = list_runs()
+if not summaries:
+    st.info("No runs yet in this workspace: start one on the Train page.")
+    st.stop()
+nodes = scan()
+graph = lineage(nodes)
+st.dataframe([{"run": r.run_id, "kind": r.kind, "state": r.status.state, "name": r.name,
+               "made from": len(graph.parents.get(r.run_id, [])), "made from it": len(graph.descendants(r.run_id)),
+               "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.status.created_at))} for r in summaries],
+             hide_index=True, use_container_width=True)
+ids = [r.run_id for r in summaries]
+card_tab, compare_tab = st.tabs(["Run card", "Compare runs"])
 
 
 with card_tab:

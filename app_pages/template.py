@@ -6,18 +6,13 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data.formats import (
-    DatasetLoadError,
-    demo_dataset_path,
-    list_workspace_datasets,
-    workspace_dataset_path,
-)
+from core.data.formats import DatasetLoadError
 from core.data.lint import lint_dataset
 from core.data.masking import POLICIES, MaskingError, encode_row
 from core.data.render import legend_html, token_chips_html, token_table
 from core.data.templates import load_template, propose_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
-from pages_common import cached_dataset_file, cached_dataset_upload
+from pages_common import choose_dataset
 
 MODEL_TEMPLATE = "The active model's own"
 POLICY_HELP = {
@@ -27,9 +22,6 @@ POLICY_HELP = {
     "everything": "every token, the prompt included (plain language modelling)",
 }
 LINT_SAMPLE = 500
-
-st.title("🎨 Chat template & token mask")
-st.caption("See exactly which tokens a training run learns from. The trainer calls the same function that draws this page.")
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading tokenizer…")
@@ -42,28 +34,19 @@ def cached_lint(source_hash: str, model_key: str, template: str, policy: str, ma
     return lint_dataset(_rows, _tokenizer, chat_template=template, policy=policy, max_length=max_length or None, train_eot=train_eot, sample=LINT_SAMPLE)
 
 
-def choose_dataset():
-    sources = ["Demo: support tickets (train)", "Demo: support tickets (eval)", "Workspace dataset", "Upload a file"]
-    choice = st.radio("Dataset", sources, horizontal=True, key="tpl_source")
-    if choice.startswith("Demo"):
-        path = demo_dataset_path("eval" if "eval" in choice else "train")
-        return cached_dataset_file(str(path), path.stat().st_mtime)
-    if choice == "Workspace dataset":
-        names = list_workspace_datasets()
-        if not names:
-            st.info("No curated datasets in the workspace yet: export one from the Data page.")
-            return None
-        path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key="tpl_workspace_name"))
-        return cached_dataset_file(str(path), path.stat().st_mtime)
-    upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key="tpl_upload")
-    return cached_dataset_upload(upload.name, upload.getvalue()) if upload else None
+def step(delta: int) -> None:
+    st.session_state["tpl_row"] = (st.session_state["tpl_row"] + delta) % n_rows
+
+
+st.title("🎨 Chat template & token mask")
+st.caption("See exactly which tokens a training run learns from. The trainer calls the same function that draws this page.")
 
 
 model_dict = st.session_state.get("active_model") or {}
 model_key = json.dumps(model_dict, sort_keys=True)
 try:
     tokenizer = cached_tokenizer(model_key)
-    dataset = choose_dataset()
+    dataset = choose_dataset("tpl", demo_splits=("train", "eval"), label="Dataset")
 except (ModelLoadError, DatasetLoadError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
@@ -93,10 +76,6 @@ chat_template = own_template if template_name == MODEL_TEMPLATE else load_templa
 n_rows = len(dataset.rows)
 st.session_state.setdefault("tpl_row", 0)
 st.session_state["tpl_row"] = min(st.session_state["tpl_row"], n_rows - 1)
-
-
-def step(delta: int) -> None:
-    st.session_state["tpl_row"] = (st.session_state["tpl_row"] + delta) % n_rows
 
 
 nav = st.columns([1, 1, 3])

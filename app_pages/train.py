@@ -10,26 +10,30 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.runs import create_run, launch, list_runs, read_status, relaunch, run_command, spec_to_yaml
+from core.models import ModelSource
+from core.runs import create_run, list_runs, read_status, relaunch, run_command, spec_to_yaml
 from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
-from core.models import ModelSource
-from core.train.methods import hidden_fields, method_info
 from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
-from core.train.preflight import model_defaults, run_preflight
+from core.train.methods import hidden_fields, method_info
+from core.train.preflight import check_data, data_key, model_defaults, run_preflight
 from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, rank_rows, runs_table, small_figures
 from core.workspace import runs_dir
-from pages_common import active_model_source, cached_hardware, human_bytes, live_run, reset_spec_form, spec_form
+from pages_common import (
+    active_model_source,
+    cached_hardware,
+    human_bytes,
+    live_run,
+    remember_run,
+    reset_spec_form,
+    send_model_buttons,
+    spec_form,
+    start_run,
+)
 
 FORM = "train_form"
 FIELDS = {info.name for info in spec_fields(TrainSpec)}
-
-st.title("🏋️ Train")
-st.caption("LoRA and its variants, the rest of the PEFT table ((IA)³, prompt / prefix tuning, LoHa, LoKr, BitFit), partial or "
-           "full fine-tuning of the active model. The form is the run spec: the YAML below is what the worker runs, and the "
-           "same file works from a terminal. **Compare methods** measures them side by side.")
-hardware = cached_hardware()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -65,21 +69,12 @@ def dataset_field(default: str) -> str:
 
 
 @st.cache_data(show_spinner="Pre-flight: tokenizing and linting the data…", max_entries=16)
-def cached_preflight(spec_yaml: str, data_stamp: float):  # noqa: ARG001 - data_stamp keys the cache on the file's mtime
-    import yaml
-
-    return run_preflight(TrainSpec.from_dict(yaml.safe_load(spec_yaml)), hardware)
-
-
-def data_stamp(spec: TrainSpec) -> float:
-    from core.train.data import data_file
-
-    path = data_file(spec.dataset)
-    return path.stat().st_mtime if path.exists() else 0.0
+def cached_data_check(key: str, _spec: TrainSpec):  # noqa: ARG001 - key = the data's content hash + the fields tokenizing reads
+    return check_data(_spec)
 
 
 def render_preflight(spec: TrainSpec):
-    check = cached_preflight(spec_to_yaml(spec), data_stamp(spec))
+    check = run_preflight(spec, hardware, data=cached_data_check(data_key(spec), spec))
     cols = st.columns(5)
     cols[0].metric("Training rows", check.rows)
     cols[1].metric("Trained tokens", f"{check.trained_tokens:,}", help=f"of {check.tokens:,} tokens; the rest are masked (-100)")
@@ -101,55 +96,6 @@ def render_preflight(spec: TrainSpec):
     return check
 
 
-def open_run(run_id: str) -> None:
-    st.session_state["train_run_id"] = run_id
-    st.query_params["run"] = run_id
-
-
-def start(spec: TrainSpec) -> None:
-    run_dir = create_run(spec)
-    launch(run_dir)
-    open_run(run_dir.name)
-
-
-# ---------------------------------------------------------------- new run
-with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
-    model = active_model_source()
-    st.markdown(f"**Model:** {model.label} ({model.kind}) — change it in the sidebar.")
-    defaults = form_defaults(model)
-    dataset = dataset_field(str(defaults.get("dataset", "")))
-    method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
-    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)),
-                       overrides={"processes_per_node": processes_field(hardware)})
-    st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
-               + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
-    try:
-        spec = TrainSpec.from_dict({**values, "model": model.as_dict(), "dataset": dataset})
-    except ValueError as exc:
-        st.error(f"Check the form: {exc}")
-        spec = None
-    if spec is not None:
-        st.markdown("**Pre-flight**")
-        check = render_preflight(spec)
-        with st.expander("Command / YAML preview", expanded=spec.uses_launcher):
-            st.code(spec_to_yaml(spec), language="yaml")
-            st.caption("Save it as spec.yaml and run it headless (the worker runs in the foreground):")
-            st.code("python -m core.train spec.yaml\n# or, for an existing run folder:\n" + run_command(runs_dir() / "<run-id>"), language="bash")
-            if spec.uses_launcher:
-                st.caption("The worker starts the processes with this command and writes these files into the run's launch/:")
-                previews = launch_preview(spec, hardware, runs_dir() / "<run-id>")
-                for tab, (title, language, text) in zip(st.tabs([p[0] for p in previews]), previews):
-                    tab.code(text, language=language)
-        if spec.num_nodes > 1 and st.button("📝 Create the run folder for the nodes", key="train_multinode"):
-            run_dir = create_run(spec)
-            write_launch_files(spec, run_dir, hardware)
-            st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
-        if st.button("▶️ Start training", type="primary", key="train_start", disabled=bool(check.refusal)):
-            start(spec)
-            st.rerun()
-
-
-# ---------------------------------------------------------------- one run, live
 def run_body(run_dir: Path, status, rows: list[dict]) -> None:
     summary = live_summary(rows)
     backend = json.loads((run_dir / "backend.json").read_text()) if (run_dir / "backend.json").is_file() else {}
@@ -191,26 +137,62 @@ def run_actions(run_dir: Path, status) -> None:
         st.rerun()
     adapter, full_model = run_dir / "adapter", run_dir / "model"
     if status.state in ("succeeded", "stopped") and (adapter.is_dir() or full_model.is_dir()):
-        c1, c2, c3 = st.columns(3)
-        if c1.button("💬 Chat with the result", key="train_to_chat"):
-            if adapter.is_dir():
-                st.session_state["chat_adapter"] = str(adapter)
-            else:
-                st.session_state["chat_model_path"] = str(full_model)
-            st.switch_page("app_pages/chat.py")
-        if c2.button("📊 Evaluate it", key="train_to_eval"):
-            st.session_state["eval_adapter" if adapter.is_dir() else "eval_model_path"] = str(adapter if adapter.is_dir() else full_model)
-            st.switch_page("app_pages/evaluate.py")
-        if c3.button("📦 Export it", key="train_to_export", help="Merged safetensors, GGUF, Ollama Modelfile, recipes — each checked"):
+        send_model_buttons(str(adapter if adapter.is_dir() else full_model), "train")
+        if st.button("📦 Export it", key="train_to_export", help="Merged safetensors, GGUF, Ollama Modelfile, recipes — each checked"):
             st.session_state["export_source_run"] = str(run_dir)
             st.switch_page("app_pages/export.py")
 
 
+st.title("🏋️ Train")
+st.caption("LoRA and its variants, the rest of the PEFT table ((IA)³, prompt / prefix tuning, LoHa, LoKr, BitFit), partial or "
+           "full fine-tuning of the active model. The form is the run spec: the YAML below is what the worker runs, and the "
+           "same file works from a terminal. **Compare methods** measures them side by side.")
+hardware = cached_hardware()
+
+
+# ---------------------------------------------------------------- new run
+with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
+    model = active_model_source()
+    st.markdown(f"**Model:** {model.label} ({model.kind}) — change it in the sidebar.")
+    defaults = form_defaults(model)
+    dataset = dataset_field(str(defaults.get("dataset", "")))
+    method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
+    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)),
+                       overrides={"processes_per_node": processes_field(hardware)})
+    st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
+               + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
+    try:
+        spec = TrainSpec.from_dict({**values, "model": model.as_dict(), "dataset": dataset})
+    except ValueError as exc:
+        st.error(f"Check the form: {exc}")
+        spec = None
+    if spec is not None:
+        st.markdown("**Pre-flight**")
+        check = render_preflight(spec)
+        with st.expander("Command / YAML preview", expanded=spec.uses_launcher):
+            st.code(spec_to_yaml(spec), language="yaml")
+            st.caption("Save it as spec.yaml and run it headless (the worker runs in the foreground):")
+            st.code("python -m core.train spec.yaml\n# or, for an existing run folder:\n" + run_command(runs_dir() / "<run-id>"), language="bash")
+            if spec.uses_launcher:
+                st.caption("The worker starts the processes with this command and writes these files into the run's launch/:")
+                previews = launch_preview(spec, hardware, runs_dir() / "<run-id>")
+                for tab, (_title, language, text) in zip(st.tabs([p[0] for p in previews]), previews):
+                    tab.code(text, language=language)
+        if spec.num_nodes > 1 and st.button("📝 Create the run folder for the nodes", key="train_multinode"):
+            run_dir = create_run(spec)
+            write_launch_files(spec, run_dir, hardware)
+            st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
+        if st.button("▶️ Start training", type="primary", key="train_start", disabled=bool(check.refusal)):
+            start_run(spec, "train_run_id", query_param="run")
+            st.rerun()
+
+
+# ---------------------------------------------------------------- one run, live
 train_runs = list_runs("train")
 by_id = {run.run_id: run for run in train_runs}
-selected = st.query_params.get("run") or st.session_state.get("train_run_id")
+selected = st.query_params.get("run") or Path(st.session_state.get("train_run_id") or "").name
 if selected in by_id:
-    st.session_state["train_run_id"] = selected
+    st.session_state["train_run_id"] = str(by_id[selected].path)
     run_dir = by_id[selected].path
     st.subheader(f"Run {selected}")
     st.caption(f"Headless: `{run_command(run_dir)}` · method {by_id[selected].spec.get('method')} · "
@@ -226,5 +208,5 @@ else:
     ids = list(by_id)
     choice = st.selectbox("Open a run", ids, index=ids.index(selected) if selected in ids else 0, key="train_open_choice")
     if st.button("Open", key="train_open") and choice != selected:
-        open_run(choice)
+        remember_run(by_id[choice].path, "train_run_id", query_param="run")
         st.rerun()

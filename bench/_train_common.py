@@ -3,7 +3,6 @@ TrainSpec through the real worker, and reading its throughput back from metrics.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import sys

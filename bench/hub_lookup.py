@@ -39,11 +39,12 @@ print(json.dumps(times))
 
 
 def main() -> int:
-    from core.models import embedded_model_dir
-    from hub_server import HubRepo, write_hub_cache
-
     import atexit
     import shutil
+
+    from hub_server import HubRepo, write_hub_cache
+
+    from core.models import embedded_model_dir
 
     cache = Path(tempfile.mkdtemp(prefix="hub-cache-"))
     atexit.register(shutil.rmtree, cache, True)

@@ -95,8 +95,8 @@ def _train_steps(model, config: dict, device: str, autocast_dtype=None) -> None:
 
 
 def worker_cpu(config: dict) -> dict:
-    import torch
     import peft  # noqa: F401 - imported before the baseline like everything else the step needs
+    import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -189,8 +189,8 @@ def _row(config: dict, estimate_, measured: int, compare_bytes: int) -> dict:
 
 def bench_cpu(quick: bool) -> tuple[list[dict], list[dict]]:
     from core.memory import arch_from_config
-    from core.runs.allocator import CPU_ALLOCATOR_ENV
     from core.models import ModelSource, embedded_model_dir, load_config
+    from core.runs.allocator import CPU_ALLOCATOR_ENV
 
     model_dir = str(embedded_model_dir())
     arch = arch_from_config(load_config(ModelSource("local", model_dir)), name="SmolLM2-135M-Instruct")

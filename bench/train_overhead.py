@@ -36,8 +36,8 @@ def plain_trl(steps: int) -> dict:
     import torch
     from trl import SFTConfig, SFTTrainer  # noqa: F401
 
-    from core.models import embedded_model_dir
     from core.data.formats import demo_dataset_path, load_dataset_file
+    from core.models import embedded_model_dir
     from core.train.trainer import MemoryProbe
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,9 +17,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
-import math
 from typing import Any, Callable, Iterable, Sequence
 
 _SPACES = re.compile(r"\s+")

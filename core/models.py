@@ -9,8 +9,6 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
-import os
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace

@@ -89,7 +89,7 @@ def test_fits_table_per_gpu_count_is_the_per_device_estimator(workspace):
 
     at = _app()
     at.run()
-    at.caption  # the CPU default explains why the multi-GPU table needs a GPU device
+    # the CPU default explains why the multi-GPU table needs a GPU device
     assert any("choose device cuda" in c.value for c in at.caption)
     at.radio(key="budget_origin").set_value("Preset").run()
     at.selectbox(key="budget_preset").set_value("Llama-3.1 8B").run()

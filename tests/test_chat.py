@@ -60,9 +60,9 @@ def test_chat_page_streams_two_columns(workspace, tiny_llama_dir):
     at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
     at.run()
     assert not at.exception
-    assert [sb.value for sb in at.selectbox if sb.label == "Variant"] == ["Active model", "Other model"]
-    at.selectbox(key="chat_other_kind_1").set_value("local").run()
-    at.text_input(key="chat_other_ref_1").set_value(str(tiny_llama_dir)).run()
+    assert [sb.value for sb in at.selectbox if sb.label == "Variant"] == ["Active model", "Embedded default"]
+    at.selectbox(key="chat_1_choice").set_value("Local folder").run()
+    at.text_input(key="chat_1_ref").set_value(str(tiny_llama_dir)).run()
     at.chat_input(key="chat_prompt").set_value("Hello there").run()
     assert not at.exception
     deadline = time.time() + 60

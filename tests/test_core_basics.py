@@ -124,3 +124,29 @@ def test_hardware_detect_on_this_machine():
     if hw.device == "cpu":
         assert not hw.unsloth and not hw.bf16
     assert hw.summary.startswith(hw.device.upper())
+
+
+# ---------------------------------------------------------------- test hygiene
+
+
+def test_our_own_deprecation_warnings_are_not_hidden():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # keeps the filters pytest.ini installed
+        warnings.warn_explicit("old API", DeprecationWarning, "core/fake.py", 1, module="core.fake")
+        warnings.warn_explicit("their old API", DeprecationWarning, "somelib/x.py", 1, module="somelib.x")
+    assert [str(w.message) for w in caught] == ["old API"]
+
+
+def test_every_test_has_a_timeout(request):
+    assert request.config.pluginmanager.hasplugin("timeout") and float(request.config.getini("timeout")) > 0
+
+
+def test_no_skip_hides_an_import_error_of_our_own_code():
+    """A `pytest.importorskip` of one of our own modules would turn its broken import into a skip."""
+    import re
+    from pathlib import Path
+
+    ours = r"importorskip\(\s*['\"](core|pages_common|app_pages|bench|tools)\b"
+    offenders = [p.name for p in Path(__file__).parent.rglob("*.py") if re.search(ours, p.read_text(encoding="utf-8"))]
+    assert offenders == []

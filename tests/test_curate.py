@@ -51,7 +51,7 @@ def test_export_writes_data_and_manifest(workspace, source_file):
     assert folder == datasets_dir() / "apples-clean"
     data_file, manifest_file = folder / "data.jsonl", folder / "manifest.json"
     written = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()]
-    assert written == rows[:8]
+    assert written == rows[:8] and manifest_file.is_file()
     manifest = read_manifest(folder)
     assert manifest["schema"] == MANIFEST_SCHEMA
     assert manifest["name"] == "apples-clean"

@@ -232,7 +232,6 @@ def test_semantic_neighbour_search_matches_brute_force():
 
 
 def test_leakage_between_train_and_eval(alpaca):
-    rng = random.Random(2)
     eval_rows = alpaca[4000:4040]
     long_eval = [k for k, r in enumerate(eval_rows) if len(row_text(r, "prompt").split()) >= 30]
     train = list(alpaca[:300])

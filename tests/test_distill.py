@@ -1,7 +1,6 @@
 """core.distill: the loss against hand-computed values, tokenizer checks, the shallow student, the job lowers the KL."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
-
-from core import runs
 from test_distill import four_layer_teacher
 from test_merge_page import chart_traces, decode
+
+from core import runs
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "distill.py")
 

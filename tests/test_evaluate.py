@@ -2,7 +2,6 @@
 and (slow) the demo fine-tune's gain in JSON validity on the embedded model."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -172,6 +171,7 @@ def test_missing_task_dataset_is_a_clear_job_error(tmp_path, tiny_llama_dir, ada
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3700)  # two jobs of up to 30 min each on a loaded machine
 def test_demo_fine_tune_gains_json_validity_on_the_embedded_model(workspace):
     """Train a short LoRA on the demo task through the train job, then evaluate it against the embedded base."""
     # 10 steps at lr 1e-3 already took strict JSON validity from 0% to 100% on 12 held-out rows (measured); 12 for margin

@@ -13,7 +13,6 @@ from core.evaluate.stats import Interval
 from core.evaluate.task import TaskExample, describe_task, score_answer
 from core.evaluate.verdict import decide
 
-
 # ---------------------------------------------------------------- string metrics
 
 

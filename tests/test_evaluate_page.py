@@ -1,13 +1,11 @@
 """AppTest of the Evaluate page: the form, launching a real evaluation job from it, and the finished report."""
 from __future__ import annotations
 
-import time
-
 from streamlit.testing.v1 import AppTest
+from test_evaluate import make_adapter
 
 from conftest import ROOT
 from core import runs
-from test_evaluate import make_adapter
 
 PAGE = str(ROOT / "app_pages" / "evaluate.py")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.data.formats import (
-    DatasetLoadError,
     ERROR_KINDS,
+    DatasetLoadError,
     demo_dataset_path,
     detect_format,
     list_workspace_datasets,

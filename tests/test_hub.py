@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hub_server import HubRepo, HubServer, repo_from_folder, write_hub_cache
 
 from conftest import ROOT
 from core import runs
 from core.download import DownloadSpec
 from core.models import ModelLoadError, ModelSource, load_config, load_model, load_tokenizer
-from hub_server import HubRepo, HubServer, repo_from_folder, write_hub_cache
 
 REPO = "tiny-org/tiny-llama"
 _opened: list[str] = []

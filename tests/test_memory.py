@@ -9,7 +9,6 @@ import pytest
 from core import memory
 from core.memory import GB, MemorySpec, estimate, estimate_for_model, preset_arch
 
-
 # --------------------------------------------------------------------------- the worked numbers
 
 

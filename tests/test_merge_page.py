@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
+from test_merge import make_model
 
 from core import runs
 from core.merge import METHODS
-from test_merge import make_model
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "merge.py")
 

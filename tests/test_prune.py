@@ -1,15 +1,13 @@
 """core.prune: each mode reaches its sparsity exactly, 2:4 holds in every group, shrunk models reload, the job."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from core.prune.methods import (PruneError, count_parameters, layer_sparsity_table, magnitude_mask, n_of_m_mask,
-                                overall_sparsity, prune_model, select_linear_layers)
+from core.prune.methods import PruneError, count_parameters, layer_sparsity_table, magnitude_mask, n_of_m_mask, overall_sparsity, prune_model, select_linear_layers
 from core.prune.spec import PruneSpec
 from core.runs.jobs import JobContext, JobError, read_result
 
@@ -179,7 +177,6 @@ def test_job_explains_an_impossible_prune(tiny_llama_dir, tmp_path, workspace):
 
 def test_recovery_spec_is_a_valid_train_spec(tmp_path):
     from core.prune.job import recovery_train_spec
-
     from core.train.spec import TrainSpec
 
     data = recovery_train_spec(tmp_path / "run" / "pruned", steps=5)

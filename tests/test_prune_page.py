@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
+from test_merge_page import chart_traces, decode
 
 from core import runs
 from core.prune import MODE_LABELS
-from test_merge_page import chart_traces, decode
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "prune.py")
 
@@ -62,7 +62,7 @@ def test_a_prune_run_reports_sparsity_size_and_latency(workspace, tiny_llama_dir
     at.button(key=f"prune_recover_{run_dir.name}").click().run()  # a LoRA recovery run on the pruned folder
     assert not at.exception, at.exception
     train_runs = runs.list_runs("train")
-    assert len(train_runs) == 1 and at.session_state["train_run_id"] == train_runs[0].run_id
+    assert len(train_runs) == 1 and at.session_state["train_run_id"] == str(train_runs[0].path)
     assert train_runs[0].spec["model"] == {"kind": "local", "ref": pruned_dir}
     runs.stop(train_runs[0].path)
     assert runs.wait(train_runs[0].path, timeout=120).is_final

@@ -186,11 +186,11 @@ def test_each_method_trains_in_the_worker_and_changes_the_model(workspace, tiny_
 
 @pytest.mark.slow
 def test_prompt_tuning_starts_from_the_text_and_its_adapter_refuses_merging(workspace, tiny_llama_dir, embedded_tokenizer, data_file):
+    from core.hardware import detect
     from core.merge.preflight import check_merge
     from core.merge.spec import MergeSpec
     from core.models import ModelLoadError, ModelSource, load_model, merge_adapter_weights
     from core.train.backends import HFBackend
-    from core.hardware import detect
 
     spec = _spec(tiny_llama_dir, data_file, "prompt_tuning", prompt_init_text="Answer briefly")
     model, _ = HFBackend().load(spec, detect())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -54,8 +55,9 @@ def test_form_preflight_preview_start_and_live_panel(workspace, tiny_llama_dir, 
     assert preview["max_steps"] == 2 and preview["model"] == {"kind": "local", "ref": str(tiny_llama_dir)}
 
     at.button(key="train_start").click().run()
-    run_id = at.session_state["train_run_id"]
-    run_dir = workspace / "runs" / run_id
+    run_dir = Path(at.session_state["train_run_id"])  # the run folder, as every page keeps it
+    run_id = run_dir.name
+    assert run_dir.parent == workspace / "runs" and at.query_params["run"] in ([run_id], run_id)
     assert (run_dir / "spec.yaml").is_file()
     assert yaml.safe_load((run_dir / "spec.yaml").read_text())["dataset"] == str(tmp_path / "qa.jsonl")
     assert runs.wait(run_dir, timeout=240).state == "succeeded", runs.log_tail(run_dir)
@@ -128,3 +130,24 @@ def test_processes_field_launch_command_refusal_and_per_rank_progress(workspace,
     assert not fresh.exception
     ranks = next(df.value for df in fresh.dataframe if "rank" in df.value.columns)
     assert list(ranks["rank"]) == [0, 1] and set(ranks["state"]) == {"succeeded"} and list(ranks["progress"]) == [1.0, 1.0]
+
+
+def test_editing_a_training_only_field_does_not_tokenize_the_data_again(workspace, tiny_llama_dir, tmp_path, monkeypatch):
+    import core.train.data
+
+    calls = []
+    real = core.train.data.prepare_data
+    monkeypatch.setattr(core.train.data, "prepare_data", lambda spec, tokenizer: calls.append(spec.learning_rate) or real(spec, tokenizer))
+    at = _page(tiny_llama_dir)
+    at.run()
+    at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()
+    at.text_input(key="train_dataset_path").set_value(str(_data(tmp_path))).run()
+    assert {m.label: m.value for m in at.metric}["Training rows"] == "4"
+    before = len(calls)
+    at.number_input(key="train_form_learning_rate").set_value(1e-3).run()  # the spec changed, its data did not
+    at.number_input(key="train_form_max_steps").set_value(5).run()
+    assert not at.exception and len(calls) == before, calls
+    assert {m.label: m.value for m in at.metric}["Steps"] == "5"
+    at.number_input(key="train_form_max_length").set_value(32).run()  # this one changes the tokens
+    assert len(calls) == before + 1
+

@@ -103,3 +103,24 @@ def test_hardware_defaults():
     gpu = hardware_defaults(GPU())
     assert gpu.max_steps == 0 and gpu.gradient_checkpointing
     assert replace(cpu, lora_r=4).lora_r == 4
+
+
+def test_the_preflight_data_key_follows_the_data_and_the_fields_tokenizing_reads(tmp_path):
+    import dataclasses
+
+    from core.train.preflight import TRAINING_ONLY_FIELDS, data_key
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    spec = TrainSpec(dataset=str(data))
+    key = data_key(spec)
+    assert TRAINING_ONLY_FIELDS <= {f.name for f in dataclasses.fields(TrainSpec)}, "names only real fields"
+    assert data_key(dataclasses.replace(spec, learning_rate=1e-3, batch_size=2, max_steps=7, lora_r=4)) == key
+    for change in ({"max_length": 64}, {"masking_policy": "everything"}, {"eval_fraction": 0.2}, {"packing": True},
+                   {"model": {"kind": "local", "ref": str(tmp_path)}}):
+        assert data_key(dataclasses.replace(spec, **change)) != key, change
+    data.write_text(data.read_text() + '{"prompt": "a", "completion": "b"}\n')
+    assert data_key(spec) != key, "new content, new key"
+    changed = data_key(spec)
+    data.write_text(data.read_text())  # the same bytes again (a newer mtime): the content hash keeps the key
+    assert data_key(spec) == changed

@@ -303,7 +303,7 @@ def _template_kwargs(tokenizer: Any) -> dict:
 def _special_tokens(tokenizer: Any) -> list[str]:
     tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    tokens.update(t.content for t in decoder.values() if getattr(t, "special"))
+    tokens.update(t.content for t in decoder.values() if t.special)
     return sorted(t for t in tokens if t and not t.isspace())
 
 

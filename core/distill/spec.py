@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from core.data.masking import POLICIES
-
 from core.models import ModelSource
 from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 from core import hub
 from core.runs.jobs import JobContext, JobError
 
+
 def files_to_fetch(repo: hub.RemoteRepo, remote_code: bool) -> list[hub.RemoteFile]:
     """Safetensors weights, config and tokenizer files (and *.py only for trusted remote code); never pickles."""
     weights = repo.select(hub.WEIGHT_PATTERNS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from core.models import ModelSource
 from core.runs.spec import check_limits, meta, spec_from_dict

@@ -7,6 +7,7 @@ from pathlib import Path
 from core import metrics
 from core.evaluate.general import sample_indices
 
+
 class TaskDataError(ValueError):
     pass
 

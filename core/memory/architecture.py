@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+
 @dataclass(frozen=True)
 class LinearShape:
     name: str

@@ -31,7 +31,7 @@ from core.workspace import atomic_write_text, runs_dir, safe_name
 __all__ = [
     "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
     "read_new_metrics", "read_all_metrics", "log_tail", "run_command", "spec_to_yaml", "read_spec_dict",
-    "METRICS_FILE", "LOG_FILE", "SPEC_FILE", "JOBS", "InvalidSpec", "job_kind", "parse_spec", "read_result", "result_path",
+    "METRICS_FILE", "LOG_FILE", "SPEC_FILE", "JOBS", "InvalidSpec", "job_kind", "kind_names", "parse_spec", "spec_to_dict", "read_result", "result_path",
     "create_run_from_dict", "wait",
 ]
 

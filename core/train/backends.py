@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.train.distributed import needs_quant_storage
 from core.models import resolve_model_path
+from core.train.distributed import needs_quant_storage
 from core.train.methods import attach_method, peft_config
 from core.train.spec import TrainSpec
 

@@ -6,8 +6,12 @@ measured peak, so the estimator (`core.memory`, the one the Budget page uses) ca
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from core.train.spec import TrainSpec
@@ -161,13 +165,93 @@ def model_defaults(source: Any, hardware: Any) -> tuple[dict, list[str]]:
     return updates, notes
 
 
-def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
-    """Everything the Train page shows before Start. Loads only the tokenizer, never the model."""
+# Fields that change how a run trains but not what its data tokenizes to: the pre-flight's data check is reused
+# across edits of these (any other field, including ones added later, re-tokenizes: a miss, never a stale answer).
+TRAINING_ONLY_FIELDS = frozenset({
+    "name", "learning_rate", "lr_scheduler", "warmup_ratio", "num_epochs", "max_steps", "batch_size", "gradient_accumulation",
+    "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "gradient_checkpointing",
+    "backend", "precision", "logging_steps", "eval_steps", "eval_on_start", "save_steps", "save_total_limit", "merge_after",
+    "fault_injection",
+})
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    """What tokenizing and linting the run's data found (the expensive half of the pre-flight)."""
+
+    rows: int = 0
+    eval_rows: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    zero_trained_rows: int = 0
+    truncated_rows: int = 0
+    failed_rows: int = 0
+    invalid_rows: int = 0
+    sequences: int = 0  # training sequences after packing: what the step count is computed from
+    lint_warnings: tuple[str, ...] = ()
+    refusal: str | None = None
+    template: dict = field(default_factory=dict)  # the chat template the run will render with (name, source, reason)
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size / mtime key the memo on the file's version
+    from core.train.data import file_sha256
+
+    return file_sha256(Path(path))
+
+
+def content_digest(dataset: str) -> str:
+    """sha256 of the file a dataset field names (hashed once per file version), or the text itself when it is
+    not a local file (a Hub id: its loader pins the content)."""
+    from core.train.data import data_file
+
+    path = data_file(dataset)
+    if not path.is_file():
+        return f"not-a-file:{dataset}"
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def data_key(spec: TrainSpec) -> str:
+    """A key that changes exactly when the data check's answer can: the data's content hash plus every spec field
+    that tokenization reads (model / tokenizer, template, masking, length, packing, split, ...)."""
+    from core.runs.spec import spec_to_dict
+
+    fields = {k: v for k, v in spec_to_dict(spec).items() if k not in TRAINING_ONLY_FIELDS}
+    fields["dataset_sha256"] = content_digest(spec.dataset)
+    if spec.eval_dataset.strip():
+        fields["eval_dataset_sha256"] = content_digest(spec.eval_dataset)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_data(spec: TrainSpec) -> DataCheck:
+    """Tokenize, lint and split the data the way the job will (loads only the tokenizer)."""
     from core.data.masking import MaskingError
     from core.models import ModelLoadError, load_tokenizer
-    from core.train.backends import choose_backend
     from core.train.data import DataError, prepare_data
+
+    try:
+        data = prepare_data(spec, load_tokenizer(spec.model_source))
+    except (DataError, ModelLoadError, MaskingError) as exc:
+        return DataCheck(refusal=str(exc))
+    except Exception as exc:  # noqa: BLE001 - any data or template failure is a refusal on the page, never a crash
+        return DataCheck(refusal=f"The data cannot be prepared with this model's tokenizer: {type(exc).__name__}: {exc}")
+    train = data.train
+    return DataCheck(
+        rows=train.n_rows, eval_rows=data.eval.n_kept if data.eval else 0, tokens=train.tokens, trained_tokens=train.trained_tokens,
+        zero_trained_rows=train.n_zero_trained, truncated_rows=train.n_truncated, failed_rows=train.n_failed,
+        invalid_rows=data.n_invalid_rows, sequences=len(train.features),
+        lint_warnings=tuple(f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings),
+        template=dict(data.template_choice),
+    )
+
+
+def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None) -> Preflight:
+    """Everything the Train page shows before Start. Loads only the tokenizer, never the model. `data` is a data
+    check already made for this spec's `data_key` (the page caches it), else the data is checked here."""
+    from core.train.backends import choose_backend
     from core.train.distributed import distribution_notes, distribution_refusal
+    from core.train.methods import method_refusal_for
 
     report = Preflight(available_memory_bytes=available_memory_bytes(hardware))
     estimate, report.memory_note = memory_estimate(spec, hardware)
@@ -183,24 +267,15 @@ def run_preflight(spec: TrainSpec, hardware: Any) -> Preflight:
         report.refusal = str(exc)
     report.refusal = report.refusal or distribution_refusal(spec, hardware)
     report.backend_notes = report.backend_notes + distribution_notes(spec, hardware)
-    from core.train.methods import method_refusal_for
-
     report.refusal = report.refusal or method_refusal_for(spec)
-    try:
-        data = prepare_data(spec, load_tokenizer(spec.model_source))
-    except (DataError, ModelLoadError, MaskingError) as exc:
-        report.refusal = report.refusal or str(exc)
+    data = data if data is not None else check_data(spec)
+    if data.refusal:
+        report.refusal = report.refusal or data.refusal
         return report
-    except Exception as exc:  # noqa: BLE001 - any data or template failure is a refusal on the page, never a crash
-        report.refusal = report.refusal or f"The data cannot be prepared with this model's tokenizer: {type(exc).__name__}: {exc}"
-        return report
-    report.template = data.template_choice
-    train = data.train
-    report.rows = train.n_rows
-    report.eval_rows = data.eval.n_kept if data.eval else 0
-    report.tokens, report.trained_tokens = train.tokens, train.trained_tokens
-    report.zero_trained_rows, report.truncated_rows, report.failed_rows = train.n_zero_trained, train.n_truncated, train.n_failed
-    report.invalid_rows = data.n_invalid_rows
-    report.lint_warnings = [f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings]
-    report.total_steps = total_steps(spec, len(train.features))
+    report.rows, report.eval_rows, report.tokens, report.trained_tokens = data.rows, data.eval_rows, data.tokens, data.trained_tokens
+    report.zero_trained_rows, report.truncated_rows, report.failed_rows = data.zero_trained_rows, data.truncated_rows, data.failed_rows
+    report.invalid_rows = data.invalid_rows
+    report.template = dict(data.template)
+    report.lint_warnings = list(data.lint_warnings)
+    report.total_steps = total_steps(spec, data.sequences)
     return report

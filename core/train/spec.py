@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 
 from core.data.masking import POLICIES
 from core.runs.spec import check_limits, meta, spec_from_dict
-from core.train.methods import LORA_FIELDS, METHODS as METHOD_TABLE, merge_refusal, method_info
+from core.train.methods import LORA_FIELDS, merge_refusal, method_info
+from core.train.methods import METHODS as METHOD_TABLE
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
 SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup")

@@ -105,6 +105,7 @@ def test_curate_and_inspect(page: Page, app_url: str):
     assert page.locator(".tpl-chip.masked").count() > page.locator(".tpl-chip.trained").count() > 0
 
 
+@pytest.mark.timeout(2400)  # trains, evaluates and merges in the browser
 def test_train_evaluate_chat_merge(page: Page, app_url: str):
     """The main journey on the embedded model (about 5 minutes on 2 CPU cores)."""
     page.goto(app_url)
@@ -137,7 +138,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
 
     # Chat: base and the new adapter side by side.
     go(page, "Chat")
-    expect(page.get_by_role("combobox", name="Variant").nth(1)).to_have_value("Active model + adapter")
+    expect(page.get_by_role("combobox", name="Variant").nth(1)).to_have_value("Active model + trained adapter")
     expect(page.get_by_role("combobox", name="Adapter")).to_have_value(re.compile(r"-train \(succeeded\)$"))
     ask_both_columns(page, "What is the capital of France?")
     snapshot(page, "chat")
