@@ -1,18 +1,19 @@
-"""Predicted vs measured training memory: core.memory's estimate against real training steps.
+"""Predicted vs measured training memory: core.memory's estimate against the real training job, per method.
 
-CPU (always): the embedded SmolLM2-135M, fp32, AdamW, a padded batch of random token ids, a few optimizer
-steps of plain torch (+ PEFT for LoRA). Each configuration runs in a fresh subprocess; the measurement is the
-process's peak resident set (VmHWM, reset through /proc/self/clear_refs after the imports) minus its resident
-size just before the model is loaded. The main comparison runs with the allocator setting training jobs use
-(core.runs.allocator.CPU_ALLOCATOR_ENV: freed blocks go back to the OS); the same configurations are also measured with
-glibc's default settings, which keep freed activation memory in the heap.
+CPU (always): for each training method, a short run of the real `train` job through the worker (the process
+the Start button launches), on the embedded SmolLM2-135M with rows longer than `max_length` (so every batch
+is exactly batch_size x max_length tokens, the shape the estimate assumes). The run card records both figures:
+`predicted_memory_bytes` (the Train pre-flight's estimate, core.train.preflight -> core.memory) and
+`peak_memory_bytes` (the job's process high-water mark above its resident size before the model loaded).
+Runs go into a temporary workspace, never the user's.
 
 CUDA (only when a GPU is present; skipped cleanly otherwise): random-weight models built from two preset
 configs (no download), full (pure bf16), LoRA (bf16 base + autocast) and QLoRA (NF4 + double quantization),
-measured with torch.cuda.max_memory_allocated against the estimate's tensor bytes (no CUDA context).
+measured by a hand-written loop with torch.cuda.max_memory_allocated against the estimate's tensor bytes.
 
-    .venv/bin/python bench/memory_calibration.py            # prints a table, last line is JSON
-    .venv/bin/python bench/memory_calibration.py --quick    # CPU: full and LoRA only, tuned allocator only
+    .venv/bin/python bench/memory_calibration.py             # every method; last line is JSON
+    .venv/bin/python bench/memory_calibration.py --quick     # LoRA and full only
+    .venv/bin/python bench/memory_calibration.py --methods lora,ia3
 """
 from __future__ import annotations
 
@@ -27,35 +28,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CPU_CONFIGS = [
-    {"name": "cpu-full", "method": "full", "batch_size": 4, "seq_len": 128},
-    {"name": "cpu-lora", "method": "lora", "batch_size": 4, "seq_len": 128, "lora_r": 16},
-    {"name": "cpu-lora-ckpt", "method": "lora", "batch_size": 8, "seq_len": 128, "lora_r": 16, "gradient_checkpointing": True},
-]
+JOB_METHODS = ["lora", "dora", "rslora", "qlora", "loha", "lokr", "ia3", "prompt_tuning", "prefix_tuning", "partial", "full"]
+JOB_SHAPE = {"batch_size": 4, "max_length": 128, "max_steps": 3}
 CUDA_MODELS = ["Qwen2.5 0.5B", "Qwen2.5 1.5B"]
 CUDA_METHODS = [("full", "bf16"), ("lora", "mixed"), ("qlora", "mixed")]
 STEPS = 3
-TOLERANCE = 0.15
+TOLERANCE = 0.10  # issue 12: the real job within 10 % of its estimate
 
 
 # --------------------------------------------------------------------------- measuring (in a fresh process)
-
-
-def _proc_status(key: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _batch(vocab: int, batch: int, seq: int, step: int, device: str = "cpu"):
@@ -92,31 +73,6 @@ def _train_steps(model, config: dict, device: str, autocast_dtype=None) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-
-def worker_cpu(config: dict) -> dict:
-    import peft  # noqa: F401 - imported before the baseline like everything else the step needs
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    if config.get("mallopt"):
-        from core.runs.allocator import tune_cpu_allocator
-
-        config["mallopt_applied"] = tune_cpu_allocator()
-    path = config["model_dir"]
-    reset = _reset_peak_rss()
-    baseline = _proc_status("VmRSS")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-    if config.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config["method"] == "lora":
-        model = _attach_adapter(model, config)
-    started = time.perf_counter()
-    _train_steps(model, config, "cpu")
-    peak = _proc_status("VmHWM")
-    return {"measured_bytes": peak - baseline, "baseline_bytes": baseline, "hwm_reset": reset, "seconds": round(time.perf_counter() - started, 1),
-            "mallopt_applied": config.get("mallopt_applied", False)}
 
 
 def worker_cuda(config: dict) -> dict:
@@ -182,40 +138,59 @@ def _row(config: dict, estimate_, measured: int, compare_bytes: int) -> dict:
     error = (compare_bytes - measured) / measured
     return {
         "config": config["name"], "predicted_mb": round(compare_bytes / 1e6, 1), "measured_mb": round(measured / 1e6, 1),
-        "error_pct": round(100 * error, 1), "within_15pct": abs(error) <= TOLERANCE,
+        "error_pct": round(100 * error, 1), "within_10pct": abs(error) <= TOLERANCE,
         "predicted_breakdown_mb": {k: round(v / 1e6, 1) for k, v in estimate_.breakdown.items()},
     }
 
 
-def bench_cpu(quick: bool) -> tuple[list[dict], list[dict]]:
-    from core.memory import arch_from_config
-    from core.models import ModelSource, embedded_model_dir, load_config
-    from core.runs.allocator import CPU_ALLOCATOR_ENV
+def long_rows(path: Path, n: int = 24) -> Path:
+    """Support tickets whose answers run past max_length: every training row is cut to exactly max_length."""
+    from core.data.formats import demo_dataset_path, load_dataset_file
 
-    model_dir = str(embedded_model_dir())
-    arch = arch_from_config(load_config(ModelSource("local", model_dir)), name="SmolLM2-135M-Instruct")
-    configs = CPU_CONFIGS[:2] if quick else CPU_CONFIGS
-    tuned, default = [], []
-    for config in configs:
-        config = {**config, "device": "cpu", "model_dir": model_dir}
-        estimate_ = predict(config, arch)
-        measured = run_worker(config, CPU_ALLOCATOR_ENV)
-        tuned.append({**_row(config, estimate_, measured["measured_bytes"], estimate_.measurable_bytes), "seconds": measured["seconds"], "hwm_reset": measured["hwm_reset"]})
-        print(_line("cpu, jobs' allocator", tuned[-1]), flush=True)
-    for config in ([] if quick else configs[:2]):
-        config = {**config, "device": "cpu", "model_dir": model_dir}
-        estimate_ = predict(config, arch)
-        measured = run_worker(config)
-        default.append(_row(config, estimate_, measured["measured_bytes"], estimate_.measurable_bytes))
-        print(_line("cpu, glibc default", default[-1]), flush=True)
-    if not quick:  # the in-process switch (tune_cpu_allocator) on the configuration glibc inflates most
-        config = {**configs[1], "name": "cpu-lora-mallopt", "device": "cpu", "model_dir": model_dir, "mallopt": True}
-        estimate_ = predict(config, arch)
-        measured = run_worker(config)
-        tuned.append({**_row(config, estimate_, measured["measured_bytes"], estimate_.measurable_bytes), "seconds": measured["seconds"],
-                      "hwm_reset": measured["hwm_reset"], "mallopt_applied": measured["mallopt_applied"]})
-        print(_line("cpu, mallopt in-process", tuned[-1]), flush=True)
-    return tuned, default
+    tickets = load_dataset_file(demo_dataset_path("train")).rows
+    rows = []
+    for i in range(n):
+        text = " ".join(m["content"] for t in tickets[i:i + 6] for m in t["messages"] if m["role"] != "system")
+        rows.append({"messages": [{"role": "user", "content": f"Summarise ticket {i}."}, {"role": "assistant", "content": text}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def job_spec(method: str, dataset: Path, shape: dict):
+    from core.train.methods import METHODS
+    from core.train.spec import TrainSpec
+
+    return TrainSpec(name=f"calibrate-{method}", method=method, dataset=str(dataset), eval_fraction=0.0, eval_on_start=False,
+                     learning_rate=METHODS[method].learning_rate, save_steps=10_000, logging_steps=1, warmup_ratio=0.0,
+                     lora_r=16, lora_alpha=32, **shape)
+
+
+def bench_jobs(methods: list[str], shape: dict) -> list[dict]:
+    from _train_common import bench_workspace, run_worker
+
+    from core.hardware import detect
+    from core.train.methods import method_refusal_for
+
+    home = bench_workspace()
+    dataset = long_rows(home / "long-rows.jsonl")
+    hardware = detect()
+    rows = []
+    for method in methods:
+        spec = job_spec(method, dataset, shape)
+        refusal = method_refusal_for(spec) or (None if method != "qlora" or hardware.bnb_4bit else "bitsandbytes 4-bit is not usable here")
+        if refusal:
+            rows.append({"config": f"job-{method}", "skipped": refusal})
+            print(f"job-{method:<24} skipped: {refusal}", flush=True)
+            continue
+        started = time.time()
+        card = run_worker(spec, timeout=1800)["card"]
+        measured, predicted = card["peak_memory_bytes"], card["predicted_memory_bytes"]
+        error = (predicted - measured) / measured
+        rows.append({"config": f"job-{method}", "predicted_mb": round(predicted / 1e6, 1), "measured_mb": round(measured / 1e6, 1),
+                     "error_pct": round(100 * error, 1), "within_10pct": abs(error) <= TOLERANCE, "wall_s": round(time.time() - started, 1),
+                     "precision": card.get("precision"), "note": card.get("predicted_memory_note")})
+        print(_line("real train job", rows[-1]), flush=True)
+    return rows
 
 
 def bench_cuda() -> list[dict] | str:
@@ -248,21 +223,25 @@ def _line(label: str, row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="CPU full + LoRA with the jobs' allocator only")
+    parser.add_argument("--quick", action="store_true", help="LoRA and full only")
+    parser.add_argument("--methods", help="comma-separated methods (default: every method)")
     parser.add_argument("--skip-cuda", action="store_true")
     args = parser.parse_args()
     if args.worker:
-        config = json.loads(args.worker)
-        print(json.dumps(worker_cuda(config) if config["device"] == "cuda" else worker_cpu(config)))
+        print(json.dumps(worker_cuda(json.loads(args.worker))))
         return
-    tuned, default = bench_cpu(args.quick)
+    methods = args.methods.split(",") if args.methods else (["lora", "full"] if args.quick else JOB_METHODS)
+    jobs = bench_jobs(methods, JOB_SHAPE)
+    measured = [r for r in jobs if "error_pct" in r]
     cuda = "skipped: --skip-cuda" if args.skip_cuda else bench_cuda()
     figures = {
-        "cpu": tuned,
-        "cpu_glibc_default_allocator": default,
+        "cpu_jobs": jobs,
+        "shape": JOB_SHAPE,
         "cuda": cuda,
-        "cpu_max_abs_error_pct": max(abs(r["error_pct"]) for r in tuned),
-        "cpu_all_within_15pct": all(r["within_15pct"] for r in tuned),
+        "cpu_max_abs_error_pct": max((abs(r["error_pct"]) for r in measured), default=None),
+        "cpu_all_within_10pct": all(r["within_10pct"] for r in measured),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(figures))
 

@@ -101,6 +101,14 @@ def test_atomic_json_leaves_no_temp_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from core.hardware import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor : 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_native_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f\n")  # avx512 alone emulates bf16
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     target = tmp_path / "adapter"
     atomic_write_dir(target, lambda tmp: (tmp / "a.txt").write_text("old"))
@@ -122,7 +130,9 @@ def test_hardware_detect_on_this_machine():
     assert hw.device in ("cpu", "cuda", "mps")
     assert hw.cpu_cores >= 1
     if hw.device == "cpu":
-        assert not hw.unsloth and not hw.bf16
+        from core.hardware import cpu_has_native_bf16
+
+        assert not hw.unsloth and hw.bf16 == cpu_has_native_bf16()
     assert hw.summary.startswith(hw.device.upper())
 
 

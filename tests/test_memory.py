@@ -336,3 +336,35 @@ def test_correction_factor_is_the_bounded_median_per_device(tmp_path):
     assert memory.correction_factor(points, "mps") == 1.0
     est = estimate_for_model("SmolLM2 135M", device="cpu")
     assert memory.corrected_total(est, 1.2) == round(est.total_bytes * 1.2)
+
+
+def test_cpu_autocast_keeps_fp32_state_and_16_bit_activations():
+    """The CPU job's bf16 autocast (core.train.backends) over fp32 weights: same weights, gradients and optimizer
+    states as fp32, 16-bit activations, plus the bf16 copy of every linear weight autograd keeps for backward."""
+    arch = preset_arch("SmolLM2 135M")
+    fp32 = estimate(MemorySpec(arch, method="lora", precision="fp32", device="cpu", batch_size=8, seq_len=256))
+    auto = estimate(MemorySpec(arch, method="lora", precision="autocast", device="cpu", batch_size=8, seq_len=256))
+    for part in ("weights", "gradients", "optimizer_states"):
+        assert auto.phases["optimizer step"][part] == fp32.phases["optimizer step"][part], part
+    copies = memory.autocast_weight_copies(auto.spec)
+    linears = sum(l.in_features * l.out_features for l in arch.layer_linears()) * arch.num_layers
+    assert copies == 2 * linears and memory.autocast_weight_copies(fp32.spec) == 0
+    assert auto.breakdown["activations"] - copies < 0.8 * fp32.breakdown["activations"]  # 16-bit saved tensors (RMSNorm stays fp32)
+    with pytest.raises(ValueError, match="autocast"):
+        MemorySpec(arch, precision="bf16", device="cpu")
+
+
+def test_the_train_spec_on_a_bf16_cpu_is_estimated_as_the_job_runs_it(tiny_llama_dir):
+    from core.hardware import HardwareInfo
+    from core.train.backends import choose_precision
+    from core.train.preflight import memory_spec_from_train_spec
+    from core.train.spec import TrainSpec
+
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)})
+    bf16_cpu = HardwareInfo("cpu", "CPU", 0, 16.0, 8.0, True, 2, 16.0, False, False)
+    plain_cpu = replace(bf16_cpu, bf16=False)
+    assert choose_precision(spec, "cpu", True).bf16 and not choose_precision(spec, "cpu", False).bf16
+    assert not choose_precision(replace(spec, precision="fp32"), "cpu", True).bf16
+    assert memory_spec_from_train_spec(spec, bf16_cpu).precision == "autocast"
+    assert memory_spec_from_train_spec(spec, plain_cpu).precision == "fp32"
+    assert memory_spec_from_train_spec(replace(spec, precision="fp32"), bf16_cpu).precision == "fp32"

@@ -238,6 +238,10 @@ def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny
     assert card["final_metrics"]["global_step"] == 3 and card["tokens_per_s"] > 0 and card["peak_memory_bytes"] > 0
     assert card["final_metrics"]["eval_loss"] < card["final_metrics"]["eval_loss_start"], "lr 1e-2 on 9 rows must move the eval loss"
     assert card["backend"] == "hf" and card["device"] == "cpu" and "predicted_memory_bytes" in card
+    from core.hardware import detect
+
+    assert card["precision"]["bf16"] == detect().bf16, "bf16 autocast exactly where the CPU computes bf16 natively"
+    assert card["predicted_memory_note"].startswith("LoRA, " + ("bf16 autocast" if detect().bf16 else "fp32"))
     assert status.result["global_step"] == 3 and status.result["adapter"].endswith("adapter")
 
     merged = run_dir / "merged"

@@ -32,7 +32,8 @@ LORA_METHODS = ("lora", "dora", "qlora")
 # vectors, virtual tokens, bias-only and top-layers-only training.
 PEFT_FAMILY_METHODS = ("loha", "lokr", "ia3", "prompt_tuning", "prefix_tuning", "bitfit", "partial")
 METHODS = ("full", *LORA_METHODS, *PEFT_FAMILY_METHODS)
-PRECISIONS = ("fp32", "mixed", "bf16")
+PRECISIONS = ("fp32", "mixed", "bf16", "autocast")
+FP32_WEIGHT_PRECISIONS = ("fp32", "autocast")  # weights, gradients and optimizer states stay fp32
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "sgd")
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
 DEVICES = ("cuda", "cpu", "mps")
@@ -43,7 +44,8 @@ PHASES = ("forward/backward", "optimizer step")
 METHOD_LABELS = {"full": "Full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 + double quant)",
                  "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)³", "prompt_tuning": "Prompt tuning", "prefix_tuning": "Prefix tuning",
                  "bitfit": "BitFit (biases only)", "partial": "Partial fine-tune (top layers)"}
-PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed bf16/fp16 + fp32 master weights", "bf16": "pure bf16"}
+PRECISION_LABELS = {"fp32": "fp32", "mixed": "mixed bf16/fp16 + fp32 master weights", "bf16": "pure bf16",
+                    "autocast": "bf16 autocast over fp32 weights"}
 OPTIMIZER_LABELS = {"adamw": "AdamW", "adamw_8bit": "8-bit AdamW", "paged_adamw": "paged AdamW", "sgd": "SGD (momentum)"}
 
 # NF4: 4-bit codes (0.5 B/param) + one absmax per 64 weights. Double quantization stores those absmax values
@@ -99,7 +101,7 @@ def model_state_bytes_per_param(precision: str, optimizer: str) -> dict[str, flo
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    working = 4.0 if precision == "fp32" else 2.0
+    working = 4.0 if precision in FP32_WEIGHT_PRECISIONS else 2.0
     state_dtype = 2.0 if precision == "bf16" else 4.0
     return {
         "weights": working,
@@ -135,7 +137,8 @@ class MemorySpec:
     model: ModelArch = field(metadata=meta("Architecture (from a config, a local folder, the Hub or a preset)."))
     method: str = field(default="lora", metadata=meta("full, lora, dora, qlora (NF4 base + double quantization), or one of the PEFT family: "
                                                        "loha, lokr, ia3, prompt_tuning, prefix_tuning, bitfit, partial.", choices=METHODS))
-    precision: str = field(default="mixed", metadata=meta("fp32, mixed (16-bit compute + fp32 master weights) or bf16 (pure).", choices=PRECISIONS))
+    precision: str = field(default="mixed", metadata=meta("fp32, mixed (16-bit compute + fp32 master weights), bf16 (pure), or autocast (bf16 compute over fp32 weights, "
+                                                           "torch.autocast as the CPU trainer uses it).", choices=PRECISIONS))
     optimizer: str = field(default="adamw", metadata=meta("adamw, adamw_8bit, paged_adamw or sgd (with momentum).", choices=OPTIMIZERS))
     lora_r: int = field(default=16, metadata=meta("LoRA rank r.", min=1))
     lora_targets: str | tuple[str, ...] = field(default="all-linear", metadata=meta("'all-linear' or module names such as ('q_proj', 'v_proj')."))
@@ -160,8 +163,8 @@ class MemorySpec:
             check_limits(self)
         except ValueError as exc:
             raise ValueError(f"memory spec: {exc}") from None
-        if self.device == "cpu" and self.precision != "fp32":
-            raise ValueError("memory spec: CPU training runs in fp32 here; choose precision 'fp32' for device 'cpu'")
+        if self.device == "cpu" and self.precision not in FP32_WEIGHT_PRECISIONS:
+            raise ValueError("memory spec: CPU training keeps fp32 weights here; choose precision 'fp32' or 'autocast' for device 'cpu'")
         if isinstance(self.lora_targets, str) and "," in self.lora_targets:
             self.lora_targets = tuple(name.strip() for name in self.lora_targets.split(",") if name.strip())
         if isinstance(self.lora_targets, list):
@@ -268,7 +271,7 @@ def trainable_params(spec: MemorySpec) -> int:
 
 def _frozen_weight_bytes(spec: MemorySpec) -> tuple[float, list[str]]:
     arch, notes = spec.model, []
-    base_bytes = 4.0 if spec.precision == "fp32" else 2.0
+    base_bytes = 4.0 if spec.precision in FP32_WEIGHT_PRECISIONS else 2.0
     counts = arch.param_counts()
     if spec.method != "qlora":
         return counts["total"] * base_bytes, notes  # (partial / BitFit train a part of these: see estimate())
@@ -457,8 +460,8 @@ def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
     if spec.is_lora:
         # PEFT keeps adapters in fp32: pure-bf16 inputs are cast to fp32 for them, autocast casts them back to
         # 16-bit; each cast copy of a distinct input is kept for the adapter's gradient.
-        lora_out_bytes = {"fp32": 4, "mixed": 2, "bf16": 4}[spec.precision]
-        cast_bytes = {"fp32": 0, "mixed": 2, "bf16": 4}[spec.precision]
+        lora_out_bytes = {"fp32": 4, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
+        cast_bytes = {"fp32": 0, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
         total += len(targeted) * spec.lora_r * lora_out_bytes  # lora_A outputs
         distinct_inputs = (h if targeted & {"q_proj", "k_proj", "v_proj", "qkv_proj"} else 0) + (q if "o_proj" in targeted else 0)
         distinct_inputs += (h if targeted & {"gate_proj", "up_proj", "gate_up_proj"} else 0) + (i if "down_proj" in targeted else 0)
@@ -487,10 +490,21 @@ def activation_bytes(spec: MemorySpec) -> float:
     # Partial fine-tuning: nothing below the lowest trained layer needs a gradient, so autograd keeps nothing there.
     layers = spec.model.num_layers - (frozen_layer_count(spec) if spec.method == "partial" else 0)
     deltas = materialised_delta_bytes(spec)
+    casts = autocast_weight_copies(spec)
     if spec.gradient_checkpointing:
         checkpoints = layers * spec.model.hidden_size * spec.compute_bytes
-        return tokens * (checkpoints + per_layer + head) + deltas / spec.model.num_layers  # layer inputs + one layer recomputed
-    return tokens * (layers * per_layer + head) + deltas
+        return tokens * (checkpoints + per_layer + head) + (deltas + casts) / spec.model.num_layers  # layer inputs + one layer recomputed
+    return tokens * (layers * per_layer + head) + deltas + casts
+
+
+def autocast_weight_copies(spec: MemorySpec) -> float:
+    """Autocast over fp32 weights casts each linear weight to bf16 in the forward pass, and autograd keeps that
+    copy until backward has passed the layer (it computes the input's gradient): 2 bytes per linear weight of
+    every layer the gradient flows through. Independent of the batch."""
+    if spec.precision != "autocast":
+        return 0.0
+    layers = spec.model.num_layers - (frozen_layer_count(spec) if spec.method == "partial" else 0)
+    return 2.0 * sum(l.in_features * l.out_features for l in spec.model.layer_linears()) * layers
 
 
 def logits_bytes(spec: MemorySpec) -> float:
@@ -592,7 +606,7 @@ def _state_sentence(spec: MemorySpec, per: dict[str, float]) -> str:
     parts = f"weights {per['weights']:g} + gradients {per['gradients']:g} + master {per['master_weights']:g} + optimizer {per['optimizer_states']:g}"
     if spec.method == "full":
         return f"Every parameter is trained: {parts} = {sum(per.values()):g} bytes per parameter ({PRECISION_LABELS[spec.precision]}, {OPTIMIZER_LABELS[spec.optimizer]})."
-    base = "NF4" if spec.method == "qlora" else ("fp32" if spec.precision == "fp32" else "16-bit")
+    base = "NF4" if spec.method == "qlora" else ("fp32" if spec.precision in FP32_WEIGHT_PRECISIONS else "16-bit")
     if spec.method in PEFT_FAMILY_METHODS:
         return f"{METHOD_LABELS[spec.method]}: {peft_family_sentence(spec)} The rest is frozen ({base} weights only); each trained parameter costs {parts} bytes."
     return f"The base model is frozen ({base} weights only, no gradients or optimizer states); the adapter parameters cost {parts} bytes each."

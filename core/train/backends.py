@@ -29,7 +29,12 @@ class Precision:
 
 def choose_precision(spec: TrainSpec, device: str, bf16_supported: bool) -> Precision:
     wanted = spec.precision
-    if device == "cpu" or wanted == "fp32" or (wanted == "auto" and device not in ("cuda",)):
+    if device == "cpu":
+        # fp32 weights; on a CPU with native bf16 the step runs under bf16 autocast (the Trainer's bf16 flag with
+        # use_cpu), about 1.4x faster. QLoRA's 4-bit CPU kernels stay in fp32.
+        autocast = wanted in ("auto", "bf16") and bf16_supported and spec.method != "qlora"
+        return Precision("float32", autocast, False, "float32")
+    if wanted == "fp32" or (wanted == "auto" and device not in ("cuda",)):
         return Precision("float32", False, False, "float32")
     if wanted == "fp16" or (wanted == "auto" and not bf16_supported):
         # fp16 AMP needs fp32 master weights for anything trained in full; adapters are upcast by PEFT anyway.

@@ -59,13 +59,16 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
     `backend` is the one the run actually gets (choose_backend, after any fallback); default: the spec's own choice,
     "auto" counting as hf. Unsloth computes the loss in chunks and does not upcast embeddings / head to fp32."""
     from core.memory import DEVICES, MemorySpec, arch_from_source
+    from core.train.backends import choose_precision
 
     device = getattr(hardware, "device", "cpu")
     device = device if device in DEVICES else "cpu"
     arch = arch or arch_from_source(spec.model_source)
     method = {"rslora": "lora"}.get(spec.method, spec.method)
     wanted = spec.precision
-    if device != "cuda" or wanted == "fp32":
+    if device == "cpu":  # the job's own rule (core.train.backends): fp32, or bf16 autocast over fp32 weights
+        precision = "autocast" if choose_precision(spec, "cpu", bool(getattr(hardware, "bf16", False))).bf16 else "fp32"
+    elif device != "cuda" or wanted == "fp32":
         precision = "fp32"
     elif method in ("full", "partial", "bitfit") and wanted in ("auto", "bf16") and getattr(hardware, "bf16", True):
         precision = "bf16"

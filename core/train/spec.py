@@ -132,7 +132,8 @@ class TrainSpec:
     )
     precision: str = field(
         default="auto",
-        metadata=meta("Compute precision. auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU.", "system", advanced=True, choices=PRECISIONS),
+        metadata=meta("Compute precision. auto: bf16 where the GPU supports it, else fp16 on GPU; on CPU fp32 weights, with bf16 "
+                      "autocast where the CPU computes bf16 natively (avx512_bf16 / AMX).", "system", advanced=True, choices=PRECISIONS),
     )
     logging_steps: int = field(default=1, metadata=meta("Write a metrics row every N optimizer steps.", "system", advanced=True, min=1, max=100000))
     eval_steps: int = field(
