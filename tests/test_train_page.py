@@ -36,7 +36,9 @@ def test_form_preflight_preview_start_and_live_panel(workspace, tiny_llama_dir, 
     at.run()
     assert not at.exception
     assert at.selectbox(key="train_form_method").value == "lora"
-    assert at.number_input(key="train_form_max_steps").value == 36, "CPU defaults: a few-minute demo run"
+    from core.train.spec import CPU_DEMO_STEPS
+
+    assert at.number_input(key="train_form_max_steps").value == CPU_DEMO_STEPS, "CPU defaults: the few-minute demo run"
     assert at.selectbox(key="train_dataset_choice").value.startswith("Demo")
     assert any(e.label.startswith("Advanced") for e in at.expander)
     labels = {m.label: m.value for m in at.metric}

@@ -37,6 +37,11 @@ class EncodedSplit:
     def n_kept(self) -> int:
         return self.n_rows - self.n_failed - self.n_zero_trained
 
+    @property
+    def longest(self) -> int:
+        """Tokens in the longest training sequence: the widest a padded batch gets (memory follows it)."""
+        return max((len(f["input_ids"]) for f in self.features), default=0)
+
 
 @dataclass
 class PreparedData:

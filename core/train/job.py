@@ -171,7 +171,7 @@ def run(ctx: JobContext) -> dict:
         "total_train_seconds": round(train_seconds + float(previous.get("total_train_seconds") or 0.0), 2),
         "wall_time_s": round(time.time() - started, 2),
         "peak_memory_bytes": probe.peak(),
-        **_predicted(spec, hardware, backend.name),
+        **_predicted(spec, hardware, backend.name, data.train.longest),
         **_distribution_card(spec, rank, peaks),
         "trainable_params": trainable,
         "total_params": total,
@@ -317,8 +317,10 @@ def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_templat
     return save_model(merged, loaded.tokenizer, target)
 
 
-def _predicted(spec: TrainSpec, hardware: Any, backend: str) -> dict:
-    predicted, note = predict_memory(spec, hardware, backend)  # the backend actually used, after any fallback
+def _predicted(spec: TrainSpec, hardware: Any, backend: str, longest: int) -> dict:
+    """The pre-flight's estimate for the backend actually used (after any fallback) and the batches this run really
+    had (padded to its longest row at most)."""
+    predicted, note = predict_memory(spec, hardware, backend, longest or None)
     return {"predicted_memory_bytes": predicted, "predicted_memory_note": note}
 
 

@@ -53,11 +53,14 @@ def total_steps(spec: TrainSpec, train_rows: int) -> int:
     return math.ceil(per_epoch * spec.num_epochs)
 
 
-def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None, backend: str | None = None) -> Any:
+def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None, backend: str | None = None,
+                                seq_len: int | None = None) -> Any:
     """The `MemorySpec` a `core.train.spec.TrainSpec` run will have on `hardware` (the precision rules of
-    core.train.backends: fp32 on CPU; on CUDA a bf16 base with autocast — pure bf16 for full fine-tuning).
-    `backend` is the one the run actually gets (choose_backend, after any fallback); default: the spec's own choice,
-    "auto" counting as hf. Unsloth computes the loss in chunks and does not upcast embeddings / head to fp32."""
+    core.train.backends: fp32 or bf16 autocast on CPU; on CUDA a bf16 base with autocast — pure bf16 for full
+    fine-tuning). `backend` is the one the run actually gets (choose_backend, after any fallback); default: the
+    spec's own choice, "auto" counting as hf. Unsloth computes the loss in chunks and does not upcast embeddings /
+    head to fp32. `seq_len`: the longest tokenized training row when known (a padded batch is never wider), else
+    max_length."""
     from core.memory import DEVICES, MemorySpec, arch_from_source
     from core.train.backends import choose_precision
 
@@ -79,7 +82,7 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
     return MemorySpec(
         model=arch, method=method, precision=precision, optimizer="adamw", lora_r=spec.lora_r,
         lora_targets="all-linear" if "all-linear" in targets else tuple(targets),
-        batch_size=spec.batch_size, seq_len=spec.max_length,
+        batch_size=spec.batch_size, seq_len=min(spec.max_length, seq_len or spec.max_length),
         gradient_checkpointing=spec.gradient_checkpointing,
         attention="sdpa", chunked_loss=unsloth, kbit_upcast=not unsloth,
         grad_accumulation=spec.gradient_accumulation, device=device,
@@ -87,7 +90,7 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
     )
 
 
-def estimate_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None) -> Any:
+def estimate_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None, seq_len: int | None = None) -> Any:
     """The estimate for a Train-page run spec (`core.train.spec.TrainSpec`) on `hardware` (default: detected).
     `.total_bytes` is the full peak for the fits check; `.measurable_bytes` is what the run card compares."""
     if hardware is None:
@@ -96,10 +99,11 @@ def estimate_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None
         hardware = detect()
     from core.memory import estimate
 
-    return estimate(memory_spec_from_train_spec(spec, hardware, backend=backend))
+    return estimate(memory_spec_from_train_spec(spec, hardware, backend=backend, seq_len=seq_len))
 
 
-def estimate_per_device_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None) -> Any:
+def estimate_per_device_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None,
+                                 seq_len: int | None = None) -> Any:
     """Per-device peak of a multi-process spec (core.memory.distributed: the model state divided as its
     distributed_strategy divides it; activations per device)."""
     if hardware is None:
@@ -108,10 +112,11 @@ def estimate_per_device_for_spec(spec: TrainSpec, hardware: Any = None, backend:
         hardware = detect()
     from core.memory.distributed import distribution_from_train_spec, estimate_per_device
 
-    return estimate_per_device(memory_spec_from_train_spec(spec, hardware, backend=backend), distribution_from_train_spec(spec))
+    return estimate_per_device(memory_spec_from_train_spec(spec, hardware, backend=backend, seq_len=seq_len),
+                               distribution_from_train_spec(spec))
 
 
-def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None) -> tuple[Any, str]:
+def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None, seq_len: int | None = None) -> tuple[Any, str]:
     """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows, for the backend the run
     gets (by default the one choose_backend picks here); for several processes, the peak of ONE device."""
     if backend is None:
@@ -123,17 +128,17 @@ def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None) 
             backend = None
     try:
         if spec.uses_launcher:  # the model state divided as the strategy divides it
-            estimate = estimate_per_device_for_spec(spec, hardware, backend=backend)
+            estimate = estimate_per_device_for_spec(spec, hardware, backend=backend, seq_len=seq_len)
         else:
-            estimate = estimate_for_spec(spec, hardware, backend=backend)
+            estimate = estimate_for_spec(spec, hardware, backend=backend, seq_len=seq_len)
     except Exception as exc:  # noqa: BLE001 - an estimate is advice; never block training on it
         return None, f"no estimate: {exc}"
     return estimate, estimate.note
 
 
-def predict_memory(spec: TrainSpec, hardware: Any, backend: str | None = None) -> tuple[int | None, str]:
+def predict_memory(spec: TrainSpec, hardware: Any, backend: str | None = None, seq_len: int | None = None) -> tuple[int | None, str]:
     """The peak a run's memory probe should see (CUDA: live tensors; CPU: the process above its baseline)."""
-    estimate, note = memory_estimate(spec, hardware, backend)
+    estimate, note = memory_estimate(spec, hardware, backend, seq_len)
     return (int(estimate.measurable_bytes) if estimate is not None else None), note
 
 
@@ -191,6 +196,7 @@ class DataCheck:
     failed_rows: int = 0
     invalid_rows: int = 0
     sequences: int = 0  # training sequences after packing: what the step count is computed from
+    longest: int = 0  # tokens of the longest training sequence: the memory estimate's padded width
     lint_warnings: tuple[str, ...] = ()
     refusal: str | None = None
     template: dict = field(default_factory=dict)  # the chat template the run will render with (name, source, reason)
@@ -243,7 +249,7 @@ def check_data(spec: TrainSpec) -> DataCheck:
     return DataCheck(
         rows=train.n_rows, eval_rows=data.eval.n_kept if data.eval else 0, tokens=train.tokens, trained_tokens=train.trained_tokens,
         zero_trained_rows=train.n_zero_trained, truncated_rows=train.n_truncated, failed_rows=train.n_failed,
-        invalid_rows=data.n_invalid_rows, sequences=len(train.features),
+        invalid_rows=data.n_invalid_rows, sequences=len(train.features), longest=train.longest,
         lint_warnings=tuple(f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings),
         template=dict(data.template_choice),
     )
@@ -257,7 +263,8 @@ def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None)
     from core.train.methods import method_refusal_for
 
     report = Preflight(available_memory_bytes=available_memory_bytes(hardware))
-    estimate, report.memory_note = memory_estimate(spec, hardware)
+    data = data if data is not None else check_data(spec)
+    estimate, report.memory_note = memory_estimate(spec, hardware, seq_len=data.longest or None)
     report.predicted_memory_bytes = int(estimate.total_bytes) if estimate is not None else None
     if estimate is not None and spec.uses_launcher and getattr(hardware, "device", "cpu") == "cpu":
         # CPU processes share one machine's RAM: the fits check is against all of them together.
@@ -271,7 +278,6 @@ def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None)
     report.refusal = report.refusal or distribution_refusal(spec, hardware)
     report.backend_notes = report.backend_notes + distribution_notes(spec, hardware)
     report.refusal = report.refusal or method_refusal_for(spec)
-    data = data if data is not None else check_data(spec)
     if data.refusal:
         report.refusal = report.refusal or data.refusal
         return report
