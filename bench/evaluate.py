@@ -6,7 +6,7 @@ wall time. Without --adapter it first trains a short LoRA on the demo task throu
 
     .venv/bin/python bench/evaluate.py [--adapter RUN/adapter] [--train-steps 30] [--task-samples 24] ...
 
-Uses $WORKBENCH_HOME (default ~/.workbench). Last line: one JSON object with the figures.
+Runs in a temporary workspace (BENCH_KEEP=1 keeps it), never the user's. Last line: one JSON object with the figures.
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _train_common import bench_workspace  # noqa: E402
 
 from core import runs  # noqa: E402
 
@@ -41,6 +44,7 @@ def main() -> None:
     for name in ("task_samples", "general_samples", "mc_samples", "max_new_tokens"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, dest=name)
     args = parser.parse_args()
+    bench_workspace()
     adapter = args.adapter or train_demo_adapter(args.train_steps)
     spec = {"kind": "evaluate", "name": "bench", "variants": [{"label": "demo LoRA", "model": {"adapter": str(adapter.resolve())}}]}
     spec.update({k: v for k, v in vars(args).items() if k.endswith(("samples", "tokens")) and v is not None})

@@ -10,7 +10,7 @@ Jobs run through the real worker, so their run folders show up on the pages afte
 
     .venv/bin/python bench/merge_prune_distill.py [--adapter RUN/adapter] [--train-steps 30] [--eval-rows 10] [--distill-steps 30]
 
-Uses $WORKBENCH_HOME (default ~/.workbench). Last line: one JSON object with the figures.
+Runs in a temporary workspace (BENCH_KEEP=1 keeps it), never the user's. Last line: one JSON object with the figures.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 # On a shared, loaded CPU, OpenMP threads that spin while waiting make torch ~5x slower (32 greedy tokens of the
 # embedded model: 15 s spinning vs 3 s passive on 2 busy cores). Workers inherit this environment.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=10, help="task rows per evaluation (general texts 2x, MC items 5x)")
     parser.add_argument("--distill-steps", type=int, default=30)
     args = parser.parse_args()
+    from _train_common import bench_workspace
+
+    bench_workspace()
     figures: dict = {"eval_rows": args.eval_rows, "cpu_cores": os.cpu_count(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg_start": round(os.getloadavg()[0], 1)}
     started = time.time()
 
