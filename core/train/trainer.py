@@ -274,13 +274,13 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
     )
 
 
-def trl_loss_runs_without_cuda() -> bool:
-    """Whether TRL's fused LM-head loss has a non-Triton path (TRL >= 1.16 does; 1.15's needs CUDA)."""
-    try:
-        from trl.kernels import chunked_logprob
-    except ImportError:
-        return True  # no fused kernel module at all: TRL computes the loss from the logits
-    return hasattr(chunked_logprob, "_forward_tile")
+def model_loss_instead_of_trl(device: str) -> bool:
+    """Off CUDA the job uses the model's own loss instead of TRL's fused LM head. TRL 1.15's fused head needs a
+    Triton kernel; TRL 1.16 folds it in plain torch off CUDA, a whole 4096-token x 32768-vocabulary tile at a time
+    with about five fp32 copies of the tile alive at once (bench/memory_calibration.py measured the job 24 % above
+    its estimate that way). The model's loss holds the logits once (12 bytes per element, what core.memory
+    counts); TRL's per-step entropy / token accuracy are not logged then."""
+    return device != "cuda"
 
 
 def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, data: PreparedData, *,
@@ -289,7 +289,7 @@ def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
     from trl import SFTTrainer
 
     counter = counter or TokenCounter()
-    plain_loss = device != "cuda" and not trl_loss_runs_without_cuda()
+    plain_loss = model_loss_instead_of_trl(device)
 
     class WorkbenchTrainer(SFTTrainer):
         """SFTTrainer that counts the tokens of every batch it trains on (for tokens/s)."""
@@ -302,8 +302,8 @@ def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not plain_loss:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            # TRL 1.15 (the GPU set's) computes every loss with a Triton kernel that needs CUDA: use the model's own
-            # causal-LM loss on the same labels instead (transformers' Trainer.compute_loss, the class TRL extends).
+            # The model's own causal-LM loss on the same labels (transformers' Trainer.compute_loss, the class TRL
+            # extends): see model_loss_instead_of_trl for when.
             from transformers import Trainer
 
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
