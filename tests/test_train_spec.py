@@ -98,8 +98,10 @@ def test_hardware_defaults():
     class GPU:
         device = "cuda"
 
+    from core.train.spec import CPU_DEMO_LEARNING_RATE, CPU_DEMO_STEPS
+
     cpu = hardware_defaults(CPU())
-    assert 30 <= cpu.max_steps <= 40 and cpu.method == "lora" and not cpu.gradient_checkpointing
+    assert cpu.max_steps == CPU_DEMO_STEPS and cpu.learning_rate == CPU_DEMO_LEARNING_RATE and cpu.method == "lora" and not cpu.gradient_checkpointing
     gpu = hardware_defaults(GPU())
     assert gpu.max_steps == 0 and gpu.gradient_checkpointing
     assert replace(cpu, lora_r=4).lora_r == 4
