@@ -368,3 +368,17 @@ def test_the_train_spec_on_a_bf16_cpu_is_estimated_as_the_job_runs_it(tiny_llama
     assert memory_spec_from_train_spec(spec, bf16_cpu).precision == "autocast"
     assert memory_spec_from_train_spec(spec, plain_cpu).precision == "fp32"
     assert memory_spec_from_train_spec(replace(spec, precision="fp32"), bf16_cpu).precision == "fp32"
+
+
+def test_lora_dropout_keeps_each_adapters_own_input_and_mask():
+    """Measured on the real CPU job (bench/memory_calibration.py): with lora_dropout > 0 every adapter keeps its own
+    dropped-out input (16-bit under autocast) and dropout's fp32 noise tensor; on a GPU the fused kernel keeps a bool mask."""
+    arch = preset_arch("SmolLM2 135M")
+    base = MemorySpec(arch, method="lora", precision="autocast", device="cpu", batch_size=4, seq_len=128)
+    tokens = 4 * 128
+    inputs = sum(l.in_features for l in base.targeted_linears()) * arch.num_layers
+    shared = (2 * arch.hidden_size + arch.q_dim + arch.intermediate_size) * arch.num_layers  # q/k/v and gate/up each share one input
+    with_dropout = replace(base, lora_dropout=0.05)
+    assert memory.activation_bytes(with_dropout) - memory.activation_bytes(base) == pytest.approx(tokens * ((2 + 4) * inputs - 2 * shared))
+    gpu = replace(with_dropout, device="cuda", precision="mixed")
+    assert memory.activation_bytes(gpu) - memory.activation_bytes(replace(gpu, lora_dropout=0.0)) == pytest.approx(tokens * ((2 + 1) * inputs - 2 * shared))

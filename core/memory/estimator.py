@@ -151,6 +151,8 @@ class MemorySpec:
     device: str = field(default="cuda", metadata=meta("cuda, cpu (fp32, no CUDA context) or mps.", choices=DEVICES))
     double_quant: bool = field(default=True, metadata=meta("QLoRA: quantize the NF4 block constants too (0.127 instead of 0.5 bits/param)."))
     kbit_upcast: bool = field(default=True, metadata=meta("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, lm_head and norms to fp32 (Unsloth does not)."))
+    lora_dropout: float = field(default=0.0, metadata=meta("LoRA / DoRA / QLoRA: dropout on each adapter's input; above 0 every adapter keeps "
+                                                           "its own dropped-out input and mask for backward.", min=0.0, max=1.0))
     num_virtual_tokens: int = field(default=20, metadata=meta("Prompt / prefix tuning: learned virtual tokens.", min=1))
     frozen_layers: int = field(default=0, metadata=meta("Partial fine-tuning: bottom decoder layers kept frozen (0 = the bottom half)."))
 
@@ -463,9 +465,16 @@ def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
         lora_out_bytes = {"fp32": 4, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
         cast_bytes = {"fp32": 0, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
         total += len(targeted) * spec.lora_r * lora_out_bytes  # lora_A outputs
-        distinct_inputs = (h if targeted & {"q_proj", "k_proj", "v_proj", "qkv_proj"} else 0) + (q if "o_proj" in targeted else 0)
-        distinct_inputs += (h if targeted & {"gate_proj", "up_proj", "gate_up_proj"} else 0) + (i if "down_proj" in targeted else 0)
-        total += cast_bytes * distinct_inputs
+        if spec.lora_dropout > 0:
+            # Each adapter drops out its own copy of the input: lora_A keeps that copy (16-bit under autocast / mixed,
+            # fp32 otherwise) and dropout keeps its mask: an fp32 noise tensor on CPU, a bool mask in the fused GPU kernel.
+            kept_input = {"fp32": 4, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
+            mask = 4 if spec.device == "cpu" else 1
+            total += (kept_input + mask) * sum(l.in_features for l in spec.targeted_linears())
+        else:
+            distinct_inputs = (h if targeted & {"q_proj", "k_proj", "v_proj", "qkv_proj"} else 0) + (q if "o_proj" in targeted else 0)
+            distinct_inputs += (h if targeted & {"gate_proj", "up_proj", "gate_up_proj"} else 0) + (i if "down_proj" in targeted else 0)
+            total += cast_bytes * distinct_inputs
         if spec.method == "dora":
             total += sum(2 * b * l.out_features for l in spec.targeted_linears())  # base and LoRA results kept for the magnitude scaling
     if spec.method == "ia3":

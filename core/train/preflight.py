@@ -87,6 +87,7 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
         attention="sdpa", chunked_loss=unsloth, kbit_upcast=not unsloth,
         grad_accumulation=spec.gradient_accumulation, device=device,
         num_virtual_tokens=spec.num_virtual_tokens, frozen_layers=spec.frozen_layers,
+        lora_dropout=0.0 if unsloth else spec.lora_dropout,  # Unsloth's fast path runs without dropout
     )
 
 
