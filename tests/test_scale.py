@@ -148,7 +148,7 @@ def test_unsloth_runs_ddp_but_is_refused_for_fsdp_and_deepspeed():
 def test_the_preflight_shows_the_refusal_and_the_distribution(tmp_path, monkeypatch):
     from core.train import preflight
 
-    monkeypatch.setattr(preflight, "memory_estimate", lambda spec, hw: (None, "no estimate in this test"))
+    monkeypatch.setattr(preflight, "memory_estimate", lambda spec, hw, **kwargs: (None, "no estimate in this test"))
     report = preflight.run_preflight(TrainSpec(processes_per_node=2, distributed_strategy="fsdp"), CPU)
     assert report.refusal and "FSDP needs CUDA GPUs" in report.refusal
     report = preflight.run_preflight(TrainSpec(processes_per_node=2), CPU)
