@@ -382,3 +382,12 @@ def test_lora_dropout_keeps_each_adapters_own_input_and_mask():
     assert memory.activation_bytes(with_dropout) - memory.activation_bytes(base) == pytest.approx(tokens * ((2 + 4) * inputs - 2 * shared))
     gpu = replace(with_dropout, device="cuda", precision="mixed")
     assert memory.activation_bytes(gpu) - memory.activation_bytes(replace(gpu, lora_dropout=0.0)) == pytest.approx(tokens * ((2 + 1) * inputs - 2 * shared))
+
+
+def test_loha_and_lokr_keep_a_16_bit_input_copy_per_layer_under_autocast():
+    arch = preset_arch("SmolLM2 135M")
+    for method in ("loha", "lokr"):
+        auto = MemorySpec(arch, method=method, precision="autocast", device="cpu", batch_size=4, seq_len=128)
+        per_token = memory.layer_activation_bytes_per_token(auto) - memory.layer_activation_bytes_per_token(replace(auto, method="ia3"))
+        copies = 2 * sum(l.in_features for l in auto.targeted_linears())
+        assert per_token >= copies, method  # F.linear(x, ΔW) keeps its own cast input in every targeted layer
