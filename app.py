@@ -39,6 +39,7 @@ PAGES = {
     ],
 }
 
-page = st.navigation(PAGES)
+# expanded: past ten pages Streamlit folds the rest behind "View more".
+page = st.navigation(PAGES, expanded=True)
 render_sidebar()
 page.run()

@@ -160,7 +160,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str):
 # ---------------------------------------------------------------- issue 13: export the demo run to GGUF and chat with it
 
 
-def _finished_train_run(home) -> None:
+def _finished_train_run(home) -> str:
     """The run the journey above trained; when this test runs alone, a 2-step one started headless like the Start button."""
     import os
 
@@ -170,21 +170,22 @@ def _finished_train_run(home) -> None:
     previous = os.environ.get("WORKBENCH_HOME")
     os.environ["WORKBENCH_HOME"] = str(home)
     try:
-        if any(r.status.state == "succeeded" for r in runs.list_runs("train")):
-            return
+        done = [r for r in runs.list_runs("train") if r.status.state == "succeeded"]
+        if done:
+            return done[0].run_id
         run_dir = runs.create_run(TrainSpec(max_steps=2, batch_size=4, max_length=256, eval_fraction=0.0, eval_on_start=False))
         runs.launch(run_dir)
         assert runs.wait(run_dir, timeout=900).state == "succeeded"
+        return run_dir.name
     finally:
         os.environ["WORKBENCH_HOME"] = previous or ""
 
 
 def test_export_demo_run_to_gguf_then_chat_with_it(page: Page, app_url: str, e2e_home):
     """Train page → Export it → GGUF F16 / Q8_0 + Modelfile, every check passed → Chat: the GGUF in llama.cpp beside the adapter."""
-    _finished_train_run(e2e_home)
-    page.goto(app_url)
+    run_id = _finished_train_run(e2e_home)
+    page.goto(f"{app_url}/train?run={run_id}")  # a fresh browser session: the run is opened by its link
     settle(page)
-    go(page, "Train")
     page.get_by_role("button", name=re.compile("Export it")).click()
     settle(page)
     expect(page.locator("h1").first).to_contain_text("Export")
