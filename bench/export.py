@@ -5,7 +5,7 @@ then Chat tokens/s for the same prompts: torch (base + adapter, as Chat loads a 
 against llama.cpp (F16, Q8_0, Q4_K_M).
 
     .venv/bin/python bench/export.py                 # last line is JSON
-    .venv/bin/python bench/export.py --steps 36      # the full one-click demo run
+    .venv/bin/python bench/export.py --steps 36      # a longer run than the one-click demo's 12 steps
     .venv/bin/python bench/export.py --run RUN_DIR   # export an existing train run instead of training one
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_common import bench_workspace, run_worker  # noqa: E402
+
+from core.train.spec import CPU_DEMO_STEPS  # noqa: E402
 
 CHAT_PROMPTS = ("My laptop will not connect to the office Wi-Fi since this morning.",
                 "Explain what a LoRA adapter is in two sentences.",
@@ -76,7 +78,7 @@ def chat_speed(loaded, label: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=12, help="training steps of the demo run (the one-click demo is 36)")
+    parser.add_argument("--steps", type=int, default=CPU_DEMO_STEPS, help="training steps of the demo run (default: the one-click demo's)")
     parser.add_argument("--run", type=Path, help="an existing finished train run to export (no training)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
