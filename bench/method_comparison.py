@@ -5,7 +5,8 @@ budget, each through the real train worker; one evaluation scores them all (core
 feature-extraction baseline predicts `urgency` from the frozen model's pooled hidden states. Prints the table,
 which measured trainable shares fall inside the chapter's claims, and one JSON line.
 
-    python bench/method_comparison.py [--steps 8] [--methods lora,ia3,...] [--task-samples 12]
+    python bench/method_comparison.py [--steps 8] [--methods lora,ia3,...] [--task-samples 8] [--mc-samples 20]
+    python bench/method_comparison.py --run RUN_DIR   # report a finished comparison run again (no training)
 
 Sized for 2 CPU cores in at most 15 minutes (the defaults); OMP_WAIT_POLICY=PASSIVE is set for the children.
 """
@@ -29,8 +30,10 @@ def main() -> int:
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--task-samples", type=int, default=12)
-    parser.add_argument("--timeout", type=float, default=15 * 60)
+    parser.add_argument("--task-samples", type=int, default=8)
+    parser.add_argument("--mc-samples", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=40 * 60, help="give up waiting after this many seconds (the job goes on)")
+    parser.add_argument("--run", type=Path, help="a finished method_comparison run folder to report instead of starting one")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     bench_workspace()
@@ -39,16 +42,24 @@ def main() -> int:
     from core.compare.spec import MethodComparisonSpec
     from core.compare.table import CHAPTER_SHARES, chapter_check, display_rows
 
-    spec = MethodComparisonSpec(name="bench", methods=args.methods.split(","), max_steps=args.steps, batch_size=args.batch_size,
-                                max_length=256, task_samples=args.task_samples, general_samples=8, mc_samples=40, max_new_tokens=40)
-    run_dir = runs.create_run(spec)
-    started = time.time()
-    runs.launch(run_dir)
-    status = runs.wait(run_dir, timeout=args.timeout)
-    wall = time.time() - started
+    if args.run:
+        run_dir, status = args.run, runs.read_status(args.run)
+        wall = status.finished_at - status.started_at
+    else:
+        spec = MethodComparisonSpec(name="bench", methods=args.methods.split(","), max_steps=args.steps, batch_size=args.batch_size,
+                                    max_length=256, task_samples=args.task_samples, general_samples=8, mc_samples=args.mc_samples, max_new_tokens=40)
+        run_dir = runs.create_run(spec)
+        started = time.time()
+        runs.launch(run_dir)
+        try:
+            status = runs.wait(run_dir, timeout=args.timeout)
+        except TimeoutError:
+            runs.stop(run_dir)  # the temporary workspace goes when this script ends: the job must not outlive it
+            raise SystemExit(f"comparison still running after {args.timeout:.0f} s: stopped ({run_dir})") from None
+        wall = time.time() - started
     if status.state != "succeeded":
         raise SystemExit(f"comparison ended {status.state}: {status.error}\n{runs.log_tail(run_dir)}")
-    result = runs.read_result(run_dir)
+    result = runs.read_result(run_dir, "method_comparison")
     rows = result["rows"]
     for row in display_rows(rows):
         print(" | ".join(f"{k}: {v}" for k, v in row.items() if k not in ("Run", "Error") and v not in (None, "")))
