@@ -52,7 +52,9 @@ def form_defaults(model: ModelSource) -> dict:
         reset_spec_form(TrainSpec, FORM)
         st.session_state["train_recipe_applied"] = recipe
     if recipe:
-        st.info("Prefilled from the Decide page's recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
+        made_for, origin = st.session_state.get("train_recipe_origin") or (None, "")
+        origin = origin if made_for == st.session_state.get("train_recipe") else "the Decide page's recipe"
+        st.info(f"Prefilled from {origin}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
     return {**defaults, **recipe}
 
 
@@ -86,6 +88,8 @@ def render_preflight(spec: TrainSpec):
         st.warning(f"Predicted {memory} exceeds the {human_bytes(check.available_memory_bytes)} free: lower batch_size or "
                    "max_length, turn on gradient checkpointing, or use QLoRA.")
     notes = check.backend_notes + ([f"{check.truncated_rows} rows cut to max_length"] if check.truncated_rows else [])
+    if check.replay_rows:
+        notes.append(f"{check.replay_rows} of the training rows are general replay rows ({check.replay_fraction:.1%})")
     template = check.template.get("name") or ("the tokenizer's own" if check.template.get("source") == "tokenizer" else "—")
     st.caption(f"Backend: **{check.backend or '—'}** · chat template: {template} · eval rows: {check.eval_rows}"
                + "".join(f" · {n}" for n in notes))

@@ -56,6 +56,7 @@ class PreparedData:
     chat_template: str | None
     notes: list[str] = field(default_factory=list)
     template_choice: dict = field(default_factory=dict)  # {name, source: spec | tokenizer | proposed, reason}
+    replay: dict | None = None  # core.data.replay's record of the general rows mixed in, when replay is on
 
     def manifest(self) -> dict:
         """What the run card records about the data."""
@@ -72,6 +73,7 @@ class PreparedData:
             "truncated_rows": self.train.n_truncated,
             "train_tokens": self.train.tokens,
             "trained_tokens": self.train.trained_tokens,
+            "replay": self.replay,
         }
 
 
@@ -172,13 +174,35 @@ def build_split(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_temp
         if row.n_trained == 0:
             split.n_zero_trained += 1
             continue
-        split.n_truncated += int(row.truncated)
-        split.tokens += row.n_tokens
-        split.trained_tokens += row.n_trained
-        split.features.append({"input_ids": list(row.input_ids), "labels": list(row.labels)})
+        _keep(split, row)
     if pack and split.features:
         split.features = pack_features(split.features, spec.max_length)
     return split
+
+
+def _keep(split: EncodedSplit, row: EncodedRow) -> None:
+    split.n_truncated += int(row.truncated)
+    split.tokens += row.n_tokens
+    split.trained_tokens += row.n_trained
+    split.features.append({"input_ids": list(row.input_ids), "labels": list(row.labels)})
+
+
+def add_replay(split: EncodedSplit, tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> dict:
+    """Mix `spec.replay_fraction` general rows into an encoded training split (core.data.replay); returns the record."""
+    from core.data.replay import ReplayError, mix
+
+    def encode(row: dict) -> EncodedRow | None:
+        encoded = encode_rows([row], tokenizer, spec, chat_template)[0]
+        return encoded if encoded is not None and encoded.n_trained else None
+
+    try:
+        rows, record = mix(len(split.features), spec.replay_fraction, spec.replay_dataset, spec.seed, encode)
+    except ReplayError as exc:
+        raise DataError(str(exc)) from exc
+    for row in rows:
+        _keep(split, row)
+    split.n_rows += len(rows)
+    return record
 
 
 def held_out(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -205,18 +229,24 @@ def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
     refusal = lint.refusal()
     if refusal:
         raise DataError(f"Refusing to train on {spec.dataset}: {refusal}{_zero_reason(lint)}.")
-    train = build_split(train_rows, tokenizer, spec, template, pack=spec.packing)
+    train = build_split(train_rows, tokenizer, spec, template, pack=False)
     if not train.features:
         raise DataError(
             f"Refusing to train on {spec.dataset}: none of its {train.n_rows} training rows keeps a trained token "
             f"({train.n_zero_trained} have none under masking policy {spec.masking_policy!r} at max_length {spec.max_length}, "
             f"{train.n_failed} could not be encoded)."
         )
+    replay = add_replay(train, tokenizer, spec, template) if spec.replay_fraction > 0 else None
+    if spec.packing:
+        train.features = pack_features(train.features, spec.max_length)
     evaluation = build_split(eval_rows, tokenizer, spec, template, pack=False) if eval_rows else None
     path = data_file(spec.dataset)
     notes = []
     if template_choice["source"] == "proposed":
         notes.append(f"chat template {template_choice['name']} proposed: {template_choice['reason']}")
+    if replay:
+        notes.append(f"replay: {replay['replay_rows']} general rows from {replay['label']} mixed into {replay['task_rows']} task rows "
+                     f"({replay['fraction']:.1%} of the training rows)")
     if train.n_zero_trained:
         notes.append(f"{train.n_zero_trained} of {train.n_rows} rows had no trained token and were left out")
     if train.n_failed:
@@ -235,6 +265,7 @@ def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
         chat_template=template,
         notes=notes,
         template_choice=template_choice,
+        replay=replay,
     )
 
 

@@ -27,6 +27,8 @@ class Preflight:
     truncated_rows: int = 0
     failed_rows: int = 0
     invalid_rows: int = 0
+    replay_rows: int = 0  # general rows mixed in (replay), included in `rows`
+    replay_fraction: float = 0.0
     lint_warnings: list[str] = field(default_factory=list)
     refusal: str | None = None  # why training would be refused, or None
     total_steps: int | None = None
@@ -198,6 +200,8 @@ class DataCheck:
     invalid_rows: int = 0
     sequences: int = 0  # training sequences after packing: what the step count is computed from
     longest: int = 0  # tokens of the longest training sequence: the memory estimate's padded width
+    replay_rows: int = 0  # general rows mixed in (replay), included in `rows`
+    replay_fraction: float = 0.0
     lint_warnings: tuple[str, ...] = ()
     refusal: str | None = None
     template: dict = field(default_factory=dict)  # the chat template the run will render with (name, source, reason)
@@ -231,6 +235,8 @@ def data_key(spec: TrainSpec) -> str:
     fields["dataset_sha256"] = content_digest(spec.dataset)
     if spec.eval_dataset.strip():
         fields["eval_dataset_sha256"] = content_digest(spec.eval_dataset)
+    if spec.replay_fraction > 0 and spec.replay_dataset.strip() not in ("", "general"):
+        fields["replay_dataset_sha256"] = content_digest(spec.replay_dataset)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -251,6 +257,7 @@ def check_data(spec: TrainSpec) -> DataCheck:
         rows=train.n_rows, eval_rows=data.eval.n_kept if data.eval else 0, tokens=train.tokens, trained_tokens=train.trained_tokens,
         zero_trained_rows=train.n_zero_trained, truncated_rows=train.n_truncated, failed_rows=train.n_failed,
         invalid_rows=data.n_invalid_rows, sequences=len(train.features), longest=train.longest,
+        replay_rows=data.replay["replay_rows"] if data.replay else 0, replay_fraction=data.replay["fraction"] if data.replay else 0.0,
         lint_warnings=tuple(f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings),
         template=dict(data.template_choice),
     )
@@ -285,6 +292,7 @@ def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None)
     report.rows, report.eval_rows, report.tokens, report.trained_tokens = data.rows, data.eval_rows, data.tokens, data.trained_tokens
     report.zero_trained_rows, report.truncated_rows, report.failed_rows = data.zero_trained_rows, data.truncated_rows, data.failed_rows
     report.invalid_rows = data.invalid_rows
+    report.replay_rows, report.replay_fraction = data.replay_rows, data.replay_fraction
     report.template = dict(data.template)
     report.lint_warnings = list(data.lint_warnings)
     report.total_steps = total_steps(spec, data.sequences)

@@ -75,6 +75,18 @@ class TrainSpec:
         metadata=meta("Pack several short rows into one max_length sequence (each row still attends only to itself): fewer pad tokens, faster.", "data"),
     )
 
+    # ---------------------------------------------------------------- replay (general data mixed in against forgetting)
+    replay_fraction: float = field(
+        default=0.0,
+        metadata=meta("Replay: share of the training rows that are general rows mixed in against forgetting (0.1 = one general "
+                       "row per nine task rows; exact, recorded in the run card). 0 = off.", "replay", min=0.0, max=0.9),
+    )
+    replay_dataset: str = field(
+        default="general",
+        metadata=meta("Where the replay rows come from: 'general' = the shipped general instructions (assets/general/replay.jsonl), "
+                       "or a JSONL / JSON / CSV / Parquet file or dataset folder of your own.", "replay", advanced=True),
+    )
+
     # ---------------------------------------------------------------- method
     method: str = field(
         default="lora",
@@ -231,6 +243,8 @@ class TrainSpec:
         self._check_model()
         if not str(self.dataset).strip():
             raise ValueError("dataset: choose a training data file or folder")
+        if self.replay_fraction > 0 and not str(self.replay_dataset).strip():
+            raise ValueError("replay_dataset: name the replay data ('general' for the shipped set, or a file)")
         if self.max_steps == 0 and self.num_epochs <= 0:
             raise ValueError("num_epochs: must be above 0 when max_steps is 0 (set one of them)")
         if set(LORA_FIELDS) <= set(method_info(self.method).fields):
