@@ -4,7 +4,9 @@
   generation prompt (`core.data.masking`, the same rendering training uses), or — for a tokenizer without a
   template — the one plain fallback, `plain_prompt`.
 - `greedy_answers(...)`: batched greedy decoding (left padding, prompts of similar length batched together),
-  for the Evaluate job, the Decide baseline and anything else that scores answers.
+  for the Evaluate job, the Decide baseline and anything else that scores answers; `batch_answers(...)` is the
+  same loop, optionally sampled (seeded per batch), with whether each answer finished — a teacher's answers for
+  sequence-level distillation.
 - `start_generation(...)` / `generate_blocking(...)`: one streamed answer with the Chat page's sampling
   settings; the text fills a buffer from a background thread, so the page polls it and stays responsive.
 
@@ -75,23 +77,38 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 # ---------------------------------------------------------------- batched greedy
 
 
-def greedy_answers(
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    new_tokens: int  # generated tokens up to and including the end-of-sequence token
+    finished: bool  # ended with an end-of-sequence token (False: cut at max_new_tokens)
+
+
+def batch_answers(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     batch_size: int = 8,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
     should_stop: StopCheck | None = None,
     on_progress: Progress | None = None,
-) -> list[str]:
-    """Greedy answers for tokenised prompts (see `prompt_ids`), batched with left padding."""
+) -> list[Answer]:
+    """Answers for tokenised prompts (see `prompt_ids`), batched with left padding, prompts of similar length together.
+
+    temperature 0 is greedy; above 0 samples (nucleus `top_p`), the generator re-seeded from `seed` before each batch,
+    so the same prompts, settings and batch size give the same answers (e.g. a teacher's sampled dataset)."""
     import torch
 
     device, pad = _device(model), pad_token_id(tokenizer)
     eos = eos_token_ids(model, tokenizer)
+    decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None} if temperature > 0 else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[str] = [""] * len(prompts)
+    answers: list[Answer] = [Answer("", 0, False)] * len(prompts)
     for start in range(0, len(order), batch_size):
         if should_stop is not None and should_stop():
             raise Stopped()
@@ -103,15 +120,33 @@ def greedy_answers(
             ids[row, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
             mask[row, width - len(prompts[i]):] = 1
         with GENERATION_LOCK, torch.inference_mode():
-            out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad, eos_token_id=eos,
-            )
+            if temperature > 0:
+                torch.manual_seed(seed + start)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, eos_token_id=eos, **decoding)
         for row, i in enumerate(chunk):
-            answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            new = out[row, width:].tolist()
+            end = next((n for n, token in enumerate(new) if token in eos), None)
+            answers[i] = Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), len(new) if end is None else end + 1,
+                                end is not None)
         if on_progress:
             on_progress(len(chunk))
     return answers
+
+
+def greedy_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    should_stop: StopCheck | None = None,
+    on_progress: Progress | None = None,
+) -> list[str]:
+    """Greedy answers for tokenised prompts (see `prompt_ids`), batched with left padding."""
+    return [a.text for a in batch_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                          should_stop=should_stop, on_progress=on_progress)]
 
 
 def greedy_chat_answers(loaded: Any, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, batch_size: int = 8,

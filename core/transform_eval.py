@@ -29,21 +29,22 @@ class _SubContext(JobContext):
             self.on_metrics(row)
 
 
-def eval_spec(reference: ModelSource, variants: list[tuple[str, ModelSource]], rows: int, name: str) -> dict:
+def eval_spec(reference: ModelSource, variants: list[tuple[str, ModelSource]], rows: int, name: str, task_dataset: str = "") -> dict:
     """An evaluate-job spec sized by `rows`: task rows = rows, general texts = 2·rows, multiple-choice items = 5·rows."""
-    return {"kind": "evaluate", "name": name, "base": reference.as_dict(),
+    spec = {"kind": "evaluate", "name": name, "base": reference.as_dict(),
             "variants": [{"label": label, "model": source.as_dict()} for label, source in variants],
             "task_samples": rows, "general_samples": 2 * rows, "mc_samples": 5 * rows}
+    return {**spec, "task_dataset": task_dataset} if task_dataset else spec
 
 
 def evaluate_variants(reference: ModelSource, variants: list[tuple[str, ModelSource]], ctx: JobContext, *, rows: int = 20,
                       progress_span: tuple[float, float] = (0.0, 1.0), subdir: str = EVAL_DIR,
-                      on_model: Callable[[dict], None] | None = None) -> dict:
+                      on_model: Callable[[dict], None] | None = None, task_dataset: str = "") -> dict:
     """Run core.evaluate's job on `reference` (as the base) and the variants; returns its report dict."""
     from core.evaluate.job import run as run_evaluation
 
     low, high = progress_span
-    data = eval_spec(reference, variants, rows, name=f"{ctx.run_dir.name}-{subdir}")
+    data = eval_spec(reference, variants, rows, name=f"{ctx.run_dir.name}-{subdir}", task_dataset=task_dataset)
     sub = _SubContext(
         run_dir=ctx.path(subdir, "spec.yaml").parent,
         spec=parse_spec(data),

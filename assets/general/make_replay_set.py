@@ -54,9 +54,8 @@ def main() -> None:
     source.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in prompts), encoding="utf-8")
     spec = {"kind": "teacher_answers", "teacher": {"kind": "embedded"}, "data": "dataset", "dataset_path": str(source),
             "decoding": "greedy", "max_new_tokens": 256, "batch_size": 12, "json_only": "no", "output_name": "replay"}
-    ctx = JobContext(run_dir=home / "run", spec=spec, log=logging.getLogger("replay"), _stop=lambda: False,
-                     set_progress=lambda fraction, message: print(f"{fraction:5.0%} {message}", flush=True))
-    ctx.run_dir.mkdir()
+    ctx = JobContext.in_process(home / "run", spec, log=logging.getLogger("replay"),
+                                set_progress=lambda fraction, message: print(f"{fraction:5.0%} {message}", flush=True))
     result = run(ctx)
     rows = [json.loads(line) for line in (Path(result["dataset_dir"]) / "data.jsonl").read_text(encoding="utf-8").splitlines()]
     TARGET.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

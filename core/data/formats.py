@@ -22,6 +22,9 @@ ambiguous, e.g. ``{"prompt": "question", "completion": "answer"}``; when ``fmt``
 follows from the mapped fields. Canonical fields: messages, conversations, instruction, input, output,
 prompt, completion, text, system.
 
+``prompts_only=True`` reads the prompts of a dataset (for a teacher to answer): rows need not end in an answer, so
+``{"prompt": ...}``, ``{"instruction": ...}`` and conversations that end in a user turn are valid too.
+
 Every row is validated. A row with a problem is not kept, but it is counted under its (first) error kind
 in the `ValidationReport`, with the first few examples (row index, field, message).
 """
@@ -159,7 +162,7 @@ class LoadedDataset:
 # ---------------------------------------------------------------- detection
 
 
-def detect_format(raw: dict, mapping: dict | None = None) -> str | None:
+def detect_format(raw: dict, mapping: dict | None = None, prompts_only: bool = False) -> str | None:
     """The format one raw row looks like, or None. Order decides ties: messages > sharegpt > alpaca > ..."""
     if not isinstance(raw, dict):
         return None
@@ -178,6 +181,10 @@ def detect_format(raw: dict, mapping: dict | None = None) -> str | None:
     if cols["instruction"] in raw and cols["output"] in raw:
         return "alpaca"
     if cols["prompt"] in raw and cols["completion"] in raw:
+        return "prompt_completion"
+    if prompts_only and cols["instruction"] in raw:
+        return "alpaca"
+    if prompts_only and cols["prompt"] in raw:
         return "prompt_completion"
     if cols["text"] in raw:
         return "text"
@@ -200,14 +207,14 @@ def format_from_mapping(mapping: dict | None) -> str | None:
     return None
 
 
-def detect_dataset_format(raws: Iterable[dict], mapping: dict | None = None) -> str:
+def detect_dataset_format(raws: Iterable[dict], mapping: dict | None = None, prompts_only: bool = False) -> str:
     """Majority format over the first rows; raises DatasetLoadError naming the columns when none fits."""
     votes: dict[str, int] = {}
     seen_keys: set[str] = set()
     for raw in raws:
         if isinstance(raw, dict):
             seen_keys.update(map(str, raw))
-        fmt = detect_format(raw, mapping)
+        fmt = detect_format(raw, mapping, prompts_only)
         if fmt:
             votes[fmt] = votes.get(fmt, 0) + 1
     if not votes:
@@ -222,7 +229,7 @@ def detect_dataset_format(raws: Iterable[dict], mapping: dict | None = None) -> 
 # ---------------------------------------------------------------- normalisation
 
 
-def normalise_row(raw: Any, fmt: str, mapping: dict | None = None) -> dict:
+def normalise_row(raw: Any, fmt: str, mapping: dict | None = None, prompts_only: bool = False) -> dict:
     """One raw row to ``{"messages": [...]}`` (or ``{"text": ...}``); raises RowInvalid when it is not valid."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {FORMATS}")
@@ -239,25 +246,31 @@ def normalise_row(raw: Any, fmt: str, mapping: dict | None = None) -> dict:
         instruction = _required_text(raw, cols["instruction"], strip_check=True)
         extra = _optional_text(raw, cols["input"])
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": _required_text(raw, cols["output"], strip_check=True)}]
+        messages = [{"role": "user", "content": user}]
+        if not prompts_only or _optional_text(raw, cols["output"]).strip():
+            messages.append({"role": "assistant", "content": _required_text(raw, cols["output"], strip_check=True)})
+    elif prompts_only and raw.get(cols["completion"]) is None and isinstance(raw.get(cols["prompt"]), str):
+        messages = [{"role": "user", "content": _required_text(raw, cols["prompt"], strip_check=True)}]
     else:
         messages = _messages_from_prompt_completion(raw, cols["prompt"], cols["completion"])
     system = _optional_text(raw, cols["system"]) if fmt in ("alpaca", "prompt_completion") else ""
     if system.strip() and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system})
-    check_conversation(messages)
+    check_conversation(messages, answered=not prompts_only)
     return {"messages": messages}
 
 
-def check_conversation(messages: list[dict]) -> None:
-    """Roles known, contents non-empty, at least one assistant turn, and turns in a trainable order."""
+def check_conversation(messages: list[dict], answered: bool = True) -> None:
+    """Roles known, contents non-empty, at least one assistant turn, and turns in a trainable order.
+
+    answered=False (prompts to be answered): no assistant turn is needed and the last turn may be the user's."""
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
             raise RowInvalid("unknown_role", f"messages[{i}].role", f"unknown role {message['role']!r} in message {i}; expected one of {', '.join(ROLES)}")
         if not message["content"].strip():
             raise RowInvalid("empty_content", f"messages[{i}].content", f"message {i} ({message['role']}) has empty content")
     roles = [m["role"] for m in messages]
-    if "assistant" not in roles:
+    if "assistant" not in roles and answered:
         raise RowInvalid("no_assistant_turn", "messages", "conversation has no assistant turn, so nothing would be trained")
     allowed_before = {"user": {None, "system", "assistant", "tool"}, "assistant": {"user", "tool"}, "tool": {"assistant", "tool"}}
     previous = None
@@ -269,7 +282,7 @@ def check_conversation(messages: list[dict]) -> None:
             after = f"after a {previous} turn" if previous else "as the first turn"
             raise RowInvalid("turn_order", f"messages[{i}].role", f"{role} turn at position {i} {after}")
         previous = role
-    if roles[-1] != "assistant":
+    if roles[-1] != "assistant" and (answered or roles[-1] != "user"):
         raise RowInvalid("turn_order", f"messages[{len(roles) - 1}].role", f"conversation ends with a {roles[-1]} turn that is never answered")
 
 
@@ -391,6 +404,7 @@ def load_dataset_file(
     mapping: dict | None = None,
     split: str | None = None,
     limit: int | None = None,
+    prompts_only: bool = False,
 ) -> LoadedDataset:
     """Read, detect, normalise and validate. Raises DatasetLoadError when the source itself is unusable."""
     if fmt is not None and fmt not in FORMATS:
@@ -408,34 +422,35 @@ def load_dataset_file(
             head.append((index, record))
             if len(head) < DETECT_ROWS:
                 continue
-            fmt = _detect_head(head, mapping, source)
+            fmt = _detect_head(head, mapping, source, prompts_only)
             for i, r in head:
-                _accept(i, r, fmt, mapping, rows, report)
+                _accept(i, r, fmt, mapping, rows, report, prompts_only)
             head = []
             continue
-        _accept(index, record, fmt, mapping, rows, report)
+        _accept(index, record, fmt, mapping, rows, report, prompts_only)
     if head:
-        fmt = _detect_head(head, mapping, source)
+        fmt = _detect_head(head, mapping, source, prompts_only)
         for i, r in head:
-            _accept(i, r, fmt, mapping, rows, report)
+            _accept(i, r, fmt, mapping, rows, report, prompts_only)
     if fmt is None:
         raise DatasetLoadError(f"{source} has no rows")
     return LoadedDataset(rows=rows, report=report, detected_format=fmt, source=source, source_hash=hasher())
 
 
-def _detect_head(head: list[tuple[int, Any]], mapping: dict | None, source: str) -> str:
+def _detect_head(head: list[tuple[int, Any]], mapping: dict | None, source: str, prompts_only: bool = False) -> str:
     parsed = [r for _, r in head if not isinstance(r, _BadJson)]
     if not parsed:
         raise DatasetLoadError(f"{source}: none of the first {len(head)} rows is valid JSON ({head[0][1].message})")
-    return detect_dataset_format(parsed, mapping)
+    return detect_dataset_format(parsed, mapping, prompts_only)
 
 
-def _accept(index: int, record: Any, fmt: str, mapping: dict | None, rows: list, report: ValidationReport) -> None:
+def _accept(index: int, record: Any, fmt: str, mapping: dict | None, rows: list, report: ValidationReport,
+            prompts_only: bool = False) -> None:
     if isinstance(record, _BadJson):
         report.add_error(index, "bad_json", "", record.message)
         return
     try:
-        rows.append(normalise_row(record, fmt, mapping))
+        rows.append(normalise_row(record, fmt, mapping, prompts_only))
     except RowInvalid as exc:
         report.add_error(index, exc.kind, exc.field, exc.message)
         return

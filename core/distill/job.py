@@ -1,4 +1,5 @@
-"""The distill job: teacher → student logit distillation with live metrics, then the student is scored
+"""The distill job: teacher → student logit distillation (our loop) or on-policy distillation (TRL's GKD, in
+core.train.gkd), with live metrics and general rows mixed in when replay is on; then the student is scored
 against the teacher. Stop saves the student; relaunching continues from it (a fresh optimizer state)."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from core.distill.data import DEMO_EVAL, DEMO_TRAIN, batches, collate, encode_rows, load_rows
+from core.distill.data import DEMO_EVAL, DEMO_TRAIN, batches, collate, encode_features, encode_rows, load_rows
 from core.distill.loss import distillation_loss, kl_teacher_student
 from core.distill.spec import DistillSpec
 from core.distill.student import kept_layer_indices, shallow_student
@@ -59,50 +60,64 @@ def build_student(spec: DistillSpec, teacher_model: Any, run_dir: Path, log) -> 
     return shallow_student(teacher_model, spec.layer_stride), None, f"teacher layers {kept} of {n_layers}"
 
 
-def run(ctx: JobContext) -> dict:
-    spec: DistillSpec = ctx.spec
-    torch.manual_seed(spec.seed)
-    state = ctx.read_json(STATE_FILE) or {}
-    ctx.progress(0.01, "loading the teacher")
+def load_teacher(spec: DistillSpec) -> Any:
+    """The teacher in eval mode with frozen weights; a fine-tuned teacher is distilled with its adapter merged."""
     teacher = load_model(spec.teacher_source)
-    teacher_model = teacher.model
-    if hasattr(teacher_model, "merge_and_unload") and spec.teacher_source.adapter:
-        teacher_model = merge_adapter_weights(teacher_model, spec.teacher_source.adapter)  # distil the adapted model
-    teacher_model.eval()
-    for p in teacher_model.parameters():
+    model = teacher.model
+    if hasattr(model, "merge_and_unload") and spec.teacher_source.adapter:
+        model = merge_adapter_weights(model, spec.teacher_source.adapter)
+    model.eval()
+    for p in model.parameters():
         p.requires_grad_(False)
-    student, student_tok, described = build_student(spec, teacher_model, ctx.run_dir, ctx.log)
-    tokenizer = teacher.tokenizer
-    check = check_tokenizers(tokenizer, student_tok or tokenizer, teacher_logits=teacher_model.config.vocab_size,
-                             student_logits=student.config.vocab_size)
-    ctx.write_json("tokenizer_check.json", check.as_dict())
-    if not check.compatible:
-        raise JobError("Teacher and student tokenizers are incompatible: " + " ".join(check.problems))
-    device = next(teacher_model.parameters()).device
-    student.to(device=device, dtype=torch.float32).train()  # AdamW updates vanish in half precision
+    return teacher.tokenizer, model
 
-    ctx.progress(0.03, "encoding the data")
+
+def refuse_other_tokenizers(check, method: str) -> None:
+    if not check.compatible:
+        name = "On-policy distillation (GKD)" if method == "on_policy" else "Logit distillation"
+        raise JobError(f"{name} compares the teacher's and the student's next-token distributions token by token, so they "
+                       "need the same tokenizer: " + " ".join(check.problems) + " Use sequence-level distillation instead "
+                       "(the teacher writes the answers, the student trains on the text with its own tokenizer).")
+
+
+def training_data(spec: DistillSpec, tokenizer: Any, device: Any) -> tuple[list[dict], dict | None, dict]:
+    """(training features with replay mixed in, the replay record, a fixed held-out batch on the device)."""
     data_path = DEMO_TRAIN if spec.data == "demo" else spec.dataset_path
     try:
-        rows = encode_rows(load_rows(data_path, spec.max_rows), tokenizer, max_length=spec.max_length, policy=spec.policy)
+        features, replay = encode_features(load_rows(data_path, spec.max_rows), tokenizer, max_length=spec.max_length,
+                                           policy=spec.policy, with_prompt=spec.method == "on_policy",
+                                           replay_fraction=spec.replay_fraction, replay_dataset=spec.replay_dataset, seed=spec.seed)
+        held_out_path = DEMO_EVAL if spec.data == "demo" else data_path
+        held_out_rows = encode_rows(load_rows(held_out_path, HELD_OUT_ROWS), tokenizer, max_length=spec.max_length, policy=spec.policy)
     except (FileNotFoundError, ValueError) as exc:
         raise JobError(f"Could not prepare the distillation data: {exc}") from None
-    held_out_path = DEMO_EVAL if spec.data == "demo" else data_path
-    held_out = collate(encode_rows(load_rows(held_out_path, HELD_OUT_ROWS), tokenizer, max_length=spec.max_length,
-                                   policy=spec.policy)[:HELD_OUT_ROWS], tokenizer.pad_token_id or 0)
-    held_out = _device_batch(held_out, device)
-    student.eval()
-    kl_start = state.get("held_out_kl_start", held_out_kl(teacher_model, student, held_out, spec.temperature))
-    student.train()
-    start_step = int(state.get("step", 0))
-    teacher_params = sum(p.numel() for p in teacher_model.parameters())
-    student_params = sum(p.numel() for p in student.parameters())
-    ctx.log.info("teacher %d params, student %d params (%s); %d rows; held-out KL %.4f", teacher_params, student_params,
-                 described, len(rows), kl_start)
+    held_out = _device_batch(collate(held_out_rows[:HELD_OUT_ROWS], tokenizer.pad_token_id or 0), device)
+    return features, replay, held_out
 
+
+@torch.no_grad()
+def held_out_divergence(spec: DistillSpec, teacher: Any, student: Any, batch: dict) -> float:
+    """The loss the method minimises, on a fixed held-out batch: KL at T (logit) or the generalised JSD at β (on-policy)."""
+    was_training = student.training
+    student.eval()
+    if spec.method == "logit":
+        value = held_out_kl(teacher, student, batch, spec.temperature)
+    else:
+        from core.train.gkd import generalized_jsd
+
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        value = float(generalized_jsd(student(**inputs).logits[:, :-1], teacher(**inputs).logits[:, :-1], batch["labels"][:, 1:],
+                                      spec.gkd_beta))
+    student.train(was_training)
+    return value
+
+
+def train_logit(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, features: list[dict], pad_id: int,
+                device: Any, start_step: int) -> int:
+    """The logit-distillation loop; returns the step reached."""
+    rows = [(f["input_ids"], f["labels"]) for f in features]
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=spec.learning_rate, weight_decay=0.0)
-    stream = batches(rows, spec.batch_size, tokenizer.pad_token_id or 0, seed=spec.seed, skip=start_step)
-    started = time.time()
+    stream = batches(rows, spec.batch_size, pad_id, seed=spec.seed, skip=start_step)
     step = start_step
     while step < spec.steps and not ctx.stop_requested:
         batch = _device_batch(next(stream), device)
@@ -111,7 +126,7 @@ def run(ctx: JobContext) -> dict:
             group["lr"] = lr
         tick = time.perf_counter()
         with torch.no_grad():
-            teacher_logits = teacher_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         out = distillation_loss(student_logits, teacher_logits, batch["labels"], spec.temperature, spec.alpha)
         out.loss.backward()
@@ -124,26 +139,88 @@ def run(ctx: JobContext) -> dict:
         ctx.metrics(step=step, loss=float(out.loss.detach()), ce=float(out.ce), kl=float(out.kl), lr=lr, grad_norm=grad_norm,
                     tokens_per_s=tokens / seconds, trained_tokens=out.tokens)
         ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · loss {float(out.loss.detach()):.3f} · KL {float(out.kl):.4f}")
+    return step
 
-    student.eval()
-    kl_end = held_out_kl(teacher_model, student, held_out, spec.temperature)
+
+def train_gkd(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, tokenizer: Any, features: list[dict],
+              device: Any, start_step: int) -> tuple[int, dict]:
+    """On-policy distillation through TRL's GKD trainer (core.train.gkd) for the steps still to do."""
+    from core.train.gkd import GKDSettings, train_on_policy
+
+    remaining = spec.steps - start_step
+    if remaining <= 0:
+        return start_step, {}
+    settings = GKDSettings(steps=remaining, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
+                           warmup_steps=spec.warmup_steps if start_step == 0 else 0, lmbda=spec.gkd_lambda, beta=spec.gkd_beta,
+                           temperature=spec.gkd_temperature, max_new_tokens=spec.max_new_tokens, max_length=spec.max_length,
+                           seed=spec.seed + start_step)
+
+    def on_step(row: dict) -> None:
+        step = start_step + row["step"]
+        ctx.metrics(**{**row, "step": step})
+        ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · JSD {row['loss']:.4f}"
+                     + (" · on-policy" if row["on_policy"] else ""))
+
+    totals = train_on_policy(student, teacher, tokenizer, features, settings, run_dir=ctx.run_dir, device=str(device.type),
+                             on_step=on_step, should_stop=lambda: ctx.stop_requested)
+    return start_step + totals.pop("steps_done"), totals
+
+
+def run(ctx: JobContext) -> dict:
+    spec: DistillSpec = ctx.spec
+    torch.manual_seed(spec.seed)
+    state = ctx.read_json(STATE_FILE) or {}
+    ctx.progress(0.01, "loading the teacher")
+    tokenizer, teacher_model = load_teacher(spec)
+    student, student_tok, described = build_student(spec, teacher_model, ctx.run_dir, ctx.log)
+    check = check_tokenizers(tokenizer, student_tok or tokenizer, teacher_logits=teacher_model.config.vocab_size,
+                             student_logits=student.config.vocab_size)
+    ctx.write_json("tokenizer_check.json", check.as_dict())
+    refuse_other_tokenizers(check, spec.method)
+    device = next(teacher_model.parameters()).device
+    student.to(device=device, dtype=torch.float32).train()  # AdamW updates vanish in half precision
+
+    ctx.progress(0.03, "encoding the data")
+    features, replay, held_out = training_data(spec, tokenizer, device)
+    start_value = state.get("held_out_start", held_out_divergence(spec, teacher_model, student, held_out))
+    start_step = int(state.get("step", 0))
+    teacher_params = sum(p.numel() for p in teacher_model.parameters())
+    student_params = sum(p.numel() for p in student.parameters())
+    ctx.log.info("%s distillation: teacher %d params, student %d params (%s); %d rows%s; held-out divergence %.4f", spec.method,
+                 teacher_params, student_params, described, len(features),
+                 f" ({replay['replay_rows']} replay)" if replay else "", start_value)
+
+    started = time.time()
+    extra: dict = {}
+    if spec.method == "logit":
+        step = train_logit(ctx, spec, teacher_model, student, features, tokenizer.pad_token_id or 0, device, start_step)
+    else:
+        step, extra = train_gkd(ctx, spec, teacher_model, student, tokenizer, features, device, start_step)
+    train_seconds = time.time() - started
+    end_value = held_out_divergence(spec, teacher_model, student, held_out)
     ctx.progress(0.82, "saving the student")
+    student.eval()
     student_dir = save_model(student, tokenizer, ctx.run_dir / STUDENT_DIR)
-    ctx.write_json(STATE_FILE, {"step": step, "held_out_kl_start": kl_start})
+    ctx.write_json(STATE_FILE, {"step": step, "held_out_start": start_value})
+    divergence = "kl" if spec.method == "logit" else "jsd"
     result = {
+        "method": spec.method,
         "student_dir": str(student_dir),
         "student": described,
         "steps_done": step,
         "teacher_parameters": teacher_params,
         "student_parameters": student_params,
         "student_bytes": model_file_size(student_dir),
-        "train_seconds": round(time.time() - started, 2),
-        "held_out_kl_start": round(kl_start, 5),
-        "held_out_kl_end": round(kl_end, 5),
-        "temperature": spec.temperature,
-        "alpha": spec.alpha,
+        "train_seconds": round(train_seconds, 2),
+        "held_out_divergence": divergence,
+        f"held_out_{divergence}_start": round(start_value, 5),
+        f"held_out_{divergence}_end": round(end_value, 5),
+        "training_rows": len(features),
+        "replay": replay,
+        **method_settings(spec),
+        **extra,
     }
-    del teacher, teacher_model, student
+    del teacher_model, student
     if spec.evaluate and not ctx.stop_requested:
         from core.transform_eval import score_against
 
@@ -151,7 +228,14 @@ def run(ctx: JobContext) -> dict:
         result["evaluation"] = score_against(spec.teacher_source, ModelSource("local", str(student_dir)), ctx,
                                              rows=spec.eval_rows, progress_span=(0.85, 1.0), label="student")
     ctx.write_result(result)
-    return {k: v for k, v in result.items() if k != "evaluation"} | _headline(result.get("evaluation"))
+    return {k: v for k, v in result.items() if k not in ("evaluation", "replay")} | _headline(result.get("evaluation"))
+
+
+def method_settings(spec: DistillSpec) -> dict:
+    if spec.method == "logit":
+        return {"temperature": spec.temperature, "alpha": spec.alpha}
+    return {"gkd_lambda": spec.gkd_lambda, "gkd_beta": spec.gkd_beta, "gkd_temperature": spec.gkd_temperature,
+            "max_new_tokens": spec.max_new_tokens}
 
 
 def _headline(evaluation: dict | None) -> dict:

@@ -53,6 +53,11 @@ JOBS: dict[str, JobKind] = {job.name: job for job in (
     JobKind("merge", "core.merge.spec:MergeSpec", "core.merge.job:run", "result.json", title="Merge"),
     JobKind("prune", "core.prune.spec:PruneSpec", "core.prune.job:run", "result.json", title="Prune"),
     JobKind("distill", "core.distill.spec:DistillSpec", "core.distill.job:run", "result.json", title="Distillation"),
+    JobKind("teacher_answers", "core.distill.spec:TeacherAnswersSpec", "core.distill.sequence:run", "result.json",
+            title="Teacher answers (sequence-level distillation)"),
+    # runs its teacher-answers / train / distill / evaluate children in its own process, so it holds the lock itself
+    JobKind("distill_compare", "core.distill.spec:DistillCompareSpec", "core.distill.compare:run", "result.json",
+            title="Distillation variants compared"),
     JobKind("export", "core.export.spec:ExportSpec", "core.export.job:run", "export.json", title="Export"),
     JobKind("download", "core.download.spec:DownloadSpec", "core.download.job:run", "download.json", exclusive=False,
             title="Model download"),
@@ -173,6 +178,19 @@ class JobContext:
     def write_result(self, obj: Any) -> Path:
         """The job's full result, in the file the registry names for its kind."""
         return self.write_json(job_kind(self.kind).result_file, obj)
+
+    def child(self, subdir: str, spec: dict, span: tuple[float, float] = (0.0, 1.0), label: str = "") -> JobContext:
+        """A context for a job run inside this one, in `<run>/<subdir>/` (a readable run of its own kind, with its
+        spec.yaml, metrics and result file): its progress maps onto `span` of this job's bar, and a stop of this job
+        stops it too."""
+        from core.runs.spec import write_spec
+
+        low, high = span
+        prefix = f"{label}: " if label else ""
+        sub = JobContext.in_process(self.path(subdir, SPEC_FILE).parent, spec, log=self.log, stop=self._stop,
+                                    set_progress=lambda fraction, message: self.progress(low + (high - low) * fraction, prefix + message))
+        write_spec(sub.run_dir, sub.spec)
+        return sub
 
     def read_json(self, name: str, default: Any = None) -> Any:
         try:
