@@ -11,7 +11,7 @@ from core.evaluate import charts
 from core.evaluate.harness import lm_eval_available
 from core.evaluate.report import metric_table, render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
-from core.evaluate.variants import run_checkpoints, trained_base
+from core.evaluate.variants import retrain_recipe, run_checkpoints, trained_base
 from core.runs import list_runs, read_result
 from core.runs.spec import spec_fields
 from pages_common import active_model_source, live_run, model_picker, run_selector, start_run, trained_adapter_folders
@@ -97,6 +97,7 @@ def render_report(report: dict) -> None:
         if verdict["verdict"] != "improved" or len(report["verdicts"]) == 1:
             with st.expander(f"What to do — {verdict['label']}", expanded=verdict["verdict"] == "forgetting"):
                 st.markdown("\n".join(f"1. {a}" for a in verdict["advice"]))
+                advice_buttons(report, verdict)
     st.caption(f"{report['task']['n']} task rows · {report['general']['n_texts']} general texts · {report['general']['n_mc']} "
                f"multiple-choice items · wall time {report['wall_seconds']:.0f} s")
     for figure in (charts.delta_bars(report), charts.metric_bars(report, "points"), charts.metric_bars(report, "perplexity"),
@@ -115,6 +116,20 @@ def render_report(report: dict) -> None:
     c1.download_button("⬇ Markdown", render_markdown(report), f"{name}-report.md", "text/markdown", key="eval_dl_md")
     c2.download_button("⬇ HTML", render_html(report), f"{name}-report.html", "text/html", key="eval_dl_html")
     c3.download_button("⬇ JSON", json.dumps(report, indent=2), f"{name}-report.json", "application/json", key="eval_dl_json")
+
+
+def advice_buttons(report: dict, verdict: dict) -> None:
+    """The advice that is a spec change, as one click: the Train page opens on the same run's spec with it applied."""
+    for n, action in enumerate(verdict.get("actions") or []):
+        recipe = retrain_recipe(report, verdict["label"], action["spec_updates"])
+        if recipe is None:
+            continue
+        if st.button(f"🔁 {action['label']}", key=f"eval_action_{verdict['label']}_{n}",
+                     help="Opens the Train page with this run's spec and " + ", ".join(f"{k} = {v}" for k, v in action["spec_updates"].items())):
+            st.session_state["active_model"], st.session_state["train_recipe"] = recipe
+            st.session_state["train_recipe_origin"] = (recipe[1], f"the forgetting report of {verdict['label']}")
+            st.session_state.pop("train_run_id", None)
+            st.switch_page("app_pages/train.py")
 
 
 def render_examples(report: dict) -> None:

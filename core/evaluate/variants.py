@@ -85,3 +85,31 @@ def expand_variants(spec_variants: list[dict], checkpoints_of: str, base: ModelS
         taken = {v.label for v in variants}
         variants += [v for v in checkpoint_variants(checkpoints_of, base) if v.label not in taken]
     return variants
+
+
+def training_run_of(source: dict | ModelSource) -> Path | None:
+    """The training run folder whose adapter (or checkpoint) a model source names, or None."""
+    from core.runs.spec import read_spec_dict
+
+    adapter = (source.adapter if isinstance(source, ModelSource) else (source or {}).get("adapter")) or ""
+    for folder in list(Path(adapter).expanduser().parents)[:3] if adapter else []:
+        try:
+            if read_spec_dict(folder).get("kind") == "train":
+                return folder
+        except (FileNotFoundError, ValueError):
+            continue
+    return None
+
+
+def retrain_recipe(report: dict, label: str, updates: dict) -> tuple[dict, dict] | None:
+    """(model source dict, train spec fields) to train the run behind a report's variant again with `updates`
+    applied (e.g. replay), or None when the variant does not come from a training run of this workspace."""
+    from core.runs.spec import read_spec_dict
+
+    model = next((m for m in report.get("models", []) if m["label"] == label), None)
+    run = training_run_of(model.get("source") or {}) if model else None
+    if run is None:
+        return None
+    spec = {k: v for k, v in read_spec_dict(run).items() if k not in ("kind", "name")}
+    model_source = spec.pop("model", None) or {"kind": "embedded"}
+    return model_source, {**spec, **updates, "name": f"{run.name[-24:]}-replay"}

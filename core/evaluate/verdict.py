@@ -24,7 +24,7 @@ FORGETTING_ADVICE = [
     "Lower the learning rate (halve it) so each step moves the weights less.",
     "Use a smaller LoRA rank (or fewer target modules): less capacity to overwrite general behaviour.",
     "Train fewer epochs / steps: forgetting grows with training past the point where the task is learned.",
-    "Mix general data back in (replay): 5-20% general instruction rows alongside the task rows.",
+    "Mix general data back in (replay): 10-25% general instruction rows alongside the task rows (replay_fraction).",
     "Use an earlier checkpoint: evaluate the run's checkpoints (checkpoints_of) and keep the best trade-off.",
 ]
 NO_EFFECT_ADVICE = [
@@ -32,6 +32,11 @@ NO_EFFECT_ADVICE = [
     "Train longer or with a higher learning rate: the loss curve should still be falling when training stops.",
     "Check that the evaluation rows have the same format (system prompt, template) as the training rows.",
     "Evaluate more task rows (task_samples): a small sample gives a wide interval that can hide a real gain.",
+]
+REPLAY_FRACTION = 0.2
+# One-click versions of the advice: the spec fields to change when the same run is trained again.
+FORGETTING_ACTIONS = [
+    {"label": f"Retrain with {REPLAY_FRACTION:.0%} general data mixed in (replay)", "spec_updates": {"replay_fraction": REPLAY_FRACTION}},
 ]
 IMPROVED_ADVICE = [
     "Compare answers side by side on the Chat page before shipping.",
@@ -49,6 +54,7 @@ class Verdict:
     perplexity_change: dict | None
     reasons: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)  # {"label", "spec_updates"}: advice a page can apply in one click
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,4 +117,5 @@ def decide(
         perplexity_change=perplexity_change.as_dict() if perplexity_change else None,
         reasons=reasons,
         advice=advice,
+        actions=[dict(a) for a in FORGETTING_ACTIONS] if forgetting else [],
     )

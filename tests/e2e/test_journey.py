@@ -209,3 +209,31 @@ def test_export_demo_run_to_gguf_then_chat_with_it(page: Page, app_url: str, e2e
 
     go(page, "Runs")
     expect(page.locator("[data-testid='stGraphVizChart']").first).to_be_visible()
+
+
+# ---------------------------------------------------------------- distillation (issue 17)
+def test_sequence_level_distillation_then_train_the_student(page: Page, app_url: str):
+    """Distill: the embedded model answers a few demo prompts (sequence-level), the answers become a dataset, and the
+    Train page trains the saved shallow student on it with the ordinary Train job."""
+    page.goto(app_url)
+    settle(page)
+    go(page, "Distill")
+    page.get_by_text("sequence-level", exact=True).first.click()
+    settle(page)
+    for label, value in (("max rows", 4), ("max new tokens", 16), ("student stride", 6)):
+        fill(page, "spinbutton", label, value)
+    page.get_by_text("keep unfinished", exact=True).click()
+    settle(page)
+    page.get_by_role("button", name="Let the teacher answer").click()
+    settle(page)
+    expect(page.get_by_text("Prompts answered")).to_be_visible(timeout=600_000)
+    settle(page)
+    snapshot(page, "distill")
+    page.get_by_role("button", name=re.compile("Train a student on it")).click()
+    settle(page)
+    expect(page.get_by_text(re.compile("Prefilled from"))).to_be_visible()
+    expect(page.locator("[data-testid='stSidebar']").get_by_text(re.compile("Active model .*student"))).to_be_visible()
+    fill(page, "spinbutton", "max steps", 2)
+    page.get_by_role("button", name=re.compile("Start training")).click()
+    settle(page)
+    expect(finished(page)).to_be_visible(timeout=600_000)
