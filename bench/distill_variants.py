@@ -7,7 +7,7 @@
 3. the table, and whether each replay student keeps the general score within 3 points of the teacher while keeping
    the task gain of the same variant without replay.
 
-    .venv/bin/python bench/distill_variants.py [--adapter RUN/adapter] [--teacher-steps 24] [--steps 30] [--eval-rows 16]
+    .venv/bin/python bench/distill_variants.py [--adapter RUN/adapter] [--teacher-steps 20] [--steps 20] [--eval-rows 16]
                                                [--replay 0.1 0.25] [--replay-variants sequence] [--budget-minutes 14]
 
 On a shared machine, run it in pieces: each call works at most --budget-minutes, then stops the job cleanly (the
@@ -33,8 +33,8 @@ from core import runs  # noqa: E402
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", type=Path, help="a trained demo adapter to use as the teacher (skips step 1)")
-    parser.add_argument("--teacher-steps", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per student (the matched budget)")
+    parser.add_argument("--teacher-steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per student (the matched budget)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-rows", type=int, default=16)
     parser.add_argument("--replay", type=float, nargs="*", default=[0.1, 0.25])
@@ -107,7 +107,7 @@ def comparison(args, state: dict, work: Path, adapter: str, deadline: float) -> 
         spec = {"kind": "distill_compare", "name": "bench", "teacher": {"kind": "embedded", "adapter": adapter},
                 "variants": ["sequence", "logit", "on_policy"], "replay_fractions": [0.0, *args.replay],
                 "replay_variants": args.replay_variants, "steps": args.steps, "batch_size": args.batch_size,
-                "eval_rows": args.eval_rows}
+                "max_rows": args.steps * args.batch_size, "eval_rows": args.eval_rows}  # every training row seen once
         run_dir = runs.create_run_from_dict(spec)
         state["compare_run"] = str(run_dir)
         save(work, state)

@@ -78,3 +78,34 @@ def test_launch_from_the_page_then_reattach_to_the_report(workspace, tiny_llama_
     labels = [d.proto.label for d in fresh.get("download_button")]
     assert labels == ["⬇ Markdown", "⬇ HTML", "⬇ JSON"]
     assert any("lm-eval: skipped" in i.value for i in fresh.info)
+
+
+def test_forgetting_advice_retrains_the_same_run_with_replay_in_one_click(workspace, tiny_llama_dir):
+    """The verdict's one-click advice opens the Train page on the run's own spec with replay on (issue 17)."""
+    import json
+
+    from core.evaluate.stats import Interval
+    from core.evaluate.verdict import decide
+    from core.runs import read_result, result_path
+
+    train_id, adapter = _finished_train_run(tiny_llama_dir)
+    run_dir = runs.create_run_from_dict({"kind": "evaluate", "base": {"kind": "local", "ref": str(tiny_llama_dir)},
+                                         "variants": [{"label": train_id, "model": {"adapter": adapter}}], "task_samples": 2,
+                                         "general_samples": 2, "mc_samples": 2, "max_new_tokens": 4, "bootstrap_samples": 0})
+    runs.launch(run_dir)
+    assert runs.wait(run_dir, timeout=300).state == "succeeded", runs.log_tail(run_dir)
+    report = read_result(run_dir, "evaluate")
+    forgot = decide(train_id, Interval(20.0, 20.0, 20.0, 2), Interval(-12.0, -12.0, -12.0, 2), None)  # what a real forgetting run gets
+    assert forgot.verdict == "forgetting" and forgot.actions[0]["spec_updates"] == {"replay_fraction": 0.2}
+    report["verdicts"] = [forgot.as_dict()]
+    result_path(run_dir, "evaluate").write_text(json.dumps(report))
+
+    at = _page(tiny_llama_dir)
+    at.query_params["eval_run"] = run_dir.name
+    at.run()
+    assert not at.exception, at.exception
+    at.button(key=f"eval_action_{train_id}_0").click().run()
+    recipe = at.session_state["train_recipe"]
+    assert recipe["replay_fraction"] == 0.2 and recipe["name"].endswith("-replay")
+    assert at.session_state["active_model"] == {"kind": "local", "ref": str(tiny_llama_dir)}
+    assert at.session_state["train_recipe_origin"][0] == recipe

@@ -153,3 +153,16 @@ def test_editing_a_training_only_field_does_not_tokenize_the_data_again(workspac
     at.number_input(key="train_form_max_length").set_value(32).run()  # this one changes the tokens
     assert len(calls) == before + 1
 
+
+def test_replay_is_part_of_the_form_and_the_preflight_counts_it(workspace, tiny_llama_dir):
+    """Replay (issue 17): the form's replay share mixes general rows in, and the pre-flight says how many."""
+    at = _page(tiny_llama_dir)
+    at.run()
+    assert at.number_input(key="train_form_replay_fraction").value == 0.0
+    assert "forgetting" in at.number_input(key="train_form_replay_fraction").help
+    at.number_input(key="train_form_replay_fraction").set_value(0.25).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert int({m.label: m.value for m in at.metric}["Training rows"]) == 270 + 90  # 90 / 360 = 25 %
+    assert any("90 of the training rows are general replay rows (25.0%)" in c.value for c in at.caption)
+    preview = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
+    assert preview["replay_fraction"] == 0.25 and preview["replay_dataset"] == "general"
