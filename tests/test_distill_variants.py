@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_distill import four_layer_teacher
 
 from core.runs.jobs import JobContext, JobError
-from test_distill import four_layer_teacher
 
 DEMO_ROWS = 300
 

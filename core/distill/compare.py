@@ -57,7 +57,7 @@ def student_folder(variant: str, fraction: float) -> str:
 def run(ctx: JobContext) -> dict:
     spec: DistillCompareSpec = ctx.spec
     timings = ctx.read_json(TIMINGS_FILE) or {}  # seconds per piece of work, summed over attempts (a stopped run resumes)
-    init = timed(ctx, timings, "student_init", lambda: make_student(ctx, spec))
+    init = timed(ctx, timings, "student_init", make_student, ctx, spec)
     students = spec.students()
     span = 0.75 / len(students)
     answers: dict | None = None
@@ -68,13 +68,13 @@ def run(ctx: JobContext) -> dict:
         low, label = 0.05 + n * span, student_label(variant, fraction)
         if variant == "sequence":
             if answers is None:
-                answers = timed(ctx, timings, TEACHER, lambda: teacher_answers(ctx, spec, (low, low + span / 3)))
+                answers = timed(ctx, timings, TEACHER, teacher_answers, ctx, spec, (low, low + span / 3))
                 if answers is None:
                     break
-            folder = timed(ctx, timings, label, lambda: train_on_answers(ctx, spec, init, answers["dataset_dir"], fraction,
-                                                                         (low + span / 3, low + span)))
+            folder = timed(ctx, timings, label, train_on_answers, ctx, spec, init, answers["dataset_dir"], fraction,
+                           (low + span / 3, low + span))
         else:
-            folder = timed(ctx, timings, label, lambda: distill(ctx, spec, init, variant, fraction, (low, low + span)))
+            folder = timed(ctx, timings, label, distill, ctx, spec, init, variant, fraction, (low, low + span))
         if folder is None:  # stopped part-way: the next attempt continues this student
             break
         teacher_s = timings.get(TEACHER, 0.0) if variant == "sequence" else 0.0
@@ -83,7 +83,7 @@ def run(ctx: JobContext) -> dict:
                      "train_s": round(timings[label], 1), "wall_s": round(timings[label] + teacher_s, 1)})
     if ctx.stop_requested or len(made) < len(students):
         return {"note": f"stopped with {len(made)} of {len(students)} students made; start it again to continue"}
-    report = timed(ctx, timings, "evaluation", lambda: score(ctx, spec, init, made))
+    report = timed(ctx, timings, "evaluation", score, ctx, spec, init, made)
     table = comparison_table(report, made)
     result = {"table": table, "definitions": DEFINITIONS, "report_path": str(ctx.run_dir / EVAL_DIR / "report.json"),
               "teacher": spec.teacher_source.label, "budget": {k: getattr(spec, k) for k in ("steps", "batch_size", "max_length",
@@ -94,11 +94,11 @@ def run(ctx: JobContext) -> dict:
             "best_task": max((r for r in table if r["variant"] in VARIANT_LABELS), key=lambda r: r["task_score"] or 0)["student"]}
 
 
-def timed(ctx: JobContext, timings: dict, key: str, work: Any) -> Any:
-    """work(), with its seconds added to timings[key] (kept on disk across attempts)."""
+def timed(ctx: JobContext, timings: dict, key: str, work: Any, *args: Any) -> Any:
+    """work(*args), with its seconds added to timings[key] (kept on disk across attempts)."""
     tick = time.time()
     try:
-        return work()
+        return work(*args)
     finally:
         timings[key] = round(timings.get(key, 0.0) + time.time() - tick, 2)
         ctx.write_json(TIMINGS_FILE, timings)

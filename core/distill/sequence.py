@@ -160,9 +160,7 @@ def _rows_written(folder: Path) -> int:
 def save_shallow_student(teacher: Any, stride: int, target: Path) -> Path:
     """The teacher with its adapter merged, every `stride`-th layer kept, saved as a plain model folder."""
     from core.distill.student import shallow_student
-    from core.models import save_model
-
-    from core.models import merge_adapter_weights
+    from core.models import merge_adapter_weights, save_model
 
     model = teacher.model
     if hasattr(model, "merge_and_unload"):
