@@ -130,13 +130,13 @@ def run(ctx: JobContext) -> dict:
 
     rows = [{"messages": prompt + [{"role": "assistant", "content": answer.text}]} for prompt, answer in zip(prompts, answers)]
     operations, json_only = curation_operations(spec, answers, references)
-    generation = CurationOperation("teacher_answers", label=f"answers written by {teacher_record(spec)['label']}", params={
+    written = CurationOperation("teacher_answers", label=f"answers written by {teacher_record(spec)['label']}", params={
         "teacher": teacher_record(spec), "settings": spec.decoding_settings(), "json_only": json_only,
         "prompts_from_rows": kept, "new_tokens": new_tokens, "seconds": round(seconds, 2)})
     source = DatasetSource.from_loaded(loaded)
     ctx.progress(0.92, "writing the curated dataset")
     try:
-        folder = export_curated(rows, dataset_name(spec, ctx.run_dir), source, [generation, *operations])
+        folder = export_curated(rows, dataset_name(spec, ctx.run_dir), source, [written, *operations])
     except (ValueError, FileExistsError) as exc:
         raise JobError(f"Could not write the teacher's dataset: {exc}") from None
     result = {"dataset_dir": str(folder), "prompts": len(ids), "rows": _rows_written(folder),
