@@ -34,7 +34,8 @@ def test_jsonl_openai_messages(tmp_path):
     rows = [{"messages": [{"role": "system", "content": "Be kind."}] + CHAT, "id": i} for i in range(3)]
     loaded = load_dataset_file(write_lines(tmp_path / "a.jsonl", [json.dumps(r) for r in rows]))
     assert loaded.detected_format == "messages"
-    assert loaded.rows[0] == {"messages": [{"role": "system", "content": "Be kind."}] + CHAT}
+    assert loaded.rows[0] == {"messages": [{"role": "system", "content": "Be kind."}] + CHAT, "id": 0}
+    assert (loaded.columns, loaded.id_column) == (["id"], "id")
     assert loaded.report.ok and loaded.report.n_valid == 3
     assert loaded.source.endswith("a.jsonl") and len(loaded.source_hash) == 64
 
@@ -96,7 +97,7 @@ def test_parquet_plain_text(tmp_path):
     pq.write_table(pa.table({"text": ["first document", "second document"], "n": [1, 2]}), path)
     loaded = load_dataset_file(path)
     assert loaded.detected_format == "text"
-    assert loaded.rows == [{"text": "first document"}, {"text": "second document"}]
+    assert loaded.rows == [{"text": "first document", "n": 1}, {"text": "second document", "n": 2}]
 
 
 def test_saved_datasets_folder_and_splits(tmp_path):
@@ -145,9 +146,9 @@ def test_mapping_or_fmt_overrides_detection_when_ambiguous(tmp_path):
     row = {"text": "raw document", "messages": CHAT}
     path = write_lines(tmp_path / "both.jsonl", [json.dumps(row)])
     assert detect_format(row) == "messages"
-    assert load_dataset_file(path).rows == [NORMALISED_CHAT]
-    assert load_dataset_file(path, fmt="text").rows == [{"text": "raw document"}]
-    assert load_dataset_file(path, mapping={"text": "text"}).rows == [{"text": "raw document"}]
+    assert load_dataset_file(path).rows == [NORMALISED_CHAT | {"text_original": "raw document"}]
+    assert load_dataset_file(path, fmt="text").rows == [{"text": "raw document", "messages_original": CHAT}]
+    assert load_dataset_file(path, mapping={"text": "text"}).rows == [{"text": "raw document", "messages_original": CHAT}]
 
 
 def test_limit_hash_and_workspace(tmp_path, workspace):
@@ -212,7 +213,12 @@ MALFORMED = [
     ("user-twice", "messages", msgs(("user", "q"), ("user", "q2"), ("assistant", "a")), "turn_order", "messages[1].role"),
     ("unanswered-end", "messages", msgs(("user", "q"), ("assistant", "a"), ("user", "q2")), "turn_order", "messages[2].role"),
     ("tool-after-user", "messages", msgs(("user", "q"), ("tool", "t"), ("assistant", "a")), "turn_order", "messages[1].role"),
-    ("tool-calls-only", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, "tool_calls": [{"id": 1}]}]}', "empty_content", "messages[1].content"),
+    ("tool-call-no-name", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, "tool_calls": [{"id": 1}]}]}', "bad_tool_call", "messages[1].tool_calls[0].name"),
+    ("tool-call-bad-arguments", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{city: 1"}}]}]}', "bad_tool_call", "messages[1].tool_calls[0].arguments"),
+    ("tool-call-list-arguments", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]}', "bad_tool_call", "messages[1].tool_calls[0].arguments"),
+    ("tools-not-definitions", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"description": "no name"}]}', "bad_tools", "tools[0]"),
+    ("tools-bad-json", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": "[{oops"}', "bad_tools", "tools"),
+    ("sharegpt-call-not-json", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "get_weather(Paris)"}, {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]}', "bad_tool_call", "conversations[1].value"),
     ("sharegpt-robot", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}', "unknown_role", "conversations[1].from"),
     ("sharegpt-no-value", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}', "missing_field", "conversations[1].value"),
     ("sharegpt-from-list", "sharegpt", '{"conversations": [{"from": ["human"], "value": "q"}]}', "not_a_string", "conversations[0].from"),
@@ -281,3 +287,129 @@ def test_one_hundred_thousand_rows_load_and_validate(tmp_path):
     assert loaded.report.n_read == 100_000
     assert loaded.report.counts == {"missing_field": 100} and loaded.report.n_valid == 99_900
     assert elapsed < 30, f"100k rows took {elapsed:.1f}s"
+
+
+# ---------------------------------------------------------------- tool calls, Gemma roles, JSON arrays, extra columns
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
+                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [CALL]},
+    {"role": "tool", "content": '{"temp_c": 21}'},
+    {"role": "assistant", "content": "It is 21 °C in Paris."},
+]
+
+
+def test_openai_tool_calls_and_tools_are_read_into_the_template_form(tmp_path):
+    row = {
+        "messages": [
+            TOOL_CONVERSATION[0],
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": '{"temp_c": 21}'},
+            TOOL_CONVERSATION[3],
+        ],
+        "tools": [WEATHER_TOOL],
+    }
+    loaded = load_dataset_file(write_lines(tmp_path / "tools.jsonl", [json.dumps(row)]))
+    assert loaded.report.ok, loaded.report.as_dict()
+    messages = loaded.rows[0]["messages"]
+    assert messages[1] == {"role": "assistant", "content": "", "tool_calls": [CALL | {"id": "call_1"}]}
+    assert messages[2] == {"role": "tool", "content": '{"temp_c": 21}', "name": "get_weather", "tool_call_id": "call_1"}
+    assert loaded.rows[0]["tools"] == [WEATHER_TOOL]
+    assert "tool_calls" not in messages[3]  # templates test `'tool_calls' in message`
+
+
+def test_legacy_function_call_and_function_role(tmp_path):
+    row = {"messages": [
+        TOOL_CONVERSATION[0],
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"role": "function", "name": "get_weather", "content": '{"temp_c": 21}'},
+        TOOL_CONVERSATION[3],
+    ]}
+    loaded = load_dataset_file(write_lines(tmp_path / "legacy.jsonl", [json.dumps(row)]))
+    assert loaded.report.ok
+    assert loaded.rows[0]["messages"][1]["tool_calls"] == [CALL]
+    assert loaded.rows[0]["messages"][2]["role"] == "tool"
+    assert loaded.report.note_lines() == ["1 row with OpenAI's legacy `function` role: read as a tool result"]
+
+
+def test_sharegpt_function_call_observation_and_tools_text(tmp_path):
+    """LLaMA-Factory's ShareGPT tool format: calls as JSON text, results as observations, tools as JSON text."""
+    row = {
+        "conversations": [
+            {"from": "human", "value": "What is the weather in Paris?"},
+            {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+            {"from": "observation", "value": '{"temp_c": 21}'},
+            {"from": "gpt", "value": "It is 21 °C in Paris."},
+        ],
+        "tools": json.dumps([WEATHER_TOOL["function"]]),
+        "system": "You can call tools.",
+    }
+    loaded = load_dataset_file(write_lines(tmp_path / "sg.jsonl", [json.dumps(row)]))
+    assert loaded.detected_format == "sharegpt" and loaded.report.ok
+    assert loaded.rows[0] == {"messages": [{"role": "system", "content": "You can call tools."}] + TOOL_CONVERSATION, "tools": [WEATHER_TOOL]}
+
+
+def test_gemma_model_role_is_the_assistant_with_a_note(tmp_path):
+    lines = [json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "model", "content": "Hello!"}]})] * 3
+    loaded = load_dataset_file(write_lines(tmp_path / "gemma.jsonl", lines))
+    assert loaded.report.ok and loaded.rows[0] == NORMALISED_CHAT
+    assert loaded.report.notes == {"with Gemma's `model` role: read as the assistant": 3}
+    assert loaded.report.note_lines() == ["3 rows with Gemma's `model` role: read as the assistant"]
+    sharegpt_line = json.dumps({"conversations": [{"from": "user", "value": "Hi"}, {"from": "model", "value": "Hello!"}]})
+    sharegpt = load_dataset_file(write_lines(tmp_path / "gemma-sg.jsonl", [sharegpt_line]))
+    assert sharegpt.rows == [NORMALISED_CHAT] and sharegpt.report.notes
+
+
+def test_a_json_array_in_a_jsonl_file_is_read_and_said(tmp_path):
+    path = tmp_path / "array.jsonl"
+    path.write_text(json.dumps([{"messages": CHAT, "id": i} for i in range(4)], indent=2), encoding="utf-8")
+    loaded = load_dataset_file(path)
+    assert len(loaded) == 4 and loaded.report.ok and loaded.rows[2] == NORMALISED_CHAT | {"id": 2}
+    assert loaded.report.file_notes == ["array.jsonl holds one JSON array rather than one object per line: it was read as that array"]
+    assert len(loaded.source_hash) == 64
+
+
+def test_jsonl_arrays_that_cannot_be_read_are_refused_with_a_sentence(tmp_path):
+    (tmp_path / "lines.jsonl").write_text('[{"messages": []}]\n[{"messages": []}]\n')
+    with pytest.raises(DatasetLoadError, match=r"every line is a JSON array, but a \.jsonl file needs one JSON object per line"):
+        load_dataset_file(tmp_path / "lines.jsonl")
+    (tmp_path / "cut.jsonl").write_text('[{"messages": [{"role": "user", "content": "Hi"}\n')
+    with pytest.raises(DatasetLoadError, match=r"starts with '\[' like one JSON array, but it is not valid JSON"):
+        load_dataset_file(tmp_path / "cut.jsonl")
+
+
+def test_extra_columns_are_kept_on_every_format(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    alpaca = [{"instruction": "Add 2 and 3.", "input": "", "output": "5", "id": "q-1", "source": "math", "score": 0.5, "tags": ["a"]}]
+    (tmp_path / "a.json").write_text(json.dumps(alpaca))
+    loaded = load_dataset_file(tmp_path / "a.json")
+    assert loaded.rows[0] == {"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}],
+                              "id": "q-1", "source": "math", "score": 0.5, "tags": ["a"]}
+    assert loaded.columns == ["id", "source", "score", "tags"] and loaded.id_column == "id"
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["p1", "p2"], "completion": ["c1", "c2"], "uid": [7, 8], "weight": [1.5, float("nan")]}), path)
+    loaded = load_dataset_file(path)
+    assert [r["uid"] for r in loaded.rows] == [7, 8] and loaded.rows[1]["weight"] is None
+    assert loaded.id_column == "uid" and loaded.row_ids() == [7, 8]
+
+
+def test_id_column_needs_unique_values_on_every_row(tmp_path):
+    rows = [{"messages": CHAT, "id": i % 2, "example_id": f"e{i}"} for i in range(4)]
+    loaded = load_dataset_file(write_lines(tmp_path / "ids.jsonl", [json.dumps(r) for r in rows]))
+    assert loaded.id_column == "example_id"  # "id" repeats
+    rows = [{"messages": CHAT, "source": "s"} for _ in range(3)]
+    assert load_dataset_file(write_lines(tmp_path / "no-ids.jsonl", [json.dumps(r) for r in rows])).id_column is None
+
+
+def test_row_text_shows_tool_calls_in_the_answer():
+    from core.data.text import row_text
+
+    row = {"messages": TOOL_CONVERSATION, "tools": [WEATHER_TOOL]}
+    assert row_text(row, "answer") == 'get_weather({"city": "Paris"})\n\nIt is 21 °C in Paris.'
+    assert row_text(row, "prompt") == 'What is the weather in Paris?\n\n{"temp_c": 21}'

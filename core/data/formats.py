@@ -6,13 +6,24 @@ dataset folder (`datasets/<name>/data.jsonl`), or a Hugging Face Hub id with a s
 
 Formats detected (or forced with `fmt=`):
 
-- ``messages``           OpenAI style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]}``
-- ``sharegpt``           ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``
+- ``messages``           OpenAI style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]}``;
+                         assistant ``tool_calls`` (and the legacy ``function_call`` / ``function`` role) are read, and
+                         Gemma's ``model`` role is read as ``assistant`` (with a note in the report)
+- ``sharegpt``           ``{"conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation", "value": ...}]}``
+                         (LLaMA-Factory's tool turns: ``function_call`` holds the call as JSON, ``observation`` its result)
 - ``alpaca``             ``{"instruction": ..., "input": ..., "output": ...}`` (input optional)
 - ``prompt_completion``  ``{"prompt": ..., "completion": ...}``
 - ``text``               ``{"text": ...}`` plain text for language-model training
 
-Normalised rows: conversations become ``{"messages": [{"role": ..., "content": ...}, ...]}``.
+Normalised rows: conversations become ``{"messages": [{"role": ..., "content": ...}, ...]}``. A row's tool
+definitions (a ``tools`` column: OpenAI ``[{"type": "function", "function": {...}}]``, or LLaMA-Factory's JSON text
+of ``[{"name": ..., "parameters": ...}]``) become ``"tools"`` in the OpenAI form, and an assistant turn that calls
+tools carries ``"tool_calls": [{"type": "function", "function": {"name": ..., "arguments": {...}}}]`` with the
+arguments parsed to an object: the form chat templates (``apply_chat_template(tools=...)``) expect.
+
+Every other column of the source row (``id``, ``source``, ...) is kept on the normalised row under its own name, so it
+survives curation and export; a column whose name collides with a normalised key (``messages``, ``text``, ``tools``)
+is kept as ``<name>_original``. `LoadedDataset.id_column` names the column that identifies rows, when one does.
 Plain text stays ``{"text": ...}``: wrapping it in an assistant turn would train the chat template's
 tokens around text that is never used as a chat, so text rows are trained on every token, untemplated
 (see `core.data.masking.encode_text`).
@@ -38,18 +49,25 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from core.workspace import datasets_dir
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+ROLE_ALIASES: dict[str, str] = {"model": "assistant", "function": "tool"}  # Gemma's assistant; OpenAI's legacy function results
+ROLE_NOTES: dict[str, str] = {
+    "model": "with Gemma's `model` role: read as the assistant",
+    "function": "with OpenAI's legacy `function` role: read as a tool result",
+}
 SHAREGPT_ROLES: dict[str, str] = {
     "system": "system",
     "human": "user",
     "user": "user",
     "gpt": "assistant",
     "assistant": "assistant",
+    "model": "assistant",
+    "function_call": "assistant",
     "tool": "tool",
     "function": "tool",
     "observation": "tool",
@@ -64,10 +82,14 @@ ERROR_KINDS: tuple[str, ...] = (
     "empty_content",
     "no_assistant_turn",
     "turn_order",
+    "bad_tool_call",
+    "bad_tools",
 )
 FIELD_NAMES: tuple[str, ...] = (
-    "messages", "conversations", "instruction", "input", "output", "prompt", "completion", "text", "system",
+    "messages", "conversations", "instruction", "input", "output", "prompt", "completion", "text", "system", "tools",
 )
+NORMALISED_KEYS: tuple[str, ...] = ("messages", "text", "tools")
+ID_COLUMNS: tuple[str, ...] = ("id", "_id", "uuid", "row_id", "example_id", "sample_id", "question_id", "task_id", "idx", "key")
 FILE_SUFFIXES: dict[str, str] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
 }
@@ -108,6 +130,8 @@ class ValidationReport:
     n_valid: int = 0
     counts: dict[str, int] = field(default_factory=dict)  # error kind -> rows rejected for it
     examples: dict[str, list[RowError]] = field(default_factory=dict)  # error kind -> first rows
+    notes: dict[str, int] = field(default_factory=dict)  # something read in a way worth saying -> rows it concerns
+    file_notes: list[str] = field(default_factory=list)  # the same about the file as a whole
 
     @property
     def n_invalid(self) -> int:
@@ -128,6 +152,13 @@ class ValidationReport:
         if len(shown) < EXAMPLES_PER_KIND:
             shown.append(RowError(row, kind, field, message))
 
+    def add_note(self, note: str) -> None:
+        self.notes[note] = self.notes.get(note, 0) + 1
+
+    def note_lines(self) -> list[str]:
+        """One sentence per note: "12 rows use Gemma's `model` role: read as the assistant"."""
+        return list(self.file_notes) + [f"{n:,} row{'' if n == 1 else 's'} {note}" for note, n in self.notes.items()]
+
     def first_errors(self) -> list[RowError]:
         return sorted((e for errs in self.examples.values() for e in errs), key=lambda e: e.row)
 
@@ -144,6 +175,8 @@ class ValidationReport:
             "n_invalid": self.n_invalid,
             "counts": dict(self.counts),
             "examples": {k: [e.as_dict() for e in v] for k, v in self.examples.items()},
+            "notes": dict(self.notes),
+            "file_notes": list(self.file_notes),
         }
 
 
@@ -154,9 +187,18 @@ class LoadedDataset:
     detected_format: str
     source: str
     source_hash: str
+    columns: list[str] = field(default_factory=list)  # the source's own columns kept on every row (id, source, ...)
+    id_column: str | None = None  # a kept column whose values are present and unique on every row
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def row_ids(self, column: str | None = None) -> list | None:
+        """The values of the id column (given, or the detected one) per row, or None without one."""
+        column = column or self.id_column
+        if not column:
+            return None
+        return [row.get(column) for row in self.rows]
 
 
 # ---------------------------------------------------------------- detection
@@ -229,19 +271,27 @@ def detect_dataset_format(raws: Iterable[dict], mapping: dict | None = None, pro
 # ---------------------------------------------------------------- normalisation
 
 
-def normalise_row(raw: Any, fmt: str, mapping: dict | None = None, prompts_only: bool = False) -> dict:
-    """One raw row to ``{"messages": [...]}`` (or ``{"text": ...}``); raises RowInvalid when it is not valid."""
+def normalise_row(raw: Any, fmt: str, mapping: dict | None = None, prompts_only: bool = False, notes: list[str] | None = None) -> dict:
+    """One raw row to ``{"messages": [...]}`` (or ``{"text": ...}``) plus its other columns; raises RowInvalid
+    when it is not valid. Sentences about how the row was read (a Gemma `model` role, ...) go to `notes`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {FORMATS}")
     if not isinstance(raw, dict):
         raise RowInvalid("not_an_object", "", f"row is a {type(raw).__name__}, expected a JSON object")
     cols = _columns(mapping)
+    notes = notes if notes is not None else []
+    used = [cols[name] for name in CONSUMED[fmt]]
     if fmt == "text":
-        return {"text": _required_text(raw, cols["text"], strip_check=True)}
+        return _with_extras({"text": _required_text(raw, cols["text"], strip_check=True)}, raw, used)
+    tools = None
     if fmt == "messages":
-        messages = _messages_from_openai(raw, _present(raw, cols["messages"], cols["conversations"]))
+        name = _present(raw, cols["messages"], cols["conversations"])
+        messages = _messages_from_openai(raw, name, notes)
+        tools = _tools(raw, cols["tools"])
     elif fmt == "sharegpt":
-        messages = _messages_from_sharegpt(raw, _present(raw, cols["conversations"], cols["messages"]))
+        name = _present(raw, cols["conversations"], cols["messages"])
+        messages = _messages_from_sharegpt(raw, name, notes)
+        tools = _tools(raw, cols["tools"])
     elif fmt == "alpaca":
         instruction = _required_text(raw, cols["instruction"], strip_check=True)
         extra = _optional_text(raw, cols["input"])
@@ -252,12 +302,50 @@ def normalise_row(raw: Any, fmt: str, mapping: dict | None = None, prompts_only:
     elif prompts_only and raw.get(cols["completion"]) is None and isinstance(raw.get(cols["prompt"]), str):
         messages = [{"role": "user", "content": _required_text(raw, cols["prompt"], strip_check=True)}]
     else:
-        messages = _messages_from_prompt_completion(raw, cols["prompt"], cols["completion"])
-    system = _optional_text(raw, cols["system"]) if fmt in ("alpaca", "prompt_completion") else ""
+        messages = _messages_from_prompt_completion(raw, cols["prompt"], cols["completion"], notes)
+    system = _optional_text(raw, cols["system"]) if fmt in ("alpaca", "prompt_completion", "sharegpt") else ""
     if system.strip() and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system})
     check_conversation(messages, answered=not prompts_only)
-    return {"messages": messages}
+    row: dict[str, Any] = {"messages": messages}
+    if tools:
+        row["tools"] = tools
+    return _with_extras(row, raw, used + ([name] if fmt in ("messages", "sharegpt") else []))
+
+
+# The canonical fields each format reads; every other column is kept on the row as it is.
+CONSUMED: dict[str, tuple[str, ...]] = {
+    "messages": ("messages", "tools"),
+    "sharegpt": ("conversations", "tools", "system"),
+    "alpaca": ("instruction", "input", "output", "system"),
+    "prompt_completion": ("prompt", "completion", "system"),
+    "text": ("text",),
+}
+
+
+def _with_extras(row: dict, raw: dict, used: list[str]) -> dict:
+    """The normalised row plus the source row's other columns (JSON-safe; colliding names get `_original`)."""
+    for column, value in raw.items():
+        column = str(column)
+        if column in used:
+            continue
+        key = f"{column}_original" if column in NORMALISED_KEYS else column
+        row[key] = _json_value(value)
+    return row
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if value != value else value  # NaN from a CSV / parquet column is a missing value
+    if hasattr(value, "tolist"):  # numpy scalars and arrays from parquet / datasets
+        return _json_value(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return str(value)  # dates, decimals, bytes: kept as their text
 
 
 def check_conversation(messages: list[dict], answered: bool = True) -> None:
@@ -267,7 +355,7 @@ def check_conversation(messages: list[dict], answered: bool = True) -> None:
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
             raise RowInvalid("unknown_role", f"messages[{i}].role", f"unknown role {message['role']!r} in message {i}; expected one of {', '.join(ROLES)}")
-        if not message["content"].strip():
+        if not message["content"].strip() and not message.get("tool_calls"):
             raise RowInvalid("empty_content", f"messages[{i}].content", f"message {i} ({message['role']}) has empty content")
     roles = [m["role"] for m in messages]
     if "assistant" not in roles and answered:
@@ -352,43 +440,117 @@ def _content_text(content: Any, where: str) -> str:
     raise RowInvalid("not_a_string", where, f"{where} is a {type(content).__name__}, expected a string")
 
 
-def _messages_from_openai(raw: dict, name: str) -> list[dict]:
+def _messages_from_openai(raw: dict, name: str, notes: list[str]) -> list[dict]:
     messages = []
     for i, message in enumerate(_message_list(raw, name)):
+        where = f"{name}[{i}]"
         if not isinstance(message, dict):
-            raise RowInvalid("bad_messages", f"{name}[{i}]", f"{name}[{i}] is a {type(message).__name__}, expected an object with role and content")
+            raise RowInvalid("bad_messages", where, f"{where} is a {type(message).__name__}, expected an object with role and content")
         if "role" not in message:
-            raise RowInvalid("missing_field", f"{name}[{i}].role", f"{name}[{i}] has no 'role'")
+            raise RowInvalid("missing_field", f"{where}.role", f"{where} has no 'role'")
         role = message["role"]
         if not isinstance(role, str):
-            raise RowInvalid("not_a_string", f"{name}[{i}].role", f"{name}[{i}].role is a {type(role).__name__}, expected a string")
-        if message.get("tool_calls") and not message.get("content"):
-            raise RowInvalid("empty_content", f"{name}[{i}].content", f"{name}[{i}] carries tool_calls without text content; tool-call rows are not supported")
-        messages.append({"role": role, "content": _content_text(message.get("content"), f"{name}[{i}].content")})
+            raise RowInvalid("not_a_string", f"{where}.role", f"{where}.role is a {type(role).__name__}, expected a string")
+        if role in ROLE_ALIASES:
+            notes.append(ROLE_NOTES[role])
+            role = ROLE_ALIASES[role]
+        calls = message.get("tool_calls") or ([message["function_call"]] if message.get("function_call") else [])
+        if calls and role == "assistant":
+            text = _content_text(message.get("content") or "", f"{where}.content")
+            messages.append({"role": role, "content": text, "tool_calls": _tool_calls(calls, f"{where}.tool_calls")})
+            continue
+        normalised = {"role": role, "content": _content_text(message.get("content"), f"{where}.content")}
+        if role == "tool":
+            normalised.update({k: str(message[k]) for k in ("name", "tool_call_id") if isinstance(message.get(k), (str, int))})
+        messages.append(normalised)
     return messages
 
 
-def _messages_from_sharegpt(raw: dict, name: str) -> list[dict]:
+def _messages_from_sharegpt(raw: dict, name: str, notes: list[str]) -> list[dict]:
     messages = []
     for i, turn in enumerate(_message_list(raw, name)):
+        where = f"{name}[{i}]"
         if not isinstance(turn, dict):
-            raise RowInvalid("bad_messages", f"{name}[{i}]", f"{name}[{i}] is a {type(turn).__name__}, expected an object with from and value")
+            raise RowInvalid("bad_messages", where, f"{where} is a {type(turn).__name__}, expected an object with from and value")
         if "from" not in turn:
-            raise RowInvalid("missing_field", f"{name}[{i}].from", f"{name}[{i}] has no 'from'")
+            raise RowInvalid("missing_field", f"{where}.from", f"{where} has no 'from'")
         speaker = turn["from"]
         if not isinstance(speaker, str):
-            raise RowInvalid("not_a_string", f"{name}[{i}].from", f"{name}[{i}].from is a {type(speaker).__name__}, expected a string")
+            raise RowInvalid("not_a_string", f"{where}.from", f"{where}.from is a {type(speaker).__name__}, expected a string")
         role = SHAREGPT_ROLES.get(speaker.lower())
         if role is None:
-            raise RowInvalid("unknown_role", f"{name}[{i}].from", f"unknown speaker {speaker!r} in turn {i}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
-        messages.append({"role": role, "content": _content_text(turn.get("value"), f"{name}[{i}].value")})
+            raise RowInvalid("unknown_role", f"{where}.from", f"unknown speaker {speaker!r} in turn {i}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
+        if speaker.lower() == "model":
+            notes.append(ROLE_NOTES["model"])
+        value = _content_text(turn.get("value"), f"{where}.value")
+        if speaker.lower() == "function_call":  # LLaMA-Factory: the call (or a list of calls) as JSON text
+            messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(_json_or_invalid(value, f"{where}.value", "bad_tool_call"), f"{where}.value")})
+        else:
+            messages.append({"role": role, "content": value})
     return messages
 
 
-def _messages_from_prompt_completion(raw: dict, prompt_col: str, completion_col: str) -> list[dict]:
+def _json_or_invalid(text: Any, where: str, kind: str) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RowInvalid(kind, where, f"{where} is not valid JSON ({exc})") from None
+
+
+def _tool_calls(calls: Any, where: str) -> list[dict]:
+    """Calls in any of the common shapes to ``[{"type": "function", "function": {"name", "arguments": {...}}}]``."""
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, list) or not calls:
+        raise RowInvalid("bad_tool_call", where, f"{where} must be a tool call object or a non-empty list of them")
+    out = []
+    for k, call in enumerate(calls):
+        at = f"{where}[{k}]"
+        if not isinstance(call, dict):
+            raise RowInvalid("bad_tool_call", at, f"{at} is a {type(call).__name__}, expected an object with a function name and arguments")
+        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        fname = function.get("name")
+        if not isinstance(fname, str) or not fname.strip():
+            raise RowInvalid("bad_tool_call", f"{at}.name", f"{at} has no function name")
+        arguments = function.get("arguments", function.get("parameters", {}))
+        arguments = _json_or_invalid(arguments, f"{at}.arguments", "bad_tool_call")
+        if not isinstance(arguments, dict):
+            raise RowInvalid("bad_tool_call", f"{at}.arguments", f"{at}.arguments is a {type(arguments).__name__}, expected a JSON object")
+        normalised = {"type": "function", "function": {"name": fname, "arguments": arguments}}
+        if isinstance(call.get("id"), (str, int)):
+            normalised["id"] = str(call["id"])
+        out.append(normalised)
+    return out
+
+
+def _tools(raw: dict, name: str) -> list[dict] | None:
+    """Tool definitions of a row in OpenAI's form, or None when the row has none."""
+    value = raw.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    value = _json_or_invalid(value, name, "bad_tools")
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise RowInvalid("bad_tools", name, f"field {name!r} is a {type(value).__name__}, expected a list of tool definitions")
+    tools = []
+    for k, tool in enumerate(value):
+        at = f"{name}[{k}]"
+        function = tool.get("function") if isinstance(tool, dict) and isinstance(tool.get("function"), dict) else tool
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"].strip():
+            raise RowInvalid("bad_tools", at, f"{at} is not a tool definition with a function name")
+        tools.append({"type": "function", "function": _json_value(function)})
+    return tools or None
+
+
+def _messages_from_prompt_completion(raw: dict, prompt_col: str, completion_col: str, notes: list[str]) -> list[dict]:
     prompt, completion = raw.get(prompt_col), raw.get(completion_col)
     if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational prompt/completion
-        return _messages_from_openai({"p": prompt}, "p") + _messages_from_openai({"c": completion}, "c")
+        return _messages_from_openai({"p": prompt}, "p", notes) + _messages_from_openai({"c": completion}, "c", notes)
     prompt = _required_text(raw, prompt_col, strip_check=True)
     completion = _required_text(raw, completion_col, strip_check=True)
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
@@ -411,7 +573,8 @@ def load_dataset_file(
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
     _columns(mapping)  # validate the mapping keys up front
     fmt = fmt or format_from_mapping(mapping)
-    source, records, hasher = _open_source(path_or_id, split)
+    file_notes: list[str] = []
+    source, records, hasher = _open_source(path_or_id, split, file_notes)
     report = ValidationReport()
     rows: list[dict] = []
     head: list[tuple[int, Any]] = []
@@ -434,7 +597,10 @@ def load_dataset_file(
             _accept(i, r, fmt, mapping, rows, report, prompts_only)
     if fmt is None:
         raise DatasetLoadError(f"{source} has no rows")
-    return LoadedDataset(rows=rows, report=report, detected_format=fmt, source=source, source_hash=hasher())
+    report.file_notes.extend(file_notes)
+    columns = kept_columns(rows)
+    return LoadedDataset(rows=rows, report=report, detected_format=fmt, source=source, source_hash=hasher(),
+                         columns=columns, id_column=detect_id_column(rows, columns))
 
 
 def _detect_head(head: list[tuple[int, Any]], mapping: dict | None, source: str, prompts_only: bool = False) -> str:
@@ -449,12 +615,41 @@ def _accept(index: int, record: Any, fmt: str, mapping: dict | None, rows: list,
     if isinstance(record, _BadJson):
         report.add_error(index, "bad_json", "", record.message)
         return
+    notes: list[str] = []
     try:
-        rows.append(normalise_row(record, fmt, mapping, prompts_only))
+        rows.append(normalise_row(record, fmt, mapping, prompts_only, notes))
     except RowInvalid as exc:
         report.add_error(index, exc.kind, exc.field, exc.message)
         return
     report.add_valid()
+    for note in dict.fromkeys(notes):
+        report.add_note(note)
+
+
+def kept_columns(rows: Sequence[dict]) -> list[str]:
+    """The source columns the rows carry beside the normalised keys, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key not in NORMALISED_KEYS and key not in seen:
+                seen[key] = None
+    return list(seen)
+
+
+def detect_id_column(rows: Sequence[dict], columns: Sequence[str]) -> str | None:
+    """The first column among the usual id names (then any column ending in `id`) whose values are
+    present on every row, scalar, and unique."""
+    names = [c for c in ID_COLUMNS if c in columns] + [c for c in columns if c.lower().endswith("id") and c not in ID_COLUMNS]
+    for name in names:
+        seen = set()
+        for row in rows:
+            value = row.get(name)
+            if value is None or isinstance(value, (dict, list, float, bool)) or value in seen:
+                break
+            seen.add(value)
+        else:
+            return name
+    return None
 
 
 @dataclass(frozen=True)
@@ -462,16 +657,17 @@ class _BadJson:
     message: str
 
 
-def _open_source(path_or_id: str | Path, split: str | None):
-    """(source label, iterator of (row index, record), function giving the source hash once read)."""
+def _open_source(path_or_id: str | Path, split: str | None, notes: list[str]):
+    """(source label, iterator of (row index, record), function giving the source hash once read).
+    Sentences about how the file was read go to `notes`."""
     text = str(path_or_id)
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / "data.jsonl").is_file():
-            return _open_file(path / "data.jsonl", split)
+            return _open_file(path / "data.jsonl", notes)
         return _open_saved_dataset(path, split)
     if path.is_file():
-        return _open_file(path, split)
+        return _open_file(path, notes)
     if _looks_like_path(text):
         raise DatasetLoadError(f"no such file or folder: {path}")
     if _HUB_ID.match(text):
@@ -493,10 +689,13 @@ def _file_kind(path: Path) -> str:
     raise DatasetLoadError(f"{path}: unknown file type; expected one of {', '.join(sorted(FILE_SUFFIXES))}")
 
 
-def _open_file(path: Path, split: str | None):
+def _open_file(path: Path, notes: list[str]):
     kind = _file_kind(path)
     digest = hashlib.sha256()
     if kind == "jsonl":
+        if _first_byte(path) == b"[":
+            _hash_file(path, digest)
+            return str(path), _read_jsonl_array(path, notes), digest.hexdigest
         return str(path), _read_jsonl(path, digest), digest.hexdigest
     _hash_file(path, digest)
     readers = {"json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
@@ -523,6 +722,33 @@ def _read_jsonl(path: Path, digest) -> Iterator[tuple[int, Any]]:
                 record = _BadJson(f"bad JSON on line {line_number}: {exc}")
             yield index, record
             index += 1
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first byte that is not whitespace (or a UTF-8 byte-order mark)."""
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 16):
+            stripped = block.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def _read_jsonl_array(path: Path, notes: list[str]) -> Iterator[tuple[int, Any]]:
+    """A .jsonl file that holds one JSON array (a common export mistake): read it as that array, and say so."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            first_line = handle.readline()
+        if isinstance(_parse_json_list(first_line), list):
+            raise DatasetLoadError(f"{path}: every line is a JSON array, but a .jsonl file needs one JSON object per line "
+                                   '(for example {"messages": [...]})') from exc
+        raise DatasetLoadError(f"{path}: the file starts with '[' like one JSON array, but it is not valid JSON ({exc}); "
+                               "fix the array or write one JSON object per line") from exc
+    notes.append(f"{path.name} holds one JSON array rather than one object per line: it was read as that array")
+    yield from enumerate(data)
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, Any]]:

@@ -5,7 +5,7 @@ Rows are the loader's normal form (``core.data.formats``): ``{"messages": [{"rol
 Curation looks at one of three views of a row:
 
 - ``"prompt"``: the user and tool turns, in order;
-- ``"answer"``: the assistant turns, in order;
+- ``"answer"``: the assistant turns, in order (a tool call as ``name({"arg": ...})``);
 - ``"both"``: the user, tool and assistant turns, in order.
 
 System turns are left out of every view: datasets usually repeat one system prompt on every
@@ -17,6 +17,7 @@ stable and a page can highlight them.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 import unicodedata
@@ -27,7 +28,6 @@ FIELDS = ("prompt", "answer", "both")
 TURN_SEPARATOR = "\n\n"
 
 WORD = re.compile(r"\w+")
-
 
 
 @lru_cache(maxsize=1)
@@ -66,12 +66,20 @@ def _row_text(row: Any, field: str) -> str:
     keep = _KEEP_ROLE[field]
     parts = []
     for message in messages:
-        if not isinstance(message, dict):
+        if not isinstance(message, dict) or not keep(message.get("role", "")):
             continue
         content = message.get("content")
-        if isinstance(content, str) and content.strip() and keep(message.get("role", "")):
+        if isinstance(content, str) and content.strip():
             parts.append(content)
+        parts.extend(tool_call_text(call) for call in message.get("tool_calls") or ())
     return TURN_SEPARATOR.join(parts)
+
+
+def tool_call_text(call: dict) -> str:
+    """A normalised tool call as one line of text: ``get_weather({"city": "Paris"})``."""
+    function = call.get("function", call) if isinstance(call, dict) else {}
+    arguments = json.dumps(function.get("arguments", {}), ensure_ascii=False, sort_keys=True)
+    return f"{function.get('name', '?')}({arguments})"
 
 
 def answer_length(row: Any) -> int:
