@@ -134,3 +134,30 @@ def test_summary_and_highlight():
     long = "x" * 10000 + " MATCH " + "y" * 10000
     short = highlight_html(long, [(10001, 10006)], max_chars=400)
     assert "MATCH</mark>" in short and len(short) < 1000
+
+
+def test_extra_columns_and_ids_survive_load_curate_export(workspace, tmp_path):
+    """The user's own columns ride along on every kept row, and the manifest names the dropped rows by id."""
+    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": f"{i}", "uid": f"u-{i}", "source": "synthetic", "weight": i / 10}
+            for i in range(6)]
+    rows.append(dict(rows[2], uid="u-copy-of-2", source="scraped"))  # an exact duplicate under its own id
+    path = tmp_path / "with-ids.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    loaded = load_dataset_file(path)
+    assert loaded.id_column == "uid" and loaded.columns == ["uid", "source", "weight"]
+    drop_first = CurationOperation("manual", drop=[0], label="manual review")
+    operations = [operation_from_dedup(find_exact_duplicates(loaded.rows)), drop_first]
+    folder = export_curated(loaded.rows, "with-ids", DatasetSource.from_loaded(loaded), operations)
+
+    manifest = read_manifest(folder)
+    assert manifest["id_column"] == "uid" and manifest["source"]["columns"] == ["uid", "source", "weight"]
+    assert [(op["dropped"], op["dropped_ids"]) for op in manifest["operations"]] == [([6], ["u-copy-of-2"]), ([0], ["u-0"])]
+    again = load_dataset_file(folder)  # the exported dataset, read back like any other
+    assert [r["uid"] for r in again.rows] == ["u-1", "u-2", "u-3", "u-4", "u-5"]
+    assert again.rows[0] == {"messages": loaded.rows[1]["messages"], "uid": "u-1", "source": "synthetic", "weight": 0.1}
+    assert again.id_column == "uid"
+
+    other = export_curated(loaded.rows, "by-source", DatasetSource.from_loaded(loaded), [drop_first], id_column="source")
+    assert read_manifest(other)["operations"][0]["dropped_ids"] == ["synthetic"]
+    with pytest.raises(ValueError, match="id column 'nope' is missing on row"):
+        export_curated(loaded.rows, "bad-id", DatasetSource.from_loaded(loaded), [drop_first], id_column="nope")

@@ -13,10 +13,12 @@ Manifest schema (``"schema": "workbench.dataset/1"``)::
       "name": "support-tickets-clean",
       "created": "2025-01-01T12:00:00+00:00",
       "source": {"path": ..., "sha256": ..., "format": ..., "rows": 300,
-                 "rows_read": 302, "rows_rejected": 2},
+                 "rows_read": 302, "rows_rejected": 2, "columns": ["id", "source"]},
+      "id_column": "id",
       "operations": [
         {"name": "exact_dedup", "label": ..., "params": {...}, "rows_before": 300,
-         "rows_after": 296, "dropped": [12, 40, 41, 77], "seconds": 0.01},
+         "rows_after": 296, "dropped": [12, 40, 41, 77],
+         "dropped_ids": ["t-12", "t-40", "t-41", "t-77"], "seconds": 0.01},
         ...
       ],
       "rows": 290,
@@ -25,7 +27,9 @@ Manifest schema (``"schema": "workbench.dataset/1"``)::
 
 Row indices in ``dropped`` are positions in the loaded source rows (after validation), so
 every operation can be replayed against the source. Operations apply in order; a row already
-dropped by an earlier operation is not counted again.
+dropped by an earlier operation is not counted again. When the rows carry an id column of the
+user's own (``id``, ``uuid``, ... or the one chosen), ``dropped_ids`` lists the same rows by it.
+Every source column rides along on the kept rows in ``data.jsonl``.
 """
 from __future__ import annotations
 
@@ -62,6 +66,8 @@ class DatasetSource:
     rows: int = 0
     rows_read: int = 0
     rows_rejected: int = 0
+    columns: list[str] = field(default_factory=list)  # the source's own columns kept on the rows
+    id_column: str | None = None
 
     @classmethod
     def from_loaded(cls, loaded: Any) -> "DatasetSource":
@@ -74,6 +80,8 @@ class DatasetSource:
             rows=len(loaded.rows),
             rows_read=int(report.n_read),
             rows_rejected=int(report.n_invalid),
+            columns=list(getattr(loaded, "columns", []) or []),
+            id_column=getattr(loaded, "id_column", None),
         )
 
 
@@ -157,11 +165,13 @@ def export_curated(
     operations: Sequence[CurationOperation] = (),
     *,
     overwrite: bool = False,
+    id_column: str | None = None,
 ) -> Path:
     """Write ``datasets/<safe name>/data.jsonl`` + ``manifest.json`` and return the folder.
 
     `rows` are the loaded source rows; the operations' drops are applied here, so the counts in
-    the manifest always describe the file written beside it. The folder is assembled under a
+    the manifest always describe the file written beside it. `id_column` (default: the source's
+    detected one) names the rows' own id, listed beside every operation's dropped positions. The folder is assembled under a
     temporary name and renamed into place: readers see the old dataset or the new, never half.
     """
     if not isinstance(source, DatasetSource):
@@ -171,6 +181,13 @@ def export_curated(
     kept, records = apply_operations(len(rows), operations)
     if not kept:
         raise ValueError("every row was dropped: there is nothing to export")
+    id_column = id_column or source.id_column
+    if id_column:
+        missing = [i for i, row in enumerate(rows) if id_column not in row]
+        if missing:
+            raise ValueError(f"id column {id_column!r} is missing on row(s) {missing[:5]}; choose another id column or none")
+        for record in records:
+            record["dropped_ids"] = [rows[i][id_column] for i in record["dropped"]]
     target = curated_dataset_dir(name)
     if target.exists() and not overwrite:
         raise FileExistsError(f"a dataset named {target.name!r} already exists in {target.parent}; pick another name or overwrite it")
@@ -181,6 +198,7 @@ def export_curated(
         "name": target.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": _jsonable(source.__dict__),
+        "id_column": id_column,
         "operations": records,
         "rows": len(kept),
         "data": {"file": DATA_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
