@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.data.formats import DatasetLoadError
 from core.data.lint import lint_dataset
-from core.data.masking import POLICIES, MaskingError, encode_row
+from core.data.masking import POLICIES, MaskingError, encode_row, has_tool_calls
 from core.data.render import legend_html, token_chips_html, token_table
 from core.data.templates import load_template, propose_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
@@ -98,7 +98,14 @@ for note in row.notes:
     st.info(note)
 if row.n_trained == 0:
     st.warning("This row has no trained token: it costs compute and teaches nothing.")
-st.html(legend_html())
+source_row = dataset.rows[index]
+tool_row = has_tool_calls(source_row.get("messages", [])) or bool(source_row.get("tools"))
+if tool_row:
+    calls = sum(len(m.get("tool_calls") or ()) for m in source_row.get("messages", []))
+    results = sum(m["role"] == "tool" for m in source_row.get("messages", []))
+    st.caption(f"🛠️ This row has {calls} tool call(s), {results} tool result(s) and {len(source_row.get('tools') or [])} tool "
+               "definition(s), passed to the template as at inference. The calls are trained; tool results never are.")
+st.html(legend_html(tools=tool_row))
 st.html(token_chips_html(row, tokenizer))
 
 with st.expander("Raw arrays: input_ids and labels"):

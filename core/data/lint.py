@@ -6,8 +6,12 @@ Checks, per row, with the same `encode_conversation` the trainer uses:
 - the end-of-turn marker not trained (the model never learns to stop) or absent from the template,
 - rows longer than `max_length` (truncated; the cut may remove the answer),
 - the training render disagrees with inference: the `add_generation_prompt=True` render of the prompt
-  must tokenize to a prefix of the training tokens, or the model is trained on a context it never sees,
-- rows the template cannot encode at all.
+  must tokenize to a prefix of the training tokens, or the model is trained on a context it never sees
+  (checked at every assistant turn, tool-call turns and the answers after a tool result included, with the
+  row's tool definitions passed as at inference),
+- tool rows: tool results that would be trained (only the `everything` policy does that), tool definitions the
+  template never shows, and templates that cannot write tool calls at all,
+- rows the template cannot encode at all (with the first row's reason).
 
 `LintReport.can_train` is what the Train page checks ("refuse if no trainable tokens").
 """
@@ -24,6 +28,7 @@ from core.data.masking import (
     _Context,
     _render,
     _tokenize,
+    encode_conversation,
     encode_conversations,
     encode_text,
     packing_preview,
@@ -130,16 +135,23 @@ def lint_dataset(
     chat_rows = [(i, r) for i, r in enumerate(chosen) if "messages" in r]
     encoded: list[tuple[int, EncodedRow | None]] = []
     if chat_rows:
-        results = encode_conversations([r["messages"] for _, r in chat_rows], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length, train_eot=train_eot, errors="skip")
+        results = encode_conversations([r["messages"] for _, r in chat_rows], tokenizer, chat_template=chat_template, policy=policy,
+                                       max_length=max_length, train_eot=train_eot, errors="skip", tools=[r.get("tools") for _, r in chat_rows])
         encoded += [(i, e) for (i, _), e in zip(chat_rows, results)]
     encoded += [(i, encode_text(r["text"], tokenizer, max_length=max_length)) for i, r in enumerate(chosen) if "text" in r and "messages" not in r]
     encoded.sort(key=lambda pair: pair[0])
     report.n_checked = len(encoded)
     for index, row in encoded:
         if row is None:
-            report._add("encode_failed", "error", "the chat template could not render these rows (see the Template page for the reason)", index)
+            if "encode_failed" not in report.issues:
+                reason = _encode_error(chosen[index], tokenizer, chat_template, policy)
+                report._add("encode_failed", "error", f"the chat template could not encode these rows: {reason}", index)
+            else:
+                report._add("encode_failed", "error", "", index)
             continue
         _check_row(report, index, row, train_eot)
+        if row.n_trained and any(span.role == "tool" and label != IGNORE_INDEX for span, label in zip(row.spans, row.labels)):
+            report._add("tool_result_trained", "warning", f"tool results are trained (policy {policy!r}): the model learns to write what tools return", index)
     if check_inference and chat_rows:
         _check_inference(report, chat_rows, {i: e for i, e in encoded}, tokenizer, chat_template)
     if report.n_encoded and report.trained_tokens == 0:
@@ -147,6 +159,14 @@ def lint_dataset(
     if max_length and report.lengths:
         report.packing = packing_preview(report.lengths, max_length)
     return report
+
+
+def _encode_error(row: dict, tokenizer: Any, chat_template: str | None, policy: str) -> str:
+    try:
+        encode_conversation(row["messages"], tokenizer, chat_template=chat_template, policy=policy, tools=row.get("tools"))
+    except MaskingError as exc:
+        return str(exc)
+    return "unknown reason"
 
 
 def _check_row(report: LintReport, index: int, row: EncodedRow, train_eot: bool) -> None:
@@ -180,18 +200,21 @@ def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: An
         for turn, message in enumerate(messages):
             if message["role"] == "assistant" and turn > 0:
                 try:
-                    prompts.append(_render(ctx, list(messages[:turn]), add_generation_prompt=True)[0])
+                    prompts.append(_render(ctx, list(messages[:turn]), add_generation_prompt=True, tools=row.get("tools"))[0])
                 except MaskingError:
                     continue
-                owners.append(index)
+                owners.append((index, bool(message.get("tool_calls")) or messages[turn - 1]["role"] == "tool"))
     flagged: set[int] = set()
-    for index, prompt, (ids, _) in zip(owners, prompts, _tokenize(tokenizer, prompts)):
+    for (index, tool_turn), prompt, (ids, _) in zip(owners, prompts, _tokenize(tokenizer, prompts)):
         full = encoded[index]
         if index in flagged:
             continue
         if not full.text.startswith(prompt):
             flagged.add(index)
-            report._add("inference_mismatch", "error", "the prompt rendered for generation (add_generation_prompt=True) is not a prefix of the training text: the model is trained on a layout it never sees", index)
+            if tool_turn:
+                report._add("tool_inference_mismatch", "error", "at a tool turn (a tool call, or the answer after a tool result) the prompt rendered for generation is not a prefix of the training text: the model is trained on a tool layout it never sees at inference", index)
+            else:
+                report._add("inference_mismatch", "error", "the prompt rendered for generation (add_generation_prompt=True) is not a prefix of the training text: the model is trained on a layout it never sees", index)
         elif full.input_ids[: len(ids)] != ids[: len(full.input_ids)]:
             flagged.add(index)
             report._add("inference_token_mismatch", "warning", "the generation prompt tokenizes differently from the same text inside the training row (a token spans the prompt's end)", index)

@@ -18,6 +18,14 @@ How it works, for any Jinja chat template:
    wrote BOS where it wants one, as `apply_chat_template(tokenize=True)` does at inference) and train every
    token whose characters overlap a trained span (the rule transformers uses for its assistant mask).
 
+Tool calls: an assistant turn that calls tools is rendered by the template from its `tool_calls` (and the
+row's `tools` definitions are passed as `apply_chat_template(tools=...)` does). The sentinel render also puts a
+sentinel in each call's function name, so the call's place is found the same way; the turn's trained text
+starts where the generation prompt ends (the render of the messages before it with `add_generation_prompt=True`,
+when that is a prefix of the render) and runs up to the end-of-turn marker that follows the last call: the
+assistant's tool-call text and its end-of-turn are trained, tool results (role `tool`) never are. A template that
+does not write tool calls at all cannot train them, and says so.
+
 Templates with `{% generation %}` blocks: the blocks are the trained spans, so the labels equal
 `apply_chat_template(..., return_assistant_tokens_mask=True)`.
 
@@ -40,7 +48,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 IGNORE_INDEX = -100
 POLICIES: tuple[str, ...] = ("all_assistant", "last_assistant", "completion_only", "everything")
-PARTS: tuple[str, ...] = ("template", "content", "eot")
+PARTS: tuple[str, ...] = ("template", "content", "tool_call", "eot")
 _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -53,7 +61,7 @@ class MaskingError(ValueError):
 class TokenSpan(NamedTuple):
     role: str  # role of the message the token belongs to ("" for text rows' padding-free tail)
     turn: int  # index of that message in the conversation as given
-    part: str  # "template" (chat-template text), "content" (message text) or "eot" (end-of-turn marker)
+    part: str  # "template" (chat-template text), "content" (message text), "tool_call" (an assistant's call) or "eot"
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,11 @@ def encode_conversation(
     policy: str = "all_assistant",
     max_length: int | None = None,
     train_eot: bool = True,
+    tools: Sequence[dict] | None = None,
 ) -> EncodedRow:
-    """One conversation → ids, labels (-100 where masked) and per-token spans. Raises MaskingError."""
-    return encode_conversations([messages], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length, train_eot=train_eot)[0]
+    """One conversation (and its tool definitions) → ids, labels (-100 where masked) and per-token spans."""
+    return encode_conversations([messages], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length,
+                                train_eot=train_eot, tools=[tools])[0]
 
 
 def encode_conversations(
@@ -154,15 +164,21 @@ def encode_conversations(
     max_length: int | None = None,
     train_eot: bool = True,
     errors: str = "raise",
+    tools: Sequence[Sequence[dict] | None] | None = None,
 ) -> list[EncodedRow | None]:
-    """Many conversations with one batched tokenizer call (fast). errors="skip" puts None for rows that fail."""
+    """Many conversations with one batched tokenizer call (fast). errors="skip" puts None for rows that fail.
+    `tools`, when given, holds each conversation's tool definitions (None for a row without)."""
     if errors not in ("raise", "skip"):
         raise ValueError("errors must be 'raise' or 'skip'")
     ctx = _Context.make(tokenizer, chat_template, policy, max_length)
+    conversations = list(conversations)
+    tools = list(tools) if tools is not None else [None] * len(conversations)
+    if len(tools) != len(conversations):
+        raise ValueError(f"tools has {len(tools)} entries for {len(conversations)} conversations")
     plans: list[_Plan | None] = []
-    for messages in conversations:
+    for messages, row_tools in zip(conversations, tools):
         try:
-            plans.append(_plan(list(messages), ctx, train_eot))
+            plans.append(_plan(list(messages), ctx, train_eot, list(row_tools) if row_tools else None))
         except MaskingError:
             if errors == "raise":
                 raise
@@ -186,21 +202,27 @@ def encode_text(text: str, tokenizer: Any, *, max_length: int | None = None, add
 def encode_row(row: dict, tokenizer: Any, **kwargs: Any) -> EncodedRow:
     """A normalised row from core.data.formats: ``{"messages": ...}`` or ``{"text": ...}``."""
     if "messages" in row:
-        return encode_conversation(row["messages"], tokenizer, **kwargs)
+        return encode_conversation(row["messages"], tokenizer, tools=row.get("tools"), **kwargs)
     if "text" in row:
         return encode_text(row["text"], tokenizer, max_length=kwargs.get("max_length"))
     raise MaskingError(f"row has neither 'messages' nor 'text' (keys: {sorted(row)})")
 
 
-def render_conversation(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, add_generation_prompt: bool = False) -> str:
+def render_conversation(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, add_generation_prompt: bool = False,
+                        tools: Sequence[dict] | None = None) -> str:
     """The text the template makes of these messages (system folded where the template refuses it)."""
     ctx = _Context.make(tokenizer, chat_template, "all_assistant", None)
-    return _render(ctx, list(messages), add_generation_prompt=add_generation_prompt)[0]
+    return _render(ctx, list(messages), add_generation_prompt=add_generation_prompt, tools=tools)[0]
 
 
-def inference_prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None) -> list[int]:
+def inference_prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, tools: Sequence[dict] | None = None) -> list[int]:
     """Token ids the model sees at inference for these messages (`add_generation_prompt=True`)."""
-    return _tokenize(tokenizer, [render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True)])[0][0]
+    text = render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True, tools=tools)
+    return _tokenize(tokenizer, [text])[0][0]
+
+
+def has_tool_calls(messages: Sequence[dict]) -> bool:
+    return any(m.get("tool_calls") for m in messages if isinstance(m, dict))
 
 
 def has_generation_markers(chat_template: str) -> bool:
@@ -314,27 +336,28 @@ def _special_tokens_re(tokens: tuple[str, ...]) -> re.Pattern | None:
     return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
 
 
-def _render(ctx: _Context, messages: list[dict], *, add_generation_prompt: bool = False, track: bool = False) -> tuple[str, list, list[dict], list[str]]:
+def _render(ctx: _Context, messages: list[dict], *, add_generation_prompt: bool = False, track: bool = False,
+            tools: Sequence[dict] | None = None) -> tuple[str, list, list[dict], list[str]]:
     """(text, generation spans, messages actually rendered, notes). Folds the system prompt if refused."""
     import jinja2
 
     notes: list[str] = []
     try:
-        text, spans = _render_raw(ctx, messages, add_generation_prompt, track)
+        text, spans = _render_raw(ctx, messages, add_generation_prompt, track, tools)
     except jinja2.TemplateError as exc:
         if not (messages and messages[0].get("role") == "system" and "system" in str(exc).lower() and len(messages) > 1):
-            raise MaskingError(f"the chat template rejected this conversation: {exc}") from exc
+            raise MaskingError(f"the chat template rejected this conversation: {exc}{_tool_hint(messages)}") from exc
         messages = _fold_system(messages)
         notes.append("the template does not accept a system message: it was folded into the first user turn")
         try:
-            text, spans = _render_raw(ctx, messages, add_generation_prompt, track)
+            text, spans = _render_raw(ctx, messages, add_generation_prompt, track, tools)
         except jinja2.TemplateError as exc2:
-            raise MaskingError(f"the chat template rejected this conversation: {exc2}") from exc2
+            raise MaskingError(f"the chat template rejected this conversation: {exc2}{_tool_hint(messages)}") from exc2
     return text, spans, messages, notes
 
 
-def _render_raw(ctx: _Context, messages: list[dict], add_generation_prompt: bool, track: bool) -> tuple[str, list]:
-    kwargs = dict(ctx.kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None)
+def _render_raw(ctx: _Context, messages: list[dict], add_generation_prompt: bool, track: bool, tools: Sequence[dict] | None = None) -> tuple[str, list]:
+    kwargs = dict(ctx.kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=list(tools) if tools else None, documents=None)
     if not track:
         return ctx.compiled.render(**kwargs), []
     blocks: list[str] = []
@@ -345,63 +368,104 @@ def _render_raw(ctx: _Context, messages: list[dict], add_generation_prompt: bool
     return "".join(blocks), spans
 
 
+TOOL_TEMPLATE_HINT = "choose a template with tool support (for example qwen2.5-instruct or llama-3.1-tools)"
+
+
+def _tool_hint(messages: list[dict]) -> str:
+    if any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        return f" (the conversation has tool turns: {TOOL_TEMPLATE_HINT})"
+    return ""
+
+
 def _fold_system(messages: list[dict]) -> list[dict]:
     system, first, rest = messages[0], messages[1], messages[2:]
     folded = dict(first, content=f"{system['content']}\n\n{first['content']}")
     return [folded] + rest
 
 
-def _plan(messages: list[dict], ctx: _Context, train_eot: bool) -> _Plan:
+def _plan(messages: list[dict], ctx: _Context, train_eot: bool, tools: list[dict] | None = None) -> _Plan:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
             raise MaskingError(f"message {i} needs a string 'role' and a string 'content'")
     if not messages:
         raise MaskingError("empty conversation")
-    text, generation_spans, rendered_messages, notes = _render(ctx, messages, track=ctx.generation_markers)
+    text, generation_spans, rendered_messages, notes = _render(ctx, messages, track=ctx.generation_markers, tools=tools)
     folded = len(rendered_messages) != len(messages)
     turn_of = (lambda i: i + 1) if folded else (lambda i: i)  # index into the caller's messages
-    contents = _contents_via_skeleton(ctx, text, rendered_messages)
+    elements = _contents_via_skeleton(ctx, text, rendered_messages, tools)
+    _check_tool_calls_rendered(rendered_messages, elements, turn_of)
+    if tools and text == _render(ctx, messages, tools=None)[0]:
+        notes.append("the template does not show the tool definitions to the model: it will call tools it was never shown")
 
-    closing = _closing_text(text, contents, rendered_messages, ctx)
-    segments, eot_by_turn = _segments(text, contents, rendered_messages, closing, ctx, turn_of)
-    assistant_turns = [t for t in sorted(eot_by_turn)]
+    turns = _turns(ctx, text, elements, rendered_messages, tools, turn_of)
+    segments, eot_by_turn, body_of = _segments(text, turns, ctx)
+    assistant_turns = sorted(eot_by_turn)
     if not assistant_turns:
         raise MaskingError("no assistant content appears in the rendered conversation, so nothing can be trained")
     has_marker = all(eot_by_turn[t][1] > eot_by_turn[t][0] for t in assistant_turns)
 
-    trained, eot_ranges = _trained_ranges(ctx, messages, text, segments, eot_by_turn, generation_spans, train_eot)
+    trained, eot_ranges = _trained_ranges(ctx, messages, text, body_of, eot_by_turn, generation_spans, train_eot, tools)
     return _Plan(text, segments, trained, eot_ranges, has_marker, notes)
 
 
 _SKELETONS: dict[tuple, str] = {}
 
 
-def _contents_via_skeleton(ctx: _Context, text: str, messages: list[dict]) -> list[_Content]:
-    """Content spans from the sentinel render. Skeletons are reused across rows with the same roles, but
-    only trusted when every content then matches exactly; otherwise the row gets its own sentinel render."""
-    key = (ctx.template, tuple(sorted(ctx.kwargs.items())), tuple(m["role"] for m in messages))
-    cached = _SKELETONS.get(key)
-    if cached is not None:
-        try:
-            return _locate_contents(text, cached, messages, exact_only=True)
-        except MaskingError:
-            pass
-    sentinel_messages = [dict(m, content=_SENTINEL.format(i)) for i, m in enumerate(messages)]
-    skeleton = _render_raw(ctx, sentinel_messages, False, False)[0]
-    if len(_SKELETONS) > 4096:
-        _SKELETONS.clear()
-    _SKELETONS[key] = skeleton
-    return _locate_contents(text, skeleton, messages)
-
-
 class _Content(NamedTuple):
     start: int
     end: int
     message: int  # index into the rendered messages
+    part: str = "content"  # "content", or "tool_call" for the sentinel in a call's function name
 
 
-def _locate_contents(text: str, skeleton: str, messages: list[dict], *, exact_only: bool = False) -> list[_Content]:
-    """Walk the sentinel render and the real render together to find each content's character span."""
+def _sentinel_messages(messages: list[dict]) -> tuple[list[dict], list[str], dict[int, tuple[int, str]]]:
+    """The messages with a sentinel for every content (empty contents stay empty: templates test them) and for
+    every tool call's function name; the text each sentinel stands for; sentinel -> (message, part)."""
+    expected: list[str] = []
+    owner: dict[int, tuple[int, str]] = {}
+    out = []
+    for i, message in enumerate(messages):
+        copy = dict(message)
+        if message["content"] or not message.get("tool_calls"):
+            owner[len(expected)] = (i, "content")
+            copy["content"] = _SENTINEL.format(len(expected))
+            expected.append(message["content"])
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                function = call.get("function", call)
+                owner[len(expected)] = (i, "tool_call")
+                named = dict(function, name=_SENTINEL.format(len(expected)))
+                expected.append(str(function.get("name", "")))
+                calls.append(dict(call, function=named) if "function" in call else named)
+            copy["tool_calls"] = calls
+        out.append(copy)
+    return out, expected, owner
+
+
+def _contents_via_skeleton(ctx: _Context, text: str, messages: list[dict], tools: list[dict] | None = None) -> list[_Content]:
+    """Content (and tool-call) spans from the sentinel render. Skeletons are reused across rows with the same
+    roles, but only trusted when every content then matches exactly; otherwise the row gets its own render.
+    Rows with tools are not cached: their skeleton holds the calls' arguments and the tool definitions."""
+    sentinel_messages, expected, owner = _sentinel_messages(messages)
+    cacheable = not tools and not any(m.get("tool_calls") for m in messages)
+    key = (ctx.template, tuple(sorted(ctx.kwargs.items())), tuple(m["role"] for m in messages))
+    cached = _SKELETONS.get(key) if cacheable else None
+    if cached is not None:
+        try:
+            return _locate_contents(text, cached, expected, owner, exact_only=True)
+        except MaskingError:
+            pass
+    skeleton = _render_raw(ctx, sentinel_messages, False, False, tools)[0]
+    if cacheable:
+        if len(_SKELETONS) > 4096:
+            _SKELETONS.clear()
+        _SKELETONS[key] = skeleton
+    return _locate_contents(text, skeleton, expected, owner)
+
+
+def _locate_contents(text: str, skeleton: str, expected: Sequence[str], owner: dict[int, tuple[int, str]], *, exact_only: bool = False) -> list[_Content]:
+    """Walk the sentinel render and the real render together to find each sentinel's character span."""
     pieces = _SENTINEL_RE.split(skeleton)  # [literal, index, literal, index, ..., literal]
     literals, indices = pieces[0::2], [int(i) for i in pieces[1::2]]
     found: list[_Content] = []
@@ -413,12 +477,166 @@ def _locate_contents(text: str, skeleton: str, messages: list[dict], *, exact_on
         pos += len(literal)
         following = literals[k + 1]
         is_last = k == len(indices) - 1
-        end = _content_end(text, pos, messages[idx]["content"], following, is_last, exact_only)
-        found.append(_Content(pos, end, idx))
+        end = _content_end(text, pos, expected[idx], following, is_last, exact_only)
+        found.append(_Content(pos, end, *owner[idx]))
         pos = end
     if text[pos:] != literals[-1]:
         raise _alignment_error(text, pos, literals[-1])
     return found
+
+
+def _check_tool_calls_rendered(messages: list[dict], elements: list[_Content], turn_of) -> None:
+    written = {e.message for e in elements if e.part == "tool_call"}
+    for i, message in enumerate(messages):
+        if message.get("tool_calls") and i not in written:
+            raise MaskingError(
+                f"the chat template does not write the tool calls of message {turn_of(i)}, so they could never be trained; "
+                + TOOL_TEMPLATE_HINT
+            )
+
+
+class _Turn(NamedTuple):
+    role: str
+    turn: int  # index into the caller's messages
+    elements: list[_Content]  # this message's located contents / tool-call names, in text order
+    start: int  # where the turn's own text begins (an assistant tool call: where the generation prompt ends)
+
+
+def _turns(ctx: _Context, text: str, elements: list[_Content], messages: list[dict], tools, turn_of) -> list[_Turn]:
+    """Located elements grouped by message, in text order."""
+    groups: list[list[_Content]] = []
+    for element in elements:
+        if groups and groups[-1][-1].message == element.message:
+            groups[-1].append(element)
+        else:
+            groups.append([element])
+    turns = []
+    for group in groups:
+        first, role = group[0], messages[group[0].message]["role"]
+        start = first.start
+        if role == "assistant" and first.part == "tool_call":
+            start = _generation_prompt_end(ctx, text, messages[: first.message], tools, first.start)
+        turns.append(_Turn(role, turn_of(first.message), group, start))
+    return turns
+
+
+def _generation_prompt_end(ctx: _Context, text: str, before: list[dict], tools, limit: int) -> int:
+    """Where the model starts writing this turn at inference: the end of the render of the earlier messages with
+    `add_generation_prompt=True`, when that render is a prefix of the conversation's (else the call's name)."""
+    import jinja2
+
+    if not before:
+        return limit
+    try:
+        prompt = _render_raw(ctx, before, True, False, tools)[0]
+    except jinja2.TemplateError:
+        return limit
+    return len(prompt) if text.startswith(prompt) and len(prompt) <= limit else limit
+
+
+def _cut_at_special(literal: str, ctx: _Context) -> str | None:
+    """The literal up to and including its first special token, or None when it holds none."""
+    if ctx.special_re is None:
+        return None
+    match = ctx.special_re.search(literal)
+    return literal[: match.end()] if match else None
+
+
+def _closing_text(text: str, turns: list[_Turn], ctx: _Context) -> str:
+    """What the template writes after assistant content when that turn ends the conversation."""
+    if not turns or turns[-1].role != "assistant" or turns[-1].elements[-1].part != "content":
+        return ""
+    trailing = text[turns[-1].elements[-1].end:]
+    cut = _cut_at_special(trailing, ctx)
+    return cut if cut is not None else trailing
+
+
+def _eot_length(after: str, closing: str, ctx: _Context) -> int:
+    cut = _cut_at_special(after, ctx)
+    if cut is not None and (not closing or len(cut) <= len(closing) or not after.startswith(closing)):
+        return len(cut)
+    if closing and after.startswith(closing):
+        return len(closing)
+    return 0
+
+
+def _call_end(text: str, after: int, limit: int, closing: str, ctx: _Context, turn: int) -> int:
+    """Where an assistant's tool-call text ends: at the first special token after its last call (the
+    end-of-turn marker), else where the closing text of an answer starts, else at the end of the render."""
+    tail = text[after:limit]
+    match = ctx.special_re.search(tail) if ctx.special_re is not None else None
+    if match:
+        return after + match.start()
+    at = tail.find(closing) if closing else -1
+    if at >= 0:
+        return after + at
+    if limit == len(text):
+        return limit
+    raise MaskingError(f"cannot tell where the tool call of message {turn} ends: the template writes no special token after it")
+
+
+def _segments(text: str, turns: list[_Turn], ctx: _Context) -> tuple[list[Segment], dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Cover the whole render with segments; template text belongs to the turn whose text follows it.
+    Also: each assistant turn's end-of-turn range and its body (content and tool calls) range."""
+    segments: list[Segment] = []
+    eot_by_turn: dict[int, tuple[int, int]] = {}
+    body_of: dict[int, tuple[int, int]] = {}
+    closing = _closing_text(text, turns, ctx)
+    pos = 0
+    for k, t in enumerate(turns):
+        limit = turns[k + 1].elements[0].start if k + 1 < len(turns) else len(text)
+        if t.start > pos:
+            segments.append(Segment(pos, t.start, t.role, t.turn, "template"))
+            pos = t.start
+        contents = [e for e in t.elements if e.part == "content"]
+        for e in contents:
+            if e.start > pos:
+                segments.append(Segment(pos, e.start, t.role, t.turn, "template"))
+            segments.append(Segment(e.start, e.end, t.role, t.turn, "content"))
+            pos = e.end
+        if t.role != "assistant":
+            continue
+        calls = [e for e in t.elements if e.part == "tool_call"]
+        body_end = _call_end(text, calls[-1].end, limit, closing, ctx, t.turn) if calls else pos
+        if calls:
+            segments.append(Segment(pos, body_end, t.role, t.turn, "tool_call"))
+        body_of[t.turn] = (t.start, body_end)
+        n = _eot_length(text[body_end:limit], closing, ctx)
+        eot_by_turn[t.turn] = (body_end, body_end + n)
+        pos = body_end
+        if n:
+            segments.append(Segment(body_end, body_end + n, t.role, t.turn, "eot"))
+            pos = body_end + n
+    if pos < len(text):
+        last = segments[-1] if segments else Segment(0, 0, "", -1, "template")
+        segments.append(Segment(pos, len(text), last.role, last.turn, "template"))
+    return segments, eot_by_turn, body_of
+
+
+def _trained_ranges(ctx, messages, text, body_of, eot_by_turn, generation_spans, train_eot, tools=None):
+    assistant_turns = sorted(eot_by_turn)
+    last_turn = assistant_turns[-1]
+    if ctx.policy == "everything":
+        return [(0, len(text))], [eot_by_turn[t] for t in assistant_turns]
+    if ctx.policy == "completion_only":
+        prompt_messages = messages[:last_turn]
+        start = body_of[last_turn][0]
+        if prompt_messages:
+            prompt = _render(ctx, prompt_messages, add_generation_prompt=True, tools=tools)[0]
+            if text.startswith(prompt) and len(prompt) <= start:
+                start = len(prompt)
+        ranges = [(start, len(text))]
+        if not train_eot:
+            ranges = _subtract(ranges, [eot_by_turn[last_turn]])
+        return ranges, [eot_by_turn[last_turn]]
+    turns = assistant_turns if ctx.policy == "all_assistant" else [last_turn]
+    if ctx.generation_markers:
+        ranges = _generation_ranges_for(generation_spans, turns, body_of, assistant_turns)
+        if not train_eot:
+            ranges = _intersect(ranges, [body_of[t] for t in turns])
+        return ranges, [eot_by_turn[t] for t in turns]
+    ranges = [(body_of[t][0], eot_by_turn[t][1] if train_eot else body_of[t][1]) for t in turns]
+    return _merge(ranges), [eot_by_turn[t] for t in turns]
 
 
 def _content_end(text: str, pos: int, content: str, following: str, is_last: bool, exact_only: bool = False) -> int:
@@ -449,84 +667,6 @@ def _alignment_error(text: str, pos: int, literal: str) -> MaskingError:
         "the chat template lays out this conversation differently depending on the message text "
         f"(expected {literal[:40]!r} at character {pos}, found {text[pos:pos + 40]!r}); masking cannot be derived reliably"
     )
-
-
-def _cut_at_special(literal: str, ctx: _Context) -> str | None:
-    """The literal up to and including its first special token, or None when it holds none."""
-    if ctx.special_re is None:
-        return None
-    match = ctx.special_re.search(literal)
-    return literal[: match.end()] if match else None
-
-
-def _closing_text(text: str, contents: list[_Content], messages: list[dict], ctx: _Context) -> str:
-    """What the template writes after assistant content when that turn ends the conversation."""
-    if not contents or messages[contents[-1].message]["role"] != "assistant":
-        return ""
-    trailing = text[contents[-1].end:]
-    cut = _cut_at_special(trailing, ctx)
-    return cut if cut is not None else trailing
-
-
-def _eot_length(after: str, closing: str, ctx: _Context) -> int:
-    cut = _cut_at_special(after, ctx)
-    if cut is not None and (not closing or len(cut) <= len(closing) or not after.startswith(closing)):
-        return len(cut)
-    if closing and after.startswith(closing):
-        return len(closing)
-    return 0
-
-
-def _segments(text, contents, messages, closing, ctx, turn_of) -> tuple[list[Segment], dict[int, tuple[int, int]]]:
-    """Cover the whole render with segments; template text belongs to the turn whose content follows it."""
-    segments: list[Segment] = []
-    eot_by_turn: dict[int, tuple[int, int]] = {}
-    pos = 0
-    for k, c in enumerate(contents):
-        role = messages[c.message]["role"]
-        turn = turn_of(c.message)
-        if c.start > pos:
-            segments.append(Segment(pos, c.start, role, turn, "template"))
-        segments.append(Segment(c.start, c.end, role, turn, "content"))
-        pos = c.end
-        if role == "assistant":
-            limit = contents[k + 1].start if k + 1 < len(contents) else len(text)
-            n = _eot_length(text[c.end:limit], closing, ctx)
-            eot_by_turn[turn] = (c.end, c.end + n)
-            if n:
-                segments.append(Segment(c.end, c.end + n, role, turn, "eot"))
-                pos = c.end + n
-    if pos < len(text):
-        last = segments[-1] if segments else Segment(0, 0, "", -1, "template")
-        segments.append(Segment(pos, len(text), last.role, last.turn, "template"))
-    return segments, eot_by_turn
-
-
-def _trained_ranges(ctx, messages, text, segments, eot_by_turn, generation_spans, train_eot):
-    assistant_turns = sorted(eot_by_turn)
-    last_turn = assistant_turns[-1]
-    content_of = {s.turn: (s.start, s.end) for s in segments if s.part == "content" and s.role == "assistant"}
-    if ctx.policy == "everything":
-        return [(0, len(text))], [eot_by_turn[t] for t in assistant_turns]
-    if ctx.policy == "completion_only":
-        prompt_messages = messages[:last_turn]
-        start = content_of[last_turn][0]
-        if prompt_messages:
-            prompt = _render(ctx, prompt_messages, add_generation_prompt=True)[0]
-            if text.startswith(prompt) and len(prompt) <= start:
-                start = len(prompt)
-        ranges = [(start, len(text))]
-        if not train_eot:
-            ranges = _subtract(ranges, [eot_by_turn[last_turn]])
-        return ranges, [eot_by_turn[last_turn]]
-    turns = assistant_turns if ctx.policy == "all_assistant" else [last_turn]
-    if ctx.generation_markers:
-        ranges = _generation_ranges_for(generation_spans, turns, content_of, assistant_turns)
-        if not train_eot:
-            ranges = _intersect(ranges, [content_of[t] for t in turns])
-        return ranges, [eot_by_turn[t] for t in turns]
-    ranges = [(content_of[t][0], eot_by_turn[t][1] if train_eot else content_of[t][1]) for t in turns]
-    return _merge(ranges), [eot_by_turn[t] for t in turns]
 
 
 def _generation_ranges_for(spans, turns, content_of, all_turns):

@@ -1,7 +1,9 @@
 """HTML and table views of an encoded row, for the Template page (no streamlit here, so it is testable).
 
 Every token is a chip: green when trained (label = its id), grey when masked (label -100); the
-end-of-turn marker gets a darker green, template text a dashed outline. Hovering shows id, label, role,
+end-of-turn marker gets a darker green, template text a dashed outline. Tool turns have colours of their own:
+an assistant's tool-call text is blue (trained), a tool's result amber (masked; outlined green if a policy
+trains it). Hovering shows id, label, role,
 turn and part. Chip text is the exact slice of the rendered conversation the token covers, with newlines
 shown as ↵ and the line broken after them.
 """
@@ -20,6 +22,9 @@ CHIP_CSS = """
 .tpl-chip.trained.eot{background:#2e9e44;color:#fff;border-color:#1f6f2f;}
 .tpl-chip.masked{background:#eeeeee;color:#6b6b6b;}
 .tpl-chip.template{border-style:dashed;border-color:#b5b5b5;}
+.tpl-chip.trained.tool_call{background:#cfe0ff;color:#0a2a66;border-color:#6f9be8;}
+.tpl-chip.tool-result{background:#ffe6bf;color:#6b4400;border-color:#f0b860;}
+.tpl-chip.tool-result.trained{border-color:#2e9e44;border-width:2px;}
 .tpl-chip.cut{text-decoration:line-through;opacity:.5;}
 .tpl-legend{font-size:12px;margin-bottom:6px;}
 </style>
@@ -52,6 +57,8 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
         label = row.labels[i]
         span = spans[i]
         classes = ["tpl-chip", "trained" if label != IGNORE_INDEX else "masked", span.part]
+        if span.role == "tool" and span.part != "template":
+            classes.append("tool-result")
         title = f"#{i} · id {row.input_ids[i]} · label {label} · role {span.role or '-'} · turn {span.turn} · {span.part}"
         pieces.append(f'<span class="{" ".join(classes)}" title="{html.escape(title, quote=True)}">{visible(text) or "&#8203;"}</span>')
         if "\n" in text:
@@ -62,7 +69,7 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
     return "".join(pieces)
 
 
-def legend_html() -> str:
+def legend_html(tools: bool = False) -> str:
     return (
         CHIP_CSS
         + '<div class="tpl-legend">'
@@ -70,6 +77,8 @@ def legend_html() -> str:
         + '<span class="tpl-chip trained eot">end-of-turn (trained)</span> '
         + '<span class="tpl-chip masked content">masked (label -100)</span> '
         + '<span class="tpl-chip masked template">template text</span>'
+        + (' <span class="tpl-chip trained tool_call">tool call (trained)</span> '
+           '<span class="tpl-chip masked content tool-result">tool result (masked)</span>' if tools else "")
         + "</div>"
     )
 

@@ -151,11 +151,11 @@ def choose_chat_template(name: str, tokenizer: Any) -> tuple[str | None, dict]:
 def encode_rows(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> list[EncodedRow | None]:
     """Every row through the masking module (the same call the Template page and the lint make)."""
     encoded: list[EncodedRow | None] = [None] * len(rows)
-    chat = [(i, r["messages"]) for i, r in enumerate(rows) if "messages" in r]
+    chat = [(i, r) for i, r in enumerate(rows) if "messages" in r]
     if chat:
         results = encode_conversations(
-            [m for _, m in chat], tokenizer, chat_template=chat_template, policy=spec.masking_policy,
-            max_length=spec.max_length, train_eot=spec.train_eot, errors="skip",
+            [r["messages"] for _, r in chat], tokenizer, chat_template=chat_template, policy=spec.masking_policy,
+            max_length=spec.max_length, train_eot=spec.train_eot, errors="skip", tools=[r.get("tools") for _, r in chat],
         )
         for (i, _), row in zip(chat, results):
             encoded[i] = row
