@@ -108,3 +108,38 @@ def grow(rows: list[dict], total: int, seed: int = 0, copies_of: int | None = No
         origin.append(source)
         similarity.append(jaccard(row_text(rows[source], "both"), row_text(copy, "both")))
     return grown, origin, similarity
+
+
+def plant_edits(rows: list[dict], seed: int = 0, edits: tuple[int, int] = (1, 4)) -> tuple[list[dict], list[int], list[float]]:
+    """One copy of every row with 1-4 word edits (swap / delete / insert / replace, anywhere in the text).
+
+    Unlike `grow`, copies are not steered towards a target similarity: their real 5-gram Jaccard with the
+    original spreads across the threshold (short rows fall far below it, long rows stay above), which is where
+    a near-duplicate finder's recall is decided. Returns (rows + copies, origin of every row, real Jaccard).
+    """
+    rng = random.Random(seed)
+    vocabulary = sorted({w for r in rows[:500] for w in row_text(r, "both").split() if w.isalpha()})
+    out, origin, similarity = list(rows), list(range(len(rows))), [1.0] * len(rows)
+    for k, row in enumerate(rows):
+        messages = [dict(m) for m in row["messages"]]
+        for _ in range(rng.randint(*edits)):
+            turn = rng.choices(range(len(messages)), weights=[len(m["content"].split()) + 1 for m in messages])[0]
+            parts = _SPACE.split(messages[turn]["content"])
+            slots = [i for i in range(0, len(parts), 2) if parts[i]]
+            slot = rng.choice(slots)
+            action = rng.choice(["swap", "delete", "insert", "replace"]) if len(slots) > 1 else "insert"
+            if action == "swap":
+                other = slots[(slots.index(slot) + 1) % len(slots)]
+                parts[slot], parts[other] = parts[other], parts[slot]
+            elif action == "delete":
+                parts[slot] = ""
+            elif action == "insert":
+                parts[slot] = parts[slot] + " " + rng.choice(vocabulary)
+            else:
+                parts[slot] = rng.choice(vocabulary)
+            messages[turn]["content"] = "".join(parts)
+        copy = {"messages": messages}
+        out.append(copy)
+        origin.append(k)
+        similarity.append(jaccard(row_text(row, "both"), row_text(copy, "both")))
+    return out, origin, similarity

@@ -11,9 +11,12 @@ similarity of each member to it, so a page can show them and the user can overru
   ``shingles(text)`` (datasketch's default "affine32" scheme: MurmurHash3 finalizer, then
   ``a*h + b mod 2^32`` with datasketch's own (a, b)), but
   computed for a whole block of rows at once in numpy, in a process pool for large sets.
-  Candidate pairs come from LSH banding with datasketch's own choice of (bands, rows) for the
-  threshold; every candidate is then verified on its estimated Jaccard, so the banding only
-  decides what gets compared, never what is called a duplicate.
+  Candidate pairs come from LSH banding with datasketch's own choice of (bands, rows), drawn
+  generously (for a lower threshold than the one asked, by default 0.1 lower: a pair at the
+  threshold is then a candidate with probability >= 0.997), and every candidate is verified on
+  the real Jaccard of the two shingle sets (64-bit shingle hashes; ``verify="estimate"`` keeps the
+  MinHash estimate instead). The banding only decides what gets compared; the exact set overlap
+  decides what is called a duplicate, so the estimate's noise at the threshold loses nothing.
 - semantic: cosine similarity of all-MiniLM-L6-v2 embeddings, nearest neighbours found by a
   blockwise matrix product with top-k, so memory stays O(block x n).
 
@@ -211,8 +214,9 @@ def _fmix32(values: np.ndarray) -> np.ndarray:
 _word_hashes: dict[str, int] = {}  # per process: CRC-32 + 1 of each word seen
 
 
-def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """All shingle hashes of the texts, concatenated (uint32), and the number per text."""
+def _shingle_hashes(texts: Sequence[str], ngram: int, *, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """All shingle hashes of the texts, concatenated (uint32; the whole 64-bit sums with `full`), and the
+    number per text."""
     token_lists = [words(text) for text in texts]
     if len(_word_hashes) > 2_000_000:
         _word_hashes.clear()
@@ -237,6 +241,8 @@ def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nd
     out[np.repeat(dest_starts[long_rows], c) + within] = window[np.repeat(starts[long_rows], c) + within]
     for row in np.flatnonzero(~long_rows).tolist():  # one shingle of the whole (short) text
         out[dest_starts[row]] = _whole_text_sum(texts[row], [_word_hashes[w] for w in token_lists[row]])
+    if full:
+        return out, counts
     return (out >> np.uint64(32)).astype(np.uint32), counts
 
 
@@ -384,6 +390,51 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray, block: int = 100_000
     return out
 
 
+def shingle_sets(texts: Sequence[str], ngram: int = 5) -> list[frozenset]:
+    """Each text's set of 64-bit shingle hashes (word n-grams as in `shingles`; two different shingles
+    share a hash with probability 2^-64, so set overlaps are exact for any real dataset)."""
+    if not texts:
+        return []
+    hashes, counts = _shingle_hashes(texts, ngram, full=True)
+    flat, ends = hashes.tolist(), np.cumsum(counts).tolist()
+    return [frozenset(flat[start:end]) for start, end in zip([0] + ends[:-1], ends)]
+
+
+def exact_jaccard(sets_a: Sequence[frozenset], sets_b: Sequence[frozenset]) -> np.ndarray:
+    """|A ∩ B| / |A ∪ B| for each pair of sets."""
+    out = np.empty(len(sets_a), dtype=np.float32)
+    for k, (a, b) in enumerate(zip(sets_a, sets_b)):
+        common = len(a & b) if len(a) <= len(b) else len(b & a)
+        out[k] = common / (len(a) + len(b) - common) if (a or b) else 1.0
+    return out
+
+
+class PairVerifier:
+    """Exact Jaccard of row pairs, building each row's shingle set once, only for rows that are asked about."""
+
+    def __init__(self, texts: Sequence[str], ngram: int):
+        self.texts, self.ngram = texts, ngram
+        self._sets: dict[int, frozenset] = {}
+
+    def sets(self, rows: np.ndarray) -> list[frozenset]:
+        missing = sorted(set(np.asarray(rows).tolist()) - self._sets.keys())
+        for start in range(0, len(missing), 20_000):
+            chunk = missing[start : start + 20_000]
+            for row, shingle_set in zip(chunk, shingle_sets([self.texts[r] for r in chunk], self.ngram)):
+                self._sets[row] = shingle_set
+        return [self._sets[r] for r in np.asarray(rows).tolist()]
+
+    def __call__(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        self.sets(np.concatenate([i, j]))
+        return exact_jaccard([self._sets[a] for a in i.tolist()], [self._sets[b] for b in j.tolist()])
+
+
+VERIFY_MODES = ("exact", "estimate")
+# A MinHash estimate with P permutations has standard deviation sqrt(J(1-J)/P) <= 0.5/sqrt(P) (0.031 at 256):
+# a pair estimated this many deviations below the threshold is rejected without the exact check.
+PREFILTER_SIGMAS = 6.0
+
+
 @dataclass
 class NearDedupConfig:
     threshold: float = dc_field(default=0.8, metadata={"help": "Jaccard similarity of shingle sets at or above which two rows are near-duplicates"})
@@ -398,9 +449,19 @@ class NearDedupConfig:
     )
     workers: int = dc_field(default=0, metadata={"help": "processes for signatures; 0 = every core"})
     max_bucket: int = dc_field(default=200, metadata={"help": "an LSH bucket larger than this is linked as a star, not all pairs"})
+    verify: str = dc_field(default="exact", metadata={"help": "verify candidates on the exact Jaccard of the shingle sets, or on the MinHash estimate"})
+    candidate_margin: float = dc_field(
+        default=0.1, metadata={"help": "LSH bands are chosen for threshold minus this, so pairs at the threshold are candidates almost surely"}
+    )
+
+    @property
+    def lsh_threshold(self) -> float:
+        return max(0.05, self.threshold - self.candidate_margin)
 
     def __post_init__(self):
         _check_unit_interval("threshold", self.threshold)
+        _check_choice("verify", self.verify, VERIFY_MODES)
+        _check_unit_interval("candidate_margin", self.candidate_margin, allow_zero=True)
         if not isinstance(self.num_perm, int) or not 16 <= self.num_perm <= 1024:
             raise ValueError(f"num_perm must be an integer in [16, 1024], got {self.num_perm!r}")
         if not isinstance(self.ngram, int) or not 1 <= self.ngram <= 50:
@@ -415,8 +476,8 @@ class NearDedupConfig:
 
 
 def near_candidate_pairs(signatures: np.ndarray, config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) that share at least one LSH band."""
-    bands, rows_per_band = lsh_bands(config.threshold, config.num_perm, config.lsh_weights)
+    """Pairs (i < j) that share at least one LSH band (bands chosen for `config.lsh_threshold`)."""
+    bands, rows_per_band = lsh_bands(config.lsh_threshold, config.num_perm, config.lsh_weights)
     lefts, rights = [], []
     for keys in _band_keys(signatures, bands, rows_per_band):
         i, j = _pairs_sharing_key(keys, config.max_bucket)
@@ -479,7 +540,7 @@ def find_near_duplicates(
     *,
     signatures: np.ndarray | None = None,
 ) -> DedupResult:
-    """Rows whose shingle sets have estimated Jaccard >= threshold, clustered transitively."""
+    """Rows whose shingle sets have Jaccard >= threshold (exact by default), clustered transitively."""
     config = config or NearDedupConfig()
     started = time.perf_counter()
     texts = row_texts(rows, config.field)
@@ -495,24 +556,32 @@ def find_near_duplicates(
     _report(progress, 0.85, "finding LSH candidate pairs")
     i, j = near_candidate_pairs(signatures, config)
     _report(progress, 0.9, f"verifying {len(i):,} candidate pairs")
-    similarity = estimated_jaccard(signatures[i], signatures[j])
-    verified = similarity >= config.threshold
+    i, j, similarity, checked, similarity_to = verify_pairs(texts, signatures, i, j, config)
     clusters = _clusters_from_pairs(
-        len(texts),
-        i[verified],
-        j[verified],
-        similarity[verified],
-        rows=rows,
-        method="near",
-        keep=config.keep,
-        similarity_to=lambda rep, members: estimated_jaccard(
-            np.broadcast_to(signatures[rep], (len(members), signatures.shape[1])), signatures[members]
-        ),
+        len(texts), i, j, similarity, rows=rows, method="near", keep=config.keep, similarity_to=similarity_to,
     )
-    params = asdict(config) | {"candidate_pairs": int(len(i)), "verified_pairs": int(verified.sum())}
-    params["lsh_bands"], params["lsh_rows_per_band"] = lsh_bands(config.threshold, config.num_perm, config.lsh_weights)
+    params = asdict(config) | {"candidate_pairs": int(len(checked)), "exactly_verified_pairs": int(checked.sum()), "verified_pairs": int(len(i))}
+    params["lsh_threshold"] = config.lsh_threshold
+    params["lsh_bands"], params["lsh_rows_per_band"] = lsh_bands(config.lsh_threshold, config.num_perm, config.lsh_weights)
     _report(progress, 1.0, f"{len(clusters):,} near-duplicate clusters")
     return DedupResult("near", config.field, len(rows), clusters, params, time.perf_counter() - started)
+
+
+def verify_pairs(texts: Sequence[str], signatures: np.ndarray, i: np.ndarray, j: np.ndarray, config: NearDedupConfig):
+    """The candidate pairs that really are near-duplicates: (i, j, similarity, which candidates were checked
+    exactly, similarity of members to a representative). Exact mode checks every candidate whose estimate is
+    within PREFILTER_SIGMAS deviations of the threshold on the real shingle sets."""
+    estimate = estimated_jaccard(signatures[i], signatures[j])
+    if config.verify == "estimate":
+        keep = estimate >= config.threshold
+        return i[keep], j[keep], estimate[keep], np.zeros(len(i), dtype=bool), lambda rep, members: estimated_jaccard(
+            np.broadcast_to(signatures[rep], (len(members), signatures.shape[1])), signatures[members])
+    checked = estimate >= config.threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(config.num_perm)
+    verifier = PairVerifier(texts, config.ngram)
+    similarity = verifier(i[checked], j[checked])
+    keep = similarity >= config.threshold
+    i, j = i[checked][keep], j[checked][keep]
+    return i, j, similarity[keep], checked, lambda rep, members: verifier(np.full(len(members), rep), np.asarray(members))
 
 
 # ----------------------------------------------------------------------------- semantic
@@ -705,14 +774,17 @@ def find_leakage(
         train_sigs = minhash_signatures(train_texts, **signature_args)
         eval_sigs = minhash_signatures(eval_texts, **signature_args)
         _report(progress, 0.5, "near: LSH candidate pairs")
-        bands, rows_per_band = lsh_bands(config.near_threshold, config.num_perm, config.lsh_weights)
+        near = NearDedupConfig(threshold=config.near_threshold, num_perm=config.num_perm, ngram=config.ngram, lsh_weights=config.lsh_weights)
+        bands, rows_per_band = lsh_bands(near.lsh_threshold, config.num_perm, config.lsh_weights)
         lefts, rights = [], []
         for keys_t, keys_e in zip(_band_keys(train_sigs, bands, rows_per_band), _band_keys(eval_sigs, bands, rows_per_band)):
             i, j = _pairs_across(keys_t, keys_e)
             lefts.append(i)
             rights.append(j)
         i, j = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), len(eval_texts))
-        similarity = estimated_jaccard(train_sigs[i], eval_sigs[j])
+        checked = estimated_jaccard(train_sigs[i], eval_sigs[j]) >= config.near_threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(config.num_perm)
+        i, j = i[checked], j[checked]
+        similarity = exact_jaccard(PairVerifier(train_texts, config.ngram).sets(i), PairVerifier(eval_texts, config.ngram).sets(j))
         for a, b, s in zip(i.tolist(), j.tolist(), similarity.tolist()):
             if s >= config.near_threshold and (a, b) not in exact_pairs:
                 matches.append(LeakMatch(a, b, "near", round(s, 4)))
