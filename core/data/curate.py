@@ -127,6 +127,31 @@ def operation_from_leakage(report: Any, eval_source: str = "") -> CurationOperat
     )
 
 
+def operation_from_audit(result: Any, drop: Iterable[int]) -> CurationOperation:
+    """The response audit as an operation: the rows the user chose to drop, each with the rules that flagged it."""
+    drop = sorted(set(drop))
+    reasons = {str(row): sorted({f.rule for f in result.flags.get(row, [])}) for row in drop}
+    return CurationOperation(
+        name="response_audit",
+        label="response audit",
+        params=_jsonable(dict(result.params) | {"flag_counts": result.counts, "flagged_rows": len(result.flags), "dropped_by_rule": reasons}),
+        drop=drop,
+        seconds=round(result.seconds, 3),
+    )
+
+
+def operation_from_selection(result: Any) -> CurationOperation:
+    """A diversity selection as an operation dropping every row that was not selected."""
+    selected = set(result.selected)
+    return CurationOperation(
+        name="diversity_selection",
+        label=f"diversity selection: {result.method} ({len(selected):,} rows)",
+        params=_jsonable(dict(result.params) | {"coverage": result.coverage}),
+        drop=[i for i in range(result.n_rows) if i not in selected],
+        seconds=round(result.seconds, 3),
+    )
+
+
 def apply_operations(n_rows: int, operations: Sequence[CurationOperation]) -> tuple[list[int], list[dict]]:
     """(kept row indices, one manifest record per operation with its before/after counts)."""
     if n_rows <= 0:
