@@ -277,6 +277,22 @@ def audit_rows(rows: Sequence[Any], config: AuditConfig | None = None, progress:
                        None if losses is None else [None if v is None else float(v) for v in losses])
 
 
+def with_losses(result: AuditResult, losses: Sequence[float | None], config: AuditConfig | None = None) -> AuditResult:
+    """The audit with the high-loss rule applied from an answer-loss result (the other flags unchanged)."""
+    if len(losses) != result.n_rows:
+        raise ValueError(f"{len(losses)} answer losses for {result.n_rows} rows: recompute the answer loss for this dataset")
+    config = config or AuditConfig(**{k: v for k, v in result.params.items() if k in AuditConfig.__dataclass_fields__})
+    flags = {row: [f for f in fs if f.rule != "high_loss"] for row, fs in result.flags.items()}
+
+    def flag(row: int, rule: str, detail: str) -> None:
+        flags.setdefault(row, []).append(Flag(rule, detail))
+
+    _flag_losses(losses, config, flag)
+    flags = {row: fs for row, fs in sorted(flags.items()) if fs}
+    params = dict(result.params) | {"answer_loss": True}
+    return AuditResult(result.n_rows, flags, params, result.seconds, result.json_shaped, [None if v is None else float(v) for v in losses])
+
+
 def _flag_losses(losses: Sequence[float | None], config: AuditConfig, flag) -> None:
     known = [(k, v) for k, v in enumerate(losses) if v is not None and math.isfinite(v)]
     if len(known) < 20:

@@ -190,13 +190,13 @@ def export_curated(
     operations: Sequence[CurationOperation] = (),
     *,
     overwrite: bool = False,
-    id_column: str | None = None,
+    id_column: str | None = "auto",
 ) -> Path:
     """Write ``datasets/<safe name>/data.jsonl`` + ``manifest.json`` and return the folder.
 
     `rows` are the loaded source rows; the operations' drops are applied here, so the counts in
-    the manifest always describe the file written beside it. `id_column` (default: the source's
-    detected one) names the rows' own id, listed beside every operation's dropped positions. The folder is assembled under a
+    the manifest always describe the file written beside it. `id_column` names the rows' own id, listed
+    beside every operation's dropped positions ("auto": the source's detected one; None: none). The folder is assembled under a
     temporary name and renamed into place: readers see the old dataset or the new, never half.
     """
     if not isinstance(source, DatasetSource):
@@ -206,7 +206,7 @@ def export_curated(
     kept, records = apply_operations(len(rows), operations)
     if not kept:
         raise ValueError("every row was dropped: there is nothing to export")
-    id_column = id_column or source.id_column
+    id_column = source.id_column if id_column == "auto" else id_column
     if id_column:
         missing = [i for i, row in enumerate(rows) if id_column not in row]
         if missing:

@@ -227,6 +227,17 @@ class DecontamResult:
     def spans_for_row(self, row: int) -> list[tuple[int, int]]:
         return merge_spans([s for m in self.matches_by_row().get(row, []) for s in m.spans])
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DecontamResult":
+        reports = [
+            BenchmarkContamination(**(r | {"matches": [RowMatch(**(m | {"spans": [tuple(s) for s in m["spans"]]})) for m in r["matches"]]}))
+            for r in data["reports"]
+        ]
+        return cls(data["mode"], data["field"], data["n_rows"], reports, data["params"], data["seconds"])
+
 
 def merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[list[int]] = []

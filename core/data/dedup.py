@@ -107,6 +107,19 @@ class DedupResult:
         drop = set(self.rows_to_drop)
         return [row for i, row in enumerate(rows) if i not in drop]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "field": self.field, "n_rows": self.n_rows, "params": self.params,
+                "seconds": self.seconds, "clusters": [c.to_dict() for c in self.clusters]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DedupResult":
+        clusters = [
+            DuplicateCluster(members=list(c["members"]), representative=c["representative"], method=c["method"], keep_rule=c["keep_rule"],
+                             similarity={int(k): v for k, v in c["similarity"].items()}, pairs=[tuple(p) for p in c.get("pairs", [])])
+            for c in data["clusters"]
+        ]
+        return cls(data["method"], data["field"], data["n_rows"], clusters, data["params"], data["seconds"])
+
 
 def _choose_representative(members: Sequence[int], rows: Sequence[Any], keep: str) -> int:
     if keep == "longest_answer":

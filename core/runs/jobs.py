@@ -66,6 +66,9 @@ JOBS: dict[str, JobKind] = {job.name: job for job in (
     # an orchestrator: its train / evaluate children take the exclusive lock in turn
     JobKind("method_comparison", "core.compare.spec:MethodComparisonSpec", "core.compare.job:run_comparison",
             "comparison.json", exclusive=False, title="Method comparison"),
+    # the Data page's heavy curation (de-duplication, decontamination, audit, diversity); CPU only, never queued behind training
+    JobKind("curate", "core.data.curate_job:CurateSpec", "core.data.curate_job:run", "curation.json", exclusive=False, title="Curation"),
+    JobKind("answer_loss", "core.data.answer_loss:AnswerLossSpec", "core.data.answer_loss:run", "answer_loss.json", title="Answer loss"),
     JobKind("selftest", "core.runs.selftest:SelftestSpec", "core.runs.selftest:run", "result.json", title="Job-system self-test"),
 )}
 
