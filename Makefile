@@ -17,8 +17,9 @@ PORT   ?= 8501
 # pytest-xdist workers for `make test` (2: the CI box has two cores; the suite took 1106 s on one, 879 s on two)
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt $(REQS) | sha1sum | cut -c1-12)
+RAY_STAMP := $(VENV)/.installed-ray-$(shell cat requirements-ray.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run test chromium gpu-set bench clean-venv
+.PHONY: install run test chromium gpu-set ray-extra bench clean-venv
 
 $(STAMP): requirements.txt $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,14 @@ $(STAMP): requirements.txt $(REQS)
 	touch $@
 
 install: $(STAMP)
+
+# Ray Data (curation on a cluster) is an extra: large, so only `make test` (and `make ray-extra`) install it.
+$(RAY_STAMP): requirements-ray.txt $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-ray.txt $(TORCH)
+	rm -f $(VENV)/.installed-ray-*
+	touch $@
+
+ray-extra: $(RAY_STAMP)
 
 # Debian's chromium for the end-to-end test (Playwright's own browser download cannot work offline).
 chromium:
@@ -48,7 +57,7 @@ gpu-set: install
 	$(BIN)/python -m tools.gpu_set resolve
 	$(BIN)/python -m tools.gpu_set overlay
 
-test: install chromium gpu-set
+test: install chromium gpu-set ray-extra
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 	PYTHONPATH=.gpuset/site $(BIN)/python -m pytest -q -m gpuset -p no:cacheprovider tests/test_train.py
