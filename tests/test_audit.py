@@ -22,7 +22,7 @@ def clean_rows() -> list[dict]:
     """Varied, well-formed English answers of ordinary length."""
     rng = random.Random(3)
     rows = []
-    for k, topic in enumerate(TOPICS):
+    for topic in TOPICS:
         n = rng.randint(1, 6)
         sentences = [f"Fact {i + 1} about {topic} is worth knowing, and it explains a lot about how {topic} behave." for i in range(n)]
         rows.append(chat(f"Tell me something interesting about {topic}.", " ".join(sentences)))

@@ -874,12 +874,12 @@ def load_uploaded(filename: str, data: bytes, **kwargs: Any) -> LoadedDataset:
     return loaded
 
 
-def save_upload(filename: str, data: bytes) -> Path:
+def save_upload(filename: str, data: bytes, digest: str | None = None) -> Path:
     """Keep an uploaded file in the workspace (``uploads/<sha256 prefix>-<name>``), once per content, so a job
-    can read the very bytes the page loaded."""
+    can read the very bytes the page loaded. `digest`: the bytes' sha256 when the caller has it already."""
     from core.workspace import atomic_write_bytes, safe_name, subdir
 
-    digest = hashlib.sha256(data).hexdigest()[:16]
+    digest = (digest or hashlib.sha256(data).hexdigest())[:16]
     name = Path(filename).name
     suffix = "".join(Path(name).suffixes[-2:]).lower() or ".jsonl"
     target = subdir("uploads") / f"{digest}-{safe_name(name[: len(name) - len(suffix)] or 'upload', max_len=60)}{suffix}"

@@ -1,0 +1,1 @@
+"""The Data page's tabs and its job helpers (modules, not pages: st.navigation never lists them)."""

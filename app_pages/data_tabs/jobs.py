@@ -1,0 +1,122 @@
+"""Data page helpers: start a curation job, follow it live, reattach to it after a refresh (not a page itself).
+
+The run folders are the only state: for each operation the page shows this dataset's newest run that
+includes it (`core.data.curate_job.curation_runs`), so leaving the page, a second tab or an app restart
+finds the same progress or result.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from core.data.curate_job import RAY_OPERATIONS, CurateSpec, curation_runs, load_results
+from core.runs import log_tail, read_status, stop
+from pages_common import start_run
+
+ENGINES = {"local": "This machine", "ray": "Ray"}
+
+
+def dataset_reference(dataset, upload=None) -> tuple[str, str]:
+    """(what a job reads, its split): the file or Hub id the page loaded; an upload is kept in the workspace first."""
+    if upload is not None:
+        from core.data.formats import save_upload
+        from pages_common import upload_digest
+
+        return str(save_upload(upload.name, upload.getvalue(), upload_digest(upload))), ""
+    source = str(dataset.source)
+    if source.startswith("hub:"):
+        name, _, split = source.removeprefix("hub:").partition(" [")
+        return name, split.rstrip("]")
+    return source, ""
+
+
+def engine_choice() -> str:
+    from core.data.ray_curate import ray_available
+
+    with st.expander("Where heavy curation runs", expanded=False):
+        if not ray_available():
+            st.caption("Ray is not installed (`pip install -r requirements-ray.txt`): curation runs on this machine.")
+            return "local"
+        engine = st.radio("Run exact / near de-duplication and decontamination on", list(ENGINES), format_func=ENGINES.get,
+                          horizontal=True, key="data_engine")
+        address = os.environ.get("RAY_ADDRESS")
+        st.caption(f"Ray cluster: `{address}` (RAY_ADDRESS)" if address else
+                   "No RAY_ADDRESS: Ray starts locally on this machine's cores. Set RAY_ADDRESS=ray://head:10001 before `make run` for a cluster.")
+        return engine
+
+
+def start(dataset, reference: tuple[str, str], engine: str, **operations) -> None:
+    """One job for what the engine can run there, another (local) for the rest."""
+    on_engine = {k: v for k, v in operations.items() if engine == "local" or k in RAY_OPERATIONS}
+    local = {k: v for k, v in operations.items() if k not in on_engine}
+    for chosen, where in ((on_engine, engine), (local, "local")):
+        if chosen:
+            spec = CurateSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, engine=where, name="-".join(chosen), **chosen)
+            start_run(spec, "data_last_run")
+
+
+def newest(dataset, operation: str):
+    found = curation_runs(dataset.source_hash, operation)
+    return found[0] if found else None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _results(run_dir: str, mtime: float):  # noqa: ARG001 - the result file's mtime keys the cache
+    return load_results(run_dir)
+
+
+def results_of(run) -> dict:
+    path = Path(run.path) / "curation.json"
+    return _results(str(run.path), path.stat().st_mtime) if path.is_file() else {}
+
+
+def newest_answer_loss(dataset):
+    from core.runs import list_runs
+
+    found = [r for r in list_runs("answer_loss") if (r.spec or {}).get("dataset_sha256") == dataset.source_hash]
+    return found[0] if found else None
+
+
+def start_answer_loss(dataset, reference: tuple[str, str], model: dict, chat_template: str) -> None:
+    from core.data.answer_loss import AnswerLossSpec
+
+    spec = AnswerLossSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, model=model, chat_template=chat_template)
+    start_run(spec, "data_last_run")
+
+
+def answer_loss_of(run) -> dict | None:
+    from core.runs.jobs import read_result
+
+    return read_result(run.path, "answer_loss") if run is not None else None
+
+
+def follow(run, label: str, read=None) -> dict | None:
+    """The run's results when it has finished (`read(run)`, default: the curation results), else its live
+    progress (and None)."""
+    if run is None:
+        return None
+    status = read_status(run.path)
+    if status.is_active:
+        _live(run.path, label)
+        return None
+    if status.state == "failed":
+        st.error(f"{label} failed: {status.error or 'see the log'}")
+        with st.expander("Log tail"):
+            st.code(log_tail(run.path) or "(empty log)")
+        return None
+    if status.state == "stopped":
+        st.caption(f"{label} was stopped; what finished before the stop is shown.")
+    return (read or results_of)(run)
+
+
+@st.fragment(run_every=1.0)
+def _live(run_dir: Path, label: str) -> None:
+    status = read_status(run_dir)
+    st.progress(min(max(status.progress, 0.0), 1.0), text=f"{label} · {status.state} · {status.message}")
+    st.caption(f"Run `{run_dir.name}` works in its own process: leave this page and come back, it carries on.")
+    if st.button("Stop", key=f"data_stop_{run_dir.name}"):
+        stop(run_dir)
+    if status.is_final:
+        st.rerun()
