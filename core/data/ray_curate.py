@@ -92,11 +92,17 @@ def describe_cluster() -> dict[str, Any]:
     return {"address": os.environ.get("RAY_ADDRESS") or "local", "nodes": len(ray.nodes()), "cpus": resources.get("CPU", 0)}
 
 
-def _text_dataset(texts: Sequence[str], extra: dict[str, Sequence] | None = None, block_rows: int = BLOCK_ROWS):
-    """A Ray dataset of (row, text, ...) in blocks of `block_rows`."""
+def _partitions(n_rows: int) -> int:
+    """Hash-shuffle partitions: one per block of input rows (Ray's default of 200 costs a task each even on tiny input)."""
+    return max(1, min(200, -(-n_rows // BLOCK_ROWS)))
+
+
+def _text_dataset(texts: Sequence[str], extra: dict[str, Sequence] | None = None, block_rows: int | None = None):
+    """A Ray dataset of (row, text, ...) in blocks of `block_rows` (default BLOCK_ROWS)."""
     import pyarrow as pa
     import ray
 
+    block_rows = block_rows or BLOCK_ROWS
     tables = []
     for start in range(0, len(texts), block_rows):
         stop = min(start + block_rows, len(texts))
@@ -128,7 +134,7 @@ def find_exact_duplicates_ray(rows: Sequence[Any], config: ExactDedupConfig | No
     texts = row_texts(rows, config.field)
     _report(progress, 0.1, "normalising rows on Ray")
     keyed = _text_dataset(texts).map_batches(_exact_keys, batch_format="numpy")
-    groups = keyed.groupby("key").map_groups(_groups_of_two_or_more, batch_format="numpy")
+    groups = keyed.groupby("key", num_partitions=_partitions(len(texts))).map_groups(_groups_of_two_or_more, batch_format="numpy")
     member_lists = sorted(json.loads(r["members"]) for r in groups.take_all())
     clusters = []
     for members in member_lists:
@@ -173,7 +179,7 @@ def near_candidate_pairs_ray(texts: Sequence[str], config: NearDedupConfig) -> t
         _band_rows, batch_format="numpy",
         fn_kwargs=dict(num_perm=config.num_perm, ngram=config.ngram, seed=config.seed, bands=bands, rows_per_band=rows_per_band),
     )
-    pairs = banded.groupby(["band", "key"]).map_groups(_bucket_pairs, batch_format="numpy", fn_kwargs={"max_bucket": config.max_bucket})
+    pairs = banded.groupby(["band", "key"], num_partitions=_partitions(len(texts))).map_groups(_bucket_pairs, batch_format="numpy", fn_kwargs={"max_bucket": config.max_bucket})
     lefts, rights = [], []
     for batch in pairs.iter_batches(batch_format="numpy", batch_size=None):
         lefts.append(np.asarray(batch["i"], dtype=np.int64))
