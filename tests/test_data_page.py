@@ -66,11 +66,11 @@ def test_demo_dedup_and_export(workspace):
 @pytest.fixture
 def messy_file(tmp_path) -> Path:
     question = load_builtin_benchmark("GSM8K").items[0]
-    long_answer = " ".join(f"step {i} of the careful explanation adds detail number {i * 3}" for i in range(12))
+    long_answer = " ".join(f"step {i} of the careful explanation adds detail number {i * 3}" for i in range(12)) + "."
     rows = [{"messages": [{"role": "user", "content": f"Unique question number {i} about topic {i * 17}?"},
                           {"role": "assistant", "content": f"Unique answer {i} with details {i * 31}."}]} for i in range(30)]
     rows.append({"messages": [{"role": "user", "content": "Explain the method."}, {"role": "assistant", "content": long_answer}]})
-    rows.append({"messages": [{"role": "user", "content": "Explain the method!"}, {"role": "assistant", "content": long_answer + " done"}]})
+    rows.append({"messages": [{"role": "user", "content": "Explain the method!"}, {"role": "assistant", "content": long_answer + " Done."}]})
     rows.append({"messages": [{"role": "user", "content": "unique question number 3 about topic 51"},
                               {"role": "assistant", "content": "Unique answer 3 with details 93"}]})
     rows.append({"messages": [{"role": "user", "content": f"Solve: {question}"}, {"role": "assistant", "content": "18"}]})

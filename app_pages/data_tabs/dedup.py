@@ -22,10 +22,15 @@ def dedup_tab(dataset, reference, engine: str, kept_whole: set) -> dict:
         settings = {"exact": {"field": field, "keep": keep}, "near": {"field": field, "keep": keep, "threshold": near_threshold},
                     "semantic": {"field": field, "keep": keep, "threshold": semantic_threshold}}
         jobs.start(dataset, reference, engine, **{m: settings[m] for m in methods})
-    results, run_ids = {}, []
+    results, run_ids, followed = {}, [], {}
     for method in dedup.METHODS:
         run = jobs.newest(dataset, method)
-        found = jobs.follow(run, f"{method} de-duplication")
+        if run is None:
+            continue
+        if run.run_id not in followed:  # one run may hold several methods: one progress bar for it
+            methods_there = [m for m in dedup.METHODS if (run.spec or {}).get(m) is not None]
+            followed[run.run_id] = jobs.follow(run, f"{', '.join(methods_there)} de-duplication")
+        found = followed[run.run_id]
         if found and method in found:
             results[method] = found[method]
             run_ids.append(run.run_id)

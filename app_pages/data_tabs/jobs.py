@@ -116,7 +116,7 @@ def _live(run_dir: Path, label: str) -> None:
     status = read_status(run_dir)
     st.progress(min(max(status.progress, 0.0), 1.0), text=f"{label} · {status.state} · {status.message}")
     st.caption(f"Run `{run_dir.name}` works in its own process: leave this page and come back, it carries on.")
-    if st.button("Stop", key=f"data_stop_{run_dir.name}"):
+    if st.button("Stop", key=f"data_stop_{run_dir.name}_{label}"):
         stop(run_dir)
     if status.is_final:
         st.rerun()
