@@ -6,6 +6,8 @@
   (0 when the prediction holds no JSON object anywhere).
 - `json_field_scores`: per-field scores (exact, or ROUGE-L F1 for free-text fields such as a summary).
 - `rouge_l_f1`: longest-common-subsequence F1 over normalised words.
+- `contains_answer`: the normalised reference (leading article aside) appears in the prediction as whole words:
+  the accuracy of a short factual answer inside a longer reply (RAG questions).
 - `detect_free_text_fields`: which fields of JSON answers hold prose rather than a label.
 - `choose_scorer`: JSON scoring when every reference answer is a JSON object, exact match otherwise.
 - `json_validity`: THE rule for "valid JSON", used by the forgetting report and the Decide baseline alike: the
@@ -38,6 +40,18 @@ def normalize_text(text: Any) -> str:
 
 def exact_match(prediction: str, reference: str) -> float:
     return 1.0 if normalize_text(prediction) == normalize_text(reference) else 0.0
+
+
+_ARTICLE = re.compile(r"^(?:the|a|an|your)\s+")
+
+
+def contains_answer(prediction: str, reference: str) -> float:
+    """1.0 when the reference ("the fifth floor" → "fifth floor") occurs in the prediction as whole words."""
+    wanted = _ARTICLE.sub("", normalize_text(reference))
+    if not wanted:
+        return 0.0
+    found = re.search(r"(?<!\w)" + re.escape(wanted) + r"(?!\w)", _SPACES.sub(" ", str(prediction or "")).lower())
+    return 1.0 if found else 0.0
 
 
 def parse_json_object(text: str) -> dict | None:
@@ -171,7 +185,8 @@ def choose_scorer(references: Iterable[str]) -> tuple[str, Scorer]:
     return "exact_match", exact_match
 
 
-SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "json_field_accuracy": json_field_accuracy, "rouge_l": rouge_l_f1}
+SCORERS: dict[str, Scorer] = {"exact_match": exact_match, "json_field_accuracy": json_field_accuracy, "rouge_l": rouge_l_f1,
+                              "contains_answer": contains_answer}
 
 
 _WHOLE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)

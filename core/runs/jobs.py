@@ -69,6 +69,10 @@ JOBS: dict[str, JobKind] = {job.name: job for job in (
     # the Data page's heavy curation (de-duplication, decontamination, audit, diversity); CPU only, never queued behind training
     JobKind("curate", "core.data.curate_job:CurateSpec", "core.data.curate_job:run", "curation.json", exclusive=False, title="Curation"),
     JobKind("answer_loss", "core.data.answer_loss:AnswerLossSpec", "core.data.answer_loss:run", "answer_loss.json", title="Answer loss"),
+    JobKind("rag_index", "core.rag.spec:RagIndexSpec", "core.rag.job:run_index", "retrieval.json", exclusive=False,
+            title="RAG index + retrieval recall"),
+    JobKind("raft", "core.rag.spec:RaftSpec", "core.rag.job:run_raft", "raft_build.json", title="RAFT dataset"),
+    JobKind("raft_eval", "core.rag.spec:RaftEvalSpec", "core.rag.job:run_raft_eval", "raft_report.json", title="RAFT evaluation"),
     JobKind("selftest", "core.runs.selftest:SelftestSpec", "core.runs.selftest:run", "result.json", title="Job-system self-test"),
 )}
 
