@@ -1,5 +1,5 @@
 """Decide: prompt, RAG or fine-tune — a short questionnaire, scored options with their reasons, a starting
-recipe for the Train page, and a quick prompt-only baseline to measure before deciding."""
+recipe for the Train page, and a measured baseline (zero-shot, few-shot, RAG with the base model) run as a job."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +9,10 @@ import plotly.express as px
 import streamlit as st
 
 from core import decide, memory
-from core.data.formats import DatasetLoadError
 from core.models import ModelLoadError
-from pages_common import active_model_source, cached_arch, cached_dataset_upload, cached_hardware, cached_model
-
-DEMO_EVAL = Path(__file__).resolve().parents[1] / "assets" / "demo" / "eval.jsonl"
+from core.rag.spec import DEMO_DOCUMENTS
+from core.runs.jobs import read_result
+from pages_common import active_model_source, cached_arch, cached_hardware, live_run, run_selector, start_run
 
 
 def model_for_check() -> memory.ModelArch | None:
@@ -38,12 +37,10 @@ def questionnaire(hardware) -> decide.Questionnaire:
     rows = c2.number_input("Labelled examples you have", 0, 10_000_000, 500, step=100, key="decide_rows")
     st.session_state.setdefault("decide_known", False)
     st.session_state.setdefault("decide_success", 0.8)
-    if st.session_state.pop("decide_apply_baseline", False):  # a fresh measurement fills in the answer
-        st.session_state["decide_known"] = True
-        st.session_state["decide_success"] = round(st.session_state["decide_baseline"]["best_score"] * 20) / 20
+    apply_finished_baseline()
     known = c2.checkbox("I know how often prompting already works", key="decide_known")
     success = c2.slider("Share prompting gets right", 0.0, 1.0, step=0.05, key="decide_success", disabled=not known,
-                        help="Measure it below with the quick baseline on your eval rows.")
+                        help="Measure it below: the baseline fills this in.")
     failure = c3.slider("Share of requests that hit the failing case", 0.0, 1.0, 0.2, 0.01, key="decide_failure",
                         help="A rare edge case is under 5%.")
     latency = c3.checkbox("Latency matters", key="decide_latency")
@@ -52,7 +49,8 @@ def questionnaire(hardware) -> decide.Questionnaire:
     length = st.select_slider("Typical example length (tokens)", [256, 512, 1024, 2048, 4096], value=1024, key="decide_length")
     return decide.Questionnaire(gaps=tuple(gaps), knowledge_changes=changes, knowledge_fits_in_prompt=fits_prompt, prompt_success=success if known else None,
                                 failure_share=failure, labelled_rows=int(rows), latency_sensitive=latency, cost_sensitive=cost,
-                                model=arch, hardware=hardware, max_length=length)
+                                model=arch, hardware=hardware, max_length=length,
+                                measured=st.session_state.get("decide_measured") if known else None)
 
 
 def render(result: decide.Recommendation) -> None:
@@ -78,56 +76,76 @@ def render(result: decide.Recommendation) -> None:
         st.success("Sent: open the Train page; its form starts from this recipe.")
 
 
-def eval_rows() -> list[dict] | None:
-    origin = st.radio("Eval rows", ["Demo eval set", "Upload a file"], horizontal=True, key="decide_eval_origin")
-    try:
-        if origin == "Upload a file":
-            upload = st.file_uploader("JSONL / JSON / CSV / Parquet with prompts and reference answers", key="decide_upload")
-            if upload is None:
-                return None
-            rows = cached_dataset_upload(upload).rows  # parsed once per content, not on every rerun
-            if not rows:
-                raise ValueError(f"{upload.name} has no valid rows")
-            return rows
-        if not DEMO_EVAL.is_file():
-            st.info(f"The demo eval set ({DEMO_EVAL.name}) is not in this build; upload your own file instead.")
-            return None
-        return decide.load_eval_rows(DEMO_EVAL)
-    except (ValueError, OSError, DatasetLoadError) as exc:
-        st.error(f"Cannot read the eval rows: {exc}")
+EVAL_SETS = {
+    "Demo: handbook questions (a knowledge gap)": ("assets/handbook/questions.jsonl", "contains_answer", "Demo handbook documents"),
+    "Demo: support tickets (a format gap)": ("assets/demo/eval.jsonl", "auto", "No documents (no RAG)"),
+    "Upload a file": ("", "auto", "No documents (no RAG)"),
+}
+DOCUMENTS = ("Demo handbook documents", "No documents (no RAG)", "A folder or file path")
+
+
+def baseline_spec() -> decide.BaselineSpec | None:
+    """The measurement's settings from the widgets: eval rows, documents for the RAG condition, scorer, sizes."""
+    origin = st.radio("Eval rows", list(EVAL_SETS), horizontal=True, key="decide_eval_origin")
+    path, scorer, documents = EVAL_SETS[origin]
+    if origin == "Upload a file":
+        upload = st.file_uploader("JSONL / JSON / CSV / Parquet with prompts and reference answers (or question / answer rows)", key="decide_upload")
+        path = str(decide.save_eval_upload(upload.name, upload.getvalue())) if upload else ""
+    c1, c2, c3 = st.columns(3)
+    docs = c1.radio("Documents for the RAG condition", DOCUMENTS, index=DOCUMENTS.index(documents), key=f"decide_docs_{origin[:8]}")
+    folder = {"Demo handbook documents": DEMO_DOCUMENTS, "No documents (no RAG)": ""}.get(docs)
+    if folder is None:
+        folder = c1.text_input("Documents (folder of .txt / .md / .pdf, or a JSONL of {id, title, text})", key="decide_docs_path").strip()
+    scorers = list(decide.SCORER_CHOICES)
+    scorer = c2.selectbox("Scorer", scorers, index=scorers.index(scorer), key=f"decide_scorer_{origin[:8]}",
+                          help="auto: JSON field accuracy for JSON answers, else exact match; contains_answer suits short facts.")
+    n = c2.slider("Rows to score", 1, 32, 8, key="decide_n")
+    max_new = c3.slider("Max new tokens", 8, 256, 96, key="decide_max_new")
+    rag_k = c3.slider("Chunks retrieved per question", 1, 8, 3, key="decide_rag_k", disabled=not folder)
+    if not path:
         return None
+    return decide.BaselineSpec(model=active_model_source().as_dict(), eval_dataset=path, n=n, scorer=scorer, max_new_tokens=max_new,
+                               documents=folder, rag_k=rag_k)
+
+
+def apply_finished_baseline() -> None:
+    """A measurement that finished fills in the questionnaire once (before its widgets exist)."""
+    run = st.session_state.get("decide_baseline_run")
+    result = read_result(run, "baseline") if run else None
+    if result and st.session_state.get("decide_baseline_applied") != run:
+        prompting = max(v for k, v in result["scores"].items() if k != "rag")
+        st.session_state.update(decide_known=True, decide_success=round(prompting * 20) / 20, decide_measured=result["scores"],
+                                decide_baseline_applied=run)
+
+
+def render_baseline(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 - live_run's signature
+    result = read_result(run_dir, "baseline")
+    if not result:
+        return
+    cols = st.columns(len(result["scores"]) + 1)
+    for col, (condition, score) in zip(cols, result["scores"].items()):
+        valid = f"{result['json_validity'][condition]:.0%} valid JSON" if result["json_validity"] else None
+        col.metric(result["labels"].get(condition, condition), f"{score:.0%}", valid, delta_color="off",
+                   help=f"{result['scorer'].replace('_', ' ')} on the same {result['n']} rows")
+    cols[-1].metric("Rows scored", result["n"], f"{result['seconds']:.0f} s", delta_color="off")
+    st.caption(f"Scorer: {result['scorer'].replace('_', ' ')} · the questionnaire above now uses these numbers.")
+    for note in result["notes"]:
+        st.caption(note)
+    with st.expander("Answers"):
+        st.dataframe(pd.DataFrame(result["examples"]), hide_index=True, width="stretch")
 
 
 def baseline_panel() -> None:
     st.subheader("Measure before you decide")
-    st.caption("Runs the active model with prompting alone — zero-shot and 3-shot, greedy — on a few eval rows. "
-               "If prompting already scores well, you may not need to train. Generation on a CPU takes a few seconds per row.")
-    rows = eval_rows()
-    c1, c2 = st.columns(2)
-    n = c1.slider("Rows to score", 1, 32, 8, key="decide_n")
-    max_new = c2.slider("Max new tokens", 8, 256, 96, key="decide_max_new")
-    if rows and st.button(f"Run quick baseline on {active_model_source().label}", key="decide_run_baseline"):
-        try:
-            with st.spinner("Generating…"):
-                result = decide.prompt_baseline(cached_model(active_model_source()), rows, n=n, shots=(0, 3), max_new_tokens=max_new)
-        except (ModelLoadError, ValueError) as exc:
-            st.error(str(exc))
-            return
-        st.session_state["decide_baseline"] = {"scorer": result.scorer, "n": result.n, "scores": result.scores, "validity": result.json_validity,
-                                               "best_score": result.best()[1], "examples": result.examples, "seconds": result.seconds, "notes": result.notes}
-        st.session_state["decide_apply_baseline"] = True
+    st.caption("Runs the active model on the same eval rows three ways — zero-shot, 3-shot, and RAG with the base model "
+               "(retrieved chunks in the prompt) — greedy, scored by one metric. It runs as a job: leave the page and come back.")
+    spec = baseline_spec()
+    if st.button(f"▶ Measure on {active_model_source().label}", key="decide_run_baseline", disabled=spec is None):
+        start_run(spec, "decide_baseline_run")
         st.rerun()
-    shown = st.session_state.get("decide_baseline")
-    if shown:
-        cols = st.columns(len(shown["scores"]) + 1)
-        for col, (shots, score) in zip(cols, shown["scores"].items()):
-            valid = f"{shown['validity'][shots]:.0%} valid JSON" if shown["validity"] else None
-            col.metric(f"{shots}-shot {shown['scorer'].replace('_', ' ')}", f"{score:.0%}", valid, delta_color="off")
-        cols[-1].metric("Rows scored", shown["n"], f"{shown['seconds']:.0f} s", delta_color="off")
-        for note in shown["notes"]:
-            st.caption(note)
-        with st.expander("Answers"):
-            st.dataframe(pd.DataFrame(shown["examples"]), hide_index=True, width="stretch")
+    run_dir = run_selector("baseline", "decide_baseline_run", "Measurement")
+    if run_dir is not None:
+        live_run(run_dir, render_baseline)
 
 
 st.title("🧭 Decide")

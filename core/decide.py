@@ -6,20 +6,21 @@ Train page, and a quick prompt-only baseline ("measure before you decide").
   and a behaviour gap are present and both score well. The fine-tune method (full / LoRA / QLoRA) is the
   least-compromising one that `core.memory` says fits the hardware.
 - `starting_recipe(...)`: run-spec field names → values for `st.session_state["train_recipe"]`.
-- `prompt_baseline(loaded_model, rows, n=8, shots=(0, 3))`: zero- and few-shot greedy answers of the active
-  model on a few eval rows (`core.generation`), scored by exact match or JSON field accuracy and the one
-  JSON-validity rule (`core.metrics`).
+- `prompt_baseline(loaded_model, rows, n=8, shots=(0, 3), rag=...)`: zero-shot, few-shot and RAG-with-the-base-model
+  greedy answers on the same eval rows, scored by the same metric (exact match, JSON field accuracy, contains-answer).
+- `BaselineSpec` / `run_baseline`: that measurement as a `baseline` job (progress, stop, result file), so the page
+  never generates in its script thread.
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from core import memory, metrics
-from core.generation import greedy_chat_answers
-from core.runs.spec import meta
+from core.generation import Stopped, greedy_chat_answers
+from core.runs.spec import check_limits, meta, spec_from_dict
 
 GAPS = ("knowledge", "behaviour", "steering")
 GAP_LABELS = {
@@ -49,6 +50,8 @@ class Questionnaire:
     model: memory.ModelArch | None = field(default=None, metadata=meta("The model to adapt (for the memory check)."))
     hardware: Any = field(default=None, metadata=meta("core.hardware.HardwareInfo of the training machine."))
     max_length: int = field(default=1024, metadata=meta("Typical example length in tokens (for the memory check)."))
+    measured: dict | None = field(default=None, metadata=meta(
+        "Scores of the measured baseline on your eval rows, 0-1 by condition ('0-shot', '3-shot', 'rag'): cited in the reasons."))
 
     def __post_init__(self) -> None:
         self.gaps = tuple(self.gaps)
@@ -65,6 +68,13 @@ class Questionnaire:
             raise ValueError(f"questionnaire: labelled_rows cannot be negative, got {self.labelled_rows!r}")
         if int(self.max_length) < 16:
             raise ValueError(f"questionnaire: max_length must be at least 16 tokens, got {self.max_length!r}")
+        for condition, value in (self.measured or {}).items():
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"questionnaire: measured[{condition!r}] must be between 0 and 1, got {value!r}")
+
+    def measured_prompting(self) -> float | None:
+        values = [v for k, v in (self.measured or {}).items() if k != "rag"]
+        return max(values) if values else None
 
 
 @dataclass
@@ -157,6 +167,15 @@ def _score_rag(q: Questionnaire) -> OptionScore:
             s.add(10, "the facts are too many for one prompt, so they must be selected per question")
     else:
         s.add(-20, "there is nothing to look up: the gap is behaviour, not missing facts")
+    rag, prompting = (q.measured or {}).get("rag"), q.measured_prompting()
+    if rag is not None and prompting is not None:
+        measured = f"RAG with the base model scored {_pct(rag)} against {_pct(prompting)} for the best prompting alone, on the same rows"
+        if rag - prompting >= 0.15:
+            s.add(25, f"measured: {measured}")
+        elif rag - prompting > 0.02:
+            s.add(5, f"measured: retrieval helped a little ({measured})")
+        else:
+            s.add(-20, f"measured: retrieval did not help ({measured})")
     if q.latency_sensitive:
         s.add(-5, "a search plus a longer prompt adds latency to every request")
     return s.result()
@@ -290,6 +309,8 @@ def recommend(q: Questionnaire) -> Recommendation:
     else:
         method = "full" if q.labelled_rows >= 20_000 else "lora"
         notes.append("No model or hardware given: the method assumes LoRA fits; check it on the Budget page.")
+    if q.measured:
+        notes.insert(0, "Measured on your eval rows: " + ", ".join(f"{k} {_pct(v)}" for k, v in q.measured.items()) + ".")
     options = sorted([_score_prompt(q), _score_rag(q), _score_fine_tune(q, method, bool(fits))], key=lambda o: -o.score)
     by_name = {o.option: o for o in options}
     choice = options[0].option
@@ -340,22 +361,40 @@ def _answer_text(value: Any) -> str:
     return str(value)
 
 
+BASELINE_CONDITIONS = ("shots", "rag")
+
+
 @dataclass
 class BaselineResult:
     scorer: str
     n: int
-    scores: dict[int, float]  # shots → mean score in [0, 1]
-    json_validity: dict[int, float] | None  # shots → share of valid JSON answers (JSON tasks only)
-    examples: list[dict]  # shots, prompt, reference, prediction, score
+    scores: dict[str, float]  # condition ("0-shot", "3-shot", "rag") → mean score in [0, 1]
+    json_validity: dict[str, float] | None  # condition → share of valid JSON answers (JSON tasks only)
+    examples: list[dict]  # condition, prompt, reference, prediction, score
     seconds: float
     notes: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # condition → what was measured, for the page
 
-    def best(self) -> tuple[int, float]:
+    def best_prompting(self) -> tuple[str, float]:
+        """The best condition without retrieval (what "prompting already gets right" means)."""
+        return max(((k, v) for k, v in self.scores.items() if k != "rag"), key=lambda item: item[1])
+
+    def best(self) -> tuple[str, float]:
         return max(self.scores.items(), key=lambda item: item[1])
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RagContext:
+    """Retrieval for the baseline's RAG condition: `retrieve(questions)` → the chunks to put before each question."""
+    retrieve: Callable[[list[str]], list[list[Any]]]
+    label: str = "RAG with the base model"
 
 
 def _resolve_scorer(scorer: str | Callable | None, references: Iterable[str]) -> tuple[str, Callable[[str, str], float]]:
-    if scorer is None:
+    if scorer is None or scorer == "auto":
         return metrics.choose_scorer(references)
     if isinstance(scorer, str):
         if scorer not in metrics.SCORERS:
@@ -372,13 +411,24 @@ def _few_shot_messages(prompt: list[dict], shots: list[tuple[list[dict], str]]) 
     return messages + [m for m in prompt if m["role"] != "system"]
 
 
-def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: Sequence[int] = (0, 3),
-                    scorer: str | Callable | None = None, max_new_tokens: int = 96, batch_size: int = 8) -> BaselineResult:
-    """Score the model with prompting alone: for each shot count, greedy answers on up to `n` eval rows,
-    generated by `core.generation` (the Evaluate job's path: same prompts, same lock, same JSON-validity rule).
+def _question(prompt: list[dict]) -> str:
+    return next((str(m["content"]) for m in reversed(prompt) if m["role"] == "user"), str(prompt[-1]["content"]))
 
-    The few-shot examples come from the first rows and are never among the scored ones. The scorer defaults
-    to JSON field accuracy when every reference is a JSON object, else normalised exact match."""
+
+def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: Sequence[int] = (0, 3),
+                    scorer: str | Callable | None = None, max_new_tokens: int = 96, *, rag: RagContext | None = None,
+                    batch_size: int = 8, should_stop: Callable[[], bool] | None = None,
+                    on_progress: Callable[[int, int], None] | None = None) -> BaselineResult:
+    """Score the model on the same eval rows under each condition: k-shot prompting for each k in `shots`, and —
+    when `rag` is given — zero-shot with retrieved documents in the prompt (`core.rag.prompt`).
+
+    The few-shot examples come from the first rows and are never among the scored ones. Every answer is scored by
+    the same scorer, on its answer part (`core.rag.prompt.answer_part`: the text after an ##Answer: marker, or
+    all of it): JSON field accuracy when every reference is a JSON object, else normalised exact match, unless a
+    scorer is named. Greedy, batched answers through `core.generation` (the Evaluate job's path: same prompts,
+    same lock, same JSON-validity rule); `on_progress(done, total)` per batch."""
+    from core.rag.prompt import answer_part, rag_messages
+
     if n < 1:
         raise ValueError(f"prompt baseline: n must be at least 1, got {n}")
     shots = sorted({int(k) for k in shots})
@@ -398,37 +448,68 @@ def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: 
     if not scored:
         raise ValueError("prompt baseline: no eval rows to score")
     name, score_fn = _resolve_scorer(scorer, [ref for _, ref in scored])
-    if not getattr(loaded_model.tokenizer, "chat_template", None):
+    tokenizer = loaded_model.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
         notes.append("the tokenizer has no chat template: prompts are plain 'role: text' lines")
     started = time.perf_counter()
+    conditions: dict[str, list[list[dict]]] = {f"{k}-shot": [_few_shot_messages(p, pool[: min(k, len(pool))]) for p, _ in scored] for k in shots}
+    labels = {f"{k}-shot": ("zero-shot prompting" if k == 0 else f"{k}-shot prompting") for k in shots}
+    if rag is not None:
+        contexts = rag.retrieve([_question(p) for p, _ in scored])
+        conditions["rag"] = [rag_messages(p, chunks) for (p, _), chunks in zip(scored, contexts)]
+        labels["rag"] = rag.label
+    total, done = len(conditions) * len(scored), 0
     scores, validity, examples = {}, {}, []
-    for k in shots:
-        values, valid = [], []
-        conversations = [_few_shot_messages(prompt, pool[: min(k, len(pool))]) for prompt, _ in scored]
-        predictions = greedy_chat_answers(loaded_model, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    for key, chats in conditions.items():
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if on_progress:
+                on_progress(done, total)
+
+        predictions = greedy_chat_answers(loaded_model, chats, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                          should_stop=should_stop, on_progress=advance)
+        values = []
         for (prompt, reference), prediction in zip(scored, predictions):
-            value = float(score_fn(prediction, reference))
+            value = float(score_fn(answer_part(prediction), reference))
             values.append(value)
-            valid.append(metrics.json_validity(prediction))
-            examples.append({"shots": k, "prompt": prompt[-1]["content"], "reference": reference, "prediction": prediction, "score": value})
-        scores[k] = sum(values) / len(values)
-        validity[k] = sum(valid) / len(valid)
+            examples.append({"condition": key, "prompt": _question(prompt), "reference": reference, "prediction": prediction, "score": value})
+        scores[key] = sum(values) / len(values)
+        validity[key] = sum(metrics.json_validity(e["prediction"]) for e in examples if e["condition"] == key) / len(values)
     is_json = name == "json_field_accuracy"
-    return BaselineResult(name, len(scored), scores, validity if is_json else None, examples, round(time.perf_counter() - started, 2), notes)
+    return BaselineResult(name, len(scored), scores, validity if is_json else None, examples, round(time.perf_counter() - started, 2),
+                          notes, labels)
+
+
+QUESTION_ANSWER_MAPPING = {"prompt": "question", "completion": "answer"}
 
 
 def load_eval_rows(path: Any, limit: int | None = None) -> list[dict]:
     """Eval rows of any dataset file the Data page reads (JSONL / JSON / CSV / Parquet; chat, Alpaca,
-    ShareGPT or prompt/completion), normalised to {"messages": [...]} by core.data.formats."""
+    ShareGPT, prompt/completion, or question/answer), normalised to {"messages": [...]} by core.data.formats."""
     from core.data.formats import DatasetLoadError, load_dataset_file
 
     try:
         loaded = load_dataset_file(path, limit=limit)
     except DatasetLoadError as exc:
-        raise ValueError(str(exc)) from exc
+        try:  # question / answer rows (the RAG demo's, or a user's own): read as prompt / completion
+            loaded = load_dataset_file(path, limit=limit, mapping=QUESTION_ANSWER_MAPPING)
+        except DatasetLoadError:
+            raise ValueError(str(exc)) from exc
     if not loaded.rows:
         raise ValueError(f"{path} has no valid rows")
     return loaded.rows
+
+
+def save_eval_upload(name: str, data: bytes) -> Any:
+    """An uploaded eval file kept in the workspace (uploads/<hash>-<name>) so a baseline job can read it; the same
+    bytes are written once."""
+    import hashlib
+
+    from core.workspace import atomic_write_bytes, safe_name, subdir
+
+    path = subdir("uploads") / f"{hashlib.sha256(data).hexdigest()[:12]}-{safe_name(name, default='eval.jsonl')}"
+    return path if path.is_file() else atomic_write_bytes(path, data)
 
 
 def load_eval_upload(name: str, data: bytes, limit: int | None = None) -> list[dict]:
@@ -442,3 +523,84 @@ def load_eval_upload(name: str, data: bytes, limit: int | None = None) -> list[d
         path = Path(tmp) / safe_name(name, default="upload.jsonl")
         path.write_bytes(data)
         return load_eval_rows(path, limit=limit)
+
+
+# --------------------------------------------------------------------------- the baseline as a job
+
+SCORER_CHOICES = ("auto",) + tuple(metrics.SCORERS)
+
+
+@dataclass
+class BaselineSpec:
+    """The measured baseline as a job: zero-shot, few-shot and RAG with the base model on the same eval rows."""
+
+    kind: ClassVar[str] = "baseline"
+
+    name: str = field(default="", metadata=meta("A short name for the run folder."))
+    model: dict = field(default_factory=lambda: {"kind": "embedded"}, metadata=meta("The model to measure, as a model-source dict."))
+    eval_dataset: str = field(default="assets/demo/eval.jsonl", metadata=meta(
+        "Eval rows with reference answers (any format the Data page reads, or question/answer rows)."))
+    n: int = field(default=8, metadata=meta("Rows to score (after the few-shot examples).", min=1, max=10_000))
+    shots: list = field(default_factory=lambda: [0, 3], metadata=meta("Few-shot counts to measure (0 = zero-shot)."))
+    scorer: str = field(default="auto", metadata=meta(
+        "auto: JSON field accuracy for JSON references, else exact match; contains_answer suits short factual answers.", choices=SCORER_CHOICES))
+    max_new_tokens: int = field(default=96, metadata=meta("Longest answer in tokens (greedy).", min=1, max=4096))
+    documents: str = field(default="", metadata=meta(
+        "Documents for the RAG condition (a folder of .txt / .md / .pdf, or a JSONL of {id, title, text}); empty = no RAG."))
+    rag_k: int = field(default=3, metadata=meta("Chunks retrieved into each RAG prompt.", min=1, max=50))
+    retrieval_mode: str = field(default="hybrid", metadata=meta("dense, bm25 or hybrid (rank fusion).", choices=("hybrid", "dense", "bm25")))
+    chunk_tokens: int = field(default=64, metadata=meta("Chunk length in the retriever's tokens.", min=8, max=256))
+    overlap: int = field(default=16, metadata=meta("Tokens shared by consecutive chunks.", min=0, max=255))
+    batch_size: int = field(default=8, metadata=meta("Prompts per generation batch.", min=1, max=256))
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+        self.shots = sorted({int(k) for k in self.shots})
+        if not self.shots or self.shots[0] < 0:
+            raise ValueError(f"shots: non-negative few-shot counts, got {self.shots}")
+        if self.overlap >= self.chunk_tokens:
+            raise ValueError(f"overlap ({self.overlap}) must be below chunk_tokens ({self.chunk_tokens})")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BaselineSpec":
+        return spec_from_dict(cls, data)
+
+
+def _rag_context(spec: BaselineSpec, progress: Callable[[float, str], None]) -> RagContext:
+    from core.rag.corpus import load_corpus
+    from core.rag.index import MODE_LABELS, open_index
+    from core.rag.spec import resolve_path
+
+    index, _ = open_index(load_corpus(resolve_path(spec.documents)), spec.chunk_tokens, spec.overlap, progress)
+    mode = spec.retrieval_mode
+    return RagContext(lambda questions: [[h.chunk for h in hits] for hits in index.search_many(questions, spec.rag_k, mode)],
+                      f"RAG with the base model ({MODE_LABELS[mode].split(' (')[0].lower()} top-{spec.rag_k}, {len(index)} chunks)")
+
+
+def run_baseline(ctx: Any) -> dict:
+    """The `baseline` job: load the model, measure every condition, write the result file (BaselineResult.as_dict())."""
+    from core.models import ModelLoadError, ModelSource, load_model
+    from core.rag.corpus import CorpusError
+    from core.rag.spec import resolve_path
+    from core.runs.jobs import JobError
+
+    try:
+        spec = ctx.spec
+        rows = load_eval_rows(resolve_path(spec.eval_dataset))
+        rag = _rag_context(spec, lambda f, m: ctx.progress(0.1 * f, m)) if spec.documents.strip() else None
+        source = ModelSource.from_dict(spec.model)
+        ctx.progress(0.1, f"loading {source.label}")
+        loaded = load_model(source)
+    except (ValueError, CorpusError, ModelLoadError, FileNotFoundError) as exc:
+        raise JobError(str(exc)) from exc
+    try:
+        result = prompt_baseline(loaded, rows, n=spec.n, shots=spec.shots, scorer=spec.scorer, max_new_tokens=spec.max_new_tokens,
+                                 rag=rag, batch_size=spec.batch_size, should_stop=lambda: ctx.stop_requested,
+                                 on_progress=lambda done, total: ctx.progress(0.1 + 0.9 * done / total, f"{done} / {total} answers"))
+    except Stopped:
+        return {"stopped": True}
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+    ctx.write_result(result.as_dict() | {"model": source.as_dict(), "eval_dataset": spec.eval_dataset})
+    ctx.metrics(**{f"score_{k}": v for k, v in result.scores.items()})
+    return {"scores": result.scores, "scorer": result.scorer, "n": result.n}

@@ -162,22 +162,96 @@ def _json_rows(count: int) -> list[dict]:
 
 
 def test_prompt_baseline_runs_on_a_tiny_model(tiny_model):
-    result = decide.prompt_baseline(tiny_model, _json_rows(6), n=2, shots=(0, 3), max_new_tokens=8)
+    progress = []
+    result = decide.prompt_baseline(tiny_model, _json_rows(6), n=2, shots=(0, 3), max_new_tokens=8, batch_size=1,
+                                    on_progress=lambda done, total: progress.append((done, total)))
     assert result.scorer == "json_field_accuracy" and result.n == 2
-    assert set(result.scores) == {0, 3} and all(0.0 <= v <= 1.0 for v in result.scores.values())
-    assert set(result.json_validity) == {0, 3}
+    assert set(result.scores) == {"0-shot", "3-shot"} and all(0.0 <= v <= 1.0 for v in result.scores.values())
+    assert set(result.json_validity) == {"0-shot", "3-shot"} and result.labels["0-shot"] == "zero-shot prompting"
     assert len(result.examples) == 4 and all(isinstance(e["prediction"], str) for e in result.examples)
     scored_prompts = {e["prompt"] for e in result.examples}
     assert scored_prompts == {"Ticket 3: printer broken", "Ticket 4: printer broken"}  # rows 0-2 are the shots
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
 def test_prompt_baseline_exact_match_and_custom_scorer(tiny_model):
     rows = [{"prompt": f"Say {w}", "completion": w} for w in ("yes", "no", "maybe")]
     result = decide.prompt_baseline(tiny_model, rows, n=8, shots=(0,), max_new_tokens=4)
-    assert result.scorer == "exact_match" and result.n == 3 and 0.0 <= result.scores[0] <= 1.0 and result.json_validity is None
+    assert result.scorer == "exact_match" and result.n == 3 and 0.0 <= result.scores["0-shot"] <= 1.0 and result.json_validity is None
     always = decide.prompt_baseline(tiny_model, rows, n=1, shots=(0, 1), scorer=lambda p, r: 1.0, max_new_tokens=2)
-    assert always.scores == {0: 1.0, 1: 1.0}
+    assert always.scores == {"0-shot": 1.0, "1-shot": 1.0}
     with pytest.raises(ValueError, match="eval row 2"):
         decide.prompt_baseline(tiny_model, [rows[0], {"text": "?"}], n=1)
     with pytest.raises(ValueError, match="unknown scorer"):
         decide.prompt_baseline(tiny_model, rows, n=1, shots=(0,), scorer="bleu")
+
+
+def test_rag_condition_puts_retrieved_documents_before_the_same_rows(tiny_model, monkeypatch):
+    from core.evaluate import scoring
+    from core.rag.corpus import Document
+    from core.rag.prompt import RAG_INSTRUCTIONS
+
+    seen_prompts = []
+    real_generate = scoring.generate_answers
+
+    def spy(model, tokenizer, prompts, **kwargs):  # the real generation, recording what the model was given
+        seen_prompts.extend(tokenizer.decode(p) for p in prompts)
+        return real_generate(model, tokenizer, prompts, **kwargs)
+
+    monkeypatch.setattr(scoring, "generate_answers", spy)
+
+    rows = [{"question": f"What is code {i}?", "answer": f"C-{i}"} for i in range(5)]
+    asked = []
+
+    def retrieve(questions):
+        asked.extend(questions)
+        return [[Document("d", "Codes", f"The code is C-{q.split()[-1].rstrip('?')}.")] for q in questions]
+
+    parsed = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]} for r in rows]
+    result = decide.prompt_baseline(tiny_model, parsed, n=3, shots=(0, 2), scorer="contains_answer", max_new_tokens=4,
+                                    rag=decide.RagContext(retrieve, "RAG (test)"))
+    assert set(result.scores) == {"0-shot", "2-shot", "rag"} and result.labels["rag"] == "RAG (test)"
+    assert asked == ["What is code 2?", "What is code 3?", "What is code 4?"]  # the scored rows, not the shots
+    for condition in ("0-shot", "2-shot", "rag"):
+        assert [e["prompt"] for e in result.examples if e["condition"] == condition] == asked
+    assert result.best_prompting()[0] in ("0-shot", "2-shot")
+    with_documents = [p for p in seen_prompts if "Documents:" in p]
+    assert len(seen_prompts) == 9 and len(with_documents) == 3
+    assert all(RAG_INSTRUCTIONS in p and "[1] Codes\nThe code is C-" in p for p in with_documents)
+
+
+def test_question_answer_files_load_as_eval_rows():
+    rows = decide.load_eval_rows(ROOT / "assets" / "handbook" / "questions.jsonl")
+    assert len(rows) == 150 and decide.split_row(rows[0])[1] == json.loads((ROOT / "assets" / "handbook" / "questions.jsonl").open().readline())["answer"]
+
+
+def test_measured_baseline_feeds_the_recommendation():
+    helped = recommend(Questionnaire(gaps=("knowledge",), labelled_rows=100, measured={"0-shot": 0.05, "3-shot": 0.1, "rag": 0.7}))
+    rag = next(o for o in helped.options if o.option == "rag")
+    assert helped.choice == "rag" and any("measured" in r and "70%" in r and "10%" in r for r in rag.reasons)
+    assert helped.notes[0] == "Measured on your eval rows: 0-shot 5%, 3-shot 10%, rag 70%."
+    flat = recommend(Questionnaire(gaps=("knowledge",), labelled_rows=100, measured={"0-shot": 0.3, "rag": 0.3}))
+    assert next(o for o in flat.options if o.option == "rag").score < rag.score
+    with pytest.raises(ValueError, match="measured"):
+        Questionnaire(measured={"rag": 2.0})
+
+
+@pytest.mark.slow
+def test_baseline_job_measures_three_conditions_on_the_handbook(workspace, tiny_llama_dir):
+    from core.runs import create_run, launch, wait
+    from core.runs.jobs import read_result
+
+    spec = decide.BaselineSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, eval_dataset="assets/handbook/questions.jsonl", n=2,
+                               shots=[0, 2], scorer="contains_answer", max_new_tokens=6, documents="assets/handbook/docs", rag_k=2)
+    run_dir = create_run(spec)
+    launch(run_dir)
+    status = wait(run_dir, timeout=600)
+    assert status.state == "succeeded", status.error
+    result = read_result(run_dir)
+    assert set(result["scores"]) == {"0-shot", "2-shot", "rag"} and result["n"] == 2 and result["scorer"] == "contains_answer"
+    assert "hybrid top-2, 79 chunks" in result["labels"]["rag"]
+    rag_rows = [e for e in result["examples"] if e["condition"] == "rag"]
+    assert len(rag_rows) == 2 and status.result["scores"] == result["scores"]
+    bad = create_run(decide.BaselineSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, eval_dataset="missing.jsonl"))
+    launch(bad)
+    assert wait(bad, timeout=300).state == "failed"

@@ -52,18 +52,34 @@ def test_rare_edge_case_recommends_prompting(workspace):
     assert "Prompting is enough" in _headline(at)
 
 
-@pytest.mark.skipif(not (ROOT / "assets" / "demo" / "eval.jsonl").is_file(), reason="demo eval set not built")
-def test_quick_baseline_on_the_demo_eval_set(workspace, tiny_llama_dir):
+def test_baseline_runs_as_a_job_and_measures_rag_beside_prompting(workspace, tiny_llama_dir):
+    from core.runs import wait
+
     at = AppTest.from_file(PAGE, default_timeout=300)
     at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
     at.run()
-    at.slider(key="decide_n").set_value(1).run()
+    assert at.radio(key="decide_eval_origin").value.startswith("Demo: handbook")
+    at.slider(key="decide_n").set_value(2).run()
     at.slider(key="decide_max_new").set_value(8).run()
     at.button(key="decide_run_baseline").click().run()
     assert not at.exception and not at.error
-    baseline = at.session_state["decide_baseline"]
-    assert baseline["scorer"] == "json_field_accuracy" and baseline["n"] == 1 and set(baseline["scores"]) == {0, 3}
-    assert all(0.0 <= v <= 1.0 for v in baseline["scores"].values())
+    run_dir = Path(at.session_state["decide_baseline_run"])
+    assert (run_dir / "spec.yaml").is_file()  # the page only wrote the spec and started the worker
+    status = wait(run_dir, timeout=600)
+    assert status.state == "succeeded", status.error
+    at.run()
+    assert not at.exception and not at.error
     labels = [m.label for m in at.metric]
-    assert "0-shot json field accuracy" in labels and "3-shot json field accuracy" in labels
-    assert at.checkbox(key="decide_known").value is True  # the measured score feeds the questionnaire
+    assert "zero-shot prompting" in labels and "3-shot prompting" in labels
+    assert any(label.startswith("RAG with the base model (hybrid top-3") for label in labels), labels
+    assert at.checkbox(key="decide_known").value is True  # the measured scores feed the questionnaire
+    assert set(at.session_state["decide_measured"]) == {"0-shot", "3-shot", "rag"}
+    assert any(n.value.startswith("Measured on your eval rows: 0-shot") for n in at.caption), [c.value for c in at.caption]
+
+
+def test_tickets_have_no_documents_so_no_rag_condition(workspace):
+    at = _app()
+    at.radio(key="decide_eval_origin").set_value("Demo: support tickets (a format gap)").run()
+    assert not at.exception
+    docs = next(r for r in at.radio if r.label == "Documents for the RAG condition")
+    assert docs.value == "No documents (no RAG)"

@@ -222,7 +222,10 @@ def _sha256(path: Path) -> str:
 def resolve_dataset(text: str) -> Path:
     """A dataset folder from a workspace name or a path."""
     direct = Path(str(text)).expanduser()
-    return direct if (direct / MANIFEST_FILE).is_file() else dataset_folder(str(text))
+    folder = direct if (direct / MANIFEST_FILE).is_file() else dataset_folder(str(text))
+    if not (folder / MANIFEST_FILE).is_file():
+        raise JobError(f"dataset not found: {text!r} is neither a workspace dataset nor a folder with a manifest.json")
+    return folder
 
 
 def model_from(text: str, base: ModelSource) -> ModelSource:

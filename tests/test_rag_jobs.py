@@ -1,0 +1,108 @@
+"""The RAG / RAFT jobs end to end through the real worker: index + recall, the RAFT builder (file questions and
+generated ones), and the RAFT evaluation on a tiny model with real PEFT adapters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.rag.evaluation import CONDITIONS
+from core.rag.spec import RagIndexSpec, RaftEvalSpec, RaftSpec
+from core.runs import create_run, launch, read_status
+from core.runs import wait as wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def run_job(spec, timeout: float = 600):
+    run_dir = create_run(spec)
+    launch(run_dir)
+    status = wait_for(run_dir, timeout=timeout)
+    return run_dir, status
+
+
+def make_adapter(base_dir: Path, folder: Path, *, trained: bool, seed: int) -> Path:
+    """A LoRA adapter on the tiny model: random A and B (a model that differs from the base), or B = 0 (no effect)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=not trained))
+    peft.save_pretrained(folder)
+    return folder
+
+
+def test_index_job_measures_recall_for_each_mode(workspace):
+    run_dir, status = run_job(RagIndexSpec(top_k=5))
+    assert status.state == "succeeded", status.error
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["index"]["chunks"] == 79 and result["questions"]["with_gold"] == 150
+    for mode in ("dense", "bm25", "hybrid"):
+        assert result["retrieval"][mode]["recall@5"] >= 0.97 and result["retrieval"][mode]["n"] == 150
+    again, status = run_job(RagIndexSpec(top_k=5, questions=""))
+    assert status.state == "succeeded" and json.loads((again / "result.json").read_text())["folder"] == result["folder"]
+
+
+def test_raft_builder_writes_a_chat_dataset_the_train_and_template_pages_read(workspace, tiny_llama_dir):
+    from core.data.formats import list_workspace_datasets, load_dataset_file
+
+    spec = RaftSpec(name="hb-raft", model={"kind": "local", "ref": str(tiny_llama_dir)}, k=3, distractor_only_fraction=0.3, seed=5)
+    run_dir, status = run_job(spec)
+    assert status.state == "succeeded", status.error
+    folder = workspace / "datasets" / "hb-raft"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    raft = manifest["raft"]
+    assert manifest["schema"] == "workbench.dataset/1" and manifest["rows"] == 120 and raft["heldout_questions"] == 30
+    assert raft["k"] == 3 and raft["distractor_only_fraction"] == 0.3 and raft["distractors"] == "hard" and raft["distractor_only"] == 36
+    assert raft["corpus"]["sha256"] and raft["questions"]["sha256"] and raft["index"]["chunks"] == 79
+    assert raft["tokens"]["longest"] > raft["tokens"]["mean"] > 100
+    loaded = load_dataset_file(folder)
+    assert loaded.detected_format == "messages" and len(loaded.rows) == 120 and loaded.report.n_invalid == 0
+    assert {"hb-raft", "hb-raft-sft"} <= set(list_workspace_datasets())
+    sft = load_dataset_file(workspace / "datasets" / "hb-raft-sft")
+    assert len(sft.rows) == 120 and [m["role"] for m in sft.rows[0]["messages"]] == ["user", "assistant"]
+    held = [json.loads(line) for line in (folder / "heldout.jsonl").read_text().splitlines()]
+    trained_questions = {r["question"] for r in map(json.loads, (folder / "raft.jsonl").read_text().splitlines())}
+    assert len(held) == 30 and not {q["question"] for q in held} & trained_questions
+    _, again = run_job(spec)
+    assert again.state == "failed" and "already exists" in again.error
+
+
+def test_raft_builder_with_generated_questions_reports_what_it_rejected(workspace, tiny_llama_dir):
+    spec = RaftSpec(name="gen", question_source="generate", model={"kind": "local", "ref": str(tiny_llama_dir)}, max_chunks=3,
+                    max_new_tokens=12, also_sft=False)
+    run_dir, status = run_job(spec)
+    assert status.state == "failed" and "no usable questions" in status.error  # a random 2-layer model writes no JSON
+    assert "no JSON object" in status.error or "answer not found" in status.error
+    assert "generated 0 usable questions from 3 chunks" in (run_dir / "worker.log").read_text()
+
+
+def test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions(workspace, tiny_llama_dir, tmp_path):
+    _, built = run_job(RaftSpec(name="ev", k=3, model={"kind": "local", "ref": str(tiny_llama_dir)}, also_sft=False))
+    assert built.state == "succeeded", built.error
+    sft = make_adapter(tiny_llama_dir, tmp_path / "sft", trained=True, seed=1)
+    raft = make_adapter(tiny_llama_dir, tmp_path / "raft", trained=True, seed=2)
+    base = {"kind": "local", "ref": str(tiny_llama_dir)}
+    spec = RaftEvalSpec(dataset="ev", base=base, sft_model=str(sft), raft_model=str(raft), samples=4, max_new_tokens=6,
+                        bootstrap_samples=50)
+    run_dir, status = run_job(spec)
+    assert status.state == "succeeded", status.error
+    report = json.loads((run_dir / "raft_report.json").read_text())
+    assert report["n"] == 4 and [m["role"] for m in report["models"]] == ["base", "sft", "raft"]
+    for model in report["models"]:
+        for condition in CONDITIONS:
+            assert set(model["metrics"][condition]) == {"accuracy", "quote_from_oracle", "abstention"}
+            assert all(0 <= v["low"] <= v["value"] <= v["high"] <= 100 for v in model["metrics"][condition].values())
+    assert set(report["comparisons"]) == {"raft-vs-base", "raft-vs-sft", "sft-vs-base"}
+    assert report["verdict"]["verdict"] in ("better", "worse", "no clear difference") and report["verdict"]["reasons"]
+    assert report["settings"]["k"] == 3 and len(report["examples"]) == 4
+    assert set(report["examples"][0]["replies"]["raft"]) == set(CONDITIONS)
+    assert read_status(run_dir).result["verdict"] == report["verdict"]["verdict"]
+    untrained = make_adapter(tiny_llama_dir, tmp_path / "zero", trained=False, seed=3)
+    _, failed = run_job(RaftEvalSpec(dataset="ev", base=base, raft_model=str(untrained), samples=2, max_new_tokens=4))
+    assert failed.state == "failed" and "adapter not applied" in failed.error
+    _, missing = run_job(RaftEvalSpec(dataset="no-such-set", base=base, raft_model=str(raft)))
+    assert missing.state == "failed" and "dataset not found" in missing.error
