@@ -19,6 +19,7 @@ PAGES = {
     "Data": [
         st.Page("app_pages/data.py", title="Data", icon="🗂️"),
         st.Page("app_pages/template.py", title="Template", icon="🎨"),
+        st.Page("app_pages/rag.py", title="RAG / RAFT", icon="📚"),
     ],
     "Train": [
         st.Page("app_pages/train.py", title="Train", icon="🏋️"),

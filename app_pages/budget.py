@@ -163,5 +163,6 @@ if arch is not None:
     st.caption(" · ".join(f"{k.replace('_', ' ')} {v / memory.GB:.2f} GB" for k, v in parts.items()) + " (KV cache = 2 × layers × kv heads × head dim × tokens × 2 bytes)")
     past_runs(est)
     if st.button("Use these settings on the Train page", type="primary", key="budget_to_train"):
-        st.session_state["train_recipe"] = decide.recipe_from_memory_spec(spec)
+        recipe = decide.recipe_from_memory_spec(spec)
+        st.session_state.update(train_recipe=recipe, train_recipe_origin=(recipe, "the Budget page's settings"))
         st.success("Sent: the Train page's form now starts from these settings.")

@@ -72,7 +72,7 @@ def render(result: decide.Recommendation) -> None:
     st.caption("Learning rate ~10× a full fine-tune's for adapters (2e-4 vs 2e-5), α = 2r, all linear layers, 1-3 epochs by data size.")
     st.dataframe(pd.DataFrame([{"field": k, "value": str(v)} for k, v in result.recipe.items()]), hide_index=True, width="stretch")
     if st.button("Send this recipe to the Train page", type="primary", key="decide_to_train"):
-        st.session_state["train_recipe"] = dict(result.recipe)
+        st.session_state.update(train_recipe=dict(result.recipe), train_recipe_origin=(dict(result.recipe), "the Decide page's recipe"))
         st.success("Sent: open the Train page; its form starts from this recipe.")
 
 

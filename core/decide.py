@@ -562,7 +562,7 @@ class BaselineSpec:
             raise ValueError(f"overlap ({self.overlap}) must be below chunk_tokens ({self.chunk_tokens})")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BaselineSpec":
+    def from_dict(cls, data: dict) -> BaselineSpec:
         return spec_from_dict(cls, data)
 
 

@@ -187,18 +187,18 @@ def test_prompt_baseline_exact_match_and_custom_scorer(tiny_model):
 
 
 def test_rag_condition_puts_retrieved_documents_before_the_same_rows(tiny_model, monkeypatch):
-    from core.evaluate import scoring
+    from core import generation
     from core.rag.corpus import Document
     from core.rag.prompt import RAG_INSTRUCTIONS
 
     seen_prompts = []
-    real_generate = scoring.generate_answers
+    real_generate = generation.greedy_answers
 
     def spy(model, tokenizer, prompts, **kwargs):  # the real generation, recording what the model was given
         seen_prompts.extend(tokenizer.decode(p) for p in prompts)
         return real_generate(model, tokenizer, prompts, **kwargs)
 
-    monkeypatch.setattr(scoring, "generate_answers", spy)
+    monkeypatch.setattr(generation, "greedy_answers", spy)
 
     rows = [{"question": f"What is code {i}?", "answer": f"C-{i}"} for i in range(5)]
     asked = []

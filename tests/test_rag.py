@@ -127,14 +127,14 @@ def test_token_windows_cut_between_words_with_the_overlap():
     lengths = [1, 2, 1, 3, 1, 1, 2, 1, 1, 3, 1, 2, 2, 1, 3, 1]
     offsets, position = [], 0
     for length in lengths:
-        for piece in range(length):
+        for _ in range(length):
             offsets.append((position, position + 1))
             position += 1
         position += 1  # a space
     word_start = {0} | {i for i in range(1, len(offsets)) if offsets[i][0] > offsets[i - 1][1]}
     windows = token_windows(offsets, chunk_tokens=8, overlap=3)
     assert windows[0][0] == 0 and windows[-1][1] == len(offsets)
-    for (s1, e1), (s2, e2) in zip(windows, windows[1:]):
+    for (s1, e1), (s2, _e2) in zip(windows, windows[1:]):
         assert e1 - s1 <= 8 and s2 > s1 and e1 - s2 >= 3  # bounded, progressing, overlapping by >= 3 tokens
     assert all(s in word_start for s, _ in windows) and all(e in word_start or e == len(offsets) for _, e in windows)
     assert token_windows(offsets[:4], 8, 3) == [(0, 4)]

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from core.rag.evaluation import CONDITIONS
-from core.rag.spec import RagIndexSpec, RaftEvalSpec, RaftSpec
+from core.rag.spec import RaftEvalSpec, RaftSpec, RagIndexSpec
 from core.runs import create_run, launch, read_status
 from core.runs import wait as wait_for
+from core.runs.jobs import read_result
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +39,12 @@ def make_adapter(base_dir: Path, folder: Path, *, trained: bool, seed: int) -> P
 def test_index_job_measures_recall_for_each_mode(workspace):
     run_dir, status = run_job(RagIndexSpec(top_k=5))
     assert status.state == "succeeded", status.error
-    result = json.loads((run_dir / "result.json").read_text())
+    result = read_result(run_dir)
     assert result["index"]["chunks"] == 79 and result["questions"]["with_gold"] == 150
     for mode in ("dense", "bm25", "hybrid"):
         assert result["retrieval"][mode]["recall@5"] >= 0.97 and result["retrieval"][mode]["n"] == 150
     again, status = run_job(RagIndexSpec(top_k=5, questions=""))
-    assert status.state == "succeeded" and json.loads((again / "result.json").read_text())["folder"] == result["folder"]
+    assert status.state == "succeeded" and read_result(again)["folder"] == result["folder"]
 
 
 def test_raft_builder_writes_a_chat_dataset_the_train_and_template_pages_read(workspace, tiny_llama_dir):
@@ -90,7 +91,7 @@ def test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions(worksp
                         bootstrap_samples=50)
     run_dir, status = run_job(spec)
     assert status.state == "succeeded", status.error
-    report = json.loads((run_dir / "raft_report.json").read_text())
+    report = read_result(run_dir)
     assert report["n"] == 4 and [m["role"] for m in report["models"]] == ["base", "sft", "raft"]
     for model in report["models"]:
         for condition in CONDITIONS:

@@ -9,9 +9,10 @@ share at least `overlap` tokens).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from core.rag.corpus import Document
 
@@ -38,7 +39,7 @@ class Chunk:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Chunk":
+    def from_dict(cls, data: dict) -> Chunk:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from core.evaluate.stats import mean_interval, paired_delta_interval
 from core.rag.chunking import Chunk
@@ -189,6 +189,24 @@ def verdict(comparisons: dict, labels: dict[str, str]) -> dict:
     return {"verdict": label, "headline": headline, "reasons": reasons, "advice": VERDICT_ADVICE[label]}
 
 
+def report_table(report: dict) -> list[dict]:
+    """One row per model and condition: each metric as "value% [low, high]"."""
+    return [{"model": model["label"], "condition": CONDITION_LABELS[c], **{METRIC_LABELS[m]: _cell(model["metrics"][c][m]) for m in METRICS}}
+            for model in report["models"] for c in CONDITIONS]
+
+
+def delta_table(report: dict) -> list[dict]:
+    """One row per comparison and condition: paired differences in points with their 95% intervals."""
+    names = {m["role"]: m["label"] for m in report["models"]}
+    return [{"comparison": f"{names[comp['a']]} − {names[comp['b']]}", "condition": CONDITION_LABELS[c],
+             **{f"Δ {METRIC_LABELS[m]}": _delta_cell(comp[c][m]) for m in METRICS}}
+            for comp in report["comparisons"].values() for c in CONDITIONS]
+
+
+def _delta_cell(interval: dict) -> str:
+    return f"{interval['value']:+.0f} [{interval['low']:+.0f}, {interval['high']:+.0f}]"
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# RAFT evaluation — {report['verdict']['headline']}", "",
              f"{report['n']} held-out questions · k = {report['settings']['k']} documents · distractors: {report['settings']['distractors']}", "",
@@ -197,6 +215,10 @@ def render_markdown(report: dict) -> str:
         for condition in CONDITIONS:
             cells = [_cell(model["metrics"][condition][m]) for m in METRICS]
             lines.append(f"| {model['label']} | {CONDITION_LABELS[condition]} | " + " | ".join(cells) + " |")
+    if report["comparisons"]:
+        lines += ["", "| comparison | condition | " + " | ".join(f"Δ {METRIC_LABELS[m]}" for m in METRICS) + " |", "|---|---|---|---|---|"]
+        lines += [f"| {row['comparison']} | {row['condition']} | " + " | ".join(row[f"Δ {METRIC_LABELS[m]}"] for m in METRICS) + " |"
+                  for row in delta_table(report)]
     lines += ["", f"**Verdict: {report['verdict']['verdict']}**", ""] + [f"- {r}" for r in report["verdict"]["reasons"]]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"

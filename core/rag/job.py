@@ -6,10 +6,12 @@ import gc
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from core.generation import Stopped, greedy_chat_answers
 from core.models import LoadedModel, ModelLoadError, ModelSource, load_model
 from core.rag.corpus import Corpus, CorpusError, load_corpus
 from core.rag.evaluation import CONDITION_LABELS, CONDITIONS, ROLE_LABELS, conversations, eval_items, summarize
@@ -29,21 +31,9 @@ from core.rag.raft import (
     split_heldout,
     write_dataset,
 )
-from core.rag.spec import RagIndexSpec, RaftEvalSpec, RaftSpec, resolve_path
+from core.rag.spec import RaftEvalSpec, RaftSpec, RagIndexSpec, resolve_path
 from core.runs.jobs import JobContext, JobError
 from core.workspace import read_json
-
-RESULT_FILE = "result.json"
-REPORT_FILE = "raft_report.json"
-
-
-def _spec(cls: type, spec: Any) -> Any:
-    if isinstance(spec, cls):
-        return spec
-    try:
-        return cls.from_dict(spec)
-    except (TypeError, ValueError) as exc:
-        raise JobError(f"invalid {cls.kind} spec: {exc}") from exc
 
 
 def _corpus(path: str) -> Corpus:
@@ -73,19 +63,16 @@ def _load(source: ModelSource) -> LoadedModel:
 
 def greedy_replies(ctx: JobContext, loaded: LoadedModel, chats: Sequence[list[dict]], *, max_new_tokens: int, batch_size: int,
                    on_progress=None) -> list[str]:
-    """Greedy replies through the batched generation path that Evaluate uses (left padding, one prompt layout)."""
-    from core.evaluate import scoring
-
-    prompts = [scoring.prompt_ids(chat, loaded.tokenizer) for chat in chats]
-    return scoring.generate_answers(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    should_stop=lambda: ctx.stop_requested, on_progress=on_progress)
+    """Greedy replies through the one generation path (`core.generation`), stoppable between batches."""
+    return greedy_chat_answers(loaded, chats, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               should_stop=lambda: ctx.stop_requested, on_progress=on_progress)
 
 
 # ---------------------------------------------------------------- rag_index
 
 
 def run_index(ctx: JobContext) -> dict:
-    spec = _spec(RagIndexSpec, ctx.spec)
+    spec: RagIndexSpec = ctx.spec
     corpus = _corpus(spec.documents)
     index = _index(ctx, corpus, spec.chunk_tokens, spec.overlap, 0.7)
     result = {"index": index.manifest, "folder": str(index.folder), "retrieval": {}, "notes": list(corpus.notes)}
@@ -109,7 +96,7 @@ def run_index(ctx: JobContext) -> dict:
                                                   "misses_at_1": misses[:25]}
             ctx.metrics(mode=mode, **{k: v for k, v in recall.items() if k != "n"})
         result["questions"] = {"path": str(resolve_path(spec.questions)), "count": len(questions), "with_gold": sum(bool(g) for g in golds)}
-    ctx.write_json(RESULT_FILE, result)
+    ctx.write_result(result)
     return {"chunks": len(index), "recall": {m: {k: v for k, v in r.items() if k.startswith("recall")} for m, r in result["retrieval"].items()}}
 
 
@@ -142,7 +129,7 @@ def _generated_questions(ctx: JobContext, spec: RaftSpec, index: RagIndex) -> tu
 
 
 def run_raft(ctx: JobContext) -> dict:
-    spec = _spec(RaftSpec, ctx.spec)
+    spec: RaftSpec = ctx.spec
     started = time.time()
     settings = RaftSettings(spec.k, spec.distractor_only_fraction, spec.distractors, spec.absent_target, spec.seed)
     for name in [spec.name] + ([f"{spec.name}-sft"] if spec.also_sft else []):
@@ -151,7 +138,10 @@ def run_raft(ctx: JobContext) -> dict:
     corpus = _corpus(spec.documents)
     index = _index(ctx, corpus, spec.chunk_tokens, spec.overlap, 0.3)
     if spec.question_source == "generate":
-        questions, question_info = _generated_questions(ctx, spec, index)
+        try:
+            questions, question_info = _generated_questions(ctx, spec, index)
+        except Stopped:
+            return {"stopped": True}
     else:
         path = resolve_path(spec.questions)
         try:
@@ -192,7 +182,7 @@ def run_raft(ctx: JobContext) -> dict:
     result = {"dataset": str(folder), "sft_dataset": str(sft_folder) if sft_folder else None, "counts": counts, "heldout": len(heldout),
               "questions": question_info, "index": index_info, "skipped": {k: v[:20] for k, v in build.skipped.items()},
               "example": build.rows[0], "seconds": round(time.time() - started, 2)}
-    ctx.write_json(RESULT_FILE, result)
+    ctx.write_result(result)
     return {"dataset": str(folder), "examples": counts["examples"], "distractor_only": counts["distractor_only"], "heldout": len(heldout)}
 
 
@@ -250,7 +240,7 @@ def _check_changes_model(base_probe: Any, loaded: LoadedModel, role: str, source
 def run_raft_eval(ctx: JobContext) -> dict:
     from core.evaluate import scoring
 
-    spec = _spec(RaftEvalSpec, ctx.spec)
+    spec: RaftEvalSpec = ctx.spec
     started = time.time()
     folder = resolve_dataset(spec.dataset)
     manifest = read_json(folder / MANIFEST_FILE) or {}
@@ -298,7 +288,7 @@ def run_raft_eval(ctx: JobContext) -> dict:
             try:
                 replies[role][condition] = greedy_replies(ctx, loaded, conversations(items, condition), max_new_tokens=spec.max_new_tokens,
                                                           batch_size=spec.batch_size, on_progress=advance)
-            except scoring.Stopped:
+            except Stopped:
                 return {"stopped": True}
         del loaded
         gc.collect()
@@ -312,6 +302,6 @@ def run_raft_eval(ctx: JobContext) -> dict:
                "wall_seconds": round(time.time() - started, 2)}
     for model in report["models"]:
         ctx.metrics(model=model["label"], **{f"{c}_{m}": v["value"] for c, ms in model["metrics"].items() for m, v in ms.items()})
-    ctx.write_json(REPORT_FILE, report)
+    ctx.write_result(report)
     ctx.log.info("%s", report["verdict"]["headline"])
-    return {"report": REPORT_FILE, "verdict": report["verdict"]["verdict"], "n": report["n"], "wall_seconds": report["wall_seconds"]}
+    return {"verdict": report["verdict"]["verdict"], "n": report["n"], "wall_seconds": report["wall_seconds"]}

@@ -20,7 +20,7 @@ no document holds it.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from core import metrics
 

@@ -18,10 +18,10 @@ import json
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
 from core import metrics
 from core.rag.chunking import Chunk
@@ -131,7 +131,7 @@ def choose_distractors(question: Question, gold: set[str], chunks: Sequence[Chun
                        ranked: Sequence[str] = ()) -> list[Chunk]:
     """n chunks that are not gold and do not hold the answer: the best-ranked ones (hard) or a random draw."""
     by_id = {c.id: c for c in chunks}
-    usable = lambda c: c.id not in gold and not _holds_answer(c, question.answer)  # noqa: E731
+    usable = lambda c: c.id not in gold and not _holds_answer(c, question.answer)
     if rule == "hard":
         picked = [by_id[i] for i in ranked if i in by_id and usable(by_id[i])][:n]
         if len(picked) < n:  # a short ranking is topped up at random
@@ -263,7 +263,7 @@ def write_dataset(name: str, rows: Sequence[dict], manifest_extra: dict, sidecar
     if target.exists() and not overwrite:
         raise FileExistsError(f"a dataset named {target.name!r} already exists in {target.parent}; pick another name or overwrite it")
     data = _jsonl(rows)
-    manifest = {"schema": MANIFEST_SCHEMA, "name": target.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    manifest = {"schema": MANIFEST_SCHEMA, "name": target.name, "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "rows": len(rows), "data": {"file": DATA_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
                 **manifest_extra}
 

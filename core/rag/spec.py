@@ -13,16 +13,12 @@ from core.models import ModelSource
 from core.rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from core.rag.index import MODES
 from core.rag.raft import ABSENT_TARGETS, DISTRACTOR_RULES
-from core.runs.spec import check_limits, spec_from_dict
+from core.runs.spec import check_limits, meta, spec_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DOCUMENTS = "assets/handbook/docs"
 DEMO_QUESTIONS = "assets/handbook/questions.jsonl"
 QUESTION_SOURCES = ("file", "generate")
-
-
-def _meta(help: str, group: str = "general", advanced: bool = False, **limits: Any) -> dict:
-    return {"help": help, "group": group, "advanced": advanced, **limits}
 
 
 def resolve_path(text: str) -> Path:
@@ -32,12 +28,12 @@ def resolve_path(text: str) -> Path:
 
 
 def _chunk_tokens_field() -> Any:
-    return field(default=DEFAULT_CHUNK_TOKENS, metadata=_meta(
+    return field(default=DEFAULT_CHUNK_TOKENS, metadata=meta(
         "Chunk length in the retriever's tokens (all-MiniLM-L6-v2 reads at most 256).", "retrieval", min=8, max=256))
 
 
 def _overlap_field() -> Any:
-    return field(default=DEFAULT_OVERLAP, metadata=_meta(
+    return field(default=DEFAULT_OVERLAP, metadata=meta(
         "Tokens shared by consecutive chunks (a sentence cut at one boundary is whole in the next chunk).", "retrieval", min=0, max=255))
 
 
@@ -45,14 +41,14 @@ def _overlap_field() -> Any:
 class RagIndexSpec:
     kind: ClassVar[str] = "rag_index"
 
-    name: str = field(default="", metadata=_meta("A short name for the run folder."))
-    documents: str = field(default=DEMO_DOCUMENTS, metadata=_meta(
+    name: str = field(default="", metadata=meta("A short name for the run folder."))
+    documents: str = field(default=DEMO_DOCUMENTS, metadata=meta(
         "A folder of .txt / .md / .pdf files, one such file, or a JSONL of {id, title, text}.", "data"))
-    questions: str = field(default=DEMO_QUESTIONS, metadata=_meta(
+    questions: str = field(default=DEMO_QUESTIONS, metadata=meta(
         "Optional JSONL of {question, answer, gold_chunk_ids | evidence [+ doc_id]}: measures retrieval recall@k. Empty = index only.", "data"))
     chunk_tokens: int = _chunk_tokens_field()
     overlap: int = _overlap_field()
-    top_k: int = field(default=5, metadata=_meta("Recall is measured at 1 and at this k.", "retrieval", min=1, max=100))
+    top_k: int = field(default=5, metadata=meta("Recall is measured at 1 and at this k.", "retrieval", min=1, max=100))
 
     def __post_init__(self) -> None:
         check_limits(self)
@@ -60,7 +56,7 @@ class RagIndexSpec:
             raise ValueError(f"overlap ({self.overlap}) must be below chunk_tokens ({self.chunk_tokens})")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RagIndexSpec":
+    def from_dict(cls, data: dict) -> RagIndexSpec:
         return spec_from_dict(cls, data)
 
 
@@ -68,39 +64,39 @@ class RagIndexSpec:
 class RaftSpec:
     kind: ClassVar[str] = "raft"
 
-    name: str = field(default="handbook-raft", metadata=_meta("Name of the dataset written to the workspace (datasets/<name>/)."))
-    documents: str = field(default=DEMO_DOCUMENTS, metadata=_meta(
+    name: str = field(default="handbook-raft", metadata=meta("Name of the dataset written to the workspace (datasets/<name>/)."))
+    documents: str = field(default=DEMO_DOCUMENTS, metadata=meta(
         "A folder of .txt / .md / .pdf files, one such file, or a JSONL of {id, title, text}.", "data"))
-    question_source: str = field(default="file", metadata=_meta(
+    question_source: str = field(default="file", metadata=meta(
         "`file`: your own question / answer / gold rows; `generate`: a model writes one question per chunk.", "data", choices=QUESTION_SOURCES))
-    questions: str = field(default=DEMO_QUESTIONS, metadata=_meta(
+    questions: str = field(default=DEMO_QUESTIONS, metadata=meta(
         "JSONL of {question, answer, gold_chunk_ids | evidence [+ doc_id]} (question_source = file).", "data"))
-    model: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=_meta(
+    model: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=meta(
         "The model the set is built for, as a model-source dict: its tokenizer measures the rows (the Train page's max_length); "
         "with question_source = generate it also writes one question per chunk.", "data"))
-    max_chunks: int = field(default=0, metadata=_meta("Chunks to write questions for (a seeded sample; 0 = every chunk).", "data",
+    max_chunks: int = field(default=0, metadata=meta("Chunks to write questions for (a seeded sample; 0 = every chunk).", "data",
                                                       advanced=True, min=0, max=1_000_000))
-    heldout_fraction: float = field(default=0.2, metadata=_meta(
+    heldout_fraction: float = field(default=0.2, metadata=meta(
         "Share of the questions kept out of the dataset for the RAFT evaluation (heldout.jsonl).", "data", min=0.0, max=0.9))
     chunk_tokens: int = _chunk_tokens_field()
     overlap: int = _overlap_field()
-    k: int = field(default=4, metadata=_meta("Documents in each example's prompt: the oracle + k-1 distractors (or k distractors).",
+    k: int = field(default=4, metadata=meta("Documents in each example's prompt: the oracle + k-1 distractors (or k distractors).",
                                              "raft", min=2, max=20))
-    distractor_only_fraction: float = field(default=0.2, metadata=_meta(
+    distractor_only_fraction: float = field(default=0.2, metadata=meta(
         "P: share of the examples whose documents are distractors only (no oracle).", "raft", min=0.0, max=1.0))
-    distractors: str = field(default="hard", metadata=_meta(
+    distractors: str = field(default="hard", metadata=meta(
         "`hard`: the best-ranked other chunks of a retrieval for the question; `random`: any other chunks.", "raft", choices=DISTRACTOR_RULES))
-    retrieval_mode: str = field(default="hybrid", metadata=_meta("Retriever for hard negatives.", "raft", advanced=True, choices=MODES))
-    absent_target: str = field(default="abstain", metadata=_meta(
+    retrieval_mode: str = field(default="hybrid", metadata=meta("Retriever for hard negatives.", "raft", advanced=True, choices=MODES))
+    absent_target: str = field(default="abstain", metadata=meta(
         "Target without the oracle: `abstain` (\"not in the documents\") or `answer` (answer anyway, as in the RAFT paper).",
         "raft", choices=ABSENT_TARGETS))
-    also_sft: bool = field(default=True, metadata=_meta(
+    also_sft: bool = field(default=True, metadata=meta(
         "Also write <name>-sft: the same training questions as plain question → answer rows, the SFT baseline of the evaluation.", "raft"))
-    overwrite: bool = field(default=False, metadata=_meta("Replace datasets of the same name.", "raft", advanced=True))
-    max_new_tokens: int = field(default=96, metadata=_meta("Longest generated question + answer (question_source = generate).",
+    overwrite: bool = field(default=False, metadata=meta("Replace datasets of the same name.", "raft", advanced=True))
+    max_new_tokens: int = field(default=96, metadata=meta("Longest generated question + answer (question_source = generate).",
                                                            "generation", advanced=True, min=8, max=1024))
-    batch_size: int = field(default=8, metadata=_meta("Prompts per generation batch.", "generation", advanced=True, min=1, max=256))
-    seed: int = field(default=0, metadata=_meta("Seed for the split, the distractor-only share, distractors and positions.",
+    batch_size: int = field(default=8, metadata=meta("Prompts per generation batch.", "generation", advanced=True, min=1, max=256))
+    seed: int = field(default=0, metadata=meta("Seed for the split, the distractor-only share, distractors and positions.",
                                                 min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
@@ -114,7 +110,7 @@ class RaftSpec:
         ModelSource.from_dict(self.model)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RaftSpec":
+    def from_dict(cls, data: dict) -> RaftSpec:
         return spec_from_dict(cls, data)
 
 
@@ -122,20 +118,20 @@ class RaftSpec:
 class RaftEvalSpec:
     kind: ClassVar[str] = "raft_eval"
 
-    name: str = field(default="", metadata=_meta("A short name for the run folder."))
-    dataset: str = field(default="handbook-raft", metadata=_meta(
+    name: str = field(default="", metadata=meta("A short name for the run folder."))
+    dataset: str = field(default="handbook-raft", metadata=meta(
         "The RAFT dataset (workspace name or folder): its held-out questions, documents and settings are evaluated.", "data"))
-    base: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=_meta(
+    base: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=meta(
         "The base model, as a model-source dict; SFT / RAFT adapters go on top of it.", "models"))
-    sft_model: str = field(default="", metadata=_meta(
+    sft_model: str = field(default="", metadata=meta(
         "The plain SFT model: an adapter folder (on the base) or a model folder. Empty = not compared.", "models"))
-    raft_model: str = field(default="", metadata=_meta("The RAFT model: an adapter folder (on the base) or a model folder.", "models"))
-    samples: int = field(default=0, metadata=_meta("Held-out questions to evaluate (a seeded sample; 0 = all).", "data", min=0, max=100_000))
-    max_new_tokens: int = field(default=80, metadata=_meta("Longest reply in tokens (greedy).", "generation", min=4, max=4096))
-    batch_size: int = field(default=8, metadata=_meta("Prompts per generation batch.", "generation", advanced=True, min=1, max=256))
-    bootstrap_samples: int = field(default=1000, metadata=_meta("Bootstrap resamples for the 95% intervals (0 = none).", "verdict",
+    raft_model: str = field(default="", metadata=meta("The RAFT model: an adapter folder (on the base) or a model folder.", "models"))
+    samples: int = field(default=0, metadata=meta("Held-out questions to evaluate (a seeded sample; 0 = all).", "data", min=0, max=100_000))
+    max_new_tokens: int = field(default=80, metadata=meta("Longest reply in tokens (greedy).", "generation", min=4, max=4096))
+    batch_size: int = field(default=8, metadata=meta("Prompts per generation batch.", "generation", advanced=True, min=1, max=256))
+    bootstrap_samples: int = field(default=1000, metadata=meta("Bootstrap resamples for the 95% intervals (0 = none).", "verdict",
                                                                 min=0, max=100_000))
-    seed: int = field(default=0, metadata=_meta("Seed for the sample, the distractors and the bootstrap.", min=0, max=2**31 - 1))
+    seed: int = field(default=0, metadata=meta("Seed for the sample, the distractors and the bootstrap.", min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
         check_limits(self)
@@ -148,5 +144,5 @@ class RaftEvalSpec:
         return ModelSource.from_dict(self.base)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RaftEvalSpec":
+    def from_dict(cls, data: dict) -> RaftEvalSpec:
         return spec_from_dict(cls, data)

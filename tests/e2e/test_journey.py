@@ -243,3 +243,37 @@ def test_sequence_level_distillation_then_train_the_student(page: Page, app_url:
     page.get_by_role("button", name=re.compile("Start training")).click()
     settle(page)
     expect(finished(page)).to_be_visible(timeout=600_000)
+
+
+# ---------------------------------------------------------------- issue 15: RAG / RAFT
+
+
+def test_build_a_raft_set_from_the_demo_handbook(page: Page, app_url: str):
+    """RAG / RAFT: index the demo handbook (recall table), build a RAFT set from it, see its mask on Template,
+    and hand it to the Train page with a max_length that holds its rows."""
+    page.goto(app_url)
+    settle(page)
+    go(page, "RAG / RAFT")
+    page.get_by_role("button", name=re.compile("Index and measure retrieval")).click()
+    settle(page)
+    expect(page.get_by_text(re.compile(r"30 documents → 79 chunks"))).to_be_visible(timeout=300_000)
+    settle(page)
+    expect(page.get_by_text("Hybrid (dense + BM25, rank fusion)").first).to_be_visible()
+
+    page.get_by_role("tab", name=re.compile("Build a RAFT set")).click()
+    page.get_by_role("button", name=re.compile("Build the RAFT set")).click()
+    settle(page)
+    expect(page.get_by_text(re.compile(r"Saved handbook-raft: 120 examples \(24 distractor-only\), 30 held-out"))).to_be_visible(timeout=300_000)
+    settle(page)
+    snapshot(page, "raft")
+    page.get_by_role("button", name=re.compile("See its mask on the Template page")).click()
+    settle(page)
+    expect(page.locator(".tpl-chip.trained").first).to_be_visible(timeout=60_000)
+    trained = " ".join(page.locator(".tpl-chip.trained").all_inner_texts())
+    assert "begin" in trained and "quote" in trained, trained[:300]  # the cite-then-answer turn is what is trained
+
+    go(page, "RAG / RAFT")
+    page.get_by_role("tab", name=re.compile("Build a RAFT set")).click()
+    page.get_by_role("button", name=re.compile("Train RAFT on it")).click()
+    settle(page)
+    expect(page.get_by_text(re.compile(r"Prefilled from the RAG / RAFT page.s recipe: dataset=.*handbook-raft"))).to_be_visible()
