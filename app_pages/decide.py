@@ -12,7 +12,7 @@ from core import decide, memory
 from core.models import ModelLoadError
 from core.rag.spec import DEMO_DOCUMENTS
 from core.runs.jobs import read_result
-from pages_common import active_model_source, cached_arch, cached_hardware, live_run, run_selector, start_run
+from pages_common import active_model_source, cached_arch, cached_hardware, live_run, run_selector, start_run, upload_digest
 
 
 def model_for_check() -> memory.ModelArch | None:
@@ -90,7 +90,7 @@ def baseline_spec() -> decide.BaselineSpec | None:
     path, scorer, documents = EVAL_SETS[origin]
     if origin == "Upload a file":
         upload = st.file_uploader("JSONL / JSON / CSV / Parquet with prompts and reference answers (or question / answer rows)", key="decide_upload")
-        path = str(decide.save_eval_upload(upload.name, upload.getvalue())) if upload else ""
+        path = str(decide.save_eval_upload(upload.name, upload.getvalue(), upload_digest(upload))) if upload else ""
     c1, c2, c3 = st.columns(3)
     docs = c1.radio("Documents for the RAG condition", DOCUMENTS, index=DOCUMENTS.index(documents), key=f"decide_docs_{origin[:8]}")
     folder = {"Demo handbook documents": DEMO_DOCUMENTS, "No documents (no RAG)": ""}.get(docs)

@@ -501,14 +501,15 @@ def load_eval_rows(path: Any, limit: int | None = None) -> list[dict]:
     return loaded.rows
 
 
-def save_eval_upload(name: str, data: bytes) -> Any:
+def save_eval_upload(name: str, data: bytes, digest: str | None = None) -> Any:
     """An uploaded eval file kept in the workspace (uploads/<hash>-<name>) so a baseline job can read it; the same
-    bytes are written once."""
+    bytes are written once (digest: their sha256 when the caller already has it)."""
     import hashlib
 
     from core.workspace import atomic_write_bytes, safe_name, subdir
 
-    path = subdir("uploads") / f"{hashlib.sha256(data).hexdigest()[:12]}-{safe_name(name, default='eval.jsonl')}"
+    digest = digest or hashlib.sha256(data).hexdigest()
+    path = subdir("uploads") / f"{digest[:12]}-{safe_name(name, default='eval.jsonl')}"
     return path if path.is_file() else atomic_write_bytes(path, data)
 
 
