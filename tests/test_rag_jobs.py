@@ -102,8 +102,37 @@ def test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions(worksp
     assert report["settings"]["k"] == 3 and len(report["examples"]) == 4
     assert set(report["examples"][0]["replies"]["raft"]) == set(CONDITIONS)
     assert read_status(run_dir).result["verdict"] == report["verdict"]["verdict"]
+    show_the_report_on_the_page(tiny_llama_dir)
+
+    # the job's two refusals, checked in process (a worker each would cost seconds, not more proof)
+    from core.evaluate import scoring
+    from core.models import ModelSource
+    from core.rag.job import _check_changes_model, _load, resolve_dataset
+    from core.runs.jobs import JobError
+
+    base_source = ModelSource.from_dict(base)
     untrained = make_adapter(tiny_llama_dir, tmp_path / "zero", trained=False, seed=3)
-    _, failed = run_job(RaftEvalSpec(dataset="ev", base=base, raft_model=str(untrained), samples=2, max_new_tokens=4))
-    assert failed.state == "failed" and "adapter not applied" in failed.error
-    _, missing = run_job(RaftEvalSpec(dataset="no-such-set", base=base, raft_model=str(raft)))
-    assert missing.state == "failed" and "dataset not found" in missing.error
+    base_loaded = _load(base_source)
+    probe = scoring.probe_logits(base_loaded.model, base_loaded.tokenizer)
+    with pytest.raises(JobError, match="adapter not applied"):
+        _check_changes_model(probe, _load(base_source.with_adapter(str(untrained))), "raft", base_source.with_adapter(str(untrained)))
+    _check_changes_model(probe, _load(base_source.with_adapter(str(raft))), "raft", base_source.with_adapter(str(raft)))
+    with pytest.raises(JobError, match="dataset not found"):
+        resolve_dataset("no-such-set")
+
+
+def show_the_report_on_the_page(tiny_llama_dir) -> None:
+    """The RAG / RAFT page's Evaluate tab opens on the finished report (its AppTest: one eval run serves both)."""
+    from test_rag_page import _open
+
+    at = _open(tiny_llama_dir)
+    assert at.selectbox(key="raft_eval_dataset").value == "ev"
+    assert any(s.label == "RAFT evaluation" for s in at.selectbox)
+    tables = [d.value for d in at.dataframe]
+    metrics = next(t for t in tables if "quote from oracle" in t.columns)
+    assert list(metrics["model"]) == [m for m in ("base + RAG", "SFT + RAG", "RAFT + RAG") for _ in range(2)]
+    assert list(metrics["condition"]) == ["oracle + distractors", "distractors only"] * 3
+    assert any("Δ accuracy" in t.columns for t in tables)
+    headline = [b.value for b in (*at.success, *at.warning, *at.error) if b.value.startswith("**RAFT")]
+    assert headline, "no verdict box"
+    assert {b.label for b in at.download_button} >= {"⬇ Markdown", "⬇ JSON"}

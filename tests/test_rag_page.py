@@ -65,23 +65,5 @@ def test_raft_tab_builds_a_set_and_hands_it_to_train_and_template(workspace, tin
     assert at.number_input(key="train_form_max_length").value == recipe["max_length"]
 
 
-def test_evaluate_tab_shows_a_report(workspace, tiny_llama_dir, tmp_path):
-    from test_rag_jobs import make_adapter, run_job
-
-    from core.rag.spec import RaftEvalSpec, RaftSpec
-
-    base = {"kind": "local", "ref": str(tiny_llama_dir)}
-    assert run_job(RaftSpec(name="pg", model=base, k=3, also_sft=False))[1].state == "succeeded"
-    raft = make_adapter(tiny_llama_dir, tmp_path / "raft", trained=True, seed=4)
-    run_dir, status = run_job(RaftEvalSpec(dataset="pg", base=base, raft_model=str(raft), samples=3, max_new_tokens=4, bootstrap_samples=20))
-    assert status.state == "succeeded", status.error
-    at = _open(tiny_llama_dir)
-    assert at.selectbox(key="raft_eval_dataset").value == "pg"
-    assert any(s.label == "RAFT evaluation" for s in at.selectbox)
-    tables = [d.value for d in at.dataframe]
-    metrics = next(t for t in tables if "quote from oracle" in t.columns)
-    assert list(metrics["model"]) == ["base + RAG", "base + RAG", "RAFT + RAG", "RAFT + RAG"]
-    assert list(metrics["condition"]) == ["oracle + distractors", "distractors only"] * 2
-    assert any("Δ accuracy" in t.columns for t in tables)
-    headline = [b.value for b in (*at.success, *at.warning, *at.error) if b.value.startswith("**RAFT")]
-    assert headline, "no verdict box"
+# The Evaluate tab's AppTest is test_rag_jobs.show_the_report_on_the_page: it opens the page on the report that
+# test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions made (one evaluation run serves both).

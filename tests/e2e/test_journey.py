@@ -253,7 +253,7 @@ def test_build_a_raft_set_from_the_demo_handbook(page: Page, app_url: str):
     and hand it to the Train page with a max_length that holds its rows."""
     page.goto(app_url)
     settle(page)
-    go(page, "RAG / RAFT")
+    go(page, "RAG")  # a "/" in the name breaks Playwright's regex selector
     page.get_by_role("button", name=re.compile("Index and measure retrieval")).click()
     settle(page)
     expect(page.get_by_text(re.compile(r"30 documents → 79 chunks"))).to_be_visible(timeout=300_000)
@@ -272,7 +272,7 @@ def test_build_a_raft_set_from_the_demo_handbook(page: Page, app_url: str):
     trained = " ".join(page.locator(".tpl-chip.trained").all_inner_texts())
     assert "begin" in trained and "quote" in trained, trained[:300]  # the cite-then-answer turn is what is trained
 
-    go(page, "RAG / RAFT")
+    go(page, "RAG")  # a "/" in the name breaks Playwright's regex selector
     page.get_by_role("tab", name=re.compile("Build a RAFT set")).click()
     page.get_by_role("button", name=re.compile("Train RAFT on it")).click()
     settle(page)
