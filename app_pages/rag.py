@@ -15,7 +15,7 @@ from core.rag.raft import MANIFEST_FILE
 from core.rag.spec import DEMO_DOCUMENTS, DEMO_QUESTIONS, RaftEvalSpec, RaftSpec, RagIndexSpec
 from core.runs import list_runs, read_result
 from core.workspace import datasets_dir, read_json
-from pages_common import active_model_source, live_run, run_selector, spec_form, start_run
+from pages_common import active_model_source, live_run, model_picker, run_selector, spec_form, start_run
 
 VERDICT_BOX = {"better": st.success, "worse": st.error, "no clear difference": st.warning}
 
@@ -108,17 +108,21 @@ def render_raft(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 - 
 def raft_tab() -> None:
     documents, questions = sources("raft")
     values = spec_form(RaftSpec, {"documents": documents, "questions": questions}, "raft_form",
-                       skip=("documents", "questions", "model", "max_new_tokens", "batch_size"))
+                       skip=("documents", "questions", "model", "question_model", "max_new_tokens", "batch_size"))
+    writer = None
+    if values.get("question_source") == "generate":
+        writer = model_picker("Model that writes the questions", "raft_writer",
+                              help="One question per chunk, kept only when its answer is in the chunk. A larger instruction model writes better ones.")
     if st.button("▶ Build the RAFT set", key="raft_start", type="primary"):
         try:
-            spec = RaftSpec.from_dict({**values, "documents": documents, "questions": questions, "model": active_model_source().as_dict()})
+            spec = RaftSpec.from_dict({**values, "documents": documents, "questions": questions, "model": active_model_source().as_dict(),
+                                       "question_model": writer.as_dict() if writer is not None else {}})
         except ValueError as exc:
             st.error(f"Check the form: {exc}")
             return
         start_run(spec, "raft_run")
         st.rerun()
-    st.caption(f"The active model ({active_model_source().label}) measures the rows' length and, when question_source is "
-               "`generate`, writes one question per chunk.")
+    st.caption(f"The active model ({active_model_source().label}) is the one the set is built for: its tokenizer measures the rows.")
     run_dir = run_selector("raft", "raft_run", "RAFT build")
     if run_dir is not None:
         live_run(run_dir, render_raft)

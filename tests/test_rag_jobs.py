@@ -73,12 +73,15 @@ def test_raft_builder_writes_a_chat_dataset_the_train_and_template_pages_read(wo
 
 
 def test_raft_builder_with_generated_questions_reports_what_it_rejected(workspace, tiny_llama_dir):
-    spec = RaftSpec(name="gen", question_source="generate", model={"kind": "local", "ref": str(tiny_llama_dir)}, max_chunks=3,
-                    max_new_tokens=12, also_sft=False)
+    # the set is built for the embedded model (its tokenizer); the questions are written by the model the user picked
+    writer = {"kind": "local", "ref": str(tiny_llama_dir)}
+    spec = RaftSpec(name="gen", question_source="generate", question_model=writer, max_chunks=3, max_new_tokens=12, also_sft=False)
+    assert spec.question_source_model.ref == str(tiny_llama_dir) and RaftSpec(model=writer).question_source_model.ref == str(tiny_llama_dir)
     run_dir, status = run_job(spec)
     assert status.state == "failed" and "no usable questions" in status.error  # a random 2-layer model writes no JSON
     assert "no JSON object" in status.error or "answer not found" in status.error
-    assert "generated 0 usable questions from 3 chunks" in (run_dir / "worker.log").read_text()
+    log = (run_dir / "worker.log").read_text()
+    assert "generated 0 usable questions from 3 chunks" in log and f"{tiny_llama_dir.name} to write questions" in log, log[-2000:]
 
 
 def test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions(workspace, tiny_llama_dir, tmp_path):

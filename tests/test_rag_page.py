@@ -49,6 +49,10 @@ def test_index_tab_measures_recall_and_answers_a_query(workspace, tiny_llama_dir
 
 def test_raft_tab_builds_a_set_and_hands_it_to_train_and_template(workspace, tiny_llama_dir):
     at = _open(tiny_llama_dir)
+    at.selectbox(key="raft_form_question_source").set_value("generate").run()
+    assert at.selectbox(key="raft_writer_choice").label == "Model that writes the questions"  # only for generated questions
+    at.selectbox(key="raft_form_question_source").set_value("file").run()
+    assert not [s for s in at.selectbox if s.key == "raft_writer_choice"]
     at.number_input(key="raft_form_k").set_value(3).run()
     at.number_input(key="raft_form_distractor_only_fraction").set_value(0.25).run()
     at.button(key="raft_start").click().run()

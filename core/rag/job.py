@@ -107,7 +107,7 @@ def _generated_questions(ctx: JobContext, spec: RaftSpec, index: RagIndex) -> tu
     chunks = list(index.chunks)
     if spec.max_chunks and spec.max_chunks < len(chunks):
         chunks = sorted(random.Random(spec.seed).sample(chunks, spec.max_chunks), key=lambda c: index.chunks.index(c))
-    source = ModelSource.from_dict(spec.model)
+    source = spec.question_source_model
     ctx.progress(0.3, f"loading {source.label} to write questions")
     loaded = _load(source)
     done = [0]

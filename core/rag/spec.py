@@ -74,6 +74,9 @@ class RaftSpec:
     model: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=meta(
         "The model the set is built for, as a model-source dict: its tokenizer measures the rows (the Train page's max_length); "
         "with question_source = generate it also writes one question per chunk.", "data"))
+    question_model: dict = field(default_factory=dict, metadata=meta(
+        "The model that writes the questions (question_source = generate), as a model-source dict; empty = `model`. "
+        "A larger instruction model writes better questions than the small one being trained.", "data", advanced=True))
     max_chunks: int = field(default=0, metadata=meta("Chunks to write questions for (a seeded sample; 0 = every chunk).", "data",
                                                       advanced=True, min=0, max=1_000_000))
     heldout_fraction: float = field(default=0.2, metadata=meta(
@@ -108,6 +111,12 @@ class RaftSpec:
         if not str(self.name).strip():
             raise ValueError("name: the dataset needs a name")
         ModelSource.from_dict(self.model)
+        if self.question_model:
+            ModelSource.from_dict(self.question_model)
+
+    @property
+    def question_source_model(self) -> ModelSource:
+        return ModelSource.from_dict(self.question_model or self.model)
 
     @classmethod
     def from_dict(cls, data: dict) -> RaftSpec:
