@@ -81,7 +81,7 @@ def test_raft_builder_with_generated_questions_reports_what_it_rejected(workspac
     assert status.state == "failed" and "no usable questions" in status.error  # a random 2-layer model writes no JSON
     assert "no JSON object" in status.error or "answer not found" in status.error
     log = (run_dir / "worker.log").read_text()
-    assert "generated 0 usable questions from 3 chunks" in log and f"{tiny_llama_dir.name} to write questions" in log, log[-2000:]
+    assert "generated 0 usable questions from 3 chunks" in log and f"writing questions with {tiny_llama_dir.name}" in log, log[-2000:]
 
 
 def test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions(workspace, tiny_llama_dir, tmp_path):

@@ -109,6 +109,7 @@ def _generated_questions(ctx: JobContext, spec: RaftSpec, index: RagIndex) -> tu
         chunks = sorted(random.Random(spec.seed).sample(chunks, spec.max_chunks), key=lambda c: index.chunks.index(c))
     source = spec.question_source_model
     ctx.progress(0.3, f"loading {source.label} to write questions")
+    ctx.log.info("writing questions with %s", source.label)
     loaded = _load(source)
     done = [0]
 
