@@ -54,7 +54,8 @@ def fill(page: Page, role: str, label: str, value) -> None:
 def test_every_page_opens(page: Page, app_url: str):
     page.goto(app_url)
     settle(page)
-    for title in ("Decide", "Budget", "Data", "Template", "Train", "Evaluate", "Chat", "Merge", "Prune", "Distill"):
+    for title in ("Decide", "Budget", "Data", "Template", "RAG", "Train", "Compare", "Evaluate", "Chat", "Merge", "Prune", "Distill",
+                  "Runs", "Export"):
         go(page, title)
         expect(page.locator("h1").first, f"{title} page has no title").to_be_visible()
     expect(page.locator("[data-testid='stSidebar']").get_by_text(re.compile("Active model"))).to_be_visible()
