@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_journey import go, settle  # noqa: E402 - the journey's own page helpers
+from steps import go, settle  # noqa: E402 - the journey's page helpers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 HUB_REPO = "tiny-org/tiny-llama"

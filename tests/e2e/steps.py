@@ -1,0 +1,54 @@
+"""The browser journey's page helpers, shared by every tests/e2e file (each file runs on one xdist worker)."""
+from __future__ import annotations
+
+import os
+import re
+
+from playwright.sync_api import Page, expect
+
+
+def snapshot(page: Page, name: str) -> None:
+    """With WORKBENCH_SCREENSHOTS=<folder>, keep a full-page PNG of this step (how docs/*.png are made)."""
+    folder = os.environ.get("WORKBENCH_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
+
+
+def settle(page: Page, timeout: float = 120_000) -> None:
+    """Wait until the script run finished (the running indicator is gone) and nothing raised."""
+    page.wait_for_selector("[data-testid='stAppViewContainer']")
+    page.wait_for_timeout(300)
+    expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=timeout)
+    exceptions = page.locator("[data-testid='stException']")
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+
+
+def go(page: Page, title: str) -> None:
+    """Switch page through the sidebar (keeps the session, unlike a new URL)."""
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=re.compile(title)).click()
+    settle(page)
+
+
+def fill(page: Page, role: str, label: str, value) -> None:
+    """Type into a text ("textbox") or number ("spinbutton") input and commit it with Enter."""
+    box = page.get_by_role(role, name=label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    settle(page)
+
+
+def ask_both_columns(page: Page, prompt: str) -> list[str]:
+    """Send one prompt from the Chat page; wait until both columns finished; their answers' text."""
+    box = page.get_by_placeholder("Ask all columns…")
+    box.fill(prompt)
+    box.press("Enter")
+    expect(page.get_by_text(re.compile(r"\d+ tokens · first token"))).to_have_count(2, timeout=300_000)
+    answers = page.locator("[data-testid='stChatMessage']").filter(has=page.locator("[data-testid='stChatMessageAvatarAssistant']"))
+    texts = [t.strip() for t in answers.all_inner_texts()]
+    assert len(texts) == 2 and all(len(t) > 10 for t in texts), texts
+    return texts
+
+
+def finished(page: Page):
+    """The run panel's status line once the job is done (not the word inside a picker label)."""
+    return page.locator("strong", has_text=re.compile(r"succeeded"))
