@@ -8,6 +8,7 @@
    the task gain of the same variant without replay.
 
     .venv/bin/python bench/distill_variants.py [--adapter RUN/adapter] [--teacher-steps 20] [--steps 20] [--eval-rows 16]
+                                               [--learning-rate 1e-4] [--max-new-tokens 64]
                                                [--replay 0.1 0.25] [--replay-variants sequence] [--budget-minutes 14]
 
 On a shared machine, run it in pieces: each call works at most --budget-minutes, then stops the job cleanly (the
@@ -37,6 +38,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per student (the matched budget)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-rows", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate of every student")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="on-policy: longest student answer per step")
     parser.add_argument("--replay", type=float, nargs="*", default=[0.1, 0.25])
     parser.add_argument("--replay-variants", nargs="*", default=["sequence"])
     parser.add_argument("--budget-minutes", type=float, default=14.0, help="stop this piece after this long (continue later)")
@@ -107,7 +110,8 @@ def comparison(args, state: dict, work: Path, adapter: str, deadline: float) -> 
         spec = {"kind": "distill_compare", "name": "bench", "teacher": {"kind": "embedded", "adapter": adapter},
                 "variants": ["sequence", "logit", "on_policy"], "replay_fractions": [0.0, *args.replay],
                 "replay_variants": args.replay_variants, "steps": args.steps, "batch_size": args.batch_size,
-                "max_rows": args.steps * args.batch_size, "eval_rows": args.eval_rows}  # every training row seen once
+                "max_rows": args.steps * args.batch_size, "eval_rows": args.eval_rows,  # every training row seen once
+                "learning_rate": args.learning_rate, "max_new_tokens": args.max_new_tokens}
         run_dir = runs.create_run_from_dict(spec)
         state["compare_run"] = str(run_dir)
         save(work, state)

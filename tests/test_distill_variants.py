@@ -282,6 +282,8 @@ def test_the_comparison_trains_every_variant_at_a_matched_budget_and_scores_it(w
         assert row["steps"] == 2 and row["rows_seen"] == 4 and row["wall_s"] > 0, row
         assert row["task_score"] is not None and row["general_score"] is not None and row["general_perplexity"] > 0
         assert 0 <= row["agreement"] <= 100 and 0 <= row["agreement_rouge_l"] <= 100 and row["task_gain"] is not None
+    for row in table.values():  # points, as on every other page (a fraction scaled twice read 7750 "points")
+        assert 0 <= row["task_score"] <= 100 and 0 <= row["general_score"] <= 100, row
     assert table["teacher"]["agreement"] == 100 and table["teacher"]["general_vs_teacher"] == 0
     assert table["sequence-level"]["teacher_s"] > 0 and table["logit"]["teacher_s"] == 0
     assert [r["student"] for r in result["replay"]] == ["logit + 25% replay"]

@@ -205,7 +205,7 @@ def comparison_table(report: dict, made: list[dict]) -> list[dict]:
     from core.transform_eval import model_scores
 
     reference = report["models"][0]["label"]
-    points = lambda v: None if v is None else round(100.0 * v, 1)  # noqa: E731 - scores are stored as fractions
+    points = lambda v: None if v is None else round(v, 1)  # noqa: E731 - the report's scores are points already
     teacher, untrained = model_scores(report, reference), model_scores(report, UNTRAINED)
     rows = []
     for info in [{"student": TEACHER, "variant": TEACHER, "replay": 0.0}, {"student": UNTRAINED, "variant": "none", "replay": 0.0}] + made:
