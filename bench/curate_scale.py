@@ -1,8 +1,11 @@
 """Curation at scale: exact / near de-duplication and decontamination, in process vs on Ray, on N rows.
 
-Data: the 5,000 real Alpaca rows repeated with 1-4 random word replacements per copy (deterministic,
-cheap to make: no similarity is measured here, bench/dedup.py does recall), plus exact copies and
-GSM8K / HumanEval leaks. Each engine runs in its own child process so that its peak memory is its own:
+Data (deterministic, cheap to make: no similarity is measured here, bench/dedup.py does recall): the 5,000
+real Alpaca rows, then rows shaped like a large instruction set — nine in ten unique (a real row's prompt with
+an answer of words drawn at random from the rows' vocabulary, as long as a real answer), one in ten a copy of an
+earlier row with 1-4 words replaced (a near-duplicate), one in 10,000 an exact copy — and GSM8K / HumanEval
+leaks. (Repeating the 5,000 rows instead would make every row one of n / 5,000 near-copies: at 1M rows, clusters
+of 200 and ~10^8 candidate pairs, which no real set has.) Each engine runs in its own child process so that its peak memory is its own:
 the peak of the summed PSS (proportional set size, so shared pages count once) of the process and all its
 children, sampled every 0.5 s — for Ray that includes the raylet, the GCS, the object store and the workers.
 
@@ -34,27 +37,34 @@ OPERATIONS = ("exact", "near", "decontam")
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
+    import numpy as np
     from grow_alpaca import alpaca_rows
 
     from core.data.decontam import load_builtin_benchmark
 
     base = alpaca_rows()
     rng = random.Random(seed)
-    vocabulary = sorted({w for r in base[:500] for m in r["messages"] for w in m["content"].split() if w.isalpha()})
+    draw = np.random.default_rng(seed)
+    vocabulary = np.array(sorted({w for r in base for m in r["messages"] for w in m["content"].split() if w.isalpha()}))
+    answer_lengths = [len(r["messages"][-1]["content"].split()) for r in base]
     leaks = [load_builtin_benchmark("GSM8K").items[k] for k in range(0, 1000, 50)] + \
             [load_builtin_benchmark("HumanEval").items[k] for k in range(0, 160, 16)]
     rows = list(base)
     while len(rows) < n:
-        source = base[len(rows) % len(base)]
-        messages = [dict(m) for m in source["messages"]]
-        if len(rows) % 10_000 == 7:  # an exact copy now and then
+        k = len(rows)
+        if k % 10_000 == 7:  # an exact copy now and then
+            rows.append({"messages": [dict(m) for m in rows[rng.randrange(k)]["messages"]]})
+        elif k % 10 == 3:  # a near-duplicate of an earlier row
+            messages = [dict(m) for m in rows[rng.randrange(k)]["messages"]]
+            answer = messages[-1]["content"].split(" ")
+            for _ in range(rng.randint(1, 4)):
+                answer[rng.randrange(len(answer))] = str(vocabulary[rng.randrange(len(vocabulary))])
+            messages[-1]["content"] = " ".join(answer)
             rows.append({"messages": messages})
-            continue
-        answer = messages[-1]["content"].split(" ")
-        for _ in range(rng.randint(1, 4)):
-            answer[rng.randrange(len(answer))] = rng.choice(vocabulary)
-        messages[-1]["content"] = " ".join(answer)
-        rows.append({"messages": messages})
+        else:  # a unique row
+            prompt = base[rng.randrange(len(base))]["messages"][0]["content"]
+            words = vocabulary[draw.integers(0, len(vocabulary), size=max(8, answer_lengths[rng.randrange(len(base))]))]
+            rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": " ".join(words)}]})
     for k, leak in enumerate(leaks):  # spread through the set
         rows[(k * 7919 + 13) % n] = {"messages": [{"role": "user", "content": leak}, {"role": "assistant", "content": "42"}]}
     return rows[:n]

@@ -205,6 +205,28 @@ def test_planted_edits_of_real_rows_recall_and_precision_with_exact_verification
     assert score_planted(rows, origin, similarity, estimate, 0.8)[0] < recall
 
 
+def test_a_big_cluster_costs_about_one_check_per_member_and_equals_every_pair_checked(alpaca):
+    """40 real rows with 8 one-word edits each: clusters are the connected components of every pair whose real
+    Jaccard >= 0.8 (brute force over all 64,620 pairs), yet a pair whose rows verified pairs already join is not
+    checked, so the exact checks stay near one per member, not one per candidate pair."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = random.Random(3)
+    rows = [copy for row in alpaca[:40] for copy in [row] + [edit_one_word(row, rng) for _ in range(8)]]
+    texts = [row_text(r) for r in rows]
+    pairs = [(a, b) for a in range(len(rows)) for b in range(a + 1, len(rows)) if jaccard(texts[a], texts[b]) >= 0.8]
+    a, b = np.array(pairs).T
+    _, labels = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(rows),) * 2), directed=False)
+    expected = sorted(sorted(np.flatnonzero(labels == label).tolist()) for label in set(labels.tolist()) if (labels == label).sum() > 1)
+    result = find_near_duplicates(rows, NearDedupConfig(workers=1))
+    assert sorted(sorted(c.members) for c in result.clusters) == expected
+    members = sum(len(c.members) for c in result.clusters)
+    checks = result.params["exactly_verified_pairs"]
+    assert result.params["candidate_pairs"] >= len(pairs)
+    assert members - len(result.clusters) <= checks <= 1.5 * members
+
+
 def test_real_alpaca_rows_form_no_near_clusters(alpaca):
     # The 5,000 real rows have no pair with 5-gram Jaccard above 0.45 (checked by brute force).
     result = find_near_duplicates(alpaca, NearDedupConfig(workers=1))

@@ -13,9 +13,9 @@ similarity of each member to it, so a page can show them and the user can overru
   computed for a whole block of rows at once in numpy, in a process pool for large sets.
   Candidate pairs come from LSH banding with datasketch's own choice of (bands, rows), drawn
   generously (for a lower threshold than the one asked, by default 0.1 lower: a pair at the
-  threshold is then a candidate with probability >= 0.997), and every candidate is verified on
-  the real Jaccard of the two shingle sets (64-bit shingle hashes; ``verify="estimate"`` keeps the
-  MinHash estimate instead). The banding only decides what gets compared; the exact set overlap
+  threshold is then a candidate with probability >= 0.997), and every candidate that could join two
+  clusters is verified on the real Jaccard of the two shingle sets (64-bit shingle hashes;
+  ``verify="estimate"`` keeps the MinHash estimate instead). The banding only decides what gets compared; the exact set overlap
   decides what is called a duplicate, so the estimate's noise at the threshold loses nothing.
 - semantic: cosine similarity of all-MiniLM-L6-v2 embeddings, nearest neighbours found by a
   blockwise matrix product with top-k, so memory stays O(block x n).
@@ -430,7 +430,7 @@ class PairVerifier:
         self._sets: dict[int, frozenset] = {}
 
     def sets(self, rows: np.ndarray) -> list[frozenset]:
-        missing = sorted(set(np.asarray(rows).tolist()) - self._sets.keys())
+        missing = sorted({r for r in np.asarray(rows).tolist() if r not in self._sets})  # not `- keys()`: O(asked), once per cluster
         for start in range(0, len(missing), 20_000):
             chunk = missing[start : start + 20_000]
             for row, shingle_set in zip(chunk, shingle_sets([self.texts[r] for r in chunk], self.ngram)):
@@ -589,12 +589,47 @@ def verify_pairs(texts: Sequence[str], signatures: np.ndarray, i: np.ndarray, j:
         keep = estimate >= config.threshold
         return i[keep], j[keep], estimate[keep], np.zeros(len(i), dtype=bool), lambda rep, members: estimated_jaccard(
             np.broadcast_to(signatures[rep], (len(members), signatures.shape[1])), signatures[members])
-    checked = estimate >= config.threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(config.num_perm)
+    plausible = estimate >= config.threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(config.num_perm)
     verifier = PairVerifier(texts, config.ngram)
-    similarity = verifier(i[checked], j[checked])
-    keep = similarity >= config.threshold
-    i, j = i[checked][keep], j[checked][keep]
-    return i, j, similarity[keep], checked, lambda rep, members: verifier(np.full(len(members), rep), np.asarray(members))
+    checked, similarity = _verify_joining_pairs(verifier, i, j, estimate, plausible, config.threshold)
+    keep = checked & (similarity >= config.threshold)
+    return i[keep], j[keep], similarity[keep], checked, lambda rep, members: verifier(np.full(len(members), rep), np.asarray(members))
+
+
+def _verify_joining_pairs(verifier: PairVerifier, i: np.ndarray, j: np.ndarray, estimate: np.ndarray, plausible: np.ndarray,
+                          threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Jaccard of the plausible candidates, most similar first, skipping a pair whose two rows verified pairs
+    already join: clusters are connected components, so its check could not change one, and a cluster of m
+    near-copies costs about m checks instead of m(m-1)/2. The order is fixed by (estimate, i, j), so every engine
+    that finds the same candidates checks the same pairs. Returns (which pairs were checked, their similarity)."""
+    checked = np.zeros(len(i), dtype=bool)
+    similarity = np.zeros(len(i), dtype=np.float32)
+    candidates = np.flatnonzero(plausible)
+    if len(candidates) == 0:
+        return checked, similarity
+    candidates = candidates[np.lexsort((j[candidates], i[candidates], -estimate[candidates]))]
+    sets = verifier.sets(np.concatenate([i[candidates], j[candidates]]))
+    set_of = dict(zip(np.concatenate([i[candidates], j[candidates]]).tolist(), sets))
+    parent: dict[int, int] = {}
+
+    def root(row: int) -> int:
+        while parent.get(row, row) != row:
+            grandparent = parent.get(parent[row], parent[row])
+            parent[row] = grandparent  # path halving
+            row = grandparent
+        return row
+
+    for k, a, b in zip(candidates.tolist(), i[candidates].tolist(), j[candidates].tolist()):
+        root_a, root_b = root(a), root(b)
+        if root_a == root_b:
+            continue
+        checked[k] = True
+        set_a, set_b = set_of[a], set_of[b]
+        common = len(set_a & set_b) if len(set_a) <= len(set_b) else len(set_b & set_a)
+        similarity[k] = common / (len(set_a) + len(set_b) - common) if (set_a or set_b) else 1.0
+        if similarity[k] >= threshold:
+            parent[root_b] = root_a
+    return checked, similarity
 
 
 # ----------------------------------------------------------------------------- semantic
