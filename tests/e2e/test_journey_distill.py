@@ -20,7 +20,8 @@ def test_sequence_level_distillation_then_train_the_student(page: Page, app_url:
     page.goto(app_url)
     settle(page)
     go(page, "Distill")
-    page.get_by_text("sequence-level", exact=True).first.click()
+    # the radio's option, not the same word in the "which one when" table (a data grid whose cells are hidden)
+    page.locator("[data-testid='stRadio']").filter(has_text="Variant").get_by_text("sequence-level", exact=True).click()
     settle(page)
     for label, value in (("max rows", 4), ("max new tokens", 16), ("student stride", 6)):
         fill(page, "spinbutton", label, value)
