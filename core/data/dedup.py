@@ -415,11 +415,12 @@ def shingle_sets(texts: Sequence[str], ngram: int = 5) -> list[frozenset]:
 
 def exact_jaccard(sets_a: Sequence[frozenset], sets_b: Sequence[frozenset]) -> np.ndarray:
     """|A ∩ B| / |A ∪ B| for each pair of sets."""
-    out = np.empty(len(sets_a), dtype=np.float32)
-    for k, (a, b) in enumerate(zip(sets_a, sets_b)):
-        common = len(a & b) if len(a) <= len(b) else len(b & a)
-        out[k] = common / (len(a) + len(b) - common) if (a or b) else 1.0
-    return out
+    return np.fromiter((set_jaccard(a, b) for a, b in zip(sets_a, sets_b)), dtype=np.float32, count=len(sets_a))
+
+
+def set_jaccard(a: frozenset, b: frozenset) -> float:
+    common = len(a & b) if len(a) <= len(b) else len(b & a)
+    return common / (len(a) + len(b) - common) if (a or b) else 1.0
 
 
 class PairVerifier:
@@ -624,9 +625,7 @@ def _verify_joining_pairs(verifier: PairVerifier, i: np.ndarray, j: np.ndarray, 
         if root_a == root_b:
             continue
         checked[k] = True
-        set_a, set_b = set_of[a], set_of[b]
-        common = len(set_a & set_b) if len(set_a) <= len(set_b) else len(set_b & set_a)
-        similarity[k] = common / (len(set_a) + len(set_b) - common) if (set_a or set_b) else 1.0
+        similarity[k] = set_jaccard(set_of[a], set_of[b])
         if similarity[k] >= threshold:
             parent[root_b] = root_a
     return checked, similarity
