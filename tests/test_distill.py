@@ -156,3 +156,68 @@ def test_distill_runs_as_a_job_through_the_worker_and_is_scored(tmp_path, worksp
     report = runs.read_result(run_dir / "eval", "evaluate")
     assert [m["label"] for m in report["models"]] == ["base", "student"]
     assert report["spec"]["base"] == {"kind": "local", "ref": str(teacher)}
+
+
+def _hardware_with_bf16(monkeypatch, bf16: bool) -> None:
+    import dataclasses
+
+    import core.hardware
+
+    actual = core.hardware.detect()
+    monkeypatch.setattr(core.hardware, "detect", lambda: dataclasses.replace(actual, bf16=bf16))
+
+
+@pytest.mark.parametrize(("precision", "native_bf16", "expected"), [("auto", True, torch.bfloat16), ("auto", False, torch.float32),
+                                                                    ("fp32", True, torch.float32)])
+def test_logit_steps_run_at_the_train_jobs_precision(monkeypatch, tmp_path, workspace, embedded_tokenizer, precision, native_bf16,
+                                                     expected):
+    """Like the Train job: bf16 autocast over fp32 weights where the hardware computes bf16 — a matched budget."""
+    import core.distill.job as job
+    from core.models import ModelSource, load_model
+
+    _hardware_with_bf16(monkeypatch, native_bf16)
+    seen: list[tuple] = []
+    real_loss = job.distillation_loss
+
+    def recording_loss(student_logits, teacher_logits, *args):
+        seen.append((student_logits.dtype, teacher_logits.dtype))
+        return real_loss(student_logits, teacher_logits, *args)
+
+    monkeypatch.setattr(job, "distillation_loss", recording_loss)
+    teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
+    (tmp_path / "run").mkdir()
+    ctx = JobContext.in_process(tmp_path / "run", log=logging.getLogger("test"),
+                                spec={"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 2, "batch_size": 1,
+                                      "max_rows": 2, "max_length": 128, "precision": precision, "evaluate": False})
+    ctx.metrics = lambda **row: None
+    result = job.run(ctx)
+    assert seen == [(expected, expected)] * 2
+    assert result["precision"] == ("bf16 autocast" if expected == torch.bfloat16 else "fp32")
+    saved = load_model(ModelSource("local", result["student_dir"])).model
+    assert next(saved.parameters()).dtype == torch.float32  # the weights (and AdamW's updates) stay fp32
+
+
+def test_on_policy_gets_the_same_precision_rule(monkeypatch, tmp_path, workspace, embedded_tokenizer):
+    import core.train.gkd
+    from core.distill.job import run
+
+    _hardware_with_bf16(monkeypatch, True)
+    settings_seen = []
+
+    def fake_train_on_policy(student, teacher, tokenizer, features, settings, **kwargs):
+        settings_seen.append(settings)
+        return {"steps_done": settings.steps}
+
+    monkeypatch.setattr(core.train.gkd, "train_on_policy", fake_train_on_policy)
+    teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
+    for precision in ("auto", "fp32"):
+        (tmp_path / precision).mkdir()
+        ctx = JobContext.in_process(tmp_path / precision, log=logging.getLogger("test"),
+                                    spec={"kind": "distill", "method": "on_policy", "teacher": {"kind": "local", "ref": str(teacher)},
+                                          "steps": 3, "max_rows": 2, "max_length": 128, "precision": precision, "evaluate": False})
+        run(ctx)
+    assert [s.bf16 for s in settings_seen] == [True, False]
+    config = core.train.gkd.gkd_config(settings_seen[0], tmp_path / "out", "cpu")
+    assert config.bf16 is True
+    # TRL's SFTConfig defaults checkpointing on, which also makes GKD generate without a KV cache (10x slower)
+    assert config.gradient_checkpointing is False

@@ -2,8 +2,9 @@
 compute budget, each optionally with replay, scored by the forgetting report against the teacher.
 
 Matched budget: every student starts from the same weights (the teacher keeping every n-th layer) and takes the
-same number of optimizer steps of the same batch size and max_length, at the same peak learning rate; what
-differs is what it learns from. Sequence-level also pays for the teacher's answers (timed separately).
+same number of optimizer steps of the same batch size and max_length, at the same peak learning rate and the same
+precision (the Train job's rule: bf16 autocast over fp32 weights where the hardware computes bf16); what differs is
+what it learns from. Sequence-level also pays for the teacher's answers (timed separately).
 
 Per student: task score, general score and general-text perplexity (core.evaluate, the teacher as the reference),
 teacher-student agreement on the held-out prompts (the share of answers identical to the teacher's greedy
@@ -38,7 +39,7 @@ DEFINITIONS = {
     "agreement_rouge_l": "Mean ROUGE-L F1 (0-100) between the student's and the teacher's greedy answers.",
     "task_gain": "Task score minus that of the student before distillation (points).",
     "general_vs_teacher": "General score minus the teacher's (points); within −3 counts as kept.",
-    "budget": "Every student: the same starting weights, optimizer steps, batch size, max_length and peak learning rate.",
+    "budget": "Every student: the same starting weights, optimizer steps, batch size, max_length, peak learning rate and precision.",
     "wall_s": "Seconds to make the student: the teacher's answers (sequence-level only) plus training.",
 }
 

@@ -32,6 +32,14 @@ def lr_at(step: int, spec: DistillSpec) -> float:
     return spec.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def bf16_autocast(spec: DistillSpec) -> bool:
+    """The Train job's precision rule (core.train.backends): fp32 weights, forward passes under bf16 autocast where
+    the hardware computes bf16 natively — so every distillation variant gets the same compute as a fine-tune."""
+    from core.hardware import detect
+
+    return spec.precision == "auto" and bool(detect().bf16)
+
+
 @torch.no_grad()
 def held_out_kl(teacher: Any, student: Any, batch: dict, temperature: float) -> float:
     """Mean KL(teacher^T ‖ student^T) over the trained tokens of a fixed held-out batch."""
@@ -116,19 +124,23 @@ def train_logit(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, 
                 device: Any, start_step: int) -> int:
     """The logit-distillation loop; returns the step reached."""
     rows = [(f["input_ids"], f["labels"]) for f in features]
+    if spec.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=spec.learning_rate, weight_decay=0.0)
     stream = batches(rows, spec.batch_size, pad_id, seed=spec.seed, skip=start_step)
     step = start_step
+    autocast = bf16_autocast(spec)
     while step < spec.steps and not ctx.stop_requested:
         batch = _device_batch(next(stream), device)
         lr = lr_at(step, spec)
         for group in optimizer.param_groups:
             group["lr"] = lr
         tick = time.perf_counter()
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = distillation_loss(student_logits, teacher_logits, batch["labels"], spec.temperature, spec.alpha)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = distillation_loss(student_logits, teacher_logits, batch["labels"], spec.temperature, spec.alpha)  # fp32 inside
         out.loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0))
         optimizer.step()
@@ -153,7 +165,8 @@ def train_gkd(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, to
     settings = GKDSettings(steps=remaining, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
                            warmup_steps=spec.warmup_steps if start_step == 0 else 0, lmbda=spec.gkd_lambda, beta=spec.gkd_beta,
                            temperature=spec.gkd_temperature, max_new_tokens=spec.max_new_tokens, max_length=spec.max_length,
-                           seed=spec.seed + start_step)
+                           seed=spec.seed + start_step, bf16=bf16_autocast(spec),
+                           gradient_checkpointing=spec.gradient_checkpointing)
 
     def on_step(row: dict) -> None:
         step = start_step + row["step"]
@@ -215,6 +228,7 @@ def run(ctx: JobContext) -> dict:
         "held_out_divergence": divergence,
         f"held_out_{divergence}_start": round(start_value, 5),
         f"held_out_{divergence}_end": round(end_value, 5),
+        "precision": "bf16 autocast" if bf16_autocast(spec) else "fp32",
         "training_rows": len(features),
         "replay": replay,
         **method_settings(spec),

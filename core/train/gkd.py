@@ -43,6 +43,8 @@ class GKDSettings:
     max_new_tokens: int
     max_length: int
     seed: int
+    bf16: bool = False  # bf16 autocast over fp32 weights (the Train job's rule, core.distill.job.bf16_autocast)
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -94,7 +96,10 @@ def gkd_config(settings: GKDSettings, output_dir: Path, device: str) -> Any:
         max_new_tokens=settings.max_new_tokens,
         max_length=settings.max_length,
         use_cpu=device == "cpu",
-        bf16=False,
+        bf16=settings.bf16,
+        # TRL's SFTConfig (GKDConfig's parent) turns checkpointing on by default, and GKD then generates the student's
+        # answers without a KV cache: 0.3 s per token on the embedded half-depth student instead of ~0.03 s.
+        gradient_checkpointing=settings.gradient_checkpointing,
         fp16=False,
         report_to="none",
         disable_tqdm=True,
