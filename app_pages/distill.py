@@ -87,7 +87,8 @@ def render_compare(run_dir, status, metrics: list[dict]) -> None:
     for row in result.get("replay", []):
         kept = row["general_within_3_points"] and row["keeps_task_gain"]
         (st.success if kept else st.warning)(f"{row['student']}: general score {row['general_vs_teacher']} points vs the teacher, "
-                                             f"task gain {row['task_gain']} ({row['task_gain_without_replay']} without replay)")
+                                             f"task gain {row['task_gain']} ({row['task_gain_without_replay']} without replay"
+                                             + ("; no task gain to keep" if row["keeps_task_gain"] is None else "") + ")")
     with st.expander("Definitions"):
         st.markdown("\n".join(f"- **{k}**: {v}" for k, v in result["definitions"].items()))
     c1, c2, c3 = st.columns(3)

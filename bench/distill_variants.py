@@ -137,8 +137,9 @@ def main() -> None:
     if result is None:
         print(json.dumps({"done": False, "note": "stopped at the piece budget: run the same command to continue"}))
         return
-    from core.distill.compare import table_markdown
+    from core.distill.compare import replay_summary, table_markdown
 
+    result["replay"] = replay_summary(result["table"])  # the verdict's current rule, also for a result made earlier
     print(table_markdown(result))
     table = {r["student"]: r for r in result["table"]}
     figures = {

@@ -301,3 +301,20 @@ def test_the_comparison_trains_every_variant_at_a_matched_budget_and_scores_it(w
     run(context(tmp_path / "cmp", spec))
     again = json.loads((tmp_path / "cmp" / "timings.json").read_text())
     assert again["logit"] - timings["logit"] < 1.0 and again["sequence-level"] - timings["sequence-level"] < 1.0
+
+
+def test_replay_verdict_needs_a_task_gain_to_call_it_kept():
+    from core.distill.compare import replay_summary, table_markdown
+
+    def row(student, variant, replay, task_gain, general_vs_teacher):
+        return {"student": student, "variant": variant, "replay": replay, "task_gain": task_gain, "general_vs_teacher": general_vs_teacher}
+
+    table = [row("teacher", "teacher", 0.0, 40.0, 0.0), row("sequence-level", "sequence", 0.0, 20.0, -30.0),
+             row("sequence-level + 10% replay", "sequence", 0.1, 18.0, -2.5), row("sequence-level + 25% replay", "sequence", 0.25, 17.9, -3.5),
+             row("logit", "logit", 0.0, 0.0, -40.0), row("logit + 25% replay", "logit", 0.25, 0.0, -1.0)]
+    verdicts = {r["student"]: (r["general_within_3_points"], r["keeps_task_gain"]) for r in replay_summary(table)}
+    assert verdicts == {"sequence-level + 10% replay": (True, True),  # 18 >= 90 % of 20
+                        "sequence-level + 25% replay": (False, False),  # 17.9 < 18, and 3.5 points below the teacher
+                        "logit + 25% replay": (True, None)}  # no task gain without replay: nothing to keep
+    text = table_markdown({"table": [], "replay": replay_summary(table)})
+    assert "logit + 25% replay: general -1.0 points vs the teacher (within 3), task gain 0.0 (no gain to keep" in text

@@ -225,18 +225,24 @@ def comparison_table(report: dict, made: list[dict]) -> list[dict]:
 
 def replay_summary(table: list[dict], points: float = 3.0) -> list[dict]:
     """For every student trained with replay: is its general score within `points` of the teacher's, and does it keep
-    the task gain of the same variant without replay (at least 90 % of it)?"""
+    the task gain of the same variant without replay (at least 90 % of it)? keeps_task_gain is None where that
+    variant gained nothing on the task to keep (or a score is missing)."""
     plain = {r["variant"]: r for r in table if r["replay"] == 0 and r["variant"] in VARIANT_LABELS}
     out = []
     for row in table:
         if row["replay"] > 0 and row["variant"] in plain:
             base_gain = plain[row["variant"]]["task_gain"]
-            keeps_task = row["task_gain"] is not None and base_gain is not None and (base_gain <= 0 or row["task_gain"] >= 0.9 * base_gain)
+            gained = row["task_gain"] is not None and base_gain is not None and base_gain > 0
+            keeps_task = row["task_gain"] >= 0.9 * base_gain if gained else None
             general_ok = row["general_vs_teacher"] is not None and row["general_vs_teacher"] >= -points
             out.append({"student": row["student"], "general_within_3_points": general_ok, "keeps_task_gain": keeps_task,
                         "general_vs_teacher": row["general_vs_teacher"], "task_gain": row["task_gain"],
                         "task_gain_without_replay": base_gain})
     return out
+
+
+def _kept(keeps_task_gain: bool | None) -> str:
+    return "no gain to keep" if keeps_task_gain is None else ("kept" if keeps_task_gain else "lost")
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -284,7 +290,7 @@ def table_markdown(result: dict) -> str:
         lines += ["", "## Replay", ""]
         lines += [f"- {r['student']}: general {_signed(r['general_vs_teacher'])} points vs the teacher "
                   f"({'within' if r['general_within_3_points'] else 'outside'} 3), task gain {r['task_gain']} "
-                  f"({'kept' if r['keeps_task_gain'] else 'lost'}; {r['task_gain_without_replay']} without replay)" for r in result["replay"]]
+                  f"({_kept(r['keeps_task_gain'])}; {r['task_gain_without_replay']} without replay)" for r in result["replay"]]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in result.get("definitions", {}).items()]
     return "\n".join(lines) + "\n"
 
