@@ -33,8 +33,9 @@ def lr_at(step: int, spec: DistillSpec) -> float:
 
 
 def bf16_autocast(spec: DistillSpec) -> bool:
-    """The Train job's precision rule (core.train.backends): fp32 weights, forward passes under bf16 autocast where
-    the hardware computes bf16 natively — so every distillation variant gets the same compute as a fine-tune."""
+    """fp32 weights, forward passes under bf16 autocast where the hardware computes bf16 natively. On a CPU this is the
+    Train job's rule (core.train.backends.choose_precision), so every variant of a comparison gets the same compute;
+    on a GPU the Train job's full fine-tune keeps bf16 weights, where this keeps fp32 ones for AdamW's updates."""
     from core.hardware import detect
 
     return spec.precision == "auto" and bool(detect().bf16)

@@ -62,9 +62,9 @@ class DistillSpec:
     replay_dataset: str = field(default="general", metadata=meta("Replay rows: 'general' = the shipped general instructions (assets/general/replay.jsonl), or a file / dataset "
                 "folder of your own.", "replay", advanced=True))
     seed: int = field(default=0, metadata=meta("Random seed (data order).", advanced=True, min=0))
-    precision: str = field(default="auto", metadata=meta("auto = the Train job's rule: fp32 weights, with the forward passes under bf16 autocast where the "
-                "hardware computes bf16 natively (so a distilled student and a fine-tuned one get the same compute); fp32 = full "
-                "precision throughout.", "training", advanced=True, choices=PRECISIONS))
+    precision: str = field(default="auto", metadata=meta("auto = fp32 weights, with the forward passes under bf16 autocast where the hardware computes bf16 "
+                "natively (on a CPU the Train job's own rule, so a distilled student and a fine-tuned one get the same compute); "
+                "fp32 = full precision throughout.", "training", advanced=True, choices=PRECISIONS))
     gradient_checkpointing: bool = field(default=False, metadata=meta("Recompute the student's activations in the backward pass: much less memory, ~30 % "
                 "slower (on_policy: the student then also writes its answers without a KV cache).", "training", advanced=True))
     evaluate: bool = field(default=True, metadata=meta("Score the student against the teacher with the forgetting report."))
