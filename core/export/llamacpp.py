@@ -28,6 +28,33 @@ def missing_note() -> str:
     return "llama.cpp (the `llama-cpp-python` package) is not installed: GGUF files are written but not loaded back, K-quants are unavailable."
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def _llama(path: Path, **kwargs: Any) -> Any:
+    """llama_cpp.Llama(path, ...) with llama.cpp's extra CPU buffer types off. Their weight repacking (the AMX /
+    repacked-CPU kernels chosen on a CPU with AMX, llama-cpp-python built for the host) made the first decode of every
+    model — the embedded Q4_1 one included — die with a segfault (0.3.35 and 0.3.36 on this kind of machine); without
+    it the plain CPU kernels run. Llama() has no argument for it, so its defaults are wrapped while it loads."""
+    from llama_cpp import Llama
+    from llama_cpp import llama_cpp as lib
+
+    defaults = lib.llama_model_default_params
+
+    def without_repacking() -> Any:
+        params = defaults()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    with _LOAD_LOCK:
+        lib.llama_model_default_params = without_repacking
+        try:
+            return Llama(str(path), **kwargs)
+        finally:
+            lib.llama_model_default_params = defaults
+
+
 def _threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -35,11 +62,9 @@ def _threads() -> int:
 @contextmanager
 def open_gguf(path: str | Path, *, n_ctx: int = 2048, logits_all: bool = False) -> Iterator[Any]:
     """A llama.cpp model for the duration of the block (closed explicitly: its finaliser fails at interpreter exit)."""
-    from llama_cpp import Llama
-
     path = Path(path)
     try:
-        llm = Llama(str(path), n_ctx=n_ctx, n_threads=_threads(), n_threads_batch=_threads(), logits_all=logits_all,
+        llm = _llama(path, n_ctx=n_ctx, n_threads=_threads(), n_threads_batch=_threads(), logits_all=logits_all,
                     verbose=False, seed=0)
     except Exception as exc:  # noqa: BLE001 - llama.cpp reports a bad file as a bare ValueError
         raise ValueError(f"llama.cpp could not load {path.name}: {exc}") from exc
@@ -164,13 +189,11 @@ class LlamaCppModel:
 
 
 def load_chat_model(path: str | Path, n_ctx: int = 4096) -> LlamaCppModel:
-    from llama_cpp import Llama
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {path}")
     try:
-        llm = Llama(str(path), n_ctx=n_ctx, n_threads=_threads(), n_threads_batch=_threads(), verbose=False, seed=0)
+        llm = _llama(path, n_ctx=n_ctx, n_threads=_threads(), n_threads_batch=_threads(), verbose=False, seed=0)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"llama.cpp could not load {path.name}: {exc}") from exc
     return LlamaCppModel(path=path, llm=llm, name=path.stem, lock=threading.Lock())
