@@ -37,8 +37,9 @@ def bf16_autocast(spec: DistillSpec) -> bool:
     Train job's rule (core.train.backends.choose_precision), so every variant of a comparison gets the same compute;
     on a GPU the Train job's full fine-tune keeps bf16 weights, where this keeps fp32 ones for AdamW's updates."""
     from core.hardware import detect
+    from core.train.backends import cpu_bf16_autocast
 
-    return spec.precision == "auto" and bool(detect().bf16)
+    return cpu_bf16_autocast(spec.precision, bool(detect().bf16))
 
 
 @torch.no_grad()
