@@ -103,10 +103,22 @@ def main() -> int:
             figures[f"{key}_agreement"] = round(greedy["agreement"], 4)
             figures[f"{key}_identical_prefix"] = greedy["identical_prefix"]
             line += f"  next-token agreement {greedy['agreement']:.1%}, identical greedy prefix {greedy['identical_prefix']}"
+            if greedy.get("margin_shift_p95") is not None:  # the runtime's noise on torch's top-2 margins
+                figures[f"{key}_margin_shift_p95"] = round(greedy["margin_shift_p95"], 3)
+                line += f", top-2 margin moved {greedy['margin_shift_mean']:.3f} mean / {greedy['margin_shift_p95']:.3f} p95"
+            if greedy.get("decided_agreement") is not None:
+                figures[f"{key}_decided_agreement"] = round(greedy["decided_agreement"], 4)
+                line += f", {greedy['decided_agreement']:.1%} where torch decides by ≥ {greedy_margin()} logits"
         print(line, flush=True)
     figures.update(speeds(run_dir, result))
     print(json.dumps(figures))
     return 0
+
+
+def greedy_margin() -> float:
+    from core.export.validate import QUANT_TIE_MARGIN
+
+    return QUANT_TIE_MARGIN
 
 
 def speeds(run_dir: Path, result: dict) -> dict:

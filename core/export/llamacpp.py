@@ -100,13 +100,13 @@ def greedy(llm: Any, prompt_ids: list[int], max_new_tokens: int, stop_ids: set[i
     return out
 
 
-def next_token_choices(llm: Any, ids: list[int]) -> list[int]:
-    """Teacher-forced: llama.cpp's argmax after every prefix of `ids` (needs a model opened with logits_all)."""
+def next_token_scores(llm: Any, ids: list[int]):
+    """Teacher-forced: llama.cpp's logits after every prefix of `ids`, (len(ids), vocab) float32 (needs logits_all)."""
     import numpy as np
 
     llm.reset()
     llm.eval(ids)
-    return [int(i) for i in np.argmax(llm.scores[: len(ids)], axis=-1)]
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def eos_ids(llm: Any) -> set[int]:

@@ -21,6 +21,11 @@ MERGE_TOP1_MIN = 0.99  # next-token argmax agreement over every prompt position
 MERGE_RESIDUAL_MAX = 0.10  # mean |merged - (base+adapter)| must be under 10 % of the adapter's own effect
 TIE_MARGIN = 0.02  # logits closer than this are a tie at 16-bit precision (llama.cpp rounds activations to fp16)
 QUANT_WARN = 0.5  # K-quants: below this next-token agreement the check carries a warning
+# Q8_0 / K-quants: where torch's two best logits are closer than this (odds under e : 1) the quantiser may flip the
+# choice faithfully. Measured as the check's margin_shift_* (how far llama.cpp moved torch's top-2 margin), Q8_0 at
+# the 95th percentile: 0.36 on the embedded model, 0.74 with a random LoRA on it, 1.03 on a 5-layer shallow student.
+# A wrong converter (mapping, permutation, quantiser) flips decisions of several logits.
+QUANT_TIE_MARGIN = 1.0
 MERGE_ABS_TOL = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.35}  # max |Δ logit| stated per dtype (mean over positions)
 PROBE_CONVERSATION = [
     {"role": "system", "content": "You are a careful support assistant."},
@@ -153,9 +158,11 @@ def torch_references(model: Any, tokenizer: Any, prompts: list[str], k: int) -> 
         continuation = greedy_continuation_ids(model, tokenizer, ids, k)
         with torch.inference_mode():
             logits = model(torch.tensor([ids + continuation])).logits[0, len(ids) - 1:].float()
-        top2 = logits.topk(2, dim=-1).values
+        top2 = logits.topk(2, dim=-1)
+        margins = (top2.values[:, 0] - top2.values[:, 1])[: len(continuation)]
         refs.append({"text": text, "ids": ids, "continuation": continuation,
-                     "margins": [round(float(m), 5) for m in (top2[:, 0] - top2[:, 1])[: len(continuation)]]})
+                     "margins": [round(float(m), 5) for m in margins],
+                     "runner_up": [int(i) for i in top2.indices[: len(continuation), 1]]})
     return refs
 
 
@@ -195,47 +202,84 @@ def _tokenizer_check(llm: Any, references: list[dict], tokenizer: Any, meta: dic
                  mismatched_prompts=mismatches)
 
 
-def _agreement_check(llm: Any, references: list[dict], stops: set[int], *, quantized: bool, min_agreement: float) -> dict:
-    same_prefix, agreements, samples = [], [], []
+def _teacher_forced(llm: Any, ref: dict) -> tuple[list[int], list[float]]:
+    """llama.cpp's next-token choice along torch's greedy continuation, and how far it moved each of torch's
+    top-2 margins (the runtime's, i.e. the quantiser's, noise on a decision)."""
+    expected = ref["continuation"]
+    scores = llamacpp.next_token_scores(llm, ref["ids"] + expected)[len(ref["ids"]) - 1: -1]
+    choices = [int(i) for i in scores.argmax(axis=-1)]
+    shifts = [abs(float(row[best] - row[second]) - margin)
+              for row, best, second, margin in zip(scores, expected, ref.get("runner_up", []), ref["margins"])]
+    return choices, shifts
+
+
+def _agreement_check(llm: Any, references: list[dict], stops: set[int], *, quantized: bool, min_agreement: float | None) -> dict:
+    same_prefix, agreements, samples, shifts = [], [], [], []
+    decided = decided_agree = tie_flips = 0
     for ref in references:
         expected = ref["continuation"]
         got = llamacpp.greedy(llm, ref["ids"], max(1, len(expected)) if expected else 1, stops)
-        prefix = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
-        same_prefix.append(prefix)
-        if expected:
-            choices = llamacpp.next_token_choices(llm, ref["ids"] + expected)[len(ref["ids"]) - 1: -1]
-            agreements.append(sum(int(a == b) for a, b in zip(choices, expected)) / len(expected))
+        same_prefix.append(next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got))))
         samples.append({"torch": expected, "llama_cpp": got})
+        if not expected:
+            continue
+        choices, ref_shifts = _teacher_forced(llm, ref)
+        shifts.extend(ref_shifts)
+        agreements.append(sum(int(a == b) for a, b in zip(choices, expected)) / len(expected))
+        for a, b, margin in zip(choices, expected, ref["margins"]):
+            if margin >= QUANT_TIE_MARGIN:
+                decided += 1
+                decided_agree += int(a == b)
+            else:
+                tie_flips += int(a != b)
     agreement = sum(agreements) / len(agreements) if agreements else 1.0
     k = max((len(r["continuation"]) for r in references), default=0)
-    identical = all(p >= len(r["continuation"]) for p, r in zip(same_prefix, references))
-    warning = ""
-    details: dict = {}
+    details: dict = {"agreement": agreement, "identical_prefix": same_prefix, "tokens": k, "samples": samples[:2], "warning": ""}
+    if shifts:
+        ordered = sorted(shifts)
+        details.update(margin_shift_mean=sum(ordered) / len(ordered), margin_shift_p95=ordered[int(0.95 * (len(ordered) - 1))],
+                       margin_shift_max=ordered[-1])
     if quantized:
-        total = sum(len(r["continuation"]) for r in references)
-        rule = f"required ≥ {min_agreement:.0%}" if min_agreement is not None else "reported"
-        passed = agreement >= min_agreement if min_agreement is not None else True
-        if min_agreement is None and agreement < QUANT_WARN:
-            warning = f"only {agreement:.0%} of next tokens agree with the 16-bit model: expect visibly different answers"
-        summary = (f"next-token agreement with torch {agreement:.1%} over {len(references)} prompts × up to {k} tokens "
-                   f"({rule}); identical greedy prefix {sum(same_prefix)}/{total} tokens")
+        passed, summary = _quantized_verdict(references, same_prefix, agreement, decided, decided_agree, tie_flips, min_agreement, details)
     else:
-        # A 16-bit runtime cannot order two tokens whose logits differ by less than its rounding: such a tie
-        # is named, anything else is a real divergence.
-        ties = [(i, p, r["margins"][p]) for i, (p, r) in enumerate(zip(same_prefix, references))
-                if p < len(r["continuation"]) and r["margins"][p] < TIE_MARGIN]
-        real = [p for i, (p, r) in enumerate(zip(same_prefix, references)) if p < len(r["continuation"]) and i not in {t[0] for t in ties}]
-        passed = not real
-        if identical:
-            summary = f"greedy text identical to torch for the first {k} tokens of all {len(references)} prompts"
-        elif passed:
-            summary = (f"greedy text identical to torch (first {k} tokens) except at {len(ties)} exact tie(s): "
-                       + "; ".join(f"prompt {i + 1} token {p + 1}, torch's two best {m:.3f} apart" for i, p, m in ties))
-        else:
-            summary = f"greedy text diverges from torch: identical prefixes {same_prefix} of {k} tokens"
-        details["ties"] = ties
-    return check("greedy text vs torch", passed, summary, agreement=agreement, identical_prefix=same_prefix, tokens=k,
-                 samples=samples[:2], warning=warning, **details)
+        passed, summary = _f16_verdict(references, same_prefix, k, details)
+    return check("greedy text vs torch", passed, summary, **details)
+
+
+def _quantized_verdict(references: list[dict], same_prefix: list[int], agreement: float, decided: int, decided_agree: int,
+                       tie_flips: int, min_agreement: float | None, details: dict) -> tuple[bool | None, str]:
+    """A quantiser moves every logit a little: where torch's two best are closer than that, either choice is faithful.
+    The rule is judged on the positions torch decides clearly; the raw rate over every position is reported beside it."""
+    total = sum(len(r["continuation"]) for r in references)
+    k = details["tokens"]
+    rate = decided_agree / decided if decided else None
+    details.update(decided_positions=decided, decided_agreement=rate, tie_flips=tie_flips)
+    rule = f"required ≥ {min_agreement:.0%}" if min_agreement is not None else "reported"
+    if min_agreement is None and agreement < QUANT_WARN:
+        details["warning"] = f"only {agreement:.0%} of next tokens agree with the 16-bit model: expect visibly different answers"
+    raw = (f"{agreement:.1%} over all {total} positions of {len(references)} prompts × up to {k} tokens, "
+           f"{tie_flips} flip(s) at near-ties; identical greedy prefix {sum(same_prefix)}/{total} tokens")
+    if not decided:
+        passed = None if min_agreement is not None else True
+        return passed, (f"not judged: at no position are torch's two best ≥ {QUANT_TIE_MARGIN} logits apart (the model is "
+                        f"undecided everywhere, so any choice is faithful); next-token agreement {raw}")
+    passed = rate >= min_agreement if min_agreement is not None else True
+    return passed, (f"next-token agreement with torch {rate:.1%} on the {decided} positions torch decides by ≥ "
+                    f"{QUANT_TIE_MARGIN} logits ({rule}); {raw}")
+
+
+def _f16_verdict(references: list[dict], same_prefix: list[int], k: int, details: dict) -> tuple[bool, str]:
+    """A 16-bit runtime cannot order two tokens whose logits differ by less than its rounding: such a tie is named,
+    anything else is a real divergence."""
+    diverged = [(i, p, r["margins"][p]) for i, (p, r) in enumerate(zip(same_prefix, references)) if p < len(r["continuation"])]
+    ties = [t for t in diverged if t[2] < TIE_MARGIN]
+    details["ties"] = ties
+    if not diverged:
+        return True, f"greedy text identical to torch for the first {k} tokens of all {len(references)} prompts"
+    if len(ties) == len(diverged):
+        return True, (f"greedy text identical to torch (first {k} tokens) except at {len(ties)} exact tie(s): "
+                      + "; ".join(f"prompt {i + 1} token {p + 1}, torch's two best {m:.3f} apart" for i, p, m in ties))
+    return False, f"greedy text diverges from torch: identical prefixes {same_prefix} of {k} tokens"
 
 
 def template_checks(stored: str | None, tokenizer: Any, template: str | None, add_bos: bool = False) -> list[dict]:

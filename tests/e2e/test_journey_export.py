@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _finished_train_run(home) -> str:
-    """A run the browser journey trained in this worker's home; else a 2-step one started headless like the Start button."""
+    """A run of the embedded model the browser journey trained in this worker's home; else a 2-step one started
+    headless like the Start button. A distilled student trained in the same home (another journey file) is not taken:
+    which files share a worker depends on xdist's scheduling."""
     import os
 
     from core import runs
@@ -24,7 +26,8 @@ def _finished_train_run(home) -> str:
     previous = os.environ.get("WORKBENCH_HOME")
     os.environ["WORKBENCH_HOME"] = str(home)
     try:
-        done = [r for r in runs.list_runs("train") if r.status.state == "succeeded"]
+        done = [r for r in runs.list_runs("train")
+                if r.status.state == "succeeded" and (r.spec.get("model") or {}).get("kind") == "embedded"]
         if done:
             return done[0].run_id
         run_dir = runs.create_run(TrainSpec(max_steps=2, batch_size=4, max_length=256, eval_fraction=0.0, eval_on_start=False))
