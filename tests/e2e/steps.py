@@ -52,3 +52,14 @@ def ask_both_columns(page: Page, prompt: str) -> list[str]:
 def finished(page: Page):
     """The run panel's status line once the job is done (not the word inside a picker label)."""
     return page.locator("strong", has_text=re.compile(r"succeeded"))
+
+
+def wait_until_succeeded(page: Page, timeout: float = 600_000) -> None:
+    """Wait for the run panel's final state; a run that failed or stopped fails the test at once, with its error
+    (instead of waiting out the timeout for a "succeeded" that cannot come)."""
+    final = page.locator("strong", has_text=re.compile(r"^\S+\s+(succeeded|failed|stopped)$"))
+    expect(final.first).to_be_visible(timeout=timeout)
+    if finished(page).count() == 0:
+        alert = page.locator("[data-testid='stAlert']")
+        raise AssertionError(f"the run ended {final.first.inner_text()}: "
+                             + (alert.first.inner_text() if alert.count() else "(no error shown)"))

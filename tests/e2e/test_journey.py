@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steps import ask_both_columns, fill, finished, go, settle, snapshot  # noqa: E402
+from steps import ask_both_columns, fill, finished, go, settle, snapshot, wait_until_succeeded  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str, e2e_home):
     expect(page.locator("[data-testid='stPlotlyChart']").first).to_be_visible(timeout=600_000)
     page.wait_for_function(f"() => ({TRAIN_LOSS_POINTS})() >= 2", timeout=600_000)
     assert finished(page).count() == 0, "the loss chart shows steps while the run is still going"
-    expect(finished(page)).to_be_visible(timeout=600_000)
+    wait_until_succeeded(page)
     settle(page)
     assert page.evaluate(TRAIN_LOSS_POINTS) == TRAIN_STEPS, "the finished chart holds every logged step"
     snapshot(page, "train")
@@ -120,7 +120,7 @@ def test_train_evaluate_chat_merge(page: Page, app_url: str, e2e_home):
     fill(page, "spinbutton", "Evaluation rows", 2)  # the base answers every ticket at full length: rows are what costs
     page.get_by_role("button", name="Start", exact=True).click()
     settle(page)
-    expect(finished(page)).to_be_visible(timeout=600_000)
+    wait_until_succeeded(page)
     settle(page)
     expect(page.locator("[data-testid='stPlotlyChart']").first).to_be_visible()
     snapshot(page, "merge")

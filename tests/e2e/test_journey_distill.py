@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steps import fill, finished, go, settle, snapshot  # noqa: E402
+from steps import fill, go, settle, snapshot, wait_until_succeeded  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,4 +45,4 @@ def test_sequence_level_distillation_then_train_the_student(page: Page, app_url:
     fill(page, "spinbutton", "max steps", 2)
     page.get_by_role("button", name=re.compile("Start training")).click()
     settle(page)
-    expect(finished(page)).to_be_visible(timeout=600_000)
+    wait_until_succeeded(page)

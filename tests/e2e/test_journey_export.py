@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steps import ask_both_columns, finished, go, settle, snapshot  # noqa: E402
+from steps import ask_both_columns, go, settle, snapshot, wait_until_succeeded  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,7 +48,7 @@ def test_export_demo_run_to_gguf_then_chat_with_it(page: Page, app_url: str, e2e
     expect(page.locator("h1").first).to_contain_text("Export")
     page.get_by_role("button", name="Export", exact=True).click()
     settle(page)
-    expect(finished(page)).to_be_visible(timeout=600_000)
+    wait_until_succeeded(page)
     settle(page)
     checks = page.locator("[data-testid='stMetric']").filter(has_text="Checks")
     expect(checks).to_contain_text(re.compile(r"passed · 0 failed"))
