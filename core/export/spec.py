@@ -46,7 +46,8 @@ class ExportSpec:
     validation_prompts: int = field(default=4, metadata=_meta("Chat prompts compared (taken from the run's data).", "check", min=1, max=64))
     compare_tokens: int = field(default=16, metadata=_meta("Greedy tokens compared per prompt (F16 must match all of them).", "check", min=1, max=256))
     min_agreement: float = field(default=0.9, metadata=_meta(
-        "Next-token agreement with torch that Q8_0 must reach (K-quants report theirs; below 50 % is a warning).", "check",
+        ("Next-token agreement with torch that Q8_0 must reach where torch decides clearly (its two best ≥ 1 logit "
+         "apart; flips at near-ties are reported, not held against it). K-quants report theirs; below 50 % is a warning."), "check",
         min=0.0, max=1.0, advanced=True))
     verify_only: bool = field(default=False, metadata=_meta(
         "Re-check the files an earlier attempt of this run wrote (hashes, headers, load-back) without rewriting them.", "check", advanced=True))

@@ -2,7 +2,7 @@
 
 - merged safetensors: logits of the saved merged model vs base + adapter (PEFT, unmerged) on the same prompts;
 - GGUF: loaded in llama.cpp; its tokenization of chat prompts equals ours; greedy continuations vs torch
-  (F16: identical first K tokens; quantised: teacher-forced top-1 agreement rate); the chat template stored in
+  (F16: identical first K tokens; quantised: teacher-forced top-1 agreement where torch's top-2 are ≥ 1 logit apart); the chat template stored in
   the file, and llama.cpp's own rendering of a conversation, equal ours;
 - Modelfile: its TEMPLATE, executed the way Ollama does, renders a conversation exactly as our template does.
 
