@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_common import bench_workspace, run_worker  # noqa: E402
 
+from core.export.validate import QUANT_TIE_MARGIN  # noqa: E402
 from core.train.spec import CPU_DEMO_STEPS  # noqa: E402
 
 CHAT_PROMPTS = ("My laptop will not connect to the office Wi-Fi since this morning.",
@@ -108,17 +109,11 @@ def main() -> int:
                 line += f", top-2 margin moved {greedy['margin_shift_mean']:.3f} mean / {greedy['margin_shift_p95']:.3f} p95"
             if greedy.get("decided_agreement") is not None:
                 figures[f"{key}_decided_agreement"] = round(greedy["decided_agreement"], 4)
-                line += f", {greedy['decided_agreement']:.1%} where torch decides by ≥ {greedy_margin()} logits"
+                line += f", {greedy['decided_agreement']:.1%} where torch decides by ≥ {QUANT_TIE_MARGIN} logits"
         print(line, flush=True)
     figures.update(speeds(run_dir, result))
     print(json.dumps(figures))
     return 0
-
-
-def greedy_margin() -> float:
-    from core.export.validate import QUANT_TIE_MARGIN
-
-    return QUANT_TIE_MARGIN
 
 
 def speeds(run_dir: Path, result: dict) -> dict:

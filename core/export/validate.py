@@ -234,31 +234,30 @@ def _agreement_check(llm: Any, references: list[dict], stops: set[int], *, quant
                 tie_flips += int(a != b)
     agreement = sum(agreements) / len(agreements) if agreements else 1.0
     k = max((len(r["continuation"]) for r in references), default=0)
-    details: dict = {"agreement": agreement, "identical_prefix": same_prefix, "tokens": k, "samples": samples[:2], "warning": ""}
+    details: dict = {"agreement": agreement, "identical_prefix": same_prefix, "tokens": k, "samples": samples[:2], "warning": "",
+                     "decided_positions": decided, "decided_agreement": decided_agree / decided if decided else None,
+                     "tie_flips": tie_flips}
     if shifts:
         ordered = sorted(shifts)
         details.update(margin_shift_mean=sum(ordered) / len(ordered), margin_shift_p95=ordered[int(0.95 * (len(ordered) - 1))],
                        margin_shift_max=ordered[-1])
     if quantized:
-        passed, summary = _quantized_verdict(references, same_prefix, agreement, decided, decided_agree, tie_flips, min_agreement, details)
+        passed, summary = _quantized_verdict(references, min_agreement, details)
     else:
-        passed, summary = _f16_verdict(references, same_prefix, k, details)
+        passed, summary = _f16_verdict(references, details)
     return check("greedy text vs torch", passed, summary, **details)
 
 
-def _quantized_verdict(references: list[dict], same_prefix: list[int], agreement: float, decided: int, decided_agree: int,
-                       tie_flips: int, min_agreement: float | None, details: dict) -> tuple[bool | None, str]:
+def _quantized_verdict(references: list[dict], min_agreement: float | None, details: dict) -> tuple[bool | None, str]:
     """A quantiser moves every logit a little: where torch's two best are closer than that, either choice is faithful.
     The rule is judged on the positions torch decides clearly; the raw rate over every position is reported beside it."""
     total = sum(len(r["continuation"]) for r in references)
-    k = details["tokens"]
-    rate = decided_agree / decided if decided else None
-    details.update(decided_positions=decided, decided_agreement=rate, tie_flips=tie_flips)
+    agreement, k, rate, decided = details["agreement"], details["tokens"], details["decided_agreement"], details["decided_positions"]
     rule = f"required ≥ {min_agreement:.0%}" if min_agreement is not None else "reported"
     if min_agreement is None and agreement < QUANT_WARN:
         details["warning"] = f"only {agreement:.0%} of next tokens agree with the 16-bit model: expect visibly different answers"
     raw = (f"{agreement:.1%} over all {total} positions of {len(references)} prompts × up to {k} tokens, "
-           f"{tie_flips} flip(s) at near-ties; identical greedy prefix {sum(same_prefix)}/{total} tokens")
+           f"{details['tie_flips']} flip(s) at near-ties; identical greedy prefix {sum(details['identical_prefix'])}/{total} tokens")
     if not decided:
         passed = None if min_agreement is not None else True
         return passed, (f"not judged: at no position are torch's two best ≥ {QUANT_TIE_MARGIN} logits apart (the model is "
@@ -268,9 +267,10 @@ def _quantized_verdict(references: list[dict], same_prefix: list[int], agreement
                     f"{QUANT_TIE_MARGIN} logits ({rule}); {raw}")
 
 
-def _f16_verdict(references: list[dict], same_prefix: list[int], k: int, details: dict) -> tuple[bool, str]:
+def _f16_verdict(references: list[dict], details: dict) -> tuple[bool, str]:
     """A 16-bit runtime cannot order two tokens whose logits differ by less than its rounding: such a tie is named,
     anything else is a real divergence."""
+    same_prefix, k = details["identical_prefix"], details["tokens"]
     diverged = [(i, p, r["margins"][p]) for i, (p, r) in enumerate(zip(same_prefix, references)) if p < len(r["continuation"])]
     ties = [t for t in diverged if t[2] < TIE_MARGIN]
     details["ties"] = ties
