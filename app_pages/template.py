@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.data.formats import DatasetLoadError
 from core.data.lint import lint_dataset
-from core.data.masking import POLICIES, MaskingError, encode_row, has_tool_calls
+from core.data.masking import POLICIES, REASONING_MODES, MaskingError, encode_row, has_tool_calls
 from core.data.render import legend_html, token_chips_html, token_table
 from core.data.templates import load_template, propose_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
@@ -21,6 +21,11 @@ POLICY_HELP = {
     "completion_only": "everything after the prompt the model sees at inference",
     "everything": "every token, the prompt included (plain language modelling)",
 }
+REASONING_HELP = {
+    "train": "train the think block with the answer",
+    "mask": "think block is context (-100), the answer after it trained",
+    "strip": "remove reasoning from the rows; the template's enable_thinking off",
+}
 LINT_SAMPLE = 500
 
 
@@ -30,8 +35,9 @@ def cached_tokenizer(source_json: str):
 
 
 @st.cache_data(max_entries=16, show_spinner="Linting the dataset…")
-def cached_lint(source_hash: str, model_key: str, template: str, policy: str, max_length: int, train_eot: bool, _rows, _tokenizer):
-    return lint_dataset(_rows, _tokenizer, chat_template=template, policy=policy, max_length=max_length or None, train_eot=train_eot, sample=LINT_SAMPLE)
+def cached_lint(source_hash: str, model_key: str, template: str, policy: str, max_length: int, train_eot: bool, reasoning: str, _rows, _tokenizer):
+    return lint_dataset(_rows, _tokenizer, chat_template=template, policy=policy, max_length=max_length or None, train_eot=train_eot,
+                        sample=LINT_SAMPLE, reasoning=reasoning)
 
 
 def step(delta: int) -> None:
@@ -65,11 +71,14 @@ if not own_template:  # a base model: start from the template its special tokens
     template_names.insert(0, template_names.pop(template_names.index(proposal.name)))
     st.info(f"This tokenizer has no chat template (a base model). Proposed: **{proposal.name}**, because "
             f"{proposal.reason.removeprefix('the tokenizer has no chat template, and ')}. Training proposes the same one.")
-c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+c1, c2, c5, c3, c4 = st.columns([2, 2, 2, 1, 1])
 template_name = c1.selectbox("Chat template", template_names, key="tpl_template",
                              help="The model's own template, or one of the common templates shipped with the app.")
 policy = c2.selectbox("What is trained", POLICIES, key="tpl_policy", format_func=lambda p: f"{p} — {POLICY_HELP[p]}")
 max_length = int(c3.number_input("max_length (0 = none)", 0, 32768, 0, step=64, key="tpl_max_length"))
+reasoning = c5.selectbox("Reasoning", REASONING_MODES, key="tpl_reasoning", format_func=lambda r: f"{r} — {REASONING_HELP[r]}",
+                         help="What training does with <think> reasoning in the rows (the run spec's `reasoning`). Chat and evaluation "
+                              "render prompts with the same setting.")
 train_eot = c4.checkbox("Train end-of-turn", value=True, key="tpl_train_eot", help="Learn the marker that ends the answer, so generation stops.")
 chat_template = own_template if template_name == MODEL_TEMPLATE else load_template(template_name)
 
@@ -84,7 +93,8 @@ nav[1].button("Next ▶", key="tpl_next", on_click=step, args=(1,))
 index = int(nav[2].number_input(f"Row (0–{n_rows - 1})", 0, n_rows - 1, key="tpl_row"))
 
 try:
-    row = encode_row(dataset.rows[index], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length or None, train_eot=train_eot)
+    row = encode_row(dataset.rows[index], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length or None, train_eot=train_eot,
+                     reasoning=reasoning)
 except MaskingError as exc:
     st.error(f"Row {index}: {exc}")
     st.stop()
@@ -105,7 +115,10 @@ if tool_row:
     results = sum(m["role"] == "tool" for m in source_row.get("messages", []))
     st.caption(f"🛠️ This row has {calls} tool call(s), {results} tool result(s) and {len(source_row.get('tools') or [])} tool "
                "definition(s), passed to the template as at inference. The calls are trained; tool results never are.")
-st.html(legend_html(tools=tool_row))
+reasoning_row = any(s.part == "reasoning" for s in row.segments) or bool(row.reasoning_turns)
+if row.reasoning_dropped:
+    st.warning(f"The reasoning of turn(s) {row.reasoning_dropped} is not in the rendered text: this template drops it. The lint below says why.")
+st.html(legend_html(tools=tool_row, reasoning=reasoning_row))
 st.html(token_chips_html(row, tokenizer))
 
 with st.expander("Raw arrays: input_ids and labels"):
@@ -115,7 +128,7 @@ with st.expander("Rendered text (what the tokenizer sees)"):
     st.code(row.text, language=None)
 
 st.subheader("Dataset statistics and lint")
-lint = cached_lint(dataset.source_hash, model_key, chat_template, policy, max_length, train_eot, dataset.rows, tokenizer)
+lint = cached_lint(dataset.source_hash, model_key, chat_template, policy, max_length, train_eot, reasoning, dataset.rows, tokenizer)
 s = st.columns(4)
 s[0].metric("Rows checked", f"{lint.n_checked} of {lint.n_rows}")
 s[1].metric("Tokens", f"{lint.total_tokens:,}")

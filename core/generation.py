@@ -39,12 +39,13 @@ def plain_prompt(messages: Sequence[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
-def prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None) -> list[int]:
-    """Token ids the model reads before answering `messages`."""
+def prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, reasoning: str | None = None) -> list[int]:
+    """Token ids the model reads before answering `messages`. `reasoning` (train / mask / strip) renders the template
+    the way training rendered the rows; None: the setting the tokenizer was trained with (saved by the Train job)."""
     if chat_template or getattr(tokenizer, "chat_template", None):
         from core.data.masking import inference_prompt_ids
 
-        return inference_prompt_ids(list(messages), tokenizer, chat_template=chat_template)
+        return inference_prompt_ids(list(messages), tokenizer, chat_template=chat_template, reasoning=reasoning)
     return list(tokenizer(plain_prompt(messages))["input_ids"])
 
 

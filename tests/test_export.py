@@ -206,8 +206,9 @@ def test_every_mappable_shipped_template_renders_the_same_in_the_modelfile(embed
             ours = embedded_tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
             assert ollama.render_go_template(parsed["template"], ollama.ollama_messages(messages, parsed["system"])) == ours, name
     # these fold the system prompt into a user turn, refuse a system role, or need a context document
-    # llama-3.1-tools renders tool definitions and calls, which an Ollama TEMPLATE built from the anatomy cannot carry
-    assert unmappable == {"chatqa", "gemma-it", "llama-2-chat", "llama-3.1-tools", "saiga"}
+    # llama-3.1-tools renders tool definitions and calls, which an Ollama TEMPLATE built from the anatomy cannot carry;
+    # qwen3 writes think blocks by the answer's position (an empty one into the last answer), which a fixed Ollama TEMPLATE cannot carry
+    assert unmappable == {"chatqa", "gemma-it", "llama-2-chat", "llama-3.1-tools", "qwen3", "saiga"}
 
 
 def test_modelfile_keeps_the_default_system_prompt_of_the_embedded_template(embedded_tokenizer):

@@ -43,6 +43,7 @@ EXPECTED_EOT = {
     "zephyr": "<|im_end|>",
 }
 TOOL_TEMPLATES = ["llama-3.1-tools"]  # ours, beside the shared collection (tests in test_tool_calls.py)
+REASONING_TEMPLATES = ["deepseek-r1-distill-qwen", "qwen3"]  # real reasoning templates from llama.cpp (tests in test_reasoning.py)
 UNTRIMMED = {"granite-3.0-instruct", "openchat-3.5", "qwen2.5-instruct"}
 
 SYSTEM = {"role": "system", "content": "You are terse. Never use more than ten words."}
@@ -104,7 +105,7 @@ def assert_trained_exactly(row, tokenizer, targets: list[str]) -> None:
 def test_shipped_templates_are_the_shared_ones(shared_data):
     names = shared_template_names(shared_data)
     assert len(names) == 18
-    assert shipped_template_names() == sorted(names + TOOL_TEMPLATES)
+    assert shipped_template_names() == sorted(names + TOOL_TEMPLATES + REASONING_TEMPLATES)
     for name in names:
         assert (templates_dir() / f"{name}.jinja").read_text() == (shared_data / "chat_templates" / f"{name}.jinja").read_text()
     assert (templates_dir() / "LICENSE").read_text().startswith("MIT License")

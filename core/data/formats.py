@@ -19,7 +19,8 @@ Normalised rows: conversations become ``{"messages": [{"role": ..., "content": .
 definitions (a ``tools`` column: OpenAI ``[{"type": "function", "function": {...}}]``, or LLaMA-Factory's JSON text
 of ``[{"name": ..., "parameters": ...}]``) become ``"tools"`` in the OpenAI form, and an assistant turn that calls
 tools carries ``"tool_calls": [{"type": "function", "function": {"name": ..., "arguments": {...}}}]`` with the
-arguments parsed to an object: the form chat templates (``apply_chat_template(tools=...)``) expect.
+arguments parsed to an object: the form chat templates (``apply_chat_template(tools=...)``) expect. An assistant
+message's reasoning field (``reasoning_content``, ``thinking`` or ``reasoning``, see core.data.masking) is kept as is.
 
 Every other column of the source row (``id``, ``source``, ...) is kept on the normalised row under its own name, so it
 survives curation and export; a column whose name collides with a normalised key (``messages``, ``text``, ``tools``)
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from core.data.masking import REASONING_KEYS
 from core.workspace import datasets_dir
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
@@ -455,11 +457,12 @@ def _messages_from_openai(raw: dict, name: str, notes: list[str]) -> list[dict]:
             notes.append(ROLE_NOTES[role])
             role = ROLE_ALIASES[role]
         calls = message.get("tool_calls") or ([message["function_call"]] if message.get("function_call") else [])
+        reasoning = {k: message[k] for k in REASONING_KEYS if role == "assistant" and isinstance(message.get(k), str) and message[k].strip()}
         if calls and role == "assistant":
             text = _content_text(message.get("content") or "", f"{where}.content")
-            messages.append({"role": role, "content": text, "tool_calls": _tool_calls(calls, f"{where}.tool_calls")})
+            messages.append({"role": role, "content": text, "tool_calls": _tool_calls(calls, f"{where}.tool_calls"), **reasoning})
             continue
-        normalised = {"role": role, "content": _content_text(message.get("content"), f"{where}.content")}
+        normalised = {"role": role, "content": _content_text(message.get("content"), f"{where}.content"), **reasoning}
         if role == "tool":
             normalised.update({k: str(message[k]) for k in ("name", "tool_call_id") if isinstance(message.get(k), (str, int))})
         messages.append(normalised)

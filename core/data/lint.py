@@ -11,7 +11,12 @@ Checks, per row, with the same `encode_conversation` the trainer uses:
   row's tool definitions passed as at inference),
 - tool rows: tool results that would be trained (only the `everything` policy does that), tool definitions the
   template never shows, and templates that cannot write tool calls at all,
-- rows the template cannot encode at all (with the first row's reason).
+- rows the template cannot encode at all (with the first row's reason),
+- reasoning (``<think>`` blocks, see core.data.masking): a think block the template inserts by itself (Qwen3's
+  empty ``<think>\n\n</think>``) inside trained text, or as context inference never shows; two think blocks in one
+  answer; reasoning the template drops (a ``thinking`` field where it reads ``reasoning_content``, a template that
+  strips everything before ``</think>``, reasoning kept only in the last turns); reasoning trained or masked against
+  the ``reasoning`` setting; a generation prompt that opens a think block the training text lacks there.
 
 `LintReport.can_train` is what the Train page checks ("refuse if no trainable tokens").
 """
@@ -22,16 +27,21 @@ from typing import Any, Sequence
 
 from core.data.masking import (
     IGNORE_INDEX,
+    THINK_CLOSE,
+    THINK_OPEN,
     EncodedRow,
     MaskingError,
     PackingPreview,
+    _apply_reasoning,
     _Context,
     _render,
     _tokenize,
     encode_conversation,
     encode_conversations,
     encode_text,
+    message_reasoning,
     packing_preview,
+    template_reasoning_fields,
 )
 
 EXAMPLES = 5
@@ -128,6 +138,7 @@ def lint_dataset(
     train_eot: bool = True,
     sample: int | None = 2000,
     check_inference: bool = True,
+    reasoning: str | None = None,
 ) -> LintReport:
     """Encode (the first `sample` of) the normalised rows and report what would go wrong in training."""
     chosen = list(rows[:sample] if sample else rows)
@@ -136,7 +147,8 @@ def lint_dataset(
     encoded: list[tuple[int, EncodedRow | None]] = []
     if chat_rows:
         results = encode_conversations([r["messages"] for _, r in chat_rows], tokenizer, chat_template=chat_template, policy=policy,
-                                       max_length=max_length, train_eot=train_eot, errors="skip", tools=[r.get("tools") for _, r in chat_rows])
+                                       max_length=max_length, train_eot=train_eot, errors="skip", tools=[r.get("tools") for _, r in chat_rows],
+                                       reasoning=reasoning)
         encoded += [(i, e) for (i, _), e in zip(chat_rows, results)]
     encoded += [(i, encode_text(r["text"], tokenizer, max_length=max_length)) for i, r in enumerate(chosen) if "text" in r and "messages" not in r]
     encoded.sort(key=lambda pair: pair[0])
@@ -144,7 +156,7 @@ def lint_dataset(
     for index, row in encoded:
         if row is None:
             if "encode_failed" not in report.issues:
-                reason = _encode_error(chosen[index], tokenizer, chat_template, policy)
+                reason = _encode_error(chosen[index], tokenizer, chat_template, policy, reasoning)
                 report._add("encode_failed", "error", f"the chat template could not encode these rows: {reason}", index)
             else:
                 report._add("encode_failed", "error", "", index)
@@ -152,8 +164,13 @@ def lint_dataset(
         _check_row(report, index, row, train_eot)
         if row.n_trained and any(span.role == "tool" and label != IGNORE_INDEX for span, label in zip(row.spans, row.labels)):
             report._add("tool_result_trained", "warning", f"tool results are trained (policy {policy!r}): the model learns to write what tools return", index)
+    prompt_ends: dict[tuple[int, int], int] = {}
     if check_inference and chat_rows:
-        _check_inference(report, chat_rows, {i: e for i, e in encoded}, tokenizer, chat_template)
+        prompt_ends = _check_inference(report, chat_rows, {i: e for i, e in encoded}, tokenizer, chat_template, reasoning)
+    by_index = {i: e for i, e in encoded}
+    reasoning_rows = [(i, r) for i, r in chat_rows if by_index.get(i) is not None]
+    if reasoning_rows:
+        _check_reasoning(report, reasoning_rows, by_index, prompt_ends, tokenizer, chat_template, check_inference)
     if report.n_encoded and report.trained_tokens == 0:
         report._add("no_trainable_tokens", "error", "no checked row has a trained token: training would learn nothing", 0)
     if max_length and report.lengths:
@@ -161,9 +178,9 @@ def lint_dataset(
     return report
 
 
-def _encode_error(row: dict, tokenizer: Any, chat_template: str | None, policy: str) -> str:
+def _encode_error(row: dict, tokenizer: Any, chat_template: str | None, policy: str, reasoning: str | None = None) -> str:
     try:
-        encode_conversation(row["messages"], tokenizer, chat_template=chat_template, policy=policy, tools=row.get("tools"))
+        encode_conversation(row["messages"], tokenizer, chat_template=chat_template, policy=policy, tools=row.get("tools"), reasoning=reasoning)
     except MaskingError as exc:
         return str(exc)
     return "unknown reason"
@@ -189,35 +206,145 @@ def _check_row(report: LintReport, index: int, row: EncodedRow, train_eot: bool)
         report._add("note:" + note[:40], "warning", note, index)
 
 
-def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: Any, chat_template: str | None) -> None:
-    """The prompt rendered for generation must tokenize to a prefix of the training tokens, at every assistant turn."""
-    ctx = _Context.make(tokenizer, chat_template, "all_assistant", None)
+def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: Any, chat_template: str | None,
+                     reasoning: str | None = None) -> dict[tuple[int, int], int]:
+    """The prompt rendered for generation must tokenize to a prefix of the training tokens, at every assistant turn.
+    Returns, per (row, assistant turn) whose prompt is a prefix of the training text, where that prompt ends."""
+    ctx = _Context.make(tokenizer, chat_template, "all_assistant", None, reasoning)
     prompts, owners = [], []
     for index, row in chat_rows:
         if encoded.get(index) is None:
             continue
-        messages = row["messages"]
+        messages = _apply_reasoning(list(row["messages"]), ctx.reasoning)
         for turn, message in enumerate(messages):
             if message["role"] == "assistant" and turn > 0:
                 try:
                     prompts.append(_render(ctx, list(messages[:turn]), add_generation_prompt=True, tools=row.get("tools"))[0])
                 except MaskingError:
                     continue
-                owners.append((index, bool(message.get("tool_calls")) or messages[turn - 1]["role"] == "tool"))
+                owners.append((index, turn, bool(message.get("tool_calls")) or messages[turn - 1]["role"] == "tool"))
     flagged: set[int] = set()
-    for (index, tool_turn), prompt, (ids, _) in zip(owners, prompts, _tokenize(tokenizer, prompts)):
+    prompt_ends: dict[tuple[int, int], int] = {}
+    for (index, turn, tool_turn), prompt, (ids, _) in zip(owners, prompts, _tokenize(tokenizer, prompts)):
         full = encoded[index]
+        if full.text.startswith(prompt):
+            prompt_ends[(index, turn)] = len(prompt)
         if index in flagged:
             continue
         if not full.text.startswith(prompt):
             flagged.add(index)
-            if tool_turn:
+            at = _common_prefix(full.text, prompt)
+            if THINK_OPEN in prompt[at:] or THINK_CLOSE in prompt[at:]:
+                report._add("reasoning_inference_mismatch", "error",
+                            f"the generation prompt ends with {prompt[at:][-40:]!r} where the training text has {full.text[at:at + 40]!r}: inference "
+                            "opens a think block that the training answers do not have there (the template strips the reasoning from training "
+                            "answers, or the rows lack it): the model is trained on a prefix inference never produces. Use a template that "
+                            "keeps the reasoning in the trained turn (e.g. qwen3), or give every answer its reasoning; where the template drops "
+                            "think blocks from earlier turns, train only the last turn or one row per turn", index)
+            elif tool_turn:
                 report._add("tool_inference_mismatch", "error", "at a tool turn (a tool call, or the answer after a tool result) the prompt rendered for generation is not a prefix of the training text: the model is trained on a tool layout it never sees at inference", index)
             else:
                 report._add("inference_mismatch", "error", "the prompt rendered for generation (add_generation_prompt=True) is not a prefix of the training text: the model is trained on a layout it never sees", index)
         elif full.input_ids[: len(ids)] != ids[: len(full.input_ids)]:
             flagged.add(index)
             report._add("inference_token_mismatch", "warning", "the generation prompt tokenizes differently from the same text inside the training row (a token spans the prompt's end)", index)
+    return prompt_ends
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: dict, tokenizer: Any, chat_template: str | None,
+                     context_checked: bool) -> None:
+    """Per row: think blocks the template inserts, duplicated blocks, reasoning the template drops, and reasoning
+    trained / masked against the setting (see the module docstring)."""
+    fields: tuple[str, ...] | None = None
+    for index, source in chat_rows:
+        row = encoded[index]
+        messages = source["messages"]
+        spans, labels = row.spans, row.labels
+        mode = row.reasoning_mode
+        blocks: dict[int, list] = {}
+        for seg in row.segments:
+            if seg.part == "reasoning" and seg.role == "assistant":
+                blocks.setdefault(seg.turn, []).append(seg)
+        for turn, segs in blocks.items():
+            if _turn_text(row, turn).count(THINK_OPEN) > 1:
+                report._add("think_block_duplicated", "warning", "an assistant turn holds two think blocks (the row's reasoning and one the "
+                            "template adds, or reasoning both in a field and inline in the content): the model learns to think twice", index)
+            if turn in row.reasoning_turns and turn not in row.reasoning_dropped and mode != "strip":
+                continue
+            for seg in segs:
+                inner = row.text[seg.start:seg.end].replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
+                what = f"an {'empty ' if not inner else ''}think block ({row.text[seg.start:seg.end]!r})"
+                if _any_trained(row, seg.start, seg.end):
+                    report._add("think_block_trained", "warning", f"the chat template inserts {what} into answers that have no reasoning, and it is "
+                                f"trained (policy {report.policy!r}): the model learns to write it (TRL #6361). Choose reasoning 'strip' (the "
+                                "template's enable_thinking off: inference then gets the same block in its prompt) or 'mask'", index)
+                elif context_checked and mode != "strip" and prompt_ends.get((index, turn), -1) <= seg.start:
+                    report._add("think_block_context", "warning", f"the chat template inserts {what} before answers that have no reasoning; "
+                                "it is masked, but the generation prompt does not hold it: the model is trained to answer after a think block "
+                                "it never sees at inference. Choose reasoning 'strip' (enable_thinking off puts the same block in the prompt)", index)
+        if row.reasoning_dropped:
+            if fields is None:
+                fields = template_reasoning_fields(tokenizer, chat_template=chat_template)
+            last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+            if last in row.reasoning_dropped or not blocks:
+                where = (message_reasoning(messages[row.reasoning_dropped[-1]]) or ("",))[0]
+                shown = "a leading <think>...</think> in the content" if where == "inline" else f"field {where!r}"
+                why = _dropped_reason(where, fields)
+                report._add("reasoning_dropped", "warning", f"the rows' reasoning ({shown}) never reaches the training text: {why}. The model is "
+                            "trained on answers without their reasoning", index)
+            elif report.policy in ("all_assistant", "everything") and any(_turn_trained(row, t) for t in row.reasoning_dropped):
+                report._add("reasoning_history_dropped", "warning", "the template keeps the reasoning only in the turns after the last user "
+                            "message and drops it from earlier assistant turns, which are trained (policy "
+                            f"{report.policy!r}) as answers without their reasoning. Use policy last_assistant, or one row per turn", index)
+        for turn in (t for t in row.reasoning_turns if t not in row.reasoning_dropped):
+            tokens = [label for span, label in zip(spans, labels) if span.turn == turn and span.part == "reasoning"]
+            if not tokens:
+                continue
+            if mode == "mask" and any(label != IGNORE_INDEX for label in tokens):
+                report._add("reasoning_trained_against_choice", "warning", "reasoning tokens are trained although the reasoning setting is "
+                            "'mask' (a token spans the end of the think block and the answer)", index)
+            elif mode == "train" and _turn_trained(row, turn) and any(label == IGNORE_INDEX for label in tokens):
+                report._add("reasoning_masked_against_choice", "warning", "reasoning tokens are masked although the reasoning setting is "
+                            "'train': the think block lies before where the model starts writing this turn at inference (the generation "
+                            "prompt opens it), so it is context, not answer", index)
+
+
+def _dropped_reason(where: str, fields: tuple[str, ...]) -> str:
+    """Why a template did not write a row's reasoning, from where it takes reasoning (masking.template_reasoning_fields)."""
+    keys = [f for f in fields if f != "inline"]
+    named = ", ".join(repr(f) for f in keys)
+    if not fields:
+        return ("this template writes no reasoning at all (it removes it, as DeepSeek-R1-distill templates remove everything up to "
+                "</think> from every answer)")
+    if where == "inline":
+        if "inline" in fields:
+            return "this template leaves it out of this conversation's layout"
+        return f"this template removes a <think>...</think> from the content and reads reasoning only from the field {named}: move it there"
+    if where in keys:
+        return "this template leaves it out of this conversation's layout"
+    if keys:
+        return f"this template reads the field {named}, not {where!r} (transformers #44301): rename the field"
+    return "this template reads no reasoning field; it keeps a <think>...</think> written at the start of the content: put it there"
+
+
+def _turn_text(row: EncodedRow, turn: int) -> str:
+    return "".join(row.text[s.start:s.end] for s in row.segments if s.turn == turn and s.role == "assistant")
+
+
+def _any_trained(row: EncodedRow, start: int, end: int) -> bool:
+    return any(a < end and start < b for a, b in row.trained_chars)
+
+
+def _turn_trained(row: EncodedRow, turn: int) -> bool:
+    return any(s.turn == turn and s.part == "content" and _any_trained(row, s.start, s.end) for s in row.segments)
 
 
 def trained_token_count(rows: Sequence[EncodedRow]) -> int:

@@ -37,6 +37,18 @@ final assistant turn), ``completion_only`` (everything after the prompt, where t
 the messages before the last assistant turn with `add_generation_prompt=True` — TRL's prompt/completion
 rule), ``everything`` (every token). Labels are the token id where trained and -100 where masked; the
 shift by one happens inside the model's loss.
+
+Reasoning (``<think>`` blocks): an assistant message carries its reasoning in a field (``reasoning_content``,
+``thinking`` or ``reasoning``) or inline at the start of its content (``<think>...</think>answer``). The sentinel
+render puts a sentinel in the reasoning too, so its place is found the same way, wherever the template writes it
+(or that it writes it nowhere: the turn is listed in ``reasoning_dropped``). A think block the template writes
+(``<think>`` ... ``</think>``, tags included, an empty one the template inserts by itself too) is its own part,
+``reasoning``. A turn with reasoning starts where the generation prompt ends (the model writes ``<think>`` itself).
+The ``reasoning`` setting: ``train`` trains it with the turn, ``mask`` labels every think block -100 (the answer
+after it stays trained), ``strip`` removes the reasoning from the rows before rendering. The setting also decides
+the template's ``enable_thinking`` (off for ``strip``), for training and inference alike (`template_kwargs_for`):
+a Qwen3-style template then writes the same empty think block in the generation prompt that it writes in the
+training answers.
 """
 from __future__ import annotations
 
@@ -48,7 +60,13 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 IGNORE_INDEX = -100
 POLICIES: tuple[str, ...] = ("all_assistant", "last_assistant", "completion_only", "everything")
-PARTS: tuple[str, ...] = ("template", "content", "tool_call", "eot")
+PARTS: tuple[str, ...] = ("template", "content", "tool_call", "reasoning", "eot")
+REASONING_MODES: tuple[str, ...] = ("train", "mask", "strip")
+REASONING_KEYS: tuple[str, ...] = ("reasoning_content", "thinking", "reasoning")  # message fields that hold reasoning
+REASONING_TOKENIZER_KEY = "workbench_reasoning"  # a trained tokenizer's init kwarg: the reasoning setting it was trained with
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_INLINE_THINK = re.compile(r"\A(\s*)<think>(.*?)</think>(.*)\Z", re.DOTALL)
+_THINK_BLOCK = re.compile(r"<think>.*?</think>[ \t]*\n*", re.DOTALL)
 _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -61,7 +79,7 @@ class MaskingError(ValueError):
 class TokenSpan(NamedTuple):
     role: str  # role of the message the token belongs to ("" for text rows' padding-free tail)
     turn: int  # index of that message in the conversation as given
-    part: str  # "template" (chat-template text), "content" (message text), "tool_call" (an assistant's call) or "eot"
+    part: str  # "template" (chat-template text), "content" (message text), "tool_call" (an assistant's call), "reasoning" (a think block) or "eot"
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,9 @@ class EncodedRow:
     has_eot_marker: bool = True  # the template emits an end-of-turn marker after assistant turns
     eot_trained: bool = True  # every trained assistant turn has its whole marker trained (after truncation)
     notes: list[str] = field(default_factory=list)
+    reasoning_mode: str = "train"
+    reasoning_turns: list[int] = field(default_factory=list)  # turns whose message carried reasoning (before any strip)
+    reasoning_dropped: list[int] = field(default_factory=list)  # turns whose reasoning the template did not write
 
     @cached_property
     def spans(self) -> list[TokenSpan]:
@@ -149,10 +170,11 @@ def encode_conversation(
     max_length: int | None = None,
     train_eot: bool = True,
     tools: Sequence[dict] | None = None,
+    reasoning: str | None = None,
 ) -> EncodedRow:
     """One conversation (and its tool definitions) → ids, labels (-100 where masked) and per-token spans."""
     return encode_conversations([messages], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length,
-                                train_eot=train_eot, tools=[tools])[0]
+                                train_eot=train_eot, tools=[tools], reasoning=reasoning)[0]
 
 
 def encode_conversations(
@@ -165,12 +187,14 @@ def encode_conversations(
     train_eot: bool = True,
     errors: str = "raise",
     tools: Sequence[Sequence[dict] | None] | None = None,
+    reasoning: str | None = None,
 ) -> list[EncodedRow | None]:
     """Many conversations with one batched tokenizer call (fast). errors="skip" puts None for rows that fail.
-    `tools`, when given, holds each conversation's tool definitions (None for a row without)."""
+    `tools`, when given, holds each conversation's tool definitions (None for a row without). `reasoning`:
+    train / mask / strip (None: the setting the tokenizer was trained with, else train)."""
     if errors not in ("raise", "skip"):
         raise ValueError("errors must be 'raise' or 'skip'")
-    ctx = _Context.make(tokenizer, chat_template, policy, max_length)
+    ctx = _Context.make(tokenizer, chat_template, policy, max_length, reasoning)
     conversations = list(conversations)
     tools = list(tools) if tools is not None else [None] * len(conversations)
     if len(tools) != len(conversations):
@@ -209,16 +233,102 @@ def encode_row(row: dict, tokenizer: Any, **kwargs: Any) -> EncodedRow:
 
 
 def render_conversation(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, add_generation_prompt: bool = False,
-                        tools: Sequence[dict] | None = None) -> str:
-    """The text the template makes of these messages (system folded where the template refuses it)."""
-    ctx = _Context.make(tokenizer, chat_template, "all_assistant", None)
-    return _render(ctx, list(messages), add_generation_prompt=add_generation_prompt, tools=tools)[0]
+                        tools: Sequence[dict] | None = None, reasoning: str | None = None) -> str:
+    """The text the template makes of these messages (system folded where the template refuses it), with the
+    reasoning setting applied exactly as training applies it (the template's enable_thinking; strip)."""
+    ctx = _Context.make(tokenizer, chat_template, "all_assistant", None, reasoning)
+    return _render(ctx, _apply_reasoning(list(messages), ctx.reasoning), add_generation_prompt=add_generation_prompt, tools=tools)[0]
 
 
-def inference_prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, tools: Sequence[dict] | None = None) -> list[int]:
+def inference_prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, tools: Sequence[dict] | None = None,
+                         reasoning: str | None = None) -> list[int]:
     """Token ids the model sees at inference for these messages (`add_generation_prompt=True`)."""
-    text = render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True, tools=tools)
+    text = render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True, tools=tools, reasoning=reasoning)
     return _tokenize(tokenizer, [text])[0][0]
+
+
+# ---------------------------------------------------------------- reasoning
+
+
+def check_reasoning_mode(reasoning: str) -> str:
+    if reasoning not in REASONING_MODES:
+        raise ValueError(f"unknown reasoning setting {reasoning!r}; expected one of {', '.join(REASONING_MODES)}")
+    return reasoning
+
+
+def reasoning_mode_of(tokenizer: Any, reasoning: str | None = None) -> str:
+    """The reasoning setting to render with: the one given, else the one the tokenizer was trained with, else train."""
+    if reasoning is None:
+        reasoning = (getattr(tokenizer, "init_kwargs", None) or {}).get(REASONING_TOKENIZER_KEY) or "train"
+    return check_reasoning_mode(reasoning)
+
+
+def template_kwargs_for(reasoning: str) -> dict:
+    """The template variables a reasoning setting sets, for training rows and inference prompts alike."""
+    return {"enable_thinking": check_reasoning_mode(reasoning) != "strip"}
+
+
+def message_reasoning(message: dict) -> tuple[str, str] | None:
+    """(where, text) of an assistant message's reasoning: a field name of REASONING_KEYS or "inline" (a leading
+    <think>...</think> in its content); None when it has none."""
+    if not isinstance(message, dict) or message.get("role") != "assistant":
+        return None
+    for key in REASONING_KEYS:
+        value = message.get(key)
+        if isinstance(value, str) and value.strip():
+            return key, value
+    content = message.get("content")
+    match = _INLINE_THINK.match(content) if isinstance(content, str) else None
+    if match and match.group(2).strip():
+        return "inline", match.group(2)
+    return None
+
+
+def strip_reasoning(messages: Sequence[dict]) -> list[dict]:
+    """The messages without reasoning: no reasoning fields, no leading <think>...</think> in assistant contents."""
+    out = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            out.append(message)
+            continue
+        copy = {k: v for k, v in message.items() if k not in REASONING_KEYS}
+        content = copy.get("content")
+        match = _INLINE_THINK.match(content) if isinstance(content, str) else None
+        if match:
+            copy["content"] = match.group(1) + match.group(3).lstrip()
+        out.append(copy)
+    return out
+
+
+def template_reasoning_fields(tokenizer: Any, *, chat_template: str | None = None) -> tuple[str, ...]:
+    """Where this template takes an answer's reasoning from: the fields of REASONING_KEYS (and "inline", a leading
+    <think>...</think> in the content) whose text appears when a one-turn conversation is rendered with it."""
+    ctx = _Context.make(tokenizer, chat_template, "all_assistant", None, "train")
+    return _reasoning_fields(ctx.template, tuple(sorted(ctx.kwargs.items())))
+
+
+@lru_cache(maxsize=64)
+def _reasoning_fields(template: str, kwargs: tuple) -> tuple[str, ...]:
+    import jinja2
+
+    compiled, probe = _compile(template), "\ue002probe\ue003"
+    found = []
+    for key in REASONING_KEYS + ("inline",):
+        answer = {"role": "assistant", "content": f"{THINK_OPEN}{probe}{THINK_CLOSE}answer" if key == "inline" else "answer"}
+        if key != "inline":
+            answer[key] = probe
+        try:
+            text = compiled.render(**dict(kwargs), messages=[{"role": "user", "content": "question"}, answer], add_generation_prompt=False,
+                                   tools=None, documents=None)
+        except jinja2.TemplateError:
+            continue
+        if probe in text:
+            found.append(key)
+    return tuple(found)
+
+
+def _apply_reasoning(messages: list[dict], reasoning: str) -> list[dict]:
+    return strip_reasoning(messages) if reasoning == "strip" else messages
 
 
 def has_tool_calls(messages: Sequence[dict]) -> bool:
@@ -274,9 +384,10 @@ class _Context:
     special_re: re.Pattern | None
     policy: str
     generation_markers: bool
+    reasoning: str = "train"
 
     @classmethod
-    def make(cls, tokenizer: Any, chat_template: str | None, policy: str, max_length: int | None) -> "_Context":
+    def make(cls, tokenizer: Any, chat_template: str | None, policy: str, max_length: int | None, reasoning: str | None = None) -> "_Context":
         if policy not in POLICIES:
             raise ValueError(f"unknown masking policy {policy!r}; expected one of {', '.join(POLICIES)}")
         if max_length is not None and max_length <= 0:
@@ -286,13 +397,15 @@ class _Context:
             template = template.get("default") or next(iter(template.values()))
         if not template:
             raise MaskingError("the tokenizer has no chat template; choose one of the shipped templates")
+        mode = reasoning_mode_of(tokenizer, reasoning)
         return cls(
             template=template,
             compiled=_compile(template),
-            kwargs=_template_kwargs(tokenizer),
+            kwargs=dict(_template_kwargs(tokenizer), **template_kwargs_for(mode)),
             special_re=_special_tokens_re(tuple(_special_tokens(tokenizer))),
             policy=policy,
             generation_markers=has_generation_markers(template),
+            reasoning=mode,
         )
 
 
@@ -304,6 +417,9 @@ class _Plan:
     eot_ranges: list[tuple[int, int]]  # the markers of trained assistant turns
     has_eot_marker: bool
     notes: list[str]
+    reasoning_turns: list[int] = field(default_factory=list)
+    reasoning_dropped: list[int] = field(default_factory=list)
+    reasoning_mode: str = "train"
 
 
 def _compile(template: str) -> Any:
@@ -389,10 +505,14 @@ def _plan(messages: list[dict], ctx: _Context, train_eot: bool, tools: list[dict
             raise MaskingError(f"message {i} needs a string 'role' and a string 'content'")
     if not messages:
         raise MaskingError("empty conversation")
+    reasoning_turns = [i for i, m in enumerate(messages) if message_reasoning(m)]
+    messages = _apply_reasoning(messages, ctx.reasoning)
     text, generation_spans, rendered_messages, notes = _render(ctx, messages, track=ctx.generation_markers, tools=tools)
     folded = len(rendered_messages) != len(messages)
     turn_of = (lambda i: i + 1) if folded else (lambda i: i)  # index into the caller's messages
     elements = _contents_via_skeleton(ctx, text, rendered_messages, tools)
+    written = {turn_of(e.message) for e in elements if e.part == "reasoning"}
+    dropped = [t for t in reasoning_turns if t not in written] if ctx.reasoning != "strip" else []
     _check_tool_calls_rendered(rendered_messages, elements, turn_of)
     if tools and text == _render(ctx, messages, tools=None)[0]:
         notes.append("the template does not show the tool definitions to the model: it will call tools it was never shown")
@@ -405,7 +525,9 @@ def _plan(messages: list[dict], ctx: _Context, train_eot: bool, tools: list[dict
     has_marker = all(eot_by_turn[t][1] > eot_by_turn[t][0] for t in assistant_turns)
 
     trained, eot_ranges = _trained_ranges(ctx, messages, text, body_of, eot_by_turn, generation_spans, train_eot, tools)
-    return _Plan(text, segments, trained, eot_ranges, has_marker, notes)
+    if ctx.reasoning == "mask":
+        trained = _subtract(trained, [(s.start, s.end) for s in segments if s.part == "reasoning"])
+    return _Plan(text, segments, trained, eot_ranges, has_marker, notes, reasoning_turns, dropped, ctx.reasoning)
 
 
 _SKELETONS: dict[tuple, str] = {}
@@ -415,7 +537,7 @@ class _Content(NamedTuple):
     start: int
     end: int
     message: int  # index into the rendered messages
-    part: str = "content"  # "content", or "tool_call" for the sentinel in a call's function name
+    part: str = "content"  # "content", "reasoning", or "tool_call" for the sentinel in a call's function name
 
 
 def _sentinel_messages(messages: list[dict]) -> tuple[list[dict], list[str], dict[int, tuple[int, str]]]:
@@ -424,12 +546,21 @@ def _sentinel_messages(messages: list[dict]) -> tuple[list[dict], list[str], dic
     expected: list[str] = []
     owner: dict[int, tuple[int, str]] = {}
     out = []
+    def sentinel(text: str, i: int, part: str) -> str:
+        owner[len(expected)] = (i, part)
+        expected.append(text)
+        return _SENTINEL.format(len(expected) - 1)
+
     for i, message in enumerate(messages):
         copy = dict(message)
-        if message["content"] or not message.get("tool_calls"):
-            owner[len(expected)] = (i, "content")
-            copy["content"] = _SENTINEL.format(len(expected))
-            expected.append(message["content"])
+        reasoning = message_reasoning(message)
+        if reasoning and reasoning[0] == "inline":  # <think>R</think>A: a sentinel each for R and A, the tags kept
+            lead, inner, after = _INLINE_THINK.match(message["content"]).groups()
+            copy["content"] = lead + THINK_OPEN + sentinel(inner, i, "reasoning") + THINK_CLOSE + (sentinel(after, i, "content") if after else "")
+        elif message["content"] or not message.get("tool_calls"):
+            copy["content"] = sentinel(message["content"], i, "content")
+        if reasoning and reasoning[0] != "inline":
+            copy[reasoning[0]] = sentinel(reasoning[1], i, "reasoning")
         if message.get("tool_calls"):
             calls = []
             for call in message["tool_calls"]:
@@ -449,7 +580,7 @@ def _contents_via_skeleton(ctx: _Context, text: str, messages: list[dict], tools
     Rows with tools are not cached: their skeleton holds the calls' arguments and the tool definitions."""
     sentinel_messages, expected, owner = _sentinel_messages(messages)
     cacheable = not tools and not any(m.get("tool_calls") for m in messages)
-    key = (ctx.template, tuple(sorted(ctx.kwargs.items())), tuple(m["role"] for m in messages))
+    key = (ctx.template, tuple(sorted(ctx.kwargs.items())), tuple((m["role"], (message_reasoning(m) or ("",))[0]) for m in messages))
     cached = _SKELETONS.get(key) if cacheable else None
     if cached is not None:
         try:
@@ -514,7 +645,7 @@ def _turns(ctx: _Context, text: str, elements: list[_Content], messages: list[di
     for group in groups:
         first, role = group[0], messages[group[0].message]["role"]
         start = first.start
-        if role == "assistant" and first.part == "tool_call":
+        if role == "assistant" and (first.part == "tool_call" or any(e.part == "reasoning" for e in group)):
             start = _generation_prompt_end(ctx, text, messages[: first.message], tools, first.start)
         turns.append(_Turn(role, turn_of(first.message), group, start))
     return turns
@@ -588,12 +719,15 @@ def _segments(text: str, turns: list[_Turn], ctx: _Context) -> tuple[list[Segmen
         if t.start > pos:
             segments.append(Segment(pos, t.start, t.role, t.turn, "template"))
             pos = t.start
-        contents = [e for e in t.elements if e.part == "content"]
-        for e in contents:
-            if e.start > pos:
-                segments.append(Segment(pos, e.start, t.role, t.turn, "template"))
-            segments.append(Segment(e.start, e.end, t.role, t.turn, "content"))
-            pos = e.end
+        contents = [e for e in t.elements if e.part in ("content", "reasoning")]
+        for j, e in enumerate(contents):
+            start, end = e.start, e.end
+            if e.part == "reasoning":  # the think block around the reasoning, tags included
+                start, end = _think_block(text, pos, e, contents[j + 1].start if j + 1 < len(contents) else limit)
+            if start > pos:
+                segments.append(Segment(pos, start, t.role, t.turn, "template"))
+            segments.append(Segment(start, end, t.role, t.turn, e.part))
+            pos = end
         if t.role != "assistant":
             continue
         calls = [e for e in t.elements if e.part == "tool_call"]
@@ -610,7 +744,41 @@ def _segments(text: str, turns: list[_Turn], ctx: _Context) -> tuple[list[Segmen
     if pos < len(text):
         last = segments[-1] if segments else Segment(0, 0, "", -1, "template")
         segments.append(Segment(pos, len(text), last.role, last.turn, "template"))
-    return segments, eot_by_turn, body_of
+    return _carve_think_blocks(text, segments), eot_by_turn, body_of
+
+
+_OPEN_BEFORE = re.compile(r"<think>\s*\Z")
+_CLOSE_AFTER = re.compile(r"\s*</think>[ \t]*\n*")
+
+
+def _think_block(text: str, pos: int, element: _Content, limit: int) -> tuple[int, int]:
+    """The reasoning's span widened to the <think> tag right before it and the </think> (and blank lines) right after."""
+    start, end = element.start, element.end
+    before = _OPEN_BEFORE.search(text, pos, start)
+    if before:
+        start = before.start()
+    after = _CLOSE_AFTER.match(text, end, limit)
+    if after and THINK_CLOSE in after.group():
+        end = after.end()
+    return start, end
+
+
+def _carve_think_blocks(text: str, segments: list[Segment]) -> list[Segment]:
+    """Think blocks the template writes by itself (e.g. Qwen3's empty <think>\\n\\n</think>) are reasoning, not template text."""
+    out: list[Segment] = []
+    for seg in segments:
+        if seg.part != "template" or seg.role != "assistant" or THINK_OPEN not in text[seg.start:seg.end]:
+            out.append(seg)
+            continue
+        pos = seg.start
+        for match in _THINK_BLOCK.finditer(text, seg.start, seg.end):
+            if match.start() > pos:
+                out.append(Segment(pos, match.start(), seg.role, seg.turn, "template"))
+            out.append(Segment(match.start(), match.end(), seg.role, seg.turn, "reasoning"))
+            pos = match.end()
+        if pos < seg.end:
+            out.append(Segment(pos, seg.end, seg.role, seg.turn, "template"))
+    return out
 
 
 def _trained_ranges(ctx, messages, text, body_of, eot_by_turn, generation_spans, train_eot, tools=None):
@@ -738,6 +906,9 @@ def _finish(plan: _Plan, ids: list[int], offsets: list[tuple[int, int]], max_len
         has_eot_marker=plan.has_eot_marker,
         eot_trained=_eot_trained(plan, offsets, token_ranges),
         notes=list(plan.notes),
+        reasoning_mode=plan.reasoning_mode,
+        reasoning_turns=list(plan.reasoning_turns),
+        reasoning_dropped=list(plan.reasoning_dropped),
     )
 
 

@@ -3,7 +3,8 @@
 Every token is a chip: green when trained (label = its id), grey when masked (label -100); the
 end-of-turn marker gets a darker green, template text a dashed outline. Tool turns have colours of their own:
 an assistant's tool-call text is blue (trained), a tool's result amber (masked; outlined green if a policy
-trains it). Hovering shows id, label, role,
+trains it). Reasoning (a think block, see core.data.masking) is violet: solid when trained, pale and dotted when
+masked, so reasoning is never mistaken for the answer. Hovering shows id, label, role,
 turn and part. Chip text is the exact slice of the rendered conversation the token covers, with newlines
 shown as ↵ and the line broken after them.
 """
@@ -25,6 +26,8 @@ CHIP_CSS = """
 .tpl-chip.trained.tool_call{background:#cfe0ff;color:#0a2a66;border-color:#6f9be8;}
 .tpl-chip.tool-result{background:#ffe6bf;color:#6b4400;border-color:#f0b860;}
 .tpl-chip.tool-result.trained{border-color:#2e9e44;border-width:2px;}
+.tpl-chip.trained.reasoning{background:#e2d3fb;color:#3b1a70;border-color:#a57be0;}
+.tpl-chip.masked.reasoning{background:#f5f0fc;color:#8c7aa8;border-style:dotted;border-color:#c9b6e8;}
 .tpl-chip.cut{text-decoration:line-through;opacity:.5;}
 .tpl-legend{font-size:12px;margin-bottom:6px;}
 </style>
@@ -47,6 +50,21 @@ def visible(text: str) -> str:
     return shown.replace("\n", "↵")
 
 
+KINDS: tuple[str, ...] = ("trained", "masked", "eot", "tool_call", "tool_result", "trained_reasoning", "masked_reasoning")
+
+
+def token_kind(label: int, span: Any) -> str:
+    """What a token is, for colouring and tables: one of KINDS."""
+    trained = label != IGNORE_INDEX
+    if span.part == "reasoning":
+        return "trained_reasoning" if trained else "masked_reasoning"
+    if span.role == "tool" and span.part != "template":
+        return "tool_result"
+    if trained and span.part in ("eot", "tool_call"):
+        return span.part
+    return "trained" if trained else "masked"
+
+
 def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_tokens: int | None = None) -> str:
     """All tokens of a row as coloured chips with a hover title; a line break follows each newline."""
     spans = row.spans
@@ -59,7 +77,7 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
         classes = ["tpl-chip", "trained" if label != IGNORE_INDEX else "masked", span.part]
         if span.role == "tool" and span.part != "template":
             classes.append("tool-result")
-        title = f"#{i} · id {row.input_ids[i]} · label {label} · role {span.role or '-'} · turn {span.turn} · {span.part}"
+        title = f"#{i} · id {row.input_ids[i]} · label {label} · role {span.role or '-'} · turn {span.turn} · {span.part} · {token_kind(label, span)}"
         pieces.append(f'<span class="{" ".join(classes)}" title="{html.escape(title, quote=True)}">{visible(text) or "&#8203;"}</span>')
         if "\n" in text:
             pieces.append("<br>")
@@ -69,7 +87,7 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
     return "".join(pieces)
 
 
-def legend_html(tools: bool = False) -> str:
+def legend_html(tools: bool = False, reasoning: bool = False) -> str:
     return (
         CHIP_CSS
         + '<div class="tpl-legend">'
@@ -79,12 +97,14 @@ def legend_html(tools: bool = False) -> str:
         + '<span class="tpl-chip masked template">template text</span>'
         + (' <span class="tpl-chip trained tool_call">tool call (trained)</span> '
            '<span class="tpl-chip masked content tool-result">tool result (masked)</span>' if tools else "")
+        + (' <span class="tpl-chip trained reasoning">reasoning (trained)</span> '
+           '<span class="tpl-chip masked reasoning">reasoning (masked)</span>' if reasoning else "")
         + "</div>"
     )
 
 
 def token_table(row: EncodedRow, tokenizer: Any | None = None) -> list[dict]:
-    """One dict per token (for a dataframe): position, text, id, label, role, turn, part."""
+    """One dict per token (for a dataframe): position, text, id, label, role, turn, part, kind."""
     return [
         {
             "pos": i,
@@ -94,6 +114,7 @@ def token_table(row: EncodedRow, tokenizer: Any | None = None) -> list[dict]:
             "role": span.role,
             "turn": span.turn,
             "part": span.part,
+            "kind": token_kind(row.labels[i], span),
         }
         for i, span in enumerate(row.spans)
     ]
