@@ -156,6 +156,7 @@ def encode_rows(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_temp
         results = encode_conversations(
             [r["messages"] for _, r in chat], tokenizer, chat_template=chat_template, policy=spec.masking_policy,
             max_length=spec.max_length, train_eot=spec.train_eot, errors="skip", tools=[r.get("tools") for _, r in chat],
+            reasoning=spec.reasoning,
         )
         for (i, _), row in zip(chat, results):
             encoded[i] = row
@@ -225,7 +226,7 @@ def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
     else:
         train_rows, eval_rows = held_out(loaded.rows, spec.eval_fraction, spec.seed)
     lint = lint_dataset(train_rows, tokenizer, chat_template=template, policy=spec.masking_policy,
-                        max_length=spec.max_length, train_eot=spec.train_eot, sample=LINT_SAMPLE, check_inference=False)
+                        max_length=spec.max_length, train_eot=spec.train_eot, sample=LINT_SAMPLE, check_inference=False, reasoning=spec.reasoning)
     refusal = lint.refusal()
     if refusal:
         raise DataError(f"Refusing to train on {spec.dataset}: {refusal}{_zero_reason(lint)}.")

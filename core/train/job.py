@@ -264,9 +264,18 @@ def _final_metrics(trainer: Any, callback: Any, output: Any, eval_start: float |
     return metrics
 
 
+def _render_like_training(tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> None:
+    """The saved tokenizer carries the training's chat template and reasoning setting (core.data.masking reads it back),
+    so chat / evaluate render prompts the way training rendered the rows."""
+    from core.data.masking import REASONING_TOKENIZER_KEY
+
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.init_kwargs[REASONING_TOKENIZER_KEY] = spec.reasoning
+
+
 def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, data: PreparedData) -> dict:
-    if data.chat_template:
-        tokenizer.chat_template = data.chat_template  # so chat / evaluate render prompts the way training did
+    _render_like_training(tokenizer, spec, data.chat_template)
     outputs: dict[str, str] = {}
     newest = latest_checkpoint(run_dir)
     if newest:
@@ -283,8 +292,7 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
 def _save_outputs_distributed(spec: TrainSpec, run_dir: Path, trainer: Any, tokenizer: Any, data: PreparedData, rank: RankInfo) -> dict:
     """Every rank takes part in trainer.save_model (FSDP / ZeRO-3 gather the shards); rank 0 writes the folder and
     swaps it into place, so the result is never half-written."""
-    if data.chat_template:
-        tokenizer.chat_template = data.chat_template
+    _render_like_training(tokenizer, spec, data.chat_template)
     name = ADAPTER_DIR if spec.uses_adapter else MODEL_DIR
     target, tmp = run_dir / name, run_dir / f".{name}.saving"
     if rank.is_main:
@@ -312,8 +320,7 @@ def merge_adapter(spec: TrainSpec, adapter_dir: Path, target: Path, chat_templat
 
     loaded = load_model(spec.model_source.with_adapter(adapter_dir))
     merged = merge_adapter_weights(loaded.model, adapter_dir)
-    if chat_template:
-        loaded.tokenizer.chat_template = chat_template
+    _render_like_training(loaded.tokenizer, spec, chat_template)
     return save_model(merged, loaded.tokenizer, target)
 
 

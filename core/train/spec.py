@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from core.data.masking import POLICIES
+from core.data.masking import POLICIES, REASONING_MODES
 from core.runs.spec import check_limits, meta, spec_from_dict
 from core.train.methods import LORA_FIELDS, merge_refusal, method_info
 from core.train.methods import METHODS as METHOD_TABLE
@@ -61,6 +61,12 @@ class TrainSpec:
     train_eot: bool = field(
         default=True,
         metadata=meta("Train the end-of-turn marker after each trained assistant turn (without it the model never learns to stop).", "data", advanced=True),
+    )
+    reasoning: str = field(
+        default="train",
+        metadata=meta("Reasoning (<think> blocks) in the rows: train it with the answer, mask it (context the answer is trained "
+                       "after), or strip it before rendering. Strip also turns the template's enable_thinking off, and chat / "
+                       "evaluate prompts follow the same setting. The Template page shows and lints it.", "data", choices=REASONING_MODES),
     )
     chat_template: str = field(
         default="",
