@@ -28,7 +28,9 @@ CONFIG_PATTERNS = ("config.json", "generation_config.json", "tokenizer.json", "t
                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
                    "tokenizer.model", "spiece.model", "*.tiktoken", "chat_template.json", "chat_template.jinja")
 CODE_PATTERNS = ("*.py",)  # only when the user ticked "Trust remote code"
-WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+WEIGHT_INDEX = "model.safetensors.index.json"  # what transformers looks for, in this order
+WEIGHT_FILE = "model.safetensors"
+MISTRAL_WEIGHTS = "consolidated*.safetensors"  # Mistral's own-format copy of the same weights: transformers never reads it
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 CHUNK = 1 << 20
 
@@ -112,6 +114,38 @@ def cached_snapshot(repo_id: str, revision: str = "") -> Path | None:
         return Path(snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir(), local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         return None
+
+
+def weight_files(repo: RemoteRepo, read_json: Callable[[RemoteRepo, RemoteFile], dict] | None = None) -> list[RemoteFile]:
+    """The safetensors files of a repo that transformers loads, and no others: the index and exactly the shards its
+    weight_map names; else model.safetensors; else the other top-level *.safetensors (an adapter, a custom name);
+    Mistral's consolidated*.safetensors (a second copy of the weights, as large as the model) only when nothing else
+    exists. `read_json` reads the index (default: fetch it into the cache). Empty when the repo has no safetensors."""
+    by_name = {f.name: f for f in repo.files}
+    index = by_name.get(WEIGHT_INDEX)
+    if index is not None:
+        weight_map = (read_json or _fetch_json)(repo, index).get("weight_map") or {}
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if s not in by_name]
+        if not shards or missing:
+            raise HubError(f"{repo.repo_id}: {WEIGHT_INDEX} " + (f"names shards the repository does not have: {', '.join(missing[:3])}"
+                                                                   if missing else "has an empty weight_map") + ".")
+        return [index] + [by_name[s] for s in shards]
+    if WEIGHT_FILE in by_name:
+        return [by_name[WEIGHT_FILE]]
+    top = [f for f in repo.files if "/" not in f.name and f.name.endswith(".safetensors")]
+    return [f for f in top if not fnmatch.fnmatch(f.name, MISTRAL_WEIGHTS)] or top
+
+
+def _fetch_json(repo: RemoteRepo, f: RemoteFile) -> dict:
+    """A small JSON file of a repo, fetched into the cache (once) and read."""
+    import json
+
+    folder, _, _ = download(repo, [f])
+    try:
+        return json.loads((folder / f.name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HubError(f"{repo.repo_id}/{f.name} is not valid JSON: {exc}") from exc
 
 
 def has_weights(folder: Path) -> bool:

@@ -219,6 +219,61 @@ def test_interrupted_download_resumes_where_it_stopped(workspace, online, hub_ca
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == hashlib.sha256(weights).hexdigest()
 
 
+def _listing(*names: str):
+    from core import hub
+
+    return hub.RemoteRepo("mistral-like/model", "0" * 40, tuple(hub.RemoteFile(n, 10, n, None) for n in names))
+
+
+def test_weight_files_are_what_transformers_loads_never_mistral_consolidated_beside_them():
+    from core import hub
+
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = {"weight_map": {"a.weight": shards[0], "b.weight": shards[1], "c.weight": shards[1]}}
+    repo = _listing(*shards, hub.WEIGHT_INDEX, "consolidated.safetensors", "config.json")
+    picked = [f.name for f in hub.weight_files(repo, read_json=lambda r, f: index)]
+    assert picked == [hub.WEIGHT_INDEX, *shards]
+    assert [f.name for f in hub.weight_files(_listing("consolidated.safetensors", "params.json"))] == ["consolidated.safetensors"]
+    assert [f.name for f in hub.weight_files(_listing("model.safetensors", "consolidated.safetensors"))] == ["model.safetensors"]
+    # a stray shard the index does not name is not fetched; an index naming a missing shard is a sentence, not a crash
+    stray = _listing(*shards, "model-00003-of-00003.safetensors", hub.WEIGHT_INDEX)
+    assert "model-00003-of-00003.safetensors" not in [f.name for f in hub.weight_files(stray, read_json=lambda r, f: index)]
+    with pytest.raises(hub.HubError, match="model-00002-of-00002.safetensors"):
+        hub.weight_files(_listing(shards[0], hub.WEIGHT_INDEX), read_json=lambda r, f: index)
+
+
+def _sharded_with_consolidated(tiny_llama_dir: Path) -> HubRepo:
+    """The tiny model as two shards + index (as transformers saves it) and a consolidated.safetensors claimed 14.5 GB."""
+    from safetensors.torch import load_file, save
+
+    weights = load_file(str(tiny_llama_dir / "model.safetensors"))
+    names = sorted(weights)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    repo = repo_from_folder(REPO, tiny_llama_dir, claimed_sizes={"consolidated.safetensors": 14_500_000_000_000})
+    repo.files["consolidated.safetensors"] = repo.files.pop("model.safetensors")
+    for shard, keys in halves.items():
+        repo.files[shard] = save({k: weights[k] for k in keys}, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    repo.files["model.safetensors.index.json"] = json.dumps(index).encode()
+    return repo
+
+
+def test_download_of_a_mistral_style_repo_fetches_the_shards_the_index_names_and_not_consolidated(workspace, online, tiny_llama_dir):
+    repo = _sharded_with_consolidated(tiny_llama_dir)
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        run_dir = _download({"kind": "hub", "ref": REPO})
+        status = runs.wait(run_dir, timeout=180)
+        assert status.state == "succeeded", runs.log_tail(run_dir)  # the disk check counted only the selected files
+        assert not server.fetched("consolidated.safetensors")
+        assert server.fetched("model-00001-of-00002.safetensors") and server.fetched("model-00002-of-00002.safetensors")
+        assert len(server.fetched("model.safetensors.index.json")) == 1, "the index is read once, then found in the cache"
+    result = runs.read_result(run_dir)
+    assert result["bytes"] == sum(len(v) for k, v in repo.files.items() if k != "consolidated.safetensors"), "every file but that one"
+    online.setenv("HF_HUB_OFFLINE", "1")
+    assert load_model(ModelSource("hub", REPO)).info.parameters > 0
+
+
 def test_gated_and_unknown_models_fail_with_a_sentence_to_act_on(workspace, online, tiny_llama_dir):
     gated = repo_from_folder("meta-like/gated-model", tiny_llama_dir, gated=True)
     with HubServer([gated]) as server:

@@ -10,9 +10,10 @@ from core.runs.jobs import JobContext, JobError
 
 
 def files_to_fetch(repo: hub.RemoteRepo, remote_code: bool) -> list[hub.RemoteFile]:
-    """Safetensors weights, config and tokenizer files (and *.py only for trusted remote code); never pickles."""
-    weights = repo.select(hub.WEIGHT_PATTERNS)
-    if not any(f.name.endswith(".safetensors") for f in weights):
+    """The safetensors weights transformers loads (hub.weight_files), config and tokenizer files (and *.py only for
+    trusted remote code); never pickles."""
+    weights = hub.weight_files(repo)
+    if not weights:
         pickles = [f.name for f in repo.select(hub.PICKLE_WEIGHTS)]
         detail = f" (only pickled weights: {', '.join(pickles[:3])})" if pickles else ""
         raise JobError(f"{repo.repo_id} has no .safetensors weights{detail}; the workbench loads safetensors only, "
