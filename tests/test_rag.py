@@ -287,6 +287,35 @@ def test_quote_extraction_is_verbatim_and_finds_the_answer_sentence():
     assert extract_quote(text, "Which class for long trains?", "first class") == "Trains over 3 hours may be first class."
 
 
+def test_sentences_keep_decimals_abbreviations_versions_and_addresses_whole():
+    from core.rag.raft import sentences
+
+    def split(text: str) -> list[str]:
+        return [text[a:b] for a, b in sentences(text)]
+
+    whole = ["Colour printing costs 0.50 euros per page.", "Pi is about 3.14 and e about 2.72.",
+             "Bring a pen, e.g. a blue one, i.e. not red.", "Dr. Smith met the U.S. team at 3 p.m. on Monday.",
+             "Pens, paper, etc. are provided.", "Install v1.2.3 with Python 3.11 first.",
+             "Write to help.desk@example.org or see https://example.com/docs/v2.1/index.html for more.",
+             "The report by J. R. Tolkien is on page 4.", 'She said "It costs 2.50." and left.']
+    for sentence in whole:
+        assert split(sentence) == [sentence]
+    assert split(" ".join(whole)) == whole, "real sentence ends still cut, and only there"
+    assert split("Is it free? Yes! It costs 0.50 euros.\nNext line") == ["Is it free?", "Yes!", "It costs 0.50 euros.", "Next line"]
+    assert split("We sell pens, paper, etc. The shop opens at 9.") == ["We sell pens, paper, etc.", "The shop opens at 9."]
+
+
+def test_a_raft_quote_is_the_whole_sentence_across_a_decimal_point():
+    text = "Colour printing costs 0.50 euros per page. Black and white printing is free for staff."
+    chunk = lambda doc, body: Chunk(f"{doc}#0", doc, doc.title(), body, 0, 20, 0, len(body))
+    chunks = [chunk("printing", text)] + [chunk(f"other{i}", f"Rule {i}: the office opens at {8 + i} o'clock on weekdays.") for i in range(4)]
+    question = Question("q1", "How much does colour printing cost per page?", "0.50 euros", doc_id="printing")
+    build = build_raft([question], chunks, RaftSettings(k=3, distractor_only_fraction=0.0, distractors="random", seed=1))
+    assert build.records[0]["quote"] == "Colour printing costs 0.50 euros per page."
+    target = build.rows[0]["messages"][-1]["content"]
+    assert f"{rag_prompt.BEGIN_QUOTE}Colour printing costs 0.50 euros per page.{rag_prompt.END_QUOTE}" in target
+
+
 @pytest.fixture(scope="module")
 def raft_build(demo_index, demo_questions):
     def retrieve(questions, depth):

@@ -33,7 +33,13 @@ DISTRACTOR_RULES = ("hard", "random")
 ABSENT_TARGETS = ("abstain", "answer")
 MANIFEST_SCHEMA = "workbench.dataset/1"
 DATA_FILE, MANIFEST_FILE, RAFT_FILE, HELDOUT_FILE = "data.jsonl", "manifest.json", "raft.jsonl", "heldout.jsonl"
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
+# A sentence ends at . ! ? (closing quotes / brackets may follow) before whitespace or the end, and at a line break.
+# A full stop with no space after it is never an end: 0.50, 3.14, v1.2.3, Python 3.11, example.com/a.b, a.b@c.org.
+_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)|\n")
+# Abbreviations a sentence rarely ends with: no cut after them (U.S., e.g., a.m. are caught by the dotted rule below).
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st mt vs cf approx ca no nos fig figs vol pp ch sec eq ref "
+                           "jan feb mar apr jun jul aug sep sept oct nov dec".split())
+_DOTTED = re.compile(r"(?:[^\W\d_]\.){2,}$")  # e.g. i.e. U.S. a.m. p.m.
 _WORDS = re.compile(r"\w+")
 
 Retrieve = Callable[[Sequence[str], int], list[list[str]]]  # questions, depth -> ranked chunk ids per question
@@ -78,17 +84,35 @@ class RaftBuild:
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences (and lines) of a text, whitespace trimmed."""
-    spans = []
-    for match in _SENTENCE.finditer(text):
-        start, end = match.span()
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        if end > start:
-            spans.append((start, end))
+    """Character spans of the sentences (and lines) of a text, whitespace trimmed. Decimals, versions, URLs, e-mail
+    addresses, initials and abbreviations (e.g., i.e., Dr., U.S., etc. before a lower-case word) stay whole."""
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text) if _ends_sentence(text, m)]
+    spans, start = [], 0
+    for end in cuts + [len(text)]:
+        a, b = start, end
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            spans.append((a, b))
+        start = end
     return spans
+
+
+def _ends_sentence(text: str, match: re.Match) -> bool:
+    mark = match.group(0)
+    if mark == "\n" or "!" in mark or "?" in mark or mark.startswith(".."):
+        return True
+    following = text[match.end():].lstrip()
+    if not following:
+        return True
+    if following[0].islower():  # "etc. and", "approx. five", "3 p.m. on Monday": the sentence goes on
+        return False
+    word = text[:match.start()].rsplit(None, 1)[-1].lstrip("\"'(\u201c\u2018[") if text[:match.start()].strip() else ""
+    if word.lower() in _ABBREVIATIONS or _DOTTED.search(word + "."):
+        return False
+    return not (len(word) == 1 and word.isupper())  # an initial: "J. Smith"
 
 
 def find_verbatim(text: str, span: str) -> str | None:
