@@ -197,7 +197,7 @@ def build_card(run_id: str, nodes: dict[str, RunNode] | None = None, graph: Line
         "spec": spec,
         "base_model": spec.get("model") or spec.get("base") or {},
         "data": {k: data.get(k) for k in ("source", "format", "sha256", "manifest_sha256", "train_rows", "eval_rows")} if data else {},
-        "masking": ({"policy": spec.get("masking_policy"), "train_eot": spec.get("train_eot"),
+        "masking": ({"policy": spec.get("masking_policy"), "train_eot": spec.get("train_eot"), "reasoning": spec.get("reasoning", "train"),
                      **{k: data.get(k) for k in ("train_tokens", "trained_tokens", "dropped_zero_trained", "truncated_rows")}}
                     if data else {}),
         "memory": ({"predicted_bytes": train_card.get("predicted_memory_bytes"), "measured_peak_bytes": train_card.get("peak_memory_bytes"),
@@ -307,7 +307,8 @@ def model_card_markdown(card: dict) -> str:
                 f"- rows: {d.get('train_rows')} train, {d.get('eval_rows')} eval"]
     if card["masking"]:
         m = card["masking"]
-        out += [f"- masking: `{m.get('policy')}`, end-of-turn trained: {m.get('train_eot')}; {m.get('trained_tokens')} of "
+        out += [f"- masking: `{m.get('policy')}`, end-of-turn trained: {m.get('train_eot')}, reasoning: `{m.get('reasoning', 'train')}`; "
+                f"{m.get('trained_tokens')} of "
                 f"{m.get('train_tokens')} tokens trained; {m.get('dropped_zero_trained')} rows dropped with nothing to train, "
                 f"{m.get('truncated_rows')} truncated"]
     if spec and card["kind"] == "train":
