@@ -299,8 +299,11 @@ def load_model(
     dtype: str | None = None,
     quantization_config: Any = None,
     for_training: bool = False,
+    stream_to_device: bool = False,
 ) -> LoadedModel:
-    """Load model + tokenizer (+ adapter) from any source; every failure is a ModelLoadError."""
+    """Load model + tokenizer (+ adapter) from any source; every failure is a ModelLoadError.
+
+    stream_to_device: on a GPU, place each shard on the device as it is read (RAM holds about one shard, not the model)."""
     from transformers import AutoModelForCausalLM
 
     from core.hardware import detect
@@ -315,8 +318,9 @@ def load_model(
         path = resolve_model_path(source)
         tokenizer = load_tokenizer(replace(source, adapter="")) if source.kind != "embedded" else _embedded_tokenizer(path)
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": source.trust_remote_code}
-        if quantization_config is not None:
-            kwargs["quantization_config"] = quantization_config
+        if quantization_config is not None or (stream_to_device and device == "cuda"):
+            if quantization_config is not None:
+                kwargs["quantization_config"] = quantization_config
             if device == "cuda":
                 import torch
 
@@ -325,7 +329,7 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(_explain_load_failure(path, exc)) from exc
-    if quantization_config is None and device != "cpu":
+    if quantization_config is None and device != "cpu" and not (stream_to_device and device == "cuda" and source.kind != "gguf"):
         model = model.to(device)
     if source.adapter:
         model = apply_adapter(model, source.adapter, trainable=for_training)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.export import llamacpp, validate
+from core.export import llamacpp, memory, validate
 from core.export.disk import estimate_bytes, folder_bytes, safetensors_parameters, space_problem
 from core.export.integrity import digest_problems, folder_digest
 from core.export.source import ExportSource, resolve, training_template
@@ -49,11 +49,15 @@ class Exporter:
         self.references: list[dict] = []  # torch greedy continuations (of the saved merged weights)
         self.merged_dir: Path | None = None  # the GGUF converter's input
         self.f16_path: Path | None = None  # llama.cpp's quantiser's input
+        self.memory: memory.MemoryPlan | None = None  # dtype, device and RAM of the merge (set by _check_memory)
+        self.merge_record: dict = {}  # how the merge ran: dtype, device, RAM figures
 
     # ---------------------------------------------------------------- plan
     def run(self) -> dict:
         started = time.time()
         self._check_disk()
+        if "merged" in self.spec.formats or self.spec.needs_gguf:
+            self._check_memory()
         steps = self._steps()
         for index, (label, step) in enumerate(steps):
             if self.ctx.stop_requested:
@@ -103,6 +107,28 @@ class Exporter:
         if problem:
             raise JobError(problem)
 
+    def _check_memory(self) -> None:
+        """Refuse before any load when RAM cannot hold what the merge loads (core.export.memory); pick dtype and device."""
+        from core.hardware import detect
+
+        source = self.source
+        base_dir = Path(self._model_path(source.base))
+        wanted, why = (None, "")
+        if source.run_kind == "train":
+            wanted, why = memory.run_dtype(str(source.run_spec.get("precision", "auto")), memory.card_precision(source.run_dir))
+        if not why:  # a merged / pruned / distilled folder or a model source: the dtype its weights are stored in
+            wanted = memory.stored_dtype(base_dir)
+            why = f"the weights are stored in {wanted}" if wanted else ""
+        self.memory = memory.plan_memory(base_dir, source.adapter_dir, wanted, why, detect())
+        self.ctx.write_json("memory_plan.json", self.memory.as_dict())
+        self.ctx.log.info("memory plan: %s on %s (%s); needs %.2f GB RAM, %.2f GB available", self.memory.dtype, self.memory.device,
+                          self.memory.dtype_reason, self.memory.ram_needed_bytes / 1e9, (self.memory.ram_available_bytes or 0) / 1e9)
+        for note in self.memory.notes:
+            self.notes.append(f"memory: {note}")
+        problem = self.memory.problem()
+        if problem:
+            raise JobError(problem)
+
     @staticmethod
     def _model_path(model) -> str:
         from core.models import ModelLoadError, resolve_model_path
@@ -143,8 +169,9 @@ class Exporter:
         started = time.perf_counter()
         keep = "merged" in self.spec.formats
         target = (self.out / "merged") if keep else (self.work / "merged")
+        plan = self.memory
         try:
-            loaded = load_model(self.source.model, device="cpu", dtype="float32")
+            loaded = load_model(self.source.model, device=plan.device, dtype=plan.dtype, stream_to_device=True)
         except ModelLoadError as exc:
             raise JobError(str(exc)) from None
         self.tokenizer = loaded.tokenizer
@@ -155,27 +182,36 @@ class Exporter:
         self.prompts = validate.validation_prompts(self.tokenizer, self.template, self.source.dataset, self.spec.validation_prompts)
         self.prompt_ids = [validate.encode(self.tokenizer, p) for p in self.prompts]
         has_adapter = self.source.adapter_dir is not None
-        references = validate.source_logits(loaded, self.prompt_ids, has_adapter) if self.spec.validate else []
-        model = loaded.model.merge_and_unload() if has_adapter else loaded.model
-        model = model.to(dtype=_torch_dtype(self.spec.merged_dtype))
+        with _default_device(plan.device):
+            references = validate.source_logits(loaded, self.prompt_ids, has_adapter) if self.spec.validate else []
+        model = loaded.model.merge_and_unload() if has_adapter else loaded.model  # in place: still one copy
+        merged_in = str(next(model.parameters()).dtype).removeprefix("torch.")  # what the merge actually computed in
+        model = model.to(dtype=_torch_dtype(self.spec.merged_dtype))  # tensor by tensor: never two full copies
         model.config.torch_dtype = self.spec.merged_dtype
         _fits_dtype(model, self.spec.merged_dtype)
         save_model(model, self.tokenizer, target)
         write_seconds = time.perf_counter() - started
         del loaded, model
-        gc.collect()
+        _free(plan.device)
         checks: list[dict] = []
+        # loaded back at the saved dtype when the run was 16-bit (the reference's precision), else upcast to fp32
+        reload_dtype = self.spec.merged_dtype if plan.dtype != "float32" else "float32"
+        # the logits are compared at the coarser of the two precisions (the source's and the saved file's)
+        check_dtype = "bfloat16" if "bfloat16" in (plan.dtype, self.spec.merged_dtype) else self.spec.merged_dtype
         if self.spec.validate:
             checks.append(validate.integrity_check(target))
-            reloaded = load_model(ModelSource("local", str(target)), device="cpu", dtype="float32")
-            checks.append(validate.merged_check(references, reloaded.model, self.prompt_ids, self.spec.merged_dtype))
-            if self.spec.needs_gguf:
-                self.references = validate.torch_references(reloaded.model, reloaded.tokenizer, self.prompts, self.spec.compare_tokens)
+            reloaded = load_model(ModelSource("local", str(target)), device=plan.device, dtype=reload_dtype, stream_to_device=True)
+            with _default_device(plan.device):
+                checks.append(validate.merged_check(references, reloaded.model, self.prompt_ids, check_dtype))
+                if self.spec.needs_gguf:
+                    self.references = validate.torch_references(reloaded.model, reloaded.tokenizer, self.prompts, self.spec.compare_tokens)
             del reloaded
-            gc.collect()
+            _free(plan.device)
+        self.merge_record = {"dtype": merged_in, "device": plan.device, "why": plan.dtype_reason, "validated_in": reload_dtype,
+                             "ram_needed_bytes": plan.ram_needed_bytes, "ram_available_bytes": plan.ram_available_bytes}
         self.merged_dir = target
         if keep:
-            self._record("merged", target, write_seconds, checks, dtype=self.spec.merged_dtype)
+            self._record("merged", target, write_seconds, checks, dtype=self.spec.merged_dtype, merged_in=self.merge_record)
         elif checks:
             self.notes.append("merged weights written to a temporary folder as the GGUF source: " + "; ".join(c["summary"] for c in checks))
             if any(c["passed"] is False for c in checks):
@@ -277,7 +313,7 @@ class Exporter:
         result = {
             "source": self.source.label, "source_run": str(self.source.run_dir or ""), "base_model": self.source.base.as_dict(),
             "chat_template": self.template, "prompts": self.prompts, "artifacts": self.artifacts, "notes": self.notes,
-            "artifacts_written": len(self.artifacts), "total_bytes": sum(a["size_bytes"] for a in self.artifacts),
+            "merge": self.merge_record, "artifacts_written": len(self.artifacts), "total_bytes": sum(a["size_bytes"] for a in self.artifacts),
             "checks_passed": sum(1 for c in checks if c["passed"] is True),
             "checks_failed": sum(1 for c in checks if c["passed"] is False),
             "seconds": round(time.time() - started, 2), "done": done,
@@ -320,6 +356,23 @@ def _gguf_adds_bos(path: Path) -> bool:
 
     field_ = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
     return bool(field_.contents()) if field_ is not None else False
+
+
+def _default_device(device: str):
+    """Tensors the validation builds (prompt ids) are made on the model's device."""
+    import contextlib
+
+    import torch
+
+    return torch.device(device) if device != "cpu" else contextlib.nullcontext()
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def _torch_dtype(name: str):
