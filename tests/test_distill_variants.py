@@ -85,10 +85,12 @@ def test_train_data_mixes_replay_exactly_and_records_it(embedded_tokenizer, tmp_
 @pytest.mark.slow
 def test_the_train_job_records_replay_in_its_run_card(workspace, tiny_llama_dir):
     from core import runs
+    from core.data.replay import SHIPPED_FILE
     from core.train.spec import TrainSpec
 
+    # the shipped file named explicitly: 'general' on this non-embedded base would replay its own answers (test_replay_base.py)
     spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, max_steps=2, batch_size=2, max_length=192,
-                     eval_fraction=0.0, replay_fraction=0.1, save_steps=2)
+                     eval_fraction=0.0, replay_fraction=0.1, replay_dataset=str(SHIPPED_FILE), save_steps=2)
     run_dir = runs.create_run(spec)
     runs.launch(run_dir)
     status = runs.wait(run_dir, timeout=300)
@@ -96,6 +98,7 @@ def test_the_train_job_records_replay_in_its_run_card(workspace, tiny_llama_dir)
     card = json.loads((run_dir / "run_card.json").read_text())
     assert card["spec"]["replay_fraction"] == 0.1
     assert card["data"]["replay"]["replay_rows"] == 33 and card["data"]["train_rows"] == DEMO_ROWS + 33
+    assert card["data"]["replay"]["answered_by"] == "SmolLM2-135M-Instruct"  # the card says whose answers were replayed
     assert any("replay: 33 general rows" in note for note in card["data_notes"])
 
 

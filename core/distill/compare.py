@@ -153,7 +153,8 @@ def train_on_answers(ctx: JobContext, spec: DistillCompareSpec, init: Path, data
     sub_spec = {"kind": "train", "model": {"kind": "local", "ref": str(init)}, "dataset": dataset, "method": "full",
                 "max_steps": spec.steps, "batch_size": spec.batch_size, "learning_rate": spec.learning_rate,
                 "lr_scheduler": "cosine", "max_length": spec.max_length, "eval_fraction": 0.0, "save_steps": spec.steps,
-                "save_total_limit": 1, "seed": spec.seed, "replay_fraction": fraction, "replay_dataset": spec.replay_dataset}
+                "save_total_limit": 1, "seed": spec.seed, "replay_fraction": fraction, "replay_dataset": spec.replay_dataset,
+                "replay_answered_by": spec.teacher}  # the student rehearses the teacher's general answers, not its own
     run_train(ctx.child(folder, sub_spec, span, student_label("sequence", fraction)))
     return None if ctx.stop_requested else ctx.run_dir / folder / MODEL_DIR
 

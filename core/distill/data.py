@@ -50,8 +50,10 @@ def encode_feature(row: dict, tokenizer: Any, *, max_length: int, policy: str, w
 
 
 def encode_features(rows: list[dict], tokenizer: Any, *, max_length: int, policy: str = "all_assistant", with_prompt: bool = False,
-                    replay_fraction: float = 0.0, replay_dataset: str = "general", seed: int = 0) -> tuple[list[dict], dict | None]:
-    """The task rows as features, plus `replay_fraction` general rows (exact, see core.data.replay) and their record."""
+                    replay_fraction: float = 0.0, replay_dataset: str = "general", seed: int = 0,
+                    replay_model: Any = None) -> tuple[list[dict], dict | None]:
+    """The task rows as features, plus `replay_fraction` general rows (exact, see core.data.replay) and their record.
+    replay_model: whose general answers 'general' replays (the teacher; None = the embedded model's shipped set)."""
     from core.data.replay import mix
 
     encode = lambda row: encode_feature(row, tokenizer, max_length=max_length, policy=policy, with_prompt=with_prompt)  # noqa: E731
@@ -61,7 +63,7 @@ def encode_features(rows: list[dict], tokenizer: Any, *, max_length: int, policy
                          + ": raise max_length or check the data")
     if replay_fraction <= 0:
         return features, None
-    replay, record = mix(len(features), replay_fraction, replay_dataset, seed, encode)
+    replay, record = mix(len(features), replay_fraction, replay_dataset, seed, encode, model=replay_model)
     return features + replay, record
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from core.data.replay import prepare_answers
 from core.distill.data import DEMO_EVAL, DEMO_TRAIN, batches, collate, encode_features, encode_rows, load_rows
 from core.distill.loss import distillation_loss, kl_teacher_student
 from core.distill.spec import DistillSpec
@@ -96,7 +97,8 @@ def training_data(spec: DistillSpec, tokenizer: Any, device: Any) -> tuple[list[
     try:
         features, replay = encode_features(load_rows(data_path, spec.max_rows), tokenizer, max_length=spec.max_length,
                                            policy=spec.policy, with_prompt=spec.method == "on_policy",
-                                           replay_fraction=spec.replay_fraction, replay_dataset=spec.replay_dataset, seed=spec.seed)
+                                           replay_fraction=spec.replay_fraction, replay_dataset=spec.replay_dataset, seed=spec.seed,
+                                           replay_model=spec.teacher_source)
         held_out_path = DEMO_EVAL if spec.data == "demo" else data_path
         held_out_rows = encode_rows(load_rows(held_out_path, HELD_OUT_ROWS), tokenizer, max_length=spec.max_length, policy=spec.policy)
     except (FileNotFoundError, ValueError) as exc:
@@ -185,6 +187,8 @@ def run(ctx: JobContext) -> dict:
     spec: DistillSpec = ctx.spec
     torch.manual_seed(spec.seed)
     state = ctx.read_json(STATE_FILE) or {}
+    if spec.replay_fraction > 0:  # 'general' replays the teacher's own general answers: cached, else written first
+        prepare_answers(ctx, spec.replay_dataset, spec.teacher_source, span=(0.0, 0.01))
     ctx.progress(0.01, "loading the teacher")
     tokenizer, teacher_model = load_teacher(spec)
     student, student_tok, described = build_student(spec, teacher_model, ctx.run_dir, ctx.log)

@@ -188,18 +188,30 @@ def _keep(split: EncodedSplit, row: EncodedRow) -> None:
     split.features.append({"input_ids": list(row.input_ids), "labels": list(row.labels)})
 
 
-def add_replay(split: EncodedSplit, tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> dict:
-    """Mix `spec.replay_fraction` general rows into an encoded training split (core.data.replay); returns the record."""
-    from core.data.replay import ReplayError, mix
+def add_replay(split: EncodedSplit, tokenizer: Any, spec: TrainSpec, chat_template: str | None, estimate: bool = False) -> dict:
+    """Mix `spec.replay_fraction` general rows into an encoded training split (core.data.replay); returns the record.
+
+    'general' replays the base model's own answers (core.data.replay.resolve_source). estimate=True (the pre-flight,
+    before the job has generated them): counted on the shipped set, and the record says so."""
+    from core.data.replay import SHIPPED, ReplayError, mix, needs_answers
+
+    model = spec.replay_model_source
+    pending = needs_answers(spec.replay_dataset, model)
+    if pending and estimate:
+        model = None  # the shipped rows stand in for counting only; the job answers with the base first
 
     def encode(row: dict) -> EncodedRow | None:
         encoded = encode_rows([row], tokenizer, spec, chat_template)[0]
         return encoded if encoded is not None and encoded.n_trained else None
 
     try:
-        rows, record = mix(len(split.features), spec.replay_fraction, spec.replay_dataset, spec.seed, encode)
+        rows, record = mix(len(split.features), spec.replay_fraction, spec.replay_dataset, spec.seed, encode, model=model)
     except ReplayError as exc:
         raise DataError(str(exc)) from exc
+    if pending and estimate and spec.replay_dataset.strip() == SHIPPED:
+        record.update(estimate=True, answered_by=spec.replay_model_source.label,
+                      label=f"general instructions to be answered by {spec.replay_model_source.label} as the run's first stage "
+                            "(counted here on the shipped set)")
     for row in rows:
         _keep(split, row)
     split.n_rows += len(rows)
@@ -217,8 +229,8 @@ def held_out(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[dic
     return [r for i, r in enumerate(rows) if i not in eval_ids], [r for i, r in enumerate(rows) if i in eval_ids]
 
 
-def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
-    """Load, lint, split and encode. Raises DataError when nothing could be trained."""
+def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False) -> PreparedData:
+    """Load, lint, split and encode. Raises DataError when nothing could be trained. replay_estimate: see add_replay."""
     loaded = load_rows(spec.dataset)
     template, template_choice = choose_chat_template(spec.chat_template, tokenizer)
     if spec.eval_dataset.strip():
@@ -237,7 +249,7 @@ def prepare_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
             f"({train.n_zero_trained} have none under masking policy {spec.masking_policy!r} at max_length {spec.max_length}, "
             f"{train.n_failed} could not be encoded)."
         )
-    replay = add_replay(train, tokenizer, spec, template) if spec.replay_fraction > 0 else None
+    replay = add_replay(train, tokenizer, spec, template, replay_estimate) if spec.replay_fraction > 0 else None
     if spec.packing:
         train.features = pack_features(train.features, spec.max_length)
     evaluation = build_split(eval_rows, tokenizer, spec, template, pack=False) if eval_rows else None

@@ -58,6 +58,7 @@ def run(ctx: JobContext) -> dict:
     if spec.uses_launcher and not in_launched_process():
         from core.train.supervisor import supervise
 
+        _replay_answers(spec, ctx)  # the ranks find the base model's replay answers cached
         return supervise(ctx, spec, hardware)  # this worker starts torchrun / accelerate and watches the ranks
     rank = getattr(ctx, "rank", None) or RankInfo()
     refusal = distribution_refusal(spec, hardware, launching_here=False) if spec.uses_launcher else None
@@ -82,6 +83,9 @@ def run(ctx: JobContext) -> dict:
         tune_cpu_allocator()  # peak RSS then follows live tensors, so it can be compared with the estimate
     import_training_stack()
     probe = MemoryProbe(hardware.device)
+    replay_answers = _replay_answers(spec, ctx)
+    if ctx.stop_requested:
+        return {"global_step": 0, "note": "stopped before training started"}
     ctx.progress(0.0, "tokenizing the data")
     data, data_tokenizer = _prepare(spec, ctx)
     if ctx.stop_requested:
@@ -156,6 +160,7 @@ def run(ctx: JobContext) -> dict:
         "data": data.manifest(),
         "data_notes": data.notes,
         "chat_template": data.template_choice,
+        "replay_answers": replay_answers,
         "backend": backend.name,
         "backend_notes": notes,
         "tracking": {"report_to": trackers, "notes": tracker_notes},
@@ -210,6 +215,30 @@ def folder_bytes(path: str | Path | None) -> int:
     if not path or not Path(path).is_dir():
         return 0
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _replay_answers(spec: TrainSpec, ctx: JobContext) -> dict | None:
+    """Replay 'general' on a base other than the embedded model replays that base's own answers: reused from the
+    workspace cache, else written now as this run's first stage (core.data.replay.ensure_answers)."""
+    from core.data.replay import SHIPPED, missing_answers_message, needs_answers, prepare_answers, uses_shipped_answers
+
+    model = spec.replay_model_source
+    if spec.replay_fraction <= 0 or spec.replay_dataset.strip() != SHIPPED or uses_shipped_answers(model):
+        return None
+    if in_launched_process() and needs_answers(spec.replay_dataset, model):
+        raise JobError(missing_answers_message(model) + " (a launched rank does not generate them: its launcher does, first)")
+    from core.download import ensure_weights
+
+    ensure_weights(ctx, [model])  # the answers are keyed by the weights: fetch them before answering
+    answers = prepare_answers(ctx, spec.replay_dataset, model, max_new_tokens=spec.replay_max_new_tokens, prompts=spec.replay_prompts,
+                              keep_unfinished=spec.replay_keep_unfinished) or {}
+    gc.collect()
+    if answers.get("generated"):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the answering copy of the model is gone before the training copy loads
+    return answers
 
 
 def _prepare(spec: TrainSpec, ctx: JobContext) -> tuple[PreparedData, Any]:

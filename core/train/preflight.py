@@ -29,6 +29,7 @@ class Preflight:
     invalid_rows: int = 0
     replay_rows: int = 0  # general rows mixed in (replay), included in `rows`
     replay_fraction: float = 0.0
+    replay_label: str = ""  # where the replay rows come from: whose answers (core.data.replay's record)
     lint_warnings: list[str] = field(default_factory=list)
     refusal: str | None = None  # why training would be refused, or None
     total_steps: int | None = None
@@ -202,6 +203,7 @@ class DataCheck:
     longest: int = 0  # tokens of the longest training sequence: the memory estimate's padded width
     replay_rows: int = 0  # general rows mixed in (replay), included in `rows`
     replay_fraction: float = 0.0
+    replay_label: str = ""
     lint_warnings: tuple[str, ...] = ()
     refusal: str | None = None
     template: dict = field(default_factory=dict)  # the chat template the run will render with (name, source, reason)
@@ -237,6 +239,11 @@ def data_key(spec: TrainSpec) -> str:
         fields["eval_dataset_sha256"] = content_digest(spec.eval_dataset)
     if spec.replay_fraction > 0 and spec.replay_dataset.strip() not in ("", "general"):
         fields["replay_dataset_sha256"] = content_digest(spec.replay_dataset)
+    elif spec.replay_fraction > 0:  # 'general': the base's own cached answers, once the job has written them
+        from core.data.replay import cached_answers, uses_shipped_answers
+
+        model = spec.replay_model_source
+        fields["replay_answers"] = "" if uses_shipped_answers(model) else str(cached_answers(model) or "")
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -247,7 +254,7 @@ def check_data(spec: TrainSpec) -> DataCheck:
     from core.train.data import DataError, prepare_data
 
     try:
-        data = prepare_data(spec, load_tokenizer(spec.model_source))
+        data = prepare_data(spec, load_tokenizer(spec.model_source), replay_estimate=True)
     except (DataError, ModelLoadError, MaskingError) as exc:
         return DataCheck(refusal=str(exc))
     except Exception as exc:  # noqa: BLE001 - any data or template failure is a refusal on the page, never a crash
@@ -258,6 +265,7 @@ def check_data(spec: TrainSpec) -> DataCheck:
         zero_trained_rows=train.n_zero_trained, truncated_rows=train.n_truncated, failed_rows=train.n_failed,
         invalid_rows=data.n_invalid_rows, sequences=len(train.features), longest=train.longest,
         replay_rows=data.replay["replay_rows"] if data.replay else 0, replay_fraction=data.replay["fraction"] if data.replay else 0.0,
+        replay_label=data.replay["label"] if data.replay else "",
         lint_warnings=tuple(f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings),
         template=dict(data.template_choice),
     )
@@ -292,7 +300,7 @@ def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None)
     report.rows, report.eval_rows, report.tokens, report.trained_tokens = data.rows, data.eval_rows, data.tokens, data.trained_tokens
     report.zero_trained_rows, report.truncated_rows, report.failed_rows = data.zero_trained_rows, data.truncated_rows, data.failed_rows
     report.invalid_rows = data.invalid_rows
-    report.replay_rows, report.replay_fraction = data.replay_rows, data.replay_fraction
+    report.replay_rows, report.replay_fraction, report.replay_label = data.replay_rows, data.replay_fraction, data.replay_label
     report.template = dict(data.template)
     report.lint_warnings = list(data.lint_warnings)
     report.total_steps = total_steps(spec, data.sequences)

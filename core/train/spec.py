@@ -89,8 +89,30 @@ class TrainSpec:
     )
     replay_dataset: str = field(
         default="general",
-        metadata=meta("Where the replay rows come from: 'general' = the shipped general instructions (assets/general/replay.jsonl), "
-                       "or a JSONL / JSON / CSV / Parquet file or dataset folder of your own.", "replay", advanced=True),
+        metadata=meta("Where the replay rows come from: 'general' = the shipped general instructions answered by this run's own base "
+                       "model (the embedded model's answers ship in assets/general/replay.jsonl; any other base answers them once, "
+                       "as the run's first stage, cached in the workspace for later runs), or a JSONL / JSON / CSV / Parquet file or "
+                       "dataset folder of your own.", "replay", advanced=True),
+    )
+    replay_answered_by: dict = field(
+        default_factory=dict,
+        metadata=meta("Replay 'general': the model whose own answers to the general prompts are replayed, as a model source "
+                      "{kind, ref, adapter} (empty = this run's base model; distillation names the teacher).", "replay", advanced=True),
+    )
+    replay_max_new_tokens: int = field(
+        default=256,
+        metadata=meta("Replay 'general' on a base other than the embedded model: longest answer the base writes per general prompt.",
+                      "replay", advanced=True, min=1, max=4096),
+    )
+    replay_prompts: int = field(
+        default=0,
+        metadata=meta("Replay 'general' on another base: how many of the general prompts it answers (0 = all of them).",
+                      "replay", advanced=True, min=0, max=100_000),
+    )
+    replay_keep_unfinished: bool = field(
+        default=False,
+        metadata=meta("Replay 'general' on another base: keep answers cut at replay_max_new_tokens (dropped by default: the model "
+                      "would learn never to stop).", "replay", advanced=True),
     )
 
     # ---------------------------------------------------------------- method
@@ -251,6 +273,13 @@ class TrainSpec:
             raise ValueError("dataset: choose a training data file or folder")
         if self.replay_fraction > 0 and not str(self.replay_dataset).strip():
             raise ValueError("replay_dataset: name the replay data ('general' for the shipped set, or a file)")
+        if self.replay_answered_by:
+            from core.models import ModelSource
+
+            try:
+                ModelSource.from_dict(self.replay_answered_by)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"replay_answered_by: {exc}") from None
         if self.max_steps == 0 and self.num_epochs <= 0:
             raise ValueError("num_epochs: must be above 0 when max_steps is 0 (set one of them)")
         if set(LORA_FIELDS) <= set(method_info(self.method).fields):
@@ -303,6 +332,13 @@ class TrainSpec:
         from core.models import ModelSource
 
         return ModelSource.from_dict(self.model)
+
+    @property
+    def replay_model_source(self):
+        """Whose answers replay 'general' rehearses: replay_answered_by, else the base model."""
+        from core.models import ModelSource
+
+        return ModelSource.from_dict(self.replay_answered_by) if self.replay_answered_by else self.model_source
 
     @property
     def uses_adapter(self) -> bool:
