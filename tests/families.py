@@ -16,6 +16,7 @@ the template's layout.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -143,13 +144,69 @@ def load_real_tokenizer(fam: Family) -> Any:
     from transformers import AutoTokenizer
 
     path = vocab_file(fam)
-    if fam.vocab.startswith("gemma"):  # AutoTokenizer reads the file's gemma4 config first, and fails on its per-layer kv heads
+    if _gguf_field(path, "tokenizer.ggml.model") == "llama":
+        tokenizer = _sentencepiece_tokenizer(path)
+    elif fam.vocab.startswith("gemma"):  # AutoTokenizer reads the file's gemma4 config first, and fails on its per-layer kv heads
         from transformers import GemmaTokenizer
 
         tokenizer = GemmaTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer.chat_template = template_text(fam)
+    return tokenizer
+
+
+def _gguf_field(path: Path, key: str) -> Any:
+    from gguf import GGUFReader
+
+    field_ = GGUFReader(str(path)).fields.get(key)
+    return field_.contents() if field_ is not None else None
+
+
+def _sentencepiece_tokenizer(path: Path) -> Any:
+    """A SentencePiece family as its real repositories ship it: `tokenizer.model` (rebuilt from the vocab GGUF, which
+    holds exactly its pieces, scores and types: it reproduces llama.cpp's own tokenizer test vectors) and transformers'
+    tokenizer converted from it. The trailing control / user-defined tokens (Phi-3's <|user|> ...) are added tokens,
+    as in the real tokenizer.json, not pieces of the model."""
+    import tempfile
+
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    fields = GGUFReader(str(path)).fields
+    tokens, scores, types = (fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type"))
+    n_pieces = len(tokens)
+    while types[n_pieces - 1] in (3, 4) and n_pieces > 3:  # trailing CONTROL / USER_DEFINED = added tokens
+        n_pieces -= 1
+    special = {k: fields[f"tokenizer.ggml.{k}_token_id"].contents() for k in ("bos", "eos", "unknown")}
+    proto = pb.ModelProto()
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = n_pieces
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id = special["unknown"], special["bos"]
+    proto.trainer_spec.eos_id = special["eos"] if special["eos"] < n_pieces else 2
+    proto.trainer_spec.pad_id = -1
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    proto.normalizer_spec.escape_whitespaces = True
+    for token, score, kind in zip(tokens[:n_pieces], scores[:n_pieces], types[:n_pieces]):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = token, score, kind  # GGUF's token types are SentencePiece's numbering
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.model").write_bytes(proto.SerializeToString())
+        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": True, "add_eos_token": False,
+            "bos_token": tokens[special["bos"]], "eos_token": tokens[proto.trainer_spec.eos_id], "unk_token": tokens[special["unknown"]]}))
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer.sentencepiece_model = (Path(tmp) / "tokenizer.model").read_bytes()
+    added = [AddedToken(t, special=kind == 3, normalized=False, rstrip=False, lstrip=False)
+             for t, kind in zip(tokens[n_pieces:], types[n_pieces:])]
+    if added:
+        tokenizer.add_tokens(added)
+    tokenizer.eos_token = tokens[special["eos"]]
     return tokenizer
 
 
@@ -180,6 +237,8 @@ def build_model_dir(fam: Family, target: Path, *, seed: int = 0) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
+    if getattr(tokenizer, "sentencepiece_model", None):  # transformers 5 saves tokenizer.json only; the real repos have both
+        (staging / "tokenizer.model").write_bytes(tokenizer.sentencepiece_model)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
@@ -188,7 +247,7 @@ def build_model_dir(fam: Family, target: Path, *, seed: int = 0) -> Path:
 def family_model_dir(name: str) -> Path:
     """The family's tiny model, built once per cache (shared by test workers; a lock guards the build)."""
     fam = family(name)
-    target = CACHE_ROOT / "families" / f"{SDIST_VERSION}-v1" / fam.name
+    target = CACHE_ROOT / "families" / f"{SDIST_VERSION}-v2" / fam.name
     if (target / "config.json").is_file():
         return target
     with _locked(CACHE_ROOT / "families" / f".{fam.name}.lock"):
@@ -206,11 +265,42 @@ def reference_converter_env() -> dict:
     return env
 
 
-def reference_convert(model_dir: Path, out_path: Path, outtype: str = "f16") -> Path:
-    """llama.cpp's converter, run on the very folder our export writes: the reference GGUF."""
+def reference_convert(model_dir: Path, out_path: Path, outtype: str = "f16", *, vocab_from_tokenizer_json: bool = False) -> Path:
+    """llama.cpp's converter, run on the very folder our export writes: the reference GGUF.
+
+    `vocab_from_tokenizer_json`: llama.cpp's Phi-3 class reads its vocabulary from tokenizer.model only (it raises
+    "Missing tokenizer.model" on a folder transformers 5 re-saved); with this flag the Phi-3 class takes llama.cpp's
+    own tokenizer.json path (`_set_vocab_llama_hf`, what its Llama class falls back to), everything else unchanged."""
     script = llama_cpp_dir() / "convert_hf_to_gguf.py"
-    result = subprocess.run([sys.executable, str(script), str(model_dir), "--outfile", str(out_path), "--outtype", outtype],
-                            env=reference_converter_env(), capture_output=True, text=True, timeout=600)
+    argv = [str(script), str(model_dir), "--outfile", str(out_path), "--outtype", outtype]
+    command = [sys.executable, *argv]
+    if vocab_from_tokenizer_json:
+        shim = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); import conversion.base as base, conversion.phi as phi; "
+                "phi.Phi3MiniModel.set_vocab = base.TextModel._set_vocab_llama_hf; sys.argv = sys.argv[2:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+        command = [sys.executable, "-c", shim, str(script.parent), *argv]
+    result = subprocess.run(command, env=reference_converter_env(), capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"llama.cpp's convert_hf_to_gguf.py failed on {model_dir}:\n{result.stderr[-3000:]}")
     return out_path
+
+
+def reference_needs_vocab_shim(model_dir: Path) -> bool:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return "Phi3ForCausalLM" in (config.get("architectures") or []) and not (Path(model_dir) / "tokenizer.model").is_file()
+
+
+def reference_gguf(name: str, outtype: str = "f16") -> Path:
+    """llama.cpp's conversion of `family_model_dir(name)`, made once and cached beside it (the model folder is fixed,
+    so is its reference; the converter takes 5-40 s a family on a busy CPU)."""
+    model_dir = family_model_dir(name)
+    target = model_dir.parent / "reference" / f"{name}-{outtype}.gguf"
+    if target.is_file():
+        return target
+    with _locked(CACHE_ROOT / "families" / f".{name}-reference.lock"):
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            reference_convert(model_dir, partial, outtype, vocab_from_tokenizer_json=reference_needs_vocab_shim(model_dir))
+            partial.rename(target)
+    return target
