@@ -264,32 +264,40 @@ def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: 
     """Per row: think blocks the template inserts, duplicated blocks, reasoning the template drops, and reasoning
     trained / masked against the setting (see the module docstring)."""
     fields: tuple[str, ...] | None = None
+    seen: set[tuple[str, int]] = set()
+
+    def add(kind: str, message: str, index: int) -> None:  # once per row and kind
+        if (kind, index) not in seen:
+            seen.add((kind, index))
+            report._add(kind, "warning", message, index)
+
     for index, source in chat_rows:
         row = encoded[index]
         messages = source["messages"]
-        spans, labels = row.spans, row.labels
         mode = row.reasoning_mode
         blocks: dict[int, list] = {}
         for seg in row.segments:
             if seg.part == "reasoning" and seg.role == "assistant":
                 blocks.setdefault(seg.turn, []).append(seg)
+        if not blocks and not row.reasoning_turns:
+            continue
         for turn, segs in blocks.items():
             if _turn_text(row, turn).count(THINK_OPEN) > 1:
-                report._add("think_block_duplicated", "warning", "an assistant turn holds two think blocks (the row's reasoning and one the "
-                            "template adds, or reasoning both in a field and inline in the content): the model learns to think twice", index)
+                add("think_block_duplicated", "an assistant turn holds two think blocks (the row's reasoning and one the "
+                    "template adds, or reasoning both in a field and inline in the content): the model learns to think twice", index)
             if turn in row.reasoning_turns and turn not in row.reasoning_dropped and mode != "strip":
                 continue
             for seg in segs:
                 inner = row.text[seg.start:seg.end].replace(THINK_OPEN, "").replace(THINK_CLOSE, "").strip()
                 what = f"an {'empty ' if not inner else ''}think block ({row.text[seg.start:seg.end]!r})"
                 if _any_trained(row, seg.start, seg.end):
-                    report._add("think_block_trained", "warning", f"the chat template inserts {what} into answers that have no reasoning, and it is "
-                                f"trained (policy {report.policy!r}): the model learns to write it (TRL #6361). Choose reasoning 'strip' (the "
-                                "template's enable_thinking off: inference then gets the same block in its prompt) or 'mask'", index)
+                    add("think_block_trained", f"the chat template inserts {what} into answers that have no reasoning, and it is "
+                        f"trained (policy {report.policy!r}): the model learns to write it (TRL #6361). Choose reasoning 'strip' (the "
+                        "template's enable_thinking off: inference then gets the same block in its prompt) or 'mask'", index)
                 elif context_checked and mode != "strip" and prompt_ends.get((index, turn), -1) <= seg.start:
-                    report._add("think_block_context", "warning", f"the chat template inserts {what} before answers that have no reasoning; "
-                                "it is masked, but the generation prompt does not hold it: the model is trained to answer after a think block "
-                                "it never sees at inference. Choose reasoning 'strip' (enable_thinking off puts the same block in the prompt)", index)
+                    add("think_block_context", f"the chat template inserts {what} before answers that have no reasoning; "
+                        "it is masked, but the generation prompt does not hold it: the model is trained to answer after a think block "
+                        "it never sees at inference. Choose reasoning 'strip' (enable_thinking off puts the same block in the prompt)", index)
         if row.reasoning_dropped:
             if fields is None:
                 fields = template_reasoning_fields(tokenizer, chat_template=chat_template)
@@ -298,23 +306,23 @@ def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: 
                 where = (message_reasoning(messages[row.reasoning_dropped[-1]]) or ("",))[0]
                 shown = "a leading <think>...</think> in the content" if where == "inline" else f"field {where!r}"
                 why = _dropped_reason(where, fields)
-                report._add("reasoning_dropped", "warning", f"the rows' reasoning ({shown}) never reaches the training text: {why}. The model is "
-                            "trained on answers without their reasoning", index)
+                add("reasoning_dropped", f"the rows' reasoning ({shown}) never reaches the training text: {why}. The model is "
+                    "trained on answers without their reasoning", index)
             elif report.policy in ("all_assistant", "everything") and any(_turn_trained(row, t) for t in row.reasoning_dropped):
-                report._add("reasoning_history_dropped", "warning", "the template keeps the reasoning only in the turns after the last user "
-                            "message and drops it from earlier assistant turns, which are trained (policy "
-                            f"{report.policy!r}) as answers without their reasoning. Use policy last_assistant, or one row per turn", index)
+                add("reasoning_history_dropped", "the template keeps the reasoning only in the turns after the last user "
+                    "message and drops it from earlier assistant turns, which are trained (policy "
+                    f"{report.policy!r}) as answers without their reasoning. Use policy last_assistant, or one row per turn", index)
         for turn in (t for t in row.reasoning_turns if t not in row.reasoning_dropped):
-            tokens = [label for span, label in zip(spans, labels) if span.turn == turn and span.part == "reasoning"]
+            tokens = [label for span, label in zip(row.spans, row.labels) if span.turn == turn and span.part == "reasoning"]
             if not tokens:
                 continue
             if mode == "mask" and any(label != IGNORE_INDEX for label in tokens):
-                report._add("reasoning_trained_against_choice", "warning", "reasoning tokens are trained although the reasoning setting is "
-                            "'mask' (a token spans the end of the think block and the answer)", index)
+                add("reasoning_trained_against_choice", "reasoning tokens are trained although the reasoning setting is "
+                    "'mask' (a token spans the end of the think block and the answer)", index)
             elif mode == "train" and _turn_trained(row, turn) and any(label == IGNORE_INDEX for label in tokens):
-                report._add("reasoning_masked_against_choice", "warning", "reasoning tokens are masked although the reasoning setting is "
-                            "'train': the think block lies before where the model starts writing this turn at inference (the generation "
-                            "prompt opens it), so it is context, not answer", index)
+                add("reasoning_masked_against_choice", "reasoning tokens are masked although the reasoning setting is "
+                    "'train': the template puts the think block outside the text the model writes (a {% generation %} block around the "
+                    "answer only, or a generation prompt that opens the block itself), so it is context, not answer", index)
 
 
 def _dropped_reason(where: str, fields: tuple[str, ...]) -> str:
