@@ -297,6 +297,7 @@ def test_the_comparison_trains_every_variant_at_a_matched_budget_and_scores_it(w
     assert read_spec_dict(students / "on_policy-replay00")["method"] == "on_policy"
     replayed = json.loads((students / "logit-replay25" / "result.json").read_text())
     assert replayed["replay"]["replay_rows"] == 2 and replayed["training_rows"] == 8  # round(0.25 · 6 / 0.75)
+    assert replayed["replay"]["answered_by"] == "teacher"  # the teacher's own general answers, not the embedded model's
     assert table_csv(result["table"]).splitlines()[0].startswith("student,variant,replay,task_score")
     assert "## Replay" in table_markdown(result) and len(comparison_figure(result["table"]).data) == 3
     # started again, it reuses what is made instead of training again

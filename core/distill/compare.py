@@ -154,9 +154,14 @@ def train_on_answers(ctx: JobContext, spec: DistillCompareSpec, init: Path, data
                 "max_steps": spec.steps, "batch_size": spec.batch_size, "learning_rate": spec.learning_rate,
                 "lr_scheduler": "cosine", "max_length": spec.max_length, "eval_fraction": 0.0, "save_steps": spec.steps,
                 "save_total_limit": 1, "seed": spec.seed, "replay_fraction": fraction, "replay_dataset": spec.replay_dataset,
-                "replay_answered_by": spec.teacher}  # the student rehearses the teacher's general answers, not its own
+                "replay_answered_by": spec.teacher, **_replay_answer_fields(spec)}  # the student rehearses the teacher's general answers
     run_train(ctx.child(folder, sub_spec, span, student_label("sequence", fraction)))
     return None if ctx.stop_requested else ctx.run_dir / folder / MODEL_DIR
+
+
+def _replay_answer_fields(spec: DistillCompareSpec) -> dict:
+    """How a teacher other than the embedded model answers the general prompts for replay: as it answers the task's."""
+    return {"replay_max_new_tokens": spec.answer_tokens, "replay_keep_unfinished": spec.keep_all_answers}
 
 
 def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, fraction: float, span: tuple[float, float]) -> Path:
@@ -171,7 +176,7 @@ def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, 
                 "batch_size": spec.batch_size, "learning_rate": spec.learning_rate, "max_length": spec.max_length,
                 "temperature": spec.temperature, "alpha": spec.alpha, "gkd_lambda": spec.gkd_lambda, "gkd_beta": spec.gkd_beta,
                 "gkd_temperature": spec.gkd_temperature, "max_new_tokens": spec.max_new_tokens, "replay_fraction": fraction,
-                "replay_dataset": spec.replay_dataset, "seed": spec.seed, "evaluate": False}
+                "replay_dataset": spec.replay_dataset, **_replay_answer_fields(spec), "seed": spec.seed, "evaluate": False}
     run_distill(ctx.child(folder, sub_spec, span, student_label(method, fraction)))
     return None if ctx.stop_requested else ctx.run_dir / folder / STUDENT_DIR
 

@@ -188,7 +188,8 @@ def run(ctx: JobContext) -> dict:
     torch.manual_seed(spec.seed)
     state = ctx.read_json(STATE_FILE) or {}
     if spec.replay_fraction > 0:  # 'general' replays the teacher's own general answers: cached, else written first
-        prepare_answers(ctx, spec.replay_dataset, spec.teacher_source, span=(0.0, 0.01))
+        prepare_answers(ctx, spec.replay_dataset, spec.teacher_source, max_new_tokens=spec.replay_max_new_tokens, prompts=spec.replay_prompts,
+                        keep_unfinished=spec.replay_keep_unfinished, span=(0.0, 0.01))
     ctx.progress(0.01, "loading the teacher")
     tokenizer, teacher_model = load_teacher(spec)
     student, student_tok, described = build_student(spec, teacher_model, ctx.run_dir, ctx.log)

@@ -59,8 +59,15 @@ class DistillSpec:
     # ------------------------------------------------ replay (general data mixed in against forgetting)
     replay_fraction: float = field(default=0.0, metadata=meta("Replay: share of the student's training rows that are general rows mixed in against forgetting (exact, recorded "
                 "in the result). 0 = off.", "replay", min=0.0, max=0.9))
-    replay_dataset: str = field(default="general", metadata=meta("Replay rows: 'general' = the shipped general instructions (assets/general/replay.jsonl), or a file / dataset "
-                "folder of your own.", "replay", advanced=True))
+    replay_dataset: str = field(default="general", metadata=meta("Replay rows: 'general' = the general instructions answered by the teacher itself (the embedded "
+                "model's answers ship in assets/general/replay.jsonl; any other teacher answers them once, before training, cached in the "
+                "workspace), or a file / dataset folder of your own.", "replay", advanced=True))
+    replay_max_new_tokens: int = field(default=256, metadata=meta("Replay 'general' with a teacher other than the embedded model: longest answer it writes per "
+                "general prompt.", "replay", advanced=True, min=1, max=4096))
+    replay_prompts: int = field(default=0, metadata=meta("Replay 'general' with another teacher: how many general prompts it answers (0 = all).", "replay",
+                advanced=True, min=0, max=100_000))
+    replay_keep_unfinished: bool = field(default=False, metadata=meta("Replay 'general' with another teacher: keep answers cut at replay_max_new_tokens.",
+                "replay", advanced=True))
     seed: int = field(default=0, metadata=meta("Random seed (data order).", advanced=True, min=0))
     precision: str = field(default="auto", metadata=meta("auto = fp32 weights, with the forward passes under bf16 autocast where the hardware computes bf16 "
                 "natively (on a CPU the Train job's own rule, so a distilled student and a fine-tuned one get the same compute); "
