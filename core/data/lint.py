@@ -294,10 +294,11 @@ def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: 
                     add("think_block_trained", f"the chat template inserts {what} into answers that have no reasoning, and it is "
                         f"trained (policy {report.policy!r}): the model learns to write it (TRL #6361). Choose reasoning 'strip' (the "
                         "template's enable_thinking off: inference then gets the same block in its prompt) or 'mask'", index)
-                elif context_checked and mode != "strip" and prompt_ends.get((index, turn), -1) <= seg.start:
+                elif context_checked and mode != "strip" and prompt_ends.get((index, turn), -1) < seg.end:
                     add("think_block_context", f"the chat template inserts {what} before answers that have no reasoning; "
-                        "it is masked, but the generation prompt does not hold it: the model is trained to answer after a think block "
-                        "it never sees at inference. Choose reasoning 'strip' (enable_thinking off puts the same block in the prompt)", index)
+                        "it is masked, but the generation prompt does not hold it (or only its start): the model is trained to answer after "
+                        "a think block it is never taught to write and never shown at inference. Choose reasoning 'strip' (enable_thinking "
+                        "off puts the same block in the prompt)", index)
         if row.reasoning_dropped:
             if fields is None:
                 fields = template_reasoning_fields(tokenizer, chat_template=chat_template)
