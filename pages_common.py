@@ -468,3 +468,9 @@ def choose_dataset(key: str, *, demo_splits: tuple[str, ...] = ("train",), allow
         return cached_dataset_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0)
     upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key=f"{key}_upload")
     return cached_dataset_upload(upload) if upload else None
+
+
+def task_rows_note(task: dict | None) -> None:
+    """Which task rows a verdict was scored on (core.transform_eval.TaskData); a warning when it is the demo task."""
+    if task:
+        (st.warning if task.get("origin") == "demo" else st.caption)(f"Task rows: {task['note']} · `{task['path']}`")

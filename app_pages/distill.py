@@ -14,7 +14,7 @@ from core.distill.spec import VARIANT_GUIDE, VARIANT_LABELS, VARIANTS, DistillCo
 from core.distill.temperature import entropy_by_temperature, next_token_logits, temperature_table
 from core.models import ModelLoadError, ModelSource
 from core.runs import create_run_from_dict, launch, read_result, read_spec_dict
-from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run
+from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
 
 METHOD_ONLY = {"logit": ("temperature", "alpha"), "on_policy": ("gkd_lambda", "gkd_beta", "gkd_temperature", "max_new_tokens")}
 RUN_KINDS = {"distill": "Logit / on-policy students", "teacher_answers": "Teacher datasets (sequence-level)",
@@ -44,6 +44,7 @@ def render_distill(run_dir, status, metrics: list[dict]) -> None:
     evaluation = result.get("evaluation")
     if evaluation:
         st.markdown(f"**Student vs teacher:** {evaluation.get('verdict', '—')}")
+        task_rows_note(evaluation.get("task_dataset"))
         st.dataframe(evaluation.get("table", []), hide_index=True)
         if evaluation.get("verdict_kind") == "forgetting" and not replay and st.button(
                 "🔁 Distil again with 20 % general data mixed in (replay)", key=f"distill_replay_{run_dir.name}"):

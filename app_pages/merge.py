@@ -12,7 +12,7 @@ from core.merge.config import export_yaml
 from core.merge.preflight import check_merge
 from core.models import ModelLoadError
 from core.runs import read_result, read_spec_dict
-from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, start_run
+from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
 
 
 def param_widget(param, key: str):
@@ -53,12 +53,14 @@ def spec_from_widgets() -> MergeSpec | None:
     dtype = c1.selectbox("Output dtype", ("auto", "float32", "bfloat16", "float16"), key="merge_dtype")
     evaluate = c2.checkbox("Score with the forgetting report", value=True, key="merge_evaluate")
     rows = c3.number_input("Evaluation rows", 1, 1000, 20, key="merge_eval_rows")
+    task_dataset = spec_form(MergeSpec, key_prefix="merge", skip=tuple(n for n in MergeSpec.__dataclass_fields__ if n != "task_dataset"),
+                             columns=1)["task_dataset"] if evaluate else ""
     if any(item["source"] is None for item in items):
         st.info("Choose every model to continue.")
         return None
     try:
         return MergeSpec(method=method_name, base=base.as_dict() if base else {}, models=items, parameters=params,
-                         dtype=dtype, sweep=sweep, evaluate=evaluate, eval_rows=int(rows),
+                         dtype=dtype, sweep=sweep, evaluate=evaluate, eval_rows=int(rows), task_dataset=task_dataset,
                          name=f"sweep-{method_name}" if sweeping else method_name)
     except ValueError as exc:
         st.error(str(exc))
@@ -93,6 +95,7 @@ def render_result(run_dir, status, metrics) -> None:
         points = sweep_points(run_dir, metrics)
         if points:
             sweep_curve(points)
+        task_rows_note((status.result or {}).get("task_dataset"))
         best = status.result.get("best_lambda") if status.result else None
         kept = [p for p in points if p.get("model_dir")] if status.is_final else []
         if kept:
@@ -110,6 +113,7 @@ def render_result(run_dir, status, metrics) -> None:
     evaluation = result.get("evaluation")
     if evaluation:
         st.markdown(f"**Verdict:** {evaluation.get('verdict', '—')}")
+        task_rows_note(evaluation.get("task_dataset"))
         st.dataframe(evaluation.get("table", []), hide_index=True)
     yaml_path = run_dir / "merge.yaml"
     if yaml_path.is_file():

@@ -8,7 +8,7 @@ import streamlit as st
 from core.prune import MODE_LABELS, MODES, TARGETS, PruneSpec
 from core.prune.job import recovery_train_spec
 from core.runs import create_run_from_dict, launch, read_result
-from pages_common import human_bytes, live_run, model_picker, remember_run, run_selector, send_model_buttons, start_run
+from pages_common import human_bytes, live_run, model_picker, remember_run, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
 
 
 def sparsity_heatmap(layers: list[dict]) -> None:
@@ -22,6 +22,7 @@ def sparsity_heatmap(layers: list[dict]) -> None:
 
 def evaluation_table(evaluation: dict) -> None:
     st.markdown(f"**Forgetting report:** {evaluation.get('verdict', '—')}")
+    task_rows_note(evaluation.get("task_dataset"))
     st.dataframe(evaluation.get("table", []), hide_index=True)
 
 
@@ -87,12 +88,14 @@ else:
 c1, c2 = st.columns(2)
 evaluate = c1.checkbox("Score before / after with the forgetting report", value=True, key="prune_evaluate")
 rows = c2.number_input("Evaluation rows", 1, 1000, 20, key="prune_eval_rows")
+task_dataset = spec_form(PruneSpec, key_prefix="prune", skip=tuple(n for n in PruneSpec.__dataclass_fields__ if n != "task_dataset"),
+                         columns=1)["task_dataset"] if evaluate else ""
 
 spec = None
 if source is not None:
     try:
         spec = PruneSpec(model=source.as_dict(), mode=mode, sparsity=float(sparsity), target=target, pattern=pattern,
-                         norm=int(norm), evaluate=evaluate, eval_rows=int(rows), name=f"{mode}-{sparsity:g}")
+                         norm=int(norm), evaluate=evaluate, eval_rows=int(rows), task_dataset=task_dataset, name=f"{mode}-{sparsity:g}")
     except ValueError as exc:
         st.error(str(exc))
 if spec is not None and st.button("Start pruning", type="primary", key="prune_start"):

@@ -81,3 +81,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def write_room_task(path: Path, n: int = 12) -> Path:
+    """A small custom task (not the demo tickets): which room a meeting is in. One chat row per meeting."""
+    import json
+
+    rows = [{"messages": [{"role": "user", "content": f"Which room is meeting M{i:02d} in?"},
+                          {"role": "assistant", "content": f"Meeting M{i:02d} is in room {100 + 7 * i}."}]} for i in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def room_task(tmp_path) -> Path:
+    return write_room_task(tmp_path / "rooms.jsonl")
+
+
+def model_of_a_train_run(dataset: Path, model_dir: Path) -> Path:
+    """A train run (spec.yaml in the workspace's runs folder) on `dataset` whose merged model is a copy of model_dir:
+    a model the workbench knows the training data of. Returns the merged model's folder."""
+    import shutil
+
+    from core.runs import create_run_from_dict
+
+    run_dir = create_run_from_dict({"kind": "train", "dataset": str(dataset), "model": {"kind": "local", "ref": str(model_dir)}})
+    return Path(shutil.copytree(model_dir, run_dir / "merged"))

@@ -1,6 +1,7 @@
 """core.distill: the loss against hand-computed values, tokenizer checks, the shallow student, the job lowers the KL."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -47,6 +48,32 @@ def test_loss_shifts_and_masks_like_causal_lm_training():
     assert float(distillation_loss(t, t, labels, alpha=1.0).loss) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="vocabularies differ"):
         distillation_loss(torch.randn(1, 3, 5), torch.randn(1, 3, 6), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_padded_output_layers_are_compared_over_the_tokenizers_ids():
+    """Qwen2.5-7B -> 0.5B: one tokenizer, logit widths 152,064 and 151,936. Here: 140 and 136 logits, 130 tokens."""
+    torch.manual_seed(1)
+    teacher, student = torch.randn(2, 6, 140), torch.randn(2, 6, 136)
+    labels = torch.randint(0, 130, (2, 6))
+    labels[0, :2] = -100
+    padded = distillation_loss(student, teacher, labels, temperature=2.0, alpha=0.5, vocab_size=130)
+    sliced = distillation_loss(student[..., :130], teacher[..., :130], labels, temperature=2.0, alpha=0.5)
+    for name in ("loss", "ce", "kl"):
+        assert float(getattr(padded, name)) == pytest.approx(float(getattr(sliced, name)), rel=1e-6)
+    assert padded.tokens == sliced.tokens == 9
+    teacher[..., 130:] = 50.0  # padding rows are not compared: whatever they hold changes nothing
+    assert float(distillation_loss(student, teacher, labels, vocab_size=130).loss) == pytest.approx(float(padded.loss), rel=1e-6)
+    with pytest.raises(ValueError, match="narrower than the tokenizer"):
+        distillation_loss(student, teacher, labels, vocab_size=138)
+
+
+def test_tokenizer_check_accepts_one_tokenizer_on_output_layers_of_different_widths(embedded_tokenizer):
+    n = len(embedded_tokenizer)
+    padded = check_tokenizers(embedded_tokenizer, embedded_tokenizer, teacher_logits=n + 64, student_logits=n + 8)
+    assert padded.compatible and padded.compare_width == n and padded.padded_logits and not padded.problems
+    assert not check_tokenizers(embedded_tokenizer, embedded_tokenizer, teacher_logits=n, student_logits=n).padded_logits
+    narrow = check_tokenizers(embedded_tokenizer, embedded_tokenizer, teacher_logits=n + 8, student_logits=n - 2)
+    assert not narrow.compatible and narrow.compare_width is None and f"student outputs {n - 2} logits" in narrow.problems[0]
 
 
 def _word_tokenizer(words: list[str]):
@@ -139,6 +166,32 @@ def test_short_distillation_lowers_the_held_out_kl(tmp_path, workspace, embedded
     assert student.model.config.num_hidden_layers == 2
 
 
+def test_logit_distillation_into_a_student_with_a_padded_output_layer(tmp_path, workspace, embedded_tokenizer, tiny_llama_dir):
+    from core.distill.job import run
+    from core.models import ModelSource, load_model
+
+    teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
+    padded = load_model(ModelSource("local", str(tiny_llama_dir))).model
+    padded.resize_token_embeddings(len(embedded_tokenizer) + 8)  # like Qwen2.5-0.5B: rows past the tokenizer
+    padded.save_pretrained(tmp_path / "student")
+    embedded_tokenizer.save_pretrained(tmp_path / "student")
+    (tmp_path / "run").mkdir()
+    rows = []
+    ctx = JobContext.in_process(tmp_path / "run", log=logging.getLogger("test"),
+                                spec={"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 3, "batch_size": 2,
+                                      "student": "model", "student_model": {"kind": "local", "ref": str(tmp_path / "student")},
+                                      "max_length": 128, "max_rows": 6, "learning_rate": 5e-3, "warmup_steps": 0, "evaluate": False})
+    ctx.metrics = lambda **row: rows.append(row)
+    result = run(ctx)
+    check = json.loads((tmp_path / "run" / "tokenizer_check.json").read_text())
+    assert check["compatible"] and check["compare_width"] == len(embedded_tokenizer)
+    assert check["student_logits"] == len(embedded_tokenizer) + 8 and check["teacher_logits"] == len(embedded_tokenizer)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["kl"]) for r in rows)
+    assert result["steps_done"] == 3 and math.isfinite(result["held_out_kl_end"])
+    saved = load_model(ModelSource("local", result["student_dir"])).model
+    assert saved.config.vocab_size == len(embedded_tokenizer) + 8
+
+
 def test_distill_runs_as_a_job_through_the_worker_and_is_scored(tmp_path, workspace, embedded_tokenizer):
     from core import runs
 
@@ -179,9 +232,9 @@ def test_logit_steps_run_at_the_train_jobs_precision(monkeypatch, tmp_path, work
     seen: list[tuple] = []
     real_loss = job.distillation_loss
 
-    def recording_loss(student_logits, teacher_logits, *args):
+    def recording_loss(student_logits, teacher_logits, *args, **kwargs):
         seen.append((student_logits.dtype, teacher_logits.dtype))
-        return real_loss(student_logits, teacher_logits, *args)
+        return real_loss(student_logits, teacher_logits, *args, **kwargs)
 
     monkeypatch.setattr(job, "distillation_loss", recording_loss)
     teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
@@ -221,3 +274,36 @@ def test_on_policy_gets_the_same_precision_rule(monkeypatch, tmp_path, workspace
     assert config.bf16 is True
     # TRL's SFTConfig defaults checkpointing on, which also makes GKD generate without a KV cache (10x slower)
     assert config.gradient_checkpointing is False
+
+
+def test_distill_holds_rows_out_of_training_and_scores_the_student_on_them(tmp_path, workspace, embedded_tokenizer, tiny_llama_dir):
+    from conftest import write_room_task
+    from core.distill.job import HELD_OUT_FILE, run, split_data
+    from core.distill.spec import DistillSpec
+    from core.runs.jobs import read_result
+
+    rooms = write_room_task(tmp_path / "rooms.jsonl", 20)
+    prompt = lambda row: row["messages"][0]["content"]  # noqa: E731
+    spec = DistillSpec(data="dataset", dataset_path=str(rooms), eval_fraction=0.2, seed=3)
+    (tmp_path / "split").mkdir()
+    train, held, task = split_data(spec, tmp_path / "split")
+    assert len(held) == 4 and len(train) == 16 and task.origin == "held_out"
+    assert not {prompt(r) for r in train} & {prompt(r) for r in held}, "held-out rows are never trained on"
+    assert {prompt(r) for r in train} | {prompt(r) for r in held} == {f"Which room is meeting M{i:02d} in?" for i in range(20)}
+    assert [prompt(json.loads(line)) for line in Path(task.path).read_text().splitlines()] == [prompt(r) for r in held]
+
+    teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
+    (tmp_path / "run").mkdir()
+    ctx = JobContext.in_process(tmp_path / "run", log=logging.getLogger("test"),
+                                spec={"kind": "distill", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 2, "batch_size": 2,
+                                      "student": "model", "student_model": {"kind": "local", "ref": str(tiny_llama_dir)},
+                                      "data": "dataset", "dataset_path": str(rooms), "eval_fraction": 0.2, "seed": 3,
+                                      "max_length": 128, "eval_rows": 2})
+    ctx.metrics = lambda **row: None
+    run(ctx)
+    result = read_result(tmp_path / "run", "distill")
+    assert result["training_rows"] == 16 and result["task_dataset"]["path"] == str(tmp_path / "run" / HELD_OUT_FILE)
+    assert result["evaluation"]["task_dataset"] == result["task_dataset"]
+    report = read_result(tmp_path / "run" / "eval", "evaluate")
+    assert report["task"]["source"] == result["task_dataset"]["path"] and report["task"]["n_rows"] == 4
+    assert {e["prompt"] for e in report["examples"]} <= {prompt(r) for r in held}  # the verdict is on held-out rows only

@@ -44,11 +44,22 @@ def test_export_is_refused_before_any_load_when_ram_is_short(workspace, tiny_lla
     assert loads == [] and not (run_dir / "export").exists()
 
 
-def test_enough_ram_lets_the_same_export_through(workspace, tiny_llama_dir, monkeypatch):
+def test_enough_ram_lets_the_same_export_through_and_its_verification_checks_ram_too(workspace, tiny_llama_dir, monkeypatch):
+    import yaml
+
     monkeypatch.setattr("core.hardware._system_ram_gb", lambda: (32.0, 30.0))
-    run_dir, status = _run(ExportSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, formats=["merged"]))
+    run_dir, status = _run(ExportSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, formats=["merged", "gguf_f16"],
+                                      validation_prompts=2, compare_tokens=4))
     assert status.state == "succeeded", status.error
-    assert json.loads((run_dir / "export.json").read_text())["merge"]["dtype"] == "float32"  # stored in fp32, loaded so
+    result = json.loads((run_dir / "export.json").read_text())
+    assert result["merge"]["dtype"] == "float32" and result["merge"]["validated_in"] == "float32"  # stored in fp32, loaded so
+
+    monkeypatch.setattr("core.hardware._system_ram_gb", lambda: (32.0, 0.05))
+    spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump({**spec, "verify_only": True}))
+    Worker(run_dir).run()  # verify_only loads the reference model: refused first, the same way
+    status = read_status(run_dir)
+    assert status.state == "failed" and "Not enough RAM" in status.error and "0.05 GB is available" in status.error
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

@@ -339,3 +339,34 @@ def test_sweep_job_scores_every_point_with_the_forgetting_report(tiny_llama_dir,
     assert [r["lambda"] for r in rows if r.get("stage") == "score"] == [0.0, 0.5, 1.0]  # live, one row per point
     base_ppl = report["models"][0]["metrics"]["general_perplexity"]["value"]
     assert points[0]["general_perplexity"] == base_ppl
+
+
+def test_the_merge_verdict_is_scored_on_the_users_task(tiny_llama_dir, tmp_path, workspace, room_task):
+    """The merged fine-tune came from a train run on the user's rooms task: the verdict is about that task."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import model_of_a_train_run
+    from core.merge.job import _task, run
+
+    tuned = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tuned.save_pretrained(tmp_path / "tuned")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "tuned")
+    trained = model_of_a_train_run(room_task, tmp_path / "tuned")
+    rooms = {json.loads(line)["messages"][0]["content"] for line in room_task.read_text().splitlines()}
+    ctx = _context(tmp_path / "run", {"kind": "merge", "method": "linear", "base": local(tiny_llama_dir), "eval_rows": 2,
+                                      "models": [{"source": local(trained)}], "sweep": [0.0, 1.0]})
+    result = run(ctx)
+    assert result["task_dataset"]["origin"] == "run" and result["task_dataset"]["path"] == str(room_task.resolve())
+    assert json.loads((ctx.run_dir / "sweep.json").read_text())["task_dataset"] == result["task_dataset"]
+    report = read_result(ctx.run_dir / "eval", "evaluate")
+    assert report["task"]["source"] == str(room_task.resolve())
+    assert {e["prompt"] for e in report["examples"]} <= rooms and len(report["examples"]) == 2
+    # a dataset the user names wins over the run's data
+    chosen = tmp_path / "chosen.jsonl"
+    chosen.write_text(room_task.read_text().splitlines()[0] + "\n")
+    spec = MergeSpec(method="task_arithmetic", base=local(tiny_llama_dir), models=[{"source": local(trained)}], task_dataset=str(chosen))
+    assert _task(spec).path == str(chosen.resolve()) and _task(spec).origin == "chosen"

@@ -119,3 +119,11 @@ def test_sweep_run_draws_the_learning_vs_forgetting_curve(workspace, tmp_path):
     assert decode(trace["text"]) == ["λ=0", "λ=0.5", "λ=1"]
     picker = at.selectbox(key=f"merge_point_{run_dir.name}")
     assert picker.value == 1  # the suggested point keeps the general score and learns the task
+
+
+def test_the_merge_form_names_the_task_rows_of_its_verdict(workspace):
+    at = task_arithmetic_page()
+    field = at.text_input(key="merge_task_dataset")
+    assert field.value == "" and "demo ticket task" in field.help and "run the merged models came from" in field.help
+    at.checkbox(key="merge_evaluate").uncheck().run()
+    assert not [t for t in at.text_input if t.key == "merge_task_dataset"]

@@ -183,3 +183,39 @@ def test_recovery_spec_is_a_valid_train_spec(tmp_path):
     assert data["kind"] == "train" and data["model"] == {"kind": "local", "ref": str(tmp_path / "run" / "pruned")}
     spec = TrainSpec.from_dict(data)
     assert spec.max_steps == 5 and spec.method == "lora"
+
+
+def _scored_prompts(run_dir: Path) -> list[str]:
+    return [e["prompt"] for e in read_result(run_dir / "eval", "evaluate")["examples"]]
+
+
+def test_the_prune_verdict_is_scored_on_the_users_task(tiny_llama_dir, tmp_path, workspace, room_task):
+    """Chosen task rows, or (none chosen) the training data of the run the model came from; the demo only as the last resort."""
+    import json
+
+    from conftest import model_of_a_train_run
+    from core.prune.job import run
+
+    rooms = {json.loads(line)["messages"][0]["content"] for line in room_task.read_text().splitlines()}
+    trained = model_of_a_train_run(room_task, tiny_llama_dir)
+    ctx = _context(tmp_path / "run", {"kind": "prune", "model": {"kind": "local", "ref": str(trained)}, "mode": "unstructured",
+                                      "sparsity": 0.3, "latency_tokens": 2, "eval_rows": 2})
+    run(ctx)
+    report = read_result(ctx.run_dir, "prune")
+    task = report["evaluation"]["task_dataset"]
+    assert task["origin"] == "run" and task["path"] == str(room_task.resolve()) and trained.parent.name in task["note"]
+    assert read_result(ctx.run_dir / "eval", "evaluate")["task"]["source"] == str(room_task.resolve())
+    scored = _scored_prompts(ctx.run_dir)
+    assert len(scored) == 2 and set(scored) <= rooms, scored  # the verdict's task rows are the user's, not support tickets
+
+
+def test_task_data_falls_back_to_the_demo_only_when_nothing_is_known(tiny_llama_dir, room_task, workspace):
+    from core.models import ModelSource
+    from core.transform_eval import DEMO_TASK, task_data_for
+
+    unknown = task_data_for("", [ModelSource("local", str(tiny_llama_dir))])
+    assert unknown.origin == "demo" and unknown.path == str(DEMO_TASK) and "demo" in unknown.note
+    chosen = task_data_for(str(room_task), [ModelSource("local", str(tiny_llama_dir))])
+    assert chosen.origin == "chosen" and chosen.path == str(room_task.resolve())
+    with pytest.raises(ValueError, match="task dataset not found: no/such.jsonl"):
+        task_data_for("no/such.jsonl", [])

@@ -66,3 +66,20 @@ def test_a_prune_run_reports_sparsity_size_and_latency(workspace, tiny_llama_dir
     assert train_runs[0].spec["model"] == {"kind": "local", "ref": pruned_dir}
     runs.stop(train_runs[0].path)
     assert runs.wait(train_runs[0].path, timeout=120).is_final
+
+
+def test_the_task_rows_of_the_verdict_are_a_field_of_the_form(workspace, tiny_llama_dir, room_task):
+    at = page()
+    field = at.text_input(key="prune_task_dataset")
+    assert field.value == "" and "demo ticket task" in field.help and "run the model came from" in field.help
+    at.selectbox(key="prune_model_choice").set_value("Local folder").run()
+    at.text_input(key="prune_model_ref").set_value(str(tiny_llama_dir)).run()
+    at.text_input(key="prune_task_dataset").set_value(str(room_task)).run()
+    at.button(key="prune_start").click().run()
+    assert not at.exception, at.exception
+    run_dir = Path(at.session_state["prune_run"])
+    runs.stop(run_dir)
+    assert runs.read_spec_dict(run_dir)["task_dataset"] == str(room_task)
+    runs.wait(run_dir, timeout=120)
+    at.checkbox(key="prune_evaluate").uncheck().run()
+    assert not [t for t in at.text_input if t.key == "prune_task_dataset"]  # nothing is scored, so no task rows to choose

@@ -165,6 +165,7 @@ def _replay_answer_fields(spec: DistillCompareSpec) -> dict:
 
 
 def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, fraction: float, span: tuple[float, float]) -> Path:
+    from core.distill.data import DEMO_EVAL
     from core.distill.job import STUDENT_DIR
     from core.distill.job import run as run_distill
 
@@ -176,7 +177,8 @@ def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, 
                 "batch_size": spec.batch_size, "learning_rate": spec.learning_rate, "max_length": spec.max_length,
                 "temperature": spec.temperature, "alpha": spec.alpha, "gkd_lambda": spec.gkd_lambda, "gkd_beta": spec.gkd_beta,
                 "gkd_temperature": spec.gkd_temperature, "max_new_tokens": spec.max_new_tokens, "replay_fraction": fraction,
-                "replay_dataset": spec.replay_dataset, **_replay_answer_fields(spec), "seed": spec.seed, "evaluate": False}
+                "replay_dataset": spec.replay_dataset, **_replay_answer_fields(spec), "seed": spec.seed, "evaluate": False,
+                "eval_dataset": spec.eval_dataset or str(DEMO_EVAL)}  # every variant trains on the same rows (none split off)
     run_distill(ctx.child(folder, sub_spec, span, student_label(method, fraction)))
     return None if ctx.stop_requested else ctx.run_dir / folder / STUDENT_DIR
 

@@ -3,6 +3,7 @@ core.train.gkd), with live metrics and general rows mixed in when replay is on; 
 against the teacher. Stop saves the student; relaunching continues from it (a fresh optimizer state)."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -12,16 +13,19 @@ import torch
 
 from core.data.replay import prepare_answers
 from core.distill.data import DEMO_EVAL, DEMO_TRAIN, batches, collate, encode_features, encode_rows, load_rows
-from core.distill.loss import distillation_loss, kl_teacher_student
+from core.distill.loss import distillation_loss, kl_teacher_student, shared_vocabulary
 from core.distill.spec import DistillSpec
 from core.distill.student import kept_layer_indices, shallow_student
 from core.distill.tokenizers import check_tokenizers
 from core.models import ModelSource, load_model, merge_adapter_weights, model_file_size, save_model
 from core.runs.jobs import JobContext, JobError
+from core.transform_eval import TaskData, resolve_dataset
+from core.workspace import atomic_write_text
 
 STUDENT_DIR = "student"
 STATE_FILE = "distill_state.json"
-HELD_OUT_ROWS = 8
+HELD_OUT_ROWS = 8  # rows of the held-out divergence batch
+HELD_OUT_FILE = "heldout.jsonl"  # the rows split off the dataset: never trained on; the verdict's task rows
 
 
 def lr_at(step: int, spec: DistillSpec) -> float:
@@ -44,11 +48,12 @@ def bf16_autocast(spec: DistillSpec) -> bool:
 
 
 @torch.no_grad()
-def held_out_kl(teacher: Any, student: Any, batch: dict, temperature: float) -> float:
-    """Mean KL(teacher^T ‖ student^T) over the trained tokens of a fixed held-out batch."""
+def held_out_kl(teacher: Any, student: Any, batch: dict, temperature: float, vocab_size: int | None = None) -> float:
+    """Mean KL(teacher^T ‖ student^T) over the trained tokens of a fixed held-out batch (over the first vocab_size ids)."""
     mask = batch["labels"][:, 1:] != -100
     t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
     s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask]
+    t, s = shared_vocabulary(t, s, vocab_size)
     return float(kl_teacher_student(t, s, temperature).mean())
 
 
@@ -84,6 +89,11 @@ def load_teacher(spec: DistillSpec) -> Any:
 
 
 def refuse_other_tokenizers(check, method: str) -> None:
+    if check.compatible and check.padded_logits and method == "on_policy":
+        raise JobError(f"On-policy distillation (GKD) compares the full output layers, and the teacher's has {check.teacher_logits} "
+                       f"logits where the student's has {check.student_logits} (the same {check.compare_width}-token tokenizer, "
+                       "padded differently). Use logit distillation, which compares them over the tokenizer's ids, or "
+                       "sequence-level distillation.")
     if not check.compatible:
         name = "On-policy distillation (GKD)" if method == "on_policy" else "Logit distillation"
         raise JobError(f"{name} compares the teacher's and the student's next-token distributions token by token, so they "
@@ -91,29 +101,48 @@ def refuse_other_tokenizers(check, method: str) -> None:
                        "(the teacher writes the answers, the student trains on the text with its own tokenizer).")
 
 
-def training_data(spec: DistillSpec, tokenizer: Any, device: Any) -> tuple[list[dict], dict | None, dict]:
-    """(training features with replay mixed in, the replay record, a fixed held-out batch on the device)."""
-    data_path = DEMO_TRAIN if spec.data == "demo" else spec.dataset_path
+def split_data(spec: DistillSpec, run_dir: Path) -> tuple[list[dict], list[dict], TaskData]:
+    """(training rows, held-out rows, where the held-out rows are). The held-out rows are never trained on: the chosen
+    eval_dataset; the demo's held-out split; or `eval_fraction` of the dataset's rows, split off (seeded) before training
+    and written to <run>/heldout.jsonl for the verdict."""
+    from core.train.data import held_out
+
+    rows = load_rows(DEMO_TRAIN if spec.data == "demo" else resolve_dataset(spec.dataset_path), spec.max_rows)
+    if spec.eval_dataset.strip():
+        path = resolve_dataset(spec.eval_dataset)
+        return rows, load_rows(path), TaskData(str(path), "chosen", f"your held-out dataset {spec.eval_dataset}")
+    if spec.data == "demo":
+        return rows, load_rows(DEMO_EVAL), TaskData(str(DEMO_EVAL), "held_out", "the demo ticket task's held-out rows")
+    train, held = held_out(rows, spec.eval_fraction, spec.seed)
+    if not held:
+        raise ValueError(f"{spec.dataset_path} has {len(rows)} row(s), too few to hold any out of training: give eval_dataset or more rows")
+    path = atomic_write_text(run_dir / HELD_OUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held))
+    return train, held, TaskData(str(path), "held_out", f"{len(held)} of the {len(rows)} rows of {spec.dataset_path}, held out of training")
+
+
+def training_data(spec: DistillSpec, tokenizer: Any, device: Any, run_dir: Path) -> tuple[list[dict], dict | None, dict, TaskData]:
+    """(training features with replay mixed in, the replay record, a fixed batch of held-out rows on the device, the
+    held-out task data)."""
     try:
-        features, replay = encode_features(load_rows(data_path, spec.max_rows), tokenizer, max_length=spec.max_length,
+        train_rows, held_rows, task = split_data(spec, run_dir)
+        features, replay = encode_features(train_rows, tokenizer, max_length=spec.max_length,
                                            policy=spec.policy, with_prompt=spec.method == "on_policy",
                                            replay_fraction=spec.replay_fraction, replay_dataset=spec.replay_dataset, seed=spec.seed,
                                            replay_model=spec.teacher_source)
-        held_out_path = DEMO_EVAL if spec.data == "demo" else data_path
-        held_out_rows = encode_rows(load_rows(held_out_path, HELD_OUT_ROWS), tokenizer, max_length=spec.max_length, policy=spec.policy)
+        held_out_rows = encode_rows(held_rows[:HELD_OUT_ROWS], tokenizer, max_length=spec.max_length, policy=spec.policy)
     except (FileNotFoundError, ValueError) as exc:
         raise JobError(f"Could not prepare the distillation data: {exc}") from None
-    held_out = _device_batch(collate(held_out_rows[:HELD_OUT_ROWS], tokenizer.pad_token_id or 0), device)
-    return features, replay, held_out
+    held_out = _device_batch(collate(held_out_rows, tokenizer.pad_token_id or 0), device)
+    return features, replay, held_out, task
 
 
 @torch.no_grad()
-def held_out_divergence(spec: DistillSpec, teacher: Any, student: Any, batch: dict) -> float:
+def held_out_divergence(spec: DistillSpec, teacher: Any, student: Any, batch: dict, vocab_size: int | None = None) -> float:
     """The loss the method minimises, on a fixed held-out batch: KL at T (logit) or the generalised JSD at β (on-policy)."""
     was_training = student.training
     student.eval()
     if spec.method == "logit":
-        value = held_out_kl(teacher, student, batch, spec.temperature)
+        value = held_out_kl(teacher, student, batch, spec.temperature, vocab_size)
     else:
         from core.train.gkd import generalized_jsd
 
@@ -125,8 +154,8 @@ def held_out_divergence(spec: DistillSpec, teacher: Any, student: Any, batch: di
 
 
 def train_logit(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, features: list[dict], pad_id: int,
-                device: Any, start_step: int) -> int:
-    """The logit-distillation loop; returns the step reached."""
+                device: Any, start_step: int, vocab_size: int | None = None) -> int:
+    """The logit-distillation loop (logits compared over the first vocab_size ids); returns the step reached."""
     rows = [(f["input_ids"], f["labels"]) for f in features]
     if spec.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -144,7 +173,8 @@ def train_logit(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, 
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = distillation_loss(student_logits, teacher_logits, batch["labels"], spec.temperature, spec.alpha)  # fp32 inside
+        out = distillation_loss(student_logits, teacher_logits, batch["labels"], spec.temperature, spec.alpha,  # fp32 inside
+                                vocab_size=vocab_size)
         out.loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0))
         optimizer.step()
@@ -201,8 +231,9 @@ def run(ctx: JobContext) -> dict:
     student.to(device=device, dtype=torch.float32).train()  # AdamW updates vanish in half precision
 
     ctx.progress(0.03, "encoding the data")
-    features, replay, held_out = training_data(spec, tokenizer, device)
-    start_value = state.get("held_out_start", held_out_divergence(spec, teacher_model, student, held_out))
+    features, replay, held_out, task = training_data(spec, tokenizer, device, ctx.run_dir)
+    width = check.compare_width  # the tokenizer's length: padding rows past it are not compared
+    start_value = state.get("held_out_start", held_out_divergence(spec, teacher_model, student, held_out, width))
     start_step = int(state.get("step", 0))
     teacher_params = sum(p.numel() for p in teacher_model.parameters())
     student_params = sum(p.numel() for p in student.parameters())
@@ -213,11 +244,11 @@ def run(ctx: JobContext) -> dict:
     started = time.time()
     extra: dict = {}
     if spec.method == "logit":
-        step = train_logit(ctx, spec, teacher_model, student, features, tokenizer.pad_token_id or 0, device, start_step)
+        step = train_logit(ctx, spec, teacher_model, student, features, tokenizer.pad_token_id or 0, device, start_step, width)
     else:
         step, extra = train_gkd(ctx, spec, teacher_model, student, tokenizer, features, device, start_step)
     train_seconds = time.time() - started
-    end_value = held_out_divergence(spec, teacher_model, student, held_out)
+    end_value = held_out_divergence(spec, teacher_model, student, held_out, width)
     ctx.progress(0.82, "saving the student")
     student.eval()
     student_dir = save_model(student, tokenizer, ctx.run_dir / STUDENT_DIR)
@@ -237,6 +268,7 @@ def run(ctx: JobContext) -> dict:
         f"held_out_{divergence}_end": round(end_value, 5),
         "precision": "bf16 autocast" if bf16_autocast(spec) else "fp32",
         "training_rows": len(features),
+        "task_dataset": task.as_dict(),  # the held-out rows: the divergence above and the verdict below
         "replay": replay,
         **method_settings(spec),
         **extra,
@@ -246,7 +278,7 @@ def run(ctx: JobContext) -> dict:
         from core.transform_eval import score_against
 
         ctx.progress(0.85, "scoring the student against the teacher")
-        result["evaluation"] = score_against(spec.teacher_source, ModelSource("local", str(student_dir)), ctx,
+        result["evaluation"] = score_against(spec.teacher_source, ModelSource("local", str(student_dir)), ctx, task=task,
                                              rows=spec.eval_rows, progress_span=(0.85, 1.0), label="student")
     ctx.write_result(result)
     return {k: v for k, v in result.items() if k not in ("evaluation", "replay")} | _headline(result.get("evaluation"))

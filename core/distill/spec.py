@@ -38,6 +38,10 @@ class DistillSpec:
     layer_stride: int = field(default=2, metadata=meta("Keep every n-th teacher layer (and the last) in a shallow copy.", "student", min=1, max=8))
     data: str = field(default="demo", metadata=meta("demo = the built-in support-ticket task (assistant tokens only); dataset = a file / dataset folder.", choices=DATA_SOURCES))
     dataset_path: str = field(default="", metadata=meta("JSONL / JSON / CSV / Parquet file or saved dataset when data = dataset."))
+    eval_dataset: str = field(default="", metadata=meta("Held-out task rows: the held-out divergence and the verdict are measured on them. Empty: "
+                "demo = the demo's held-out split; dataset = `eval_fraction` of its rows, split off before training (never trained on).", "data"))
+    eval_fraction: float = field(default=0.1, metadata=meta("Share of the dataset's rows held out of training when no eval_dataset is given.", "data",
+                                                            advanced=True, min=0.01, max=0.5))
     policy: str = field(default="all_assistant", metadata=meta("Which tokens of a conversation are distilled (text rows: every token).", "data", choices=POLICIES))
     max_rows: int = field(default=2000, metadata=meta("Rows read from the data.", "data", min=1, max=1_000_000))
     max_length: int = field(default=256, metadata=meta("Tokens per row (longer rows are truncated).", "data", min=16, max=8192))

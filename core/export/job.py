@@ -55,6 +55,8 @@ class Exporter:
     # ---------------------------------------------------------------- plan
     def run(self) -> dict:
         started = time.time()
+        if self.spec.needs_gguf:
+            self._check_gguf_convertible()
         self._check_disk()
         if "merged" in self.spec.formats or self.spec.needs_gguf:
             self._check_memory()
@@ -93,6 +95,15 @@ class Exporter:
         if "recipes" in spec.formats:
             steps.append(("writing recipes", self._recipes))
         return steps
+
+    def _check_gguf_convertible(self) -> None:
+        """An architecture (or rope scaling) our GGUF converter refuses is refused by name from config.json, before the merge."""
+        from core.export.gguf_convert import ConversionError, preflight, read_config
+
+        try:
+            preflight(read_config(Path(self._model_path(self.source.base))))
+        except ConversionError as exc:
+            raise JobError(f"GGUF export: {exc}") from None
 
     def _check_disk(self) -> None:
         spec, source = self.spec, self.source
@@ -164,6 +175,7 @@ class Exporter:
         self._record("adapter", target, time.perf_counter() - started, checks)
 
     def _merged(self) -> None:
+        from core.export.gguf_convert import keep_sentencepiece_model
         from core.models import ModelLoadError, ModelSource, load_model, save_model
 
         started = time.perf_counter()
@@ -190,6 +202,7 @@ class Exporter:
         model.config.torch_dtype = self.spec.merged_dtype
         _fits_dtype(model, self.spec.merged_dtype)
         save_model(model, self.tokenizer, target)
+        keep_sentencepiece_model(target, self.source.adapter_dir, Path(self._model_path(self.source.base)))
         write_seconds = time.perf_counter() - started
         del loaded, model
         _free(plan.device)
@@ -407,13 +420,24 @@ def _verify(ctx: JobContext, spec: ExportSpec, source: ExportSource) -> dict:
     merged = next((a for a in result["artifacts"] if a["kind"] == "merged"), None)
     ggufs = [a for a in result["artifacts"] if a["path"].endswith(".gguf")]
     if ggufs:
+        from core.hardware import detect
+
         reference_source = ModelSource("local", merged["path"]) if merged and Path(merged["path"]).is_dir() else source.model
-        loaded = load_model(reference_source, device="cpu", dtype="float32")
+        # the same RAM check as the export, at the dtype the export validated in (fp32 for exports made before it was recorded)
+        validated_in = (result.get("merge") or {}).get("validated_in") or "float32"
+        plan = memory.plan_memory(Exporter._model_path(reference_source.with_adapter(None)), reference_source.adapter or None,
+                                  validated_in, "the dtype the export validated in", detect())
+        ctx.write_json("memory_plan.json", plan.as_dict())
+        if plan.problem():
+            raise JobError(plan.problem())
+        loaded = load_model(reference_source, device=plan.device, dtype=plan.dtype, stream_to_device=True)
         tokenizer = loaded.tokenizer
         if template:
             tokenizer.chat_template = template
-        references = validate.torch_references(loaded.model, tokenizer, result.get("prompts") or [], spec.compare_tokens)
+        with _default_device(plan.device):
+            references = validate.torch_references(loaded.model, tokenizer, result.get("prompts") or [], spec.compare_tokens)
         del loaded
+        _free(plan.device)
     failures = []
     for index, artifact in enumerate(result["artifacts"]):
         ctx.progress(index / max(1, len(result["artifacts"])), f"checking {artifact['kind']}")

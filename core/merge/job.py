@@ -35,11 +35,12 @@ def run(ctx: JobContext) -> dict:
         more = f" (and {len(report.problems) - 1} more problem(s), see preflight.json)" if len(report.problems) > 1 else ""
         raise JobError(report.problems[0] + more)
 
+    task = _task(spec) if spec.evaluate else None
     ctx.progress(0.05, "preparing inputs")
     inputs_dir = ctx.run_dir / "inputs"
     inputs = resolve_inputs(spec, lambda source: merge_adapter_into_base(source, adapter_target(inputs_dir, source)))
     if spec.sweep:
-        return run_sweep(ctx, spec, inputs)
+        return run_sweep(ctx, spec, inputs, task)
     config = build_config(spec, inputs)
     atomic_write_text(ctx.path(MERGE_YAML), to_yaml(config))
     ctx.progress(0.15, f"merging ({spec.method_info.pretty_name})")
@@ -48,18 +49,30 @@ def run(ctx: JobContext) -> dict:
     ctx.metrics(stage="merge", merge_seconds=seconds)
     result = {"method": spec.method, "model_dir": str(merged), "merge_seconds": round(seconds, 3),
               "size_bytes": model_file_size(merged), "parameters": report.facts.get("parameters")}
+    if task is not None:
+        result["task_dataset"] = task.as_dict()
     ctx.write_result(result)
     if spec.evaluate and not ctx.stop_requested:
         from core.transform_eval import score_against
 
         ctx.progress(0.5, "scoring the merged model against the base")
-        result["evaluation"] = score_against(spec.reference_source, ModelSource("local", str(merged)), ctx,
+        result["evaluation"] = score_against(spec.reference_source, ModelSource("local", str(merged)), ctx, task=task,
                                              rows=spec.eval_rows, progress_span=(0.5, 1.0), label="merged")
         ctx.write_result(result)
     return {k: v for k, v in result.items() if k != "evaluation"} | _headline(result.get("evaluation"))
 
 
-def run_sweep(ctx: JobContext, spec: MergeSpec, inputs) -> dict:
+def _task(spec: MergeSpec):
+    """The task rows of the verdict (core.transform_eval.task_data_for): chosen, else the fine-tuned inputs' run data."""
+    from core.transform_eval import task_data_for
+
+    try:
+        return task_data_for(spec.task_dataset, [*spec.model_sources(), spec.base_source])
+    except ValueError as exc:
+        raise JobError(f"task_dataset: {exc}") from None
+
+
+def run_sweep(ctx: JobContext, spec: MergeSpec, inputs, task=None) -> dict:
     """Merge every λ first, then score them all in one forgetting report (the base is evaluated once);
     each model the report finishes becomes a live metrics row (λ, task score, general score)."""
     points: dict[float, dict] = {}
@@ -76,17 +89,18 @@ def run_sweep(ctx: JobContext, spec: MergeSpec, inputs) -> dict:
         points[lam] = {"point": index, "lambda": lam, "merge_seconds": merge_seconds, "model_dir": str(folder)}
         ctx.metrics(stage="merge", **points[lam])
     if spec.evaluate and not ctx.stop_requested and points:
-        _score_sweep(ctx, spec, points, (0.05 + merge_share, 1.0))
+        _score_sweep(ctx, spec, points, (0.05 + merge_share, 1.0), task)
     if not spec.keep_sweep_models:
         for point in points.values():
             shutil.rmtree(point["model_dir"], ignore_errors=True)
             point["model_dir"] = ""
     ordered = sorted(points.values(), key=lambda p: p["lambda"])
-    ctx.write_json(SWEEP_FILE, {"method": spec.method, "points": ordered})
-    return {"method": spec.method, "sweep_points": len(ordered), "best_lambda": best_point(ordered)}
+    scored_on = {"task_dataset": task.as_dict()} if task is not None else {}
+    ctx.write_json(SWEEP_FILE, {"method": spec.method, "points": ordered, **scored_on})
+    return {"method": spec.method, "sweep_points": len(ordered), "best_lambda": best_point(ordered), **scored_on}
 
 
-def _score_sweep(ctx: JobContext, spec: MergeSpec, points: dict[float, dict], span: tuple[float, float]) -> None:
+def _score_sweep(ctx: JobContext, spec: MergeSpec, points: dict[float, dict], span: tuple[float, float], task) -> None:
     from core.transform_eval import evaluate_variants, model_scores, summary
 
     # λ = 0 is the base itself (mergekit reproduces it): it takes the base's scores instead of a second evaluation.
@@ -102,7 +116,8 @@ def _score_sweep(ctx: JobContext, spec: MergeSpec, points: dict[float, dict], sp
         ctx.metrics(stage="score", **points[lam])
 
     started = time.perf_counter()
-    report = evaluate_variants(spec.reference_source, variants, ctx, rows=spec.eval_rows, progress_span=span, on_model=live_row)
+    report = evaluate_variants(spec.reference_source, variants, ctx, rows=spec.eval_rows, progress_span=span, on_model=live_row,
+                               task_dataset=task.path)
     for lam, point in points.items():
         label = "base" if lam == 0.0 else f"λ={lam:g}"
         point.update(model_scores(report, label))

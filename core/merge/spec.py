@@ -30,6 +30,8 @@ class MergeSpec:
                 "Non-empty = a learning-vs-forgetting sweep: one merge + one evaluation per λ."))
     evaluate: bool = field(default=True, metadata=meta("Score the result(s) with the forgetting report."))
     eval_rows: int = field(default=20, metadata=meta("Task rows (and general texts) used per evaluation; fewer = faster.", advanced=True, min=1, max=10000))
+    task_dataset: str = field(default="", metadata=meta("Task rows the merge is scored on (a file or dataset folder; the last assistant turn is the "
+                "reference). Empty: the data of the run the merged models came from when known, else the built-in demo ticket task.", "evaluation"))
     keep_sweep_models: bool = field(default=True, metadata=meta("Keep every sweep point's merged model on disk (needed to chat with a chosen point).", advanced=True))
 
     def __post_init__(self) -> None:

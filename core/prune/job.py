@@ -22,6 +22,14 @@ def source_size_bytes(source: ModelSource) -> int | None:
 
 def run(ctx: JobContext) -> dict:
     spec: PruneSpec = ctx.spec
+    task = None
+    if spec.evaluate:  # the task rows of the verdict: chosen, else the model's training run's data, else the demo
+        from core.transform_eval import task_data_for
+
+        try:
+            task = task_data_for(spec.task_dataset, [spec.source])
+        except ValueError as exc:
+            raise JobError(f"task_dataset: {exc}") from None
     ctx.progress(0.02, f"loading {spec.source.label}")
     loaded = load_model(spec.source)
     model = loaded.model
@@ -70,12 +78,14 @@ def run(ctx: JobContext) -> dict:
         "prune_seconds": round(prune_seconds, 3),
         "pruned_dir": str(pruned_dir),
     }
+    if task is not None:
+        report["task_dataset"] = task.as_dict()
     ctx.write_result(report)
     if spec.evaluate and not ctx.stop_requested:
         from core.transform_eval import score_against
 
         ctx.progress(0.5, "scoring before and after with the forgetting report")
-        report["evaluation"] = score_against(spec.source, ModelSource("local", str(pruned_dir)), ctx, rows=spec.eval_rows,
+        report["evaluation"] = score_against(spec.source, ModelSource("local", str(pruned_dir)), ctx, task=task, rows=spec.eval_rows,
                                              progress_span=(0.5, 1.0), label="pruned")
         ctx.write_result(report)
     return {k: report[k] for k in ("mode", "achieved_sparsity", "parameters_before", "parameters_after", "size_before_bytes",

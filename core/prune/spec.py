@@ -34,6 +34,8 @@ class PruneSpec:
     latency_prompt: str = field(default=LATENCY_PROMPT, metadata=meta("The fixed prompt of the latency check.", advanced=True))
     evaluate: bool = field(default=True, metadata=meta("Score before and after with the forgetting report."))
     eval_rows: int = field(default=20, metadata=meta("Task rows (and general texts) per evaluation; fewer = faster.", advanced=True, min=1, max=10000))
+    task_dataset: str = field(default="", metadata=meta("Task rows the pruned model is scored on (a file or dataset folder; the last assistant turn "
+                "is the reference). Empty: the data of the run the model came from when known, else the built-in demo ticket task.", "evaluation"))
 
     def __post_init__(self) -> None:
         check_limits(self)
