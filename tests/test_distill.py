@@ -74,6 +74,12 @@ def test_tokenizer_check_accepts_one_tokenizer_on_output_layers_of_different_wid
     assert not check_tokenizers(embedded_tokenizer, embedded_tokenizer, teacher_logits=n, student_logits=n).padded_logits
     narrow = check_tokenizers(embedded_tokenizer, embedded_tokenizer, teacher_logits=n + 8, student_logits=n - 2)
     assert not narrow.compatible and narrow.compare_width is None and f"student outputs {n - 2} logits" in narrow.problems[0]
+    from core.distill.job import refuse_other_tokenizers
+    from core.runs.jobs import JobError
+
+    refuse_other_tokenizers(padded, "logit")  # logit distillation slices to the tokenizer's ids
+    with pytest.raises(JobError, match="Use logit distillation"):  # TRL's GKD compares the full layers
+        refuse_other_tokenizers(padded, "on_policy")
 
 
 def _word_tokenizer(words: list[str]):
