@@ -1,10 +1,14 @@
 """Our Hugging Face folder → GGUF converter, on the `gguf` package (writer, tensor name maps, quantisers).
 
 It follows llama.cpp's `convert_hf_to_gguf.py` for the families we can check end to end (Llama, Mistral →
-arch `llama`; Qwen2 → arch `qwen2`): the same tensor names, the Llama q/k row permutation (llama.cpp's rope
+arch `llama`; Qwen2 → `qwen2`; Qwen3 → `qwen3` with its q/k norms; Phi-3 → `phi3` with its fused qkv / gate-up
+projections and long-rope factors): the same tensor names, the Llama q/k row permutation (llama.cpp's rope
 is the interleaved kind, HF's the half-split one), 1-D tensors kept in F32, tied embeddings written once
 (llama.cpp reuses `token_embd` as the output), the same hyper-parameter keys, and the tokenizer as llama.cpp
-reads it: GPT-2 style BPE with its pre-tokenizer named from the hash of a fixed probe text, or SentencePiece.
+reads it: SentencePiece from tokenizer.model, else a SentencePiece-style BPE (byte fallback) from tokenizer.json
+(the layout transformers 5 re-saves a Llama-2 / Mistral folder in), else GPT-2 style BPE with its pre-tokenizer
+named from the hash of a fixed probe text. tests/test_gguf_families.py compares the files with llama.cpp's own
+converter, tensor for tensor and key for key, on every family here.
 
 Tensors stream through one at a time (pass 1 writes the header from the safetensors headers, pass 2 the
 data), so memory stays at about one tensor; bf16 goes through torch to float32 (numpy has no bfloat16).
@@ -25,6 +29,8 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "LlamaForCausalLM": ("llama", True),
     "MistralForCausalLM": ("llama", True),
     "Qwen2ForCausalLM": ("qwen2", False),
+    "Qwen3ForCausalLM": ("qwen3", False),
+    "Phi3ForCausalLM": ("phi3", False),
 }
 OUTTYPES = ("f16", "q8_0", "f32")
 
@@ -38,6 +44,8 @@ _PROBE = (
 )
 PRE_TOKENIZERS: dict[str, str] = {
     "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    # Llama 3's tokenizer as transformers rebuilds it from a GGUF (and Smaug): llama.cpp names this split smaug-bpe
+    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM / SmolLM2
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 / Qwen2.5
     "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3 tokenizer
@@ -86,6 +94,18 @@ def gguf_architecture(config: dict) -> tuple[str, bool]:
                           "(export it as merged safetensors and convert it with llama.cpp's convert_hf_to_gguf.py)")
 
 
+def preflight(config: dict) -> tuple[str, bool]:
+    """Everything a conversion can refuse from config.json alone (architecture, rope scaling), so that an export
+    refuses before it merges and validates anything. Returns gguf_architecture(config)."""
+    found = gguf_architecture(config)
+    kind = rope_scaling(config)["rope_type"]
+    allowed = ("default", "llama3", "linear") + (("longrope", "su") if found[0] == "phi3" else ())
+    if kind not in allowed:
+        raise ConversionError(f"rope scaling {kind!r} of {', '.join(config.get('architectures') or ['this model'])} is not supported "
+                              "by our GGUF export (convert the merged safetensors with llama.cpp's convert_hf_to_gguf.py)")
+    return found
+
+
 def rope_theta(config: dict) -> float | None:
     """transformers 5 keeps rope_theta inside rope_parameters; 4.x at the top level."""
     params = config.get("rope_parameters") or {}
@@ -105,6 +125,24 @@ def permute_qk(weights: Any, n_head: int, n_head_kv: int | None = None) -> Any:
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2)
             .reshape(weights.shape))
+
+
+def keep_sentencepiece_model(target: Path, *sources: Path | None) -> bool:
+    """transformers 5 re-saves a SentencePiece tokenizer (Llama-2, Mistral, TinyLlama, Phi-3) without tokenizer.model,
+    which llama.cpp reads its vocabulary from first: copy the source's into the saved folder (temp + rename)."""
+    import shutil
+
+    target = Path(target)
+    if (target / "tokenizer.model").is_file():
+        return False
+    for source in sources:
+        found = Path(source) / "tokenizer.model" if source else None
+        if found is not None and found.is_file():
+            partial = target / ".tokenizer.model.partial"
+            shutil.copyfile(found, partial)
+            os.replace(partial, target / "tokenizer.model")
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- tensors
@@ -168,6 +206,7 @@ def _plan_tensors(config: dict, headers: dict, arch: str, undo_permute: bool, ou
     if not tied and config.get("tie_word_embeddings"):
         notes.append("lm_head.weight is stored although tie_word_embeddings is set: written as output.weight")
     planned.extend(_rope_freqs(config, notes))
+    planned.extend(_longrope_factors(config, arch, notes))
     return planned, tied, notes
 
 
@@ -198,13 +237,39 @@ def _rope_freqs(config: dict, notes: list[str]) -> list[_Planned]:
     return [_Planned("rope_freqs.weight", "", [dim // 2], Q.F32)]
 
 
+def _phi3_rope(config: dict) -> tuple[int, int, int]:
+    """(context, original context, rope dims) as llama.cpp's Phi3MiniModel reads them."""
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    context = int(config.get("max_position_embeddings") or config.get("n_positions"))
+    original = int(params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or context)
+    dims = int(float(params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))) * config["hidden_size"]) // config["num_attention_heads"]
+    return context, original, dims
+
+
+def _longrope_factors(config: dict, arch: str, notes: list[str]) -> list[_Planned]:
+    """Phi-3 long-context (128k) models: rope_factors_long / _short tensors (llama.cpp's Phi3MiniModel)."""
+    from gguf import GGMLQuantizationType as Q
+
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if arch != "phi3" or not params.get("long_factor"):
+        return []
+    long, short = params.get("long_factor"), params.get("short_factor")
+    dims = _phi3_rope(config)[2]
+    if not short or len(long) != len(short) or len(long) != dims // 2:
+        raise ConversionError(f"rope scaling: long_factor and short_factor must both have {dims // 2} entries (rope dims / 2); "
+                              f"config.json has {len(long)} and {len(short or [])}")
+    notes.append("long-rope factors written as rope_factors_long / rope_factors_short")
+    return [_Planned("rope_factors_long.weight", "", [len(long)], Q.F32), _Planned("rope_factors_short.weight", "", [len(short)], Q.F32)]
+
+
 def _llama3_rope_factors(config: dict) -> Any:
-    import numpy as np
+    """In torch float32 step for step as llama.cpp computes them (numpy's pow rounds one factor differently)."""
+    import torch
 
     scaling = rope_scaling(config)
     base = rope_theta(config) or 10000.0
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     factor = scaling.get("factor", 8.0)
     low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
     old_context = scaling.get("original_max_position_embeddings", 8192)
@@ -219,7 +284,7 @@ def _llama3_rope_factors(config: dict) -> Any:
         else:
             smooth = (old_context / wavelen - low) / (high - low)
             factors.append(1 / ((1 - smooth) / factor + smooth))
-    return np.asarray(factors, dtype=np.float32)
+    return torch.tensor(factors, dtype=torch.float32).numpy()
 
 
 def _arch_enum(arch: str) -> Any:
@@ -243,6 +308,11 @@ def _load_tensor(plan: _Planned, headers: dict, config: dict, handles: dict) -> 
 
     if plan.gguf_name == "rope_freqs.weight":
         return _llama3_rope_factors(config)
+    if plan.gguf_name.startswith("rope_factors_"):
+        import numpy as np
+
+        params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        return np.asarray(params["long_factor" if plan.gguf_name.startswith("rope_factors_long") else "short_factor"], dtype=np.float32)
     path = headers[plan.hf_name][0]
     if path not in handles:
         handles[path] = safe_open(str(path), framework="pt").__enter__()
@@ -267,30 +337,36 @@ def _encode(data: Any, qtype: Any) -> Any:
 # --------------------------------------------------------------------------- vocabulary
 
 
-def _add_vocab(writer: Any, model_dir: Path, config: dict) -> str:
+def _add_vocab(writer: Any, model_dir: Path, config: dict, arch: str) -> str:
+    """llama.cpp's set_vocab of the arch: SentencePiece from tokenizer.model; for `llama` / `phi3` without it, the
+    SentencePiece-style BPE of tokenizer.json (LlamaHfVocab: byte fallback, as transformers 5 re-saves a Llama-2 /
+    Mistral folder); else GPT-2 style BPE (Llama 3, Qwen, SmolLM, Phi-4)."""
     import gguf
 
-    if (model_dir / "tokenizer.model").is_file():
-        tokens, scores, types = [], [], []
-        vocab = gguf.vocab.SentencePieceVocab(model_dir)
-        for text, score, toktype in vocab.all_tokens():
-            tokens.append(text)
-            scores.append(score)
-            types.append(toktype)
-        vocab_size = int(config.get("vocab_size") or len(tokens))
-        for i in range(len(tokens), vocab_size):  # padded embedding rows
-            tokens.append(f"[PAD{i}]".encode())
-            scores.append(-1000.0)
-            types.append(gguf.TokenType.UNUSED)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens[:vocab_size])
-        writer.add_token_scores(scores[:vocab_size])
-        writer.add_token_types(types[:vocab_size])
-        gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+    gpt2_class = arch == "phi3" and tokenizer_config.get("tokenizer_class") == "GPT2Tokenizer"  # Phi-4
+    if arch == "llama" and tokenizer_config.get("add_prefix_space") is not None:
+        writer.add_add_space_prefix(bool(tokenizer_config["add_prefix_space"]))
+    if (model_dir / "tokenizer.model").is_file() and not gpt2_class:
+        tokens, scores, types = sentencepiece_vocab(model_dir, config, tokenizer_config, phi3=arch == "phi3")
+        _add_llama_vocab(writer, model_dir, tokens, scores, types)
         return "llama (sentencepiece)"
     if not (model_dir / "tokenizer.json").is_file():
         raise ConversionError(f"{model_dir} has neither tokenizer.json nor tokenizer.model: the GGUF would have no vocabulary")
+    if arch in ("llama", "phi3") and not gpt2_class:
+        try:
+            hf_vocab = gguf.vocab.LlamaHfVocab(model_dir)
+        except (FileNotFoundError, TypeError):  # not SentencePiece-style (Llama 3 and other GPT-2 BPE): below
+            hf_vocab = None
+        if hf_vocab is not None:
+            tokens, scores, types = [], [], []
+            for text, score, toktype in hf_vocab.all_tokens():
+                tokens.append(text)
+                scores.append(score)
+                types.append(toktype)
+            _pad_vocab(tokens, scores, types, int(config.get("vocab_size") or len(tokens)))
+            _add_llama_vocab(writer, model_dir, tokens, scores, types)
+            return "llama (tokenizer.json, byte fallback)"
     tokens, types, pre = bpe_vocab(model_dir, config)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
@@ -298,6 +374,80 @@ def _add_vocab(writer: Any, model_dir: Path, config: dict) -> str:
     writer.add_token_types(types)
     gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(writer, quiet=True)
     return f"gpt2/{pre}"
+
+
+def _add_llama_vocab(writer: Any, model_dir: Path, tokens: list, scores: list, types: list) -> None:
+    import gguf
+
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    gguf.SpecialVocab(model_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+
+
+def _pad_vocab(tokens: list, scores: list, types: list, vocab_size: int) -> None:
+    """Embedding rows beyond the tokenizer's ids get [PAD<id>] tokens (llama.cpp needs one token per row)."""
+    import gguf
+
+    if len(tokens) > vocab_size:
+        raise ConversionError(f"the tokenizer has {len(tokens)} tokens but the model's vocab_size is {vocab_size}")
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]".encode())
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+
+
+def sentencepiece_vocab(model_dir: Path, config: dict, tokenizer_config: dict, *, phi3: bool = False) -> tuple[list, list, list]:
+    """llama.cpp's _create_vocab_sentencepiece (Phi3MiniModel.set_vocab with `phi3`): the model's pieces, then the
+    added tokens of added_tokens.json / tokenizer_config.json (/ tokenizer.json for Phi-3) over them."""
+    import gguf
+    from sentencepiece import SentencePieceProcessor
+
+    processor = SentencePieceProcessor()
+    processor.LoadFromFile(str(model_dir / "tokenizer.model"))
+    vocab_size = int(config.get("vocab_size") or processor.vocab_size())
+    tokens: list[bytes] = [f"[PAD{i}]".encode() for i in range(vocab_size)]
+    scores: list[float] = [-10000.0] * vocab_size
+    types: list[int] = [gguf.TokenType.UNUSED] * vocab_size
+    for i in range(min(vocab_size, processor.vocab_size())):
+        kind = gguf.TokenType.NORMAL
+        if processor.IsUnknown(i):
+            kind = gguf.TokenType.UNKNOWN
+        elif processor.IsControl(i):
+            kind = gguf.TokenType.CONTROL
+        elif processor.IsUnused(i):
+            kind = gguf.TokenType.UNUSED
+        elif processor.IsByte(i):
+            kind = gguf.TokenType.BYTE
+        tokens[i], scores[i], types[i] = processor.IdToPiece(i).encode(), processor.GetScore(i), kind
+    for text, i in _read_json(model_dir / "added_tokens.json").items():
+        if i < vocab_size:
+            tokens[i], scores[i], types[i] = text.encode(), -1000.0, gguf.TokenType.USER_DEFINED
+    added = [(int(i), data) for i, data in (tokenizer_config.get("added_tokens_decoder") or {}).items()]
+    if phi3:
+        added += [(int(data["id"]), data) for data in _read_json(model_dir / "tokenizer.json").get("added_tokens", [])]
+    for i, data in added:
+        if i >= vocab_size:
+            continue
+        text = data["content"]
+        if data.get("special") or (not phi3 and _looks_special(text)):
+            types[i] = gguf.TokenType.CONTROL
+        else:
+            text = text if phi3 else text.replace("\u2581", " ")  # pre-normalised user-defined spaces, as llama.cpp does
+            types[i] = gguf.TokenType.USER_DEFINED
+        tokens[i], scores[i] = text.encode(), -1000.0
+    return tokens, scores, types
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{path.name} is not valid JSON: {exc}") from None
 
 
 def pre_tokenizer_name(tokenizer: Any) -> str:
@@ -334,6 +484,8 @@ def bpe_vocab(model_dir: Path, config: dict) -> tuple[list[str], list[int], str]
             continue
         token = reverse[i]
         if token in added:
+            if not decoder[i].normalized:  # llama.cpp expects added tokens pre-normalised
+                token = tokenizer.decode(tokenizer.encode(token, add_special_tokens=False))
             if decoder[i].special or _looks_special(token):
                 types.append(gguf.TokenType.CONTROL)
             else:
@@ -346,7 +498,9 @@ def bpe_vocab(model_dir: Path, config: dict) -> tuple[list[str], list[int], str]
 
 
 def _looks_special(token: str) -> bool:
-    return (token.startswith("<|") and token.endswith("|>")) or token in ("<pad>", "<mask>")
+    """llama.cpp's does_token_look_special: added tokens some models forget to mark special."""
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<\uff5c") and token.endswith("\uff5c>")) or (token.startswith("<unused") and token.endswith(">")))
 
 
 # --------------------------------------------------------------------------- metadata
@@ -357,6 +511,10 @@ def _add_hparams(writer: Any, config: dict, arch: str, ftype: int, name: str) ->
 
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
+    if arch == "phi3":
+        _add_phi3_hparams(writer, config, ftype)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        return
     writer.add_block_count(int(config["num_hidden_layers"]))
     if config.get("max_position_embeddings"):
         writer.add_context_length(int(config["max_position_embeddings"]))
@@ -383,6 +541,28 @@ def _add_hparams(writer: Any, config: dict, arch: str, ftype: int, name: str) ->
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
+def _add_phi3_hparams(writer: Any, config: dict, ftype: int) -> None:
+    """llama.cpp's Phi3MiniModel.set_gguf_parameters (its own key set, not the generic one) and long-rope attention factor."""
+    context, original, dims = _phi3_rope(config)
+    writer.add_context_length(context)
+    writer.add_rope_scaling_orig_ctx_len(original)
+    writer.add_embedding_length(int(config["hidden_size"]))
+    writer.add_feed_forward_length(int(config["intermediate_size"]))
+    writer.add_block_count(int(config["num_hidden_layers"]))
+    writer.add_head_count(int(config["num_attention_heads"]))
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    writer.add_rope_dimension_count(dims)
+    writer.add_rope_freq_base(float(rope_theta(config) or 10000.0))
+    writer.add_file_type(ftype)
+    writer.add_sliding_window(int(config.get("sliding_window") or 0))  # 0 tells Phi-3 from Phi-4 in llama.cpp
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if params.get("long_factor"):
+        scale = context / original
+        attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+        writer.add_rope_scaling_attn_factors(attn_factor)
+
+
 def _ftype(outtype: str) -> int:
     import gguf
 
@@ -401,14 +581,14 @@ def convert(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", *
         raise ConversionError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     model_dir, out_path = Path(model_dir), Path(out_path)
     config = read_config(model_dir)
-    arch, undo_permute = gguf_architecture(config)
+    arch, undo_permute = preflight(config)
     headers = _tensor_headers(_safetensor_files(model_dir))
     planned, tied, notes = _plan_tensors(config, headers, arch, undo_permute, outtype)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.partial")
     writer = gguf.GGUFWriter(tmp, arch)
     _add_hparams(writer, config, arch, int(_ftype(outtype)), name or model_dir.name)
-    tokenizer_kind = _add_vocab(writer, model_dir, config)
+    tokenizer_kind = _add_vocab(writer, model_dir, config, arch)
     if chat_template:
         writer.add_chat_template(chat_template)  # a later key of the same name would be refused: set it once, here
     for plan in planned:
