@@ -285,42 +285,18 @@ def reference_converter_env() -> dict:
     return env
 
 
-def sentencepiece_model_dir(name: str) -> Path:
-    """The family's folder as the Hub ships a SentencePiece model (Llama-2, Mistral, Phi-3): with tokenizer.model beside
-    tokenizer.json. The model file is written from llama.cpp's vocab GGUF (the same pieces, scores and types; BPE with
-    byte fallback, Llama's normaliser), weights and tokenizer.json are the family folder's."""
-    import gguf
-    from sentencepiece import sentencepiece_model_pb2 as spm
-
+def tokenizer_json_only_dir(name: str) -> Path:
+    """The family's folder without tokenizer.model: a SentencePiece model as transformers 5 re-saves it (a merged or
+    fine-tuned folder has tokenizer.json only). The weights and every other file are the family folder's."""
     source = family_model_dir(name)
-    target = source.parent / f"{name}-sentencepiece"
-    if (target / "tokenizer.model").is_file():
+    target = source.parent / f"{name}-tokenizer-json"
+    if (target / "config.json").is_file():
         return target
-    with _locked(CACHE_ROOT / "families" / f".{name}-sentencepiece.lock"):
-        if not (target / "tokenizer.model").is_file():
-            fields = gguf.GGUFReader(str(vocab_file(family(name)))).fields
-            if fields["tokenizer.ggml.model"].contents() != "llama":
-                raise ValueError(f"{name} has no SentencePiece vocabulary")
-            # the model holds the base pieces; tokens added after them (Phi-3's <|user|> ...) live in tokenizer.json
-            added = [t["id"] for t in json.loads((source / "tokenizer.json").read_text())["added_tokens"] if t["id"] > 2]
-            columns = [fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type")]
-            proto = spm.ModelProto()
-            for i, (text, score, kind) in enumerate(zip(*columns)):
-                if added and i >= min(added):
-                    break
-                piece = proto.pieces.add()
-                # GGUF token types are SentencePiece's numbers; ids 0-2 are <unk> (UNKNOWN), <s>, </s> (CONTROL) in
-                # every SentencePiece Llama / Mistral / Phi-3 model (llama.cpp's phi-3 vocab retypes them)
-                piece.piece, piece.score, piece.type = text, score, (2, 3, 3)[i] if i < 3 else kind
-            spec = proto.trainer_spec
-            spec.model_type, spec.vocab_size, spec.byte_fallback = spm.TrainerSpec.BPE, len(proto.pieces), True
-            spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = 0, 1, 2, -1
-            norm = proto.normalizer_spec
-            norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", True, False, True
+    with _locked(CACHE_ROOT / "families" / f".{name}-tokenizer-json.lock"):
+        if not (target / "config.json").is_file():
             staging = target.with_name(target.name + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
-            (staging / "tokenizer.model").write_bytes(proto.SerializeToString())
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns("tokenizer.model"))
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
     return target
@@ -351,10 +327,10 @@ def reference_needs_vocab_shim(model_dir: Path) -> bool:
     return "Phi3ForCausalLM" in (config.get("architectures") or []) and not (Path(model_dir) / "tokenizer.model").is_file()
 
 
-def reference_gguf(name: str, outtype: str = "f16", *, sentencepiece: bool = False) -> Path:
-    """llama.cpp's conversion of `family_model_dir(name)` (or of `sentencepiece_model_dir(name)`), made once and cached
+def reference_gguf(name: str, outtype: str = "f16", *, tokenizer_json_only: bool = False) -> Path:
+    """llama.cpp's conversion of `family_model_dir(name)` (or of `tokenizer_json_only_dir(name)`), made once and cached
     beside it (the model folder is fixed, so is its reference; the converter takes 5-40 s a family on a busy CPU)."""
-    model_dir = sentencepiece_model_dir(name) if sentencepiece else family_model_dir(name)
+    model_dir = tokenizer_json_only_dir(name) if tokenizer_json_only else family_model_dir(name)
     target = model_dir.parent / "reference" / f"{model_dir.name}-{outtype}.gguf"
     if target.is_file():
         return target
