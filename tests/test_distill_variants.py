@@ -242,6 +242,7 @@ def test_logit_and_on_policy_refuse_a_student_with_another_tokenizer(workspace, 
 
 @pytest.mark.slow
 def test_on_policy_distillation_runs_through_gkd_and_lowers_its_loss(workspace, tmp_path, embedded_tokenizer, tiny_llama_dir):
+    from core.data.replay import SHIPPED_FILE
     from core.distill.job import run
     from core.models import ModelSource, load_model
 
@@ -251,7 +252,8 @@ def test_on_policy_distillation_runs_through_gkd_and_lowers_its_loss(workspace, 
         "kind": "distill", "method": "on_policy", "teacher": {"kind": "local", "ref": str(teacher)}, "student": "model",
         "student_model": {"kind": "local", "ref": str(tiny_llama_dir)}, "steps": 8, "batch_size": 2, "max_rows": 16,
         "max_length": 192, "learning_rate": 5e-3, "warmup_steps": 1, "gkd_lambda": 0.5, "max_new_tokens": 8,
-        "replay_fraction": 0.2, "evaluate": False}, rows))
+        # the random teacher cannot answer the general prompts itself, so the replay rows are named: the shipped set
+        "replay_fraction": 0.2, "replay_dataset": str(SHIPPED_FILE), "evaluate": False}, rows))
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert any(r["on_policy"] for r in rows) and not all(r["on_policy"] for r in rows)  # λ = 0.5: both kinds of step
     assert result["on_policy_steps"] == sum(r["on_policy"] for r in rows) and result["generated_tokens"] > 0

@@ -229,3 +229,20 @@ def test_family_walk(name, workspace, data_file):
     gguf_path = _export(lora_run, matrix)
     if gguf_path is not None:
         _chat_gguf(gguf_path, matrix)
+
+
+def matrix_table() -> str:
+    """The closing note's table: family × stage, from the rows the walks wrote."""
+    rows = [json.loads(p.read_text()) for p in sorted(MATRIX_DIR.glob("*.json"))]
+    stages = ["build", "load", "template + mask + lint", "train lora", "train qlora", "evaluate", "export", "chat (GGUF, llama.cpp)"]
+    lines = ["| family | " + " | ".join(stages) + " | s |", "|---" * (len(stages) + 2) + "|"]
+    for row in rows:
+        cells = [row["stages"].get(s, {}).get("outcome", "–") for s in stages]
+        lines.append(f"| {row['family']} | " + " | ".join(cells) + f" | {row.get('seconds', '')} |")
+    lines.append("")
+    lines += [f"- {row['family']}: " + "; ".join(f"{s}: {v['detail']}" for s, v in row["stages"].items() if v["detail"]) for row in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(matrix_table())

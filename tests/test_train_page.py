@@ -139,7 +139,7 @@ def test_editing_a_training_only_field_does_not_tokenize_the_data_again(workspac
 
     calls = []
     real = core.train.data.prepare_data
-    monkeypatch.setattr(core.train.data, "prepare_data", lambda spec, tokenizer: calls.append(spec.learning_rate) or real(spec, tokenizer))
+    monkeypatch.setattr(core.train.data, "prepare_data", lambda spec, tokenizer, **kwargs: calls.append(spec.learning_rate) or real(spec, tokenizer, **kwargs))
     at = _page(tiny_llama_dir)
     at.run()
     at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()
