@@ -12,6 +12,7 @@ from pathlib import Path
 TRACKERS: tuple[str, ...] = ("tensorboard", "trackio", "mlflow", "wandb")
 _MODULE = {"tensorboard": "tensorboard", "trackio": "trackio", "mlflow": "mlflow", "wandb": "wandb"}
 TENSORBOARD_DIR = "tensorboard"
+PROJECT = "post-training-workbench"  # the project / experiment every tracker files runs under
 
 
 def installed(name: str) -> bool:
@@ -34,11 +35,13 @@ def resolve(report_to: list[str], run_dir: Path, run_name: str) -> tuple[list[st
             env["TENSORBOARD_LOGGING_DIR"] = str(run_dir / TENSORBOARD_DIR)
         elif name == "mlflow":
             env["MLFLOW_TRACKING_URI"] = (run_dir / "mlruns").resolve().as_uri()
-            env["MLFLOW_EXPERIMENT_NAME"] = "post-training-workbench"
+            env["MLFLOW_EXPERIMENT_NAME"] = PROJECT
         elif name == "wandb":
-            env.update(WANDB_MODE="offline", WANDB_DIR=str(run_dir), WANDB_PROJECT="post-training-workbench", WANDB_NAME=run_name)
+            env.update(WANDB_MODE="offline", WANDB_DIR=str(run_dir), WANDB_PROJECT=PROJECT, WANDB_NAME=run_name)
         elif name == "trackio":
-            env.update(TRACKIO_DIR=str(run_dir / "trackio"), TRACKIO_PROJECT="post-training-workbench")
+            # transformers' TrackioCallback reads the project from TrainingArguments.project (training_arguments sets it),
+            # not from the environment: TRACKIO_PROJECT stays for trackio's own CLI / dashboard
+            env.update(TRACKIO_DIR=str(run_dir / "trackio"), TRACKIO_PROJECT=PROJECT)
     return use, env, notes
 
 

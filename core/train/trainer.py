@@ -18,6 +18,7 @@ from core.data.masking import IGNORE_INDEX
 from core.train.data import PadCollator, PreparedData, to_hf_dataset
 from core.train.distributed import all_ranks_sum, any_rank, trainer_distribution_kwargs
 from core.train.spec import TrainSpec
+from core.train.tracking import PROJECT as TRACKER_PROJECT
 
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -263,6 +264,7 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
         fp16=fp16,
         use_cpu=device == "cpu",
         report_to=list(report_to) if report_to else "none",  # resolved by core.train.tracking (installed ones only)
+        project=TRACKER_PROJECT,  # transformers' TrackioCallback calls trackio.init(project=args.project)
         disable_tqdm=True,
         remove_unused_columns=False,  # keep position_ids of packed rows
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized and masked by core.data.masking
