@@ -6,15 +6,14 @@ a `.gguf` file, each optionally with a PEFT adapter folder on top.
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
+from core.locks import file_lock
 from core.workspace import atomic_write_dir, models_dir
 
 SourceKind = Literal["embedded", "local", "hub", "gguf"]
@@ -115,7 +114,7 @@ def embedded_model_dir() -> Path:
     target = models_dir() / EMBEDDED_NAME
     if _is_complete_model_dir(target):
         return target
-    with _file_lock(models_dir() / f".{EMBEDDED_NAME}.lock"):
+    with file_lock(models_dir() / f".{EMBEDDED_NAME}.lock"):
         if _is_complete_model_dir(target):  # another process converted it while we waited
             return target
         gguf = embedded_gguf_path()
@@ -126,17 +125,6 @@ def embedded_model_dir() -> Path:
 
 def _is_complete_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / ".complete").is_file()
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _save_atomically(model: Any, tokenizer: Any, target: Path) -> None:
