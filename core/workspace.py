@@ -9,11 +9,24 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+FAULT_ENV = "WORKBENCH_FAULT_AT"
+
+
+def fault_point(stage: str) -> None:
+    """TEST HOOK (tests/test_fault_drill.py): when $WORKBENCH_FAULT_AT names this stage, the process SIGKILLs
+    itself here, as kill -9 or the out-of-memory killer would, so a fault drill kills at a stage marker instead
+    of after a sleep. Stages: every status message the worker reports ("started", "step 3/10", "saving", ...)
+    and "write:<file name>" between a finished temp file and its rename. A value ending in "*" is a prefix.
+    Unset (always, outside the drill) it costs one environment lookup."""
+    target = os.environ.get(FAULT_ENV)
+    if target and (stage == target or (target.endswith("*") and stage.startswith(target[:-1]))):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def workbench_home() -> Path:
@@ -60,6 +73,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        fault_point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,7 +92,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def read_json(path: str | Path, default: Any = None) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return default
 
 
@@ -90,6 +104,7 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], Any]) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         write(tmp)
+        fault_point(f"write:{target.name}")
         if target.exists():
             retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
             os.replace(target, retired / target.name)

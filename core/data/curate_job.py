@@ -188,12 +188,10 @@ def _run_operation(ctx: JobContext, spec: CurateSpec, name: str, rows: list, res
 
             return audit_rows(rows, config, progress)
         if name == "diversity":
-            import numpy as np
-
             from core.data.diversity import embedding_map
 
             result, embeddings = embedding_map(rows, config, progress)
-            np.save(ctx.path(EMBEDDINGS_FILE), embeddings)
+            _save_array(ctx.path(EMBEDDINGS_FILE), embeddings)
             return result
         return _select(ctx, spec, config, results, progress)
     except ValueError as exc:
@@ -224,6 +222,19 @@ def _decontam(spec: CurateSpec, rows: list, config: Any, progress) -> Any:
 
         return decontaminate_ray(rows, benchmarks, config, progress)
     return decontam.decontaminate(rows, benchmarks, config, progress)
+
+
+def _save_array(path: Path, array: Any) -> None:
+    """np.save through temp + rename: a killed job never leaves a half-written map that `select` would load."""
+    import io
+
+    import numpy as np
+
+    from core.workspace import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _select(ctx: JobContext, spec: CurateSpec, settings: dict, results: dict, progress) -> Any:

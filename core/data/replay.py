@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, resolve_model_path
 from core.runs.jobs import JobError, job_kind
-from core.workspace import datasets_dir, safe_name
+from core.workspace import atomic_write_text, datasets_dir, safe_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = "general"
@@ -148,7 +148,7 @@ def ensure_answers(ctx: Any, model: ModelSource, *, max_new_tokens: int, prompts
     lines = [line.strip() for line in PROMPTS_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
     lines = lines[:prompts] if prompts > 0 else lines
     child = ctx.path("replay_answers", "prompts.jsonl")
-    child.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in lines), encoding="utf-8")
+    atomic_write_text(child, "".join(json.dumps({"messages": [{"role": "user", "content": p}]}) + "\n" for p in lines))
     spec = {"kind": "teacher_answers", "name": name, "teacher": model.as_dict(), "data": "dataset", "dataset_path": str(child),
             "decoding": "greedy", "max_new_tokens": max_new_tokens, "json_only": "no", "keep_unfinished": keep_unfinished,
             "output_name": name, "max_rows": len(lines)}

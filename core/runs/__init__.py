@@ -22,8 +22,10 @@ from core.runs.status import (
     METRICS_FILE,
     SPEC_FILE,
     RunStatus,
+    pid_alive,
     read_raw_status,
     read_status,
+    status_lock,
     write_status,
 )
 from core.workspace import atomic_write_text, runs_dir, safe_name
@@ -32,7 +34,7 @@ __all__ = [
     "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
     "read_new_metrics", "read_all_metrics", "log_tail", "run_command", "spec_to_yaml", "read_spec_dict",
     "METRICS_FILE", "LOG_FILE", "SPEC_FILE", "JOBS", "InvalidSpec", "job_kind", "kind_names", "parse_spec", "spec_to_dict", "read_result", "result_path",
-    "create_run_from_dict", "wait",
+    "create_run_from_dict", "wait", "AlreadyActive",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,32 +87,42 @@ def _reap_when_done(child: subprocess.Popen) -> None:
     threading.Thread(target=child.wait, name=f"reap-{child.pid}", daemon=True).start()
 
 
+class AlreadyActive(RuntimeError):
+    """launch() of a run whose worker is still alive (a second browser tab, a double click): nothing is started."""
+
+
 def launch(run_dir: str | Path) -> int:
-    """Start the worker in a new process session (no shell); returns its pid."""
+    """Start the worker in a new process session (no shell); returns its pid. Under the run's status lock, so two
+    sessions launching one run at once start one worker; the other gets AlreadyActive saying which pid runs it."""
     run_dir = Path(run_dir).resolve()
-    current = read_status(run_dir)
-    if current.is_active:
-        raise RuntimeError(f"run {run_dir.name} is already {current.state}")
+    if not (run_dir / SPEC_FILE).is_file():
+        raise FileNotFoundError(f"run {run_dir.name}: {SPEC_FILE} not found in {run_dir} (was the run folder deleted?)")
+    read_status(run_dir)  # records a dead worker as failed first (that takes the lock itself)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with open(run_dir / LOG_FILE, "ab") as log_file:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "core.runs.worker", str(run_dir)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _reap_when_done(child)
-    previous = read_raw_status(run_dir) or RunStatus(kind=read_spec_dict(run_dir)["kind"])
-    previous.state, previous.pid, previous.heartbeat, previous.error = "queued", child.pid, time.time(), ""
-    previous.finished_at = None
-    previous.message = "starting the worker"
-    write_status(run_dir, previous)
+    with status_lock(run_dir):
+        current = read_raw_status(run_dir)
+        if current is not None and current.is_active and pid_alive(current.pid):
+            raise AlreadyActive(f"run {run_dir.name} is already {current.state} (worker pid {current.pid}, "
+                                f"{current.message or 'started'}); it was started from another tab or session — watch it or stop it first")
+        with open(run_dir / LOG_FILE, "ab") as log_file:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "core.runs.worker", str(run_dir)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _reap_when_done(child)
+        previous = current or RunStatus(kind=read_spec_dict(run_dir)["kind"])
+        previous.state, previous.pid, previous.heartbeat, previous.error = "queued", child.pid, time.time(), ""
+        previous.finished_at = None
+        previous.message = "starting the worker"
+        write_status(run_dir, previous)  # the worker writes its own status only after this (it takes the same lock)
     return child.pid
 
 

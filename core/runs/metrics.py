@@ -9,9 +9,16 @@ from typing import Any
 
 
 def append_metrics(path: str | Path, row: dict[str, Any]) -> None:
+    """One line per row. After a worker killed mid-line the file ends without a newline: the next row (a resumed
+    run) starts on a line of its own, so only the cut row is lost, never the one after it."""
     line = json.dumps({"time": round(time.time(), 3), **row}, default=float) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
+    with open(path, "ab") as handle:
+        if handle.tell() > 0:
+            with open(path, "rb") as reader:
+                reader.seek(-1, os.SEEK_END)
+                if reader.read(1) != b"\n":
+                    line = "\n" + line
+        handle.write(line.encode("utf-8"))
         handle.flush()
 
 
@@ -29,9 +36,11 @@ def read_new_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict], int
     rows = []
     for line in chunk[: end + 1].splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a line cut by a killed worker (or corrupted on disk): skipped, the rest still read
+        if isinstance(row, dict):
+            rows.append(row)
     return rows, offset + end + 1
 
 

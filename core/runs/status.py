@@ -6,12 +6,13 @@ once); a worker that is alive but silent (hung) is shown as failed without touch
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from core.workspace import atomic_write_json, read_json
 
@@ -81,7 +82,7 @@ def read_raw_status(run_dir: str | Path) -> RunStatus | None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
+    if not pid or not isinstance(pid, int):
         return False
     try:
         os.kill(pid, 0)
@@ -102,32 +103,52 @@ DEAD_WORKER = ("The worker process ended without recording a result (killed, e.g
 _STATUS_LOCK = ".status.lock"
 
 
+def last_stage(status: RunStatus) -> str:
+    """The last stage a worker reported (its status message and progress), for the error of a worker that died."""
+    stage = status.message.strip() or status.state
+    return f"{stage!r} ({status.progress:.0%} done)" if status.progress else repr(stage)
+
+
+@contextlib.contextmanager
+def status_lock(run_dir: str | Path) -> Iterator[None]:
+    """The run's status lock: held while a launch starts a worker, while a worker writes its first status and while
+    a reader records a dead worker, so none of them overwrites the others. (flock: not re-entrant, even in one process.)"""
+    with open(Path(run_dir) / _STATUS_LOCK, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def read_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
     """The status as a user should see it: a silent worker is a failed worker, never 'running' forever."""
     status = read_raw_status(run_dir) or RunStatus()
     if not status.is_active:
         return status
     now = now or time.time()
-    beat = status.heartbeat or status.created_at
+    beat = status.heartbeat if isinstance(status.heartbeat, (int, float)) else status.created_at
     alive = pid_alive(status.pid)
     if alive and now - beat < STALE_AFTER_SECONDS:
         return status
     if status.pid and not alive:
         return record_dead_worker(run_dir, status)
-    why = f"The worker stopped sending heartbeats {now - beat:.0f} s ago (it hung or the machine lost power). See the log tail below."
+    why = (f"The worker stopped sending heartbeats {now - beat:.0f} s ago, at {last_stage(status)} (it hung or the "
+           "machine lost power). See the log tail below.")
     return replace(status, state="failed", error=why, finished_at=beat)
 
 
 def record_dead_worker(run_dir: str | Path, seen: RunStatus) -> RunStatus:
     """Write `failed` for a run whose worker process is gone, once: under the run's status lock the file is
-    read again, and only a run still active with the same dead pid is changed."""
+    read again, and only a run still active with the same dead pid is changed. The error names the last stage
+    the worker reported (it could not write its own end)."""
     run_dir = Path(run_dir)
-    with open(run_dir / _STATUS_LOCK, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        current = read_raw_status(run_dir) or seen
-        if not current.is_active or current.pid != seen.pid or pid_alive(current.pid):
-            return current
-        failed = replace(current, state="failed", error=DEAD_WORKER, message="the worker process died",
-                         finished_at=current.heartbeat or current.created_at)
-        write_status(run_dir, failed)
-        return failed
+    try:
+        with status_lock(run_dir):
+            current = read_raw_status(run_dir) or seen
+            if not current.is_active or current.pid != seen.pid or pid_alive(current.pid):
+                return current
+            failed = replace(current, state="failed", error=f"{DEAD_WORKER} Last stage it reported: {last_stage(current)}.",
+                             message=f"the worker process died at {last_stage(current)}",
+                             finished_at=current.heartbeat or current.created_at)
+            write_status(run_dir, failed)
+            return failed
+    except FileNotFoundError:  # the run folder was deleted meanwhile: nothing to record, nothing to crash on
+        return replace(seen, state="failed", error=f"The run folder {run_dir} no longer exists.", message="run folder deleted")

@@ -20,7 +20,8 @@ from pathlib import Path
 from core.runs.errors import explain_failure, format_traceback
 from core.runs.jobs import InvalidSpec, JobContext, JobStopped, job_kind, kind_names
 from core.runs.spec import read_spec_dict
-from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, write_status
+from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, status_lock, write_status
+from core.workspace import fault_point
 
 LOCK_NAME = ".exclusive-job.lock"
 log = logging.getLogger("workbench.worker")
@@ -54,6 +55,8 @@ class Worker:
                 setattr(self.status, key, value)
             self.status.heartbeat = time.time()
             write_status(self.run_dir, self.status)
+        if "message" in changes:  # a stage the run reports: where the fault drill may kill the worker (test hook)
+            fault_point(str(changes["message"]))
 
     def _beat(self) -> None:
         while not self._done.wait(HEARTBEAT_SECONDS):
@@ -80,19 +83,29 @@ class Worker:
             return True
         path = self.run_dir.parent / LOCK_NAME
         self._lock_handle = open(path, "a+")
+        told = ""
         while True:
             try:
                 fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_handle.seek(0)
+                self._lock_handle.truncate()
+                self._lock_handle.write(self.run_dir.name)  # who holds it, for the runs queued behind
+                self._lock_handle.flush()
                 return True
             except BlockingIOError:
                 if self.stop_requested:
                     return False
+                holder = path.read_text(errors="replace").strip()
+                if holder and holder != told:
+                    told = holder
+                    self.update(message=f"waiting for the exclusive job lock (held by run {holder})")
                 time.sleep(0.5)
 
     # ---------------------------------------------------------------- run
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        write_status(self.run_dir, self.status)
+        with status_lock(self.run_dir):  # after launch() has written `queued` with this pid, never before it
+            write_status(self.run_dir, self.status)
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         try:
             if not self._wait_for_lock():
