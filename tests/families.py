@@ -327,10 +327,39 @@ def reference_needs_vocab_shim(model_dir: Path) -> bool:
     return "Phi3ForCausalLM" in (config.get("architectures") or []) and not (Path(model_dir) / "tokenizer.model").is_file()
 
 
+def longrope_dir(name: str = "phi3") -> Path:
+    """The Phi-3 family folder with Phi-3-128k's kind of rope scaling (longrope: per-frequency long / short factors,
+    an original context of 256 below the 1,024 positions), weights and tokenizer unchanged."""
+    source = family_model_dir(name)
+    target = source.parent / f"{name}-longrope"
+    if (target / "config.json").is_file():
+        return target
+    with _locked(CACHE_ROOT / "families" / f".{name}-longrope.lock"):
+        if not (target / "config.json").is_file():
+            config = json.loads((source / "config.json").read_text())
+            dims = config["hidden_size"] // config["num_attention_heads"]
+            config["original_max_position_embeddings"] = 256
+            config["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+                                         "original_max_position_embeddings": 256,
+                                         "long_factor": [1.0 + 0.5 * i for i in range(dims // 2)],
+                                         "short_factor": [1.0 + 0.01 * i for i in range(dims // 2)]}
+            staging = target.with_name(target.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source, staging)
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+    return target
+
+
 def reference_gguf(name: str, outtype: str = "f16", *, tokenizer_json_only: bool = False) -> Path:
     """llama.cpp's conversion of `family_model_dir(name)` (or of `tokenizer_json_only_dir(name)`), made once and cached
     beside it (the model folder is fixed, so is its reference; the converter takes 5-40 s a family on a busy CPU)."""
-    model_dir = tokenizer_json_only_dir(name) if tokenizer_json_only else family_model_dir(name)
+    return reference_gguf_of(tokenizer_json_only_dir(name) if tokenizer_json_only else family_model_dir(name), outtype)
+
+
+def reference_gguf_of(model_dir: Path, outtype: str = "f16") -> Path:
+    """llama.cpp's conversion of a fixed folder of this cache (a family or a variant of one), cached by its name."""
     target = model_dir.parent / "reference" / f"{model_dir.name}-{outtype}.gguf"
     if target.is_file():
         return target

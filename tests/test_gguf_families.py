@@ -212,6 +212,15 @@ def test_our_f16_generates_torch_greedy_text_in_llama_cpp(name, converted):
     assert sum(len(r["continuation"]) for r in references) >= GREEDY_TOKENS  # torch did generate text to compare
 
 
+def test_phi3_long_rope_equals_llama_cpp(tmp_path):
+    """Phi-3-128k's rope scaling: rope_factors_long / _short tensors and the attention factor, as llama.cpp writes them."""
+    model_dir = families.longrope_dir("phi3")
+    ours = gguf_convert.convert(model_dir, tmp_path / "ours.gguf", "f16")
+    assert _differences(ours.path, families.reference_gguf_of(model_dir, "f16")) == []
+    meta, tensors = _read(ours.path)
+    assert {"rope_factors_long.weight", "rope_factors_short.weight"} <= set(tensors) and meta["phi3.rope.scaling.attn_factor"] > 1
+
+
 def _tiny_gemma2(target: Path) -> Path:
     """A real (loadable, mergeable) Gemma-2 folder: the architecture our converter does not write."""
     import torch
