@@ -247,12 +247,36 @@ def ray_script(spec: TrainSpec, run_dir: str | Path, hardware: Any) -> str:
     )
 
 
+def loopback_interface() -> str:
+    """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS)."""
+    import socket
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        names = []
+    return next((name for name in names if name in ("lo", "lo0")), next((name for name in names if name.startswith("lo")), "lo"))
+
+
+def one_node_env(spec: TrainSpec) -> dict[str, str]:
+    """The environment that keeps a one-node run's c10d store and gloo / NCCL sockets on loopback: the ranks exchange
+    pickled objects (all_gather_object unpickles what it receives), so nothing outside this machine may connect.
+    PET_LOCAL_ADDR is torchrun's --local-addr (the MASTER_ADDR its workers get, instead of this host's FQDN);
+    GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME pin the collectives' sockets to the loopback interface. Multi-node runs
+    get nothing here: they must listen on a network every node reaches (README: "Serving other machines")."""
+    if spec.num_nodes != 1:
+        return {}
+    lo = loopback_interface()
+    return {"MASTER_ADDR": "127.0.0.1", "PET_LOCAL_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": lo, "NCCL_SOCKET_IFNAME": lo}
+
+
 def command_script(spec: TrainSpec, run_dir: str | Path) -> str:
     return "\n".join([
         "#!/bin/bash",
         f"# The command the workbench worker ran for {Path(run_dir).name} on one node ({launch_command(spec, run_dir)}).",
         "# Rerun headless with `python -m core.runs.worker <run_dir>` (it regenerates these files), or run this file.",
         f"cd {shlex.quote(str(_repo_root()))}",
+        *[f"export {name}={shlex.quote(value)}" for name, value in one_node_env(spec).items()],
         f"exec {shlex.join(launch_argv(spec, run_dir))}",
         "",
     ])

@@ -19,7 +19,7 @@ from core.runs.jobs import JobContext, JobError
 from core.runs.metrics import tail_text
 from core.runs.status import LOG_FILE
 from core.train.distributed import SUPERVISOR_ENV, distribution_notes, distribution_refusal, free_port, strategy_label
-from core.train.launchers import launch_argv, launch_command, write_launch_files
+from core.train.launchers import launch_argv, launch_command, one_node_env, write_launch_files
 from core.train.rank import RESULT_FILE, STOP_FILE, rank_log, ranks_dir, read_rank_records
 from core.train.spec import TrainSpec
 from core.workspace import read_json
@@ -44,6 +44,7 @@ def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
     _clear_previous_attempt(run_dir)
     for note in distribution_notes(spec, hardware):
         ctx.log.info(note)
+    log_offset = attempt_log_offset(run_dir)  # worker.log accumulates across attempts: the diagnosis reads only this one
     ctx.log.info("launching: %s", launch_command(spec, run_dir))
     ctx.progress(0.0, f"starting {spec.world_size} processes ({spec.launcher}, {strategy_label(spec)})")
     started = time.time()
@@ -55,7 +56,7 @@ def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
         _terminate(proc)
         raise
     if proc.returncode != 0:
-        raise JobError(_failure(run_dir, spec, proc.returncode))
+        raise JobError(_failure(run_dir, spec, proc.returncode, log_offset))
     outcome = read_json(ranks_dir(run_dir) / RESULT_FILE) or {}
     if "result" not in outcome:
         raise JobError(f"The {spec.launcher} launcher exited without rank 0's result: see the rank logs in {ranks_dir(run_dir)}.")
@@ -75,6 +76,7 @@ def _rank_env(spec: TrainSpec, hardware: Any) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_repo_root()), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update(one_node_env(spec))  # the c10d store and the collectives on loopback only
     if getattr(hardware, "device", "cpu") == "cpu":
         # The cores are shared by the ranks: one process per core beats every process spinning on all of them.
         env["OMP_NUM_THREADS"] = str(max(1, int(getattr(hardware, "cpu_cores", 1) or 1) // spec.processes_per_node))
@@ -118,6 +120,26 @@ def _terminate(proc: subprocess.Popen) -> None:
         pass
 
 
+def attempt_log_offset(run_dir: Path) -> int:
+    """Where this attempt's part of worker.log starts (its size now; the log is append-only)."""
+    try:
+        return (Path(run_dir) / LOG_FILE).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def attempt_log(run_dir: Path, offset: int, limit: int = 200_000) -> str:
+    """The last `limit` bytes of worker.log written since `offset` (this attempt's launcher output), never earlier ones."""
+    path = Path(run_dir) / LOG_FILE
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(offset, size - limit) if size >= offset else 0)  # a log shorter than the offset was replaced
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def root_cause(launcher_output: str) -> tuple[int, int] | None:
     """(rank, exit code) of the first failure torchrun / accelerate reported, or None."""
     matches = _ROOT_CAUSE.findall(launcher_output or "")
@@ -155,10 +177,12 @@ def dead_rank(records: list[dict], world_size: int, reported: tuple[int, int] | 
     return 0, by_rank.get(0), None
 
 
-def _failure(run_dir: Path, spec: TrainSpec, returncode: int) -> str:
-    """One sentence for status.json naming the rank that died; its log tail is appended to worker.log (the page shows it)."""
+def _failure(run_dir: Path, spec: TrainSpec, returncode: int, log_offset: int = 0) -> str:
+    """One sentence for status.json naming the rank that died; its log tail is appended to worker.log (the page shows it).
+    Only this attempt's launcher output (from `log_offset`) is searched for the root cause: an earlier attempt's
+    report further up the same log names a rank of a process group that no longer exists."""
     worker_log = run_dir / LOG_FILE
-    rank, record, code = dead_rank(read_rank_records(run_dir), spec.world_size, root_cause(tail_text(worker_log, 40_000)))
+    rank, record, code = dead_rank(read_rank_records(run_dir), spec.world_size, root_cause(attempt_log(run_dir, log_offset)))
     if record is not None and record.get("state") == "failed" and record.get("error"):
         how = f"failed: {record['error']}"
     elif record is None:
