@@ -265,8 +265,13 @@ def run_metrics(run_dir) -> list[dict]:
 
 
 def _render_status(run_dir, render_body):
-    from core.runs import log_tail, read_status, stop
+    from pathlib import Path
 
+    from core.runs import RunStatus, log_tail, read_status, stop
+
+    if not Path(run_dir).is_dir():  # deleted (or moved) while this page showed it: say so, stop polling
+        st.warning(f"Run {Path(run_dir).name} no longer exists: its folder {run_dir} was deleted or moved.")
+        return RunStatus(state="failed", error="the run folder was deleted")
     status = read_status(run_dir)
     icon = {"succeeded": "✅", "failed": "❌", "stopped": "⏹️", "running": "⏳", "queued": "🕒", "stopping": "⏳"}.get(status.state, "•")
     elapsed = f" · {status.elapsed:.0f} s" if status.elapsed else ""

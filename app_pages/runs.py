@@ -65,7 +65,10 @@ st.dataframe([{"run": r.run_id, "kind": r.kind, "state": r.status.state, "name":
                "made from": len(graph.parents.get(r.run_id, [])), "made from it": len(graph.descendants(r.run_id)),
                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.status.created_at))} for r in summaries],
              hide_index=True, use_container_width=True)
-ids = [r.run_id for r in summaries]
+ids = [r.run_id for r in summaries if r.run_id in nodes]  # a folder deleted between the two scans is left out
+if not ids:
+    st.info("No runs left in this workspace: their folders were deleted.")
+    st.stop()
 card_tab, compare_tab = st.tabs(["Run card", "Compare runs"])
 
 
@@ -78,10 +81,14 @@ with card_tab:
         else:
             st.warning("That path is not inside a run folder of this workspace.")
     if st.session_state.get("runs_pick") not in ids:
+        if st.session_state.get("runs_pick"):
+            st.warning(f"Run {st.session_state['runs_pick']} no longer exists (its folder was deleted or moved); showing {ids[0]}.")
         st.session_state["runs_pick"] = ids[0]
     render_card(st.selectbox("Run", ids, key="runs_pick"))
 
 with compare_tab:
+    if "runs_compare" in st.session_state:  # runs deleted since they were picked drop out of the choice
+        st.session_state["runs_compare"] = [i for i in st.session_state["runs_compare"] if i in ids]
     picked = st.multiselect("Runs to compare", ids, default=[i for i in ids if nodes[i].kind == "train"][:2], key="runs_compare")
     if len(picked) < 2:
         st.info("Choose at least two runs.")

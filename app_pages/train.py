@@ -202,6 +202,8 @@ if selected in by_id:
     st.caption(f"Headless: `{run_command(run_dir)}` · method {by_id[selected].spec.get('method')} · "
                f"state {read_status(run_dir).state}")
     live_run(run_dir, run_body)
+elif selected:
+    st.warning(f"Run {selected} no longer exists in this workspace (its folder was deleted or moved); open another run below.")
 
 # ---------------------------------------------------------------- all runs
 st.subheader("Runs")

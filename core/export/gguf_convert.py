@@ -24,6 +24,8 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from core.workspace import fault_point
+
 # HF architecture name -> (gguf arch name, undo the q/k permutation?)
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "LlamaForCausalLM": ("llama", True),
@@ -604,6 +606,7 @@ def convert(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", *
             if progress:
                 progress((index + 1) / len(planned), plan.gguf_name)
         writer.close()
+        fault_point(f"write:{out_path.name}")  # test hook: a kill here leaves only the hidden .partial file
         os.replace(tmp, out_path)
     except BaseException:
         writer.close()

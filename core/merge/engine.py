@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from core.merge.config import to_yaml, validate_with_mergekit
 from core.models import ModelSource, load_model, merge_adapter_weights, save_model
-from core.workspace import atomic_write_text, safe_name
+from core.workspace import atomic_write_text, fault_point, safe_name
 
 MERGE_YAML = "merge.yaml"
 log = logging.getLogger("workbench.merge")
@@ -53,7 +55,12 @@ def run_mergekit(config: dict, out_dir: str | Path, *, seed: int = 0) -> float:
     run_merge(merge_config, str(tmp), options=options, config_source=to_yaml(config))
     seconds = time.perf_counter() - started
     atomic_write_text(tmp / MERGE_YAML, to_yaml(config))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    fault_point(f"write:{out_dir.name}")
+    if out_dir.exists():  # the earlier merge is moved aside, never deleted before the new one is in place
+        retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+        os.replace(out_dir, retired / out_dir.name)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
     return seconds

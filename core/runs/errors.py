@@ -1,6 +1,7 @@
 """Turn an exception from a job into one sentence a user can act on."""
 from __future__ import annotations
 
+import errno
 import traceback
 
 from core.runs.jobs import JobError
@@ -46,6 +47,10 @@ def explain_failure(exc: BaseException) -> str:
         return str(exc)
     if is_out_of_memory(exc):
         return f"Out of memory: {_memory_facts()}. To fit, {OOM_ADVICE}."
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        return (f"Disk full{where} ({exc.strerror or exc}): nothing half-written was kept; free space in the workspace "
+                "(or move $WORKBENCH_HOME to a larger disk) and relaunch the run.")
     first_line = (str(exc).strip().splitlines() or [""])[0][:400]
     return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
 

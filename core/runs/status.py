@@ -120,7 +120,12 @@ def status_lock(run_dir: str | Path) -> Iterator[None]:
 
 def read_status(run_dir: str | Path, now: float | None = None) -> RunStatus:
     """The status as a user should see it: a silent worker is a failed worker, never 'running' forever."""
-    status = read_raw_status(run_dir) or RunStatus()
+    status = read_raw_status(run_dir)
+    if status is None:
+        if (Path(run_dir) / STATUS_FILE).is_file():  # only a hand edit or a broken disk does this (writes are atomic)
+            return RunStatus(state="failed", error=f"{STATUS_FILE} of this run is unreadable (corrupted or not a status record); "
+                                                   "relaunch the run or delete its folder.", message=f"{STATUS_FILE} unreadable")
+        return RunStatus()
     if not status.is_active:
         return status
     now = now or time.time()
