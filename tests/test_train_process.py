@@ -65,3 +65,66 @@ def test_a_one_node_run_binds_loopback_only(tmp_path, tiny_llama_dir):
     assert "export GLOO_SOCKET_IFNAME=" + lo in script and "export PET_LOCAL_ADDR=127.0.0.1" in script
     two_nodes = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, processes_per_node=2, num_nodes=2, rendezvous_host="10.0.0.1")
     assert one_node_env(two_nodes) == {}, "multi-node runs listen where the other nodes reach them (README)"
+
+
+def _kill_leftovers(run_dir) -> None:
+    """If the run hangs (the bug this test guards against), end its worker and ranks so the test leaves nothing behind."""
+    import os
+    import signal
+
+    from core import runs
+    from core.train.rank import read_rank_records
+
+    pids = [r.get("pid") for r in read_rank_records(run_dir)] + [runs.read_status(run_dir).pid]
+    for pid in filter(None, pids):
+        for send in (lambda p: os.killpg(p, signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
+            try:
+                send(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@__import__("pytest").mark.slow
+def test_stop_while_a_rank_prepares_data_ends_the_run_stopped_in_seconds(workspace, tiny_llama_dir, tmp_path):
+    # Rank 1 is held (SIGSTOP) before its data preparation; rank 0 gets past every stop check into init_process_group,
+    # where it waits for rank 1. Stop arrives then, and rank 1 resumes: it sees the stop file and leaves, so without an
+    # agreement rank 0 would wait ddp_timeout (30 minutes) for a peer that never joins.
+    import json
+    import os
+    import signal
+    import time
+
+    from core import runs
+    from core.train.rank import read_rank_records
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(32)))
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_steps=4, batch_size=2, max_length=64,
+                     eval_fraction=0.0, lora_r=4, save_steps=100, logging_steps=1, processes_per_node=2)
+    run_dir = runs.create_run(spec)
+    runs.launch(run_dir)
+    try:
+        deadline = time.time() + 240
+        records: dict = {}
+        while 1 not in records:
+            assert time.time() < deadline and runs.read_status(run_dir).is_active, runs.log_tail(run_dir)
+            records = {r["rank"]: r for r in read_rank_records(run_dir)}
+            time.sleep(0.05)
+        os.kill(records[1]["pid"], signal.SIGSTOP)
+        while records.get(0, {}).get("message") != "loading the model":
+            assert time.time() < deadline and runs.read_status(run_dir).is_active, runs.log_tail(run_dir)
+            records = {r["rank"]: r for r in read_rank_records(run_dir)}
+            time.sleep(0.1)
+        time.sleep(2.0)  # rank 0 loads the tiny model and enters init_process_group
+        asked = time.time()
+        assert runs.stop(run_dir)
+        os.kill(records[1]["pid"], signal.SIGCONT)
+        status = runs.wait(run_dir, timeout=60)
+        took = time.time() - asked
+    finally:
+        _kill_leftovers(run_dir)
+    assert status.state == "stopped", (status.state, status.error, runs.log_tail(run_dir))
+    assert took < 30, f"the stop took {took:.0f} s"
+    assert status.result["global_step"] == 0 and not (run_dir / "adapter").exists()
+    assert {r["rank"]: r["state"] for r in read_rank_records(run_dir)} == {0: "stopped", 1: "stopped"}

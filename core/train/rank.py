@@ -8,7 +8,9 @@ Every rank runs the same train job (core.train.job.run) on its share of the data
 - status.json belongs to the workbench worker that launched the ranks on one node (core.train.supervisor);
   without one (multi-node, Slurm, Ray) rank 0 writes it itself.
 A stop request (SIGTERM to the worker) reaches the ranks as ranks/stop.request; they agree on it every step,
-so every rank stops after the same step and saves.
+so every rank stops after the same step and saves. Before any rank has started its step loop (data preparation,
+model loading, init_process_group) there is nothing to save and no collective to agree through: the supervisor
+ends the launch instead (SIGTERM, which ends a rank at once until its step loop starts).
 """
 from __future__ import annotations
 
@@ -84,9 +86,15 @@ class RankContext(JobContext):
     rank: RankInfo = field(default_factory=RankInfo)
     record: RankRecord | None = None
 
+    on_training: Any = None  # called once when the trainer's step loop starts (every rank is in the process group then)
+
     def metrics(self, **row: Any) -> None:
         if self.rank.is_main:
             append_metrics(self.run_dir / METRICS_FILE, row)
+        if row.get("event") == "start" and self.record is not None and not self.record.data.get("training"):
+            self.record.update(training=True)  # the supervisor reads it: from now on Stop is agreed per step
+            if self.on_training is not None:
+                self.on_training()
         if self.record is not None and "loss" in row:
             self.record.update(**{key: row[key] for key in RECORDED if key in row})
 
@@ -143,8 +151,13 @@ def run_rank(run_dir: str | Path) -> int:
     attempt = owner.status.attempts if owner else int((read_raw_status(run_dir) or RunStatus()).attempts or 1)
     record = RankRecord(run_dir, info, attempt)
     stop_signals: list[int] = []
-    if threading.current_thread() is threading.main_thread():  # Ray Train runs the loop in a thread: no handlers there
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop_signals.append(signum))  # noqa: ARG005
+
+    def arm_stop_signal() -> None:
+        # Until the step loop starts, SIGTERM keeps its default action (the process ends at once, even while it waits
+        # in init_process_group): the supervisor ends a launch stopped before training that way. From the first step
+        # on, SIGTERM is a stop request every rank agrees on after the same step.
+        if threading.current_thread() is threading.main_thread():  # Ray Train runs the loop in a thread: no handlers there
+            signal.signal(signal.SIGTERM, lambda signum, frame: stop_signals.append(signum))  # noqa: ARG005
 
     def progress(fraction: float, message: str) -> None:
         record.update(progress=fraction, message=message)
@@ -158,7 +171,7 @@ def run_rank(run_dir: str | Path) -> int:
         return bool(stop_signals) or stop_file.exists() or not _supervisor_alive()
 
     ctx = RankContext(run_dir=run_dir, spec=spec, spec_data=spec_data, log=logging.getLogger("workbench.train"), set_progress=progress,
-                      _stop=stop_requested, rank=info, record=record)
+                      _stop=stop_requested, rank=info, record=record, on_training=arm_stop_signal)
     log.info("rank %d of %d (local rank %d, node %d) on %s, pid %d", info.rank, info.world_size, info.local_rank,
              info.node_rank, socket.gethostname(), os.getpid())
     try:

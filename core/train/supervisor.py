@@ -20,9 +20,9 @@ from core.runs.metrics import tail_text
 from core.runs.status import LOG_FILE
 from core.train.distributed import SUPERVISOR_ENV, distribution_notes, distribution_refusal, free_port, strategy_label
 from core.train.launchers import launch_argv, launch_command, one_node_env, write_launch_files
-from core.train.rank import RESULT_FILE, STOP_FILE, rank_log, ranks_dir, read_rank_records
+from core.train.rank import RESULT_FILE, STOP_FILE, rank_log, rank_record_path, ranks_dir, read_rank_records
 from core.train.spec import TrainSpec
-from core.workspace import read_json
+from core.workspace import atomic_write_json, read_json
 
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 30
@@ -51,10 +51,15 @@ def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
     proc = subprocess.Popen(launch_argv(spec, run_dir), cwd=_repo_root(), env=_rank_env(spec, hardware), stdin=subprocess.DEVNULL,
                             start_new_session=True)  # its own group: Stop's SIGTERM to the worker's group must not reach it
     try:
-        _watch(ctx, proc, run_dir)
+        ended_early = _watch(ctx, proc, run_dir)
     except BaseException:
         _terminate(proc)
         raise
+    if ended_early:
+        _mark_unfinished_ranks(run_dir, "stopped")
+        ctx.log.info("stopped before any rank started training, %.1f s after the stop request", time.time() - ended_early)
+        return {"global_step": 0, "note": "stopped before training started", "world_size": spec.world_size,
+                "strategy": strategy_label(spec), "launcher": spec.launcher}
     if proc.returncode != 0:
         raise JobError(_failure(run_dir, spec, proc.returncode, log_offset))
     outcome = read_json(ranks_dir(run_dir) / RESULT_FILE) or {}
@@ -92,18 +97,35 @@ def _clear_previous_attempt(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _watch(ctx: JobContext, proc: subprocess.Popen, run_dir: Path) -> None:
+def _watch(ctx: JobContext, proc: subprocess.Popen, run_dir: Path) -> float | None:
+    """Relay rank 0's progress until the launcher exits; on Stop before any rank trains, end the launch and return
+    the time of the stop request (else None)."""
     stop_file = ranks_dir(run_dir) / STOP_FILE
     shown = None
     while proc.poll() is None:
+        records = read_rank_records(run_dir)
         if ctx.stop_requested and not stop_file.exists():
-            ctx.log.info("stop requested: asking every rank to stop after the current step and save")
             stop_file.touch()
-        main = next((r for r in read_rank_records(run_dir) if r.get("rank") == 0), None)
+            if not any(r.get("training") for r in records):
+                # No rank is in its step loop: ranks wait in init_process_group for peers that saw the stop file and
+                # left (up to ddp_timeout). Nothing is trained yet, so nothing is lost: end the whole launch now.
+                asked = time.time()
+                ctx.log.info("stop requested before any rank started training: ending the %d processes now", len(records) or 1)
+                _terminate(proc)
+                return asked
+            ctx.log.info("stop requested: asking every rank to stop after the current step and save")
+        main = next((r for r in records if r.get("rank") == 0), None)
         if main and (main.get("progress"), main.get("message")) != shown:
             shown = (main.get("progress"), main.get("message"))
             ctx.progress(float(main.get("progress") or 0.0), str(main.get("message") or ""))
         time.sleep(POLL_SECONDS)
+
+
+def _mark_unfinished_ranks(run_dir: Path, state: str) -> None:
+    """Ranks the supervisor ended before they could record it: their records say so (the Train page shows them)."""
+    for record in read_rank_records(run_dir):
+        if record.get("state") == "running":
+            atomic_write_json(rank_record_path(run_dir, record["rank"]), {**record, "state": state, "message": state, "finished_at": time.time()})
 
 
 def _terminate(proc: subprocess.Popen) -> None:
