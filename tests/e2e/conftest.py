@@ -64,6 +64,39 @@ def e2e_home(tmp_path_factory) -> Path:
     return home
 
 
+def _die_with(parent_pid: int):
+    """preexec_fn: the server gets SIGKILL when the process that started it dies (Linux PR_SET_PDEATHSIG), so a pytest
+    killed by its timeout leaves no server behind; if that process is already gone, the child ends at once."""
+    def preexec() -> None:
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (AttributeError, OSError):
+            return  # not Linux: the finalizer's killpg is all there is
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's whole process group, SIGKILL after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
 @contextmanager
 def serve_app(home: Path, **env_changes: str):
     """`streamlit run app.py` on a free port with WORKBENCH_HOME=home; its jobs are ended afterwards."""
@@ -73,7 +106,8 @@ def serve_app(home: Path, **env_changes: str):
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
          "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its own group, ended below
+        preexec_fn=_die_with(os.getpid()),  # and it dies with this process even when nothing below runs (SIGKILL)
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -81,11 +115,7 @@ def serve_app(home: Path, **env_changes: str):
         yield url
     finally:
         _stop_jobs(home)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _end_group(proc)
         log.close()
 
 
