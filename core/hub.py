@@ -6,21 +6,32 @@ Layout written, as huggingface_hub itself does: <cache>/models--org--name/{blobs
 -> ../../blobs/<etag>, refs/<branch>}. The transfer itself is ours because huggingface_hub (2.x) writes every
 download to a fresh process-unique temp file: after an interruption it starts the file again from byte 0. Here a
 partial file stays as blobs/<etag>.incomplete and the next attempt asks the server for the rest (HTTP Range).
+
+Two downloads of one model (the Download job and a train job's first stage, say) must not both append to that one
+partial file: each blob is fetched under a lock, <cache>/.locks/models--org--name/<etag>.lock, the path
+huggingface_hub locks too; the second waits, then finds the blob done. A partial longer than its blob is discarded,
+and a blob is renamed into place only once its size and hash (sha256 for LFS files, the git blob id otherwise) match
+the listing. Names from the Hub (file names, etags, the commit, the revision asked for) are checked before they are
+joined to a cache path, and every such path is resolved under its root: a hostile mirror cannot write elsewhere.
 """
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlparse
+
+from core.locks import file_lock
+from core.workspace import atomic_write_text
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # What a config or tokenizer look-up may fetch: never a weight file.
@@ -33,6 +44,9 @@ WEIGHT_FILE = "model.safetensors"
 MISTRAL_WEIGHTS = "consolidated*.safetensors"  # Mistral's own-format copy of the same weights: transformers never reads it
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 CHUNK = 1 << 20
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+ETAG_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git blob id (sha1) or an LFS sha256
+REVISION_RE = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*(?:/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*")  # branch / tag, refs/pr/1
 
 
 class HubError(RuntimeError):
@@ -98,11 +112,77 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(Path(name).name, p) for p in patterns)
 
 
+# --------------------------------------------------------------------------- names from the user and from the Hub
+
+
+def check_revision(revision: str) -> str:
+    """A revision the Hub accepts: a branch or tag name (slashes between parts, as in refs/pr/1) or a 40-hex commit.
+    Anything else (a '..', an absolute path, odd characters) is refused by name before it reaches a URL or a path."""
+    if not revision:
+        return revision
+    parts = revision.split("/")
+    if (len(revision) > 255 or not REVISION_RE.fullmatch(revision) or ".." in revision
+            or any(p.endswith((".", ".lock")) for p in parts)):
+        raise HubError(f"Revision {revision!r} is not a branch, tag or commit name: use letters, digits and . _ - + with '/' "
+                       "between parts (main, v1.0, refs/pr/1) or a 40-character commit hash; no '..', no leading '/' or '.'.")
+    return revision
+
+
+def check_file_name(repo_id: str, name: str) -> str:
+    """A file name from a Hub listing: a plain relative path inside the repository, else refused by name."""
+    parts = name.split("/")
+    if (not name or len(name) > 1000 or "\\" in name or any(p in ("", ".", "..") for p in parts)
+            or any(ord(c) < 32 or c == "\x7f" for c in name)):
+        raise HubError(f"{repo_id}: the Hub listing names a file {name!r}, which is not a plain path inside the repository; "
+                       f"refused (is HF_ENDPOINT={endpoint()} a server you trust?).")
+    return name
+
+
+def _check_etag(repo_id: str, f: "RemoteFile") -> str:
+    if not ETAG_RE.fullmatch(f.etag or ""):
+        raise HubError(f"{repo_id}/{f.name}: the Hub listing gives it the etag {f.etag!r}, which is not a git blob id or a "
+                       f"sha256; refused (is HF_ENDPOINT={endpoint()} a server you trust?).")
+    return f.etag
+
+
+def _check_commit(repo: "RemoteRepo") -> str:
+    if not COMMIT_RE.fullmatch(repo.commit or ""):
+        raise HubError(f"{repo.repo_id}: the Hub answered with the commit {repo.commit!r}, which is not a 40-character commit "
+                       f"hash; refused (is HF_ENDPOINT={endpoint()} a server you trust?).")
+    return repo.commit
+
+
+def _under(root: Path, path: Path) -> Path:
+    """`path`, once its folder is resolved, inside `root` (resolved); else HubError naming it."""
+    resolved_root = root.resolve()
+    resolved = path.parent.resolve() / path.name
+    if resolved == resolved_root or resolved_root not in resolved.parents:
+        raise HubError(f"{path} is not inside {root}; refused.")
+    return path
+
+
 # --------------------------------------------------------------------------- the cache
 
 
 def repo_folder(repo_id: str) -> Path:
-    return cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    return _under(cache_dir(), cache_dir() / ("models--" + repo_id.replace("/", "--")))
+
+
+def blob_path(repo: RemoteRepo, f: RemoteFile) -> Path:
+    """Where a file's content lives in the cache (blobs/<etag>), its etag checked first."""
+    blobs = repo_folder(repo.repo_id) / "blobs"
+    return _under(blobs, blobs / _check_etag(repo.repo_id, f))
+
+
+def _lock_path(repo: RemoteRepo, f: RemoteFile) -> Path:
+    """The blob's lock file, where huggingface_hub puts it: <cache>/.locks/models--org--name/<etag>.lock."""
+    locks = cache_dir() / ".locks"
+    return _under(locks, locks / repo_folder(repo.repo_id).name / f"{_check_etag(repo.repo_id, f)}.lock")
+
+
+def _complete(blob: Path, f: RemoteFile) -> bool:
+    """The blob is there at its listed size (a blob of another size is a corrupted cache entry, fetched again)."""
+    return blob.is_file() and (not f.size or blob.stat().st_size == f.size)
 
 
 def cached_snapshot(repo_id: str, revision: str = "") -> Path | None:
@@ -111,8 +191,9 @@ def cached_snapshot(repo_id: str, revision: str = "") -> Path | None:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
+        check_revision(revision)
         return Path(snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir(), local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+    except (HubError, LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         return None
 
 
@@ -187,6 +268,7 @@ def remote_repo(repo_id: str, revision: str = "") -> RemoteRepo:
 
     if offline():
         raise HubError(f"Offline mode (HF_HUB_OFFLINE=1): {repo_id} cannot be fetched from the Hub.")
+    check_revision(revision)
     try:
         info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision or None, files_metadata=True, token=token())
     except HfHubHTTPError as exc:
@@ -235,6 +317,7 @@ class Progress:
     resumed_bytes: int = 0  # bytes that were already on disk from an earlier attempt
     current_file: str = ""
     started: float = 0.0
+    waited_for: list[str] = field(default_factory=list)  # files another download was fetching; this one waited for it
 
     @property
     def bytes_per_s(self) -> float:
@@ -249,14 +332,19 @@ class Progress:
 
 def missing_bytes(repo: RemoteRepo, files: list[RemoteFile]) -> int:
     """Bytes still to fetch: files not in the cache yet, less what their partial files already hold."""
-    blobs = repo_folder(repo.repo_id) / "blobs"
     total = 0
     for f in files:
-        if (blobs / f.etag).is_file():
+        blob = blob_path(repo, f)
+        if _complete(blob, f):
             continue
-        partial = blobs / f"{f.etag}.incomplete"
-        total += f.size - (partial.stat().st_size if partial.is_file() else 0)
+        partial = _partial(blob)
+        have = partial.stat().st_size if partial.is_file() else 0
+        total += f.size - (have if have <= f.size else 0)
     return total
+
+
+def _partial(blob: Path) -> Path:
+    return blob.with_name(f"{blob.name}.incomplete")
 
 
 def check_disk_space(repo: RemoteRepo, files: list[RemoteFile], margin: float = 1.05) -> None:
@@ -271,52 +359,72 @@ def check_disk_space(repo: RemoteRepo, files: list[RemoteFile], margin: float = 
 
 
 def download(repo: RemoteRepo, files: list[RemoteFile], *, revision: str = "", on_progress: Callable[[Progress], None] | None = None,
-             should_stop: Callable[[], bool] | None = None, report_every: float = 0.5) -> tuple[Path, Progress, bool]:
-    """Fetch `files` of `repo` into the cache; resumes partial files. Returns (snapshot folder, progress, finished)."""
+             should_stop: Callable[[], bool] | None = None, on_wait: Callable[[RemoteFile], None] | None = None,
+             report_every: float = 0.5) -> tuple[Path, Progress, bool]:
+    """Fetch `files` of `repo` into the cache; resumes partial files. Each blob is fetched under its lock: when another
+    process holds it, on_wait(file) is called and this waits (stoppable), then uses the blob the other one finished.
+    Returns (snapshot folder, progress, finished)."""
+    check_revision(revision)
     folder = repo_folder(repo.repo_id)
-    blobs, snapshot = folder / "blobs", folder / "snapshots" / repo.commit
-    blobs.mkdir(parents=True, exist_ok=True)
+    snapshots = folder / "snapshots"
+    snapshot = _under(snapshots, snapshots / _check_commit(repo))
+    targets = [(f, blob_path(repo, f), _under(snapshot, snapshot / check_file_name(repo.repo_id, f.name))) for f in files]
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True, exist_ok=True)
     progress = Progress(total_bytes=sum(f.size for f in files), started=time.time())
-    for f in files:  # what is already complete counts as done
-        if (blobs / f.etag).is_file():
+    for f, blob, _ in targets:  # what is already complete counts as done
+        if _complete(blob, f):
             progress.done_bytes += f.size
             progress.resumed_bytes += f.size
     last_report = 0.0
-    for f in files:
-        blob = blobs / f.etag
-        if not blob.is_file():
+    for f, blob, link in targets:
+        if not _complete(blob, f):
             progress.current_file = f.name
-            partial = blobs / f"{f.etag}.incomplete"
-            have = partial.stat().st_size if partial.is_file() else 0
-            progress.done_bytes += have
-            progress.resumed_bytes += have
-            for written in _transfer(repo, f, partial, have):
-                progress.done_bytes += written
-                if on_progress and time.time() - last_report >= report_every:
-                    on_progress(progress)
-                    last_report = time.time()
-                if should_stop and should_stop():
+
+            def waiting(f: RemoteFile = f) -> None:
+                progress.waited_for.append(f.name)
+                if on_wait:
+                    on_wait(f)
+
+            with file_lock(_lock_path(repo, f), on_wait=waiting, give_up=should_stop) as held:
+                if not held:
                     return snapshot, progress, False
-            _finish_blob(f, partial, blob)
-        _link(snapshot / f.name, blob)
-    if revision and revision != repo.commit:
-        (folder / "refs").mkdir(exist_ok=True)
-        (folder / "refs" / revision).write_text(repo.commit)
-    elif not revision:
-        (folder / "refs").mkdir(exist_ok=True)
-        (folder / "refs" / "main").write_text(repo.commit)
+                if _complete(blob, f):  # another download finished it while this one waited
+                    progress.done_bytes += f.size
+                    progress.resumed_bytes += f.size
+                else:
+                    blob.unlink(missing_ok=True)  # a blob of the wrong size (a corrupted cache entry)
+                    partial = _partial(blob)
+                    have = partial.stat().st_size if partial.is_file() else 0
+                    if f.size and have > f.size:  # longer than the file: never resumable, start it again
+                        partial.unlink()
+                        have = 0
+                    progress.done_bytes += have
+                    progress.resumed_bytes += have
+                    for written in _transfer(repo, f, partial, have):
+                        progress.done_bytes += written
+                        if on_progress and time.time() - last_report >= report_every:
+                            on_progress(progress)
+                            last_report = time.time()
+                        if should_stop and should_stop():
+                            return snapshot, progress, False
+                    _finish_blob(repo, f, partial, blob)
+        _link(link, blob)
+    ref = revision or "main"
+    if ref != repo.commit:  # a branch or tag name (refs/pr/1 too) -> the commit, as huggingface_hub records it
+        refs = folder / "refs"
+        atomic_write_text(_under(refs, refs / ref), repo.commit)
     if on_progress:
         on_progress(progress)
     return snapshot, progress, True
 
 
 def _transfer(repo: RemoteRepo, f: RemoteFile, partial: Path, have: int):
-    """Append the rest of one file to its partial file; yields the bytes written per chunk."""
+    """Append the rest of one file to its partial file (the caller holds the blob's lock); yields the bytes written."""
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
-    if have >= f.size > 0:
+    if have == f.size > 0:
         return
     url = hf_hub_url(repo.repo_id, f.name, revision=repo.commit, endpoint=endpoint())
     headers = build_hf_headers(token=token())
@@ -330,34 +438,57 @@ def _transfer(repo: RemoteRepo, f: RemoteFile, partial: Path, have: int):
         raise HubError(_http_sentence(exc, repo.repo_id, f.name)) from exc
     except OSError as exc:
         raise HubError(f"The download of {repo.repo_id}/{f.name} broke off: {exc}. Start it again to resume.") from exc
-    with response, open(partial, "ab" if have and response.status == 206 else "wb") as out:
-        while chunk := response.read(CHUNK):
-            out.write(chunk)
-            yield len(chunk)
+    resume = bool(have) and response.status == 206
+    if resume and not (response.headers.get("Content-Range") or "").startswith(f"bytes {have}-"):
+        response.close()
+        raise HubError(f"The Hub answered {repo.repo_id}/{f.name}'s resume from byte {have} with the range "
+                       f"{response.headers.get('Content-Range')!r}; start the download again.")
+    try:
+        with response, open(partial, "ab" if resume else "wb") as out:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                yield len(chunk)
+    except OSError as exc:
+        raise HubError(f"The download of {repo.repo_id}/{f.name} broke off: {exc}. Start it again to resume.") from exc
 
 
-def _finish_blob(f: RemoteFile, partial: Path, blob: Path) -> None:
+def _finish_blob(repo: RemoteRepo, f: RemoteFile, partial: Path, blob: Path) -> None:
+    """Rename the partial file to its blob once its size and hash match the listing (the caller holds the lock)."""
     size = partial.stat().st_size if partial.is_file() else 0
-    if f.size and size != f.size:
-        raise HubError(f"{f.name}: got {size} bytes, expected {f.size}; start the download again to resume.")
-    if f.sha256:
-        digest = hashlib.sha256()
-        with open(partial, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != f.sha256:
-            partial.unlink()
-            raise HubError(f"{f.name}: the downloaded file does not match its sha256 from the Hub; it was removed, start again.")
+    if f.size and size < f.size:
+        raise HubError(f"{repo.repo_id}/{f.name}: got {size} bytes of {f.size}; start the download again to resume.")
+    if f.size and size > f.size:
+        partial.unlink()
+        raise HubError(f"{repo.repo_id}/{f.name}: got {size} bytes, more than its {f.size}; the partial file was removed, "
+                       "start the download again.")
     if not partial.exists():
         partial.write_bytes(b"")
+    if f.sha256:
+        kind, digest = "sha256", hashlib.sha256()
+        expected = f.sha256
+    else:  # a regular (non-LFS) file: its etag is the git blob id, sha1 over "blob <size>\0" + content
+        kind, digest = "git blob id", hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+        expected = f.etag
+    with open(partial, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    if digest.hexdigest() != expected:
+        partial.unlink()
+        raise HubError(f"{repo.repo_id}/{f.name}: the downloaded file does not match its {kind} from the Hub; it was removed, "
+                       "start the download again.")
     os.replace(partial, blob)
 
 
 def _link(path: Path, blob: Path) -> None:
+    """snapshots/<commit>/<name> -> ../../blobs/<etag>, swapped in atomically (two downloads may link at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.symlink_to(os.path.relpath(blob, path.parent))
+    target = os.path.relpath(blob, path.parent)
+    if path.is_symlink() and os.readlink(path) == target:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.link")
+    tmp.symlink_to(target)
+    os.replace(tmp, path)
 
 
 def _http_sentence(exc: urllib.error.HTTPError, repo_id: str, name: str) -> str:

@@ -9,6 +9,9 @@ utils._http.hf_raise_for_status):
        Content-Length, Accept-Ranges; `Range: bytes=N-` -> 206 + Content-Range; gated without a token -> 403 +
        X-Error-Code: GatedRepo
 Every request is logged (method, path, Range header) so tests can assert what was — and was not — fetched.
+Test options: `bytes_per_s` throttles file bodies; `hold_after` stops every file body after that many bytes until
+`release` is set (two downloads made to overlap without sleeps); HubRepo.listing puts what a hostile mirror would
+into a file's listing entry (a blobId or lfs.sha256 that is a path), and a file or commit may be named like a path.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class HubRepo:
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     gated: bool = False
     claimed_sizes: dict[str, int] = field(default_factory=dict)  # what the API says a file weighs (disk-space tests)
+    listing: dict[str, dict] = field(default_factory=dict)  # per file: fields that replace its listing entry's (hostile mirror)
 
     def sibling(self, name: str) -> dict:
         data = self.files[name]
@@ -45,13 +49,17 @@ class HubRepo:
         entry = {"rfilename": name, "size": size, "blobId": git_blob_id(data)}
         if is_lfs(name, data):
             entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": size, "pointerSize": 134}
+        for key, value in self.listing.get(name, {}).items():
+            entry[key] = {**entry.get(key, {}), **value} if isinstance(value, dict) else value
         return entry
 
 
 class HubServer:
-    def __init__(self, repos: list[HubRepo], bytes_per_s: float | None = None):
+    def __init__(self, repos: list[HubRepo], bytes_per_s: float | None = None, hold_after: int | None = None):
         self.repos = {r.repo_id: r for r in repos}
         self.bytes_per_s = bytes_per_s  # throttle file bodies (interruption tests)
+        self.hold_after = hold_after  # every file body pauses after this many bytes until `release` is set
+        self.release = threading.Event()
         self.requests: list[tuple[str, str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -67,6 +75,7 @@ class HubServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -155,6 +164,9 @@ class HubServer:
             def _send(self, payload: bytes) -> None:
                 chunk = 64 * 1024
                 for i in range(0, len(payload), chunk):
+                    if server.hold_after is not None and i >= server.hold_after:
+                        self.wfile.flush()
+                        server.release.wait(timeout=120)
                     self.wfile.write(payload[i:i + chunk])
                     if server.bytes_per_s:
                         time.sleep(chunk / server.bytes_per_s)

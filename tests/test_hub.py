@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,8 +43,12 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def online(hub_cache, monkeypatch):
-    """Environment for a worker process that talks to a local Hub server (set HF_ENDPOINT after starting it)."""
+    """Environment for a worker process, or this one, that talks to a local Hub server (set HF_ENDPOINT after starting
+    it). huggingface_hub reads HF_HUB_OFFLINE once, at import: conftest's default (1) is undone here for this process."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return monkeypatch
 
@@ -340,3 +345,164 @@ def test_merge_preflight_and_yaml_of_a_hub_model_read_only_configs_and_weight_he
     assert f"model: {REPO}" in result["yaml"], "the exported YAML names the Hub id, so mergekit-yaml fetches it anywhere"
     assert weight_reads and all(r[2].startswith("bytes=") for r in weight_reads), "only range reads of the header"
     assert sum(int(r[2].split("-")[1]) + 1 for r in weight_reads if r[2].split("-")[1]) < len(repo.files["model.safetensors"]) // 4
+
+
+# --------------------------------------------------------------------------- one cache, several downloads, hostile names (issue 25)
+
+
+def _blobs(repo_id: str) -> Path:
+    from core import hub
+
+    return hub.repo_folder(repo_id) / "blobs"
+
+
+def _fetch_in_process(repo_id: str, revision: str = ""):
+    """The download job's steps (core.download.job.fetch) without a worker: listing, selection, disk check, download."""
+    from core import hub
+    from core.download.job import files_to_fetch
+
+    repo = hub.remote_repo(repo_id, revision)
+    files = files_to_fetch(repo, remote_code=False)
+    hub.check_disk_space(repo, files)
+    return hub.download(repo, files, revision=revision)
+
+
+def _small_model(repo_id: str, weight_bytes: int = 300_000, **kwargs) -> HubRepo:
+    import random
+
+    weights = random.Random(repo_id).randbytes(weight_bytes)  # LFS in the listing (sha256); config.json is a plain git blob
+    return HubRepo(repo_id, {"config.json": b'{"model_type": "llama", "hidden_size": 64}\n', "model.safetensors": weights}, **kwargs)
+
+
+def test_two_downloads_of_one_model_in_two_processes_leave_one_intact_file(workspace, online, hub_cache):
+    repo = _small_model("org/two-at-once", weight_bytes=4 * CHUNK_BYTES + 80)
+    weights = repo.files["model.safetensors"]
+    partial = hub_cache / "models--org--two-at-once" / "blobs" / (hashlib.sha256(weights).hexdigest() + ".incomplete")
+    # every file body pauses after its first MB until released: the first process is mid-file when the second starts
+    with HubServer([repo], hold_after=CHUNK_BYTES) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        started = time.time()
+
+        def cli() -> subprocess.Popen:
+            return subprocess.Popen([sys.executable, "-m", "core.download", repo.repo_id], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        first = cli()
+        _until(lambda: partial.is_file() and partial.stat().st_size >= CHUNK_BYTES, 60, "the first download's partial file")
+        second = cli()
+
+        def second_waits_or_fetches() -> bool:  # today: waits on the blob's lock; before the fix: fetched the same file
+            logs = [p.read_text() for p in (workspace / "runs").glob("*/" + runs.LOG_FILE)]
+            return any("waiting: another download" in text for text in logs) or len(server.fetched("model.safetensors")) >= 2
+
+        _until(second_waits_or_fetches, 60, "the second download to reach model.safetensors")
+        server.release.set()
+        outcomes = [(p.communicate(timeout=120)[1], p.returncode)[::-1] for p in (first, second)]
+        elapsed = time.time() - started
+    blob = hub_cache / "models--org--two-at-once" / "snapshots" / repo.commit / "model.safetensors"
+    assert blob.is_file() and blob.read_bytes() == weights, f"{blob.stat().st_size if blob.exists() else 'no'} bytes for {len(weights)}"
+    assert not partial.exists()
+    run_dirs = [Path(err.split("run folder: ")[1].splitlines()[0].strip()) for _, err in outcomes]
+    for (code, err), run_dir in zip(outcomes, run_dirs):
+        assert code == 0 and runs.read_status(run_dir).state == "succeeded", runs.log_tail(run_dir) + err[-2000:]
+    assert len(server.fetched("model.safetensors")) == 1, "the second used the first one's file instead of fetching it again"
+    results = [runs.read_result(run_dir) for run_dir in run_dirs]
+    assert results[0]["waited_for"] == [] and results[1]["waited_for"] == ["model.safetensors"], results
+    assert "waiting: another download of org/two-at-once is fetching model.safetensors" in runs.log_tail(run_dirs[1])
+    assert Path(results[1]["folder"]) == blob.parent and elapsed < 60
+
+
+CHUNK_BYTES = 1 << 20  # core.hub.CHUNK: what one read of the body writes to the partial file
+
+
+def _until(condition, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_an_over_long_partial_or_a_wrong_size_blob_is_discarded_and_fetched_again(online, hub_cache):
+    from core import hub
+
+    repo = _small_model("org/corrupted-cache")
+    weights, config = repo.files["model.safetensors"], repo.files["config.json"]
+    blobs = hub_cache / "models--org--corrupted-cache" / "blobs"
+    weight_blob, config_blob = blobs / hashlib.sha256(weights).hexdigest(), blobs / repo.sibling("config.json")["blobId"]
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        blobs.mkdir(parents=True)
+        # what two interleaved appends left: longer than the file ("have >= size" must not end the attempt)
+        Path(f"{weight_blob}.incomplete").write_bytes(weights + weights[:50_000])
+        snapshot, _, finished = _fetch_in_process(repo.repo_id)
+        assert finished and (snapshot / "model.safetensors").read_bytes() == weights
+        assert [r[2] for r in server.fetched("model.safetensors")] == [""], "fetched again from byte 0"
+
+        # a blob already renamed into place at the wrong size is a corrupted cache entry, not a finished file
+        weight_blob.write_bytes(weights[:1000])
+        snapshot, progress, finished = _fetch_in_process(repo.repo_id)
+        assert finished and (snapshot / "model.safetensors").read_bytes() == weights and progress.resumed_bytes < len(weights)
+
+        # a plain (non-LFS) file's partial of the right length but the wrong bytes fails its git blob id and is removed
+        config_blob.unlink()
+        Path(f"{config_blob}.incomplete").write_bytes(b"x" * len(config))
+        with pytest.raises(hub.HubError, match="config.json: the downloaded file does not match its git blob id"):
+            _fetch_in_process(repo.repo_id)
+        assert not config_blob.exists() and not Path(f"{config_blob}.incomplete").exists()
+        snapshot, _, finished = _fetch_in_process(repo.repo_id)
+        assert finished and (snapshot / "config.json").read_bytes() == config
+
+
+def test_a_revision_with_slashes_downloads_and_bad_revisions_are_refused_by_name(online, hub_cache):
+    from core import hub
+
+    repo = _small_model("org/with-a-pr")
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        snapshot, _, finished = _fetch_in_process(repo.repo_id, "refs/pr/1")
+        assert finished and (snapshot / "model.safetensors").read_bytes() == repo.files["model.safetensors"]
+        assert (hub_cache / "models--org--with-a-pr" / "refs" / "refs" / "pr" / "1").read_text() == repo.commit
+        assert hub.cached_snapshot(repo.repo_id, "refs/pr/1") == snapshot, "found again offline, as huggingface_hub reads refs/"
+        served = len(server.requests)
+        for bad in ("../../../outside", "/etc/passwd", "main..dev", "refs//pr/1", "refs/pr/1/", ".hidden", "v1 final", "x.lock", "a\\b"):
+            with pytest.raises(hub.HubError, match=f"Revision {re.escape(repr(bad))} is not a branch, tag or commit name"):
+                _fetch_in_process(repo.repo_id, bad)
+            with pytest.raises(ValueError, match="model.revision: Revision"):
+                DownloadSpec(model={"kind": "hub", "ref": repo.repo_id, "revision": bad})
+        assert len(server.requests) == served, "refused before any request"
+    for good in ("main", "v1.0", "refs/pr/1", "release/2024-06_rc+1", repo.commit):
+        assert hub.check_revision(good) == good
+
+
+HOSTILE = "../../../outside"  # from blobs/ or snapshots/, three levels up is the test's tmp_path, beside the cache
+
+
+@pytest.mark.parametrize("where", ["file name", "etag of a plain file", "sha256 of an LFS file", "commit"])
+def test_hostile_names_in_a_listing_are_refused_and_nothing_is_written_outside_the_cache(online, hub_cache, tmp_path, where):
+    from core import hub
+
+    repo = _small_model("org/hostile")
+    if where == "file name":
+        repo.files["../" + HOSTILE + "/config.json"] = b"{}"  # from snapshots/<commit>/: four levels up
+        offending = "../" + HOSTILE + "/config.json"
+    elif where == "etag of a plain file":
+        repo.listing["config.json"] = {"blobId": HOSTILE}
+        offending = HOSTILE
+    elif where == "sha256 of an LFS file":
+        repo.listing["model.safetensors"] = {"lfs": {"sha256": HOSTILE}}
+        offending = HOSTILE
+    else:
+        repo.commit = HOSTILE
+        offending = HOSTILE
+
+    def outside() -> set[Path]:
+        return {p for p in tmp_path.rglob("*") if hub_cache not in p.parents and p != hub_cache}
+
+    before = outside()
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        with pytest.raises(hub.HubError, match=re.escape(repr(offending))):
+            _fetch_in_process(repo.repo_id)
+        assert not [r for r in server.requests if "/resolve/" in r[1]], "refused before any file was fetched"
+    assert outside() == before

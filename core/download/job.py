@@ -32,24 +32,32 @@ def fetch(ctx: JobContext, source: Any, *, stage: str = "download", share: float
         raise JobError(str(exc)) from None
     ctx.log.info("%s: %d files, %s, commit %s", source.ref, len(files), _size(sum(f.size for f in files)), repo.commit)
     started = time.time()
+    shown = [0.0]  # the fraction last reported
 
     def report(progress: hub.Progress) -> None:
         eta = progress.eta_s
         message = (f"downloading {source.ref}: {_size(progress.done_bytes)} of {_size(progress.total_bytes)} at "
                    f"{_size(progress.bytes_per_s)}/s" + (f", ETA {eta:.0f} s" if eta is not None else ""))
-        ctx.progress(share * progress.done_bytes / max(1, progress.total_bytes), message)
+        shown[0] = share * progress.done_bytes / max(1, progress.total_bytes)
+        ctx.progress(shown[0], message)
         ctx.metrics(stage=stage, model=source.ref, file=progress.current_file, bytes_done=progress.done_bytes,
                     bytes_total=progress.total_bytes, bytes_per_s=round(progress.bytes_per_s, 1),
                     eta_s=round(eta, 1) if eta is not None else None, elapsed_s=round(time.time() - started, 2))
 
+    def waiting(f: hub.RemoteFile) -> None:
+        message = f"waiting: another download of {source.ref} is fetching {f.name}; this one uses it when it is done"
+        ctx.log.info(message)
+        ctx.progress(shown[0], message)
+
     try:
         folder, progress, finished = hub.download(repo, files, revision=source.revision, on_progress=report,
-                                                  should_stop=lambda: ctx.stop_requested)
+                                                  should_stop=lambda: ctx.stop_requested, on_wait=waiting)
     except hub.HubError as exc:
         raise JobError(str(exc)) from None
     return {"model": source.ref, "commit": repo.commit, "folder": str(folder), "files": len(files),
             "bytes": progress.total_bytes, "resumed_bytes": progress.resumed_bytes, "finished": finished,
-            "seconds": round(time.time() - started, 2), "bytes_per_s": round(progress.bytes_per_s, 1)}
+            "seconds": round(time.time() - started, 2), "bytes_per_s": round(progress.bytes_per_s, 1),
+            "waited_for": progress.waited_for}
 
 
 def run(ctx: JobContext) -> dict:

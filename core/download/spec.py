@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from core.hub import HubError, check_revision
 from core.runs.spec import check_limits, meta, spec_from_dict
 
 
@@ -24,6 +25,10 @@ class DownloadSpec:
             raise ValueError(f"model: {exc}") from None
         if source.kind != "hub":
             raise ValueError(f"model: only Hub models are downloaded; {source.label} is a {source.kind} source")
+        try:
+            check_revision(source.revision)
+        except HubError as exc:
+            raise ValueError(f"model.revision: {exc}") from None
 
     @property
     def source(self):
