@@ -506,3 +506,25 @@ def test_hostile_names_in_a_listing_are_refused_and_nothing_is_written_outside_t
             _fetch_in_process(repo.repo_id)
         assert not [r for r in server.requests if "/resolve/" in r[1]], "refused before any file was fetched"
     assert outside() == before
+
+
+def test_a_download_waiting_on_another_ones_blob_says_so_and_a_stop_ends_the_wait(online, hub_cache):
+    from core import hub
+    from core.download.job import files_to_fetch
+    from core.locks import file_lock
+
+    repo = _small_model("org/held-elsewhere")
+    with HubServer([repo]) as server:
+        online.setenv("HF_ENDPOINT", server.url)
+        remote = hub.remote_repo(repo.repo_id)
+        files = files_to_fetch(remote, remote_code=False)
+        weights = next(f for f in files if f.name == "model.safetensors")
+        waited: list[str] = []
+        with file_lock(hub.cache_dir() / ".locks" / "models--org--held-elsewhere" / f"{weights.etag}.lock"):  # another process
+            started = time.time()
+            _, progress, finished = hub.download(remote, files, should_stop=lambda: time.time() - started > 0.3,
+                                                 on_wait=lambda f: waited.append(f.name))
+        assert not finished and waited == progress.waited_for == ["model.safetensors"]
+        assert not server.fetched("model.safetensors"), "nothing fetched while the other holder had the blob"
+        _, progress, finished = hub.download(remote, files)  # the lock is free again: no wait
+        assert finished and progress.waited_for == [] and len(server.fetched("model.safetensors")) == 1
