@@ -26,6 +26,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "defaultcpuallocator" in text
 
 
+_DISK_FULL_TEXT = ("no space left on device", "file too large", "disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EFBIG / EDQUOT, also when a library (safetensors, numpy) re-raises it as its own error type."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return any(t in text for t in _DISK_FULL_TEXT)
+
+
 def _memory_facts() -> str:
     try:
         import torch
@@ -47,10 +58,11 @@ def explain_failure(exc: BaseException) -> str:
         return str(exc)
     if is_out_of_memory(exc):
         return f"Out of memory: {_memory_facts()}. To fit, {OOM_ADVICE}."
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        where = f" while writing {exc.filename}" if exc.filename else ""
-        return (f"Disk full{where} ({exc.strerror or exc}): nothing half-written was kept; free space in the workspace "
-                "(or move $WORKBENCH_HOME to a larger disk) and relaunch the run.")
+    if is_disk_full(exc):
+        where = f" while writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        return (f"Disk full{where} ({type(exc).__name__}: {detail}). Free space in the workspace (or move "
+                "$WORKBENCH_HOME to a larger disk) and relaunch the run.")
     first_line = (str(exc).strip().splitlines() or [""])[0][:400]
     return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
 
