@@ -349,20 +349,49 @@ class PackingPreview:
     n_truncated: int  # rows longer than max_length (cut to max_length before packing)
 
 
-def packing_preview(lengths: Sequence[int], max_length: int) -> PackingPreview:
-    """How rows would pack into sequences of max_length (first-fit decreasing)."""
+def pack_bins(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Best-fit decreasing: the indices of the rows in each packed sequence of at most max_length tokens (a row
+    longer than max_length gets a sequence of its own). The one packing of the project: training packs with it
+    (core.train.data.pack_features) and the lint / pre-flight preview counts with it.
+
+    Rows go longest first (ties in row order) into the fullest sequence that still has room for them (ties: the
+    earliest sequence), else a new one. The rooms are integers in [0, max_length]: a bitmask of the rooms some
+    sequence has, and a heap of sequence numbers per room, find that sequence with one shift and one lowest-set-bit
+    instead of a scan over every sequence, so 1M rows pack in seconds (sorting is the n log n part)."""
+    import heapq
+
     if max_length <= 0:
         raise ValueError("max_length must be positive")
-    clipped = sorted((min(n, max_length) for n in lengths if n > 0), reverse=True)
-    free: list[int] = []  # remaining room per bin, kept for a simple first-fit
-    for n in clipped:
-        for i, room in enumerate(free):
-            if room >= n:
-                free[i] -= n
-                break
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    bins: list[list[int]] = []
+    by_room: dict[int, list[int]] = {}  # room left -> heap of the sequences with exactly that room
+    rooms = 0  # bit r set <=> by_room[r] is not empty
+    for i in order:
+        n = max(0, int(lengths[i]))
+        fits = rooms >> n if n <= max_length else 0
+        if fits:
+            room = (fits & -fits).bit_length() - 1 + n  # the smallest room >= n
+            waiting = by_room[room]
+            b = heapq.heappop(waiting)
+            if not waiting:
+                rooms ^= 1 << room
+            bins[b].append(i)
+            left = room - n
         else:
-            free.append(max_length - n)
-    n_seq = len(free)
+            b = len(bins)
+            bins.append([i])
+            left = max(0, max_length - n)
+        heapq.heappush(by_room.setdefault(left, []), b)
+        rooms |= 1 << left
+    return bins
+
+
+def packing_preview(lengths: Sequence[int], max_length: int) -> PackingPreview:
+    """How rows would pack into sequences of max_length: the same best-fit decreasing packing training uses."""
+    if max_length <= 0:
+        raise ValueError("max_length must be positive")
+    clipped = [min(n, max_length) for n in lengths if n > 0]
+    n_seq = len(pack_bins(clipped, max_length))
     return PackingPreview(
         max_length=max_length,
         n_rows=len(clipped),

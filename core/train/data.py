@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.data.lint import LintReport, lint_dataset
-from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversations, encode_text
+from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversations, encode_text, pack_bins
 from core.train.spec import TrainSpec, resolve_data_path
 
 LINT_SAMPLE = 2000
@@ -297,27 +297,15 @@ def _zero_reason(lint: LintReport) -> str:
 
 
 def pack_features(features: list[dict], max_length: int) -> list[dict]:
-    """Best-fit decreasing into sequences of at most max_length tokens.
+    """Best-fit decreasing into sequences of at most max_length tokens (core.data.masking.pack_bins).
 
     Each packed sequence carries `position_ids` that restart at 0 for every row, which is how transformers
     knows to keep rows from attending to each other (its packed-sequence mask), and `seq_lengths`, the length
     of each row in it, which Unsloth needs for the same separation (see PadCollator); the first label of every
     row is masked so no row learns to predict the start of the next one.
     """
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = len(features[i]["input_ids"])
-        best = min((k for k, r in enumerate(room) if r >= n), key=lambda k: room[k], default=None)
-        if best is None:
-            bins.append([i])
-            room.append(max_length - n)
-        else:
-            bins[best].append(i)
-            room[best] -= n
     packed = []
-    for members in bins:
+    for members in pack_bins([len(f["input_ids"]) for f in features], max_length):
         ids, labels, positions, lengths = [], [], [], []
         for i in members:
             row_ids, row_labels = features[i]["input_ids"], list(features[i]["labels"])
