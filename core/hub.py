@@ -133,8 +133,8 @@ def check_file_name(repo_id: str, name: str) -> str:
     parts = name.split("/")
     if (not name or len(name) > 1000 or "\\" in name or any(p in ("", ".", "..") for p in parts)
             or any(ord(c) < 32 or c == "\x7f" for c in name)):
-        raise HubError(f"{repo_id}: the Hub listing names a file {name!r}, which is not a plain path inside the repository; "
-                       f"refused (is HF_ENDPOINT={endpoint()} a server you trust?).")
+        raise HubError(f"{repo_id}: the Hub listing names a file {name!r}, which is not a safe file name (a plain path inside "
+                       f"the repository); refused (is HF_ENDPOINT={endpoint()} a server you trust?).")
     return name
 
 

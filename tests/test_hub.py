@@ -528,3 +528,13 @@ def test_a_download_waiting_on_another_ones_blob_says_so_and_a_stop_ends_the_wai
         assert not server.fetched("model.safetensors"), "nothing fetched while the other holder had the blob"
         _, progress, finished = hub.download(remote, files)  # the lock is free again: no wait
         assert finished and progress.waited_for == [] and len(server.fetched("model.safetensors")) == 1
+
+
+def test_file_names_from_a_listing_are_plain_paths_inside_the_repository():
+    from core import hub
+
+    for bad in ("/tmp/pwned.txt", "../x", "a/../../x", "a//b", "./config.json", "a\\..\\b", "a/b/", "", "tab\there", "nul\x00"):
+        with pytest.raises(hub.HubError, match=f"names a file {re.escape(repr(bad))}, which is not a safe file name"):
+            hub.check_file_name("org/m", bad)
+    for good in ("config.json", "onnx/model.onnx", "2_Dense/config.json", "weird name é.json", "..hidden-but-a-name"):
+        assert hub.check_file_name("org/m", good) == good
