@@ -128,3 +128,112 @@ def test_stop_while_a_rank_prepares_data_ends_the_run_stopped_in_seconds(workspa
     assert took < 30, f"the stop took {took:.0f} s"
     assert status.result["global_step"] == 0 and not (run_dir / "adapter").exists()
     assert {r["rank"]: r["state"] for r in read_rank_records(run_dir)} == {0: "stopped", 1: "stopped"}
+
+
+PROBE_RANK = '''
+import json, os, sys
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+dist.barrier()
+if dist.get_rank() == 0:
+    print("LISTENING " + json.dumps(sys.modules["listening"].listening([os.getpid(), os.getppid()])), flush=True)
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def listening(pids: list[int]) -> list[str]:
+    """The addresses the processes `pids` listen on (TCP, from /proc)."""
+    import ipaddress
+    import os
+
+    inodes = set()
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                raw, port = fields[1].split(":")
+                packed = b"".join(bytes.fromhex(raw[i:i + 8])[::-1] for i in range(0, len(raw), 8))
+                found.append(f"{ipaddress.ip_address(packed[:width])}:{int(port, 16)}")
+    return found
+
+
+def test_a_one_node_launch_listens_on_loopback_only(tmp_path, tiny_llama_dir):
+    # The real launch argv and environment of a one-node run, with a probe in place of core.train.rank: after the
+    # process group exists, the launcher's c10d store and rank 0's gloo sockets listen on 127.0.0.1 only.
+    import subprocess
+    import sys as _sys
+
+    from conftest import ROOT
+    from core.hardware import HardwareInfo
+    from core.train.launchers import launch_argv
+    from core.train.supervisor import _rank_env
+
+    if not _sys.platform.startswith("linux"):
+        __import__("pytest").skip("reads /proc")
+    hardware = HardwareInfo(device="cpu", device_name="cpu", gpu_count=0, total_memory_gb=0.0, free_memory_gb=0.0, bf16=False,
+                            cpu_cores=2, system_ram_gb=16.0, bnb_4bit=False, unsloth=False)
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, processes_per_node=2)
+    argv = launch_argv(spec, tmp_path / "run")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys, importlib.util\nspec = importlib.util.spec_from_file_location('listening', %r)\n"
+                     "module = importlib.util.module_from_spec(spec); sys.modules['listening'] = module; spec.loader.exec_module(module)\n"
+                     % __file__ + PROBE_RANK)
+    at = argv.index("core.train.rank")
+    argv = argv[:at - 1] + [str(probe)]
+    done = subprocess.run(argv, cwd=ROOT, env=_rank_env(spec, hardware), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("LISTENING "))
+    addresses = __import__("json").loads(line.split(" ", 1)[1])
+    assert addresses, "the probe found the store's and gloo's listening sockets"
+    assert all(a.startswith("127.0.0.1:") for a in addresses), addresses
+
+
+def _best_fit_decreasing(lengths: list[int], max_length: int) -> list[list[int]]:
+    """The definition, one scan over every sequence per row (quadratic): longest row first into the fullest
+    sequence that still has room, ties to the earliest sequence."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: lengths[k], reverse=True):
+        best = min((k for k, r in enumerate(room) if r >= lengths[i]), key=lambda k: room[k], default=None)
+        if best is None:
+            bins.append([i])
+            room.append(max_length - lengths[i])
+        else:
+            bins[best].append(i)
+            room[best] -= lengths[i]
+    return bins
+
+
+def test_packing_is_best_fit_decreasing_and_scales(tmp_path):
+    import random
+    import time
+
+    from core.data.masking import pack_bins, packing_preview
+    from core.train.data import pack_features
+
+    rng = random.Random(0)
+    for _ in range(200):
+        max_length = rng.choice([8, 16, 64, 512])
+        lengths = [rng.randint(1, max_length + 3) for _ in range(rng.randint(0, 200))]
+        assert pack_bins(lengths, max_length) == _best_fit_decreasing(lengths, max_length), (max_length, lengths)
+    # 100k rows: the quadratic packing needs minutes for this (20k rows took 22 s here, 25x that for 5x the rows)
+    lengths = [rng.randint(1, 200) for _ in range(100_000)]
+    features = [{"input_ids": [7] * n, "labels": [7] * n} for n in lengths]
+    started = time.perf_counter()
+    packed = pack_features(features, 256)
+    preview = packing_preview(lengths, 256)
+    took = time.perf_counter() - started
+    assert took < 30, f"packing 100k rows took {took:.1f} s"
+    assert preview.n_sequences == len(packed) and sum(len(p["input_ids"]) for p in packed) == sum(lengths)
+    assert all(len(p["input_ids"]) <= 256 for p in packed) and preview.fill > 0.99

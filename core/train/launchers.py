@@ -81,9 +81,11 @@ def accelerate_args(spec: TrainSpec, run_dir: str | Path, node_rank: int | None 
 def launch_argv(spec: TrainSpec, run_dir: str | Path, python: str | None = None) -> list[str]:
     """The exact argv the worker runs on this node (python -m torch.distributed.run is torchrun)."""
     python = python or sys.executable
+    # one node: through core.train.loopback, whose c10d store listens on 127.0.0.1 only (torch's binds every interface)
+    run_module = ["-m", "core.train.loopback"] if spec.num_nodes == 1 else ["-m"]
     if spec.launcher == "accelerate":
-        return [python, "-m", "accelerate.commands.launch", *accelerate_args(spec, run_dir)]
-    return [python, "-m", "torch.distributed.run", *torchrun_args(spec, run_dir)]
+        return [python, *run_module, "accelerate.commands.launch", *accelerate_args(spec, run_dir)]
+    return [python, *run_module, "torch.distributed.run", *torchrun_args(spec, run_dir)]
 
 
 def launch_command(spec: TrainSpec, run_dir: str | Path) -> str:
