@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))})
 FAULT_ENV = "WORKBENCH_FAULT_AT"
 
 
@@ -60,7 +61,34 @@ def reports_dir() -> Path:
 def safe_name(text: str, default: str = "unnamed", max_len: int = 80) -> str:
     """A name that is safe as one path component: no separators, no dots at the start, bounded."""
     cleaned = _UNSAFE.sub("-", str(text)).strip("-.")[:max_len].strip("-.")
+    if cleaned.split(".")[0].upper() in _RESERVED:  # names Windows refuses for a file (the workspace may be shared)
+        cleaned = f"{cleaned}_"
     return cleaned or default
+
+
+def links_outside(folder: str | Path) -> list[tuple[str, Path]]:
+    """The symbolic links under `folder` (not followed) whose targets lie outside it: (relative path, target)."""
+    folder = Path(folder)
+    root = folder.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    found.append((path.relative_to(folder).as_posix(), target))
+    return found
+
+
+def refuse_links_outside(folder: str | Path, error: type[Exception] = ValueError) -> None:
+    """Raise `error` naming the first link in an uploaded / chosen folder that points outside it: reading through it
+    would take in (or, for a writer, overwrite) a file the user never gave."""
+    outside = links_outside(folder)
+    if outside:
+        rel, target = outside[0]
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        raise error(f"{folder}: {rel} is a link to {target}, outside the folder{more}; copy the file into the folder instead")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
