@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from core.data.masking import REASONING_KEYS
-from core.workspace import datasets_dir
+from core.workspace import datasets_dir, refuse_links_outside
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -86,6 +86,7 @@ ERROR_KINDS: tuple[str, ...] = (
     "turn_order",
     "bad_tool_call",
     "bad_tools",
+    "bad_text",
 )
 FIELD_NAMES: tuple[str, ...] = (
     "messages", "conversations", "instruction", "input", "output", "prompt", "completion", "text", "system", "tools",
@@ -332,7 +333,10 @@ def _with_extras(row: dict, raw: dict, used: list[str]) -> dict:
         if column in used:
             continue
         key = f"{column}_original" if column in NORMALISED_KEYS else column
-        row[key] = _json_value(value)
+        try:
+            row[key] = _json_value(value)
+        except RecursionError:
+            raise RowInvalid("bad_json", column, f"column {column!r} is nested too deeply to keep") from None
     return row
 
 
@@ -359,6 +363,7 @@ def check_conversation(messages: list[dict], answered: bool = True) -> None:
             raise RowInvalid("unknown_role", f"messages[{i}].role", f"unknown role {message['role']!r} in message {i}; expected one of {', '.join(ROLES)}")
         if not message["content"].strip() and not message.get("tool_calls"):
             raise RowInvalid("empty_content", f"messages[{i}].content", f"message {i} ({message['role']}) has empty content")
+        _check_nul(message["content"], f"messages[{i}].content")
     roles = [m["role"] for m in messages]
     if "assistant" not in roles and answered:
         raise RowInvalid("no_assistant_turn", "messages", "conversation has no assistant turn, so nothing would be trained")
@@ -398,6 +403,13 @@ def _required_text(raw: dict, name: str, *, strip_check: bool = False) -> str:
         raise RowInvalid("not_a_string", name, f"field {name!r} is a {type(value).__name__}, expected a string")
     if strip_check and not value.strip():
         raise RowInvalid("empty_content", name, f"field {name!r} is empty")
+    return _check_nul(value, name)
+
+
+def _check_nul(value: str, name: str) -> str:
+    """A NUL character is never text a model should learn (a binary file or a broken export): the row is refused."""
+    if "\x00" in value:
+        raise RowInvalid("bad_text", name, f"field {name!r} contains a NUL character (\\x00) at position {value.index(chr(0))}")
     return value
 
 
@@ -407,7 +419,7 @@ def _optional_text(raw: dict, name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise RowInvalid("not_a_string", name, f"field {name!r} is a {type(value).__name__}, expected a string")
-    return value
+    return _check_nul(value, name)
 
 
 def _parse_json_list(text: str) -> Any:
@@ -660,12 +672,78 @@ class _BadJson:
     message: str
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (write null, or a number)")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {twice!r} in one object (which value is meant?)")
+    return row
+
+
+def loads_strict(data: str | bytes) -> Any:
+    """json.loads as the standard reads JSON: no NaN / Infinity, no key twice in one object, and a ValueError
+    (not a RecursionError) for nesting too deep to read. The one JSON reader of user files."""
+    try:
+        return json.loads(data, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("nested too deeply (thousands of [ or {) to read") from None
+
+
+# Signatures of files that are not text, whatever their name says.
+_BINARY_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", "a zip archive"), (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF"), (b"PAR1", "a Parquet file"),
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x7fELF", "a program"),
+)
+
+
+def text_encoding_problem(head: bytes) -> str | None:
+    """Why the first bytes of a file that should be UTF-8 text are not, in words (None when they may be)."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "the file is UTF-32 encoded; save it as UTF-8"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and (head[1::2].count(0) > len(head) // 4 or head[0::2].count(0) > len(head) // 4)):
+        return "the file is UTF-16 encoded; save it as UTF-8"
+    for signature, what in _BINARY_SIGNATURES:
+        if head.startswith(signature):
+            return f"this is {what}, not a text file"
+    return None
+
+
+def _check_text_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        problem = text_encoding_problem(handle.read(64))
+    if problem:
+        raise DatasetLoadError(f"{path}: {problem}")
+
+
+def _utf8_error(path: Path, exc: UnicodeDecodeError) -> DatasetLoadError:
+    """A decoding error as the line it is on (the reader only knows its buffer position)."""
+    line = ""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as inner:
+                line = f" on line {number} (byte {inner.start} of the line: {raw[inner.start:inner.start + 1]!r})"
+                break
+    return DatasetLoadError(f"{path}: not UTF-8 text{line or f' ({exc.reason})'}; save it as UTF-8")
+
+
 def _open_source(path_or_id: str | Path, split: str | None, notes: list[str]):
     """(source label, iterator of (row index, record), function giving the source hash once read).
     Sentences about how the file was read go to `notes`."""
     text = str(path_or_id)
+    if "\x00" in text:
+        raise DatasetLoadError(f"{text!r}: a path cannot contain a NUL character")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise DatasetLoadError(f"{text!r} is a URL: download the file and load it from disk, or give a Hugging Face dataset id (org/name)")
     path = Path(text).expanduser()
     if path.is_dir():
+        refuse_links_outside(path, DatasetLoadError)
         if (path / "data.jsonl").is_file():
             return _open_file(path / "data.jsonl", notes)
         return _open_saved_dataset(path, split)
@@ -694,6 +772,8 @@ def _file_kind(path: Path) -> str:
 
 def _open_file(path: Path, notes: list[str]):
     kind = _file_kind(path)
+    if kind != "parquet":
+        _check_text_file(path)
     digest = hashlib.sha256()
     if kind == "jsonl":
         if _first_byte(path) == b"[":
@@ -720,8 +800,8 @@ def _read_jsonl(path: Path, digest) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                record = loads_strict(line)
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
                 record = _BadJson(f"bad JSON on line {line_number}: {exc}")
             yield index, record
             index += 1
@@ -741,8 +821,8 @@ def _read_jsonl_array(path: Path, notes: list[str]) -> Iterator[tuple[int, Any]]
     """A .jsonl file that holds one JSON array (a common export mistake): read it as that array, and say so."""
     try:
         with open(path, encoding="utf-8-sig") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = loads_strict(handle.read())
+    except (ValueError, UnicodeDecodeError) as exc:
         with open(path, encoding="utf-8-sig", errors="replace") as handle:
             first_line = handle.readline()
         if isinstance(_parse_json_list(first_line), list):
@@ -756,9 +836,9 @@ def _read_jsonl_array(path: Path, notes: list[str]) -> Iterator[tuple[int, Any]]
 
 def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        with open(path, encoding="utf-8-sig") as handle:
+            data = loads_strict(handle.read())
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DatasetLoadError(f"{path}: not valid JSON ({exc}); for one object per line use a .jsonl file") from exc
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}
@@ -785,10 +865,15 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            raise DatasetLoadError(f"{path}: CSV file has no header row")
-        for i, record in enumerate(reader):
-            yield i, {k: v for k, v in record.items() if k is not None}
+        try:
+            if not reader.fieldnames:
+                raise DatasetLoadError(f"{path}: CSV file has no header row")
+            for i, record in enumerate(reader):
+                yield i, {k: v for k, v in record.items() if k is not None}
+        except UnicodeDecodeError as exc:
+            raise _utf8_error(path, exc) from None
+        except csv.Error as exc:
+            raise DatasetLoadError(f"{path}, line {reader.line_num}: not readable as CSV ({exc})") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
@@ -868,11 +953,17 @@ def load_uploaded(filename: str, data: bytes, **kwargs: Any) -> LoadedDataset:
     """A file the user uploaded in the browser: read from a temporary copy that keeps its file type."""
     import tempfile
 
-    suffix = "".join(Path(filename).suffixes[-2:]) or ".jsonl"
+    name = Path(str(filename).replace("\\", "/")).name or "upload"  # the browser's name, never a path
+    suffix = "".join(Path(name).suffixes[-2:])
+    if not suffix:
+        raise DatasetLoadError(f"{name}: unknown file type; expected one of {', '.join(sorted(FILE_SUFFIXES))}")
     with tempfile.TemporaryDirectory(prefix="upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
-        loaded = load_dataset_file(path, **kwargs)
+        try:
+            loaded = load_dataset_file(path, **kwargs)
+        except DatasetLoadError as exc:  # name the file the user uploaded, not the temporary copy
+            raise DatasetLoadError(str(exc).replace(str(path), name)) from None
     loaded.source = f"upload:{filename}"
     return loaded
 
