@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.data.formats import loads_strict, text_encoding_problem
+from core.workspace import refuse_links_outside
+
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 PDF_SUFFIX = ".pdf"
 JSON_SUFFIXES = (".jsonl", ".json")
@@ -70,6 +73,7 @@ def load_corpus(path: str | Path) -> Corpus:
 
 
 def _read_folder(folder: Path, notes: list[str]) -> list[Document]:
+    refuse_links_outside(folder, CorpusError)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (PDF_SUFFIX,)
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     skipped = sorted({p.suffix.lower() or p.name for p in folder.rglob("*") if p.is_file() and p not in files and not p.name.startswith(".")})
@@ -87,15 +91,24 @@ def _read_file(path: Path, doc_id: str, notes: list[str]) -> Document | None:
     if path.suffix.lower() == PDF_SUFFIX:
         title, text = _read_pdf(path)
     else:
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raw = _read_text(path)
         title, text = _split_title(raw, path)
     if not text.strip():
         notes.append(f"{path.name}: no text, skipped")
         return None
     return Document(doc_id, title, text.strip(), str(path))
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    problem = text_encoding_problem(data[:64])
+    if problem:
+        raise CorpusError(f"{path}: {problem}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}, line {line}); save it as UTF-8") from None
 
 
 def _split_title(raw: str, path: Path) -> tuple[str, str]:
@@ -123,21 +136,25 @@ def _read_pdf(path: Path) -> tuple[str, str]:
 
 
 def _read_jsonl(path: Path) -> list[Document]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
-            rows = list(enumerate(json.loads(text), 1))
+            rows = list(enumerate(loads_strict(text), 1))
         except json.JSONDecodeError as exc:
             raise CorpusError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except ValueError as exc:
+            raise CorpusError(f"{path}: not valid JSON ({exc})") from None
     else:
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append((number, json.loads(line)))
+                rows.append((number, loads_strict(line)))
             except json.JSONDecodeError as exc:
                 raise CorpusError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+            except ValueError as exc:  # NaN / Infinity, a key twice, nesting too deep
+                raise CorpusError(f"{path}, line {number}: not valid JSON ({exc})") from None
     documents, seen = [], set()
     for number, row in rows:
         where = f"{path}, {'line' if path.suffix.lower() == '.jsonl' else 'item'} {number}"
