@@ -12,6 +12,7 @@ copied `Literal[...]` list.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -109,6 +110,8 @@ def check_limits(spec: Any) -> None:
         if info.type in ("int", "float") and value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{info.name}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{info.name}: {value} is not a finite number")
             if info.min is not None and value < info.min:
                 raise ValueError(f"{info.name}: {value} is below the minimum {info.min}")
             if info.max is not None and value > info.max:
@@ -163,12 +166,59 @@ def write_spec(run_dir: str | Path, spec: Any) -> Path:
     return atomic_write_text(Path(run_dir) / SPEC_FILE, spec_to_yaml(spec))
 
 
+YAML_MAX_NODES = 100_000  # a spec has hundreds; aliases that expand past this are a "billion laughs" bomb
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load (no Python tags) that also refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by the keys beside it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str = "YAML") -> Any:
+    """yaml.safe_load for files a user hands in: Python tags and duplicate keys are YAMLErrors, and aliases that would
+    expand past YAML_MAX_NODES are refused (ValueError naming `where`) before anything is built."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:  # nodes after expanding aliases, each shared node counted once per use, computed once
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts as one
+                children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+                    n.value if isinstance(n, yaml.SequenceNode) else []
+                sizes[id(n)] = min(1 + sum(size(c) for c in children), YAML_MAX_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > YAML_MAX_NODES:
+            raise ValueError(f"{where}: its aliases (*name) would expand to more than {YAML_MAX_NODES:,} values; write the values out")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
 def read_spec_dict(run_dir: str | Path) -> dict:
     path = Path(run_dir) / SPEC_FILE
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: is this a run folder?") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or "kind" not in data:
