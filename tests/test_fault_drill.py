@@ -77,6 +77,7 @@ DEEP_DRILLS = {  # kind -> the stages killed by a real launched worker in this m
     "train": ["write:adapter (mid-save)"],
     "merge": ["write:merged (mid-write)", "disk full (RLIMIT_FSIZE)"],
     "curate": ["write:curation.json (mid-write)"],
+    "export": ["write:<name>-F16.gguf (mid-GGUF)"],
 }
 
 
@@ -305,6 +306,25 @@ def test_curate_killed_mid_write_of_its_result_leaves_the_dataset_and_retries(wo
     assert status.state == "succeeded", status.error
     assert read_result(run_dir) is not None and data.read_bytes() == original
     record("curate", "SIGKILL mid-write (write:curation.json)", "recovered", "retried; dataset untouched")
+
+
+def test_export_killed_mid_gguf_shows_no_gguf_and_retries(workspace, tiny_llama_dir, monkeypatch):
+    from core.export.spec import ExportSpec
+
+    run_dir = runs.create_run(ExportSpec(name="drill", model={"kind": "local", "ref": str(tiny_llama_dir)}, formats=["gguf_f16"], validate=False))
+    launch_with_fault(run_dir, "write:drill-F16.gguf", monkeypatch)  # the tensors are written, the rename is next
+    wait_final(run_dir)
+    status = read_status(run_dir)
+    assert status.state == "failed" and "Last stage it reported" in status.error, status.error
+    assert not [p for p in run_dir.rglob("*.gguf") if not p.name.startswith(".")], "a half-written GGUF is never visible"
+    partial = read_result(run_dir)  # the export's progress record: marked not done, listing no GGUF
+    assert partial is None or (partial["done"] is False and not [a for a in partial["artifacts"] if a["path"].endswith(".gguf")])
+    launch_with_fault(run_dir, None, monkeypatch)
+    status = wait_final(run_dir)
+    assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
+    ggufs = [p for p in run_dir.rglob("*.gguf") if not p.name.startswith(".")]
+    assert [p.name for p in ggufs] == ["drill-F16.gguf"] and read_result(run_dir)["done"] is True
+    record("export", "SIGKILL mid-GGUF (write:<name>-F16.gguf)", "recovered", "no .gguf visible after the kill; retried")
 
 
 # ---------------------------------------------------------------- sessions, restarts, deletions, corruption
