@@ -347,3 +347,26 @@ def test_a_model_undecided_everywhere_is_not_judged(monkeypatch):
     check = _scripted_check(monkeypatch, [0.01] * 6, [11] * 6)
     assert check["passed"] is None and check["summary"].startswith("not judged")
     assert _scripted_check(monkeypatch, [0.01] * 6, [11] * 6, min_agreement=None)["passed"] is True  # K-quants: reported only
+
+
+def test_merged_check_judges_next_tokens_where_the_source_decides():
+    """A 16-bit merge may flip a near-tie (two best logits closer than the dtype's rounding) and stay faithful; a flip
+    where the source decides clearly fails (large random vocabularies, e.g. Qwen's 151,936, have many near-ties)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    tuned = torch.tensor([[5.0, 4.99, 0.0], [0.0, 6.0, 1.0], [3.0, 0.0, 1.0]])  # position 0 is a near-tie
+    base = tuned - 1.0 * torch.tensor([[0.0, 0.0, 1.0]] * 3)
+
+    def model(logits):
+        return lambda ids: SimpleNamespace(logits=logits[None])
+
+    flipped_tie = tuned.clone()
+    flipped_tie[0, 1] = 5.01
+    ok = validate.merged_check([(tuned, base)], model(flipped_tie), [[1, 2, 3]], "float16")
+    assert ok["passed"] and ok["top1_agreement"] == 1.0 and ok["decided_positions"] == 2 and ok["raw_top1_agreement"] < 1.0
+    flipped_clear = tuned.clone()
+    flipped_clear[1, 2] = 6.02
+    bad = validate.merged_check([(tuned, base)], model(flipped_clear), [[1, 2, 3]], "float16")
+    assert bad["passed"] is False and bad["top1_agreement"] == 0.5
