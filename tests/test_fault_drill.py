@@ -78,6 +78,10 @@ DEEP_DRILLS = {  # kind -> the stages killed by a real launched worker in this m
     "merge": ["write:merged (mid-write)", "disk full (RLIMIT_FSIZE)"],
     "curate": ["write:curation.json (mid-write)"],
     "export": ["write:<name>-F16.gguf (mid-GGUF)"],
+    "evaluate": ["write:report.json (mid-report)"],
+    # mid-file: tests/test_hub.py::test_interrupted_download_resumes_where_it_stopped kills the worker once 2 MB are in
+    # (a progress condition, not a sleep) and checks the resumed byte range and the blob's hash
+    "download": ["mid-file (test_hub.py)"],
 }
 
 
@@ -236,6 +240,21 @@ def test_train_killed_mid_save_resumes_from_its_last_checkpoint(workspace, tiny_
         pytest.xfail(f"resuming from the checkpoint at max_steps trains one step more (global_step {steps})")
 
 
+def perturbed_copy(model_dir: Path, target: Path) -> Path:
+    """The tiny model with every weight nudged: a 'fine-tuned' model that differs from its base."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tuned = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    tuned.save_pretrained(target)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)
+    return target
+
+
 def _preexec_fsize(limit: int):
     def apply() -> None:
         os.setsid()
@@ -245,18 +264,9 @@ def _preexec_fsize(limit: int):
 
 def test_merge_killed_mid_write_and_disk_full_keep_the_earlier_merge(workspace, tiny_llama_dir, tmp_path, monkeypatch):
     pytest.importorskip("mergekit")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from core.merge.spec import MergeSpec
 
-    tuned = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    tuned.save_pretrained(tmp_path / "tuned")
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "tuned")
+    perturbed_copy(tiny_llama_dir, tmp_path / "tuned")
     spec = MergeSpec.from_dict({"base": {"kind": "local", "ref": str(tiny_llama_dir)}, "evaluate": False,
                                 "models": [{"source": {"kind": "local", "ref": str(tmp_path / "tuned")}, "weight": 1.0}]})
     run_dir = runs.create_run(spec)
@@ -325,6 +335,25 @@ def test_export_killed_mid_gguf_shows_no_gguf_and_retries(workspace, tiny_llama_
     ggufs = [p for p in run_dir.rglob("*.gguf") if not p.name.startswith(".")]
     assert [p.name for p in ggufs] == ["drill-F16.gguf"] and read_result(run_dir)["done"] is True
     record("export", "SIGKILL mid-GGUF (write:<name>-F16.gguf)", "recovered", "no .gguf visible after the kill; retried")
+
+
+def test_evaluate_killed_mid_report_shows_no_report_and_retries(workspace, tiny_llama_dir, tmp_path, monkeypatch):
+    from test_evaluate import TINY_SIZES
+
+    local = {"kind": "local", "ref": str(tiny_llama_dir)}
+    tuned = {"kind": "local", "ref": str(perturbed_copy(tiny_llama_dir, tmp_path / "tuned"))}
+    run_dir = runs.create_run_from_dict({"kind": "evaluate", "name": "drill", "base": local,
+                                         "variants": [{"label": "fine-tuned", "model": tuned}], **TINY_SIZES})
+    launch_with_fault(run_dir, "write:report.json", monkeypatch)
+    wait_final(run_dir)
+    status = read_status(run_dir)
+    assert status.state == "failed" and "Last stage it reported" in status.error, status.error
+    assert not (run_dir / "report.json").exists() and read_result(run_dir) is None, "a half-written report is never visible"
+    launch_with_fault(run_dir, None, monkeypatch)
+    status = wait_final(run_dir)
+    assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
+    assert [m["label"] for m in read_result(run_dir)["models"]] == ["base", "fine-tuned"]
+    record("evaluate", "SIGKILL mid-report (write:report.json)", "recovered", "no report visible after the kill; retried")
 
 
 # ---------------------------------------------------------------- sessions, restarts, deletions, corruption
