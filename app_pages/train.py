@@ -17,7 +17,7 @@ from core.train import TrainSpec, continue_updates, hardware_defaults
 from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
 from core.train.methods import hidden_fields, method_info
-from core.train.preflight import check_data, data_key, model_defaults, run_preflight
+from core.train.preflight import DATA_CHECK_WAIT_S, data_check, model_defaults, run_preflight
 from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, rank_rows, runs_table, small_figures
 from core.workspace import runs_dir
 from pages_common import (
@@ -70,13 +70,21 @@ def dataset_field(default: str) -> str:
                          placeholder="/path/to/train.jsonl").strip()
 
 
-@st.cache_data(show_spinner="Pre-flight: tokenizing and linting the data…", max_entries=16)
-def cached_data_check(key: str, _spec: TrainSpec):  # noqa: ARG001 - key = the data's content hash + the fields tokenizing reads
-    return check_data(_spec)
+@st.fragment(run_every=1.0)
+def data_check_pending(spec: TrainSpec) -> None:
+    """Shown while the data check runs in the background (core.train.preflight.DataChecks); reruns the page when done."""
+    if data_check(spec) is None:
+        st.info("Pre-flight: checking the data… (tokenizing and linting in the background; this updates when it is done)")
+    else:
+        st.rerun()
 
 
 def render_preflight(spec: TrainSpec):
-    check = run_preflight(spec, hardware, data=cached_data_check(data_key(spec), spec))
+    data = data_check(spec, wait=DATA_CHECK_WAIT_S)  # keyed by the data's content hash + the fields tokenizing reads
+    if data is None:
+        data_check_pending(spec)
+        return None
+    check = run_preflight(spec, hardware, data=data)
     cols = st.columns(5)
     cols[0].metric("Training rows", check.rows)
     cols[1].metric("Trained tokens", f"{check.trained_tokens:,}", help=f"of {check.tokens:,} tokens; the rest are masked (-100)")
@@ -186,7 +194,7 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
             run_dir = create_run(spec)
             write_launch_files(spec, run_dir, hardware)
             st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
-        if st.button("▶️ Start training", type="primary", key="train_start", disabled=bool(check.refusal)):
+        if st.button("▶️ Start training", type="primary", key="train_start", disabled=check is None or bool(check.refusal)):
             start_run(spec, "train_run_id", query_param="run")
             st.rerun()
 

@@ -237,3 +237,67 @@ def test_packing_is_best_fit_decreasing_and_scales(tmp_path):
     assert took < 30, f"packing 100k rows took {took:.1f} s"
     assert preview.n_sequences == len(packed) and sum(len(p["input_ids"]) for p in packed) == sum(lengths)
     assert all(len(p["input_ids"]) <= 256 for p in packed) and preview.fill > 0.99
+
+
+def test_the_data_check_runs_in_the_background_keyed_by_the_data(tmp_path, tiny_llama_dir, monkeypatch):
+    import json
+    import threading
+    import time
+
+    import core.train.data
+    from core.train.preflight import DataChecks
+
+    release = threading.Event()
+    calls = []
+    real = core.train.data.prepare_data
+
+    def slow_prepare(spec, tokenizer, **kwargs):
+        calls.append(spec.max_length)
+        release.wait(30)  # a large dataset: tokenizing takes a while
+        return real(spec, tokenizer, **kwargs)
+
+    monkeypatch.setattr(core.train.data, "prepare_data", slow_prepare)
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(8)))
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_length=128, eval_fraction=0.0)
+    checks = DataChecks()
+    started = time.perf_counter()
+    assert checks.result(spec) is None, "still tokenizing: the caller (the page's script thread) is not held"
+    assert time.perf_counter() - started < 1.0
+    queued = TrainSpec(**{**spec.__dict__, "max_length": 112})
+    latest = TrainSpec(**{**spec.__dict__, "max_length": 96})
+    assert checks.result(queued) is None and checks.result(latest) is None
+    release.set()
+    answer = checks.result(latest, wait=60)
+    assert answer is not None and answer.rows == 8 and answer.refusal is None
+    assert calls == [128, 96], "the check the form moved past while it waited in the queue was cancelled"
+    same_data = TrainSpec(**{**latest.__dict__, "learning_rate": 1e-3})  # a training-only field: the same answer, no new check
+    assert checks.result(same_data) is answer and calls == [128, 96]
+
+
+def test_the_train_page_shows_checking_the_data_while_it_runs(workspace, tiny_llama_dir, monkeypatch):
+    import threading
+
+    from streamlit.testing.v1 import AppTest
+
+    import core.train.data
+    import core.train.preflight
+    from conftest import ROOT
+
+    release = threading.Event()
+    real = core.train.data.prepare_data
+    monkeypatch.setattr(core.train.data, "prepare_data", lambda *a, **k: release.wait(60) and real(*a, **k))
+    monkeypatch.setattr(core.train.preflight, "DATA_CHECKS", core.train.preflight.DataChecks())
+    monkeypatch.setattr(core.train.preflight, "DATA_CHECK_WAIT_S", 0.1)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=120)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    at.run()
+    assert not at.exception
+    assert any("checking the data" in i.value for i in at.info), [i.value for i in at.info]
+    assert at.button(key="train_start").disabled and "Training rows" not in {m.label for m in at.metric}
+    release.set()
+    core.train.preflight.DATA_CHECKS._futures[next(iter(core.train.preflight.DATA_CHECKS._futures))].result(60)
+    at.run()
+    assert not at.exception and int({m.label: m.value for m in at.metric}["Training rows"]) == 270
+    assert not at.button(key="train_start").disabled

@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -269,6 +272,58 @@ def check_data(spec: TrainSpec) -> DataCheck:
         lint_warnings=tuple(f"{issue.message} ({issue.count} rows)" for issue in data.lint.warnings),
         template=dict(data.template_choice),
     )
+
+
+# ---------------------------------------------------------------- the data check in the background
+
+DATA_CHECK_WAIT_S = 3.0  # how long the page waits for a fresh data check before it shows "checking the data…" and polls
+
+
+class DataChecks:
+    """Data checks (tokenize + lint, `check_data`) on one background thread, keyed by `data_key`: the page's script
+    thread never tokenizes a large dataset itself, and a spec edit that leaves the data alone reuses the answer.
+    A newer key cancels the checks still waiting in the queue (the form moved on); the newest `keep` answers stay."""
+
+    def __init__(self, keep: int = 16):
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._futures: OrderedDict[str, Future] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, key: str, spec: TrainSpec) -> Future:
+        with self._lock:
+            future = self._futures.get(key)
+            if future is not None and not future.cancelled():
+                self._futures.move_to_end(key)
+                return future
+            for other, waiting in list(self._futures.items()):
+                if not waiting.running() and waiting.cancel():
+                    del self._futures[other]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-data-check")
+            future = self._futures[key] = self._pool.submit(check_data, spec)
+            while len(self._futures) > self.keep:
+                oldest = next(iter(self._futures))
+                if not self._futures[oldest].done():
+                    break
+                del self._futures[oldest]
+            return future
+
+    def result(self, spec: TrainSpec, wait: float = 0.0) -> DataCheck | None:
+        """The data check of `spec`, started in the background if it is new; None while it still runs after `wait` s."""
+        future = self.submit(data_key(spec), spec)
+        try:
+            return future.result(timeout=wait)
+        except TimeoutError:
+            return None
+
+
+DATA_CHECKS = DataChecks()
+
+
+def data_check(spec: TrainSpec, wait: float = 0.0) -> DataCheck | None:
+    """`check_data(spec)` from the background checks (see DataChecks): None while it is still running."""
+    return DATA_CHECKS.result(spec, wait)
 
 
 def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None) -> Preflight:
