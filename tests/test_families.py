@@ -63,8 +63,9 @@ class Matrix:
         self.started = time.time()
 
     def stage(self, name: str, outcome: str, detail: str = "") -> None:
-        self.row["stages"][name] = {"outcome": outcome, "detail": detail}
-        self.row["seconds"] = round(time.time() - self.started, 1)
+        elapsed = round(time.time() - self.started, 1)
+        self.row["stages"][name] = {"outcome": outcome, "detail": detail, "seconds": round(elapsed - self.row.get("seconds", 0.0), 1)}
+        self.row["seconds"] = elapsed
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.row, indent=1))
         tmp.replace(self.path)
