@@ -338,6 +338,14 @@ def upload_utf16_csv(f):
     return "sheet.csv", "prompt,completion\na,b\n".encode("utf-16")
 
 
+def upload_backslash_name(f):
+    return "..\\..\\evil.jsonl", _jsonl([ROW])
+
+
+def upload_nul_suffix(f):
+    return "a.js\x00onl", _jsonl([ROW])
+
+
 # ------------------------------------------------------------------ RAG documents
 
 def docs_empty_folder(f):
@@ -692,6 +700,10 @@ CASES: list[dict] = [
     {"id": "upload-parquet-lie", "surface": "upload", "build": "upload_parquet_lie", "refused": True, "expect": r"^report\.parquet: not a readable Parquet file"},
     {"id": "upload-no-suffix", "surface": "upload", "build": "upload_no_suffix", "refused": True, "expect": r"^README: unknown file type"},
     {"id": "upload-utf16-csv", "surface": "upload", "build": "upload_utf16_csv", "refused": True, "expect": r"^sheet\.csv: .*UTF-16.*UTF-8"},
+    # uploads kept in the workspace for a job to read (core.data.formats.save_upload)
+    {"id": "saved-upload-traversal", "surface": "upload_saved", "build": "upload_traversal_name", "refused": False, "expect": r"^saved as uploads/[0-9a-f]{16}-passwd\.jsonl$"},
+    {"id": "saved-upload-backslashes", "surface": "upload_saved", "build": "upload_backslash_name", "refused": False, "expect": r"^saved as uploads/[0-9a-f]{16}-evil\.jsonl$"},
+    {"id": "saved-upload-nul-suffix", "surface": "upload_saved", "build": "upload_nul_suffix", "refused": False, "expect": r"^saved as uploads/[0-9a-f]{16}-a\.js-onl$"},
     # RAG documents
     {"id": "docs-empty-folder", "surface": "corpus", "build": "docs_empty_folder", "refused": True, "expect": r"no_docs holds no document with text"},
     {"id": "docs-only-other-files", "surface": "corpus", "build": "docs_only_other_files", "refused": True, "expect": r"other_docs holds no document with text"},

@@ -85,6 +85,13 @@ def _upload(value, arena):
     return _render_dataset(load_uploaded(filename, data))
 
 
+def _upload_saved(value, arena):
+    from core.data.formats import save_upload
+
+    filename, data = value
+    return f"saved as {save_upload(filename, data).relative_to(arena['home']).as_posix()}"
+
+
 def _corpus(value, arena):
     from core.rag.corpus import load_corpus
 
@@ -154,7 +161,7 @@ def _hub(value, arena):
 
 
 SURFACES = {
-    "dataset": _dataset, "upload": _upload, "corpus": _corpus, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
+    "dataset": _dataset, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
     "run_name": _run_name, "dataset_name": _dataset_name, "export_name": _export_name, "hub": _hub,
 }
 

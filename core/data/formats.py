@@ -953,7 +953,7 @@ def load_uploaded(filename: str, data: bytes, **kwargs: Any) -> LoadedDataset:
     """A file the user uploaded in the browser: read from a temporary copy that keeps its file type."""
     import tempfile
 
-    name = Path(str(filename).replace("\\", "/")).name or "upload"  # the browser's name, never a path
+    name = upload_name(filename)
     suffix = "".join(Path(name).suffixes[-2:])
     if not suffix:
         raise DatasetLoadError(f"{name}: unknown file type; expected one of {', '.join(sorted(FILE_SUFFIXES))}")
@@ -968,14 +968,20 @@ def load_uploaded(filename: str, data: bytes, **kwargs: Any) -> LoadedDataset:
     return loaded
 
 
+def upload_name(filename: str) -> str:
+    """The last part of the name a browser sent (a name, never a path: '/' and '\\' both separate), NUL-free."""
+    return Path(str(filename).replace("\\", "/").replace("\x00", "-")).name or "upload"
+
+
 def save_upload(filename: str, data: bytes, digest: str | None = None) -> Path:
     """Keep an uploaded file in the workspace (``uploads/<sha256 prefix>-<name>``), once per content, so a job
     can read the very bytes the page loaded. `digest`: the bytes' sha256 when the caller has it already."""
     from core.workspace import atomic_write_bytes, safe_name, subdir
 
     digest = (digest or hashlib.sha256(data).hexdigest())[:16]
-    name = Path(filename).name
+    name = upload_name(filename)
     suffix = "".join(Path(name).suffixes[-2:]).lower() or ".jsonl"
+    suffix = "." + safe_name(suffix.lstrip("."), default="jsonl", max_len=16)
     target = subdir("uploads") / f"{digest}-{safe_name(name[: len(name) - len(suffix)] or 'upload', max_len=60)}{suffix}"
     if not target.is_file():
         atomic_write_bytes(target, data)
