@@ -243,6 +243,8 @@ def run_selector(kind: str, key: str, label: str = "Run"):
     labels = {str(r.path): f"{r.path.name} · {r.status.state}" for r in runs}
     paths = list(labels)
     current = st.session_state.get(key)
+    if current and current not in paths:
+        st.warning(f"Run {Path(current).name} no longer exists (its folder was deleted or moved); showing the newest {kind} run.")
     index = paths.index(current) if current in paths else 0
     # The browser keeps a keyed selectbox's old option labels; a key that follows the labels makes a finished
     # run stop reading "running" there (the choice itself carries over through st.session_state[key]).

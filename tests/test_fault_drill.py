@@ -447,11 +447,17 @@ def test_run_folder_deleted_while_its_page_is_open(workspace, monkeypatch):
     assert any(gone.name in w.value and "no longer exists" in w.value for w in at.warning), [w.value for w in at.warning]
     assert at.selectbox(key="runs_pick").value == keep.name
 
-    train = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=60)
-    train.query_params["run"] = "20260101-000000-train-deleted"
-    train.run()
-    assert not train.exception, train.exception
-    assert any("no longer exists" in w.value for w in train.warning), [w.value for w in train.warning]
+    def watching(run_dir: str) -> None:  # what every job page does with the run it shows (Train, Evaluate, Merge, ...)
+        from pathlib import Path
+
+        from pages_common import live_run
+
+        live_run(Path(run_dir), lambda *args: None)
+
+    page = AppTest.from_function(watching, args=(str(gone),), default_timeout=30)
+    page.run()
+    assert not page.exception, page.exception
+    assert any("no longer exists" in w.value for w in page.warning), [w.value for w in page.warning]
     record("(pages)", "run folder deleted while its page is open", "failed cleanly", "a warning names the run; no exception")
 
 
