@@ -267,6 +267,15 @@ def parquet_wrong_types(f):
     return path
 
 
+def parquet_infinite_column(f):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = f / "scores.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "completion": ["c", "d"], "score": [float("inf"), float("nan")]}), path)
+    return path
+
+
 def folder_empty(f):
     path = f / "empty_folder"
     path.mkdir()
@@ -686,6 +695,7 @@ CASES: list[dict] = [
     {"id": "parquet-0-bytes", "surface": "dataset", "build": "parquet_empty", "refused": True, "expect": r"empty\.parquet: not a readable Parquet file"},
     {"id": "parquet-is-zip", "surface": "dataset", "build": "parquet_is_zip", "refused": True, "expect": r"zip\.parquet: not a readable Parquet file"},
     {"id": "parquet-wrong-types", "surface": "dataset", "build": "parquet_wrong_types", "refused": False, "expect": r"loaded 0 rows; row 0 prompt: field 'prompt' is a int"},
+    {"id": "parquet-infinite-column-reloads", "surface": "dataset_roundtrip", "build": "parquet_infinite_column", "refused": False, "expect": r"^loaded 2 rows, kept score \[None, None\], reloaded 2 rows$"},
     {"id": "folder-empty", "surface": "dataset", "build": "folder_empty", "refused": True, "expect": r"empty_folder is a folder but neither a saved `datasets` folder"},
     {"id": "folder-fake-datasets", "surface": "dataset", "build": "folder_fake_datasets", "refused": True, "expect": r"fake_saved: could not load the saved dataset"},
     {"id": "folder-symlink-outside", "surface": "dataset", "build": "folder_symlink_outside", "refused": True, "expect": r"linked_saved: .*data-00000-of-00001\.arrow is a link to .*outside the folder"},

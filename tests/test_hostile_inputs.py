@@ -79,6 +79,15 @@ def _dataset(value, arena):
     return _render_dataset(load_dataset_file(value))
 
 
+def _dataset_roundtrip(value, arena):
+    """What the loader keeps must read back: loaded, written as the workspace writes datasets, loaded again."""
+    from core.data.formats import load_dataset_file, write_jsonl
+
+    loaded = load_dataset_file(value)
+    again = load_dataset_file(write_jsonl(loaded.rows, arena["inputs"] / "roundtrip.jsonl"))
+    return f"loaded {len(loaded.rows)} rows, kept score {[r.get('score') for r in loaded.rows]}, reloaded {len(again.rows)} rows"
+
+
 def _upload(value, arena):
     from core.data.formats import load_uploaded
 
@@ -162,7 +171,7 @@ def _hub(value, arena):
 
 
 SURFACES = {
-    "dataset": _dataset, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
+    "dataset": _dataset, "dataset_roundtrip": _dataset_roundtrip, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
     "run_name": _run_name, "dataset_name": _dataset_name, "export_name": _export_name, "hub": _hub,
 }
 

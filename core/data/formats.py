@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -344,7 +345,7 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
-        return None if value != value else value  # NaN from a CSV / parquet column is a missing value
+        return value if math.isfinite(value) else None  # NaN from a CSV / parquet column is a missing value; ±inf is not JSON
     if hasattr(value, "tolist"):  # numpy scalars and arrays from parquet / datasets
         return _json_value(value.tolist())
     if isinstance(value, dict):
