@@ -49,7 +49,7 @@ FAILING_PATCH = textwrap.dedent("""
 PROBE = textwrap.dedent("""
     import json, sys
     from core.hardware import HardwareInfo
-    from core.train.backends import UnslothBackend, activate, load_with_fallback
+    from core.train.backends import FallBack, UnslothBackend, activate, load_with_fallback
     from core.train.spec import TrainSpec
 
     device, backend_choice, model_dir = sys.argv[1:4]
@@ -58,10 +58,11 @@ PROBE = textwrap.dedent("""
     spec = TrainSpec(model={"kind": "local", "ref": model_dir}, backend=backend_choice, lora_r=4)
     try:
         backend, notes = activate(UnslothBackend(), spec, hardware)
-        if backend.name == "unsloth":
-            model, tokenizer, backend, notes = load_with_fallback(backend, spec, hardware)
-            notes.append(f"model {type(model).__name__}")
+        model, tokenizer, backend, notes = load_with_fallback(backend, spec, hardware)
         print(json.dumps({"backend": backend.name, "notes": notes}))
+    except FallBack as exc:  # the job relaunches itself with exc.backend; nothing is loaded again in this process
+        loaded = sorted(name for name in sys.modules if name in ("peft", "trl"))
+        print(json.dumps({"fallback": exc.backend, "reason": exc.reason, "loaded_here": loaded}))
     except ValueError as exc:
         print(json.dumps({"refused": str(exc)}))
 """)
@@ -80,9 +81,8 @@ def _in_a_worker_environment(tmp_path, unsloth_source: str, *args: str) -> dict:
 
 def test_an_unsloth_import_failure_falls_back_to_hf_with_a_note(tmp_path, tiny_llama_dir):
     result = _in_a_worker_environment(tmp_path, FAILING_IMPORT, "cuda", "auto", str(tiny_llama_dir))
-    assert result["backend"] == "hf"
-    assert "Unsloth could not be imported (NotImplementedError: Unsloth cannot find any torch accelerator" in result["notes"][0]
-    assert result["notes"][0].endswith("trained with the hf backend instead")
+    assert result["fallback"] == "hf"
+    assert result["reason"].startswith("Unsloth could not be imported (NotImplementedError: Unsloth cannot find any torch accelerator")
     forced = _in_a_worker_environment(tmp_path / "forced", FAILING_IMPORT, "cuda", "unsloth", str(tiny_llama_dir))
     assert "the spec asks for unsloth only" in forced["refused"]
 
@@ -91,8 +91,63 @@ def test_an_unsloth_import_failure_falls_back_to_hf_with_a_note(tmp_path, tiny_l
 def test_an_unsloth_patch_failure_while_loading_falls_back_to_hf(tmp_path, tiny_llama_dir):
     # Unsloth imports, but its loader fails (a patch that does not fit this transformers): the hf backend loads instead.
     result = _in_a_worker_environment(tmp_path, FAILING_PATCH, "cpu", "auto", str(tiny_llama_dir))
-    assert result["backend"] == "hf" and "Unsloth failed to load or patch the model (RuntimeError: Unsloth: patching" in result["notes"][0]
-    assert result["notes"][-1].startswith("model Peft"), "the fallback returned a LoRA model ready to train"
+    assert result["fallback"] == "hf" and result["reason"].startswith("Unsloth failed to load or patch the model (RuntimeError: Unsloth: patching")
+    assert result["loaded_here"] == [], "the hf model is not loaded in the process Unsloth patched"
+
+
+# The worker's own environment for a whole run on this CPU box: Unsloth "usable" (its backend is chosen) but its
+# loader fails, as a patch that does not fit this transformers does on a GPU. The relaunched hf process (it has
+# WORKBENCH_BACKEND_FALLBACK set) keeps the real checks.
+PRETEND_USABLE = textwrap.dedent("""
+    import os
+    if not os.environ.get("WORKBENCH_BACKEND_FALLBACK"):
+        import core.train.backends as backends
+        backends.UnslothBackend.unavailable_reason = lambda self, spec, hardware: None
+""")
+RECORDING_PATCH_FAILURE = textwrap.dedent("""
+    import os
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            with open(os.environ["UNSLOTH_ATTEMPT_PID_FILE"], "w") as handle:
+                handle.write(str(os.getpid()))
+            raise RuntimeError("Unsloth: patching LlamaAttention failed for this transformers version")
+""")
+
+
+@pytest.mark.slow
+def test_the_hf_fallback_trains_in_a_fresh_process_and_the_card_says_so(tmp_path, workspace, tiny_llama_dir, monkeypatch):
+    from core import runs
+    from core.train.spec import TrainSpec
+
+    site = tmp_path / "site"
+    (site / "unsloth").mkdir(parents=True)
+    (site / "unsloth" / "__init__.py").write_text(RECORDING_PATCH_FAILURE)
+    (site / "sitecustomize.py").write_text(PRETEND_USABLE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(ROOT)]))
+    monkeypatch.setenv("UNSLOTH_ATTEMPT_PID_FILE", str(tmp_path / "unsloth.pid"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(8)))
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_steps=2, batch_size=2, max_length=64,
+                     eval_fraction=0.0, lora_r=4, lora_dropout=0.0, save_steps=100, logging_steps=1)
+    run_dir = runs.create_run(spec)
+    runs.launch(run_dir)
+    status = runs.wait(run_dir, timeout=300)
+    assert status.state == "succeeded", status.error or runs.log_tail(run_dir)
+
+    unsloth_pid = int((tmp_path / "unsloth.pid").read_text())
+    card = runs.read_result(run_dir)
+    assert card["backend"] == "hf"
+    process = card["process"]
+    assert process["pid"] != unsloth_pid and process["attempt"] == 2, "the hf attempt ran in another process"
+    assert process["fallback_from"]["failed_pid"] == unsloth_pid and process["fallback_from"]["from"] == "unsloth"
+    assert process["fallback_from"]["reason"].startswith("Unsloth failed to load or patch the model (RuntimeError: Unsloth: patching")
+    note = next(n for n in card["backend_notes"] if "trained with the hf backend instead" in n)
+    assert f"process {process['pid']}, attempt 2" in note and f"process {unsloth_pid}" in note
+    assert card["backend_label"] == f"hf (fallback from unsloth: {process['fallback_from']['reason']}), process {process['pid']}/attempt 2"
+    assert status.result["fallback"]["failed_pid"] == unsloth_pid and status.result["global_step"] == 2
+    assert "fresh process" in (run_dir / "worker.log").read_text()
 
 
 def test_the_memory_estimate_follows_the_backend_actually_chosen(tiny_llama_dir):

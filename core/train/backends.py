@@ -197,20 +197,36 @@ def tokenizer_differences(encoded_with: Any, trains_with: Any) -> list[str]:
     return differences
 
 
+FALLBACK_ENV = "WORKBENCH_BACKEND_FALLBACK"  # JSON {backend, from, reason, failed_pid, attempt} of a fallback relaunch
+
+
+class FallBack(Exception):  # noqa: N818 - an instruction to the job, not an error
+    """Unsloth failed in this process: the run must go on with `backend` in a fresh process. Unsloth's import has
+    already rebound transformers' Llama forwards here (its pre_patch), and a half-loaded model may hold GPU memory,
+    so the job relaunches itself (core.train.supervisor.relaunch_with_fallback) instead of loading again here."""
+
+    def __init__(self, backend: str, reason: str):
+        super().__init__(f"{reason}: relaunching with the {backend} backend in a fresh process")
+        self.backend, self.reason = backend, reason
+
+
 def activate(backend: Backend, spec: TrainSpec, hardware: Any) -> tuple[Backend, list[str]]:
     """Import the backend's accelerator now, first in the process (Unsloth patches transformers / TRL on import).
-    If the import fails, the next backend that can run takes over, with a note for the page and the run card."""
+    If the import fails, raises FallBack naming the next backend that can run (ValueError if none may)."""
     if backend.name != "unsloth":
         return backend, []
     try:
         import unsloth  # noqa: F401 - first, before transformers / TRL / PEFT are used in this process
     except Exception as exc:  # noqa: BLE001 - any import / patch failure (no GPU found, version clash) falls back
-        return fall_back(spec, hardware, f"Unsloth could not be imported ({type(exc).__name__}: {_first_line(exc)})")
-    return backend, []
+        why = f"Unsloth could not be imported ({type(exc).__name__}: {_first_line(exc)})"
+    else:
+        return backend, []
+    raise FallBack(fall_back(spec, hardware, why).name, why)
 
 
 def load_with_fallback(backend: Backend, spec: TrainSpec, hardware: Any) -> tuple[Any, Any, Backend, list[str]]:
-    """backend.load, except that an Unsloth failure while loading / patching the model falls back like `activate`."""
+    """backend.load, except that an Unsloth failure while loading / patching the model raises FallBack like
+    `activate` (outside the except block, so nothing of the failed load stays referenced by the exception)."""
     try:
         model, tokenizer = backend.load(spec, hardware)
         return model, tokenizer, backend, []
@@ -219,18 +235,36 @@ def load_with_fallback(backend: Backend, spec: TrainSpec, hardware: Any) -> tupl
 
         if backend.name != "unsloth" or is_out_of_memory(exc):
             raise
-        fallback, notes = fall_back(spec, hardware, f"Unsloth failed to load or patch the model ({type(exc).__name__}: {_first_line(exc)})")
-        model, tokenizer = fallback.load(spec, hardware)
-        return model, tokenizer, fallback, notes
+        why = f"Unsloth failed to load or patch the model ({type(exc).__name__}: {_first_line(exc)})"
+    raise FallBack(fall_back(spec, hardware, why).name, why)
 
 
-def fall_back(spec: TrainSpec, hardware: Any, why: str) -> tuple[Backend, list[str]]:
+def fall_back(spec: TrainSpec, hardware: Any, why: str) -> Backend:
+    """The backend that takes over from a failed Unsloth (ValueError when the spec forbids it or none can run)."""
     if spec.backend == "unsloth":
         raise ValueError(f"backend: {why}; the spec asks for unsloth only — set backend to auto to fall back to hf")
     for backend in BACKENDS:
         if backend.name != "unsloth" and backend.unavailable_reason(spec, hardware) is None:
-            return backend, [f"{why}: trained with the {backend.name} backend instead"]
+            return backend
     raise ValueError(f"backend: {why}, and no other backend can run this spec")
+
+
+def fallback_from_env() -> dict | None:
+    """The fallback this process was relaunched for (FALLBACK_ENV), or None."""
+    import json
+    import os
+
+    text = os.environ.get(FALLBACK_ENV)
+    return json.loads(text) if text else None
+
+
+def fallback_backend(fallback: dict) -> tuple[Backend, list[str]]:
+    """In the relaunched process: the backend named by the fallback, and the note for the log and the run card."""
+    import os
+
+    backend = next(b for b in BACKENDS if b.name == fallback["backend"])
+    return backend, [f"{fallback['reason']}: trained with the {backend.name} backend instead, in a fresh process "
+                     f"(process {os.getpid()}, attempt {fallback['attempt']}; the {fallback['from']} attempt was process {fallback['failed_pid']})"]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,7 +17,16 @@ from typing import Any
 from core.runs.errors import explain_failure, is_out_of_memory
 from core.runs.jobs import JobContext, JobError
 from core.runs.spec import spec_to_dict
-from core.train.backends import activate, choose_backend, choose_precision, load_with_fallback, tokenizer_differences
+from core.train.backends import (
+    FallBack,
+    activate,
+    choose_backend,
+    choose_precision,
+    fallback_backend,
+    fallback_from_env,
+    load_with_fallback,
+    tokenizer_differences,
+)
 from core.train.data import DataError, PreparedData, prepare_data
 from core.train.distributed import (
     RankInfo,
@@ -64,12 +73,18 @@ def run(ctx: JobContext) -> dict:
     refusal = distribution_refusal(spec, hardware, launching_here=False) if spec.uses_launcher else None
     if refusal:
         raise JobError(refusal)
+    fallback = fallback_from_env()  # this process is the fresh one a failed Unsloth attempt relaunched
     try:
-        backend, notes = choose_backend(spec, hardware)
-        backend, fallback_notes = activate(backend, spec, hardware)  # imports Unsloth first, or falls back to hf
+        if fallback:
+            backend, notes = fallback_backend(fallback)
+        else:
+            backend, notes = choose_backend(spec, hardware)
+            activate(backend, spec, hardware)  # imports Unsloth first; FallBack if it cannot
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    notes += fallback_notes + _dropout_notes(spec, backend)
+    except FallBack as exc:
+        return _relaunch(ctx, spec, hardware, exc)
+    notes += _dropout_notes(spec, backend)
     for note in notes:
         ctx.log.info(note)
     ctx.log.info("backend: %s on %s", backend.name, hardware.summary)
@@ -99,6 +114,9 @@ def run(ctx: JobContext) -> dict:
         model, tokenizer, backend, load_notes = load_with_fallback(backend, spec, hardware)
     except ValueError as exc:  # a method that cannot train this model, named by its field; a forced backend that failed
         raise JobError(str(exc)) from None
+    except FallBack as exc:
+        del data, data_tokenizer
+        return _relaunch(ctx, spec, hardware, exc)
     trainable, total = trainable_counts(model)
     ctx.log.info("method %s: %s of %s parameters trainable (%.4f%%)", spec.method, f"{trainable:,}", f"{total:,}", 100 * trainable / max(1, total))
     notes += load_notes
@@ -163,6 +181,9 @@ def run(ctx: JobContext) -> dict:
         "replay_answers": replay_answers,
         "backend": backend.name,
         "backend_notes": notes,
+        "process": {"pid": os.getpid(), "attempt": fallback["attempt"] if fallback else 1, "fallback_from": fallback},
+        "backend_label": (f"{backend.name} (fallback from {fallback['from']}: {fallback['reason']}), process {os.getpid()}/attempt {fallback['attempt']}"
+                          if fallback else f"{backend.name}, process {os.getpid()}/attempt 1"),
         "tracking": {"report_to": trackers, "notes": tracker_notes},
         "device": hardware.device,
         "hardware": hardware.summary,
@@ -249,6 +270,17 @@ def _prepare(spec: TrainSpec, ctx: JobContext) -> tuple[PreparedData, Any]:
     except ModelLoadError as exc:
         raise JobError(str(exc)) from None
     return _encode(spec, ctx, tokenizer), tokenizer
+
+
+def _relaunch(ctx: JobContext, spec: TrainSpec, hardware: Any, fallback: FallBack) -> dict:
+    """Unsloth failed in this process: train in a fresh one with the fallback backend (never in this patched one)."""
+    if in_launched_process():  # a rank of torchrun / accelerate: the launcher owns the processes, not this job
+        raise JobError(f"{fallback.reason} in a multi-process run, whose ranks cannot be relaunched one by one: "
+                       f"set backend to {fallback.backend} to train it without Unsloth")
+    from core.train.supervisor import relaunch_with_fallback
+
+    _free_memory()
+    return relaunch_with_fallback(ctx, spec, hardware, fallback.backend, fallback.reason)
 
 
 def _dropout_notes(spec: TrainSpec, backend: Any) -> list[str]:

@@ -69,6 +69,48 @@ def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
     return {**outcome["result"], "world_size": spec.world_size, "strategy": strategy_label(spec), "launcher": spec.launcher}
 
 
+def relaunch_with_fallback(ctx: JobContext, spec: TrainSpec, hardware: Any, backend: str, reason: str) -> dict:
+    """The run again, with `backend`, in a fresh process: `python -m core.train.rank <run_dir>` (one process, rank 0 of
+    1) with FALLBACK_ENV saying why, watched like a launch (progress, Stop, its record and log under ranks/). This
+    worker keeps status.json; the fresh process writes the metrics and the run card, which names both processes."""
+    import json
+    import sys
+
+    from core.train.backends import FALLBACK_ENV
+
+    run_dir = Path(ctx.run_dir)
+    _clear_previous_attempt(run_dir)
+    fallback = {"backend": backend, "from": "unsloth", "reason": reason, "failed_pid": os.getpid(), "attempt": 2}
+    env = dict(os.environ)
+    env[SUPERVISOR_ENV] = str(os.getpid())
+    env[FALLBACK_ENV] = json.dumps(fallback)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_repo_root()), env.get("PYTHONPATH", "")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    ctx.log.warning("%s: this process (%d) has Unsloth's patches loaded, so the run starts again with the %s backend in a "
+                    "fresh process", reason, os.getpid(), backend)
+    ctx.progress(0.0, f"starting again with the {backend} backend (Unsloth failed)")
+    proc = subprocess.Popen([sys.executable, "-m", "core.train.rank", str(run_dir)], cwd=_repo_root(), env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    ctx.log.info("%s attempt: process %d, its log is %s", backend, proc.pid, rank_log(run_dir, 0))
+    try:
+        ended_early = _watch(ctx, proc, run_dir)
+    except BaseException:
+        _terminate(proc)
+        raise
+    if ended_early:
+        _mark_unfinished_ranks(run_dir, "stopped")
+        return {"global_step": 0, "note": "stopped before training started", "fallback": fallback}
+    outcome = read_json(ranks_dir(run_dir) / RESULT_FILE) or {}
+    if proc.returncode != 0 or "result" not in outcome:
+        record = next(iter(read_rank_records(run_dir)), None) or {}
+        tail = tail_text(rank_log(run_dir, 0), 4000) or "(it wrote no log)"
+        with open(run_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(f"\n===== the {backend} attempt (process {proc.pid}): last lines of {rank_log(run_dir, 0)} =====\n{tail}\n")
+        raise JobError(f"{reason}; the {backend} attempt that took over (process {proc.pid}) "
+                       + (f"failed: {record['error']}" if record.get("error") else _exit_text(proc.returncode)))
+    return {**outcome["result"], "fallback": fallback, "process": proc.pid}
+
+
 def _repo_root() -> Path:
     from core.runs import REPO_ROOT
 
