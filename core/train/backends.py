@@ -4,7 +4,9 @@ Ordered dispatch, first available wins, the plain one last. A backend that canno
 sentence, which the job logs and the Train page shows as a note — a missing accelerator is never a crash.
 
 Unsloth is only ever imported inside the training worker, first, before transformers / TRL (its import
-patches them). Nothing here imports it at module import.
+patches them). Nothing here imports it at module import. When Unsloth fails to import or to load the model, the
+run goes on with the next backend in a fresh process (FallBack; core.train.supervisor.relaunch_with_fallback),
+never in the process Unsloth has already patched.
 """
 from __future__ import annotations
 
