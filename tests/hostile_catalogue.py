@@ -444,6 +444,28 @@ def docs_missing(f):
     return f / "no-such-folder"
 
 
+# RAG question files (the RAG page's second field)
+
+def questions_deep(f):
+    return _write(f / "q1", "questions.jsonl", b"[" * 200_000 + b"]" * 200_000 + b"\n")
+
+
+def questions_utf16(f):
+    return _write(f / "q2", "questions.jsonl", _jsonl([{"question": "q", "answer": "a"}]).decode().encode("utf-16"))
+
+
+def questions_invalid_utf8(f):
+    return _write(f / "q3", "questions.jsonl", _jsonl([{"question": "q", "answer": "a"}]) + b'{"question": "caf\xe9", "answer": "a"}\n')
+
+
+def questions_duplicate_key(f):
+    return _write(f / "q4", "questions.jsonl", _jsonl([{"question": "q", "answer": "a"}]) + b'{"question": "q", "answer": "a", "answer": "b"}\n')
+
+
+def questions_answer_object(f):
+    return _write(f / "q5", "questions.jsonl", _jsonl([{"question": "q", "answer": "a"}, {"question": "q2", "answer": {"$ne": None}}]))
+
+
 # ------------------------------------------------------------------ run specs (spec.yaml) and merge specs
 
 def yaml_python_object(f):
@@ -734,6 +756,12 @@ CASES: list[dict] = [
     {"id": "docs-symlink-outside", "surface": "corpus", "build": "docs_symlink_outside", "refused": True, "expect": r"docs14: secret\.txt is a link to .*outside the folder"},
     {"id": "docs-wrong-suffix", "surface": "corpus", "build": "docs_wrong_suffix", "refused": True, "expect": r"slides\.pptx: documents come from"},
     {"id": "docs-missing", "surface": "corpus", "build": "docs_missing", "refused": True, "expect": r"documents not found: .*no-such-folder"},
+    # RAG question files
+    {"id": "questions-deep", "surface": "questions", "build": "questions_deep", "refused": True, "expect": r"questions\.jsonl: not valid JSON \(nested too deeply"},
+    {"id": "questions-utf16", "surface": "questions", "build": "questions_utf16", "refused": True, "expect": r"questions\.jsonl: the file is UTF-16 encoded; save it as UTF-8"},
+    {"id": "questions-invalid-utf8", "surface": "questions", "build": "questions_invalid_utf8", "refused": True, "expect": r"questions\.jsonl: not UTF-8 text \(invalid continuation byte at byte \d+, line 2\)"},
+    {"id": "questions-duplicate-key", "surface": "questions", "build": "questions_duplicate_key", "refused": True, "expect": r"questions\.jsonl, line 2: not valid JSON \(duplicate key 'answer'"},
+    {"id": "questions-answer-object", "surface": "questions", "build": "questions_answer_object", "refused": True, "expect": r"questions\.jsonl, line 2: `answer` must be text, got dict"},
     # spec.yaml
     {"id": "yaml-python-object", "surface": "spec_yaml", "build": "yaml_python_object", "refused": True, "expect": r"spec\.yaml is not valid YAML: .*python/object"},
     {"id": "yaml-python-name", "surface": "spec_yaml", "build": "yaml_python_name", "refused": True, "expect": r"spec\.yaml is not valid YAML: .*python/name"},

@@ -109,6 +109,12 @@ def _corpus(value, arena):
     return f"loaded {len(corpus.documents)} documents"
 
 
+def _questions(value, arena):
+    from core.rag.questions import load_questions
+
+    return f"loaded {len(load_questions(value))} questions"
+
+
 def _spec_yaml(value, arena):
     from core.runs.jobs import parse_spec
     from core.runs.spec import read_spec_dict
@@ -171,7 +177,7 @@ def _hub(value, arena):
 
 
 SURFACES = {
-    "dataset": _dataset, "dataset_roundtrip": _dataset_roundtrip, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
+    "dataset": _dataset, "dataset_roundtrip": _dataset_roundtrip, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus, "questions": _questions, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
     "run_name": _run_name, "dataset_name": _dataset_name, "export_name": _export_name, "hub": _hub,
 }
 
@@ -181,9 +187,10 @@ def _refusals() -> tuple[type[BaseException], ...]:
     from core.hub import HubError
     from core.models import ModelLoadError
     from core.rag.corpus import CorpusError
+    from core.rag.questions import QuestionsError
     from core.runs.jobs import InvalidSpec
 
-    return (DatasetLoadError, CorpusError, InvalidSpec, ModelLoadError, HubError, ValueError, FileNotFoundError, FileExistsError)
+    return (DatasetLoadError, CorpusError, QuestionsError, InvalidSpec, ModelLoadError, HubError, ValueError, FileNotFoundError, FileExistsError)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -91,7 +91,7 @@ def _read_file(path: Path, doc_id: str, notes: list[str]) -> Document | None:
     if path.suffix.lower() == PDF_SUFFIX:
         title, text = _read_pdf(path)
     else:
-        raw = _read_text(path)
+        raw = read_utf8(path)
         title, text = _split_title(raw, path)
     if not text.strip():
         notes.append(f"{path.name}: no text, skipped")
@@ -99,16 +99,17 @@ def _read_file(path: Path, doc_id: str, notes: list[str]) -> Document | None:
     return Document(doc_id, title, text.strip(), str(path))
 
 
-def _read_text(path: Path) -> str:
+def read_utf8(path: Path, error: type[Exception] = CorpusError) -> str:
+    """A text file the user named, as UTF-8; `error` names the file (and line) when it is UTF-16, binary or not UTF-8."""
     data = path.read_bytes()
     problem = text_encoding_problem(data[:64])
     if problem:
-        raise CorpusError(f"{path}: {problem}")
+        raise error(f"{path}: {problem}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise CorpusError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}, line {line}); save it as UTF-8") from None
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}, line {line}); save it as UTF-8") from None
 
 
 def _split_title(raw: str, path: Path) -> tuple[str, str]:
@@ -136,7 +137,7 @@ def _read_pdf(path: Path) -> tuple[str, str]:
 
 
 def _read_jsonl(path: Path) -> list[Document]:
-    text = _read_text(path)
+    text = read_utf8(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = list(enumerate(loads_strict(text), 1))

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core.data.formats import loads_strict
 from core.rag.chunking import Chunk
+from core.rag.corpus import read_utf8
 
 _SPACES = re.compile(r"\s+")
 _WORDS = re.compile(r"\w+")
@@ -73,21 +75,25 @@ def load_questions(path: str | Path) -> list[Question]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise QuestionsError(f"question file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, QuestionsError)
     if text.lstrip().startswith("["):
         try:
-            items = list(enumerate(json.loads(text), 1))
+            items = list(enumerate(loads_strict(text), 1))
         except json.JSONDecodeError as exc:
             raise QuestionsError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except ValueError as exc:  # NaN / Infinity, a key twice, nesting too deep
+            raise QuestionsError(f"{path}: not valid JSON ({exc})") from None
         label = "item"
     else:
         items, label = [], "line"
         for number, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    items.append((number, json.loads(line)))
+                    items.append((number, loads_strict(line)))
                 except json.JSONDecodeError as exc:
                     raise QuestionsError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+                except ValueError as exc:
+                    raise QuestionsError(f"{path}, line {number}: not valid JSON ({exc})") from None
     questions, seen = [], set()
     for number, row in items:
         q = question_from_row(row, f"{path.name}, {label} {number}", f"q{number}")
