@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from core.data.text import row_text
+from core.data.text import row_messages, row_text
 
 CHARS_PER_TOKEN = 4  # rough rule for English text with BPE tokenizers; labelled as an estimate
 
@@ -36,7 +36,7 @@ def dataset_summary(rows: Sequence[Any]) -> DatasetSummary:
     total_tokens = 0
     text_rows = 0
     for row in rows:
-        messages = row.get("messages") if isinstance(row, dict) else None
+        messages = row_messages(row) if isinstance(row, dict) else None
         if messages is None:
             text_rows += 1
             roles["text"] += 1

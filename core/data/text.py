@@ -10,7 +10,8 @@ Curation looks at one of three views of a row:
 
 System turns are left out of every view: datasets usually repeat one system prompt on every
 row, and comparing it would make every row look like every other. A ``{"text": ...}`` row has
-no prompt/answer split, so all three views are its text.
+no prompt/answer split, so all three views are its text. A preference pair (``{"prompt": [...], "chosen": [...],
+"rejected": [...]}``) reads as prompt + chosen + rejected: its answer view holds both answers.
 
 Turns are joined with a blank line, so character offsets into ``row_text(row, field)`` are
 stable and a page can highlight them.
@@ -58,7 +59,7 @@ _KEEP_ROLE = {  # field -> which turns it keeps (system never)
 def _row_text(row: Any, field: str) -> str:
     if isinstance(row, str):  # already a text (tests, benchmark items)
         return row
-    messages = row.get("messages") if isinstance(row, dict) else None
+    messages = row_messages(row) if isinstance(row, dict) else None
     if messages is None and isinstance(row, dict) and isinstance(row.get("text"), str):
         return row["text"]
     if not isinstance(messages, list):
@@ -73,6 +74,15 @@ def _row_text(row: Any, field: str) -> str:
             parts.append(content)
         parts.extend(tool_call_text(call) for call in message.get("tool_calls") or ())
     return TURN_SEPARATOR.join(parts)
+
+
+def row_messages(row: dict) -> list | None:
+    """The messages of a normalised row: its conversation, or for preference rows (core.data.preference) the prompt
+    followed by the chosen and rejected answers (a pair) or by the completion (unpaired), so that curation sees both sides."""
+    if "messages" in row or not isinstance(row.get("prompt"), list):
+        return row.get("messages")
+    sides = [row.get(k) for k in ("chosen", "rejected", "completion")]
+    return row["prompt"] + [m for side in sides if isinstance(side, list) for m in side]
 
 
 def tool_call_text(call: dict) -> str:
