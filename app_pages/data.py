@@ -9,9 +9,11 @@ import streamlit as st
 
 from app_pages.data_tabs import jobs
 from app_pages.data_tabs.dedup import decontam_tab, dedup_operations, dedup_tab
+from app_pages.data_tabs.preference import preference_panel
 from app_pages.data_tabs.review import audit_tab, diversity_tab
 from core.data import curate
 from core.data.formats import DatasetLoadError
+from core.data.preference import is_preference_dataset
 from core.data.summary import dataset_summary
 from core.workspace import safe_name
 from pages_common import choose_dataset
@@ -28,7 +30,7 @@ st.caption("Load a dataset, check it, drop duplicates, benchmark leaks and bad a
            "and export the curated copy to the workspace.")
 
 try:
-    dataset = choose_dataset("data", allow_path=True)
+    dataset = choose_dataset("data", allow_path=True, preference=True)
 except (DatasetLoadError, ValueError, OSError) as exc:
     st.error(str(exc))
     st.stop()
@@ -57,6 +59,8 @@ if not report.ok:
 if not rows:
     st.error("No valid row to curate.")
     st.stop()
+if is_preference_dataset(dataset):
+    preference_panel(dataset)
 h = st.columns([2, 2, 1])
 h[0].plotly_chart(histogram(summary.prompt_chars, "Prompt length"), key="data_hist_prompt")
 h[1].plotly_chart(histogram(summary.answer_chars, "Answer length"), key="data_hist_answer")

@@ -9,6 +9,7 @@ import streamlit as st
 from core.data.formats import DatasetLoadError
 from core.data.lint import lint_dataset
 from core.data.masking import POLICIES, REASONING_MODES, MaskingError, encode_row, has_tool_calls
+from core.data.preference import as_conversation, encode_pair, is_pair
 from core.data.render import legend_html, token_chips_html, token_table
 from core.data.templates import load_template, propose_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
@@ -52,7 +53,7 @@ model_dict = st.session_state.get("active_model") or {}
 model_key = json.dumps(model_dict, sort_keys=True)
 try:
     tokenizer = cached_tokenizer(model_key)
-    dataset = choose_dataset("tpl", demo_splits=("train", "eval"), label="Dataset")
+    dataset = choose_dataset("tpl", demo_splits=("train", "eval"), label="Dataset", preference=True)
 except (ModelLoadError, DatasetLoadError, ValueError) as exc:
     st.error(str(exc))
     st.stop()
@@ -63,6 +64,7 @@ st.caption(f"**{dataset.source}** · format `{dataset.detected_format}` · {repo
 if not dataset.rows:
     st.error("No valid row to show. The Data page lists each rejected row and why.")
     st.stop()
+rows = [as_conversation(r) for r in dataset.rows] if dataset.detected_format == "unpaired" else dataset.rows  # KTO: prompt + completion
 
 own_template = getattr(tokenizer, "chat_template", None)
 template_names = ([MODEL_TEMPLATE] if own_template else []) + shipped_template_names()
@@ -82,7 +84,7 @@ reasoning = c5.selectbox("Reasoning", REASONING_MODES, key="tpl_reasoning", form
 train_eot = c4.checkbox("Train end-of-turn", value=True, key="tpl_train_eot", help="Learn the marker that ends the answer, so generation stops.")
 chat_template = own_template if template_name == MODEL_TEMPLATE else load_template(template_name)
 
-n_rows = len(dataset.rows)
+n_rows = len(rows)
 st.session_state.setdefault("tpl_row", 0)
 st.session_state["tpl_row"] = min(st.session_state["tpl_row"], n_rows - 1)
 
@@ -92,8 +94,26 @@ nav[0].button("◀ Previous", key="tpl_prev", on_click=step, args=(-1,))
 nav[1].button("Next ▶", key="tpl_next", on_click=step, args=(1,))
 index = int(nav[2].number_input(f"Row (0–{n_rows - 1})", 0, n_rows - 1, key="tpl_row"))
 
+if is_pair(rows[index]):  # a preference pair: prompt masked, each side's answer in its colour, the first differing token outlined
+    try:
+        pair = encode_pair(rows[index], tokenizer, chat_template=chat_template, max_length=max_length or None, train_eot=train_eot, reasoning=reasoning)
+    except MaskingError as exc:
+        st.error(f"Row {index}: {exc}")
+        st.stop()
+    st.caption("A pair trains only the final answer of each side (and its end-of-turn); the prompt is never trained, whatever the policy above.")
+    m = st.columns(4)
+    m[0].metric("Prompt tokens", pair.prompt_tokens)
+    m[1].metric("Chosen trained", pair.chosen.n_trained)
+    m[2].metric("Rejected trained", pair.rejected.n_trained)
+    m[3].metric("Sides differ from token", pair.diverge)
+    st.html(legend_html(pair=True))
+    for side, encoded in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        st.markdown(f"**{side.capitalize()}**")
+        st.html(token_chips_html(encoded, tokenizer, side=side, mark=pair.diverge))
+    st.stop()
+
 try:
-    row = encode_row(dataset.rows[index], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length or None, train_eot=train_eot,
+    row = encode_row(rows[index], tokenizer, chat_template=chat_template, policy=policy, max_length=max_length or None, train_eot=train_eot,
                      reasoning=reasoning)
 except MaskingError as exc:
     st.error(f"Row {index}: {exc}")
@@ -108,7 +128,7 @@ for note in row.notes:
     st.info(note)
 if row.n_trained == 0:
     st.warning("This row has no trained token: it costs compute and teaches nothing.")
-source_row = dataset.rows[index]
+source_row = rows[index]
 tool_row = has_tool_calls(source_row.get("messages", [])) or bool(source_row.get("tools"))
 if tool_row:
     calls = sum(len(m.get("tool_calls") or ()) for m in source_row.get("messages", []))
@@ -128,7 +148,7 @@ with st.expander("Rendered text (what the tokenizer sees)"):
     st.code(row.text, language=None)
 
 st.subheader("Dataset statistics and lint")
-lint = cached_lint(dataset.source_hash, model_key, chat_template, policy, max_length, train_eot, reasoning, dataset.rows, tokenizer)
+lint = cached_lint(dataset.source_hash, model_key, chat_template, policy, max_length, train_eot, reasoning, rows, tokenizer)
 s = st.columns(4)
 s[0].metric("Rows checked", f"{lint.n_checked} of {lint.n_rows}")
 s[1].metric("Tokens", f"{lint.total_tokens:,}")

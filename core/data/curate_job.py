@@ -131,10 +131,11 @@ def _payload(spec: CurateSpec, loaded: Any, results: dict, ray_info: dict | None
 
 
 def _load(spec: CurateSpec) -> Any:
-    from core.data.formats import DatasetLoadError, load_dataset_file
+    from core.data.formats import DatasetLoadError
+    from core.data.preference import load_any_dataset
 
-    try:
-        loaded = load_dataset_file(spec.dataset, split=spec.split or None)
+    try:  # preference pairs as pairs (the Data page reads them so), so dedup / decontamination see prompt + chosen + rejected
+        loaded = load_any_dataset(spec.dataset, split=spec.split or None)
     except (DatasetLoadError, ValueError, OSError) as exc:
         raise JobError(f"dataset {spec.dataset}: {exc}") from None
     if spec.dataset_sha256 and loaded.source_hash != spec.dataset_sha256:

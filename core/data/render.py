@@ -4,7 +4,9 @@ Every token is a chip: green when trained (label = its id), grey when masked (la
 end-of-turn marker gets a darker green, template text a dashed outline. Tool turns have colours of their own:
 an assistant's tool-call text is blue (trained), a tool's result amber (masked; outlined green if a policy
 trains it). Reasoning (a think block, see core.data.masking) is violet: solid when trained, pale and dotted when
-masked, so reasoning is never mistaken for the answer. Hovering shows id, label, role,
+masked, so reasoning is never mistaken for the answer. A preference pair (core.data.preference.encode_pair) draws its
+two sequences with the trained answer in the side's own colour: chosen teal, rejected red, and the first token where
+the two sequences differ outlined. Hovering shows id, label, role,
 turn and part. Chip text is the exact slice of the rendered conversation the token covers, with newlines
 shown as ↵ and the line broken after them.
 """
@@ -28,6 +30,9 @@ CHIP_CSS = """
 .tpl-chip.tool-result.trained{border-color:#2e9e44;border-width:2px;}
 .tpl-chip.trained.reasoning{background:#e2d3fb;color:#3b1a70;border-color:#a57be0;}
 .tpl-chip.masked.reasoning{background:#f5f0fc;color:#8c7aa8;border-style:dotted;border-color:#c9b6e8;}
+.tpl-chip.trained.chosen{background:#c4ece8;color:#04403a;border-color:#3fb5a8;}
+.tpl-chip.trained.rejected{background:#fbd0d0;color:#5c0a0a;border-color:#e07b7b;}
+.tpl-chip.diverge{outline:2px solid #d81b60;outline-offset:1px;}
 .tpl-chip.cut{text-decoration:line-through;opacity:.5;}
 .tpl-legend{font-size:12px;margin-bottom:6px;}
 </style>
@@ -50,12 +55,18 @@ def visible(text: str) -> str:
     return shown.replace("\n", "↵")
 
 
-KINDS: tuple[str, ...] = ("trained", "masked", "eot", "tool_call", "tool_result", "trained_reasoning", "masked_reasoning")
+KINDS: tuple[str, ...] = ("trained", "masked", "eot", "tool_call", "tool_result", "trained_reasoning", "masked_reasoning", "chosen", "rejected")
+PAIR_SIDES: tuple[str, ...] = ("chosen", "rejected")
 
 
-def token_kind(label: int, span: Any) -> str:
-    """What a token is, for colouring and tables: one of KINDS."""
+def token_kind(label: int, span: Any, side: str | None = None) -> str:
+    """What a token is, for colouring and tables: one of KINDS. `side` ("chosen" / "rejected"): the row is that side of
+    a preference pair, and its trained tokens are that side's answer."""
     trained = label != IGNORE_INDEX
+    if side is not None and side not in PAIR_SIDES:
+        raise ValueError(f"side must be one of {PAIR_SIDES}, got {side!r}")
+    if side and trained and span.part != "reasoning":
+        return side
     if span.part == "reasoning":
         return "trained_reasoning" if trained else "masked_reasoning"
     if span.role == "tool" and span.part != "template":
@@ -65,8 +76,10 @@ def token_kind(label: int, span: Any) -> str:
     return "trained" if trained else "masked"
 
 
-def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_tokens: int | None = None) -> str:
-    """All tokens of a row as coloured chips with a hover title; a line break follows each newline."""
+def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_tokens: int | None = None, side: str | None = None,
+                     mark: int | None = None) -> str:
+    """All tokens of a row as coloured chips with a hover title; a line break follows each newline. `side`: colour the
+    trained tokens as that side of a pair; `mark`: outline that token (where the pair's two sequences diverge)."""
     spans = row.spans
     pieces = [CHIP_CSS, '<div class="tpl-chips">']
     count = len(row.input_ids) if max_tokens is None else min(max_tokens, len(row.input_ids))
@@ -74,10 +87,16 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
         text = token_text(row, i, tokenizer)
         label = row.labels[i]
         span = spans[i]
+        kind = token_kind(label, span, side)
         classes = ["tpl-chip", "trained" if label != IGNORE_INDEX else "masked", span.part]
         if span.role == "tool" and span.part != "template":
             classes.append("tool-result")
-        title = f"#{i} · id {row.input_ids[i]} · label {label} · role {span.role or '-'} · turn {span.turn} · {span.part} · {token_kind(label, span)}"
+        if kind in PAIR_SIDES:
+            classes.append(kind)
+        if i == mark:
+            classes.append("diverge")
+        title = f"#{i} · id {row.input_ids[i]} · label {label} · role {span.role or '-'} · turn {span.turn} · {span.part} · {kind}" \
+            + (" · first token where chosen and rejected differ" if i == mark else "")
         pieces.append(f'<span class="{" ".join(classes)}" title="{html.escape(title, quote=True)}">{visible(text) or "&#8203;"}</span>')
         if "\n" in text:
             pieces.append("<br>")
@@ -87,7 +106,7 @@ def token_chips_html(row: EncodedRow, tokenizer: Any | None = None, *, max_token
     return "".join(pieces)
 
 
-def legend_html(tools: bool = False, reasoning: bool = False) -> str:
+def legend_html(tools: bool = False, reasoning: bool = False, pair: bool = False) -> str:
     return (
         CHIP_CSS
         + '<div class="tpl-legend">'
@@ -99,11 +118,14 @@ def legend_html(tools: bool = False, reasoning: bool = False) -> str:
            '<span class="tpl-chip masked content tool-result">tool result (masked)</span>' if tools else "")
         + (' <span class="tpl-chip trained reasoning">reasoning (trained)</span> '
            '<span class="tpl-chip masked reasoning">reasoning (masked)</span>' if reasoning else "")
+        + (' <span class="tpl-chip trained chosen">chosen (trained)</span> '
+           '<span class="tpl-chip trained rejected">rejected (trained)</span> '
+           '<span class="tpl-chip masked diverge">first differing token</span>' if pair else "")
         + "</div>"
     )
 
 
-def token_table(row: EncodedRow, tokenizer: Any | None = None) -> list[dict]:
+def token_table(row: EncodedRow, tokenizer: Any | None = None, side: str | None = None) -> list[dict]:
     """One dict per token (for a dataframe): position, text, id, label, role, turn, part, kind."""
     return [
         {
@@ -114,7 +136,7 @@ def token_table(row: EncodedRow, tokenizer: Any | None = None) -> list[dict]:
             "role": span.role,
             "turn": span.turn,
             "part": span.part,
-            "kind": token_kind(row.labels[i], span),
+            "kind": token_kind(row.labels[i], span, side),
         }
         for i, span in enumerate(row.spans)
     ]
