@@ -5,7 +5,7 @@ intact, and a restart resumes or retries. Plus: disk full during a save, one run
 three jobs run, a run folder deleted under an open page, corrupted status.json / metrics.jsonl.
 
 Each test records its row of the drill table (kind x fault -> outcome) in .workbench-test/fault-drill/;
-`python tests/test_fault_drill.py` prints the table.
+`PYTHONPATH=. python tests/test_fault_drill.py` prints the table.
 """
 from __future__ import annotations
 
