@@ -253,6 +253,29 @@ def test_dedup_finds_identical_pairs_and_sees_rejected():
     assert [c.members for c in result.clusters] == [[0, 2]]  # row 3 differs only in its rejected answer: not a duplicate
 
 
+def test_curate_job_reads_pairs_as_pairs(workspace, tmp_path):
+    """The Data page's dedup / decontamination / audit run as jobs: the worker must read the file as pairs too."""
+    import signal
+
+    from core import runs
+    from core.data.curate_job import CurateSpec, load_results
+    from core.runs.status import read_status
+    from core.runs.worker import Worker
+
+    rows = [{"prompt": "q", "chosen": "yes", "rejected": "no"}, {"prompt": "other", "chosen": "a", "rejected": "b"},
+            {"prompt": "q", "chosen": "yes", "rejected": "no"}, {"prompt": "q", "chosen": "yes", "rejected": "something else"}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    loaded = load_any_dataset(path)
+    run_dir = runs.create_run(CurateSpec(dataset=str(path), dataset_sha256=loaded.source_hash, exact={}))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        Worker(run_dir).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert read_status(run_dir).state == "succeeded", read_status(run_dir).error
+    assert load_results(run_dir)["exact"].rows_to_drop == [2]
+
+
 # ---------------------------------------------------------------- pages
 
 
