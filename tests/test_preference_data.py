@@ -14,6 +14,7 @@ from core.data.dedup import ExactDedupConfig, find_exact_duplicates
 from core.data.formats import DatasetLoadError
 from core.data.masking import IGNORE_INDEX
 from core.data.preference import (
+    as_conversation,
     check_preferences,
     encode_pair,
     load_any_dataset,
@@ -136,6 +137,9 @@ def test_unpaired_kto_rows_jsonl_and_csv(tmp_path):
     errs = errors(loaded)
     assert errs[2][:2] == ("bad_label", "label") and "'maybe'" in errs[2][2]
     assert errs[3] == ("empty_content", "completion", "`completion` is empty")
+
+    assert as_conversation(loaded.rows[1]) == {"messages": [user("Q"), assistant("bad")], "label": False}  # what the Template page draws
+    assert as_conversation(loaded.rows[1]) is not loaded.rows[1] and as_conversation({"text": "t"}) == {"text": "t"}
 
     csv_path = tmp_path / "kto.csv"
     csv_path.write_text("prompt,completion,label\nQ,yes,true\nQ,no,false\n", encoding="utf-8")
