@@ -318,3 +318,17 @@ def test_template_page_draws_a_pair(workspace, embedded_dir):
     assert all(b.count(" diverge") == 1 for b in bodies)
     chosen_text = html.unescape(re.sub(r"<[^>]+>", "", "".join(re.findall(r'<span class="tpl-chip trained [^"]*"[^>]*>[^<]*</span>', bodies[0]))))
     assert chosen_text == "2+2 equals 4.<|im_end|>"
+
+
+def test_template_page_draws_an_unpaired_row_as_its_conversation(workspace, embedded_dir):
+    folder = workspace / "datasets" / "kto"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "data.jsonl", [{"prompt": "Say yes", "completion": "Yes.", "label": True}, {"prompt": "Say no", "completion": "Maybe", "label": False}])
+    at = AppTest.from_file(TEMPLATE_PAGE, default_timeout=120)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(embedded_dir)}
+    at.run()
+    at.radio(key="tpl_source").set_value("Workspace dataset").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("format `unpaired`" in c.value for c in at.caption)
+    assert any("<|im_start|>assistant\nYes.<|im_end|>" in c.value for c in at.code)
+    assert int(next(m.value for m in at.metric if m.label == "Trained tokens")) > 0
