@@ -228,6 +228,7 @@ def test_train_killed_mid_save_resumes_from_its_last_checkpoint(workspace, tiny_
     assert_killed_at(run_dir, "saving")
     assert not (run_dir / "adapter").exists(), "a half-saved adapter is never visible"
     assert read_result(run_dir) is None
+    assert list(run_dir.glob(".adapter.*.tmp")), "the killed save left its hidden temp folder"
     checkpoint = run_dir / "checkpoints" / "checkpoint-4"
     assert (checkpoint / "trainer_state.json").is_file(), "the checkpoints written before the kill are intact"
     saved = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
@@ -239,6 +240,7 @@ def test_train_killed_mid_save_resumes_from_its_last_checkpoint(workspace, tiny_
     card = read_result(run_dir)
     assert card["resumed_from_step"] == 4, "the restart resumed from the last complete checkpoint"
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list(run_dir.glob(".adapter.*")), "the retry removed what the killed attempt left behind"
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()} == saved
     starts = [r["resumed_from"] for r in read_all_metrics(run_dir / METRICS_FILE) if r.get("event") == "start"]
     assert starts == [0, 4]
@@ -332,6 +334,7 @@ def test_export_killed_mid_gguf_shows_no_gguf_and_retries(workspace, tiny_llama_
     status = read_status(run_dir)
     assert status.state == "failed" and "Last stage it reported" in status.error, status.error
     assert not [p for p in run_dir.rglob("*.gguf") if not p.name.startswith(".")], "a half-written GGUF is never visible"
+    assert list(run_dir.rglob(".drill-F16.gguf.partial")), "the kill left the hidden partial file"
     partial = read_result(run_dir)  # the export's progress record: marked not done, listing no GGUF
     assert partial is None or (partial["done"] is False and not [a for a in partial["artifacts"] if a["path"].endswith(".gguf")])
     retry_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
@@ -339,6 +342,7 @@ def test_export_killed_mid_gguf_shows_no_gguf_and_retries(workspace, tiny_llama_
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
     ggufs = [p for p in run_dir.rglob("*.gguf") if not p.name.startswith(".")]
     assert [p.name for p in ggufs] == ["drill-F16.gguf"] and read_result(run_dir)["done"] is True
+    assert not list(run_dir.rglob("*.partial"))
     record("export", "SIGKILL mid-GGUF (write:<name>-F16.gguf)", "recovered", "no .gguf visible after the kill; retried")
 
 

@@ -111,6 +111,7 @@ class Worker:
             if not self._wait_for_lock():
                 self.update(state="stopped", message="stopped while queued", finished_at=time.time(), exit_code=0)
                 return 0
+            _sweep_leftovers(self.run_dir)
             self.update(state="stopping" if self.stop_requested else "running", started_at=time.time(), message="started", error="")
             log.info("running %s job in %s (attempt %d)", self.job.name, self.run_dir, self.status.attempts)
             ctx = JobContext(
@@ -145,6 +146,25 @@ class Worker:
         if self._lock_handle is not None:
             self._lock_handle.close()  # closing the descriptor releases the flock
             self._lock_handle = None
+
+
+LEFTOVER_SUFFIXES = (".tmp", ".partial", ".old")  # the hidden temp names of core.workspace's atomic writes, merges, GGUF
+
+
+def _sweep_leftovers(run_dir: Path) -> None:
+    """Remove what an earlier attempt killed mid-write left behind: hidden `.<name>.….tmp / .partial / .old` files and
+    folders in the run folder. Never visible as results, but a killed merge or model save leaves gigabytes there. Safe:
+    one worker per run folder (launch() holds the run's lock; exclusive jobs also hold the workspace lock)."""
+    import shutil
+
+    for path in sorted(run_dir.rglob(".*"), key=lambda p: len(p.parts)):
+        if not path.name.endswith(LEFTOVER_SUFFIXES) or not path.exists():
+            continue
+        log.info("removing %s, left by an attempt that was killed mid-write", path.relative_to(run_dir))
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _refresh_cards(run_dir: Path) -> None:
