@@ -436,6 +436,18 @@ def test_corrupted_status_and_metrics_are_reported_and_skipped(workspace):
     record("selftest", "corrupted status.json / metrics.jsonl line", "recovered", "reported as failed / skipped; relaunch works")
 
 
+def test_a_hung_worker_reads_failed_naming_its_last_stage(workspace):
+    from core.runs.selftest import SelftestSpec
+    from core.runs.status import STALE_AFTER_SECONDS, RunStatus, write_status
+
+    run_dir = runs.create_run(SelftestSpec())
+    beat = time.time() - STALE_AFTER_SECONDS - 5
+    write_status(run_dir, RunStatus(state="running", kind="selftest", pid=os.getpid(), heartbeat=beat, progress=0.4, message="step 4/10"))
+    status = read_status(run_dir)  # alive (this process) but silent
+    assert status.state == "failed" and "heartbeats" in status.error and "'step 4/10' (40% done)" in status.error, status.error
+    record("selftest", "worker hung (alive, no heartbeat)", "failed cleanly", "failed naming the last stage")
+
+
 def test_run_folder_deleted_while_its_page_is_open(workspace, monkeypatch):
     import shutil
 
