@@ -390,6 +390,9 @@ def test_one_run_launched_from_two_sessions_starts_one_worker_and_tells_the_othe
     assert len(pids) == 1 and len(refused) == 1, outcomes
     assert "already" in str(refused[0]) and str(pids[0]) in str(refused[0])
 
+    deadline = time.time() + 60
+    while read_status(run_dir).state != "running" and time.time() < deadline:  # the first holds the exclusive lock
+        time.sleep(0.1)
     other = runs.create_run(SelftestSpec(steps=1, step_seconds=0.0))  # a second exclusive job waits, told for whom
     runs.launch(other)
     deadline = time.time() + 30
@@ -406,7 +409,7 @@ def test_one_run_launched_from_two_sessions_starts_one_worker_and_tells_the_othe
 def test_app_restart_while_three_jobs_run_reattaches(workspace):
     from core.runs.selftest import SelftestSpec
 
-    run_dirs = [runs.create_run(SelftestSpec(steps=15, step_seconds=0.05, name=f"r{i}")) for i in range(3)]
+    run_dirs = [runs.create_run(SelftestSpec(steps=30, step_seconds=0.05, name=f"r{i}")) for i in range(3)]
     # the "app" that launches them is a process that exits at once (as a restarted Streamlit server does)
     code = "import sys; from core import runs; [runs.launch(p) for p in sys.argv[1:]]"
     subprocess.run([sys.executable, "-c", code, *map(str, run_dirs)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
