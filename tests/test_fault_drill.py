@@ -118,6 +118,19 @@ def fork_worker(run_dir: Path, fault: str) -> int:
     return pid
 
 
+def reap(pid: int, timeout: float = 60) -> int:
+    """The wait status of a forked worker; a child that hangs is killed and the test fails."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return code
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"forked worker {pid} did not reach its fault point in {timeout:.0f} s")
+
+
 def launch_with_fault(run_dir: Path, fault: str | None, monkeypatch) -> int:
     if fault:
         monkeypatch.setenv(FAULT_ENV, fault)
@@ -169,7 +182,7 @@ def test_every_kind_killed_at_its_first_stage_is_failed_naming_it_and_retries(dr
     for attempt in (1, 2):  # the second is the retry: the dead run is accepted again and killed at the same stage
         for run_dir in run_dirs.values():  # one after the other: concurrent exclusive kinds would only queue on the lock
             pid = fork_worker(run_dir, "started")
-            _, code = os.waitpid(pid, 0)
+            code = reap(pid)
             assert os.WIFSIGNALED(code) and os.WTERMSIG(code) == signal.SIGKILL, f"worker {pid} was not killed at 'started' ({code})"
         for kind, run_dir in run_dirs.items():
             status = assert_killed_at(run_dir, "started")
