@@ -34,68 +34,17 @@ GREEDY_TOKENS = 8
 
 
 def _read(path: Path) -> tuple[dict, dict]:
-    """(metadata key -> value, tensor name -> (shape, ggml type, bytes)) of a GGUF file, parsed straight from the
-    format (gguf.GGUFReader takes ~8 s per 150k-token vocabulary on a busy CPU; test_fast_reader_reads_what_gguf_reads
-    holds this one to it)."""
-    import struct
-
+    """(metadata key -> value, tensor name -> (shape, ggml type, bytes)) of a GGUF file, through the export's own header
+    reader (gguf.GGUFReader takes ~8 s per 150k-token vocabulary on a busy CPU; test_fast_reader_reads_what_gguf_reads
+    holds the reader to it)."""
     import gguf
-    import numpy as np
-    from gguf.constants import GGML_QUANT_SIZES
 
+    from core.export.gguf_header import read_header
+
+    header = read_header(path)
     raw = Path(path).read_bytes()  # tiny models: a few MB
-    scalars = {gguf.GGUFValueType.UINT8: "<B", gguf.GGUFValueType.INT8: "<b", gguf.GGUFValueType.UINT16: "<H",
-               gguf.GGUFValueType.INT16: "<h", gguf.GGUFValueType.UINT32: "<I", gguf.GGUFValueType.INT32: "<i",
-               gguf.GGUFValueType.FLOAT32: "<f", gguf.GGUFValueType.BOOL: "<?", gguf.GGUFValueType.UINT64: "<Q",
-               gguf.GGUFValueType.INT64: "<q", gguf.GGUFValueType.FLOAT64: "<d"}
-    at = 0
-
-    def take(fmt: str):
-        nonlocal at
-        value = struct.unpack_from(fmt, raw, at)[0]
-        at += struct.calcsize(fmt)
-        return value
-
-    def string() -> str:
-        nonlocal at
-        n = take("<Q")
-        at += n
-        return raw[at - n: at].decode("utf-8")
-
-    def value(kind: int):
-        kind = gguf.GGUFValueType(kind)
-        if kind == gguf.GGUFValueType.STRING:
-            return string()
-        if kind == gguf.GGUFValueType.ARRAY:
-            item, n = take("<I"), take("<Q")
-            if item in scalars:  # numbers in one numpy read
-                nonlocal at
-                dtype = np.dtype(scalars[item].replace("?", "b1"))
-                values = np.frombuffer(raw, dtype=dtype, count=n, offset=at).tolist()
-                at += n * dtype.itemsize
-                return values
-            return [value(item) for _ in range(n)]
-        return take(scalars[kind])
-
-    assert raw[:4] == b"GGUF" and struct.unpack_from("<I", raw, 4)[0] == 3
-    at = 8
-    n_tensors, n_kv = take("<Q"), take("<Q")
-    meta = {}
-    for _ in range(n_kv):
-        key = string()
-        meta[key] = value(take("<I"))
-    infos = []
-    for _ in range(n_tensors):
-        name = string()
-        shape = tuple(take("<Q") for _ in range(take("<I")))
-        infos.append((name, shape, gguf.GGMLQuantizationType(take("<I")), take("<Q")))
-    alignment = meta.get("general.alignment", 32)
-    start = (at + alignment - 1) // alignment * alignment
-    tensors = {}
-    for name, shape, kind, offset in infos:
-        block, size = GGML_QUANT_SIZES[kind]
-        nbytes = int(np.prod(shape)) // block * size
-        tensors[name] = (tuple(reversed(shape)), kind.name, raw[start + offset: start + offset + nbytes])
+    meta = {k: v for k, v in header.metadata.items()}
+    tensors = {t.name: (t.shape, gguf.GGMLQuantizationType(t.ggml_type).name, raw[t.offset: t.offset + t.nbytes]) for t in header.tensors}
     return meta, tensors
 
 

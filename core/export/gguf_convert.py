@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from core.workspace import fault_point
 
@@ -626,18 +626,3 @@ def _np_dtype(qtype: Any) -> Any:
     from gguf import GGMLQuantizationType as Q
 
     return {Q.F32: np.float32, Q.F16: np.float16}.get(qtype, np.float32)
-
-
-def iter_metadata(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """(key, value) pairs of a GGUF file's metadata, token lists summarised by length."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    for key, field_ in reader.fields.items():
-        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
-            yield key, f"<{len(field_.data)} entries>"
-            continue
-        try:
-            yield key, field_.contents()
-        except Exception:  # noqa: BLE001 - an odd field type is shown as unreadable, never fatal
-            yield key, "?"

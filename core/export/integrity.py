@@ -39,22 +39,21 @@ def safetensors_problems(path: str | Path) -> list[str]:
 
 
 def gguf_problems(path: str | Path) -> list[str]:
-    import gguf
+    from core.export.gguf_header import GGUFHeaderError, read_header
 
     path = Path(path)
     size = path.stat().st_size
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a broken file
-        # the reader maps every tensor over the file: a short file fails here, before the size loop below
-        return [f"{path.name}: not a readable GGUF file, truncated or corrupted ({type(exc).__name__}: {exc})"]
+        header = read_header(path, arrays=False)
+    except (GGUFHeaderError, OSError, UnicodeDecodeError) as exc:
+        return [f"{path.name}: not a readable GGUF file, truncated or corrupted ({exc})"]
     problems = []
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
+    for tensor in header.tensors:
+        end = tensor.offset + tensor.nbytes
         if end > size:
             problems.append(f"{path.name}: tensor {tensor.name} ends at byte {end} but the file has {size}: truncated")
             break
-    if not reader.tensors:
+    if not header.tensors:
         problems.append(f"{path.name}: the GGUF file holds no tensors")
     return problems
 

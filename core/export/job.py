@@ -15,6 +15,7 @@ from typing import Any
 
 from core.export import llamacpp, memory, validate
 from core.export.disk import estimate_bytes, folder_bytes, safetensors_parameters, space_problem
+from core.export.gguf_header import read_header
 from core.export.integrity import digest_problems, folder_digest
 from core.export.source import ExportSource, resolve, training_template
 from core.export.spec import ExportSpec
@@ -365,10 +366,7 @@ def _recipes_check(folder: Path) -> dict:
 
 
 def _gguf_adds_bos(path: Path) -> bool:
-    import gguf
-
-    field_ = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
-    return bool(field_.contents()) if field_ is not None else False
+    return bool(read_header(path, arrays=False).metadata.get("tokenizer.ggml.add_bos_token", False))
 
 
 def _default_device(device: str):
