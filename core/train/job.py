@@ -146,7 +146,11 @@ def run(ctx: JobContext) -> dict:
         eval_start = (previous.get("final_metrics") or {}).get("eval_loss_start")
     train_started = time.time()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if resume and 0 < trainer.args.max_steps <= checkpoint_step(resume):
+            _restore_finished(trainer, resume, ctx)
+            output = None
+        else:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except Exception as exc:  # noqa: BLE001 - an OOM gets the spec's numbers; anything else goes up as is
         if is_out_of_memory(exc):
             step = trainer.state.global_step
@@ -310,6 +314,17 @@ def _starting_eval(trainer: Any, spec: TrainSpec, data: PreparedData, resume: Pa
         return None
     ctx.progress(0.0, "measuring the starting eval loss")
     return trainer.evaluate().get("eval_loss")
+
+
+def _restore_finished(trainer: Any, checkpoint: Path, ctx: JobContext) -> None:
+    """Every step was done before the attempt ended (killed while saving): the checkpoint's weights are the result.
+    transformers' resume would train one step more (it skips the batches already seen, runs the next one, and only
+    then checks max_steps), so the checkpoint is loaded instead of resumed."""
+    from transformers import TrainerState
+
+    ctx.log.info("%s holds every step (max_steps %d): loading it instead of resuming", checkpoint.name, trainer.args.max_steps)
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
 def _final_metrics(trainer: Any, callback: Any, output: Any, eval_start: float | None, eval_end: float | None) -> dict:
