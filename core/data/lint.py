@@ -22,6 +22,7 @@ Checks, per row, with the same `encode_conversation` the trainer uses:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -233,7 +234,7 @@ def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: An
             continue
         if not full.text.startswith(prompt):
             flagged.add(index)
-            at = _common_prefix(full.text, prompt)
+            at = len(os.path.commonprefix((full.text, prompt)))
             if THINK_OPEN in prompt[at:] or THINK_CLOSE in prompt[at:]:
                 report._add("reasoning_inference_mismatch", "error",
                             f"the generation prompt ends with {prompt[at:][-40:]!r} where the training text has {full.text[at:at + 40]!r}: inference "
@@ -249,14 +250,6 @@ def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: An
             flagged.add(index)
             report._add("inference_token_mismatch", "warning", "the generation prompt tokenizes differently from the same text inside the training row (a token spans the prompt's end)", index)
     return prompt_ends
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: dict, tokenizer: Any, chat_template: str | None,

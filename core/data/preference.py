@@ -18,6 +18,7 @@ When the two sides of a pair carry different prompts, the rejected side's is kep
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,11 +364,7 @@ def _rows(rows: Sequence[int]) -> str:
 
 def common_prefix(a: str, b: str) -> int:
     """Characters the two texts share from their start."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    return len(os.path.commonprefix((a, b)))
 
 
 def check_preferences(rows: Sequence[dict], *, length_bias_warn: float = LENGTH_BIAS_WARN, long_prefix_chars: int = LONG_PREFIX_CHARS) -> PreferenceReport:

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from core.merge.config import to_yaml, validate_with_mergekit
 from core.models import ModelSource, load_model, merge_adapter_weights, save_model
-from core.workspace import atomic_write_text, fault_point, safe_name
+from core.workspace import atomic_write_dir, atomic_write_text, safe_name
 
 MERGE_YAML = "merge.yaml"
 log = logging.getLogger("workbench.merge")
@@ -38,8 +35,6 @@ def run_mergekit(config: dict, out_dir: str | Path, *, seed: int = 0) -> float:
 
     out_dir = Path(out_dir)
     merge_config = validate_with_mergekit(config)
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
     options = MergeOptions(
         cuda=False,
         device="cpu",
@@ -52,15 +47,10 @@ def run_mergekit(config: dict, out_dir: str | Path, *, seed: int = 0) -> float:
         safe_serialization=True,
     )
     started = time.perf_counter()
-    run_merge(merge_config, str(tmp), options=options, config_source=to_yaml(config))
-    seconds = time.perf_counter() - started
-    atomic_write_text(tmp / MERGE_YAML, to_yaml(config))
-    fault_point(f"write:{out_dir.name}")
-    if out_dir.exists():  # the earlier merge is moved aside, never deleted before the new one is in place
-        retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-        os.replace(out_dir, retired / out_dir.name)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
-    return seconds
+
+    def write(tmp: Path) -> None:
+        run_merge(merge_config, str(tmp), options=options, config_source=to_yaml(config))
+        atomic_write_text(tmp / MERGE_YAML, to_yaml(config))
+
+    atomic_write_dir(out_dir, write)  # the earlier merge is swapped out only once the new one is complete
+    return time.perf_counter() - started
