@@ -16,7 +16,7 @@ from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
 from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
-from core.train.methods import hidden_fields, method_info
+from core.train.methods import hidden_fields, hidden_objective_fields, method_info
 from core.train.preflight import DATA_CHECK_WAIT_S, data_check, model_defaults, run_preflight
 from core.train.report import PATH_LABEL, dataset_choices, live_summary, loss_figure, rank_rows, runs_table, small_figures
 from core.workspace import runs_dir
@@ -169,7 +169,8 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
     defaults = form_defaults(model)
     dataset = dataset_field(str(defaults.get("dataset", "")))
     method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
-    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name)),
+    objective = st.session_state.get(f"{FORM}_objective", defaults.get("objective", "sft"))
+    values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", *hidden_fields(method.name), *hidden_objective_fields(objective)),
                        overrides={"processes_per_node": processes_field(hardware)})
     st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
                + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))

@@ -37,10 +37,12 @@ class EncodedSplit:
     def n_kept(self) -> int:
         return self.n_rows - self.n_failed - self.n_zero_trained
 
+    longest_tokens: int = 0  # preference rows (conversational, no input_ids): the longest prompt + answer, counted by encode_pair
+
     @property
     def longest(self) -> int:
         """Tokens in the longest training sequence: the widest a padded batch gets (memory follows it)."""
-        return max((len(f["input_ids"]) for f in self.features), default=0)
+        return max((len(f["input_ids"]) for f in self.features if "input_ids" in f), default=self.longest_tokens)
 
 
 @dataclass
@@ -231,6 +233,8 @@ def held_out(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[dic
 
 def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False) -> PreparedData:
     """Load, lint, split and encode. Raises DataError when nothing could be trained. replay_estimate: see add_replay."""
+    if spec.objective != "sft":
+        return prepare_preference_data(spec, tokenizer)
     loaded = load_rows(spec.dataset)
     template, template_choice = choose_chat_template(spec.chat_template, tokenizer)
     if spec.eval_dataset.strip():
@@ -279,6 +283,122 @@ def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False)
         notes=notes,
         template_choice=template_choice,
         replay=replay,
+    )
+
+
+# ---------------------------------------------------------------- preference objectives (issue 27)
+
+
+def unpair(rows: Sequence[dict]) -> list[dict]:
+    """Pairs as KTO rows: each pair gives its chosen answer as desirable and its rejected answer as undesirable."""
+    out = []
+    for row in rows:
+        if "completion" in row:
+            out.append(row)
+        else:
+            out += [{"prompt": row["prompt"], "completion": row["chosen"], "label": True},
+                    {"prompt": row["prompt"], "completion": row["rejected"], "label": False}]
+    return out
+
+
+def _trl_row(row: dict) -> dict:
+    """The columns TRL's preference trainers read (the source's other columns stay out of its tokenisation)."""
+    keys = ("prompt", "completion", "label") if "completion" in row else ("prompt", "chosen", "rejected")
+    return {k: row[k] for k in keys}
+
+
+def preference_split(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> EncodedSplit:
+    """Conversational rows for TRL, counted through the one masking function (encode_pair / encode_conversation):
+    tokens, trained (answer) tokens, rows cut at max_length, rows the template cannot render (left out)."""
+    from core.data.masking import MaskingError, encode_conversation
+    from core.data.preference import encode_pair
+
+    split = EncodedSplit(features=[], n_rows=len(rows))
+    for row in rows:
+        try:
+            if "completion" in row:
+                sides = [encode_conversation(list(row["prompt"]) + list(row["completion"]), tokenizer, chat_template=chat_template,
+                                             policy="last_assistant", max_length=spec.max_length, train_eot=spec.train_eot)]
+            else:
+                pair = encode_pair(row, tokenizer, chat_template=chat_template, max_length=spec.max_length, train_eot=spec.train_eot)
+                sides = [pair.chosen, pair.rejected]
+        except MaskingError:  # the template cannot render the row (as encode_conversations' errors="skip")
+            split.n_failed += 1
+            continue
+        if any(side.n_trained == 0 for side in sides):
+            split.n_zero_trained += 1
+            continue
+        split.n_truncated += int(any(side.truncated for side in sides))
+        split.tokens += sum(side.n_tokens for side in sides)
+        split.trained_tokens += sum(side.n_trained for side in sides)
+        split.longest_tokens = max([split.longest_tokens] + [side.n_tokens for side in sides])
+        split.features.append(_trl_row(row))
+    return split
+
+
+def prepare_preference_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
+    """Load a preference file (core.data.preference), check it, split it and count it; rows stay conversational (TRL
+    tokenises them: see core.train.trainer.build_preference_trainer). Raises DataError naming the file and rows."""
+    from core.data.formats import DatasetLoadError
+    from core.data.preference import check_preferences, load_preference_file
+    from core.train.methods import objective_info
+
+    info = objective_info(spec.objective)
+    path = data_file(spec.dataset)
+
+    def load(text: str) -> Any:
+        try:
+            loaded = load_preference_file(data_file(text))
+        except (DatasetLoadError, ValueError, OSError) as exc:
+            raise DataError(f"dataset {text}: {exc}") from exc
+        if not loaded.rows:
+            raise DataError(f"dataset {text}: no valid preference rows ({loaded.report.summary()})")
+        if loaded.detected_format == "unpaired" and info.data == "pairs":
+            raise DataError(f"dataset {text}: objective {spec.objective} needs chosen / rejected pairs; these are unpaired "
+                            "prompt / completion / label rows (only objective kto trains on them)")
+        return loaded
+
+    loaded = load(spec.dataset)
+    errors = [sentence for level, sentence in check_preferences(loaded.rows).findings() if level == "error"]
+    if errors:
+        raise DataError(f"Refusing to train {spec.objective} on {spec.dataset}: " + "; ".join(errors) + ".")
+    template, template_choice = choose_chat_template(spec.chat_template, tokenizer)
+    if spec.eval_dataset.strip():
+        train_rows, eval_rows = loaded.rows, load(spec.eval_dataset).rows
+    else:
+        train_rows, eval_rows = held_out(loaded.rows, spec.eval_fraction, spec.seed)
+    notes = []
+    if info.data == "pairs_or_unpaired" and any("chosen" in r for r in train_rows):
+        notes.append(f"kto: {sum('chosen' in r for r in train_rows)} pairs split into desirable (chosen) and undesirable (rejected) rows")
+        train_rows, eval_rows = unpair(train_rows), unpair(eval_rows)
+    train = preference_split(train_rows, tokenizer, spec, template)
+    if not train.features:
+        raise DataError(f"Refusing to train on {spec.dataset}: none of its {train.n_rows} preference rows could be rendered with a "
+                        f"trained answer ({train.n_failed} failed to render, {train.n_zero_trained} lost their answer at max_length "
+                        f"{spec.max_length}).")
+    evaluation = preference_split(eval_rows, tokenizer, spec, template) if eval_rows else None
+    if template_choice["source"] == "proposed":
+        notes.append(f"chat template {template_choice['name']} proposed: {template_choice['reason']}")
+    if train.n_failed:
+        notes.append(f"{train.n_failed} rows could not be rendered with the chat template and were left out")
+    if train.n_zero_trained:
+        notes.append(f"{train.n_zero_trained} rows kept no answer token at max_length {spec.max_length} and were left out")
+    if train.n_truncated:
+        notes.append(f"{train.n_truncated} rows are longer than max_length {spec.max_length} (TRL cuts them)")
+    lint = LintReport(n_rows=len(train_rows), n_checked=len(train_rows), policy="last_assistant", max_length=spec.max_length,
+                      n_encoded=len(train.features), total_tokens=train.tokens, trained_tokens=train.trained_tokens)
+    return PreparedData(
+        train=train,
+        eval=evaluation if evaluation and evaluation.features else None,
+        lint=lint,
+        source=str(path),
+        detected_format=loaded.detected_format,
+        source_sha256=file_sha256(path) if path.is_file() else loaded.source_hash,
+        manifest_sha256=manifest_sha256(path) if path.is_file() else None,
+        n_invalid_rows=loaded.report.n_invalid,
+        chat_template=template,
+        notes=notes,
+        template_choice=template_choice,
     )
 
 

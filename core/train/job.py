@@ -44,6 +44,7 @@ from core.train.tracking import resolve as resolve_trackers
 from core.train.trainer import (
     MemoryProbe,
     TokenCounter,
+    build_preference_trainer,
     build_trainer,
     checkpoint_step,
     import_training_stack,
@@ -136,9 +137,14 @@ def run(ctx: JobContext) -> dict:
     os.environ.update(tracker_env)  # read by transformers' tracker callbacks when the trainer is built
     for note in tracker_notes:
         ctx.log.warning(note)
-    trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
-                            bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter,
-                            backend=backend.name, report_to=trackers)
+    if spec.objective == "sft":
+        trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
+                                bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter,
+                                backend=backend.name, report_to=trackers)
+    else:
+        ctx.progress(0.0, f"preparing {spec.objective} (TRL tokenises the pairs)")
+        trainer = build_preference_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device, bf16=precision.bf16,
+                                           fp16=precision.fp16, callbacks=[callback], counter=counter, report_to=trackers)
     previous = (ctx.read_result() or {}) if resume else {}  # the card of the attempt this one continues
     eval_start = _starting_eval(trainer, spec, data, resume, ctx)
     if resume:
@@ -179,6 +185,8 @@ def run(ctx: JobContext) -> dict:
     card = {
         "spec": spec_to_dict(spec),
         "state": "stopped" if stopped else "succeeded",
+        "objective": spec.objective,
+        "parent": _parent(spec),
         "data": data.manifest(),
         "data_notes": data.notes,
         "chat_template": data.template_choice,
@@ -225,6 +233,15 @@ def run(ctx: JobContext) -> dict:
         "peak_memory_bytes": card["peak_memory_bytes"],
         **{k: v for k, v in outputs.items() if k != "checkpoint"},
     }
+
+
+def _parent(spec: TrainSpec) -> dict | None:
+    """The run (or adapter folder) this run continued from (init_adapter); core.runs.card draws the link from the spec's path."""
+    if spec.init_adapter_path is None:
+        return None
+    from core.runs.card import source_run_of
+
+    return {"run_id": source_run_of(spec.init_adapter_path), "adapter": str(spec.init_adapter_path)}
 
 
 def _distribution_card(spec: TrainSpec, rank: RankInfo, peaks: list[float]) -> dict:
@@ -357,7 +374,10 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
     if newest:
         outputs["checkpoint"] = str(newest)
     if spec.uses_adapter:
-        outputs["adapter"] = str(atomic_write_dir(run_dir / ADAPTER_DIR, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp))))
+        # Only the trained adapter: a preference trainer adds a frozen "ref" copy beside it to score the reference with.
+        selected = ["default"] if len(getattr(model, "peft_config", {}) or {}) > 1 and "default" in model.peft_config else None
+        outputs["adapter"] = str(atomic_write_dir(run_dir / ADAPTER_DIR, lambda tmp: (model.save_pretrained(tmp, selected_adapters=selected),
+                                                                                      tokenizer.save_pretrained(tmp))))
     else:
         from core.models import save_model
 

@@ -165,6 +165,14 @@ def peft_config(spec: Any, tokenizer_path: str | None = None) -> Any:
 def attach_method(model: Any, spec: Any, tokenizer_path: str | None = None) -> Any:
     """The model ready to train with `spec.method`: wrapped by PEFT, or with requires_grad set (BitFit, partial, full)."""
     if method_info(spec.method).peft:
+        init = getattr(spec, "init_adapter_path", None)
+        if init is not None:  # continue an earlier run: its adapter, loaded trainable, is the start (and DPO's reference)
+            from core.models import ModelLoadError, apply_adapter
+
+            try:
+                return apply_adapter(model, init, trainable=True)
+            except ModelLoadError as exc:
+                raise ValueError(f"init_adapter: {exc}") from None
         from peft import get_peft_model
 
         return get_peft_model(model, peft_config(spec, tokenizer_path))
@@ -202,3 +210,52 @@ def trainable_counts(model: Any) -> tuple[int, int]:
         return int(trainable), int(total)
     params = {id(p): p for p in model.parameters()}.values()  # tied weights once
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# ---------------------------------------------------------------- objectives (what the loss is: SFT or preference tuning, issue 27)
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    label: str
+    summary: str
+    fields: tuple[str, ...] = ()  # objective-specific TrainSpec fields it reads (the Train page shows only those)
+    data: str = "sft"  # "sft" rows, "pairs" (chosen / rejected), or "pairs_or_unpaired" (KTO: pairs are unpaired)
+    reference: bool = False  # scores against a frozen reference (with PEFT: the model with the adapter as it started)
+    metrics: tuple[str, ...] = ()  # TRL's metric keys this objective logs (beside loss / learning rate / grad norm)
+    paper: str = ""
+
+
+# TRL 1.16 DPOConfig.loss_type choices ('sft' is mixed in through sft_weight, not chosen alone).
+DPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+_PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("sft", "SFT", "supervised fine-tuning: next-token loss on the trained (masked-in) tokens"),
+    Objective("dpo", "DPO", "direct preference optimisation: raise chosen over rejected relative to the starting model",
+              ("beta", "dpo_loss_type", "label_smoothing", "sft_weight", "precompute_ref_log_probs"), data="pairs", reference=True,
+              metrics=_PAIR_METRICS, paper="https://arxiv.org/abs/2305.18290"),
+    Objective("kto", "KTO", "Kahneman-Tversky optimisation from answers labelled desirable / undesirable (pairs are split into both)",
+              ("beta", "desirable_weight", "undesirable_weight", "precompute_ref_log_probs"), data="pairs_or_unpaired", reference=True,
+              metrics=("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl"),
+              paper="https://arxiv.org/abs/2402.01306"),
+    Objective("orpo", "ORPO", "SFT on chosen plus an odds-ratio penalty on rejected: no reference model", ("beta",), data="pairs",
+              metrics=_PAIR_METRICS, paper="https://arxiv.org/abs/2403.07691"),
+    Objective("simpo", "SimPO", "length-normalised preference margin with a target gap gamma: no reference model (TRL's CPO loss 'simpo')",
+              ("beta", "simpo_gamma", "label_smoothing"), data="pairs", metrics=_PAIR_METRICS, paper="https://arxiv.org/abs/2405.14734"),
+)}
+OBJECTIVE_FIELDS = tuple(dict.fromkeys(f for o in OBJECTIVES.values() for f in o.fields))
+
+
+def objective_info(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective: unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+def hidden_objective_fields(objective: str) -> tuple[str, ...]:
+    """Objective-specific fields the chosen objective does not read (the Train page hides them)."""
+    used = set(OBJECTIVES[objective].fields) if objective in OBJECTIVES else set()
+    return tuple(f for f in OBJECTIVE_FIELDS if f not in used)

@@ -12,10 +12,12 @@ from typing import Any, ClassVar
 
 from core.data.masking import POLICIES, REASONING_MODES
 from core.runs.spec import check_limits, meta, spec_from_dict
-from core.train.methods import LORA_FIELDS, merge_refusal, method_info
+from core.train.methods import DPO_LOSS_TYPES, LORA_FIELDS, merge_refusal, method_info
 from core.train.methods import METHODS as METHOD_TABLE
+from core.train.methods import OBJECTIVES as OBJECTIVE_TABLE
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
+OBJECTIVES: tuple[str, ...] = tuple(OBJECTIVE_TABLE)
 SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup")
 BACKENDS: tuple[str, ...] = ("auto", "unsloth", "hf")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -146,6 +148,58 @@ class TrainSpec:
         default=0,
         metadata=meta("Partial fine-tuning: the bottom N decoder layers and the embeddings stay frozen; the layers above, the "
                        "final norm and an untied lm_head train. 0 = the bottom half.", "method", min=0, max=1024),
+    )
+
+    # ---------------------------------------------------------------- objective (SFT, or preference tuning from pairs: issue 27)
+    objective: str = field(
+        default="sft",
+        metadata=meta("; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVE_TABLE.values()) + ". Every objective but sft reads a "
+                       "preference file (prompt / chosen / rejected pairs; KTO also prompt / completion / label rows).", "objective",
+                       choices=OBJECTIVES),
+    )
+    init_adapter: str = field(
+        default="",
+        metadata=meta("Continue from an earlier run: its run id or an adapter folder. Training starts from that adapter (e.g. DPO "
+                       "after SFT, the usual order), and for DPO / KTO it is also the reference. Empty = a fresh adapter.", "objective"),
+    )
+    beta: float = field(
+        default=0.1,
+        metadata=meta("DPO / KTO: how far the model may move from the reference (lower = further); ORPO: weight of the odds-ratio "
+                       "term (lambda); SimPO: reward scale (its paper uses 2.0-2.5).", "objective", min=0.0, max=100.0),
+    )
+    dpo_loss_type: str = field(
+        default="sigmoid",
+        metadata=meta("DPO loss: sigmoid (the paper's), ipo (squared, against over-fitting near-deterministic pairs), hinge, robust "
+                       "(noisy labels, with label_smoothing), apo_zero / apo_down (anchored), and TRL's others.", "objective",
+                       choices=DPO_LOSS_TYPES),
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata=meta("DPO (sigmoid / robust) and SimPO: the share of pairs assumed mislabelled (conservative DPO); 0 = trust every label.",
+                       "objective", min=0.0, max=0.49),
+    )
+    sft_weight: float = field(
+        default=0.0,
+        metadata=meta("DPO: weight of the SFT loss on the chosen answers mixed into the DPO loss (TRL loss_type [..., 'sft']). A little "
+                       "(0.1-1) stops the drift where both chosen and rejected rewards fall. 0 = pure DPO.", "objective", min=0.0, max=100.0),
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata=meta("DPO / KTO: score every row with the reference once before training instead of at every step (less compute "
+                       "per step; the reference then needs no memory while training).", "objective", advanced=True),
+    )
+    desirable_weight: float = field(
+        default=1.0,
+        metadata=meta("KTO: loss weight of desirable answers (raise it when they are fewer than the undesirable ones).", "objective",
+                       min=0.0, max=100.0),
+    )
+    undesirable_weight: float = field(
+        default=1.0,
+        metadata=meta("KTO: loss weight of undesirable answers.", "objective", min=0.0, max=100.0),
+    )
+    simpo_gamma: float = field(
+        default=0.5,
+        metadata=meta("SimPO: the target reward margin between chosen and rejected (gamma).", "objective", min=0.0, max=100.0),
     )
 
     # ---------------------------------------------------------------- schedule
@@ -301,6 +355,54 @@ class TrainSpec:
         if self.fault_injection and not _FAULT.match(self.fault_injection):
             raise ValueError("fault_injection: expected 'error@N', 'oom@N' or 'kill@N' (N = the step), optionally ':R' for one rank, or empty")
         self._check_distribution()
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        """Rules of the objective fields; the dataset's shape is checked here when the file exists (the job checks it again)."""
+        info = OBJECTIVE_TABLE[self.objective]
+        if self.init_adapter.strip():
+            if not self.uses_adapter:
+                raise ValueError(f"init_adapter: continues a PEFT adapter, and method {self.method} trains the model's own weights; "
+                                 "choose a LoRA-family method or clear init_adapter")
+            self.init_adapter = str(resolve_init_adapter(self.init_adapter))  # a run id becomes its adapter path (the lineage reads it)
+        if info.data == "sft":
+            return
+        for name, reason in (("packing", "packs SFT rows"), ("replay_fraction", "mixes SFT rows")):
+            if getattr(self, name):
+                raise ValueError(f"{name}: {reason}; objective {self.objective} trains on preference pairs (turn it off)")
+        if self.precompute_ref_log_probs and not info.reference:
+            raise ValueError(f"precompute_ref_log_probs: objective {self.objective} has no reference model")
+        if self.uses_launcher:
+            raise ValueError(f"objective: {self.objective} runs in one process here (distributed preference tuning is not wired yet)")
+        if self.dpo_loss_type in ("aot_unpaired",) and self.objective == "dpo" and self.sft_weight:
+            raise ValueError("sft_weight: mix the SFT loss into a paired DPO loss, not aot_unpaired")
+        fmt = self.preference_format()
+        if fmt is None:
+            return
+        if fmt == "none":
+            raise ValueError(f"dataset: objective {self.objective} needs preference data (prompt / chosen / rejected pairs"
+                             f"{', or prompt / completion / label rows' if info.data == 'pairs_or_unpaired' else ''}); {self.dataset} has none")
+        if fmt == "unpaired" and info.data == "pairs":
+            raise ValueError(f"dataset: objective {self.objective} needs chosen / rejected pairs; {self.dataset} holds unpaired "
+                             "prompt / completion / label rows, which only objective kto trains on")
+
+    def preference_format(self) -> str | None:
+        """"preference" / "unpaired" / "none" for the dataset file, or None when it cannot be read here (yet)."""
+        from core.data.preference import sniff_preference_format
+
+        path = resolve_data_path(self.dataset)
+        if path.is_dir() and (path / "data.jsonl").is_file():
+            path = path / "data.jsonl"
+        if not path.is_file():
+            return None
+        try:
+            return sniff_preference_format(path) or "none"
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def init_adapter_path(self) -> Path | None:
+        return Path(self.init_adapter) if self.init_adapter.strip() else None
 
     def _check_distribution(self) -> None:
         """Rules between the distribution fields that hold on any machine (core.train.distributed checks the hardware)."""
@@ -376,6 +478,21 @@ class TrainSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSpec":
         return spec_from_dict(cls, data)
+
+
+def resolve_init_adapter(text: str) -> Path:
+    """init_adapter as typed: a run id (its adapter/ folder), a run folder, or an adapter folder; ValueError naming it."""
+    from core.workspace import runs_dir
+
+    text = str(text).strip()
+    candidates = [Path(text).expanduser()]
+    if "/" not in text:
+        candidates.insert(0, runs_dir() / text)
+    for path in candidates:
+        for folder in (path / "adapter", path):
+            if (folder / "adapter_config.json").is_file():
+                return folder.resolve()
+    raise ValueError(f"init_adapter: {text!r} is neither a run with an adapter nor an adapter folder (no adapter_config.json)")
 
 
 def resolve_data_path(text: str) -> Path:

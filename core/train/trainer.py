@@ -109,6 +109,14 @@ class TokenCounter:
     tokens: int = 0
     supervised: int = 0
 
+    def add_preference(self, inputs: dict) -> None:
+        """A preference batch: every attention-masked token is a real token; the scored (completion) ones are supervised."""
+        for key, value in inputs.items():
+            if key.endswith("attention_mask") and hasattr(value, "sum"):
+                self.tokens += int(value.sum())
+            elif key.endswith("completion_mask") and hasattr(value, "sum"):
+                self.supervised += int(value.sum())
+
     def add(self, inputs: dict) -> None:
         labels = inputs["labels"]
         self.supervised += int((labels != IGNORE_INDEX).sum())
@@ -209,12 +217,24 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
                 "elapsed_s": round(elapsed, 2),
                 "eta_s": _round(self.eta(state)),
             }
+            row.update(objective_metrics(logs))
             if self.distributed:
                 row["rank_tokens_per_s"] = round(counter.tokens / elapsed, 2) if elapsed > 0 else 0.0
             self.last_row = row
             ctx.metrics(**row)
 
     return WorkbenchCallback()
+
+
+PREFERENCE_METRIC_PREFIXES = ("rewards/", "logps/", "logits/", "log_odds")
+PREFERENCE_METRIC_KEYS = ("kl", "nll_loss")
+
+
+def objective_metrics(logs: dict) -> dict:
+    """TRL's own metrics of a preference objective (rewards/*, logps/*, logits/*, KTO's kl, ORPO's nll_loss / log_odds_*),
+    passed through into the metrics row under TRL's names; SFT logs none of them."""
+    return {k: _float(v) for k, v in logs.items()
+            if isinstance(k, str) and (k.startswith(PREFERENCE_METRIC_PREFIXES) or k in PREFERENCE_METRIC_KEYS)}
 
 
 def _float(value: Any) -> float | None:
@@ -235,8 +255,20 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
                        report_to: list[str] | None = None) -> Any:
     from trl import SFTConfig
 
-    evaluate_during = has_eval and spec.eval_steps > 0
     return SFTConfig(
+        **_common_arguments(spec, run_dir, device=device, bf16=bf16, fp16=fp16, has_eval=has_eval, report_to=report_to),
+        remove_unused_columns=False,  # keep position_ids of packed rows
+        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized and masked by core.data.masking
+        max_length=spec.max_length,
+        packing=False,  # packing, when asked, is done by core.train.data (same labels, position ids per row)
+    )
+
+
+def _common_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: bool, fp16: bool, has_eval: bool,
+                      report_to: list[str] | None = None) -> dict:
+    """The transformers TrainingArguments every objective shares (SFT and the preference trainers)."""
+    evaluate_during = has_eval and spec.eval_steps > 0
+    return dict(
         output_dir=str(Path(run_dir) / CHECKPOINTS),
         per_device_train_batch_size=spec.batch_size,
         per_device_eval_batch_size=spec.batch_size,
@@ -266,10 +298,6 @@ def training_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: boo
         report_to=list(report_to) if report_to else "none",  # resolved by core.train.tracking (installed ones only)
         project=TRACKER_PROJECT,  # transformers' TrackioCallback calls trackio.init(project=args.project)
         disable_tqdm=True,
-        remove_unused_columns=False,  # keep position_ids of packed rows
-        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized and masked by core.data.masking
-        max_length=spec.max_length,
-        packing=False,  # packing, when asked, is done by core.train.data (same labels, position ids per row)
         dataloader_num_workers=0,
         dataloader_pin_memory=device == "cuda",
         **trainer_distribution_kwargs(spec, device),  # ddp backend, FSDP2 / DeepSpeed config for launched ranks
@@ -319,4 +347,84 @@ def build_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
         processing_class=tokenizer,
         data_collator=PadCollator(pad_token_id=tokenizer.pad_token_id, flatten_packed=backend == "unsloth"),
         callbacks=callbacks,
+    )
+
+
+# ---------------------------------------------------------------- preference objectives (issue 27)
+
+
+def preference_arguments(spec: TrainSpec, run_dir: Path, *, device: str, bf16: bool, fp16: bool, has_eval: bool,
+                         report_to: list[str] | None = None) -> Any:
+    """DPOConfig / KTOConfig / ORPOConfig / CPOConfig (SimPO) from the spec's objective fields."""
+    common = _common_arguments(spec, run_dir, device=device, bf16=bf16, fp16=fp16, has_eval=has_eval, report_to=report_to)
+    common["max_length"] = spec.max_length
+    if spec.objective == "dpo":
+        from trl import DPOConfig
+
+        losses, weights = [spec.dpo_loss_type], [1.0]
+        if spec.sft_weight > 0:  # the chosen answers' NLL beside the preference loss: keeps the chosen reward from falling too
+            losses, weights = losses + ["sft"], weights + [spec.sft_weight]
+        return DPOConfig(**common, beta=spec.beta, loss_type=losses, loss_weights=weights, label_smoothing=spec.label_smoothing,
+                         precompute_ref_log_probs=spec.precompute_ref_log_probs)
+    if spec.objective == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig(**common, beta=spec.beta, desirable_weight=spec.desirable_weight, undesirable_weight=spec.undesirable_weight,
+                         precompute_ref_log_probs=spec.precompute_ref_log_probs)
+    if spec.objective == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(**common, beta=spec.beta)
+    if spec.objective == "simpo":
+        from trl.experimental.cpo import CPOConfig
+
+        # SimPO is CPO's loss_type "simpo" with cpo_alpha 0 (no NLL term), as TRL documents it.
+        return CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=spec.beta, simpo_gamma=spec.simpo_gamma,
+                         label_smoothing=spec.label_smoothing)
+    raise ValueError(f"objective: {spec.objective!r} is not a preference objective")
+
+
+def build_preference_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, data: PreparedData, *,
+                             device: str, bf16: bool, fp16: bool, callbacks: list, counter: TokenCounter | None = None,
+                             report_to: list[str] | None = None) -> Any:
+    """The TRL preference trainer for spec.objective on the already-wrapped (PEFT / full) model.
+
+    The rows go to TRL in its conversational form ({prompt, chosen, rejected} or {prompt, completion, label} message
+    lists) and TRL tokenises them: its preference trainers build prompt / chosen / rejected ids and masks of their own
+    (DPOTrainer re-tokenises every row, with no skip_prepare_dataset, and scores the tokens after the shared prompt), so
+    our masking's input_ids / labels cannot be handed over. What keeps it the Template page's view: the tokenizer
+    carries the run's chat template (core.train.data.choose_chat_template), so TRL renders the same text, and the answer
+    tokens it scores are those encode_pair trains (the last assistant turn and its end-of-turn). With a PEFT model and no
+    ref_model, TRL scores the reference with a frozen copy of the adapter as it started (the base when the adapter is
+    fresh, the SFT adapter when continuing): no second model."""
+    counter = counter or TokenCounter()
+    if data.chat_template:
+        tokenizer.chat_template = data.chat_template
+    args = preference_arguments(spec, run_dir, device=device, bf16=bf16, fp16=fp16, has_eval=data.eval is not None, report_to=report_to)
+    if spec.objective == "dpo":
+        from trl import DPOTrainer as Base
+    elif spec.objective == "kto":
+        from trl import KTOTrainer as Base
+    elif spec.objective == "orpo":
+        from trl.experimental.orpo import ORPOTrainer as Base
+    else:
+        from trl.experimental.cpo import CPOTrainer as Base
+
+    class WorkbenchPreferenceTrainer(Base):
+        """Counts the tokens of every batch it trains on (for tokens/s)."""
+
+        def training_step(self, *args, **kwargs):
+            inputs = args[1] if len(args) > 1 else kwargs["inputs"]
+            counter.add_preference(inputs)
+            return super().training_step(*args, **kwargs)
+
+    kwargs: dict = {"ref_model": None} if spec.objective in ("dpo", "kto") else {}
+    return WorkbenchPreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_hf_dataset(data.train.features),
+        eval_dataset=to_hf_dataset(data.eval.features) if data.eval else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        **kwargs,
     )

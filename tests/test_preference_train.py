@@ -1,0 +1,142 @@
+"""Preference tuning (issue 27, training slice): DPO / KTO / ORPO / SimPO through the worker on the tiny random Llama,
+TRL's metrics in metrics.jsonl, DPO continuing from an SFT run's adapter, and the spec's rules."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core import runs
+from core.runs.card import lineage, scan
+from core.runs.status import read_status
+from core.runs.worker import Worker
+from core.train.methods import OBJECTIVES, hidden_objective_fields
+from core.train.spec import TrainSpec
+
+pytestmark = pytest.mark.slow
+
+PAIRS = [("2+2?", "4", "5"), ("Capital of France?", "Paris", "Lyon"), ("Colour of the sky?", "Blue", "Green"),
+         ("Opposite of hot?", "Cold", "Warm"), ("3*3?", "9", "6"), ("Ice is?", "Frozen water", "Hot steam")]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    return _write(tmp_path / "pairs.jsonl", [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+                                             "rejected": [{"role": "assistant", "content": r}]} for q, c, r in PAIRS])
+
+
+@pytest.fixture
+def unpaired_file(tmp_path) -> Path:
+    return _write(tmp_path / "kto.jsonl", [{"prompt": q, "completion": a, "label": good} for q, c, r in PAIRS for a, good in ((c, True), (r, False))])
+
+
+def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:
+    fields = dict(model={"kind": "local", "ref": str(model_dir)}, dataset=str(data), max_steps=2, batch_size=2, max_length=64,
+                  eval_fraction=0.0, learning_rate=1e-2, warmup_ratio=0.0, lora_r=4, lora_alpha=8, save_steps=100,
+                  eval_on_start=False, logging_steps=1)
+    fields.update(changes)
+    return TrainSpec(**fields)
+
+
+def _run_here(spec: TrainSpec) -> Path:
+    run_dir = runs.create_run(spec)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        Worker(run_dir).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    status = read_status(run_dir)
+    assert status.state == "succeeded", (status.error, (run_dir / "worker.log").read_text()[-3000:])
+    return run_dir
+
+
+def _train_rows(run_dir: Path) -> list[dict]:
+    return [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in r]
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto", "orpo", "simpo"])
+def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_dir, pairs_file, objective):
+    run_dir = _run_here(_spec(tiny_llama_dir, pairs_file, objective=objective))
+    rows = _train_rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in OBJECTIVES[objective].metrics:
+        assert all(key in r and r[key] is not None and math.isfinite(r[key]) for r in rows), (key, rows)
+    assert all(math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in rows)
+    card = runs.read_result(run_dir)
+    assert card["objective"] == objective and card["parent"] is None and card["data"]["format"] == "preference"
+    assert card["data"]["train_rows"] == (12 if objective == "kto" else 6), "KTO trains each pair as a desirable and an undesirable row"
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists(), "only the trained adapter is saved"
+
+
+def test_kto_on_unpaired_rows_and_dpo_refuses_them(workspace, tiny_llama_dir, unpaired_file):
+    run_dir = _run_here(_spec(tiny_llama_dir, unpaired_file, objective="kto", desirable_weight=1.5))
+    assert all(math.isfinite(r["kl"]) for r in _train_rows(run_dir))
+    assert runs.read_result(run_dir)["data"]["format"] == "unpaired"
+    with pytest.raises(ValueError, match="dataset: objective dpo needs chosen / rejected pairs"):
+        _spec(tiny_llama_dir, unpaired_file, objective="dpo")
+
+
+def test_dpo_continues_from_an_sft_run(workspace, tiny_llama_dir, tmp_path, pairs_file):
+    sft_file = _write(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": c}]}
+                                               for q, c, _ in PAIRS])
+    sft_dir = _run_here(_spec(tiny_llama_dir, sft_file))
+    sft_weights = load_file(str(sft_dir / "adapter" / "adapter_model.safetensors"))
+
+    spec = _spec(tiny_llama_dir, pairs_file, objective="dpo", init_adapter=sft_dir.name, sft_weight=0.5)
+    assert spec.init_adapter == str((sft_dir / "adapter").resolve()), "a run id becomes its adapter path"
+
+    # The start weights: the backend's load (what the job trains) is the SFT adapter, trainable.
+    from core.hardware import detect
+    from core.train.backends import HFBackend
+
+    model, _ = HFBackend().load(spec, detect())
+    start = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert {k.replace(".default", "") for k in start} == set(sft_weights)
+    for name, value in start.items():
+        assert torch.equal(value, sft_weights[name.replace(".default", "")]), name
+    assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    del model
+
+    dpo_dir = _run_here(spec)
+    rows = _train_rows(dpo_dir)
+    # The reference is the SFT adapter as the run started (not the bare base): before the first update policy == reference.
+    assert rows[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) and rows[0]["rewards/rejected"] == pytest.approx(0.0, abs=1e-4)
+    assert rows[1]["rewards/chosen"] != pytest.approx(0.0, abs=1e-4), "after one update the policy has moved from the reference"
+    card = runs.read_result(dpo_dir)
+    assert card["parent"] == {"run_id": sft_dir.name, "adapter": spec.init_adapter}
+    assert lineage(scan(dpo_dir.parent), dpo_dir.parent).parents[dpo_dir.name] == [sft_dir.name]
+    trained = load_file(str(dpo_dir / "adapter" / "adapter_model.safetensors"))
+    assert set(trained) == set(sft_weights) and any(not torch.equal(trained[k], sft_weights[k]) for k in trained)
+
+
+def test_spec_rules(tiny_llama_dir, pairs_file, tmp_path, workspace):
+    sft_file = _write(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    assert _spec(tiny_llama_dir, sft_file).objective == "sft"
+    cases = [
+        (dict(dataset=str(sft_file), objective="dpo"), "dataset: objective dpo needs preference data"),
+        (dict(objective="dpo", packing=True), "packing: packs SFT rows"),
+        (dict(objective="kto", replay_fraction=0.1), "replay_fraction"),
+        (dict(objective="orpo", precompute_ref_log_probs=True), "precompute_ref_log_probs: objective orpo has no reference"),
+        (dict(objective="dpo", dpo_loss_type="sft"), "dpo_loss_type"),
+        (dict(objective="dpo", method="full", init_adapter="x"), "init_adapter: continues a PEFT adapter"),
+        (dict(objective="dpo", init_adapter="no-such-run"), "init_adapter: 'no-such-run' is neither"),
+        (dict(objective="grpo"), "objective"),
+        (dict(objective="dpo", beta=-1.0), "beta"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _spec(tiny_llama_dir, pairs_file, **changes)
+    # The form shows each objective's own fields only.
+    assert "simpo_gamma" in hidden_objective_fields("dpo") and "sft_weight" not in hidden_objective_fields("dpo")
+    assert "desirable_weight" not in hidden_objective_fields("kto") and "beta" in hidden_objective_fields("sft")
