@@ -140,3 +140,25 @@ def test_spec_rules(tiny_llama_dir, pairs_file, tmp_path, workspace):
     # The form shows each objective's own fields only.
     assert "simpo_gamma" in hidden_objective_fields("dpo") and "sft_weight" not in hidden_objective_fields("dpo")
     assert "desirable_weight" not in hidden_objective_fields("kto") and "beta" in hidden_objective_fields("sft")
+
+
+def test_train_page_shows_each_objectives_fields_in_its_group(workspace, tiny_llama_dir, pairs_file):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=180)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    at.run()
+    assert at.selectbox(key="train_form_objective").value == "sft"
+    keys = {w.key for kind in ("number_input", "selectbox", "text_input") for w in getattr(at, kind)}
+    assert "train_form_beta" not in keys and "train_form_init_adapter" in keys, "SFT shows no preference field, only where to start from"
+    at.selectbox(key="train_dataset_choice").set_value(at.selectbox(key="train_dataset_choice").options[-1]).run()
+    at.text_input(key="train_dataset_path").set_value(str(pairs_file)).run()
+    at.selectbox(key="train_form_objective").set_value("dpo").run()
+    assert not at.exception and not [e.value for e in at.error]
+    shown = {w.key for kind in ("number_input", "selectbox", "checkbox", "toggle") for w in getattr(at, kind)}
+    assert {"train_form_beta", "train_form_dpo_loss_type", "train_form_sft_weight", "train_form_label_smoothing"} <= shown
+    assert not {"train_form_simpo_gamma", "train_form_desirable_weight"} & shown
+    assert any("**Objective**" in m.value for m in at.markdown)
+    assert "objective: dpo" in "\n".join(c.value for c in at.code)

@@ -186,7 +186,8 @@ TRAINING_ONLY_FIELDS = frozenset({
     "name", "learning_rate", "lr_scheduler", "warmup_ratio", "num_epochs", "max_steps", "batch_size", "gradient_accumulation",
     "weight_decay", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "gradient_checkpointing",
     "backend", "precision", "logging_steps", "eval_steps", "eval_on_start", "save_steps", "save_total_limit", "merge_after",
-    "fault_injection",
+    "fault_injection", "init_adapter", "beta", "dpo_loss_type", "label_smoothing", "sft_weight", "precompute_ref_log_probs",
+    "desirable_weight", "undesirable_weight", "simpo_gamma",
 })
 
 
