@@ -64,9 +64,10 @@ def _train_rows(run_dir: Path) -> list[dict]:
     return [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in r]
 
 
-@pytest.mark.parametrize("objective", ["dpo", "kto", "orpo", "simpo"])
-def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_dir, pairs_file, objective):
-    run_dir = _run_here(_spec(tiny_llama_dir, pairs_file, objective=objective))
+@pytest.mark.parametrize(("objective", "method"), [("dpo", "lora"), ("kto", "lora"), ("orpo", "lora"), ("simpo", "lora"), ("dpo", "full")])
+def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_dir, pairs_file, objective, method):
+    run_dir = _run_here(_spec(tiny_llama_dir, pairs_file, objective=objective, method=method,
+                              learning_rate=1e-2 if method == "lora" else 1e-4))
     rows = _train_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     for key in OBJECTIVES[objective].metrics:
@@ -75,6 +76,9 @@ def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_d
     card = runs.read_result(run_dir)
     assert card["objective"] == objective and card["parent"] is None and card["data"]["format"] == "preference"
     assert card["data"]["train_rows"] == (12 if objective == "kto" else 6), "KTO trains each pair as a desirable and an undesirable row"
+    if method == "full":  # no adapter to disable: TRL scores the reference with a frozen copy of the model
+        assert (run_dir / "model" / "model.safetensors").is_file()
+        return
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists(), "only the trained adapter is saved"
 
@@ -137,6 +141,15 @@ def test_spec_rules(tiny_llama_dir, pairs_file, tmp_path, workspace):
     for changes, message in cases:
         with pytest.raises(ValueError, match=message):
             _spec(tiny_llama_dir, pairs_file, **changes)
+    # Unsloth is not wired for preference objectives nor for continuing an adapter: auto picks hf and says why.
+    from core.hardware import HardwareInfo
+    from core.train.backends import choose_backend
+
+    gpu = HardwareInfo(device="cuda", device_name="GPU", gpu_count=1, total_memory_gb=16.0, free_memory_gb=12.0, bf16=True,
+                       cpu_cores=2, system_ram_gb=16.0, bnb_4bit=True, unsloth=True)
+    assert choose_backend(_spec(tiny_llama_dir, pairs_file), gpu)[0].name == "unsloth"
+    backend, notes = choose_backend(_spec(tiny_llama_dir, pairs_file, objective="dpo"), gpu)
+    assert backend.name == "hf" and "objective dpo runs on the hf backend" in notes[0]
     # The form shows each objective's own fields only.
     assert "simpo_gamma" in hidden_objective_fields("dpo") and "sft_weight" not in hidden_objective_fields("dpo")
     assert "desirable_weight" not in hidden_objective_fields("kto") and "beta" in hidden_objective_fields("sft")

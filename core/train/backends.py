@@ -78,6 +78,10 @@ class UnslothBackend(Backend):
             return f"Unsloth trains LoRA / QLoRA / full fine-tunes, not {spec.method}"
         if spec.model_source.kind == "gguf":
             return "Unsloth loads Hugging Face folders, not .gguf files"
+        if spec.objective != "sft":
+            return f"objective {spec.objective} runs on the hf backend (TRL's preference trainers on the PEFT model; Unsloth's patched ones are not wired)"
+        if spec.init_adapter:
+            return "continuing from an adapter (init_adapter) loads it trainable through PEFT on the hf backend"
         if spec.distributed_strategy != "ddp":
             return ("Unsloth's documented multi-GPU path is DDP (accelerate launch / torchrun, one model copy per GPU); "
                     "FSDP and DeepSpeed run on the hf backend")
