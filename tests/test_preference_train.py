@@ -84,8 +84,10 @@ def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_d
 
 
 def test_kto_on_unpaired_rows_and_dpo_refuses_them(workspace, tiny_llama_dir, unpaired_file):
-    run_dir = _run_here(_spec(tiny_llama_dir, unpaired_file, objective="kto", desirable_weight=1.5))
+    run_dir = _run_here(_spec(tiny_llama_dir, unpaired_file, objective="kto", desirable_weight=1.5, eval_fraction=0.25, eval_on_start=True))
     assert all(math.isfinite(r["kl"]) for r in _train_rows(run_dir))
+    evals = [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "eval_loss" in r]
+    assert evals and all(math.isfinite(r["eval_kl"]) and "eval_rewards/margins" in r for r in evals), evals
     assert runs.read_result(run_dir)["data"]["format"] == "unpaired"
     with pytest.raises(ValueError, match="dataset: objective dpo needs chosen / rejected pairs"):
         _spec(tiny_llama_dir, unpaired_file, objective="dpo")

@@ -198,7 +198,8 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
             elapsed = time.time() - self.started
             base = {"step": state.global_step, "epoch": round(float(logs.get("epoch", state.epoch or 0.0)), 4)}
             if "eval_loss" in logs:
-                self.last_eval = {**base, "eval_loss": float(logs["eval_loss"])}
+                evaluated = objective_metrics({k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_")})
+                self.last_eval = {**base, "eval_loss": float(logs["eval_loss"]), **{f"eval_{k}": v for k, v in evaluated.items()}}
                 ctx.metrics(**self.last_eval, elapsed_s=round(elapsed, 2))
                 return
             if "loss" not in logs:
