@@ -374,8 +374,6 @@ class TrainSpec:
             raise ValueError(f"precompute_ref_log_probs: objective {self.objective} has no reference model")
         if self.uses_launcher:
             raise ValueError(f"objective: {self.objective} runs in one process here (distributed preference tuning is not wired yet)")
-        if self.dpo_loss_type in ("aot_unpaired",) and self.objective == "dpo" and self.sft_weight:
-            raise ValueError("sft_weight: mix the SFT loss into a paired DPO loss, not aot_unpaired")
         fmt = self.preference_format()
         if fmt is None:
             return
