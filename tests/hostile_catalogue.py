@@ -679,7 +679,7 @@ CASES: list[dict] = [
     {"id": "jsonl-10mb-line", "surface": "dataset", "build": "jsonl_10mb_line", "refused": True, "expect": r"huge_line\.jsonl: none of the first 1 rows is valid JSON \(bad JSON on line 1"},
     {"id": "jsonl-10mb-text", "surface": "dataset", "build": "jsonl_10mb_text", "refused": False, "expect": r"^loaded 1 rows$"},
     {"id": "jsonl-deep-nesting", "surface": "dataset", "build": "jsonl_deep_nesting", "refused": False, "expect": r"loaded 1 rows; row 1 : bad JSON on line 2: .*nested too deeply"},
-    {"id": "jsonl-deep-extra-column", "surface": "dataset", "build": "jsonl_deep_extra_column", "refused": False, "expect": r"loaded 1 rows; row 1 meta: .*nested too deeply"},
+    {"id": "jsonl-deep-extra-column", "surface": "dataset", "build": "jsonl_deep_extra_column", "refused": False, "expect": r"loaded 1 rows; row 1 .*nested too deeply"},  # the JSON reader or the column check: which one meets the depth first depends on the caller's stack
     {"id": "jsonl-nan", "surface": "dataset", "build": "jsonl_nan", "refused": False, "expect": r"loaded 2 rows; row 2 : bad JSON on line 3: NaN is not valid JSON"},
     {"id": "jsonl-infinity", "surface": "dataset", "build": "jsonl_infinity_column", "refused": False, "expect": r"loaded 2 rows; row 2 : bad JSON on line 3: Infinity is not valid JSON"},
     {"id": "jsonl-duplicate-keys", "surface": "dataset", "build": "jsonl_duplicate_keys", "refused": False, "expect": r"loaded 3 rows; row 3 : bad JSON on line 4: duplicate key 'completion'"},
