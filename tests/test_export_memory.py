@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from inprocess import run_in_process
 
-from core import runs
 from core.export import memory
 from core.export.spec import ExportSpec
 from core.runs.status import read_status
@@ -18,13 +17,7 @@ from core.runs.worker import Worker
 
 
 def _run(spec) -> tuple[Path, object]:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
+    return run_in_process(spec)
 
 
 def test_export_is_refused_before_any_load_when_ram_is_short(workspace, tiny_llama_dir, monkeypatch):

@@ -12,17 +12,15 @@ the figures), which `python tests/families.py` prints as the closing-note table.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
 import families
 import pytest
+from inprocess import run_in_process
 
 from core import runs
 from core.runs.jobs import read_result
-from core.runs.status import read_status
-from core.runs.worker import Worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MATRIX_DIR = Path(__file__).resolve().parents[1] / ".workbench-test" / "family-matrix"
@@ -44,13 +42,7 @@ def _rows() -> list[dict]:
 
 
 def _run(spec) -> tuple[Path, object]:
-    run_dir = runs.create_run(spec) if not isinstance(spec, dict) else runs.create_run_from_dict(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
+    return run_in_process(spec)
 
 
 class Matrix:

@@ -13,11 +13,11 @@ llama.cpp's conversions are made once per cache (families.reference_gguf); the f
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import families
 import pytest
+from inprocess import run_in_process
 
 from core.export import gguf_convert, validate
 
@@ -186,22 +186,13 @@ def _tiny_gemma2(target: Path) -> Path:
 
 
 def test_an_unconverted_architecture_is_refused_by_name_before_the_merge(workspace, tmp_path):
-    from core import runs
     from core.export.spec import ExportSpec
-    from core.runs.status import read_status
-    from core.runs.worker import Worker
 
     model_dir = _tiny_gemma2(tmp_path / "gemma2")
     with pytest.raises(gguf_convert.ConversionError, match="Gemma2ForCausalLM"):
         gguf_convert.preflight(json.loads((model_dir / "config.json").read_text()))
     spec = ExportSpec(model={"kind": "local", "ref": str(model_dir)}, formats=["merged", "gguf_f16"])
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    status = read_status(run_dir)
+    run_dir, status = run_in_process(spec)
     assert status.state == "failed" and "Gemma2ForCausalLM" in status.error and "GGUF" in status.error, status.error
     assert not (run_dir / "export").exists() and not (run_dir / ".work").exists()  # nothing merged, nothing written
     assert not (run_dir / "memory_plan.json").exists()  # refused before the disk and memory plans, let alone the merge

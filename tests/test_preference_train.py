@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 from pathlib import Path
 
 import pytest
 import torch
+from inprocess import run_in_process
 from safetensors.torch import load_file
 
 from core import runs
 from core.runs.card import lineage, scan
-from core.runs.status import read_status
-from core.runs.worker import Worker
 from core.train.methods import OBJECTIVES, hidden_objective_fields
 from core.train.spec import TrainSpec
 
@@ -49,13 +47,7 @@ def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:
 
 
 def _run_here(spec: TrainSpec) -> Path:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    status = read_status(run_dir)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", (status.error, (run_dir / "worker.log").read_text()[-3000:])
     return run_dir
 

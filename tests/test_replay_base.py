@@ -4,16 +4,14 @@ embedded model replays the shipped set (its own answers); with no cached set and
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
-from core import generation, runs
+from core import generation
 from core.data.replay import PROMPTS_FILE, SHIPPED_FILE, answers_name, cached_answers, needs_answers
 from core.models import EMBEDDED_NAME, ModelSource
-from core.runs.status import read_status
-from core.runs.worker import Worker
 from core.train.spec import TrainSpec
 
 PROMPTS, NEW_TOKENS = 4, 4
@@ -38,13 +36,7 @@ def answering_llama_dir(tmp_path_factory, embedded_tokenizer) -> Path:
 
 
 def _run(spec) -> tuple[Path, object]:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
+    return run_in_process(spec)
 
 
 def _data(tmp_path: Path) -> Path:

@@ -270,20 +270,7 @@ def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False)
         notes.append(f"{train.n_failed} rows could not be rendered with the chat template and were left out")
     if train.n_truncated:
         notes.append(f"{train.n_truncated} rows were cut to max_length {spec.max_length}")
-    return PreparedData(
-        train=train,
-        eval=evaluation if evaluation and evaluation.features else None,
-        lint=lint,
-        source=str(path),
-        detected_format=loaded.detected_format,
-        source_sha256=file_sha256(path) if path.is_file() else loaded.source_hash,
-        manifest_sha256=manifest_sha256(path) if path.is_file() else None,
-        n_invalid_rows=loaded.report.n_invalid,
-        chat_template=template,
-        notes=notes,
-        template_choice=template_choice,
-        replay=replay,
-    )
+    return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes, replay)
 
 
 # ---------------------------------------------------------------- preference objectives (issue 27)
@@ -387,6 +374,12 @@ def prepare_preference_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
         notes.append(f"{train.n_truncated} rows are longer than max_length {spec.max_length} (TRL cuts them)")
     lint = LintReport(n_rows=len(train_rows), n_checked=len(train_rows), policy="last_assistant", max_length=spec.max_length,
                       n_encoded=len(train.features), total_tokens=train.tokens, trained_tokens=train.trained_tokens)
+    return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes)
+
+
+def _prepared(path: Path, loaded: Any, train: EncodedSplit, evaluation: EncodedSplit | None, lint: LintReport, template: str | None,
+              template_choice: dict, notes: list[str], replay: dict | None = None) -> PreparedData:
+    """The prepared data of either objective family, with the source's identity (file hashes, or the loader's)."""
     return PreparedData(
         train=train,
         eval=evaluation if evaluation and evaluation.features else None,
@@ -399,6 +392,7 @@ def prepare_preference_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
         chat_template=template,
         notes=notes,
         template_choice=template_choice,
+        replay=replay,
     )
 
 

@@ -1,0 +1,22 @@
+"""The one "create a run and execute its worker in this process" helper of the tests: the worker's own code path
+(`Worker(run_dir).run()`) minus the interpreter start-up, with the SIGTERM handler the worker installs put back."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from core import runs
+from core.runs.status import RunStatus, read_status
+from core.runs.worker import Worker
+
+
+def run_in_process(spec: Any) -> tuple[Path, RunStatus]:
+    """spec: a spec object or a spec dict. Returns the run folder and its final status."""
+    run_dir = runs.create_run_from_dict(spec) if isinstance(spec, dict) else runs.create_run(spec)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        Worker(run_dir).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return run_dir, read_status(run_dir)
