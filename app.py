@@ -1,6 +1,11 @@
 """Post-Training Workbench: `streamlit run app.py` (or `make run`)."""
 import streamlit as st
 
+# Imported once here, before any page or background thread: transformers' lazy package is not safe to import for the first
+# time from two threads at once ("cannot import name 'AutoTokenizer'"), and Streamlit runs each script and the data check
+# on threads of their own. Everything after this line only looks names up.
+import transformers  # noqa: F401
+
 from core.serving import check_address
 from pages_common import init_session_defaults, render_sidebar
 
