@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from core import runs
-from core.train.rank import read_rank_records
+from core.train.distributed import read_rank_records
 from core.train.spec import TrainSpec
 
 pytestmark = pytest.mark.slow

@@ -73,7 +73,7 @@ def _kill_leftovers(run_dir) -> None:
     import signal
 
     from core import runs
-    from core.train.rank import read_rank_records
+    from core.train.distributed import read_rank_records
 
     pids = [r.get("pid") for r in read_rank_records(run_dir)] + [runs.read_status(run_dir).pid]
     for pid in filter(None, pids):
@@ -95,7 +95,7 @@ def test_stop_while_a_rank_prepares_data_ends_the_run_stopped_in_seconds(workspa
     import time
 
     from core import runs
-    from core.train.rank import read_rank_records
+    from core.train.distributed import read_rank_records
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"

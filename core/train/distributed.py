@@ -17,9 +17,11 @@ import os
 import socket
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from core.train.spec import TrainSpec
+from core.workspace import read_json
 
 # PEFT's documented minimum versions for QLoRA with sharded strategies (PEFT docs "DeepSpeed" and "FSDP" guides,
 # "Use PEFT QLoRA and DeepSpeed with ZeRO3" / "Use PEFT QLoRA and FSDP"): the 4-bit weights are stored in the
@@ -228,6 +230,31 @@ class RankInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+# ---------------------------------------------------------------- the run folder's rank files (ranks/)
+
+RANKS_DIR = "ranks"
+STOP_FILE = "stop.request"
+RESULT_FILE = "result.json"
+
+
+def ranks_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RANKS_DIR
+
+
+def rank_log(run_dir: str | Path, rank: int) -> Path:
+    return ranks_dir(run_dir) / f"rank-{rank}.log"
+
+
+def rank_record_path(run_dir: str | Path, rank: int) -> Path:
+    return ranks_dir(run_dir) / f"rank-{rank}.json"
+
+
+def read_rank_records(run_dir: str | Path) -> list[dict]:
+    """Every rank's record, in rank order (empty for a single-process run)."""
+    records = [read_json(path) for path in ranks_dir(run_dir).glob("rank-*.json")]
+    return sorted((r for r in records if isinstance(r, dict) and "rank" in r), key=lambda r: r["rank"])
 
 
 def in_launched_process() -> bool:

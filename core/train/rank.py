@@ -30,33 +30,20 @@ from core.runs.jobs import JobContext, parse_spec
 from core.runs.metrics import append_metrics
 from core.runs.spec import read_spec_dict
 from core.runs.status import HEARTBEAT_SECONDS, METRICS_FILE, RunStatus, read_raw_status, write_status
-from core.train.distributed import RankInfo, supervised
-from core.workspace import atomic_write_json, read_json
+from core.train.distributed import (
+    RESULT_FILE,
+    STOP_FILE,
+    RankInfo,
+    rank_log,
+    rank_record_path,
+    ranks_dir,
+    supervised,
+)
+from core.workspace import atomic_write_json
 
-RANKS_DIR = "ranks"
-STOP_FILE = "stop.request"
-RESULT_FILE = "result.json"
 # Fields of a metrics row a rank's own record keeps (its local view: tokens/s of this rank, its device's memory).
 RECORDED = ("step", "loss", "rank_tokens_per_s", "tokens_per_s", "peak_memory_bytes", "elapsed_s", "eta_s")
 log = logging.getLogger("workbench.rank")
-
-
-def ranks_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / RANKS_DIR
-
-
-def rank_log(run_dir: str | Path, rank: int) -> Path:
-    return ranks_dir(run_dir) / f"rank-{rank}.log"
-
-
-def rank_record_path(run_dir: str | Path, rank: int) -> Path:
-    return ranks_dir(run_dir) / f"rank-{rank}.json"
-
-
-def read_rank_records(run_dir: str | Path) -> list[dict]:
-    """Every rank's record, in rank order (empty for a single-process run)."""
-    records = [read_json(path) for path in ranks_dir(run_dir).glob("rank-*.json")]
-    return sorted((r for r in records if isinstance(r, dict) and "rank" in r), key=lambda r: r["rank"])
 
 
 class RankRecord:

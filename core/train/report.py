@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.train.distributed import read_rank_records
 from core.train.spec import DEMO_DATASET
 
 DEMO_LABEL = "Demo: support ticket → JSON (300 rows)"
@@ -141,8 +142,6 @@ def small_figures(rows: list[dict]) -> list[Any]:
 
 def rank_rows(run_dir: Path, now: float | None = None) -> list[dict]:
     """One row per rank of a multi-process run (from ranks/rank-<k>.json), for the per-rank progress table."""
-    from core.train.rank import read_rank_records
-
     now = now or time.time()
     rows = []
     for record in read_rank_records(run_dir):

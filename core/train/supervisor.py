@@ -18,9 +18,20 @@ from typing import Any
 from core.runs.jobs import JobContext, JobError
 from core.runs.metrics import tail_text
 from core.runs.status import LOG_FILE
-from core.train.distributed import SUPERVISOR_ENV, distribution_notes, distribution_refusal, free_port, strategy_label
+from core.train.distributed import (
+    RESULT_FILE,
+    STOP_FILE,
+    SUPERVISOR_ENV,
+    distribution_notes,
+    distribution_refusal,
+    free_port,
+    rank_log,
+    rank_record_path,
+    ranks_dir,
+    read_rank_records,
+    strategy_label,
+)
 from core.train.launchers import launch_argv, launch_command, one_node_env, write_launch_files
-from core.train.rank import RESULT_FILE, STOP_FILE, rank_log, rank_record_path, ranks_dir, read_rank_records
 from core.train.spec import TrainSpec
 from core.workspace import atomic_write_json, read_json
 
