@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from core.models import ModelSource
-from core.runs.jobs import JobContext, parse_spec, read_result, result_path
-from core.runs.spec import read_spec_dict, write_spec
+from core.runs.jobs import JobContext, parse_spec, read_result, read_spec_dict, result_path
+from core.runs.spec import write_spec
 from core.train.spec import resolve_data_path
 
 EVAL_DIR = "eval"

@@ -271,7 +271,7 @@ def test_on_policy_distillation_runs_through_gkd_and_lowers_its_loss(workspace, 
 @pytest.mark.slow
 def test_the_comparison_trains_every_variant_at_a_matched_budget_and_scores_it(workspace, tmp_path, embedded_tokenizer):
     from core.distill.compare import comparison_figure, run, table_csv, table_markdown
-    from core.runs.spec import read_spec_dict
+    from core.runs.jobs import read_spec_dict
 
     teacher = answering_teacher(tmp_path / "teacher", embedded_tokenizer)
     spec = {"kind": "distill_compare", "teacher": {"kind": "local", "ref": str(teacher)}, "steps": 2, "batch_size": 2, "max_rows": 6,

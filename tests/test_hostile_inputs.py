@@ -116,8 +116,7 @@ def _questions(value, arena):
 
 
 def _spec_yaml(value, arena):
-    from core.runs.jobs import parse_spec
-    from core.runs.spec import read_spec_dict
+    from core.runs.jobs import parse_spec, read_spec_dict
 
     folder = arena["inputs"] / "spec-run"
     folder.mkdir(exist_ok=True)

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.models import ModelSource
-from core.runs.jobs import JobError
-from core.runs.spec import read_spec_dict
+from core.runs.jobs import JobError, read_spec_dict
 from core.runs.status import read_status
 
 # kind -> folder (inside the run) that holds the model it produced

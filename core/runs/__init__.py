@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.runs.jobs import JOBS, InvalidSpec, job_kind, kind_names, parse_spec, read_result, result_path
+from core.runs.jobs import JOBS, InvalidSpec, job_kind, kind_names, parse_spec, read_result, read_spec_dict, result_path
 from core.runs.metrics import read_all_metrics, read_new_metrics, tail_text
-from core.runs.spec import read_spec_dict, spec_to_dict, spec_to_yaml, write_spec
+from core.runs.spec import spec_to_dict, spec_to_yaml, write_spec
 from core.runs.status import (
     LOG_FILE,
     METRICS_FILE,

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from core.runs.metrics import append_metrics
+from core.runs.spec import load_yaml, spec_to_dict, write_spec
 from core.runs.status import METRICS_FILE, SPEC_FILE
 
 
@@ -113,12 +116,25 @@ def parse_spec(data: dict) -> Any:
     return job_kind(str(data["kind"])).parse_spec(data)
 
 
+def read_spec_dict(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / SPEC_FILE
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: is this a run folder?") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ValueError(f"{path} must be a mapping with a 'kind' field ({kind_names()})")
+    return data
+
+
 def result_path(run_dir: str | Path, kind: str | None = None) -> Path:
     """Where a run's result file lives (its kind is read from spec.yaml when not given)."""
     run_dir = Path(run_dir)
     if kind is None:
-        from core.runs.spec import read_spec_dict
-
         kind = read_spec_dict(run_dir)["kind"]
     return run_dir / job_kind(kind).result_file
 
@@ -147,8 +163,6 @@ class JobContext:
                    stop: Callable[[], bool] | None = None) -> JobContext:
         """A context for running a job function in this process (a job inside a job, tests, benchmarks):
         `spec` is a spec dataclass or a spec.yaml mapping, parsed through the registry like the worker does."""
-        from core.runs.spec import spec_to_dict
-
         parsed = parse_spec(spec) if isinstance(spec, dict) else spec
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,8 +205,6 @@ class JobContext:
         """A context for a job run inside this one, in `<run>/<subdir>/` (a readable run of its own kind, with its
         spec.yaml, metrics and result file): its progress maps onto `span` of this job's bar, and a stop of this job
         stops it too."""
-        from core.runs.spec import write_spec
-
         low, high = span
         prefix = f"{label}: " if label else ""
         sub = JobContext.in_process(self.path(subdir, SPEC_FILE).parent, spec, log=self.log, stop=self._stop,

@@ -209,20 +209,3 @@ def load_yaml(text: str, where: str = "YAML") -> Any:
         raise ValueError(f"{where}: nested too deeply to read") from None
     finally:
         loader.dispose()
-
-
-def read_spec_dict(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / SPEC_FILE
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is this a run folder?") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict) or "kind" not in data:
-        from core.runs.jobs import kind_names
-
-        raise ValueError(f"{path} must be a mapping with a 'kind' field ({kind_names()})")
-    return data

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from core.runs.errors import explain_failure, format_traceback
-from core.runs.jobs import InvalidSpec, JobContext, JobStopped, job_kind, kind_names
-from core.runs.spec import read_spec_dict
+from core.runs.jobs import InvalidSpec, JobContext, JobStopped, job_kind, kind_names, read_spec_dict
 from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, status_lock, write_status
 from core.workspace import fault_point
 

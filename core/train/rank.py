@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from core.runs.errors import explain_failure, format_traceback
-from core.runs.jobs import JobContext, parse_spec
+from core.runs.jobs import JobContext, parse_spec, read_spec_dict
 from core.runs.metrics import append_metrics
-from core.runs.spec import read_spec_dict
 from core.runs.status import HEARTBEAT_SECONDS, METRICS_FILE, RunStatus, read_raw_status, write_status
 from core.train.distributed import (
     RESULT_FILE,
