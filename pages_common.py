@@ -40,7 +40,7 @@ def cached_model(source: ModelSource):
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _load_llamacpp(path: str, mtime: float):  # noqa: ARG001 - mtime: a rewritten file is loaded again
-    from core.export.llamacpp import load_chat_model
+    from core.llamacpp import load_chat_model
 
     return load_chat_model(path)
 
@@ -49,7 +49,7 @@ def cached_chat_model(choice):
     """A torch model (ModelSource) through core.models, or a GGUF file (LlamaCppChoice) through llama.cpp."""
     from pathlib import Path
 
-    from core.export.llamacpp import LlamaCppChoice
+    from core.llamacpp import LlamaCppChoice
 
     if isinstance(choice, LlamaCppChoice):
         path = Path(choice.path).expanduser()

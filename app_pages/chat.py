@@ -4,9 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core.chat import transcript_jsonl
-from core.export.llamacpp import LlamaCppChoice, available
 from core.export.results import gguf_choices
 from core.generation import GenerationSettings, start_generation
+from core.llamacpp import LlamaCppChoice, available
 from core.models import ModelLoadError, ModelSource
 from pages_common import cached_chat_model, model_picker, trained_adapter_folders
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.export import FORMAT_LABELS, FORMATS, ExportSpec
-from core.export.llamacpp import QUANT_TYPES, available, missing_note
 from core.export.results import artifact_rows, check_rows, export_sources, gguf_files, read_result, small_files
+from core.llamacpp import QUANT_TYPES, available, missing_note
 from core.runs import read_spec_dict, relaunch
 from pages_common import human_bytes, live_run, run_selector, spec_form, start_run
 

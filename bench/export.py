@@ -117,7 +117,7 @@ def main() -> int:
 
 
 def speeds(run_dir: Path, result: dict) -> dict:
-    from core.export.llamacpp import load_chat_model
+    from core.llamacpp import load_chat_model
     from core.models import ModelSource, load_model
     from core.runs import read_spec_dict
 

@@ -227,7 +227,7 @@ class ChatStream:
 
 
 def _stream(loaded: Any, messages: list[dict], settings: GenerationSettings, stream: ChatStream) -> None:
-    from core.export.llamacpp import LlamaCppModel
+    from core.llamacpp import LlamaCppModel
 
     if isinstance(loaded, LlamaCppModel):  # a GGUF export held by llama.cpp
         _stream_llamacpp(loaded, messages, settings, stream)
@@ -279,7 +279,7 @@ def _stream(loaded: Any, messages: list[dict], settings: GenerationSettings, str
 
 def _stream_llamacpp(model: Any, messages: list[dict], settings: GenerationSettings, stream: ChatStream) -> None:
     """The same stream protocol through llama.cpp: the GGUF renders the prompt with the chat template stored in it."""
-    from core.export.llamacpp import stream_chat
+    from core.llamacpp import stream_chat
 
     def on_piece(piece: str) -> None:
         if stream.stats.time_to_first_token_s is None:

@@ -170,7 +170,7 @@ def _llama_cpp_vs_sentencepiece(gguf_path: Path, merged: Path) -> list:
     import sentencepiece
     from transformers import AutoTokenizer
 
-    from core.export.llamacpp import open_gguf, tokenize
+    from core.llamacpp import open_gguf, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
     processor = sentencepiece.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
@@ -196,8 +196,8 @@ def _llama_cpp_vs_sentencepiece(gguf_path: Path, merged: Path) -> list:
 
 
 def _chat_gguf(gguf_path: Path, matrix: Matrix) -> None:
-    from core.export.llamacpp import load_chat_model
     from core.generation import GenerationSettings, generate_text
+    from core.llamacpp import load_chat_model
 
     loaded = load_chat_model(gguf_path, n_ctx=512)
     history = [{"role": "user", "content": PAIRS[0][0]}]

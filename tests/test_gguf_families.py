@@ -232,7 +232,7 @@ def test_without_tokenizer_model_ours_equals_llama_cpp(name, tmp_path):
 
 
 def _llama_cpp():
-    from core.export import llamacpp
+    from core import llamacpp
 
     if not llamacpp.available():
         pytest.skip(llamacpp.missing_note())

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.export import llamacpp, memory, validate
+from core import llamacpp
+from core.export import memory, validate
 from core.export.disk import estimate_bytes, folder_bytes, safetensors_parameters, space_problem
 from core.export.gguf_header import read_header
 from core.export.integrity import digest_problems, folder_digest

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from core.export.llamacpp import QUANT_TYPES
+from core.llamacpp import QUANT_TYPES
 from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
 
 FORMATS: tuple[str, ...] = ("adapter", "merged", "gguf_f16", "gguf_q8_0", "modelfile", "recipes")

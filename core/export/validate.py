@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.export import llamacpp
+from core import llamacpp
 from core.export.integrity import file_problems
 
 # Merged vs base + adapter: the saved 16-bit weights differ from the fp32 sum by rounding only.
