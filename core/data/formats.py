@@ -97,7 +97,7 @@ ID_COLUMNS: tuple[str, ...] = ("id", "_id", "uuid", "row_id", "example_id", "sam
 FILE_SUFFIXES: dict[str, str] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
 }
-DEMO_SPLITS: tuple[str, ...] = ("train", "eval")
+DEMO_SPLITS: tuple[str, ...] = ("train", "eval", "pairs_train", "pairs_eval")  # pairs_*: preference pairs (assets/make_demo_preferences.py)
 EXAMPLES_PER_KIND = 5
 DETECT_ROWS = 50
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -1007,7 +1007,7 @@ def assets_dir() -> Path:
 
 
 def demo_dataset_path(split: str = "train") -> Path:
-    """The shipped support-ticket → JSON demo task: split 'train' or 'eval'."""
+    """The shipped support-ticket → JSON demo task: split 'train' or 'eval' (SFT rows), 'pairs_train' or 'pairs_eval' (preference pairs)."""
     if split not in DEMO_SPLITS:
         raise ValueError(f"demo split must be one of {DEMO_SPLITS}, got {split!r}")
     return assets_dir() / "demo" / f"{split}.jsonl"
