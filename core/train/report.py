@@ -158,3 +158,177 @@ def rank_rows(run_dir: Path, now: float | None = None) -> list[dict]:
             "last heard": f"{now - beat:.0f} s ago" if beat and record.get("state") == "running" else "",
         })
     return rows
+
+
+# ---------------------------------------------------------------- preference runs (issue 27): charts, reading guide, lineage
+
+PREFERENCE_CHARTS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
+    # (title, ((metric key, legend name, colour), ...)): train rows carry the key, eval rows its eval_ twin
+    ("Implicit rewards", (("rewards/chosen", "chosen", "#2ca02c"), ("rewards/rejected", "rejected", "#d62728"))),
+    ("Reward margin (chosen − rejected)", (("rewards/margins", "margin", "#1f77b4"),)),
+    ("Pair accuracy (chosen reward > rejected)", (("rewards/accuracies", "accuracy", "#9467bd"),)),
+    ("Log-probs of the answers", (("logps/chosen", "chosen", "#2ca02c"), ("logps/rejected", "rejected", "#d62728"))),
+    ("KL to the reference (KTO)", (("kl", "kl", "#8c564b"),)),
+)
+WHOLE_SET_ACCURACY = "eval_pair_accuracy"  # logged by core.train.trainer at each eval: over every eval pair, not a mean of batches
+
+
+def is_preference_run(rows: list[dict]) -> bool:
+    keys = {key for _, series in PREFERENCE_CHARTS for key, _, _ in series}
+    return any(k in row or f"eval_{k}" in row for row in rows for k in keys)
+
+
+def _eval_key(rows: list[dict], key: str) -> tuple[str, str]:
+    """The eval twin of a train metric and its legend suffix. Accuracy: the whole-set figure when the run logged it."""
+    if key == "rewards/accuracies" and any(r.get(WHOLE_SET_ACCURACY) is not None for r in rows):
+        return WHOLE_SET_ACCURACY, "eval (whole set)"
+    return f"eval_{key}", "eval"
+
+
+def preference_figures(rows: list[dict]) -> list[Any]:
+    """The objective's own curves beside the loss: rewards, margin, accuracy, log-probs, KTO's KL; train rows as lines,
+    eval rows dashed with markers. Only charts with data are returned: an SFT run gets none (its page is unchanged)."""
+    import plotly.graph_objects as go
+
+    figures = []
+    for title, series in PREFERENCE_CHARTS:
+        fig = go.Figure()
+        for key, name, colour in series:
+            eval_key, eval_name = _eval_key(rows, key)
+            for source, label, dash, mode in ((key, name, "solid", "lines"), (eval_key, f"{name} · {eval_name}", "dash", "lines+markers")):
+                x, y = _series(rows, source)
+                if x:
+                    fig.add_trace(go.Scatter(x=x, y=y, name=label, mode=mode, line=dict(color=colour, dash=dash)))
+        if fig.data:
+            fig.update_layout(title=title, xaxis_title="step", height=260, margin=dict(l=10, r=10, t=40, b=10),
+                              legend=dict(orientation="h"))
+            figures.append(fig)
+    return figures
+
+
+@dataclass(frozen=True)
+class GuideLine:
+    case: str
+    text: str
+    applies: bool = False
+    detail: str = ""  # what in this run's metrics matched, when it applies
+
+
+READING_GUIDE: dict[str, str] = {
+    "rewards_falling": "Both rewards falling while the margin grows is expected: the policy moves probability off both answers, "
+                       "more off the rejected one.",
+    "chosen_drift": "A rising margin with falling chosen log-probs is the drift the SFT mix (sft_weight) fixes: it keeps the "
+                    "chosen answers likely while the margin grows.",
+    "accuracy_saturated": "Accuracies stuck at 0 or 1 with tiny batches are a few pairs' verdicts per step: read the eval accuracy, "
+                          "computed over the whole eval set.",
+    "flat_margins": "Margins flat near 0: beta too small or the pairs too alike (chosen and rejected differ in a few tokens).",
+}
+FLAT_MARGIN = 0.05  # |margin| below this, late in a run, reads as flat
+TINY_BATCH_PAIRS = 8  # pairs per optimizer step at or below which per-step accuracies are coarse
+
+
+def _ends(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last third of a series (at least one point each)."""
+    k = max(1, len(values) // 3)
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+def _direction(values: list[float]) -> int:
+    """+1 rising, -1 falling, 0 flat (a change within 1e-3 or 1 % of the larger end)."""
+    if len(values) < 2:
+        return 0
+    first, last = _ends(values)
+    if abs(last - first) <= max(1e-3, 0.01 * max(abs(first), abs(last))):
+        return 0
+    return 1 if last > first else -1
+
+
+def _train_values(rows: list[dict], key: str) -> list[float]:
+    return _series([r for r in rows if "loss" in r], key)[1]
+
+
+def _moved(values: list[float]) -> str:
+    return f"{values[0]:.3g} → {values[-1]:.3g}" if values else "—"
+
+
+def reading_guide(rows: list[dict], spec: dict | None = None) -> list[GuideLine]:
+    """The reading guide's lines, each marked when this run's metrics (train rows, first third vs last third) show it.
+    spec (the run's spec dict, optional) sharpens the advice: sft_weight, beta, pairs per step."""
+    spec = spec or {}
+    chosen, rejected = _train_values(rows, "rewards/chosen"), _train_values(rows, "rewards/rejected")
+    margins, chosen_logps = _train_values(rows, "rewards/margins"), _train_values(rows, "logps/chosen")
+    accuracies = _train_values(rows, "rewards/accuracies")
+    margin_up = _direction(margins) > 0
+    lines = []
+
+    both_fall = margin_up and _direction(chosen) < 0 and _direction(rejected) < 0
+    lines.append(GuideLine("rewards_falling", READING_GUIDE["rewards_falling"], both_fall,
+                           f"chosen {_moved(chosen)}, rejected {_moved(rejected)}, margin {_moved(margins)}" if both_fall else ""))
+
+    drift = margin_up and _direction(chosen_logps) < 0
+    detail = ""
+    if drift:
+        weight = float(spec.get("sft_weight") or 0.0)
+        advice = f"raise sft_weight above {weight:g}" if weight > 0 else "set sft_weight (e.g. 0.5) on the next run"
+        detail = f"chosen log-prob {_moved(chosen_logps)} while the margin went {_moved(margins)}: {advice}"
+    lines.append(GuideLine("chosen_drift", READING_GUIDE["chosen_drift"], drift, detail))
+
+    pairs_per_step = int(spec.get("batch_size") or 0) * int(spec.get("gradient_accumulation") or 1)
+    recent = accuracies[-3:]
+    saturated = (len(recent) >= 2 and all(v in (0.0, 1.0) for v in recent)
+                 and (not pairs_per_step or pairs_per_step <= TINY_BATCH_PAIRS))
+    detail = ""
+    if saturated:
+        whole = _series(rows, WHOLE_SET_ACCURACY)[1] or _series(rows, "eval_rewards/accuracies")[1]
+        step_note = f" ({pairs_per_step} pairs per step)" if pairs_per_step else ""
+        detail = (f"last train accuracies {', '.join(f'{v:g}' for v in recent)}{step_note}; "
+                  + (f"eval accuracy over the whole eval set: {whole[-1]:.3f}" if whole else
+                     "this run has no eval set: set eval_fraction to measure one"))
+    lines.append(GuideLine("accuracy_saturated", READING_GUIDE["accuracy_saturated"], saturated, detail))
+
+    total = next((int(r.get("total_steps") or 0) for r in rows if r.get("event") == "start"), 0)
+    steps = _series([r for r in rows if "loss" in r], "rewards/margins")[0]
+    late = bool(steps) and (not total or steps[-1] >= total / 4)
+    flat = len(margins) >= 3 and late and abs(_ends(margins)[1]) < FLAT_MARGIN and not margin_up
+    detail = ""
+    if flat:
+        beta = spec.get("beta")
+        detail = (f"margin {_moved(margins)} after {steps[-1]} steps" + (f" with beta {beta:g}" if beta is not None else "")
+                  + ": raise beta, or check on the Data page how far chosen and rejected differ")
+    lines.append(GuideLine("flat_margins", READING_GUIDE["flat_margins"], flat, detail))
+    return lines
+
+
+def parent_run(spec: dict) -> str | None:
+    """The run a training run continues (its init_adapter under this workspace's runs folder), for the page's link."""
+    from core.runs.card import source_run_of
+
+    adapter = str(spec.get("init_adapter") or "").strip()
+    if not adapter or "/" not in adapter:
+        return adapter or None  # a run id as typed (TrainSpec turns it into the run's adapter path)
+    return source_run_of(adapter)
+
+
+FRESH_ADAPTER_LABEL = "a fresh adapter"
+ADAPTER_PATH_LABEL = "Adapter folder path…"
+
+
+def continue_choices(summaries: list) -> dict[str, str]:
+    """Label -> run id of this workspace's succeeded training runs that saved an adapter (what "Continue from run …" offers)."""
+    choices = {}
+    for run in summaries:
+        if run.status.state != "succeeded" or not (Path(run.path) / "adapter" / "adapter_config.json").is_file():
+            continue
+        spec = run.spec
+        objective = spec.get("objective") or "sft"
+        choices[f"{run.run_id} · {objective} · {spec.get('method', '')} · {Path(str(spec.get('dataset', ''))).name}"] = run.run_id
+    return choices
+
+
+def continue_preset(value: str, choices: dict[str, str]) -> str:
+    """The "Continue from run …" label for an init_adapter value (a run id, its folder or adapter path, or another folder)."""
+    value = str(value or "").strip()
+    if not value:
+        return FRESH_ADAPTER_LABEL
+    run_id = parent_run({"init_adapter": value})
+    return next((label for label, rid in choices.items() if rid == run_id), ADAPTER_PATH_LABEL)

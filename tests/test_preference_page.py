@@ -1,0 +1,127 @@
+"""Preference runs on the Train page (issue 27, "Live, and explained"): the objective's charts beside the loss, the
+reading guide and the case it names for this run, eval accuracy over the whole eval set (not a mean of batch means),
+and "Continue from run …" with the link back to the parent run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.train.report import (
+    ADAPTER_PATH_LABEL,
+    FRESH_ADAPTER_LABEL,
+    READING_GUIDE,
+    continue_preset,
+    is_preference_run,
+    parent_run,
+    preference_figures,
+    reading_guide,
+    small_figures,
+)
+
+PAIRS = [("2+2?", "4", "5"), ("Capital of France?", "Paris", "Lyon"), ("Colour of the sky?", "Blue", "Green"),
+         ("Opposite of hot?", "Cold", "Warm"), ("3*3?", "9", "6"), ("Ice is?", "Frozen water", "Hot steam")]
+EVAL_PAIRS = [("1+1?", "2", "3"), ("Largest planet?", "Jupiter", "Mars"), ("Grass is?", "Green", "Purple"),
+              ("Opposite of up?", "Down", "Left"), ("Water boils at?", "100 C", "10 C")]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _pairs(path: Path, pairs) -> Path:
+    return _write(path, [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+                          "rejected": [{"role": "assistant", "content": r}]} for q, c, r in pairs])
+
+
+def _dpo_rows(chosen, rejected, logps_chosen, accuracies=None, total_steps=None) -> list[dict]:
+    """Train rows as the job writes them (TRL's names), margins = chosen - rejected."""
+    rows = [{"event": "start", "step": 0, "total_steps": total_steps or len(chosen)}]
+    for step, (c, r, lc) in enumerate(zip(chosen, rejected, logps_chosen), start=1):
+        rows.append({"step": step, "loss": 0.69, "learning_rate": 1e-4, "rewards/chosen": c, "rewards/rejected": r,
+                     "rewards/margins": c - r, "rewards/accuracies": (accuracies or [0.5] * len(chosen))[step - 1],
+                     "logps/chosen": lc, "logps/rejected": lc - 5.0})
+    return rows
+
+
+def _applies(lines) -> set[str]:
+    return {line.case for line in lines if line.applies}
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _traces(fig) -> dict[str, tuple]:
+    return {t.name: (tuple(t.x), tuple(t.y), t.line.dash) for t in fig.data}
+
+
+def test_preference_figures_draw_train_and_eval_and_sft_gets_none():
+    rows = _dpo_rows([0.0, -0.1, -0.2], [0.0, -0.3, -0.6], [-40.0, -41.0, -42.0])
+    rows.append({"step": 3, "eval_loss": 0.6, "eval_rewards/chosen": -0.25, "eval_rewards/rejected": -0.7, "eval_rewards/margins": 0.45,
+                 "eval_rewards/accuracies": 0.6667, "eval_pair_accuracy": 0.8, "eval_logps/chosen": -43.0, "eval_logps/rejected": -49.0})
+    figures = preference_figures(rows)
+    titles = [f.layout.title.text for f in figures]
+    assert len(titles) == 4 and not any("KL" in t for t in titles), "a DPO run logs no kl: no empty KL chart"
+    rewards = _traces(figures[0])
+    assert rewards["chosen"] == ((1, 2, 3), (0.0, -0.1, -0.2), "solid")
+    assert rewards["rejected · eval"] == ((3,), (-0.7,), "dash"), "eval drawn distinctly (dashed, markers)"
+    accuracy = _traces(next(f for f in figures if f.layout.title.text.startswith("Pair accuracy")))
+    assert accuracy["accuracy · eval (whole set)"][1] == (0.8,), "the whole-set figure, not TRL's mean of batch means"
+    margins = _traces(next(f for f in figures if f.layout.title.text.startswith("Reward margin")))
+    assert margins["margin"][1] == pytest.approx((0.0, 0.2, 0.4))
+
+    kto = [{"step": 1, "loss": 0.5, "rewards/chosen": 0.1, "rewards/rejected": -0.1, "rewards/margins": 0.2, "kl": 0.03}]
+    assert any("KL" in f.layout.title.text for f in preference_figures(kto))
+
+    sft = [{"event": "start", "step": 0, "total_steps": 2}, {"step": 1, "loss": 2.0, "learning_rate": 1e-4, "grad_norm": 1.0},
+           {"step": 2, "eval_loss": 1.9}]
+    assert preference_figures(sft) == [] and not is_preference_run(sft) and is_preference_run(rows)
+    assert len(small_figures(sft)) == 4, "an SFT run's charts are as before"
+
+
+# ---------------------------------------------------------------- reading guide
+
+
+def test_guide_names_the_cases_a_run_is_in():
+    assert set(READING_GUIDE) == {"rewards_falling", "chosen_drift", "accuracy_saturated", "flat_margins"}
+    # Both rewards fall, rejected faster (margin grows), and the chosen log-probs fall: expected, and the SFT mix's drift.
+    drifting = _dpo_rows([0.0, -0.2, -0.4, -0.6, -0.8, -1.0], [0.0, -0.5, -1.0, -1.5, -2.0, -2.5], [-40, -42, -44, -46, -48, -50])
+    lines = reading_guide(drifting, {"sft_weight": 0.0, "batch_size": 8, "gradient_accumulation": 4})
+    assert _applies(lines) == {"rewards_falling", "chosen_drift"}
+    drift = next(line for line in lines if line.case == "chosen_drift")
+    assert "sft_weight" in drift.text and "set sft_weight" in drift.detail and "-40 → -50" in drift.detail
+    assert "raise sft_weight above 0.5" in next(x for x in reading_guide(drifting, {"sft_weight": 0.5}) if x.case == "chosen_drift").detail
+
+    # Margin grows with the chosen reward and log-prob rising: healthy, nothing flagged.
+    healthy = _dpo_rows([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [0.0, -0.2, -0.4, -0.6, -0.8, -1.0], [-40, -39, -38, -37, -36, -35])
+    assert _applies(reading_guide(healthy, {"batch_size": 8, "gradient_accumulation": 4})) == set()
+
+    # Accuracies of 0 / 1 only with 2 pairs a step: read the eval accuracy (the whole-set figure, quoted).
+    coarse = _dpo_rows([0.0, 0.1, 0.2, 0.3], [0.0, -0.2, -0.4, -0.6], [-40, -39, -38, -37], accuracies=[0.0, 1.0, 1.0, 1.0])
+    coarse.append({"step": 4, "eval_loss": 0.6, "eval_rewards/accuracies": 0.75, "eval_pair_accuracy": 0.8})
+    line = next(x for x in reading_guide(coarse, {"batch_size": 2, "gradient_accumulation": 1}) if x.case == "accuracy_saturated")
+    assert line.applies and "0.800" in line.detail and "2 pairs per step" in line.detail
+    assert not next(x for x in reading_guide(coarse, {"batch_size": 16, "gradient_accumulation": 2})
+                    if x.case == "accuracy_saturated").applies, "32 pairs a step: 1.0 is a real figure"
+    no_eval = next(x for x in reading_guide(coarse[:-1], {"batch_size": 1}) if x.case == "accuracy_saturated")
+    assert "no eval set" in no_eval.detail
+
+    # Margins flat near 0 late in the run: beta too small or pairs too alike.
+    flat = _dpo_rows([0.0, 0.001, -0.002, 0.001, 0.0, 0.002], [0.0, 0.0, -0.001, 0.0, 0.001, 0.0], [-40] * 6)
+    line = next(x for x in reading_guide(flat, {"beta": 0.01, "batch_size": 8, "gradient_accumulation": 4}) if x.case == "flat_margins")
+    assert line.applies and "beta 0.01" in line.detail
+    early = _dpo_rows([0.0, 0.001, 0.0], [0.0, 0.0, 0.0], [-40] * 3, total_steps=100)
+    assert "flat_margins" not in _applies(reading_guide(early)), "3 steps of 100: too early to call the margin flat"
+    assert _applies(reading_guide([{"step": 1, "loss": 2.0}])) == set(), "an SFT run is in no case"
+
+
+def test_continue_preset_and_parent_link(workspace):
+    run_dir = workspace / "runs" / "sft-1"
+    (run_dir / "adapter").mkdir(parents=True)
+    choices = {"sft-1 · sft · lora · qa.jsonl": "sft-1"}
+    assert continue_preset("", choices) == FRESH_ADAPTER_LABEL
+    assert continue_preset("sft-1", choices) == continue_preset(str(run_dir / "adapter"), choices) == "sft-1 · sft · lora · qa.jsonl"
+    assert continue_preset("/elsewhere/adapter", choices) == ADAPTER_PATH_LABEL
+    assert parent_run({"init_adapter": str(run_dir / "adapter")}) == "sft-1" and parent_run({"init_adapter": ""}) is None
