@@ -84,14 +84,16 @@ def resolve() -> dict:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text("\n".join(lines) + "\n")
         report = Path(tmp) / "report.json"
+        # fast-deps: each wheel's metadata comes from a few HTTP range requests instead of the whole file (the index pages
+        # here carry no PEP 658 metadata link, so without it pip downloads ~4 GB of torch / CUDA wheels on every resolve)
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-                   "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
+                   "--use-feature=fast-deps", "--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON_VERSION,
                    *[arg for platform in PLATFORMS for arg in ("--platform", platform)], "-r", str(requirements)]
         started = time.time()
         done = subprocess.run(command, env=pip_environment(), capture_output=True, text=True)
         seconds = time.time() - started
         if done.returncode != 0:
-            tail = "\n".join(line for line in done.stderr.splitlines() if "is ignored" not in line)[-3000:]
+            tail = "\n".join(line for line in done.stderr.splitlines() if "is ignored" not in line and "fast-deps" not in line)[-3000:]
             raise SystemExit(f"requirements-gpu.txt no longer resolves for Linux x86-64 / CPython {PYTHON_VERSION} "
                              f"(pip's resolver, {seconds:.0f} s):\n{tail}")
         installed = json.loads(report.read_text())["install"]
