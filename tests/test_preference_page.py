@@ -125,3 +125,57 @@ def test_continue_preset_and_parent_link(workspace):
     assert continue_preset("sft-1", choices) == continue_preset(str(run_dir / "adapter"), choices) == "sft-1 · sft · lora · qa.jsonl"
     assert continue_preset("/elsewhere/adapter", choices) == ADAPTER_PATH_LABEL
     assert parent_run({"init_adapter": str(run_dir / "adapter")}) == "sft-1" and parent_run({"init_adapter": ""}) is None
+
+
+# ---------------------------------------------------------------- eval accuracy over the whole eval set
+
+
+@pytest.mark.slow
+def test_eval_pair_accuracy_is_over_the_whole_eval_set(workspace, tiny_llama_dir, tmp_path):
+    """5 eval pairs at batch size 2 (batches of 2, 2, 1): TRL 1.16 logs eval_rewards/accuracies as the mean of the three batch
+    means; eval_pair_accuracy is the share of the 5 pairs. The per-pair verdicts come from TRL itself, one pair per batch."""
+    import torch
+
+    from core.hardware import detect
+    from core.train.backends import HFBackend
+    from core.train.data import prepare_data
+    from core.train.spec import TrainSpec
+    from core.train.trainer import build_preference_trainer
+
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(_pairs(tmp_path / "pairs.jsonl", PAIRS)),
+                     eval_dataset=str(_pairs(tmp_path / "eval.jsonl", EVAL_PAIRS)), objective="dpo", batch_size=2, max_length=64,
+                     max_steps=1, lora_r=4, lora_alpha=8, eval_on_start=False)
+    model, tokenizer = HFBackend().load(spec, detect())
+    data = prepare_data(spec, tokenizer)
+    assert len(data.eval.features) == 5
+    trainer = build_preference_trainer(spec, tmp_path / "run", model, tokenizer, data, device="cpu", bf16=False, fp16=False, callbacks=[])
+
+    def per_pair() -> list[float]:
+        """TRL's own verdict (chosen reward > rejected) for each eval pair, in eval order, one pair per batch."""
+        trainer.args.per_device_eval_batch_size = 1
+        trainer.model.eval()
+        for batch in trainer.get_eval_dataloader():
+            trainer.prediction_step(trainer.model, batch, prediction_loss_only=True)
+        verdicts = list(trainer._metrics["eval"]["rewards/accuracies"])
+        trainer._metrics["eval"].clear()
+        trainer.eval_pair_tally.reset()
+        trainer.args.per_device_eval_batch_size = 2
+        return verdicts
+
+    generator = torch.Generator().manual_seed(0)
+    for _attempt in range(20):  # move the policy off its reference until the 5 verdicts make the two figures differ
+        with torch.no_grad():
+            for name, param in trainer.model.named_parameters():
+                if param.requires_grad and "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        verdicts = per_pair()
+        batch_means = [sum(verdicts[0:2]) / 2, sum(verdicts[2:4]) / 2, verdicts[4]]
+        if sum(batch_means) / 3 != pytest.approx(sum(verdicts) / 5):
+            break
+    assert len(verdicts) == 5 and set(verdicts) <= {0.0, 1.0}
+    assert sum(batch_means) / 3 != pytest.approx(sum(verdicts) / 5), "no weights found where the two figures differ"
+
+    metrics = trainer.evaluate()
+    assert metrics["eval_rewards/accuracies"] == pytest.approx(sum(batch_means) / 3), "TRL: the mean of the per-batch means"
+    assert metrics["eval_pair_accuracy"] == pytest.approx(sum(verdicts) / 5), "ours: correct pairs / all 5 eval pairs"
+    assert metrics["eval_pair_accuracy"] == pytest.approx(trainer.evaluate()["eval_pair_accuracy"]), "each eval starts its own count"

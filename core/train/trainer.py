@@ -227,8 +227,9 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
     return WorkbenchCallback()
 
 
+PAIR_ACCURACY = "pair_accuracy"  # eval only: the share of all eval pairs whose chosen reward beats the rejected one
 PREFERENCE_METRIC_PREFIXES = ("rewards/", "logps/", "logits/", "log_odds")
-PREFERENCE_METRIC_KEYS = ("kl", "nll_loss")
+PREFERENCE_METRIC_KEYS = ("kl", "nll_loss", PAIR_ACCURACY)
 
 
 def objective_metrics(logs: dict) -> dict:
@@ -411,13 +412,36 @@ def build_preference_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokeniz
     else:
         from trl.experimental.cpo import CPOTrainer as Base
 
+    tally = PairTally()
+
     class WorkbenchPreferenceTrainer(Base):
-        """Counts the tokens of every batch it trains on (for tokens/s)."""
+        """Counts the tokens of every batch it trains on (for tokens/s), and logs eval_pair_accuracy at each eval."""
+
+        eval_pair_tally = tally
 
         def training_step(self, *args, **kwargs):
             inputs = args[1] if len(args) > 1 else kwargs["inputs"]
             counter.add_preference(inputs)
             return super().training_step(*args, **kwargs)
+
+        def evaluation_loop(self, *args, **kwargs):
+            tally.reset()
+            return super().evaluation_loop(*args, **kwargs)
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            store = _eval_accuracy_store(self)
+            before = len(store) if store is not None else 0
+            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            store = _eval_accuracy_store(self)
+            if store is not None and len(store) > before:
+                tally.add(float(store[-1]), _pairs_in(inputs))
+            return result
+
+        def log(self, logs, *args, **kwargs):
+            if "eval_loss" in logs and tally.pairs:
+                logs[f"eval_{PAIR_ACCURACY}"] = tally.accuracy
+                tally.reset()
+            return super().log(logs, *args, **kwargs)
 
     kwargs: dict = {"ref_model": None} if spec.objective in ("dpo", "kto") else {}
     return WorkbenchPreferenceTrainer(
@@ -429,3 +453,44 @@ def build_preference_trainer(spec: TrainSpec, run_dir: Path, model: Any, tokeniz
         callbacks=callbacks,
         **kwargs,
     )
+
+
+@dataclass
+class PairTally:
+    """Correct pairs over all pairs of one evaluation. TRL 1.16 logs eval_rewards/accuracies as the mean of the per-batch
+    means (DPOTrainer.log averages self._metrics["eval"]; ORPO / CPO average their stored metrics the same way), which
+    over-weights a short last batch: 5 eval pairs at batch size 2 weigh the last pair 1/3, not 1/5. A batch's mean over
+    its n pairs of 0 / 1 verdicts is k / n, so round(mean * n) recovers its k exactly (one process: preference runs are
+    refused under a launcher, see TrainSpec)."""
+
+    correct: int = 0
+    pairs: int = 0
+
+    def add(self, batch_mean: float, pairs: int) -> None:
+        self.correct += round(batch_mean * pairs)
+        self.pairs += pairs
+
+    def reset(self) -> None:
+        self.correct = self.pairs = 0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.pairs if self.pairs else 0.0
+
+
+def _eval_accuracy_store(trainer: Any) -> list | None:
+    """The list TRL appends each eval batch's reward accuracy to: DPO's _metrics, ORPO / CPO's _stored_metrics."""
+    metrics = getattr(trainer, "_metrics", None)
+    if isinstance(metrics, dict) and "eval" in metrics:
+        return metrics["eval"].get("rewards/accuracies")
+    stored = getattr(trainer, "_stored_metrics", None)
+    if isinstance(stored, dict) and "eval" in stored:
+        return stored["eval"].get("eval_rewards/accuracies")
+    return None
+
+
+def _pairs_in(inputs: dict) -> int:
+    """Pairs in one preference batch: ORPO / CPO carry chosen_input_ids; DPO stacks [chosen; rejected] in input_ids."""
+    if "chosen_input_ids" in inputs:
+        return len(inputs["chosen_input_ids"])
+    return len(inputs["input_ids"]) // 2
