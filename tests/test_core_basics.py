@@ -160,3 +160,12 @@ def test_no_skip_hides_an_import_error_of_our_own_code():
     ours = r"importorskip\(\s*['\"](core|pages_common|app_pages|bench|tools)\b"
     offenders = [p.name for p in Path(__file__).parent.rglob("*.py") if re.search(ours, p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_a_model_source_names_its_base_the_way_other_tools_do(tmp_path):
+    from core.models import EMBEDDED_HUB_ID, ModelSource
+
+    assert ModelSource().hub_name == EMBEDDED_HUB_ID
+    assert ModelSource("hub", "Qwen/Qwen2.5-0.5B-Instruct").hub_name == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert ModelSource("local", str(tmp_path / "m")).hub_name == str(tmp_path / "m")
+    assert ModelSource("local", "~/m").hub_name.endswith("/m") and "~" not in ModelSource("local", "~/m").hub_name

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from streamlit.testing.v1 import AppTest
 from test_runs_card import _data, _train
 
@@ -61,6 +62,8 @@ def test_runs_page_card_lineage_and_comparison(workspace, tiny_llama_dir, tmp_pa
     assert not at.exception
     at.button(key="runs_write_card").click().run()
     assert (first / "card.json").is_file() and (first / "README.md").is_file()
+    front = yaml.safe_load((first / "README.md").read_text().split("---")[1])
+    assert front["base_model"] == str(tiny_llama_dir)  # a local base is named by its folder (ModelSource.hub_name)
     at.text_input(key="runs_artifact").set_value(str(second / "adapter" / "adapter_config.json")).run()
     assert at.selectbox(key="runs_pick").value == second.name  # an artifact reopens its run
     assert at.multiselect(key="runs_compare").value == [second.name, first.name]

@@ -20,6 +20,7 @@ from core.export.gguf_header import read_header
 from core.export.integrity import digest_problems, folder_digest
 from core.export.source import ExportSource, resolve, training_template
 from core.export.spec import ExportSpec
+from core.models import ModelSource
 from core.runs.jobs import JobContext, JobError
 from core.workspace import atomic_write_dir, atomic_write_text, safe_name
 
@@ -178,7 +179,7 @@ class Exporter:
 
     def _merged(self) -> None:
         from core.export.gguf_convert import keep_sentencepiece_model
-        from core.models import ModelLoadError, ModelSource, load_model, save_model
+        from core.models import ModelLoadError, load_model, save_model
 
         started = time.perf_counter()
         keep = "merged" in self.spec.formats
@@ -309,7 +310,7 @@ class Exporter:
             atomic_write_text(folder / "spec.yaml", recipes.spec_yaml(self.source.run_spec))
             written.append("spec.yaml")
         if self.source.run_kind == "train":
-            text = recipes.axolotl_yaml(self.source.run_spec, base_model=recipes.base_model_name(self.source.run_spec.get("model") or {}),
+            text = recipes.axolotl_yaml(self.source.run_spec, base_model=ModelSource.from_dict(self.source.run_spec.get("model") or {}).hub_name,
                                         data_format=self.source.data_format, chat_template=self.template)
             atomic_write_text(folder / "axolotl.yaml", text)
             written.append("axolotl.yaml")

