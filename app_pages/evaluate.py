@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.evaluate import charts
 from core.evaluate.harness import lm_eval_available
-from core.evaluate.report import metric_table, render_html, render_markdown, top_changes
+from core.evaluate.report import metric_table, preference_lines, preference_table, render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
 from core.evaluate.variants import retrain_recipe, run_checkpoints, trained_base
 from core.runs import list_runs, read_result
@@ -73,14 +73,17 @@ def new_evaluation_form() -> None:
     st.markdown("**Sample sizes** — the defaults finish in a few minutes on a laptop CPU with the embedded model; raise them for tighter intervals.")
     c = st.columns(4)
     sizes = {name: number_input(name, c[i % 4]) for i, name in enumerate(
-        ("task_samples", "general_samples", "mc_samples", "max_new_tokens", "bootstrap_samples", "forgetting_threshold", "perplexity_threshold", "seed"))}
+        ("task_samples", "general_samples", "mc_samples", "max_new_tokens", "bootstrap_samples", "forgetting_threshold", "perplexity_threshold", "seed",
+         "pair_samples"))}
+    pairs = st.text_input("Preference pairs (held-out, optional)", key="eval_pairs_dataset", help=FIELDS["pairs_dataset"].help,
+                          placeholder="empty: the pairs a preference-trained run held out")
     tasks = st.text_input("lm-eval tasks (optional, comma-separated)", key="eval_lm_tasks", placeholder="hellaswag, arc_easy")
     if tasks.strip() and not lm_eval_available():
         st.info("`lm-eval` is not installed: these tasks will be skipped (the report says so). `pip install lm-eval` to run them.")
     if st.button("▶ Run evaluation", type="primary", key="eval_launch", disabled=base is None or not (variants or checkpoints_of)):
         try:
             spec = EvalSpec(base=base.as_dict(), variants=variants, checkpoints_of=checkpoints_of, task_dataset=task.strip(),
-                            lm_eval_tasks=[t for t in tasks.split(",") if t.strip()], **sizes)
+                            pairs_dataset=pairs.strip(), lm_eval_tasks=[t for t in tasks.split(",") if t.strip()], **sizes)
         except ValueError as exc:
             st.error(str(exc))
             return
@@ -105,6 +108,7 @@ def render_report(report: dict) -> None:
         if figure is not None:
             st.plotly_chart(figure, width="stretch")
     st.dataframe(pd.DataFrame(metric_table(report)), hide_index=True, width="stretch")
+    render_preference(report)
     render_examples(report)
     lm = report.get("lm_eval") or {}
     if lm.get("status") not in (None, "not requested"):
@@ -116,6 +120,18 @@ def render_report(report: dict) -> None:
     c1.download_button("⬇ Markdown", render_markdown(report), f"{name}-report.md", "text/markdown", key="eval_dl_md")
     c2.download_button("⬇ HTML", render_html(report), f"{name}-report.html", "text/html", key="eval_dl_html")
     c3.download_button("⬇ JSON", json.dumps(report, indent=2), f"{name}-report.json", "application/json", key="eval_dl_json")
+
+
+def render_preference(report: dict) -> None:
+    """The preference section (a preference-trained variant, or a pairs file): pair accuracy per model."""
+    if not report.get("preference"):
+        return
+    st.subheader("Preference: held-out pairs")
+    st.markdown("\n".join(f"- {line}" for line in preference_lines(report)))
+    figure = charts.pair_accuracy_bars(report)
+    if figure is not None:
+        st.plotly_chart(figure, width="stretch")
+        st.dataframe(pd.DataFrame(preference_table(report)), hide_index=True, width="stretch")
 
 
 def advice_buttons(report: dict, verdict: dict) -> None:

@@ -68,4 +68,24 @@ def checkpoint_curve(report: dict) -> go.Figure | None:
     return fig
 
 
-__all__ = ["metric_bars", "delta_bars", "checkpoint_curve", "GENERAL_SCORE"]
+def pair_accuracy_bars(report: dict) -> go.Figure | None:
+    """The preference section: pair accuracy per model (log-prob, per token, implicit reward), with 95% intervals."""
+    models = (report.get("preference") or {}).get("models") or []
+    if not models:
+        return None
+    kinds = (("logprob_acc", "log-prob"), ("logprob_acc_norm", "log-prob per token"), ("reward_acc", "implicit reward"))
+    fig = go.Figure()
+    for key, name in kinds:
+        shown = [m for m in models if m.get(key)]
+        if not shown:
+            continue
+        values, plus, minus = zip(*(_error(m[key]) for m in shown))
+        fig.add_bar(name=name, x=[m["label"] for m in shown], y=list(values),
+                    error_y={"type": "data", "array": list(plus), "arrayminus": list(minus), "visible": True})
+    fig.add_hline(y=50, line_dash="dot", line_color="#888", annotation_text="chance")
+    fig.update_layout(barmode="group", title="Held-out pair accuracy (chosen preferred, %)", yaxis_title="%", yaxis_range=[0, 100],
+                      legend_title="reading", margin={"t": 50, "b": 10}, height=380)
+    return fig
+
+
+__all__ = ["metric_bars", "delta_bars", "checkpoint_curve", "pair_accuracy_bars", "GENERAL_SCORE"]

@@ -14,21 +14,21 @@ import copy
 import gc
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 from core import generation
 from core.evaluate import harness, scoring
 from core.evaluate.general import MC_SET_NAME, TEXT_SET_NAME, GeneralSetError, load_general_sets
+from core.evaluate.pairs import pair_accuracy, pair_logprobs
+from core.evaluate.preference import PreferencePlan, build_section, plan_preference
 from core.evaluate.report import ModelResult, build_report, metric_defs
 from core.evaluate.spec import EvalSpec
 from core.evaluate.task import TaskDataError, TaskSetup, load_task, score_answer
-from core.evaluate.variants import Variant, expand_variants
+from core.evaluate.variants import Variant, adapter_chat_template, expand_variants
 from core.metrics import choice_accuracy
 from core.models import LoadedModel, ModelLoadError, ModelSource, apply_adapter, load_model, unwrap_adapter
 from core.runs.jobs import JobContext, JobError
 from core.runs.spec import spec_to_dict
-from core.workspace import read_json
 
 
 class _Progress:
@@ -54,11 +54,13 @@ def run(ctx: JobContext) -> dict:
         variants = expand_variants(spec.variants, spec.checkpoints_of, base_source)
         setup = load_task(spec.task_path(), spec.task_samples, spec.seed, spec.free_text_fields)
         general = load_general_sets(spec.general_samples, spec.mc_samples, spec.seed)
+        pairs = plan_preference(str(spec.pairs_path()) if spec.pairs_dataset else "", spec.pair_samples, spec.seed, variants, base_source)
     except (ValueError, TaskDataError, GeneralSetError) as exc:
         raise JobError(str(exc)) from exc
     n_models = 1 + len(variants)
     per_model = 2 * len(setup.examples) + len(general.texts) + len(general.mc_items)
-    progress = _Progress(ctx, n_models * per_model + len(variants))
+    pair_units = 2 * len(pairs.pairs) * (n_models + len(pairs.starts)) if pairs else 0
+    progress = _Progress(ctx, n_models * per_model + len(variants) + pair_units)
     ctx.log.info("evaluating %s against %d variant(s): %d task rows, %d texts, %d MC items",
                  base_source.label, len(variants), len(setup.examples), len(general.texts), len(general.mc_items))
 
@@ -71,11 +73,17 @@ def run(ctx: JobContext) -> dict:
     probe_differences = _check_variants_change_the_model(base, base_probe, variants, progress)
 
     results: list[ModelResult] = []
+    pair_scores: dict = {}
     try:
         results.append(_evaluate(ctx, "base", "base", base, base_source, setup, general, spec, progress))
+        _score_pairs(ctx, pairs, "base", base, spec, progress, pair_scores)
+        for start in pairs.starts if pairs else []:
+            with _variant_model(base, start) as loaded:
+                _score_pairs(ctx, pairs, start.label, loaded, spec, progress, pair_scores)
         for variant in variants:
             with _variant_model(base, variant) as loaded:
                 result = _evaluate(ctx, variant.label, "variant", loaded, variant.source, setup, general, spec, progress)
+                _score_pairs(ctx, pairs, variant.label, loaded, spec, progress, pair_scores)
             result.step, result.probe_difference = variant.step, probe_differences[variant.label]
             results.append(result)
     except generation.Stopped:
@@ -88,6 +96,7 @@ def run(ctx: JobContext) -> dict:
         spec=spec_to_dict(spec), task=_task_summary(setup), general=_general_summary(general),
         results=results, examples=_example_rows(setup), defs=metric_defs(setup.fields, setup.is_json),
         wall_seconds=time.time() - started, lm_eval=lm_eval, notes=_notes(setup, base),
+        preference=build_section(pairs, pair_scores, variants, resamples=spec.bootstrap_samples, seed=spec.seed) if pairs else None,
     )
     ctx.write_result(report)
     ctx.log.info("report written: %s", ", ".join(v["headline"] for v in report["verdicts"]))
@@ -100,16 +109,6 @@ def _load(source: ModelSource) -> LoadedModel:
         return load_model(source)
     except ModelLoadError as exc:
         raise JobError(str(exc)) from exc
-
-
-def adapter_chat_template(adapter: str) -> str | None:
-    """The chat template saved beside an adapter (training saves the one it rendered with), if any."""
-    folder = Path(adapter).expanduser()
-    if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    config = read_json(folder / "tokenizer_config.json", {}) or {}
-    template = config.get("chat_template")
-    return template if isinstance(template, str) and template.strip() else None
 
 
 def _tokenizer_for(tokenizer: Any, source: ModelSource) -> Any:
@@ -216,6 +215,22 @@ def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, sourc
     )
     _log_summary(ctx, result)
     return result
+
+
+def _score_pairs(ctx: JobContext, plan: PreferencePlan | None, label: str, loaded: LoadedModel, spec: EvalSpec, progress: _Progress,
+                 out: dict) -> None:
+    """The preference section's pair log-probabilities of one model (every model renders the pairs with the template
+    the preference run trained with, so policy and reference score the same tokens)."""
+    if plan is None or not plan.pairs:
+        return
+    progress.set_stage(f"{label}: {len(plan.pairs)} preference pairs")
+    try:
+        out[label] = pair_logprobs(loaded.model, loaded.tokenizer, plan.pairs, chat_template=plan.chat_template, max_length=spec.max_length,
+                                   batch_size=spec.batch_size, should_stop=lambda: ctx.stop_requested, on_progress=progress.advance)
+    except ValueError as exc:
+        raise JobError(f"pairs ({plan.source}): {exc}") from exc
+    ctx.log.info("%s: pair accuracy (log-prob) %.1f%% on %d pairs", label,
+                 100 * pair_accuracy(out[label]), len(out[label]))
 
 
 def _log_summary(ctx: JobContext, result: ModelResult) -> None:

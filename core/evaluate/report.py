@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.evaluate import stats
-from core.evaluate.verdict import decide
+from core.evaluate.verdict import decide, preference_reason
 
 REPORT_VERSION = 1
 GENERAL_SCORE = "general_mc_acc_norm"
@@ -27,6 +27,11 @@ DEFINITIONS = {
     "intervals": "95% percentile bootstrap intervals over examples; deltas use a paired bootstrap (same resampled "
                  "examples for both models).",
 }
+
+PREFERENCE_DEFINITION = ("Pair accuracy: share of held-out preference pairs where the model prefers the chosen answer — "
+                         "log-prob: sum log p(chosen | prompt) > sum log p(rejected | prompt) over the answer tokens (per token: "
+                         "the same per answer token, since DPO learns length); implicit reward: beta·[(log π − log π_ref)(chosen) − "
+                         "(log π − log π_ref)(rejected)] > 0 with π_ref the model training started from. Ties count half.")
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,8 @@ def best_checkpoint(models: list[dict], verdicts: dict[str, str]) -> str | None:
 
 
 def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelResult], examples: list[dict],
-                 defs: list[MetricDef], wall_seconds: float, lm_eval: dict | None = None, notes: list[str] | None = None) -> dict:
+                 defs: list[MetricDef], wall_seconds: float, lm_eval: dict | None = None, notes: list[str] | None = None,
+                 preference: dict | None = None) -> dict:
     resamples, seed = int(spec.get("bootstrap_samples", 1000)), int(spec.get("seed", 0))
     threshold = float(spec.get("forgetting_threshold", 3.0))
     ppl_threshold = float(spec.get("perplexity_threshold", 25.0))
@@ -155,6 +161,8 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
     first_pass = {r.label: verdict_for(r, None)["verdict"] for r in results[1:]}
     best = best_checkpoint(models, first_pass)
     verdicts = [verdict_for(r, best if best != r.label else None) for r in results[1:]]
+    if preference:
+        _add_preference(verdicts, preference)
     for row in examples:
         row["answers"] = {r.label: r.answers[row["position"]] for r in results}
         row["scores"] = {r.label: r.task_rows[row["position"]]["task_score"] for r in results}
@@ -163,7 +171,7 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
         "created_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "wall_seconds": round(wall_seconds, 1),
         "spec": spec,
-        "definitions": DEFINITIONS,
+        "definitions": {**DEFINITIONS, **({"pair_accuracy": PREFERENCE_DEFINITION} if preference else {})},
         "thresholds": {"forgetting_points": threshold, "perplexity_percent": ppl_threshold},
         "metrics": [{"key": d.key, "label": d.label, "group": d.group, "kind": d.kind, "higher_is_better": d.higher_is_better} for d in defs],
         "task": task,
@@ -175,7 +183,20 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
         "examples": examples,
         "lm_eval": lm_eval or {"status": "not requested"},
         "notes": notes or [],
+        **({"preference": preference} if preference else {}),
     }
+
+
+def _add_preference(verdicts: list[dict], preference: dict) -> None:
+    """Each variant's verdict gains its pair accuracy beside whether the task metrics and general ability held."""
+    rows = {m["label"]: m for m in preference.get("models", [])}
+    others = {label: row for label, row in rows.items() if row["role"] in ("base", "start")}
+    for verdict in verdicts:
+        row = rows.get(verdict["label"])
+        if row is None:
+            continue
+        verdict["preference"] = preference_reason(verdict, row, others)
+        verdict["reasons"].insert(1, verdict["preference"]["sentence"])
 
 
 def checkpoint_points(models: list[dict]) -> list[dict]:
@@ -247,6 +268,35 @@ def metric_table(report: dict) -> list[dict]:
     return rows
 
 
+def preference_table(report: dict) -> list[dict]:
+    """The preference section as rows: per model the pair accuracies (points, 95% intervals), the implicit reward margin
+    and accuracy against its reference, and the paired change of the log-prob accuracy."""
+    section = report.get("preference") or {}
+    rows = []
+    for model in section.get("models", []):
+        deltas = section.get("comparisons", {}).get(model["label"], {})
+        rows.append({
+            "model": model["label"],
+            "pair acc (log-prob)": format_value(model["logprob_acc"], "points"),
+            "pair acc (per token)": format_value(model["logprob_acc_norm"], "points"),
+            "implicit reward acc": format_value(model.get("reward_acc"), "points"),
+            "reward margin": format_value(model.get("reward_margin"), "perplexity"),
+            "reference": model.get("reference", "–"),
+            "Δ log-prob acc": "; ".join(f"vs {other} {format_delta(d, 'points')}" for other, d in deltas.items()) or "–",
+        })
+    return rows
+
+
+def preference_lines(report: dict) -> list[str]:
+    """The preference section's words: where the pairs come from, the win-rate note, the section's notes."""
+    section = report.get("preference") or {}
+    if not section:
+        return []
+    lines = [f"Pairs: {section['source']} ({section['n_pairs']} scored)." if section.get("n_pairs") else "No pairs scored."]
+    lines.append(section["win_rate"]["note"])
+    return lines + list(section.get("notes", []))
+
+
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -268,6 +318,13 @@ def render_markdown(report: dict) -> str:
         lines += ["## Metrics (95% intervals in brackets)", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(row.get(h, "–") for h in headers) + " |" for row in table]
         lines.append("")
+    if report.get("preference"):
+        lines += ["## Preference (held-out pairs)", ""] + [f"- {line}" for line in preference_lines(report)] + [""]
+        pref = preference_table(report)
+        if pref:
+            headers = list(pref[0])
+            lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(row[h] for h in headers) + " |" for row in pref] + [""]
     if report.get("checkpoints"):
         lines += ["## Learning vs forgetting across checkpoints", "", "| checkpoint | step | task score | general score | general ppl |", "|---|---|---|---|---|"]
         for p in report["checkpoints"]:
@@ -320,6 +377,13 @@ def render_html(report: dict) -> str:
         parts.append("<h2>Metrics (95% intervals in brackets)</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{e(row.get(h, '–'))}</td>" for h in headers) + "</tr>" for row in table]
         parts.append("</table>")
+    if report.get("preference"):
+        parts.append("<h2>Preference (held-out pairs)</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in preference_lines(report)) + "</ul>")
+        pref = preference_table(report)
+        if pref:
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in pref[0]) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(v)}</td>" for v in row.values()) + "</tr>" for row in pref]
+            parts.append("</table>")
     base = report["models"][0]["label"]
     for variant in report["comparisons"]:
         regressions, wins = top_changes(report, variant)

@@ -30,6 +30,12 @@ class EvalSpec:
         "assistant turn of each row is the reference answer.", group="data"))
     task_samples: int = field(default=12, metadata=meta(
         "Task rows to evaluate (a seeded sample; 0 = all).", min=0, max=100_000, group="data"))
+    pairs_dataset: str = field(default="", metadata=meta(
+        "Held-out preference pairs (prompt / chosen / rejected, any shape the Data page reads) for the preference section: "
+        "pair accuracy of every model. Empty: the pairs a preference-trained variant's run held out (its eval split), if any.",
+        group="data"))
+    pair_samples: int = field(default=0, metadata=meta(
+        "Preference pairs to score (a seeded sample; 0 = all).", min=0, max=100_000, group="data"))
     general_samples: int = field(default=16, metadata=meta(
         "General texts for perplexity (of 175; 0 = all).", min=0, max=100_000, group="data"))
     mc_samples: int = field(default=60, metadata=meta(
@@ -79,6 +85,9 @@ class EvalSpec:
             raise ValueError("choose at least one fine-tuned variant (an adapter, a merged model, or checkpoints_of a training run)")
         self.lm_eval_tasks = [str(t).strip() for t in self.lm_eval_tasks if str(t).strip()]
         self.free_text_fields = [str(f).strip() for f in self.free_text_fields if str(f).strip()]
+        self.pairs_dataset = str(self.pairs_dataset or "").strip()
+        if self.pairs_dataset and not self.pairs_path().is_file():
+            raise ValueError(f"pairs_dataset: file not found: {self.pairs_path()}")
 
     @property
     def base_source(self) -> ModelSource:
@@ -86,6 +95,10 @@ class EvalSpec:
 
     def task_path(self) -> Path:
         path = Path(self.task_dataset).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    def pairs_path(self) -> Path:
+        path = Path(self.pairs_dataset).expanduser()
         return path if path.is_absolute() else REPO_ROOT / path
 
     @classmethod

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.models import ModelSource
+from core.workspace import read_json
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 FINAL_ADAPTER = "adapter"
@@ -16,6 +17,16 @@ class Variant:
     label: str
     source: ModelSource
     step: int | None = None  # set for checkpoints of a training run (the learning-vs-forgetting curve)
+
+
+def adapter_chat_template(adapter: str) -> str | None:
+    """The chat template saved beside an adapter (training saves the one it rendered with), if any."""
+    folder = Path(adapter).expanduser()
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = read_json(folder / "tokenizer_config.json", {}) or {}
+    template = config.get("chat_template")
+    return template if isinstance(template, str) and template.strip() else None
 
 
 def variant_source(model: dict, base: ModelSource) -> ModelSource:

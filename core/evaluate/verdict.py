@@ -11,6 +11,9 @@ Verdict, in this order:
 1. **forgetting** — general delta < −forgetting_threshold points, or perplexity change > perplexity_threshold %;
 2. **improved** — the task delta's interval lies above zero (no interval: the delta itself is above zero);
 3. **no effect** — otherwise (the task did not measurably improve, or got worse).
+
+With a preference section (pairs), each verdict also says, next to the variant's held-out pair accuracy, whether the
+task metrics held (the task delta is not measurably below zero) and whether general ability held (no forgetting).
 """
 from __future__ import annotations
 
@@ -119,3 +122,28 @@ def decide(
         advice=advice,
         actions=[dict(a) for a in FORGETTING_ACTIONS] if forgetting else [],
     )
+
+
+def _pct(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    text = f"{entry['value']:.0f}%"
+    return text if entry["low"] == entry["high"] else f"{text} (95% CI {entry['low']:.0f} to {entry['high']:.0f})"
+
+
+def preference_reason(verdict: dict, row: dict, others: dict[str, dict]) -> dict:
+    """The preference sentence of one variant's verdict: its pair accuracy (log-prob, and implicit reward vs its
+    reference) beside the base's / start's, and whether the task metrics and general ability held.
+    row / others: preference-section model rows (others by label: "base", a start)."""
+    task = verdict.get("task_delta") or {}
+    task_held = (task.get("high", 0.0) >= 0) if task.get("low") != task.get("high") else task.get("value", 0.0) >= 0
+    general_held = verdict["verdict"] != "forgetting"
+    compared = ", ".join(f"{label} {other['logprob_acc']['value']:.0f}%" for label, other in others.items())
+    sentence = (f"preference pairs: the chosen answer is preferred (log-prob) in {_pct(row['logprob_acc'])} of {row['logprob_acc']['n']} "
+                f"held-out pairs" + (f" ({compared})" if compared else ""))
+    if row.get("reward_acc"):
+        sentence += f"; implicit reward accuracy {_pct(row['reward_acc'])} vs {row['reference']}"
+    sentence += (f" — task metrics {'held' if task_held else 'dropped'}, general ability "
+                 f"{'held' if general_held else 'dropped past the limit'}")
+    return {"sentence": sentence, "task_held": task_held, "general_held": general_held,
+            "logprob_acc": row["logprob_acc"], "reward_acc": row.get("reward_acc")}
