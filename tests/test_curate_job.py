@@ -103,8 +103,8 @@ def test_diversity_map_then_a_selection_from_it(workspace, dataset):
 @pytest.mark.slow
 def test_answer_loss_job_feeds_the_high_loss_rule(workspace, tmp_path):
     """The embedded model scores real support-ticket answers low and a garbled answer far higher."""
-    from core.data.answer_loss import AnswerLossSpec
     from core.data.formats import demo_dataset_path
+    from core.evaluate.answer_loss import AnswerLossSpec
 
     rows = [json.loads(line) for line in demo_dataset_path("train").read_text().splitlines()[:30]]
     garbled = json.loads(json.dumps(rows[0]))

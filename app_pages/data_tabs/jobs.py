@@ -80,7 +80,7 @@ def newest_answer_loss(dataset):
 
 
 def start_answer_loss(dataset, reference: tuple[str, str], model: dict, chat_template: str) -> None:
-    from core.data.answer_loss import AnswerLossSpec
+    from core.evaluate.answer_loss import AnswerLossSpec
 
     spec = AnswerLossSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, model=model, chat_template=chat_template)
     start_run(spec, "data_last_run")

@@ -19,7 +19,7 @@ where it needs one, its prompt. Rules:
                         that ask for a translation are exempt);
 - ``length_outlier``    the answer's log length is more than ``length_z`` robust deviations from the set's median;
 - ``high_loss``         the answer's mean token loss under the active model (the ``answer_loss`` job,
-                        `core.data.answer_loss`) is more than ``loss_z`` robust deviations above the median.
+                        `core.evaluate.answer_loss`) is more than ``loss_z`` robust deviations above the median.
 
 Flags are for review: the page lists them with keep / drop per row and "drop all flagged by rule X"; what the
 user drops is recorded in the manifest as the ``response_audit`` operation.
