@@ -32,9 +32,9 @@ def render_result(run_dir: Path, status, metrics) -> None:  # noqa: ARG001 - liv
     c1.metric("Artifacts", result["artifacts_written"])
     c2.metric("On disk", human_bytes(result["total_bytes"]))
     c3.metric("Checks", f"{result['checks_passed']} passed · {result['checks_failed']} failed")
-    st.dataframe(artifact_rows(result), hide_index=True, use_container_width=True)
+    st.dataframe(artifact_rows(result), hide_index=True, width="stretch")
     st.markdown("**Loaded back and compared**")
-    st.dataframe(check_rows(result), hide_index=True, use_container_width=True,
+    st.dataframe(check_rows(result), hide_index=True, width="stretch",
                  column_config={"result": st.column_config.TextColumn(width="large")})
     for note in result.get("notes", []):
         st.caption(f"ℹ️ {note}")

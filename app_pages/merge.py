@@ -77,7 +77,7 @@ def sweep_curve(points: list[dict]) -> None:
                   labels={"general_score": "General score (kept abilities) →", "task_score": "Task score (learned) →"},
                   title="Learning vs forgetting: pick the point that keeps both")
     fig.update_traces(textposition="top center")
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(fig, width="stretch")
     st.dataframe(points, hide_index=True)
 
 

@@ -17,7 +17,7 @@ def sparsity_heatmap(layers: list[dict]) -> None:
     grid = [[next((r["sparsity"] for r in layers if r["layer"] == n and r["module"] == m), None) for m in modules] for n in numbered]
     fig = px.imshow(grid, x=modules, y=[str(n) for n in numbered], zmin=0, zmax=1, color_continuous_scale="Blues",
                     labels={"x": "module", "y": "layer", "color": "sparsity"}, aspect="auto", title="Sparsity per layer")
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(fig, width="stretch")
 
 
 def evaluation_table(evaluation: dict) -> None:

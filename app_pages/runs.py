@@ -26,7 +26,7 @@ def render_card(run_id: str) -> None:
     c3.metric("Eval loss", f"{final['eval_loss']:.3f}" if isinstance(final.get("eval_loss"), float) else "—")
     c4.metric("Peak memory", human_bytes(card["memory"].get("measured_peak_bytes")) if card["memory"] else "—")
     st.markdown("**Lineage**")
-    st.graphviz_chart(lineage_dot(run_id, nodes, graph), use_container_width=True)
+    st.graphviz_chart(lineage_dot(run_id, nodes, graph), width="stretch")
     related = card["ancestors"] + [d["run_id"] for d in card["descendants"]]
     if related:
         cols = st.columns(min(4, len(related)))
@@ -64,7 +64,7 @@ graph = lineage(nodes)
 st.dataframe([{"run": r.run_id, "kind": r.kind, "state": r.status.state, "name": r.name,
                "made from": len(graph.parents.get(r.run_id, [])), "made from it": len(graph.descendants(r.run_id)),
                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.status.created_at))} for r in summaries],
-             hide_index=True, use_container_width=True)
+             hide_index=True, width="stretch")
 ids = [r.run_id for r in summaries if r.run_id in nodes]  # a folder deleted between the two scans is left out
 if not ids:
     st.info("No runs left in this workspace: their folders were deleted.")
@@ -95,10 +95,10 @@ with compare_tab:
     else:
         view = compare(picked)
         log_scale = st.checkbox("Log scale", key="runs_compare_log")
-        st.plotly_chart(overlay_figure(view["run_dirs"], log_scale), use_container_width=True)
+        st.plotly_chart(overlay_figure(view["run_dirs"], log_scale), width="stretch")
         st.markdown("**Spec differences**")
-        st.dataframe(view["spec_diff"] or [{"field": "(the specs are identical)"}], hide_index=True, use_container_width=True)
+        st.dataframe(view["spec_diff"] or [{"field": "(the specs are identical)"}], hide_index=True, width="stretch")
         st.markdown("**Final metrics**")
-        st.dataframe(view["final_metrics"], hide_index=True, use_container_width=True)
+        st.dataframe(view["final_metrics"], hide_index=True, width="stretch")
         st.markdown("**Evaluation reports**")
-        st.dataframe(view["reports"], hide_index=True, use_container_width=True)
+        st.dataframe(view["reports"], hide_index=True, width="stretch")

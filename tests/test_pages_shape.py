@@ -52,6 +52,14 @@ def test_pages_stay_thin_and_use_the_shared_helpers(page: Path):
     assert len(text.splitlines()) <= 230, f"{page.name} is {len(text.splitlines())} lines: move logic into core"
 
 
+@pytest.mark.parametrize("page", [*PAGES, *sorted((ROOT / "app_pages").glob("*/*.py")), ROOT / "pages_common.py"],
+                         ids=lambda p: p.name)
+def test_no_page_uses_the_deprecated_width_keyword(page: Path):
+    """Streamlit deprecated use_container_width (it fills the terminal with warnings): width="stretch" says the same."""
+    calls = [n for n in ast.walk(ast.parse(page.read_text(encoding="utf-8"))) if isinstance(n, ast.Call)]
+    assert not [n.lineno for n in calls if any(k.arg == "use_container_width" for k in n.keywords)]
+
+
 def test_an_upload_is_hashed_once_not_on_every_rerun():
     import hashlib
 
