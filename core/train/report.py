@@ -3,12 +3,12 @@ table, the live summary of a run and its charts (plotly figures built from metri
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from core.train.distributed import read_rank_records
-from core.train.spec import DEMO_DATASET
+from core.train.spec import DEMO_DATASET, TrainSpec
 
 DEMO_LABEL = "Demo: support ticket → JSON (300 rows)"
 PATH_LABEL = "File or folder path…"
@@ -225,6 +225,8 @@ READING_GUIDE: dict[str, str] = {
 }
 FLAT_MARGIN = 0.05  # |margin| below this, late in a run, reads as flat
 TINY_BATCH_PAIRS = 8  # pairs per optimizer step at or below which per-step accuracies are coarse
+_TRAIN_DEFAULTS = {f.name: f.default for f in fields(TrainSpec) if f.name in ("objective", "method", "dataset")}
+_GUIDE_DEFAULTS = {f.name: f.default for f in fields(TrainSpec) if f.name in ("sft_weight", "beta", "batch_size", "gradient_accumulation")}
 
 
 def _ends(values: list[float]) -> tuple[float, float]:
@@ -254,7 +256,7 @@ def _moved(values: list[float]) -> str:
 def reading_guide(rows: list[dict], spec: dict | None = None) -> list[GuideLine]:
     """The reading guide's lines, each marked when this run's metrics (train rows, first third vs last third) show it.
     spec (the run's spec dict, optional) sharpens the advice: sft_weight, beta, pairs per step."""
-    spec = spec or {}
+    spec = {**_GUIDE_DEFAULTS, **spec} if spec is not None else {}  # spec.yaml leaves out fields at their default
     chosen, rejected = _train_values(rows, "rewards/chosen"), _train_values(rows, "rewards/rejected")
     margins, chosen_logps = _train_values(rows, "rewards/margins"), _train_values(rows, "logps/chosen")
     accuracies = _train_values(rows, "rewards/accuracies")
@@ -319,9 +321,8 @@ def continue_choices(summaries: list) -> dict[str, str]:
     for run in summaries:
         if run.status.state != "succeeded" or not (Path(run.path) / "adapter" / "adapter_config.json").is_file():
             continue
-        spec = run.spec
-        objective = spec.get("objective") or "sft"
-        choices[f"{run.run_id} · {objective} · {spec.get('method', '')} · {Path(str(spec.get('dataset', ''))).name}"] = run.run_id
+        spec = {**_TRAIN_DEFAULTS, **run.spec}  # spec.yaml leaves out fields at their default
+        choices[f"{run.run_id} · {spec['objective']} · {spec['method']} · {Path(str(spec['dataset'])).name}"] = run.run_id
     return choices
 
 
