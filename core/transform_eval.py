@@ -18,10 +18,10 @@ from core.models import ModelSource
 from core.runs.jobs import JobContext, parse_spec, read_result, read_spec_dict, result_path
 from core.runs.spec import write_spec
 from core.train.spec import resolve_data_path
+from core.workspace import REPO_ROOT
 
 EVAL_DIR = "eval"
 GENERAL_SCORE = "general_mc_acc_norm"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_TASK = REPO_ROOT / "assets" / "demo" / "eval.jsonl"  # the evaluate job's default task (core.evaluate.spec)
 DEMO_TRAIN = REPO_ROOT / "assets" / "demo" / "train.jsonl"
 TASK_DATA_HELP = ("Task rows the verdict is scored on (JSONL / JSON / CSV / Parquet file or dataset folder; the last assistant turn "

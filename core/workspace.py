@@ -17,6 +17,7 @@ from typing import Any, Callable
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))})
 FAULT_ENV = "WORKBENCH_FAULT_AT"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout: workers run from here, shipped assets live here
 
 
 def fault_point(stage: str) -> None:

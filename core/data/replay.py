@@ -27,9 +27,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, resolve_model_path
 from core.runs.jobs import JobError, job_kind
-from core.workspace import atomic_write_text, datasets_dir, safe_name
+from core.workspace import REPO_ROOT, atomic_write_text, datasets_dir, safe_name
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = "general"
 SHIPPED_FILE = REPO_ROOT / "assets" / "general" / "replay.jsonl"
 PROMPTS_FILE = REPO_ROOT / "assets" / "general" / "replay_prompts.txt"

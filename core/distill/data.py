@@ -10,8 +10,8 @@ import torch
 
 from core.data.formats import load_dataset_file
 from core.data.masking import IGNORE_INDEX, MaskingError, encode_row, inference_prompt_ids
+from core.workspace import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_TRAIN = REPO_ROOT / "assets" / "demo" / "train.jsonl"
 DEMO_EVAL = REPO_ROOT / "assets" / "demo" / "eval.jsonl"
 

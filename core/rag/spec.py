@@ -14,8 +14,8 @@ from core.rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from core.rag.index import MODES
 from core.rag.raft import ABSENT_TARGETS, DISTRACTOR_RULES
 from core.runs.spec import check_limits, meta, spec_from_dict
+from core.workspace import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DOCUMENTS = "assets/handbook/docs"
 DEMO_QUESTIONS = "assets/handbook/questions.jsonl"
 QUESTION_SOURCES = ("file", "generate")

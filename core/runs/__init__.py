@@ -28,7 +28,7 @@ from core.runs.status import (
     status_lock,
     write_status,
 )
-from core.workspace import atomic_write_text, runs_dir, safe_name
+from core.workspace import REPO_ROOT, atomic_write_text, runs_dir, safe_name
 
 __all__ = [
     "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
@@ -37,7 +37,6 @@ __all__ = [
     "create_run_from_dict", "wait", "AlreadyActive",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

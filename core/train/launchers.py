@@ -24,15 +24,10 @@ import yaml
 
 from core.train.distributed import deepspeed_config, fsdp_trainer_config, strategy_label
 from core.train.spec import TrainSpec
+from core.workspace import REPO_ROOT
 
 LAUNCH_DIR = "launch"
 RANK_MODULE = "core.train.rank"
-
-
-def _repo_root() -> Path:
-    from core.runs import REPO_ROOT
-
-    return REPO_ROOT
 
 
 def target_device(spec: TrainSpec, hardware: Any) -> str:
@@ -155,7 +150,7 @@ def slurm_script(spec: TrainSpec, run_dir: str | Path, hardware: Any) -> str:
         f"#SBATCH --cpus-per-task={cpus}",
         f"#SBATCH --output={run_dir / 'ranks' / 'slurm-%j.out'}",
         "set -euo pipefail",
-        f"cd {shlex.quote(str(_repo_root()))}",
+        f"cd {shlex.quote(str(REPO_ROOT))}",
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         f"srun {shlex.quote(sys.executable)} -m torch.distributed.run {quoted}",
         "",
@@ -174,7 +169,7 @@ def torchrun_node_script(spec: TrainSpec, run_dir: str | Path) -> str:
         f"# the {spec.num_nodes} nodes (node 0 = {_master_host(spec)}, which listens on port {spec.rendezvous_port}).",
         "set -euo pipefail",
         'NODE_RANK="${1:?usage: torchrun_node.sh <node_rank>}"',
-        f"cd {shlex.quote(str(_repo_root()))}",
+        f"cd {shlex.quote(str(REPO_ROOT))}",
         f"exec {shlex.quote(sys.executable)} -m torch.distributed.run {quoted}",
         "",
     ])
@@ -244,7 +239,7 @@ def ray_script(spec: TrainSpec, run_dir: str | Path, hardware: Any) -> str:
     gpus = target_device(spec, hardware) == "cuda"
     return RAY_TEMPLATE.format(
         run_name=run_dir.name, summary=f"{spec.world_size} worker(s), {strategy_label(spec)}",
-        script=run_dir / LAUNCH_DIR / "ray_train.py", repo=str(_repo_root()), run_dir=str(run_dir),
+        script=run_dir / LAUNCH_DIR / "ray_train.py", repo=str(REPO_ROOT), run_dir=str(run_dir),
         workers=spec.world_size, use_gpu=gpus, cpus=8 if gpus else 1, backend="nccl" if gpus else "gloo",
     )
 
@@ -277,7 +272,7 @@ def command_script(spec: TrainSpec, run_dir: str | Path) -> str:
         "#!/bin/bash",
         f"# The command the workbench worker ran for {Path(run_dir).name} on one node ({launch_command(spec, run_dir)}).",
         "# Rerun headless with `python -m core.runs.worker <run_dir>` (it regenerates these files), or run this file.",
-        f"cd {shlex.quote(str(_repo_root()))}",
+        f"cd {shlex.quote(str(REPO_ROOT))}",
         *[f"export {name}={shlex.quote(value)}" for name, value in one_node_env(spec).items()],
         f"exec {shlex.join(launch_argv(spec, run_dir))}",
         "",

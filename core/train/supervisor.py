@@ -33,7 +33,7 @@ from core.train.distributed import (
 )
 from core.train.launchers import launch_argv, launch_command, one_node_env, write_launch_files
 from core.train.spec import TrainSpec
-from core.workspace import atomic_write_json, read_json
+from core.workspace import REPO_ROOT, atomic_write_json, read_json
 
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 30
@@ -59,7 +59,7 @@ def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
     ctx.log.info("launching: %s", launch_command(spec, run_dir))
     ctx.progress(0.0, f"starting {spec.world_size} processes ({spec.launcher}, {strategy_label(spec)})")
     started = time.time()
-    proc = subprocess.Popen(launch_argv(spec, run_dir), cwd=_repo_root(), env=_rank_env(spec, hardware), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(launch_argv(spec, run_dir), cwd=REPO_ROOT, env=_rank_env(spec, hardware), stdin=subprocess.DEVNULL,
                             start_new_session=True)  # its own group: Stop's SIGTERM to the worker's group must not reach it
     try:
         ended_early = _watch(ctx, proc, run_dir)
@@ -95,12 +95,12 @@ def relaunch_with_fallback(ctx: JobContext, spec: TrainSpec, hardware: Any, back
     env = dict(os.environ)
     env[SUPERVISOR_ENV] = str(os.getpid())
     env[FALLBACK_ENV] = json.dumps(fallback)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_repo_root()), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     ctx.log.warning("%s: this process (%d) has Unsloth's patches loaded, so the run starts again with the %s backend in a "
                     "fresh process", reason, os.getpid(), backend)
     ctx.progress(0.0, f"starting again with the {backend} backend (Unsloth failed)")
-    proc = subprocess.Popen([sys.executable, "-m", "core.train.rank", str(run_dir)], cwd=_repo_root(), env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "core.train.rank", str(run_dir)], cwd=REPO_ROOT, env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     ctx.log.info("%s attempt: process %d, its log is %s", backend, proc.pid, rank_log(run_dir, 0))
     try:
@@ -122,16 +122,10 @@ def relaunch_with_fallback(ctx: JobContext, spec: TrainSpec, hardware: Any, back
     return {**outcome["result"], "fallback": fallback, "process": proc.pid}
 
 
-def _repo_root() -> Path:
-    from core.runs import REPO_ROOT
-
-    return REPO_ROOT
-
-
 def _rank_env(spec: TrainSpec, hardware: Any) -> dict:
     env = dict(os.environ)
     env[SUPERVISOR_ENV] = str(os.getpid())
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_repo_root()), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(one_node_env(spec))  # the c10d store and the collectives on loopback only
