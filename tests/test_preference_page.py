@@ -179,3 +179,64 @@ def test_eval_pair_accuracy_is_over_the_whole_eval_set(workspace, tiny_llama_dir
     assert metrics["eval_rewards/accuracies"] == pytest.approx(sum(batch_means) / 3), "TRL: the mean of the per-batch means"
     assert metrics["eval_pair_accuracy"] == pytest.approx(sum(verdicts) / 5), "ours: correct pairs / all 5 eval pairs"
     assert metrics["eval_pair_accuracy"] == pytest.approx(trainer.evaluate()["eval_pair_accuracy"]), "each eval starts its own count"
+
+
+# ---------------------------------------------------------------- the Train page
+
+
+@pytest.mark.slow
+def test_train_page_dpo_continuing_an_sft_run_shows_its_charts_guide_and_parent(workspace, tiny_llama_dir, tmp_path):
+    import yaml
+    from inprocess import run_in_process
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    from core import runs
+
+    sft_file = _write(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": c}]}
+                                               for q, c, _ in PAIRS])
+    tiny = dict(max_steps=2, batch_size=2, max_length=64, learning_rate=1e-2, warmup_ratio=0.0, lora_r=4, lora_alpha=8,
+                save_steps=100, eval_on_start=False, logging_steps=1)
+    sft_dir, status = run_in_process({"kind": "train", "model": {"kind": "local", "ref": str(tiny_llama_dir)},
+                                      "dataset": str(sft_file), "eval_fraction": 0.0, **tiny})
+    assert status.state == "succeeded", status.error
+    sft_id = sft_dir.name
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=180)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    at.run()
+    start = at.selectbox(key="train_form_init_adapter")
+    assert start.label == "Continue from run …" and start.value == FRESH_ADAPTER_LABEL
+    assert start.options == [FRESH_ADAPTER_LABEL, f"{sft_id} · sft · lora · sft.jsonl", ADAPTER_PATH_LABEL]
+    at.selectbox(key="train_dataset_choice").set_value(at.selectbox(key="train_dataset_choice").options[-1]).run()
+    at.text_input(key="train_dataset_path").set_value(str(_pairs(tmp_path / "pairs.jsonl", PAIRS))).run()
+    at.selectbox(key="train_form_objective").set_value("dpo").run()
+    at.selectbox(key="train_form_init_adapter").set_value(start.options[1])
+    at.text_input(key="train_form_eval_dataset").set_value(str(_pairs(tmp_path / "eval.jsonl", EVAL_PAIRS)))
+    for key, value in {"max_steps": 3, "batch_size": 2, "max_length": 64, "lora_r": 4, "save_steps": 100, "eval_steps": 0}.items():
+        at.number_input(key=f"train_form_{key}").set_value(value)
+    at.run()
+    assert not at.exception and not [e.value for e in at.error]
+    spec = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
+    assert spec["objective"] == "dpo" and spec["init_adapter"] == str((sft_dir / "adapter").resolve())
+
+    # The page's spec, run in this process (the worker's own code path) instead of a second interpreter.
+    dpo_dir, status = run_in_process(spec)
+    assert status.state == "succeeded", status.error
+    rows = runs.read_all_metrics(dpo_dir / runs.METRICS_FILE)
+    evals = [r for r in rows if "eval_loss" in r]
+    assert evals and all(0.0 <= r["eval_pair_accuracy"] <= 1.0 and r["eval_pair_accuracy"] * 5 == round(r["eval_pair_accuracy"] * 5)
+                         for r in evals), "eval rows carry the whole-set accuracy of the 5 eval pairs"
+
+    page = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=180)
+    page.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    page.query_params["run"] = dpo_dir.name
+    page.run()
+    assert not page.exception
+    assert any(f"continues run [{sft_id}](?run={sft_id})" in c.value for c in page.caption), [c.value for c in page.caption]
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in page.get("plotly_chart")]
+    assert {"Implicit rewards", "Reward margin (chosen − rejected)", "Pair accuracy (chosen reward > rejected)",
+            "Log-probs of the answers"} <= set(titles), titles
+    assert any("**Reading guide**" in m.value for m in page.markdown)
+    shown = " ".join(x.value for x in [*page.caption, *page.warning])
+    assert all(text in shown for text in READING_GUIDE.values()), "every guide line is shown (those that apply as warnings)"
