@@ -28,7 +28,7 @@ from core.runs.status import (
     status_lock,
     write_status,
 )
-from core.workspace import REPO_ROOT, atomic_write_text, runs_dir, safe_name
+from core.workspace import REPO_ROOT, atomic_write_text, child_env, runs_dir, safe_name
 
 __all__ = [
     "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
@@ -97,10 +97,7 @@ def launch(run_dir: str | Path) -> int:
     if not (run_dir / SPEC_FILE).is_file():
         raise FileNotFoundError(f"run {run_dir.name}: {SPEC_FILE} not found in {run_dir} (was the run folder deleted?)")
     read_status(run_dir)  # records a dead worker as failed first (that takes the lock itself)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env = child_env()
     with status_lock(run_dir):
         current = read_raw_status(run_dir)
         if current is not None and current.is_active and pid_alive(current.pid):

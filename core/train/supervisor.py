@@ -33,7 +33,7 @@ from core.train.distributed import (
 )
 from core.train.launchers import launch_argv, launch_command, one_node_env, write_launch_files
 from core.train.spec import TrainSpec
-from core.workspace import REPO_ROOT, atomic_write_json, read_json
+from core.workspace import REPO_ROOT, atomic_write_json, child_env, read_json
 
 POLL_SECONDS = 0.5
 TERMINATE_GRACE_SECONDS = 30
@@ -92,11 +92,9 @@ def relaunch_with_fallback(ctx: JobContext, spec: TrainSpec, hardware: Any, back
     run_dir = Path(ctx.run_dir)
     _clear_previous_attempt(run_dir)
     fallback = {"backend": backend, "from": "unsloth", "reason": reason, "failed_pid": os.getpid(), "attempt": 2}
-    env = dict(os.environ)
+    env = child_env()
     env[SUPERVISOR_ENV] = str(os.getpid())
     env[FALLBACK_ENV] = json.dumps(fallback)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
     ctx.log.warning("%s: this process (%d) has Unsloth's patches loaded, so the run starts again with the %s backend in a "
                     "fresh process", reason, os.getpid(), backend)
     ctx.progress(0.0, f"starting again with the {backend} backend (Unsloth failed)")
@@ -123,11 +121,8 @@ def relaunch_with_fallback(ctx: JobContext, spec: TrainSpec, hardware: Any, back
 
 
 def _rank_env(spec: TrainSpec, hardware: Any) -> dict:
-    env = dict(os.environ)
+    env = child_env()
     env[SUPERVISOR_ENV] = str(os.getpid())
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.update(one_node_env(spec))  # the c10d store and the collectives on loopback only
     if getattr(hardware, "device", "cpu") == "cpu":
         # The cores are shared by the ranks: one process per core beats every process spinning on all of them.
