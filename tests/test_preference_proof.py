@@ -195,22 +195,29 @@ def test_a_pairs_file_adds_the_section_for_any_variant_and_bad_files_are_named(w
 
 
 def test_dpo_adapter_continued_from_sft_exports_merged_onto_the_base_and_chats(workspace, tiny_llama_dir, tmp_path, pairs_file):
+    import yaml
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from core.export.spec import ExportSpec
-    from core.generation import GenerationSettings, generate_text
+    from core.generation import GenerationSettings, generate_text, prompt_ids
 
     sft_dir, dpo_dir = _sft_then_dpo(tiny_llama_dir, tmp_path, pairs_file, 2)
-    export_dir, status = run_in_process(ExportSpec(source_run=str(dpo_dir), formats=["merged"], merged_dtype="float32"))
+    export_dir, status = run_in_process(ExportSpec(source_run=str(dpo_dir), formats=["merged", "gguf_q8_0", "modelfile", "recipes"],
+                                                   merged_dtype="float32", min_agreement=0.0))
     result = json.loads((export_dir / "export.json").read_text())
+    assert status.state == "succeeded", [c for a in result["artifacts"] for c in a["checks"] if not c["passed"]]
+    assert [a["kind"] for a in result["artifacts"]] == ["merged", "gguf_q8_0", "modelfile", "recipes"]
     (merged,) = [a for a in result["artifacts"] if a["kind"] == "merged"]
-    assert status.state == "succeeded" and all(c["passed"] for c in merged["checks"]), merged["checks"]
+    assert all(c["passed"] for c in merged["checks"]) and merged["checks"], merged["checks"]
+    # The recipe is a DPO recipe continuing the SFT adapter, not an SFT recipe on a pairs file.
+    axolotl = yaml.safe_load((export_dir / "export" / "recipes" / "axolotl.yaml").read_text())
+    assert axolotl["rl"] == "dpo" and axolotl["rl_beta"] == 0.1 and axolotl["lora_model_dir"] == str(sft_dir / "adapter")
+    assert axolotl["datasets"][0]["type"] == "chat_template.default" and "roles_to_train" not in axolotl["datasets"][0]
 
     # The merged model is the BASE plus the final DPO adapter only (it already holds the SFT weights training continued):
     # the same logits as base + DPO adapter, and not those of base + SFT adapter.
-    ids = torch.tensor([load_model(ModelSource("local", str(tiny_llama_dir))).tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Capital of France?"}], add_generation_prompt=True)])
+    ids = torch.tensor([prompt_ids([{"role": "user", "content": "Capital of France?"}], load_model(ModelSource("local", str(tiny_llama_dir))).tokenizer)])
 
     def logits(model) -> torch.Tensor:
         with torch.no_grad():

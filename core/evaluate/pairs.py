@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core.data.formats import DatasetLoadError
 from core.data.masking import IGNORE_INDEX, MaskingError
-from core.data.preference import encode_pair, is_pair
+from core.data.preference import encode_pair, is_pair, load_preference_file
 from core.evaluate.scoring import token_logprobs
 
 DEFAULT_BETA = 0.1  # TrainSpec's default; the implicit reward margin is reported in its units
@@ -122,9 +123,6 @@ def pair_accuracy(policy: Sequence[PairLogprobs], reference: Sequence[PairLogpro
 def load_pairs(path: str | Path, *, samples: int = 0, seed: int = 0) -> list[dict]:
     """The pairs of a preference file (any shape core.data.preference reads), a seeded sample of `samples` (0 = all).
     ValueError names the file when it holds no pairs (e.g. KTO's unpaired rows)."""
-    from core.data.formats import DatasetLoadError
-    from core.data.preference import load_preference_file
-
     try:
         loaded = load_preference_file(Path(path).expanduser())
     except (DatasetLoadError, OSError) as exc:

@@ -29,6 +29,38 @@ _DATASET_TYPES = {  # our detected format -> Axolotl dataset entry
 }
 
 
+# Preference objectives (issue 27): TrainSpec fields -> Axolotl's RLHF keys (TRL underneath both). A preference run
+# exported without them would be an SFT recipe on a pairs file.
+_PREFERENCE_FIELDS = ("objective", "beta", "dpo_loss_type", "sft_weight", "desirable_weight", "undesirable_weight", "simpo_gamma",
+                      "init_adapter")
+
+
+def _preference(spec: dict, config: dict, notes: list[str]) -> dict:
+    """Axolotl's rl keys for a preference run, and its pair dataset entry; notes what does not map one to one."""
+    objective = spec["objective"]
+    loss = spec.get("dpo_loss_type", "sigmoid")
+    config["rl"] = "ipo" if objective == "dpo" and loss == "ipo" else objective
+    if objective == "dpo" and loss not in ("sigmoid", "ipo"):
+        notes.append(f"dpo_loss_type {loss}: not mapped (Axolotl's rl dpo trains the sigmoid loss, rl ipo the ipo loss)")
+    if objective == "orpo":
+        config["orpo_alpha"] = spec.get("beta", 0.1)  # ORPO's lambda: TRL's ORPOConfig.beta, Axolotl's orpo_alpha
+    else:
+        config["rl_beta"] = spec.get("beta", 0.1)
+    if objective == "dpo" and spec.get("sft_weight"):
+        config["rpo_alpha"] = spec["sft_weight"]  # the chosen answers' NLL weight beside the DPO loss
+    if objective == "kto":
+        config["kto_desirable_weight"] = spec.get("desirable_weight", 1.0)
+        config["kto_undesirable_weight"] = spec.get("undesirable_weight", 1.0)
+    if objective == "simpo":
+        config["simpo_gamma"] = spec.get("simpo_gamma", 0.5)
+        config["cpo_alpha"] = 0.0  # pure SimPO, as the workbench trains it (TRL's default 1.0 is CPO-SimPO)
+    if spec.get("init_adapter"):
+        config["lora_model_dir"] = str(spec["init_adapter"])  # continue the adapter this run started from (e.g. its SFT run)
+    notes.append("pairs: Axolotl's chat_template.default reads `chosen` / `rejected` as one message each; the workbench's "
+                 "normal form holds a one-message list per side (flatten each to its message)")
+    return {"type": "chat_template.default", "field_messages": "prompt", "field_chosen": "chosen", "field_rejected": "rejected"}
+
+
 def spec_yaml(spec: dict) -> str:
     header = "# Reproduce headless:  python -m core.runs.worker <run folder containing this file as spec.yaml>\n"
     return header + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
@@ -66,7 +98,9 @@ def axolotl_config(spec: dict, *, base_model: str, data_format: str | None, chat
         config[precision] = True
     elif precision == "auto":
         config["bf16"] = "auto"
-    dataset = {"path": str(spec.get("dataset", "")), **_DATASET_TYPES.get(data_format or "messages", {"type": "chat_template"})}
+    preference = spec.get("objective", "sft") != "sft"
+    dataset_type = _preference(spec, config, notes) if preference else _DATASET_TYPES.get(data_format or "messages", {"type": "chat_template"})
+    dataset = {"path": str(spec.get("dataset", "")), **dataset_type}
     policy = spec.get("masking_policy", "all_assistant")
     if dataset["type"] == "chat_template":
         dataset["roles_to_train"] = ["assistant"]
@@ -75,7 +109,7 @@ def axolotl_config(spec: dict, *, base_model: str, data_format: str | None, chat
             dataset["train_on_eos"] = "last" if spec.get("train_eot", True) else "none"
             notes.append("masking_policy last_assistant: Axolotl has no exact 'last assistant turn only' switch; "
                          "mark earlier turns with `train: false` per message to match")
-    if policy == "everything":
+    if policy == "everything" and not preference:
         config["train_on_inputs"] = True
     config["datasets"] = [dataset]
     if spec.get("eval_dataset"):
@@ -90,7 +124,7 @@ def axolotl_config(spec: dict, *, base_model: str, data_format: str | None, chat
     config["output_dir"] = "./outputs/" + (spec.get("name") or "run")
     for key in sorted(set(spec) - set(AXOLOTL_SAME) - _OURS_ONLY - {
             "kind", "model", "dataset", "eval_dataset", "method", "target_modules", "max_steps", "eval_steps",
-            "masking_policy", "train_eot", "chat_template"}):
+            "masking_policy", "train_eot", "chat_template", *_PREFERENCE_FIELDS}):
         notes.append(f"{key}: not mapped (no Axolotl equivalent)")
     for key in sorted(_OURS_ONLY & set(spec)):
         if spec.get(key) not in ("", None, False, [], "auto"):
