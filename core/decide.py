@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
-from core import memory, metrics
+from core import memory, scorers
 from core.generation import Stopped, greedy_chat_answers
 from core.runs.spec import check_limits, meta, spec_from_dict
 
@@ -395,11 +395,11 @@ class RagContext:
 
 def _resolve_scorer(scorer: str | Callable | None, references: Iterable[str]) -> tuple[str, Callable[[str, str], float]]:
     if scorer is None or scorer == "auto":
-        return metrics.choose_scorer(references)
+        return scorers.choose_scorer(references)
     if isinstance(scorer, str):
-        if scorer not in metrics.SCORERS:
-            raise ValueError(f"unknown scorer {scorer!r}; choose from {sorted(metrics.SCORERS)}")
-        return scorer, metrics.SCORERS[scorer]
+        if scorer not in scorers.SCORERS:
+            raise ValueError(f"unknown scorer {scorer!r}; choose from {sorted(scorers.SCORERS)}")
+        return scorer, scorers.SCORERS[scorer]
     return getattr(scorer, "__name__", "custom"), scorer
 
 
@@ -475,7 +475,7 @@ def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: 
             values.append(value)
             examples.append({"condition": key, "prompt": _question(prompt), "reference": reference, "prediction": prediction, "score": value})
         scores[key] = sum(values) / len(values)
-        validity[key] = sum(metrics.json_validity(e["prediction"]) for e in examples if e["condition"] == key) / len(values)
+        validity[key] = sum(scorers.json_validity(e["prediction"]) for e in examples if e["condition"] == key) / len(values)
     is_json = name == "json_field_accuracy"
     return BaselineResult(name, len(scored), scores, validity if is_json else None, examples, round(time.perf_counter() - started, 2),
                           notes, labels)
@@ -528,7 +528,7 @@ def load_eval_upload(name: str, data: bytes, limit: int | None = None) -> list[d
 
 # --------------------------------------------------------------------------- the baseline as a job
 
-SCORER_CHOICES = ("auto",) + tuple(metrics.SCORERS)
+SCORER_CHOICES = ("auto",) + tuple(scorers.SCORERS)
 
 
 @dataclass

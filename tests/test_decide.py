@@ -1,4 +1,4 @@
-"""core.decide (the wizard, the recipe, the prompt-only baseline) and core.metrics (its scorers)."""
+"""core.decide (the wizard, the recipe, the prompt-only baseline) and core.scorers (its scorers)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core import decide, metrics
+from core import decide, scorers
 from core.decide import Questionnaire, recommend
 from core.hardware import HardwareInfo
 from core.memory import preset_arch
@@ -93,35 +93,35 @@ def test_questionnaire_validation():
 
 
 def test_exact_match_normalises():
-    assert metrics.exact_match("  The Answer is 42. ", "the answer is 42") == 1.0
-    assert metrics.exact_match('"Paris"', "paris") == 1.0
-    assert metrics.exact_match("Paris, France", "Paris") == 0.0
+    assert scorers.exact_match("  The Answer is 42. ", "the answer is 42") == 1.0
+    assert scorers.exact_match('"Paris"', "paris") == 1.0
+    assert scorers.exact_match("Paris, France", "Paris") == 0.0
 
 
 def test_json_scores():
     reference = '{"summary": "Charged twice for Quill Notes.", "next_step": "issue_refund", "urgency": "low"}'
     good = 'Here you go:\n```json\n{"summary": "charged twice for quill notes", "next_step": "issue_refund", "urgency": "Low"}\n```'
-    assert metrics.json_field_accuracy(good, reference) == 1.0  # fields are read from the object inside the prose
-    assert metrics.json_validity(good) == 0.0 and metrics.holds_json_object(good) == 1.0  # but json.loads on the reply fails
-    assert metrics.json_validity(good[good.index("```"):]) == 1.0  # one ```json fence alone is valid
+    assert scorers.json_field_accuracy(good, reference) == 1.0  # fields are read from the object inside the prose
+    assert scorers.json_validity(good) == 0.0 and scorers.holds_json_object(good) == 1.0  # but json.loads on the reply fails
+    assert scorers.json_validity(good[good.index("```"):]) == 1.0  # one ```json fence alone is valid
     partial = '{"summary": "Charged twice", "next_step": "escalate_to_engineering", "urgency": "low"} trailing words'
-    assert metrics.json_field_accuracy(partial, reference) == pytest.approx(1 / 3)
-    scores = metrics.json_field_scores(partial, reference, free_text_fields=["summary"])
+    assert scorers.json_field_accuracy(partial, reference) == pytest.approx(1 / 3)
+    scores = scorers.json_field_scores(partial, reference, free_text_fields=["summary"])
     assert 0 < scores["summary"] < 1 and scores["urgency"] == 1.0 and scores["next_step"] == 0.0
-    assert metrics.json_validity('{"summary": "unterminated') == 0.0 and metrics.json_field_accuracy("no json here", reference) == 0.0
-    assert metrics.parse_json_object('{"a": "}{"} and more') == {"a": "}{"}
+    assert scorers.json_validity('{"summary": "unterminated') == 0.0 and scorers.json_field_accuracy("no json here", reference) == 0.0
+    assert scorers.parse_json_object('{"a": "}{"} and more') == {"a": "}{"}
     with pytest.raises(ValueError, match="JSON object"):
-        metrics.json_field_accuracy("{}", "not json")
+        scorers.json_field_accuracy("{}", "not json")
 
 
 def test_rouge_and_free_text_detection_and_scorer_choice():
-    assert metrics.rouge_l_f1("the cat sat on the mat", "the cat sat on the mat") == 1.0
-    assert metrics.rouge_l_f1("a b c d", "a c") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
-    assert metrics.rouge_l_f1("", "x") == 0.0
+    assert scorers.rouge_l_f1("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    assert scorers.rouge_l_f1("a b c d", "a c") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert scorers.rouge_l_f1("", "x") == 0.0
     objects = [{"summary": "Printer jams on every single page", "urgency": "high"}, {"summary": "Cannot log in since this morning", "urgency": "low"}]
-    assert metrics.detect_free_text_fields(objects) == ["summary"]
-    assert metrics.choose_scorer(['{"a": 1}', '{"a": 2}'])[0] == "json_field_accuracy"
-    assert metrics.choose_scorer(['{"a": 1}', "plain"])[0] == "exact_match"
+    assert scorers.detect_free_text_fields(objects) == ["summary"]
+    assert scorers.choose_scorer(['{"a": 1}', '{"a": 2}'])[0] == "json_field_accuracy"
+    assert scorers.choose_scorer(['{"a": 1}', "plain"])[0] == "exact_match"
 
 
 # --------------------------------------------------------------------------- measure before you decide

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from core import generation, metrics
+from core import generation, scorers
 from core.evaluate import scoring, stats
 from core.evaluate.stats import Interval
 from core.evaluate.task import TaskExample, describe_task, score_answer
@@ -19,45 +19,45 @@ from core.evaluate.verdict import decide
 def test_rouge_l_hand_computed():
     # pred: the cat sat on the mat (6 words), ref: the cat lay on the red mat (7 words)
     # LCS = the cat on the mat = 5 → P = 5/6, R = 5/7, F1 = 2PR/(P+R) = 10/13
-    assert metrics.rouge_l_f1("The cat sat on the mat", "the cat lay on the red mat") == pytest.approx(10 / 13)
-    assert metrics.rouge_l_f1("a b c", "a b c") == 1.0
-    assert metrics.rouge_l_f1("x y", "a b") == 0.0
+    assert scorers.rouge_l_f1("The cat sat on the mat", "the cat lay on the red mat") == pytest.approx(10 / 13)
+    assert scorers.rouge_l_f1("a b c", "a b c") == 1.0
+    assert scorers.rouge_l_f1("x y", "a b") == 0.0
     # order matters for ROUGE-L (a subsequence), unlike a bag of words: LCS of "b a" vs "a b" is 1
-    assert metrics.rouge_l_f1("b a", "a b") == pytest.approx(0.5)
+    assert scorers.rouge_l_f1("b a", "a b") == pytest.approx(0.5)
 
 
 def test_exact_match_normalisation():
-    assert metrics.exact_match("  Paris. ", "paris") == 1.0
-    assert metrics.exact_match("PARIS", "Paris!") == 1.0
-    assert metrics.exact_match("New   York", "new york") == 1.0
-    assert metrics.exact_match("Paris", "London") == 0.0
+    assert scorers.exact_match("  Paris. ", "paris") == 1.0
+    assert scorers.exact_match("PARIS", "Paris!") == 1.0
+    assert scorers.exact_match("New   York", "new york") == 1.0
+    assert scorers.exact_match("Paris", "London") == 0.0
 
 
 def test_json_validity_strict_vs_lenient():
     answer = 'Sure! Here it is: {"urgency": "high"}'
-    assert metrics.holds_json_object(answer) == 1.0  # an object can be found in it (field scores use it)
-    assert metrics.json_validity(answer) == 0.0  # but json.loads on the reply fails: not valid JSON, anywhere
-    assert metrics.json_validity('```json\n{"urgency": "high"}\n```') == 1.0
-    assert metrics.json_validity('  {"a": 1}\n') == 1.0
-    assert metrics.json_validity("[1, 2]") == 0.0
+    assert scorers.holds_json_object(answer) == 1.0  # an object can be found in it (field scores use it)
+    assert scorers.json_validity(answer) == 0.0  # but json.loads on the reply fails: not valid JSON, anywhere
+    assert scorers.json_validity('```json\n{"urgency": "high"}\n```') == 1.0
+    assert scorers.json_validity('  {"a": 1}\n') == 1.0
+    assert scorers.json_validity("[1, 2]") == 0.0
 
 
 def test_json_field_accuracy_demo_task():
     reference = '{"summary": "Charged twice for Quill Notes.", "next_step": "issue_refund", "urgency": "low"}'
     answer = '{"summary": "Charged twice for Quill Notes this month.", "next_step": "Issue_Refund", "urgency": "high"}'
-    scores = metrics.json_field_scores(answer, reference, free_text_fields=["summary"])
+    scores = scorers.json_field_scores(answer, reference, free_text_fields=["summary"])
     # summary: ROUGE-L over words — pred 7 words, ref 5 words, LCS 5 → P 5/7, R 1, F1 = 10/12
     assert scores["summary"] == pytest.approx(10 / 12)
     assert scores["next_step"] == 1.0  # exact after normalising case
     assert scores["urgency"] == 0.0
-    assert metrics.json_field_accuracy(answer, reference, ["summary"]) == pytest.approx((10 / 12 + 1) / 3)
-    assert metrics.json_field_accuracy("no json here", reference, ["summary"]) == 0.0
+    assert scorers.json_field_accuracy(answer, reference, ["summary"]) == pytest.approx((10 / 12 + 1) / 3)
+    assert scorers.json_field_accuracy("no json here", reference, ["summary"]) == 0.0
 
 
 def test_free_text_field_detection_on_demo_references():
     refs = [{"summary": "Cannot log in to Harbor VPN today.", "next_step": "reset_password", "urgency": "medium"},
             {"summary": "Charged twice for Quill Notes this month.", "next_step": "issue_refund", "urgency": "low"}]
-    assert metrics.detect_free_text_fields(refs) == ["summary"]
+    assert scorers.detect_free_text_fields(refs) == ["summary"]
 
 
 def test_task_scoring_uses_strict_validity_and_field_scores():
@@ -73,14 +73,14 @@ def test_task_scoring_uses_strict_validity_and_field_scores():
 
 
 def test_perplexity_is_exp_mean_nll():
-    assert metrics.perplexity(6.0, 3) == pytest.approx(math.e ** 2)
+    assert scorers.perplexity(6.0, 3) == pytest.approx(math.e ** 2)
     with pytest.raises(ValueError):
-        metrics.perplexity(1.0, 0)
+        scorers.perplexity(1.0, 0)
 
 
 def test_choice_accuracy_acc_and_acc_norm():
     # summed log-likelihood prefers the short choice; per character the long one wins
-    acc, acc_norm = metrics.choice_accuracy([-2.0, -3.0], [" no", " yes indeed"], gold=1)
+    acc, acc_norm = scorers.choice_accuracy([-2.0, -3.0], [" no", " yes indeed"], gold=1)
     assert (acc, acc_norm) == (0.0, 1.0)
 
 
@@ -120,7 +120,7 @@ def test_multiple_choice_loglik_matches_manual_computation(tiny):
             whole = tok(context + moved + choice)["input_ids"]
             manual = _manual_logprobs(tiny.model, context_ids + whole[len(context_ids):])
             assert value == pytest.approx(sum(manual[len(context_ids) - 1:]), abs=1e-3)
-    acc, acc_norm = metrics.choice_accuracy(got[0], items[0]["choices"], 0)
+    acc, acc_norm = scorers.choice_accuracy(got[0], items[0]["choices"], 0)
     assert int(np.argmax(got[0]) == 0) == acc
 
 
@@ -131,7 +131,7 @@ def test_text_perplexity_equals_exp_mean_nll(tiny):
     for text in texts:
         manual += _manual_logprobs(tiny.model, tiny.tokenizer(text)["input_ids"])
     assert sum(r.tokens for r in rows) == len(manual)
-    ppl = metrics.perplexity(sum(r.nll for r in rows), sum(r.tokens for r in rows))
+    ppl = scorers.perplexity(sum(r.nll for r in rows), sum(r.tokens for r in rows))
     assert ppl == pytest.approx(math.exp(-sum(manual) / len(manual)), rel=1e-4)
 
 

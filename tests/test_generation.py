@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from core import decide, generation, metrics
+from core import decide, generation, scorers
 from core.data.masking import inference_prompt_ids
 from core.evaluate.task import describe_task, load_task, score_answer
 from core.generation import GENERATION_LOCK, GenerationSettings, greedy_answers, plain_prompt, prompt_ids
@@ -78,8 +78,8 @@ def test_decide_baseline_and_the_forgetting_report_share_one_json_validity_rule(
     baseline = decide.prompt_baseline(tiny, rows, n=3, shots=(0,))
     setup = describe_task(load_task(ROOT / "assets" / "demo" / "eval.jsonl", 2, 0).examples)
     report_row = score_answer(chatty, '{"urgency": "high"}', setup)
-    assert baseline.json_validity == {"0-shot": 0.0} and report_row["json_valid"] == 0.0 == metrics.json_validity(chatty)
-    assert baseline.scores["0-shot"] == 1.0 and metrics.holds_json_object(chatty) == 1.0  # the named lenient variant
+    assert baseline.json_validity == {"0-shot": 0.0} and report_row["json_valid"] == 0.0 == scorers.json_validity(chatty)
+    assert baseline.scores["0-shot"] == 1.0 and scorers.holds_json_object(chatty) == 1.0  # the named lenient variant
 
 
 def test_only_the_generation_module_calls_generate():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from core.metrics import contains_answer
 from core.rag import prompt as rag_prompt
 from core.rag.chunking import Chunk, chunk_documents, retriever_tokenizer, token_windows
 from core.rag.corpus import CorpusError, Document, load_corpus
@@ -15,6 +14,7 @@ from core.rag.evaluation import EvalItem, score_reply, summarize
 from core.rag.index import RagIndex, build_index, fuse, open_index
 from core.rag.questions import Question, QuestionsError, gold_chunk_ids, load_questions, recall_at_k
 from core.rag.raft import RaftSettings, build_raft, extract_quote, parse_generated, split_heldout
+from core.scorers import contains_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 HANDBOOK = ROOT / "assets" / "handbook"

@@ -4,7 +4,7 @@ For a task whose target is a label from a small set (the demo's `urgency`), the 
 fine-tune at all: embed the input with a frozen model and fit a linear classifier on top. The encoder is the
 active model (mean-pooled last hidden states over the user's text) or all-MiniLM-L6-v2 through
 sentence-transformers (`core.embeddings`). The score is the share of test rows whose label is exactly right,
-with the same normalisation as the fine-tunes' JSON field accuracy (`core.metrics`), so the two are comparable.
+with the same normalisation as the fine-tunes' JSON field accuracy (`core.scorers`), so the two are comparable.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from core import metrics
+from core import scorers
 
 ENCODERS = ("model", "minilm")
 MAX_LABELS = 50  # more distinct values than this is not a label-like target
@@ -57,13 +57,13 @@ class FeatureResult:
 def label_of(row: dict, label_field: str) -> str | None:
     """The row's label: its own column of that name, else that field of the JSON object in its last assistant turn."""
     if row.get(label_field) not in (None, ""):
-        return metrics.normalize_text(row[label_field])
+        return scorers.normalize_text(row[label_field])
     messages = row.get("messages") or []
     answers = [m for m in messages if m.get("role") == "assistant"]
-    parsed = metrics.parse_json_object(answers[-1]["content"]) if answers else None
+    parsed = scorers.parse_json_object(answers[-1]["content"]) if answers else None
     if not parsed or parsed.get(label_field) in (None, ""):
         return None
-    return metrics.normalize_text(parsed[label_field])
+    return scorers.normalize_text(parsed[label_field])
 
 
 def input_text(row: dict) -> str:

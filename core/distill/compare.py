@@ -200,7 +200,7 @@ def score(ctx: JobContext, spec: DistillCompareSpec, init: Path, made: list[dict
 
 def agreement(report: dict, label: str, reference: str) -> tuple[float | None, float | None]:
     """(% of held-out prompts answered exactly as the reference did, mean ROUGE-L × 100) from the report's answers."""
-    from core.metrics import rouge_l_f1
+    from core.scorers import rouge_l_f1
 
     pairs = [(e["answers"][label], e["answers"][reference]) for e in report.get("examples", []) if label in e.get("answers", {})]
     if not pairs:

@@ -64,12 +64,12 @@ def load_prompts(spec: TeacherAnswersSpec) -> tuple[Any, list[int], list[list[di
 
 def curation_operations(spec: TeacherAnswersSpec, answers: list, references: list[str | None]) -> tuple[list, bool]:
     """The drops as core.data.curate operations (recorded in the manifest), and whether JSON was required."""
-    from core import metrics
+    from core import scorers
     from core.data.curate import CurationOperation
 
     given = [r for r in references if r is not None]
-    json_only = spec.json_only == "yes" or (spec.json_only == "auto" and bool(given) and metrics.references_are_json(given))
-    is_json = lambda text: bool(metrics.json_validity(text))  # noqa: E731 - the one strict JSON-validity rule
+    json_only = spec.json_only == "yes" or (spec.json_only == "auto" and bool(given) and scorers.references_are_json(given))
+    is_json = lambda text: bool(scorers.json_validity(text))  # noqa: E731 - the one strict JSON-validity rule
     operations = [
         CurationOperation("drop_empty_answers", label="teacher answers: empty", drop=[i for i, a in enumerate(answers) if not a.text])
     ]

@@ -25,10 +25,10 @@ from core.evaluate.report import ModelResult, build_report, metric_defs
 from core.evaluate.spec import EvalSpec
 from core.evaluate.task import TaskDataError, TaskSetup, load_task, score_answer
 from core.evaluate.variants import Variant, adapter_chat_template, expand_variants
-from core.metrics import choice_accuracy
 from core.models import LoadedModel, ModelLoadError, ModelSource, apply_adapter, load_model, unwrap_adapter
 from core.runs.jobs import JobContext, JobError
 from core.runs.spec import spec_to_dict
+from core.scorers import choice_accuracy
 
 
 class _Progress:

@@ -2,7 +2,7 @@
 from `core.generation`, the one generation path).
 
 Everything here takes an already loaded model + tokenizer (loaded through `core.models`) and returns
-plain Python numbers; the string metrics themselves live in `core.metrics`.
+plain Python numbers; the string metrics themselves live in `core.scorers`.
 
 Log-likelihoods are computed on left-padded batches (explicit position ids, so padding does not shift
 positions) and only the logits that are needed are kept (`logits_to_keep`), which matters with

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import metrics
+from core import scorers
 from core.evaluate.general import sample_indices
 
 
@@ -55,8 +55,8 @@ def load_task(path: str | Path, samples: int, seed: int, free_text_fields: list[
 
 
 def describe_task(examples: list[TaskExample], *, source: str = "", n_rows: int = 0, free_text_fields: list[str] | None = None) -> TaskSetup:
-    objects = [metrics.parse_json_object(e.reference) for e in examples]
-    is_json = metrics.references_are_json(e.reference for e in examples)
+    objects = [scorers.parse_json_object(e.reference) for e in examples]
+    is_json = scorers.references_are_json(e.reference for e in examples)
     fields: list[str] = []
     free: list[str] = []
     if is_json:
@@ -64,7 +64,7 @@ def describe_task(examples: list[TaskExample], *, source: str = "", n_rows: int 
             for key in obj or {}:
                 if key not in fields:
                     fields.append(key)
-        free = list(free_text_fields) if free_text_fields else metrics.detect_free_text_fields(objects)
+        free = list(free_text_fields) if free_text_fields else scorers.detect_free_text_fields(objects)
     return TaskSetup(examples, is_json, free, fields, source, n_rows or len(examples))
 
 
@@ -80,12 +80,12 @@ def score_answer(answer: str, reference: str, setup: TaskSetup) -> dict:
     JSON field score for JSON tasks (fields read from the first JSON object in the answer; 0 when there is
     none), ROUGE-L F1 otherwise. `json_valid` is strict: the whole answer must be one JSON object."""
     row = {
-        "exact_match": metrics.exact_match(answer, reference),
-        "rouge_l": metrics.rouge_l_f1(answer, reference),
+        "exact_match": scorers.exact_match(answer, reference),
+        "rouge_l": scorers.rouge_l_f1(answer, reference),
     }
     if setup.is_json:
-        row["json_valid"] = metrics.json_validity(answer)
-        fields = metrics.json_field_scores(answer, reference, setup.free_text_fields)
+        row["json_valid"] = scorers.json_validity(answer)
+        fields = scorers.json_field_scores(answer, reference, setup.free_text_fields)
         for name, score in fields.items():
             row[f"field:{name}"] = score
         row["field_accuracy"] = sum(fields.values()) / len(fields) if fields else 1.0

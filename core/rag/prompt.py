@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from core import metrics
+from core import scorers
 
 BEGIN_QUOTE, END_QUOTE = "##begin_quote##", "##end_quote##"
 REASON_MARK, ANSWER_MARK = "##Reason:", "##Answer:"
@@ -85,10 +85,10 @@ def quotes(text: str) -> list[str]:
 
 def abstained(text: str) -> bool:
     """The answer says the documents do not hold it."""
-    answer = metrics.normalize_text(answer_part(text))
+    answer = scorers.normalize_text(answer_part(text))
     return any(phrase in answer for phrase in _ABSTAIN)
 
 
 def answer_correct(text: str, reference: str) -> float:
-    """1.0 when the reference answer appears, as whole words, in the answer part (`core.metrics.contains_answer`)."""
-    return metrics.contains_answer(answer_part(text), reference)
+    """1.0 when the reference answer appears, as whole words, in the answer part (`core.scorers.contains_answer`)."""
+    return scorers.contains_answer(answer_part(text), reference)

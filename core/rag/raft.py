@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core import metrics
+from core import scorers
 from core.rag.chunking import Chunk
 from core.rag.prompt import ANSWER_MARK, REASON_MARK, cite_then_answer, rag_messages
 from core.rag.questions import Question, gold_chunk_ids
@@ -139,7 +139,7 @@ def extract_quote(oracle_text: str, question: str, answer: str, evidence: str = 
 
     def score(sentence: str) -> tuple:
         words = set(_WORDS.findall(sentence.lower()))
-        return (metrics.contains_answer(sentence, answer), len(words & answer_words), len(words & question_words), -len(sentence))
+        return (scorers.contains_answer(sentence, answer), len(words & answer_words), len(words & question_words), -len(sentence))
 
     return max(spans, key=score)
 
@@ -148,7 +148,7 @@ def extract_quote(oracle_text: str, question: str, answer: str, evidence: str = 
 
 
 def _holds_answer(chunk: Chunk, answer: str) -> bool:
-    return bool(metrics.contains_answer(chunk.text, answer))
+    return bool(scorers.contains_answer(chunk.text, answer))
 
 
 def choose_distractors(question: Question, gold: set[str], chunks: Sequence[Chunk], n: int, rule: str, rng: random.Random,
@@ -252,13 +252,13 @@ def parse_generated(chunks: Sequence[Chunk], replies: Sequence[str]) -> tuple[li
     answer that the chunk contains (the chunk is then its gold). Rejections are counted by reason."""
     kept, rejected = [], {}
     for chunk, reply in zip(chunks, replies):
-        obj = metrics.parse_json_object(reply) or {}
+        obj = scorers.parse_json_object(reply) or {}
         question, answer = str(obj.get("question") or "").strip(), str(obj.get("answer") or "").strip()
         if not question or not answer:
             reason = "no JSON object with a question and an answer"
         elif not _holds_answer(chunk, answer):
             reason = "answer not found in its chunk"
-        elif metrics.normalize_text(question) == metrics.normalize_text(answer):
+        elif scorers.normalize_text(question) == scorers.normalize_text(answer):
             reason = "answer repeats the question"
         else:
             kept.append(Question(f"gen-{chunk.id}", question, answer, chunk.doc_id, "", (chunk.id,)))
