@@ -10,30 +10,16 @@ from pathlib import Path
 
 import streamlit as st
 
+from app_pages.train_tabs.live import init_adapter_field, live_charts, run_header
 from core.models import ModelSource
-from core.runs import create_run, list_runs, read_spec_dict, read_status, relaunch, run_command, spec_to_yaml
+from core.runs import create_run, list_runs, relaunch, run_command, spec_to_yaml
 from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
 from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
 from core.train.methods import hidden_fields, hidden_objective_fields, method_info
 from core.train.preflight import DATA_CHECK_WAIT_S, data_check, model_defaults, run_preflight
-from core.train.report import (
-    ADAPTER_PATH_LABEL,
-    FRESH_ADAPTER_LABEL,
-    PATH_LABEL,
-    continue_choices,
-    continue_preset,
-    dataset_choices,
-    live_summary,
-    loss_figure,
-    parent_run,
-    preference_figures,
-    rank_rows,
-    reading_guide,
-    runs_table,
-    small_figures,
-)
+from core.train.report import PATH_LABEL, dataset_choices, live_summary, rank_rows, runs_table
 from core.workspace import runs_dir
 from pages_common import (
     active_model_source,
@@ -83,21 +69,6 @@ def dataset_field(default: str) -> str:
         return choices[label]
     return st.text_input("Dataset path", value=default if preset == PATH_LABEL else "", key="train_dataset_path",
                          placeholder="/path/to/train.jsonl").strip()
-
-
-def init_adapter_field(default: str) -> str:
-    """init_adapter offered as "Continue from run …": this workspace's succeeded runs with an adapter, a fresh one, or a path."""
-    choices = continue_choices(list_runs("train"))
-    labels = [FRESH_ADAPTER_LABEL, *choices, ADAPTER_PATH_LABEL]
-    preset = continue_preset(default, choices)
-    label = st.selectbox("Continue from run …", labels, index=labels.index(preset), key=f"{FORM}_init_adapter",
-                         help=next(i.help for i in spec_fields(TrainSpec) if i.name == "init_adapter"))
-    if label == FRESH_ADAPTER_LABEL:
-        return ""
-    if label != ADAPTER_PATH_LABEL:
-        return choices[label]
-    return st.text_input("Adapter folder", value=default if preset == ADAPTER_PATH_LABEL else "", key="train_init_adapter_path",
-                         placeholder="/path/to/adapter (holds adapter_config.json)").strip()
 
 
 @st.fragment(run_every=1.0)
@@ -155,34 +126,9 @@ def run_body(run_dir: Path, status, rows: list[dict]) -> None:
         st.dataframe(ranks, hide_index=True, width="stretch", key=f"train_ranks_{run_dir.name}",
                      column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
     if rows:
-        log_scale = st.checkbox("Log-scale loss", key="train_log_scale")
-        st.plotly_chart(loss_figure(rows, log_scale), key=f"train_loss_{run_dir.name}")
-        figures = small_figures(rows)
-        for row_start in (0, 2):
-            cols = st.columns(2)
-            for col, fig, n in zip(cols, figures[row_start:row_start + 2], range(row_start, row_start + 2)):
-                col.plotly_chart(fig, key=f"train_small_{n}_{run_dir.name}")
-        preference_panel(run_dir, rows)
+        live_charts(run_dir, rows)
     if status.is_final:
         run_actions(run_dir, status)
-
-
-def preference_panel(run_dir: Path, rows: list[dict]) -> None:
-    """A preference run's own curves (core.train.report.preference_figures) with the reading guide beside them."""
-    figures = preference_figures(rows)
-    if not figures:
-        return
-    st.markdown("**Preference metrics** · lines: train steps · dashed with markers: eval")
-    charts, guide = st.columns([2, 1])
-    for n, fig in enumerate(figures):
-        charts.plotly_chart(fig, key=f"train_pref_{n}_{run_dir.name}")
-    with guide:
-        st.markdown("**Reading guide**")
-        for line in reading_guide(rows, read_spec_dict(run_dir)):
-            if line.applies:
-                st.warning(f"**This run:** {line.text}\n\n{line.detail}")
-            else:
-                st.caption(line.text)
 
 
 def run_actions(run_dir: Path, status) -> None:
@@ -222,8 +168,7 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
     values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", "init_adapter", *hidden_fields(method.name),
                                                        *hidden_objective_fields(objective)),
                        overrides={"processes_per_node": processes_field(hardware)})
-    if method_info(values.get("method", method.name)).peft:  # continuing needs an adapter; full / partial train the weights
-        values["init_adapter"] = init_adapter_field(str(defaults.get("init_adapter", "")))
+    values["init_adapter"] = init_adapter_field(str(defaults.get("init_adapter", "")), values["method"], f"{FORM}_init_adapter")
     st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
                + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
     try:
@@ -260,10 +205,7 @@ if selected in by_id:
     st.session_state["train_run_id"] = str(by_id[selected].path)
     run_dir = by_id[selected].path
     st.subheader(f"Run {selected}")
-    parent = parent_run(by_id[selected].spec)
-    st.caption(f"Headless: `{run_command(run_dir)}` · method {by_id[selected].spec.get('method')} · "
-               f"objective {by_id[selected].spec.get('objective') or 'sft'} · state {read_status(run_dir).state}"
-               + (f" · continues run [{parent}](?run={parent})" if parent else ""))
+    run_header(run_dir, by_id[selected].spec)
     live_run(run_dir, run_body)
 elif selected:
     st.warning(f"Run {selected} no longer exists in this workspace (its folder was deleted or moved); open another run below.")

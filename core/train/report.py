@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from core.runs.card import source_run_of
 from core.train.distributed import read_rank_records
 from core.train.spec import DEMO_DATASET, TrainSpec
 
@@ -303,8 +304,6 @@ def reading_guide(rows: list[dict], spec: dict | None = None) -> list[GuideLine]
 
 def parent_run(spec: dict) -> str | None:
     """The run a training run continues (its init_adapter under this workspace's runs folder), for the page's link."""
-    from core.runs.card import source_run_of
-
     adapter = str(spec.get("init_adapter") or "").strip()
     if not adapter or "/" not in adapter:
         return adapter or None  # a run id as typed (TrainSpec turns it into the run's adapter path)
