@@ -1,5 +1,6 @@
 """Preference tuning, the proof (issue 27 item 4): held-out pair accuracy in the forgetting report (core.evaluate.pairs,
-core.evaluate.preference), and a DPO adapter continued from an SFT run through export (merged, loaded back) and Chat."""
+core.evaluate.preference), and a DPO adapter continued from an SFT run through export (merged, GGUF, Modelfile, recipes),
+the merge job and Chat."""
 from __future__ import annotations
 
 import json
@@ -228,6 +229,14 @@ def test_dpo_adapter_continued_from_sft_exports_merged_onto_the_base_and_chats(w
     sft_logits = logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), sft_dir / "adapter"))
     assert torch.allclose(merged_logits, dpo_logits, atol=1e-4), (merged_logits - dpo_logits).abs().max()
     assert (merged_logits - sft_logits).abs().max() > 1e-3, "DPO moved the model away from its SFT start"
+
+    # The Merge page's job takes it too: the pre-flight finds its base, and task arithmetic at weight 1 is base + DPO adapter.
+    base = {"kind": "local", "ref": str(tiny_llama_dir)}
+    merge_dir, status = run_in_process({"kind": "merge", "method": "task_arithmetic", "base": base, "evaluate": False,
+                                        "models": [{"source": {**base, "adapter": str(dpo_dir / "adapter")}, "weight": 1.0}]})
+    assert status.state == "succeeded", (status.error, runs.log_tail(merge_dir))
+    mergekit_logits = logits(AutoModelForCausalLM.from_pretrained(runs.read_result(merge_dir)["model_dir"], dtype=torch.float32))
+    assert torch.allclose(mergekit_logits, dpo_logits, atol=1e-3), (mergekit_logits - dpo_logits).abs().max()
 
     # Chat: the page's source (active model + trained adapter) through core.models / core.generation.
     loaded = load_model(ModelSource("local", str(tiny_llama_dir), adapter=str(dpo_dir / "adapter")))
