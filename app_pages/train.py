@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.train_tabs.live import init_adapter_field, live_charts, run_header
+from app_pages.train_tabs.recipes import render_demo_recipes
 from core.models import ModelSource
 from core.runs import create_run, list_runs, relaunch, run_command, spec_to_yaml
 from core.runs.spec import spec_fields
@@ -155,6 +156,7 @@ st.caption("LoRA and its variants, the rest of the PEFT table ((IA)³, prompt / 
            "full fine-tuning of the active model. The form is the run spec: the YAML below is what the worker runs, and the "
            "same file works from a terminal. **Compare methods** measures them side by side.")
 hardware = cached_hardware()
+render_demo_recipes()  # one click: SFT -> DPO on the demo tickets (app_pages/train_tabs/recipes.py)
 
 
 # ---------------------------------------------------------------- new run

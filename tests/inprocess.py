@@ -14,9 +14,14 @@ from core.runs.worker import Worker
 def run_in_process(spec: Any) -> tuple[Path, RunStatus]:
     """spec: a spec object or a spec dict. Returns the run folder and its final status."""
     run_dir = runs.create_run_from_dict(spec) if isinstance(spec, dict) else runs.create_run(spec)
+    return run_dir, work_here(run_dir)
+
+
+def work_here(run_dir: Path) -> RunStatus:
+    """The worker of an existing run folder, in this process. Returns its final status."""
     previous = signal.getsignal(signal.SIGTERM)
     try:
         Worker(run_dir).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
+    return read_status(run_dir)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from core.runs.errors import explain_failure, format_traceback
-from core.runs.jobs import InvalidSpec, JobContext, JobStopped, job_kind, kind_names, read_spec_dict
-from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, status_lock, write_status
+from core.runs.jobs import InvalidSpec, JobContext, JobError, JobStopped, job_kind, kind_names, read_spec_dict
+from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, read_status, status_lock, write_status
 from core.workspace import fault_point
 
 LOCK_NAME = ".exclusive-job.lock"
@@ -46,6 +46,7 @@ class Worker:
         self._stop_requests = 0
         self._done = threading.Event()
         self._lock_handle = None
+        self._waiting_for = ""
 
     # ---------------------------------------------------------------- status
     def update(self, **changes) -> None:
@@ -74,6 +75,28 @@ class Worker:
     @property
     def stop_requested(self) -> bool:
         return self._stop_requests > 0
+
+    # ---------------------------------------------------------------- runs this one starts from
+    def _wait_for_runs(self) -> bool:
+        """The spec's `waits_for()` runs (DPO launched with the SFT run it continues) must finish first: wait `queued`,
+        without the exclusive lock (they need it). False if stopped while waiting; JobError when one that was still
+        unfinished ends otherwise than succeeded. One already finished when this run starts is the spec check's business."""
+        for parent in getattr(self.spec, "waits_for", lambda: [])():
+            waited, told = False, ""
+            while not (status := read_status(parent)).is_final:
+                if self.stop_requested:
+                    return False
+                waited = True
+                if status.state != told:
+                    told = status.state
+                    self._waiting_for = f"waiting for run {parent.name} ({status.state}) to succeed"
+                    self.update(message=self._waiting_for)
+                time.sleep(0.5)
+            if waited and status.state != "succeeded":
+                reason = f": {status.error}" if status.error else f" ({status.message})" if status.message else ""
+                raise JobError(f"run {parent.name}, which this run continues from, ended {status.state}{reason}; "
+                               "nothing was trained here (resume or rerun it, then relaunch this run)")
+        return True
 
     # ---------------------------------------------------------------- lock
     def _wait_for_lock(self) -> bool:
@@ -107,8 +130,10 @@ class Worker:
             write_status(self.run_dir, self.status)
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         try:
-            if not self._wait_for_lock():
-                self.update(state="stopped", message="stopped while queued", finished_at=time.time(), exit_code=0)
+            waiting = self._wait_for_runs()
+            if not waiting or not self._wait_for_lock():
+                self.update(state="stopped", message="stopped while queued" + ("" if waiting else f" ({self._waiting_for})"),
+                            finished_at=time.time(), exit_code=0)
                 return 0
             _sweep_leftovers(self.run_dir)
             self.update(state="stopping" if self.stop_requested else "running", started_at=time.time(), message="started", error="")

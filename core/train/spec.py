@@ -402,6 +402,12 @@ class TrainSpec:
     def init_adapter_path(self) -> Path | None:
         return Path(self.init_adapter) if self.init_adapter.strip() else None
 
+    def waits_for(self) -> list[Path]:
+        """Runs that must succeed before this one trains: the train run whose adapter init_adapter continues. The worker
+        waits for one still unfinished, `queued` and without the exclusive lock (core.runs.worker), and fails if it ends otherwise."""
+        run = init_adapter_run(self.init_adapter) if self.init_adapter.strip() else None
+        return [run] if run is not None else []
+
     def _check_distribution(self) -> None:
         """Rules between the distribution fields that hold on any machine (core.train.distributed checks the hardware)."""
         if self.fsdp_cpu_offload and self.distributed_strategy != "fsdp":
@@ -490,7 +496,33 @@ def resolve_init_adapter(text: str) -> Path:
         for folder in (path / "adapter", path):
             if (folder / "adapter_config.json").is_file():
                 return folder.resolve()
+    run = init_adapter_run(text)
+    if run is not None:  # a train run of this workspace that has not written its adapter yet (the SFT of an SFT -> DPO chain)
+        from core.runs.status import read_status
+
+        status = read_status(run)
+        if not status.is_final:
+            return (run / "adapter").resolve()  # the worker waits for the run to succeed (TrainSpec.waits_for)
+        raise ValueError(f"init_adapter: run {run.name} ended {status.state} without an adapter"
+                         + (f" ({status.error})" if status.error else "") + "; resume it or choose another run")
     raise ValueError(f"init_adapter: {text!r} is neither a run with an adapter nor an adapter folder (no adapter_config.json)")
+
+
+def init_adapter_run(text: str) -> Path | None:
+    """The train run folder of this workspace that init_adapter names (its id, its folder or its adapter/ path), or None."""
+    from core.runs.card import source_run_of
+    from core.runs.jobs import read_spec_dict
+    from core.workspace import runs_dir
+
+    text = str(text).strip()
+    run_id = text if text and "/" not in text else source_run_of(text) if text else None
+    folder = runs_dir() / run_id if run_id else None
+    if folder is None or not (folder / "spec.yaml").is_file():
+        return None
+    try:
+        return folder if read_spec_dict(folder).get("kind") == "train" else None
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_data_path(text: str) -> Path:
