@@ -181,6 +181,31 @@ def test_eval_pair_accuracy_is_over_the_whole_eval_set(workspace, tiny_llama_dir
     assert metrics["eval_pair_accuracy"] == pytest.approx(trainer.evaluate()["eval_pair_accuracy"]), "each eval starts its own count"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["orpo", "simpo"])
+def test_eval_pair_accuracy_of_the_reference_free_objectives_does_not_depend_on_the_batch_size(workspace, tiny_llama_dir, tmp_path,
+                                                                                              objective):
+    """ORPO / CPO (SimPO) keep their eval metrics elsewhere in TRL (_stored_metrics): the whole-set figure at batch size 2
+    (batches of 2, 2, 1) equals TRL's own accuracy at batch size 1, where a mean of batch means is the mean over pairs."""
+    from core.hardware import detect
+    from core.train.backends import HFBackend
+    from core.train.data import prepare_data
+    from core.train.spec import TrainSpec
+    from core.train.trainer import build_preference_trainer
+
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(_pairs(tmp_path / "pairs.jsonl", PAIRS)),
+                     eval_dataset=str(_pairs(tmp_path / "eval.jsonl", EVAL_PAIRS)), objective=objective, batch_size=2, max_length=64,
+                     max_steps=1, lora_r=4, lora_alpha=8, eval_on_start=False)
+    model, tokenizer = HFBackend().load(spec, detect())
+    trainer = build_preference_trainer(spec, tmp_path / "run", model, tokenizer, prepare_data(spec, tokenizer), device="cpu",
+                                       bf16=False, fp16=False, callbacks=[])
+    whole = trainer.evaluate()["eval_pair_accuracy"]
+    trainer.args.per_device_eval_batch_size = 1
+    one_by_one = trainer.evaluate()
+    assert whole == pytest.approx(one_by_one["eval_rewards/accuracies"]) == pytest.approx(one_by_one["eval_pair_accuracy"])
+    assert whole * 5 == pytest.approx(round(whole * 5)), "a share of the 5 eval pairs"
+
+
 # ---------------------------------------------------------------- the Train page
 
 
