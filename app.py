@@ -33,6 +33,7 @@ PAGES = {
     "Prove": [
         st.Page("app_pages/evaluate.py", title="Evaluate", icon="📊"),
         st.Page("app_pages/chat.py", title="Chat", icon="💬"),
+        st.Page("app_pages/rewards.py", title="Rewards", icon="🎯"),
     ],
     "Transform": [
         st.Page("app_pages/merge.py", title="Merge", icon="🔀"),
