@@ -213,6 +213,23 @@ def cached_arch(source: ModelSource):
     return ModelArch.from_dict(_arch_dict(json.dumps(source.as_dict(), sort_keys=True)))
 
 
+TRAIN_RECIPE = "train_recipe"  # the hand-off to the Train page: {field: value} its form starts from
+TRAIN_RECIPE_ORIGIN = "train_recipe_origin"  # (that recipe, where it came from): shown above the form
+TRAIN_RUN = "train_run_id"  # the run the Train page shows (its ?run= in the URL)
+
+
+def send_recipe_to_train(recipe: dict, origin: str, *, model: ModelSource | None = None) -> None:
+    """Every page's hand-off to Train: the form starts from `recipe` (and `model` becomes the active model), the Train
+    page says where it came from, and the user lands on its form rather than on the run it showed before."""
+    recipe = dict(recipe)
+    st.session_state[TRAIN_RECIPE] = recipe
+    st.session_state[TRAIN_RECIPE_ORIGIN] = (recipe, origin)
+    if model is not None:
+        st.session_state["active_model"] = model.as_dict()
+    st.session_state.pop(TRAIN_RUN, None)
+    st.switch_page("app_pages/train.py")
+
+
 def start_run(spec, key: str, *, query_param: str | None = None):
     """Create the run folder from a spec dataclass, launch its worker, and remember it for this page (in
     session_state[key], and in the URL's `query_param` so a refresh or a shared link reopens it)."""

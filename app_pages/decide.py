@@ -12,7 +12,7 @@ from core import decide, memory
 from core.models import ModelLoadError
 from core.rag.spec import DEMO_DOCUMENTS
 from core.runs.jobs import read_result
-from pages_common import active_model_source, cached_arch, cached_hardware, live_run, run_selector, start_run, upload_digest
+from pages_common import active_model_source, cached_arch, cached_hardware, live_run, run_selector, send_recipe_to_train, start_run, upload_digest
 
 
 def model_for_check() -> memory.ModelArch | None:
@@ -72,8 +72,7 @@ def render(result: decide.Recommendation) -> None:
     st.caption("Learning rate ~10× a full fine-tune's for adapters (2e-4 vs 2e-5), α = 2r, all linear layers, 1-3 epochs by data size.")
     st.dataframe(pd.DataFrame([{"field": k, "value": str(v)} for k, v in result.recipe.items()]), hide_index=True, width="stretch")
     if st.button("Send this recipe to the Train page", type="primary", key="decide_to_train"):
-        st.session_state.update(train_recipe=dict(result.recipe), train_recipe_origin=(dict(result.recipe), "the Decide page's recipe"))
-        st.success("Sent: open the Train page; its form starts from this recipe.")
+        send_recipe_to_train(result.recipe, "the Decide page's recipe")
 
 
 EVAL_SETS = {

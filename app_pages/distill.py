@@ -14,7 +14,7 @@ from core.distill.spec import VARIANT_GUIDE, VARIANT_LABELS, VARIANTS, DistillCo
 from core.distill.temperature import entropy_by_temperature, next_token_logits, temperature_table
 from core.models import ModelLoadError, ModelSource
 from core.runs import create_run_from_dict, launch, read_result, read_spec_dict
-from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
+from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, send_recipe_to_train, spec_form, start_run, task_rows_note
 
 METHOD_ONLY = {"logit": ("temperature", "alpha"), "on_policy": ("gkd_lambda", "gkd_beta", "gkd_temperature", "max_new_tokens")}
 RUN_KINDS = {"distill": "Logit / on-policy students", "teacher_answers": "Teacher datasets (sequence-level)",
@@ -70,13 +70,9 @@ def render_answers(run_dir, status, metrics: list[dict]) -> None:
         rows = [json.loads(next(handle)) for _ in range(min(5, result["rows"]))]
     st.dataframe([{"prompt": r["messages"][-2]["content"], "teacher's answer": r["messages"][-1]["content"]} for r in rows], hide_index=True)
     if st.button("🏋️ Train a student on it (Train page, any method)", key=f"distill_seq_train_{run_dir.name}"):
-        if result.get("student_dir"):
-            st.session_state["active_model"] = ModelSource("local", result["student_dir"]).as_dict()
-        recipe = {"dataset": result["dataset_dir"], "name": "sequence-student"}
-        st.session_state["train_recipe"] = recipe
-        st.session_state["train_recipe_origin"] = (recipe, f"the teacher's answers ({run_dir.name})")
-        st.session_state.pop("train_run_id", None)
-        st.switch_page("app_pages/train.py")
+        student = ModelSource("local", result["student_dir"]) if result.get("student_dir") else None
+        send_recipe_to_train({"dataset": result["dataset_dir"], "name": "sequence-student"}, f"the teacher's answers ({run_dir.name})",
+                             model=student)
 
 
 def render_compare(run_dir, status, metrics: list[dict]) -> None:

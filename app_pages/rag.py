@@ -15,7 +15,7 @@ from core.rag.raft import MANIFEST_FILE
 from core.rag.spec import DEMO_DOCUMENTS, DEMO_QUESTIONS, RaftEvalSpec, RaftSpec, RagIndexSpec
 from core.runs import list_runs, read_result
 from core.workspace import datasets_dir, read_json
-from pages_common import active_model_source, live_run, model_picker, run_selector, spec_form, start_run
+from pages_common import active_model_source, live_run, model_picker, run_selector, send_recipe_to_train, spec_form, start_run
 
 VERDICT_BOX = {"better": st.success, "worse": st.error, "no clear difference": st.warning}
 
@@ -100,9 +100,7 @@ def render_raft(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 - 
         st.switch_page("app_pages/template.py")
     for column, label, folder in ((c2, "🏋️ Train RAFT on it", result["dataset"]), (c3, "🏋️ Train the SFT baseline", result["sft_dataset"])):
         if folder and column.button(label, key=f"raft_train_{Path(folder).name}"):
-            recipe = {"dataset": folder, "max_length": max_length, "name": Path(folder).name}
-            st.session_state.update(train_recipe=recipe, train_recipe_origin=(recipe, "the RAG / RAFT page's recipe"))
-            st.switch_page("app_pages/train.py")
+            send_recipe_to_train({"dataset": folder, "max_length": max_length, "name": Path(folder).name}, "the RAG / RAFT page's recipe")
 
 
 def raft_tab() -> None:
