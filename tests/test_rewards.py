@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import rewards, scorers
+from core.evaluate.task import TaskExample, describe_task, score_answer
 from core.rewards import REWARDS, RewardError, RewardSpec, combine, make_scorer
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "rewards.py")
@@ -70,6 +71,21 @@ def test_field_accuracy_is_the_forgetting_reports_field_accuracy():
     got = values(scorer, answers, [ROW] * 4)
     assert got == [scorers.json_field_accuracy(a, TICKET, ["summary"]) for a in answers]
     assert got[0] == 1.0 and 0 < got[1] < 1 and got[2] == got[3] == 0.0
+
+
+def test_the_forgetting_reports_task_numbers_are_these_rewards():
+    """One vocabulary: core.evaluate's per-answer numbers equal the rewards of the same name (field:<f> is field_match)."""
+    reference = '{"summary": "Printer offline on floor 3 since the morning", "next_step": "Restart the spooler", "urgency": "high"}'
+    setup = describe_task([TaskExample(0, [], [], reference)])
+    assert setup.is_json and setup.free_text_fields == ["summary"]
+    row = {"reference": reference}
+    named = {"json_valid": make_scorer("json_valid"), "exact_match": make_scorer("exact_match"), "rouge_l": make_scorer("rouge_l"),
+             "field_accuracy": make_scorer("field_accuracy", {"free_text_fields": "summary"})}
+    named |= {f"field:{f}": make_scorer("field_match", {"field": f, "free_text": f == "summary"}) for f in setup.fields}
+    for answer in [reference, f"```json\n{reference}\n```", f"Sure: {reference}", '{"urgency": "high", "summary": "printer offline"}',
+                   "", "no json"]:
+        report = score_answer(answer, reference, setup)
+        assert {name: scorer.score(answer, row) for name, scorer in named.items()} == {name: report[name] for name in named}
 
 
 def test_exact_match_contains_answer_and_rouge_delegate_to_scorers():
@@ -162,14 +178,14 @@ def test_python_reward_runs_a_batch_in_one_separate_process(monkeypatch):
 
 def test_python_reward_time_limit_kills_an_infinite_loop():
     scorer = python_scorer("def reward(completion, row):\n    while completion == 'loop':\n        pass\n    return 0.5\n",
-                           timeout_s=1.0)
+                           timeout_s=2.0)
     start = time.monotonic()
     results = scorer.score_batch(["fine", "loop", "after"], [{}] * 3)
     elapsed = time.monotonic() - start
     assert results[0].value == 0.5  # scored before the loop started: kept
-    assert results[1].value is None and "timed out" in results[1].error and "1 s limit" in results[1].error
+    assert results[1].value is None and "timed out" in results[1].error and "2 s limit" in results[1].error
     assert results[2].value is None and "not scored" in results[2].error
-    assert elapsed < 1.0 + 3.0, elapsed
+    assert elapsed < 2.0 + 3.0, elapsed
 
 
 def test_python_reward_errors_are_per_row_and_never_raise():
