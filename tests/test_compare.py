@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from inprocess import run_in_process
 
 from core import runs
 from core.compare.features import FeatureError, feature_baseline, fit_and_score, label_of, load_labelled
 from core.compare.spec import FeatureExtractionSpec, MethodComparisonSpec
 from core.compare.table import chapter_check, display_rows, pareto_figure, pareto_front, to_csv
 from core.runs.status import read_status
-from core.runs.worker import Worker
 
 URGENT = ["Our whole site is down and customers cannot pay", "Production outage: every checkout fails right now",
           "Data loss in progress, the database is wiping rows", "Security breach: someone is logged into our admin"]
@@ -37,16 +36,6 @@ def ticket_files(tmp_path) -> tuple[Path, Path]:
     train = [_row(t, "high") for t in URGENT[:3]] + [_row(t, "low") for t in CALM[:3]]
     test = [_row(URGENT[3], "high"), _row(CALM[3], "low")]
     return _write(tmp_path / "train.jsonl", train * 2), _write(tmp_path / "test.jsonl", test)
-
-
-def _run_here(spec) -> tuple[Path, object]:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
 
 
 # ---------------------------------------------------------------- feature extraction
@@ -83,7 +72,7 @@ def test_non_label_targets_are_refused_by_name(tmp_path):
 @pytest.mark.slow
 def test_feature_extraction_job_with_minilm_separates_urgent_from_calm(workspace, ticket_files):
     train, test = ticket_files
-    run_dir, status = _run_here(FeatureExtractionSpec(encoder="minilm", dataset=str(train), test_dataset=str(test)))
+    run_dir, status = run_in_process(FeatureExtractionSpec(encoder="minilm", dataset=str(train), test_dataset=str(test)))
     assert status.state == "succeeded", status.error
     report = runs.read_result(run_dir)
     assert report["accuracy"] == 1.0 and report["test_rows"] == 2 and report["labels"] == ["high", "low"]
@@ -127,7 +116,7 @@ def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_
                                 methods=["lora", "prompt_tuning", "bitfit"], max_steps=2, batch_size=2, max_length=96, lora_r=4,
                                 num_virtual_tokens=4, task_samples=2, general_samples=2, mc_samples=4, max_new_tokens=8,
                                 learning_rates={"lora": 1e-2, "prompt_tuning": 1e-1})
-    run_dir, status = _run_here(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     result = runs.read_result(run_dir)
     rows = {r["method"]: r for r in result["rows"]}

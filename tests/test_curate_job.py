@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
 from core import runs
 from core.data.audit import audit_rows
@@ -15,7 +15,6 @@ from core.data.decontam import DecontamConfig, decontaminate, load_builtin_bench
 from core.data.dedup import NearDedupConfig, find_exact_duplicates, find_near_duplicates
 from core.data.formats import load_dataset_file
 from core.runs.status import read_status
-from core.runs.worker import Worker
 
 
 def chat(prompt: str, answer: str) -> dict:
@@ -41,12 +40,7 @@ def dataset(tmp_path) -> Path:
 
 
 def run_here(spec) -> Path:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_dir, _ = run_in_process(spec)
     return run_dir
 
 

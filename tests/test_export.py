@@ -9,17 +9,15 @@ must agree on 75 % of next tokens (the default 90 % is asserted on the embedded 
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
 from core import runs
 from core.export import gguf_convert, ollama, validate
 from core.export.integrity import file_problems
 from core.export.spec import ExportSpec
-from core.runs.status import read_status
-from core.runs.worker import Worker
 
 pytestmark = pytest.mark.slow
 TINY_Q8_AGREEMENT = 0.75
@@ -57,16 +55,6 @@ def _adapter(base: Path, path: Path) -> Path:
     return path
 
 
-def _run(spec) -> tuple[Path, object]:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
-
-
 def _result(run_dir: Path) -> dict:
     return json.loads((run_dir / "export.json").read_text())
 
@@ -98,7 +86,7 @@ def test_each_family_exports_and_matches_torch_in_llama_cpp(family, family_model
     base, adapter = family_models[family]
     spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)},
                       formats=["merged", "gguf_f16", "gguf_q8_0"], min_agreement=TINY_Q8_AGREEMENT)
-    run_dir, status = _run(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     result = _result(run_dir)
     merged = _checks(result, "merged")["merged = base + adapter"]
@@ -153,7 +141,7 @@ def _train_run(tiny_llama_dir: Path, tmp_path: Path) -> Path:
     spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_steps=2, batch_size=4,
                      max_length=64, eval_fraction=0.0, learning_rate=5e-2, warmup_ratio=0.0, lora_r=4, lora_alpha=8,
                      save_steps=100, eval_on_start=False, chat_template="chatml", name="to-export")
-    run_dir, status = _run(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     return run_dir
 
@@ -164,7 +152,7 @@ def test_train_run_exports_every_kind_with_its_template_and_recipes(workspace, t
     train_dir = _train_run(tiny_llama_dir, tmp_path)
     spec = ExportSpec(source_run=str(train_dir), formats=["adapter", "merged", "gguf_q8_0", "modelfile", "recipes"],
                       quantize=["Q4_K_M"], min_agreement=0.0)
-    run_dir, status = _run(spec)
+    run_dir, status = run_in_process(spec)
     result = _result(run_dir)
     assert status.state == "succeeded", [c for a in result["artifacts"] for c in a["checks"] if not c["passed"]]
     kinds = [a["kind"] for a in result["artifacts"]]
@@ -227,7 +215,7 @@ def test_go_template_renderer_refuses_what_it_does_not_know():
 def test_corrupted_and_truncated_exports_are_detected(workspace, family_models):
     base, adapter = family_models["llama"]
     spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)}, formats=["merged", "gguf_f16"])
-    run_dir, status = _run(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     gguf_path = next((run_dir / "export").glob("*-F16.gguf"))
     weights = run_dir / "export" / "merged" / "model.safetensors"
@@ -273,7 +261,7 @@ def test_disk_space_is_checked_before_anything_is_written(workspace, family_mode
     usage = shutil.disk_usage("/")
     monkeypatch.setattr("core.export.disk.shutil.disk_usage", lambda path: usage._replace(free=10 * 1024**2))
     spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)}, formats=["merged", "gguf_f16"])
-    run_dir, status = _run(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "failed" and "Not enough disk space" in status.error and "GB are free" in status.error
     assert not (run_dir / "export").exists()
     assert json.loads((run_dir / "disk_plan.json").read_text())["bytes"]["merged"] > 0
@@ -292,7 +280,7 @@ def test_embedded_model_exports_f16_identical_and_q8_above_the_stated_rate(works
     """The embedded SmolLM2-135M with a random LoRA: F16 greedy text equals torch's, Q8_0 agrees on ≥ 90 % of next tokens."""
     adapter = _adapter(embedded_dir, tmp_path / "adapter")
     spec = ExportSpec(model={"kind": "embedded", "adapter": str(adapter)}, formats=["gguf_f16", "gguf_q8_0", "modelfile"])
-    run_dir, status = _run(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     result = _result(run_dir)
     assert all(c["passed"] for c in _checks(result, "gguf_f16").values())

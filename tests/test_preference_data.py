@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from inprocess import work_here
 from streamlit.testing.v1 import AppTest
 
 from core.data.dedup import ExactDedupConfig, find_exact_duplicates
@@ -259,23 +260,17 @@ def test_dedup_finds_identical_pairs_and_sees_rejected():
 
 def test_curate_job_reads_pairs_as_pairs(workspace, tmp_path):
     """The Data page's dedup / decontamination / audit run as jobs: the worker must read the file as pairs too."""
-    import signal
 
     from core import runs
     from core.data.curate_job import CurateSpec, load_results
     from core.runs.status import read_status
-    from core.runs.worker import Worker
 
     rows = [{"prompt": "q", "chosen": "yes", "rejected": "no"}, {"prompt": "other", "chosen": "a", "rejected": "b"},
             {"prompt": "q", "chosen": "yes", "rejected": "no"}, {"prompt": "q", "chosen": "yes", "rejected": "something else"}]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     loaded = load_any_dataset(path)
     run_dir = runs.create_run(CurateSpec(dataset=str(path), dataset_sha256=loaded.source_hash, exact={}))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    work_here(run_dir)
     assert read_status(run_dir).state == "succeeded", read_status(run_dir).error
     assert load_results(run_dir)["exact"].rows_to_drop == [2]
 

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
 from core import runs
 from core.export.spec import ExportSpec
 from core.runs.card import CARD_FILE, README_FILE, build_card, lineage, lineage_dot, scan, source_run_of
 from core.runs.compare import compare, spec_diff
-from core.runs.worker import Worker
 from core.train.spec import TrainSpec
 from core.train.tracking import installed, tensorboard_scalars
 
@@ -19,12 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run(spec) -> Path:
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_dir, _ = run_in_process(spec)
     status = runs.read_status(run_dir)
     assert status.state == "succeeded", status.error
     return run_dir

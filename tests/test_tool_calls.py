@@ -7,9 +7,9 @@ template the embedded tokenizer gets Llama 3.1's header and end-of-turn tokens a
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
+from inprocess import work_here
 
 from core.data.formats import load_dataset_file
 from core.data.lint import lint_dataset
@@ -204,7 +204,6 @@ def test_training_on_tool_rows_learns_the_masked_labels(workspace, tiny_llama_di
     """The trainer gets the tool rows' masking labels, and a LoRA run on them succeeds with a finite loss."""
     from core import runs
     from core.runs.status import read_status
-    from core.runs.worker import Worker
     from core.train.data import prepare_data
     from core.train.spec import TrainSpec
 
@@ -225,11 +224,7 @@ def test_training_on_tool_rows_learns_the_masked_labels(workspace, tiny_llama_di
     expected = {tuple(encode_row(r, embedded_tokenizer, chat_template=load_template("qwen2.5-instruct"), max_length=512).labels) for r in rows}
     assert {tuple(f["labels"]) for f in prepared.train.features} == expected
     run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    work_here(run_dir)
     status = read_status(run_dir)
     assert status.state == "succeeded", status.error
     losses = [m["loss"] for m in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in m]

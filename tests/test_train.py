@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from inprocess import run_in_process, work_here
 from safetensors.torch import load_file
 
 from core import runs
 from core.data.masking import IGNORE_INDEX, encode_conversation
 from core.runs.status import read_status
-from core.runs.worker import Worker
 from core.train.data import file_sha256, pack_features
 from core.train.spec import TrainSpec
 
@@ -48,17 +48,6 @@ def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:
                   eval_on_start=False, logging_steps=1)
     fields.update(changes)
     return TrainSpec(**fields)
-
-
-def _run_here(spec: TrainSpec) -> tuple[Path, object]:
-    """Create a run and execute the worker in this process."""
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
 
 
 def _update_spec(run_dir: Path, updates: dict) -> None:
@@ -218,7 +207,7 @@ def test_live_summary_and_charts_keep_the_latest_value_per_step():
 def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny_llama_dir, tmp_path):
     data = tmp_path / "more.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(12)))
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data, eval_fraction=0.25, eval_on_start=True, merge_after=True))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data, eval_fraction=0.25, eval_on_start=True, merge_after=True))
     assert status.state == "succeeded", status.error
     rows = _metrics(run_dir)
     assert rows[0]["eval_loss"] > 0 and rows[0]["step"] == 0, "the starting eval loss comes first"
@@ -257,11 +246,7 @@ def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny
 
     assert continue_updates(run_dir, 2) == {"max_steps": 5}
     _update_spec(run_dir, continue_updates(run_dir, 2))
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    work_here(run_dir)
     again = read_status(run_dir)
     assert again.state == "succeeded" and again.result["global_step"] == 5 and again.attempts == 2
     assert [r["step"] for r in _metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5]
@@ -285,7 +270,7 @@ def test_lora_configs_follow_the_method():
 
 @pytest.mark.parametrize("method", ["dora"])
 def test_adapter_methods_train(workspace, tiny_llama_dir, data_file, method):
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, method=method, max_steps=2))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, method=method, max_steps=2))
     assert status.state == "succeeded", status.error
     b = _lora_b_tensors(run_dir / "adapter")
     assert b and all(t.abs().sum() > 0 for t in b.values()), "LoRA B starts at zero; training must move every one"
@@ -296,7 +281,7 @@ def test_adapter_methods_train(workspace, tiny_llama_dir, data_file, method):
 
 
 def test_full_fine_tune_saves_a_changed_model(workspace, tiny_llama_dir, data_file):
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, method="full", max_steps=2, learning_rate=1e-3))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, method="full", max_steps=2, learning_rate=1e-3))
     assert status.state == "succeeded", status.error
     saved = load_file(str(run_dir / "model" / "model.safetensors"))
     original = load_file(str(tiny_llama_dir / "model.safetensors"))
@@ -312,7 +297,7 @@ def test_qlora_on_cpu_updates_every_lora_weight_even_after_an_eval(workspace, ti
     if not detect().bnb_4bit:
         pytest.skip("bitsandbytes 4-bit is not usable on this machine")
     # eval_on_start runs an eval-mode forward first: on AVX512-BF16 CPUs that used to freeze most LoRA gradients.
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, method="qlora", max_steps=2, eval_fraction=0.25, eval_on_start=True))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, method="qlora", max_steps=2, eval_fraction=0.25, eval_on_start=True))
     assert status.state == "succeeded", status.error
     b = _lora_b_tensors(run_dir / "adapter")
     assert len(b) == 14, "2 layers x 7 linear layers get adapters"
@@ -322,7 +307,7 @@ def test_qlora_on_cpu_updates_every_lora_weight_even_after_an_eval(workspace, ti
 
 @pytest.mark.gpuset
 def test_packing_run(workspace, tiny_llama_dir, data_file):
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, packing=True, max_steps=1, batch_size=1))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, packing=True, max_steps=1, batch_size=1))
     assert status.state == "succeeded", status.error
     rows = [r for r in _metrics(run_dir) if "loss" in r]
     assert [r["step"] for r in rows] == [1] and rows[0]["tokens_per_s"] > 0
@@ -335,7 +320,7 @@ def test_no_trainable_tokens_is_refused_before_training(workspace, tiny_llama_di
     long_prompt = [{"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}]}] * 3
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in long_prompt))
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data, max_length=32))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data, max_length=32))
     assert status.state == "failed"
     assert "none of the 3" in status.error and "max_length" in status.error
     assert not (run_dir / "checkpoints").exists() and not _metrics(run_dir)
@@ -346,7 +331,7 @@ def test_no_trainable_tokens_is_refused_before_training(workspace, tiny_llama_di
     ("oom@2", "Out of memory"),
 ])
 def test_faults_end_as_failed_with_their_message(workspace, tiny_llama_dir, data_file, fault, expected, caplog):
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, fault_injection=fault))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, fault_injection=fault))
     assert status.state == "failed"
     assert expected in status.error
     if fault.startswith("oom"):

@@ -4,16 +4,14 @@ tuning's text initialisation, and artifacts loading back for Chat / Evaluate."""
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
 import torch
+from inprocess import run_in_process
 
 from core import runs
 from core.memory import MemorySpec, arch_from_config, estimate, materialised_delta_bytes, trainable_params
-from core.runs.status import read_status
-from core.runs.worker import Worker
 from core.train.methods import METHODS, adapter_merge_refusal, attach_method, hidden_fields, trainable_counts
 from core.train.spec import TrainSpec
 
@@ -55,16 +53,6 @@ def _spec(model_dir: Path, data: Path, method: str, **changes) -> TrainSpec:
                   lora_alpha=8, num_virtual_tokens=4, frozen_layers=1, save_steps=100, eval_on_start=False)
     fields.update(changes)
     return TrainSpec(**fields)
-
-
-def _run_here(spec: TrainSpec):
-    run_dir = runs.create_run(spec)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return run_dir, read_status(run_dir)
 
 
 def _probe_logits(model, tokenizer) -> torch.Tensor:
@@ -143,14 +131,14 @@ def test_bitfit_on_a_model_without_biases_is_refused_by_name(workspace, tiny_lla
 
     spec = _spec(tiny_llama_dir, data_file, "bitfit")
     assert "BitFit trains only bias terms" in run_preflight(spec, detect()).refusal
-    run_dir, status = _run_here(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "failed"
     assert "BitFit trains only bias terms" in status.error and "has none" in status.error
     assert not (run_dir / "checkpoints").exists()
 
 
 def test_partial_that_freezes_everything_is_refused(workspace, tiny_llama_dir, data_file):
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, "partial", frozen_layers=2))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, "partial", frozen_layers=2))
     assert status.state == "failed" and "frozen_layers: 2 would freeze all 2 layers" in status.error
 
 
@@ -164,7 +152,7 @@ def test_each_method_trains_in_the_worker_and_changes_the_model(workspace, tiny_
 
     base_dir = biased_llama_dir if method == "bitfit" else tiny_llama_dir
     extra = {"prompt_init_text": "Answer briefly"} if method == "prompt_tuning" else {}
-    run_dir, status = _run_here(_spec(base_dir, data_file, method, **extra))
+    run_dir, status = run_in_process(_spec(base_dir, data_file, method, **extra))
     assert status.state == "succeeded", status.error
     card = runs.read_result(run_dir)
     assert card["final_metrics"]["global_step"] == 2 and card["tokens_per_s"] > 0
@@ -199,7 +187,7 @@ def test_prompt_tuning_starts_from_the_text_and_its_adapter_refuses_merging(work
     start = model.prompt_encoder["default"].embedding.weight.detach()
     assert torch.allclose(start, model.get_input_embeddings().weight[wanted].detach())
 
-    run_dir, status = _run_here(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     adapter = run_dir / "adapter"
     assert "cannot be merged into the weights" in adapter_merge_refusal(adapter)
@@ -219,7 +207,7 @@ def test_prompt_and_prefix_adapters_score_like_one_sequence_at_a_time(workspace,
     from core.generation import greedy_answers
     from core.models import ModelSource, is_prompt_learning, load_model, unwrap_adapter
 
-    run_dir, status = _run_here(_spec(tiny_llama_dir, data_file, "prompt_tuning"))
+    run_dir, status = run_in_process(_spec(tiny_llama_dir, data_file, "prompt_tuning"))
     assert status.state == "succeeded", status.error
     loaded = load_model(ModelSource("local", str(tiny_llama_dir), adapter=str(run_dir / "adapter")))
     assert is_prompt_learning(loaded.model)
