@@ -14,6 +14,10 @@ measured by a hand-written loop with torch.cuda.max_memory_allocated against the
     .venv/bin/python bench/memory_calibration.py             # every method; last line is JSON
     .venv/bin/python bench/memory_calibration.py --quick     # LoRA and full only
     .venv/bin/python bench/memory_calibration.py --methods lora,ia3
+    .venv/bin/python bench/memory_calibration.py --methods none --objectives dpo-lora,dpo-full
+
+Preference objectives (issue 27): the same job on pairs whose answers both run past max_length, so every batch is
+exactly 2 x batch_size x max_length tokens (chosen + rejected), against the estimate for that objective.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 JOB_METHODS = ["lora", "dora", "rslora", "qlora", "loha", "lokr", "ia3", "prompt_tuning", "prefix_tuning", "partial", "full"]
 JOB_SHAPE = {"batch_size": 4, "max_length": 128, "max_steps": 3}
+# objective-method pairs measured on pair rows (--objectives); the quick run measures DPO with LoRA
+JOB_OBJECTIVES = ["dpo-lora", "dpo-full", "kto-lora", "orpo-lora", "simpo-lora"]
 CUDA_MODELS = ["Qwen2.5 0.5B", "Qwen2.5 1.5B"]
 CUDA_METHODS = [("full", "bf16"), ("lora", "mixed"), ("qlora", "mixed")]
 STEPS = 3
@@ -156,17 +162,61 @@ def long_rows(path: Path, n: int = 24) -> Path:
     return path
 
 
-def job_spec(method: str, dataset: Path, shape: dict):
+def long_pairs(path: Path, n: int = 24) -> Path:
+    """Preference pairs with a short prompt and two answers that both run past max_length (ticket text), so that
+    chosen and rejected are each cut to exactly max_length tokens."""
+    from core.data.formats import demo_dataset_path, load_dataset_file
+
+    tickets = load_dataset_file(demo_dataset_path("train")).rows
+
+    def text(start: int) -> str:
+        return " ".join(m["content"] for t in tickets[start:start + 6] for m in t["messages"] if m["role"] != "system")
+
+    rows = [{"prompt": [{"role": "user", "content": f"Summarise ticket {i}."}], "chosen": [{"role": "assistant", "content": text(i)}],
+             "rejected": [{"role": "assistant", "content": text(i + 7)}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def job_spec(method: str, dataset: Path, shape: dict, objective: str = "sft"):
     from core.train.methods import METHODS
     from core.train.spec import TrainSpec
 
-    return TrainSpec(name=f"calibrate-{method}", method=method, dataset=str(dataset), eval_fraction=0.0, eval_on_start=False,
-                     learning_rate=METHODS[method].learning_rate, save_steps=10_000, logging_steps=1, warmup_ratio=0.0,
-                     lora_r=16, lora_alpha=32, **shape)
+    learning_rate = METHODS[method].learning_rate if objective == "sft" else (5e-6 if method == "full" else 5e-5)
+    return TrainSpec(name=f"calibrate-{objective}-{method}", method=method, dataset=str(dataset), eval_fraction=0.0, eval_on_start=False,
+                     learning_rate=learning_rate, save_steps=10_000, logging_steps=1, warmup_ratio=0.0,
+                     lora_r=16, lora_alpha=32, objective=objective, **shape)
+
+
+def measure_job(spec, label: str) -> dict:
+    """Run one calibration job through the worker; its card's predicted vs measured peak as a result row."""
+    from _train_common import run_worker
+
+    started = time.time()
+    card = run_worker(spec, timeout=1800)["card"]
+    measured, predicted = card["peak_memory_bytes"], card["predicted_memory_bytes"]
+    error = (predicted - measured) / measured
+    return {"config": label, "predicted_mb": round(predicted / 1e6, 1), "measured_mb": round(measured / 1e6, 1),
+            "error_pct": round(100 * error, 1), "within_10pct": abs(error) <= TOLERANCE, "wall_s": round(time.time() - started, 1),
+            "precision": card.get("precision"), "note": card.get("predicted_memory_note")}
+
+
+def bench_objectives(pairs: list[str], shape: dict) -> list[dict]:
+    """Each objective-method pair's real job on long pairs: the estimate for that objective against the measured peak."""
+    from _train_common import bench_workspace
+
+    home = bench_workspace()
+    dataset = long_pairs(home / "long-pairs.jsonl")
+    rows = []
+    for pair in pairs:
+        objective, method = pair.split("-", 1)
+        rows.append(measure_job(job_spec(method, dataset, shape, objective), f"job-{pair}"))
+        print(_line("real train job", rows[-1]), flush=True)
+    return rows
 
 
 def bench_jobs(methods: list[str], shape: dict) -> list[dict]:
-    from _train_common import bench_workspace, run_worker
+    from _train_common import bench_workspace
 
     from core.hardware import detect
     from core.train.methods import method_refusal_for
@@ -182,13 +232,7 @@ def bench_jobs(methods: list[str], shape: dict) -> list[dict]:
             rows.append({"config": f"job-{method}", "skipped": refusal})
             print(f"job-{method:<24} skipped: {refusal}", flush=True)
             continue
-        started = time.time()
-        card = run_worker(spec, timeout=1800)["card"]
-        measured, predicted = card["peak_memory_bytes"], card["predicted_memory_bytes"]
-        error = (predicted - measured) / measured
-        rows.append({"config": f"job-{method}", "predicted_mb": round(predicted / 1e6, 1), "measured_mb": round(measured / 1e6, 1),
-                     "error_pct": round(100 * error, 1), "within_10pct": abs(error) <= TOLERANCE, "wall_s": round(time.time() - started, 1),
-                     "precision": card.get("precision"), "note": card.get("predicted_memory_note")})
+        rows.append(measure_job(spec, f"job-{method}"))
         print(_line("real train job", rows[-1]), flush=True)
     return rows
 
@@ -224,14 +268,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="LoRA and full only")
-    parser.add_argument("--methods", help="comma-separated methods (default: every method)")
+    parser.add_argument("--methods", help="comma-separated methods (default: every method; 'none' for none)")
+    parser.add_argument("--objectives", help=f"comma-separated objective-method pairs on pair rows (default: {','.join(JOB_OBJECTIVES)}; "
+                                             "--quick: dpo-lora; 'none' for none)")
     parser.add_argument("--skip-cuda", action="store_true")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker_cuda(json.loads(args.worker))))
         return
     methods = args.methods.split(",") if args.methods else (["lora", "full"] if args.quick else JOB_METHODS)
-    jobs = bench_jobs(methods, JOB_SHAPE)
+    pairs = args.objectives.split(",") if args.objectives else (["dpo-lora"] if args.quick else JOB_OBJECTIVES)
+    jobs = bench_jobs([m for m in methods if m != "none"], JOB_SHAPE) + bench_objectives([p for p in pairs if p != "none"], JOB_SHAPE)
     measured = [r for r in jobs if "error_pct" in r]
     cuda = "skipped: --skip-cuda" if args.skip_cuda else bench_cuda()
     figures = {

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 from core.memory.estimator import (
     GB,
     PHASES,
+    REFERENCE_PHASE,
     MemoryEstimate,
     MemorySpec,
     estimate,
@@ -196,7 +197,9 @@ def estimate_per_device(spec: MemorySpec, dist: Distribution) -> DeviceEstimate:
     accumulating = spec.grad_accumulation > 1
     phases = {PHASES[0]: phase(fwd, persistent + (transient if accumulating else 0.0), True),
               PHASES[1]: phase(step, persistent + transient, False)}
-    peak_phase = max(PHASES, key=lambda p: sum(phases[p].values()))
+    if REFERENCE_PHASE in single.phases:  # DPO / KTO: the no-grad reference forward on top of the policy's activations
+        phases[REFERENCE_PHASE] = phase(single.phases[REFERENCE_PHASE], persistent + (transient if accumulating else 0.0), True)
+    peak_phase = max(phases, key=lambda p: sum(phases[p].values()))
     model_state = weights + transient + persistent + m + o + (gathered if s == "zero3" else 0.0)
     if s.startswith("zero") and spec.precision != "fp32":
         notes.append("DeepSpeed's accounting (mixed precision): 16-bit weights 2 B, 16-bit gradients 2 B, fp32 gradients 4 B, "

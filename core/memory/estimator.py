@@ -10,7 +10,12 @@ and the process's peak RSS; see bench/memory_calibration.py):
   plus the fp32 gradient buffers of the loss and log-softmax backward);
 - gradients are freed after each optimizer step (`zero_grad(set_to_none=True)`), so the peak is the larger of
   two moments: *forward/backward* (activations and logits alive, no gradients yet unless gradients
-  accumulate across micro-batches) and *optimizer step* (all gradients alive, activations freed).
+  accumulate across micro-batches) and *optimizer step* (all gradients alive, activations freed);
+- preference objectives (`objective`, TRL 1.16's trainers): DPO / ORPO / SimPO run chosen and rejected as one batch
+  of 2 x batch_size rows (activations x2); DPO / KTO score log-probs through TRL's chunked log-prob head (no full
+  logits: one tile of at most 4096 tokens x 32768 vocabulary entries at a time) and run a no-grad reference forward
+  while the policy's activations are alive (a third candidate peak, *reference forward*); a full fine-tune's
+  reference is a second copy of the weights, a PEFT model's a frozen "ref" copy of the adapter.
 """
 from __future__ import annotations
 
@@ -38,8 +43,23 @@ OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "sgd")
 ATTENTIONS = ("flash_attention_2", "sdpa", "eager")
 DEVICES = ("cuda", "cpu", "mps")
 WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "nf4")
-COMPONENTS = ("weights", "gradients", "master_weights", "optimizer_states", "activations", "logits", "overhead")
-PHASES = ("forward/backward", "optimizer step")
+COMPONENTS = ("weights", "gradients", "master_weights", "optimizer_states", "activations", "logits", "overhead", "reference")
+PHASES = ("forward/backward", "optimizer step")  # the two candidate peaks of every run
+REFERENCE_PHASE = "reference forward"  # the third, of DPO / KTO scoring the reference while the policy's activations live
+
+# Preference objectives (issue 27) as TRL 1.16 trains them (core.train.methods.OBJECTIVES names the same five).
+OBJECTIVES = ("sft", "dpo", "kto", "orpo", "simpo")
+OBJECTIVE_LABELS = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO"}
+PAIRED_OBJECTIVES = ("dpo", "orpo", "simpo")  # chosen and rejected concatenated into one batch of 2 x batch_size rows
+REFERENCE_OBJECTIVES = ("dpo", "kto")  # a frozen reference scored by a no-grad forward (ORPO / SimPO have none)
+FUSED_HEAD_OBJECTIVES = ("dpo", "kto")  # log-probs through trl's add_fused_lm_head: the (tokens x vocab) logits never exist
+FUSED_HEAD_TOKENS = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE: tokens per projection tile
+FUSED_HEAD_VOCAB = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary entries per tile
+# Without Triton (CPU) the tile is folded in torch ops: fp32 temporaries of the tile's size alive at once in the
+# backward fold (y, z, log p, p, grad, the target mask as float, its difference with p, the product; bool mask beside)
+# and in the forward fold (the scaled tile, z - max, its exp). Triton (CUDA) folds the tile in place.
+FUSED_HEAD_BACKWARD_TILES = 7
+FUSED_HEAD_FORWARD_TILES = 3
 
 METHOD_LABELS = {"full": "Full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 + double quant)",
                  "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)³", "prompt_tuning": "Prompt tuning", "prefix_tuning": "Prefix tuning",
@@ -155,6 +175,11 @@ class MemorySpec:
                                                            "its own dropped-out input and mask for backward.", min=0.0, max=1.0))
     num_virtual_tokens: int = field(default=20, metadata=meta("Prompt / prefix tuning: learned virtual tokens.", min=1))
     frozen_layers: int = field(default=0, metadata=meta("Partial fine-tuning: bottom decoder layers kept frozen (0 = the bottom half)."))
+    objective: str = field(default="sft", metadata=meta("sft, or a preference objective: dpo / orpo / simpo (chosen and rejected in one batch of "
+                                                          "2 x batch_size rows), kto (one answer per row, plus a KL batch); seq_len is then the "
+                                                          "pair's length (prompt + the longer answer).", choices=OBJECTIVES))
+    precompute_ref_log_probs: bool = field(default=False, metadata=meta("DPO / KTO: the reference's log-probs computed in one pass before "
+                                                                         "training, so no reference forward runs during it."))
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "batch_size", "seq_len", "grad_accumulation", "num_virtual_tokens"):
@@ -185,6 +210,20 @@ class MemorySpec:
     def compute_bytes(self) -> int:
         return 4 if self.precision == "fp32" else 2
 
+    @property
+    def sequences_per_row(self) -> int:
+        """Sequences one row puts through the model with gradients: 2 for a pair (chosen + rejected), else 1."""
+        return 2 if self.objective in PAIRED_OBJECTIVES else 1
+
+    @property
+    def effective_lora_dropout(self) -> float:
+        """TRL's preference trainers turn every dropout off (DPO / KTO / ORPO / CPO configs: disable_dropout=True)."""
+        return self.lora_dropout if self.objective == "sft" else 0.0
+
+    @property
+    def runs_reference_forward(self) -> bool:
+        return self.objective in REFERENCE_OBJECTIVES and not self.precompute_ref_log_probs
+
     def targeted_linears(self) -> tuple[LinearShape, ...]:
         linears = self.model.layer_linears()
         if self.method not in TARGETED_METHODS or self.lora_targets in ("all-linear", ("all-linear",)):
@@ -213,6 +252,7 @@ class MemoryEstimate:
     trainable_params: int
     runtime_bytes: int  # CUDA context + allocator slack inside "overhead": invisible to max_memory_allocated
     assumptions: list[str]
+    objective_parts: dict[str, int] = field(default_factory=dict)  # what a preference objective adds, by name
 
     @property
     def tensor_bytes(self) -> int:
@@ -228,8 +268,12 @@ class MemoryEstimate:
     @property
     def note(self) -> str:
         s = self.spec
-        return (f"{METHOD_LABELS[s.method]}, {PRECISION_LABELS[s.precision]}, {OPTIMIZER_LABELS[s.optimizer]}, "
+        text = (f"{METHOD_LABELS[s.method]}, {PRECISION_LABELS[s.precision]}, {OPTIMIZER_LABELS[s.optimizer]}, "
                 f"batch {s.batch_size} × {s.seq_len} tokens on {s.device}: {self.total_bytes / GB:.2f} GB peak ({self.peak_phase})")
+        if s.objective == "sft":
+            return text
+        parts = ", ".join(f"{name} {value / GB:.2f} GB" for name, value in self.objective_parts.items())
+        return f"{OBJECTIVE_LABELS[s.objective]} · {text}; {parts}"
 
     @property
     def total_gb(self) -> float:
@@ -251,6 +295,7 @@ class MemoryEstimate:
             "trainable_params": self.trainable_params,
             "tensor_bytes": self.tensor_bytes,
             "assumptions": list(self.assumptions),
+            "objective_parts": dict(self.objective_parts),
         }
 
 
@@ -465,7 +510,7 @@ def layer_activation_bytes_per_token(spec: MemorySpec) -> float:
         lora_out_bytes = {"fp32": 4, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
         cast_bytes = {"fp32": 0, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
         total += len(targeted) * spec.lora_r * lora_out_bytes  # lora_A outputs
-        if spec.lora_dropout > 0:
+        if spec.effective_lora_dropout > 0:
             # Each adapter drops out its own copy of the input: lora_A keeps that copy (16-bit under autocast / mixed,
             # fp32 otherwise) and dropout keeps its mask: an fp32 noise tensor on CPU, a bool mask in the fused GPU kernel.
             kept_input = {"fp32": 4, "mixed": 2, "bf16": 4, "autocast": 2}[spec.precision]
@@ -493,11 +538,15 @@ def _head_activation_bytes_per_token(spec: MemorySpec) -> float:
     total = 4 * arch.hidden_size  # final norm input
     if spec.method in ("full", "partial"):
         total += 2 * b * arch.hidden_size  # normalised input and output kept for the trainable norm and lm_head
+    if spec.objective in FUSED_HEAD_OBJECTIVES:
+        total += b * arch.hidden_size  # the flattened copy of the last hidden states TRL's chunked head keeps for backward
     return total
 
 
-def activation_bytes(spec: MemorySpec) -> float:
-    tokens = spec.batch_size * trained_seq_len(spec)
+def activation_bytes(spec: MemorySpec, sequences_per_row: int | None = None) -> float:
+    """Bytes autograd keeps through backward: batch_size x sequences_per_row sequences (2 for a pair) of trained_seq_len."""
+    rows = spec.batch_size * (spec.sequences_per_row if sequences_per_row is None else sequences_per_row)
+    tokens = rows * trained_seq_len(spec)
     per_layer = layer_activation_bytes_per_token(spec)
     head = _head_activation_bytes_per_token(spec)
     # Partial fine-tuning: nothing below the lowest trained layer needs a gradient, so autograd keeps nothing there.
@@ -521,13 +570,68 @@ def autocast_weight_copies(spec: MemorySpec) -> float:
 
 
 def logits_bytes(spec: MemorySpec) -> float:
+    """The loss head's memory at the start of backward: full logits (12 bytes per token and vocabulary entry) for SFT /
+    ORPO / SimPO; for DPO / KTO, the backward of TRL's chunked log-prob head (`fused_head_bytes`)."""
+    if spec.objective in FUSED_HEAD_OBJECTIVES:
+        return fused_head_bytes(spec, backward=True)
     arch = spec.model
-    tokens = spec.batch_size * trained_seq_len(spec)
+    tokens = spec.batch_size * spec.sequences_per_row * trained_seq_len(spec)
     per_element = LOGIT_BYTES_PER_ELEMENT + (8 if arch.final_logit_softcapping else 0)
     if spec.chunked_loss:
         chunks = max(1, math.ceil(arch.vocab_size / arch.hidden_size))
         tokens = math.ceil(tokens / chunks)
     return tokens * arch.vocab_size * per_element
+
+
+def fused_head_bytes(spec: MemorySpec, backward: bool = True, rows: int | None = None) -> float:
+    """TRL 1.16's chunked log-prob head (`add_fused_lm_head`, `trl.kernels.chunked_logprob`) over `rows` sequences
+    (default: the batch, x2 for pairs): the (tokens x vocabulary) logits never exist; one projection tile of at most
+    4096 positions x 32768 vocabulary entries (compute dtype) is reused, and on a CPU (no Triton) the torch fold keeps
+    fp32 temporaries of the tile's size. Backward adds the fp32 gradient of the hidden states (and of the head's weight
+    when it trains); forward keeps a flattened copy of the hidden states. Every position is counted: on CUDA TRL scores
+    only the positions with a label (the answer), so there this is an upper bound."""
+    arch = spec.model
+    rows = spec.batch_size * spec.sequences_per_row if rows is None else rows
+    positions = rows * max(1, trained_seq_len(spec) - 1)  # every position but the last has a next-token label
+    tile = min(positions, FUSED_HEAD_TOKENS) * min(arch.vocab_size, FUSED_HEAD_VOCAB)
+    b = spec.compute_bytes
+    total = tile * b
+    if spec.device != "cuda":
+        total += 4 * tile * (FUSED_HEAD_BACKWARD_TILES if backward else FUSED_HEAD_FORWARD_TILES) + (4 * tile if b != 4 else 0)
+        total += tile if backward else 0  # the bool target mask
+    if not backward:
+        return total + positions * arch.hidden_size * b
+    total += positions * arch.hidden_size * 4
+    if spec.method == "full" or (spec.method == "partial" and not arch.tie_word_embeddings):
+        total += arch.vocab_size * arch.hidden_size * 4  # fp32 accumulator of the head's weight gradient
+    return total
+
+
+def reference_forward_bytes(spec: MemorySpec) -> float:
+    """The no-grad reference forward (DPO / KTO, when not precomputed): it runs after the policy's forward, so its
+    working set sits on top of the policy's activations. Nothing is kept: the larger of one layer's tensors and the
+    chunked head's forward over the reference batch (the pair's 2 x batch_size rows; KTO scores its rows and the KL
+    rows one after the other)."""
+    if not spec.runs_reference_forward:
+        return 0.0
+    arch, b = spec.model, spec.compute_bytes
+    rows = spec.batch_size * spec.sequences_per_row
+    tokens = rows * trained_seq_len(spec)
+    layer = tokens * (3 * arch.intermediate_size + 3 * arch.hidden_size) * b  # MLP and residual tensors of one layer
+    return max(layer, fused_head_bytes(spec, backward=False, rows=rows) + tokens * arch.hidden_size * b)
+
+
+def reference_weight_bytes(spec: MemorySpec) -> float:
+    """What the reference holds for the whole run. PEFT: TRL 1.16 adds a frozen "ref" adapter, a copy of the adapter as
+    it starts (the reference forward runs with it). Full / partial / BitFit (no adapter): TRL loads a second copy of
+    the model from its folder (create_model_from_path, in the model's dtype), unless the log-probs are precomputed."""
+    if spec.objective not in REFERENCE_OBJECTIVES:
+        return 0.0
+    if spec.method in ("full", "partial", "bitfit"):
+        if spec.precompute_ref_log_probs:
+            return 0.0
+        return spec.model.total_params * (4.0 if spec.precision in FP32_WEIGHT_PRECISIONS else 2.0)
+    return trainable_params(spec) * model_state_bytes_per_param(spec.precision, spec.optimizer)["weights"]
 
 
 def _largest_trainable_tensor(spec: MemorySpec) -> int:
@@ -585,12 +689,17 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
         notes.append("DoRA materialises W + BA of one layer at a time to take its column norms.")
 
     grads_in_forward = gradients if spec.grad_accumulation > 1 else 0.0
+    reference_weights = reference_weight_bytes(spec)
     fwd = {"weights": weights, "gradients": grads_in_forward, "master_weights": master, "optimizer_states": optimizer,
-           "activations": activations, "logits": logits, "overhead": runtime + transient}
+           "activations": activations, "logits": logits, "overhead": runtime + transient, "reference": reference_weights}
     step = {"weights": weights, "gradients": gradients, "master_weights": master, "optimizer_states": optimizer,
-            "activations": 0.0, "logits": 0.0, "overhead": runtime + optimizer_temp}
-    phases = {PHASES[0]: {k: int(round(v)) for k, v in fwd.items()}, PHASES[1]: {k: int(round(v)) for k, v in step.items()}}
-    peak_phase = max(PHASES, key=lambda p: sum(phases[p].values()))
+            "activations": 0.0, "logits": 0.0, "overhead": runtime + optimizer_temp, "reference": reference_weights}
+    candidates = {PHASES[0]: fwd, PHASES[1]: step}
+    reference_forward = reference_forward_bytes(spec)
+    if spec.runs_reference_forward:  # after the policy's forward, before its backward: no head gradient yet
+        candidates[REFERENCE_PHASE] = dict(fwd, logits=0.0, reference=reference_weights + reference_forward)
+    phases = {name: {k: int(round(v)) for k, v in parts.items()} for name, parts in candidates.items()}
+    peak_phase = max(phases, key=lambda p: sum(phases[p].values()))
     breakdown = phases[peak_phase]
     total = sum(breakdown.values())
 
@@ -603,6 +712,10 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
         f"Gradient accumulation ({spec.grad_accumulation} micro-batches) keeps all gradients alive while activations build up."
     )
     notes.append(_activation_sentence(spec, activations, logits))
+    parts: dict[str, int] = {}
+    if spec.objective != "sft":
+        parts = objective_parts(spec, activations, logits, reference_weights, reference_forward, weights)
+        notes.append(_objective_sentence(spec, parts))
     if spec.optimizer == "paged_adamw":
         notes.append("Paged AdamW keeps the same 32-bit states but lets them page out to CPU memory under pressure, so spikes do not crash; counted here as resident.")
     if spec.optimizer == "adamw_8bit":
@@ -612,7 +725,55 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
     return MemoryEstimate(
         spec=spec, breakdown=breakdown, total_bytes=total, peak_phase=peak_phase, phases=phases,
         total_params=total_params, trainable_params=trainable, runtime_bytes=int(round(runtime)), assumptions=notes,
+        objective_parts=parts,
     )
+
+
+def objective_parts(spec: MemorySpec, activations: float, logits: float, reference_weights: float, reference_forward: float,
+                    weights: float) -> dict[str, int]:
+    """What a preference objective adds, by the names the Budget page and the pre-flight show."""
+    parts: dict[str, float] = {}
+    if spec.sequences_per_row == 2:
+        parts["pairs: x2 activations"] = activations - activation_bytes(spec, sequences_per_row=1)
+    if spec.objective in FUSED_HEAD_OBJECTIVES:
+        parts["chunked log-prob head"] = logits
+    else:
+        parts["logits of both answers" if spec.sequences_per_row == 2 else "logits"] = logits
+    if spec.objective in REFERENCE_OBJECTIVES:
+        parts["reference forward"] = reference_forward
+        parts["reference weights" if spec.method in ("full", "partial", "bitfit") else "reference adapter copy"] = reference_weights
+        if spec.precompute_ref_log_probs:  # one no-grad pass before the first step: no optimizer states, no activations yet
+            saved = replace(spec, precompute_ref_log_probs=False)
+            parts["precompute pass (before training)"] = weights + reference_forward_bytes(saved)
+    return {name: int(round(value)) for name, value in parts.items()}
+
+
+def _objective_sentence(spec: MemorySpec, parts: Mapping[str, int]) -> str:
+    label = OBJECTIVE_LABELS[spec.objective]
+    listed = "; ".join(f"{name}: {value / GB:.3f} GB" for name, value in parts.items())
+    if spec.objective in PAIRED_OBJECTIVES:
+        how = f"{label} puts chosen and rejected through the model as one batch of {2 * spec.batch_size} rows (TRL concatenates them)"
+    else:
+        how = f"{label} trains one answer per row and first scores a KL batch of mismatched answers without gradients (below the peak)"
+    if spec.lora_dropout > 0 and spec.is_lora:
+        how += " (TRL turns dropout off for preference training, so lora_dropout keeps no masks)"
+    if spec.objective in FUSED_HEAD_OBJECTIVES:
+        how += ("; TRL's chunked log-prob head never builds the full logits (one tile of at most "
+                f"{FUSED_HEAD_TOKENS} positions x {FUSED_HEAD_VOCAB} vocabulary entries at a time)")
+    else:
+        how += "; TRL's experimental ORPO / CPO trainers build the full logits of both answers"
+    if spec.objective in REFERENCE_OBJECTIVES:
+        if spec.precompute_ref_log_probs:
+            how += "; the reference log-probs are precomputed in one pass before training, so no reference forward runs during it"
+        else:
+            how += (f"; the reference forward runs without gradients while the policy's activations are alive (the '{REFERENCE_PHASE}' "
+                    "candidate peak)")
+        how += (". The reference is a second copy of the model's weights" if spec.method in ("full", "partial", "bitfit")
+                and not spec.precompute_ref_log_probs else ". With an adapter the reference is the model with a frozen 'ref' copy of it"
+                if spec.method not in ("full", "partial", "bitfit") else ". The reference needs no weights of its own")
+    else:
+        how += f". {label} has no reference model"
+    return f"{how}. {listed}."
 
 
 def _state_sentence(spec: MemorySpec, per: dict[str, float]) -> str:
@@ -626,10 +787,13 @@ def _state_sentence(spec: MemorySpec, per: dict[str, float]) -> str:
 
 
 def _activation_sentence(spec: MemorySpec, activations: float, logits: float) -> str:
-    tokens = spec.batch_size * spec.seq_len
+    rows = spec.batch_size * spec.sequences_per_row
+    tokens = rows * spec.seq_len
     how = "gradient checkpointing keeps each layer's input and recomputes one layer at a time" if spec.gradient_checkpointing else "every layer's saved tensors stay until backward reaches it"
     loss = "chunked loss computes the logits a slice of tokens at a time" if spec.chunked_loss else f"{LOGIT_BYTES_PER_ELEMENT} bytes per token per vocabulary entry"
-    return (f"Activations for {tokens:,} tokens ({spec.batch_size} × {spec.seq_len}): {activations / GB:.2f} GB ({how}; attention: {spec.attention}). "
+    if spec.objective in FUSED_HEAD_OBJECTIVES:
+        loss = "TRL's chunked log-prob head, one tile at a time"
+    return (f"Activations for {tokens:,} tokens ({rows} × {spec.seq_len}): {activations / GB:.2f} GB ({how}; attention: {spec.attention}). "
             f"Logits: {logits / GB:.2f} GB ({loss}).")
 
 
@@ -672,10 +836,10 @@ def detected_device() -> str:
 
 def breakdown_rows(estimates: Mapping[str, MemoryEstimate], phases: bool = False) -> list[dict]:
     """Long-form rows {label, component, gb} for a stacked bar chart: one bar per estimate (its peak), or one
-    bar per phase of each estimate when `phases` is true."""
+    bar per phase of each estimate when `phases` is true (DPO / KTO have a third: the reference forward)."""
     rows = []
     for label, est in estimates.items():
-        bars = {f"{label} · {phase}": est.phases[phase] for phase in PHASES} if phases else {label: est.breakdown}
+        bars = {f"{label} · {phase}": parts for phase, parts in est.phases.items()} if phases else {label: est.breakdown}
         for bar, parts in bars.items():
             rows += [{"label": bar, "component": name.replace("_", " "), "gb": parts[name] / GB} for name in COMPONENTS]
     return rows

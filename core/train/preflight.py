@@ -66,7 +66,7 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
     fine-tuning). `backend` is the one the run actually gets (choose_backend, after any fallback); default: the
     spec's own choice, "auto" counting as hf. Unsloth computes the loss in chunks and does not upcast embeddings /
     head to fp32. `seq_len`: the longest tokenized training row when known (a padded batch is never wider), else
-    max_length."""
+    max_length; for preference rows, the longest prompt + answer (each side of a pair is one sequence)."""
     from core.memory import DEVICES, MemorySpec, arch_from_source
     from core.train.backends import choose_precision
 
@@ -94,6 +94,9 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
         grad_accumulation=spec.gradient_accumulation, device=device,
         num_virtual_tokens=spec.num_virtual_tokens, frozen_layers=spec.frozen_layers,
         lora_dropout=0.0 if unsloth else spec.lora_dropout,  # Unsloth's fast path runs without dropout
+        # preference objectives: pairs go through as 2 x batch_size rows of the pair's length (seq_len: prompt + the
+        # longer answer), DPO / KTO add the reference (core.memory.estimator: reference_forward_bytes / reference_weight_bytes)
+        objective=spec.objective, precompute_ref_log_probs=spec.precompute_ref_log_probs,
     )
 
 
