@@ -23,6 +23,9 @@ from core.train.preflight import DATA_CHECK_WAIT_S, data_check, model_defaults, 
 from core.train.report import PATH_LABEL, dataset_choices, live_summary, rank_rows, runs_table
 from core.workspace import runs_dir
 from pages_common import (
+    TRAIN_RECIPE,
+    TRAIN_RECIPE_ORIGIN,
+    TRAIN_RUN,
     active_model_source,
     cached_hardware,
     human_bytes,
@@ -49,13 +52,13 @@ def form_defaults(model: ModelSource) -> dict:
     for note in notes:
         st.info(note)
     defaults = {**vars(hardware_defaults(hardware)), **updates}
-    recipe = {k: v for k, v in (st.session_state.get("train_recipe") or {}).items() if k in FIELDS}
+    recipe = {k: v for k, v in (st.session_state.get(TRAIN_RECIPE) or {}).items() if k in FIELDS}
     if recipe and st.session_state.get("train_recipe_applied") != recipe:
         reset_spec_form(TrainSpec, FORM)
         st.session_state["train_recipe_applied"] = recipe
     if recipe:
-        made_for, origin = st.session_state.get("train_recipe_origin") or (None, "")
-        origin = origin if made_for == st.session_state.get("train_recipe") else "the Decide page's recipe"
+        made_for, origin = st.session_state.get(TRAIN_RECIPE_ORIGIN) or (None, "")
+        origin = origin if made_for == st.session_state.get(TRAIN_RECIPE) else "the Decide page's recipe"
         st.info(f"Prefilled from {origin}: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
     return {**defaults, **recipe}
 
@@ -160,7 +163,7 @@ render_demo_recipes()  # one click: SFT -> DPO on the demo tickets (app_pages/tr
 
 
 # ---------------------------------------------------------------- new run
-with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
+with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
     model = active_model_source()
     st.markdown(f"**Model:** {model.label} ({model.kind}) — change it in the sidebar.")
     defaults = form_defaults(model)
@@ -195,16 +198,16 @@ with st.expander("New run", expanded=not st.session_state.get("train_run_id")):
             write_launch_files(spec, run_dir, hardware)
             st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
         if st.button("▶️ Start training", type="primary", key="train_start", disabled=check is None or bool(check.refusal)):
-            start_run(spec, "train_run_id", query_param="run")
+            start_run(spec, TRAIN_RUN, query_param="run")
             st.rerun()
 
 
 # ---------------------------------------------------------------- one run, live
 train_runs = list_runs("train")
 by_id = {run.run_id: run for run in train_runs}
-selected = st.query_params.get("run") or Path(st.session_state.get("train_run_id") or "").name
+selected = st.query_params.get("run") or Path(st.session_state.get(TRAIN_RUN) or "").name
 if selected in by_id:
-    st.session_state["train_run_id"] = str(by_id[selected].path)
+    st.session_state[TRAIN_RUN] = str(by_id[selected].path)
     run_dir = by_id[selected].path
     st.subheader(f"Run {selected}")
     run_header(run_dir, by_id[selected].spec)
@@ -221,5 +224,5 @@ else:
     ids = list(by_id)
     choice = st.selectbox("Open a run", ids, index=ids.index(selected) if selected in ids else 0, key="train_open_choice")
     if st.button("Open", key="train_open") and choice != selected:
-        remember_run(by_id[choice].path, "train_run_id", query_param="run")
+        remember_run(by_id[choice].path, TRAIN_RUN, query_param="run")
         st.rerun()

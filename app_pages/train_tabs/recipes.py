@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.runs import read_status
 from core.train.recipes import DEMO_DPO, DEMO_SFT_WEIGHT_WHY, demo_sft_dpo_specs, launch_sft_dpo
-from pages_common import active_model_source, cached_hardware, remember_run
+from pages_common import TRAIN_RUN, active_model_source, cached_hardware, remember_run
 
 CHAIN_KEY = "train_chain_runs"  # the [sft, dpo] run folders this session started last
 
@@ -32,7 +32,7 @@ def render_demo_recipes() -> None:
                 st.error(f"Could not start the recipe: {exc}")
                 return
             st.session_state[CHAIN_KEY] = [str(sft_dir), str(dpo_dir)]
-            remember_run(sft_dir, "train_run_id", query_param="run")
+            remember_run(sft_dir, TRAIN_RUN, query_param="run")
             st.rerun()
         chain = [Path(p) for p in st.session_state.get(CHAIN_KEY) or [] if Path(p).is_dir()]
         for role, run_dir in zip(("SFT", "DPO"), chain):
