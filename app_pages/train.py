@@ -18,9 +18,9 @@ from core.runs.spec import spec_fields
 from core.train import TrainSpec, continue_updates, hardware_defaults
 from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
+from core.train.live import PATH_LABEL, dataset_choices, live_summary, rank_rows, runs_table
 from core.train.methods import hidden_fields, hidden_objective_fields, method_info
 from core.train.preflight import DATA_CHECK_WAIT_S, data_check, model_defaults, run_preflight
-from core.train.report import PATH_LABEL, dataset_choices, live_summary, rank_rows, runs_table
 from core.workspace import runs_dir
 from pages_common import (
     TRAIN_RECIPE,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.train.report import (
+from core.train.live import (
     ADAPTER_PATH_LABEL,
     FRESH_ADAPTER_LABEL,
     READING_GUIDE,

@@ -187,7 +187,7 @@ def test_workspace_dataset_records_its_manifest_hash(workspace, tiny_llama_dir, 
 
 
 def test_live_summary_and_charts_keep_the_latest_value_per_step():
-    from core.train.report import live_summary, loss_figure, small_figures
+    from core.train.live import live_summary, loss_figure, small_figures
 
     rows = [{"event": "start", "step": 0, "total_steps": 4}, {"step": 1, "loss": 3.0, "tokens_per_s": 10.0, "eta_s": 9.0},
             {"step": 2, "loss": 2.5}, {"event": "start", "step": 1, "total_steps": 4}, {"step": 2, "loss": 2.4},

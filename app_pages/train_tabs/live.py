@@ -1,6 +1,6 @@
 """Train page: the run's live charts (the loss, the small charts, a preference run's own curves beside the reading
 guide), the run header with the run it continues, and the "Continue from run …" field. Figures and texts are
-core.train.report's; this module only places them."""
+core.train.live's; this module only places them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,7 @@ import streamlit as st
 from core.runs import list_runs, read_spec_dict, read_status, run_command
 from core.runs.spec import spec_fields
 from core.train import TrainSpec
-from core.train.methods import method_info
-from core.train.report import (
+from core.train.live import (
     ADAPTER_PATH_LABEL,
     FRESH_ADAPTER_LABEL,
     continue_choices,
@@ -22,6 +21,7 @@ from core.train.report import (
     reading_guide,
     small_figures,
 )
+from core.train.methods import method_info
 
 
 def init_adapter_field(default: str, method: str, key: str) -> str:
