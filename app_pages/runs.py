@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.runs import list_runs
 from core.runs.card import README_FILE, build_card, lineage, lineage_dot, model_card_markdown, scan, source_run_of, write_card
-from core.runs.compare import compare, overlay_figure
+from core.runs.side_by_side import overlay_figure, side_by_side
 from pages_common import human_bytes
 
 
@@ -93,7 +93,7 @@ with compare_tab:
     if len(picked) < 2:
         st.info("Choose at least two runs.")
     else:
-        view = compare(picked)
+        view = side_by_side(picked)
         log_scale = st.checkbox("Log scale", key="runs_compare_log")
         st.plotly_chart(overlay_figure(view["run_dirs"], log_scale), width="stretch")
         st.markdown("**Spec differences**")

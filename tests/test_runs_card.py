@@ -10,7 +10,7 @@ from inprocess import run_in_process
 from core import runs
 from core.export.spec import ExportSpec
 from core.runs.card import CARD_FILE, README_FILE, build_card, lineage, lineage_dot, scan, source_run_of
-from core.runs.compare import compare, spec_diff
+from core.runs.side_by_side import side_by_side, spec_diff
 from core.train.spec import TrainSpec
 from core.train.tracking import installed, tensorboard_scalars
 
@@ -100,20 +100,20 @@ def test_compare_overlays_curves_diffs_specs_and_lines_up_metrics(workspace, tin
     data = _data(tmp_path)
     first = _train(tiny_llama_dir, data, learning_rate=1e-2)
     second = _train(tiny_llama_dir, data, learning_rate=3e-3)
-    view = compare([first.name, second.name])
+    view = side_by_side([first.name, second.name])
     fields = {row["field"]: row for row in view["spec_diff"]}
     assert set(fields) == {"learning_rate"}
     assert fields["learning_rate"][first.name] == "0.01"
     metrics = {row["metric"]: row for row in view["final_metrics"]}
     assert metrics["steps"][first.name] == metrics["steps"][second.name] == 3
     assert "eval loss after" in metrics
-    from core.runs.compare import overlay_figure
+    from core.runs.side_by_side import overlay_figure
 
     traces = overlay_figure(view["run_dirs"]).data
     assert {t.name for t in traces} >= {f"{first.name} · train loss", f"{second.name} · train loss", f"{second.name} · eval loss"}
     assert [r["verdict"] for r in view["reports"]] == ["not evaluated yet"] * 2
     with pytest.raises(ValueError, match="unknown run"):
-        compare(["nope"])
+        side_by_side(["nope"])
 
 
 def test_spec_diff_flattens_nested_fields():

@@ -102,7 +102,7 @@ def reports_side_by_side(cards: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def compare(run_ids: list[str]) -> dict:
+def side_by_side(run_ids: list[str]) -> dict:
     """Everything the comparison view shows, for runs of this workspace."""
     nodes = scan()
     graph = lineage(nodes)
