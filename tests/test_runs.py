@@ -220,3 +220,12 @@ def test_metrics_tail_reads_only_complete_new_lines(tmp_path):
         handle.write("}\n")
     rows, _ = read_new_metrics(path, offset2)
     assert [r["step"] for r in rows] == [3]
+
+
+def test_readme_lists_the_registered_job_kinds():
+    """README's table of job kinds is the registry's own (python -m core.runs.jobs prints it)."""
+    from conftest import ROOT
+    from core.runs.jobs import jobs_markdown
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.split("<!-- jobs -->\n")[1].split("\n<!-- /jobs -->")[0] == jobs_markdown()

@@ -105,6 +105,15 @@ def job_kind(kind: str) -> JobKind:
         raise InvalidSpec(f"unknown job kind {kind!r}; known kinds: {', '.join(JOBS)}") from None
 
 
+def jobs_markdown() -> str:
+    """The registry as README's table of job kinds (README carries it between `<!-- jobs -->` markers; a test
+    checks it is current)."""
+    lines = ["| kind | what | result file | runs on the accelerator |", "|---|---|---|---|"]
+    lines += [f"| `{job.name}` | {job.title} | `{job.result_file}` | {'yes, one at a time' if job.exclusive else 'no'} |"
+              for job in JOBS.values()]
+    return "\n".join(lines)
+
+
 def kind_names() -> str:
     return ", ".join(JOBS)
 
@@ -220,3 +229,7 @@ class JobContext:
 
     def read_result(self, default: Any = None) -> Any:
         return read_result(self.run_dir, self.kind, default)
+
+
+if __name__ == "__main__":  # `python -m core.runs.jobs`: the table README carries
+    print(jobs_markdown())
