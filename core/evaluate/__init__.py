@@ -2,6 +2,8 @@
 
 - `spec.EvalSpec` — the job spec (kind "evaluate"); `job.run` — the job the worker runs;
 - `task` / `general` — the data; `scoring` — model-side numbers; `core.scorers` — string metrics;
+- `pairs` — held-out preference pair accuracy (log-prob, per token, implicit reward); `preference` — the report's
+  preference section (which pairs, which models);
 - `stats` — bootstrap intervals; `verdict` — the rule and the advice; `report` — report.json and exports;
 - `charts` — plotly figures for the page.
 """

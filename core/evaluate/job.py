@@ -5,6 +5,10 @@ logits on a probe prompt (an adapter that changes nothing stops the job before a
 the base and each variant: greedy answers + answer-token loss on the task rows, perplexity on the general
 texts, log-likelihood multiple choice; finally the bootstrap intervals, paired deltas and verdicts.
 
+When a variant was trained with a preference objective, or the spec names `pairs_dataset`, every model (and the adapter
+a preference run started from) also scores held-out preference pairs: the report's preference section
+(core.evaluate.preference; the scoring is core.evaluate.pairs).
+
 An adapter variant on the same base reuses the loaded base (PEFT wraps it, then unloads), so the base
 weights are read once; a merged model or another base is loaded on its own.
 """
