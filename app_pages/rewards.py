@@ -23,7 +23,7 @@ def param_widget(reward: Reward, p: RewardParam, column):
     if p.kind == "choice":
         return column.selectbox(p.label, p.choices, index=p.choices.index(default), help=p.help, key=key)
     if p.kind == "code":
-        return st.text_area(p.label, value=default, height=180, help=p.help, key=key)
+        return column.text_area(p.label, value=default, height=180, help=p.help, key=key)
     if p.kind == "str":
         return column.text_input(p.label, value=default, help=p.help, key=key)
     if p.kind == "int":
@@ -60,7 +60,9 @@ reward = REWARDS[name]
 st.caption(reward.explanation)
 
 columns = st.columns(3)
-params = {p.name: param_widget(reward, p, columns[i % 3]) for i, p in enumerate(reward.params)}
+small = [p for p in reward.params if p.kind != "code"]  # the code box takes the full width below them
+params = {p.name: param_widget(reward, p, columns[i % 3]) for i, p in enumerate(small)}
+params |= {p.name: param_widget(reward, p, st) for p in reward.params if p.kind == "code"}
 
 left, right = st.columns(2)
 completion = left.text_area("Completion (the model's reply)", value=EXAMPLE_COMPLETION, height=160, key="rw_completion")

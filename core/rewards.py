@@ -173,8 +173,10 @@ def _reference_text(row: Any, key: str) -> str:
 def _reference_object(row: Any, key: str) -> dict:
     value = reference_of(row, key)
     obj = value if isinstance(value, dict) else scorers.parse_json_object(value) if isinstance(value, str) else None
-    if not obj:
+    if obj is None:
         raise RewardError(f"the reference answer is not a JSON object: {str(value)[:80]!r}")
+    if not obj:
+        raise RewardError("the reference answer is an empty JSON object: there is no field to compare")
     return obj
 
 

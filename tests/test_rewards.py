@@ -71,6 +71,7 @@ def test_field_accuracy_is_the_forgetting_reports_field_accuracy():
     got = values(scorer, answers, [ROW] * 4)
     assert got == [scorers.json_field_accuracy(a, TICKET, ["summary"]) for a in answers]
     assert got[0] == 1.0 and 0 < got[1] < 1 and got[2] == got[3] == 0.0
+    assert "empty JSON object" in scorer.score_batch([GOOD], [{"reference": {}}])[0].error
 
 
 def test_the_forgetting_reports_task_numbers_are_these_rewards():
