@@ -11,7 +11,8 @@ rouge_l delegate to `core.scorers`, the single implementation the forgetting rep
     scorer.score_batch(completions, rows)  # -> [RewardResult(value, error)], one per row, never raises per row
 
 `combine([(name, params, weight), ...])` is one scorer returning the weighted sum and its parts (GRPO logs each
-part); `RewardSpec` is the same list as data (from_dict / to_dict) for a TrainSpec / EvaluateSpec to carry.
+part); `RewardSpec` is the same list as data (from_dict / to_dict) for a TrainSpec / EvaluateSpec to carry, and
+`trl_reward_functions(spec)` turns it into TRL GRPOTrainer's reward_funcs + reward_weights (no TRL import here).
 
 Two rewards run code that is not ours and are guarded:
 - `regex`: the pattern is compiled once (a bad one is refused naming it); the text is capped in length and the
@@ -719,3 +720,33 @@ class RewardSpec:
     def build(self, count_tokens: Callable[[str], int] | None = None) -> CombinedScorer:
         return combine([(i.name, i.params, i.weight) for i in self.rewards], allow_user_code=self.allow_user_code,
                        count_tokens=count_tokens)
+
+
+# ------------------------------------------------------------------------------------------ GRPO's reward functions
+
+TRL_CONTEXT_KEYS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                              "environments"})
+
+
+def trl_reward_functions(spec: RewardSpec, count_tokens: Callable[[str], int] | None = None) -> tuple[list, list[float]]:
+    """The spec as TRL GRPOTrainer's `reward_funcs` and `reward_weights`: one function per part, named by its label
+    (TRL logs rewards/<label>/mean and /std), called as `f(prompts=, completions=, completion_ids=, **dataset columns)`.
+    The dataset columns of each example make its reference row; a row's error becomes None (TRL: NaN, left out of the
+    sum), and the share of failed rows is logged as a metric, `reward_errors/<label>`, with the errors as an extra column
+    of the completions table."""
+    combined = spec.build(count_tokens=count_tokens)
+    funcs = []
+    for label, scorer, _ in combined.parts:
+        def reward_func(prompts=None, completions=(), _scorer=scorer, _label=label, **kwargs) -> list[float | None]:
+            columns = {k: v for k, v in kwargs.items() if k not in TRL_CONTEXT_KEYS}
+            rows = [{k: v[i] for k, v in columns.items()} for i in range(len(completions))]
+            results = _scorer.score_batch(list(completions), rows)
+            errors = [r.error or "" for r in results]
+            if any(errors) and callable(kwargs.get("log_extra")):
+                kwargs["log_extra"](f"{_label} error", errors)
+            if callable(kwargs.get("log_metric")) and results:
+                kwargs["log_metric"](f"reward_errors/{_label}", sum(bool(e) for e in errors) / len(results))
+            return [r.value for r in results]
+        reward_func.__name__ = reward_func.__qualname__ = label
+        funcs.append(reward_func)
+    return funcs, [weight for _, _, weight in combined.parts]

@@ -257,6 +257,23 @@ def test_spec_round_trip_and_errors_name_the_field():
         code.build()  # the spec carries the opt-in; without it the user's code is refused at build time
 
 
+def test_trl_reward_functions_score_grpo_batches_from_the_dataset_columns():
+    """Called the way TRL's GRPOTrainer calls a reward function: keyword lists, conversational completions, context."""
+    spec = RewardSpec.from_dict([{"name": "json_valid", "weight": 0.5}, {"name": "field_match", "params": {"field": "urgency"}}])
+    funcs, weights = rewards.trl_reward_functions(spec)
+    assert [f.__name__ for f in funcs] == ["json_valid", "field_match:urgency"] and weights == [0.5, 1.0]
+    extra, metrics = {}, {}
+    completions = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": 'Sure: {"urgency": "high"}'}],
+                   [{"role": "assistant", "content": GOOD}]]
+    kwargs = {"prompts": [[{"role": "user", "content": "ticket"}]] * 3, "completions": completions, "completion_ids": [[1]] * 3,
+              "reference": [TICKET, TICKET, {"summary": "no urgency here"}], "trainer_state": object(),
+              "log_extra": extra.__setitem__, "log_metric": metrics.__setitem__}
+    assert funcs[0](**kwargs) == [1.0, 0.0, 1.0]
+    assert funcs[1](**kwargs) == [1.0, 1.0, None]  # TRL reads None as NaN: left out of the weighted sum
+    assert "no field 'urgency'" in extra["field_match:urgency error"][2] and extra["field_match:urgency error"][0] == ""
+    assert metrics == {"reward_errors/json_valid": 0.0, "reward_errors/field_match:urgency": pytest.approx(1 / 3)}
+
+
 def page() -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.run()
