@@ -56,9 +56,24 @@ def settings(arch: memory.ModelArch, device: str) -> memory.MemorySpec:
     attention = c6.selectbox("Attention", memory.ATTENTIONS, index=1, key="budget_attention")
     chunked = c7.checkbox("Chunked loss (Liger / Unsloth)", key="budget_chunked")
     accumulation = c8.number_input("Gradient accumulation", 1, 512, 1, key="budget_accum")
+    c9, c10 = st.columns(2)
+    objective = c9.selectbox("Objective", memory.OBJECTIVES, format_func=memory.OBJECTIVE_LABELS.get, key="budget_objective",
+                             help="Preference objectives put pairs through the model: the sequence length is then prompt + the longer answer.")
+    precompute = c10.checkbox("Precompute reference log-probs", key="budget_precompute", disabled=objective not in memory.REFERENCE_OBJECTIVES,
+                              help="DPO / KTO: score the reference once before training instead of at every step.")
     return memory.MemorySpec(arch, method=method, precision=precision, optimizer=optimizer, lora_r=rank, lora_targets=TARGET_SETS[targets],
                              batch_size=batch, seq_len=seq, gradient_checkpointing=ckpt, attention=attention, chunked_loss=chunked,
-                             grad_accumulation=int(accumulation), device=device)
+                             grad_accumulation=int(accumulation), device=device, objective=objective,
+                             precompute_ref_log_probs=precompute and objective in memory.REFERENCE_OBJECTIVES)
+
+
+def objective_parts(est: memory.MemoryEstimate) -> None:
+    """What the preference objective adds (core.memory's objective_parts), beside the components."""
+    if not est.objective_parts:
+        return
+    label = memory.OBJECTIVE_LABELS[est.spec.objective]
+    st.dataframe(pd.DataFrame([{f"{label} adds": name, "GB": value / memory.GB} for name, value in est.objective_parts.items()]),
+                 hide_index=True, width="stretch", column_config={"GB": st.column_config.NumberColumn(format="%.3f")})
 
 
 def stacked_bars(rows: list[dict], title: str):
@@ -119,6 +134,11 @@ direction's step; keep $\alpha = 2r$ and the learning rate (~2e-4, ten times a f
 
 **Activations** grow with batch × sequence × layers; **logits** with batch × sequence × vocabulary (12 bytes each
 at the start of backward) — large-vocabulary models need checkpointing and a chunked loss long before their weights fill the GPU.
+
+**Preference objectives** (TRL): DPO / ORPO / SimPO put chosen and rejected through the model as one batch of
+2 × batch rows, so activations double. DPO / KTO score log-probs through TRL's chunked head (a tile of at most 4096
+positions × 32768 vocabulary entries, never the full logits) and run a no-grad forward of the reference on top of
+the policy's activations; a full fine-tune's reference is a second copy of the weights, an adapter's a frozen copy of it.
 """
 
 st.title("📐 Budget")
@@ -139,6 +159,7 @@ if arch is not None:
     here = next(iter(memory.fit_table(est, hardware)), None)
     m4.metric("Fits this machine?", here["verdict"] if here else "unknown", f"{here['used']:.0%} of {here['memory_gb']} GB" if here else None, delta_color="off")
     st.caption(f"{est.note}.")
+    objective_parts(est)
     left, right = st.columns(2)
     with left:
         stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[m]: e for m, e in memory.compare_methods(spec, ("full", "lora", "qlora")).items()}),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -106,3 +107,27 @@ def test_fits_table_per_gpu_count_is_the_per_device_estimator(workspace):
     assert cell.startswith(f"{eight.total_bytes / memory.GB:.1f} GB") and cell.endswith("✅")
     assert table.loc[table["GPUs"] == 1, "DDP"].item().endswith("❌")
     assert any("Fewest GPUs that fit" in c.value for c in at.caption)
+
+
+def test_a_preference_objective_shows_what_it_adds(workspace):
+    at = _app()
+    at.run()
+    at.radio(key="budget_origin").set_value("Preset").run()
+    at.selectbox(key="budget_preset").set_value("Llama-3.1 8B").run()
+    at.selectbox(key="budget_device").set_value("cuda").run()
+    sft_peak = float(_metric(at, "Peak memory").value.split()[0])
+    assert not any("adds" in " ".join(df.value.columns) for df in at.dataframe), "SFT adds no objective parts"
+    at.selectbox(key="budget_objective").set_value("dpo").run()
+    assert not at.exception
+    spec = memory.MemorySpec(memory.preset_arch("Llama-3.1 8B"), method="lora", precision="mixed", batch_size=4, seq_len=1024,
+                             gradient_checkpointing=True, attention="sdpa", device="cuda", objective="dpo")
+    expected = memory.estimate(spec)
+    assert _metric(at, "Peak memory").value == f"{expected.total_bytes / memory.GB:.2f} GB" != f"{sft_peak:.2f} GB"
+    parts = next(df.value for df in at.dataframe if "DPO adds" in df.value.columns)
+    assert list(parts["DPO adds"]) == list(expected.objective_parts) and "reference forward" in set(parts["DPO adds"])
+    assert "pairs: x2 activations" in set(parts["DPO adds"])
+    at.checkbox(key="budget_precompute").check().run()
+    assert _metric(at, "Peak memory").value == f"{memory.estimate(replace(spec, precompute_ref_log_probs=True)).total_bytes / memory.GB:.2f} GB"
+    at.selectbox(key="budget_objective").set_value("orpo").run()
+    parts = next(df.value for df in at.dataframe if "ORPO adds" in df.value.columns)
+    assert "reference forward" not in set(parts["ORPO adds"]) and at.checkbox(key="budget_precompute").disabled
