@@ -105,7 +105,7 @@ def test_per_device_estimates_keep_the_reference_phase():
 
 def test_the_train_spec_s_objective_reaches_the_estimate(tiny_llama_dir):
     from core.hardware import HardwareInfo
-    from core.train.preflight import memory_estimate, memory_spec_from_train_spec
+    from core.train.preflight import DataCheck, memory_estimate, memory_spec_from_train_spec, run_preflight
     from core.train.spec import TrainSpec
 
     cpu = HardwareInfo("cpu", "CPU", 0, 16.0, 8.0, False, 2, 16.0, False, False)
@@ -116,6 +116,8 @@ def test_the_train_spec_s_objective_reaches_the_estimate(tiny_llama_dir):
     est, note = memory_estimate(replace(spec, precompute_ref_log_probs=False), cpu, backend="hf", seq_len=100)
     assert est.spec.seq_len == 100 and memory.REFERENCE_PHASE in est.phases
     assert "pairs: x2 activations" in note and "reference forward" in note
+    report = run_preflight(replace(spec, precompute_ref_log_probs=False), cpu, data=DataCheck(rows=6, sequences=6, longest=100))
+    assert report.memory_parts == est.objective_parts and report.memory_note == note
 
 
 # --------------------------------------------------------------------------- predicted vs measured: a real DPO job

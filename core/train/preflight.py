@@ -39,6 +39,7 @@ class Preflight:
     predicted_memory_bytes: int | None = None  # the whole peak (with CUDA context), for the fits check
     available_memory_bytes: int | None = None
     memory_note: str = ""
+    memory_parts: dict = field(default_factory=dict)  # what a preference objective adds (core.memory's objective_parts), bytes by name
     backend: str = ""
     backend_notes: list[str] = field(default_factory=list)
     template: dict = field(default_factory=dict)  # the chat template the run will use: {name, source, reason}
@@ -341,6 +342,7 @@ def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None)
     data = data if data is not None else check_data(spec)
     estimate, report.memory_note = memory_estimate(spec, hardware, seq_len=data.longest or None)
     report.predicted_memory_bytes = int(estimate.total_bytes) if estimate is not None else None
+    report.memory_parts = dict(getattr(getattr(estimate, "single", estimate), "objective_parts", None) or {})
     if estimate is not None and spec.uses_launcher and getattr(hardware, "device", "cpu") == "cpu":
         # CPU processes share one machine's RAM: the fits check is against all of them together.
         report.predicted_memory_bytes *= spec.processes_per_node
