@@ -57,10 +57,12 @@ gpu-set: install
 	$(BIN)/python -m tools.gpu_set resolve
 	$(BIN)/python -m tools.gpu_set overlay
 
+# The gpuset pass on two workers (worksteal): its stop / resume test (~80 s, mostly worker start-ups) runs beside the other
+# four instead of after them.
 test: install chromium gpu-set ray-extra
 	$(BIN)/ruff check .
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
-	PYTHONPATH=.gpuset/site $(BIN)/python -m pytest -q -m gpuset -p no:cacheprovider tests/test_train.py
+	PYTHONPATH=.gpuset/site $(BIN)/python -m pytest -q -m gpuset -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal tests/test_train.py
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
