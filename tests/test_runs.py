@@ -229,3 +229,20 @@ def test_readme_lists_the_registered_job_kinds():
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme.split("<!-- jobs -->\n")[1].split("\n<!-- /jobs -->")[0] == jobs_markdown()
+
+
+def test_what_a_kind_produces_is_said_once_by_the_registry(workspace):
+    """The card's artifacts, the export's sources and the Export page's choices all read JobKind.outputs / model_output."""
+    from core.export.results import export_sources
+    from core.runs.card import build_card
+    from core.runs.jobs import JOBS, model_kinds
+    from core.runs.status import RunStatus, write_status
+
+    assert model_kinds() == ("train", "merge", "prune", "distill")
+    assert all(job.model_output in job.outputs for job in JOBS.values() if job.model_output)
+    run_dir = runs.create_run_from_dict({"kind": "prune", "model": {"kind": "embedded"}})
+    (run_dir / "pruned").mkdir()
+    write_status(run_dir, RunStatus(kind="prune", state="succeeded"))
+    card = build_card(run_dir.name)
+    assert [a["name"] for a in card["artifacts"]] == ["pruned"]
+    assert str(run_dir) in export_sources().values()

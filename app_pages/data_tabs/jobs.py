@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.data.curate_job import RAY_OPERATIONS, CurateSpec, curation_runs, load_results
-from core.runs import log_tail, read_status, stop
+from core.runs import log_tail, read_status, result_path, stop
 from pages_common import start_run
 
 ENGINES = {"local": "This machine", "ray": "Ray"}
@@ -68,7 +68,7 @@ def _results(run_dir: str, mtime: float):  # noqa: ARG001 - the result file's mt
 
 
 def results_of(run) -> dict:
-    path = Path(run.path) / "curation.json"
+    path = result_path(run.path, "curate")
     return _results(str(run.path), path.stat().st_mtime) if path.is_file() else {}
 
 

@@ -22,7 +22,6 @@ from core.runs.spec import check_limits, meta, spec_from_dict
 ENGINES = ("local", "ray")
 OPERATIONS = ("exact", "near", "semantic", "decontam", "audit", "diversity", "select")
 RAY_OPERATIONS = ("exact", "near", "decontam")
-RESULT_FILE = "curation.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 
 

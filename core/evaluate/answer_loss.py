@@ -19,8 +19,6 @@ from typing import Any, Callable, ClassVar, Sequence
 from core.runs.jobs import JobContext, JobError
 from core.runs.spec import check_limits, meta, spec_from_dict
 
-RESULT_FILE = "answer_loss.json"
-
 
 @dataclass
 class AnswerLossSpec:

@@ -12,13 +12,13 @@ dtype it is loaded in, plus the adapter's files.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.export.disk import folder_bytes
 from core.merge.preflight import NAME_BYTES, safetensors_header
+from core.runs.jobs import read_result
 
 MARGIN = 1.15  # headroom over the header figure (loader buffers, logits, allocator slack)
 OVERHEAD_BYTES = 512 * 1024**2  # python, torch and the tokenizer themselves
@@ -134,10 +134,7 @@ def card_precision(run_dir: Path | None) -> dict:
     """The precision a train run's card recorded ({} when there is none)."""
     if run_dir is None:
         return {}
-    try:
-        return json.loads((Path(run_dir) / "run_card.json").read_text()).get("precision") or {}
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    return (read_result(run_dir, "train", {}) or {}).get("precision") or {}
 
 
 def _gb(n: int | float) -> str:

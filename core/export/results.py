@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.runs.jobs import model_kinds
 from core.runs.jobs import read_result as read_job_result
 
 ICONS = {True: "✅", False: "❌", None: "➖"}
@@ -70,6 +71,6 @@ def export_sources() -> dict[str, str]:
 
     found = {}
     for run in list_runs():
-        if run.kind in ("train", "merge", "prune", "distill") and run.status.state in ("succeeded", "stopped"):
+        if run.kind in model_kinds() and run.status.state in ("succeeded", "stopped"):
             found[f"{run.run_id} ({run.kind}, {run.status.state})"] = str(run.path)
     return found

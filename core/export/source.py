@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.models import ModelSource
-from core.runs.jobs import JobError, read_spec_dict
+from core.runs.jobs import JOBS, JobError, job_kind, read_result, read_spec_dict
 from core.runs.status import read_status
 
 # kind -> folder (inside the run) that holds the model it produced
-RUN_OUTPUTS = {"merge": "merged", "prune": "pruned", "distill": "student"}
 
 
 @dataclass
@@ -49,14 +48,14 @@ def resolve(source_run: str, model: dict) -> ExportSource:
     kind = spec.get("kind", "")
     if kind == "train":
         return _from_train(run_dir, spec)
-    if kind in RUN_OUTPUTS:
+    if kind in JOBS and job_kind(kind).model_output:
         folder = _model_folder(run_dir, kind)
         return ExportSource(f"{run_dir.name} ({kind})", ModelSource("local", str(folder)), None, folder, run_dir, kind, spec)
     raise JobError(f"source_run: a {kind or 'unknown'} run has no model to export (train, merge, prune or distill runs do)")
 
 
 def _from_train(run_dir: Path, spec: dict) -> ExportSource:
-    card = _read(run_dir / "run_card.json")
+    card = read_result(run_dir, "train", {})
     outputs = card.get("outputs") or {}
     data = card.get("data") or {}
     base = ModelSource.from_dict(spec.get("model") or {"kind": "embedded"})
@@ -71,19 +70,12 @@ def _from_train(run_dir: Path, spec: dict) -> ExportSource:
 
 
 def _model_folder(run_dir: Path, kind: str) -> Path:
-    result = _read(run_dir / "result.json")
-    candidates = [result.get("model_dir"), result.get("student_dir"), str(run_dir / RUN_OUTPUTS[kind])]
+    result = read_result(run_dir, kind, {})
+    candidates = [result.get("model_dir"), result.get("student_dir"), str(run_dir / job_kind(kind).model_output)]
     for candidate in candidates:
         if candidate and (Path(candidate) / "config.json").is_file():
             return Path(candidate)
     raise JobError(f"source_run: {run_dir.name} has no saved model folder to export")
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def training_template(source: ExportSource, override: str = "") -> str | None:

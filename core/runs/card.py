@@ -8,14 +8,13 @@ registered anywhere, and a card can always be rebuilt from the run folders.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from core.models import ModelSource
-from core.runs.jobs import read_spec_dict
+from core.runs.jobs import JOBS, job_kind, read_result, read_spec_dict
 from core.runs.metrics import read_all_metrics
 from core.runs.status import METRICS_FILE, read_status
 from core.workspace import atomic_write_json, atomic_write_text, runs_dir
@@ -23,14 +22,6 @@ from core.workspace import atomic_write_json, atomic_write_text, runs_dir
 CARD_FILE = "card.json"
 README_FILE = "README.md"
 # kind -> (files in the run folder that are its artifacts)
-ARTIFACTS = {
-    "train": ("adapter", "model", "merged"),
-    "merge": ("merged", "sweep"),
-    "prune": ("pruned",),
-    "distill": ("student",),
-    "export": ("export",),
-    "evaluate": ("report.json",),
-}
 RELATION = {"evaluate": "evaluated by", "merge": "merged into", "prune": "pruned into", "distill": "distilled into",
             "export": "exported as", "train": "trained further in"}
 
@@ -132,21 +123,14 @@ def source_run_of(path: str | Path, root: Path | None = None) -> str | None:
 # --------------------------------------------------------------------------- the card
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def _artifacts(node: RunNode) -> list[dict]:
     found = []
-    for name in ARTIFACTS.get(node.kind, ()):
+    for name in job_kind(node.kind).outputs if node.kind in JOBS else ():
         path = node.path / name
         if path.exists():
             found.append({"name": name, "path": str(path)})
     if node.kind == "export":
-        for artifact in _read(node.path / "export.json").get("artifacts", []):
+        for artifact in read_result(node.path, "export", {}).get("artifacts", []):
             checks = artifact.get("checks", [])
             found.append({"name": artifact["kind"], "path": artifact["path"], "size_bytes": artifact.get("size_bytes"),
                           "checks_passed": all(c.get("passed") is not False for c in checks)})
@@ -166,7 +150,7 @@ def _curves(node: RunNode) -> dict:
 
 
 def _report_headline(node: RunNode) -> dict | None:
-    report = _read(node.path / "report.json")
+    report = read_result(node.path, "evaluate", {})
     if not report:
         return None
     verdicts = report.get("verdicts") or []
@@ -179,7 +163,7 @@ def build_card(run_id: str, nodes: dict[str, RunNode] | None = None, graph: Line
     graph = graph or lineage(nodes)
     node = nodes[run_id]
     status = read_status(node.path)
-    train_card = _read(node.path / "run_card.json")
+    train_card = read_result(node.path, "train", {}) if node.kind == "train" else {}
     data = train_card.get("data") or {}
     spec = node.spec
     descendants = []

@@ -34,6 +34,8 @@ class JobKind:
     result_file: str  # the job's full result, written with ctx.write_result and read with read_result
     exclusive: bool = True  # holds the accelerator (on CPU: every core): one exclusive job at a time
     title: str = ""
+    outputs: tuple[str, ...] = ()  # what a user takes away, under the run folder (model folders, reports), in order
+    model_output: str = ""  # the one of `outputs` that holds a whole model (config.json + weights), if any
 
     def spec_class(self) -> type:
         return _import(self.spec)
@@ -51,17 +53,22 @@ class JobKind:
 
 
 JOBS: dict[str, JobKind] = {job.name: job for job in (
-    JobKind("train", "core.train.spec:TrainSpec", "core.train.job:run", "run_card.json", title="Training run"),
-    JobKind("evaluate", "core.evaluate.spec:EvalSpec", "core.evaluate.job:run", "report.json", title="Forgetting report"),
-    JobKind("merge", "core.merge.spec:MergeSpec", "core.merge.job:run", "result.json", title="Merge"),
-    JobKind("prune", "core.prune.spec:PruneSpec", "core.prune.job:run", "result.json", title="Prune"),
-    JobKind("distill", "core.distill.spec:DistillSpec", "core.distill.job:run", "result.json", title="Distillation"),
+    JobKind("train", "core.train.spec:TrainSpec", "core.train.job:run", "run_card.json", title="Training run",
+            outputs=("adapter", "model", "merged")),
+    JobKind("evaluate", "core.evaluate.spec:EvalSpec", "core.evaluate.job:run", "report.json", title="Forgetting report",
+            outputs=("report.json",)),
+    JobKind("merge", "core.merge.spec:MergeSpec", "core.merge.job:run", "result.json", title="Merge",
+            outputs=("merged", "sweep"), model_output="merged"),
+    JobKind("prune", "core.prune.spec:PruneSpec", "core.prune.job:run", "result.json", title="Prune",
+            outputs=("pruned",), model_output="pruned"),
+    JobKind("distill", "core.distill.spec:DistillSpec", "core.distill.job:run", "result.json", title="Distillation",
+            outputs=("student",), model_output="student"),
     JobKind("teacher_answers", "core.distill.spec:TeacherAnswersSpec", "core.distill.sequence:run", "result.json",
             title="Teacher answers (sequence-level distillation)"),
     # runs its teacher-answers / train / distill / evaluate children in its own process, so it holds the lock itself
     JobKind("distill_compare", "core.distill.spec:DistillCompareSpec", "core.distill.compare:run", "result.json",
             title="Distillation variants compared"),
-    JobKind("export", "core.export.spec:ExportSpec", "core.export.job:run", "export.json", title="Export"),
+    JobKind("export", "core.export.spec:ExportSpec", "core.export.job:run", "export.json", title="Export", outputs=("export",)),
     JobKind("download", "core.download.spec:DownloadSpec", "core.download.job:run", "download.json", exclusive=False,
             title="Model download"),
     JobKind("feature_extraction", "core.compare.spec:FeatureExtractionSpec", "core.compare.job:run_feature_extraction",
@@ -103,6 +110,11 @@ def job_kind(kind: str) -> JobKind:
         return JOBS[kind]
     except KeyError:
         raise InvalidSpec(f"unknown job kind {kind!r}; known kinds: {', '.join(JOBS)}") from None
+
+
+def model_kinds() -> tuple[str, ...]:
+    """The kinds whose finished runs hold a model to evaluate, export or chat with (train: its adapter or model)."""
+    return ("train", *(job.name for job in JOBS.values() if job.model_output))
 
 
 def jobs_markdown() -> str:
