@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from core import memory, scorers
 from core.generation import Stopped, greedy_chat_answers
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 
 GAPS = ("knowledge", "behaviour", "steering")
 GAP_LABELS = {
@@ -532,7 +532,7 @@ SCORER_CHOICES = ("auto",) + tuple(scorers.SCORERS)
 
 
 @dataclass
-class BaselineSpec:
+class BaselineSpec(RunSpec):
     """The measured baseline as a job: zero-shot, few-shot and RAG with the base model on the same eval rows."""
 
     kind: ClassVar[str] = "baseline"
@@ -555,16 +555,12 @@ class BaselineSpec:
     batch_size: int = field(default=8, metadata=meta("Prompts per generation batch.", min=1, max=256))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         self.shots = sorted({int(k) for k in self.shots})
         if not self.shots or self.shots[0] < 0:
             raise ValueError(f"shots: non-negative few-shot counts, got {self.shots}")
         if self.overlap >= self.chunk_tokens:
             raise ValueError(f"overlap ({self.overlap}) must be below chunk_tokens ({self.chunk_tokens})")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BaselineSpec:
-        return spec_from_dict(cls, data)
 
 
 def _rag_context(spec: BaselineSpec, progress: Callable[[float, str], None]) -> RagContext:

@@ -246,3 +246,17 @@ def test_what_a_kind_produces_is_said_once_by_the_registry(workspace):
     card = build_card(run_dir.name)
     assert [a["name"] for a in card["artifacts"]] == ["pruned"]
     assert str(run_dir) in export_sources().values()
+
+
+def test_every_job_spec_is_a_run_spec_and_round_trips_its_defaults():
+    """One base (core.runs.spec.RunSpec) gives every job's spec from_dict / to_dict and the limit check."""
+    from core.runs.jobs import JOBS
+    from core.runs.spec import RunSpec
+
+    for job in JOBS.values():
+        cls = job.spec_class()
+        assert issubclass(cls, RunSpec) and cls.kind == job.name, job.name
+    spec = JOBS["prune"].spec_class().from_dict({"sparsity": "0.25"})
+    assert spec.to_dict()["kind"] == "prune" and spec.sparsity == 0.25
+    with pytest.raises(ValueError, match="sparsity"):
+        JOBS["prune"].spec_class().from_dict({"sparsity": 5})

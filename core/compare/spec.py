@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from core.compare.features import ENCODERS
 from core.evaluate.spec import DEFAULT_TASK_DATASET
 from core.models import ModelSource
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 from core.train.methods import METHODS
 from core.train.spec import DEMO_DATASET
 
@@ -26,7 +26,7 @@ def _check_model(value: Any) -> None:
 
 
 @dataclass
-class FeatureExtractionSpec:
+class FeatureExtractionSpec(RunSpec):
     kind: ClassVar[str] = "feature_extraction"
 
     name: str = field(default="", metadata=meta("A short name for the run folder (optional)."))
@@ -45,7 +45,7 @@ class FeatureExtractionSpec:
     seed: int = field(default=0, metadata=meta("Seed of the logistic regression.", "data", advanced=True, min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         _check_model(self.model)
         if not self.label_field.strip():
             raise ValueError("label_field: name the label column or JSON field (e.g. urgency)")
@@ -54,13 +54,9 @@ class FeatureExtractionSpec:
     def model_source(self) -> ModelSource:
         return ModelSource.from_dict(self.model)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "FeatureExtractionSpec":
-        return spec_from_dict(cls, data)
-
 
 @dataclass
-class MethodComparisonSpec:
+class MethodComparisonSpec(RunSpec):
     kind: ClassVar[str] = "method_comparison"
 
     name: str = field(default="", metadata=meta("A short name for the comparison (its runs are named after it)."))
@@ -89,7 +85,7 @@ class MethodComparisonSpec:
         "Encoder of the baseline: the base model's pooled hidden states, or all-MiniLM-L6-v2.", "baseline", choices=ENCODERS))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         _check_model(self.model)
         if not isinstance(self.methods, list) or not self.methods:
             raise ValueError("methods: choose at least one method to compare")
@@ -108,7 +104,3 @@ class MethodComparisonSpec:
 
     def learning_rate(self, method: str) -> float:
         return float(self.learning_rates.get(method, METHODS[method].learning_rate))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MethodComparisonSpec":
-        return spec_from_dict(cls, data)

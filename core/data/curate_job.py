@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.runs.jobs import JobContext, JobError
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 
 ENGINES = ("local", "ray")
 OPERATIONS = ("exact", "near", "semantic", "decontam", "audit", "diversity", "select")
@@ -26,7 +26,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 
 
 @dataclass
-class CurateSpec:
+class CurateSpec(RunSpec):
     kind: ClassVar[str] = "curate"
 
     dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.", "data"))
@@ -46,7 +46,7 @@ class CurateSpec:
     name: str = field(default="", metadata=meta("A label for the run folder."))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         if not str(self.dataset).strip():
             raise ValueError("dataset: name the dataset to curate")
         chosen = self.operations
@@ -62,10 +62,6 @@ class CurateSpec:
     @property
     def operations(self) -> list[str]:
         return [name for name in OPERATIONS if getattr(self, name) is not None]
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CurateSpec":
-        return spec_from_dict(cls, data)
 
 
 def _config(name: str, settings: dict) -> Any:

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from core.data.masking import POLICIES
 from core.models import ModelSource
-from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
+from core.runs.spec import RunSpec, meta
 
 METHODS = ("logit", "on_policy")
 STUDENTS = ("shallow_copy", "model")
@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "fp32")
 
 
 @dataclass
-class DistillSpec:
+class DistillSpec(RunSpec):
     kind: ClassVar[str] = "distill"
 
     name: str = field(default="", metadata=meta("A label for the run folder."))
@@ -82,7 +82,7 @@ class DistillSpec:
     eval_rows: int = field(default=20, metadata=meta("Task rows (and general texts) per evaluation; fewer = faster.", advanced=True, min=1, max=10000))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         ModelSource.from_dict(self.teacher)
         if self.student == "model":
             if not self.student_model:
@@ -101,16 +101,9 @@ class DistillSpec:
     def student_source(self) -> ModelSource | None:
         return ModelSource.from_dict(self.student_model) if self.student == "model" else None
 
-    def to_dict(self) -> dict:
-        return spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DistillSpec":
-        return spec_from_dict(cls, data)
-
 
 @dataclass
-class TeacherAnswersSpec:
+class TeacherAnswersSpec(RunSpec):
     """Sequence-level distillation, step 1: the teacher answers a dataset's prompts; the answers become a curated
     dataset (with a manifest) that the ordinary Train job teaches any student, with any method and any tokenizer."""
 
@@ -136,7 +129,7 @@ class TeacherAnswersSpec:
                 "initialised from the teacher's own layers. 0 = none (bring your own student, any tokenizer).", "student", min=0, max=8))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         ModelSource.from_dict(self.teacher)
         if self.data == "dataset" and not self.dataset_path.strip():
             raise ValueError("dataset_path: data = dataset needs a file or dataset folder")
@@ -154,20 +147,13 @@ class TeacherAnswersSpec:
             settings.update(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
         return settings
 
-    def to_dict(self) -> dict:
-        return spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TeacherAnswersSpec":
-        return spec_from_dict(cls, data)
-
 
 VARIANTS: tuple[str, ...] = ("sequence", "logit", "on_policy")
 VARIANT_LABELS = {"sequence": "sequence-level", "logit": "logit", "on_policy": "on-policy (GKD)"}
 
 
 @dataclass
-class DistillCompareSpec:
+class DistillCompareSpec(RunSpec):
     """The three distillation variants for the same student at a matched compute budget, scored side by side."""
 
     kind: ClassVar[str] = "distill_compare"
@@ -201,7 +187,7 @@ class DistillCompareSpec:
     seed: int = field(default=0, metadata=meta("Seed of the data order and of the samples.", advanced=True, min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         ModelSource.from_dict(self.teacher)
         self.variants = [str(v).strip() for v in self.variants if str(v).strip()]
         self.replay_variants = [str(v).strip() for v in self.replay_variants if str(v).strip()]
@@ -227,13 +213,6 @@ class DistillCompareSpec:
         """(variant, replay share) of every student to train, grouped by variant."""
         with_replay = self.replay_variants or self.variants
         return [(v, f) for v in self.variants for f in self.replay_fractions if f == 0 or v in with_replay]
-
-    def to_dict(self) -> dict:
-        return spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DistillCompareSpec":
-        return spec_from_dict(cls, data)
 
 
 # "Which one when": the Distill page's guide to the three variants (rows of a table).

@@ -5,18 +5,18 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from core.hub import HubError, check_revision
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 
 
 @dataclass
-class DownloadSpec:
+class DownloadSpec(RunSpec):
     kind: ClassVar[str] = "download"
 
     model: dict = field(default_factory=dict, metadata=meta("The Hub model, as a core.models source: {kind: hub, ref: org/name, revision: ..., trust_remote_code: ...}."))
     name: str = field(default="", metadata=meta("A label for the run folder (optional)."))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         from core.models import ModelSource
 
         try:
@@ -35,7 +35,3 @@ class DownloadSpec:
         from core.models import ModelSource
 
         return ModelSource.from_dict(self.model)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DownloadSpec":
-        return spec_from_dict(cls, data)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from core.runs.jobs import JobContext, JobError
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 
 
 @dataclass
-class AnswerLossSpec:
+class AnswerLossSpec(RunSpec):
     kind: ClassVar[str] = "answer_loss"
 
     dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.", "data"))
@@ -34,7 +34,7 @@ class AnswerLossSpec:
     name: str = field(default="", metadata=meta("A label for the run folder."))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         if not str(self.dataset).strip():
             raise ValueError("dataset: name the dataset to score")
         from core.models import ModelSource
@@ -43,10 +43,6 @@ class AnswerLossSpec:
             ModelSource.from_dict(self.model or {})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model: {exc}") from None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AnswerLossSpec":
-        return spec_from_dict(cls, data)
 
 
 def answer_losses(rows: Sequence[dict], model: Any, tokenizer: Any, *, chat_template: str | None = None, max_length: int = 1024,

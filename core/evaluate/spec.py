@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from core.models import ModelSource
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
+from core.workspace import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TASK_DATASET = "assets/demo/eval.jsonl"
 
 
 @dataclass
-class EvalSpec:
+class EvalSpec(RunSpec):
     kind: ClassVar[str] = "evaluate"
 
     name: str = field(default="", metadata=meta("A short name for the run folder."))
@@ -66,7 +66,7 @@ class EvalSpec:
     seed: int = field(default=0, metadata=meta("Seed for the samples and the bootstrap.", min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         ModelSource.from_dict(self.base)  # raises ValueError naming a bad kind / missing ref
         if not isinstance(self.variants, list):
             raise ValueError("variants must be a list of {label, model}")
@@ -100,7 +100,3 @@ class EvalSpec:
     def pairs_path(self) -> Path:
         path = Path(self.pairs_dataset).expanduser()
         return path if path.is_absolute() else REPO_ROOT / path
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "EvalSpec":
-        return spec_from_dict(cls, data)

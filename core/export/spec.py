@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from core.llamacpp import QUANT_TYPES
-from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
+from core.runs.spec import RunSpec, meta
 
 FORMATS: tuple[str, ...] = ("adapter", "merged", "gguf_f16", "gguf_q8_0", "modelfile", "recipes")
 FORMAT_LABELS = {
@@ -25,7 +25,7 @@ def _meta(help: str, group: str = "export", **options) -> dict:
 
 
 @dataclass
-class ExportSpec:
+class ExportSpec(RunSpec):
     kind: ClassVar[str] = "export"
 
     name: str = field(default="", metadata=_meta("A short name for the export folder (optional)."))
@@ -53,7 +53,7 @@ class ExportSpec:
         "Re-check the files an earlier attempt of this run wrote (hashes, headers, load-back) without rewriting them.", "check", advanced=True))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         self.formats = [str(f) for f in (self.formats or [])]
         self.quantize = [str(q).upper() for q in (self.quantize or [])]
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -79,10 +79,3 @@ class ExportSpec:
     @property
     def needs_gguf(self) -> bool:
         return bool({"gguf_f16", "gguf_q8_0", "modelfile"} & set(self.formats)) or bool(self.quantize)
-
-    def to_dict(self) -> dict:
-        return spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ExportSpec":
-        return spec_from_dict(cls, data)

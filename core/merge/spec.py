@@ -6,13 +6,13 @@ from typing import Any, ClassVar
 
 from core.merge.methods import METHODS, SWEEP_METHODS, get_method
 from core.models import ModelSource
-from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
+from core.runs.spec import RunSpec, meta
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
-class MergeSpec:
+class MergeSpec(RunSpec):
     kind: ClassVar[str] = "merge"
 
     name: str = field(default="", metadata=meta("A label for the run folder."))
@@ -35,7 +35,7 @@ class MergeSpec:
     keep_sweep_models: bool = field(default=True, metadata=meta("Keep every sweep point's merged model on disk (needed to chat with a chosen point).", advanced=True))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         method = get_method(self.method)
         self.base = dict(self.base or {})
         if self.base:
@@ -103,13 +103,6 @@ class MergeSpec:
     def reference_source(self) -> ModelSource:
         """The model the forgetting report compares against: the base, else the first input."""
         return self.base_source or self.model_sources()[0]
-
-    def to_dict(self) -> dict:
-        return spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MergeSpec":
-        return spec_from_dict(cls, data)
 
 
 def _in_range(where: str, value: Any, param) -> float | bool:

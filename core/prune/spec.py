@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from core.models import ModelSource
 from core.prune.methods import MODES, TARGETS
-from core.runs.spec import check_limits, meta, spec_from_dict, spec_to_dict
+from core.runs.spec import RunSpec, meta
 
 MODE_LABELS = {
     "unstructured": "Unstructured magnitude (L1): zero the smallest weights",
@@ -19,7 +19,7 @@ LATENCY_PROMPT = "Explain in two sentences why the sky is blue."
 
 
 @dataclass
-class PruneSpec:
+class PruneSpec(RunSpec):
     kind: ClassVar[str] = "prune"
 
     name: str = field(default="", metadata=meta("A label for the run folder."))
@@ -38,7 +38,7 @@ class PruneSpec:
                 "is the reference). Empty: the data of the run the model came from when known, else the built-in demo ticket task.", "evaluation"))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         ModelSource.from_dict(self.model)
         if self.mode == "semi_structured_2_4":
             self.sparsity = 0.5
@@ -53,10 +53,3 @@ class PruneSpec:
     def zeroes_only(self) -> bool:
         """True when the pruned model keeps its shapes (zeros in dense matrices)."""
         return self.mode not in ("mlp_neurons", "attention_heads")
-
-    def to_dict(self) -> dict:
-        return spec_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PruneSpec":
-        return spec_from_dict(cls, data)

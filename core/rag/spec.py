@@ -13,7 +13,7 @@ from core.models import ModelSource
 from core.rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from core.rag.index import MODES
 from core.rag.raft import ABSENT_TARGETS, DISTRACTOR_RULES
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 from core.workspace import REPO_ROOT
 
 DEMO_DOCUMENTS = "assets/handbook/docs"
@@ -38,7 +38,7 @@ def _overlap_field() -> Any:
 
 
 @dataclass
-class RagIndexSpec:
+class RagIndexSpec(RunSpec):
     kind: ClassVar[str] = "rag_index"
 
     name: str = field(default="", metadata=meta("A short name for the run folder."))
@@ -51,17 +51,13 @@ class RagIndexSpec:
     top_k: int = field(default=5, metadata=meta("Recall is measured at 1 and at this k.", "retrieval", min=1, max=100))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         if self.overlap >= self.chunk_tokens:
             raise ValueError(f"overlap ({self.overlap}) must be below chunk_tokens ({self.chunk_tokens})")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> RagIndexSpec:
-        return spec_from_dict(cls, data)
-
 
 @dataclass
-class RaftSpec:
+class RaftSpec(RunSpec):
     kind: ClassVar[str] = "raft"
 
     name: str = field(default="handbook-raft", metadata=meta("Name of the dataset written to the workspace (datasets/<name>/)."))
@@ -103,7 +99,7 @@ class RaftSpec:
                                                 min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         if self.overlap >= self.chunk_tokens:
             raise ValueError(f"overlap ({self.overlap}) must be below chunk_tokens ({self.chunk_tokens})")
         if self.question_source == "file" and not str(self.questions).strip():
@@ -118,13 +114,9 @@ class RaftSpec:
     def question_source_model(self) -> ModelSource:
         return ModelSource.from_dict(self.question_model or self.model)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> RaftSpec:
-        return spec_from_dict(cls, data)
-
 
 @dataclass
-class RaftEvalSpec:
+class RaftEvalSpec(RunSpec):
     kind: ClassVar[str] = "raft_eval"
 
     name: str = field(default="", metadata=meta("A short name for the run folder."))
@@ -143,7 +135,7 @@ class RaftEvalSpec:
     seed: int = field(default=0, metadata=meta("Seed for the sample, the distractors and the bootstrap.", min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         ModelSource.from_dict(self.base)
         if not str(self.raft_model).strip():
             raise ValueError("raft_model: name the RAFT adapter (or model folder) to evaluate")
@@ -151,7 +143,3 @@ class RaftEvalSpec:
     @property
     def base_source(self) -> ModelSource:
         return ModelSource.from_dict(self.base)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RaftEvalSpec:
-        return spec_from_dict(cls, data)

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from core.runs.jobs import JobContext
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 
 FAILURES = ("error", "oom", "exit")
 
 
 @dataclass
-class SelftestSpec:
+class SelftestSpec(RunSpec):
     kind: ClassVar[str] = "selftest"
 
     name: str = field(default="", metadata=meta("A label for the run folder."))
@@ -28,11 +28,7 @@ class SelftestSpec:
                                                           choices=FAILURES))
 
     def __post_init__(self) -> None:
-        check_limits(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SelftestSpec":
-        return spec_from_dict(cls, data)
+        super().__post_init__()
 
 
 def run(ctx: JobContext) -> dict:

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, ClassVar, get_args, get_origin
 
 import yaml
 
@@ -156,6 +156,25 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected {kind}, got {value!r}") from None
     return value
+
+
+class RunSpec:
+    """What every job's spec dataclass shares, as peft's PeftConfigMixin and trl's configs share theirs: it is read
+    from and written to spec.yaml (`from_dict` / `to_dict`, unknown fields and wrong types refused by name), and its
+    fields' limits are checked when it is made. A subclass is a @dataclass with a `kind` ClassVar (its JobKind's
+    name); its own __post_init__ calls super().__post_init__() first, then checks what crosses fields."""
+
+    kind: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+
+    def to_dict(self) -> dict:
+        return spec_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Any:
+        return spec_from_dict(cls, data)
 
 
 def spec_to_yaml(spec: Any) -> str:

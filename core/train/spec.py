@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.data.masking import POLICIES, REASONING_MODES
-from core.runs.spec import check_limits, meta, spec_from_dict
+from core.runs.spec import RunSpec, meta
 from core.train.methods import DPO_LOSS_TYPES, LORA_FIELDS, merge_refusal, method_info
 from core.train.methods import METHODS as METHOD_TABLE
 from core.train.methods import OBJECTIVES as OBJECTIVE_TABLE
@@ -33,7 +33,7 @@ ZERO_OFFLOADS: tuple[str, ...] = ("none", "optimizer", "optimizer_and_params")
 
 
 @dataclass
-class TrainSpec:
+class TrainSpec(RunSpec):
     kind: ClassVar[str] = "train"
 
     # ---------------------------------------------------------------- what
@@ -321,7 +321,7 @@ class TrainSpec:
     )
 
     def __post_init__(self) -> None:
-        check_limits(self)
+        super().__post_init__()
         self._check_model()
         if not str(self.dataset).strip():
             raise ValueError("dataset: choose a training data file or folder")
@@ -478,10 +478,6 @@ class TrainSpec:
         """The one rank a fault is injected on ('kill@2:1' → 1), or None for every rank."""
         match = _FAULT.match(self.fault_injection or "")
         return int(match.group(3)) if match and match.group(3) is not None else None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainSpec":
-        return spec_from_dict(cls, data)
 
 
 def resolve_init_adapter(text: str) -> Path:
