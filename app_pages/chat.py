@@ -1,9 +1,12 @@
 """Chat: one prompt to two or three model variants, answers streaming side by side."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import streamlit as st
 
-from core.chat import transcript_jsonl
+from core.chat import system_prompt_prefill, transcript_jsonl, variant_training_format
 from core.export.results import gguf_choices
 from core.generation import GenerationSettings, start_generation
 from core.llamacpp import LlamaCppChoice, available
@@ -48,15 +51,37 @@ def variant_source(i: int) -> ModelSource | LlamaCppChoice | None:
     return gguf_variant(i) if picked == LLAMACPP else picked
 
 
+def column_system_prompt(i: int, source) -> str:
+    """Column i's system prompt: pre-filled from the training rows of the run behind its variant, then the user's own
+    text, kept across page changes (in chat_columns, not only in the widget's key, which Streamlit drops off-page).
+    A new variant in the column starts it afresh: its history is cleared so no answer sits under another model's label."""
+    column = st.session_state.setdefault("chat_columns", {}).setdefault(i, {})
+    variant = json.dumps(getattr(source, "as_dict", lambda: {"path": getattr(source, "path", None)})(), sort_keys=True)
+    widget = f"chat_system_{i}"
+    if column.get("variant") != variant:
+        cleared = [histories.pop(i, None), streams.pop(i, None)]
+        if "variant" in column and any(cleared):
+            st.toast(f"Column {i + 1}: new variant, its conversation was cleared.")
+        st.session_state.get("chat_errors", {}).pop(i, None)
+        column["system"], column["note"] = system_prompt_prefill(variant_training_format(source))
+        column["variant"] = variant
+        st.session_state[widget] = column["system"]
+    elif widget not in st.session_state:  # back from another page: the widget's state was dropped, the text was not
+        st.session_state[widget] = column["system"]
+    column["system"] = st.text_area("System prompt", key=widget, height=80)
+    if column["note"]:
+        st.caption(column["note"])
+    return column["system"]
+
+
 def settings_form() -> GenerationSettings:
     with st.expander("Sampling settings (shared by all columns)", expanded=False):
-        system = st.text_area("System prompt", value="", key="chat_system", height=80)
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key="chat_temperature", help="0 = greedy (deterministic)")
         top_p = c2.slider("Top-p", 0.05, 1.0, 0.9, 0.05, key="chat_top_p")
         max_new = c3.number_input("Max new tokens", 1, 4096, 128, key="chat_max_new")
         seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="chat_seed")
-    return GenerationSettings(system, float(temperature), float(top_p), int(max_new), int(seed))
+    return GenerationSettings("", float(temperature), float(top_p), int(max_new), int(seed))
 
 
 def render_column(i: int, col) -> None:
@@ -110,9 +135,11 @@ streams: dict[int, object] = st.session_state.setdefault("chat_streams", {})
 
 cols = st.columns(n_columns)
 sources: list[ModelSource | LlamaCppChoice | None] = []
+systems: list[str] = []
 for i, col in enumerate(cols):
     with col:
         sources.append(variant_source(i))
+        systems.append(column_system_prompt(i, sources[i]))
 
 prompt = st.chat_input("Ask all columns…", key="chat_prompt")
 if prompt:
@@ -128,7 +155,7 @@ if prompt:
             continue
         history = histories.setdefault(i, [])
         history.append({"role": "user", "content": prompt})
-        streams[i] = start_generation(loaded, history, settings)
+        streams[i] = start_generation(loaded, history, replace(settings, system_prompt=systems[i]))
 
 
 active = any(not s.done for s in streams.values())
@@ -142,7 +169,8 @@ if left.button("Clear conversation", key="chat_clear", disabled=active):
     st.session_state["chat_errors"] = {}
     st.rerun()
 columns_for_export = [
-    {"label": f"column {i + 1}", "model": sources[i].label if i < len(sources) and sources[i] else "?", "history": h}
+    {"label": f"column {i + 1}", "model": sources[i].label if i < len(sources) and sources[i] else "?", "history": h,
+     "system": systems[i] if i < len(systems) else ""}
     for i, h in sorted(histories.items())
 ]
 right.download_button(

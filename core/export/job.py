@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core import llamacpp
+from core.chat import system_prompt_prefill, training_format
 from core.export import memory, validate
 from core.export.disk import estimate_bytes, folder_bytes, safetensors_parameters, space_problem
 from core.export.gguf_header import read_header
@@ -44,6 +45,8 @@ class Exporter:
         self.work = ctx.run_dir / WORK_DIR
         self.stem = safe_name(spec.name or source.run_spec.get("name") or source.label.split(" ")[0], max_len=60)
         self.template = training_template(source, spec.chat_template)
+        # the system prompt the training rows used: the Modelfile's SYSTEM and the GGUF check's generic prompts carry it
+        self.system, self.system_note = system_prompt_prefill(training_format(source.run_dir or source.adapter_dir or source.template_dir))
         self.artifacts: list[dict] = []
         self.notes: list[str] = []
         self.tokenizer: Any = None
@@ -194,7 +197,8 @@ class Exporter:
             self.tokenizer.chat_template = self.template
         else:
             self.template = getattr(self.tokenizer, "chat_template", None)
-        self.prompts = validate.validation_prompts(self.tokenizer, self.template, self.source.dataset, self.spec.validation_prompts)
+        self.prompts = validate.validation_prompts(self.tokenizer, self.template, self.source.dataset, self.spec.validation_prompts,
+                                                   system=self.system)
         self.prompt_ids = [validate.encode(self.tokenizer, p) for p in self.prompts]
         has_adapter = self.source.adapter_dir is not None
         with _default_device(plan.device):
@@ -294,7 +298,7 @@ class Exporter:
         except TemplateNotMappable as exc:
             reason = str(exc)
         text = modelfile(Path(preferred["path"]).name, anatomy, eos_token=tokenizer.eos_token, add_bos=add_bos,
-                         source_note=self.source.label, unmapped_reason=reason)
+                         source_note=self.source.label, unmapped_reason=reason, system=self.system, system_note=self.system_note)
         target = atomic_write_text(self.out / "Modelfile", text)
         checks = [validate.modelfile_check(text, tokenizer, self.template, add_bos)] if self.spec.validate and self.template else []
         self._record("modelfile", target, time.perf_counter() - started, checks, points_to=Path(preferred["path"]).name)

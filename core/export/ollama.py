@@ -147,16 +147,24 @@ def stop_sequences(anatomy: TemplateAnatomy, eos_token: str | None) -> list[str]
 
 
 def modelfile(gguf_name: str, anatomy: TemplateAnatomy | None, *, eos_token: str | None, add_bos: bool,
-              source_note: str = "", unmapped_reason: str = "") -> str:
-    """The Modelfile text; without an anatomy, Ollama falls back to the template embedded in the GGUF."""
+              source_note: str = "", unmapped_reason: str = "", system: str = "", system_note: str = "") -> str:
+    """The Modelfile text; without an anatomy, Ollama falls back to the template embedded in the GGUF.
+
+    `system`: the system prompt the model's training rows used (core.chat.training_format), written as SYSTEM so Ollama
+    asks the model the way it learned to answer; without one, the template's own default system prompt (if any)."""
     lines = [f"# Modelfile written by the Post-Training Workbench{(' — ' + source_note) if source_note else ''}",
              "# Create the model with:  ollama create <name> -f Modelfile", f"FROM ./{gguf_name}"]
+    if '"""' in system:  # a SYSTEM block cannot hold its own closing quotes
+        lines.append('# SYSTEM: the training system prompt contains """, which a Modelfile cannot quote; paste it into your requests')
+        system = ""
+    system_lines = [f"# SYSTEM: {system_note or 'the system prompt of the training rows'}", f'SYSTEM """{system}"""'] if system else []
     if anatomy is None:
         lines.append(f"# TEMPLATE not written: {unmapped_reason}. Ollama reads tokenizer.chat_template from the GGUF instead.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + system_lines) + "\n"
     # llama.cpp adds BOS itself when the GGUF says so; writing it in the template too would double it.
     lines.append(f'TEMPLATE """{go_template(anatomy, include_start=not add_bos)}"""')
-    if anatomy.default_system:
+    lines += system_lines
+    if not system and anatomy.default_system:
         lines.append(f'SYSTEM """{anatomy.default_system}"""')
     for stop in stop_sequences(anatomy, eos_token):
         lines.append(f'PARAMETER stop "{_quote(stop)}"')

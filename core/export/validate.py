@@ -53,8 +53,9 @@ def render(tokenizer: Any, template: str | None, messages: list[dict], add_gener
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def validation_prompts(tokenizer: Any, template: str | None, dataset: str | None, n: int) -> list[str]:
-    """Chat prompts to compare on: the first `n` conversations of the run's data (up to their last answer), else generic ones."""
+def validation_prompts(tokenizer: Any, template: str | None, dataset: str | None, n: int, system: str = "") -> list[str]:
+    """Chat prompts to compare on: the first `n` conversations of the run's data (up to their last answer), else generic ones
+    (opened by `system`, the training rows' system prompt, when there is one: the model is asked as Chat asks it)."""
     conversations: list[list[dict]] = []
     if dataset:
         try:
@@ -73,7 +74,7 @@ def validation_prompts(tokenizer: Any, template: str | None, dataset: str | None
     for prompt in FALLBACK_PROMPTS:
         if len(conversations) >= n:
             break
-        conversations.append([{"role": "user", "content": prompt}])
+        conversations.append(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}])
     if template or getattr(tokenizer, "chat_template", None):
         return [render(tokenizer, template, c) for c in conversations[:n]]
     return [c[-1]["content"] for c in conversations[:n]]
@@ -340,8 +341,8 @@ def modelfile_check(text: str, tokenizer: Any, template: str | None, add_bos: bo
         return check("Modelfile template", None, "no TEMPLATE written (see the Modelfile's comment)")
     bos = tokenizer.bos_token if add_bos and tokenizer.bos_token else ""
     failures = []
-    for conversation in (PROBE_CONVERSATION, PROBE_CONVERSATION[1:]):
-        ours = render(tokenizer, template, conversation)
+    for conversation in (PROBE_CONVERSATION, PROBE_CONVERSATION[1:]):  # what Ollama sends (its SYSTEM first), rendered by both
+        ours = render(tokenizer, template, ollama_messages(conversation, parsed["system"]))
         ours = ours[len(bos):] if bos and ours.startswith(bos) else ours
         theirs = render_go_template(parsed["template"], ollama_messages(conversation, parsed["system"]))
         if theirs != ours:

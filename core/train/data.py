@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from core.data.lint import LintReport, lint_dataset
 from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversations, encode_text, pack_bins
+from core.data.summary import inference_format
 from core.train.spec import TrainSpec, resolve_data_path
 
 LINT_SAMPLE = 2000
@@ -59,6 +60,7 @@ class PreparedData:
     notes: list[str] = field(default_factory=list)
     template_choice: dict = field(default_factory=dict)  # {name, source: spec | tokenizer | proposed, reason}
     replay: dict | None = None  # core.data.replay's record of the general rows mixed in, when replay is on
+    inference: dict = field(default_factory=dict)  # core.data.summary.inference_format: system prompt, template, reasoning
 
     def manifest(self) -> dict:
         """What the run card records about the data."""
@@ -270,7 +272,7 @@ def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False)
         notes.append(f"{train.n_failed} rows could not be rendered with the chat template and were left out")
     if train.n_truncated:
         notes.append(f"{train.n_truncated} rows were cut to max_length {spec.max_length}")
-    return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes, replay)
+    return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes, replay, reasoning=spec.reasoning)
 
 
 # ---------------------------------------------------------------- preference objectives (issue 27)
@@ -374,11 +376,11 @@ def prepare_preference_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
         notes.append(f"{train.n_truncated} rows are longer than max_length {spec.max_length} (TRL cuts them)")
     lint = LintReport(n_rows=len(train_rows), n_checked=len(train_rows), policy="last_assistant", max_length=spec.max_length,
                       n_encoded=len(train.features), total_tokens=train.tokens, trained_tokens=train.trained_tokens)
-    return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes)
+    return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes, reasoning=spec.reasoning)
 
 
 def _prepared(path: Path, loaded: Any, train: EncodedSplit, evaluation: EncodedSplit | None, lint: LintReport, template: str | None,
-              template_choice: dict, notes: list[str], replay: dict | None = None) -> PreparedData:
+              template_choice: dict, notes: list[str], replay: dict | None = None, *, reasoning: str = "train") -> PreparedData:
     """The prepared data of either objective family, with the source's identity (file hashes, or the loader's)."""
     return PreparedData(
         train=train,
@@ -393,6 +395,7 @@ def _prepared(path: Path, loaded: Any, train: EncodedSplit, evaluation: EncodedS
         notes=notes,
         template_choice=template_choice,
         replay=replay,
+        inference=inference_format(loaded.rows, template_choice, reasoning),
     )
 
 

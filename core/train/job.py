@@ -190,6 +190,7 @@ def run(ctx: JobContext) -> dict:
         "data": data.manifest(),
         "data_notes": data.notes,
         "chat_template": data.template_choice,
+        "inference": data.inference,  # the system prompt / template / reasoning to answer with (Chat, Ollama, the GGUF check)
         "replay_answers": replay_answers,
         "backend": backend.name,
         "backend_notes": notes,
