@@ -436,9 +436,13 @@ def reset_spec_form(cls, key_prefix: str) -> None:
 
 
 @st.cache_data(max_entries=8, show_spinner="Reading dataset…")
-def cached_dataset_file(path: str, mtime: float, preference: bool = False):  # noqa: ARG001 - mtime keys the cache on the file's version
+def cached_dataset_file(path: str, mtime: float, preference: bool = False,  # noqa: ARG001 - mtime keys the cache on the file's version
+                        mapping: str = ""):
+    """A dataset file read once per version; `mapping`: a column mapping as sorted JSON (core.data.formats' `mapping`)."""
     from core.data.formats import load_dataset_file
 
+    if mapping:  # the user named the columns: read with them (a mapping names SFT fields, never preference ones)
+        return load_dataset_file(path, mapping=json.loads(mapping))
     if preference:  # a page that shows preference pairs: such a file is read as one (core.data.preference)
         from core.data.preference import load_any_dataset
 
@@ -457,9 +461,12 @@ def upload_digest(upload) -> str:
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading upload…")
-def _dataset_upload(name: str, digest: str, _data: bytes, preference: bool = False):  # noqa: ARG001 - digest keys the cache; the bytes are not re-hashed
+def _dataset_upload(name: str, digest: str, _data: bytes, preference: bool = False,  # noqa: ARG001 - digest keys the cache; the bytes are not re-hashed
+                    mapping: str = ""):
     from core.data.formats import load_uploaded
 
+    if mapping:
+        return load_uploaded(name, _data, mapping=json.loads(mapping))
     if preference:
         from core.data.preference import load_uploaded_any
 
@@ -467,16 +474,21 @@ def _dataset_upload(name: str, digest: str, _data: bytes, preference: bool = Fal
     return load_uploaded(name, _data)
 
 
-def cached_dataset_upload(upload, preference: bool = False):
-    """A dataset file the user uploaded, parsed once per content (keyed by its digest)."""
-    return _dataset_upload(upload.name, upload_digest(upload), upload.getvalue(), preference)
+def cached_dataset_upload(upload, preference: bool = False, mapping: dict | None = None):
+    """A dataset file the user uploaded, parsed once per content (keyed by its digest); errors name the uploaded file."""
+    return _dataset_upload(upload.name, upload_digest(upload), upload.getvalue(), preference, _mapping_key(mapping))
+
+
+def _mapping_key(mapping: dict | None) -> str:
+    return json.dumps(mapping, sort_keys=True) if mapping else ""
 
 
 def choose_dataset(key: str, *, demo_splits: tuple[str, ...] = ("train",), allow_path: bool = False, label: str = "Source",
-                   preference: bool = False):
+                   preference: bool = False, mapping: dict | None = None):
     """Pick a dataset: the demo task (train / eval), a curated workspace dataset, a path or Hub id, or an upload.
     Returns core.data's loaded dataset (cached by file version or upload digest), or None while incomplete.
-    preference=True: a file of preference pairs (or KTO rows) is read as one (rows in core.data.preference's form)."""
+    preference=True: a file of preference pairs (or KTO rows) is read as one (rows in core.data.preference's form).
+    mapping: the user's column mapping for a file or upload ({field: column}, core.data.formats), None for detection."""
     from pathlib import Path
 
     from core.data.formats import demo_dataset_path, list_workspace_datasets, workspace_dataset_path
@@ -493,15 +505,16 @@ def choose_dataset(key: str, *, demo_splits: tuple[str, ...] = ("train",), allow
             st.info("No curated datasets in the workspace yet: export one from the Data page.")
             return None
         path = workspace_dataset_path(st.selectbox("Workspace dataset", names, key=f"{key}_workspace_name"))
-        return cached_dataset_file(str(path), path.stat().st_mtime, preference)
+        return cached_dataset_file(str(path), path.stat().st_mtime, preference, _mapping_key(mapping))
     if choice == "Path or Hub id":
         text = st.text_input("JSONL / JSON / CSV / Parquet file, a saved `datasets` folder, or a Hub id", key=f"{key}_path").strip()
         if not text:
             return None
         path = Path(text).expanduser()
-        return cached_dataset_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0, preference)
+        return cached_dataset_file(str(path) if path.exists() else text, path.stat().st_mtime if path.exists() else 0.0, preference,
+                                   _mapping_key(mapping))
     upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "json", "csv", "parquet"], key=f"{key}_upload")
-    return cached_dataset_upload(upload, preference) if upload else None
+    return cached_dataset_upload(upload, preference, mapping) if upload else None
 
 
 def task_rows_note(task: dict | None) -> None:

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app_pages.data_tabs import jobs
 from app_pages.data_tabs.dedup import decontam_tab, dedup_operations, dedup_tab
+from app_pages.data_tabs.mapping import current_mapping, mapping_box
 from app_pages.data_tabs.preference import preference_panel
 from app_pages.data_tabs.review import audit_tab, diversity_tab
 from core.data import curate
@@ -29,11 +30,14 @@ st.title("🗂️ Data")
 st.caption("Load a dataset, check it, drop duplicates, benchmark leaks and bad answers, pick rows for diversity, "
            "and export the curated copy to the workspace.")
 
+mapping = current_mapping()
 try:
-    dataset = choose_dataset("data", allow_path=True, preference=True)
+    dataset = choose_dataset("data", allow_path=True, preference=True, mapping=mapping)
 except (DatasetLoadError, ValueError, OSError) as exc:
     st.error(str(exc))
+    mapping_box(expanded="column mapping" in str(exc))  # where the message says to enter one
     st.stop()
+mapping_box(expanded=False)
 if dataset is None:
     st.stop()
 rows, report = dataset.rows, dataset.report

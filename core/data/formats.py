@@ -623,7 +623,10 @@ def _detect_head(head: list[tuple[int, Any]], mapping: dict | None, source: str,
     parsed = [r for _, r in head if not isinstance(r, _BadJson)]
     if not parsed:
         raise DatasetLoadError(f"{source}: none of the first {len(head)} rows is valid JSON ({head[0][1].message})")
-    return detect_dataset_format(parsed, mapping, prompts_only)
+    try:
+        return detect_dataset_format(parsed, mapping, prompts_only)
+    except DatasetLoadError as exc:  # name the file
+        raise DatasetLoadError(f"{source}: {exc}") from None
 
 
 def _accept(index: int, record: Any, fmt: str, mapping: dict | None, rows: list, report: ValidationReport,
@@ -714,11 +717,20 @@ def text_encoding_problem(head: bytes) -> str | None:
     return None
 
 
+NOT_UTF8 = "this file is not UTF-8 text — is it really a dataset?"
+_UTF8_SNIFF = 1 << 16  # bytes decoded up front: random or binary bytes are named before any parser sees them
+
+
 def _check_text_file(path: Path) -> None:
     with open(path, "rb") as handle:
-        problem = text_encoding_problem(handle.read(64))
+        head = handle.read(_UTF8_SNIFF)
+    problem = text_encoding_problem(head[:64])
     if problem:
         raise DatasetLoadError(f"{path}: {problem}")
+    # Mostly undecodable: binary or random bytes, not a dataset in another encoding (a stray Latin-1 'é' is named by its line)
+    undecodable = head.decode("utf-8", errors="replace").count("\ufffd") - head.count("\ufffd".encode())
+    if undecodable > max(4, len(head) // 50):
+        raise DatasetLoadError(f"{path}: {NOT_UTF8} ({undecodable} of its first {len(head):,} bytes are not UTF-8 text)")
 
 
 def _utf8_error(path: Path, exc: UnicodeDecodeError) -> DatasetLoadError:
