@@ -40,6 +40,8 @@ except (DatasetLoadError, ValueError, OSError) as exc:
 mapping_box(expanded=False)
 if dataset is None:
     st.stop()
+if mapping:  # jobs read files, not mappings: the rows as the mapping read them, kept in the workspace
+    dataset = jobs.with_mapping_applied(dataset, mapping)
 rows, report = dataset.rows, dataset.report
 if st.session_state.get("data_hash") != dataset.source_hash:  # a new dataset: forget the decisions about the old one
     st.session_state["data_hash"] = dataset.source_hash
@@ -70,7 +72,7 @@ h[0].plotly_chart(histogram(summary.prompt_chars, "Prompt length"), key="data_hi
 h[1].plotly_chart(histogram(summary.answer_chars, "Answer length"), key="data_hist_answer")
 h[2].dataframe([{"role": r, "messages": n} for r, n in sorted(summary.roles.items())], hide_index=True)
 
-upload = st.session_state.get("data_upload") if st.session_state.get("data_source") == "Upload a file" else None
+upload = st.session_state.get("data_upload") if st.session_state.get("data_source") == "Upload a file" and not mapping else None
 reference = jobs.dataset_reference(dataset, upload)
 engine = jobs.engine_choice()
 tab_dedup, tab_decontam, tab_audit, tab_diversity, tab_export = st.tabs(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import runs
 from core.data.formats import DatasetLoadError, load_uploaded
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "data.py")
@@ -45,7 +46,7 @@ def test_a_stray_latin1_byte_is_named_by_its_line_not_called_binary():
 
 
 def test_unknown_columns_are_fixed_through_the_mapping_box(workspace):
-    rows = [{"question": f"What is {i} + {i}?", "reply": str(2 * i)} for i in range(6)]
+    rows = [{"question": f"What is {i} + {i}?", "reply": str(2 * i)} for i in range(5)] + [{"question": "What is 0 + 0?", "reply": "0"}]
     at = _upload("quiz.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     errors = _errors(at)
     assert len(errors) == 1 and errors[0].startswith("quiz.jsonl: could not detect the dataset format from columns [question, reply]")
@@ -61,4 +62,13 @@ def test_unknown_columns_are_fixed_through_the_mapping_box(workspace):
     assert not at.exception and not at.error, _errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Valid rows"] == "6" and metrics["Rejected rows"] == "0"
-    assert "upload:quiz.jsonl" in " ".join(c.value for c in at.caption) and "prompt_completion" in " ".join(c.value for c in at.caption)
+    caption = " ".join(c.value for c in at.caption)
+    assert "quiz-mapped.jsonl" in caption and "messages" in caption, "the rows as the mapping read them, kept for the jobs"
+
+    at.multiselect(key="data_dd_methods").set_value(["exact"])
+    at.button(key="data_dd_run").click().run()
+    (run,) = runs.list_runs("curate")
+    assert runs.wait(run.path, timeout=300).state == "succeeded", runs.log_tail(run.path)
+    at.run()
+    assert not at.exception and not at.error, _errors(at)
+    assert "**exact**: 1 cluster" in " ".join(m.value for m in at.markdown), "the job read the mapped rows and found the repeated one"

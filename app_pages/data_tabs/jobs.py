@@ -6,14 +6,18 @@ finds the same progress or result.
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
 from core.data.curate_job import RAY_OPERATIONS, CurateSpec, curation_runs, load_results
+from core.data.formats import save_upload
 from core.runs import log_tail, read_status, result_path, stop
-from pages_common import start_run
+from core.workspace import safe_name
+from pages_common import cached_dataset_file, start_run
 
 ENGINES = {"local": "This machine", "ray": "Ray"}
 
@@ -30,6 +34,20 @@ def dataset_reference(dataset, upload=None) -> tuple[str, str]:
         name, _, split = source.removeprefix("hub:").partition(" [")
         return name, split.rstrip("]")
     return source, ""
+
+
+@st.cache_data(max_entries=4, show_spinner="Keeping the rows as your column mapping reads them…")
+def _mapped_copy(source_hash: str, mapping: str, name: str, _rows: list) -> str:  # noqa: ARG001 - hash + mapping key the cache
+    return str(save_upload(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _rows).encode("utf-8")))
+
+
+def with_mapping_applied(dataset, mapping: dict):
+    """A dataset read through the user's column mapping, as a workspace file of its normalised rows (uploads/): jobs read
+    files, not mappings, so every job (and the export's manifest) reads the very rows the page shows. The loader's report
+    of rejected rows is the original file's."""
+    stem = safe_name(Path(str(dataset.source).split(":", 1)[-1]).stem, default="dataset", max_len=40)
+    path = _mapped_copy(dataset.source_hash, json.dumps(mapping, sort_keys=True), f"{stem}-mapped.jsonl", dataset.rows)
+    return replace(cached_dataset_file(path, Path(path).stat().st_mtime), report=dataset.report)
 
 
 def engine_choice() -> str:
