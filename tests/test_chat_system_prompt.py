@@ -133,3 +133,14 @@ def test_modelfile_and_gguf_chat_carry_the_training_system_prompt(workspace, tin
     assert modelfile_checks and all(c["passed"] for c in modelfile_checks), modelfile_checks
     gguf = next(a["path"] for a in result["artifacts"] if a["kind"] == "gguf_f16")
     assert variant_training_format(LlamaCppChoice(gguf))["run_id"] == train_dir.name, "a GGUF exported from the run leads back to it"
+
+
+def test_the_transcript_records_each_columns_own_system_prompt():
+    from core.chat import transcript_jsonl
+    from core.generation import GenerationSettings
+
+    turns = [{"role": "user", "content": "q"}]
+    text = transcript_jsonl([{"label": "column 1", "model": "base", "history": turns, "system": ""},
+                             {"label": "column 2", "model": "tuned", "history": turns, "system": SYSTEM}], GenerationSettings())
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["settings"]["system_prompt"] for r in rows] == ["", SYSTEM]
