@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -68,6 +69,35 @@ class RunStatus:
 
 def write_status(run_dir: str | Path, status: RunStatus) -> None:
     atomic_write_json(Path(run_dir) / STATUS_FILE, status.as_dict())
+
+
+class StatusKeeper:
+    """status.json kept by the one process that owns a run (the worker, or rank 0 of a run nobody supervises): every
+    update is written atomically with a fresh heartbeat, and a heartbeat thread rewrites it every HEARTBEAT_SECONDS
+    until `stop_beating()`, so readers can tell a silent process from a working one."""
+
+    def __init__(self, run_dir: str | Path, status: RunStatus):
+        self.run_dir = Path(run_dir)
+        self.status = status
+        self._lock = threading.RLock()  # re-entrant: a SIGTERM handler may update from the thread already writing
+        self._done = threading.Event()
+
+    def update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.status, key, value)
+            self.status.heartbeat = time.time()
+            write_status(self.run_dir, self.status)
+
+    def start_beating(self) -> None:
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+
+    def stop_beating(self) -> None:
+        self._done.set()
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self.update()
 
 
 def read_raw_status(run_dir: str | Path) -> RunStatus | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from core.runs.errors import explain_failure, format_traceback
 from core.runs.jobs import InvalidSpec, JobContext, JobError, JobStopped, job_kind, kind_names, read_spec_dict
-from core.runs.status import HEARTBEAT_SECONDS, LOG_FILE, RunStatus, read_raw_status, read_status, status_lock, write_status
+from core.runs.status import LOG_FILE, RunStatus, StatusKeeper, read_raw_status, read_status, status_lock, write_status
 from core.workspace import fault_point
 
 LOCK_NAME = ".exclusive-job.lock"
@@ -33,7 +33,7 @@ class Worker:
         self.job = job_kind(self.spec_data["kind"])
         self.spec = self.job.parse_spec(self.spec_data)
         previous = read_raw_status(run_dir)
-        self.status = RunStatus(
+        self.keeper = StatusKeeper(self.run_dir, RunStatus(
             state="queued",
             kind=self.job.name,
             pid=os.getpid(),
@@ -41,26 +41,20 @@ class Worker:
             heartbeat=time.time(),
             attempts=(previous.attempts if previous else 0) + 1,
             message="waiting for the exclusive job lock",
-        )
-        self._lock = threading.RLock()  # re-entrant: the SIGTERM handler updates status from the main thread
+        ))
         self._stop_requests = 0
-        self._done = threading.Event()
         self._lock_handle = None
         self._waiting_for = ""
 
     # ---------------------------------------------------------------- status
+    @property
+    def status(self) -> RunStatus:
+        return self.keeper.status
+
     def update(self, **changes) -> None:
-        with self._lock:
-            for key, value in changes.items():
-                setattr(self.status, key, value)
-            self.status.heartbeat = time.time()
-            write_status(self.run_dir, self.status)
+        self.keeper.update(**changes)
         if "message" in changes:  # a stage the run reports: where the fault drill may kill the worker (test hook)
             fault_point(str(changes["message"]))
-
-    def _beat(self) -> None:
-        while not self._done.wait(HEARTBEAT_SECONDS):
-            self.update()
 
     # ---------------------------------------------------------------- signals
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
@@ -128,7 +122,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         with status_lock(self.run_dir):  # after launch() has written `queued` with this pid, never before it
             write_status(self.run_dir, self.status)
-        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        self.keeper.start_beating()
         try:
             waiting = self._wait_for_runs()
             if not waiting or not self._wait_for_lock():
@@ -161,7 +155,7 @@ class Worker:
             self.update(state="failed", error=explain_failure(exc), finished_at=time.time(), exit_code=1, message="failed")
             return 1
         finally:
-            self._done.set()
+            self.keeper.stop_beating()
             self._release_lock()
             _refresh_cards(self.run_dir)
 

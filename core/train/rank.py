@@ -28,7 +28,7 @@ from typing import Any
 from core.runs.errors import explain_failure, format_traceback
 from core.runs.jobs import JobContext, parse_spec, read_spec_dict
 from core.runs.metrics import append_metrics
-from core.runs.status import HEARTBEAT_SECONDS, METRICS_FILE, RunStatus, read_raw_status, write_status
+from core.runs.status import METRICS_FILE, RunStatus, StatusKeeper, read_raw_status
 from core.train.distributed import (
     RESULT_FILE,
     STOP_FILE,
@@ -85,33 +85,19 @@ class RankContext(JobContext):
             self.record.update(**{key: row[key] for key in RECORDED if key in row})
 
 
-class StatusOwner:
+class StatusOwner(StatusKeeper):
     """status.json for a run no workbench worker supervises (rank 0 of a multi-node / Slurm / Ray run)."""
 
     def __init__(self, run_dir: Path, kind: str):
         previous = read_raw_status(run_dir)
-        self.run_dir = run_dir
-        self.status = RunStatus(state="running", kind=kind, pid=os.getpid(), started_at=time.time(), heartbeat=time.time(),
-                                created_at=previous.created_at if previous else time.time(),
-                                attempts=(previous.attempts if previous else 0) + 1, message="started")
-        self._done = threading.Event()
-        self._lock = threading.RLock()
+        super().__init__(run_dir, RunStatus(state="running", kind=kind, pid=os.getpid(), started_at=time.time(), heartbeat=time.time(),
+                                            created_at=previous.created_at if previous else time.time(),
+                                            attempts=(previous.attempts if previous else 0) + 1, message="started"))
         self.update()
-        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
-
-    def update(self, **changes: Any) -> None:
-        with self._lock:
-            for key, value in changes.items():
-                setattr(self.status, key, value)
-            self.status.heartbeat = time.time()
-            write_status(self.run_dir, self.status)
-
-    def _beat(self) -> None:
-        while not self._done.wait(HEARTBEAT_SECONDS):
-            self.update()
+        self.start_beating()
 
     def finish(self, **changes: Any) -> None:
-        self._done.set()
+        self.stop_beating()
         self.update(finished_at=time.time(), **changes)
 
 
