@@ -60,6 +60,8 @@ def column_system_prompt(i: int, source) -> str:
     widget = f"chat_system_{i}"
     if column.get("variant") != variant:
         cleared = [histories.pop(i, None), streams.pop(i, None)]
+        if cleared[1] is not None:
+            cleared[1].cancel()  # an answer still streaming belongs to the old variant
         if "variant" in column and any(cleared):
             st.toast(f"Column {i + 1}: new variant, its conversation was cleared.")
         st.session_state.get("chat_errors", {}).pop(i, None)
