@@ -361,6 +361,15 @@ def _float_format(value: float) -> tuple[str, float]:
     return "%.3f", 0.01 if abs(value or 0) < 10 else 1.0
 
 
+def limit_problem(info, value) -> str | None:
+    """Why `value` cannot run for this field (outside its limits), or None."""
+    if info.min is not None and value < info.min:
+        return f"{info.name} must be at least {info.min:g}: {value:g} will not run"
+    if info.max is not None and value > info.max:
+        return f"{info.name} must be at most {info.max:g}: {value:g} will not run"
+    return None
+
+
 def spec_widget(info, value, key: str):
     """One widget chosen by the field's type / choices / limits, labelled by its name and helped by its metadata."""
     label = info.name.replace("_", " ")
@@ -369,15 +378,18 @@ def spec_widget(info, value, key: str):
         return st.selectbox(label, options, index=options.index(value) if value in options else 0, help=info.help, key=key)
     if info.type == "bool":
         return st.checkbox(label, value=bool(value), help=info.help, key=key)
-    if info.type == "int":
-        return st.number_input(label, value=int(value), step=1, help=info.help, key=key,
-                               min_value=int(info.min) if info.min is not None else None,
-                               max_value=int(info.max) if info.max is not None else None)
-    if info.type == "float":
-        fmt, step = _float_format(float(value))
-        return st.number_input(label, value=float(value), step=step, format=fmt, help=info.help, key=key,
-                               min_value=float(info.min) if info.min is not None else None,
-                               max_value=float(info.max) if info.max is not None else None)
+    if info.type in ("int", "float"):
+        # No min / max for the widget itself: the browser would refuse an out-of-range value silently and keep the old
+        # one in the spec while showing the new one. The value is kept as typed and refused here, beside the field; the
+        # spec refuses it too (check_limits), so nothing out of range can start.
+        if info.type == "int":
+            typed = st.number_input(label, value=int(value), step=1, help=info.help, key=key)
+        else:
+            fmt, step = _float_format(float(value))
+            typed = st.number_input(label, value=float(value), step=step, format=fmt, help=info.help, key=key)
+        if (problem := limit_problem(info, typed)) is not None:
+            st.error(problem)
+        return typed
     if info.type == "list":
         text = st.text_input(label, value=", ".join(map(str, value or [])), help=info.help + " (comma separated)", key=key)
         return [part.strip() for part in text.split(",") if part.strip()]

@@ -166,3 +166,19 @@ def test_replay_is_part_of_the_form_and_the_preflight_counts_it(workspace, tiny_
     assert any("90 of the training rows are general replay rows (25.0%)" in c.value for c in at.caption)
     preview = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
     assert preview["replay_fraction"] == 0.25 and preview["replay_dataset"] == "general"
+
+
+@pytest.mark.parametrize(("field", "value"), [("learning_rate", 10.0), ("batch_size", 100000), ("max_length", 1)])
+def test_an_out_of_range_value_is_refused_where_it_is_typed_and_nothing_can_start(workspace, tiny_llama_dir, field, value):
+    """The form is the spec: the value stays as typed, the field says why it cannot run, and Start is gone (the
+    browser's own min / max used to keep the old value in the spec while showing the new one)."""
+    at = _page(tiny_llama_dir)
+    at.run()
+    assert at.button(key="train_start") is not None
+    at.number_input(key=f"train_form_{field}").set_value(value).run()
+    assert not at.exception
+    assert at.number_input(key=f"train_form_{field}").value == value
+    errors = [e.value for e in at.error]
+    assert any(e.startswith(f"{field} must be") and "will not run" in e for e in errors), errors
+    assert not [b for b in at.button if b.key == "train_start"], "Start is not offered for a spec that cannot run"
+    assert not any("kind: train" in c.value for c in at.code), "no YAML preview of a spec that is not the form's"
