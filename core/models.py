@@ -6,6 +6,7 @@ a `.gguf` file, each optionally with a PEFT adapter folder on top.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -269,6 +270,24 @@ def load_config(source: ModelSource) -> Any:
         return AutoConfig.from_pretrained(path, trust_remote_code=source.trust_remote_code)
     except (ValueError, OSError, KeyError) as exc:
         raise ModelLoadError(_explain_load_failure(path, exc)) from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _module_names(source_json: str) -> tuple[str, ...]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = ModelSource.from_dict(json.loads(source_json))
+    config = load_config(source)
+    with torch.device("meta"):  # shapes only: no memory, no weights read
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=source.trust_remote_code)
+    return tuple(name for name, _ in model.named_modules() if name)
+
+
+def module_names(source: ModelSource) -> tuple[str, ...]:
+    """Every module name of the model, from its config alone (built on the meta device): what a PEFT `target_modules`
+    entry is matched against, checked before a run starts instead of failing seconds into it."""
+    return _module_names(json.dumps(source.with_adapter("").as_dict(), sort_keys=True))
 
 
 def load_tokenizer(source: ModelSource) -> Any:

@@ -126,3 +126,23 @@ def test_the_preflight_data_key_follows_the_data_and_the_fields_tokenizing_reads
     changed = data_key(spec)
     data.write_text(data.read_text())  # the same bytes again (a newer mtime): the content hash keeps the key
     assert data_key(spec) == changed
+
+
+def test_an_unknown_target_module_is_refused_by_the_preflight_with_the_names_it_could_mean(tiny_llama_dir, tmp_path):
+    """PEFT would fail seconds after Start ("Target modules {...} not found"); the pre-flight reads the module names
+    from the model's config on the meta device and refuses first."""
+    from core.models import ModelSource, module_names
+    from core.train.methods import method_refusal_for, target_modules_refusal
+
+    source = ModelSource("local", str(tiny_llama_dir))
+    names = module_names(source)
+    assert "model.layers.0.self_attn.q_proj" in names
+    assert target_modules_refusal(["q_proj", "v_proj"], names) is None
+    assert target_modules_refusal(["all-linear"], names) is None
+    refusal = target_modules_refusal(["q_proj", "qkv_proj"], names)
+    assert refusal.startswith("target_modules: qkv_proj is not a module of this model") and "v_proj" in refusal
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    spec = TrainSpec(model=source.as_dict(), dataset=str(data), target_modules=["q_proj", "qkv_proj"])
+    assert method_refusal_for(spec) == refusal
+    assert method_refusal_for(replace(spec, method="full", target_modules=[])) is None

@@ -65,6 +65,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 LORA_FAMILY = ("lora", "dora", "rslora", "qlora")
 METHOD_FIELDS = tuple(dict.fromkeys(f for m in METHODS.values() for f in m.fields))
+PEFT_TARGETED = tuple(m.name for m in METHODS.values() if "target_modules" in m.fields)  # methods PEFT places by module name
 
 
 def method_info(name: str) -> Method:
@@ -119,16 +120,35 @@ def method_refusal(spec: Any, arch: Any) -> str | None:
     return None
 
 
+def target_modules_refusal(targets: list[str], names: tuple[str, ...]) -> str | None:
+    """PEFT matches a `target_modules` entry against a module's name or its last dotted parts; an entry that matches
+    nothing makes PEFT fail after the model is loaded: say so now, with the names it could have meant."""
+    if list(targets) == ["all-linear"]:
+        return None
+    missing = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if not missing:
+        return None
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in names if "." in name and not name.rsplit(".", 1)[-1].isdigit()})
+    return (f"target_modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a module of this model; "
+            f"its module names end in: {', '.join(leaves)} (or use all-linear)")
+
+
 def method_refusal_for(spec: Any) -> str | None:
     """The same for a TrainSpec, from its model's config only (never the weights)."""
     from core.memory import arch_from_source
-    from core.models import ModelLoadError
+    from core.models import ModelLoadError, module_names
 
     try:
         arch = arch_from_source(spec.model_source)
     except (ModelLoadError, ValueError, OSError):
         return None  # no config to judge by: loading the model says what is wrong
-    return method_refusal(spec, arch)
+    refusal = method_refusal(spec, arch)
+    if refusal is None and spec.method in PEFT_TARGETED:
+        try:
+            refusal = target_modules_refusal(list(spec.target_modules or ["all-linear"]), module_names(spec.model_source))
+        except Exception:  # noqa: BLE001 - a model transformers cannot build from its config alone: loading will say why
+            return None
+    return refusal
 
 
 # ---------------------------------------------------------------- building the trainable model
