@@ -18,7 +18,7 @@ from core.train.spec import TrainSpec, hardware_defaults
 DEMO_PAIRS_DATASET = "assets/demo/pairs_train.jsonl"  # assets/make_demo_preferences.py: 200 pairs of the demo rows
 DEMO_PAIRS_EVAL = "assets/demo/pairs_eval.jsonl"  # 60 held-out pairs (no ticket shared with the training pairs)
 
-# The DPO half of the demo recipe, measured on 2 CPU cores by bench/preference_demo.py (its docstring has the figures).
+# The DPO half of the demo recipe (bench/preference_demo.py measures it): 8 steps of 4 pairs, a few minutes on 2 idle cores.
 # sft_weight: the SFT loss on the chosen answers mixed into DPO's (TRL loss_type [sigmoid, sft]); see DEMO_SFT_WEIGHT_WHY.
 DEMO_SFT_WEIGHT = 0.2
 DEMO_SFT_WEIGHT_WHY = ("a little SFT loss on the chosen answers keeps their log-probability from falling while DPO pushes the "
@@ -30,7 +30,7 @@ DEMO_DPO: dict[str, Any] = {
     "sft_weight": DEMO_SFT_WEIGHT,
     "learning_rate": 5e-4,
     "batch_size": 4,
-    "max_steps": 12,
+    "max_steps": 8,
     "warmup_ratio": 0.0,
 }
 
