@@ -60,6 +60,9 @@ FUSED_HEAD_VOCAB = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE: vocab
 # and in the forward fold (the scaled tile, z - max, its exp). Triton (CUDA) folds the tile in place.
 FUSED_HEAD_BACKWARD_TILES = 7
 FUSED_HEAD_FORWARD_TILES = 3
+# ORPO's NLL of the chosen answers runs cross-entropy on their own copy of the logits (trl.experimental.orpo:
+# concatenated_forward), whose log-softmax is kept for backward: 4 bytes on half the rows = 2 per element of the batch.
+ORPO_NLL_BYTES_PER_ELEMENT = 2
 
 METHOD_LABELS = {"full": "Full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA (NF4 + double quant)",
                  "loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)³", "prompt_tuning": "Prompt tuning", "prefix_tuning": "Prefix tuning",
@@ -577,6 +580,8 @@ def logits_bytes(spec: MemorySpec) -> float:
     arch = spec.model
     tokens = spec.batch_size * spec.sequences_per_row * trained_seq_len(spec)
     per_element = LOGIT_BYTES_PER_ELEMENT + (8 if arch.final_logit_softcapping else 0)
+    if spec.objective == "orpo":  # the chosen half's NLL term keeps its own fp32 log-softmax: 4 bytes on half the rows
+        per_element += ORPO_NLL_BYTES_PER_ELEMENT
     if spec.chunked_loss:
         chunks = max(1, math.ceil(arch.vocab_size / arch.hidden_size))
         tokens = math.ceil(tokens / chunks)
