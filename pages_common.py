@@ -433,7 +433,16 @@ def spec_form(cls, defaults=None, key_prefix: str = "spec", *, skip: tuple[str, 
                 for n, info in enumerate(advanced):
                     with cols[n % columns]:
                         values[info.name] = spec_widget(info, defaults.get(info.name, info.default), f"{key_prefix}_{info.name}")
+    # The form's own limits (an override may be narrower than the spec's, e.g. processes sized to this machine).
+    problems = [p for info in infos if info.name in values and info.type in ("int", "float")
+                and (p := limit_problem(info, values[info.name])) is not None]
+    st.session_state[f"{key_prefix}__problems"] = problems
     return values
+
+
+def form_problems(key_prefix: str) -> list[str]:
+    """The values of the last spec_form(key_prefix) run that cannot run (already shown beside their fields)."""
+    return list(st.session_state.get(f"{key_prefix}__problems") or [])
 
 
 def reset_spec_form(cls, key_prefix: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.train_tabs.live import init_adapter_field, live_charts, run_header
+from app_pages.train_tabs.preflight import can_start, learning_rate_note, render_preflight
 from app_pages.train_tabs.recipes import render_demo_recipes
 from core.models import ModelSource
 from core.runs import create_run, list_runs, relaunch, run_command, spec_to_yaml
@@ -20,7 +21,7 @@ from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
 from core.train.live import PATH_LABEL, dataset_choices, live_summary, rank_rows, runs_table
 from core.train.methods import hidden_fields, hidden_objective_fields, method_info
-from core.train.preflight import DATA_CHECK_WAIT_S, data_check, model_defaults, run_preflight
+from core.train.preflight import model_defaults
 from core.workspace import runs_dir
 from pages_common import (
     TRAIN_RECIPE,
@@ -28,7 +29,7 @@ from pages_common import (
     TRAIN_RUN,
     active_model_source,
     cached_hardware,
-    human_bytes,
+    form_problems,
     live_run,
     remember_run,
     reset_spec_form,
@@ -73,44 +74,6 @@ def dataset_field(default: str) -> str:
         return choices[label]
     return st.text_input("Dataset path", value=default if preset == PATH_LABEL else "", key="train_dataset_path",
                          placeholder="/path/to/train.jsonl").strip()
-
-
-@st.fragment(run_every=1.0)
-def data_check_pending(spec: TrainSpec) -> None:
-    """Shown while the data check runs in the background (core.train.preflight.DataChecks); reruns the page when done."""
-    if data_check(spec) is None:
-        st.info("Pre-flight: checking the data… (tokenizing and linting in the background; this updates when it is done)")
-    else:
-        st.rerun()
-
-
-def render_preflight(spec: TrainSpec):
-    data = data_check(spec, wait=DATA_CHECK_WAIT_S)  # keyed by the data's content hash + the fields tokenizing reads
-    if data is None:
-        data_check_pending(spec)
-        return None
-    check = run_preflight(spec, hardware, data=data)
-    cols = st.columns(5)
-    cols[0].metric("Training rows", check.rows)
-    cols[1].metric("Trained tokens", f"{check.trained_tokens:,}", help=f"of {check.tokens:,} tokens; the rest are masked (-100)")
-    cols[2].metric("Rows with nothing trained", check.zero_trained_rows)
-    cols[3].metric("Steps", check.total_steps if check.total_steps is not None else "?")
-    memory = human_bytes(check.predicted_memory_bytes) if check.predicted_memory_bytes else "—"
-    cols[4].metric("Predicted memory", memory, help=f"available: {human_bytes(check.available_memory_bytes)} · {check.memory_note}")
-    if check.fits is False:
-        st.warning(f"Predicted {memory} exceeds the {human_bytes(check.available_memory_bytes)} free: lower batch_size or "
-                   "max_length, turn on gradient checkpointing, or use QLoRA.")
-    notes = check.backend_notes + ([f"{check.truncated_rows} rows cut to max_length"] if check.truncated_rows else [])
-    if check.replay_rows:
-        notes.append(f"{check.replay_rows} of the training rows are general replay rows ({check.replay_fraction:.1%}): {check.replay_label}")
-    template = check.template.get("name") or ("the tokenizer's own" if check.template.get("source") == "tokenizer" else "—")
-    st.caption(f"Backend: **{check.backend or '—'}** · chat template: {template} · eval rows: {check.eval_rows}"
-               + "".join(f" · {n}" for n in notes))
-    for warning in check.lint_warnings:
-        st.warning(f"Lint: {warning}")
-    if check.refusal:
-        st.error(check.refusal)
-    return check
 
 
 def run_body(run_dir: Path, status, rows: list[dict]) -> None:
@@ -177,13 +140,16 @@ with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
     st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
                + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
     try:
+        if problems := form_problems(FORM):
+            raise ValueError("; ".join(problems))
         spec = TrainSpec.from_dict({**values, "model": model.as_dict(), "dataset": dataset})
     except ValueError as exc:
         st.error(f"Check the form: {exc}")
         spec = None
     if spec is not None:
         st.markdown("**Pre-flight**")
-        check = render_preflight(spec)
+        learning_rate_note(spec)
+        check = render_preflight(spec, hardware)
         with st.expander("Command / YAML preview", expanded=spec.uses_launcher):
             st.code(spec_to_yaml(spec), language="yaml")
             st.caption("Save it as spec.yaml and run it headless (the worker runs in the foreground):")
@@ -197,7 +163,7 @@ with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
             run_dir = create_run(spec)
             write_launch_files(spec, run_dir, hardware)
             st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
-        if st.button("▶️ Start training", type="primary", key="train_start", disabled=check is None or bool(check.refusal)):
+        if st.button("▶️ Start training", type="primary", key="train_start", disabled=not can_start(check)):
             start_run(spec, TRAIN_RUN, query_param="run")
             st.rerun()
 

@@ -24,6 +24,16 @@ def _page(tiny_llama_dir) -> AppTest:
     return at
 
 
+def _preflight_settled(at: AppTest, timeout: float = 120.0) -> AppTest:
+    """Rerun until the background data check has answered (the page waits DATA_CHECK_WAIT_S for it, then shows
+    "checking the data…" and reruns itself in the browser; on a loaded machine the demo's 300 rows take longer)."""
+    deadline = time.time() + timeout
+    while any("checking the data" in i.value for i in at.info) and time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+    return at
+
+
 def _data(tmp_path):
     path = tmp_path / "qa.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]} for w in ("yes", "no", "maybe", "never")]
@@ -33,7 +43,7 @@ def _data(tmp_path):
 
 def test_form_preflight_preview_start_and_live_panel(workspace, tiny_llama_dir, tmp_path):
     at = _page(tiny_llama_dir)
-    at.run()
+    _preflight_settled(at.run())
     assert not at.exception
     assert at.selectbox(key="train_form_method").value == "lora"
     from core.train.spec import CPU_DEMO_STEPS
@@ -50,7 +60,7 @@ def test_form_preflight_preview_start_and_live_panel(workspace, tiny_llama_dir, 
     for key, value in {"max_steps": 2, "batch_size": 2, "max_length": 64, "lora_r": 4, "save_steps": 100}.items():
         at.number_input(key=f"train_form_{key}").set_value(value)
     at.number_input(key="train_form_eval_fraction").set_value(0.25)
-    at.run()
+    _preflight_settled(at.run())
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert {m.label: m.value for m in at.metric}["Training rows"] == "3"
     preview = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
@@ -104,8 +114,11 @@ def test_processes_field_launch_command_refusal_and_per_rank_progress(workspace,
     at = _page(tiny_llama_dir)
     at.run()
     field = at.number_input(key="train_form_processes_per_node")
-    assert field.value == 1 and field.max == detect().cpu_cores, "sized to the cores found (no GPU here)"
+    assert field.value == 1 and f"1 to {detect().cpu_cores}" in field.help, "sized to the cores found (no GPU here)"
     assert "CPU cores" in field.help
+    at.number_input(key="train_form_processes_per_node").set_value(detect().cpu_cores + 1).run()
+    assert any(e.value.startswith("processes_per_node must be at most") for e in at.error), "the form's own limit, beside the field"
+    assert not [b for b in at.button if b.key == "train_start"]
     at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()
     at.text_input(key="train_dataset_path").set_value(str(_data(tmp_path))).run()
     for key, value in {"max_steps": 2, "batch_size": 1, "max_length": 64, "lora_r": 4, "save_steps": 100, "processes_per_node": 2}.items():
@@ -143,14 +156,14 @@ def test_editing_a_training_only_field_does_not_tokenize_the_data_again(workspac
     at = _page(tiny_llama_dir)
     at.run()
     at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()
-    at.text_input(key="train_dataset_path").set_value(str(_data(tmp_path))).run()
+    _preflight_settled(at.text_input(key="train_dataset_path").set_value(str(_data(tmp_path))).run())
     assert {m.label: m.value for m in at.metric}["Training rows"] == "3"  # one of the four rows is held out for the eval loss
     before = len(calls)
     at.number_input(key="train_form_learning_rate").set_value(1e-3).run()  # the spec changed, its data did not
     at.number_input(key="train_form_max_steps").set_value(5).run()
     assert not at.exception and len(calls) == before, calls
     assert {m.label: m.value for m in at.metric}["Steps"] == "5"
-    at.number_input(key="train_form_max_length").set_value(32).run()  # this one changes the tokens
+    _preflight_settled(at.number_input(key="train_form_max_length").set_value(32).run())  # this one changes the tokens
     assert len(calls) == before + 1
 
 
@@ -160,7 +173,7 @@ def test_replay_is_part_of_the_form_and_the_preflight_counts_it(workspace, tiny_
     at.run()
     assert at.number_input(key="train_form_replay_fraction").value == 0.0
     assert "forgetting" in at.number_input(key="train_form_replay_fraction").help
-    at.number_input(key="train_form_replay_fraction").set_value(0.25).run()
+    _preflight_settled(at.number_input(key="train_form_replay_fraction").set_value(0.25).run())
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert int({m.label: m.value for m in at.metric}["Training rows"]) == 270 + 90  # 90 / 360 = 25 %
     assert any("90 of the training rows are general replay rows (25.0%)" in c.value for c in at.caption)
@@ -182,3 +195,23 @@ def test_an_out_of_range_value_is_refused_where_it_is_typed_and_nothing_can_star
     assert any(e.startswith(f"{field} must be") and "will not run" in e for e in errors), errors
     assert not [b for b in at.button if b.key == "train_start"], "Start is not offered for a spec that cannot run"
     assert not any("kind: train" in c.value for c in at.code), "no YAML preview of a spec that is not the form's"
+
+
+def test_a_learning_rate_far_from_the_methods_usual_range_gets_a_word(workspace, tiny_llama_dir):
+    at = _page(tiny_llama_dir)
+    at.run()
+    assert not any("learning_rate" in w.value for w in at.warning)
+    at.number_input(key="train_form_learning_rate").set_value(1.0).run()
+    warning = next(w.value for w in at.warning if w.value.startswith("learning_rate 1 is"))
+    assert "what usually works for LoRA (0.0002)" in warning and "diverge" in warning
+    assert at.button(key="train_start") is not None, "a warning, not a refusal: the spec allows it"
+
+
+def test_predicted_memory_above_what_is_free_blocks_start_until_the_user_confirms(workspace, tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr("core.train.preflight.available_memory_bytes", lambda hardware: 1024)
+    at = _page(tiny_llama_dir)
+    at.run()
+    assert any("exceeds the" in w.value for w in at.warning)
+    assert at.button(key="train_start").disabled
+    at.checkbox(key="train_confirm_memory").check().run()
+    assert not at.button(key="train_start").disabled

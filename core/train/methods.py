@@ -279,3 +279,23 @@ def hidden_objective_fields(objective: str) -> tuple[str, ...]:
     """Objective-specific fields the chosen objective does not read (the Train page hides them)."""
     used = set(OBJECTIVES[objective].fields) if objective in OBJECTIVES else set()
     return tuple(f for f in OBJECTIVE_FIELDS if f not in used)
+
+
+# Preference objectives move a model that already answers well: their usual rates are about a tenth of SFT's for the
+# same method (TRL's DPOConfig defaults to 1e-6 for full fine-tuning; LoRA DPO recipes use 5e-6 .. 5e-5).
+PREFERENCE_RATE_FACTOR = 0.1
+RATE_WARN_ABOVE = 10.0  # times the usual rate
+RATE_WARN_BELOW = 0.01
+
+
+def learning_rate_warning(method: str, objective: str, learning_rate: float) -> str | None:
+    """A word when the rate is far from what usually works for this method and objective (the spec allows it)."""
+    usual = method_info(method).learning_rate * (PREFERENCE_RATE_FACTOR if objective != "sft" else 1.0)
+    what = f"{method_info(method).label}" + (f" with {objective_info(objective).label}" if objective != "sft" else "")
+    if learning_rate > usual * RATE_WARN_ABOVE:
+        return (f"learning_rate {learning_rate:g} is {learning_rate / usual:.0f}× what usually works for {what} ({usual:g}): "
+                "the loss is likely to diverge")
+    if learning_rate < usual * RATE_WARN_BELOW:
+        return (f"learning_rate {learning_rate:g} is {usual / learning_rate:.0f}× below what usually works for {what} ({usual:g}): "
+                "the run may change nothing")
+    return None
