@@ -157,7 +157,8 @@ if arch is not None:
     m2.metric("Trainable parameters", f"{est.trainable_params:,}", f"{100 * est.trainable_params / est.total_params:.3f}% of {est.total_params / 1e9:.2f} B", delta_color="off")
     m3.metric("Activations + logits", f"{(est.phases[memory.PHASES[0]]['activations'] + est.phases[memory.PHASES[0]]['logits']) / memory.GB:.2f} GB")
     here = next(iter(memory.fit_table(est, hardware)), None)
-    m4.metric("Fits this machine?", here["verdict"] if here else "unknown", f"{here['used']:.0%} of {here['memory_gb']} GB" if here else None, delta_color="off")
+    m4.metric("Fits this machine?", here["verdict"] if here else "unknown",
+              f"{here['used']:.0%} of {here['memory_gb']} GB" if here and here["used"] is not None else None, delta_color="off")
     st.caption(f"{est.note}.")
     objective_parts(est)
     left, right = st.columns(2)

@@ -48,10 +48,23 @@ def fit_label(total_bytes: float, capacity_bytes: float | None) -> str:
 def fit_table(estimate_: MemoryEstimate, hardware: Any = None) -> list[dict]:
     """One row per GPU (the detected device first): memory, share used, fits / tight / does not fit."""
     rows = []
-    if hardware is not None and getattr(hardware, "total_memory_gb", None):
-        capacity = hardware.total_memory_gb * GB
-        label = f"This machine: {hardware.device_name}" + (" (system RAM)" if hardware.device == "cpu" else "")
-        rows.append({"gpu": label, "memory_gb": round(capacity / GB, 1), "used": round(estimate_.total_bytes / capacity, 3), "verdict": fit_label(estimate_.total_bytes, capacity)})
+    if (mine := this_machine_row(estimate_, hardware)) is not None:
+        rows.append(mine)
     for gpu in COMMON_GPUS:
         rows.append({"gpu": gpu.name, "memory_gb": round(gpu.memory_bytes / GB, 1), "used": round(estimate_.total_bytes / gpu.memory_bytes, 3), "verdict": fit_label(estimate_.total_bytes, gpu.memory_bytes)})
     return rows
+
+
+def this_machine_row(estimate_: MemoryEstimate, hardware: Any) -> dict | None:
+    """This machine's row of the fit table. An estimate for another kind of device (cuda on a machine without a GPU)
+    is not compared with this machine's memory: the row says so and points to the table of GPUs."""
+    if hardware is None or not getattr(hardware, "total_memory_gb", None):
+        return None
+    label = f"This machine: {hardware.device_name}" + (" (system RAM)" if hardware.device == "cpu" else "")
+    device = getattr(estimate_.spec, "device", hardware.device)
+    if device != hardware.device:
+        verdict = f"no {device.upper() if device == 'cuda' else device} device here: see the GPUs below"
+        return {"gpu": label, "memory_gb": round(hardware.total_memory_gb, 1), "used": None, "verdict": verdict}
+    capacity = hardware.total_memory_gb * GB
+    return {"gpu": label, "memory_gb": round(capacity / GB, 1), "used": round(estimate_.total_bytes / capacity, 3),
+            "verdict": fit_label(estimate_.total_bytes, capacity)}
