@@ -9,7 +9,7 @@ from core import decide, memory
 from core.memory import distributed as memory_distributed
 from core.models import ModelLoadError, ModelSource
 from core.workspace import runs_dir
-from pages_common import active_model_source, cached_arch, cached_hardware, remote_code_checkbox
+from pages_common import active_model_source, cached_arch, cached_hardware, remote_code_checkbox, send_recipe_to_train
 
 TARGET_SETS = {"all-linear": "all-linear", "attention (q, k, v, o)": ("q_proj", "k_proj", "v_proj", "o_proj"), "q and v only": ("q_proj", "v_proj")}
 SEQ_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
@@ -185,6 +185,4 @@ if arch is not None:
     st.caption(" · ".join(f"{k.replace('_', ' ')} {v / memory.GB:.2f} GB" for k, v in parts.items()) + " (KV cache = 2 × layers × kv heads × head dim × tokens × 2 bytes)")
     past_runs(est)
     if st.button("Use these settings on the Train page", type="primary", key="budget_to_train"):
-        recipe = decide.recipe_from_memory_spec(spec)
-        st.session_state.update(train_recipe=recipe, train_recipe_origin=(recipe, "the Budget page's settings"))
-        st.success("Sent: the Train page's form now starts from these settings.")
+        send_recipe_to_train(decide.recipe_from_memory_spec(spec), "the Budget page's settings")

@@ -12,9 +12,10 @@ from core.evaluate.harness import lm_eval_available
 from core.evaluate.report import metric_table, preference_lines, preference_table, render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
 from core.evaluate.variants import retrain_recipe, run_checkpoints, trained_base
+from core.models import ModelSource
 from core.runs import list_runs, read_result
 from core.runs.spec import spec_fields
-from pages_common import active_model_source, live_run, model_picker, run_selector, start_run, trained_adapter_folders
+from pages_common import active_model_source, live_run, model_picker, run_selector, send_recipe_to_train, start_run, trained_adapter_folders
 
 FIELDS = {f.name: f for f in spec_fields(EvalSpec)}
 VERDICT_BOX = {"improved": st.success, "no effect": st.warning, "forgetting": st.error}
@@ -142,10 +143,8 @@ def advice_buttons(report: dict, verdict: dict) -> None:
             continue
         if st.button(f"🔁 {action['label']}", key=f"eval_action_{verdict['label']}_{n}",
                      help="Opens the Train page with this run's spec and " + ", ".join(f"{k} = {v}" for k, v in action["spec_updates"].items())):
-            st.session_state["active_model"], st.session_state["train_recipe"] = recipe
-            st.session_state["train_recipe_origin"] = (recipe[1], f"the forgetting report of {verdict['label']}")
-            st.session_state.pop("train_run_id", None)
-            st.switch_page("app_pages/train.py")
+            model, spec = recipe
+            send_recipe_to_train(spec, f"the forgetting report of {verdict['label']}", model=ModelSource.from_dict(model))
 
 
 def render_examples(report: dict) -> None:

@@ -54,9 +54,9 @@ def form_defaults(model: ModelSource) -> dict:
         st.info(note)
     defaults = {**vars(hardware_defaults(hardware)), **updates}
     recipe = {k: v for k, v in (st.session_state.get(TRAIN_RECIPE) or {}).items() if k in FIELDS}
-    if recipe and st.session_state.get("train_recipe_applied") != recipe:
+    if recipe and st.session_state.get(f"{TRAIN_RECIPE}_applied") != recipe:
         reset_spec_form(TrainSpec, FORM)
-        st.session_state["train_recipe_applied"] = recipe
+        st.session_state[f"{TRAIN_RECIPE}_applied"] = recipe
     if recipe:
         made_for, origin = st.session_state.get(TRAIN_RECIPE_ORIGIN) or (None, "")
         origin = origin if made_for == st.session_state.get(TRAIN_RECIPE) else "the Decide page's recipe"

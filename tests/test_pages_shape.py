@@ -76,3 +76,10 @@ def test_an_upload_is_hashed_once_not_on_every_rerun():
     first = pages_common.upload_digest(upload)
     assert pages_common.upload_digest(upload) == first == hashlib.sha256(b'{"prompt": "a", "completion": "b"}\n').hexdigest()
     assert Upload.reads == 1
+
+
+def test_every_hand_off_to_train_goes_through_one_helper():
+    """Pages hand a recipe to Train with pages_common.send_recipe_to_train (named keys, one landing), never by hand."""
+    offenders = [page.name for page in [*PAGES, *sorted((ROOT / "app_pages").glob("*/*.py"))]
+                 if any(key in page.read_text(encoding="utf-8") for key in ('"train_recipe', '"train_run_id"'))]
+    assert offenders == []
