@@ -271,6 +271,7 @@ def starting_recipe(method: str, rows: int, fit: MethodFit | None = None, max_le
         "learning_rate": FULL_LEARNING_RATE if method == "full" else LORA_LEARNING_RATE,
         "target_modules": ["all-linear"],
         "num_epochs": epochs,
+        "max_steps": 0,  # the epochs run: a step cap left from another form would silently cut them short
         "batch_size": fit.batch_size if fit else 4,
         "max_length": max_length,
         "gradient_checkpointing": fit.gradient_checkpointing if fit else False,
@@ -287,6 +288,7 @@ def recipe_from_memory_spec(spec: memory.MemorySpec, num_epochs: float = 1) -> d
         "learning_rate": FULL_LEARNING_RATE if spec.method == "full" else LORA_LEARNING_RATE,
         "target_modules": targets,
         "num_epochs": num_epochs,
+        "max_steps": 0,  # the epochs run, not the CPU demo's step cap
         "batch_size": spec.batch_size,
         "max_length": spec.seq_len,
         "gradient_checkpointing": spec.gradient_checkpointing,

@@ -41,6 +41,14 @@ def test_json_format_held_most_of_the_time_recommends_lora_and_sends_the_recipe(
     recipe = at.session_state["train_recipe"]
     assert recipe["method"] == "lora" and recipe["learning_rate"] == 2e-4 and recipe["target_modules"] == ["all-linear"]
     assert set(recipe) >= {"lora_r", "lora_alpha", "num_epochs", "batch_size", "max_length", "gradient_checkpointing"}
+    # Issue 29 item 2: the form is what will run. The CPU demo's step cap used to stay and silently cut the epochs.
+    train = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app_pages" / "train.py"), default_timeout=180)
+    train.session_state["train_recipe"] = recipe
+    train.session_state["train_recipe_origin"] = (recipe, "the Decide page's recipe")
+    train.run()
+    assert not train.exception
+    assert train.number_input(key="train_form_max_steps").value == 0, "0 = run num_epochs"
+    assert train.number_input(key="train_form_num_epochs").value == recipe["num_epochs"]
 
 
 def test_rare_edge_case_recommends_prompting(workspace):
