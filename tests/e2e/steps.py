@@ -63,3 +63,42 @@ def wait_until_succeeded(page: Page, timeout: float = 600_000) -> None:
         alert = page.locator("[data-testid='stAlert']")
         raise AssertionError(f"the run ended {final.first.inner_text()}: "
                              + (alert.first.inner_text() if alert.count() else "(no error shown)"))
+
+
+def choose(page: Page, label: str, option, attempts: int = 5) -> None:
+    """Pick `option` (its text, or a compiled pattern) in the selectbox labelled `label`. A rerun of the page (the
+    pre-flight's background check ends) closes an open list: then the list is opened again."""
+    for attempt in range(attempts):
+        settle(page)
+        page.get_by_role("combobox", name=label, exact=True).click()
+        wanted = page.get_by_role("option", name=option).first
+        try:
+            wanted.wait_for(state="visible", timeout=10_000)
+            wanted.click()
+            break
+        except Exception:  # noqa: BLE001 - the list closed under us (a rerun): open it again
+            page.keyboard.press("Escape")
+            if attempt == attempts - 1:
+                raise
+    settle(page)
+
+
+def finished_train_run(home) -> str:
+    """A succeeded train run of the embedded model in this worker's home (the main journey's, when it ran here); else
+    a 2-step one started headless like the Start button. Which files share a worker is up to xdist's scheduling."""
+    from core import runs
+    from core.train.spec import TrainSpec
+
+    previous = os.environ.get("WORKBENCH_HOME")
+    os.environ["WORKBENCH_HOME"] = str(home)
+    try:
+        done = [r for r in runs.list_runs("train") if r.status.state == "succeeded" and r.spec.get("objective", "sft") == "sft"
+                and (r.spec.get("model") or {}).get("kind", "embedded") == "embedded"]
+        if done:
+            return done[0].run_id
+        run_dir = runs.create_run(TrainSpec(max_steps=2, batch_size=4, max_length=256, eval_fraction=0.0, eval_on_start=False))
+        runs.launch(run_dir)
+        assert runs.wait(run_dir, timeout=900).state == "succeeded"
+        return run_dir.name
+    finally:
+        os.environ["WORKBENCH_HOME"] = previous or ""
