@@ -118,6 +118,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def folder_bytes(path: str | Path | None) -> int:
+    """Bytes on disk of a folder's files (a saved adapter or model: weights, config, tokenizer); 0 when it is absent."""
+    if not path or not Path(path).is_dir():
+        return 0
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def child_env() -> dict[str, str]:
     """The environment of a workbench process this one starts (a worker, a rank): this checkout importable, output
     unbuffered (the log is read live), tokenizers' own thread pool off (the process runs its own threads)."""

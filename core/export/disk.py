@@ -25,12 +25,6 @@ def safetensors_parameters(folder: Path) -> int:
     return total
 
 
-def folder_bytes(folder: Path | None) -> int:
-    if folder is None or not Path(folder).exists():
-        return 0
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-
-
 def estimate_bytes(parameters: int, formats: list[str], quantize: list[str], merged_dtype: str, adapter_bytes: int,
                    needs_merged_copy: bool, needs_f16_copy: bool) -> dict[str, int]:
     """Bytes each planned artifact will take (temporary ones included: they exist at the same time)."""

@@ -16,14 +16,14 @@ from typing import Any
 from core import llamacpp
 from core.chat import system_prompt_prefill, training_format
 from core.export import memory, validate
-from core.export.disk import estimate_bytes, folder_bytes, safetensors_parameters, space_problem
+from core.export.disk import estimate_bytes, safetensors_parameters, space_problem
 from core.export.gguf_header import read_header
 from core.export.integrity import digest_problems, folder_digest
 from core.export.source import ExportSource, resolve, training_template
 from core.export.spec import ExportSpec
 from core.models import ModelSource
 from core.runs.jobs import JobContext, JobError
-from core.workspace import atomic_write_dir, atomic_write_text, safe_name
+from core.workspace import atomic_write_dir, atomic_write_text, folder_bytes, safe_name
 
 EXPORT_DIR = "export"
 WORK_DIR = ".work"

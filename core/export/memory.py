@@ -16,9 +16,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.export.disk import folder_bytes
 from core.merge.preflight import NAME_BYTES, safetensors_header
 from core.runs.jobs import read_result
+from core.workspace import folder_bytes
 
 MARGIN = 1.15  # headroom over the header figure (loader buffers, logits, allocator slack)
 OVERHEAD_BYTES = 512 * 1024**2  # python, torch and the tokenizer themselves

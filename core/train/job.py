@@ -51,7 +51,7 @@ from core.train.trainer import (
     latest_checkpoint,
     make_callback,
 )
-from core.workspace import atomic_write_dir
+from core.workspace import atomic_write_dir, folder_bytes
 
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
@@ -251,13 +251,6 @@ def _distribution_card(spec: TrainSpec, rank: RankInfo, peaks: list[float]) -> d
     return {"distribution": {"world_size": rank.world_size, "processes_per_node": spec.processes_per_node,
                              "num_nodes": spec.num_nodes, "strategy": strategy_label(spec), "launcher": spec.launcher,
                              "global_batch": spec.global_batch, "peak_memory_bytes_per_rank": [int(p) for p in peaks]}}
-
-
-def folder_bytes(path: str | Path | None) -> int:
-    """Size on disk of a saved adapter / model folder (weights, config, tokenizer)."""
-    if not path or not Path(path).is_dir():
-        return 0
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def _replay_answers(spec: TrainSpec, ctx: JobContext) -> dict | None:
