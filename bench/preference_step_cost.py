@@ -32,9 +32,8 @@ TOLERANCE = 0.10  # issue 12's rule: a run's measured peak within 10 % of its es
 
 def write_rows(home: Path, limit: int | None) -> tuple[Path, Path]:
     """The demo pairs, and the same rows as SFT conversations (prompt + chosen answer)."""
-    from core.data.formats import load_dataset_file
-
-    pairs = load_dataset_file(ROOT / "assets" / "demo" / "pairs_train.jsonl").rows[:limit]
+    lines = (ROOT / "assets" / "demo" / "pairs_train.jsonl").read_text(encoding="utf-8").splitlines()
+    pairs = [json.loads(line) for line in lines if line.strip()][:limit]
     pair_path, sft_path = home / "pairs.jsonl", home / "chosen.jsonl"
     pair_path.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     sft_path.write_text("".join(json.dumps({"messages": r["prompt"] + r["chosen"]}) + "\n" for r in pairs))
