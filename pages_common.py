@@ -231,11 +231,12 @@ def send_recipe_to_train(recipe: dict, origin: str, *, model: ModelSource | None
 
 
 def start_run(spec, key: str, *, query_param: str | None = None):
-    """Create the run folder from a spec dataclass, launch its worker, and remember it for this page (in
-    session_state[key], and in the URL's `query_param` so a refresh or a shared link reopens it)."""
-    from core.runs import create_run, launch
+    """Create the run folder from a spec (a dataclass, or a spec.yaml mapping with its `kind`), launch its worker, and
+    remember it for this page (in session_state[key], and in the URL's `query_param` so a refresh or a shared link
+    reopens it)."""
+    from core.runs import create_run, create_run_from_dict, launch
 
-    run_dir = create_run(spec)
+    run_dir = create_run_from_dict(spec) if isinstance(spec, dict) else create_run(spec)
     launch(run_dir)
     remember_run(run_dir, key, query_param=query_param)
     return run_dir

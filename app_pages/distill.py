@@ -13,7 +13,7 @@ from core.distill.compare import comparison_figure, table_csv, table_json, table
 from core.distill.spec import VARIANT_GUIDE, VARIANT_LABELS, VARIANTS, DistillCompareSpec, DistillSpec, TeacherAnswersSpec
 from core.distill.temperature import entropy_by_temperature, next_token_logits, temperature_table
 from core.models import ModelLoadError, ModelSource
-from core.runs import create_run_from_dict, launch, read_result, read_spec_dict
+from core.runs import read_result, read_spec_dict
 from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, send_recipe_to_train, spec_form, start_run, task_rows_note
 
 METHOD_ONLY = {"logit": ("temperature", "alpha"), "on_policy": ("gkd_lambda", "gkd_beta", "gkd_temperature", "max_new_tokens")}
@@ -49,8 +49,7 @@ def render_distill(run_dir, status, metrics: list[dict]) -> None:
         if evaluation.get("verdict_kind") == "forgetting" and not replay and st.button(
                 "🔁 Distil again with 20 % general data mixed in (replay)", key=f"distill_replay_{run_dir.name}"):
             spec = {**read_spec_dict(run_dir), "replay_fraction": 0.2, "name": f"{result.get('method', 'distill')}-replay"}
-            st.session_state["distill_run"] = str(create_run_from_dict(spec))
-            launch(st.session_state["distill_run"])
+            start_run(spec, "distill_run")
             st.rerun()
     send_model_buttons(result["student_dir"], f"distill_send_{run_dir.name}")
 

@@ -7,8 +7,8 @@ import streamlit as st
 
 from core.prune import MODE_LABELS, MODES, TARGETS, PruneSpec
 from core.prune.job import recovery_train_spec
-from core.runs import create_run_from_dict, launch, read_result
-from pages_common import TRAIN_RUN, human_bytes, live_run, model_picker, remember_run, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
+from core.runs import read_result
+from pages_common import TRAIN_RUN, human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
 
 
 def sparsity_heatmap(layers: list[dict]) -> None:
@@ -30,9 +30,7 @@ def recovery_button(pruned_dir: str, run_dir) -> None:
     st.caption("A short LoRA fine-tune on the pruned model can win back some quality. Merging that adapter into the "
                "weights fills the zeros again, so keep it as an adapter to keep the sparsity.")
     if st.button("Start a short LoRA recovery fine-tune", key=f"prune_recover_{run_dir.name}"):
-        train_dir = create_run_from_dict(recovery_train_spec(pruned_dir))
-        launch(train_dir)
-        remember_run(train_dir, TRAIN_RUN)  # the Train page opens this run
+        train_dir = start_run(recovery_train_spec(pruned_dir), TRAIN_RUN)  # the Train page opens this run
         st.success(f"Recovery run {train_dir.name} started: follow it on the Train page.")
 
 
