@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from core.data.formats import resolve_data_path
 from core.models import ModelSource
 from core.runs.jobs import JobContext, parse_spec, read_result, read_spec_dict, result_path
 from core.runs.spec import write_spec
-from core.train.spec import resolve_data_path
 from core.workspace import REPO_ROOT
 
 EVAL_DIR = "eval"
@@ -42,7 +42,7 @@ class TaskData:
 
 
 def resolve_dataset(text: str) -> Path:
-    """A dataset path as typed (core.train.spec.resolve_data_path: absolute, from the working folder, or from the
+    """A dataset path as typed (core.data.formats.resolve_data_path: absolute, from the working folder, or from the
     repository), made absolute so that the evaluate job reads the same file."""
     return resolve_data_path(text.strip()).resolve()
 

@@ -6,9 +6,10 @@ from dataclasses import replace
 import pytest
 import yaml
 
+from core.data.formats import resolve_data_path
 from core.runs.spec import spec_fields, spec_from_dict, spec_to_yaml
 from core.train.__main__ import build_parser, spec_from_args
-from core.train.spec import TrainSpec, hardware_defaults, resolve_data_path
+from core.train.spec import TrainSpec, hardware_defaults
 
 
 def test_defaults_are_a_valid_demo_lora():

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from core.data.masking import REASONING_KEYS
-from core.workspace import datasets_dir, refuse_links_outside
+from core.workspace import REPO_ROOT, datasets_dir, refuse_links_outside
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -1016,6 +1016,15 @@ def workspace_dataset_path(name: str) -> Path:
 
 def assets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "assets"
+
+
+def resolve_data_path(text: str) -> Path:
+    """A dataset path as typed: absolute, relative to the working folder, or relative to the repository (the demo)."""
+    path = Path(str(text)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    in_repo = REPO_ROOT / path
+    return in_repo if in_repo.exists() else path
 
 
 def demo_dataset_path(split: str = "train") -> Path:

@@ -71,3 +71,16 @@ def propose_template(tokenizer) -> TemplateProposal:
     ending = f"each answer ends with its end-of-sequence token {eos}" if eos else "it has no end-of-sequence token, so answers end with a blank line only"
     return TemplateProposal(PLAIN_TEMPLATE, "the tokenizer has no chat template and no chat markers among its special tokens, so the "
                                             f"plain '### Instruction / ### Response' layout is used; {ending}")
+
+
+def chat_template_text(name: str) -> str | None:
+    """A spec's chat_template: a shipped name, a .jinja file, or empty for the tokenizer's own."""
+    name = (name or "").strip()
+    if not name:
+        return None
+    if name in shipped_template_names():
+        return load_template(name)
+    path = Path(name).expanduser()
+    if path.is_file():
+        return compact_template(path.read_text(encoding="utf-8"))
+    raise ValueError(f"chat_template: {name!r} is neither a shipped template ({', '.join(shipped_template_names())}) nor a file")

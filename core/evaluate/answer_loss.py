@@ -74,8 +74,9 @@ def answer_losses(rows: Sequence[dict], model: Any, tokenizer: Any, *, chat_temp
 
 def run(ctx: JobContext) -> dict:
     from core.data.curate_job import CurateSpec, _load
+    from core.data.templates import chat_template_text
     from core.models import ModelLoadError, ModelSource, load_model
-    from core.train.data import DataError, chat_template_text
+    from core.train.data import DataError
 
     spec: AnswerLossSpec = ctx.spec
     loaded = _load(CurateSpec(dataset=spec.dataset, split=spec.split, dataset_sha256=spec.dataset_sha256, exact={}))

@@ -81,7 +81,7 @@ def _model_folder(run_dir: Path, kind: str) -> Path:
 def training_template(source: ExportSource, override: str = "") -> str | None:
     """The chat template training used: the override, else the one saved with the adapter / model, else the base's."""
     if override:
-        from core.train.data import chat_template_text
+        from core.data.templates import chat_template_text
 
         return chat_template_text(override)
     if source.template_dir is not None:

@@ -59,8 +59,7 @@ def validation_prompts(tokenizer: Any, template: str | None, dataset: str | None
     conversations: list[list[dict]] = []
     if dataset:
         try:
-            from core.data.formats import load_dataset_file
-            from core.train.spec import resolve_data_path
+            from core.data.formats import load_dataset_file, resolve_data_path
 
             rows = load_dataset_file(resolve_data_path(dataset)).rows
         except Exception:  # noqa: BLE001 - the run's data may have moved: fall back to generic prompts

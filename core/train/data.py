@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.data.formats import resolve_data_path
 from core.data.lint import LintReport, lint_dataset
 from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversations, encode_text, pack_bins
 from core.data.summary import inference_format
-from core.train.spec import TrainSpec, resolve_data_path
+from core.train.spec import TrainSpec
 
 LINT_SAMPLE = 2000
 
@@ -119,27 +120,15 @@ def load_rows(text: str) -> Any:
     return loaded
 
 
-def chat_template_text(name: str) -> str | None:
-    """A spec's chat_template: a shipped name, a .jinja file, or empty for the tokenizer's own."""
-    name = (name or "").strip()
-    if not name:
-        return None
-    from core.data.templates import compact_template, load_template, shipped_template_names
-
-    if name in shipped_template_names():
-        return load_template(name)
-    path = Path(name).expanduser()
-    if path.is_file():
-        return compact_template(path.read_text(encoding="utf-8"))
-    raise DataError(f"chat_template: {name!r} is neither a shipped template ({', '.join(shipped_template_names())}) nor a file")
-
-
 def choose_chat_template(name: str, tokenizer: Any) -> tuple[str | None, dict]:
     """(template text or None for the tokenizer's own, what was chosen and why). A tokenizer without a template
     (a base model) gets the shipped template its special tokens point to, instead of failing to encode."""
-    from core.data.templates import load_template, propose_template
+    from core.data.templates import chat_template_text, load_template, propose_template
 
-    text = chat_template_text(name)
+    try:
+        text = chat_template_text(name)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     own = getattr(tokenizer, "chat_template", None)
     proposal = None if own else propose_template(tokenizer)
     if text is not None:

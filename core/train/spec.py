@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from core.data.formats import resolve_data_path
 from core.data.masking import POLICIES, REASONING_MODES
 from core.runs.spec import RunSpec, meta
 from core.train.methods import DPO_LOSS_TYPES, LORA_FIELDS, merge_refusal, method_info
@@ -519,17 +520,6 @@ def init_adapter_run(text: str) -> Path | None:
         return folder if read_spec_dict(folder).get("kind") == "train" else None
     except (OSError, ValueError):
         return None
-
-
-def resolve_data_path(text: str) -> Path:
-    """A dataset path as typed: absolute, relative to the working folder, or relative to the repository (the demo)."""
-    path = Path(str(text)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path
-    from core.runs import REPO_ROOT
-
-    in_repo = REPO_ROOT / path
-    return in_repo if in_repo.exists() else path
 
 
 # The one-click CPU demo (bench/demo_run.py): 12 steps of 8 demo rows at lr 1e-3 take the held-out JSON validity
