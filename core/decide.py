@@ -289,6 +289,8 @@ def recipe_from_memory_spec(spec: memory.MemorySpec, num_epochs: float = 1) -> d
         "target_modules": targets,
         "num_epochs": num_epochs,
         "max_steps": 0,  # the epochs run, not the CPU demo's step cap
+        "objective": spec.objective,
+        "precompute_ref_log_probs": spec.precompute_ref_log_probs,
         "batch_size": spec.batch_size,
         "max_length": spec.seq_len,
         "gradient_checkpointing": spec.gradient_checkpointing,

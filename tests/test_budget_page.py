@@ -83,6 +83,7 @@ def test_local_folder_and_send_to_train(workspace, tiny_llama_dir):
     recipe = at.session_state["train_recipe"]
     assert recipe["method"] == "lora" and recipe["lora_r"] == 8 and recipe["lora_alpha"] == 16 and recipe["learning_rate"] == 2e-4
     assert recipe["target_modules"] == ["all-linear"] and recipe["batch_size"] == 4 and recipe["max_length"] == 1024
+    assert recipe["objective"] == "sft" and recipe["max_steps"] == 0, "the objective chosen here goes to Train, and the epochs run"
     at.text_input(key="budget_ref").set_value(str(workspace / "nope")).run()
     assert any("Cannot read that model's config" in e.value for e in at.error)
 
