@@ -9,17 +9,19 @@ from typing import Any
 
 from core.runs.card import source_run_of
 from core.train.distributed import read_rank_records
+from core.train.recipes import DEMO_PAIRS_DATASET
 from core.train.spec import DEMO_DATASET, TrainSpec
 
 DEMO_LABEL = "Demo: support ticket → JSON (300 rows)"
 PATH_LABEL = "File or folder path…"
+DEMO_PAIRS_LABEL = "Demo: support ticket pairs (200, for DPO / ORPO / SimPO / KTO)"
 
 
 def dataset_choices() -> dict[str, str]:
     """Label -> dataset field value: the demo, then the curated workspace datasets."""
     from core.data.formats import list_workspace_datasets, workspace_dataset_path
 
-    choices = {DEMO_LABEL: DEMO_DATASET}
+    choices = {DEMO_LABEL: DEMO_DATASET, DEMO_PAIRS_LABEL: DEMO_PAIRS_DATASET}
     for name in list_workspace_datasets():
         choices[f"Workspace: {name}"] = str(workspace_dataset_path(name).parent)
     return choices

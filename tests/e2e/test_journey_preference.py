@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from steps import choose, fill, finished_train_run, go, settle, snapshot, wait_until_succeeded  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-PAIRS = Path(__file__).resolve().parents[2] / "assets" / "demo" / "pairs_train.jsonl"
 
 
 @pytest.mark.timeout(1800)
@@ -23,8 +22,7 @@ def test_dpo_continues_an_sft_run_and_charts_its_preference_metrics(page: Page, 
     page.goto(app_url)
     settle(page)
     go(page, "Train")
-    choose(page, "Training data", "File or folder path…")
-    fill(page, "textbox", "Dataset path", PAIRS)
+    choose(page, "Training data", re.compile("Demo: support ticket pairs"))
     choose(page, "objective", "dpo")
     choose(page, "Continue from run …", re.compile(re.escape(sft_run)))
     fill(page, "spinbutton", "max steps", 2)
