@@ -48,7 +48,8 @@ def test_json_format_scenario_recommends_lora_with_reasons_and_recipe():
     recipe = result.recipe
     assert recipe["method"] == "lora" and recipe["learning_rate"] == pytest.approx(2e-4) and recipe["target_modules"] == ["all-linear"]
     assert recipe["lora_alpha"] == 2 * recipe["lora_r"] and recipe["num_epochs"] == 2
-    assert set(recipe) == {"method", "lora_r", "lora_alpha", "learning_rate", "target_modules", "num_epochs", "batch_size", "max_length", "gradient_checkpointing"}
+    assert set(recipe) == {"method", "lora_r", "lora_alpha", "learning_rate", "target_modules", "num_epochs", "max_steps", "batch_size", "max_length", "gradient_checkpointing"}
+    assert recipe["max_steps"] == 0, "0 = the epochs run (a step cap left in the Train form would cut them short)"
 
 
 def test_recipe_learning_rate_is_ten_times_for_adapters():
