@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.runs.jobs import JobContext, JobError
-from core.runs.spec import RunSpec, meta
+from core.runs.spec import DatasetJobSpec, meta
 
 ENGINES = ("local", "ray")
 OPERATIONS = ("exact", "near", "semantic", "decontam", "audit", "diversity", "select")
@@ -26,12 +26,9 @@ EMBEDDINGS_FILE = "embeddings.npy"
 
 
 @dataclass
-class CurateSpec(RunSpec):
+class CurateSpec(DatasetJobSpec):
     kind: ClassVar[str] = "curate"
 
-    dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.", "data"))
-    split: str = field(default="", metadata=meta("Split of a Hub dataset or saved DatasetDict (empty: train).", "data", advanced=True))
-    dataset_sha256: str = field(default="", metadata=meta("The source hash the rows were numbered under; the job refuses a changed file.", "data", advanced=True))
     engine: str = field(default="local", metadata=meta("Where the work runs: this machine, or Ray (RAY_ADDRESS for a cluster; exact, near and decontamination).",
                                                       "engine", choices=ENGINES))
     exact: dict | None = field(default=None, metadata=meta("Exact de-duplication settings (core.data.dedup.ExactDedupConfig), or empty to skip.", "operations"))

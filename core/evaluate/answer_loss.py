@@ -17,16 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
 from core.runs.jobs import JobContext, JobError
-from core.runs.spec import RunSpec, meta
+from core.runs.spec import DatasetJobSpec, meta
 
 
 @dataclass
-class AnswerLossSpec(RunSpec):
+class AnswerLossSpec(DatasetJobSpec):
     kind: ClassVar[str] = "answer_loss"
 
-    dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.", "data"))
-    split: str = field(default="", metadata=meta("Split of a Hub dataset or saved DatasetDict (empty: train).", "data", advanced=True))
-    dataset_sha256: str = field(default="", metadata=meta("The source hash the rows were numbered under; the job refuses a changed file.", "data", advanced=True))
     model: dict = field(default_factory=dict, metadata=meta("The model, as a core.models source (empty: the embedded default).", "model"))
     chat_template: str = field(default="", metadata=meta("A shipped template name or a .jinja file; empty: the model's own.", "model"))
     max_length: int = field(default=1024, metadata=meta("Rows are cut to this many tokens before scoring.", "scoring", min=16, max=131072))

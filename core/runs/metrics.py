@@ -48,6 +48,14 @@ def read_all_metrics(path: str | Path) -> list[dict]:
     return read_new_metrics(path, 0)[0]
 
 
+def metric_series(rows: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of one metric of metrics.jsonl rows. A resumed run re-logs the steps after its last checkpoint:
+    the latest row of a step wins."""
+    by_step = {r["step"]: r[key] for r in rows if r.get(key) is not None and "step" in r}
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
 def tail_text(path: str | Path, max_bytes: int = 8000) -> str:
     """The last bytes of a log, starting at a line boundary."""
     try:

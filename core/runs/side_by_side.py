@@ -6,17 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from core.runs.card import build_card, lineage, scan
-from core.runs.metrics import read_all_metrics
+from core.runs.metrics import metric_series, read_all_metrics
 from core.runs.status import METRICS_FILE
 
 CURVES = (("loss", "train loss", "lines"), ("eval_loss", "eval loss", "lines+markers"))
 _NOT_COMPARED = {"name"}
-
-
-def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    by_step = {r["step"]: r[key] for r in rows if r.get(key) is not None and "step" in r}
-    steps = sorted(by_step)
-    return steps, [by_step[s] for s in steps]
 
 
 def overlay_figure(run_dirs: list[Path], log_scale: bool = False) -> Any:
@@ -29,7 +23,7 @@ def overlay_figure(run_dirs: list[Path], log_scale: bool = False) -> Any:
         rows = read_all_metrics(Path(run_dir) / METRICS_FILE)
         colour = qualitative.Plotly[index % len(qualitative.Plotly)]
         for key, label, mode in CURVES:
-            x, y = _series(rows, key)
+            x, y = metric_series(rows, key)
             if x:
                 fig.add_trace(go.Scatter(x=x, y=y, mode=mode, name=f"{Path(run_dir).name} · {label}",
                                          line=dict(color=colour, dash="dash" if key == "eval_loss" else "solid")))

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin
 
@@ -175,6 +175,17 @@ class RunSpec:
     @classmethod
     def from_dict(cls, data: dict) -> Any:
         return spec_from_dict(cls, data)
+
+
+@dataclass
+class DatasetJobSpec(RunSpec):
+    """The dataset reference every job over one dataset's rows shares (curation, answer loss): the rows are numbered
+    under `dataset_sha256`, so a job refuses a file that changed since the page showed it."""
+
+    dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.", "data"))
+    split: str = field(default="", metadata=meta("Split of a Hub dataset or saved DatasetDict (empty: train).", "data", advanced=True))
+    dataset_sha256: str = field(default="", metadata=meta("The source hash the rows were numbered under; the job refuses a changed file.",
+                                                          "data", advanced=True))
 
 
 def spec_to_yaml(spec: Any) -> str:

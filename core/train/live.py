@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from core.runs.card import source_run_of
+from core.runs.metrics import metric_series
 from core.train.distributed import read_rank_records
 from core.train.recipes import DEMO_PAIRS_DATASET
 from core.train.spec import DEMO_DATASET, TrainSpec
@@ -103,19 +104,12 @@ def live_summary(rows: list[dict]) -> LiveSummary:
     return summary
 
 
-def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    """(steps, values) of one metric. A resumed run re-logs the steps after its last checkpoint: the latest wins."""
-    by_step = {r["step"]: r[key] for r in rows if r.get(key) is not None and "step" in r}
-    steps = sorted(by_step)
-    return steps, [by_step[s] for s in steps]
-
-
 def loss_figure(rows: list[dict], log_scale: bool = False) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for key, name, mode in (("loss", "train loss", "lines"), ("eval_loss", "eval loss", "lines+markers")):
-        x, y = _series(rows, key)
+        x, y = metric_series(rows, key)
         if x:
             fig.add_trace(go.Scatter(x=x, y=y, name=name, mode=mode))
     fig.update_layout(title="Loss", xaxis_title="step", height=320, margin=dict(l=10, r=10, t=40, b=10),
@@ -136,7 +130,7 @@ def small_figures(rows: list[dict]) -> list[Any]:
 
     figures = []
     for key, title, scale in SMALL_CHARTS:
-        x, y = _series(rows, key)
+        x, y = metric_series(rows, key)
         fig = go.Figure(go.Scatter(x=x, y=[v * scale for v in y], mode="lines", name=title))
         fig.update_layout(title=title, xaxis_title="step", height=240, margin=dict(l=10, r=10, t=40, b=10))
         figures.append(fig)
@@ -199,7 +193,7 @@ def preference_figures(rows: list[dict]) -> list[Any]:
         for key, name, colour in series:
             eval_key, eval_name = _eval_key(rows, key)
             for source, label, dash, mode in ((key, name, "solid", "lines"), (eval_key, f"{name} · {eval_name}", "dash", "lines+markers")):
-                x, y = _series(rows, source)
+                x, y = metric_series(rows, source)
                 if x:
                     fig.add_trace(go.Scatter(x=x, y=y, name=label, mode=mode, line=dict(color=colour, dash=dash)))
         if fig.data:
@@ -249,7 +243,7 @@ def _direction(values: list[float]) -> int:
 
 
 def _train_values(rows: list[dict], key: str) -> list[float]:
-    return _series([r for r in rows if "loss" in r], key)[1]
+    return metric_series([r for r in rows if "loss" in r], key)[1]
 
 
 def _moved(values: list[float]) -> str:
@@ -284,7 +278,7 @@ def reading_guide(rows: list[dict], spec: dict | None = None) -> list[GuideLine]
                  and (not pairs_per_step or pairs_per_step <= TINY_BATCH_PAIRS))
     detail = ""
     if saturated:
-        whole = _series(rows, WHOLE_SET_ACCURACY)[1] or _series(rows, "eval_rewards/accuracies")[1]
+        whole = metric_series(rows, WHOLE_SET_ACCURACY)[1] or metric_series(rows, "eval_rewards/accuracies")[1]
         step_note = f" ({pairs_per_step} pairs per step)" if pairs_per_step else ""
         detail = (f"last train accuracies {', '.join(f'{v:g}' for v in recent)}{step_note}; "
                   + (f"eval accuracy over the whole eval set: {whole[-1]:.3f}" if whole else
@@ -292,7 +286,7 @@ def reading_guide(rows: list[dict], spec: dict | None = None) -> list[GuideLine]
     lines.append(GuideLine("accuracy_saturated", READING_GUIDE["accuracy_saturated"], saturated, detail))
 
     total = next((int(r.get("total_steps") or 0) for r in rows if r.get("event") == "start"), 0)
-    steps = _series([r for r in rows if "loss" in r], "rewards/margins")[0]
+    steps = metric_series([r for r in rows if "loss" in r], "rewards/margins")[0]
     late = bool(steps) and (not total or steps[-1] >= total / 4)
     flat = len(margins) >= 3 and late and abs(_ends(margins)[1]) < FLAT_MARGIN and not margin_up
     detail = ""
