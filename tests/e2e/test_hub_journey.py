@@ -21,8 +21,17 @@ def test_a_hub_model_from_its_config_then_its_download(page: Page, hub_app_url: 
     settle(page)
     sidebar = page.locator("[data-testid='stSidebar']")
     sidebar.get_by_text("Change model").click()
-    sidebar.get_by_label("Source").click()
-    page.get_by_role("option", name="Hugging Face Hub id").click()
+    for attempt in range(5):  # a rerun of the page closes an open list: open it again
+        sidebar.get_by_label("Source").click()
+        option = page.get_by_role("option", name="Hugging Face Hub id")
+        try:
+            option.wait_for(state="visible", timeout=10_000)
+            option.click()
+            break
+        except Exception:  # noqa: BLE001
+            page.keyboard.press("Escape")
+            if attempt == 4:
+                raise
     settle(page)
     box = sidebar.get_by_label("Path or id")
     box.fill(HUB_REPO)

@@ -37,7 +37,9 @@ def test_export_demo_run_to_gguf_then_chat_with_it(page: Page, app_url: str, e2e
     expect(page.get_by_text("backend: llama.cpp")).to_be_visible()
     texts = ask_both_columns(page, "What is the capital of France?")
     assert all(texts), texts
-    expect(page.get_by_text(re.compile(r"tok/s"))).to_have_count(2)
+    # both columns finished with their stats (ask_both_columns); a rate needs two tokens, and a 2-step adapter's GGUF
+    # may answer in one under the training system prompt Chat now pre-fills: at least the torch column shows its rate
+    expect(page.get_by_text(re.compile(r"tok/s")).first).to_be_visible()
     snapshot(page, "chat-gguf")
 
     go(page, "Runs")
