@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inprocess import work_here
 
 from core import runs
 from core.runs.jobs import JOBS, read_result, result_path
@@ -142,15 +143,6 @@ def launch_with_fault(run_dir: Path, fault: str | None, monkeypatch) -> int:
         monkeypatch.delenv(FAULT_ENV, raising=False)
 
 
-def retry_here(run_dir: Path) -> None:
-    """Relaunch a failed run through the worker in this process (saves a process start and the imports)."""
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        Worker(run_dir).run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def wait_final(run_dir: Path, timeout: float = 240):
     status = runs.wait(run_dir, timeout=timeout, poll=0.1)
     return status
@@ -246,7 +238,7 @@ def test_train_killed_mid_save_resumes_from_its_last_checkpoint(workspace, tiny_
     assert (checkpoint / "trainer_state.json").is_file(), "the checkpoints written before the kill are intact"
     saved = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
 
-    retry_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
+    work_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
     status = wait_final(run_dir)
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
     assert status.attempts == 2
@@ -294,7 +286,7 @@ def test_merge_killed_mid_write_and_disk_full_keep_the_earlier_merge(workspace, 
     spec = MergeSpec.from_dict({"base": {"kind": "local", "ref": str(tiny_llama_dir)}, "evaluate": False,
                                 "models": [{"source": {"kind": "local", "ref": str(tmp_path / "tuned")}, "weight": 1.0}]})
     run_dir = runs.create_run(spec)
-    retry_here(run_dir)  # the earlier, complete merge (in this process: no kill needed)
+    work_here(run_dir)  # the earlier, complete merge (in this process: no kill needed)
     assert read_status(run_dir).state == "succeeded", read_status(run_dir).error
     merged = run_dir / "merged"
     before = {p.name: p.read_bytes() for p in merged.iterdir() if p.is_file()}
@@ -331,7 +323,7 @@ def test_curate_killed_mid_write_of_its_result_leaves_the_dataset_and_retries(wo
     assert status.state == "failed" and "Last stage it reported" in status.error, status.error
     assert not (run_dir / "curation.json").exists(), "a half-written result is never visible"
     assert data.read_bytes() == original
-    retry_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
+    work_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
     status = wait_final(run_dir)
     assert status.state == "succeeded", status.error
     assert read_result(run_dir) is not None and data.read_bytes() == original
@@ -350,7 +342,7 @@ def test_export_killed_mid_gguf_shows_no_gguf_and_retries(workspace, tiny_llama_
     assert list(run_dir.rglob(".drill-F16.gguf.partial")), "the kill left the hidden partial file"
     partial = read_result(run_dir)  # the export's progress record: marked not done, listing no GGUF
     assert partial is None or (partial["done"] is False and not [a for a in partial["artifacts"] if a["path"].endswith(".gguf")])
-    retry_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
+    work_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
     status = wait_final(run_dir)
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
     ggufs = [p for p in run_dir.rglob("*.gguf") if not p.name.startswith(".")]
@@ -371,7 +363,7 @@ def test_evaluate_killed_mid_report_shows_no_report_and_retries(workspace, tiny_
     status = read_status(run_dir)
     assert status.state == "failed" and "Last stage it reported" in status.error, status.error
     assert not (run_dir / "report.json").exists() and read_result(run_dir) is None, "a half-written report is never visible"
-    retry_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
+    work_here(run_dir)  # the retry needs no kill: in this process, through the same Worker
     status = wait_final(run_dir)
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
     assert [m["label"] for m in read_result(run_dir)["models"]] == ["base", "fine-tuned"]
