@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from make_demo_dataset import NEXT_STEPS  # noqa: E402 - the sibling script is the one list of allowed next steps
+from make_demo_dataset import NEXT_STEPS, PLANTED  # noqa: E402 - the sibling script: allowed next steps, its planted flaws
 
 SEED = 20261207
 N_TRAIN_PAIRS = 200
@@ -89,9 +89,12 @@ def to_pair(row: dict, kind: str, rng: random.Random) -> dict:
     }
 
 
-def build_pairs(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
-    """`n` pairs from `rows` (a seeded sample, kept in file order), the kinds cycled and shuffled."""
+def build_pairs(rows: list[dict], n: int, rng: random.Random, avoid: frozenset[int] = frozenset()) -> list[dict]:
+    """`n` pairs from `rows` (a seeded sample, kept in file order), the kinds cycled and shuffled. A sampled row in `avoid`
+    (train.jsonl's planted flaws: a bad answer is no `chosen`) is an error: move the flaw, not the sample."""
     picked = sorted(rng.sample(range(len(rows)), n)) if n < len(rows) else list(range(len(rows)))
+    if clash := sorted(avoid.intersection(picked)):
+        raise ValueError(f"rows {clash} of train.jsonl are planted flaws (make_demo_dataset.PLANTED) but the pairs' sample uses them")
     kinds = [REJECTED_KINDS[i % len(REJECTED_KINDS)] for i in range(len(picked))]
     rng.shuffle(kinds)
     return [to_pair(rows[i], kind, rng) for i, kind in zip(picked, kinds)]
@@ -103,7 +106,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def build(demo_dir: Path = OUT_DIR, seed: int = SEED) -> tuple[list[dict], list[dict]]:
     rng = random.Random(seed)
-    train = build_pairs(read_rows(demo_dir / "train.jsonl"), N_TRAIN_PAIRS, rng)
+    train = build_pairs(read_rows(demo_dir / "train.jsonl"), N_TRAIN_PAIRS, rng, avoid=frozenset(PLANTED))
     evaluation = build_pairs(read_rows(demo_dir / "eval.jsonl"), len(read_rows(demo_dir / "eval.jsonl")), rng)
     return train, evaluation
 
