@@ -55,6 +55,8 @@ def test_stop_then_resume_continues_from_saved_step(workspace):
     assert final.state == "succeeded"
     assert final.result == {"steps_done": done + 5, "resumed_from": done}
     assert final.attempts == 2
+    assert final.earlier_seconds == pytest.approx(stopped.elapsed), "the stopped launch's time is carried into the run"
+    assert final.run_seconds == pytest.approx(stopped.elapsed + final.elapsed) and final.run_seconds > final.elapsed
     steps = [r["step"] for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE)]
     assert steps == list(range(1, done + 6))
 

@@ -114,9 +114,8 @@ def launch(run_dir: str | Path) -> int:
                 start_new_session=True,
             )
         _reap_when_done(child)
-        previous = current or RunStatus(kind=read_spec_dict(run_dir)["kind"])
+        previous = current.next_launch() if current is not None else RunStatus(kind=read_spec_dict(run_dir)["kind"])
         previous.state, previous.pid, previous.heartbeat, previous.error = "queued", child.pid, time.time(), ""
-        previous.finished_at = None
         previous.message = "starting the worker"
         write_status(run_dir, previous)  # the worker writes its own status only after this (it takes the same lock)
     return child.pid

@@ -177,7 +177,7 @@ def build_card(run_id: str, nodes: dict[str, RunNode] | None = None, graph: Line
         reports.insert(0, _report_headline(node) or {})
     card = {
         "run_id": run_id, "kind": node.kind, "name": spec.get("name") or run_id, "state": status.state,
-        "created_at": status.created_at, "finished_at": status.finished_at, "elapsed_s": status.elapsed,
+        "created_at": status.created_at, "finished_at": status.finished_at, "elapsed_s": status.run_seconds,
         "command": f"python -m core.runs.worker {node.path}",
         "spec": spec,
         "base_model": spec.get("model") or spec.get("base") or {},

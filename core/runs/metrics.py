@@ -69,3 +69,37 @@ def tail_text(path: str | Path, max_bytes: int = 8000) -> str:
     if size > max_bytes and "\n" in text:
         text = text.split("\n", 1)[1]
     return text
+
+
+def run_segments(rows: list[dict]) -> list[list[dict]]:
+    """metrics.jsonl rows split into the run's segments: a first launch and each Resume / Train-more starts a new one
+    with an `event: start` row (rows before any start row form a segment of their own)."""
+    segments: list[list[dict]] = []
+    for row in rows:
+        if row.get("event") == "start" or not segments:
+            segments.append([])
+        segments[-1].append(row)
+    return [s for s in segments if s]
+
+
+def whole_run_figures(rows: list[dict]) -> dict[str, Any]:
+    """Run-level figures over every segment of metrics.jsonl (a Stop / Resume run is one run, not its last segment):
+    mean_loss over all logged steps (a step re-logged after a resume counts once, its latest row), tokens (each
+    segment's last `tokens_seen`), train_seconds (each segment's last `elapsed_s`), tokens_per_s = tokens /
+    train_seconds, and segments (how many launches logged something)."""
+    steps, losses = metric_series(rows, "loss")
+    tokens = seconds = 0.0
+    parts = run_segments(rows)
+    for segment in parts:
+        seen = [r["tokens_seen"] for r in segment if isinstance(r.get("tokens_seen"), (int, float))]
+        spent = [r["elapsed_s"] for r in segment if isinstance(r.get("elapsed_s"), (int, float))]
+        tokens += seen[-1] if seen else 0.0
+        seconds += max(spent) if spent else 0.0
+    return {
+        "mean_loss": sum(losses) / len(losses) if losses else None,
+        "logged_steps": len(steps),
+        "tokens": int(tokens),
+        "train_seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
+        "segments": len(parts),
+    }

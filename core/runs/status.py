@@ -44,6 +44,7 @@ class RunStatus:
     error: str = ""  # one human sentence when failed
     result: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0  # launches of this run folder (first run + resumes)
+    earlier_seconds: float = 0.0  # time the earlier launches of this run folder ran (Stop / Resume, Train more)
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -63,8 +64,30 @@ class RunStatus:
             return None
         return (self.finished_at or self.heartbeat or time.time()) - self.started_at
 
+    @property
+    def run_seconds(self) -> float | None:
+        """How long the whole run has run: every launch of its folder, not only the latest (None before any ran)."""
+        if self.started_at is None and not self.earlier_seconds:
+            return None
+        return self.earlier_seconds + (self.elapsed or 0.0)
+
+    def next_launch(self) -> RunStatus:
+        """This status carried into a new launch of the same folder: the time the finished launch ran is added to
+        earlier_seconds and its start is cleared (the worker sets the new one when it starts running)."""
+        done = self.elapsed if self.is_final and self.started_at is not None else None
+        return replace(self, earlier_seconds=self.earlier_seconds + max(0.0, done or 0.0), started_at=None, finished_at=None)
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+STATE_ICONS = {"created": "•", "queued": "🕒", "running": "⏳", "stopping": "⏳", "succeeded": "✅", "failed": "❌", "stopped": "⏹️"}
+
+
+def state_label(status: RunStatus) -> str:
+    """A run's state as every page shows it (the run header, the run pickers and tables, the live status line): one
+    function, fed by one read_status() per render, so no two places can disagree."""
+    return f"{STATE_ICONS.get(status.state, '•')} {status.state}"
 
 
 def write_status(run_dir: str | Path, status: RunStatus) -> None:

@@ -40,6 +40,7 @@ class Worker:
             created_at=previous.created_at if previous else time.time(),
             heartbeat=time.time(),
             attempts=(previous.attempts if previous else 0) + 1,
+            earlier_seconds=previous.earlier_seconds if previous else 0.0,  # launch() added the earlier launches' time
             message="waiting for the exclusive job lock",
         ))
         self._stop_requests = 0

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from core.runs.card import source_run_of
-from core.runs.metrics import metric_series
+from core.runs.metrics import metric_series, whole_run_figures
+from core.runs.status import state_label
 from core.train.distributed import read_rank_records
 from core.train.recipes import DEMO_PAIRS_DATASET
 from core.train.spec import DEMO_DATASET, TrainSpec
@@ -38,7 +39,7 @@ def _model_label(model: dict) -> str:
 
 
 def _duration(status: Any) -> str:
-    seconds = status.elapsed
+    seconds = status.run_seconds  # every launch of the run (Stop / Resume), not only the latest
     if seconds is None:
         return ""
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
@@ -52,7 +53,7 @@ def runs_table(summaries: list) -> list[dict]:
         result = status.result or {}
         rows.append({
             "run": run.run_id,
-            "status": status.state,
+            "status": state_label(status),
             "method": spec.get("method", ""),
             "model": _model_label(spec.get("model") or {}),
             "dataset": Path(str(spec.get("dataset", ""))).name,
@@ -101,6 +102,8 @@ def live_summary(rows: list[dict]) -> LiveSummary:
                 summary.peak_memory_gb = row["peak_memory_bytes"] / 1e9
         if "eval_loss" in row:
             summary.eval_loss = row["eval_loss"]
+    whole = whole_run_figures(rows)  # tokens / s of the whole run, every Stop / Resume segment, not the last one
+    summary.tokens_per_s = whole["tokens_per_s"] or summary.tokens_per_s
     return summary
 
 
