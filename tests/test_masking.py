@@ -268,6 +268,17 @@ def test_inference_prompt_is_a_prefix_of_training_ids(embedded_tokenizer):
     assert render_conversation(messages[:-1], embedded_tokenizer, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
 
 
+def test_a_template_of_another_family_names_the_markers_the_tokenizer_lacks(embedded_tokenizer):
+    """Llama-3's template on the embedded ChatML tokenizer (issue 29): the warning says which markers are missing and what
+    to do, not only that 'the generation prompt tokenizes differently'."""
+    from core.data.lint import split_markers
+
+    llama3 = lint_dataset([{"messages": CONVERSATIONS["single_system"]}], embedded_tokenizer, chat_template=load_template("llama-3-instruct"))
+    message = llama3.issues["inference_token_mismatch"].message
+    assert "<|start_header_id|> (split into" in message and "<|eot_id|>" in message and "model's own chat template" in message
+    assert split_markers(embedded_tokenizer, "<|im_start|>user\nhi<|im_end|>") == [], "ChatML's markers are this tokenizer's own"
+
+
 def test_lint_reports_the_silent_failures(embedded_tokenizer):
     rows = [{"messages": CONVERSATIONS["single"]}, {"messages": CONVERSATIONS["single_system"]}, {"text": "plain text row"}]
     clean = lint_dataset(rows, embedded_tokenizer)

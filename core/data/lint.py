@@ -23,6 +23,7 @@ Checks, per row, with the same `encode_conversation` the trainer uses:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -248,8 +249,30 @@ def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: An
                 report._add("inference_mismatch", "error", "the prompt rendered for generation (add_generation_prompt=True) is not a prefix of the training text: the model is trained on a layout it never sees", index)
         elif full.input_ids[: len(ids)] != ids[: len(full.input_ids)]:
             flagged.add(index)
-            report._add("inference_token_mismatch", "warning", "the generation prompt tokenizes differently from the same text inside the training row (a token spans the prompt's end)", index)
+            report._add("inference_token_mismatch", "warning", _token_mismatch_message(tokenizer, prompt), index)
     return prompt_ends
+
+
+# Chat-template markers: <|eot_id|>-style (Llama-3, ChatML, Phi), Gemma's turn tags, Llama-2 / Mistral's [INST] and <s>.
+_MARKER = re.compile(r"<\|[^|\s<>]{1,40}\|>|</?(?:start_of_turn|end_of_turn|s)>|\[/?INST\]")
+
+
+def split_markers(tokenizer: Any, text: str) -> list[tuple[str, int]]:
+    """The chat-template markers in `text` this tokenizer has no single token for: (marker, the pieces it splits into).
+    A template written for another model family (Llama-3's <|start_header_id|> on a ChatML tokenizer) is the usual cause."""
+    markers = list(dict.fromkeys(_MARKER.findall(text)))
+    return [(marker, len(ids)) for marker, (ids, _) in zip(markers, _tokenize(tokenizer, markers)) if len(ids) > 1]
+
+
+def _token_mismatch_message(tokenizer: Any, prompt: str) -> str:
+    missing = split_markers(tokenizer, prompt)
+    if not missing:
+        return "the generation prompt tokenizes differently from the same text inside the training row (a token spans the prompt's end)"
+    named = ", ".join(f"{marker} (split into {pieces} pieces)" for marker, pieces in missing)
+    return (f"this tokenizer has no token for the template's markers {named}: the template was written for another model "
+            "family, so the pieces merge differently where the generation prompt ends than inside the training row, and the "
+            "model is trained on token sequences it never sees at inference. Use the model's own chat template (or one written "
+            "for its special tokens), or add these markers as special tokens and resize the embeddings before training")
 
 
 def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: dict, tokenizer: Any, chat_template: str | None,
