@@ -29,7 +29,7 @@ from core.train.methods import OBJECTIVES
 from core.train.spec import TrainSpec
 
 WIN_RATE_NOTE = "win rate: needs a judge (issue 28)"
-PREFERENCE_OBJECTIVES = tuple(name for name, objective in OBJECTIVES.items() if objective.data != "sft")
+PREFERENCE_OBJECTIVES = tuple(name for name, objective in OBJECTIVES.items() if objective.data.startswith("pairs"))
 
 
 @dataclass(frozen=True)

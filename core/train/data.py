@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from core.data.formats import resolve_data_path
 from core.data.lint import LintReport, lint_dataset
-from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversations, encode_text, pack_bins
+from core.data.masking import IGNORE_INDEX, EncodedRow, MaskingError, encode_conversations, encode_text, inference_prompt_ids, pack_bins
 from core.data.summary import inference_format
 from core.train.spec import TrainSpec
 
@@ -224,6 +224,8 @@ def held_out(rows: Sequence[dict], fraction: float, seed: int) -> tuple[list[dic
 
 def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False) -> PreparedData:
     """Load, lint, split and encode. Raises DataError when nothing could be trained. replay_estimate: see add_replay."""
+    if spec.objective == "grpo":
+        return prepare_prompt_data(spec, tokenizer)
     if spec.objective != "sft":
         return prepare_preference_data(spec, tokenizer)
     loaded = load_rows(spec.dataset)
@@ -366,6 +368,79 @@ def prepare_preference_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
     lint = LintReport(n_rows=len(train_rows), n_checked=len(train_rows), policy="last_assistant", max_length=spec.max_length,
                       n_encoded=len(train.features), total_tokens=train.tokens, trained_tokens=train.trained_tokens)
     return _prepared(path, loaded, train, evaluation, lint, template, template_choice, notes, reasoning=spec.reasoning)
+
+
+# ---------------------------------------------------------------- GRPO: prompts and their reference answers (issue 28 item 4)
+
+PROMPT_EXTRA_TYPES = (str, int, float, bool)
+
+
+def prompt_row(row: dict, where: str) -> dict:
+    """A GRPO row from a loaded row: the prompt is every turn before the last, the reference (what the rewards compare
+    with) is the last turn, which must be the assistant's. Scalar extra columns ride along (a reward may name one as its
+    reference_field). DataError names the row."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: GRPO needs conversations (messages, or prompt / completion rows); this row is plain text")
+    if messages[-1].get("role") != "assistant":
+        raise DataError(f"{where}: the last turn is {messages[-1].get('role')!r}, not the assistant's answer, so it has no reference "
+                        "for the rewards")
+    prompt = [{"role": m["role"], "content": m.get("content") or ""} for m in messages[:-1]]
+    if not any(m["role"] == "user" for m in prompt):
+        raise DataError(f"{where}: no user turn before the assistant's answer: there is no prompt to sample completions for")
+    extras = {k: v for k, v in row.items() if k not in ("messages", "text", "tools", "prompt", "reference")
+              and isinstance(v, PROMPT_EXTRA_TYPES)}
+    return {"prompt": prompt, "reference": str(messages[-1].get("content") or ""), **extras}
+
+
+def prompt_split(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_template: str | None, source: str) -> EncodedSplit:
+    """The prompts as TRL GRPOTrainer reads them ({prompt: messages, reference}), each counted through the masking module's
+    inference_prompt_ids (the ids the model is prompted with); a prompt that leaves no room for max_completion_length
+    within max_length is left out (counted as truncated)."""
+    split = EncodedSplit(features=[], n_rows=len(rows))
+    room = spec.max_length - spec.max_completion_length
+    for n, row in enumerate(rows):
+        item = prompt_row(row, f"{source} row {n + 1}")
+        try:
+            length = len(inference_prompt_ids(item["prompt"], tokenizer, chat_template=chat_template, reasoning=spec.reasoning))
+        except MaskingError:
+            split.n_failed += 1
+            continue
+        if length > room:
+            split.n_truncated += 1
+            continue
+        split.tokens += length
+        split.longest_tokens = max(split.longest_tokens, length + spec.max_completion_length)
+        split.features.append(item)
+    return split
+
+
+def prepare_prompt_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
+    """GRPO's data: conversations whose last turn is the assistant's answer (prompt = the turns before it, reference = the
+    answer), split like SFT rows (the held-out prompts stay out of training: bench/grpo_demo.py scores them). No eval split is
+    handed to the trainer: GRPO's loss on held-out prompts means nothing; the rewards are the measure."""
+    loaded = load_rows(spec.dataset)
+    template, template_choice = choose_chat_template(spec.chat_template, tokenizer)
+    if spec.eval_dataset.strip():
+        train_rows = loaded.rows
+    else:
+        train_rows, _ = held_out(loaded.rows, spec.eval_fraction, spec.seed)
+    train = prompt_split(train_rows, tokenizer, spec, template, spec.dataset)
+    if not train.features:
+        raise DataError(f"Refusing to train grpo on {spec.dataset}: none of its {train.n_rows} prompts fits ({train.n_truncated} leave no "
+                        f"room for max_completion_length {spec.max_completion_length} within max_length {spec.max_length}, "
+                        f"{train.n_failed} could not be rendered with the chat template)")
+    notes = [f"grpo: {len(train.features)} prompts, {spec.num_generations} completions sampled for each"]
+    if template_choice["source"] == "proposed":
+        notes.append(f"chat template {template_choice['name']} proposed: {template_choice['reason']}")
+    if train.n_truncated:
+        notes.append(f"{train.n_truncated} prompts leave no room for max_completion_length {spec.max_completion_length} within "
+                     f"max_length {spec.max_length} and were left out")
+    if train.n_failed:
+        notes.append(f"{train.n_failed} prompts could not be rendered with the chat template and were left out")
+    lint = LintReport(n_rows=len(train_rows), n_checked=len(train_rows), policy="last_assistant", max_length=spec.max_length,
+                      n_encoded=len(train.features), total_tokens=train.tokens, trained_tokens=train.tokens)
+    return _prepared(data_file(spec.dataset), loaded, train, None, lint, template, template_choice, notes, reasoning=spec.reasoning)
 
 
 def _prepared(path: Path, loaded: Any, train: EncodedSplit, evaluation: EncodedSplit | None, lint: LintReport, template: str | None,

@@ -37,6 +37,7 @@ from core.train.distributed import (
     in_launched_process,
     strategy_label,
 )
+from core.train.grpo import build_grpo_trainer
 from core.train.methods import method_refusal_for, trainable_counts
 from core.train.preflight import predict_memory
 from core.train.spec import TrainSpec
@@ -141,6 +142,11 @@ def run(ctx: JobContext) -> dict:
         trainer = build_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device,
                                 bf16=precision.bf16, fp16=precision.fp16, callbacks=[callback], counter=counter,
                                 backend=backend.name, report_to=trackers)
+    elif spec.objective == "grpo":  # prompts sampled and scored by the rewards (core.train.grpo)
+        ctx.progress(0.0, "preparing grpo (the rewards and the sampler)")
+        trainer = build_grpo_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device, bf16=precision.bf16,
+                                     fp16=precision.fp16, callbacks=[callback], counter=counter, report_to=trackers)
+        ctx.log.info("grpo: %d completions per prompt, reference model: %s", spec.num_generations, trainer.workbench_reference)
     else:
         ctx.progress(0.0, f"preparing {spec.objective} (TRL tokenises the pairs)")
         trainer = build_preference_trainer(spec, ctx.run_dir, model, tokenizer, data, device=hardware.device, bf16=precision.bf16,

@@ -241,7 +241,7 @@ class Objective:
     label: str
     summary: str
     fields: tuple[str, ...] = ()  # objective-specific TrainSpec fields it reads (the Train page shows only those)
-    data: str = "sft"  # "sft" rows, "pairs" (chosen / rejected), or "pairs_or_unpaired" (KTO: pairs are unpaired)
+    data: str = "sft"  # "sft" rows, "pairs" (chosen / rejected), "pairs_or_unpaired" (KTO: pairs are unpaired), or "prompts" (GRPO)
     reference: bool = False  # scores against a frozen reference (with PEFT: the model with the adapter as it started)
     metrics: tuple[str, ...] = ()  # TRL's metric keys this objective logs (beside loss / learning rate / grad norm)
     paper: str = ""
@@ -250,6 +250,12 @@ class Objective:
 # TRL 1.16 DPOConfig.loss_type choices ('sft' is mixed in through sft_weight, not chosen alone).
 DPO_LOSS_TYPES: tuple[str, ...] = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+# TRL 1.16 GRPOConfig.loss_type choices ('luspo' needs sequence-level importance sampling, not offered here).
+GRPO_LOSS_TYPES: tuple[str, ...] = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
+# TRL's GRPO logs (beside loss): reward, reward_std and rewards/<label>/mean|std per reward (their labels vary), the share of
+# groups whose completions all scored the same (no signal), completion lengths, clipped (cut at max_completion_length) share,
+# entropy, the clip ratios of the policy ratio, and kl when beta > 0.
+GRPO_METRICS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio", "entropy")
 _PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
@@ -265,6 +271,10 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
               metrics=_PAIR_METRICS, paper="https://arxiv.org/abs/2403.07691"),
     Objective("simpo", "SimPO", "length-normalised preference margin with a target gap gamma: no reference model (TRL's CPO loss 'simpo')",
               ("beta", "simpo_gamma", "label_smoothing"), data="pairs", metrics=_PAIR_METRICS, paper="https://arxiv.org/abs/2405.14734"),
+    Objective("grpo", "GRPO", "group relative policy optimisation: sample a group of completions per prompt, score them with the "
+              "rewards, and raise the ones above their group's mean (TRL's GRPOTrainer; beta 0 = no reference model)",
+              ("beta", "rewards", "num_generations", "max_completion_length", "temperature", "grpo_loss_type", "completions_every"),
+              data="prompts", metrics=GRPO_METRICS, paper="https://arxiv.org/abs/2402.03300"),
 )}
 OBJECTIVE_FIELDS = tuple(dict.fromkeys(f for o in OBJECTIVES.values() for f in o.fields))
 

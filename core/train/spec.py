@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 
 from core.data.formats import resolve_data_path
 from core.data.masking import POLICIES, REASONING_MODES
+from core.rewards import RewardSpec
 from core.runs.spec import RunSpec, meta
-from core.train.methods import DPO_LOSS_TYPES, LORA_FIELDS, merge_refusal, method_info
+from core.train.methods import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, LORA_FIELDS, merge_refusal, method_info
 from core.train.methods import METHODS as METHOD_TABLE
 from core.train.methods import OBJECTIVES as OBJECTIVE_TABLE
 
@@ -23,6 +24,10 @@ SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_wa
 BACKENDS: tuple[str, ...] = ("auto", "unsloth", "hf")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DEMO_DATASET = "assets/demo/train.jsonl"
+# GRPO's default rewards on the demo tickets: the reply is one JSON object, and its urgency is the reference's.
+DEFAULT_REWARDS: dict = {"rewards": [{"name": "json_valid", "params": {}, "weight": 1.0},
+                                     {"name": "field_match", "params": {"field": "urgency"}, "weight": 1.0}], "allow_user_code": False}
+GRPO_BETA = 0.0  # TRL 1.16's GRPOConfig default: no reference model (the Train form starts GRPO there)
 _FAULT = re.compile(r"^(error|oom|kill)@(\d+)(?::(\d+))?$")
 # Distribution (beyond one process): see core.train.distributed for what each choice turns into.
 DISTRIBUTED_STRATEGIES: tuple[str, ...] = ("ddp", "fsdp", "deepspeed")
@@ -166,7 +171,8 @@ class TrainSpec(RunSpec):
     beta: float = field(
         default=0.1,
         metadata=meta("DPO / KTO: how far the model may move from the reference (lower = further); ORPO: weight of the odds-ratio "
-                       "term (lambda); SimPO: reward scale (its paper uses 2.0-2.5).", "objective", min=0.0, max=100.0),
+                       "term (lambda); SimPO: reward scale (its paper uses 2.0-2.5); GRPO: weight of the KL to the starting model "
+                       "(0 = no reference model, TRL's default; DeepSeek-R1 used 0.001).", "objective", min=0.0, max=100.0),
     )
     dpo_loss_type: str = field(
         default="sigmoid",
@@ -201,6 +207,42 @@ class TrainSpec(RunSpec):
     simpo_gamma: float = field(
         default=0.5,
         metadata=meta("SimPO: the target reward margin between chosen and rejected (gamma).", "objective", min=0.0, max=100.0),
+    )
+
+    # ---------------------------------------------------------------- GRPO: rewards on sampled completions (issue 28 item 4)
+    rewards: dict = field(
+        default_factory=lambda: {"rewards": [dict(r, params=dict(r["params"])) for r in DEFAULT_REWARDS["rewards"]],
+                                 "allow_user_code": False},
+        metadata=meta("GRPO: the rewards each completion is scored with, as core.rewards reads them: {rewards: [{name, params, "
+                      "weight}], allow_user_code}. The reference each reward compares with is the dataset row's assistant "
+                      "answer (the Rewards page tries them).", "objective"),
+    )
+    num_generations: int = field(
+        default=4,
+        metadata=meta("GRPO: completions sampled per prompt (the group). Advantages are each reward minus its group's mean: a "
+                      "group that all scores the same teaches nothing. batch_size x gradient_accumulation must be a multiple.",
+                      "objective", min=2, max=256),
+    )
+    max_completion_length: int = field(
+        default=128,
+        metadata=meta("GRPO: longest completion sampled, in tokens (a longer one is cut and counts in the clipped ratio). The "
+                      "prompt plus this must fit max_length.", "objective", min=1, max=32768),
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata=meta("GRPO: sampling temperature of the completions (lower = the group agrees more, so less signal).",
+                      "objective", min=0.05, max=5.0),
+    )
+    grpo_loss_type: str = field(
+        default="dapo",
+        metadata=meta("GRPO loss (TRL's): dapo (default: tokens of the whole batch normalise, no length bias), grpo (per "
+                      "sequence: favours short right answers), dr_grpo (a constant: max_completion_length), bnpo (the local "
+                      "batch's tokens), cispo, sapo, vespo.", "objective", advanced=True, choices=GRPO_LOSS_TYPES),
+    )
+    completions_every: int = field(
+        default=5,
+        metadata=meta("GRPO: every N steps append the sampled completions with their rewards to completions.jsonl in the run "
+                      "folder (the Train page shows the newest). 0 = never.", "objective", advanced=True, min=0, max=1_000_000),
     )
 
     # ---------------------------------------------------------------- schedule
@@ -366,11 +408,14 @@ class TrainSpec(RunSpec):
                 raise ValueError(f"init_adapter: continues a PEFT adapter, and method {self.method} trains the model's own weights; "
                                  "choose a LoRA-family method or clear init_adapter")
             self.init_adapter = str(resolve_init_adapter(self.init_adapter))  # a run id becomes its adapter path (the lineage reads it)
+        self.rewards = self._checked_rewards()
         if info.data == "sft":
             return
         for name, reason in (("packing", "packs SFT rows"), ("replay_fraction", "mixes SFT rows")):
             if getattr(self, name):
                 raise ValueError(f"{name}: {reason}; objective {self.objective} trains on preference pairs (turn it off)")
+        if info.data == "prompts":
+            return self._check_grpo()
         if self.precompute_ref_log_probs and not info.reference:
             raise ValueError(f"precompute_ref_log_probs: objective {self.objective} has no reference model")
         if self.uses_launcher:
@@ -384,6 +429,36 @@ class TrainSpec(RunSpec):
         if fmt == "unpaired" and info.data == "pairs":
             raise ValueError(f"dataset: objective {self.objective} needs chosen / rejected pairs; {self.dataset} holds unpaired "
                              "prompt / completion / label rows, which only objective kto trains on")
+
+    def _checked_rewards(self) -> dict:
+        """rewards as core.rewards.RewardSpec reads it (a bare list is accepted), with every parameter filled in and checked."""
+        try:
+            return RewardSpec.from_dict(self.rewards).to_dict()
+        except ValueError as exc:
+            text = str(exc)
+            raise ValueError(text if text.startswith("rewards") else f"rewards: {text}") from None
+
+    def reward_spec(self):
+        """The rewards as a core.rewards.RewardSpec (GRPO's reward functions are built from it)."""
+        return RewardSpec.from_dict(self.rewards)
+
+    def _check_grpo(self) -> None:
+        """GRPO's rules: whole groups in a batch, room for the prompt, the user's code only when allowed."""
+        rows = self.batch_size * self.gradient_accumulation
+        if rows % self.num_generations:
+            raise ValueError(f"num_generations: GRPO trains whole groups, so batch_size x gradient_accumulation ({self.batch_size} x "
+                             f"{self.gradient_accumulation} = {rows} completions) must be a multiple of num_generations "
+                             f"({self.num_generations}); e.g. batch_size {self.num_generations}")
+        if self.max_completion_length >= self.max_length:
+            raise ValueError(f"max_completion_length: {self.max_completion_length} leaves no room for the prompt within max_length "
+                             f"{self.max_length} (the prompt and the completion share it); raise max_length or lower it")
+        if self.precompute_ref_log_probs:
+            raise ValueError("precompute_ref_log_probs: GRPO scores its own fresh samples at every step; there is nothing to precompute")
+        spec = self.reward_spec()
+        code = [i.name for i in spec.rewards if i.name == "python"]
+        if code and not spec.allow_user_code:
+            raise ValueError("rewards: the python reward runs your own code; it is refused unless you allow it (tick 'This code may "
+                             "run on my machine', rewards.allow_user_code: true) or remove it")
 
     def preference_format(self) -> str | None:
         """"preference" / "unpaired" / "none" for the dataset file, or None when it cannot be read here (yet)."""

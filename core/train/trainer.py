@@ -230,13 +230,20 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
 PAIR_ACCURACY = "pair_accuracy"  # eval only: the share of all eval pairs whose chosen reward beats the rejected one
 PREFERENCE_METRIC_PREFIXES = ("rewards/", "logps/", "logits/", "log_odds")
 PREFERENCE_METRIC_KEYS = ("kl", "nll_loss", PAIR_ACCURACY)
+# GRPO's (core.train.grpo): the reward and its std, rewards/<label>/mean|std (the prefix above), the zero-std share,
+# completion lengths, the policy ratio's clip ratios, the entropy of the sampled tokens and the rewards' error shares.
+GRPO_METRIC_PREFIXES = ("completions/", "clip_ratio/", "reward_errors/")
+GRPO_METRIC_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "entropy")
 
 
 def objective_metrics(logs: dict) -> dict:
-    """TRL's own metrics of a preference objective (rewards/*, logps/*, logits/*, KTO's kl, ORPO's nll_loss / log_odds_*),
-    passed through into the metrics row under TRL's names; SFT logs none of them."""
-    return {k: _float(v) for k, v in logs.items()
-            if isinstance(k, str) and (k.startswith(PREFERENCE_METRIC_PREFIXES) or k in PREFERENCE_METRIC_KEYS)}
+    """TRL's own metrics of a preference objective (rewards/*, logps/*, logits/*, KTO's kl, ORPO's nll_loss / log_odds_*)
+    or of GRPO (those above, recognised by its "reward"), passed through into the metrics row under TRL's names; SFT logs
+    none of them."""
+    grpo = "reward" in logs
+    prefixes = PREFERENCE_METRIC_PREFIXES + (GRPO_METRIC_PREFIXES if grpo else ())
+    keys = PREFERENCE_METRIC_KEYS + (GRPO_METRIC_KEYS if grpo else ())
+    return {k: _float(v) for k, v in logs.items() if isinstance(k, str) and (k.startswith(prefixes) or k in keys)}
 
 
 def _float(value: Any) -> float | None:

@@ -1,0 +1,151 @@
+"""GRPO on verifiable rewards (issue 28 item 4): real GRPO steps through the worker on the tiny random Llama (TRL's
+GRPO metrics in metrics.jsonl, the sampled completions with their rewards in completions.jsonl, KL and a continued
+adapter when beta > 0), the spec's and the data's refusals, and the completions table's rows."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from inprocess import run_in_process
+
+from core import runs, scorers
+from core.train.data import DataError, prepare_prompt_data
+from core.train.grpo import COMPLETIONS_FILE, completion_rows, read_completions
+from core.train.methods import OBJECTIVES, hidden_objective_fields
+from core.train.spec import TrainSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "demo" / "train.jsonl"
+
+
+def _demo_rows(n: int) -> list[dict]:
+    return [json.loads(line) for line in DEMO.read_text().splitlines()[:n]]
+
+
+@pytest.fixture
+def tickets(tmp_path) -> Path:
+    """Four demo tickets: system + user turns, the assistant's JSON answer the rewards compare with."""
+    path = tmp_path / "tickets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _demo_rows(4)))
+    return path
+
+
+def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:
+    fields = dict(model={"kind": "local", "ref": str(model_dir)}, dataset=str(data), objective="grpo", beta=0.0, max_steps=2, batch_size=2,
+                  num_generations=2, max_completion_length=8, max_length=256, eval_fraction=0.0, learning_rate=1e-3, warmup_ratio=0.0,
+                  lora_r=4, lora_alpha=8, save_steps=100, eval_on_start=False, logging_steps=1, completions_every=1)
+    fields.update(changes)
+    return TrainSpec(**fields)
+
+
+def _run_here(spec: TrainSpec) -> Path:
+    run_dir, status = run_in_process(spec)
+    assert status.state == "succeeded", (status.error, (run_dir / "worker.log").read_text()[-3000:])
+    return run_dir
+
+
+def _train_rows(run_dir: Path) -> list[dict]:
+    return [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in r]
+
+
+@pytest.mark.slow
+def test_grpo_trains_through_the_worker_and_writes_its_metrics_and_completions(workspace, tiny_llama_dir, tickets):
+    run_dir = _run_here(_spec(tiny_llama_dir, tickets))
+    rows = _train_rows(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in (*OBJECTIVES["grpo"].metrics, "rewards/json_valid/mean", "rewards/json_valid/std", "rewards/field_match:urgency/mean",
+                "clip_ratio/region_mean"):
+        assert all(r.get(key) is not None and math.isfinite(r[key]) for r in rows), (key, rows)
+    assert "kl" not in rows[0], "beta 0: no reference model, no KL"
+    assert all(0 < r["completions/mean_length"] <= 8 and r["tokens_per_s"] > 0 for r in rows)
+    card = runs.read_result(run_dir)
+    assert card["objective"] == "grpo" and card["data"]["train_rows"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+    table = runs.read_all_metrics(run_dir / COMPLETIONS_FILE)
+    assert sorted({r["step"] for r in table}) == [1, 2] and len(table) == 4, "one group of 2 completions per step"
+    users = {m["content"] for r in _demo_rows(4) for m in r["messages"] if m["role"] == "user"}
+    for row in table:
+        assert row["prompt"] in users
+        # the rewards scored this very completion: recompute the JSON-validity part from the text
+        assert row["rewards"]["json_valid"] == scorers.json_validity(row["completion"])
+        assert row["reward"] == pytest.approx(row["rewards"]["json_valid"] + row["rewards"]["field_match:urgency"])
+    step_two = read_completions(run_dir)
+    assert {r["step"] for r in step_two} == {2} and len(step_two) == 2
+
+
+@pytest.mark.slow
+def test_grpo_with_beta_logs_kl_and_continues_an_adapter(workspace, tiny_llama_dir, tickets):
+    first = _run_here(_spec(tiny_llama_dir, tickets, max_steps=1, completions_every=0))
+    assert not (first / COMPLETIONS_FILE).exists(), "completions_every 0 writes no table"
+    second = _run_here(_spec(tiny_llama_dir, tickets, beta=0.04, init_adapter=first.name, grpo_loss_type="grpo", max_steps=1))
+    rows = _train_rows(second)
+    assert rows and all(r.get("kl") is not None and math.isfinite(r["kl"]) for r in rows)
+    card = runs.read_result(second)
+    assert card["parent"]["run_id"] == first.name
+    assert not (second / "adapter" / "ref").exists(), "only the trained adapter is saved, not TRL's frozen reference copy"
+
+
+def test_grpo_fields_show_only_for_grpo():
+    for name in ("rewards", "num_generations", "max_completion_length", "temperature", "grpo_loss_type", "completions_every"):
+        assert name not in hidden_objective_fields("grpo")
+        assert all(name in hidden_objective_fields(o) for o in OBJECTIVES if o != "grpo"), name
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"batch_size": 3, "num_generations": 2}, "num_generations"),
+    ({"num_generations": 1}, "num_generations"),
+    ({"max_completion_length": 256}, "max_completion_length"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"grpo_loss_type": "ppo"}, "grpo_loss_type"),
+    ({"precompute_ref_log_probs": True}, "precompute_ref_log_probs"),
+    ({"packing": True}, "packing"),
+    ({"rewards": [{"name": "json_valid"}, {"name": "no_such_reward"}]}, "rewards[1].name"),
+    ({"rewards": [{"name": "field_match", "params": {"field": "urgency", "colour": "red"}}]}, "rewards[0].params"),
+    ({"rewards": [{"name": "python", "params": {"source": "def reward(completion, row):\n    return 1.0\n"}}]}, "rewards"),
+])
+def test_grpo_spec_refusals_name_the_field(tmp_path, changes, field):
+    with pytest.raises(ValueError) as caught:
+        _spec(tmp_path, DEMO, **changes)
+    assert str(caught.value).startswith(field), str(caught.value)
+
+
+def test_grpo_rewards_are_checked_and_filled_in(tmp_path):
+    spec = _spec(tmp_path, DEMO, rewards=[{"name": "field_match", "params": {"field": "next_step"}, "weight": 2}])
+    assert spec.rewards == {"rewards": [{"name": "field_match", "params": {"field": "next_step", "free_text": False, "reference_field": ""},
+                                         "weight": 2.0}], "allow_user_code": False}
+    allowed = {"rewards": [{"name": "python", "params": {"source": "def reward(completion, row):\n    return 1.0\n"}}], "allow_user_code": True}
+    assert _spec(tmp_path, DEMO, rewards=allowed).reward_spec().allow_user_code
+
+
+def test_prompt_data_from_messages_rows_and_refusals(tmp_path, embedded_tokenizer):
+    spec = _spec(tmp_path, DEMO, max_completion_length=64)
+    data = prepare_prompt_data(spec, embedded_tokenizer)
+    first = _demo_rows(1)[0]["messages"]
+    row = data.train.features[0]
+    assert len(data.train.features) + data.train.n_truncated == data.train.n_rows and data.eval is None
+    assert row["reference"] in {r["messages"][-1]["content"] for r in _demo_rows(400)}
+    assert [m["role"] for m in row["prompt"]] == [m["role"] for m in first[:-1]]
+    assert data.train.longest >= 64 and data.detected_format == "messages"
+
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"text": "a story with no turns"}) + "\n")
+    with pytest.raises(DataError, match=r"plain.jsonl row 1: GRPO needs conversations"):
+        prepare_prompt_data(_spec(tmp_path, plain), embedded_tokenizer)
+    tight = _spec(tmp_path, DEMO, max_length=64, max_completion_length=32)
+    with pytest.raises(DataError, match="none of its .* prompts fits"):
+        prepare_prompt_data(tight, embedded_tokenizer)
+
+
+def test_completion_rows_from_trl_logs():
+    logs = {"prompt": [[{"role": "system", "content": "s"}, {"role": "user", "content": "ticket A"}]] * 2,
+            "completion": [[{"role": "assistant", "content": '{"urgency": "high"}'}], [{"role": "assistant", "content": "nope"}]],
+            "rewards": {"json_valid": [1.0, 0.0], "field_match:urgency": [1.0, float("nan")]},
+            "advantages": [0.7, -0.7], "extra": {"field_match:urgency error": ["", "no JSON"]}}
+    rows = completion_rows(3, logs, ["json_valid", "field_match:urgency"], [1.0, 2.0])
+    assert [r["prompt"] for r in rows] == ["ticket A", "ticket A"]
+    assert rows[0]["reward"] == 3.0 and rows[0]["completion"] == '{"urgency": "high"}' and "errors" not in rows[0]
+    assert rows[1]["rewards"] == {"json_valid": 0.0, "field_match:urgency": None} and rows[1]["reward"] == 0.0
+    assert rows[1]["errors"] == {"field_match:urgency error": "no JSON"} and rows[1]["advantage"] == -0.7
