@@ -111,7 +111,7 @@ def across_gpus(spec: memory.MemorySpec) -> None:
     rows = memory_distributed.fits_by_gpu_count(spec, memory_distributed.gpu_capacity(gpu))
     st.dataframe(pd.DataFrame(memory_distributed.fits_matrix(rows)), hide_index=True, width="stretch")
     fewest = memory_distributed.fewest_gpus(rows)
-    st.caption("Per-device peak (✅ fits, ⚠️ tight, ❌ does not fit); nodes of 8 GPUs above 8. Fewest GPUs that fit: "
+    st.caption("Per-device peak and whether it fits one GPU of this model; nodes of 8 GPUs above 8. Fewest GPUs that fit: "
                + " · ".join(f"{name} {count or '—'}" for name, count in fewest.items())
                + ". Offload rows need the CPU memory per node shown in the Train page's pre-flight.")
     with st.expander("How the strategies divide the model state", expanded=False):

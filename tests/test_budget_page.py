@@ -107,8 +107,8 @@ def test_fits_table_per_gpu_count_is_the_per_device_estimator(workspace):
                              gradient_checkpointing=True, attention="sdpa", device="cuda")
     eight = estimate_per_device(spec, Distribution("zero3", 8, 1))
     cell = table.loc[table["GPUs"] == 8, "ZeRO-3"].item()
-    assert cell.startswith(f"{eight.total_bytes / memory.GB:.1f} GB") and cell.endswith("✅")
-    assert table.loc[table["GPUs"] == 1, "DDP"].item().endswith("❌")
+    assert cell.startswith(f"{eight.total_bytes / memory.GB:.1f} GB") and cell.endswith("✅ fits")
+    assert table.loc[table["GPUs"] == 1, "DDP"].item().endswith("❌ too big")
     assert any("Fewest GPUs that fit" in c.value for c in at.caption)
 
 

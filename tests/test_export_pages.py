@@ -46,6 +46,7 @@ def test_export_page_runs_an_export_and_shows_its_checks(workspace, tiny_llama_d
     assert any(m.label == "Checks" and "0 failed" in m.value for m in at.metric)
     checks = at.dataframe[1].value
     assert {"greedy text vs torch", "tokenizer matches", "Modelfile template"} <= set(checks["check"])
+    assert set(checks["outcome"]) <= {"✅ pass", "⚠️ pass, with a warning"}, "pass / fail in words, not by an emoji alone"
     assert {b.label for b in at.get("download_button")} >= {"⬇️ Modelfile", "⬇️ axolotl.yaml", "⬇️ spec.yaml"}
     assert any(b.label == "💬 Chat with it (llama.cpp)" for b in at.button)
 

@@ -6,15 +6,23 @@ from pathlib import Path
 from core.runs.jobs import model_kinds
 from core.runs.jobs import read_result as read_job_result
 
-ICONS = {True: "✅", False: "❌", None: "➖"}
+OUTCOMES = {True: "✅ pass", False: "❌ fail", None: "➖ not run"}  # the mark and the word: a colour-blind reader needs the word
 
 
 def read_result(run_dir: str | Path) -> dict:
     return read_job_result(run_dir, "export", {}) or {}
 
 
-def check_icon(check: dict) -> str:
-    return "⚠️" if check.get("passed") and check.get("warning") else ICONS[check.get("passed")]
+def check_outcome(check: dict) -> str:
+    return "⚠️ pass, with a warning" if check.get("passed") and check.get("warning") else OUTCOMES[check.get("passed")]
+
+
+def checks_summary(checks: list[dict]) -> str:
+    """One artifact's checks in words: "✅ 5 passed", "❌ 1 failed · ✅ 4 passed", "not checked"."""
+    failed = sum(c.get("passed") is False for c in checks)
+    passed = sum(c.get("passed") is True for c in checks)
+    parts = ([f"❌ {failed} failed"] if failed else []) + ([f"✅ {passed} passed"] if passed else [])
+    return " · ".join(parts) or ("➖ not run" if checks else "not checked")
 
 
 def artifact_rows(result: dict) -> list[dict]:
@@ -23,8 +31,8 @@ def artifact_rows(result: dict) -> list[dict]:
     for artifact in result.get("artifacts", []):
         checks = artifact.get("verified", {}).get("checks") or artifact.get("checks", [])
         rows.append({"artifact": artifact["kind"], "file": Path(artifact["path"]).name,
-                     "size MB": round(artifact["size_bytes"] / 1e6, 2), "seconds": artifact["seconds"],
-                     "checks": " ".join(check_icon(c) for c in checks) or "not checked"})
+                     "size MB": round(artifact["size_bytes"] / 1e6, 2), "seconds": round(artifact["seconds"], 1),
+                     "checks": checks_summary(checks)})
     return rows
 
 
@@ -33,7 +41,7 @@ def check_rows(result: dict) -> list[dict]:
     for artifact in result.get("artifacts", []):
         for check in artifact.get("verified", {}).get("checks") or artifact.get("checks", []):
             summary = check["summary"] + (f" — ⚠️ {check['warning']}" if check.get("warning") else "")
-            rows.append({"artifact": artifact["kind"], "": check_icon(check), "check": check["name"], "result": summary})
+            rows.append({"artifact": artifact["kind"], "outcome": check_outcome(check), "check": check["name"], "result": summary})
     return rows
 
 

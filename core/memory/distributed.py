@@ -245,11 +245,11 @@ def fewest_gpus(rows: list[dict]) -> dict[str, int | None]:
     return best
 
 
-VERDICT_MARKS = {"fits": "✅", "tight": "⚠️", "does not fit": "❌", "unknown": ""}
+VERDICT_MARKS = {"fits": "✅ fits", "tight": "⚠️ tight", "does not fit": "❌ too big", "unknown": ""}  # the mark and a word
 
 
 def fits_matrix(rows: list[dict]) -> list[dict]:
-    """fits_by_gpu_count rows as one row per GPU count and one column per strategy: "12.3 GB ✅"."""
+    """fits_by_gpu_count rows as one row per GPU count and one column per strategy: "12.3 GB ✅ fits"."""
     table: dict[int, dict] = {}
     for row in rows:
         cells = table.setdefault(row["gpus"], {"GPUs": row["gpus"]})

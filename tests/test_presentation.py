@@ -1,0 +1,32 @@
+"""Presentation (issue 29 item 9): what a table shows a user says pass / fail in words beside its mark, uses words for
+its column names and rounds its numbers. The functions the pages draw their tables from are tested directly."""
+from __future__ import annotations
+
+from core.export.results import artifact_rows, check_rows, checks_summary
+from core.memory.distributed import fits_matrix
+
+
+def _result() -> dict:
+    checks = [{"name": "tokenizer matches", "passed": True, "summary": "same ids"},
+              {"name": "greedy text vs torch", "passed": False, "summary": "2 of 4 prompts differ"},
+              {"name": "top-1 agreement", "passed": True, "warning": "margins moved", "summary": "96.9 %"}]
+    return {"artifacts": [{"kind": "gguf_q8_0", "path": "/w/runs/x/model-q8_0.gguf", "size_bytes": 144_812_345, "seconds": 1.8372615,
+                           "checks": checks}]}
+
+
+def test_export_checks_say_pass_or_fail_in_words():
+    rows = check_rows(_result())
+    assert [r["outcome"] for r in rows] == ["✅ pass", "❌ fail", "⚠️ pass, with a warning"]
+    assert all(k.strip() for row in rows for k in row), "every column has a name"
+    (artifact,) = artifact_rows(_result())
+    assert artifact["checks"] == "❌ 1 failed · ✅ 2 passed" and artifact["file"] == "model-q8_0.gguf" and artifact["seconds"] == 1.8
+    assert checks_summary([]) == "not checked"
+
+
+def test_the_gpu_table_says_fits_in_words():
+    rows = [{"gpus": 1, "strategy": "DDP", "per_device_gb": 96.04, "verdict": "does not fit"},
+            {"gpus": 1, "strategy": "ZeRO-3", "per_device_gb": 70.2, "verdict": "tight"},
+            {"gpus": 2, "strategy": "DDP", "per_device_gb": 50.0, "verdict": "fits"}]
+    table = fits_matrix(rows)
+    assert table[0] == {"GPUs": 1, "DDP": "96.0 GB ❌ too big", "ZeRO-3": "70.2 GB ⚠️ tight"}
+    assert table[1]["DDP"] == "50.0 GB ✅ fits"
