@@ -56,6 +56,8 @@ def test_demo_dedup_and_export(workspace):
     lines = markdown(at)
     assert "**exact**: 2 clusters, 2 rows to drop" in lines and "**near**: 4 clusters, 4 rows to drop" in lines, lines
     assert at.checkbox(key="data_dc_drop").label == "Drop the 3 contaminated rows"
+    leaks = next(df.value for df in at.dataframe if "contaminated rows" in df.value.columns)  # words, not snake_case
+    assert list(leaks["contaminated rows"]) == [2, 1] and list(leaks["share"]) == ["0.67 %", "0.33 %"]
     assert "**4 of 300 rows flagged**" in lines and "refusal or boilerplate: 1" in lines
     for rule in ("refusal", "truncated", "repeats_prompt", "invalid_json"):  # drop every flagged answer, rule by rule
         at.selectbox(key="data_au_rule").set_value(rule).run()

@@ -30,3 +30,15 @@ def test_the_gpu_table_says_fits_in_words():
     table = fits_matrix(rows)
     assert table[0] == {"GPUs": 1, "DDP": "96.0 GB ❌ too big", "ZeRO-3": "70.2 GB ⚠️ tight"}
     assert table[1]["DDP"] == "50.0 GB ✅ fits"
+
+
+def test_the_decontamination_table_uses_words_and_a_percentage():
+    from core.data.decontam import Benchmark, decontaminate
+
+    leak = "a farmer has seventeen sheep and all but nine run away so how many sheep are left in the field today"
+    rows = [{"messages": [{"role": "user", "content": f"Please answer: {leak}"}, {"role": "assistant", "content": "9"}]}] + \
+        [{"messages": [{"role": "user", "content": f"unrelated question {i}"}, {"role": "assistant", "content": "ok"}]} for i in range(6)]
+    (report,) = decontaminate(rows, [Benchmark("riddles", [leak], ["riddles/0"])]).reports
+    row = report.table_row()
+    assert row["contaminated rows"] == 1 and row["share"] == "14.29 %" and row["rule"] == "13-gram any overlap (GPT-3)"
+    assert not [k for k in row if "_" in k], "no snake_case column names"

@@ -93,7 +93,7 @@ def decontam_tab(dataset, reference, engine: str):
     result = found.get("decontam")
     if result is None:
         return None
-    st.dataframe([r.summary() for r in result.reports], hide_index=True, width="stretch")
+    st.dataframe([r.table_row() for r in result.reports], hide_index=True, width="stretch")
     st.session_state.setdefault("data_dc_drop", True)
     st.checkbox(f"Drop the {len(result.rows_to_drop):,} contaminated rows", key="data_dc_drop")
     if result.rows_to_drop:

@@ -203,6 +203,12 @@ class BenchmarkContamination:
             "items_skipped_too_short": self.n_items_skipped,
         }
 
+    def table_row(self) -> dict[str, Any]:
+        """summary() as the Data page shows it: words for column names, the rate as a percentage."""
+        return {"benchmark": self.benchmark, "rule": MODES[self.mode].label, "training rows": self.n_rows,
+                "contaminated rows": len(self.contaminated_rows), "share": f"{100 * self.rate:.2f} %", "test items": self.n_items,
+                "test items found": len(self.items_hit), "test items too short to check": self.n_items_skipped}
+
 
 @dataclass
 class DecontamResult:
