@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import streamlit as st
 
+from app_pages.chat_tabs.arena import ARENA, SIDE_BY_SIDE, render_arena
 from core.chat import system_prompt_prefill, transcript_jsonl, variant_training_format
 from core.export.results import gguf_choices
 from core.generation import GenerationSettings, start_generation
@@ -129,6 +130,9 @@ def live_answers() -> None:
 
 st.title("💬 Chat side by side")
 st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
+if st.radio("Mode", (SIDE_BY_SIDE, ARENA), horizontal=True, key="chat_mode") == ARENA:
+    render_arena(variant_source, settings_form(), None)  # app_pages/chat_tabs/arena.py: blind A / B votes
+    st.stop()
 
 n_columns = st.radio("Columns", [2, 3], horizontal=True, key="chat_n_columns")
 settings = settings_form()

@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("generation", "chat"),  # every answer a model gives
     ("train",),
     ("evaluate",),
-    ("rag", "compare", "transform_eval"),
+    ("rag", "compare", "transform_eval", "arena"),  # arena: blind A / B votes into a preference dataset, standings
     ("merge", "prune", "distill", "decide"),
     ("export",),  # the top floor: exports everything below
 )

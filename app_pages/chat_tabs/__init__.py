@@ -1,0 +1,1 @@
+"""The Chat page's panels (modules, not pages: st.navigation never lists them)."""
