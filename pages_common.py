@@ -216,6 +216,7 @@ def cached_arch(source: ModelSource):
 TRAIN_RECIPE = "train_recipe"  # the hand-off to the Train page: {field: value} its form starts from
 TRAIN_RECIPE_ORIGIN = "train_recipe_origin"  # (that recipe, where it came from): shown above the form
 TRAIN_RUN = "train_run_id"  # the run the Train page shows (its ?run= in the URL)
+EVAL_HANDOFF = "eval_handoff"  # "📊 Evaluate it": the model folder the Evaluate page opens on (read once)
 
 
 def send_recipe_to_train(recipe: dict, origin: str, *, model: ModelSource | None = None) -> None:
@@ -228,6 +229,24 @@ def send_recipe_to_train(recipe: dict, origin: str, *, model: ModelSource | None
         st.session_state["active_model"] = model.as_dict()
     st.session_state.pop(TRAIN_RUN, None)
     st.switch_page("app_pages/train.py")
+
+
+def time_estimate(kind: str, spec, rows: int | None = None):
+    """The line shown before a job's Start button: about how long it takes on this machine (core.runs.eta, from the
+    workspace's finished runs) and, when other programs hold the cores, a 'machine busy' note. `spec`: a spec
+    dataclass or its spec.yaml mapping; `rows`: the rows the page counted where the spec leaves the size open."""
+    import dataclasses
+
+    from core.runs import list_runs
+    from core.runs.eta import estimate, machine_busy
+
+    data = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(spec or {})
+    summaries = list_runs()
+    found = estimate(kind, data, summaries, rows)
+    st.caption(found.text)
+    if busy := machine_busy(sum(1 for r in summaries if r.status.state == "running")):
+        st.warning(busy)
+    return found
 
 
 def start_run(spec, key: str, *, query_param: str | None = None):
@@ -284,18 +303,20 @@ def run_metrics(run_dir) -> list[dict]:
     return rows
 
 
-def _render_status(run_dir, render_body):
+def _render_status(run_dir, render_body, header=None):
     from pathlib import Path
 
     from core.runs import RunStatus, log_tail, read_status, stop
+    from core.runs.status import state_label
 
     if not Path(run_dir).is_dir():  # deleted (or moved) while this page showed it: say so, stop polling
         st.warning(f"Run {Path(run_dir).name} no longer exists: its folder {run_dir} was deleted or moved.")
         return RunStatus(state="failed", error="the run folder was deleted")
-    status = read_status(run_dir)
-    icon = {"succeeded": "✅", "failed": "❌", "stopped": "⏹️", "running": "⏳", "queued": "🕒", "stopping": "⏳"}.get(status.state, "•")
-    elapsed = f" · {status.elapsed:.0f} s" if status.elapsed else ""
-    st.markdown(f"**{icon} {status.state}**{elapsed} — {status.message}")
+    status = read_status(run_dir)  # the one read of this render: the header, the status line and the body all show it
+    if header is not None:
+        header(run_dir, status)
+    elapsed = f" · {status.run_seconds:.0f} s" if status.run_seconds else ""
+    st.markdown(f"**{state_label(status)}**{elapsed} — {status.message}")
     if status.is_active:
         st.progress(status.progress)
         if st.button("Stop", key=f"stop_{run_dir.name}"):
@@ -309,23 +330,28 @@ def _render_status(run_dir, render_body):
 
 
 @st.fragment(run_every=2)
-def _live_status(run_dir, render_body) -> None:
-    status = _render_status(run_dir, render_body)
-    if status.is_final:
-        st.rerun()  # hand over to the static view: stop polling
+def _live_status(run_dir, render_body, header, shown_state: str) -> None:
+    status = _render_status(run_dir, render_body, header)
+    if status.state != shown_state:
+        # queued -> running -> stopping -> final: the whole page reruns, so what sits outside this panel (the run
+        # pickers, the runs table) shows the new state too; a final state hands over to the static view (no polling)
+        st.rerun()
 
 
-def live_run(run_dir, render_body) -> None:
+def live_run(run_dir, render_body, header=None) -> None:
     """Status, progress, stop and log tail of a run; polls every 2 s while it is active.
 
-    render_body(run_dir, status, metrics_rows) draws the page-specific part (charts, results).
+    render_body(run_dir, status, metrics_rows) draws the page-specific part (charts, results); header(run_dir, status),
+    if given, draws the run's header above the status line from the same status (inside the polling panel, so it never
+    shows a state the panel has left).
     """
     from core.runs import read_status
 
-    if read_status(run_dir).is_active:
-        _live_status(run_dir, render_body)
+    status = read_status(run_dir)
+    if status.is_active:
+        _live_status(run_dir, render_body, header, status.state)
     else:
-        _render_status(run_dir, render_body)
+        _render_status(run_dir, render_body, header)
 
 
 def send_model_buttons(folder: str, key: str) -> None:
@@ -339,6 +365,7 @@ def send_model_buttons(folder: str, key: str) -> None:
         st.switch_page("app_pages/chat.py")
     if c2.button("📊 Evaluate it", key=f"{key}_to_eval"):
         st.session_state[f"eval_{role}"] = str(folder)
+        st.session_state[EVAL_HANDOFF] = str(folder)  # the Evaluate page opens this model's own report (or its form)
         st.switch_page("app_pages/evaluate.py")
 
 

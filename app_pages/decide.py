@@ -12,7 +12,17 @@ from core import decide, memory
 from core.models import ModelLoadError
 from core.rag.spec import DEMO_DOCUMENTS
 from core.runs.jobs import read_result
-from pages_common import active_model_source, cached_arch, cached_hardware, live_run, run_selector, send_recipe_to_train, start_run, upload_digest
+from pages_common import (
+    active_model_source,
+    cached_arch,
+    cached_hardware,
+    live_run,
+    run_selector,
+    send_recipe_to_train,
+    start_run,
+    time_estimate,
+    upload_digest,
+)
 
 
 def model_for_check() -> memory.ModelArch | None:
@@ -139,6 +149,8 @@ def baseline_panel() -> None:
     st.caption("Runs the active model on the same eval rows three ways — zero-shot, 3-shot, and RAG with the base model "
                "(retrieved chunks in the prompt) — greedy, scored by one metric. It runs as a job: leave the page and come back.")
     spec = baseline_spec()
+    if spec is not None:
+        time_estimate("baseline", spec)
     if st.button(f"▶ Measure on {active_model_source().label}", key="decide_run_baseline", disabled=spec is None):
         start_run(spec, "decide_baseline_run")
         st.rerun()

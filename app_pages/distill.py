@@ -14,7 +14,19 @@ from core.distill.spec import VARIANT_GUIDE, VARIANT_LABELS, VARIANTS, DistillCo
 from core.distill.temperature import entropy_by_temperature, next_token_logits, temperature_table
 from core.models import ModelLoadError, ModelSource
 from core.runs import read_result, read_spec_dict
-from pages_common import cached_model, human_bytes, live_run, model_picker, run_selector, send_model_buttons, send_recipe_to_train, spec_form, start_run, task_rows_note
+from pages_common import (
+    cached_model,
+    human_bytes,
+    live_run,
+    model_picker,
+    run_selector,
+    send_model_buttons,
+    send_recipe_to_train,
+    spec_form,
+    start_run,
+    task_rows_note,
+    time_estimate,
+)
 
 METHOD_ONLY = {"logit": ("temperature", "alpha"), "on_policy": ("gkd_lambda", "gkd_beta", "gkd_temperature", "max_new_tokens")}
 RUN_KINDS = {"distill": "Logit / on-policy students", "teacher_answers": "Teacher datasets (sequence-level)",
@@ -112,6 +124,7 @@ with make:
         if teacher is not None:
             try:
                 spec = TeacherAnswersSpec.from_dict({**values, "teacher": teacher.as_dict(), "name": "sequence"})
+                time_estimate("teacher_answers", spec)
                 if st.button("Let the teacher answer", type="primary", key="distill_seq_start"):
                     start_run(spec, "distill_teacher_answers_run")
                     st.session_state["distill_runs_kind"] = "teacher_answers"
@@ -127,6 +140,7 @@ with make:
                 spec = DistillSpec.from_dict({**values, "method": variant, "teacher": teacher.as_dict(),
                                               "student_model": student_model.as_dict() if student_model else {},
                                               "name": f"{variant}-{values.get('steps')}"})
+                time_estimate("distill", spec)
                 if st.button("Start distillation", type="primary", key="distill_start"):
                     start_run(spec, "distill_run")
                     st.session_state["distill_runs_kind"] = "distill"

@@ -11,11 +11,22 @@ from core.evaluate import charts
 from core.evaluate.harness import lm_eval_available
 from core.evaluate.report import metric_table, preference_lines, preference_table, render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
-from core.evaluate.variants import retrain_recipe, run_checkpoints, trained_base
+from core.evaluate.variants import evaluations_of, retrain_recipe, run_checkpoints, trained_base
 from core.models import ModelSource
 from core.runs import list_runs, read_result
+from core.runs.card import source_run_of
 from core.runs.spec import spec_fields
-from pages_common import active_model_source, live_run, model_picker, run_selector, send_recipe_to_train, start_run, trained_adapter_folders
+from pages_common import (
+    EVAL_HANDOFF,
+    active_model_source,
+    live_run,
+    model_picker,
+    run_selector,
+    send_recipe_to_train,
+    start_run,
+    time_estimate,
+    trained_adapter_folders,
+)
 
 FIELDS = {f.name: f for f in spec_fields(EvalSpec)}
 VERDICT_BOX = {"improved": st.success, "no effect": st.warning, "forgetting": st.error}
@@ -81,6 +92,8 @@ def new_evaluation_form() -> None:
     tasks = st.text_input("lm-eval tasks (optional, comma-separated)", key="eval_lm_tasks", placeholder="hellaswag, arc_easy")
     if tasks.strip() and not lm_eval_available():
         st.info("`lm-eval` is not installed: these tasks will be skipped (the report says so). `pip install lm-eval` to run them.")
+    if base is not None and (variants or checkpoints_of):
+        time_estimate("evaluate", {"base": base.as_dict(), "variants": variants, "checkpoints_of": checkpoints_of, **sizes})
     if st.button("▶ Run evaluation", type="primary", key="eval_launch", disabled=base is None or not (variants or checkpoints_of)):
         try:
             spec = EvalSpec(base=base.as_dict(), variants=variants, checkpoints_of=checkpoints_of, task_dataset=task.strip(),
@@ -89,6 +102,7 @@ def new_evaluation_form() -> None:
             st.error(str(exc))
             return
         start_run(spec, "eval_run")
+        st.session_state.pop("eval_waiting_for", None)
         st.query_params["eval_run"] = Path(st.session_state["eval_run"]).name
         st.rerun()
     if not (variants or checkpoints_of):
@@ -183,10 +197,22 @@ if st.query_params.get("eval_run"):  # a shared / reloaded link names the run to
         st.session_state["eval_run_seen"] = True
 
 
-with st.expander("New evaluation", expanded=not list_runs("evaluate")):
+if (handed := st.session_state.pop(EVAL_HANDOFF, None)) is not None:  # "📊 Evaluate it" on another page
+    own = evaluations_of(handed, list_runs("evaluate"))
+    st.session_state["eval_run"] = str(own[0].path) if own else None
+    st.session_state["eval_waiting_for"] = None if own else handed
+
+waiting = st.session_state.get("eval_waiting_for")  # a model handed over that has no evaluation yet
+with st.expander("New evaluation", expanded=not list_runs("evaluate") or bool(waiting)):
     new_evaluation_form()
 
-run_dir = run_selector("evaluate", "eval_run", "Evaluation run")
+run_dir = None
+if waiting:
+    named = f"run {source_run_of(waiting)}" if source_run_of(waiting) else f"`{Path(waiting).name}`"
+    st.info(f"No evaluation of {named} yet: its model is chosen in the form above — ▶ Run evaluation scores it.")
+    show_earlier = st.checkbox("Show earlier evaluations (other models)", key="eval_show_earlier")
+if not waiting or show_earlier:
+    run_dir = run_selector("evaluate", "eval_run", "Evaluation run")
 if run_dir is not None:
     st.query_params["eval_run"] = run_dir.name
     live_run(run_dir, render_body)

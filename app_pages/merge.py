@@ -12,7 +12,17 @@ from core.merge.config import export_yaml
 from core.merge.preflight import check_merge
 from core.models import ModelLoadError
 from core.runs import read_result, read_spec_dict
-from pages_common import human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
+from pages_common import (
+    human_bytes,
+    live_run,
+    model_picker,
+    run_selector,
+    send_model_buttons,
+    spec_form,
+    start_run,
+    task_rows_note,
+    time_estimate,
+)
 
 
 def param_widget(param, key: str):
@@ -139,6 +149,7 @@ st.markdown(f"{method.explanation} [Paper]({method.paper})")
 spec = spec_from_widgets()
 spec_key = json.dumps(spec.to_dict(), sort_keys=True) if spec else ""
 if spec is not None:
+    time_estimate("merge", spec)
     c1, c2, c3 = st.columns(3)
     if c1.button("Pre-flight check", key="merge_preflight"):
         st.session_state["merge_report"] = (spec_key, check_merge(spec).as_dict())

@@ -176,8 +176,8 @@ if selected in by_id:
     st.session_state[TRAIN_RUN] = str(by_id[selected].path)
     run_dir = by_id[selected].path
     st.subheader(f"Run {selected}")
-    run_header(run_dir, by_id[selected].spec)
-    live_run(run_dir, run_body)
+    spec_of_run = by_id[selected].spec
+    live_run(run_dir, run_body, header=lambda folder, status: run_header(folder, spec_of_run, status))
 elif selected:
     st.warning(f"Run {selected} no longer exists in this workspace (its folder was deleted or moved); open another run below.")
 

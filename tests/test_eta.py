@@ -90,3 +90,53 @@ def test_machine_busy_counts_other_programs_not_our_own_jobs():
 def test_duration_text():
     assert duration_text(12) == "10 s" and duration_text(89) == "90 s"
     assert duration_text(600) == "10 min" and duration_text(7200) == "2.0 h"
+
+
+# ---------------------------------------------------------------- the estimate line before Start (AppTest)
+
+def _captions(at) -> list[str]:
+    return [c.value for c in at.caption]
+
+
+def test_decide_baseline_shows_the_estimate_before_measure(workspace, tiny_llama_dir):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    from core.models import ModelSource
+
+    model = ModelSource("local", str(tiny_llama_dir)).as_dict()
+    at = AppTest.from_file(str(ROOT / "app_pages" / "decide.py"), default_timeout=120)
+    at.session_state["active_model"] = model
+    at.run()
+    assert not at.exception, at.exception
+    assert any(c.startswith("First baseline job") and "no estimate yet" in c for c in _captions(at)), _captions(at)
+    # a finished measurement of half the rows on this model: 8 rows x 3 conditions x 96 tokens take twice its 30 s
+    _finished("baseline", {"model": model, "eval_dataset": "assets/handbook/questions.jsonl", "n": 4, "max_new_tokens": 96,
+                           "documents": "assets/handbook/docs"}, seconds=30)
+    at.run()
+    assert any(c.startswith("⏱️ About 60 s on this machine") for c in _captions(at)), _captions(at)
+    assert not at.button(key="decide_run_baseline").disabled
+
+
+def test_a_recipe_handed_to_train_shows_its_time_estimate(workspace, tiny_llama_dir):
+    import yaml
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    from pages_common import TRAIN_RECIPE
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=180)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    at.session_state[TRAIN_RECIPE] = {"max_steps": 4, "batch_size": 2, "max_length": 128}  # what send_recipe_to_train leaves
+    at.run()
+    deadline = time.time() + 120
+    while any("checking the data" in i.value for i in at.info) and time.time() < deadline:  # the background data check
+        time.sleep(0.5)
+        at.run()
+    assert not at.exception, at.exception
+    assert any(c.startswith("First train job") for c in _captions(at)), _captions(at)
+    sent = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
+    _finished("train", {k: v for k, v in sent.items() if k != "kind"}, seconds=40, result={"global_step": 2})  # half the steps
+    at.run()
+    line = next(c for c in _captions(at) if c.startswith("⏱️ About"))
+    assert line.startswith("⏱️ About 80 s on this machine (8 training sequences"), line

@@ -17,7 +17,7 @@ from core.data.curate_job import RAY_OPERATIONS, CurateSpec, curation_runs, load
 from core.data.formats import save_upload
 from core.runs import log_tail, read_status, result_path, stop
 from core.workspace import safe_name
-from pages_common import cached_dataset_file, start_run
+from pages_common import cached_dataset_file, start_run, time_estimate
 
 ENGINES = {"local": "This machine", "ray": "Ray"}
 
@@ -102,6 +102,11 @@ def start_answer_loss(dataset, reference: tuple[str, str], model: dict, chat_tem
 
     spec = AnswerLossSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, model=model, chat_template=chat_template)
     start_run(spec, "data_last_run")
+
+
+def answer_loss_estimate(dataset, model: dict) -> None:
+    """About how long the answer-loss job takes on this machine for this many rows (shown beside its button)."""
+    time_estimate("answer_loss", {"model": model}, rows=len(dataset))
 
 
 def answer_loss_of(run) -> dict | None:

@@ -23,6 +23,7 @@ def audit_tab(dataset, reference, drops: set):
     template = c[2].selectbox("Chat template for the loss", ["(the model's own)"] + shipped_template_names(), key="data_au_template")
     if c[1].button("Answer loss under the active model", key="data_au_loss", help="A job: loads the active model and scores every answer."):
         jobs.start_answer_loss(dataset, reference, st.session_state.get("active_model") or {}, "" if template.startswith("(") else template)
+    jobs.answer_loss_estimate(dataset, st.session_state.get("active_model") or {})
     loss = jobs.follow(jobs.newest_answer_loss(dataset), "answer loss", read=jobs.answer_loss_of)
     found = jobs.follow(jobs.newest(dataset, "audit"), "response audit") or {}
     result = found.get("audit")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.runs import list_runs, read_spec_dict, read_status, run_command
+from core.runs import RunStatus, list_runs, read_spec_dict, run_command
 from core.runs.spec import spec_fields
+from core.runs.status import state_label
 from core.train import TrainSpec
 from core.train.live import (
     ADAPTER_PATH_LABEL,
@@ -42,10 +43,11 @@ def init_adapter_field(default: str, method: str, key: str) -> str:
                          placeholder="/path/to/adapter (holds adapter_config.json)").strip()
 
 
-def run_header(run_dir: Path, spec: dict) -> None:
+def run_header(run_dir: Path, spec: dict, status: RunStatus) -> None:
+    """The run's header line; `status` is the one the live panel read for this render (pages_common.live_run's header)."""
     parent = parent_run(spec)
     st.caption(f"Headless: `{run_command(run_dir)}` · method {spec.get('method')} · objective {spec.get('objective') or 'sft'} · "
-               f"state {read_status(run_dir).state}" + (f" · continues run [{parent}](?run={parent})" if parent else ""))
+               f"state {state_label(status)}" + (f" · continues run [{parent}](?run={parent})" if parent else ""))
 
 
 def live_charts(run_dir: Path, rows: list[dict]) -> None:

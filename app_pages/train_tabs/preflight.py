@@ -2,12 +2,14 @@
 whether Start may be pressed. Everything it shows is core.train.preflight's; this module only places it."""
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from core.train import TrainSpec
 from core.train.methods import learning_rate_warning
 from core.train.preflight import DATA_CHECK_WAIT_S, Preflight, data_check, run_preflight
-from pages_common import human_bytes
+from pages_common import human_bytes, time_estimate
 
 MEMORY_CONFIRM_KEY = "train_confirm_memory"
 
@@ -48,6 +50,8 @@ def render_preflight(spec: TrainSpec, hardware):
         st.warning(f"Lint: {warning}")
     if check.refusal:
         st.error(check.refusal)
+    # the steps the pre-flight counted (an epoch run's max_steps is 0): the estimate's size is what will run
+    time_estimate("train", {**dataclasses.asdict(spec), "max_steps": check.total_steps or spec.max_steps})
     return check
 
 

@@ -124,3 +124,24 @@ def retrain_recipe(report: dict, label: str, updates: dict) -> tuple[dict, dict]
     spec = {k: v for k, v in read_spec_dict(run).items() if k not in ("kind", "name")}
     model_source = spec.pop("model", None) or {"kind": "embedded"}
     return model_source, {**spec, **updates, "name": f"{run.name[-24:]}-replay"}
+
+
+def _same_path(a: str, b: str) -> bool:
+    return bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def evaluations_of(folder: str, summaries: list) -> list:
+    """The evaluation runs (core.runs.RunSummary, in the order given: newest first from list_runs) that scored the model
+    in `folder` — an adapter or a model folder among their variants, or the checkpoints of the training run it belongs
+    to. What "📊 Evaluate it" opens: that model's own report, never the previous evaluation of another one."""
+    found = []
+    for run in summaries:
+        if run.kind != "evaluate":
+            continue
+        spec = run.spec or {}
+        models = [v.get("model") or {} for v in spec.get("variants") or [] if isinstance(v, dict)]
+        named = [m.get("adapter") or (m.get("ref") if m.get("kind") == "local" else "") for m in models if isinstance(m, dict)]
+        sweep = str(spec.get("checkpoints_of") or "")
+        if any(_same_path(str(n or ""), folder) for n in named) or (sweep and _same_path(sweep, str(Path(folder).parent))):
+            found.append(run)
+    return found
