@@ -131,7 +131,7 @@ def live_answers() -> None:
 st.title("💬 Chat side by side")
 st.caption("Send one prompt to every column. Each column keeps its own history; answers stream one column after another.")
 if st.radio("Mode", (SIDE_BY_SIDE, ARENA), horizontal=True, key="chat_mode") == ARENA:
-    render_arena(variant_source, settings_form(), None)  # app_pages/chat_tabs/arena.py: blind A / B votes
+    render_arena(variant_source, settings_form())  # app_pages/chat_tabs/arena.py: blind A / B votes
     st.stop()
 
 n_columns = st.radio("Columns", [2, 3], horizontal=True, key="chat_n_columns")

@@ -12,6 +12,8 @@ becomes a preference pair in the workspace, and the standings say which variant 
   prompt with the adapter on differ from the same model's with it off (so the column did not answer as the base); a
   column without an adapter holds no adapter layers; a GGUF is the file llama.cpp holds; two torch columns' logits
   differ from each other.
+- `judge_vote`: the "ask the judge too" switch: core.evaluate.judge reads the same pair in both orders after the
+  person voted, and its verdict is recorded beside the person's; `judge_agreement` sets the two side by side.
 - `standings`: per model, the win rate (a tie or both-bad counts half) with a bootstrap interval over its games
   (core.evaluate.stats) and its Bradley-Terry strength (minorisation-maximisation, Hunter 2004).
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from core.data.curate import MANIFEST_FILE
+from core.evaluate import judge as judging
 from core.evaluate import stats
 from core.generation import GENERATION_LOCK, prompt_ids
 from core.llamacpp import LlamaCppModel
@@ -382,3 +385,38 @@ def summary_line(folder: str | Path) -> str:
     counts = manifest.get("counts") or {"pairs": 0, "ties": 0, "both_bad": 0}
     return (f"Votes go to `{Path(folder)}`: {counts['pairs']} pairs (A / B votes, in {PAIRS_FILE}: pick the folder as a "
             f"DPO / KTO dataset on the Train page), {counts['ties']} ties and {counts['both_bad']} both-bad votes kept apart.")
+
+
+# ---------------------------------------------------------------- the judge beside the person
+
+
+def _as_label(vote: str | None) -> str | None:
+    """A vote in the judge's labels: both-bad is a tie (neither answer is preferred)."""
+    return "tie" if vote == "both_bad" else vote
+
+
+def judge_vote(judge_model: Any, rnd: Round, answers: dict, *, human: str | None = None) -> dict:
+    """core.evaluate.judge.judge_pair on the round's pair (both orders; an inconsistent verdict is a tie) as the vote
+    row's judge_* fields: its verdict in A / B / tie ("unparsed" when a reply was not A / B / tie), the model it names,
+    whether it agrees with the person, and what each order said."""
+    verdict = judging.judge_pair(judge_model, [dict(m) for m in rnd.prompt], answers["A"], answers["B"])
+    label = getattr(judge_model, "label", None) or getattr(getattr(judge_model, "source", None), "label", "judge")
+    vote = verdict.verdict or "unparsed"
+    return {"vote": vote, "model": label, "winner": rnd.model_of(vote) if vote in LABELS else vote,
+            "agrees": (vote == _as_label(human)) if human and verdict.parsed else None, "consistent": verdict.consistent,
+            "first": verdict.first or "unparsed", "second": judging.swap(verdict.second) or "unparsed"}
+
+
+def judge_line(judge: dict) -> str:
+    """One sentence for the reveal: what the judge said and whether it agrees."""
+    said = {"A": "A is better", "B": "B is better", "tie": "a tie"}.get(judge["vote"], "no clear verdict (a reply was not A, B or tie)")
+    agrees = {True: "agrees with you", False: "disagrees with you", None: "not compared"}[judge.get("agrees")]
+    return (f"Judge {judge['model']}: {said} ({agrees}); read in order A-B it said {judge['first']}, in order B-A "
+            f"{judge['second']}{'' if judge.get('consistent') is not False else ' — the orders disagree, so a tie'}.")
+
+
+def judge_agreement(rows: Iterable[dict]) -> dict | None:
+    """core.evaluate.judge.agreement over the votes the judge read too (both-bad as a tie); None when there are none."""
+    both = [{"model_a": r["model_a"], "model_b": r["model_b"], "judge": r["judge_vote"], "human": _as_label(r["vote"])}
+            for r in rows if r.get("judge_vote") in judging.VERDICTS and r.get("model_a") and r.get("model_b")]
+    return judging.agreement(both) if both else None

@@ -195,6 +195,8 @@ def test_the_arena_is_blind_until_the_vote_then_reveals_and_writes_it(workspace,
     at.radio(key="chat_mode").set_value("Arena (blind A / B)").run()
     assert not at.exception, [e.value for e in at.exception]
     at.number_input(key="chat_max_new").set_value(3).run()
+    at.toggle(key="arena_judge_on").set_value(True).run()
+    at.selectbox(key="arena_judge_choice").set_value("Active model").run()  # the tiny model judges (its verdict is noise)
     at.chat_input(key="arena_prompt").set_value("Say hi.").run()
     _finish(at)
     assert not at.exception, [e.value for e in at.exception]
@@ -216,5 +218,23 @@ def test_the_arena_is_blind_until_the_vote_then_reveals_and_writes_it(workspace,
     assert len(rows) == 1 and rows[0]["vote"] == "B" and rows[0]["chosen_model"] == rnd.model_of("B")
     assert rows[0]["chosen"][0]["content"] == answer_b and rows[0]["proof_b"]
     assert at.button(key="arena_vote_A").disabled, "one vote per round"
+    judged = rows[0]
+    assert judged["judge_model"] == tiny and judged["judge_vote"] in ("A", "B", "tie", "unparsed"), "the judge's vote beside the person's"
+    assert judged["judge_agrees"] == (judged["judge_vote"] == "B" if judged["judge_vote"] != "unparsed" else None)
+    assert f"Judge {tiny}:" in shown
     standings = at.dataframe[0].value
     assert sorted(standings["model"]) == sorted(rnd.models) and list(standings["wins"]) == [1, 0], "the standings table"
+
+
+def test_judge_agreement_reads_both_bad_as_a_tie_and_leaves_unparsed_out():
+    rows = [{"vote": "A", "judge_vote": "A", "model_a": "x", "model_b": "y"},
+            {"vote": "both_bad", "judge_vote": "tie", "model_a": "y", "model_b": "x"},
+            {"vote": "B", "judge_vote": "A", "model_a": "x", "model_b": "y"},
+            {"vote": "A", "judge_vote": "unparsed", "model_a": "x", "model_b": "y"},
+            {"vote": "tie", "model_a": "x", "model_b": "y"}]
+    agreement = arena.judge_agreement(rows)
+    assert agreement["n_pairs"] == 3 and agreement["raw_agreement"] == pytest.approx(2 / 3)
+    assert agreement["confusion"]["judge tie / human tie"] == 1 and agreement["confusion"]["judge A / human B"] == 1
+    assert arena.judge_agreement(rows[3:]) is None
+    line = arena.judge_line({"vote": "tie", "model": "j", "agrees": False, "first": "A", "second": "B", "consistent": False})
+    assert "the orders disagree, so a tie" in line and "disagrees with you" in line

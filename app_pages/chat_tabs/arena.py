@@ -11,7 +11,7 @@ from core import arena
 from core.chat import system_prompt_prefill, variant_training_format
 from core.generation import GenerationSettings, start_generation
 from core.models import ModelLoadError
-from pages_common import cached_chat_model
+from pages_common import cached_chat_model, model_picker
 
 ARENA = "Arena (blind A / B)"
 SIDE_BY_SIDE = "Side by side"
@@ -30,6 +30,14 @@ def shared_system_prompt(sources: list) -> str:
     if st.session_state.get("arena_system_note"):
         st.caption(st.session_state["arena_system_note"])
     return text
+
+
+def judge_picker():
+    """The "ask the judge too" switch and the judge's model (None while off or incomplete)."""
+    if not st.toggle("Ask the judge too", key="arena_judge_on", help="After your vote a local model reads the same pair in both "
+                     "orders with the shipped rubric (assets/judge/rubric.md); its verdict is recorded beside yours."):
+        return None
+    return model_picker("Judge model", "arena_judge", default_choice="Embedded default", allow_adapter=False)
 
 
 def start_round(sources: list, text: str, system: str, settings: GenerationSettings) -> None:
@@ -102,7 +110,7 @@ def reveal(state: dict) -> None:
         st.caption(arena.judge_line(state["judge"]))
 
 
-def render_arena(variant_source: Callable[[int], object], settings: GenerationSettings, judge_picker: Callable[[], object] | None) -> None:
+def render_arena(variant_source: Callable[[int], object], settings: GenerationSettings) -> None:
     st.caption("Two variants answer the same prompt as A and B, in a random order. Vote first: who was who shows after the vote.")
     st.session_state.setdefault(STREAMS, {})
     cols = st.columns(2)
@@ -113,7 +121,7 @@ def render_arena(variant_source: Callable[[int], object], settings: GenerationSe
     name = st.text_input("Arena dataset name", value="chat", key="arena_name")
     folder = arena.arena_folder(name)
     system = shared_system_prompt(sources)
-    judge_source = judge_picker() if judge_picker else None
+    judge_source = judge_picker()
     if all(sources) and sources[0].label == sources[1].label:
         st.warning("Both variants are the same model: its votes do not count in the standings.")
     prompt = st.chat_input("Ask both, blind…", key="arena_prompt")
@@ -138,8 +146,14 @@ def render_arena(variant_source: Callable[[int], object], settings: GenerationSe
         reveal(state)
     st.subheader("Standings")
     st.caption(arena.summary_line(folder))
-    table = arena.standings(arena.read_votes(folder))
+    votes = arena.read_votes(folder)
+    table = arena.standings(votes)
     if table:
         st.dataframe(arena.standings_rows(table), hide_index=True)
         st.caption("Win rate: a tie or both-bad counts half; 95 % bootstrap interval over the model's games. Strength: "
                    "Bradley-Terry, P(i beats j) = s_i / (s_i + s_j).")
+    agreement = arena.judge_agreement(votes)
+    if agreement:
+        kappa = "undefined" if agreement["kappa"] is None else f"{agreement['kappa']:.2f}"
+        st.caption(f"Judge vs people on {agreement['n_pairs']} votes (both-bad as a tie): {agreement['raw_agreement']:.0%} the same, "
+                   f"Cohen's κ {kappa}.")
