@@ -53,6 +53,7 @@ PLANTED: dict[int, str] = {
     236: "exact_recased", 247: "leak_humaneval", 261: "prose_answer", 272: "near_greeting", 280: "leak_gsm8k",
     291: "echo_answer",
 }
+LEAK_WORDS = 24  # the HumanEval leak quotes the first lines of a prompt holding at least this many words; GSM8K: <= 40 words
 PLANTED_SEED = SEED + 29  # its own stream: the clean rows (and the eval split) stay what they were
 
 NEXT_STEPS = (
@@ -204,6 +205,18 @@ def _benchmark_items(name: str) -> list[str]:
         return [json.loads(line)["prompt"] for line in handle if line.strip()]
 
 
+def _head(text: str, n_words: int) -> str:
+    """The first lines of `text` holding at least `n_words` words: enough for the 13-gram rule to find, short enough that
+    the row stays inside the demo's max_length of 256 tokens (a whole HumanEval prompt would be cut, its answer lost)."""
+    lines, count = [], 0
+    for line in text.strip("\n").splitlines():
+        lines.append(line)
+        count += len(line.split())
+        if count >= n_words:
+            break
+    return "\n".join(lines)
+
+
 def _plant(kind: str, clean: list[dict], position: int, rng: random.Random) -> tuple[dict, int | None]:
     """The flawed row of `kind` for `position`, and the earlier row it copies (None for a new ticket)."""
     if kind in ("exact_copy", "exact_recased", "near_forwarded", "near_greeting"):
@@ -220,12 +233,12 @@ def _plant(kind: str, clean: list[dict], position: int, rng: random.Random) -> t
                              {"role": "assistant", "content": assistant}]}, source
     product, urgency = rng.choice(PRODUCTS), rng.choice(("low", "medium", "high"))
     if kind == "leak_gsm8k":  # a homework question pasted into a notes app that stopped syncing
-        question = rng.choice(_benchmark_items("gsm8k"))
+        question = rng.choice([q for q in _benchmark_items("gsm8k") if len(q.split()) <= LEAK_WORDS + 16])  # fits max_length
         ticket = _join([rng.choice(GREETINGS), f"My notes stopped syncing in {product}, including this one: \"{question}\"",
                         rng.choice(IMPACT[urgency]), rng.choice(SIGNOFFS).format(n=rng.choice(NAMES))])
         return to_row(ticket, answer_for("sync", product, urgency)), None
-    if kind == "leak_humaneval":  # a code snippet pasted into a crash report
-        snippet = rng.choice(_benchmark_items("humaneval"))
+    if kind == "leak_humaneval":  # the head of a HumanEval prompt (signature + docstring start) pasted into a crash report
+        snippet = _head(rng.choice(_benchmark_items("humaneval")), LEAK_WORDS)
         ticket = f"{product} crashes as soon as I open it with this file:\n\n{snippet}\n{rng.choice(IMPACT[urgency])}"
         return to_row(ticket, answer_for("crash", product, urgency)), None
     ticket, reference = make_ticket(rng)  # a new clean ticket with a bad answer

@@ -69,3 +69,17 @@ def test_the_audit_flags_the_bad_answers_by_their_rule(demo):
     assert sorted(result.flags) == sorted(bad), {row: [f.rule for f in flags] for row, flags in result.flags.items()}
     for row, kind in bad.items():
         assert BAD_ANSWER_RULES[kind] in {f.rule for f in result.flags[row]}, (kind, result.flags[row])
+
+
+def test_the_planted_rows_fit_the_cpu_demo_run(demo, embedded_tokenizer):
+    """A quoted benchmark item makes a ticket long: none may pass the CPU demo's max_length (its answer would be cut and the
+    row left out, with lint warnings in the one-click run)."""
+    from types import SimpleNamespace
+
+    from core.data.masking import encode_conversation
+    from core.train.spec import hardware_defaults
+
+    rows, planted = demo
+    max_length = hardware_defaults(SimpleNamespace(device="cpu")).max_length
+    lengths = {row: len(encode_conversation(rows[row]["messages"], embedded_tokenizer).input_ids) for row in planted}
+    assert max(lengths.values()) <= max_length - 16, lengths
