@@ -42,3 +42,30 @@ def test_the_decontamination_table_uses_words_and_a_percentage():
     row = report.table_row()
     assert row["contaminated rows"] == 1 and row["share"] == "14.29 %" and row["rule"] == "13-gram any overlap (GPT-3)"
     assert not [k for k in row if "_" in k], "no snake_case column names"
+
+
+def test_bitsandbytes_cpu_kernel_line_is_said_once_as_what_it_means():
+    """bitsandbytes logs "Failed to load CPU gemm_4bit_forward…" on every avx512-bf16 CPU: in worker.log it reads as a
+    failure. The worker rephrases it (core.runs.errors.quiet_known_noise) into one note, once."""
+    import logging
+
+    from core.runs.errors import quiet_known_noise
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")  # the logger bitsandbytes writes it with
+    logger.addHandler(handler)
+    try:
+        quiet_known_noise()
+        quiet_known_noise()  # idempotent
+        for _ in range(2):
+            logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                           "`pip install kernels` and the kernels >= 0.11.1", "No module named 'kernels'")
+        logger.warning("another bitsandbytes warning")
+    finally:
+        logger.removeHandler(handler)
+    messages = [(r.levelname, r.getMessage()) for r in seen]
+    assert len(messages) == 2 and messages[1] == ("WARNING", "another bitsandbytes warning"), messages
+    level, text = messages[0]
+    assert level == "INFO" and "Failed to load" not in text and "Nothing to fix" in text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import traceback
 
 from core.runs.jobs import JobError
@@ -69,3 +70,37 @@ def explain_failure(exc: BaseException) -> str:
 
 def format_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+# Third-party lines that read like failures in worker.log but are not: logger -> (how the line starts, what it means).
+# Said once, in words a user can act on, at the level of a note.
+KNOWN_NOISE: dict[str, tuple[str, str]] = {
+    "bitsandbytes.backends.cpu.ops": (
+        "Failed to load CPU gemm_4bit_forward",
+        "bitsandbytes: its optional fused CPU kernel for 4-bit layers (from the `kernels` package and the Hub) is not available, "
+        "so 4-bit layers run on bitsandbytes' own CPU code: slower, the same results. Nothing to fix.",
+    ),
+}
+
+
+class _Rephrase(logging.Filter):
+    def __init__(self, starts: str, says: str):
+        super().__init__()
+        self.starts, self.says, self.said = starts, says, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.starts):
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg, record.args, record.levelno, record.levelname = self.says, (), logging.INFO, "INFO"
+        return True
+
+
+def quiet_known_noise() -> None:
+    """Rephrase KNOWN_NOISE's lines (once each) in the loggers that write them; idempotent."""
+    for name, (starts, says) in KNOWN_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Rephrase) for f in logger.filters):
+            logger.addFilter(_Rephrase(starts, says))

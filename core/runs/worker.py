@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from core.runs.errors import explain_failure, format_traceback
+from core.runs.errors import explain_failure, format_traceback, quiet_known_noise
 from core.runs.jobs import InvalidSpec, JobContext, JobError, JobStopped, job_kind, kind_names, read_spec_dict
 from core.runs.status import LOG_FILE, RunStatus, StatusKeeper, read_raw_status, read_status, status_lock, write_status
 from core.workspace import fault_point
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    quiet_known_noise()  # e.g. bitsandbytes' "Failed to load CPU gemm_4bit_forward…": said once, as what it means
     try:
         spec_data = read_spec_dict(run_dir)
         worker = Worker(run_dir, spec_data)
