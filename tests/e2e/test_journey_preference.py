@@ -1,6 +1,7 @@
 """Preference tuning in a real browser (issue 27): a DPO run continues an SFT run of the embedded model on the shipped
 demo pairs, from the Train page's form, and the run's page charts its rewards / margins / accuracies beside the loss
-with the reading guide."""
+with the reading guide. The blind arena (issue 28 item 2): three votes on the Chat page become a dataset the Train page
+offers."""
 from __future__ import annotations
 
 import re
@@ -38,3 +39,29 @@ def test_dpo_continues_an_sft_run_and_charts_its_preference_metrics(page: Page, 
     expect(page.get_by_text(re.compile(f"continues run.*{re.escape(sft_run)}")).first).to_be_visible()
     assert page.locator("[data-testid='stPlotlyChart']").count() >= 3, "the loss chart and the preference charts"
     snapshot(page, "train_dpo")
+
+
+@pytest.mark.timeout(600)
+def test_three_arena_votes_become_a_dataset_on_the_train_page(page: Page, app_url: str):
+    page.goto(app_url)
+    settle(page)
+    go(page, "Chat")
+    page.get_by_text("Arena (blind A / B)").click()
+    settle(page)
+    page.get_by_text("Sampling settings").click()
+    fill(page, "spinbutton", "Max new tokens", 4)  # short answers: the votes, not the text, are under test
+    fill(page, "textbox", "Arena dataset name", "journey")
+    for n, vote in enumerate(("A is better", "B is better", "Tie")):
+        box = page.get_by_placeholder("Ask both, blind…")
+        box.fill(f"Name a colour, please ({n}).")
+        box.press("Enter")
+        button = page.get_by_role("button", name=vote)
+        expect(button).to_be_enabled(timeout=120_000)
+        expect(page.get_by_text(re.compile(r"^A was "))).to_have_count(0)  # blind until the vote
+        button.click()
+        settle(page)
+        expect(page.get_by_text(re.compile(r"^A was ")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"2 pairs .* 1 ties and 0 both-bad")).first).to_be_visible()
+    snapshot(page, "chat_arena")
+    go(page, "Train")
+    choose(page, "Training data", "Workspace: arena-journey")
