@@ -141,7 +141,7 @@ def _read_rows(path: Path) -> list[dict]:
     except FileNotFoundError:
         return []
     rows = []
-    for line in text.split("\n")[:-1] if not text.endswith("\n") else text.splitlines():
+    for line in text.split("\n")[:-1]:  # split on "\n" only (an answer may hold U+2028); the last piece is "" or torn
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -286,9 +286,10 @@ def prove_variant(loaded: Any, messages: Sequence[dict]) -> dict:
                    "exactly as its base model would")
         return {"kind": "adapter", "ok": ok, "delta": delta, "checked": verdict}
     layers = _adapter_layers(model)
-    run = source_run_of(source.ref) if source.kind == "local" else None
-    kind = "merged" if run else "base"
-    what = f"the merged model of run {run}" if run else source.label
+    run = source_run_of(source.ref) if source.kind in ("local", "gguf") else None
+    kind = "gguf" if source.kind == "gguf" else "merged" if run else "base"
+    what = (f"{source.label} (a GGUF read into torch{f', exported from run {run}' if run else ''})" if kind == "gguf"
+            else f"the merged model of run {run}" if run else source.label)
     checked = (f"{what}: no adapter layers are loaded" if not layers else f"{what}: {layers} adapter layers are loaded although no "
                "adapter was chosen")
     return {"kind": kind, "ok": not layers, "delta": None, "checked": checked}

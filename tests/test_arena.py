@@ -83,6 +83,8 @@ def test_a_vote_names_the_model_behind_each_answer_and_a_second_click_is_the_sam
     assert first.row["rejected_model"] == "base-model" and first.row["chosen"][0]["content"] == "the tuned answer"
     again = record_vote(tmp_path, rnd, answers, "B")
     assert again.duplicate and again.row["vote"] == "A" and len(read_votes(tmp_path)) == 1
+    odd = record_vote(tmp_path, _round(9), {"A": "line\u2028separator", "B": "next\x85line"}, "B")
+    assert read_votes(tmp_path)[-1] == odd.row, "an answer with Unicode line separators stays one JSON line"
     tie = record_vote(tmp_path, _round(7), _answers(7), "tie")
     assert tie.file.name == arena.TIES_FILE and {tie.row["model_a"], tie.row["model_b"]} == set(MODELS) and "chosen" not in tie.row
     with pytest.raises(arena.ArenaError, match="vote must be one of"):
