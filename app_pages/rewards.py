@@ -7,6 +7,7 @@ import json
 
 import streamlit as st
 
+from app_pages.train_tabs.rewards import ALLOW_HELP, ALLOW_LABEL, reward_param_widget
 from core.rewards import REWARDS, Reward, RewardParam, make_scorer, reward_table, row_from_json
 
 EXAMPLE_COMPLETION = '{"summary": "Printer offline on floor 3", "next_step": "Restart the print spooler", "urgency": "high"}'
@@ -16,21 +17,7 @@ EXAMPLE_PARAMS = {"field_match": {"field": "urgency"}, "regex": {"pattern": r'"u
 
 
 def param_widget(reward: Reward, p: RewardParam, column):
-    key = f"rw_{reward.name}_{p.name}"
-    default = EXAMPLE_PARAMS.get(reward.name, {}).get(p.name, p.default)
-    if p.kind == "bool":
-        return column.checkbox(p.label, value=default, help=p.help, key=key)
-    if p.kind == "choice":
-        return column.selectbox(p.label, p.choices, index=p.choices.index(default), help=p.help, key=key)
-    if p.kind == "code":
-        return column.text_area(p.label, value=default, height=180, help=p.help, key=key)
-    if p.kind == "str":
-        return column.text_input(p.label, value=default, help=p.help, key=key)
-    if p.kind == "int":
-        return int(column.number_input(p.label, value=int(default), min_value=int(p.min), max_value=int(p.max), step=1,
-                                       help=p.help, key=key))
-    return float(column.number_input(p.label, value=float(default), min_value=float(p.min), max_value=float(p.max),
-                                     format="%.3g", help=p.help, key=key))
+    return reward_param_widget(reward, p, column, f"rw_{reward.name}_{p.name}", EXAMPLE_PARAMS.get(reward.name, {}).get(p.name))
 
 
 def render_score(reward: Reward, params: dict, completion: str, row_text: str, allowed: bool) -> None:
@@ -71,9 +58,7 @@ row_text = right.text_area("Reference row (JSON)", value=EXAMPLE_ROW, height=160
                                 "`reference` / `answer` / `solution` / … field, or the last assistant message.")
 
 if reward.runs_user_code:
-    allowed = st.checkbox("This code may run on my machine", value=False, key="rw_allow",
-                          help="It runs in a separate Python process with the time and memory limits above, but it can "
-                               "still read and write your files: run only code you trust.")
+    allowed = st.checkbox(ALLOW_LABEL, value=False, key="rw_allow", help=ALLOW_HELP)
     if not allowed:
         st.info("Your function runs only after you tick that it may run on this machine.")
     elif st.button("Run it", key="rw_run", type="primary"):

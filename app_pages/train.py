@@ -13,6 +13,7 @@ import streamlit as st
 from app_pages.train_tabs.live import init_adapter_field, live_charts, run_header
 from app_pages.train_tabs.preflight import can_start, learning_rate_note, render_preflight
 from app_pages.train_tabs.recipes import render_demo_recipes
+from app_pages.train_tabs.rewards import rewards_field
 from core.models import ModelSource
 from core.runs import create_run, list_runs, relaunch, run_command, spec_to_yaml
 from core.runs.spec import spec_fields
@@ -20,8 +21,9 @@ from core.train import TrainSpec, continue_updates, hardware_defaults
 from core.train.distributed import processes_field
 from core.train.launchers import launch_preview, write_launch_files
 from core.train.live import PATH_LABEL, dataset_choices, live_summary, rank_rows, runs_table
-from core.train.methods import hidden_fields, hidden_objective_fields, method_info
+from core.train.methods import hidden_fields, hidden_objective_fields, method_info, objective_info
 from core.train.preflight import model_defaults
+from core.train.spec import DEFAULT_REWARDS, GRPO_BETA
 from core.workspace import runs_dir
 from pages_common import (
     TRAIN_RECIPE,
@@ -133,9 +135,15 @@ with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
     dataset = dataset_field(str(defaults.get("dataset", "")))
     method = method_info(st.session_state.get(f"{FORM}_method", defaults.get("method", "lora")))
     objective = st.session_state.get(f"{FORM}_objective", defaults.get("objective", "sft"))
+    if objective == "grpo" and "beta" not in (st.session_state.get(TRAIN_RECIPE) or {}):
+        defaults = {**defaults, "beta": GRPO_BETA}  # TRL's GRPO default: no reference model (DPO's 0.1 would add one)
     values = spec_form(TrainSpec, defaults, FORM, skip=("model", "dataset", "init_adapter", *hidden_fields(method.name),
                                                        *hidden_objective_fields(objective)),
                        overrides={"processes_per_node": processes_field(hardware)})
+    if objective == "grpo":
+        values["rewards"] = rewards_field(defaults.get("rewards") or DEFAULT_REWARDS, f"{FORM}_rewards")
+        st.caption(f"**GRPO**: {objective_info('grpo').summary}. Thinking on / off for reasoning templates is the reasoning "
+                   "field (strip = off). The prompts are the rows' turns before their last assistant answer, which is the reference.")
     values["init_adapter"] = init_adapter_field(str(defaults.get("init_adapter", "")), values["method"], f"{FORM}_init_adapter")
     st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
                + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))

@@ -8,11 +8,14 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 from inprocess import run_in_process
+from streamlit.testing.v1 import AppTest
 
 from core import runs, scorers
 from core.train.data import DataError, prepare_prompt_data
 from core.train.grpo import COMPLETIONS_FILE, completion_rows, read_completions
+from core.train.live import GRPO_GUIDE
 from core.train.methods import OBJECTIVES, hidden_objective_fields
 from core.train.spec import TrainSpec
 
@@ -75,6 +78,21 @@ def test_grpo_trains_through_the_worker_and_writes_its_metrics_and_completions(w
     step_two = read_completions(run_dir)
     assert {r["step"] for r in step_two} == {2} and len(step_two) == 2
 
+    # The Train page on this run: GRPO's charts, its reading guide and the newest sampled completions with their rewards.
+    page = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=180)
+    page.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    page.query_params["run"] = run_dir.name
+    page.run()
+    assert not page.exception
+    titles = {json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in page.get("plotly_chart")}
+    assert {"Reward (weighted sum) ± std", "Each reward: mean", "Groups with zero reward std (no signal)", "Completion length (tokens)",
+            "Clipped"} <= titles, titles
+    assert "KL to the reference (beta > 0)" not in titles and "Implicit rewards" not in titles
+    assert all(line in " ".join(c.value for c in page.caption) for line in GRPO_GUIDE)
+    table = next(d.value for d in page.dataframe if "completion" in d.value.columns)
+    assert list(table["completion"]) == [r["completion"] for r in step_two] and list(table["json_valid"]) == [r["rewards"]["json_valid"]
+                                                                                                            for r in step_two]
+
 
 @pytest.mark.slow
 def test_grpo_with_beta_logs_kl_and_continues_an_adapter(workspace, tiny_llama_dir, tickets):
@@ -86,6 +104,33 @@ def test_grpo_with_beta_logs_kl_and_continues_an_adapter(workspace, tiny_llama_d
     card = runs.read_result(second)
     assert card["parent"]["run_id"] == first.name
     assert not (second / "adapter" / "ref").exists(), "only the trained adapter is saved, not TRL's frozen reference copy"
+
+
+def test_train_form_shows_the_grpo_fields_only_for_grpo(workspace, tiny_llama_dir):
+    at = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=120)
+    at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
+    at.run()
+    grpo_keys = [f"train_form_{name}" for name in ("num_generations", "max_completion_length", "temperature")]
+
+    def shown(kind: str) -> set[str]:
+        return {w.key for w in at.get(kind)}
+
+    assert not set(grpo_keys) & shown("number_input") and "train_form_rewards" not in shown("multiselect")
+    at.selectbox(key="train_form_objective").set_value("grpo").run()
+    assert set(grpo_keys) <= shown("number_input") and at.number_input(key="train_form_beta").value == 0.0
+    rewards = at.multiselect(key="train_form_rewards")
+    assert rewards.value == ["json_valid", "field_match"] and at.text_input(key="train_form_rewards_field_match_field").value == "urgency"
+    assert "train_form_rewards_allow" not in shown("checkbox"), "the opt-in tick appears only with the python reward"
+    rewards.set_value(["json_valid", "python"]).run()
+    assert "train_form_rewards_allow" in shown("checkbox")
+    assert any(e.value.startswith("Check the form: rewards: the python reward runs your own code") for e in at.error)
+    at.checkbox(key="train_form_rewards_allow").check().run()
+    assert not [e.value for e in at.error]
+    spec = yaml.safe_load(next(c.value for c in at.code if "kind: train" in c.value))
+    assert spec["objective"] == "grpo" and [r["name"] for r in spec["rewards"]["rewards"]] == ["json_valid", "python"]
+    assert spec["rewards"]["allow_user_code"] is True
+    at.selectbox(key="train_form_objective").set_value("dpo").run()
+    assert not set(grpo_keys) & shown("number_input") and "train_form_rewards" not in shown("multiselect")
 
 
 def test_grpo_fields_show_only_for_grpo():

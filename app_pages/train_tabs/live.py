@@ -14,8 +14,11 @@ from core.train import TrainSpec
 from core.train.live import (
     ADAPTER_PATH_LABEL,
     FRESH_ADAPTER_LABEL,
+    GRPO_GUIDE,
+    completions_table,
     continue_choices,
     continue_preset,
+    grpo_figures,
     loss_figure,
     parent_run,
     preference_figures,
@@ -59,6 +62,27 @@ def live_charts(run_dir: Path, rows: list[dict]) -> None:
         for col, fig, n in zip(cols, figures[row_start:row_start + 2], range(row_start, row_start + 2)):
             col.plotly_chart(fig, key=f"train_small_{n}_{run_dir.name}")
     preference_panel(run_dir, rows)
+    grpo_panel(run_dir, rows)
+
+
+def grpo_panel(run_dir: Path, rows: list[dict]) -> None:
+    """A GRPO run's curves with its reading guide, and the newest table of sampled completions with their rewards."""
+    figures = grpo_figures(rows)
+    if not figures:
+        return
+    st.markdown("**GRPO metrics** · one point per logged step")
+    charts, guide = st.columns([2, 1])
+    for n, fig in enumerate(figures):
+        charts.plotly_chart(fig, key=f"train_grpo_{n}_{run_dir.name}")
+    with guide:
+        st.markdown("**Reading guide**")
+        for line in GRPO_GUIDE:
+            st.caption(line)
+    table = completions_table(run_dir)
+    if table:
+        st.markdown(f"**Sampled completions** · step {table[0]['step']} · each reward, their weighted sum and the advantage "
+                    "(completions.jsonl in the run folder, every completions_every steps)")
+        st.dataframe(table, hide_index=True, width="stretch", key=f"train_completions_{run_dir.name}")
 
 
 def preference_panel(run_dir: Path, rows: list[dict]) -> None:

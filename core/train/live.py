@@ -11,6 +11,7 @@ from core.runs.card import source_run_of
 from core.runs.metrics import metric_series, whole_run_figures
 from core.runs.status import state_label
 from core.train.distributed import read_rank_records
+from core.train.grpo import read_completions
 from core.train.recipes import DEMO_PAIRS_DATASET
 from core.train.spec import DEMO_DATASET, TrainSpec
 
@@ -175,7 +176,7 @@ WHOLE_SET_ACCURACY = "eval_pair_accuracy"  # logged by core.train.trainer at eac
 
 def is_preference_run(rows: list[dict]) -> bool:
     keys = {key for _, series in PREFERENCE_CHARTS for key, _, _ in series}
-    return any(k in row or f"eval_{k}" in row for row in rows for k in keys)
+    return not is_grpo_run(rows) and any(k in row or f"eval_{k}" in row for row in rows for k in keys)
 
 
 def _eval_key(rows: list[dict], key: str) -> tuple[str, str]:
@@ -190,6 +191,8 @@ def preference_figures(rows: list[dict]) -> list[Any]:
     eval rows dashed with markers. Only charts with data are returned: an SFT run gets none (its page is unchanged)."""
     import plotly.graph_objects as go
 
+    if is_grpo_run(rows):
+        return []  # its KL and rewards/* are GRPO's, drawn by grpo_figures
     figures = []
     for title, series in PREFERENCE_CHARTS:
         fig = go.Figure()
@@ -204,6 +207,83 @@ def preference_figures(rows: list[dict]) -> list[Any]:
                               legend=dict(orientation="h"))
             figures.append(fig)
     return figures
+
+
+# ---------------------------------------------------------------- GRPO runs (issue 28 item 4): rewards, signal, KL, lengths
+
+GRPO_CHARTS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    # (title, ((metric key, legend name), ...)); "rewards/*/mean" expands to one line per reward the run logged
+    ("Reward (weighted sum) ± std", (("reward", "mean"),)),
+    ("Each reward: mean", (("rewards/*/mean", ""),)),
+    ("Each reward: std within the batch", (("rewards/*/std", ""),)),
+    ("Groups with zero reward std (no signal)", (("frac_reward_zero_std", "share of groups"),)),
+    ("KL to the reference (beta > 0)", (("kl", "kl"),)),
+    ("Completion length (tokens)", (("completions/mean_length", "mean"), ("completions/max_length", "max"),
+                                    ("completions/min_length", "min"))),
+    ("Clipped", (("completions/clipped_ratio", "completions cut at max_completion_length"),
+                 ("clip_ratio/region_mean", "tokens whose policy ratio was clipped"))),
+)
+GRPO_GUIDE = (
+    "A group whose completions all score the same gives no advantage and teaches nothing: a zero-std share near 1 means the "
+    "rewards are too hard (or too easy) for the model now. Raise the temperature or num_generations, add a partial-credit "
+    "reward (field_accuracy), or start from an SFT run.",
+    "Completions cut at max_completion_length (clipped) are scored as they are: a JSON answer cut in half is invalid. Raise "
+    "max_completion_length when the clipped share stays high.",
+    "With beta > 0 the KL to the starting model should stay small (below ~0.1) while the reward rises; a KL running away "
+    "with a flat reward is the policy drifting for nothing.",
+)
+
+
+def is_grpo_run(rows: list[dict]) -> bool:
+    return any("frac_reward_zero_std" in row for row in rows)
+
+
+def _expand(rows: list[dict], key: str) -> list[tuple[str, str]]:
+    """(metric key, legend) pairs: a 'rewards/*/mean' pattern becomes one per reward label the rows carry."""
+    if "*" not in key:
+        return [(key, "")]
+    head, tail = key.split("*")
+    found = dict.fromkeys(k for row in rows for k in row if k.startswith(head) and k.endswith(tail) and len(k) > len(head) + len(tail))
+    return [(k, k[len(head):-len(tail)]) for k in found]
+
+
+def grpo_figures(rows: list[dict]) -> list[Any]:
+    """A GRPO run's own curves: the weighted reward with its std band, each reward's mean and std, the share of groups with
+    no signal, KL (beta > 0), completion lengths and the clipped shares. Only charts with data; other runs get none."""
+    import plotly.graph_objects as go
+
+    if not is_grpo_run(rows):
+        return []
+    train = [r for r in rows if "loss" in r]
+    figures = []
+    for title, series in GRPO_CHARTS:
+        fig = go.Figure()
+        for pattern, name in series:
+            for key, label in _expand(train, pattern):
+                x, y = metric_series(train, key)
+                if x:
+                    fig.add_trace(go.Scatter(x=x, y=y, name=name or label, mode="lines+markers"))
+                if key == "reward" and x:
+                    spread = dict(zip(*metric_series(train, "reward_std")))
+                    xs = [s for s in x if s in spread]
+                    mean = dict(zip(x, y))
+                    for sign, label2 in ((1, "+ std"), (-1, "− std")):
+                        fig.add_trace(go.Scatter(x=xs, y=[mean[s] + sign * spread[s] for s in xs], name=label2, mode="lines",
+                                                 line=dict(dash="dot", width=1)))
+        if fig.data:
+            fig.update_layout(title=title, xaxis_title="step", height=260, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"))
+            figures.append(fig)
+    return figures
+
+
+def completions_table(run_dir: Path, step: int | None = None) -> list[dict]:
+    """The sampled completions of a GRPO run's newest table step (or `step`) as display rows: each reward a column."""
+    table = []
+    for row in read_completions(run_dir, step):
+        table.append({"step": row.get("step"), "prompt": row.get("prompt"), "completion": row.get("completion"),
+                      "reward": row.get("reward"), **{k: v for k, v in (row.get("rewards") or {}).items()},
+                      "advantage": row.get("advantage"), "errors": "; ".join(f"{k}: {v}" for k, v in (row.get("errors") or {}).items())})
+    return table
 
 
 @dataclass(frozen=True)
