@@ -77,11 +77,13 @@ c1, c2, c5, c3, c4 = st.columns([2, 2, 2, 1, 1])
 template_name = c1.selectbox("Chat template", template_names, key="tpl_template",
                              help="The model's own template, or one of the common templates shipped with the app.")
 policy = c2.selectbox("What is trained", POLICIES, key="tpl_policy", format_func=lambda p: f"{p} — {POLICY_HELP[p]}")
-max_length = int(c3.number_input("max_length (0 = none)", 0, 32768, 0, step=64, key="tpl_max_length"))
+max_length = int(c3.number_input("Max length", 0, 32768, 0, step=64, key="tpl_max_length",
+                                 help="Tokens per row (the run spec's max_length); longer rows are cut. 0 = no limit."))
 reasoning = c5.selectbox("Reasoning", REASONING_MODES, key="tpl_reasoning", format_func=lambda r: f"{r} — {REASONING_HELP[r]}",
                          help="What training does with <think> reasoning in the rows (the run spec's `reasoning`). Chat and evaluation "
                               "render prompts with the same setting.")
-train_eot = c4.checkbox("Train end-of-turn", value=True, key="tpl_train_eot", help="Learn the marker that ends the answer, so generation stops.")
+train_eot = c4.checkbox("Learn to stop", value=True, key="tpl_train_eot",
+                        help="Train the end-of-turn marker that ends each answer (the run spec's train_eot), so generation stops.")
 chat_template = own_template if template_name == MODEL_TEMPLATE else load_template(template_name)
 
 n_rows = len(rows)

@@ -55,6 +55,10 @@ def test_template_page_draws_demo_row_and_policy_changes_trained_count(workspace
     assert not at.exception
     assert any("<|start_header_id|>assistant<|end_header_id|>" in c.value for c in at.code)
     assert "tpl-chip trained eot" in chips(at)  # "<|eot_id|>" is plain text to this tokenizer: several chips
+    # the lint says which markers this tokenizer lacks and what to do (issue 29), not only "tokenizes differently"
+    assert any("<|start_header_id|> (split into" in w.value and "model's own chat template" in w.value for w in at.warning)
+    # labels short enough for their narrow columns (they were cut off: "Train end-of-t…")
+    assert len(at.checkbox(key="tpl_train_eot").label) <= 14 and len(at.number_input(key="tpl_max_length").label) <= 14
 
 
 def test_template_page_lints_and_flags_truncation(workspace, embedded_dir):
