@@ -16,6 +16,7 @@ from core.train.live import live_summary, runs_table
 
 def _two_segments(path) -> None:
     """A run stopped after step 4 (checkpoint at step 3) and resumed: step 4 is trained and logged again."""
+    append_metrics(path, {"step": 0, "eval_loss": 5.0, "elapsed_s": 0.5})  # eval on start: logged before the start row
     append_metrics(path, {"event": "start", "step": 0, "total_steps": 6, "resumed_from": 0})
     for step, loss in ((1, 4.0), (2, 3.0), (3, 2.0), (4, 1.5)):
         append_metrics(path, {"step": step, "loss": loss, "tokens_seen": 100 * step, "elapsed_s": 10.0 * step, "tokens_per_s": 10.0})
@@ -28,7 +29,7 @@ def test_whole_run_figures_cover_both_segments(tmp_path):
     path = tmp_path / "metrics.jsonl"
     _two_segments(path)
     rows = read_all_metrics(path)
-    assert [len(s) for s in run_segments(rows)] == [5, 4]
+    assert [len(s) for s in run_segments(rows)] == [6, 4], "the eval-on-start row belongs to the first launch"
     figures = whole_run_figures(rows)
     assert figures["segments"] == 2 and figures["logged_steps"] == 6
     assert figures["mean_loss"] == pytest.approx((4 + 3 + 2 + 1.0 + 1 + 0.5) / 6), "step 4 once, its resumed value"

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from core import runs
 from core.data.masking import IGNORE_INDEX, encode_conversation
+from core.runs.metrics import whole_run_figures
 from core.runs.status import read_status
 from core.train.data import file_sha256, pack_features
 from core.train.spec import TrainSpec
@@ -251,6 +252,12 @@ def test_lora_run_writes_metrics_adapter_checkpoint_and_run_card(workspace, tiny
     assert again.state == "succeeded" and again.result["global_step"] == 5 and again.attempts == 2
     assert [r["step"] for r in _metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5]
     assert runs.read_result(run_dir)["resumed_from_step"] == 3
+    # run-level figures cover both segments (29 item 5), not only the 2 steps of the second
+    card, losses = runs.read_result(run_dir), [r["loss"] for r in _metrics(run_dir) if "loss" in r]
+    assert card["segments"] == 2 and card["tokens_trained"] > card["tokens_trained_this_attempt"] > 0
+    assert card["final_metrics"]["train_loss_mean"] == pytest.approx(sum(losses) / 5)
+    assert card["tokens_per_s"] == whole_run_figures(_metrics(run_dir))["tokens_per_s"]
+    assert again.run_seconds > again.elapsed, "the duration counts the first launch too"
 
 
 def _lora_b_tensors(adapter: Path) -> dict[str, torch.Tensor]:

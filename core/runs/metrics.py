@@ -72,11 +72,11 @@ def tail_text(path: str | Path, max_bytes: int = 8000) -> str:
 
 
 def run_segments(rows: list[dict]) -> list[list[dict]]:
-    """metrics.jsonl rows split into the run's segments: a first launch and each Resume / Train-more starts a new one
-    with an `event: start` row (rows before any start row form a segment of their own)."""
-    segments: list[list[dict]] = []
+    """metrics.jsonl rows split into the run's segments: a first launch and each Resume / Train-more logs an
+    `event: start` row. Rows a launch logs before its start row (the eval-on-start loss) belong to that launch."""
+    segments: list[list[dict]] = [[]]
     for row in rows:
-        if row.get("event") == "start" or not segments:
+        if row.get("event") == "start" and any(r.get("event") == "start" for r in segments[-1]):
             segments.append([])
         segments[-1].append(row)
     return [s for s in segments if s]

@@ -40,7 +40,8 @@ class Worker:
             created_at=previous.created_at if previous else time.time(),
             heartbeat=time.time(),
             attempts=(previous.attempts if previous else 0) + 1,
-            earlier_seconds=previous.earlier_seconds if previous else 0.0,  # launch() added the earlier launches' time
+            # the earlier launches' time: added by launch(), or here when the worker is started by hand (a headless resume)
+            earlier_seconds=previous.next_launch().earlier_seconds if previous else 0.0,
             message="waiting for the exclusive job lock",
         ))
         self._stop_requests = 0

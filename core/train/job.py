@@ -16,7 +16,9 @@ from typing import Any
 
 from core.runs.errors import explain_failure, is_out_of_memory
 from core.runs.jobs import JobContext, JobError
+from core.runs.metrics import read_all_metrics, whole_run_figures
 from core.runs.spec import spec_to_dict
+from core.runs.status import METRICS_FILE
 from core.train.backends import (
     FallBack,
     activate,
@@ -188,6 +190,7 @@ def run(ctx: JobContext) -> dict:
     peaks = all_ranks_gather(probe.peak())
     if not rank.is_main:
         return {"rank": rank.rank, "global_step": int(trainer.state.global_step)}
+    whole_run = whole_run_figures(read_all_metrics(ctx.run_dir / METRICS_FILE))
     card = {
         "spec": spec_to_dict(spec),
         "state": "stopped" if stopped else "succeeded",
@@ -208,8 +211,12 @@ def run(ctx: JobContext) -> dict:
         "hardware": hardware.summary,
         "precision": precision.__dict__,
         "resumed_from_step": checkpoint_step(resume),
-        "final_metrics": _final_metrics(trainer, callback, output, eval_start, eval_end),
-        "tokens_per_s": round(tokens / train_seconds, 2) if train_seconds > 0 else 0.0,
+        "final_metrics": _final_metrics(trainer, callback, output, eval_start, eval_end, whole_run),
+        # run-level figures cover every segment of a Stop / Resume run (metrics.jsonl), not only this attempt
+        "tokens_per_s": whole_run["tokens_per_s"] or (round(tokens / train_seconds, 2) if train_seconds > 0 else 0.0),
+        "tokens_per_s_this_attempt": round(tokens / train_seconds, 2) if train_seconds > 0 else 0.0,
+        "tokens_trained": whole_run["tokens"],
+        "segments": whole_run["segments"],
         "supervised_tokens_per_s": round(supervised / train_seconds, 2) if train_seconds > 0 else 0.0,
         "tokens_trained_this_attempt": int(tokens),
         "train_seconds": round(train_seconds, 2),
@@ -344,13 +351,15 @@ def _restore_finished(trainer: Any, checkpoint: Path, ctx: JobContext) -> None:
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
-def _final_metrics(trainer: Any, callback: Any, output: Any, eval_start: float | None, eval_end: float | None) -> dict:
+def _final_metrics(trainer: Any, callback: Any, output: Any, eval_start: float | None, eval_end: float | None, whole_run: dict) -> dict:
     last = callback.last_row
+    segment_mean = (output.metrics or {}).get("train_loss") if output is not None else None
     metrics = {
         "global_step": int(trainer.state.global_step),
         "epoch": round(float(trainer.state.epoch or 0.0), 4),
         "loss": last.get("loss"),
-        "train_loss_mean": (output.metrics or {}).get("train_loss") if output is not None else None,
+        # the mean over every logged step of the run (all its segments); the trainer's own covers this attempt only
+        "train_loss_mean": whole_run["mean_loss"] if whole_run["mean_loss"] is not None else segment_mean,
         "eval_loss_start": eval_start,
         "eval_loss": eval_end if eval_end is not None else callback.last_eval.get("eval_loss"),
     }
