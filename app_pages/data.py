@@ -16,7 +16,7 @@ from core.data import curate
 from core.data.formats import DatasetLoadError
 from core.data.preference import is_preference_dataset
 from core.data.summary import dataset_summary
-from core.workspace import safe_name
+from core.workspace import display_path, safe_name
 from pages_common import choose_dataset
 
 
@@ -50,7 +50,7 @@ kept_whole: set = st.session_state["data_kept_whole"]  # (method, cluster) the u
 audit_drops: set = st.session_state["data_audit_drops"]
 
 summary = dataset_summary(rows)
-st.caption(f"**{dataset.source}** · format `{dataset.detected_format}` · sha256 `{dataset.source_hash[:12]}…`"
+st.caption(f"**{display_path(dataset.source)}** · format `{dataset.detected_format}` · sha256 `{dataset.source_hash[:12]}…`"
            + (f" · your columns kept: {', '.join(f'`{c}`' for c in dataset.columns)}" if dataset.columns else ""))
 m = st.columns(4)
 m[0].metric("Valid rows", f"{summary.rows:,}")

@@ -13,6 +13,7 @@ from core.data.preference import as_conversation, encode_pair, is_pair
 from core.data.render import legend_html, token_chips_html, token_table
 from core.data.templates import load_template, propose_template, shipped_template_names
 from core.models import ModelLoadError, ModelSource, load_tokenizer
+from core.workspace import display_path
 from pages_common import choose_dataset
 
 MODEL_TEMPLATE = "The active model's own"
@@ -60,7 +61,7 @@ except (ModelLoadError, DatasetLoadError, ValueError) as exc:
 if dataset is None:
     st.stop()
 report = dataset.report
-st.caption(f"**{dataset.source}** · format `{dataset.detected_format}` · {report.summary()}")
+st.caption(f"**{display_path(dataset.source)}** · format `{dataset.detected_format}` · {report.summary()}")
 if not dataset.rows:
     st.error("No valid row to show. The Data page lists each rejected row and why.")
     st.stop()

@@ -43,6 +43,21 @@ def subdir(name: str) -> Path:
     return path
 
 
+def display_path(path: str | Path) -> str:
+    """How a table shows a path: relative to the workspace ("runs/20261207-train/adapter") or to the app's folder
+    ("assets/demo/train.jsonl"), "~/…" under the home folder, else as given. Anything not an absolute path is returned as is."""
+    text = str(path)
+    if not text.startswith(("/", "~")):
+        return text
+    resolved = Path(text).expanduser()
+    for root, prefix in ((workbench_home(), ""), (Path(__file__).resolve().parents[1], ""), (Path.home(), "~/")):
+        try:
+            return prefix + resolved.relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+    return text
+
+
 def datasets_dir() -> Path:
     return subdir("datasets")
 

@@ -43,7 +43,7 @@ def test_demo_dedup_and_export(workspace):
     no_errors(at)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Valid rows"] == "300" and metrics["Rejected rows"] == "0"
-    assert "train.jsonl" in at.caption[1].value and "messages" in at.caption[1].value
+    assert "**assets/demo/train.jsonl**" in at.caption[1].value and "messages" in at.caption[1].value  # not the full path
 
     at.multiselect(key="data_dd_methods").set_value(["exact", "near"])
     at.button(key="data_dd_run").click().run()

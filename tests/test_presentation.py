@@ -2,6 +2,8 @@
 its column names and rounds its numbers. The functions the pages draw their tables from are tested directly."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from core.export.results import artifact_rows, check_rows, checks_summary
 from core.memory.distributed import fits_matrix
 
@@ -69,3 +71,16 @@ def test_bitsandbytes_cpu_kernel_line_is_said_once_as_what_it_means():
     assert len(messages) == 2 and messages[1] == ("WARNING", "another bitsandbytes warning"), messages
     level, text = messages[0]
     assert level == "INFO" and "Failed to load" not in text and "Nothing to fix" in text
+
+
+def test_tables_show_paths_relative_to_the_workspace(workspace):
+    from core.runs.side_by_side import spec_diff
+    from core.workspace import display_path
+
+    adapter = workspace / "runs" / "20261207-101010-train" / "adapter"
+    assert display_path(adapter) == "runs/20261207-101010-train/adapter"
+    assert display_path(Path(__file__).resolve().parents[1] / "assets" / "demo" / "train.jsonl") == "assets/demo/train.jsonl"
+    assert display_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert display_path("/elsewhere/data.jsonl") == "/elsewhere/data.jsonl"
+    rows = spec_diff({"a": {"init_adapter": str(adapter), "lr": 1e-3}, "b": {"init_adapter": "", "lr": 1e-3}})
+    assert rows == [{"field": "init_adapter", "a": "runs/20261207-101010-train/adapter", "b": ""}]

@@ -8,6 +8,7 @@ from typing import Any
 from core.runs.card import build_card, lineage, scan
 from core.runs.metrics import metric_series, read_all_metrics
 from core.runs.status import METRICS_FILE
+from core.workspace import display_path
 
 CURVES = (("loss", "train loss", "lines"), ("eval_loss", "eval loss", "lines+markers"))
 _NOT_COMPARED = {"name"}
@@ -55,7 +56,7 @@ def spec_diff(specs: dict[str, dict], only_differences: bool = True) -> list[dic
 
 
 def _cell(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return ", ".join(map(_cell, value)) if isinstance(value, list) else display_path(str(value))
 
 
 FINAL_KEYS = (("global_step", "steps"), ("loss", "final train loss"), ("eval_loss_start", "eval loss before"),
