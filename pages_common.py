@@ -11,6 +11,8 @@ import streamlit as st
 
 from core.hardware import detect
 from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, load_model
+from core.runs.eta import estimate, machine_busy
+from core.runs.status import state_label
 
 SOURCE_LABELS = {
     "embedded": f"Embedded default ({EMBEDDED_NAME})",
@@ -238,7 +240,6 @@ def time_estimate(kind: str, spec, rows: int | None = None):
     import dataclasses
 
     from core.runs import list_runs
-    from core.runs.eta import estimate, machine_busy
 
     data = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(spec or {})
     summaries = list_runs()
@@ -307,7 +308,6 @@ def _render_status(run_dir, render_body, header=None):
     from pathlib import Path
 
     from core.runs import RunStatus, log_tail, read_status, stop
-    from core.runs.status import state_label
 
     if not Path(run_dir).is_dir():  # deleted (or moved) while this page showed it: say so, stop polling
         st.warning(f"Run {Path(run_dir).name} no longer exists: its folder {run_dir} was deleted or moved.")
