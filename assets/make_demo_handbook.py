@@ -83,35 +83,47 @@ class Draw:
 
 def office_facts(name: str, d: Draw) -> list[tuple[str, str, str]]:
     """(sentence, question, answer) candidates for one office guide; five are drawn."""
-    ordinal, building, place, ext = d.pick("floor", ORDINALS), d.pick("building", BUILDINGS), d.pick("place", PLACES), d.number("ext", 2000, 8999)
-    opens, lead, ssid, park = d.pick("opens", ("7:00", "7:15", "7:30", "7:45", "8:00", "8:15")), d.person(), "fern-guest-" + d.pick("word", WORDS), d.pick("park", CAR_PARKS)
+    ordinal, building, place, ext = (d.pick("floor", ORDINALS), d.pick("building", BUILDINGS), d.pick("place", PLACES),
+                                     d.number("ext", 2000, 8999))
+    opens, lead, ssid, park = (d.pick("opens", ("7:00", "7:15", "7:30", "7:45", "8:00", "8:15")), d.person(),
+                               "fern-guest-" + d.pick("word", WORDS), d.pick("park", CAR_PARKS))
     return [
         (f"The {name} office occupies the {ordinal} floor of {building}.", f"Which floor is the {name} office on?", f"the {ordinal} floor"),
-        (f"During a fire alarm, staff at the {name} office gather at {place}.", f"Where do staff at the {name} office gather during a fire alarm?", place),
-        (f"Reception at the {name} office can be reached on extension {ext}.", f"What is the reception extension at the {name} office?", ext),
+        (f"During a fire alarm, staff at the {name} office gather at {place}.",
+         f"Where do staff at the {name} office gather during a fire alarm?", place),
+        (f"Reception at the {name} office can be reached on extension {ext}.",
+         f"What is the reception extension at the {name} office?", ext),
         (f"The {name} building opens at {opens} on weekdays.", f"What time does the {name} office open on weekdays?", opens),
         (f"The first-aid lead at the {name} office is {lead}.", f"Who is the first-aid lead at the {name} office?", lead),
-        (f"Guests at the {name} office connect to the Wi-Fi network {ssid}.", f"Which Wi-Fi network do guests use at the {name} office?", ssid),
+        (f"Guests at the {name} office connect to the Wi-Fi network {ssid}.",
+         f"Which Wi-Fi network do guests use at the {name} office?", ssid),
         (f"Visitors to the {name} office park in {park}.", f"Where do visitors to the {name} office park?", park),
     ]
 
 
 def team_facts(name: str, d: Draw, channel: str) -> list[tuple[str, str, str]]:
-    lead, meeting, code = d.person(), d.pick("meeting", [f"{day} at {time}" for day in DAYS for time in TIMES]), "CC-" + d.number("code", 100, 999)
-    rotation, size, room = d.number("rotation", 3, 14), d.number("size", 5, 40), "room " + d.pick("room", [f"{a}{n}" for a in "ABCDEFG" for n in range(1, 10)])
+    lead, meeting, code = (d.person(), d.pick("meeting", [f"{day} at {time}" for day in DAYS for time in TIMES]),
+                           "CC-" + d.number("code", 100, 999))
+    rotation, size, room = (d.number("rotation", 3, 14), d.number("size", 5, 40),
+                            "room " + d.pick("room", [f"{a}{n}" for a in "ABCDEFG" for n in range(1, 10)]))
     return [
         (f"The {name} team is led by {lead}.", f"Who leads the {name} team?", lead),
-        (f"Questions for the {name} team go to the #{channel} channel.", f"Which chat channel takes questions for the {name} team?", f"#{channel}"),
-        (f"The {name} team holds its weekly planning meeting on {meeting}.", f"When does the {name} team hold its weekly planning meeting?", meeting),
-        (f"Expenses of the {name} team are charged to cost centre {code}.", f"Which cost centre are the {name} team's expenses charged to?", code),
-        (f"Each engineer on the {name} team is on call for {rotation} days at a time.", f"How many days at a time is an engineer on the {name} team on call?", f"{rotation} days"),
+        (f"Questions for the {name} team go to the #{channel} channel.",
+         f"Which chat channel takes questions for the {name} team?", f"#{channel}"),
+        (f"The {name} team holds its weekly planning meeting on {meeting}.",
+         f"When does the {name} team hold its weekly planning meeting?", meeting),
+        (f"Expenses of the {name} team are charged to cost centre {code}.",
+         f"Which cost centre are the {name} team's expenses charged to?", code),
+        (f"Each engineer on the {name} team is on call for {rotation} days at a time.",
+         f"How many days at a time is an engineer on the {name} team on call?", f"{rotation} days"),
         (f"The {name} team has {size} members.", f"How many members does the {name} team have?", size),
         (f"The {name} team sits in {room} of its home office.", f"Which room does the {name} team sit in?", room),
     ]
 
 
 def tool_facts(name: str, d: Draw, channel: str) -> list[tuple[str, str, str]]:
-    owner, days, window, path = d.pick("owner", TEAMS), d.pick("retention", (30, 45, 60, 90, 180, 365)), d.pick("window", DAYS), f"/{name.lower()}/" + d.pick("word", WORDS)
+    owner, days, window, path = (d.pick("owner", TEAMS), d.pick("retention", (30, 45, 60, 90, 180, 365)), d.pick("window", DAYS),
+                                 f"/{name.lower()}/" + d.pick("word", WORDS))
     year, admin = d.number("year", 2014, 2023), d.person()
     return [
         (f"{name} is owned by the {owner} team.", f"Which team owns {name}?", f"the {owner} team"),
@@ -139,86 +151,125 @@ def product_facts(name: str, d: Draw) -> list[tuple[str, str, str]]:
 
 def policy_docs(d: Draw) -> list[tuple[str, str, str, list[tuple[str, str, str]]]]:
     """(doc id, title, intro, facts) of the ten policies; each has its own wording."""
-    leave, carry, notice, approver = d.number("n", 24, 31), d.number("n", 3, 10), d.number("n", 2, 6), d.pick("choice", ("line manager", "department head", "People team"))
+    leave, carry, notice, approver = (d.number("n", 24, 31), d.number("n", 3, 10), d.number("n", 2, 6),
+                                      d.pick("choice", ("line manager", "department head", "People team")))
     paid, half, kit, tell = d.number("n", 12, 26), d.number("n", 4, 16), d.number("n", 6, 12), d.number("n", 8, 15)
-    hours, hotel, tool, per_diem = d.number("n", 4, 8), d.money("money", 120, 260), d.pick("choice", ("Wayfarer", "Skylark Travel", "Compass Desk")), d.money("money", 35, 70)
-    meal, receipt, deadline, mileage = d.money("money", 25, 60), d.money("money", 10, 40), d.number("n", 20, 60), d.number("n", 19, 35) + " cents per kilometre"
-    home, core, stipend, abroad = d.number("n", 2, 4), d.pick("core", ("9:30", "10:00", "10:30")) + " to " + d.pick("core", ("15:00", "15:30", "16:00")), d.money("money", 200, 600, 50), d.number("n", 15, 45)
+    hours, hotel, tool, per_diem = (d.number("n", 4, 8), d.money("money", 120, 260),
+                                    d.pick("choice", ("Wayfarer", "Skylark Travel", "Compass Desk")), d.money("money", 35, 70))
+    meal, receipt, deadline, mileage = (d.money("money", 25, 60), d.money("money", 10, 40), d.number("n", 20, 60),
+                                        d.number("n", 19, 35) + " cents per kilometre")
+    home, core, stipend, abroad = (d.number("n", 2, 4),
+                                   d.pick("core", ("9:30", "10:00", "10:30")) + " to " + d.pick("core", ("15:00", "15:30", "16:00")),
+                                   d.money("money", 200, 600, 50), d.number("n", 15, 45))
     refresh, monitor, returns, report = d.number("n", 3, 5), d.money("money", 150, 400, 25), d.number("n", 5, 14), d.number("n", 2, 24)
-    budget, conf, cert, library = d.money("money", 800, 2500, 100), d.number("n", 2, 6), d.number("n", 50, 100) + " percent", d.pick("choice", ("Reading Room", "Shelfmark", "Lectern"))
-    length, mfa, badge, escort = d.number("n", 12, 20), d.pick("choice", ("Keyfob", "Warden Auth", "Latchkey")), d.number("n", 1, 8), d.pick("choice", ("a host from the team they visit", "a member of reception", "a badge-holding employee"))
-    sick, cert_days, wellbeing, sick_line = d.number("n", 8, 20), d.number("n", 3, 7), d.pick("choice", ("Harbour Health", "Calmwater", "Lifeline Plus")), "extension " + d.number("ext", 2000, 8999)
+    budget, conf, cert, library = (d.money("money", 800, 2500, 100), d.number("n", 2, 6), d.number("n", 50, 100) + " percent",
+                                   d.pick("choice", ("Reading Room", "Shelfmark", "Lectern")))
+    length, mfa, badge, escort = (d.number("n", 12, 20), d.pick("choice", ("Keyfob", "Warden Auth", "Latchkey")), d.number("n", 1, 8),
+                                  d.pick("choice", ("a host from the team they visit", "a member of reception",
+                                                    "a badge-holding employee")))
+    sick, cert_days, wellbeing, sick_line = (d.number("n", 8, 20), d.number("n", 3, 7),
+                                             d.pick("choice", ("Harbour Health", "Calmwater", "Lifeline Plus")),
+                                             "extension " + d.number("ext", 2000, 8999))
     book, early, payday = d.pick("word", WORDS).capitalize(), d.number("n", 2, 11), d.pick("choice", ("1st", "8th", "15th", "25th", "28th"))
     updated = d.pick("month", ("March", "June", "September", "November")) + " " + d.number("n", 2021, 2024)
-    gift, register, hospitality, ethics = d.money("money", 30, 100), d.pick("choice", ("the compliance register", "the gifts log", "the hospitality ledger")), d.money("money", 60, 200, 10), d.person()
+    gift, register, hospitality, ethics = (d.money("money", 30, 100),
+                                           d.pick("choice", ("the compliance register", "the gifts log", "the hospitality ledger")),
+                                           d.money("money", 60, 200, 10), d.person())
     return [
         ("policy-annual-leave", "Annual leave policy", "How holidays are earned, booked and carried over.", [
-            (f"Full-time employees receive {leave} days of annual leave per year.", "How many days of annual leave do full-time employees get per year?", f"{leave} days"),
-            (f"Up to {carry} days of unused leave may be carried over into the next year.", "How many unused leave days can be carried over into the next year?", f"{carry} days"),
-            (f"Leave of a week or longer must be requested {notice} weeks in advance.", "How far in advance must leave of a week or longer be requested?", f"{notice} weeks"),
+            (f"Full-time employees receive {leave} days of annual leave per year.",
+             "How many days of annual leave do full-time employees get per year?", f"{leave} days"),
+            (f"Up to {carry} days of unused leave may be carried over into the next year.",
+             "How many unused leave days can be carried over into the next year?", f"{carry} days"),
+            (f"Leave of a week or longer must be requested {notice} weeks in advance.",
+             "How far in advance must leave of a week or longer be requested?", f"{notice} weeks"),
             (f"Leave requests are approved by your {approver}.", "Who approves leave requests?", f"your {approver}"),
             (f"Annual leave is booked in the {book} calendar.", "In which calendar is annual leave booked?", f"the {book} calendar"),
         ]),
         ("policy-parental-leave", "Parental leave policy", "Leave for new parents, by birth or adoption.", [
-            (f"New parents receive {paid} weeks of parental leave on full pay.", "How many weeks of fully paid parental leave do new parents get?", f"{paid} weeks"),
-            (f"A further {half} weeks are paid at half pay.", "How many further weeks of parental leave are paid at half pay?", f"{half} weeks"),
-            (f"Parents on leave may work up to {kit} days as keeping-in-touch days.", "How many keeping-in-touch days may a parent on leave work?", f"{kit} days"),
-            (f"Tell the People team at least {tell} weeks before the leave begins.", "How many weeks before parental leave begins must the People team be told?", f"{tell} weeks"),
-            (f"Parental leave can start up to {early} weeks before the due date.", "How early before the due date can parental leave start?", f"{early} weeks"),
+            (f"New parents receive {paid} weeks of parental leave on full pay.",
+             "How many weeks of fully paid parental leave do new parents get?", f"{paid} weeks"),
+            (f"A further {half} weeks are paid at half pay.", "How many further weeks of parental leave are paid at half pay?",
+             f"{half} weeks"),
+            (f"Parents on leave may work up to {kit} days as keeping-in-touch days.",
+             "How many keeping-in-touch days may a parent on leave work?", f"{kit} days"),
+            (f"Tell the People team at least {tell} weeks before the leave begins.",
+             "How many weeks before parental leave begins must the People team be told?", f"{tell} weeks"),
+            (f"Parental leave can start up to {early} weeks before the due date.",
+             "How early before the due date can parental leave start?", f"{early} weeks"),
         ]),
         ("policy-travel", "Business travel policy", "Booking and paying for work trips.", [
-            (f"Flights shorter than {hours} hours are booked in economy class.", "Below how many hours of flight time must flights be booked in economy?", f"{hours} hours"),
+            (f"Flights shorter than {hours} hours are booked in economy class.",
+             "Below how many hours of flight time must flights be booked in economy?", f"{hours} hours"),
             (f"Hotel stays are capped at {hotel} per night.", "What is the hotel cap per night on business trips?", hotel),
             (f"All trips are booked through {tool}.", "Which tool are business trips booked through?", tool),
-            (f"Travellers receive a daily allowance of {per_diem} for incidentals.", "What daily allowance do travellers get for incidentals?", per_diem),
+            (f"Travellers receive a daily allowance of {per_diem} for incidentals.",
+             "What daily allowance do travellers get for incidentals?", per_diem),
             ("Trips abroad need approval from a director.", "Who must approve trips abroad?", "a director"),
         ]),
         ("policy-expenses", "Expenses policy", "What can be claimed back and how.", [
             (f"Meals on work days are reimbursed up to {meal} per day.", "Up to how much are meals reimbursed per work day?", meal),
             (f"A receipt is required for any expense over {receipt}.", "Above what amount is a receipt required for an expense?", receipt),
-            (f"Claims must be submitted within {deadline} days of the expense.", "Within how many days of the expense must a claim be submitted?", f"{deadline} days"),
+            (f"Claims must be submitted within {deadline} days of the expense.",
+             "Within how many days of the expense must a claim be submitted?", f"{deadline} days"),
             (f"Driving your own car is reimbursed at {mileage}.", "At what rate is driving your own car reimbursed?", mileage),
-            (f"Approved claims are paid on the {payday} of each month.", "On which day of the month are approved expense claims paid?", f"the {payday}"),
+            (f"Approved claims are paid on the {payday} of each month.",
+             "On which day of the month are approved expense claims paid?", f"the {payday}"),
         ]),
         ("policy-remote-work", "Remote work policy", "Working from home and from abroad.", [
-            (f"Employees may work from home up to {home} days per week.", "How many days per week may employees work from home?", f"{home} days"),
-            (f"Core hours, when everyone should be reachable, run from {core}.", "What are the core hours when everyone should be reachable?", core),
-            (f"A one-off home office stipend of {stipend} is paid in the first month.", "How much is the one-off home office stipend?", stipend),
-            (f"Working from abroad is allowed for up to {abroad} days a year.", "For how many days a year is working from abroad allowed?", f"{abroad} days"),
-            ("Remote workers must use the company VPN on public networks.", "What must remote workers use on public networks?", "the company VPN"),
+            (f"Employees may work from home up to {home} days per week.",
+             "How many days per week may employees work from home?", f"{home} days"),
+            (f"Core hours, when everyone should be reachable, run from {core}.",
+             "What are the core hours when everyone should be reachable?", core),
+            (f"A one-off home office stipend of {stipend} is paid in the first month.",
+             "How much is the one-off home office stipend?", stipend),
+            (f"Working from abroad is allowed for up to {abroad} days a year.",
+             "For how many days a year is working from abroad allowed?", f"{abroad} days"),
+            ("Remote workers must use the company VPN on public networks.",
+             "What must remote workers use on public networks?", "the company VPN"),
         ]),
         ("policy-equipment", "Equipment policy", "Laptops, screens and what to do when something is lost.", [
             (f"Laptops are replaced every {refresh} years.", "How often are laptops replaced?", f"every {refresh} years"),
             (f"Each employee may claim a monitor allowance of {monitor}.", "How much is the monitor allowance?", monitor),
-            (f"Leavers return their equipment within {returns} days of their last day.", "Within how many days of their last day must leavers return equipment?", f"{returns} days"),
-            (f"A lost or stolen device must be reported within {report} hours.", "Within how many hours must a lost or stolen device be reported?", f"{report} hours"),
+            (f"Leavers return their equipment within {returns} days of their last day.",
+             "Within how many days of their last day must leavers return equipment?", f"{returns} days"),
+            (f"A lost or stolen device must be reported within {report} hours.",
+             "Within how many hours must a lost or stolen device be reported?", f"{report} hours"),
             ("Repairs are requested in Bramble, the equipment tracker.", "Where are equipment repairs requested?", "Bramble"),
         ]),
         ("policy-training", "Learning and training policy", "Courses, conferences and certifications.", [
             (f"Every employee has a yearly training budget of {budget}.", "How large is the yearly training budget per employee?", budget),
-            (f"Employees may spend up to {conf} working days a year at conferences.", "How many working days a year may employees spend at conferences?", f"{conf} working days"),
-            (f"The company reimburses {cert} of certification exam fees.", "What share of certification exam fees does the company reimburse?", cert),
-            (f"Books and online courses are requested through {library}.", "Through which service are books and online courses requested?", library),
+            (f"Employees may spend up to {conf} working days a year at conferences.",
+             "How many working days a year may employees spend at conferences?", f"{conf} working days"),
+            (f"The company reimburses {cert} of certification exam fees.",
+             "What share of certification exam fees does the company reimburse?", cert),
+            (f"Books and online courses are requested through {library}.",
+             "Through which service are books and online courses requested?", library),
             ("Training requests are approved by your line manager.", "Who approves training requests?", "your line manager"),
         ]),
         ("policy-security", "Information security policy", "Passwords, badges and visitors.", [
             (f"Passwords must be at least {length} characters long.", "How long must passwords be at least?", f"{length} characters"),
             (f"Two-factor sign-in uses the {mfa} app.", "Which app is used for two-factor sign-in?", mfa),
-            (f"A lost badge must be reported within {badge} hours.", "Within how many hours must a lost badge be reported?", f"{badge} hours"),
+            (f"A lost badge must be reported within {badge} hours.", "Within how many hours must a lost badge be reported?",
+             f"{badge} hours"),
             (f"Visitors must be escorted by {escort} at all times.", "Who must escort visitors at all times?", escort),
             ("Confidential papers go in the locked shredding bins.", "Where do confidential papers go?", "the locked shredding bins"),
         ]),
         ("policy-sickness", "Sickness and wellbeing policy", "Being ill, and help when things are hard.", [
-            (f"Employees receive {sick} days of paid sick leave per year.", "How many days of paid sick leave do employees get per year?", f"{sick} days"),
-            (f"A doctor's note is needed after {cert_days} days of sickness in a row.", "After how many consecutive sick days is a doctor's note needed?", f"{cert_days} days"),
+            (f"Employees receive {sick} days of paid sick leave per year.",
+             "How many days of paid sick leave do employees get per year?", f"{sick} days"),
+            (f"A doctor's note is needed after {cert_days} days of sickness in a row.",
+             "After how many consecutive sick days is a doctor's note needed?", f"{cert_days} days"),
             (f"Free counselling is offered through {wellbeing}.", "Through which service is free counselling offered?", wellbeing),
             (f"Report a sick day to the absence line on {sick_line}.", "Where is a sick day reported?", f"the absence line on {sick_line}"),
-            ("Sick leave is recorded in the absence calendar by your manager.", "Who records sick leave in the absence calendar?", "your manager"),
+            ("Sick leave is recorded in the absence calendar by your manager.",
+             "Who records sick leave in the absence calendar?", "your manager"),
         ]),
         ("policy-gifts", "Gifts and hospitality policy", "Accepting gifts from customers and suppliers.", [
             (f"Gifts worth more than {gift} must be declined.", "Above what value must gifts be declined?", gift),
             (f"Every gift accepted is recorded in {register}.", "Where is every accepted gift recorded?", register),
-            (f"Hospitality worth more than {hospitality} per person needs approval.", "Above what value per person does hospitality need approval?", hospitality),
+            (f"Hospitality worth more than {hospitality} per person needs approval.",
+             "Above what value per person does hospitality need approval?", hospitality),
             (f"Questions about this policy go to the ethics officer, {ethics}.", "Who is the ethics officer?", ethics),
             (f"This policy was last updated in {updated}.", "When was the gifts and hospitality policy last updated?", updated),
         ]),

@@ -175,7 +175,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_engine(args.child, args.rows, args.cpus)))
         return
-    figures: dict = {"rows": args.rows, "cpus": args.cpus, "cpu_count": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
+    figures: dict = {"rows": args.rows, "cpus": args.cpus, "cpu_count": os.cpu_count(),
+                     "load_average_at_start": round(os.getloadavg()[0], 2)}
     results = {}
     for engine in args.engines.split(","):
         done = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--cpus", str(args.cpus), "--child", engine],

@@ -98,7 +98,8 @@ def main() -> None:
         figures[f"signatures_rows_per_s_{workers}_workers"] = round(len(texts) / wall)
         if workers == 1:  # the work itself, whatever else the machine is doing
             figures["signatures_rows_per_cpu_s_1_worker"] = round(len(texts) / (time.process_time() - cpu_started))
-        print(f"signatures, {workers} worker(s): {len(texts) / wall:,.0f} rows/s ({wall:.1f} s wall, main-process CPU {time.process_time() - cpu_started:.1f} s)")
+        print(f"signatures, {workers} worker(s): {len(texts) / wall:,.0f} rows/s ({wall:.1f} s wall, main-process CPU "
+              f"{time.process_time() - cpu_started:.1f} s)")
     figures["signatures_rows_per_s"] = figures[f"signatures_rows_per_s_{args.workers}_workers"]
 
     config = NearDedupConfig(threshold=args.threshold, num_perm=args.num_perm, workers=args.workers)
@@ -121,7 +122,8 @@ def main() -> None:
 
     planted, planted_origin, planted_sim = plant_edits(base, seed=0)
     for verify, margin in (("exact", config.candidate_margin), ("estimate", 0.0)):
-        variant = NearDedupConfig(threshold=args.threshold, num_perm=args.num_perm, workers=args.workers, verify=verify, candidate_margin=margin)
+        variant = NearDedupConfig(threshold=args.threshold, num_perm=args.num_perm, workers=args.workers, verify=verify,
+                                  candidate_margin=margin)
         started = time.perf_counter()
         found = find_near_duplicates(planted, variant)
         wall = time.perf_counter() - started

@@ -102,7 +102,8 @@ def main() -> int:
 
     hardware = detect()
     spec = hardware_defaults(hardware)
-    changes = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.learning_rate), ("precision", args.precision)) if v is not None}
+    changes = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.learning_rate), ("precision", args.precision))
+               if v is not None}
     spec = replace(spec, **changes)
     autocast = choose_precision(spec, hardware.device, hardware.bf16).bf16
     print(f"demo: {spec.method} r={spec.lora_r} lr={spec.learning_rate:g} batch={spec.batch_size} steps={spec.max_steps} "
@@ -110,8 +111,8 @@ def main() -> int:
     walk_started, cpu_started = time.time(), children_cpu_s()
     trained = train(spec)
     train_cpu = children_cpu_s() - cpu_started
-    print(f"train: start-up {trained['startup_s']} s · {trained['steps']} steps {trained['training_s']} s · wrap-up {trained['wrapup_s']} s "
-          f"· eval loss {trained['eval_loss_before']:.3f} -> {trained['eval_loss_after']:.3f}", flush=True)
+    print(f"train: start-up {trained['startup_s']} s · {trained['steps']} steps {trained['training_s']} s · wrap-up "
+          f"{trained['wrapup_s']} s · eval loss {trained['eval_loss_before']:.3f} -> {trained['eval_loss_after']:.3f}", flush=True)
     report = evaluate(trained["adapter"], spec.model_source)
     total = time.time() - walk_started
     report_cpu = children_cpu_s() - cpu_started - train_cpu

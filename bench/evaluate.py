@@ -60,7 +60,8 @@ def main() -> None:
     figures = {"wall_s": round(wall, 1), "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                "task_rows": report["task"]["n"], "general_texts": report["general"]["n_texts"], "mc_items": report["general"]["n_mc"],
                "base_seconds": base["seconds"], "finetuned_seconds": tuned["seconds"],
-               "base_cpu_seconds": base["cpu_seconds"], "finetuned_cpu_seconds": tuned["cpu_seconds"], "verdict": report["verdicts"][0]["verdict"]}
+               "base_cpu_seconds": base["cpu_seconds"], "finetuned_cpu_seconds": tuned["cpu_seconds"],
+               "verdict": report["verdicts"][0]["verdict"]}
     print(f"{'metric':40s} {'base':>10s} {'fine-tuned':>10s} {'delta [95% CI]':>24s}")
     for m in report["metrics"]:
         a, b = base["metrics"].get(m["key"]), tuned["metrics"].get(m["key"])

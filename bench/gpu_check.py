@@ -37,7 +37,8 @@ Fetch the wheels here once (cp312, manylinux x86-64, --no-deps), into two git-ig
     pip download $P -d .whl/b unsloth==2026.10.9 unsloth_zoo==2026.10.9 cut-cross-entropy==25.1.1 torchao==0.18.0 \
         tyro==1.0.17 docstring_parser==0.18.0 typeguard==4.6.1 msgspec==0.23.0 hf_transfer==0.1.9 diffusers==0.42.1 \
         json5==0.17.3 nest-asyncio==1.6.0 structlog==26.1.0 lazy-importer==0.1.0                        # ~46 MB
-    mkdir -p .whl/tok && cp $WORKBENCH_HOME/models/SmolLM2-135M-Instruct/{tokenizer.json,tokenizer_config.json,chat_template.jinja} .whl/tok/
+    mkdir -p .whl/tok && cp $WORKBENCH_HOME/models/SmolLM2-135M-Instruct/{tokenizer.json,tokenizer_config.json,chat_template.jinja} \
+.whl/tok/
 
   call 1 (carry .whl/a):  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/a/*.whl
   call 2 (carry .whl/b .whl/tok):  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/b/*.whl && \
@@ -170,7 +171,8 @@ def probe_packing(model_dir: Path, backend_name: str) -> dict:
     for n in lengths:
         alone = forward({"input_ids": batch["input_ids"][:, offset:offset + n]})[0]
         scale = alone.abs().max().item()
-        flat = lambda t: t.reshape(-1, t.shape[-1])[offset:offset + n]  # noqa: E731, B023 - both layouts are one packed row here; used in this iteration
+        # E731, B023: both layouts are one packed row here; the lambda is used in this iteration
+        flat = lambda t: t.reshape(-1, t.shape[-1])[offset:offset + n]  # noqa: E731, B023
         errors.append((flat(together) - alone).abs().max().item() / scale)
         leaks.append((flat(leaked) - alone).abs().max().item() / scale)
         offset += n
@@ -236,7 +238,8 @@ def scale_checks(model_dir: Path, steps: int, reference: dict | None) -> dict:
         ref = (reference or {}).get("losses", [])[: len(losses)]
         results[name] = {
             "tokens_per_s": round(run["steady_tokens_per_s"], 1), "peak_memory_gb": round(card["peak_memory_bytes"] / 1e9, 3),
-            "predicted_per_device_gb": round(predicted.measurable_bytes / 1e9, 3), "cpu_gb_predicted": round(predicted.host_bytes_per_node / 1e9, 2),
+            "predicted_per_device_gb": round(predicted.measurable_bytes / 1e9, 3),
+            "cpu_gb_predicted": round(predicted.host_bytes_per_node / 1e9, 2),
             "first_loss_vs_hf_lora": round(abs(losses[0] - ref[0]) / ref[0], 5) if losses and ref else None,
             "largest_relative_loss_difference": round(largest_relative_difference(ref, losses[: len(ref)]), 5) if ref else None,
             "strategy": card.get("distribution", {}).get("strategy"), "seconds": round(time.time() - started, 1),
@@ -294,8 +297,10 @@ def main() -> int:
             hf, fast = runs.get(f"hf_{method}_{layout}"), runs.get(f"unsloth_{method}_{layout}")
             if hf and fast and fast["backend_used"] == "unsloth":
                 diff = largest_relative_difference(hf["losses"], fast["losses"])
-                agreement[f"{method}_{layout}"] = {"largest_relative_loss_difference": round(diff, 5), "within_tolerance": diff <= LOSS_TOLERANCE,
-                                                   "unsloth_speedup": round(fast["tokens_per_s"] / hf["tokens_per_s"], 2) if hf["tokens_per_s"] else None}
+                agreement[f"{method}_{layout}"] = {"largest_relative_loss_difference": round(diff, 5),
+                                                   "within_tolerance": diff <= LOSS_TOLERANCE,
+                                                   "unsloth_speedup": round(fast["tokens_per_s"] / hf["tokens_per_s"], 2)
+                                                                      if hf["tokens_per_s"] else None}
                 print(f"{method} {layout}: loss curves differ by at most {diff:.2%} (tolerance {LOSS_TOLERANCE:.0%})", flush=True)
     probes = {backend: run_probe(model_dir, backend) for backend in BACKENDS if backend == "hf" or hardware.unsloth}
     for backend, probe in probes.items():

@@ -1,7 +1,8 @@
 """Config and tokenizer look-up time for a cached Hub id (what Budget, Decide, Template and the Train pre-flight do).
 
 Builds a Hub cache in huggingface_hub's own layout (blobs / snapshots / refs) holding the embedded SmolLM2-135M's
-config and tokenizer (the weights are left out: the tests show a look-up never opens them), then, with HF_HUB_OFFLINE=1, times `core.models.load_config` and
+config and tokenizer (the weights are left out: the tests show a look-up never opens them), then, with HF_HUB_OFFLINE=1, times \
+`core.models.load_config` and
 `load_tokenizer` for `HuggingFaceTB/SmolLM2-135M-Instruct` in a fresh process — the first look-up ("cold", after
 the libraries are imported; their import is timed apart) and a second one ("warm"). Median of three processes.
 

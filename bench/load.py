@@ -27,7 +27,8 @@ def write_rows(path: Path, n: int) -> None:
             row = {"messages": [
                 {"role": "system", "content": "You are a helpful assistant."},
                 {"role": "user", "content": f"What is {i} plus {i + 1}? Explain briefly."},
-                {"role": "assistant", "content": f"{i} plus {i + 1} is {2 * i + 1}, because adding one more than a number to it doubles it and adds one."},
+                {"role": "assistant", "content": f"{i} plus {i + 1} is {2 * i + 1}, because adding one more than a number to it doubles it "
+                                                 "and adds one."},
             ]}
             handle.write(json.dumps(row) + "\n")
 
@@ -63,7 +64,8 @@ def main() -> None:
         "seconds_traced": round(elapsed, 2),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    print(f"loaded and validated {figures['rows']} rows ({figures['file_mb']} MB) in {figures['seconds']} s: {figures['rows_per_s']} rows/s; {loaded.report.summary()}")
+    print(f"loaded and validated {figures['rows']} rows ({figures['file_mb']} MB) in {figures['seconds']} s: {figures['rows_per_s']} "
+          f"rows/s; {loaded.report.summary()}")
     print(f"peak Python memory while loading: {figures['peak_python_mb']} MB (the kept rows themselves included)")
     print(json.dumps(figures))
 

@@ -94,7 +94,8 @@ def write_jsonl(rows: list[dict], path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="folder with gsm8k_test.jsonl and self_instruct_seed_tasks.jsonl")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
+                        help="folder with gsm8k_test.jsonl and self_instruct_seed_tasks.jsonl")
     args = parser.parse_args()
     text = build_text(args.shared / "self_instruct_seed_tasks.jsonl")
     mc = build_mc(args.shared / "gsm8k_test.jsonl")
