@@ -51,8 +51,9 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    print(f"encoded + masked {len(rows)} rows in {best:.2f} s (best of {args.repeat}): {figures['rows_per_s']} rows/s, {figures['tokens_per_s']} tokens/s; "
-          f"{figures['rows_per_cpu_s']} rows per CPU-second (load average {figures['load_avg_1m']} on {figures['cpu_count']} cores)")
+    print(f"encoded + masked {len(rows)} rows in {best:.2f} s (best of {args.repeat}): {figures['rows_per_s']} rows/s, "
+          f"{figures['tokens_per_s']} tokens/s; {figures['rows_per_cpu_s']} rows per CPU-second (load average {figures['load_avg_1m']} on "
+          f"{figures['cpu_count']} cores)")
     print(json.dumps(figures))
 
 

@@ -100,8 +100,10 @@ def worker_cuda(config: dict) -> dict:
         if method == "qlora":
             from peft import prepare_model_for_kbit_training
 
-            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
-            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0}, attn_implementation="sdpa")
+            quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0},
+                                                         attn_implementation="sdpa")
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         else:
             model = AutoModelForCausalLM.from_config(model_config, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
@@ -261,7 +263,8 @@ def bench_cuda() -> list[dict] | str:
 
 
 def _line(label: str, row: dict) -> str:
-    return f"{row['config']:<28} {label:<28} predicted {row['predicted_mb']:>9.1f} MB  measured {row['measured_mb']:>9.1f} MB  error {row['error_pct']:+6.1f}%"
+    return (f"{row['config']:<28} {label:<28} predicted {row['predicted_mb']:>9.1f} MB  measured {row['measured_mb']:>9.1f} MB  error "
+            f"{row['error_pct']:+6.1f}%")
 
 
 def main() -> None:

@@ -99,7 +99,8 @@ def main() -> None:
     from _train_common import bench_workspace
 
     bench_workspace()
-    figures: dict = {"eval_rows": args.eval_rows, "cpu_cores": os.cpu_count(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "load_avg_start": round(os.getloadavg()[0], 1)}
+    figures: dict = {"eval_rows": args.eval_rows, "cpu_cores": os.cpu_count(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                     "load_avg_start": round(os.getloadavg()[0], 1)}
     started = time.time()
 
     adapter = fine_tuned_adapter(args)
@@ -122,7 +123,8 @@ def main() -> None:
 
         figures["prune"] = {}
         for mode in ("unstructured", "semi_structured_2_4"):
-            run_dir, _, wall = run_job({"kind": "prune", "model": EMBEDDED, "mode": mode, "sparsity": 0.5, "eval_rows": args.eval_rows}, mode)
+            run_dir, _, wall = run_job({"kind": "prune", "model": EMBEDDED, "mode": mode, "sparsity": 0.5, "eval_rows": args.eval_rows},
+                                       mode)
             report = runs.read_result(run_dir)
             evaluation = report.get("evaluation") or {}
             figures["prune"][mode] = {

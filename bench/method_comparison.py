@@ -47,7 +47,8 @@ def main() -> int:
         wall = status.finished_at - status.started_at
     else:
         spec = MethodComparisonSpec(name="bench", methods=args.methods.split(","), max_steps=args.steps, batch_size=args.batch_size,
-                                    max_length=256, task_samples=args.task_samples, general_samples=8, mc_samples=args.mc_samples, max_new_tokens=40)
+                                    max_length=256, task_samples=args.task_samples, general_samples=8,
+                                    mc_samples=args.mc_samples, max_new_tokens=40)
         run_dir = runs.create_run(spec)
         started = time.time()
         runs.launch(run_dir)
@@ -66,7 +67,8 @@ def main() -> int:
     print(f"base: {result['base']}")
     checks = {r["method"]: chapter_check(r["method"], r.get("trainable_share")) for r in rows if r["method"] in CHAPTER_SHARES}
     for method, verdict in checks.items():
-        print(f"chapter check · {method}: measured {100 * next(r for r in rows if r['method'] == method)['trainable_share']:.4f} % → {verdict}")
+        print(f"chapter check · {method}: measured {100 * next(r for r in rows if r['method'] == method)['trainable_share']:.4f} "
+              f"% → {verdict}")
     print("chapter check · adapters (bottleneck): not measured — the `adapters` library pins transformers 4.x")
     figures = {
         "wall_s": round(wall, 1),

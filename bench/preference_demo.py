@@ -54,7 +54,8 @@ def dpo_figures(run_dir: Path) -> dict:
         "run_dir": run_dir, "adapter": card["outputs"]["adapter"], "steps": steps,
         "wall_s": round(status.finished_at - status.started_at, 1), "train_s": round(card["train_seconds"], 1),
         "s_per_step": round(card["train_seconds"] / max(1, steps), 2),
-        "last_train_row": {k: round(last[k], 4) for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+        "last_train_row": {k: round(last[k], 4) for k in ("loss", "rewards/chosen", "rewards/rejected",
+                                                          "rewards/margins", "rewards/accuracies",
                                                          "logps/chosen", "logps/rejected") if isinstance(last.get(k), (int, float))},
     }
 
@@ -83,8 +84,10 @@ def score_model(adapter: str | None, pairs: list[dict], task, general) -> dict:
     pct = lambda values: round(100 * sum(values) / len(values), 1) if values else None  # noqa: E731
     return {
         "logps": logps, "seconds": round(time.time() - started, 1),
-        "task": {"urgency_acc_pct": pct([r.get("field:urgency", 0.0) for r in rows]), "next_step_acc_pct": pct([r.get("field:next_step", 0.0) for r in rows]),
-                 "summary_acc_pct": pct([r.get("field:summary", 0.0) for r in rows]), "json_valid_pct": pct([r.get("json_valid", 0.0) for r in rows]),
+        "task": {"urgency_acc_pct": pct([r.get("field:urgency", 0.0) for r in rows]),
+                 "next_step_acc_pct": pct([r.get("field:next_step", 0.0) for r in rows]),
+                 "summary_acc_pct": pct([r.get("field:summary", 0.0) for r in rows]),
+                 "json_valid_pct": pct([r.get("json_valid", 0.0) for r in rows]),
                  "general_mc_acc_norm_pct": pct(mc)},
     }
 
@@ -125,7 +128,8 @@ def main() -> int:
                                                           "from the same SFT adapter (default: the recipe's weight only)")
     parser.add_argument("--dpo-steps", type=int, help="override the recipe's DPO max_steps")
     parser.add_argument("--dpo-lr", type=float, help="override the recipe's DPO learning rate")
-    parser.add_argument("--mc-samples", type=int, default=60, help="general multiple-choice items (of 600; 60 is the Evaluate page default)")
+    parser.add_argument("--mc-samples", type=int, default=60, help="general multiple-choice items (of 600; 60 is the Evaluate "
+                                                                   "page default)")
     parser.add_argument("--no-eval-loss", action="store_true", help="eval_fraction 0 for both runs (no held-out loss before / after each)")
     parser.add_argument("--pairs", type=int, default=0, help="held-out pairs scored (a seeded sample of the 60; 0 = all)")
     parser.add_argument("--task-rows", type=int, default=0, help="eval.jsonl rows answered (a seeded sample of the 60; 0 = all)")
@@ -157,10 +161,11 @@ def main() -> int:
         dpo_changes["eval_fraction"] = 0.0
     if args.quick:
         sft_changes, dpo_changes = {"max_steps": 2, "eval_fraction": 0.0}, {**dpo_changes, "max_steps": 2, "eval_fraction": 0.0}
-    sft, dpo = demo_sft_dpo_specs({"kind": "embedded"}, hardware, sft_changes=sft_changes, dpo_changes={**dpo_changes, "sft_weight": weights[0]})
-    print(f"SFT: {sft.method} r={sft.lora_r} lr={sft.learning_rate:g} batch={sft.batch_size} steps={sft.max_steps}; DPO: beta={dpo['beta']} "
-          f"lr={dpo['learning_rate']:g} batch={dpo['batch_size']} steps={dpo['max_steps']} sft_weight={weights} · {hardware.summary} · "
-          f"workspace {home}", flush=True)
+    sft, dpo = demo_sft_dpo_specs({"kind": "embedded"}, hardware, sft_changes=sft_changes,
+                                  dpo_changes={**dpo_changes, "sft_weight": weights[0]})
+    print(f"SFT: {sft.method} r={sft.lora_r} lr={sft.learning_rate:g} batch={sft.batch_size} steps={sft.max_steps}; DPO: "
+          f"beta={dpo['beta']} lr={dpo['learning_rate']:g} batch={dpo['batch_size']} steps={dpo['max_steps']} sft_weight={weights} · "
+          f"{hardware.summary} · workspace {home}", flush=True)
     if args.reuse:
         sft_dir, dpo_dir, weights = kept_runs()
         clicked = runs.read_status(sft_dir).created_at
@@ -182,7 +187,8 @@ def main() -> int:
     print(f"recipe: SFT {sft_status.finished_at - sft_status.started_at:.0f} s, DPO {runs_by_weight[weights[0]]['wall_s']} s "
           f"(click -> DPO done {recipe_s} s)", flush=True)
     for weight in [] if args.reuse else weights[1:]:
-        extra = create_run(TrainSpec.from_dict({**dpo, "sft_weight": weight, "init_adapter": sft_dir.name, "name": f"demo-dpo-w{weight:g}"}))
+        extra = create_run(TrainSpec.from_dict({**dpo, "sft_weight": weight, "init_adapter": sft_dir.name,
+                                                "name": f"demo-dpo-w{weight:g}"}))
         launch(extra)
         runs_by_weight[weight] = dpo_figures(extra)
         print(f"DPO sft_weight {weight:g}: {runs_by_weight[weight]['wall_s']} s", flush=True)
@@ -192,7 +198,8 @@ def main() -> int:
                    "scoring_s": v["seconds"]} for label, v in scored.items()}
     first, before = out[f"dpo_w{weights[0]:g}"], out["sft"]
     print("after: " + " · ".join(f"{k} pairs {v['pair_acc_pct']}% urgency {v['urgency_acc_pct']}%" for k, v in out.items()), flush=True)
-    pick = lambda key: {**({"base": out["base"][key]} if "base" in out else {}), "before_sft": before[key], "after_dpo": first[key]}  # noqa: E731
+    pick = lambda key: {**({"base": out["base"][key]} if "base" in out else {}),  # noqa: E731
+                        "before_sft": before[key], "after_dpo": first[key]}
     figures = {
         "dpo_wall_s": runs_by_weight[weights[0]]["wall_s"], "dpo_steps": runs_by_weight[weights[0]]["steps"],
         "dpo_s_per_step": runs_by_weight[weights[0]]["s_per_step"], "sft_wall_s": round(sft_status.finished_at - sft_status.started_at, 1),

@@ -148,8 +148,8 @@ def stage_train(home: Path, state: dict, which: str, budget_s: float) -> dict:
     card = runs.read_result(run_dir)
     rows = runs.read_all_metrics(run_dir / runs.METRICS_FILE)
     losses = [r["loss"] for r in rows if "loss" in r]
-    print(f"{which}: {card['final_metrics']['global_step']} steps in {card['train_seconds']:.0f} s, loss {losses[0]:.3f} → {losses[-1]:.3f}, "
-          f"{card['tokens_per_s']:.0f} tokens/s")
+    print(f"{which}: {card['final_metrics']['global_step']} steps in {card['train_seconds']:.0f} s, loss {losses[0]:.3f} → "
+          f"{losses[-1]:.3f}, {card['tokens_per_s']:.0f} tokens/s")
     return {"done": True, f"{which}_adapter": str(run_dir / "adapter"), f"{which}_train_s": card["train_seconds"],
             f"{which}_steps": card["final_metrics"]["global_step"], f"{which}_loss": [round(losses[0], 3), round(losses[-1], 3)],
             f"{which}_tokens_per_s": card["tokens_per_s"]}
@@ -166,9 +166,11 @@ def stage_evaluate(home: Path, state: dict) -> dict:
     for model in report["models"]:
         for condition, metrics in model["metrics"].items():
             for metric, interval in metrics.items():
-                figures[f"{model['role']}.{condition}.{metric}"] = [round(interval["value"], 1), round(interval["low"], 1), round(interval["high"], 1)]
+                figures[f"{model['role']}.{condition}.{metric}"] = [round(interval["value"], 1), round(interval["low"], 1),
+                                                                    round(interval["high"], 1)]
     for model in report["models"]:
-        cells = " · ".join(f"{c}: acc {m['accuracy']['value']:.0f}% quote {m['quote_from_oracle']['value']:.0f}% abstain {m['abstention']['value']:.0f}%"
+        cells = " · ".join(f"{c}: acc {m['accuracy']['value']:.0f}% quote {m['quote_from_oracle']['value']:.0f}% abstain "
+                           f"{m['abstention']['value']:.0f}%"
                            for c, m in model["metrics"].items())
         print(f"{model['label']:12s} {cells}")
     print(f"verdict: {report['verdict']['verdict']} — {report['verdict']['headline']}")

@@ -104,7 +104,8 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     bench_workspace()
-    model = {"kind": "embedded"} if args.model == "embedded" else {"kind": "local", "ref": str(tiny_llama(Path(tempfile.mkdtemp()) / "tiny"))}
+    model = ({"kind": "embedded"} if args.model == "embedded"
+             else {"kind": "local", "ref": str(tiny_llama(Path(tempfile.mkdtemp()) / "tiny"))})
     load = os.getloadavg()[0]
     figures = measure(model, args.steps, args.batch)
     one, two = figures["1 process"]["steady_tokens_per_s"], figures["2 processes"]["steady_tokens_per_s"]

@@ -66,8 +66,10 @@ def plain_trl(steps: int) -> dict:
         use_cpu=device == "cpu", bf16=device == "cuda", max_length=HYPER["max_length"], save_strategy="no", seed=HYPER["seed"],
         gradient_checkpointing=False, disable_tqdm=True,
     )
-    lora = LoraConfig(r=HYPER["lora_r"], lora_alpha=HYPER["lora_alpha"], lora_dropout=HYPER["lora_dropout"], target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora, callbacks=[Record()])
+    lora = LoraConfig(r=HYPER["lora_r"], lora_alpha=HYPER["lora_alpha"], lora_dropout=HYPER["lora_dropout"],
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=lora, callbacks=[Record()])
     trainer.train()
     return {"steady_tokens_per_s": steady_tokens_per_s(logged), "peak_memory_bytes": probe.peak(), "final_loss": logged[-1]["loss"]}
 
@@ -95,7 +97,8 @@ def plain_loop(steps: int, autocast: bool) -> dict:
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     rows = load_dataset_file(demo_dataset_path("train")).rows
-    encoded = [e for e in encode_conversations([r["messages"] for r in rows], tokenizer, max_length=HYPER["max_length"], errors="skip") if e]
+    encoded = [e for e in encode_conversations([r["messages"] for r in rows], tokenizer, max_length=HYPER["max_length"], errors="skip")
+               if e]
     features = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
     random.Random(HYPER["seed"]).shuffle(features)
     collate = PadCollator(pad_token_id=tokenizer.pad_token_id)
@@ -162,10 +165,11 @@ def main() -> int:
           f"(predicted {workbench['predicted_memory_bytes'] / 1e9:.2f} GB) · loss {workbench['final_loss']:.3f}", flush=True)
     autocast = bool(workbench["precision"].get("bf16"))  # the loop runs in the precision the job chose
     loop = in_subprocess("--plain-loop", args.steps, *(["--autocast"] if autocast else []))
-    print(f"plain loop    : {loop['steady_tokens_per_s']:8.1f} tokens/s · peak {loop['peak_memory_bytes'] / 1e9:.2f} GB · loss {loop['final_loss']:.3f}"
-          f" (PyTorch + PEFT{', bf16 autocast' if autocast else ', fp32'})", flush=True)
+    print(f"plain loop    : {loop['steady_tokens_per_s']:8.1f} tokens/s · peak {loop['peak_memory_bytes'] / 1e9:.2f} GB · loss "
+          f"{loop['final_loss']:.3f} (PyTorch + PEFT{', bf16 autocast' if autocast else ', fp32'})", flush=True)
     plain = in_subprocess("--plain", args.steps)
-    print(f"plain TRL     : {plain['steady_tokens_per_s']:8.1f} tokens/s · peak {plain['peak_memory_bytes'] / 1e9:.2f} GB · loss {plain['final_loss']:.3f}", flush=True)
+    print(f"plain TRL     : {plain['steady_tokens_per_s']:8.1f} tokens/s · peak {plain['peak_memory_bytes'] / 1e9:.2f} GB · loss "
+          f"{plain['final_loss']:.3f}", flush=True)
     ratio = lambda a, b: round(a / b, 3) if b else None  # noqa: E731
     figures = {
         "steps": args.steps,
@@ -185,7 +189,8 @@ def main() -> int:
         unpacked = ours(args.steps, max_length=512, packing=False, batch_size=8)
         print(f"packing off   : {unpacked['steady_tokens_per_s']:8.1f} tokens/s (batch 8 rows, max_length 512)")
         print(f"packing on    : {packed['steady_tokens_per_s']:8.1f} tokens/s (batch 3 packed sequences of <= 512 tokens)")
-        figures.update(packing_on_tokens_per_s=round(packed["steady_tokens_per_s"], 1), packing_off_tokens_per_s=round(unpacked["steady_tokens_per_s"], 1),
+        figures.update(packing_on_tokens_per_s=round(packed["steady_tokens_per_s"], 1),
+                       packing_off_tokens_per_s=round(unpacked["steady_tokens_per_s"], 1),
                        packing_speedup=ratio(packed["steady_tokens_per_s"], unpacked["steady_tokens_per_s"]))
     figures["bench_seconds"] = round(time.time() - started, 1)
     print(json.dumps(figures))
