@@ -30,7 +30,8 @@ GAP_LABELS = {
 }
 FRESHNESS = ("static", "yearly", "monthly", "weekly", "daily")
 OPTIONS = ("prompt", "rag", "fine-tune")
-OPTION_LABELS = {"prompt": "Prompting (instructions + few-shot examples)", "rag": "RAG (retrieve documents into the prompt)", "fine-tune": "Fine-tune"}
+OPTION_LABELS = {"prompt": "Prompting (instructions + few-shot examples)", "rag": "RAG (retrieve documents into the prompt)",
+                 "fine-tune": "Fine-tune"}
 
 LORA_LEARNING_RATE = 2e-4  # adapters learn ~10x faster than a full fine-tune's weights
 FULL_LEARNING_RATE = 2e-5
@@ -39,11 +40,14 @@ FIT_SHARE = 0.85  # leave 15% of the device free for the unexpected
 
 @dataclass
 class Questionnaire:
-    gaps: tuple[str, ...] = field(default=("behaviour",), metadata=meta("What is missing: knowledge, behaviour (format/style) and/or steering."))
+    gaps: tuple[str, ...] = field(default=("behaviour",), metadata=meta("What is missing: knowledge, behaviour (format/style) "
+                                                                        "and/or steering."))
     knowledge_changes: str = field(default="static", metadata=meta("How often the needed facts change.", choices=FRESHNESS))
     knowledge_fits_in_prompt: bool = field(default=False, metadata=meta("All the facts needed fit comfortably in one prompt."))
-    prompt_success: float | None = field(default=None, metadata=meta("Share of requests a good prompt already gets right (0-1; measure it with the quick baseline)."))
-    failure_share: float | None = field(default=None, metadata=meta("Share of all requests that hit the failing case (a rare edge case is below 0.05)."))
+    prompt_success: float | None = field(default=None, metadata=meta("Share of requests a good prompt already gets right (0-1; measure it "
+                                                                     "with the quick baseline)."))
+    failure_share: float | None = field(default=None, metadata=meta("Share of all requests that hit the failing case (a rare edge case is "
+                                                                    "below 0.05)."))
     labelled_rows: int = field(default=0, metadata=meta("Good input → output examples you have (or can write)."))
     latency_sensitive: bool = field(default=False, metadata=meta("Every request must answer fast (extra retrieval / long prompts hurt)."))
     cost_sensitive: bool = field(default=False, metadata=meta("Per-request token cost matters (long prompts are paid on every call)."))
@@ -303,13 +307,15 @@ def recommend(q: Questionnaire) -> Recommendation:
     length = q.max_length
     if getattr(q.hardware, "device", None) == "cpu" and length > 512:
         length = 512
-        notes.append("On CPU the recipe caps max_length at 512 tokens and the batch at 4: a 135M model trains in minutes, larger ones take hours.")
+        notes.append("On CPU the recipe caps max_length at 512 tokens and the batch at 4: a 135M model trains in minutes, larger "
+                     "ones take hours.")
     if q.model is not None and q.hardware is not None:
         fits = fit_methods(q.model, q.hardware, length)
         method = choose_method(fits, q.labelled_rows)
         where = getattr(q.hardware, "device_name", "this machine")
         notes.append(f"Memory check for {q.model.name} on {where}: " + "; ".join(
-            f"{memory.METHOD_LABELS[f.method]} {f.total_bytes / memory.GB:.1f} GB ({'fits' if f.fits else 'does not fit' if f.fits is False else 'unknown'})" for f in fits))
+            f"{memory.METHOD_LABELS[f.method]} {f.total_bytes / memory.GB:.1f} GB "
+            f"({'fits' if f.fits else 'does not fit' if f.fits is False else 'unknown'})" for f in fits))
     else:
         method = "full" if q.labelled_rows >= 20_000 else "lora"
         notes.append("No model or hardware given: the method assumes LoRA fits; check it on the Budget page.")
@@ -356,7 +362,8 @@ def split_row(row: dict) -> tuple[list[dict], str]:
     for prompt_key, answer_key in (("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("input", "output")):
         if prompt_key in row and answer_key in row:
             return [{"role": "user", "content": str(row[prompt_key])}], _answer_text(row[answer_key])
-    raise ValueError(f"cannot tell prompt from answer in a row with keys {sorted(row)}: use messages, prompt/completion, instruction/output or question/answer")
+    raise ValueError(f"cannot tell prompt from answer in a row with keys {sorted(row)}: use messages, prompt/completion, "
+                     "instruction/output or question/answer")
 
 
 def _answer_text(value: Any) -> str:
@@ -456,7 +463,8 @@ def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: 
     if not getattr(tokenizer, "chat_template", None):
         notes.append("the tokenizer has no chat template: prompts are plain 'role: text' lines")
     started = time.perf_counter()
-    conditions: dict[str, list[list[dict]]] = {f"{k}-shot": [_few_shot_messages(p, pool[: min(k, len(pool))]) for p, _ in scored] for k in shots}
+    conditions: dict[str, list[list[dict]]] = {f"{k}-shot": [_few_shot_messages(p, pool[: min(k, len(pool))]) for p, _ in scored]
+                                               for k in shots}
     labels = {f"{k}-shot": ("zero-shot prompting" if k == 0 else f"{k}-shot prompting") for k in shots}
     if rag is not None:
         contexts = rag.retrieve([_question(p) for p, _ in scored])
@@ -477,7 +485,8 @@ def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: 
         for (prompt, reference), prediction in zip(scored, predictions):
             value = float(score_fn(answer_part(prediction), reference))
             values.append(value)
-            examples.append({"condition": key, "prompt": _question(prompt), "reference": reference, "prediction": prediction, "score": value})
+            examples.append({"condition": key, "prompt": _question(prompt), "reference": reference,
+                             "prediction": prediction, "score": value})
         scores[key] = sum(values) / len(values)
         validity[key] = sum(scorers.json_validity(e["prediction"]) for e in examples if e["condition"] == key) / len(values)
     is_json = name == "json_field_accuracy"
@@ -548,12 +557,14 @@ class BaselineSpec(RunSpec):
     n: int = field(default=8, metadata=meta("Rows to score (after the few-shot examples).", min=1, max=10_000))
     shots: list = field(default_factory=lambda: [0, 3], metadata=meta("Few-shot counts to measure (0 = zero-shot)."))
     scorer: str = field(default="auto", metadata=meta(
-        "auto: JSON field accuracy for JSON references, else exact match; contains_answer suits short factual answers.", choices=SCORER_CHOICES))
+        "auto: JSON field accuracy for JSON references, else exact match; contains_answer suits short factual answers.",
+        choices=SCORER_CHOICES))
     max_new_tokens: int = field(default=96, metadata=meta("Longest answer in tokens (greedy).", min=1, max=4096))
     documents: str = field(default="", metadata=meta(
         "Documents for the RAG condition (a folder of .txt / .md / .pdf, or a JSONL of {id, title, text}); empty = no RAG."))
     rag_k: int = field(default=3, metadata=meta("Chunks retrieved into each RAG prompt.", min=1, max=50))
-    retrieval_mode: str = field(default="hybrid", metadata=meta("dense, bm25 or hybrid (rank fusion).", choices=("hybrid", "dense", "bm25")))
+    retrieval_mode: str = field(default="hybrid", metadata=meta("dense, bm25 or hybrid (rank fusion).",
+                                                                choices=("hybrid", "dense", "bm25")))
     chunk_tokens: int = field(default=64, metadata=meta("Chunk length in the retriever's tokens.", min=8, max=256))
     overlap: int = field(default=16, metadata=meta("Tokens shared by consecutive chunks.", min=0, max=255))
     batch_size: int = field(default=8, metadata=meta("Prompts per generation batch.", min=1, max=256))

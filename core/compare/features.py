@@ -98,7 +98,8 @@ def load_labelled(path: str | Path, label_field: str) -> LabelledTexts:
 def check_label_like(data: LabelledTexts, label_field: str) -> list[str]:
     classes = sorted(set(data.labels))
     if len(classes) < 2:
-        raise FeatureError(f"{data.source}: every row has the same {label_field!r} ({classes[0]!r}); a classifier needs at least two labels")
+        raise FeatureError(f"{data.source}: every row has the same {label_field!r} ({classes[0]!r}); a classifier needs at "
+                           "least two labels")
     if len(classes) > MAX_LABELS:
         raise FeatureError(f"{data.source}: {label_field!r} has {len(classes)} distinct values; feature extraction is for labels "
                            f"from a small set (at most {MAX_LABELS}), not free text")

@@ -40,7 +40,8 @@ class FeatureExtractionSpec(RunSpec):
         "Held-out rows it is scored on (the Evaluate task set by default, so the score matches the fine-tunes' field accuracy).", "data"))
     label_field: str = field(default="urgency", metadata=meta(
         "The label: a column of that name, or that field of the JSON object in the last assistant turn.", "data"))
-    max_length: int = field(default=256, metadata=meta("Longest input in tokens for the model encoder.", "data", advanced=True, min=8, max=32768))
+    max_length: int = field(default=256, metadata=meta("Longest input in tokens for the model encoder.", "data",
+                                                       advanced=True, min=8, max=32768))
     batch_size: int = field(default=8, metadata=meta("Texts per forward pass.", "data", advanced=True, min=1, max=1024))
     seed: int = field(default=0, metadata=meta("Seed of the logistic regression.", "data", advanced=True, min=0, max=2**31 - 1))
 
@@ -67,18 +68,25 @@ class MethodComparisonSpec(RunSpec):
     methods: list = field(default_factory=lambda: list(DEFAULT_METHODS), metadata=meta(
         "Methods to train, in order: " + ", ".join(METHODS) + ".", "methods"))
     learning_rates: dict = field(default_factory=dict, metadata=meta(
-        "Learning rate per method ({method: rate}); a method not named uses its own default (core.train.methods).", "methods", advanced=True))
+        "Learning rate per method ({method: rate}); a method not named uses its own default (core.train.methods).",
+        "methods", advanced=True))
     max_steps: int = field(default=20, metadata=meta("The step budget: optimizer steps per method.", "budget", min=1, max=1_000_000))
     batch_size: int = field(default=4, metadata=meta("Rows per step, the same for every method.", "budget", min=1, max=4096))
     max_length: int = field(default=256, metadata=meta("Longest sequence in tokens.", "budget", min=16, max=131072))
-    seed: int = field(default=42, metadata=meta("One seed for data order and initialisation of every method.", "budget", min=0, max=2**31 - 1))
+    seed: int = field(default=42, metadata=meta("One seed for data order and initialisation of every method.",
+                                                "budget", min=0, max=2**31 - 1))
     lora_r: int = field(default=16, metadata=meta("Rank of LoRA / DoRA / LoHa / LoKr.", "methods", advanced=True, min=1, max=1024))
-    num_virtual_tokens: int = field(default=20, metadata=meta("Virtual tokens of prompt / prefix tuning.", "methods", advanced=True, min=1, max=512))
-    frozen_layers: int = field(default=0, metadata=meta("Frozen bottom layers of partial fine-tuning (0 = half).", "methods", advanced=True, min=0, max=1024))
+    num_virtual_tokens: int = field(default=20, metadata=meta("Virtual tokens of prompt / prefix tuning.", "methods",
+                                                              advanced=True, min=1, max=512))
+    frozen_layers: int = field(default=0, metadata=meta("Frozen bottom layers of partial fine-tuning (0 = half).", "methods",
+                                                        advanced=True, min=0, max=1024))
     task_samples: int = field(default=12, metadata=meta("Task rows scored per method (0 = all).", "evaluation", min=0, max=100_000))
-    general_samples: int = field(default=8, metadata=meta("General texts for perplexity (0 = all).", "evaluation", advanced=True, min=0, max=100_000))
-    mc_samples: int = field(default=40, metadata=meta("General multiple-choice items (0 = all).", "evaluation", advanced=True, min=0, max=100_000))
-    max_new_tokens: int = field(default=48, metadata=meta("Longest generated answer when scoring.", "evaluation", advanced=True, min=1, max=8192))
+    general_samples: int = field(default=8, metadata=meta("General texts for perplexity (0 = all).", "evaluation",
+                                                          advanced=True, min=0, max=100_000))
+    mc_samples: int = field(default=40, metadata=meta("General multiple-choice items (0 = all).", "evaluation",
+                                                      advanced=True, min=0, max=100_000))
+    max_new_tokens: int = field(default=48, metadata=meta("Longest generated answer when scoring.", "evaluation",
+                                                          advanced=True, min=1, max=8192))
     feature_field: str = field(default="urgency", metadata=meta(
         "Also run the feature-extraction baseline for this label (a column or JSON answer field); empty = skip it.", "baseline"))
     feature_encoder: str = field(default="model", metadata=meta(

@@ -107,6 +107,7 @@ def pareto_figure(rows: list[dict], cost: str = "trainable_params") -> Any:
     if len(front) > 1:
         fig.add_trace(go.Scatter(x=[r[cost] for r in front], y=[score_of(r) for r in front], mode="lines", name="Pareto front",
                                  line={"dash": "dot"}))
-    fig.update_layout(xaxis={"type": "log", "title": titles.get(cost, cost)}, yaxis={"title": "Task score (label accuracy for the baseline), %"},
+    fig.update_layout(xaxis={"type": "log", "title": titles.get(cost, cost)},
+                      yaxis={"title": "Task score (label accuracy for the baseline), %"},
                       title="Score against " + titles.get(cost, cost).split(" (")[0].lower(), height=420, margin={"t": 50})
     return fig

@@ -184,7 +184,8 @@ def train_logit(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, 
         tokens = int(batch["attention_mask"].sum())
         ctx.metrics(step=step, loss=float(out.loss.detach()), ce=float(out.ce), kl=float(out.kl), lr=lr, grad_norm=grad_norm,
                     tokens_per_s=tokens / seconds, trained_tokens=out.tokens)
-        ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · loss {float(out.loss.detach()):.3f} · KL {float(out.kl):.4f}")
+        ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · loss {float(out.loss.detach()):.3f} · KL "
+                                                      f"{float(out.kl):.4f}")
     return step
 
 
@@ -218,7 +219,8 @@ def run(ctx: JobContext) -> dict:
     torch.manual_seed(spec.seed)
     state = ctx.read_json(STATE_FILE) or {}
     if spec.replay_fraction > 0:  # 'general' replays the teacher's own general answers: cached, else written first
-        prepare_answers(ctx, spec.replay_dataset, spec.teacher_source, max_new_tokens=spec.replay_max_new_tokens, prompts=spec.replay_prompts,
+        prepare_answers(ctx, spec.replay_dataset, spec.teacher_source, max_new_tokens=spec.replay_max_new_tokens,
+                        prompts=spec.replay_prompts,
                         keep_unfinished=spec.replay_keep_unfinished, span=(0.0, 0.01))
     ctx.progress(0.01, "loading the teacher")
     tokenizer, teacher_model = load_teacher(spec)

@@ -12,7 +12,8 @@ from core.runs.spec import RunSpec, meta
 class DownloadSpec(RunSpec):
     kind: ClassVar[str] = "download"
 
-    model: dict = field(default_factory=dict, metadata=meta("The Hub model, as a core.models source: {kind: hub, ref: org/name, revision: ..., trust_remote_code: ...}."))
+    model: dict = field(default_factory=dict, metadata=meta("The Hub model, as a core.models source: {kind: hub, ref: org/name, revision: "
+                                                            "..., trust_remote_code: ...}."))
     name: str = field(default="", metadata=meta("A label for the run folder (optional)."))
 
     def __post_init__(self) -> None:

@@ -244,7 +244,8 @@ def _phi3_rope(config: dict) -> tuple[int, int, int]:
     params = config.get("rope_parameters") or config.get("rope_scaling") or {}
     context = int(config.get("max_position_embeddings") or config.get("n_positions"))
     original = int(params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings") or context)
-    dims = int(float(params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))) * config["hidden_size"]) // config["num_attention_heads"]
+    dims = (int(float(params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))) * config["hidden_size"])
+            // config["num_attention_heads"])
     return context, original, dims
 
 

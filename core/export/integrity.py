@@ -83,6 +83,7 @@ def digest_problems(path: Path, recorded: dict[str, str]) -> list[str]:
     if not path.exists():
         return [f"{path.name}: missing"]
     current = folder_digest(path)
-    problems = [f"{name}: changed since the export (sha256 differs)" for name, h in recorded.items() if name in current and current[name] != h]
+    problems = [f"{name}: changed since the export (sha256 differs)" for name, h in recorded.items()
+                if name in current and current[name] != h]
     problems += [f"{name}: missing since the export" for name in recorded if name not in current]
     return problems

@@ -164,7 +164,8 @@ class Exporter:
         self.ctx.metrics(artifact=kind, size_bytes=size, seconds=round(seconds, 2),
                          passed=all(c["passed"] is not False for c in checks))
         for c in checks:
-            self.ctx.log.info("%s · %s: %s — %s", kind, c["name"], {True: "pass", False: "FAIL", None: "not checked"}[c["passed"]], c["summary"])
+            self.ctx.log.info("%s · %s: %s — %s", kind, c["name"], {True: "pass", False: "FAIL", None: "not checked"}[c["passed"]],
+                              c["summary"])
         return artifact
 
     def _adapter(self) -> None:
@@ -314,7 +315,8 @@ class Exporter:
             atomic_write_text(folder / "spec.yaml", recipes.spec_yaml(self.source.run_spec))
             written.append("spec.yaml")
         if self.source.run_kind == "train":
-            text = recipes.axolotl_yaml(self.source.run_spec, base_model=ModelSource.from_dict(self.source.run_spec.get("model") or {}).hub_name,
+            text = recipes.axolotl_yaml(self.source.run_spec,
+                                        base_model=ModelSource.from_dict(self.source.run_spec.get("model") or {}).hub_name,
                                         data_format=self.source.data_format, chat_template=self.template)
             atomic_write_text(folder / "axolotl.yaml", text)
             written.append("axolotl.yaml")
@@ -333,7 +335,8 @@ class Exporter:
         result = {
             "source": self.source.label, "source_run": str(self.source.run_dir or ""), "base_model": self.source.base.as_dict(),
             "chat_template": self.template, "prompts": self.prompts, "artifacts": self.artifacts, "notes": self.notes,
-            "merge": self.merge_record, "artifacts_written": len(self.artifacts), "total_bytes": sum(a["size_bytes"] for a in self.artifacts),
+            "merge": self.merge_record, "artifacts_written": len(self.artifacts),
+            "total_bytes": sum(a["size_bytes"] for a in self.artifacts),
             "checks_passed": sum(1 for c in checks if c["passed"] is True),
             "checks_failed": sum(1 for c in checks if c["passed"] is False),
             "seconds": round(time.time() - started, 2), "done": done,
@@ -367,7 +370,8 @@ def _recipes_check(folder: Path) -> dict:
                 validate_with_mergekit(data)
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"mergekit.yaml: {exc}")
-    return validate.check("recipes parse back", not problems, problems[0] if problems else "every YAML parses; spec.yaml is a valid run spec",
+    return validate.check("recipes parse back", not problems,
+                          problems[0] if problems else "every YAML parses; spec.yaml is a valid run spec",
                           problems=problems)
 
 
@@ -448,7 +452,8 @@ def _verify(ctx: JobContext, spec: ExportSpec, source: ExportSource) -> dict:
         path = Path(artifact["path"])
         checks = [validate.integrity_check(path)]
         changed = digest_problems(path, artifact.get("sha256") or {})
-        checks.append(validate.check("unchanged since export", not changed, changed[0] if changed else "every file's sha256 matches export.json",
+        checks.append(validate.check("unchanged since export", not changed,
+                                     changed[0] if changed else "every file's sha256 matches export.json",
                                      problems=changed))
         if path.suffix == ".gguf" and checks[0]["passed"] and references:
             checks += validate.gguf_checks(path, references, tokenizer, template, quantized=artifact["kind"] != "gguf_f16",

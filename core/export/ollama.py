@@ -109,7 +109,8 @@ def _check_anatomy(anatomy: TemplateAnatomy, render) -> None:
     for messages in probes:
         for gen in (True, False):
             if anatomy.render(messages, gen) != render(messages, gen):
-                raise TemplateNotMappable("turns render differently depending on their position (e.g. a system prompt folded into the first user turn)")
+                raise TemplateNotMappable("turns render differently depending on their position (e.g. a system prompt folded into the "
+                                          "first user turn)")
 
 
 # --------------------------------------------------------------------------- the Go template

@@ -99,7 +99,8 @@ def axolotl_config(spec: dict, *, base_model: str, data_format: str | None, chat
     elif precision == "auto":
         config["bf16"] = "auto"
     preference = spec.get("objective", "sft") != "sft"
-    dataset_type = _preference(spec, config, notes) if preference else _DATASET_TYPES.get(data_format or "messages", {"type": "chat_template"})
+    dataset_type = (_preference(spec, config, notes) if preference
+                    else _DATASET_TYPES.get(data_format or "messages", {"type": "chat_template"}))
     dataset = {"path": str(spec.get("dataset", "")), **dataset_type}
     policy = spec.get("masking_policy", "all_assistant")
     if dataset["type"] == "chat_template":

@@ -44,13 +44,15 @@ class ExportSpec(RunSpec):
         "Override the chat template (a shipped name or .jinja file); empty = the one the run trained with.", advanced=True))
     validate: bool = field(default=True, metadata=_meta("Load every artifact back and compare it with its source (recommended).", "check"))
     validation_prompts: int = field(default=4, metadata=_meta("Chat prompts compared (taken from the run's data).", "check", min=1, max=64))
-    compare_tokens: int = field(default=16, metadata=_meta("Greedy tokens compared per prompt (F16 must match all of them).", "check", min=1, max=256))
+    compare_tokens: int = field(default=16, metadata=_meta("Greedy tokens compared per prompt (F16 must match all of them).",
+                                                           "check", min=1, max=256))
     min_agreement: float = field(default=0.9, metadata=_meta(
         ("Next-token agreement with torch that Q8_0 must reach where torch decides clearly (its two best ≥ 1 logit "
          "apart; flips at near-ties are reported, not held against it). K-quants report theirs; below 50 % is a warning."), "check",
         min=0.0, max=1.0, advanced=True))
     verify_only: bool = field(default=False, metadata=_meta(
-        "Re-check the files an earlier attempt of this run wrote (hashes, headers, load-back) without rewriting them.", "check", advanced=True))
+        "Re-check the files an earlier attempt of this run wrote (hashes, headers, load-back) without rewriting them.",
+        "check", advanced=True))
 
     def __post_init__(self) -> None:
         super().__post_init__()
