@@ -25,7 +25,8 @@ def available() -> bool:
 
 
 def missing_note() -> str:
-    return "llama.cpp (the `llama-cpp-python` package) is not installed: GGUF files are written but not loaded back, K-quants are unavailable."
+    return ("llama.cpp (the `llama-cpp-python` package) is not installed: GGUF files are written but not loaded back, K-quants are "
+            "unavailable.")
 
 
 _LOAD_LOCK = threading.Lock()

@@ -221,7 +221,8 @@ def resolve_model_path(source: ModelSource, *, weights: bool = True) -> str:
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file, not a model folder (for a .gguf file choose the GGUF source).")
         if not (path / "config.json").is_file():
-            hint = " It looks like a PEFT adapter: choose its base model and add it as the adapter." if (path / "adapter_config.json").is_file() else ""
+            hint = (" It looks like a PEFT adapter: choose its base model and add it as the adapter."
+                    if (path / "adapter_config.json").is_file() else "")
             raise ModelLoadError(f"{path} is not a Hugging Face model folder: it has no config.json.{hint}")
         return str(path)
     return str(hub_weights_folder(source) if weights else hub_config_folder(source))

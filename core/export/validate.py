@@ -2,7 +2,8 @@
 
 - merged safetensors: logits of the saved merged model vs base + adapter (PEFT, unmerged) on the same prompts;
 - GGUF: loaded in llama.cpp; its tokenization of chat prompts equals ours; greedy continuations vs torch
-  (F16: identical first K tokens; quantised: teacher-forced top-1 agreement where torch's top-2 are ≥ 1 logit apart); the chat template stored in
+  (F16: identical first K tokens; quantised: teacher-forced top-1 agreement where torch's top-2 are ≥ 1 logit apart); the chat template \
+stored in
   the file, and llama.cpp's own rendering of a conversation, equal ours;
 - Modelfile: its TEMPLATE, executed the way Ollama does, renders a conversation exactly as our template does.
 
@@ -303,7 +304,8 @@ def template_checks(stored: str | None, tokenizer: Any, template: str | None, ad
     native = llamacpp.render_native(stored or ours, PROBE_CONVERSATION)
     if native is None:
         checks.append(check("llama.cpp renders the template", None,
-                            "llama.cpp has no built-in renderer for this template; Jinja-capable runners (llama-server --jinja, LM Studio) use the stored one"))
+                            "llama.cpp has no built-in renderer for this template; Jinja-capable runners (llama-server --jinja, LM Studio) "
+                            "use the stored one"))
         return checks
     # llama.cpp's built-in templates never write the BOS text: its tokenizer adds BOS (tokenizer.ggml.add_bos_token)
     bos = getattr(tokenizer, "bos_token", None) or ""

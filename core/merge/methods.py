@@ -60,7 +60,8 @@ class MergeMethod:
 
 
 WEIGHT = MethodParam("weight", "Weight", "How much of this model goes in (relative to the others).", 1.0, -1.0, 2.0, 0.05, "model")
-DENSITY = MethodParam("density", "Density", "Fraction of this model's task-vector entries kept (the rest are dropped).", 0.5, 0.01, 1.0, 0.01, "model")
+DENSITY = MethodParam("density", "Density", "Fraction of this model's task-vector entries kept (the rest are dropped).", 0.5,
+                      0.01, 1.0, 0.01, "model")
 LAMBDA = MethodParam("lambda", "λ (scale)", "Scales the summed task vector before it is added to the base.", 1.0, 0.0, 2.0, 0.05)
 
 METHODS: dict[str, MergeMethod] = {

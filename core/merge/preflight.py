@@ -199,7 +199,8 @@ def _inspect(source: ModelSource, role: str, report: PreflightReport) -> ModelFa
 def _compare(ref: ModelFacts, other: ModelFacts, report: PreflightReport, ref_name: str) -> None:
     if (ref.architecture, ref.model_type) != (other.architecture, other.model_type):
         report.problems.append(f"Different architecture: {other.label} is {other.architecture} ({other.model_type}) but "
-                               f"{ref_name} {ref.label} is {ref.architecture} ({ref.model_type}); only models of one architecture can be merged.")
+                               f"{ref_name} {ref.label} is {ref.architecture} ({ref.model_type}); only models of one architecture "
+                               "can be merged.")
         return
     if ref.vocab_size != other.vocab_size:
         report.problems.append(f"Different vocabulary: {other.label} has {other.vocab_size} tokens but {ref_name} {ref.label} "
@@ -247,14 +248,16 @@ def _check_shared_base(spec: MergeSpec, report: PreflightReport) -> None:
                 continue
             if not _same_root(source, base):
                 report.problems.append(f"No shared base: model {i + 1} applies its adapter on top of {source.with_adapter('').label}, "
-                                       f"but the merge base is {base.label}; task vectors are only meaningful against the model they were trained from.")
+                                       f"but the merge base is {base.label}; task vectors are only meaningful against the model they were "
+                                       "trained from.")
                 continue
             recorded = adapter_base(source.adapter)
             if recorded and not _names_match(recorded, base) and not _same_root(ModelSource.parse(recorded), base):
                 report.problems.append(f"No shared base: the adapter {Path(source.adapter).name} was trained on {recorded}, "
                                        f"not on the merge base {base.label}.")
         elif _same_root(source, base):
-            report.problems.append(f"Model {i + 1} ({source.label}) is the base itself: its task vector is zero, so merging it changes nothing.")
+            report.problems.append(f"Model {i + 1} ({source.label}) is the base itself: its task vector is zero, so merging it "
+                                   "changes nothing.")
         else:
             report.notes.append(f"Model {i + 1} ({source.label}) is a full model: that it was fine-tuned from {base.label} "
                                 "is checked by architecture and shapes only.")

@@ -18,21 +18,25 @@ class MergeSpec(RunSpec):
     name: str = field(default="", metadata=meta("A label for the run folder."))
     method: str = field(
         default="task_arithmetic", metadata=meta("The merge method (see the method table).", choices=METHODS))
-    base: dict = field(default_factory=lambda: {"kind": "embedded"}, metadata=meta("The base model (a model source). Task-vector methods and SLERP merge relative to it; "
-                "the forgetting report always compares against it. Empty = none (linear only)."))
-    models: list = field(default_factory=list, metadata=meta("The models to merge: a list of {source: <model source>, weight: float, density: float}. "
-                "A source with an `adapter` is merged into its base first."))
-    parameters: dict = field(default_factory=dict, metadata=meta("Method-wide parameters (t, lambda, normalize, rescale); missing ones take the method's default."))
+    base: dict = field(default_factory=lambda: {"kind": "embedded"}, metadata=meta("The base model (a model source). Task-vector methods "
+                "and SLERP merge relative to it; the forgetting report always compares against it. Empty = none (linear only)."))
+    models: list = field(default_factory=list, metadata=meta("The models to merge: a list of {source: <model source>, weight: float, "
+                "density: float}. A source with an `adapter` is merged into its base first."))
+    parameters: dict = field(default_factory=dict, metadata=meta("Method-wide parameters (t, lambda, normalize, rescale); missing ones "
+                                                                 "take the method's default."))
     dtype: str = field(
         default="auto", metadata=meta("dtype of the merged weights; auto = the base model's dtype.", choices=DTYPES))
     seed: int = field(default=0, metadata=meta("Random seed (DARE drops entries at random).", advanced=True, min=0))
-    sweep: list = field(default_factory=list, metadata=meta("Interpolation weights λ between base (0) and the fine-tuned model (1), e.g. 0, 0.25, 0.5, 0.75, 1. "
-                "Non-empty = a learning-vs-forgetting sweep: one merge + one evaluation per λ."))
+    sweep: list = field(default_factory=list, metadata=meta("Interpolation weights λ between base (0) and the fine-tuned model (1), e.g. "
+                "0, 0.25, 0.5, 0.75, 1. Non-empty = a learning-vs-forgetting sweep: one merge + one evaluation per λ."))
     evaluate: bool = field(default=True, metadata=meta("Score the result(s) with the forgetting report."))
-    eval_rows: int = field(default=20, metadata=meta("Task rows (and general texts) used per evaluation; fewer = faster.", advanced=True, min=1, max=10000))
-    task_dataset: str = field(default="", metadata=meta("Task rows the merge is scored on (a file or dataset folder; the last assistant turn is the "
-                "reference). Empty: the data of the run the merged models came from when known, else the built-in demo ticket task.", "evaluation"))
-    keep_sweep_models: bool = field(default=True, metadata=meta("Keep every sweep point's merged model on disk (needed to chat with a chosen point).", advanced=True))
+    eval_rows: int = field(default=20, metadata=meta("Task rows (and general texts) used per evaluation; fewer = faster.",
+                                                     advanced=True, min=1, max=10000))
+    task_dataset: str = field(default="", metadata=meta("Task rows the merge is scored on (a file or dataset folder; the last assistant "
+                "turn is the reference). Empty: the data of the run the merged models came from when known, else the built-in demo "
+                "ticket task.", "evaluation"))
+    keep_sweep_models: bool = field(default=True, metadata=meta("Keep every sweep point's merged model on disk (needed to chat with a "
+                                                                "chosen point).", advanced=True))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,9 +51,11 @@ class MergeSpec(RunSpec):
             self._check_sweep(method)
             return
         if len(self.models) < method.min_models:
-            raise ValueError(f"models: {method.pretty_name} needs at least {method.min_models} model(s) besides the base, got {len(self.models)}")
+            raise ValueError(f"models: {method.pretty_name} needs at least {method.min_models} model(s) besides the base, got "
+                             f"{len(self.models)}")
         if method.max_models is not None and len(self.models) > method.max_models:
-            raise ValueError(f"models: {method.pretty_name} takes at most {method.max_models} model(s) besides the base, got {len(self.models)}")
+            raise ValueError(f"models: {method.pretty_name} takes at most {method.max_models} model(s) besides the base, got "
+                             f"{len(self.models)}")
 
     @staticmethod
     def _check_input(index: int, item: Any, method) -> dict:

@@ -76,7 +76,8 @@ def _read_folder(folder: Path, notes: list[str]) -> list[Document]:
     refuse_links_outside(folder, CorpusError)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (PDF_SUFFIX,)
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    skipped = sorted({p.suffix.lower() or p.name for p in folder.rglob("*") if p.is_file() and p not in files and not p.name.startswith(".")})
+    skipped = sorted({p.suffix.lower() or p.name for p in folder.rglob("*")
+                      if p.is_file() and p not in files and not p.name.startswith(".")})
     if skipped:
         notes.append(f"skipped files that are not .txt / .md / .pdf: {', '.join(skipped[:8])}")
     documents = []

@@ -41,7 +41,8 @@ _WORDS = re.compile(r"\w+")
 DEFINITIONS = {
     "oracle + distractors": "the chunk that answers the question among k-1 distractors, at a shuffled position (as in training)",
     "distractors only": "k distractor chunks; the answer is in none of them",
-    "accuracy": "the reference answer appears, as whole words, after the reply's last ##Answer: marker (or anywhere in a reply without one)",
+    "accuracy": "the reference answer appears, as whole words, after the reply's last ##Answer: marker (or anywhere in a reply "
+                "without one)",
     "quote from oracle": "the reply's first ##begin_quote## ... ##end_quote## span is in the oracle chunk (verbatim up to case and "
                          f"spacing, or {QUOTE_COVERAGE:.0%} of its words in order); a reply without a quote scores 0",
     "abstention": "the answer part says the documents do not hold the answer ('not in the documents', 'not mentioned', ...)",
@@ -191,7 +192,8 @@ def verdict(comparisons: dict, labels: dict[str, str]) -> dict:
 
 def report_table(report: dict) -> list[dict]:
     """One row per model and condition: each metric as "value% [low, high]"."""
-    return [{"model": model["label"], "condition": CONDITION_LABELS[c], **{METRIC_LABELS[m]: _cell(model["metrics"][c][m]) for m in METRICS}}
+    return [{"model": model["label"], "condition": CONDITION_LABELS[c],
+             **{METRIC_LABELS[m]: _cell(model["metrics"][c][m]) for m in METRICS}}
             for model in report["models"] for c in CONDITIONS]
 
 
@@ -209,7 +211,8 @@ def _delta_cell(interval: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# RAFT evaluation — {report['verdict']['headline']}", "",
-             f"{report['n']} held-out questions · k = {report['settings']['k']} documents · distractors: {report['settings']['distractors']}", "",
+             f"{report['n']} held-out questions · k = {report['settings']['k']} documents · distractors: "
+             f"{report['settings']['distractors']}", "",
              "| model | condition | accuracy | quote from oracle | abstention |", "|---|---|---|---|---|"]
     for model in report["models"]:
         for condition in CONDITIONS:

@@ -45,7 +45,8 @@ def _corpus(path: str) -> Corpus:
 
 def _index(ctx: JobContext, corpus: Corpus, chunk_tokens: int, overlap: int, share: float) -> RagIndex:
     index, built = open_index(corpus, chunk_tokens, overlap, progress=lambda f, m: ctx.progress(share * f, m))
-    ctx.log.info("index %s: %d chunks (%s)", index.folder.name, len(index), f"built in {built.seconds:.1f} s" if built.rebuilt else "reused")
+    ctx.log.info("index %s: %d chunks (%s)", index.folder.name, len(index),
+                 f"built in {built.seconds:.1f} s" if built.rebuilt else "reused")
     return index
 
 
@@ -92,12 +93,14 @@ def run_index(ctx: JobContext) -> dict:
             recall = recall_at_k(ranked, golds, ks)
             misses = [{"question_id": q.id, "question": q.question, "gold": g, "retrieved": r[: max(ks)]}
                       for q, g, r in zip(questions, golds, ranked) if g and not set(g) & set(r[:1])]
-            result["retrieval"][mode] = recall | {"seconds": round(seconds, 3), "queries_per_s": round(len(questions) / max(seconds, 1e-9), 1),
+            result["retrieval"][mode] = recall | {"seconds": round(seconds, 3),
+                                                  "queries_per_s": round(len(questions) / max(seconds, 1e-9), 1),
                                                   "misses_at_1": misses[:25]}
             ctx.metrics(mode=mode, **{k: v for k, v in recall.items() if k != "n"})
         result["questions"] = {"path": str(resolve_path(spec.questions)), "count": len(questions), "with_gold": sum(bool(g) for g in golds)}
     ctx.write_result(result)
-    return {"chunks": len(index), "recall": {m: {k: v for k, v in r.items() if k.startswith("recall")} for m, r in result["retrieval"].items()}}
+    return {"chunks": len(index), "recall": {m: {k: v for k, v in r.items() if k.startswith("recall")}
+                                             for m, r in result["retrieval"].items()}}
 
 
 # ---------------------------------------------------------------- raft
@@ -234,8 +237,9 @@ def _check_changes_model(base_probe: Any, loaded: LoadedModel, role: str, source
 
     difference = scoring.probe_difference(base_probe, scoring.probe_logits(loaded.model, loaded.tokenizer))
     if difference < scoring.PROBE_TOLERANCE:
-        raise JobError(f"adapter not applied / no effect: the {ROLE_LABELS[role].split(' ')[0]} model {source.adapter or source.ref} gives the "
-                       f"base model's logits on a probe prompt (largest difference {difference:.1e}); check that its training ran")
+        raise JobError(f"adapter not applied / no effect: the {ROLE_LABELS[role].split(' ')[0]} model "
+                       f"{source.adapter or source.ref} gives the base model's logits on a probe prompt (largest difference "
+                       f"{difference:.1e}); check that its training ran")
 
 
 def run_raft_eval(ctx: JobContext) -> dict:
@@ -284,7 +288,8 @@ def run_raft_eval(ctx: JobContext) -> dict:
         for condition in CONDITIONS:
             def advance(n: int, role=role, condition=condition) -> None:
                 done[0] += n
-                ctx.progress(0.05 + 0.9 * done[0] / total, f"{ROLE_LABELS[role]}, {CONDITION_LABELS[condition]}: {done[0]} / {total} replies")
+                ctx.progress(0.05 + 0.9 * done[0] / total, f"{ROLE_LABELS[role]}, {CONDITION_LABELS[condition]}: {done[0]} / "
+                                                           f"{total} replies")
 
             try:
                 replies[role][condition] = greedy_replies(ctx, loaded, conversations(items, condition), max_new_tokens=spec.max_new_tokens,

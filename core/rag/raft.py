@@ -197,7 +197,8 @@ def build_raft(questions: Sequence[Question], chunks: Sequence[Chunk], settings:
     for (q, gold), ranking in zip(usable, ranked):
         oracle = by_id[gold[0]]
         with_oracle = q.id not in absent
-        distractors = choose_distractors(q, set(gold), chunks, settings.k - 1 if with_oracle else settings.k, settings.distractors, rng, ranking)
+        distractors = choose_distractors(q, set(gold), chunks, settings.k - 1 if with_oracle else settings.k,
+                                         settings.distractors, rng, ranking)
         if len(distractors) < (settings.k - 1 if with_oracle else settings.k):
             skipped.setdefault("too few distractors without the answer", []).append(q.id)
             continue
@@ -216,7 +217,8 @@ def build_raft(questions: Sequence[Question], chunks: Sequence[Chunk], settings:
 
 def _absent_target(question: Question, settings: RaftSettings) -> str:
     if settings.absent_target == "answer":  # the paper's variant: answer from what training taught
-        return f"{REASON_MARK} None of the documents says it; from what I know the answer is {question.answer}.\n{ANSWER_MARK} {question.answer}"
+        return (f"{REASON_MARK} None of the documents says it; from what I know the answer is {question.answer}.\n{ANSWER_MARK} "
+                f"{question.answer}")
     return cite_then_answer(question.answer, None)
 
 
@@ -307,7 +309,8 @@ def raft_manifest(build: RaftBuild, settings: RaftSettings, *, corpus: dict, ind
     return {
         "source": {"path": corpus.get("source", ""), "sha256": corpus.get("sha256", ""), "format": "raft", "rows": len(build.rows)},
         "operations": [{"name": "raft_build", "label": "RAFT examples (oracle + distractors, cite-then-answer)", "params": params,
-                        "rows_before": questions.get("count", 0), "rows_after": len(build.rows), "dropped": [], "seconds": round(seconds, 3)}],
+                        "rows_before": questions.get("count", 0), "rows_after": len(build.rows), "dropped": [],
+                        "seconds": round(seconds, 3)}],
         "raft": {**params, **build.counts(), "corpus": corpus, "index": index, "questions": questions, "heldout_questions": heldout,
                  "sft_dataset": sft_dataset, "files": {"examples": RAFT_FILE, "heldout": HELDOUT_FILE}, "built_at": time.time()},
     }

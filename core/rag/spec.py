@@ -45,7 +45,8 @@ class RagIndexSpec(RunSpec):
     documents: str = field(default=DEMO_DOCUMENTS, metadata=meta(
         "A folder of .txt / .md / .pdf files, one such file, or a JSONL of {id, title, text}.", "data"))
     questions: str = field(default=DEMO_QUESTIONS, metadata=meta(
-        "Optional JSONL of {question, answer, gold_chunk_ids | evidence [+ doc_id]}: measures retrieval recall@k. Empty = index only.", "data"))
+        "Optional JSONL of {question, answer, gold_chunk_ids | evidence [+ doc_id]}: measures retrieval recall@k. Empty = index only.",
+        "data"))
     chunk_tokens: int = _chunk_tokens_field()
     overlap: int = _overlap_field()
     top_k: int = field(default=5, metadata=meta("Recall is measured at 1 and at this k.", "retrieval", min=1, max=100))
@@ -64,7 +65,8 @@ class RaftSpec(RunSpec):
     documents: str = field(default=DEMO_DOCUMENTS, metadata=meta(
         "A folder of .txt / .md / .pdf files, one such file, or a JSONL of {id, title, text}.", "data"))
     question_source: str = field(default="file", metadata=meta(
-        "`file`: your own question / answer / gold rows; `generate`: a model writes one question per chunk.", "data", choices=QUESTION_SOURCES))
+        "`file`: your own question / answer / gold rows; `generate`: a model writes one question per chunk.", "data",
+        choices=QUESTION_SOURCES))
     questions: str = field(default=DEMO_QUESTIONS, metadata=meta(
         "JSONL of {question, answer, gold_chunk_ids | evidence [+ doc_id]} (question_source = file).", "data"))
     model: dict = field(default_factory=lambda: ModelSource().as_dict(), metadata=meta(
@@ -84,7 +86,8 @@ class RaftSpec(RunSpec):
     distractor_only_fraction: float = field(default=0.2, metadata=meta(
         "P: share of the examples whose documents are distractors only (no oracle).", "raft", min=0.0, max=1.0))
     distractors: str = field(default="hard", metadata=meta(
-        "`hard`: the best-ranked other chunks of a retrieval for the question; `random`: any other chunks.", "raft", choices=DISTRACTOR_RULES))
+        "`hard`: the best-ranked other chunks of a retrieval for the question; `random`: any other chunks.", "raft",
+        choices=DISTRACTOR_RULES))
     retrieval_mode: str = field(default="hybrid", metadata=meta("Retriever for hard negatives.", "raft", advanced=True, choices=MODES))
     absent_target: str = field(default="abstain", metadata=meta(
         "Target without the oracle: `abstain` (\"not in the documents\") or `answer` (answer anyway, as in the RAFT paper).",
