@@ -60,7 +60,8 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
         "initializer_range": 0.3}
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama2-spm", "llama-spm", "test-chat-template.cpp:mistralai/Mistral-7B-Instruct-v0.2 (mistralai 'v1' template with a system prompt)",
+    Family("llama2-spm", "llama-spm", "test-chat-template.cpp:mistralai/Mistral-7B-Instruct-v0.2 (mistralai 'v1' template with a "
+                                      "system prompt)",
            "LlamaConfig", {"num_key_value_heads": 4, "tie_word_embeddings": False},
            note="Llama-2-architecture SentencePiece 32,000 (Mistral-7B-Instruct-v0.2's vocabulary and [INST] template), MHA, untied"),
     Family("mistral", "llama-spm", "mistralai-Mistral-Nemo-Instruct-2407", "MistralConfig",

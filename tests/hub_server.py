@@ -131,7 +131,8 @@ class HubServer:
                 if repo is None:
                     return self._error(401, "RepoNotFound", "Repository not found")
                 if repo.gated and not self.headers.get("Authorization"):
-                    return self._error(403, "GatedRepo", "Access to model is restricted: you must be authenticated and accept its conditions")
+                    return self._error(403, "GatedRepo", "Access to model is restricted: you must be authenticated and accept "
+                                                         "its conditions")
                 if name not in repo.files:
                     return self._error(404, "EntryNotFound", "Entry not found")
                 data = repo.files[name]

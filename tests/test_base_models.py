@@ -112,7 +112,8 @@ def test_preflight_turns_template_errors_into_refusals(base_model_dir, qa_file, 
 def test_preflight_refuses_an_unknown_template_name_and_a_missing_file(base_model_dir, qa_file, tmp_path):
     from core.hardware import detect
 
-    check = run_preflight(TrainSpec(model={"kind": "local", "ref": str(base_model_dir)}, dataset=str(qa_file), chat_template="no-such-template"), detect())
+    check = run_preflight(TrainSpec(model={"kind": "local", "ref": str(base_model_dir)}, dataset=str(qa_file),
+                                    chat_template="no-such-template"), detect())
     assert "neither a shipped template" in check.refusal
     check = run_preflight(TrainSpec(model={"kind": "local", "ref": str(base_model_dir)}, dataset=str(tmp_path / "missing.jsonl")), detect())
     assert check.refusal and "missing.jsonl" in check.refusal

@@ -25,7 +25,8 @@ def test_active_embedded_model_budget_renders(workspace):
     at = _app()
     at.run()
     assert not at.exception
-    assert "SmolLM2-135M-Instruct" in " ".join(c.value for c in at.caption) and "0.135 B parameters" in " ".join(c.value for c in at.caption)
+    assert ("SmolLM2-135M-Instruct" in " ".join(c.value for c in at.caption)
+            and "0.135 B parameters" in " ".join(c.value for c in at.caption))
     assert _metric(at, "Peak memory").value.endswith(" GB")
     assert _metric(at, "Trainable parameters").value.replace(",", "").isdigit()
     assert len(at.get("plotly_chart")) >= 2
@@ -60,7 +61,8 @@ def test_past_runs_give_a_corrected_estimate(workspace):
         folder = workspace / "runs" / name
         folder.mkdir(parents=True)
         (folder / "spec.yaml").write_text("kind: train\n")
-        (folder / "run_card.json").write_text(json.dumps({"peak_memory_bytes": int(measured), "predicted_memory_bytes": int(1e9), "device": "cpu", "spec": {}}))
+        (folder / "run_card.json").write_text(json.dumps({"peak_memory_bytes": int(measured), "predicted_memory_bytes": int(1e9),
+                                                          "device": "cpu", "spec": {}}))
     at = _app()
     at.run()
     at.selectbox(key="budget_device").set_value("cpu").run()
@@ -130,7 +132,8 @@ def test_a_preference_objective_shows_what_it_adds(workspace):
     assert list(parts["DPO adds"]) == list(expected.objective_parts) and "reference forward" in set(parts["DPO adds"])
     assert "pairs: x2 activations" in set(parts["DPO adds"])
     at.checkbox(key="budget_precompute").check().run()
-    assert _metric(at, "Peak memory").value == f"{memory.estimate(replace(spec, precompute_ref_log_probs=True)).total_bytes / memory.GB:.2f} GB"
+    assert (_metric(at, "Peak memory").value
+            == f"{memory.estimate(replace(spec, precompute_ref_log_probs=True)).total_bytes / memory.GB:.2f} GB")
     at.selectbox(key="budget_objective").set_value("orpo").run()
     parts = next(df.value for df in at.dataframe if "ORPO adds" in df.value.columns)
     assert "reference forward" not in set(parts["ORPO adds"]) and at.checkbox(key="budget_precompute").disabled

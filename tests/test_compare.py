@@ -94,9 +94,12 @@ def test_comparison_spec_names_bad_fields():
 
 
 def test_table_chart_and_chapter_check():
-    rows = [{"method": "lora", "label": "LoRA", "trainable_params": 1000, "trainable_share": 0.005, "task_score": 50.0, "peak_memory_bytes": 10},
-            {"method": "ia3", "label": "(IA)³", "trainable_params": 10, "trainable_share": 0.0001, "task_score": 40.0, "peak_memory_bytes": 8},
-            {"method": "full", "label": "Full", "trainable_params": 10**6, "trainable_share": 1.0, "task_score": 45.0, "peak_memory_bytes": 30},
+    rows = [{"method": "lora", "label": "LoRA", "trainable_params": 1000, "trainable_share": 0.005, "task_score": 50.0,
+             "peak_memory_bytes": 10},
+            {"method": "ia3", "label": "(IA)³", "trainable_params": 10, "trainable_share": 0.0001, "task_score": 40.0,
+             "peak_memory_bytes": 8},
+            {"method": "full", "label": "Full", "trainable_params": 10**6, "trainable_share": 1.0, "task_score": 45.0,
+             "peak_memory_bytes": 30},
             {"method": "feature_extraction", "label": "FE", "trainable_params": 5, "trainable_share": 1e-5, "label_accuracy": 60.0}]
     assert chapter_check("lora", 0.005) == "matches ~0.1-1 %" and chapter_check("ia3", 0.0001) == "matches ~0.01 %"
     assert chapter_check("prompt_tuning", 0.002) == "above < 0.1 %" and chapter_check("full", 1.0) == ""
@@ -112,7 +115,8 @@ def test_table_chart_and_chapter_check():
 @pytest.mark.slow
 def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_llama_dir, ticket_files):
     train, test = ticket_files
-    spec = MethodComparisonSpec(name="tiny", model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(train), eval_dataset=str(test),
+    spec = MethodComparisonSpec(name="tiny", model={"kind": "local", "ref": str(tiny_llama_dir)},
+                                dataset=str(train), eval_dataset=str(test),
                                 methods=["lora", "prompt_tuning", "bitfit"], max_steps=2, batch_size=2, max_length=96, lora_r=4,
                                 num_virtual_tokens=4, task_samples=2, general_samples=2, mc_samples=4, max_new_tokens=8,
                                 learning_rates={"lora": 1e-2, "prompt_tuning": 1e-1})

@@ -32,7 +32,8 @@ def test_compare_form_builds_the_spec_and_a_finished_comparison_shows_table_char
     spec = yaml.safe_load(next(c.value for c in at.code if "kind: method_comparison" in c.value))
     assert spec["methods"] == ["lora", "ia3"] and spec["max_steps"] == 5 and spec["learning_rates"] == {"ia3": 0.02}
     assert spec["model"] == {"kind": "local", "ref": str(tiny_llama_dir)}
-    assert any("4 runs: 2 × 5 training steps, one evaluation of all of them, one feature-extraction baseline" in c.value for c in at.caption)
+    assert any("4 runs: 2 × 5 training steps, one evaluation of all of them, one feature-extraction baseline" in c.value
+               for c in at.caption)
 
     run_dir = runs.create_run(MethodComparisonSpec(methods=["lora", "ia3"]))
     rows = [{"method": "lora", "label": "LoRA", "state": "succeeded", "trainable_params": 4_884_480, "trainable_share": 0.035,

@@ -78,7 +78,8 @@ def test_every_job_spec_declares_its_fields_with_meta_and_registry_choices():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
-            assert typing.get_origin(hints[f.name]) is not typing.Literal, f"{cls.__name__}.{f.name}: choices belong in meta(choices=registry)"
+            assert typing.get_origin(hints[f.name]) is not typing.Literal, (f"{cls.__name__}.{f.name}: choices belong in "
+                                                                            "meta(choices=registry)")
     choices = lambda cls: {i.name: i.choices for i in spec_fields(cls)}  # noqa: E731
     assert choices(JOBS["merge"].spec_class())["method"] == tuple(MERGE_METHODS)
     assert choices(JOBS["prune"].spec_class())["mode"] == MODES

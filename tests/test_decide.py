@@ -22,13 +22,17 @@ CPU = HardwareInfo("cpu", "CPU (2 cores)", 0, 16.0, 12.0, False, 2, 16.0, False,
 
 SCENARIOS = [
     ("new product facts every month", dict(gaps=("knowledge",), knowledge_changes="monthly", labelled_rows=300), "rag"),
-    ("facts change daily, latency matters", dict(gaps=("knowledge",), knowledge_changes="daily", latency_sensitive=True, labelled_rows=5000), "rag"),
-    ("fixed JSON format that prompting holds most of the time", dict(gaps=("behaviour",), prompt_success=0.8, labelled_rows=1000), "fine-tune"),
-    ("house style, prompts hold it half the time, cost matters", dict(gaps=("behaviour",), prompt_success=0.55, labelled_rows=600, cost_sensitive=True), "fine-tune"),
+    ("facts change daily, latency matters", dict(gaps=("knowledge",), knowledge_changes="daily", latency_sensitive=True,
+                                                 labelled_rows=5000), "rag"),
+    ("fixed JSON format that prompting holds most of the time", dict(gaps=("behaviour",), prompt_success=0.8, labelled_rows=1000),
+     "fine-tune"),
+    ("house style, prompts hold it half the time, cost matters", dict(gaps=("behaviour",), prompt_success=0.55, labelled_rows=600,
+                                                                      cost_sensitive=True), "fine-tune"),
     ("a rare edge case", dict(gaps=("steering",), failure_share=0.01, labelled_rows=20, prompt_success=0.9), "prompt"),
     ("format already held by prompting", dict(gaps=("behaviour",), prompt_success=0.97, labelled_rows=2000), "prompt"),
     ("small static facts that fit in the prompt", dict(gaps=("knowledge",), knowledge_fits_in_prompt=True, labelled_rows=10), "prompt"),
-    ("weekly facts and a fixed format", dict(gaps=("knowledge", "behaviour"), knowledge_changes="weekly", prompt_success=0.7, labelled_rows=2000), "rag + fine-tune"),
+    ("weekly facts and a fixed format", dict(gaps=("knowledge", "behaviour"), knowledge_changes="weekly", prompt_success=0.7,
+                                             labelled_rows=2000), "rag + fine-tune"),
 ]
 
 
@@ -41,30 +45,35 @@ def test_wizard_scenarios(name, answers, expected):
 
 
 def test_json_format_scenario_recommends_lora_with_reasons_and_recipe():
-    result = recommend(Questionnaire(gaps=("behaviour",), prompt_success=0.8, labelled_rows=1000, model=preset_arch("Llama-3.2 1B"), hardware=GPU_24))
+    result = recommend(Questionnaire(gaps=("behaviour",), prompt_success=0.8, labelled_rows=1000,
+                                     model=preset_arch("Llama-3.2 1B"), hardware=GPU_24))
     assert result.choice == "fine-tune" and result.fine_tune_method == "lora"
     tune = next(o for o in result.options if o.option == "fine-tune")
     assert any("80%" in r and "LoRA" in r for r in tune.reasons)
     recipe = result.recipe
     assert recipe["method"] == "lora" and recipe["learning_rate"] == pytest.approx(2e-4) and recipe["target_modules"] == ["all-linear"]
     assert recipe["lora_alpha"] == 2 * recipe["lora_r"] and recipe["num_epochs"] == 2
-    assert set(recipe) == {"method", "lora_r", "lora_alpha", "learning_rate", "target_modules", "num_epochs", "max_steps", "batch_size", "max_length", "gradient_checkpointing"}
+    assert set(recipe) == {"method", "lora_r", "lora_alpha", "learning_rate", "target_modules", "num_epochs", "max_steps", "batch_size",
+                           "max_length", "gradient_checkpointing"}
     assert recipe["max_steps"] == 0, "0 = the epochs run (a step cap left in the Train form would cut them short)"
 
 
 def test_recipe_learning_rate_is_ten_times_for_adapters():
-    assert decide.starting_recipe("lora", 1000)["learning_rate"] == pytest.approx(10 * decide.starting_recipe("full", 1000)["learning_rate"])
+    assert (decide.starting_recipe("lora", 1000)["learning_rate"]
+            == pytest.approx(10 * decide.starting_recipe("full", 1000)["learning_rate"]))
     assert decide.starting_recipe("qlora", 100)["num_epochs"] == 3 and decide.starting_recipe("lora", 50_000)["num_epochs"] == 1
 
 
 def test_method_follows_the_memory_estimate():
-    big = Questionnaire(gaps=("behaviour",), prompt_success=0.7, labelled_rows=2000, model=preset_arch("Llama-3.1 8B"), hardware=GPU_16, max_length=1024)
+    big = Questionnaire(gaps=("behaviour",), prompt_success=0.7, labelled_rows=2000, model=preset_arch("Llama-3.1 8B"),
+                        hardware=GPU_16, max_length=1024)
     result = recommend(big)
     fits = {f.method: f for f in result.method_fits}
     assert fits["full"].fits is False and fits["lora"].fits is False and fits["qlora"].fits is True
     assert result.fine_tune_method == "qlora" and result.recipe["method"] == "qlora"
     assert any("QLoRA" in n and "GB" in n for n in result.notes)
-    lots = recommend(Questionnaire(gaps=("behaviour",), prompt_success=0.7, labelled_rows=50_000, model=preset_arch("SmolLM2 360M"), hardware=GPU_80))
+    lots = recommend(Questionnaire(gaps=("behaviour",), prompt_success=0.7, labelled_rows=50_000,
+                                   model=preset_arch("SmolLM2 360M"), hardware=GPU_80))
     assert lots.fine_tune_method == "full" and lots.recipe["learning_rate"] == pytest.approx(2e-5)
 
 
@@ -76,7 +85,8 @@ def test_nothing_fits_lowers_fine_tuning():
 
 
 def test_cpu_recipe_is_small_and_uses_fp32_memory_check():
-    result = recommend(Questionnaire(gaps=("behaviour",), prompt_success=0.6, labelled_rows=300, model=preset_arch("SmolLM2 135M"), hardware=CPU))
+    result = recommend(Questionnaire(gaps=("behaviour",), prompt_success=0.6, labelled_rows=300,
+                                     model=preset_arch("SmolLM2 135M"), hardware=CPU))
     assert result.fine_tune_method == "lora" and result.recipe["max_length"] <= 512
     assert {f.method for f in result.method_fits} == {"full", "lora"}  # no 4-bit on this CPU
 
@@ -119,7 +129,8 @@ def test_rouge_and_free_text_detection_and_scorer_choice():
     assert scorers.rouge_l_f1("the cat sat on the mat", "the cat sat on the mat") == 1.0
     assert scorers.rouge_l_f1("a b c d", "a c") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
     assert scorers.rouge_l_f1("", "x") == 0.0
-    objects = [{"summary": "Printer jams on every single page", "urgency": "high"}, {"summary": "Cannot log in since this morning", "urgency": "low"}]
+    objects = [{"summary": "Printer jams on every single page", "urgency": "high"},
+               {"summary": "Cannot log in since this morning", "urgency": "low"}]
     assert scorers.detect_free_text_fields(objects) == ["summary"]
     assert scorers.choose_scorer(['{"a": 1}', '{"a": 2}'])[0] == "json_field_accuracy"
     assert scorers.choose_scorer(['{"a": 1}', "plain"])[0] == "exact_match"
@@ -223,7 +234,8 @@ def test_rag_condition_puts_retrieved_documents_before_the_same_rows(tiny_model,
 
 def test_question_answer_files_load_as_eval_rows():
     rows = decide.load_eval_rows(ROOT / "assets" / "handbook" / "questions.jsonl")
-    assert len(rows) == 150 and decide.split_row(rows[0])[1] == json.loads((ROOT / "assets" / "handbook" / "questions.jsonl").open().readline())["answer"]
+    assert (len(rows) == 150
+            and decide.split_row(rows[0])[1] == json.loads((ROOT / "assets" / "handbook" / "questions.jsonl").open().readline())["answer"])
 
 
 def test_measured_baseline_feeds_the_recommendation():

@@ -72,7 +72,8 @@ def test_train_data_mixes_replay_exactly_and_records_it(embedded_tokenizer, tmp_
     assert record["source"] == "general" and len(record["sha256"]) == 64
     assert mixed.eval.n_kept == plain.eval.n_kept  # the held-out task rows stay task rows
     assert mixed.train.features[:task_rows] == plain.train.features
-    assert prepare_data(TrainSpec(eval_fraction=0.1, max_length=256, replay_fraction=0.25), embedded_tokenizer).manifest()["replay"] == record
+    assert prepare_data(TrainSpec(eval_fraction=0.1, max_length=256, replay_fraction=0.25),
+                        embedded_tokenizer).manifest()["replay"] == record
     own = tmp_path / "own.jsonl"
     own.write_text("".join(json.dumps({"instruction": f"Say the number {i}.", "output": str(i)}) + "\n" for i in range(5)))
     small = prepare_data(TrainSpec(eval_fraction=0.0, max_length=256, replay_fraction=0.1, replay_dataset=str(own)), embedded_tokenizer)
@@ -316,7 +317,8 @@ def test_replay_verdict_needs_a_task_gain_to_call_it_kept():
         return {"student": student, "variant": variant, "replay": replay, "task_gain": task_gain, "general_vs_teacher": general_vs_teacher}
 
     table = [row("teacher", "teacher", 0.0, 40.0, 0.0), row("sequence-level", "sequence", 0.0, 20.0, -30.0),
-             row("sequence-level + 10% replay", "sequence", 0.1, 18.0, -2.5), row("sequence-level + 25% replay", "sequence", 0.25, 17.9, -3.5),
+             row("sequence-level + 10% replay", "sequence", 0.1, 18.0, -2.5),
+             row("sequence-level + 25% replay", "sequence", 0.25, 17.9, -3.5),
              row("logit", "logit", 0.0, 0.0, -40.0), row("logit + 25% replay", "logit", 0.25, 0.0, -1.0)]
     verdicts = {r["student"]: (r["general_within_3_points"], r["keeps_task_gain"]) for r in replay_summary(table)}
     assert verdicts == {"sequence-level + 10% replay": (True, True),  # 18 >= 90 % of 20

@@ -80,7 +80,8 @@ def test_cluster_words_and_coverage():
     embeddings, truth = blobs((20, 20))
     infos = describe_clusters(texts, embeddings, truth, embeddings[[0, 20]], top_words=3)
     assert [i.size for i in infos] == [20, 20]
-    assert set(infos[0].top_words) <= {"bake", "bread", "flour", "yeast", "water", "number"} and "bicycle" in " ".join(infos[1].top_words + ["bicycle"])
+    assert (set(infos[0].top_words) <= {"bake", "bread", "flour", "yeast", "water", "number"}
+            and "bicycle" in " ".join(infos[1].top_words + ["bicycle"]))
     assert not set(infos[0].top_words) & set(infos[1].top_words)
     coverage = map_coverage(embeddings, truth)
     assert coverage["effective_clusters"] == pytest.approx(2.0) and coverage["balance"] == pytest.approx(1.0)
