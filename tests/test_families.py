@@ -174,7 +174,8 @@ def _llama_cpp_vs_sentencepiece(gguf_path: Path, merged: Path) -> list:
 
     tokenizer = AutoTokenizer.from_pretrained(merged)
     processor = sentencepiece.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
-    specials = sorted({t for t in tokenizer.all_special_tokens + [str(t) for t in tokenizer.added_tokens_decoder.values()]}, key=len, reverse=True)
+    specials = sorted({t for t in tokenizer.all_special_tokens + [str(t) for t in tokenizer.added_tokens_decoder.values()]}, key=len,
+                      reverse=True)
     splitter = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
     mismatched = []
     with open_gguf(gguf_path, n_ctx=512) as llm:

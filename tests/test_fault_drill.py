@@ -306,7 +306,8 @@ def test_merge_killed_mid_write_and_disk_full_keep_the_earlier_merge(workspace, 
     status = read_status(run_dir)
     assert status.state == "failed" and status.error.startswith("Disk full"), status.error
     assert {p.name: p.read_bytes() for p in merged.iterdir() if p.is_file()} == before, "nothing half-written replaced the merge"
-    assert visible_artifacts(run_dir) <= {"merged", "merge.yaml", "preflight.json", "result.json", "inputs"}, "the earlier attempt's files only"
+    assert visible_artifacts(run_dir) <= {"merged", "merge.yaml", "preflight.json", "result.json", "inputs"}, (
+        "the earlier attempt's files only")
     record("merge", "disk full during the save (RLIMIT_FSIZE 1 MB)", "failed cleanly", status.error[:80])
 
 
@@ -333,7 +334,8 @@ def test_curate_killed_mid_write_of_its_result_leaves_the_dataset_and_retries(wo
 def test_export_killed_mid_gguf_shows_no_gguf_and_retries(workspace, tiny_llama_dir, monkeypatch):
     from core.export.spec import ExportSpec
 
-    run_dir = runs.create_run(ExportSpec(name="drill", model={"kind": "local", "ref": str(tiny_llama_dir)}, formats=["gguf_f16"], validate=False))
+    run_dir = runs.create_run(ExportSpec(name="drill", model={"kind": "local", "ref": str(tiny_llama_dir)},
+                                         formats=["gguf_f16"], validate=False))
     launch_with_fault(run_dir, "write:drill-F16.gguf", monkeypatch)  # the tensors are written, the rename is next
     wait_final(run_dir)
     status = read_status(run_dir)

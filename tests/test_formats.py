@@ -44,7 +44,8 @@ def test_sharegpt_roles_are_mapped(tmp_path):
     row = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
     loaded = load_dataset_file(write_lines(tmp_path / "s.jsonl", [json.dumps(row)]))
     assert loaded.detected_format == "sharegpt"
-    assert loaded.rows == [{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}]
+    assert loaded.rows == [{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                         {"role": "assistant", "content": "A"}]}]
 
 
 def test_alpaca_json_array_joins_instruction_and_input(tmp_path):
@@ -75,7 +76,8 @@ def test_csv_with_mapping_and_system_column(tmp_path):
         load_dataset_file(path)
     loaded = load_dataset_file(path, mapping={"prompt": "question", "completion": "answer", "system": "sys"})
     assert loaded.detected_format == "prompt_completion"
-    assert loaded.rows == [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What, exactly?"}, {"role": "assistant", "content": "This."}]}]
+    assert loaded.rows == [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What, exactly?"},
+                                         {"role": "assistant", "content": "This."}]}]
 
 
 def test_csv_messages_column_holds_json(tmp_path):
@@ -203,8 +205,10 @@ MALFORMED = [
     ("message-not-object", "messages", '{"messages": ["hi"]}', "bad_messages", "messages[0]"),
     ("no-role", "messages", '{"messages": [{"content": "hi"}]}', "missing_field", "messages[0].role"),
     ("role-number", "messages", '{"messages": [{"role": 3, "content": "hi"}]}', "not_a_string", "messages[0].role"),
-    ("content-number", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}', "not_a_string", "messages[1].content"),
-    ("content-missing", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}', "missing_field", "messages[1].content"),
+    ("content-number", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": 5}]}',
+     "not_a_string", "messages[1].content"),
+    ("content-missing", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}',
+     "missing_field", "messages[1].content"),
     ("unknown-role", "messages", msgs(("user", "q"), ("bot", "a")), "unknown_role", "messages[1].role"),
     ("blank-content", "messages", msgs(("user", "   "), ("assistant", "a")), "empty_content", "messages[0].content"),
     ("no-assistant", "messages", msgs(("system", "s"), ("user", "q")), "no_assistant_turn", "messages"),
@@ -213,14 +217,25 @@ MALFORMED = [
     ("user-twice", "messages", msgs(("user", "q"), ("user", "q2"), ("assistant", "a")), "turn_order", "messages[1].role"),
     ("unanswered-end", "messages", msgs(("user", "q"), ("assistant", "a"), ("user", "q2")), "turn_order", "messages[2].role"),
     ("tool-after-user", "messages", msgs(("user", "q"), ("tool", "t"), ("assistant", "a")), "turn_order", "messages[1].role"),
-    ("tool-call-no-name", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, "tool_calls": [{"id": 1}]}]}', "bad_tool_call", "messages[1].tool_calls[0].name"),
-    ("tool-call-bad-arguments", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{city: 1"}}]}]}', "bad_tool_call", "messages[1].tool_calls[0].arguments"),
-    ("tool-call-list-arguments", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}]}', "bad_tool_call", "messages[1].tool_calls[0].arguments"),
-    ("tools-not-definitions", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"description": "no name"}]}', "bad_tools", "tools[0]"),
-    ("tools-bad-json", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": "[{oops"}', "bad_tools", "tools"),
-    ("sharegpt-call-not-json", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "get_weather(Paris)"}, {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]}', "bad_tool_call", "conversations[1].value"),
-    ("sharegpt-robot", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}', "unknown_role", "conversations[1].from"),
-    ("sharegpt-no-value", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}', "missing_field", "conversations[1].value"),
+    ("tool-call-no-name", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": null, '
+                                      '"tool_calls": [{"id": 1}]}]}', "bad_tool_call", "messages[1].tool_calls[0].name"),
+    ("tool-call-bad-arguments", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": '
+                                            '[{"function": {"name": "f", "arguments": "{city: 1"}}]}]}', "bad_tool_call",
+     "messages[1].tool_calls[0].arguments"),
+    ("tool-call-list-arguments", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": '
+                                             '[{"function": {"name": "f", "arguments": "[1]"}}]}]}', "bad_tool_call",
+     "messages[1].tool_calls[0].arguments"),
+    ("tools-not-definitions", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], '
+                                          '"tools": [{"description": "no name"}]}', "bad_tools", "tools[0]"),
+    ("tools-bad-json", "messages", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], '
+                                   '"tools": "[{oops"}', "bad_tools", "tools"),
+    ("sharegpt-call-not-json", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '
+                                           '"get_weather(Paris)"}, {"from": "observation", "value": "r"}, {"from": "gpt", "value": "a"}]}',
+     "bad_tool_call", "conversations[1].value"),
+    ("sharegpt-robot", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "robot", "value": "a"}]}', "unknown_role",
+     "conversations[1].from"),
+    ("sharegpt-no-value", "sharegpt", '{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt"}]}', "missing_field",
+     "conversations[1].value"),
     ("sharegpt-from-list", "sharegpt", '{"conversations": [{"from": ["human"], "value": "q"}]}', "not_a_string", "conversations[0].from"),
     ("alpaca-no-output", "alpaca", '{"instruction": "do it", "input": ""}', "missing_field", "output"),
     ("alpaca-instruction-int", "alpaca", '{"instruction": 7, "output": "x"}', "not_a_string", "instruction"),
@@ -292,7 +307,8 @@ def test_one_hundred_thousand_rows_load_and_validate(tmp_path):
 # ---------------------------------------------------------------- tool calls, Gemma roles, JSON arrays, extra columns
 
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
-                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+                                                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                                 "required": ["city"]}}}
 CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 TOOL_CONVERSATION = [
     {"role": "user", "content": "What is the weather in Paris?"},
@@ -350,7 +366,8 @@ def test_sharegpt_function_call_observation_and_tools_text(tmp_path):
     }
     loaded = load_dataset_file(write_lines(tmp_path / "sg.jsonl", [json.dumps(row)]))
     assert loaded.detected_format == "sharegpt" and loaded.report.ok
-    assert loaded.rows[0] == {"messages": [{"role": "system", "content": "You can call tools."}] + TOOL_CONVERSATION, "tools": [WEATHER_TOOL]}
+    assert loaded.rows[0] == {"messages": [{"role": "system", "content": "You can call tools."}] + TOOL_CONVERSATION,
+                              "tools": [WEATHER_TOOL]}
 
 
 def test_gemma_model_role_is_the_assistant_with_a_note(tmp_path):

@@ -74,7 +74,8 @@ def test_decide_baseline_and_the_forgetting_report_share_one_json_validity_rule(
     """The wizard's measured baseline and the report must not disagree on one answer."""
     chatty = 'Sure! Here is the JSON: {"urgency": "high"}'
     monkeypatch.setattr(decide, "greedy_chat_answers", lambda loaded, conversations, **kw: [chatty] * len(conversations))
-    rows = [{"messages": [{"role": "user", "content": f"Ticket {i}"}, {"role": "assistant", "content": '{"urgency": "high"}'}]} for i in range(3)]
+    rows = [{"messages": [{"role": "user", "content": f"Ticket {i}"}, {"role": "assistant", "content": '{"urgency": "high"}'}]}
+            for i in range(3)]
     baseline = decide.prompt_baseline(tiny, rows, n=3, shots=(0,))
     setup = describe_task(load_task(ROOT / "assets" / "demo" / "eval.jsonl", 2, 0).examples)
     report_row = score_answer(chatty, '{"urgency": "high"}', setup)

@@ -134,7 +134,8 @@ def test_the_comparison_sees_a_wrong_tensor_and_a_wrong_key(monkeypatch, tmp_pat
     """What the test above asserts empty is not empty for a converter that skips the q/k permutation and stores
     another chat template."""
     monkeypatch.setattr(gguf_convert, "permute_qk", lambda weights, n_head, n_head_kv=None: weights)
-    broken = gguf_convert.convert(families.family_model_dir("mistral"), tmp_path / "broken.gguf", "f16", chat_template="{{ messages }}").path
+    broken = gguf_convert.convert(families.family_model_dir("mistral"), tmp_path / "broken.gguf", "f16",
+                                  chat_template="{{ messages }}").path
     found = _differences(broken, families.reference_gguf("mistral", "f16"))
     wrong_tensors = {f"tensor blk.{i}.attn_{qk}.weight: same shape and type, different bytes" for i in (0, 1) for qk in "qk"}
     assert set(found) == wrong_tensors | {"key tokenizer.chat_template: ours '{{ messages }}', llama.cpp's " + repr(

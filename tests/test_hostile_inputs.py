@@ -176,7 +176,8 @@ def _hub(value, arena):
 
 
 SURFACES = {
-    "dataset": _dataset, "dataset_roundtrip": _dataset_roundtrip, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus, "questions": _questions, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
+    "dataset": _dataset, "dataset_roundtrip": _dataset_roundtrip, "upload": _upload, "upload_saved": _upload_saved, "corpus": _corpus,
+    "questions": _questions, "spec_yaml": _spec_yaml, "merge": _merge, "model": _model,
     "run_name": _run_name, "dataset_name": _dataset_name, "export_name": _export_name, "hub": _hub,
 }
 
@@ -189,7 +190,8 @@ def _refusals() -> tuple[type[BaseException], ...]:
     from core.rag.questions import QuestionsError
     from core.runs.jobs import InvalidSpec
 
-    return (DatasetLoadError, CorpusError, QuestionsError, InvalidSpec, ModelLoadError, HubError, ValueError, FileNotFoundError, FileExistsError)
+    return (DatasetLoadError, CorpusError, QuestionsError, InvalidSpec, ModelLoadError, HubError, ValueError,
+            FileNotFoundError, FileExistsError)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -184,7 +184,8 @@ def test_template_raising_for_other_reasons_is_a_clear_error(embedded_tokenizer)
         encode_conversation(bad, embedded_tokenizer, chat_template=load_template("llama-2-chat"))
     with pytest.raises(MaskingError, match="does not compile"):
         encode_conversation(CONVERSATIONS["single"], embedded_tokenizer, chat_template="{% for m in messages %}")
-    assert encode_conversations([bad, CONVERSATIONS["single"]], embedded_tokenizer, chat_template=load_template("llama-2-chat"), errors="skip")[0] is None
+    assert encode_conversations([bad, CONVERSATIONS["single"]], embedded_tokenizer, chat_template=load_template("llama-2-chat"),
+                                errors="skip")[0] is None
 
 
 def test_generation_markers_match_transformers_assistant_mask(embedded_tokenizer):
@@ -273,7 +274,8 @@ def test_a_template_of_another_family_names_the_markers_the_tokenizer_lacks(embe
     to do, not only that 'the generation prompt tokenizes differently'."""
     from core.data.lint import split_markers
 
-    llama3 = lint_dataset([{"messages": CONVERSATIONS["single_system"]}], embedded_tokenizer, chat_template=load_template("llama-3-instruct"))
+    llama3 = lint_dataset([{"messages": CONVERSATIONS["single_system"]}], embedded_tokenizer,
+                          chat_template=load_template("llama-3-instruct"))
     message = llama3.issues["inference_token_mismatch"].message
     assert "<|start_header_id|> (split into" in message and "<|eot_id|>" in message and "model's own chat template" in message
     assert split_markers(embedded_tokenizer, "<|im_start|>user\nhi<|im_end|>") == [], "ChatML's markers are this tokenizer's own"

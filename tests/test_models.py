@@ -30,7 +30,8 @@ def test_embedded_model_knows_paris(embedded_dir):
     loaded = load_model(ModelSource())
     assert loaded.info.parameters == 134_515_008
     assert loaded.info.has_chat_template
-    answer = generate_text(loaded, [{"role": "user", "content": "What is the capital of France?"}], GenerationSettings(temperature=0.0, max_new_tokens=24))
+    answer = generate_text(loaded, [{"role": "user", "content": "What is the capital of France?"}],
+                           GenerationSettings(temperature=0.0, max_new_tokens=24))
     assert "Paris" in answer
 
 

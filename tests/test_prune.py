@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.prune.methods import PruneError, count_parameters, layer_sparsity_table, magnitude_mask, n_of_m_mask, overall_sparsity, prune_model, select_linear_layers
+from core.prune.methods import (
+    PruneError,
+    count_parameters,
+    layer_sparsity_table,
+    magnitude_mask,
+    n_of_m_mask,
+    overall_sparsity,
+    prune_model,
+    select_linear_layers,
+)
 from core.prune.spec import PruneSpec
 from core.runs.jobs import JobContext, JobError, read_result
 

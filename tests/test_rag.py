@@ -25,7 +25,8 @@ def minimal_pdf(text: str) -> bytes:
     stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
-               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream", b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -263,11 +264,13 @@ def test_one_prompt_format_and_the_answer_format():
     chunks = [Document("a", "Travel", "Hotels are capped at €200."), Document("b", "Leave", "You get 25 days.")]
     messages = rag_prompt.rag_messages("How many days?", chunks)
     assert messages[0] == {"role": "system", "content": rag_prompt.RAG_INSTRUCTIONS}
-    assert messages[1]["content"] == "Documents:\n\n[1] Travel\nHotels are capped at €200.\n\n[2] Leave\nYou get 25 days.\n\nQuestion: How many days?"
+    assert messages[1]["content"] == ("Documents:\n\n[1] Travel\nHotels are capped at €200.\n\n[2] Leave\nYou get 25 days.\n\n"
+                                      "Question: How many days?")
     own = rag_prompt.rag_messages([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q?"}], chunks)
     assert own[0]["content"].startswith("Be brief.\n\n") and own[0]["content"].endswith(rag_prompt.RAG_INSTRUCTIONS) and len(own) == 2
     target = rag_prompt.cite_then_answer("25 days", "You get 25 days.", 2, "Leave")
-    assert target == "##Reason: Document [2] (Leave) says ##begin_quote##You get 25 days.##end_quote## so the answer is 25 days.\n##Answer: 25 days"
+    assert target == ("##Reason: Document [2] (Leave) says ##begin_quote##You get 25 days.##end_quote## so the answer is 25 days.\n"
+                      "##Answer: 25 days")
     assert rag_prompt.answer_part(target) == "25 days" and rag_prompt.quotes(target) == ["You get 25 days."]
     assert rag_prompt.answer_correct(target, "25 days") == 1.0 and rag_prompt.answer_correct(target, "5 days") == 0.0
     absent = rag_prompt.cite_then_answer("25 days", None)
@@ -308,7 +311,8 @@ def test_sentences_keep_decimals_abbreviations_versions_and_addresses_whole():
 def test_a_raft_quote_is_the_whole_sentence_across_a_decimal_point():
     text = "Colour printing costs 0.50 euros per page. Black and white printing is free for staff."
     chunk = lambda doc, body: Chunk(f"{doc}#0", doc, doc.title(), body, 0, 20, 0, len(body))
-    chunks = [chunk("printing", text)] + [chunk(f"other{i}", f"Rule {i}: the office opens at {8 + i} o'clock on weekdays.") for i in range(4)]
+    chunks = ([chunk("printing", text)] + [chunk(f"other{i}", f"Rule {i}: the office opens at {8 + i} o'clock on weekdays.")
+                                           for i in range(4)])
     question = Question("q1", "How much does colour printing cost per page?", "0.50 euros", doc_id="printing")
     build = build_raft([question], chunks, RaftSettings(k=3, distractor_only_fraction=0.0, distractors="random", seed=1))
     assert build.records[0]["quote"] == "Colour printing costs 0.50 euros per page."
@@ -338,7 +342,8 @@ def test_raft_examples_have_k_documents_an_exact_oracle_free_share_and_shuffled_
         distractors = [demo_index.chunk(i) for i in record["chunk_ids"] if i not in record["gold_chunk_ids"]]
         assert not any(contains_answer(c.text, q.answer) for c in distractors)  # whole words: "5" may be in "2025"
         user, target = row["messages"][1]["content"], row["messages"][2]["content"]
-        assert user.endswith(f"Question: {q.question}") and [line[:4] for line in user.splitlines() if line[:1] == "["] == ["[1] ", "[2] ", "[3] ", "[4] "]
+        assert (user.endswith(f"Question: {q.question}")
+                and [line[:4] for line in user.splitlines() if line[:1] == "["] == ["[1] ", "[2] ", "[3] ", "[4] "])
         if record["oracle_position"] is None:
             assert not set(record["chunk_ids"]) & set(record["gold_chunk_ids"]) and rag_prompt.abstained(target)
             assert rag_prompt.quotes(target) == []
