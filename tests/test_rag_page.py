@@ -64,7 +64,8 @@ def test_raft_tab_builds_a_set_and_hands_it_to_train_and_template(workspace, tin
     at.button(key="raft_train_handbook-raft").click().run()
     recipe = at.session_state["train_recipe"]
     assert at.session_state["train_recipe_origin"] == (recipe, "the RAG / RAFT page's recipe")
-    assert recipe["dataset"] == str(workspace / "datasets" / "handbook-raft") and recipe["max_length"] % 64 == 0 and recipe["max_length"] >= 256
+    assert (recipe["dataset"] == str(workspace / "datasets" / "handbook-raft") and recipe["max_length"] % 64 == 0
+            and recipe["max_length"] >= 256)
     assert not at.exception
     assert at.selectbox(key="train_dataset_choice").value == "Workspace: handbook-raft"  # the Train page opened on it
     assert at.number_input(key="train_form_max_length").value == recipe["max_length"]

@@ -61,7 +61,8 @@ def test_near_on_ray_matches_in_process(local_ray, rows):
     assert len(here.clusters) > 50
     assert here.rows_to_drop == there.rows_to_drop
     assert clusters_of(here) == clusters_of(there)
-    assert {k: here.params[k] for k in ("candidate_pairs", "verified_pairs")} == {k: there.params[k] for k in ("candidate_pairs", "verified_pairs")}
+    assert {k: here.params[k] for k in ("candidate_pairs", "verified_pairs")} == {k: there.params[k]
+                                                                                  for k in ("candidate_pairs", "verified_pairs")}
     assert there.params["engine"] == "ray"
 
 

@@ -48,10 +48,13 @@ def kinds(report) -> set[str]:
 
 # (template, row, what each setting trains). The embedded tokenizer is ChatML (<|im_end|> is its end-of-turn token).
 CASES = {
-    "qwen3-field": ("qwen3", FIELD_ROW, {"train": [BLOCK + ANSWER + "<|im_end|>"], "mask": [ANSWER + "<|im_end|>"], "strip": [ANSWER + "<|im_end|>"]}),
-    "qwen3-inline": ("qwen3", INLINE_ROW, {"train": [BLOCK + ANSWER + "<|im_end|>"], "mask": [ANSWER + "<|im_end|>"], "strip": [ANSWER + "<|im_end|>"]}),
+    "qwen3-field": ("qwen3", FIELD_ROW, {"train": [BLOCK + ANSWER + "<|im_end|>"], "mask": [ANSWER + "<|im_end|>"],
+                                         "strip": [ANSWER + "<|im_end|>"]}),
+    "qwen3-inline": ("qwen3", INLINE_ROW, {"train": [BLOCK + ANSWER + "<|im_end|>"], "mask": [ANSWER + "<|im_end|>"],
+                                           "strip": [ANSWER + "<|im_end|>"]}),
     # the embedded model's own ChatML template writes content verbatim: the inline block is where the row put it
-    "chatml-inline": (None, INLINE_ROW, {"train": [BLOCK + ANSWER + "<|im_end|>"], "mask": ["\n\n" + ANSWER + "<|im_end|>"], "strip": [ANSWER + "<|im_end|>"]}),
+    "chatml-inline": (None, INLINE_ROW, {"train": [BLOCK + ANSWER + "<|im_end|>"], "mask": ["\n\n" + ANSWER + "<|im_end|>"],
+                                         "strip": [ANSWER + "<|im_end|>"]}),
 }
 
 
@@ -152,8 +155,8 @@ def test_lint_duplicated_block_history_dropped_and_reasoning_masked_against_the_
                                                            policy="last_assistant").issues
     # A template whose {% generation %} block covers only the answer: 'train' cannot train the reasoning, and the lint says so.
     generation_only_answer = (
-        "{% for m in messages %}{% if m.role == 'assistant' %}{{ '<|im_start|>assistant\n<think>\n' + m.reasoning_content + '\n</think>\n\n' }}"
-        "{% generation %}{{ m.content + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+        "{% for m in messages %}{% if m.role == 'assistant' %}{{ '<|im_start|>assistant\n<think>\n' + m.reasoning_content + "
+        "'\n</think>\n\n' }}{% generation %}{{ m.content + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
         "{% else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     )

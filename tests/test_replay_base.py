@@ -141,4 +141,5 @@ def test_distillation_replays_the_teachers_answers(workspace, tiny_llama_dir, em
     _, record = encode_features(rows, embedded_tokenizer, max_length=64, replay_fraction=0.5, replay_model=ModelSource("embedded"))
     assert record["answered_by"] == EMBEDDED_NAME
     with pytest.raises(ReplayError, match="135M"):
-        encode_features(rows, embedded_tokenizer, max_length=64, replay_fraction=0.5, replay_model=ModelSource("local", str(tiny_llama_dir)))
+        encode_features(rows, embedded_tokenizer, max_length=64, replay_fraction=0.5,
+                        replay_model=ModelSource("local", str(tiny_llama_dir)))

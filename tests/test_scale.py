@@ -57,7 +57,8 @@ def test_world_size_and_global_batch():
 @pytest.mark.parametrize("fields, message", [
     (dict(fsdp_cpu_offload=True), "fsdp_cpu_offload: applies only with distributed_strategy fsdp"),
     (dict(zero_offload="optimizer"), "zero_offload: applies only with distributed_strategy deepspeed"),
-    (dict(distributed_strategy="deepspeed", zero_stage=2, zero_offload="optimizer_and_params"), "zero_offload: weights can be offloaded only with zero_stage 3"),
+    (dict(distributed_strategy="deepspeed", zero_stage=2, zero_offload="optimizer_and_params"),
+     "zero_offload: weights can be offloaded only with zero_stage 3"),
     (dict(processes_per_node=2, fault_injection="kill@2:2"), "fault_injection: rank 2 does not exist in a run of 2 processes"),
     (dict(distributed_strategy="megatron"), "distributed_strategy: 'megatron' is not one of ddp, fsdp, deepspeed"),
     (dict(zero_stage=4), "zero_stage: 4 is not one of 1, 2, 3"),
@@ -116,8 +117,10 @@ def test_impossible_combinations_are_refused_with_the_reason(fields, hardware, r
 def test_combinations_that_work_are_not_refused():
     assert distribution_refusal(TrainSpec(processes_per_node=2), CPU) is None
     assert distribution_refusal(TrainSpec(processes_per_node=8, distributed_strategy="fsdp", fsdp_cpu_offload=True), GPU8) is None
-    assert distribution_refusal(TrainSpec(distributed_strategy="deepspeed", zero_stage=3, zero_offload="optimizer_and_params"), GPU8) is None
-    assert distribution_refusal(TrainSpec(method="qlora", processes_per_node=2, distributed_strategy="deepspeed", zero_stage=3), GPU8) is None
+    assert distribution_refusal(TrainSpec(distributed_strategy="deepspeed", zero_stage=3, zero_offload="optimizer_and_params"),
+                                GPU8) is None
+    assert distribution_refusal(TrainSpec(method="qlora", processes_per_node=2, distributed_strategy="deepspeed", zero_stage=3),
+                                GPU8) is None
     multi = TrainSpec(processes_per_node=8, num_nodes=4)
     assert distribution_refusal(multi, GPU8, launching_here=False) is None, "previewed and written for the nodes, only not started here"
 
@@ -128,7 +131,8 @@ def test_qlora_with_zero3_is_refused_where_the_installed_stack_is_too_old(monkey
     spec = TrainSpec(method="qlora", processes_per_node=2, distributed_strategy="deepspeed", zero_stage=3)
     refusal = distribution_refusal(spec, GPU8)
     assert "QLoRA with DeepSpeed ZeRO-3 needs newer packages: peft 0.9.0 (needs >= 0.13.0)" in refusal
-    assert distribution_refusal(TrainSpec(method="qlora", processes_per_node=2, distributed_strategy="deepspeed", zero_stage=2), GPU8) is None
+    assert distribution_refusal(TrainSpec(method="qlora", processes_per_node=2, distributed_strategy="deepspeed", zero_stage=2),
+                                GPU8) is None
     monkeypatch.setattr(distributed, "_installed", lambda name: None if name == "deepspeed" else real(name))
     assert "DeepSpeed is not installed" in distribution_refusal(TrainSpec(distributed_strategy="deepspeed"), GPU8)
 
@@ -163,7 +167,8 @@ def test_trainer_arguments_carry_the_strategy_unchanged():
                      fsdp_wrap_policy="size", fsdp_min_params=5_000_000, gradient_checkpointing=True)
     kwargs = trainer_distribution_kwargs(fsdp, "cuda")
     assert kwargs["ddp_backend"] == "nccl" and kwargs["fsdp"] is True
-    assert kwargs["fsdp_config"] == {"version": 2, "reshard_after_forward": False, "cpu_offload": True, "auto_wrap_policy": "SIZE_BASED_WRAP",
+    assert kwargs["fsdp_config"] == {"version": 2, "reshard_after_forward": False, "cpu_offload": True,
+                                     "auto_wrap_policy": "SIZE_BASED_WRAP",
                                      "state_dict_type": "FULL_STATE_DICT", "cpu_ram_efficient_loading": True,
                                      "activation_checkpointing": True, "min_num_params": 5_000_000}
     ddp_cpu = trainer_distribution_kwargs(TrainSpec(processes_per_node=2), "cpu")
@@ -230,7 +235,8 @@ def test_deepspeed_config_is_valid_for_deepspeed_and_carries_the_spec():
     zero = DeepSpeedZeroConfig(**{k: v for k, v in config["zero_optimization"].items() if v != "auto"})
     assert zero.stage == 3 and zero.offload_optimizer.device == "cpu" and zero.offload_param.device == "cpu"
     assert zero.gather_16bit_weights_on_model_save
-    stage1 = DeepSpeedZeroConfig(**{k: v for k, v in deepspeed_config(TrainSpec(distributed_strategy="deepspeed", zero_stage=1))["zero_optimization"].items() if v != "auto"})
+    stage1 = DeepSpeedZeroConfig(**{k: v for k, v in deepspeed_config(TrainSpec(distributed_strategy="deepspeed", zero_stage=1))[
+        "zero_optimization"].items() if v != "auto"})
     assert stage1.stage == 1 and stage1.offload_optimizer is None
 
 
@@ -274,7 +280,8 @@ def test_multi_node_and_slurm_scripts_are_valid_bash_carrying_the_spec(tmp_path)
     srun = srun.replace("$SLURM_NNODES", "2").replace("$SLURM_JOB_ID", "77").replace("$head_node", "node-a")
     argv = shlex.split(srun)
     args = _torchrun(argv[argv.index("torch.distributed.run") + 1:])
-    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id) == ("2", "4", "c10d", "node-a:29777", "77")
+    assert ((args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id)
+            == ("2", "4", "c10d", "node-a:29777", "77"))
     assert args.training_script_args == [str(tmp_path / "run")]
 
 

@@ -18,7 +18,8 @@ from core.data.render import legend_html, token_chips_html
 from core.data.templates import load_template
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
 TIME = {"type": "function", "function": {"name": "get_time", "description": "Local time in a city",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
@@ -38,7 +39,8 @@ CONVERSATION = [
 ]
 # Per template: the exact trained text of the call turn and of the answer turn (each with its end-of-turn marker).
 EXPECTED = {
-    "qwen2.5-instruct": ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>', ANSWER + "<|im_end|>"],
+    "qwen2.5-instruct": ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+                         ANSWER + "<|im_end|>"],
     "llama-3.1-tools": ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>', ANSWER + "<|eot_id|>"],
 }
 LLAMA_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"]
@@ -77,7 +79,8 @@ def test_tool_call_text_and_eot_are_trained_and_tool_results_never(tokenizers, t
     assert ("assistant", "tool_call") in parts and ("tool", "content") in parts
     # The trained call starts exactly where the model starts writing at inference (to the character: a BPE
     # tokenizer may merge the prompt's last "\n\n" differently once text follows, which the lint warns about).
-    prompt = render_conversation(CONVERSATION[:2], tokenizer, chat_template=load_template(template), add_generation_prompt=True, tools=[WEATHER])
+    prompt = render_conversation(CONVERSATION[:2], tokenizer, chat_template=load_template(template),
+                                 add_generation_prompt=True, tools=[WEATHER])
     assert row.text.startswith(prompt) and row.offsets[row.trained_runs()[0][0]][0] == len(prompt)
     if template == "qwen2.5-instruct":
         ids = inference_prompt_ids(CONVERSATION[:2], tokenizer, chat_template=load_template(template), tools=[WEATHER])
@@ -102,12 +105,14 @@ def test_policies_on_tool_rows(tokenizers, template):
 def test_qwen_trains_parallel_calls_and_the_text_before_them(tokenizers):
     conversation = [
         {"role": "user", "content": "Weather and time in Paris?"},
-        {"role": "assistant", "content": "Let me check both.", "tool_calls": [call("get_weather", city="Paris"), call("get_time", city="Paris")]},
+        {"role": "assistant", "content": "Let me check both.", "tool_calls": [call("get_weather", city="Paris"),
+                                                                              call("get_time", city="Paris")]},
         {"role": "tool", "content": RESULT},
         {"role": "tool", "content": '{"time": "14:05"}'},
         {"role": "assistant", "content": "21 °C, clear, and it is 14:05."},
     ]
-    row = encode_conversation(conversation, tokenizers["qwen2.5-instruct"], chat_template=load_template("qwen2.5-instruct"), tools=[WEATHER, TIME])
+    row = encode_conversation(conversation, tokenizers["qwen2.5-instruct"],
+                              chat_template=load_template("qwen2.5-instruct"), tools=[WEATHER, TIME])
     assert trained_text(row) == [
         'Let me check both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
         '<tool_call>\n{"name": "get_time", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
@@ -115,7 +120,8 @@ def test_qwen_trains_parallel_calls_and_the_text_before_them(tokenizers):
     ]
     assert tool_tokens_trained(row) == 0
     with pytest.raises(MaskingError, match="one tool per assistant turn"):
-        encode_conversation(conversation, tokenizers["llama-3.1-tools"], chat_template=load_template("llama-3.1-tools"), tools=[WEATHER, TIME])
+        encode_conversation(conversation, tokenizers["llama-3.1-tools"],
+                            chat_template=load_template("llama-3.1-tools"), tools=[WEATHER, TIME])
 
 
 CONTENT_ONLY = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
@@ -134,7 +140,8 @@ def test_a_template_without_tool_support_refuses_by_name(tokenizers):
 def test_dataset_files_in_both_tool_formats_mask_the_same(tmp_path, tokenizers):
     openai = {"messages": [
         CONVERSATION[0], CONVERSATION[1],
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                               "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": RESULT}, CONVERSATION[4]], "tools": [WEATHER]}
     sharegpt = {"system": "You can call tools.", "tools": json.dumps([WEATHER["function"]]), "conversations": [
         {"from": "human", "value": CONVERSATION[1]["content"]},
@@ -168,7 +175,8 @@ def test_lint_checks_tool_turns(tokenizers):
 
 
 def test_template_chips_colour_tool_calls_and_results(tokenizers):
-    row = encode_conversation(CONVERSATION, tokenizers["qwen2.5-instruct"], chat_template=load_template("qwen2.5-instruct"), tools=[WEATHER])
+    row = encode_conversation(CONVERSATION, tokenizers["qwen2.5-instruct"],
+                              chat_template=load_template("qwen2.5-instruct"), tools=[WEATHER])
     html = token_chips_html(row, tokenizers["qwen2.5-instruct"])
     assert html.count('class="tpl-chip trained tool_call"') > 5
     assert 'class="tpl-chip masked content tool-result"' in html and "tpl-chip trained content tool-result" not in html
@@ -221,7 +229,8 @@ def test_training_on_tool_rows_learns_the_masked_labels(workspace, tiny_llama_di
                      lora_r=4, lora_alpha=8, save_steps=100, eval_on_start=False, logging_steps=1)
     prepared = prepare_data(spec, embedded_tokenizer)
     assert prepared.train.n_kept == 4 and prepared.lint.issues == {}
-    expected = {tuple(encode_row(r, embedded_tokenizer, chat_template=load_template("qwen2.5-instruct"), max_length=512).labels) for r in rows}
+    expected = {tuple(encode_row(r, embedded_tokenizer, chat_template=load_template("qwen2.5-instruct"), max_length=512).labels)
+                for r in rows}
     assert {tuple(f["labels"]) for f in prepared.train.features} == expected
     run_dir = runs.create_run(spec)
     work_here(run_dir)

@@ -88,7 +88,8 @@ def test_trainable_count_is_exactly_what_peft_trains(embedded_tokenizer, embedde
 def test_memory_follows_what_each_method_keeps_for_backward(embedded_tokenizer):
     arch = arch_from_config(_config(embedded_tokenizer, bias=True))
     common = dict(batch_size=4, seq_len=128, device="cpu", precision="fp32", num_virtual_tokens=16)
-    est = {m: estimate(MemorySpec(arch, method=m, **common)) for m in ("full", "lora", "ia3", "prompt_tuning", "prefix_tuning", "bitfit", "partial", "loha")}
+    est = {m: estimate(MemorySpec(arch, method=m, **common))
+           for m in ("full", "lora", "ia3", "prompt_tuning", "prefix_tuning", "bitfit", "partial", "loha")}
     act = {m: e.breakdown.get("activations", 0) or e.phases["forward/backward"]["activations"] for m, e in est.items()}
     assert act["partial"] < act["full"], "nothing is kept below the frozen layers"
     assert act["prompt_tuning"] > act["bitfit"], "prompt tuning computes 16 more positions per row"
@@ -195,7 +196,8 @@ def test_prompt_tuning_starts_from_the_text_and_its_adapter_refuses_merging(work
     with pytest.raises(ModelLoadError, match="cannot be merged into the weights"):
         merge_adapter_weights(loaded.model, adapter)
     base = {"kind": "local", "ref": str(tiny_llama_dir)}
-    merge = MergeSpec(method="task_arithmetic", base=base, models=[{"source": {**base, "adapter": str(adapter)}, "weight": 1.0}], evaluate=False)
+    merge = MergeSpec(method="task_arithmetic", base=base, models=[{"source": {**base, "adapter": str(adapter)}, "weight": 1.0}],
+                      evaluate=False)
     report = check_merge(merge)
     assert not report.ok and any("cannot be merged into the weights" in p for p in report.problems)
 

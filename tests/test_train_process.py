@@ -43,7 +43,8 @@ def test_the_dead_rank_diagnosis_reads_only_the_current_attempt(tmp_path):
         handle.write("launching a third time\nthe launcher died quietly\n")
     for rank in (0, 1):
         (run_dir / "ranks" / f"rank-{rank}.json").write_text(
-            '{"rank": %d, "state": "%s", "error": "boom on rank %d", "finished_at": 1}' % (rank, "failed" if rank == 0 else "succeeded", rank))
+            '{"rank": %d, "state": "%s", "error": "boom on rank %d", "finished_at": 1}'
+            % (rank, "failed" if rank == 0 else "succeeded", rank))
     message = _failure(run_dir, spec, 1, offset)
     assert message.startswith("Rank 0 of 2 failed: boom on rank 0"), message
 
@@ -59,11 +60,13 @@ def test_a_one_node_run_binds_loopback_only(tmp_path, tiny_llama_dir):
     env = _rank_env(spec, hardware)
     lo = loopback_interface()
     assert lo in {name for _, name in __import__("socket").if_nameindex()}
-    assert env["MASTER_ADDR"] == "127.0.0.1" and env["PET_LOCAL_ADDR"] == "127.0.0.1", "torchrun's --local-addr: workers reach the store on loopback"
+    assert env["MASTER_ADDR"] == "127.0.0.1" and env["PET_LOCAL_ADDR"] == "127.0.0.1", ("torchrun's --local-addr: workers reach the "
+                                                                                        "store on loopback")
     assert env["GLOO_SOCKET_IFNAME"] == lo and env["NCCL_SOCKET_IFNAME"] == lo
     script = command_script(spec, tmp_path / "run")
     assert "export GLOO_SOCKET_IFNAME=" + lo in script and "export PET_LOCAL_ADDR=127.0.0.1" in script
-    two_nodes = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, processes_per_node=2, num_nodes=2, rendezvous_host="10.0.0.1")
+    two_nodes = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, processes_per_node=2, num_nodes=2,
+                          rendezvous_host="10.0.0.1")
     assert one_node_env(two_nodes) == {}, "multi-node runs listen where the other nodes reach them (README)"
 
 
@@ -98,7 +101,8 @@ def test_stop_while_a_rank_prepares_data_ends_the_run_stopped_in_seconds(workspa
     from core.train.distributed import read_rank_records
 
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
                             for i in range(32)))
     spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_steps=4, batch_size=2, max_length=64,
                      eval_fraction=0.0, lora_r=4, save_steps=100, logging_steps=1, processes_per_node=2)
@@ -258,7 +262,8 @@ def test_the_data_check_runs_in_the_background_keyed_by_the_data(tmp_path, tiny_
 
     monkeypatch.setattr(core.train.data, "prepare_data", slow_prepare)
     data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
                             for i in range(8)))
     spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_length=128, eval_fraction=0.0)
     checks = DataChecks()

@@ -25,7 +25,8 @@ def test_yaml_round_trip():
     data = yaml.safe_load(text)
     assert data["kind"] == "train" and data["method"] == "qlora"
     assert spec_from_dict(TrainSpec, data) == spec
-    assert TrainSpec.from_dict({"learning_rate": "3e-4", "lora_r": "8", "packing": "true", "target_modules": "q_proj, k_proj"}) == TrainSpec(
+    assert TrainSpec.from_dict({"learning_rate": "3e-4", "lora_r": "8", "packing": "true",
+                                "target_modules": "q_proj, k_proj"}) == TrainSpec(
         learning_rate=3e-4, lora_r=8, packing=True, target_modules=["q_proj", "k_proj"])
 
 
@@ -102,7 +103,8 @@ def test_hardware_defaults():
     from core.train.spec import CPU_DEMO_LEARNING_RATE, CPU_DEMO_STEPS
 
     cpu = hardware_defaults(CPU())
-    assert cpu.max_steps == CPU_DEMO_STEPS and cpu.learning_rate == CPU_DEMO_LEARNING_RATE and cpu.method == "lora" and not cpu.gradient_checkpointing
+    assert (cpu.max_steps == CPU_DEMO_STEPS and cpu.learning_rate == CPU_DEMO_LEARNING_RATE and cpu.method == "lora"
+            and not cpu.gradient_checkpointing)
     gpu = hardware_defaults(GPU())
     assert gpu.max_steps == 0 and gpu.gradient_checkpointing
     assert replace(cpu, lora_r=4).lora_r == 4

@@ -91,7 +91,8 @@ def test_an_unsloth_import_failure_falls_back_to_hf_with_a_note(tmp_path, tiny_l
 def test_an_unsloth_patch_failure_while_loading_falls_back_to_hf(tmp_path, tiny_llama_dir):
     # Unsloth imports, but its loader fails (a patch that does not fit this transformers): the hf backend loads instead.
     result = _in_a_worker_environment(tmp_path, FAILING_PATCH, "cpu", "auto", str(tiny_llama_dir))
-    assert result["fallback"] == "hf" and result["reason"].startswith("Unsloth failed to load or patch the model (RuntimeError: Unsloth: patching")
+    assert (result["fallback"] == "hf" and result["reason"].startswith("Unsloth failed to load or patch the model (RuntimeError: "
+                                                                       "Unsloth: patching"))
     assert result["loaded_here"] == [], "the hf model is not loaded in the process Unsloth patched"
 
 
@@ -127,7 +128,8 @@ def test_the_hf_fallback_trains_in_a_fresh_process_and_the_card_says_so(tmp_path
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(ROOT)]))
     monkeypatch.setenv("UNSLOTH_ATTEMPT_PID_FILE", str(tmp_path / "unsloth.pid"))
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
                             for i in range(8)))
     spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(data), max_steps=2, batch_size=2, max_length=64,
                      eval_fraction=0.0, lora_r=4, lora_dropout=0.0, save_steps=100, logging_steps=1)
