@@ -136,8 +136,9 @@ def render_baseline(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG00
         valid = f"{result['json_validity'][condition]:.0%} valid JSON" if result["json_validity"] else None
         col.metric(result["labels"].get(condition, condition), f"{score:.0%}", valid, delta_color="off",
                    help=f"{result['scorer'].replace('_', ' ')} on the same {result['n']} rows")
-    cols[-1].metric("Rows scored", result["n"], f"{result['seconds']:.0f} s", delta_color="off")
-    st.caption(f"Scorer: {result['scorer'].replace('_', ' ')} · the questionnaire above now uses these numbers.")
+    cols[-1].metric("Rows scored", result["n"])  # the duration is no delta: an arrow pill on seconds read as a change
+    st.caption(f"Scorer: {result['scorer'].replace('_', ' ')} · measured in {result['seconds']:.0f} s · "
+               "the questionnaire above now uses these numbers.")
     for note in result["notes"]:
         st.caption(note)
     with st.expander("Answers"):

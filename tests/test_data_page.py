@@ -59,6 +59,7 @@ def test_demo_dedup_and_export(workspace):
     leaks = next(df.value for df in at.dataframe if "contaminated rows" in df.value.columns)  # words, not snake_case
     assert list(leaks["contaminated rows"]) == [2, 1] and list(leaks["share"]) == ["0.67 %", "0.33 %"]
     assert "**4 of 300 rows flagged**" in lines and "refusal or boilerplate: 1" in lines
+    assert len(at.button(key="data_au_loss").label) <= 20, "a label its column shows whole"
     for rule in ("refusal", "truncated", "repeats_prompt", "invalid_json"):  # drop every flagged answer, rule by rule
         at.selectbox(key="data_au_rule").set_value(rule).run()
         at.button(key="data_au_drop_rule").click().run()

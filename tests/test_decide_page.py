@@ -79,6 +79,8 @@ def test_baseline_runs_as_a_job_and_measures_rag_beside_prompting(workspace, tin
     labels = [m.label for m in at.metric]
     assert "zero-shot prompting" in labels and "3-shot prompting" in labels
     assert any(label.startswith("RAG with the base model (hybrid top-3") for label in labels), labels
+    rows_scored = next(m for m in at.metric if m.label == "Rows scored")
+    assert not rows_scored.delta and any(" · measured in " in c.value for c in at.caption), "a duration is no delta pill"
     assert at.checkbox(key="decide_known").value is True  # the measured scores feed the questionnaire
     assert set(at.session_state["decide_measured"]) == {"0-shot", "3-shot", "rag"}
     assert any(n.value.startswith("Measured on your eval rows: 0-shot") for n in at.caption), [c.value for c in at.caption]

@@ -21,7 +21,9 @@ def audit_tab(dataset, reference, drops: set):
     if c[0].button("Audit the answers", key="data_au_run", type="primary"):
         jobs.start(dataset, reference, "local", audit={})
     template = c[2].selectbox("Chat template for the loss", ["(the model's own)"] + shipped_template_names(), key="data_au_template")
-    if c[1].button("Answer loss under the active model", key="data_au_loss", help="A job: loads the active model and scores every answer."):
+    if c[1].button("Score answer loss", key="data_au_loss",  # a short label: the long one was cut off in its column
+                   help="Scores every answer's loss under the active model (the sidebar's): a job that loads the model. High-loss answers "
+                        "get their own audit rule."):
         jobs.start_answer_loss(dataset, reference, st.session_state.get("active_model") or {}, "" if template.startswith("(") else template)
     jobs.answer_loss_estimate(dataset, st.session_state.get("active_model") or {})
     loss = jobs.follow(jobs.newest_answer_loss(dataset), "answer loss", read=jobs.answer_loss_of)
