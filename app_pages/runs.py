@@ -33,7 +33,7 @@ def render_card(run_id: str) -> None:
         for n, other in enumerate(related):
             cols[n % len(cols)].button(f"Open {other}", key=f"runs_open_{other}", on_click=open_run, args=(other,))
     for d in card["descendants"]:
-        files = ", ".join(f"`{a['name']}`" + ("" if a.get("checks_passed", True) else " ❌") for a in d["artifacts"]) or "—"
+        files = ", ".join(f"`{a['name']}`" + ("" if a.get("checks_passed", True) else " ❌ checks failed") for a in d["artifacts"]) or "—"
         st.markdown(f"- {d['relation']} **{d['run_id']}** ({d['state']}): {files}")
     left, right = st.columns(2)
     if left.button("Write card.json + README.md", key="runs_write_card"):
