@@ -194,3 +194,35 @@ def test_completion_rows_from_trl_logs():
     assert rows[0]["reward"] == 3.0 and rows[0]["completion"] == '{"urgency": "high"}' and "errors" not in rows[0]
     assert rows[1]["rewards"] == {"json_valid": 0.0, "field_match:urgency": None} and rows[1]["reward"] == 0.0
     assert rows[1]["errors"] == {"field_match:urgency error": "no JSON"} and rows[1]["advantage"] == -0.7
+
+
+def test_memory_estimate_counts_sampling_and_the_completion_logits_by_hand():
+    from core.memory import MemorySpec, estimate, preset_arch
+    from core.memory.estimator import GENERATION_PHASE
+
+    arch = preset_arch("SmolLM2 135M")  # 30 layers, 3 KV heads of 64, hidden 576, MLP 1536, vocabulary 49152
+    assert (arch.num_layers, arch.num_kv_heads, arch.head_dim, arch.hidden_size, arch.intermediate_size, arch.vocab_size) == (
+        30, 3, 64, 576, 1536, 49152)
+
+    def grpo(**changes):
+        fields = dict(method="lora", precision="fp32", device="cpu", batch_size=8, seq_len=384, objective="grpo", completion_len=128)
+        return estimate(MemorySpec(arch, **{**fields, **changes}))
+
+    est = grpo()
+    kv = 2 * 30 * 3 * 64 * 4 * 8 * 384  # K and V x layers x kv heads x head dim x fp32 x 8 completions x (256 prompt + 128)
+    prefill = 8 * 256 * (3 * 1536 + 3 * 576) * 4  # the prompts' largest layer tensors, above one step's logits (2 x 4 x 8 x 49152)
+    assert est.objective_parts == {"generation KV cache": kv, "generation working set": prefill,
+                                   "logits of the completions": 8 * 129 * 49152 * 12}  # completion positions only, 12 B each
+    assert est.phases[GENERATION_PHASE]["activations"] == kv + prefill and est.phases[GENERATION_PHASE]["gradients"] == 0
+    assert est.breakdown["reference"] == 0 and "reference" not in " ".join(est.objective_parts), "beta 0: no reference"
+    assert grpo(grad_accumulation=4).objective_parts["generation KV cache"] == 4 * kv, "TRL samples batch x accumulation at once"
+
+    kl = grpo(beta=0.04)
+    assert kl.objective_parts["reference adapter copy"] == kl.trainable_params * 4
+    assert kl.objective_parts["reference forward"] == max(8 * 384 * (3 * 1536 + 3 * 576) * 4, 2 * 4 * 8 * 129 * 49152)
+
+    # 64 completions sampled at once, trained one at a time with checkpointing: sampling is the peak
+    long = grpo(batch_size=1, grad_accumulation=64, seq_len=1024, completion_len=768, gradient_checkpointing=True)
+    assert long.peak_phase == GENERATION_PHASE and long.total_bytes == sum(long.phases[GENERATION_PHASE].values())
+    with pytest.raises(ValueError, match="completion_len"):
+        grpo(completion_len=0)

@@ -47,9 +47,10 @@ COMPONENTS = ("weights", "gradients", "master_weights", "optimizer_states", "act
 PHASES = ("forward/backward", "optimizer step")  # the two candidate peaks of every run
 REFERENCE_PHASE = "reference forward"  # the third, of DPO / KTO scoring the reference while the policy's activations live
 
-# Preference objectives (issue 27) as TRL 1.16 trains them (core.train.methods.OBJECTIVES names the same five).
-OBJECTIVES = ("sft", "dpo", "kto", "orpo", "simpo")
-OBJECTIVE_LABELS = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO"}
+# Preference objectives (issue 27) and GRPO (issue 28) as TRL 1.16 trains them (core.train.methods.OBJECTIVES names the same six).
+OBJECTIVES = ("sft", "dpo", "kto", "orpo", "simpo", "grpo")
+OBJECTIVE_LABELS = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "orpo": "ORPO", "simpo": "SimPO", "grpo": "GRPO"}
+GENERATION_PHASE = "generation"  # GRPO's fourth candidate peak: sampling the completions (KV cache), and the reference's no-grad pass
 PAIRED_OBJECTIVES = ("dpo", "orpo", "simpo")  # chosen and rejected concatenated into one batch of 2 x batch_size rows
 REFERENCE_OBJECTIVES = ("dpo", "kto")  # a frozen reference scored by a no-grad forward (ORPO / SimPO have none)
 FUSED_HEAD_OBJECTIVES = ("dpo", "kto")  # log-probs through trl's add_fused_lm_head: the (tokens x vocab) logits never exist
@@ -183,6 +184,10 @@ class MemorySpec:
                                                           "pair's length (prompt + the longer answer).", choices=OBJECTIVES))
     precompute_ref_log_probs: bool = field(default=False, metadata=meta("DPO / KTO: the reference's log-probs computed in one pass before "
                                                                          "training, so no reference forward runs during it."))
+    completion_len: int = field(default=0, metadata=meta("GRPO: the longest sampled completion (max_completion_length); seq_len is then the "
+                                                          "prompt plus it. The loss's logits cover only the completion.", min=0))
+    beta: float = field(default=0.0, metadata=meta("GRPO: the KL weight; above 0 a reference scores every sampled completion (TRL's default "
+                                                    "0 keeps none).", min=0.0))
 
     def __post_init__(self) -> None:
         for name in ("lora_r", "batch_size", "seq_len", "grad_accumulation", "num_virtual_tokens"):
@@ -201,6 +206,9 @@ class MemorySpec:
             self.lora_targets = tuple(self.lora_targets)
         if self.method in TARGETED_METHODS:
             self.targeted_linears()  # validates the names
+        if self.objective == "grpo" and not 0 < self.completion_len < self.seq_len:
+            raise ValueError(f"memory spec: GRPO's completion_len must be between 1 and seq_len - 1 (seq_len is the prompt plus the "
+                             f"completion), got {self.completion_len} with seq_len {self.seq_len}")
         if self.method == "partial" and not 0 <= self.frozen_layers < self.model.num_layers:
             raise ValueError(f"memory spec: frozen_layers must be between 0 and {self.model.num_layers - 1} for {self.model.name} "
                              f"({self.model.num_layers} layers), got {self.frozen_layers}")
@@ -220,12 +228,24 @@ class MemorySpec:
 
     @property
     def effective_lora_dropout(self) -> float:
-        """TRL's preference trainers turn every dropout off (DPO / KTO / ORPO / CPO configs: disable_dropout=True)."""
-        return self.lora_dropout if self.objective == "sft" else 0.0
+        """TRL's preference trainers turn every dropout off (DPO / KTO / ORPO / CPO configs: disable_dropout=True); GRPOConfig
+        keeps it (disable_dropout=False)."""
+        return self.lora_dropout if self.objective in ("sft", "grpo") else 0.0
+
+    @property
+    def uses_reference(self) -> bool:
+        """A reference model scores the rows: DPO / KTO always, GRPO when beta > 0."""
+        return self.objective in REFERENCE_OBJECTIVES or (self.objective == "grpo" and self.beta > 0)
 
     @property
     def runs_reference_forward(self) -> bool:
-        return self.objective in REFERENCE_OBJECTIVES and not self.precompute_ref_log_probs
+        return self.uses_reference and not self.precompute_ref_log_probs
+
+    @property
+    def generation_rows(self) -> int:
+        """GRPO: completions sampled at once per device (TRL's generation batch: batch_size x steps_per_generation, which is
+        gradient_accumulation by default), whole groups of num_generations."""
+        return self.batch_size * self.grad_accumulation if self.objective == "grpo" else 0
 
     def targeted_linears(self) -> tuple[LinearShape, ...]:
         linears = self.model.layer_linears()
@@ -579,6 +599,8 @@ def logits_bytes(spec: MemorySpec) -> float:
         return fused_head_bytes(spec, backward=True)
     arch = spec.model
     tokens = spec.batch_size * spec.sequences_per_row * trained_seq_len(spec)
+    if spec.objective == "grpo":  # TRL asks the model for the logits of the completion positions only (logits_to_keep)
+        tokens = spec.batch_size * (spec.completion_len + 1)
     per_element = LOGIT_BYTES_PER_ELEMENT + (8 if arch.final_logit_softcapping else 0)
     if spec.objective == "orpo":  # the chosen half's NLL term keeps its own fp32 log-softmax: 4 bytes on half the rows
         per_element += ORPO_NLL_BYTES_PER_ELEMENT
@@ -622,6 +644,9 @@ def reference_forward_bytes(spec: MemorySpec) -> float:
     arch, b = spec.model, spec.compute_bytes
     rows = spec.batch_size * spec.sequences_per_row
     tokens = rows * trained_seq_len(spec)
+    if spec.objective == "grpo":  # batch_size rows at a time, after sampling; the completion positions' fp32 log-softmax
+        layer = tokens * (3 * arch.intermediate_size + 3 * arch.hidden_size) * b
+        return max(layer, 2 * 4 * rows * (spec.completion_len + 1) * arch.vocab_size)
     layer = tokens * (3 * arch.intermediate_size + 3 * arch.hidden_size) * b  # MLP and residual tensors of one layer
     return max(layer, fused_head_bytes(spec, backward=False, rows=rows) + tokens * arch.hidden_size * b)
 
@@ -630,13 +655,35 @@ def reference_weight_bytes(spec: MemorySpec) -> float:
     """What the reference holds for the whole run. PEFT: TRL 1.16 adds a frozen "ref" adapter, a copy of the adapter as
     it starts (the reference forward runs with it). Full / partial / BitFit (no adapter): TRL loads a second copy of
     the model from its folder (create_model_from_path, in the model's dtype), unless the log-probs are precomputed."""
-    if spec.objective not in REFERENCE_OBJECTIVES:
+    if not spec.uses_reference:
         return 0.0
     if spec.method in ("full", "partial", "bitfit"):
         if spec.precompute_ref_log_probs:
             return 0.0
         return spec.model.total_params * (4.0 if spec.precision in FP32_WEIGHT_PRECISIONS else 2.0)
     return trainable_params(spec) * model_state_bytes_per_param(spec.precision, spec.optimizer)["weights"]
+
+
+def generation_kv_bytes(spec: MemorySpec) -> float:
+    """GRPO's sampling: the KV cache of every completion sampled at once (generation_rows sequences of prompt + completion,
+    seq_len): 2 (K, V) x layers x kv heads x head dim per token, in the weights' dtype (generation runs outside autocast)."""
+    if spec.objective != "grpo":
+        return 0.0
+    arch = spec.model
+    b = 4 if spec.precision in FP32_WEIGHT_PRECISIONS else 2
+    return 2.0 * arch.num_layers * arch.num_kv_heads * arch.head_dim * b * spec.generation_rows * spec.seq_len
+
+
+def generation_working_bytes(spec: MemorySpec) -> float:
+    """Beside the KV cache while sampling: the prefill's largest layer tensors over every prompt, or one decoding step's
+    last-position logits and their sampling probabilities (fp32), whichever is larger."""
+    if spec.objective != "grpo":
+        return 0.0
+    arch = spec.model
+    b = 4 if spec.precision in FP32_WEIGHT_PRECISIONS else 2
+    prompt = spec.seq_len - spec.completion_len
+    prefill = spec.generation_rows * prompt * (3 * arch.intermediate_size + 3 * arch.hidden_size) * b
+    return max(prefill, 2 * 4 * spec.generation_rows * arch.vocab_size)
 
 
 def _largest_trainable_tensor(spec: MemorySpec) -> int:
@@ -701,7 +748,11 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
             "activations": 0.0, "logits": 0.0, "overhead": runtime + optimizer_temp, "reference": reference_weights}
     candidates = {PHASES[0]: fwd, PHASES[1]: step}
     reference_forward = reference_forward_bytes(spec)
-    if spec.runs_reference_forward:  # after the policy's forward, before its backward: no head gradient yet
+    if spec.objective == "grpo":  # sampling (and the reference's pass) before the step's forward: no activations, no gradients
+        sampling = generation_kv_bytes(spec) + generation_working_bytes(spec)
+        candidates[GENERATION_PHASE] = dict(step, gradients=0.0, overhead=runtime + transient,
+                                            activations=max(sampling, reference_forward))
+    elif spec.runs_reference_forward:  # after the policy's forward, before its backward: no head gradient yet
         candidates[REFERENCE_PHASE] = dict(fwd, logits=0.0, reference=reference_weights + reference_forward)
     phases = {name: {k: int(round(v)) for k, v in parts.items()} for name, parts in candidates.items()}
     peak_phase = max(phases, key=lambda p: sum(phases[p].values()))
@@ -738,6 +789,14 @@ def objective_parts(spec: MemorySpec, activations: float, logits: float, referen
                     weights: float) -> dict[str, int]:
     """What a preference objective adds, by the names the Budget page and the pre-flight show."""
     parts: dict[str, float] = {}
+    if spec.objective == "grpo":
+        parts["generation KV cache"] = generation_kv_bytes(spec)
+        parts["generation working set"] = generation_working_bytes(spec)
+        parts["logits of the completions"] = logits
+        if spec.uses_reference:
+            parts["reference forward"] = reference_forward
+            parts["reference weights" if spec.method in ("full", "partial", "bitfit") else "reference adapter copy"] = reference_weights
+        return {name: int(round(value)) for name, value in parts.items()}
     if spec.sequences_per_row == 2:
         parts["pairs: x2 activations"] = activations - activation_bytes(spec, sequences_per_row=1)
     if spec.objective in FUSED_HEAD_OBJECTIVES:
@@ -756,6 +815,14 @@ def objective_parts(spec: MemorySpec, activations: float, logits: float, referen
 def _objective_sentence(spec: MemorySpec, parts: Mapping[str, int]) -> str:
     label = OBJECTIVE_LABELS[spec.objective]
     listed = "; ".join(f"{name}: {value / GB:.3f} GB" for name, value in parts.items())
+    if spec.objective == "grpo":
+        how = (f"GRPO first samples {spec.generation_rows} completions at once (whole groups; batch_size x gradient_accumulation) of up "
+               f"to {spec.completion_len} tokens after the prompt: their KV cache of {spec.seq_len} tokens each is the "
+               f"'{GENERATION_PHASE}' candidate peak, before the step's forward. It then trains on {spec.batch_size} completions per "
+               f"micro-batch, the logits kept only for the completion positions")
+        how += (f"; with beta {spec.beta:g} a reference scores them without gradients after sampling" if spec.uses_reference
+                else "; beta 0: no reference model")
+        return f"{how}. {listed}."
     if spec.objective in PAIRED_OBJECTIVES:
         how = f"{label} puts chosen and rejected through the model as one batch of {2 * spec.batch_size} rows (TRL concatenates them)"
     else:

@@ -98,6 +98,9 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
         # preference objectives: pairs go through as 2 x batch_size rows of the pair's length (seq_len: prompt + the
         # longer answer), DPO / KTO add the reference (core.memory.estimator: reference_forward_bytes / reference_weight_bytes)
         objective=spec.objective, precompute_ref_log_probs=spec.precompute_ref_log_probs,
+        # GRPO: seq_len is the longest prompt + max_completion_length (core.train.data.prompt_split); sampling's KV cache
+        # and, with beta > 0, the reference are counted by core.memory.estimator (generation_kv_bytes)
+        **({"completion_len": spec.max_completion_length, "beta": spec.beta} if spec.objective == "grpo" else {}),
     )
 
 
