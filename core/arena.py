@@ -191,6 +191,17 @@ def _manifest(folder: Path, rows: Sequence[dict], previous: dict) -> dict:
     }
 
 
+def pair_problem(answers: dict) -> str | None:
+    """Why A / B answers cannot be a preference pair (the checks core.data.preference.check_preferences calls errors:
+    an empty side, or the same text twice), or None."""
+    empty = [label for label in LABELS if not str(answers.get(label) or "").strip()]
+    if empty:
+        return f"answer {' and '.join(empty)} is empty: a pair needs text on both sides; vote Tie or Both bad"
+    if str(answers["A"]).strip() == str(answers["B"]).strip():
+        return "A and B gave the same text: a pair of them teaches nothing; vote Tie or Both bad"
+    return None
+
+
 def vote_row(rnd: Round, answers: dict, vote: str, *, proofs: dict | None = None, judge: dict | None = None,
              time: str | None = None) -> dict:
     """The record of one vote. A / B: prompt / chosen / rejected (conversational form, core.data.preference's) with the
@@ -200,6 +211,8 @@ def vote_row(rnd: Round, answers: dict, vote: str, *, proofs: dict | None = None
     for label in LABELS:
         if not isinstance(answers.get(label), str):
             raise ArenaError(f"answers: the answer shown as {label} is missing")
+    if vote in ("A", "B") and pair_problem(answers):
+        raise ArenaError(f"vote {vote}: {pair_problem(answers)}")
     row: dict[str, Any] = {"vote_id": rnd.round_id, "vote": vote, "time": time or _now(), "prompt": [dict(m) for m in rnd.prompt]}
     if vote in ("A", "B"):
         loser = "B" if vote == "A" else "A"

@@ -87,6 +87,10 @@ def test_a_vote_names_the_model_behind_each_answer_and_a_second_click_is_the_sam
     assert read_votes(tmp_path)[-1] == odd.row, "an answer with Unicode line separators stays one JSON line"
     tie = record_vote(tmp_path, _round(7), _answers(7), "tie")
     assert tie.file.name == arena.TIES_FILE and {tie.row["model_a"], tie.row["model_b"]} == set(MODELS) and "chosen" not in tie.row
+    for same in ({"A": "same text", "B": " same text"}, {"A": "", "B": "text"}):  # DPO errors: refused where they are voted
+        with pytest.raises(arena.ArenaError, match="vote Tie or Both bad"):
+            record_vote(tmp_path, _round(10), same, "A")
+    assert not record_vote(tmp_path, _round(10), {"A": "same", "B": "same"}, "tie").duplicate, "a tie of identical answers is fine"
     with pytest.raises(arena.ArenaError, match="vote must be one of"):
         record_vote(tmp_path, _round(8), _answers(8), "C")
     with pytest.raises(arena.ArenaError, match="prompt"):

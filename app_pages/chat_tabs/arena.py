@@ -46,7 +46,9 @@ def start_round(sources: list, text: str, system: str, settings: GenerationSetti
     for label in arena.LABELS:
         with st.spinner(f"Loading the model for {label}…"):
             loaded = cached_chat_model(sources[rnd.variant_of(label)])
-        streams[label] = start_generation(loaded, [{"role": "user", "content": text}], replace(settings, system_prompt=system))
+        # each variant samples from its own seed: one model on both sides gives two samples, not the same one twice
+        own = replace(settings, system_prompt=system, seed=settings.seed + rnd.variant_of(label))
+        streams[label] = start_generation(loaded, [{"role": "user", "content": text}], own)
     st.session_state[ROUND] = {"round": rnd.as_dict(), "sources": list(sources), "answers": {}, "errors": {}, "vote": None}
     st.session_state[STREAMS] = streams
 
@@ -136,10 +138,13 @@ def render_arena(variant_source: Callable[[int], object], settings: GenerationSe
                 st.error(str(exc))
     state = st.session_state.get(ROUND)
     st.fragment(answers_panel, run_every=0.5 if st.session_state[STREAMS] else None)()
-    ready = bool(state) and len(state["answers"]) == 2 and not st.session_state[STREAMS]
+    ready = bool(state) and len(state["answers"]) == 2 and not st.session_state[STREAMS] and not state.get("vote")
+    problem = arena.pair_problem(state["answers"]) if ready else None
     for (vote, label), col in zip(VOTE_BUTTONS, st.columns(4)):
-        col.button(label, key=f"arena_vote_{vote}", disabled=not ready or bool(state.get("vote")), width="stretch", on_click=cast,
-                   args=(vote, folder, judge_source))
+        col.button(label, key=f"arena_vote_{vote}", disabled=not ready or bool(problem and vote in arena.LABELS), width="stretch",
+                   on_click=cast, args=(vote, folder, judge_source))
+    if problem:
+        st.caption(problem[0].upper() + problem[1:] + ".")
     if state and state.get("vote_error"):
         st.error(state.pop("vote_error"))
     if state and state.get("vote"):

@@ -50,6 +50,10 @@ def test_three_arena_votes_become_a_dataset_on_the_train_page(page: Page, app_ur
     settle(page)
     page.get_by_text("Sampling settings").click()
     fill(page, "spinbutton", "Max new tokens", 4)  # short answers: the votes, not the text, are under test
+    temperature = page.locator("[data-testid='stSlider']").filter(has_text="Temperature").get_by_role("slider")
+    temperature.focus()
+    temperature.press("End")  # sampled: one model on both sides gives two different answers (each side has its own seed)
+    settle(page)
     fill(page, "textbox", "Arena dataset name", "journey")
     for n, vote in enumerate(("A is better", "B is better", "Tie")):
         box = page.get_by_placeholder("Ask both, blind…")
