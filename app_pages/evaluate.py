@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app_pages.evaluate_tabs.judge import render_judge_section, render_report_win_rates
 from core.evaluate import charts
 from core.evaluate.harness import lm_eval_available
 from core.evaluate.report import metric_table, preference_lines, preference_table, render_html, render_markdown, top_changes
@@ -90,6 +91,8 @@ def new_evaluation_form() -> None:
     pairs = st.text_input("Preference pairs (held-out, optional)", key="eval_pairs_dataset", help=FIELDS["pairs_dataset"].help,
                           placeholder="empty: the pairs a preference-trained run held out")
     tasks = st.text_input("lm-eval tasks (optional, comma-separated)", key="eval_lm_tasks", placeholder="hellaswag, arc_easy")
+    judged = st.checkbox("Judge: win rate over base (the embedded model compares each variant's answers with the base's)",
+                         key="eval_judge", help=FIELDS["judge"].help)
     if tasks.strip() and not lm_eval_available():
         st.info("`lm-eval` is not installed: these tasks will be skipped (the report says so). `pip install lm-eval` to run them.")
     if base is not None and (variants or checkpoints_of):
@@ -97,7 +100,8 @@ def new_evaluation_form() -> None:
     if st.button("▶ Run evaluation", type="primary", key="eval_launch", disabled=base is None or not (variants or checkpoints_of)):
         try:
             spec = EvalSpec(base=base.as_dict(), variants=variants, checkpoints_of=checkpoints_of, task_dataset=task.strip(),
-                            pairs_dataset=pairs.strip(), lm_eval_tasks=[t for t in tasks.split(",") if t.strip()], **sizes)
+                            pairs_dataset=pairs.strip(), lm_eval_tasks=[t for t in tasks.split(",") if t.strip()],
+                            judge=ModelSource().as_dict() if judged else {}, **sizes)
         except ValueError as exc:
             st.error(str(exc))
             return
@@ -123,6 +127,7 @@ def render_report(report: dict) -> None:
         if figure is not None:
             st.plotly_chart(figure, width="stretch")
     st.dataframe(pd.DataFrame(metric_table(report)), hide_index=True, width="stretch")
+    render_report_win_rates(report)
     render_preference(report)
     render_examples(report)
     lm = report.get("lm_eval") or {}
@@ -216,3 +221,6 @@ if not waiting or show_earlier:
 if run_dir is not None:
     st.query_params["eval_run"] = run_dir.name
     live_run(run_dir, render_body)
+
+st.divider()
+render_judge_section()

@@ -5,5 +5,7 @@
 - `pairs` — held-out preference pair accuracy (log-prob, per token, implicit reward); `preference` — the report's
   preference section (which pairs, which models);
 - `stats` — bootstrap intervals; `verdict` — the rule and the advice; `report` — report.json and exports;
-- `charts` — plotly figures for the page.
+- `charts` — plotly figures for the page;
+- `judge` — a local model compares two answers in both orders (win rate, position bias, judge-human agreement);
+  `judge_job` — the `judge` job (win rate of model X over Y on an eval set).
 """

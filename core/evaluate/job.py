@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from core import generation
 from core.evaluate import harness, scoring
+from core.evaluate import judge as judging
 from core.evaluate.general import MC_SET_NAME, TEXT_SET_NAME, GeneralSetError, load_general_sets
 from core.evaluate.pairs import pair_accuracy, pair_logprobs
 from core.evaluate.preference import PreferencePlan, build_section, plan_preference
@@ -64,7 +65,8 @@ def run(ctx: JobContext) -> dict:
     n_models = 1 + len(variants)
     per_model = 2 * len(setup.examples) + len(general.texts) + len(general.mc_items)
     pair_units = 2 * len(pairs.pairs) * (n_models + len(pairs.starts)) if pairs else 0
-    progress = _Progress(ctx, n_models * per_model + len(variants) + pair_units)
+    judge_units = 2 * len(setup.examples) * len(variants) if spec.judge else 0
+    progress = _Progress(ctx, n_models * per_model + len(variants) + pair_units + judge_units)
     ctx.log.info("evaluating %s against %d variant(s): %d task rows, %d texts, %d MC items",
                  base_source.label, len(variants), len(setup.examples), len(general.texts), len(general.mc_items))
 
@@ -95,6 +97,11 @@ def run(ctx: JobContext) -> dict:
         return {"stopped": True, "models_done": len(results)}
 
     lm_eval = _lm_eval(spec, base, variants, progress)
+    try:
+        judged = _judge_over_base(ctx, spec, setup, results, progress) if spec.judge else None
+    except generation.Stopped:
+        ctx.log.info("stopped while judging; no report written")
+        return {"stopped": True, "models_done": len(results)}
     progress.set_stage("bootstrap intervals and verdict")
     report = build_report(
         spec=spec_to_dict(spec), task=_task_summary(setup), general=_general_summary(general),
@@ -102,10 +109,30 @@ def run(ctx: JobContext) -> dict:
         wall_seconds=time.time() - started, lm_eval=lm_eval, notes=_notes(setup, base),
         preference=build_section(pairs, pair_scores, variants, resamples=spec.bootstrap_samples, seed=spec.seed) if pairs else None,
     )
+    if judged is not None:
+        report["judge"] = judged
+        if report.get("preference"):
+            lines = [judging.win_rate_line(label, summary, judged["judge"]) for label, summary in judged["variants"].items()]
+            report["preference"]["win_rate"] = {"status": "judged", "note": "; ".join(lines)}
     ctx.write_result(report)
     ctx.log.info("report written: %s", ", ".join(v["headline"] for v in report["verdicts"]))
     return {"report": ctx.result_path().name, "verdicts": {v["label"]: v["verdict"] for v in report["verdicts"]},
             "wall_seconds": report["wall_seconds"]}
+
+
+def _judge_over_base(ctx: JobContext, spec: EvalSpec, setup: TaskSetup, results: list[ModelResult], progress: _Progress) -> dict:
+    """Every variant's task answers against the base's, judged in both orders by `spec.judge` (the win rate over base)."""
+    source = ModelSource.from_dict(spec.judge)
+    progress.set_stage(f"loading the judge {source.label}")
+    judge_model = _load(source)
+    progress.set_stage(f"judge {source.label}: variants against the base")
+    prompts = [ex.prompt for ex in setup.examples]
+    summaries = judging.win_rates_over_base(judge_model, prompts, results[0].answers, {r.label: r.answers for r in results[1:]},
+                                            batch_size=spec.batch_size, resamples=spec.bootstrap_samples, seed=spec.seed,
+                                            should_stop=lambda: ctx.stop_requested, on_progress=progress.advance)
+    for label, summary in summaries.items():
+        ctx.log.info("%s", judging.win_rate_line(label, summary, source.label))
+    return {"judge": source.label, "rubric": judging.DEFAULT_RUBRIC, "variants": summaries}
 
 
 def _load(source: ModelSource) -> LoadedModel:

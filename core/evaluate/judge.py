@@ -16,9 +16,11 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from core.evaluate import stats
@@ -312,3 +314,125 @@ def agreement(rows: Sequence[dict]) -> dict:
         "kendall_tau": kendall_tau([judge_strength[m] for m in models], [human_strength[m] for m in models]),
         "notes": notes,
     }
+
+
+# ---------------------------------------------------------------- human votes (the Chat arena's vote files)
+
+VOTE_TIES = ("tie", "both_bad", "both bad", "both-bad", "bad")
+
+
+def _text(value: Any) -> str:
+    """An answer or prompt as text: a string, or a conversation's last assistant (else last) turn."""
+    if isinstance(value, list):
+        turns = [m for m in value if isinstance(m, dict)]
+        answers = [m for m in turns if m.get("role") == "assistant"] or turns
+        return str(answers[-1].get("content") or "") if answers else ""
+    return "" if value is None else str(value)
+
+
+def _normal(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def prompt_key(prompt: Any) -> str:
+    """What a pair's prompt is matched on: the last user turn of a conversation (a string as is), whitespace collapsed."""
+    if isinstance(prompt, list):
+        users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        prompt = users[-1].get("content") if users else _text(prompt)
+    return _normal(prompt)
+
+
+def read_votes(path: str | Path) -> list[dict]:
+    """Human votes from a vote file (JSON lines) or a folder of them (every *.jsonl in it): one dict per vote with
+    prompt, answers (a, b), models (model_a, model_b) and human (A = a better, or tie). A pair row (prompt / chosen /
+    rejected / chosen_model / rejected_model) is a win of `chosen`; a row whose vote / outcome is tie or both-bad is a
+    tie (both-bad counts as a tie for agreement: neither answer was preferred). Rows without a prompt or two answers
+    are skipped; an unreadable line is refused with its file and line number."""
+    path = Path(path).expanduser()
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    votes = []
+    for file in files:
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file.name} line {number}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{file.name} line {number}: expected a JSON object")
+            vote = _vote(row)
+            if vote is not None:
+                votes.append(vote)
+    return votes
+
+
+def _vote(row: dict) -> dict | None:
+    for keys in (("chosen", "rejected", "chosen_model", "rejected_model"), ("answer_a", "answer_b", "model_a", "model_b"),
+                 ("a", "b", "model_a", "model_b")):
+        if keys[0] in row and keys[1] in row:
+            a, b = _text(row[keys[0]]), _text(row[keys[1]])
+            model_a, model_b = str(row.get(keys[2]) or "?"), str(row.get(keys[3]) or "?")
+            break
+    else:
+        return None
+    outcome = str(row.get("vote") or row.get("outcome") or row.get("result") or row.get("winner") or "").strip().lower()
+    if outcome in VOTE_TIES:
+        human = "tie"
+    elif keys[0] == "chosen" or outcome in ("a", "chosen"):
+        human = "A"
+    elif outcome == "b":
+        human = "B"
+    else:
+        return None
+    prompt = row.get("prompt") if row.get("prompt") is not None else row.get("messages")
+    if prompt is None:
+        return None
+    return {"prompt_key": prompt_key(prompt), "a": a, "b": b, "model_a": model_a, "model_b": model_b, "human": human}
+
+
+def match_votes(rows: Sequence[dict], votes: Sequence[dict]) -> list[dict]:
+    """The judged pairs a human also voted on (same prompt, the same two answers in either order), each with `human`
+    in the pair's own labels (A = its answer_a better). A pair voted on several times takes the last vote."""
+    index = {}
+    for vote in votes:
+        index[(vote["prompt_key"], frozenset((_normal(vote["a"]), _normal(vote["b"]))))] = vote
+    matched = []
+    for row in rows:
+        a, b = _normal(row["answer_a"]), _normal(row["answer_b"])
+        vote = index.get((row["prompt_key"], frozenset((a, b))))
+        if vote is None:
+            continue
+        if vote["human"] == "tie" or a == b:
+            human = "tie"
+        else:
+            winner = _normal(vote["a"]) if vote["human"] == "A" else _normal(vote["b"])
+            human = "A" if winner == a else "B"
+        matched.append({**row, "human": human})
+    return matched
+
+
+def win_rates_over_base(judge_model: Any, prompts: Sequence[Any], base_answers: Sequence[str], variant_answers: dict[str, Sequence[str]],
+                        rubric: str = DEFAULT_RUBRIC, *, max_new_tokens: int = VERDICT_TOKENS, batch_size: int = 8,
+                        resamples: int = stats.DEFAULT_RESAMPLES, seed: int = 0, should_stop: Callable[[], bool] | None = None,
+                        on_progress: Callable[[int], None] | None = None) -> dict[str, dict]:
+    """The forgetting report's "win rate over base": per variant, its answers judged against the base's on the same
+    prompts (both orders), summarised as `summarise` does, with each pair's verdict."""
+    out = {}
+    for label, answers in variant_answers.items():
+        verdicts = judge_pairs(judge_model, list(zip(prompts, answers, base_answers)), rubric, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, should_stop=should_stop, on_progress=on_progress)
+        out[label] = {**summarise(verdicts, resamples=resamples, seed=seed).as_dict(), "verdicts": [v.verdict for v in verdicts]}
+    return out
+
+
+def win_rate_line(label: str, summary: dict, judge_label: str) -> str:
+    """One sentence of a judged win rate, for reports: the rate with its interval, the counts, the bias."""
+    rate = summary.get("win_rate")
+    if not rate:
+        return f"win rate of {label} over base: not judged (no reply of {judge_label} was exactly A, B or tie)"
+    bias = summary.get("position_bias")
+    return (f"win rate of {label} over base (judge {judge_label}, both orders): {100 * rate['value']:.0f}% "
+            f"[{100 * rate['low']:.0f}, {100 * rate['high']:.0f}] over {rate['n']} pairs — {summary['wins']} wins, "
+            f"{summary['losses']} losses, {summary['ties']} ties, {summary['unparsed']} unparsed"
+            + (f"; position bias {100 * bias:.0f}%" if bias is not None else ""))

@@ -63,6 +63,9 @@ class EvalSpec(RunSpec):
         "Optional lm-evaluation-harness task names (run only when `lm-eval` is installed).", group="extra", advanced=True))
     lm_eval_limit: int = field(default=100, metadata=meta(
         "Examples per lm-eval task (0 = the whole task).", min=0, max=1_000_000, group="extra", advanced=True))
+    judge: dict = field(default_factory=dict, metadata=meta(
+        "A judge model (a model-source dict; empty: no judge): it compares every variant's task answers with the base's in "
+        "both orders (core.evaluate.judge, the shipped rubric), for the report's win rate over base.", group="verdict", advanced=True))
     seed: int = field(default=0, metadata=meta("Seed for the samples and the bootstrap.", min=0, max=2**31 - 1))
 
     def __post_init__(self) -> None:
@@ -83,6 +86,11 @@ class EvalSpec(RunSpec):
             ModelSource.from_dict(variant["model"])
         if not self.variants and not self.checkpoints_of:
             raise ValueError("choose at least one fine-tuned variant (an adapter, a merged model, or checkpoints_of a training run)")
+        if self.judge:
+            try:
+                ModelSource.from_dict(self.judge)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"judge: {exc}") from None
         self.lm_eval_tasks = [str(t).strip() for t in self.lm_eval_tasks if str(t).strip()]
         self.free_text_fields = [str(f).strip() for f in self.free_text_fields if str(f).strip()]
         self.pairs_dataset = str(self.pairs_dataset or "").strip()

@@ -1,0 +1,1 @@
+"""The Evaluate page's panels (modules, not pages: st.navigation never lists them)."""
