@@ -169,7 +169,8 @@ if arch is not None:
         stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[spec.method]: est}, phases=True), "The two candidate peaks of this run")
     st.subheader("Where it fits")
     st.dataframe(pd.DataFrame(memory.fit_table(est, hardware)), hide_index=True, width="stretch",
-                 column_config={"used": st.column_config.ProgressColumn("share used", min_value=0.0, max_value=1.0, format="percent")})
+                 column_config={"used": st.column_config.ProgressColumn("share used", min_value=0.0, max_value=1.0, format="percent"),
+                                "gpu": "device", "memory_gb": st.column_config.NumberColumn("memory (GB)", format="%.1f")})
     across_gpus(spec)
     with st.expander("How this number is made (assumptions)", expanded=False):
         for sentence in est.assumptions:

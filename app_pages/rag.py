@@ -57,7 +57,8 @@ def render_index(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 -
     k = c2.slider("Top k", 1, 10, 3, key="rag_query_k")
     if query.strip():
         hits = cached_index(result["folder"]).search(query.strip(), k=k, mode=mode)
-        st.dataframe(pd.DataFrame([h.as_dict() for h in hits]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([h.as_dict() for h in hits]), hide_index=True, width="stretch",
+                     column_config={"chunk_id": "chunk", "doc_id": "document", "score": st.column_config.NumberColumn("score", format="%.3f")})
 
 
 def index_tab() -> None:
