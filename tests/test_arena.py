@@ -201,6 +201,7 @@ def test_the_arena_is_blind_until_the_vote_then_reveals_and_writes_it(workspace,
     at.radio(key="chat_mode").set_value("Arena (blind A / B)").run()
     assert not at.exception, [e.value for e in at.exception]
     at.number_input(key="chat_max_new").set_value(3).run()
+    at.slider(key="chat_temperature").set_value(1.0).run()  # sampled: greedy, the random tiny model may answer only blank lines
     at.toggle(key="arena_judge_on").set_value(True).run()
     at.selectbox(key="arena_judge_choice").set_value("Active model").run()  # the tiny model judges (its verdict is noise)
     at.chat_input(key="arena_prompt").set_value("Say hi.").run()
@@ -215,6 +216,7 @@ def test_the_arena_is_blind_until_the_vote_then_reveals_and_writes_it(workspace,
     assert not arena.read_votes(arena.arena_folder("chat"))
 
     answer_b = at.session_state["arena_round"]["answers"]["B"]
+    assert arena.pair_problem(at.session_state["arena_round"]["answers"]) is None, at.session_state["arena_round"]["answers"]
     at.button(key="arena_vote_B").click().run()
     assert not at.exception, [e.value for e in at.exception]
     shown = _shown_text(at)
@@ -230,6 +232,14 @@ def test_the_arena_is_blind_until_the_vote_then_reveals_and_writes_it(workspace,
     assert f"Judge {tiny}:" in shown
     standings = at.dataframe[0].value
     assert sorted(standings["model"]) == sorted(rnd.models) and list(standings["wins"]) == [1, 0], "the standings table"
+
+    at.toggle(key="arena_judge_on").set_value(False).run()
+    at.slider(key="chat_temperature").set_value(0.0).run()
+    at.chat_input(key="arena_prompt").set_value("Say hi.").run()  # a new round: the buttons come back
+    _finish(at)
+    problem = arena.pair_problem(at.session_state["arena_round"]["answers"])
+    assert [at.button(key=f"arena_vote_{v}").disabled for v in arena.VOTES] == [problem is not None] * 2 + [False, False], \
+        "A / B greyed out exactly when the answers cannot be a pair"
 
 
 def test_judge_agreement_reads_both_bad_as_a_tie_and_leaves_unparsed_out():
