@@ -127,6 +127,22 @@ def test_arena_votes_match_judged_pairs_in_either_order(tmp_path):
         judging.read_votes(tmp_path / "bad.jsonl")
 
 
+def test_votes_written_by_the_arena_are_read_and_matched(workspace):
+    """The Chat arena's own vote folder (core.arena.record_vote: data.jsonl pairs, ties.jsonl, both_bad.jsonl)."""
+    from core import arena
+
+    folder = arena.arena_folder("judge-test")
+    prompt = arena.round_messages("Name a fruit.", "Be brief.")
+    for seed, answers, vote in ((1, {"A": "Apple.", "B": "Carrot."}, "A"), (2, {"A": "Pear", "B": "Plum"}, "tie"),
+                                (3, {"A": "x", "B": "y"}, "both_bad")):
+        arena.record_vote(folder, arena.new_round(prompt, ["tuned", "base"], seed=seed), answers, vote)
+    votes = judging.read_votes(folder)
+    assert sorted(v["human"] for v in votes) == ["A", "tie", "tie"] and {v["prompt_key"] for v in votes} == {"Name a fruit."}
+    rows = [{"prompt_key": "Name a fruit.", "answer_a": "Carrot.", "answer_b": "Apple.", "model_a": "m", "model_b": "n", "judge": "A"},
+            {"prompt_key": "Name a fruit.", "answer_a": "Plum", "answer_b": "Pear", "model_a": "m", "model_b": "n", "judge": "tie"}]
+    assert [m["human"] for m in judging.match_votes(rows, votes)] == ["B", "tie"]
+
+
 def _eval_prompts(path: Path) -> Path:
     rows = [[{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."}],
             [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]]
@@ -180,6 +196,8 @@ def test_judge_spec_refuses_what_it_cannot_run(tmp_path):
 def test_forgetting_report_adds_win_rate_over_base(workspace, tiny_llama_dir, tmp_path):
     from test_evaluate import make_adapter, tiny_spec
 
+    from core.evaluate.report import render_markdown
+
     adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter", random_weights=True)
     spec = tiny_spec(tiny_llama_dir, adapter, task_samples=2, general_samples=2, mc_samples=2, max_new_tokens=3, bootstrap_samples=50,
                      judge={"kind": "local", "ref": str(tiny_llama_dir)})
@@ -189,6 +207,8 @@ def test_forgetting_report_adds_win_rate_over_base(workspace, tiny_llama_dir, tm
     judged = report["judge"]["variants"]["fine-tuned"]
     assert judged["n_pairs"] == 2 and len(judged["verdicts"]) == 2
     assert judged["wins"] + judged["losses"] + judged["ties"] + judged["unparsed"] == 2
+    assert any(note.startswith("win rate of fine-tuned over base") for note in report["notes"])
+    assert "win rate of fine-tuned over base" in render_markdown(report)
 
 
 PAGE = str(ROOT / "app_pages" / "evaluate.py")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.arena import arena_folder, list_arenas
 from core.evaluate.judge import DEFAULT_RUBRIC, win_rate_line
 from core.evaluate.judge_job import RUNTIMES, JudgeSpec
 from core.runs import read_result
@@ -40,7 +41,10 @@ def new_judge_form() -> None:
     dataset = st.text_input("Eval prompts", value=FIELDS["eval_dataset"].default, key="judge_eval_dataset", help=FIELDS["eval_dataset"].help)
     c = st.columns(3)
     sizes = {name: _number(name, c[i]) for i, name in enumerate(("samples", "max_new_tokens", "verdict_tokens"))}
-    votes = st.text_input("Human votes (optional): an arena vote file or folder", key="judge_human_votes", help=FIELDS["human_votes"].help)
+    arenas = {f"arena {name}": str(arena_folder(name)) for name in list_arenas()}
+    picked = st.selectbox("Human votes (optional, for judge-human agreement)", ["(none)", *arenas, "File or folder…"], key="judge_votes_pick",
+                          help=FIELDS["human_votes"].help)
+    votes = arenas.get(picked, "") if picked != "File or folder…" else st.text_input("Vote file or folder", key="judge_human_votes")
     if st.button("⚖ Run the judge", key="judge_launch", disabled=None in (model, baseline, judge)):
         try:
             spec = JudgeSpec(model=model.as_dict(), baseline=baseline.as_dict(), judge=judge.as_dict(), judge_runtime=runtime,

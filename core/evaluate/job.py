@@ -111,8 +111,9 @@ def run(ctx: JobContext) -> dict:
     )
     if judged is not None:
         report["judge"] = judged
+        lines = [judging.win_rate_line(label, summary, judged["judge"]) for label, summary in judged["variants"].items()]
+        report["notes"] = list(report.get("notes") or []) + lines  # the Markdown / HTML exports list the notes
         if report.get("preference"):
-            lines = [judging.win_rate_line(label, summary, judged["judge"]) for label, summary in judged["variants"].items()]
             report["preference"]["win_rate"] = {"status": "judged", "note": "; ".join(lines)}
     ctx.write_result(report)
     ctx.log.info("report written: %s", ", ".join(v["headline"] for v in report["verdicts"]))
