@@ -1,5 +1,5 @@
 """Training: the LoRA family, the rest of the PEFT table ((IA)³, prompt / prefix tuning, LoHa, LoKr, BitFit,
-partial) and full fine-tuning, and the preference objectives, as a `train` job of core.runs. Every module:
+partial) and full fine-tuning, the preference objectives and GRPO, as a `train` job of core.runs. Every module:
 
 - `core.train.methods`      the methods and objectives as data (fields, mergeability, learning rate) and PEFT configs
 - `core.train.spec`         TrainSpec: the YAML file, the CLI (`python -m core.train`) and the Train page's form
@@ -7,6 +7,7 @@ partial) and full fine-tuning, and the preference objectives, as a `train` job o
 - `core.train.backends`     Unsloth when usable, else transformers + PEFT + TRL (ordered dispatch)
 - `core.train.trainer`      the TRL trainer and the callback that writes metrics, stops and saves
 - `core.train.gkd`          on-policy distillation through TRL's GKD trainer
+- `core.train.grpo`         GRPO on verifiable rewards through TRL's GRPOTrainer; the sampled-completions table
 - `core.train.tracking`     `report_to`: the trackers a run also logs to
 - `core.train.distributed`  what the spec's distribution section means here; the rank folder's layout
 - `core.train.launchers`    the commands and files that start a spec's processes (torchrun, accelerate, Slurm, Ray)
