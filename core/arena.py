@@ -397,8 +397,11 @@ def summary_line(folder: str | Path) -> str:
     """Where the votes go and how many there are, from the manifest."""
     manifest = read_json(Path(folder) / MANIFEST_FILE) or {}
     counts = manifest.get("counts") or {"pairs": 0, "ties": 0, "both_bad": 0}
-    return (f"Votes go to `{Path(folder)}`: {counts['pairs']} pairs (A / B votes, in {PAIRS_FILE}: pick the folder as a "
-            f"DPO / KTO dataset on the Train page), {counts['ties']} ties and {counts['both_bad']} both-bad votes kept apart.")
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    return (f"Votes go to `{Path(folder)}`: {n(counts['pairs'], 'pair')} (A / B votes, in {PAIRS_FILE}: pick the folder as a "
+            f"DPO / KTO dataset on the Train page); {n(counts['ties'], 'tie')} and {n(counts['both_bad'], 'both-bad vote')} kept apart.")
 
 
 # ---------------------------------------------------------------- the judge beside the person

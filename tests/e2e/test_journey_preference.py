@@ -65,7 +65,7 @@ def test_three_arena_votes_become_a_dataset_on_the_train_page(page: Page, app_ur
         button.click()
         settle(page)
         expect(page.get_by_text(re.compile(r"^A was ")).first).to_be_visible()
-    expect(page.get_by_text(re.compile(r"2 pairs .* 1 ties and 0 both-bad")).first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"2 pairs .* 1 tie and 0 both-bad votes")).first).to_be_visible()
     snapshot(page, "chat_arena")
     go(page, "Train")
     choose(page, "Training data", "Workspace: arena-journey")
