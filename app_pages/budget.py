@@ -61,10 +61,16 @@ def settings(arch: memory.ModelArch, device: str) -> memory.MemorySpec:
                              help="Preference objectives put pairs through the model: the sequence length is then prompt + the longer answer.")
     precompute = c10.checkbox("Precompute reference log-probs", key="budget_precompute", disabled=objective not in memory.REFERENCE_OBJECTIVES,
                               help="DPO / KTO: score the reference once before training instead of at every step.")
+    grpo = objective == "grpo"
+    completion = c9.number_input("GRPO: completion length", 1, 32768, 256, key="budget_completion", disabled=not grpo,
+                                 help="max_completion_length: the sequence length above is then the prompt plus it (kept below it).")
+    beta = c10.number_input("GRPO: beta (KL weight)", 0.0, 100.0, 0.0, key="budget_beta", disabled=not grpo,
+                            help="Above 0 a reference scores every sampled completion (TRL's default 0 keeps none).")
     return memory.MemorySpec(arch, method=method, precision=precision, optimizer=optimizer, lora_r=rank, lora_targets=TARGET_SETS[targets],
                              batch_size=batch, seq_len=seq, gradient_checkpointing=ckpt, attention=attention, chunked_loss=chunked,
                              grad_accumulation=int(accumulation), device=device, objective=objective,
-                             precompute_ref_log_probs=precompute and objective in memory.REFERENCE_OBJECTIVES)
+                             precompute_ref_log_probs=precompute and objective in memory.REFERENCE_OBJECTIVES,
+                             completion_len=min(int(completion), seq - 1) if grpo else 0, beta=float(beta) if grpo else 0.0)
 
 
 def objective_parts(est: memory.MemoryEstimate) -> None:

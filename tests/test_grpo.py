@@ -226,3 +226,23 @@ def test_memory_estimate_counts_sampling_and_the_completion_logits_by_hand():
     assert long.peak_phase == GENERATION_PHASE and long.total_bytes == sum(long.phases[GENERATION_PHASE].values())
     with pytest.raises(ValueError, match="completion_len"):
         grpo(completion_len=0)
+
+
+def test_budget_page_estimates_grpo_with_its_completion_length(workspace):
+    from core import memory
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "budget.py"), default_timeout=120)
+    at.run()
+    at.radio(key="budget_origin").set_value("Preset").run()
+    at.selectbox(key="budget_preset").set_value("SmolLM2 135M").run()
+    at.selectbox(key="budget_device").set_value("cuda").run()
+    at.select_slider(key="budget_seq").set_value(512).run()
+    at.selectbox(key="budget_objective").set_value("grpo").run()
+    at.number_input(key="budget_completion").set_value(128).run()
+    assert not at.exception
+    spec = memory.MemorySpec(memory.preset_arch("SmolLM2 135M"), method="lora", precision="mixed", batch_size=4, seq_len=512,
+                             gradient_checkpointing=True, attention="sdpa", device="cuda", objective="grpo", completion_len=128)
+    expected = memory.estimate(spec)
+    assert next(m for m in at.metric if m.label == "Peak memory").value == f"{expected.total_bytes / memory.GB:.2f} GB"
+    parts = next(d.value for d in at.dataframe if "GRPO adds" in d.value.columns)
+    assert list(parts["GRPO adds"]) == list(expected.objective_parts)
