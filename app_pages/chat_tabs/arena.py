@@ -23,7 +23,9 @@ VOTE_BUTTONS = (("A", "A is better"), ("B", "B is better"), ("tie", "Tie"), ("bo
 def shared_system_prompt(sources: list) -> str:
     """One system prompt for both (the round is the same prompt to both): pre-filled from the first variant that has
     a training run behind it, then the user's own text."""
-    if "arena_system" not in st.session_state:
+    chosen = [getattr(s, "label", None) for s in sources]
+    if "arena_system" not in st.session_state or st.session_state.get("arena_system_for") != chosen:  # new variants: pre-fill again
+        st.session_state["arena_system_for"] = chosen
         record = next((r for r in (variant_training_format(s) for s in sources) if r), None)
         st.session_state["arena_system"], st.session_state["arena_system_note"] = system_prompt_prefill(record)
     text = st.text_area("System prompt (both variants answer with it)", key="arena_system", height=68)
