@@ -26,10 +26,16 @@ def test_one_size_gives_a_rate_and_nothing_gives_none():
     assert predict(0, [_m(100, 20)]) is None
 
 
-def test_a_line_that_makes_no_sense_falls_back_to_the_median_rate():
-    # bigger jobs measured faster (a busy machine during the small one): the slope is negative, so no line
-    measured = [_m(100, 80), _m(200, 60)]
-    assert predict(100, measured) == pytest.approx(100 * (0.8 + 0.3) / 2), "the median of 0.8 and 0.3 s per unit"
+def test_where_the_size_made_no_difference_the_duration_is_the_median_one():
+    # measured on this machine: a baseline of 2 rows took 171.8 s and one of 4 rows 166.2 s (loading dominates);
+    # a rate would have predicted 510 s for 8 rows, which took 165.9 s
+    measured = [_m(96, 171.8), _m(192, 166.2)]
+    assert predict(384, measured) == pytest.approx((171.8 + 166.2) / 2)
+
+
+def test_a_line_through_a_negative_fixed_part_falls_back_to_the_median_rate():
+    measured = [_m(100, 10), _m(200, 30)]  # the line would say -10 s + 0.2 s per unit
+    assert predict(100, measured) == pytest.approx(100 * (0.1 + 0.15) / 2), "the median of 0.1 and 0.15 s per unit"
 
 
 def test_sizes_follow_the_spec_and_the_counted_rows():

@@ -150,8 +150,12 @@ def measurements(kind: str, spec: dict, summaries: list) -> list[Measurement]:
 
 
 def predict(units: float, measured: list[Measurement]) -> float | None:
-    """Seconds for a job of `units` from measurements: a least-squares line (fixed + per-unit) when two or more sizes
-    differ and the line is sensible (fixed >= 0, per-unit > 0), else the median rate; None without measurements."""
+    """Seconds for a job of `units` from measurements; None without any.
+
+    Two or more different sizes: a least-squares line, fixed + per-unit. When the size made no measurable difference
+    (slope <= 0: loading the model and starting the worker dominate, as in a short baseline), the median duration;
+    when the line says there is no fixed part (fixed < 0), the median rate. One size only: the median rate (it
+    cannot tell the fixed part from the per-unit cost, so a bigger job is over-estimated rather than under-)."""
     if not measured or units <= 0:
         return None
     xs, ys = [m.units for m in measured], [m.seconds for m in measured]
@@ -159,7 +163,9 @@ def predict(units: float, measured: list[Measurement]) -> float | None:
         mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
         slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
         fixed = mean_y - slope * mean_x
-        if slope > 0 and fixed >= 0:
+        if slope <= 0:
+            return median(ys)
+        if fixed >= 0:
             return fixed + slope * units
     return median(y / x for x, y in zip(xs, ys)) * units
 
