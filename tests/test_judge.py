@@ -225,6 +225,7 @@ def test_evaluate_page_judge_section_starts_a_run_and_shows_its_result(workspace
     for name, value in (("samples", 2), ("max_new_tokens", 3), ("verdict_tokens", 2), ("baseline_temperature", 1.0)):
         at.number_input(key=f"judge_{name}").set_value(value)
     at.text_area(key="judge_rubric").set_value("Q {prompt}\nFirst {answer_a}\nSecond {answer_b}\nA, B or tie?")
+    assert any("First judge job" in c.value for c in at.caption)  # no measurement yet: the estimate says so
     at.button(key="judge_launch").click()
     at.run(timeout=60)
     assert not at.exception, at.exception
@@ -241,6 +242,7 @@ def test_evaluate_page_judge_section_starts_a_run_and_shows_its_result(workspace
     labels = [m.label for m in fresh.metric]
     assert any(label.startswith("Win rate of") for label in labels) and "Position bias" in labels and "Unparsed" in labels
     assert any("X shown first" in str(df.value.columns.tolist()) for df in fresh.dataframe)
+    assert any("from 1 finished judge run" in c.value for c in fresh.caption)  # the finished run is the next one's estimate
 
 
 def test_pair_verdict_as_dict_round_trips_its_properties():

@@ -12,7 +12,7 @@ from core.evaluate.judge import DEFAULT_RUBRIC, win_rate_line
 from core.evaluate.judge_job import RUNTIMES, JudgeSpec
 from core.runs import read_result
 from core.runs.spec import spec_fields
-from pages_common import live_run, model_picker, run_selector, start_run
+from pages_common import live_run, model_picker, run_selector, start_run, time_estimate
 
 FIELDS = {f.name: f for f in spec_fields(JudgeSpec)}
 
@@ -45,6 +45,9 @@ def new_judge_form() -> None:
     picked = st.selectbox("Human votes (optional, for judge-human agreement)", ["(none)", *arenas, "File or folder…"], key="judge_votes_pick",
                           help=FIELDS["human_votes"].help)
     votes = arenas.get(picked, "") if picked != "File or folder…" else st.text_input("Vote file or folder", key="judge_human_votes")
+    if None not in (model, baseline, judge):
+        time_estimate("judge", {"model": model.as_dict(), "baseline": baseline.as_dict(), "judge": judge.as_dict(),
+                                "judge_runtime": runtime, **sizes})
     if st.button("⚖ Run the judge", key="judge_launch", disabled=None in (model, baseline, judge)):
         try:
             spec = JudgeSpec(model=model.as_dict(), baseline=baseline.as_dict(), judge=judge.as_dict(), judge_runtime=runtime,

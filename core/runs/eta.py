@@ -85,6 +85,13 @@ def _teacher_answers_size(spec: dict, rows: int | None, result: dict) -> float: 
     return float(_int(spec.get("max_rows"), 2000) * max(1, _int(spec.get("max_new_tokens"), 128)))
 
 
+def _judge_size(spec: dict, rows: int | None, result: dict) -> float | None:  # noqa: ARG001
+    pairs = _int(result.get("n_pairs")) or _int(spec.get("samples"), 20) or rows
+    if not pairs:
+        return None
+    return float(pairs * 2 * (max(1, _int(spec.get("max_new_tokens"), 48)) + max(1, _int(spec.get("verdict_tokens"), 8))))
+
+
 @dataclass(frozen=True)
 class Size:
     unit: str  # what one unit is, for the reader
@@ -100,6 +107,7 @@ SIZES: dict[str, Size] = {
     "answer_loss": Size("scored rows", _answer_loss_size, ("model",)),
     "merge": Size("merge points (and their scored rows)", _merge_size, ("base", "models"), ("method",)),
     "distill": Size("student sequences", _distill_size, ("teacher", "student_model"), ("method", "student")),
+    "judge": Size("answer and verdict tokens", _judge_size, ("model", "baseline", "judge"), ("judge_runtime",)),
     "teacher_answers": Size("answer tokens at most", _teacher_answers_size, ("teacher",), ("data", "dataset_path", "decoding")),
 }
 
