@@ -54,7 +54,7 @@ def _train_rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_grpo_trains_through_the_worker_and_writes_its_metrics_and_completions(workspace, tiny_llama_dir, tickets):
+def test_grpo_trains_through_the_worker_writes_its_metrics_and_completions_and_continues_with_beta(workspace, tiny_llama_dir, tickets):
     run_dir = _run_here(_spec(tiny_llama_dir, tickets))
     rows = _train_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
@@ -93,17 +93,13 @@ def test_grpo_trains_through_the_worker_and_writes_its_metrics_and_completions(w
     assert list(table["completion"]) == [r["completion"] for r in step_two] and list(table["json_valid"]) == [r["rewards"]["json_valid"]
                                                                                                             for r in step_two]
 
-
-@pytest.mark.slow
-def test_grpo_with_beta_logs_kl_and_continues_an_adapter(workspace, tiny_llama_dir, tickets):
-    first = _run_here(_spec(tiny_llama_dir, tickets, max_steps=1, completions_every=0))
-    assert not (first / COMPLETIONS_FILE).exists(), "completions_every 0 writes no table"
-    second = _run_here(_spec(tiny_llama_dir, tickets, beta=0.04, init_adapter=first.name, grpo_loss_type="grpo", max_steps=1))
-    rows = _train_rows(second)
-    assert rows and all(r.get("kl") is not None and math.isfinite(r["kl"]) for r in rows)
-    card = runs.read_result(second)
-    assert card["parent"]["run_id"] == first.name
+    # beta > 0 continuing this run's adapter: a reference (TRL's frozen copy of the starting adapter) and its KL; no table
+    second = _run_here(_spec(tiny_llama_dir, tickets, beta=0.04, init_adapter=run_dir.name, grpo_loss_type="grpo", max_steps=1,
+                             completions_every=0))
+    assert all(r.get("kl") is not None and math.isfinite(r["kl"]) for r in _train_rows(second))
+    assert runs.read_result(second)["parent"]["run_id"] == run_dir.name
     assert not (second / "adapter" / "ref").exists(), "only the trained adapter is saved, not TRL's frozen reference copy"
+    assert not (second / COMPLETIONS_FILE).exists(), "completions_every 0 writes no table"
 
 
 def test_train_form_shows_the_grpo_fields_only_for_grpo(workspace, tiny_llama_dir):
@@ -198,7 +194,7 @@ def test_completion_rows_from_trl_logs():
 
 def test_memory_estimate_counts_sampling_and_the_completion_logits_by_hand():
     from core.memory import MemorySpec, estimate, preset_arch
-    from core.memory.estimator import GENERATION_PHASE
+    from core.memory.estimator import FUSED_HEAD_BACKWARD_TILES, FUSED_HEAD_FORWARD_TILES, GENERATION_PHASE
 
     arch = preset_arch("SmolLM2 135M")  # 30 layers, 3 KV heads of 64, hidden 576, MLP 1536, vocabulary 49152
     assert (arch.num_layers, arch.num_kv_heads, arch.head_dim, arch.hidden_size, arch.intermediate_size, arch.vocab_size) == (
@@ -211,15 +207,21 @@ def test_memory_estimate_counts_sampling_and_the_completion_logits_by_hand():
     est = grpo()
     kv = 2 * 30 * 3 * 64 * 4 * 8 * 384  # K and V x layers x kv heads x head dim x fp32 x 8 completions x (256 prompt + 128)
     prefill = 8 * 256 * (3 * 1536 + 3 * 576) * 4  # the prompts' largest layer tensors, above one step's logits (2 x 4 x 8 x 49152)
-    assert est.objective_parts == {"generation KV cache": kv, "generation working set": prefill,
-                                   "logits of the completions": 8 * 129 * 49152 * 12}  # completion positions only, 12 B each
+    # TRL's chunked log-prob head, on a CPU over every position (8 x 383): one fp32 tile of 3064 positions x 32768 vocabulary
+    # entries, the torch fold's fp32 temporaries of it, the bool target mask, and the fp32 gradient of the hidden states
+    tile = 3064 * 32768
+    head = tile * 4 + 4 * tile * FUSED_HEAD_BACKWARD_TILES + tile + 3064 * 576 * 4
+    assert est.objective_parts == {"generation KV cache": kv, "generation working set": prefill, "chunked log-prob head": head}
     assert est.phases[GENERATION_PHASE]["activations"] == kv + prefill and est.phases[GENERATION_PHASE]["gradients"] == 0
     assert est.breakdown["reference"] == 0 and "reference" not in " ".join(est.objective_parts), "beta 0: no reference"
     assert grpo(grad_accumulation=4).objective_parts["generation KV cache"] == 4 * kv, "TRL samples batch x accumulation at once"
 
     kl = grpo(beta=0.04)
     assert kl.objective_parts["reference adapter copy"] == kl.trainable_params * 4
-    assert kl.objective_parts["reference forward"] == max(8 * 384 * (3 * 1536 + 3 * 576) * 4, 2 * 4 * 8 * 129 * 49152)
+    forward_head = tile * 4 + 4 * tile * FUSED_HEAD_FORWARD_TILES + 3064 * 576 * 4  # no grad: the tile's fold and the flat copy
+    assert kl.objective_parts["reference forward"] == max(8 * 384 * (3 * 1536 + 3 * 576) * 4, forward_head + 8 * 384 * 576 * 4)
+    gpu = grpo(device="cuda", precision="mixed")  # Triton scores the 8 x 128 completion positions only
+    assert gpu.objective_parts["chunked log-prob head"] == 1024 * 32768 * 2 + 1024 * 576 * 4
 
     # 64 completions sampled at once, trained one at a time with checkpointing: sampling is the peak
     long = grpo(batch_size=1, grad_accumulation=64, seq_len=1024, completion_len=768, gradient_checkpointing=True)

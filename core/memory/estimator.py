@@ -53,7 +53,7 @@ OBJECTIVE_LABELS = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "orpo": "ORPO", "s
 GENERATION_PHASE = "generation"  # GRPO's fourth candidate peak: sampling the completions (KV cache), and the reference's no-grad pass
 PAIRED_OBJECTIVES = ("dpo", "orpo", "simpo")  # chosen and rejected concatenated into one batch of 2 x batch_size rows
 REFERENCE_OBJECTIVES = ("dpo", "kto")  # a frozen reference scored by a no-grad forward (ORPO / SimPO have none)
-FUSED_HEAD_OBJECTIVES = ("dpo", "kto")  # log-probs through trl's add_fused_lm_head: the (tokens x vocab) logits never exist
+FUSED_HEAD_OBJECTIVES = ("dpo", "kto", "grpo")  # log-probs through trl's add_fused_lm_head: the (tokens x vocab) logits never exist
 FUSED_HEAD_TOKENS = 4096  # trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE: tokens per projection tile
 FUSED_HEAD_VOCAB = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary entries per tile
 # Without Triton (CPU) the tile is folded in torch ops: fp32 temporaries of the tile's size alive at once in the
@@ -599,8 +599,6 @@ def logits_bytes(spec: MemorySpec) -> float:
         return fused_head_bytes(spec, backward=True)
     arch = spec.model
     tokens = spec.batch_size * spec.sequences_per_row * trained_seq_len(spec)
-    if spec.objective == "grpo":  # TRL asks the model for the logits of the completion positions only (logits_to_keep)
-        tokens = spec.batch_size * (spec.completion_len + 1)
     per_element = LOGIT_BYTES_PER_ELEMENT + (8 if arch.final_logit_softcapping else 0)
     if spec.objective == "orpo":  # the chosen half's NLL term keeps its own fp32 log-softmax: 4 bytes on half the rows
         per_element += ORPO_NLL_BYTES_PER_ELEMENT
@@ -620,6 +618,8 @@ def fused_head_bytes(spec: MemorySpec, backward: bool = True, rows: int | None =
     arch = spec.model
     rows = spec.batch_size * spec.sequences_per_row if rows is None else rows
     positions = rows * max(1, trained_seq_len(spec) - 1)  # every position but the last has a next-token label
+    if spec.objective == "grpo" and spec.device == "cuda":  # Triton scores only the labelled (completion) positions
+        positions = rows * spec.completion_len
     tile = min(positions, FUSED_HEAD_TOKENS) * min(arch.vocab_size, FUSED_HEAD_VOCAB)
     b = spec.compute_bytes
     total = tile * b
@@ -644,9 +644,6 @@ def reference_forward_bytes(spec: MemorySpec) -> float:
     arch, b = spec.model, spec.compute_bytes
     rows = spec.batch_size * spec.sequences_per_row
     tokens = rows * trained_seq_len(spec)
-    if spec.objective == "grpo":  # batch_size rows at a time, after sampling; the completion positions' fp32 log-softmax
-        layer = tokens * (3 * arch.intermediate_size + 3 * arch.hidden_size) * b
-        return max(layer, 2 * 4 * rows * (spec.completion_len + 1) * arch.vocab_size)
     layer = tokens * (3 * arch.intermediate_size + 3 * arch.hidden_size) * b  # MLP and residual tensors of one layer
     return max(layer, fused_head_bytes(spec, backward=False, rows=rows) + tokens * arch.hidden_size * b)
 
@@ -792,7 +789,7 @@ def objective_parts(spec: MemorySpec, activations: float, logits: float, referen
     if spec.objective == "grpo":
         parts["generation KV cache"] = generation_kv_bytes(spec)
         parts["generation working set"] = generation_working_bytes(spec)
-        parts["logits of the completions"] = logits
+        parts["chunked log-prob head"] = logits
         if spec.uses_reference:
             parts["reference forward"] = reference_forward
             parts["reference weights" if spec.method in ("full", "partial", "bitfit") else "reference adapter copy"] = reference_weights
@@ -819,7 +816,8 @@ def _objective_sentence(spec: MemorySpec, parts: Mapping[str, int]) -> str:
         how = (f"GRPO first samples {spec.generation_rows} completions at once (whole groups; batch_size x gradient_accumulation) of up "
                f"to {spec.completion_len} tokens after the prompt: their KV cache of {spec.seq_len} tokens each is the "
                f"'{GENERATION_PHASE}' candidate peak, before the step's forward. It then trains on {spec.batch_size} completions per "
-               f"micro-batch, the logits kept only for the completion positions")
+               f"micro-batch through TRL's chunked log-prob head (the full logits never exist; one tile of at most {FUSED_HEAD_TOKENS} "
+               f"positions x {FUSED_HEAD_VOCAB} vocabulary entries at a time, the completion positions only on CUDA)")
         how += (f"; with beta {spec.beta:g} a reference scores them without gradients after sampling" if spec.uses_reference
                 else "; beta 0: no reference model")
         return f"{how}. {listed}."
