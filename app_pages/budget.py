@@ -104,7 +104,7 @@ def past_runs(est: memory.MemoryEstimate) -> None:
     factor = memory.correction_factor(points, est.spec.device)
     low, high = memory.CORRECTION_BOUNDS
     st.metric(f"Corrected estimate on {est.spec.device}", f"{memory.corrected_total(est, factor) / memory.GB:.2f} GB",
-              f"× {factor:.2f} (median measured / predicted, bounded to {low}–{high})", delta_color="off")
+              f"× {factor:.2f} (median measured / predicted, bounded to {low}–{high})", delta_color="off", delta_arrow="off")
 
 
 def across_gpus(spec: memory.MemorySpec) -> None:
@@ -160,11 +160,13 @@ if arch is not None:
     est = memory.estimate(spec)
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Peak memory", f"{est.total_bytes / memory.GB:.2f} GB")
-    m2.metric("Trainable parameters", f"{est.trainable_params:,}", f"{100 * est.trainable_params / est.total_params:.3f}% of {est.total_params / 1e9:.2f} B", delta_color="off")
+    share = f"{100 * est.trainable_params / est.total_params:.2f} % of {est.total_params / 1e9:.2f} B"
+    m2.metric("Trainable parameters", f"{est.trainable_params:,}", share, delta_color="off", delta_arrow="off")  # context: no arrow
     m3.metric("Activations + logits", f"{(est.phases[memory.PHASES[0]]['activations'] + est.phases[memory.PHASES[0]]['logits']) / memory.GB:.2f} GB")
     here = next(iter(memory.fit_table(est, hardware)), None)
     m4.metric("Fits this machine?", here["verdict"] if here else "unknown",
-              f"{here['used']:.0%} of {here['memory_gb']} GB" if here and here["used"] is not None else None, delta_color="off")
+              f"{here['used']:.0%} of {here['memory_gb']} GB" if here and here["used"] is not None else None,
+              delta_color="off", delta_arrow="off")
     st.caption(f"{est.note}.")
     objective_parts(est)
     left, right = st.columns(2)

@@ -134,7 +134,7 @@ def render_baseline(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG00
     cols = st.columns(len(result["scores"]) + 1)
     for col, (condition, score) in zip(cols, result["scores"].items()):
         valid = f"{result['json_validity'][condition]:.0%} valid JSON" if result["json_validity"] else None
-        col.metric(result["labels"].get(condition, condition), f"{score:.0%}", valid, delta_color="off",
+        col.metric(result["labels"].get(condition, condition), f"{score:.0%}", valid, delta_color="off", delta_arrow="off",
                    help=f"{result['scorer'].replace('_', ' ')} on the same {result['n']} rows")
     cols[-1].metric("Rows scored", result["n"])  # the duration is no delta: an arrow pill on seconds read as a change
     st.caption(f"Scorer: {result['scorer'].replace('_', ' ')} · measured in {result['seconds']:.0f} s · "

@@ -47,7 +47,8 @@ def render_result(run_dir, status, metrics) -> None:
               f"{(report['parameters_after'] - report['parameters_before']) / 1e6:+.2f} M", delta_color="inverse")
     c3.metric("Non-zero parameters", f"{report['nonzero_after'] / 1e6:.2f} M",
               f"{(report['nonzero_after'] - report['nonzero_before']) / 1e6:+.2f} M", delta_color="inverse")
-    c4.metric("Size on disk", human_bytes(report["size_after_bytes"]), f"was {human_bytes(report['size_before_bytes'])}", delta_color="off")
+    c4.metric("Size on disk", human_bytes(report["size_after_bytes"]), f"was {human_bytes(report['size_before_bytes'])}", delta_color="off",
+              delta_arrow="off")
     before, after = report["latency_before"], report["latency_after"]
     c1, c2 = st.columns(2)
     c1.metric(f"Latency, {after['new_tokens']} tokens", f"{after['seconds']:.2f} s", f"{after['seconds'] - before['seconds']:+.2f} s",

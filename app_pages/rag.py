@@ -58,7 +58,8 @@ def render_index(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 -
     if query.strip():
         hits = cached_index(result["folder"]).search(query.strip(), k=k, mode=mode)
         st.dataframe(pd.DataFrame([h.as_dict() for h in hits]), hide_index=True, width="stretch",
-                     column_config={"chunk_id": "chunk", "doc_id": "document", "score": st.column_config.NumberColumn("score", format="%.3f")})
+                     column_config={"chunk_id": "chunk", "doc_id": "document",
+                                    "score": st.column_config.NumberColumn("score", format="%.3f")})
 
 
 def index_tab() -> None:

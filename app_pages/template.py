@@ -74,7 +74,7 @@ if not own_template:  # a base model: start from the template its special tokens
     template_names.insert(0, template_names.pop(template_names.index(proposal.name)))
     st.info(f"This tokenizer has no chat template (a base model). Proposed: **{proposal.name}**, because "
             f"{proposal.reason.removeprefix('the tokenizer has no chat template, and ')}. Training proposes the same one.")
-c1, c2, c5, c3, c4 = st.columns([2, 2, 2, 1, 1])
+c1, c2, c5, c3, c4 = st.columns([2, 2, 2, 1, 1.4])  # the last one wide enough for "Learn to stop" and its help icon
 template_name = c1.selectbox("Chat template", template_names, key="tpl_template",
                              help="The model's own template, or one of the common templates shipped with the app.")
 policy = c2.selectbox("What is trained", POLICIES, key="tpl_policy", format_func=lambda p: f"{p} — {POLICY_HELP[p]}")
