@@ -7,6 +7,7 @@ worker, so apart they can run beside this one."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_every_page_opens(page: Page, app_url: str):
                   "Runs", "Export"):
         go(page, title)
         expect(page.locator("h1").first, f"{title} page has no title").to_be_visible()
+        if title == "Budget" and os.environ.get("WORKBENCH_SCREENSHOTS"):  # README's screenshot of the memory breakdown
+            expect(page.get_by_text("Where it fits")).to_be_visible(timeout=60_000)
+            snapshot(page, "budget")
     expect(page.locator("[data-testid='stSidebar']").get_by_text(re.compile("Active model"))).to_be_visible()
 
 
@@ -55,6 +59,9 @@ def test_curate_and_inspect(page: Page, app_url: str):
     page.get_by_role("button", name="Find duplicates").click()
     settle(page)
     expect(page.get_by_text(re.compile(r"near\*?\*?: [\d,]+ clusters"))).to_be_visible()
+    # the demo's planted copies (assets/make_demo_dataset.py PLANTED): the tools find something to drop
+    expect(page.get_by_text(re.compile(r"exact\*?\*?: 2 clusters, 2 rows to drop"))).to_be_visible()
+    snapshot(page, "data")
     page.get_by_role("tab", name="Export").click()
     fill(page, "textbox", "Name", "e2e-curated")
     page.get_by_role("button", name=re.compile(r"Export [\d,]+ rows")).click()
@@ -64,6 +71,7 @@ def test_curate_and_inspect(page: Page, app_url: str):
     go(page, "Template")
     expect(page.locator(".tpl-chip.trained").first).to_be_visible(timeout=60_000)
     assert page.locator(".tpl-chip.masked").count() > page.locator(".tpl-chip.trained").count() > 0
+    snapshot(page, "template")
 
 
 @pytest.mark.timeout(2400)  # trains, evaluates and merges in the browser
