@@ -24,7 +24,8 @@ from: assets/make_demo_preferences.py checks it). Every Data tab finds and drops
   word alters 5 of about 33 shingles, a Jaccard near 0.74.
   "Keep first seen" keeps the original and drops the copy;
 - Decontamination: ``leak_gsm8k`` (x2) and ``leak_humaneval``, tickets quoting a test item of the benchmarks the tab
-  checks by default (assets/benchmarks, MIT) verbatim, with the ticket's normal answer;
+  checks by default (assets/benchmarks, MIT) verbatim (a short GSM8K question whole; a HumanEval prompt's first lines,
+  so the row stays inside the CPU demo's max_length), with the ticket's normal answer;
 - Response audit: ``refusal`` ("I'm sorry, but I cannot help with that request."), ``truncated_json`` (the answer
   cut off mid-value), ``prose_answer`` (the fields written as a sentence: not JSON in a JSON-shaped set) and
   ``echo_answer`` (the ticket copied back as the answer).
