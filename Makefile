@@ -39,11 +39,12 @@ $(RAY_STAMP): requirements-ray.txt $(STAMP)
 
 ray-extra: $(RAY_STAMP)
 
-# Debian's chromium for the end-to-end test (Playwright's own browser download cannot work offline).
+# Debian's chromium for the end-to-end test (Playwright's own browser download cannot work offline), and a colour emoji
+# font: without it the page icons in the screenshots the test writes for README (WORKBENCH_SCREENSHOTS) are empty boxes.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 && [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; } || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }
 
 # HOST other than 127.0.0.1: the app has no authentication, so this needs WORKBENCH_ALLOW_REMOTE=1 (see README).
 run: install
