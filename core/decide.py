@@ -13,14 +13,25 @@ Train page, and a quick prompt-only baseline ("measure before you decide").
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from core import memory, scorers
+from core.data.formats import DatasetLoadError, load_dataset_file
 from core.generation import Stopped, greedy_chat_answers
+from core.models import ModelLoadError, ModelSource, load_model
+from core.rag.corpus import CorpusError, load_corpus
+from core.rag.index import MODE_LABELS, open_index
+from core.rag.prompt import answer_part, rag_messages
+from core.rag.spec import resolve_path
+from core.runs.jobs import JobError
 from core.runs.spec import RunSpec, meta
+from core.workspace import atomic_write_bytes, safe_name, subdir
 
 GAPS = ("knowledge", "behaviour", "steering")
 GAP_LABELS = {
@@ -438,8 +449,6 @@ def prompt_baseline(loaded_model: Any, rows: Sequence[dict], n: int = 8, shots: 
     all of it): JSON field accuracy when every reference is a JSON object, else normalised exact match, unless a
     scorer is named. Greedy, batched answers through `core.generation` (the Evaluate job's path: same prompts,
     same lock, same JSON-validity rule); `on_progress(done, total)` per batch."""
-    from core.rag.prompt import answer_part, rag_messages
-
     if n < 1:
         raise ValueError(f"prompt baseline: n must be at least 1, got {n}")
     shots = sorted({int(k) for k in shots})
@@ -500,8 +509,6 @@ QUESTION_ANSWER_MAPPING = {"prompt": "question", "completion": "answer"}
 def load_eval_rows(path: Any, limit: int | None = None) -> list[dict]:
     """Eval rows of any dataset file the Data page reads (JSONL / JSON / CSV / Parquet; chat, Alpaca,
     ShareGPT, prompt/completion, or question/answer), normalised to {"messages": [...]} by core.data.formats."""
-    from core.data.formats import DatasetLoadError, load_dataset_file
-
     try:
         loaded = load_dataset_file(path, limit=limit)
     except DatasetLoadError as exc:
@@ -517,10 +524,6 @@ def load_eval_rows(path: Any, limit: int | None = None) -> list[dict]:
 def save_eval_upload(name: str, data: bytes, digest: str | None = None) -> Any:
     """An uploaded eval file kept in the workspace (uploads/<hash>-<name>) so a baseline job can read it; the same
     bytes are written once (digest: their sha256 when the caller already has it)."""
-    import hashlib
-
-    from core.workspace import atomic_write_bytes, safe_name, subdir
-
     digest = digest or hashlib.sha256(data).hexdigest()
     path = subdir("uploads") / f"{digest[:12]}-{safe_name(name, default='eval.jsonl')}"
     return path if path.is_file() else atomic_write_bytes(path, data)
@@ -528,11 +531,6 @@ def save_eval_upload(name: str, data: bytes, digest: str | None = None) -> Any:
 
 def load_eval_upload(name: str, data: bytes, limit: int | None = None) -> list[dict]:
     """The same for an uploaded file's bytes (written to a temporary file under its sanitised name)."""
-    import tempfile
-    from pathlib import Path
-
-    from core.workspace import safe_name
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / safe_name(name, default="upload.jsonl")
         path.write_bytes(data)
@@ -579,10 +577,6 @@ class BaselineSpec(RunSpec):
 
 
 def _rag_context(spec: BaselineSpec, progress: Callable[[float, str], None]) -> RagContext:
-    from core.rag.corpus import load_corpus
-    from core.rag.index import MODE_LABELS, open_index
-    from core.rag.spec import resolve_path
-
     index, _ = open_index(load_corpus(resolve_path(spec.documents)), spec.chunk_tokens, spec.overlap, progress)
     mode = spec.retrieval_mode
     return RagContext(lambda questions: [[h.chunk for h in hits] for hits in index.search_many(questions, spec.rag_k, mode)],
@@ -591,11 +585,6 @@ def _rag_context(spec: BaselineSpec, progress: Callable[[float, str], None]) -> 
 
 def run_baseline(ctx: Any) -> dict:
     """The `baseline` job: load the model, measure every condition, write the result file (BaselineResult.as_dict())."""
-    from core.models import ModelLoadError, ModelSource, load_model
-    from core.rag.corpus import CorpusError
-    from core.rag.spec import resolve_path
-    from core.runs.jobs import JobError
-
     try:
         spec = ctx.spec
         rows = load_eval_rows(resolve_path(spec.eval_dataset))

@@ -9,6 +9,7 @@ import importlib.util
 import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from importlib.metadata import version
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,6 @@ def bnb_4bit_usable(device: str) -> bool:
     if device == "cuda":
         return True
     try:
-        from importlib.metadata import version
-
         major, minor = (int(x) for x in version("bitsandbytes").split(".")[:2])
         return (major, minor) >= (0, 45) and device == "cpu"
     except Exception:  # noqa: BLE001 - any metadata problem means "not usable"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -220,8 +221,6 @@ def weight_files(repo: RemoteRepo, read_json: Callable[[RemoteRepo, RemoteFile],
 
 def _fetch_json(repo: RemoteRepo, f: RemoteFile) -> dict:
     """A small JSON file of a repo, fetched into the cache (once) and read."""
-    import json
-
     folder, _, _ = download(repo, [f])
     try:
         return json.loads((folder / f.name).read_text(encoding="utf-8"))
@@ -231,8 +230,6 @@ def _fetch_json(repo: RemoteRepo, f: RemoteFile) -> dict:
 
 def has_weights(folder: Path) -> bool:
     """All safetensors shards are present (the index names them), or a single model file is."""
-    import json
-
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
@@ -528,8 +525,6 @@ def config_snapshot(repo_id: str, revision: str = "", *, remote_code: bool = Fal
 
 def _code_present(folder: Path) -> bool:
     """Every module the config's auto_map names is in the folder."""
-    import json
-
     try:
         auto_map = json.loads((folder / "config.json").read_text()).get("auto_map") or {}
     except (OSError, ValueError):

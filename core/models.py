@@ -6,6 +6,7 @@ a `.gguf` file, each optionally with a PEFT adapter folder on top.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib.util
 import json
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from core import hardware, hub
 from core.locks import file_lock
 from core.workspace import atomic_write_dir, models_dir
 
@@ -202,8 +204,6 @@ def package_available(name: str) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    from core import hub
-
     return hub.reachable(timeout)
 
 
@@ -230,8 +230,6 @@ def resolve_model_path(source: ModelSource, *, weights: bool = True) -> str:
 
 def hub_config_folder(source: ModelSource) -> Path:
     """Config + tokenizer files of a Hub model (its *.py too only when remote code is trusted); never weights."""
-    from core import hub
-
     try:
         return hub.config_snapshot(source.ref, source.revision, remote_code=source.trust_remote_code)
     except hub.HubError as exc:
@@ -240,8 +238,6 @@ def hub_config_folder(source: ModelSource) -> Path:
 
 def hub_weights_folder(source: ModelSource) -> Path:
     """The cached snapshot with every weight shard, or a ModelLoadError saying how to download it (never downloads)."""
-    from core import hub
-
     folder = hub.cached_snapshot(source.ref, source.revision)
     if folder is None or not hub.has_weights(folder):
         raise ModelLoadError(
@@ -252,8 +248,6 @@ def hub_weights_folder(source: ModelSource) -> Path:
 
 
 def hub_weights_present(source: ModelSource) -> bool:
-    from core import hub
-
     folder = hub.cached_snapshot(source.ref, source.revision) if source.kind == "hub" else None
     return folder is not None and hub.has_weights(folder)
 
@@ -334,9 +328,7 @@ def load_model(
     stream_to_device: on a GPU, place each shard on the device as it is read (RAM holds about one shard, not the model)."""
     from transformers import AutoModelForCausalLM
 
-    from core.hardware import detect
-
-    device = device or detect().device
+    device = device or hardware.detect().device
     dtype = dtype or default_dtype(device)
     if source.kind == "gguf":
         model, tokenizer = _load_from_gguf(Path(source.ref).expanduser())
@@ -468,8 +460,6 @@ def model_file_size(path: str | Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m core.models --prepare`: convert the embedded model once, so the app's first load is fast."""
-    import argparse
-
     parser = argparse.ArgumentParser(description="Model cache utilities")
     parser.add_argument("--prepare", action="store_true", help="convert the embedded model to safetensors in the workspace")
     args = parser.parse_args(argv)

@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from core import scorers
+from core.data.formats import DatasetLoadError, load_dataset_file
+from core.embeddings import embed_texts
 
 ENCODERS = ("model", "minilm")
 MAX_LABELS = 50  # more distinct values than this is not a label-like target
@@ -76,8 +78,6 @@ def input_text(row: dict) -> str:
 
 
 def load_labelled(path: str | Path, label_field: str) -> LabelledTexts:
-    from core.data.formats import DatasetLoadError, load_dataset_file
-
     try:
         loaded = load_dataset_file(path)
     except DatasetLoadError as exc:
@@ -131,8 +131,6 @@ def encode_with_model(loaded: Any, texts: Sequence[str], *, batch_size: int = 8,
 
 
 def encode_with_minilm(texts: Sequence[str]) -> np.ndarray:
-    from core.embeddings import embed_texts
-
     return embed_texts(list(texts))
 
 

@@ -16,9 +16,18 @@ from typing import Any
 from core.compare.features import FeatureError, encode_with_minilm, encode_with_model, feature_baseline, load_labelled
 from core.compare.spec import FeatureExtractionSpec, MethodComparisonSpec
 from core.compare.table import to_csv
+from core.embeddings import EMBEDDING_MODEL_NAME
+from core.evaluate.spec import EvalSpec
+from core.hardware import detect
+from core.models import ModelLoadError, load_model
+from core.runs import create_run, launch, read_status, stop
 from core.runs.jobs import JobContext, JobError, read_result
 from core.runs.spec import spec_to_dict
+from core.train.data import data_file
 from core.train.methods import METHODS
+from core.train.spec import TrainSpec
+from core.train.trainer import MemoryProbe
+from core.workspace import atomic_write_text
 
 HEAD_FILE = "head.json"
 COMPARISON_CSV = "comparison.csv"
@@ -30,10 +39,6 @@ POLL_SECONDS = 1.0
 
 
 def run_feature_extraction(ctx: JobContext) -> dict:
-    from core.hardware import detect
-    from core.train.data import data_file
-    from core.train.trainer import MemoryProbe
-
     started = time.time()
     spec: FeatureExtractionSpec = ctx.spec
     try:
@@ -44,12 +49,8 @@ def run_feature_extraction(ctx: JobContext) -> dict:
     probe = MemoryProbe(detect().device)
     ctx.progress(0.05, f"{len(train.texts)} training and {len(test.texts)} test rows; loading the encoder")
     if spec.encoder == "minilm":
-        from core.embeddings import EMBEDDING_MODEL_NAME
-
         encode, name, encoder_params = encode_with_minilm, EMBEDDING_MODEL_NAME, None
     else:
-        from core.models import ModelLoadError, load_model
-
         try:
             loaded = load_model(spec.model_source)
         except ModelLoadError as exc:
@@ -118,8 +119,6 @@ def run_comparison(ctx: JobContext) -> dict:
               "evaluation_run": children.get("evaluate"), "wall_seconds": round(time.time() - started, 1),
               "stopped": ctx.stop_requested, "notes": comparison_notes(spec)}
     ctx.write_result(result)
-    from core.workspace import atomic_write_text
-
     atomic_write_text(ctx.path(COMPARISON_CSV), to_csv(table))
     done = [r for r in table if r["state"] == "succeeded"]
     return {"table": ctx.result_path().name, "csv": COMPARISON_CSV, "methods": len(table), "succeeded": len(done)}
@@ -132,8 +131,6 @@ def comparison_notes(spec: MethodComparisonSpec) -> list[str]:
 
 
 def train_spec_for(spec: MethodComparisonSpec, method: str) -> Any:
-    from core.train.spec import TrainSpec
-
     return TrainSpec(
         name=f"{spec.name or 'compare'}-{method}", model=dict(spec.model), dataset=spec.dataset, method=method,
         max_steps=spec.max_steps, batch_size=spec.batch_size, max_length=spec.max_length, seed=spec.seed,
@@ -144,8 +141,6 @@ def train_spec_for(spec: MethodComparisonSpec, method: str) -> Any:
 
 
 def evaluate_spec_for(spec: MethodComparisonSpec, trained: dict[str, dict]) -> Any:
-    from core.evaluate.spec import EvalSpec
-
     variants = []
     for method, row in trained.items():
         model = {**spec.model, "adapter": row["artifact"]} if METHODS[method].peft else {"kind": "local", "ref": row["artifact"]}
@@ -163,8 +158,6 @@ def feature_spec_for(spec: MethodComparisonSpec) -> Any:
 
 def _child(ctx: JobContext, children: dict, key: str, make_spec) -> Path | None:
     """The child run for `key`: the one recorded earlier when it succeeded, else a new one (None if its spec is invalid)."""
-    from core.runs import create_run, read_status
-
     recorded = children.get(key)
     if recorded and Path(recorded).is_dir() and read_status(Path(recorded)).state == "succeeded":
         return Path(recorded)
@@ -184,8 +177,6 @@ def _child(ctx: JobContext, children: dict, key: str, make_spec) -> Path | None:
 
 def _follow(ctx: JobContext, run_dir: Path | None, index: int, steps: int, what: str) -> None:
     """Launch the child (unless it already finished) and wait for it, passing a Stop on and mirroring its progress."""
-    from core.runs import launch, read_status, stop
-
     if run_dir is None or read_status(run_dir).state == "succeeded":
         return
     ctx.log.info("%s: %s", what, run_dir.name)
@@ -204,8 +195,6 @@ def _follow(ctx: JobContext, run_dir: Path | None, index: int, steps: int, what:
 
 
 def _child_error(run_dir: Path | None) -> str:
-    from core.runs import read_status
-
     if run_dir is None:
         return "not started"
     status = read_status(run_dir)
@@ -213,8 +202,6 @@ def _child_error(run_dir: Path | None) -> str:
 
 
 def train_row(spec: MethodComparisonSpec, method: str, run_dir: Path | None) -> dict:
-    from core.runs import read_status
-
     info = METHODS[method]
     row: dict[str, Any] = {"method": method, "label": info.label, "mergeable": info.mergeable, "learning_rate": spec.learning_rate(method)}
     if run_dir is None:
@@ -247,8 +234,6 @@ def _scores(report: dict | None, label: str, feature_field: str) -> dict:
 
 
 def feature_row(spec: MethodComparisonSpec, run_dir: Path | None, base_scores: dict) -> dict:
-    from core.runs import read_status
-
     row: dict[str, Any] = {"method": "feature_extraction", "label": f"Feature extraction ({spec.feature_encoder}) → {spec.feature_field}",
                            "mergeable": False}
     if run_dir is None:

@@ -9,6 +9,8 @@ import csv
 import io
 from typing import Any, Iterable
 
+from core.runs.jobs import read_result
+
 # Section 45.5's table: trainable share of the model, in percent (low, high). "~x %" is read as within 3x of x.
 CHAPTER_SHARES: dict[str, tuple[str, float, float]] = {
     "adapters": ("~0.5-5 %", 0.5, 5.0),
@@ -64,8 +66,6 @@ def to_csv(rows: Iterable[dict]) -> str:
 
 def load_result(run_dir: Any) -> dict | None:
     """The result file of a finished comparison run, or None while it runs."""
-    from core.runs.jobs import read_result
-
     return read_result(run_dir, "method_comparison")
 
 

@@ -6,6 +6,7 @@ import time
 from typing import Any, Iterable
 
 from core import hub
+from core.models import hub_weights_present
 from core.runs.jobs import JobContext, JobError
 
 
@@ -71,8 +72,6 @@ def run(ctx: JobContext) -> dict:
 
 def ensure_weights(ctx: JobContext, sources: Iterable[Any]) -> list[dict]:
     """The first stage of a train / evaluate / merge job: fetch every Hub model whose weights are not cached yet."""
-    from core.models import hub_weights_present
-
     done = []
     for source in sources:
         if source is None or source.kind != "hub" or hub_weights_present(source):

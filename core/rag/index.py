@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.embeddings import EMBEDDING_MODEL_NAME, embed_texts
 from core.rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, Chunk, check_chunking, chunk_documents
 from core.rag.corpus import Corpus
 from core.workspace import atomic_write_dir, atomic_write_json, read_json, subdir
@@ -59,8 +60,6 @@ def indexes_dir() -> Path:
 
 
 def index_key(corpus_sha256: str, chunk_tokens: int, overlap: int) -> str:
-    from core.embeddings import EMBEDDING_MODEL_NAME
-
     settings = json.dumps({"corpus": corpus_sha256, "chunk_tokens": chunk_tokens, "overlap": overlap, "embedding": EMBEDDING_MODEL_NAME,
                            "bm25": {"stopwords": BM25_STOPWORDS, "stemmer": "snowball-english"}, "version": INDEX_VERSION}, sort_keys=True)
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
@@ -103,7 +102,6 @@ def build_index(corpus: Corpus, chunk_tokens: int = DEFAULT_CHUNK_TOKENS, overla
     chunks = chunk_documents(corpus.documents, chunk_tokens, overlap)
     chunked = time.perf_counter()
     say(0.2, f"embedding {len(chunks)} chunks")
-    from core.embeddings import EMBEDDING_MODEL_NAME, embed_texts
 
     dense = embed_texts([_indexed_text(c) for c in chunks], progress=lambda f, m: say(0.2 + 0.7 * f, m))
     embedded = time.perf_counter()
@@ -163,8 +161,6 @@ class RagIndex:
     # ------------------------------------------------------------ rankings: (chunk positions, scores), best first
 
     def dense_rankings(self, queries: Sequence[str], depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        from core.embeddings import embed_texts
-
         scores = embed_texts(list(queries)) @ self.dense.T
         depth = min(depth, len(self.chunks))
         out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import random
 import time
@@ -11,8 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from core.data.masking import MaskingError, encode_row
+from core.evaluate import scoring
 from core.generation import Stopped, greedy_chat_answers
-from core.models import LoadedModel, ModelLoadError, ModelSource, load_model
+from core.models import LoadedModel, ModelLoadError, ModelSource, load_model, load_tokenizer
 from core.rag.corpus import Corpus, CorpusError, load_corpus
 from core.rag.evaluation import CONDITION_LABELS, CONDITIONS, ROLE_LABELS, conversations, eval_items, summarize
 from core.rag.index import MODES, RagIndex, open_index
@@ -192,9 +195,6 @@ def run_raft(ctx: JobContext) -> dict:
 
 def _token_lengths(spec: RaftSpec, rows: list[dict]) -> dict:
     """Row lengths in the target model's tokens (chat template included): what max_length must hold on the Train page."""
-    from core.data.masking import MaskingError, encode_row
-    from core.models import load_tokenizer
-
     source = ModelSource.from_dict(spec.model)
     try:
         tokenizer = load_tokenizer(source)
@@ -205,8 +205,6 @@ def _token_lengths(spec: RaftSpec, rows: list[dict]) -> dict:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -233,8 +231,6 @@ def model_from(text: str, base: ModelSource) -> ModelSource:
 
 
 def _check_changes_model(base_probe: Any, loaded: LoadedModel, role: str, source: ModelSource) -> None:
-    from core.evaluate import scoring
-
     difference = scoring.probe_difference(base_probe, scoring.probe_logits(loaded.model, loaded.tokenizer))
     if difference < scoring.PROBE_TOLERANCE:
         raise JobError(f"adapter not applied / no effect: the {ROLE_LABELS[role].split(' ')[0]} model "
@@ -243,8 +239,6 @@ def _check_changes_model(base_probe: Any, loaded: LoadedModel, role: str, source
 
 
 def run_raft_eval(ctx: JobContext) -> dict:
-    from core.evaluate import scoring
-
     spec: RaftEvalSpec = ctx.spec
     started = time.time()
     folder = resolve_dataset(spec.dataset)
