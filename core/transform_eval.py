@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from core.data.formats import resolve_data_path
+from core.evaluate.job import run as run_evaluation
+from core.evaluate.report import metric_table
+from core.evaluate.task import TaskDataError, load_task
 from core.models import ModelSource
+from core.runs.card import source_run_of
 from core.runs.jobs import JobContext, parse_spec, read_result, read_spec_dict, result_path
 from core.runs.spec import write_spec
-from core.workspace import REPO_ROOT
+from core.workspace import REPO_ROOT, runs_dir
 
 EVAL_DIR = "eval"
 GENERAL_SCORE = "general_mc_acc_norm"
@@ -68,10 +72,6 @@ def task_data_for(chosen: str, sources: Iterable[ModelSource | None]) -> TaskDat
 def run_task_data(source: ModelSource) -> TaskData | None:
     """The task data of the run a model (or its adapter) was made by, or None when it came from no run or its data
     has no conversation ending in an answer."""
-    from core.evaluate.task import TaskDataError, load_task
-    from core.runs.card import source_run_of
-    from core.workspace import runs_dir
-
     for artifact in (source.adapter, source.ref if source.kind == "local" else ""):
         run_id = source_run_of(artifact) if artifact else None
         if not run_id:
@@ -135,8 +135,6 @@ def evaluate_variants(reference: ModelSource, variants: list[tuple[str, ModelSou
                       progress_span: tuple[float, float] = (0.0, 1.0), subdir: str = EVAL_DIR,
                       on_model: Callable[[dict], None] | None = None, task_dataset: str = "") -> dict:
     """Run core.evaluate's job on `reference` (as the base) and the variants; returns its report dict."""
-    from core.evaluate.job import run as run_evaluation
-
     low, high = progress_span
     data = eval_spec(reference, variants, rows, name=f"{ctx.run_dir.name}-{subdir}", task_dataset=task_dataset)
     sub = _SubContext(
@@ -166,8 +164,6 @@ def model_scores(report: dict, label: str) -> dict:
 
 def summary(report: dict, label: str) -> dict:
     """The headline of one variant against the reference: scores, verdict, and the metric table."""
-    from core.evaluate.report import metric_table
-
     if not report:
         return {}
     reference = report["models"][0]["label"]

@@ -20,8 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.distill.data import DEMO_EVAL
+from core.distill.job import STUDENT_DIR
+from core.distill.job import run as run_distill
+from core.distill.sequence import run as run_answers
+from core.distill.sequence import save_shallow_student
 from core.distill.spec import VARIANT_LABELS, DistillCompareSpec
+from core.models import ModelLoadError, ModelSource, load_model
 from core.runs.jobs import JobContext, JobError, read_result
+from core.scorers import rouge_l_f1
+from core.train.job import MODEL_DIR
+from core.train.job import run as run_train
+from core.transform_eval import evaluate_variants, model_scores
 
 INIT_DIR = "student_init"
 ANSWERS_DIR = "teacher_answers"
@@ -107,9 +117,6 @@ def timed(ctx: JobContext, timings: dict, key: str, work: Any, *args: Any) -> An
 
 def make_student(ctx: JobContext, spec: DistillCompareSpec) -> Path:
     """The starting student, saved once: the teacher (adapter merged) keeping every n-th layer."""
-    from core.distill.sequence import save_shallow_student
-    from core.models import ModelLoadError, load_model
-
     target = ctx.run_dir / INIT_DIR
     if (target / ".complete").is_file():
         return target
@@ -128,8 +135,6 @@ def _data_fields(spec: DistillCompareSpec) -> dict:
 
 
 def teacher_answers(ctx: JobContext, spec: DistillCompareSpec, span: tuple[float, float]) -> dict | None:
-    from core.distill.sequence import run as run_answers
-
     sub_spec = {"kind": "teacher_answers", "teacher": spec.teacher, **_data_fields(spec), "decoding": "greedy",
                 "max_new_tokens": spec.answer_tokens, "output_name": f"{ctx.run_dir.name}-teacher-answers",
                 **({"keep_unfinished": True, "json_only": "no"} if spec.keep_all_answers else {})}
@@ -143,9 +148,6 @@ def teacher_answers(ctx: JobContext, spec: DistillCompareSpec, span: tuple[float
 def train_on_answers(ctx: JobContext, spec: DistillCompareSpec, init: Path, dataset: str, fraction: float,
                      span: tuple[float, float]) -> Path:
     """Sequence-level: the ordinary Train job, full fine-tuning of the student on the teacher's answers."""
-    from core.train.job import MODEL_DIR
-    from core.train.job import run as run_train
-
     folder = student_folder("sequence", fraction)
     card = read_result(ctx.run_dir / folder, "train") or {}
     if card.get("state") == "succeeded" and (card.get("final_metrics") or {}).get("global_step", 0) >= spec.steps:
@@ -165,10 +167,6 @@ def _replay_answer_fields(spec: DistillCompareSpec) -> dict:
 
 
 def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, fraction: float, span: tuple[float, float]) -> Path:
-    from core.distill.data import DEMO_EVAL
-    from core.distill.job import STUDENT_DIR
-    from core.distill.job import run as run_distill
-
     folder = student_folder(method, fraction)
     if (read_result(ctx.run_dir / folder, "distill") or {}).get("steps_done", 0) >= spec.steps:
         return ctx.run_dir / folder / STUDENT_DIR
@@ -184,9 +182,6 @@ def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, 
 
 
 def score(ctx: JobContext, spec: DistillCompareSpec, init: Path, made: list[dict]) -> dict:
-    from core.models import ModelSource
-    from core.transform_eval import evaluate_variants
-
     variants = [(UNTRAINED, ModelSource("local", str(init)))] + [(m["student"], ModelSource("local", m["folder"])) for m in made]
     report = evaluate_variants(spec.teacher_source, variants, ctx, rows=spec.eval_rows, progress_span=(0.8, 1.0), subdir=EVAL_DIR,
                                task_dataset=spec.eval_dataset)
@@ -200,8 +195,6 @@ def score(ctx: JobContext, spec: DistillCompareSpec, init: Path, made: list[dict
 
 def agreement(report: dict, label: str, reference: str) -> tuple[float | None, float | None]:
     """(% of held-out prompts answered exactly as the reference did, mean ROUGE-L × 100) from the report's answers."""
-    from core.scorers import rouge_l_f1
-
     pairs = [(e["answers"][label], e["answers"][reference]) for e in report.get("examples", []) if label in e.get("answers", {})]
     if not pairs:
         return None, None
@@ -211,8 +204,6 @@ def agreement(report: dict, label: str, reference: str) -> tuple[float | None, f
 
 def comparison_table(report: dict, made: list[dict]) -> list[dict]:
     """One row per model: the teacher, the student before distillation, then every distilled student."""
-    from core.transform_eval import model_scores
-
     reference = report["models"][0]["label"]
     points = lambda v: None if v is None else round(v, 1)  # noqa: E731 - the report's scores are points already
     teacher, untrained = model_scores(report, reference), model_scores(report, UNTRAINED)

@@ -10,6 +10,7 @@ import torch
 
 from core.data.formats import load_dataset_file
 from core.data.masking import IGNORE_INDEX, MaskingError, encode_row, inference_prompt_ids
+from core.data.replay import mix
 from core.workspace import REPO_ROOT
 
 DEMO_TRAIN = REPO_ROOT / "assets" / "demo" / "train.jsonl"
@@ -54,8 +55,6 @@ def encode_features(rows: list[dict], tokenizer: Any, *, max_length: int, policy
                     replay_model: Any = None) -> tuple[list[dict], dict | None]:
     """The task rows as features, plus `replay_fraction` general rows (exact, see core.data.replay) and their record.
     replay_model: whose general answers 'general' replays (the teacher; None = the embedded model's shipped set)."""
-    from core.data.replay import mix
-
     encode = lambda row: encode_feature(row, tokenizer, max_length=max_length, policy=policy, with_prompt=with_prompt)  # noqa: E731
     features = [f for f in map(encode, rows) if f is not None]
     if not features:

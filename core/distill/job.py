@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from core import hardware
 from core.data.replay import prepare_answers
 from core.distill.data import DEMO_EVAL, DEMO_TRAIN, batches, collate, encode_features, encode_rows, load_rows
 from core.distill.loss import distillation_loss, kl_teacher_student, shared_vocabulary
@@ -19,7 +20,10 @@ from core.distill.student import kept_layer_indices, shallow_student
 from core.distill.tokenizers import check_tokenizers
 from core.models import ModelSource, load_model, merge_adapter_weights, model_file_size, save_model
 from core.runs.jobs import JobContext, JobError
-from core.transform_eval import TaskData, resolve_dataset
+from core.train import gkd
+from core.train.backends import cpu_bf16_autocast
+from core.train.data import held_out
+from core.transform_eval import TaskData, resolve_dataset, score_against
 from core.workspace import atomic_write_text
 
 STUDENT_DIR = "student"
@@ -41,10 +45,7 @@ def bf16_autocast(spec: DistillSpec) -> bool:
     """fp32 weights, forward passes under bf16 autocast where the hardware computes bf16 natively. On a CPU this is the
     Train job's rule (core.train.backends.choose_precision), so every variant of a comparison gets the same compute;
     on a GPU the Train job's full fine-tune keeps bf16 weights, where this keeps fp32 ones for AdamW's updates."""
-    from core.hardware import detect
-    from core.train.backends import cpu_bf16_autocast
-
-    return cpu_bf16_autocast(spec.precision, bool(detect().bf16))
+    return cpu_bf16_autocast(spec.precision, bool(hardware.detect().bf16))
 
 
 @torch.no_grad()
@@ -105,8 +106,6 @@ def split_data(spec: DistillSpec, run_dir: Path) -> tuple[list[dict], list[dict]
     """(training rows, held-out rows, where the held-out rows are). The held-out rows are never trained on: the chosen
     eval_dataset; the demo's held-out split; or `eval_fraction` of the dataset's rows, split off (seeded) before training
     and written to <run>/heldout.jsonl for the verdict."""
-    from core.train.data import held_out
-
     rows = load_rows(DEMO_TRAIN if spec.data == "demo" else resolve_dataset(spec.dataset_path), spec.max_rows)
     if spec.eval_dataset.strip():
         path = resolve_dataset(spec.eval_dataset)
@@ -144,11 +143,9 @@ def held_out_divergence(spec: DistillSpec, teacher: Any, student: Any, batch: di
     if spec.method == "logit":
         value = held_out_kl(teacher, student, batch, spec.temperature, vocab_size)
     else:
-        from core.train.gkd import generalized_jsd
-
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        value = float(generalized_jsd(student(**inputs).logits[:, :-1], teacher(**inputs).logits[:, :-1], batch["labels"][:, 1:],
-                                      spec.gkd_beta))
+        value = float(gkd.generalized_jsd(student(**inputs).logits[:, :-1], teacher(**inputs).logits[:, :-1], batch["labels"][:, 1:],
+                                          spec.gkd_beta))
     student.train(was_training)
     return value
 
@@ -192,16 +189,14 @@ def train_logit(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, 
 def train_gkd(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, tokenizer: Any, features: list[dict],
               device: Any, start_step: int) -> tuple[int, dict]:
     """On-policy distillation through TRL's GKD trainer (core.train.gkd) for the steps still to do."""
-    from core.train.gkd import GKDSettings, train_on_policy
-
     remaining = spec.steps - start_step
     if remaining <= 0:
         return start_step, {}
-    settings = GKDSettings(steps=remaining, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-                           warmup_steps=spec.warmup_steps if start_step == 0 else 0, lmbda=spec.gkd_lambda, beta=spec.gkd_beta,
-                           temperature=spec.gkd_temperature, max_new_tokens=spec.max_new_tokens, max_length=spec.max_length,
-                           seed=spec.seed + start_step, bf16=bf16_autocast(spec),
-                           gradient_checkpointing=spec.gradient_checkpointing)
+    settings = gkd.GKDSettings(steps=remaining, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
+                               warmup_steps=spec.warmup_steps if start_step == 0 else 0, lmbda=spec.gkd_lambda, beta=spec.gkd_beta,
+                               temperature=spec.gkd_temperature, max_new_tokens=spec.max_new_tokens, max_length=spec.max_length,
+                               seed=spec.seed + start_step, bf16=bf16_autocast(spec),
+                               gradient_checkpointing=spec.gradient_checkpointing)
 
     def on_step(row: dict) -> None:
         step = start_step + row["step"]
@@ -209,8 +204,8 @@ def train_gkd(ctx: JobContext, spec: DistillSpec, teacher: Any, student: Any, to
         ctx.progress(0.05 + 0.75 * step / spec.steps, f"step {step}/{spec.steps} · JSD {row['loss']:.4f}"
                      + (" · on-policy" if row["on_policy"] else ""))
 
-    totals = train_on_policy(student, teacher, tokenizer, features, settings, run_dir=ctx.run_dir, device=str(device.type),
-                             on_step=on_step, should_stop=lambda: ctx.stop_requested)
+    totals = gkd.train_on_policy(student, teacher, tokenizer, features, settings, run_dir=ctx.run_dir, device=str(device.type),
+                                 on_step=on_step, should_stop=lambda: ctx.stop_requested)
     return start_step + totals.pop("steps_done"), totals
 
 
@@ -277,8 +272,6 @@ def run(ctx: JobContext) -> dict:
     }
     del teacher_model, student
     if spec.evaluate and not ctx.stop_requested:
-        from core.transform_eval import score_against
-
         ctx.progress(0.85, "scoring the student against the teacher")
         result["evaluation"] = score_against(spec.teacher_source, ModelSource("local", str(student_dir)), ctx, task=task,
                                              rows=spec.eval_rows, progress_span=(0.85, 1.0), label="student")

@@ -15,9 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core import generation, scorers
+from core.data.curate import MANIFEST_FILE, CurationOperation, DatasetSource, curated_dataset_dir, export_curated
+from core.data.formats import DatasetLoadError, load_dataset_file
 from core.distill.data import DEMO_TRAIN, prompt_messages
 from core.distill.spec import TeacherAnswersSpec
+from core.distill.student import shallow_student
+from core.models import ModelLoadError, load_model, merge_adapter_weights, save_model
 from core.runs.jobs import JobContext, JobError
+from core.train.data import data_file, file_sha256
+from core.workspace import read_json
 
 STUDENT_DIR = "student"
 
@@ -28,8 +35,6 @@ def reference_answer(messages: list[dict]) -> str | None:
 
 def teacher_record(spec: TeacherAnswersSpec) -> dict:
     """Who answered: the source, and the adapter's weights hash when there is one."""
-    from core.train.data import file_sha256
-
     source = spec.teacher_source
     record = {"source": source.as_dict(), "label": source.label}
     weights = Path(source.adapter) / "adapter_model.safetensors" if source.adapter else None
@@ -40,9 +45,6 @@ def teacher_record(spec: TeacherAnswersSpec) -> dict:
 
 def load_prompts(spec: TeacherAnswersSpec) -> tuple[Any, list[int], list[list[dict]], list[str | None]]:
     """(the loaded dataset, indices of the rows with a prompt, their prompts, their reference answers)."""
-    from core.data.formats import DatasetLoadError, load_dataset_file
-    from core.train.data import data_file
-
     path = DEMO_TRAIN if spec.data == "demo" else data_file(spec.dataset_path)
     if not Path(path).exists():
         raise JobError(f"The prompts dataset was not found: {path}")
@@ -64,9 +66,6 @@ def load_prompts(spec: TeacherAnswersSpec) -> tuple[Any, list[int], list[list[di
 
 def curation_operations(spec: TeacherAnswersSpec, answers: list, references: list[str | None]) -> tuple[list, bool]:
     """The drops as core.data.curate operations (recorded in the manifest), and whether JSON was required."""
-    from core import scorers
-    from core.data.curate import CurationOperation
-
     given = [r for r in references if r is not None]
     json_only = spec.json_only == "yes" or (spec.json_only == "auto" and bool(given) and scorers.references_are_json(given))
     is_json = lambda text: bool(scorers.json_validity(text))  # noqa: E731 - the one strict JSON-validity rule
@@ -84,8 +83,6 @@ def curation_operations(spec: TeacherAnswersSpec, answers: list, references: lis
 
 
 def dataset_name(spec: TeacherAnswersSpec, run_dir: Path) -> str:
-    from core.data.curate import curated_dataset_dir
-
     if spec.output_name.strip():
         return spec.output_name.strip()
     base = f"{run_dir.name}-answers"
@@ -97,10 +94,6 @@ def dataset_name(spec: TeacherAnswersSpec, run_dir: Path) -> str:
 
 
 def run(ctx: JobContext) -> dict:
-    from core import generation
-    from core.data.curate import CurationOperation, DatasetSource, export_curated
-    from core.models import ModelLoadError, load_model
-
     spec: TeacherAnswersSpec = ctx.spec
     ctx.progress(0.01, "reading the prompts")
     loaded, kept, prompts, references = load_prompts(spec)
@@ -151,17 +144,11 @@ def run(ctx: JobContext) -> dict:
 
 
 def _rows_written(folder: Path) -> int:
-    from core.data.curate import MANIFEST_FILE
-    from core.workspace import read_json
-
     return int((read_json(folder / MANIFEST_FILE) or {}).get("rows", 0))
 
 
 def save_shallow_student(teacher: Any, stride: int, target: Path) -> Path:
     """The teacher with its adapter merged, every `stride`-th layer kept, saved as a plain model folder."""
-    from core.distill.student import shallow_student
-    from core.models import merge_adapter_weights, save_model
-
     model = teacher.model
     if hasattr(model, "merge_and_unload"):
         model = merge_adapter_weights(model)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -132,8 +133,6 @@ def permute_qk(weights: Any, n_head: int, n_head_kv: int | None = None) -> Any:
 def keep_sentencepiece_model(target: Path, *sources: Path | None) -> bool:
     """transformers 5 re-saves a SentencePiece tokenizer (Llama-2, Mistral, TinyLlama, Phi-3) without tokenizer.model,
     which llama.cpp reads its vocabulary from first: copy the source's into the saved folder (temp + rename)."""
-    import shutil
-
     target = Path(target)
     if (target / "tokenizer.model").is_file():
         return False

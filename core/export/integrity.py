@@ -11,6 +11,8 @@ import json
 import struct
 from pathlib import Path
 
+from core.export.gguf_header import GGUFHeaderError, read_header
+
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -39,8 +41,6 @@ def safetensors_problems(path: str | Path) -> list[str]:
 
 
 def gguf_problems(path: str | Path) -> list[str]:
-    from core.export.gguf_header import GGUFHeaderError, read_header
-
     path = Path(path)
     size = path.stat().st_size
     try:

@@ -7,22 +7,29 @@ and checks; the job fails when any check fails, with the artifacts kept for insp
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from core import llamacpp
+import yaml
+
+from core import hardware, llamacpp, models
 from core.chat import system_prompt_prefill, training_format
-from core.export import memory, validate
+from core.export import memory, recipes, validate
 from core.export.disk import estimate_bytes, safetensors_parameters, space_problem
+from core.export.gguf_convert import ConversionError, convert, keep_sentencepiece_model, preflight, read_config
 from core.export.gguf_header import read_header
 from core.export.integrity import digest_problems, folder_digest
+from core.export.ollama import TemplateNotMappable, modelfile, read_anatomy
 from core.export.source import ExportSource, resolve, training_template
 from core.export.spec import ExportSpec
-from core.models import ModelSource
+from core.merge.config import validate_with_mergekit
+from core.models import ModelLoadError, ModelSource, resolve_model_path, save_model
 from core.runs.jobs import JobContext, JobError
+from core.train.spec import TrainSpec
 from core.workspace import atomic_write_dir, atomic_write_text, folder_bytes, safe_name
 
 EXPORT_DIR = "export"
@@ -104,8 +111,6 @@ class Exporter:
 
     def _check_gguf_convertible(self) -> None:
         """An architecture (or rope scaling) our GGUF converter refuses is refused by name from config.json, before the merge."""
-        from core.export.gguf_convert import ConversionError, preflight, read_config
-
         try:
             preflight(read_config(Path(self._model_path(self.source.base))))
         except ConversionError as exc:
@@ -126,8 +131,6 @@ class Exporter:
 
     def _check_memory(self) -> None:
         """Refuse before any load when RAM cannot hold what the merge loads (core.export.memory); pick dtype and device."""
-        from core.hardware import detect
-
         source = self.source
         base_dir = Path(self._model_path(source.base))
         wanted, why = (None, "")
@@ -136,7 +139,7 @@ class Exporter:
         if not why:  # a merged / pruned / distilled folder or a model source: the dtype its weights are stored in
             wanted = memory.stored_dtype(base_dir)
             why = f"the weights are stored in {wanted}" if wanted else ""
-        self.memory = memory.plan_memory(base_dir, source.adapter_dir, wanted, why, detect())
+        self.memory = memory.plan_memory(base_dir, source.adapter_dir, wanted, why, hardware.detect())
         self.ctx.write_json("memory_plan.json", self.memory.as_dict())
         self.ctx.log.info("memory plan: %s on %s (%s); needs %.2f GB RAM, %.2f GB available", self.memory.dtype, self.memory.device,
                           self.memory.dtype_reason, self.memory.ram_needed_bytes / 1e9, (self.memory.ram_available_bytes or 0) / 1e9)
@@ -148,8 +151,6 @@ class Exporter:
 
     @staticmethod
     def _model_path(model) -> str:
-        from core.models import ModelLoadError, resolve_model_path
-
         try:
             return resolve_model_path(model)
         except ModelLoadError as exc:
@@ -182,15 +183,12 @@ class Exporter:
         self._record("adapter", target, time.perf_counter() - started, checks)
 
     def _merged(self) -> None:
-        from core.export.gguf_convert import keep_sentencepiece_model
-        from core.models import ModelLoadError, load_model, save_model
-
         started = time.perf_counter()
         keep = "merged" in self.spec.formats
         target = (self.out / "merged") if keep else (self.work / "merged")
         plan = self.memory
         try:
-            loaded = load_model(self.source.model, device=plan.device, dtype=plan.dtype, stream_to_device=True)
+            loaded = models.load_model(self.source.model, device=plan.device, dtype=plan.dtype, stream_to_device=True)
         except ModelLoadError as exc:
             raise JobError(str(exc)) from None
         self.tokenizer = loaded.tokenizer
@@ -221,7 +219,7 @@ class Exporter:
         check_dtype = "bfloat16" if "bfloat16" in (plan.dtype, self.spec.merged_dtype) else self.spec.merged_dtype
         if self.spec.validate:
             checks.append(validate.integrity_check(target))
-            reloaded = load_model(ModelSource("local", str(target)), device=plan.device, dtype=reload_dtype, stream_to_device=True)
+            reloaded = models.load_model(ModelSource("local", str(target)), device=plan.device, dtype=reload_dtype, stream_to_device=True)
             with _default_device(plan.device):
                 checks.append(validate.merged_check(references, reloaded.model, self.prompt_ids, check_dtype))
                 if self.spec.needs_gguf:
@@ -242,8 +240,6 @@ class Exporter:
         return self.out / f"{self.stem}-{label}.gguf"
 
     def _gguf(self, outtype: str) -> None:
-        from core.export.gguf_convert import ConversionError, convert
-
         started = time.perf_counter()
         requested = f"gguf_{outtype}" in self.spec.formats
         target = self._gguf_path(outtype.upper()) if requested else self.work / f"{self.stem}-F16.gguf"
@@ -282,8 +278,6 @@ class Exporter:
     def _modelfile(self) -> None:
         from transformers import AutoTokenizer
 
-        from core.export.ollama import TemplateNotMappable, modelfile, read_anatomy
-
         started = time.perf_counter()
         ggufs = [a for a in self.artifacts if a["kind"].startswith("gguf_") or a["kind"] in llamacpp.QUANT_TYPES]
         if not ggufs:
@@ -305,8 +299,6 @@ class Exporter:
         self._record("modelfile", target, time.perf_counter() - started, checks, points_to=Path(preferred["path"]).name)
 
     def _recipes(self) -> None:
-        from core.export import recipes
-
         started = time.perf_counter()
         folder = self.out / "recipes"
         folder.mkdir(parents=True, exist_ok=True)
@@ -347,8 +339,6 @@ class Exporter:
 
 def _recipes_check(folder: Path) -> dict:
     """Each recipe parses back; the spec.yaml is a valid spec of its kind; a mergekit YAML passes mergekit's schema."""
-    import yaml
-
     problems = []
     for path in sorted(folder.glob("*.yaml")):
         try:
@@ -357,15 +347,11 @@ def _recipes_check(folder: Path) -> dict:
             problems.append(f"{path.name}: {exc}")
             continue
         if path.name == "spec.yaml" and data.get("kind") == "train":
-            from core.train.spec import TrainSpec
-
             try:
                 TrainSpec.from_dict(data)
             except (TypeError, ValueError) as exc:
                 problems.append(f"spec.yaml: {exc}")
         if path.name == "mergekit.yaml":
-            from core.merge.config import validate_with_mergekit
-
             try:
                 validate_with_mergekit(data)
             except Exception as exc:  # noqa: BLE001
@@ -381,8 +367,6 @@ def _gguf_adds_bos(path: Path) -> bool:
 
 def _default_device(device: str):
     """Tensors the validation builds (prompt ids) are made on the model's device."""
-    import contextlib
-
     import torch
 
     return torch.device(device) if device != "cpu" else contextlib.nullcontext()
@@ -418,8 +402,6 @@ def _fits_dtype(model: Any, dtype: str) -> None:
 
 def _verify(ctx: JobContext, spec: ExportSpec, source: ExportSource) -> dict:
     """Hashes, headers and a llama.cpp load-back of every artifact an earlier attempt of this run recorded."""
-    from core.models import ModelSource, load_model
-
     result = ctx.read_result()
     if not result:
         raise JobError("verify_only: this run has no export.json to check (run the export first)")
@@ -428,17 +410,15 @@ def _verify(ctx: JobContext, spec: ExportSpec, source: ExportSource) -> dict:
     merged = next((a for a in result["artifacts"] if a["kind"] == "merged"), None)
     ggufs = [a for a in result["artifacts"] if a["path"].endswith(".gguf")]
     if ggufs:
-        from core.hardware import detect
-
         reference_source = ModelSource("local", merged["path"]) if merged and Path(merged["path"]).is_dir() else source.model
         # the same RAM check as the export, at the dtype the export validated in (fp32 for exports made before it was recorded)
         validated_in = (result.get("merge") or {}).get("validated_in") or "float32"
         plan = memory.plan_memory(Exporter._model_path(reference_source.with_adapter(None)), reference_source.adapter or None,
-                                  validated_in, "the dtype the export validated in", detect())
+                                  validated_in, "the dtype the export validated in", hardware.detect())
         ctx.write_json("memory_plan.json", plan.as_dict())
         if plan.problem():
             raise JobError(plan.problem())
-        loaded = load_model(reference_source, device=plan.device, dtype=plan.dtype, stream_to_device=True)
+        loaded = models.load_model(reference_source, device=plan.device, dtype=plan.dtype, stream_to_device=True)
         tokenizer = loaded.tokenizer
         if template:
             tokenizer.chat_template = template

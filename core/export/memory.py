@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core import hardware
 from core.merge.preflight import NAME_BYTES, safetensors_header
 from core.runs.jobs import read_result
 from core.workspace import folder_bytes
@@ -58,8 +59,6 @@ class MemoryPlan:
 
 def available_ram_bytes() -> int | None:
     """RAM available now (MemAvailable), the one figure the export's check reads."""
-    from core import hardware
-
     free_gb = hardware._system_ram_gb()[1]
     return int(free_gb * 1e9) if free_gb is not None else None
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.runs import list_runs
 from core.runs.jobs import model_kinds
 from core.runs.jobs import read_result as read_job_result
 
@@ -51,8 +52,6 @@ def gguf_files(result: dict) -> list[dict]:
 
 def gguf_choices() -> dict[str, str]:
     """label -> path of every GGUF an export run wrote (newest first), checks passed or not."""
-    from core.runs import list_runs
-
     choices = {}
     for run in list_runs("export"):
         for artifact in gguf_files(read_result(run.path)):
@@ -75,8 +74,6 @@ def small_files(result: dict) -> list[Path]:
 
 def export_sources() -> dict[str, str]:
     """Finished runs that hold a model to export: label -> run folder (newest first)."""
-    from core.runs import list_runs
-
     found = {}
     for run in list_runs():
         if run.kind in model_kinds() and run.status.state in ("succeeded", "stopped"):

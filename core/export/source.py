@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.data.templates import chat_template_text
 from core.models import ModelSource
 from core.runs.jobs import JOBS, JobError, job_kind, read_result, read_spec_dict
 from core.runs.status import read_status
@@ -81,8 +82,6 @@ def _model_folder(run_dir: Path, kind: str) -> Path:
 def training_template(source: ExportSource, override: str = "") -> str | None:
     """The chat template training used: the override, else the one saved with the adapter / model, else the base's."""
     if override:
-        from core.data.templates import chat_template_text
-
         return chat_template_text(override)
     if source.template_dir is not None:
         found = chat_template_of(source.template_dir)

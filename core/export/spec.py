@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from core.llamacpp import QUANT_TYPES
+from core.models import ModelSource
 from core.runs.spec import RunSpec, meta
 
 FORMATS: tuple[str, ...] = ("adapter", "merged", "gguf_f16", "gguf_q8_0", "modelfile", "recipes")
@@ -71,8 +72,6 @@ class ExportSpec(RunSpec):
         if self.source_run and not Path(self.source_run).expanduser().is_dir():
             raise ValueError(f"source_run: {self.source_run} is not a run folder")
         if self.model:
-            from core.models import ModelSource
-
             try:
                 ModelSource.from_dict(self.model)
             except (TypeError, ValueError) as exc:

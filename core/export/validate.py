@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from core import llamacpp
+from core.data.formats import load_dataset_file, resolve_data_path
 from core.export.integrity import file_problems
+from core.export.ollama import ollama_messages, parse_modelfile, render_go_template
+from core.generation import eos_token_ids, greedy_continuation_ids
 
 # Merged vs base + adapter: the saved 16-bit weights differ from the fp32 sum by rounding only.
 MERGE_TOP1_MIN = 0.99  # next-token argmax agreement over every prompt position
@@ -60,8 +63,6 @@ def validation_prompts(tokenizer: Any, template: str | None, dataset: str | None
     conversations: list[list[dict]] = []
     if dataset:
         try:
-            from core.data.formats import load_dataset_file, resolve_data_path
-
             rows = load_dataset_file(resolve_data_path(dataset)).rows
         except Exception:  # noqa: BLE001 - the run's data may have moved: fall back to generic prompts
             rows = []
@@ -85,8 +86,6 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def stop_ids(tokenizer: Any, model: Any) -> set[int]:
-    from core.generation import eos_token_ids
-
     return set(eos_token_ids(model, tokenizer))
 
 
@@ -159,8 +158,6 @@ def merged_check(references: list[tuple[Any, Any]], merged_model: Any, prompt_id
 
 def torch_references(model: Any, tokenizer: Any, prompts: list[str], k: int) -> list[dict]:
     import torch
-
-    from core.generation import greedy_continuation_ids
 
     refs = []
     for text in prompts:
@@ -335,8 +332,6 @@ def template_checks(stored: str | None, tokenizer: Any, template: str | None, ad
 
 
 def modelfile_check(text: str, tokenizer: Any, template: str | None, add_bos: bool) -> dict:
-    from core.export.ollama import ollama_messages, parse_modelfile, render_go_template
-
     parsed = parse_modelfile(text)
     if not parsed["template"]:
         return check("Modelfile template", None, "no TEMPLATE written (see the Modelfile's comment)")

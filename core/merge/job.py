@@ -8,12 +8,14 @@ from __future__ import annotations
 import shutil
 import time
 
+from core.download import ensure_weights
 from core.merge.config import build_config, point_folder_name, resolve_inputs, to_yaml
 from core.merge.engine import MERGE_YAML, adapter_target, merge_adapter_into_base, run_mergekit
 from core.merge.preflight import check_merge
 from core.merge.spec import MergeSpec
 from core.models import ModelSource, model_file_size
 from core.runs.jobs import JobContext, JobError
+from core.transform_eval import evaluate_variants, model_scores, score_against, summary, task_data_for
 from core.workspace import atomic_write_text
 
 MERGED_DIR = "merged"
@@ -23,7 +25,6 @@ SWEEP_FILE = "sweep.json"
 
 def run(ctx: JobContext) -> dict:
     spec: MergeSpec = ctx.spec
-    from core.download import ensure_weights
 
     ensure_weights(ctx, [spec.base_source, *spec.model_sources()])  # Hub models not in the cache yet: first stage
     ctx.progress(0.01, "pre-flight: configs and weight headers")
@@ -53,8 +54,6 @@ def run(ctx: JobContext) -> dict:
         result["task_dataset"] = task.as_dict()
     ctx.write_result(result)
     if spec.evaluate and not ctx.stop_requested:
-        from core.transform_eval import score_against
-
         ctx.progress(0.5, "scoring the merged model against the base")
         result["evaluation"] = score_against(spec.reference_source, ModelSource("local", str(merged)), ctx, task=task,
                                              rows=spec.eval_rows, progress_span=(0.5, 1.0), label="merged")
@@ -64,8 +63,6 @@ def run(ctx: JobContext) -> dict:
 
 def _task(spec: MergeSpec):
     """The task rows of the verdict (core.transform_eval.task_data_for): chosen, else the fine-tuned inputs' run data."""
-    from core.transform_eval import task_data_for
-
     try:
         return task_data_for(spec.task_dataset, [*spec.model_sources(), spec.base_source])
     except ValueError as exc:
@@ -101,8 +98,6 @@ def run_sweep(ctx: JobContext, spec: MergeSpec, inputs, task=None) -> dict:
 
 
 def _score_sweep(ctx: JobContext, spec: MergeSpec, points: dict[float, dict], span: tuple[float, float], task) -> None:
-    from core.transform_eval import evaluate_variants, model_scores, summary
-
     # λ = 0 is the base itself (mergekit reproduces it): it takes the base's scores instead of a second evaluation.
     labels = {f"λ={lam:g}": lam for lam in points if lam != 0.0}
     variants = [(label, ModelSource("local", points[lam]["model_dir"])) for label, lam in labels.items()]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from core import hardware, hub
 from core.merge.spec import MergeSpec
 from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, adapter_base, hub_weights_present, resolve_model_path
 from core.train.methods import adapter_merge_refusal
@@ -88,8 +89,6 @@ def read_weight_shapes(folder: str | Path) -> tuple[dict[str, tuple[int, ...]], 
 
 def remote_weight_shapes(source: ModelSource) -> tuple[dict[str, tuple[int, ...]], int]:
     """Tensor shapes and bytes of a Hub model not downloaded yet, from its safetensors headers (HTTP range reads)."""
-    from core import hub
-
     try:
         return hub.remote_safetensors_shapes(source.ref, source.revision)
     except hub.HubError as exc:
@@ -277,9 +276,7 @@ def _check_resources(spec: MergeSpec, ref: ModelFacts, inputs: list[ModelFacts],
     ram_needed = int(max(merge_ram, model_ram) * MARGIN)
     disk_needed = int((out_bytes * points + ref.weight_bytes * len(adapters)) * MARGIN)
     if free_ram_bytes is None:
-        from core.hardware import _system_ram_gb
-
-        free_ram_bytes = int((_system_ram_gb()[1] or 0) * 1e9) or None
+        free_ram_bytes = int((hardware._system_ram_gb()[1] or 0) * 1e9) or None
     if free_disk_bytes is None:
         target = Path(work_dir) if work_dir else Path.home()
         while not target.exists():

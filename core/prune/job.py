@@ -9,6 +9,9 @@ from core.prune.measure import generation_latency, speed_note
 from core.prune.methods import PruneError, count_parameters, layer_sparsity_table, overall_sparsity, prune_model
 from core.prune.spec import PruneSpec
 from core.runs.jobs import JobContext, JobError
+from core.runs.spec import spec_to_dict
+from core.train.spec import CPU_DEMO_STEPS, TrainSpec
+from core.transform_eval import score_against, task_data_for
 
 PRUNED_DIR = "pruned"
 
@@ -24,8 +27,6 @@ def run(ctx: JobContext) -> dict:
     spec: PruneSpec = ctx.spec
     task = None
     if spec.evaluate:  # the task rows of the verdict: chosen, else the model's training run's data, else the demo
-        from core.transform_eval import task_data_for
-
         try:
             task = task_data_for(spec.task_dataset, [spec.source])
         except ValueError as exc:
@@ -82,8 +83,6 @@ def run(ctx: JobContext) -> dict:
         report["task_dataset"] = task.as_dict()
     ctx.write_result(report)
     if spec.evaluate and not ctx.stop_requested:
-        from core.transform_eval import score_against
-
         ctx.progress(0.5, "scoring before and after with the forgetting report")
         report["evaluation"] = score_against(spec.source, ModelSource("local", str(pruned_dir)), ctx, task=task, rows=spec.eval_rows,
                                              progress_span=(0.5, 1.0), label="pruned")
@@ -99,12 +98,6 @@ def recovery_train_spec(pruned_dir: str | Path, *, name: str = "", steps: int | 
     Note: merging the recovery adapter back into the weights fills the pruned zeros again; keep the adapter
     separate (or re-prune after merging) to keep the sparsity.
     """
-    from core.runs.spec import spec_to_dict
-
     name = name or f"recover-{Path(pruned_dir).parent.name}"[:60]
     model = {"kind": "local", "ref": str(pruned_dir)}
-    try:
-        from core.train.spec import CPU_DEMO_STEPS, TrainSpec
-    except ImportError:  # the training package is optional for pruning itself
-        return {"kind": "train", "name": name, "model": model, "method": "lora", "max_steps": steps or 36}
     return spec_to_dict(TrainSpec(name=name, model=model, max_steps=steps if steps is not None else CPU_DEMO_STEPS))
