@@ -70,6 +70,7 @@ def drill_specs(model: Path, data: Path, train_run: Path) -> dict[str, dict]:
         "raft": {},
         "raft_eval": {"raft_model": str(model)},
         "selftest": {"steps": 3},
+        "judge": {"model": local, "baseline": local, "judge": local, "samples": 2, "max_new_tokens": 4},
     }
 
 
