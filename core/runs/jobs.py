@@ -36,6 +36,7 @@ class JobKind:
     title: str = ""
     outputs: tuple[str, ...] = ()  # what a user takes away, under the run folder (model folders, reports), in order
     model_output: str = ""  # the one of `outputs` that holds a whole model (config.json + weights), if any
+    legacy_result_files: tuple[str, ...] = ()  # what older workbenches named the result file (still read, never written)
 
     def spec_class(self) -> type:
         return _import(self.spec)
@@ -53,8 +54,8 @@ class JobKind:
 
 
 JOBS: dict[str, JobKind] = {job.name: job for job in (
-    JobKind("train", "core.train.spec:TrainSpec", "core.train.job:run", "run_card.json", title="Training run",
-            outputs=("adapter", "model", "merged")),
+    JobKind("train", "core.train.spec:TrainSpec", "core.train.job:run", "training.json", title="Training run",
+            outputs=("adapter", "model", "merged"), legacy_result_files=("run_card.json",)),
     JobKind("evaluate", "core.evaluate.spec:EvalSpec", "core.evaluate.job:run", "report.json", title="Forgetting report",
             outputs=("report.json",)),
     JobKind("merge", "core.merge.spec:MergeSpec", "core.merge.job:run", "result.json", title="Merge",
@@ -158,7 +159,11 @@ def result_path(run_dir: str | Path, kind: str | None = None) -> Path:
     run_dir = Path(run_dir)
     if kind is None:
         kind = read_spec_dict(run_dir)["kind"]
-    return run_dir / job_kind(kind).result_file
+    job = job_kind(kind)
+    path = run_dir / job.result_file
+    if not path.exists():
+        path = next((run_dir / name for name in job.legacy_result_files if (run_dir / name).exists()), path)
+    return path
 
 
 def read_result(run_dir: str | Path, kind: str | None = None, default: Any = None) -> Any:
@@ -178,6 +183,8 @@ class JobContext:
     _stop: Callable[[], bool]
     spec_data: dict = field(default_factory=dict)  # spec.yaml as written (kind included), for run cards
     started: float = field(default_factory=time.time)
+    # which process of a multi-process training run this is (core.train.distributed.RankInfo); None: the only one
+    rank: Any = None
 
     @classmethod
     def in_process(cls, run_dir: str | Path, spec: Any, *, log: logging.Logger | None = None,

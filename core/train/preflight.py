@@ -17,24 +17,30 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import core.hardware
+from core.data.masking import MaskingError
+from core.data.replay import cached_answers, uses_shipped_answers
+from core.data.templates import propose_template
+from core.memory import DEVICES, MemorySpec, arch_from_source
+from core.memory import estimate as estimate_memory
+from core.memory.distributed import distribution_from_train_spec, estimate_per_device
+from core.models import ModelLoadError, load_tokenizer
+from core.runs.spec import spec_to_dict
+from core.train import data as train_data
+from core.train.backends import UnslothBackend, choose_backend, choose_precision
+from core.train.data import DataError, data_file, file_sha256
+from core.train.distributed import distribution_notes, distribution_refusal
+from core.train.methods import method_refusal_for
 from core.train.spec import TrainSpec
 
 
 @dataclass
 class Preflight:
-    rows: int = 0  # training rows after the held-out split
-    eval_rows: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    zero_trained_rows: int = 0
-    truncated_rows: int = 0
-    failed_rows: int = 0
-    invalid_rows: int = 0
-    replay_rows: int = 0  # general rows mixed in (replay), included in `rows`
-    replay_fraction: float = 0.0
-    replay_label: str = ""  # where the replay rows come from: whose answers (core.data.replay's record)
-    lint_warnings: list[str] = field(default_factory=list)
-    refusal: str | None = None  # why training would be refused, or None
+    """Everything the Train page shows before Start: the data check's figures (read through as the pre-flight's own:
+    report.rows, report.tokens, report.template, ...), the steps, the memory, the backend and the one refusal."""
+
+    data: DataCheck = field(default_factory=lambda: DataCheck())
+    refusal: str | None = None  # why training would be refused (the data's refusal included), or None
     total_steps: int | None = None
     predicted_memory_bytes: int | None = None  # the whole peak (with CUDA context), for the fits check
     available_memory_bytes: int | None = None
@@ -42,7 +48,11 @@ class Preflight:
     memory_parts: dict = field(default_factory=dict)  # what a preference objective adds (core.memory's objective_parts), bytes by name
     backend: str = ""
     backend_notes: list[str] = field(default_factory=list)
-    template: dict = field(default_factory=dict)  # the chat template the run will use: {name, source, reason}
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "data" and name in DataCheck.__dataclass_fields__:
+            return getattr(self.data, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @property
     def fits(self) -> bool | None:
@@ -68,8 +78,6 @@ def memory_spec_from_train_spec(spec: TrainSpec, hardware: Any, arch: Any = None
     spec's own choice, "auto" counting as hf. Unsloth computes the loss in chunks and does not upcast embeddings /
     head to fp32. `seq_len`: the longest tokenized training row when known (a padded batch is never wider), else
     max_length; for preference rows, the longest prompt + answer (each side of a pair is one sequence)."""
-    from core.memory import DEVICES, MemorySpec, arch_from_source
-    from core.train.backends import choose_precision
 
     device = getattr(hardware, "device", "cpu")
     device = device if device in DEVICES else "cpu"
@@ -108,12 +116,8 @@ def estimate_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None
     """The estimate for a Train-page run spec (`core.train.spec.TrainSpec`) on `hardware` (default: detected).
     `.total_bytes` is the full peak for the fits check; `.measurable_bytes` is what the run card compares."""
     if hardware is None:
-        from core.hardware import detect
-
-        hardware = detect()
-    from core.memory import estimate
-
-    return estimate(memory_spec_from_train_spec(spec, hardware, backend=backend, seq_len=seq_len))
+        hardware = core.hardware.detect()
+    return estimate_memory(memory_spec_from_train_spec(spec, hardware, backend=backend, seq_len=seq_len))
 
 
 def estimate_per_device_for_spec(spec: TrainSpec, hardware: Any = None, backend: str | None = None,
@@ -121,11 +125,7 @@ def estimate_per_device_for_spec(spec: TrainSpec, hardware: Any = None, backend:
     """Per-device peak of a multi-process spec (core.memory.distributed: the model state divided as its
     distributed_strategy divides it; activations per device)."""
     if hardware is None:
-        from core.hardware import detect
-
-        hardware = detect()
-    from core.memory.distributed import distribution_from_train_spec, estimate_per_device
-
+        hardware = core.hardware.detect()
     return estimate_per_device(memory_spec_from_train_spec(spec, hardware, backend=backend, seq_len=seq_len),
                                distribution_from_train_spec(spec))
 
@@ -134,8 +134,6 @@ def memory_estimate(spec: TrainSpec, hardware: Any, backend: str | None = None, 
     """(core.memory's MemoryEstimate or None, a note) — the estimator the Budget page shows, for the backend the run
     gets (by default the one choose_backend picks here); for several processes, the peak of ONE device."""
     if backend is None:
-        from core.train.backends import choose_backend
-
         try:
             backend = choose_backend(spec, hardware)[0].name
         except ValueError:
@@ -164,11 +162,6 @@ def available_memory_bytes(hardware: Any) -> int | None:
 def model_defaults(source: Any, hardware: Any) -> tuple[dict, list[str]]:
     """Form defaults that depend on the model and the backend it will get, each with the sentence the form shows:
     a proposed chat template for a base model (a tokenizer without one), lora_dropout 0 where Unsloth trains."""
-    from core.data.templates import propose_template
-    from core.models import ModelLoadError, load_tokenizer
-    from core.train.backends import UnslothBackend
-    from core.train.spec import TrainSpec
-
     updates, notes = {}, []
     try:
         tokenizer = load_tokenizer(source)
@@ -222,16 +215,12 @@ class DataCheck:
 
 @lru_cache(maxsize=64)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size / mtime key the memo on the file's version
-    from core.train.data import file_sha256
-
     return file_sha256(Path(path))
 
 
 def content_digest(dataset: str) -> str:
     """sha256 of the file a dataset field names (hashed once per file version), or the text itself when it is
     not a local file (a Hub id: its loader pins the content)."""
-    from core.train.data import data_file
-
     path = data_file(dataset)
     if not path.is_file():
         return f"not-a-file:{dataset}"
@@ -242,8 +231,6 @@ def content_digest(dataset: str) -> str:
 def data_key(spec: TrainSpec) -> str:
     """A key that changes exactly when the data check's answer can: the data's content hash plus every spec field
     that tokenization reads (model / tokenizer, template, masking, length, packing, split, ...)."""
-    from core.runs.spec import spec_to_dict
-
     fields = {k: v for k, v in spec_to_dict(spec).items() if k not in TRAINING_ONLY_FIELDS}
     fields["dataset_sha256"] = content_digest(spec.dataset)
     if spec.eval_dataset.strip():
@@ -251,8 +238,6 @@ def data_key(spec: TrainSpec) -> str:
     if spec.replay_fraction > 0 and spec.replay_dataset.strip() not in ("", "general"):
         fields["replay_dataset_sha256"] = content_digest(spec.replay_dataset)
     elif spec.replay_fraction > 0:  # 'general': the base's own cached answers, once the job has written them
-        from core.data.replay import cached_answers, uses_shipped_answers
-
         model = spec.replay_model_source
         fields["replay_answers"] = "" if uses_shipped_answers(model) else str(cached_answers(model) or "")
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
@@ -260,12 +245,8 @@ def data_key(spec: TrainSpec) -> str:
 
 def check_data(spec: TrainSpec) -> DataCheck:
     """Tokenize, lint and split the data the way the job will (loads only the tokenizer)."""
-    from core.data.masking import MaskingError
-    from core.models import ModelLoadError, load_tokenizer
-    from core.train.data import DataError, prepare_data
-
     try:
-        data = prepare_data(spec, load_tokenizer(spec.model_source), replay_estimate=True)
+        data = train_data.prepare_data(spec, load_tokenizer(spec.model_source), replay_estimate=True)
     except (DataError, ModelLoadError, MaskingError) as exc:
         return DataCheck(refusal=str(exc))
     except Exception as exc:  # noqa: BLE001 - any data or template failure is a refusal on the page, never a crash
@@ -334,13 +315,23 @@ def data_check(spec: TrainSpec, wait: float = 0.0) -> DataCheck | None:
     return DATA_CHECKS.result(spec, wait)
 
 
+def training_refusal(spec: TrainSpec, hardware: Any, *, launching_here: bool = True) -> str | None:
+    """Why this spec cannot train on `hardware`, or None: the one list of refusals the Train page's pre-flight, the train
+    job and its multi-process supervisor all ask (distribution, backend, then method; the data's are DataCheck's).
+    `launching_here`: Start would start the processes on this machine (see distribution_refusal)."""
+    refusal = distribution_refusal(spec, hardware, launching_here=launching_here)
+    if refusal:
+        return refusal
+    try:
+        choose_backend(spec, hardware)
+    except ValueError as exc:
+        return str(exc)
+    return method_refusal_for(spec)
+
+
 def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None) -> Preflight:
     """Everything the Train page shows before Start. Loads only the tokenizer, never the model. `data` is a data
     check already made for this spec's `data_key` (the page caches it), else the data is checked here."""
-    from core.train.backends import choose_backend
-    from core.train.distributed import distribution_notes, distribution_refusal
-    from core.train.methods import method_refusal_for
-
     report = Preflight(available_memory_bytes=available_memory_bytes(hardware))
     data = data if data is not None else check_data(spec)
     estimate, report.memory_note = memory_estimate(spec, hardware, seq_len=data.longest or None)
@@ -353,19 +344,13 @@ def run_preflight(spec: TrainSpec, hardware: Any, data: DataCheck | None = None)
     try:
         backend, notes = choose_backend(spec, hardware)
         report.backend, report.backend_notes = backend.name, notes
-    except ValueError as exc:
-        report.refusal = str(exc)
-    report.refusal = report.refusal or distribution_refusal(spec, hardware)
+    except ValueError:
+        pass  # training_refusal says why
+    report.refusal = training_refusal(spec, hardware)
     report.backend_notes = report.backend_notes + distribution_notes(spec, hardware)
-    report.refusal = report.refusal or method_refusal_for(spec)
+    report.data = data
     if data.refusal:
         report.refusal = report.refusal or data.refusal
         return report
-    report.rows, report.eval_rows, report.tokens, report.trained_tokens = data.rows, data.eval_rows, data.tokens, data.trained_tokens
-    report.zero_trained_rows, report.truncated_rows, report.failed_rows = data.zero_trained_rows, data.truncated_rows, data.failed_rows
-    report.invalid_rows = data.invalid_rows
-    report.replay_rows, report.replay_fraction, report.replay_label = data.replay_rows, data.replay_fraction, data.replay_label
-    report.template = dict(data.template)
-    report.lint_warnings = list(data.lint_warnings)
     report.total_steps = total_steps(spec, data.sequences)
     return report

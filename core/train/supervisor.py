@@ -7,23 +7,26 @@ step and saves), and when the launcher exits non-zero fails the run with the ran
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from core.download import ensure_weights
 from core.runs.jobs import JobContext, JobError
 from core.runs.metrics import tail_text
 from core.runs.status import LOG_FILE
+from core.train.backends import FALLBACK_ENV
 from core.train.distributed import (
     RESULT_FILE,
     STOP_FILE,
     SUPERVISOR_ENV,
     distribution_notes,
-    distribution_refusal,
     free_port,
     rank_log,
     rank_record_path,
@@ -32,6 +35,7 @@ from core.train.distributed import (
     strategy_label,
 )
 from core.train.launchers import launch_argv, launch_command, one_node_env, write_launch_files
+from core.train.preflight import training_refusal
 from core.train.spec import TrainSpec
 from core.workspace import REPO_ROOT, atomic_write_json, child_env, read_json
 
@@ -44,12 +48,10 @@ _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(
 
 
 def supervise(ctx: JobContext, spec: TrainSpec, hardware: Any) -> dict:
-    refusal = distribution_refusal(spec, hardware)
+    refusal = training_refusal(spec, hardware)
     if refusal:
         raise JobError(refusal)
     run_dir = Path(ctx.run_dir)
-    from core.download import ensure_weights
-
     ensure_weights(ctx, [spec.model_source])  # once, here: the ranks then all find the weights in the cache
     write_launch_files(spec, run_dir, hardware, port=free_port())
     _clear_previous_attempt(run_dir)
@@ -84,11 +86,6 @@ def relaunch_with_fallback(ctx: JobContext, spec: TrainSpec, hardware: Any, back
     """The run again, with `backend`, in a fresh process: `python -m core.train.rank <run_dir>` (one process, rank 0 of
     1) with FALLBACK_ENV saying why, watched like a launch (progress, Stop, its record and log under ranks/). This
     worker keeps status.json; the fresh process writes the metrics and the run card, which names both processes."""
-    import json
-    import sys
-
-    from core.train.backends import FALLBACK_ENV
-
     run_dir = Path(ctx.run_dir)
     _clear_previous_attempt(run_dir)
     fallback = {"backend": backend, "from": "unsloth", "reason": reason, "failed_pid": os.getpid(), "attempt": 2}

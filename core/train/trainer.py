@@ -149,9 +149,9 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
         def __init__(self) -> None:
             self.started = time.time()
             self.first_step = 0
-            rank = getattr(getattr(ctx, "rank", None), "rank", 0)
-            self.distributed = getattr(getattr(ctx, "rank", None), "distributed", False)
-            self.fault = spec.fault() if spec.fault_rank in (None, rank) else None
+            rank = ctx.rank  # None: the only process of the run
+            self.distributed = bool(rank and rank.distributed)
+            self.fault = spec.fault() if spec.fault_rank in (None, rank.rank if rank else 0) else None
             self.last_row: dict = {}
             self.last_eval: dict = {}
             self.rows_written = 0
