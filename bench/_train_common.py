@@ -1,5 +1,5 @@
 """Shared by the training benchmarks: a throw-away workspace that reuses the converted-model cache, running a
-TrainSpec through the real worker, and reading its throughput back from metrics.jsonl / run_card.json."""
+TrainSpec through the real worker, and reading its throughput back from metrics.jsonl / training.json."""
 from __future__ import annotations
 
 import atexit

@@ -81,7 +81,7 @@ def test_train_page_proposes_a_template_and_the_run_trains_with_it(workspace, ba
     at.button(key="train_start").click().run()
     run_dir = workspace / "runs" / at.session_state["train_run_id"]
     assert runs.wait(run_dir, timeout=240).state == "succeeded", runs.log_tail(run_dir)
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = json.loads((run_dir / "training.json").read_text())
     assert card["chat_template"]["name"] == "chatml" and card["chat_template"]["source"] == "proposed"
     assert "<|im_start|>" in card["chat_template"]["reason"]
     assert (run_dir / "adapter" / "chat_template.jinja").is_file(), "chat / evaluate render prompts as training did"

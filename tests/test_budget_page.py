@@ -61,7 +61,7 @@ def test_past_runs_give_a_corrected_estimate(workspace):
         folder = workspace / "runs" / name
         folder.mkdir(parents=True)
         (folder / "spec.yaml").write_text("kind: train\n")
-        (folder / "run_card.json").write_text(json.dumps({"peak_memory_bytes": int(measured), "predicted_memory_bytes": int(1e9),
+        (folder / "training.json").write_text(json.dumps({"peak_memory_bytes": int(measured), "predicted_memory_bytes": int(1e9),
                                                           "device": "cpu", "spec": {}}))
     at = _app()
     at.run()

@@ -96,7 +96,7 @@ def test_the_train_job_records_replay_in_its_run_card(workspace, tiny_llama_dir)
     runs.launch(run_dir)
     status = runs.wait(run_dir, timeout=300)
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = json.loads((run_dir / "training.json").read_text())
     assert card["spec"]["replay_fraction"] == 0.1
     assert card["data"]["replay"]["replay_rows"] == 33 and card["data"]["train_rows"] == DEMO_ROWS + 33
     assert card["data"]["replay"]["answered_by"] == "SmolLM2-135M-Instruct"  # the card says whose answers were replayed
@@ -220,7 +220,7 @@ def test_sequence_level_accepts_a_student_with_another_tokenizer(workspace, tmp_
     runs.launch(run_dir)
     status = runs.wait(run_dir, timeout=300)
     assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = json.loads((run_dir / "training.json").read_text())
     assert card["data"]["train_rows"] == 8 and card["data"]["manifest_sha256"]  # trained on the teacher's curated dataset
 
 

@@ -103,7 +103,7 @@ def test_a_bf16_run_is_merged_and_validated_in_bf16(workspace, tiny_llama_dir, t
                       eval_on_start=False, chat_template="chatml", precision="bf16", name="bf16-run")
     train_dir, status = _run(train)
     assert status.state == "succeeded", status.error
-    assert json.loads((train_dir / "run_card.json").read_text())["precision"]["bf16"] is True
+    assert json.loads((train_dir / "training.json").read_text())["precision"]["bf16"] is True
     run_dir, status = _run(ExportSpec(source_run=str(train_dir), formats=["merged"], validation_prompts=2))
     result = json.loads((run_dir / "export.json").read_text())
     assert status.state == "succeeded", status.error

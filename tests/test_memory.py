@@ -309,7 +309,7 @@ def test_estimate_for_a_train_spec(tiny_llama_dir):
 def _card(run_dir, **card):
     run_dir.mkdir(parents=True)
     (run_dir / "spec.yaml").write_text("kind: train\n")
-    (run_dir / "run_card.json").write_text(json.dumps(card))
+    (run_dir / "training.json").write_text(json.dumps(card))
 
 
 def test_past_runs_are_read_and_bad_cards_skipped(tmp_path):
@@ -320,11 +320,26 @@ def test_past_runs_are_read_and_bad_cards_skipped(tmp_path):
     _card(tmp_path / "run-e", peak_memory_bytes=0, predicted_memory_bytes=1_000, device="cpu")
     _card(tmp_path / "run-f", peak_memory_bytes="lots", predicted_memory_bytes=1_000, device="cpu")
     (tmp_path / "run-g").mkdir()
-    (tmp_path / "run-g" / "run_card.json").write_text("{not json")
+    (tmp_path / "run-g" / "training.json").write_text("{not json")
     points = memory.past_run_calibration(tmp_path)
     assert [p.run_id for p in points] == ["run-a", "run-b", "run-c"]
     assert points[0].ratio == pytest.approx(1.2) and points[0].spec == {"method": "lora"}
     assert memory.past_run_calibration(tmp_path / "missing") == []
+
+
+def test_a_run_from_before_the_rename_is_still_read(tmp_path):
+    """Train runs used to write their result as run_card.json (beside every run's lineage card.json): still read."""
+    from core.runs.jobs import read_result, result_path
+
+    old = tmp_path / "run-old"
+    old.mkdir()
+    (old / "spec.yaml").write_text("kind: train\n")
+    (old / "run_card.json").write_text(json.dumps({"peak_memory_bytes": 1_100, "predicted_memory_bytes": 1_000, "device": "cpu"}))
+    assert result_path(old).name == "run_card.json" and read_result(old)["peak_memory_bytes"] == 1_100
+    assert [p.run_id for p in memory.past_run_calibration(tmp_path)] == ["run-old"]
+    _card(tmp_path / "run-new", peak_memory_bytes=900, predicted_memory_bytes=1_000, device="cpu")
+    assert result_path(tmp_path / "run-new").name == "training.json"
+    assert [p.run_id for p in memory.past_run_calibration(tmp_path)] == ["run-new", "run-old"]
 
 
 def test_correction_factor_is_the_bounded_median_per_device(tmp_path):

@@ -86,7 +86,7 @@ def test_a_non_embedded_base_replays_its_own_cached_answers(workspace, answering
     assert manifest["operations"][0]["name"] == "teacher_answers" and teacher["source"]["ref"] == str(answering_llama_dir)
     assert manifest["operations"][0]["params"]["settings"]["max_new_tokens"] == NEW_TOKENS
 
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = json.loads((run_dir / "training.json").read_text())
     record = card["data"]["replay"]
     assert record["answered_by"] == base.label and base.label in record["label"] and EMBEDDED_NAME not in record["label"]
     assert Path(record["path"]) == folder / "data.jsonl" and Path(record["path"]) != SHIPPED_FILE
@@ -107,7 +107,7 @@ def test_a_non_embedded_base_replays_its_own_cached_answers(workspace, answering
     again, status = _run(_spec(base.as_dict(), _data(tmp_path), name="second"))
     assert status.state == "succeeded", status.error
     assert calls == [PROMPTS]  # reused: no second generation
-    card2 = json.loads((again / "run_card.json").read_text())
+    card2 = json.loads((again / "training.json").read_text())
     assert card2["replay_answers"]["generated"] is False and card2["data"]["replay"]["sha256"] == record["sha256"]
 
 

@@ -49,7 +49,7 @@ def test_tensorboard_event_files_hold_the_runs_losses(workspace, tiny_llama_dir,
     assert sorted(logged) == sorted(ours)
     assert all(abs(logged[s] - ours[s]) < 1e-4 for s in ours)
     assert "train/learning_rate" in scalars
-    card = json.loads((run_dir / "run_card.json").read_text())
+    card = json.loads((run_dir / "training.json").read_text())
     assert card["tracking"]["report_to"] == ["tensorboard"]
     if "wandb" in trackers:  # not installed here: a note, never a failure
         assert any("wandb" in note and "not installed" in note for note in card["tracking"]["notes"])

@@ -2,13 +2,13 @@
 the bounded median ratio corrects estimates on this machine."""
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from core.memory.estimator import MemoryEstimate
+from core.runs.jobs import read_result
 
 CORRECTION_BOUNDS = (0.5, 2.0)
 
@@ -29,7 +29,7 @@ class CalibrationPoint:
 
 
 def past_run_calibration(runs_dir: str | Path) -> list[CalibrationPoint]:
-    """Every finished run whose `run_card.json` records both its predicted and measured peak memory.
+    """Every finished train run whose result file (`training.json`) records both its predicted and measured peak memory.
 
     Run cards without those fields (a run that failed early, another kind of job) or with unusable values
     are skipped; the result is sorted by run id.
@@ -38,14 +38,11 @@ def past_run_calibration(runs_dir: str | Path) -> list[CalibrationPoint]:
     root = Path(runs_dir)
     if not root.is_dir():
         return points
-    from core.runs.jobs import JOBS
-
-    for card_path in sorted(root.glob(f"*/{JOBS['train'].result_file}")):
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+    for run_dir in sorted(path for path in root.iterdir() if path.is_dir()):
+        card = read_result(run_dir, "train")
+        if not isinstance(card, dict):
             continue
-        point = _point_from_card(card_path.parent.name, card)
+        point = _point_from_card(run_dir.name, card)
         if point is not None:
             points.append(point)
     return points
