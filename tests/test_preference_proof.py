@@ -13,6 +13,7 @@ from inprocess import run_in_process
 from core import runs
 from core.data.masking import IGNORE_INDEX
 from core.data.preference import encode_pair, load_preference_file
+from core.evaluate import preference
 from core.evaluate.pairs import PairLogprobs, pair_accuracy, pair_logprobs, pair_outcomes, reward_margins
 from core.models import ModelSource, load_model
 from core.train.spec import TrainSpec
@@ -147,14 +148,14 @@ def test_forgetting_report_has_the_preference_section_of_an_sft_then_dpo_run(wor
     assert dpo["logprob_acc"]["value"] == pytest.approx(100 * pair_accuracy(stored))
     assert dpo["reward_acc"]["value"] == pytest.approx(100 * pair_accuracy(stored, reference=[PairLogprobs(**s) for s in rows[start]["scores"]]))
     assert set(section["comparisons"]["dpo"]) == {"base", start}
-    assert section["win_rate"]["note"] == "win rate: needs a judge (issue 28)"
+    assert section["win_rate"]["note"] == preference.WIN_RATE_NOTE and "Judge: win rate over base" in preference.WIN_RATE_NOTE
     (verdict,) = report["verdicts"]
     assert verdict["preference"]["general_held"] == (verdict["verdict"] != "forgetting")
     assert verdict["reasons"][1].startswith("preference pairs: the chosen answer is preferred") and "general ability" in verdict["reasons"][1]
 
     markdown, page = render_markdown(report), render_html(report)
     for text in (markdown, page):
-        assert "Preference (held-out pairs)" in text and "win rate: needs a judge (issue 28)" in text and start in text
+        assert "Preference (held-out pairs)" in text and preference.WIN_RATE_NOTE in text and start in text
     assert f"| dpo | {dpo['logprob_acc']['value']:.1f}" in markdown
 
     at = AppTest.from_file(str(ROOT / "app_pages" / "evaluate.py"), default_timeout=120)
@@ -164,7 +165,7 @@ def test_forgetting_report_has_the_preference_section_of_an_sft_then_dpo_run(wor
     assert not at.exception, at.exception
     assert any(h.value == "Preference: held-out pairs" for h in at.subheader)
     assert any("implicit reward acc" in str(df.value.columns.tolist()) for df in at.dataframe)
-    assert any("needs a judge" in m.value for m in at.markdown)
+    assert any("win rate: not measured" in m.value for m in at.markdown)
 
 
 def test_a_pairs_file_adds_the_section_for_any_variant_and_bad_files_are_named(workspace, tiny_llama_dir, tmp_path, pairs_file):

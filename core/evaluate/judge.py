@@ -352,7 +352,8 @@ def read_votes(path: str | Path) -> list[dict]:
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     votes = []
     for file in files:
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        # split on "\n" only: an answer may hold U+2028 / NEL, which splitlines() would cut a JSON line at
+        for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), 1):
             if not line.strip():
                 continue
             try:

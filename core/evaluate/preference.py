@@ -28,7 +28,7 @@ from core.train.data import data_file, held_out
 from core.train.methods import OBJECTIVES
 from core.train.spec import TrainSpec
 
-WIN_RATE_NOTE = "win rate: needs a judge (issue 28)"
+WIN_RATE_NOTE = "win rate: not measured (tick “Judge: win rate over base” on the Evaluate form, or set judge in the spec)"
 PREFERENCE_OBJECTIVES = tuple(name for name, objective in OBJECTIVES.items() if objective.data.startswith("pairs"))
 
 
@@ -144,7 +144,7 @@ def _summary(values: list[float], resamples: int, seed: int, scale: float = 1.0)
 def build_section(plan: PreferencePlan, scores: dict[str, list[PairLogprobs]], variants: Sequence[Variant], *,
                   resamples: int, seed: int) -> dict:
     """The report's `preference` entry from every model's pair scores (labels as plan.labels)."""
-    section = {"source": plan.source, "n_pairs": len(plan.pairs), "win_rate": {"status": "needs a judge", "note": WIN_RATE_NOTE},
+    section = {"source": plan.source, "n_pairs": len(plan.pairs), "win_rate": {"status": "not measured", "note": WIN_RATE_NOTE},
                "notes": list(plan.notes), "models": [], "comparisons": {}}
     if not plan.pairs:
         section["notes"].insert(0, plan.source)
