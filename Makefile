@@ -66,7 +66,7 @@ test: install chromium ray-extra
 	$(BIN)/ruff check .
 	mkdir -p .gpuset; \
 	{ $(BIN)/python -m tools.gpu_set resolve && $(BIN)/python -m tools.gpu_set overlay; } > .gpuset/gpu-set.log 2>&1 & gpuset=$$!; \
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; tests=$$?; \
 	wait $$gpuset; gpu=$$?; echo "== gpu-set (resolve + overlay, run beside the tests)"; cat .gpuset/gpu-set.log; \
 	[ $$gpu = 0 ] || echo "gpu-set failed (exit $$gpu)"; [ $$tests = 0 ] && [ $$gpu = 0 ]
 	PYTHONPATH=.gpuset/site $(BIN)/python -m pytest -q -m gpuset -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal tests/test_train.py
