@@ -233,7 +233,8 @@ def _shared_context_logliks(model, tokenizer, encoded, batch_size, should_stop, 
             cont_mask[row, :len(cont)] = 1
         owner_index = torch.tensor(owners)
         with torch.no_grad():
-            first = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+            first = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                          position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
                           use_cache=True, logits_to_keep=1)
             new_api = "cache" in first  # transformers >= 5.x renamed past_key_values to cache
             cache = first["cache"] if new_api else first.past_key_values

@@ -54,7 +54,8 @@ def load_task(path: str | Path, samples: int, seed: int, free_text_fields: list[
     return describe_task(examples, source=str(path), n_rows=len(usable), free_text_fields=free_text_fields)
 
 
-def describe_task(examples: list[TaskExample], *, source: str = "", n_rows: int = 0, free_text_fields: list[str] | None = None) -> TaskSetup:
+def describe_task(examples: list[TaskExample], *, source: str = "", n_rows: int = 0,
+                  free_text_fields: list[str] | None = None) -> TaskSetup:
     objects = [scorers.parse_json_object(e.reference) for e in examples]
     is_json = scorers.references_are_json(e.reference for e in examples)
     fields: list[str] = []

@@ -86,7 +86,8 @@ def checkpoint_variants(train_run: str | Path, base: ModelSource) -> list[Varian
             last = variants[-1].step if variants else 0
             variants.append(Variant("final", base.with_adapter(str(final)), step if step is not None else last + 1))
     if not variants:
-        raise ValueError(f"checkpoints_of: {train_run} has no adapter checkpoints (checkpoints/checkpoint-N/adapter_config.json) and no final adapter")
+        raise ValueError(f"checkpoints_of: {train_run} has no adapter checkpoints "
+                         "(checkpoints/checkpoint-N/adapter_config.json) and no final adapter")
     return variants
 
 

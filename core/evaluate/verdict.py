@@ -103,7 +103,8 @@ def decide(
     else:
         verdict = "no effect"
         worse = task_delta.high < 0
-        headline = f"{label}: no effect — {task_text}" + (" (worse than the base)." if worse else "; the gain is not distinguishable from zero.")
+        headline = f"{label}: no effect — {task_text}" + (" (worse than the base)." if worse
+                                                            else "; the gain is not distinguishable from zero.")
         advice = list(NO_EFFECT_ADVICE)
     if not forgetting:
         if general_delta is not None:

@@ -50,7 +50,8 @@ class ModelArch:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"model config {self.name!r}: {name} must be a positive integer, got {getattr(self, name)!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"model config {self.name!r}: num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads ({self.num_kv_heads})")
+            raise ValueError(f"model config {self.name!r}: num_attention_heads ({self.num_heads}) "
+                             f"must be a multiple of num_key_value_heads ({self.num_kv_heads})")
 
     @property
     def q_dim(self) -> int:
@@ -140,7 +141,8 @@ def arch_from_config(config: Any, name: str = "") -> ModelArch:
     label = name or str(_get(config, "_name_or_path", "") or _get(config, "name_or_path", "") or model_type or "model")
     if any(_get(config, key) for key in _MOE_KEYS):
         raise ValueError(f"{label}: mixture-of-experts models ({model_type}) are not modelled by the memory estimator yet")
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size") if _get(config, k) in (None, "")]
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+               if _get(config, k) in (None, "")]
     if missing:
         raise ValueError(f"{label}: the model config lacks {', '.join(missing)}, so its memory cannot be estimated")
     hidden, heads = int(_get(config, "hidden_size")), int(_get(config, "num_attention_heads"))

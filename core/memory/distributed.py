@@ -62,7 +62,8 @@ class Distribution:
         if self.gpus_per_node < 1 or self.nodes < 1:
             raise ValueError("distribution: gpus_per_node and nodes must be at least 1")
         if self.offload_params and self.strategy in ("ddp", "zero1", "zero2"):
-            raise ValueError(f"distribution: {STRATEGY_LABELS[self.strategy]} keeps every weight on each device; only ZeRO-3 and FSDP offload weights")
+            raise ValueError(f"distribution: {STRATEGY_LABELS[self.strategy]} keeps every weight on each device; "
+                             "only ZeRO-3 and FSDP offload weights")
         if self.offload_optimizer and self.strategy == "ddp":
             raise ValueError("distribution: DDP has no optimizer offload (use ZeRO or FSDP)")
         if self.strategy.startswith("fsdp") and self.offload_optimizer != self.offload_params:
@@ -173,7 +174,8 @@ def estimate_per_device(spec: MemorySpec, dist: Distribution) -> DeviceEstimate:
         if s == "fsdp_full_shard":
             root = (counts["embedding"] + counts["lm_head"] + arch.hidden_size) * compute
             gathered = root + 3 * layer  # root unit for the pass, current + prefetched layer, one layer's unsharded gradients
-            how = "one decoder layer and its prefetched neighbour gathered at a time (plus one layer's gradients before reduce-scatter), the root unit (embedding, lm_head) for the whole pass"
+            how = ("one decoder layer and its prefetched neighbour gathered at a time (plus one layer's gradients before "
+                   "reduce-scatter), the root unit (embedding, lm_head) for the whole pass")
         else:
             gathered = arch.total_params * compute
             how = "every weight stays gathered from its forward to its backward (reshard_after_forward off)"
@@ -205,9 +207,11 @@ def estimate_per_device(spec: MemorySpec, dist: Distribution) -> DeviceEstimate:
         notes.append("DeepSpeed's accounting (mixed precision): 16-bit weights 2 B, 16-bit gradients 2 B, fp32 gradients 4 B, "
                      "fp32 master weights 4 B and Adam moments 8 B per trainable parameter.")
     if host:
-        notes.append(f"CPU memory per node: {host / GB:.2f} GB per rank × {dist.gpus_per_node} rank(s) × {HOST_BUFFER_FACTOR} for buffers.")
+        notes.append(f"CPU memory per node: {host / GB:.2f} GB per rank × {dist.gpus_per_node} rank(s) × "
+                     f"{HOST_BUFFER_FACTOR} for buffers.")
     if spec.method != "full" and not shards_weights:
-        notes.append(f"The frozen base ({(all_weights - trainable * per['weights']) / GB:.2f} GB) is copied to every device: only ZeRO-3 and FSDP divide it.")
+        notes.append(f"The frozen base ({(all_weights - trainable * per['weights']) / GB:.2f} GB) is copied to every device: "
+                     "only ZeRO-3 and FSDP divide it.")
     return DeviceEstimate(single=single, distribution=dist, breakdown=phases[peak_phase], phases=phases, peak_phase=peak_phase,
                           model_state_bytes=int(round(model_state)),
                           host_bytes_per_node=int(round(host * dist.gpus_per_node * HOST_BUFFER_FACTOR)), assumptions=notes)

@@ -51,7 +51,9 @@ def fit_table(estimate_: MemoryEstimate, hardware: Any = None) -> list[dict]:
     if (mine := this_machine_row(estimate_, hardware)) is not None:
         rows.append(mine)
     for gpu in COMMON_GPUS:
-        rows.append({"gpu": gpu.name, "memory_gb": round(gpu.memory_bytes / GB, 1), "used": round(estimate_.total_bytes / gpu.memory_bytes, 3), "verdict": fit_label(estimate_.total_bytes, gpu.memory_bytes)})
+        rows.append({"gpu": gpu.name, "memory_gb": round(gpu.memory_bytes / GB, 1),
+                     "used": round(estimate_.total_bytes / gpu.memory_bytes, 3),
+                     "verdict": fit_label(estimate_.total_bytes, gpu.memory_bytes)})
     return rows
 
 

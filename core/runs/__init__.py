@@ -33,7 +33,8 @@ from core.workspace import REPO_ROOT, atomic_write_text, child_env, runs_dir, sa
 __all__ = [
     "RunStatus", "RunSummary", "create_run", "launch", "stop", "relaunch", "list_runs", "read_status",
     "read_new_metrics", "read_all_metrics", "log_tail", "run_command", "spec_to_yaml", "read_spec_dict",
-    "METRICS_FILE", "LOG_FILE", "SPEC_FILE", "JOBS", "InvalidSpec", "job_kind", "kind_names", "parse_spec", "spec_to_dict", "read_result", "result_path",
+    "METRICS_FILE", "LOG_FILE", "SPEC_FILE", "JOBS", "InvalidSpec", "job_kind", "kind_names", "parse_spec", "spec_to_dict",
+    "read_result", "result_path",
     "create_run_from_dict", "wait", "AlreadyActive",
 ]
 
@@ -102,7 +103,8 @@ def launch(run_dir: str | Path) -> int:
         current = read_raw_status(run_dir)
         if current is not None and current.is_active and pid_alive(current.pid):
             raise AlreadyActive(f"run {run_dir.name} is already {current.state} (worker pid {current.pid}, "
-                                f"{current.message or 'started'}); it was started from another tab or session — watch it or stop it first")
+                                f"{current.message or 'started'}); it was started from another tab or session — "
+                                "watch it or stop it first")
         with open(run_dir / LOG_FILE, "ab") as log_file:
             child = subprocess.Popen(
                 [sys.executable, "-m", "core.runs.worker", str(run_dir)],

@@ -79,7 +79,8 @@ JOBS: dict[str, JobKind] = {job.name: job for job in (
             "comparison.json", exclusive=False, title="Method comparison"),
     # the Data page's heavy curation (de-duplication, decontamination, audit, diversity); CPU only, never queued behind training
     JobKind("curate", "core.data.curate_job:CurateSpec", "core.data.curate_job:run", "curation.json", exclusive=False, title="Curation"),
-    JobKind("answer_loss", "core.evaluate.answer_loss:AnswerLossSpec", "core.evaluate.answer_loss:run", "answer_loss.json", title="Answer loss"),
+    JobKind("answer_loss", "core.evaluate.answer_loss:AnswerLossSpec", "core.evaluate.answer_loss:run", "answer_loss.json",
+            title="Answer loss"),
     JobKind("judge", "core.evaluate.judge_job:JudgeSpec", "core.evaluate.judge_job:run", "judge.json", title="Pairwise judge (win rate)"),
     JobKind("baseline", "core.decide:BaselineSpec", "core.decide:run_baseline", "baseline.json", title="Decide baseline"),
     JobKind("rag_index", "core.rag.spec:RagIndexSpec", "core.rag.job:run_index", "retrieval.json", exclusive=False,

@@ -182,7 +182,8 @@ class DatasetJobSpec(RunSpec):
     """The dataset reference every job over one dataset's rows shares (curation, answer loss): the rows are numbered
     under `dataset_sha256`, so a job refuses a file that changed since the page showed it."""
 
-    dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.", "data"))
+    dataset: str = field(default="", metadata=meta("The dataset: a file, a saved `datasets` folder, a workspace dataset or a Hub id.",
+                                                   "data"))
     split: str = field(default="", metadata=meta("Split of a Hub dataset or saved DatasetDict (empty: train).", "data", advanced=True))
     dataset_sha256: str = field(default="", metadata=meta("The source hash the rows were numbered under; the job refuses a changed file.",
                                                           "data", advanced=True))
