@@ -92,12 +92,16 @@ with tab_export:
         operations.append(curate.operation_from_decontam(decontam_result))
     operations += [op for op in (audit_operation, selection_operation) if op is not None]
     kept, records = curate.apply_operations(len(rows), operations)
-    st.dataframe([{"operation": r["label"], "rows before": r["rows_before"], "rows after": r["rows_after"], "dropped": len(r["dropped"])} for r in records]
-                 or [{"operation": "(none yet)", "rows before": len(rows), "rows after": len(rows), "dropped": 0}], hide_index=True, width="stretch")
+    st.dataframe([{"operation": r["label"], "rows before": r["rows_before"], "rows after": r["rows_after"], "dropped": len(r["dropped"])}
+                  for r in records]
+                 or [{"operation": "(none yet)", "rows before": len(rows), "rows after": len(rows), "dropped": 0}], hide_index=True,
+                 width="stretch")
     c = st.columns([2, 1])
-    name = c[0].text_input("Name", value=safe_name(Path(str(dataset.source).split(":", 1)[-1]).stem, default="dataset") + "-curated", key="data_export_name")
+    name = c[0].text_input("Name", value=safe_name(Path(str(dataset.source).split(":", 1)[-1]).stem, default="dataset") + "-curated",
+                           key="data_export_name")
     id_choices = ["(none)"] + dataset.columns
-    id_column = c[1].selectbox("Your id column", id_choices, index=id_choices.index(dataset.id_column) if dataset.id_column else 0, key=f"data_export_id_{dataset.source_hash[:12]}",  # a new dataset: its own default
+    id_column = c[1].selectbox("Your id column", id_choices, index=id_choices.index(dataset.id_column) if dataset.id_column else 0,
+                               key=f"data_export_id_{dataset.source_hash[:12]}",  # a new dataset: its own default
                                help="The manifest lists every dropped row by this column as well as by position.")
     overwrite = st.checkbox("Overwrite a dataset with this name", key="data_export_overwrite")
     if st.button(f"Export {len(kept):,} rows to the workspace", key="data_export", type="primary"):

@@ -79,7 +79,8 @@ def render_answers(run_dir, status, metrics: list[dict]) -> None:
                + f" · dataset {result['dataset_dir']} (manifest.json beside it)")
     with open(f"{result['dataset_dir']}/data.jsonl", encoding="utf-8") as handle:
         rows = [json.loads(next(handle)) for _ in range(min(5, result["rows"]))]
-    st.dataframe([{"prompt": r["messages"][-2]["content"], "teacher's answer": r["messages"][-1]["content"]} for r in rows], hide_index=True)
+    st.dataframe([{"prompt": r["messages"][-2]["content"], "teacher's answer": r["messages"][-1]["content"]} for r in rows],
+                 hide_index=True)
     if st.button("🏋️ Train a student on it (Train page, any method)", key=f"distill_seq_train_{run_dir.name}"):
         student = ModelSource("local", result["student_dir"]) if result.get("student_dir") else None
         send_recipe_to_train({"dataset": result["dataset_dir"], "name": "sequence-student"}, f"the teacher's answers ({run_dir.name})",

@@ -37,7 +37,8 @@ def cached_tokenizer(source_json: str):
 
 
 @st.cache_data(max_entries=16, show_spinner="Linting the dataset…")
-def cached_lint(source_hash: str, model_key: str, template: str, policy: str, max_length: int, train_eot: bool, reasoning: str, _rows, _tokenizer):
+def cached_lint(source_hash: str, model_key: str, template: str, policy: str, max_length: int, train_eot: bool, reasoning: str, _rows,
+                _tokenizer):
     return lint_dataset(_rows, _tokenizer, chat_template=template, policy=policy, max_length=max_length or None, train_eot=train_eot,
                         sample=LINT_SAMPLE, reasoning=reasoning)
 
@@ -99,11 +100,13 @@ index = int(nav[2].number_input(f"Row (0–{n_rows - 1})", 0, n_rows - 1, key="t
 
 if is_pair(rows[index]):  # a preference pair: prompt masked, each side's answer in its colour, the first differing token outlined
     try:
-        pair = encode_pair(rows[index], tokenizer, chat_template=chat_template, max_length=max_length or None, train_eot=train_eot, reasoning=reasoning)
+        pair = encode_pair(rows[index], tokenizer, chat_template=chat_template, max_length=max_length or None, train_eot=train_eot,
+                           reasoning=reasoning)
     except MaskingError as exc:
         st.error(f"Row {index}: {exc}")
         st.stop()
-    st.caption("A pair trains only the final answer of each side (and its end-of-turn); the prompt is never trained, whatever the policy above.")
+    st.caption("A pair trains only the final answer of each side (and its end-of-turn); the prompt is never trained, whatever the policy "
+               "above.")
     m = st.columns(4)
     m[0].metric("Prompt tokens", pair.prompt_tokens)
     m[1].metric("Chosen trained", pair.chosen.n_trained)
@@ -123,7 +126,8 @@ except MaskingError as exc:
     st.stop()
 
 m = st.columns(4)
-m[0].metric("Tokens", row.n_tokens, delta=f"-{row.n_tokens_full - row.n_tokens} truncated" if row.truncated else None, delta_color="inverse")
+m[0].metric("Tokens", row.n_tokens, delta=f"-{row.n_tokens_full - row.n_tokens} truncated" if row.truncated else None,
+            delta_color="inverse")
 m[1].metric("Trained tokens", row.n_trained)
 m[2].metric("Trained share", f"{row.trained_share:.0%}")
 m[3].metric("End-of-turn trained", "yes" if row.eot_trained else "no")
@@ -140,7 +144,8 @@ if tool_row:
                "definition(s), passed to the template as at inference. The calls are trained; tool results never are.")
 reasoning_row = any(s.part == "reasoning" for s in row.segments) or bool(row.reasoning_turns)
 if row.reasoning_dropped:
-    st.warning(f"The reasoning of turn(s) {row.reasoning_dropped} is not in the rendered text: this template drops it. The lint below says why.")
+    st.warning(f"The reasoning of turn(s) {row.reasoning_dropped} is not in the rendered text: this template drops it. The lint below says "
+               "why.")
 st.html(legend_html(tools=tool_row, reasoning=reasoning_row))
 st.html(token_chips_html(row, tokenizer))
 
@@ -168,7 +173,8 @@ if not lint.issues:
 edges, counts = lint.share_histogram()
 width = 100 / len(edges)
 figure = go.Figure(go.Bar(x=[e * 100 + width / 2 for e in edges], y=counts, width=width * 0.95, marker_color="#2e9e44"))
-figure.update_layout(title="Trained-token share per row", xaxis=dict(title="share of the row's tokens that are trained", range=[0, 100], ticksuffix="%"),
+figure.update_layout(title="Trained-token share per row", xaxis=dict(title="share of the row's tokens that are trained", range=[0, 100],
+                                                                     ticksuffix="%"),
                      yaxis_title="rows", height=300, margin=dict(t=40, b=40))
 st.plotly_chart(figure, key="tpl_share_chart")
 if lint.packing:

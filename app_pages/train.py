@@ -104,7 +104,8 @@ def run_actions(run_dir: Path, status) -> None:
     has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("checkpoint-*"))
     cols = st.columns(3)
     if status.state in ("stopped", "failed") and cols[0].button("⏯️ Resume", key="train_resume",
-                                                                help="Continue from the newest checkpoint" if has_checkpoint else "Start again"):
+                                                                help="Continue from the newest checkpoint" if has_checkpoint
+                                                                else "Start again"):
         relaunch(run_dir)
         st.rerun()
     more = cols[1].number_input("More steps", min_value=1, value=20, step=10, key="train_more_steps")
@@ -146,7 +147,8 @@ with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
                    "field (strip = off). The prompts are the rows' turns before their last assistant answer, which is the reference.")
     values["init_adapter"] = init_adapter_field(str(defaults.get("init_adapter", "")), values["method"], f"{FORM}_init_adapter")
     st.caption(f"**{method.label}**: {method.summary}. A learning rate that suits it: {method.learning_rate:g}"
-               + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable else " · cannot be merged into the weights"))
+               + (f" · [paper]({method.paper})" if method.paper else "") + ("" if method.mergeable
+                                                                            else " · cannot be merged into the weights"))
     try:
         if problems := form_problems(FORM):
             raise ValueError("; ".join(problems))
@@ -161,7 +163,8 @@ with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
         with st.expander("Command / YAML preview", expanded=spec.uses_launcher):
             st.code(spec_to_yaml(spec), language="yaml")
             st.caption("Save it as spec.yaml and run it headless (the worker runs in the foreground):")
-            st.code("python -m core.train spec.yaml\n# or, for an existing run folder:\n" + run_command(runs_dir() / "<run-id>"), language="bash")
+            st.code("python -m core.train spec.yaml\n# or, for an existing run folder:\n" + run_command(runs_dir() / "<run-id>"),
+                    language="bash")
             if spec.uses_launcher:
                 st.caption("The worker starts the processes with this command and writes these files into the run's launch/:")
                 previews = launch_preview(spec, hardware, runs_dir() / "<run-id>")
@@ -170,7 +173,8 @@ with st.expander("New run", expanded=not st.session_state.get(TRAIN_RUN)):
         if spec.num_nodes > 1 and st.button("📝 Create the run folder for the nodes", key="train_multinode"):
             run_dir = create_run(spec)
             write_launch_files(spec, run_dir, hardware)
-            st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or launch/ray_train.py.")
+            st.success(f"Written {run_dir}: start it on every node with launch/torchrun_node.sh <node_rank>, launch/slurm.sbatch or "
+                       "launch/ray_train.py.")
         if st.button("▶️ Start training", type="primary", key="train_start", disabled=not can_start(check)):
             start_run(spec, TRAIN_RUN, query_param="run")
             st.rerun()

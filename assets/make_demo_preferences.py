@@ -57,7 +57,8 @@ def reject(answer: dict, kind: str, rng: random.Random) -> str:
     """One plausible failure of `answer` (the reference fields) of the given kind."""
     if kind == "prose":
         return rng.choice(PROSE).format(summary=answer["summary"], summary_lower=answer["summary"][0].lower() + answer["summary"][1:],
-                                        step=answer["next_step"].replace("_", " "), next_step=answer["next_step"], urgency=answer["urgency"])
+                                        step=answer["next_step"].replace("_", " "), next_step=answer["next_step"],
+                                        urgency=answer["urgency"])
     if kind == "wrong_urgency":
         return json.dumps({**answer, "urgency": rng.choice([u for u in URGENCIES if u != answer["urgency"]])})
     if kind == "wrong_next_step":

@@ -78,11 +78,13 @@ def record_decision(kept_whole: set, method: str, k: int) -> None:
 
 def decontam_tab(dataset, reference, engine: str):
     c = st.columns(3)
-    names = c[0].multiselect("Benchmarks", decontam.builtin_benchmark_names(), default=decontam.builtin_benchmark_names(), key="data_dc_benchmarks")
+    names = c[0].multiselect("Benchmarks", decontam.builtin_benchmark_names(), default=decontam.builtin_benchmark_names(),
+                             key="data_dc_benchmarks")
     mode = c[1].selectbox("Rule", list(decontam.MODES), format_func=lambda key: decontam.MODES[key].label, key="data_dc_mode")
     field = c[2].selectbox("Check", FIELDS, index=2, key="data_dc_field")
     st.caption(f"{decontam.MODES[mode].rule} — {decontam.MODES[mode].reference}")
-    own = st.file_uploader("Your own eval set (optional, any format the loader reads)", type=["jsonl", "json", "csv", "parquet"], key="data_dc_upload")
+    own = st.file_uploader("Your own eval set (optional, any format the loader reads)", type=["jsonl", "json", "csv", "parquet"],
+                           key="data_dc_upload")
     if st.button("Check contamination", key="data_dc_run", type="primary", disabled=not names and own is None):
         from core.data.formats import save_upload
         from pages_common import upload_digest

@@ -61,7 +61,8 @@ def engine_choice() -> str:
                           horizontal=True, key="data_engine")
         address = os.environ.get("RAY_ADDRESS")
         st.caption(f"Ray cluster: `{address}` (RAY_ADDRESS)" if address else
-                   "No RAY_ADDRESS: Ray starts locally on this machine's cores. Set RAY_ADDRESS=ray://head:10001 before `make run` for a cluster.")
+                   "No RAY_ADDRESS: Ray starts locally on this machine's cores. Set RAY_ADDRESS=ray://head:10001 before `make run` for a "
+                   "cluster.")
         return engine
 
 
@@ -71,7 +72,8 @@ def start(dataset, reference: tuple[str, str], engine: str, **operations) -> Non
     local = {k: v for k, v in operations.items() if k not in on_engine}
     for chosen, where in ((on_engine, engine), (local, "local")):
         if chosen:
-            spec = CurateSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, engine=where, name="-".join(chosen), **chosen)
+            spec = CurateSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, engine=where,
+                              name="-".join(chosen), **chosen)
             start_run(spec, "data_last_run")
 
 
@@ -100,7 +102,8 @@ def newest_answer_loss(dataset):
 def start_answer_loss(dataset, reference: tuple[str, str], model: dict, chat_template: str) -> None:
     from core.evaluate.answer_loss import AnswerLossSpec
 
-    spec = AnswerLossSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, model=model, chat_template=chat_template)
+    spec = AnswerLossSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, model=model,
+                          chat_template=chat_template)
     start_run(spec, "data_last_run")
 
 

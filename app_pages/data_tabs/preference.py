@@ -13,7 +13,8 @@ def preference_panel(dataset) -> None:
     if report.n_pairs:
         st.caption(f"Preference pairs (chosen vs rejected) · {report.n_pairs:,} pairs")
         m[0].metric("Pairs", f"{report.n_pairs:,}")
-        m[1].metric("Chosen is longer", f"{report.chosen_longer_share:.0%}", help="DPO is known to learn length: above ~70 % it is warned about.")
+        m[1].metric("Chosen is longer", f"{report.chosen_longer_share:.0%}",
+                    help="DPO is known to learn length: above ~70 % it is warned about.")
         m[2].metric("Identical pairs", f"{len(report.identical):,}")
     else:
         st.caption(f"Unpaired preference rows (KTO) · {report.n_desirable + report.n_undesirable:,} rows")

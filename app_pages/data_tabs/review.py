@@ -33,7 +33,8 @@ def audit_tab(dataset, reference, drops: set):
         return None
     if loss and loss.get("n_rows") == result.n_rows:
         result = with_losses(result, loss["loss"])
-        st.caption(f"Answer loss under {loss['model']} ({loss['chat_template']}): median {loss['median_loss']}, {loss['scored_rows']:,} rows scored.")
+        st.caption(f"Answer loss under {loss['model']} ({loss['chat_template']}): median {loss['median_loss']}, {loss['scored_rows']:,} "
+                   "rows scored.")
     counts = result.counts
     st.markdown(f"**{len(result.flags):,} of {result.n_rows:,} rows flagged** · " +
                 (" · ".join(f"{RULES[r]}: {n:,}" for r, n in counts.items()) or "no rule fired"))
@@ -82,9 +83,11 @@ def diversity_tab(dataset, reference):
     cov = result.coverage
     m = st.columns(4)
     m[0].metric("Clusters", cov["clusters"])
-    m[1].metric("Effective clusters", f"{cov['effective_clusters']:.1f}", help="exp(entropy of the cluster shares): equal to the clusters when they are all the same size")
+    m[1].metric("Effective clusters", f"{cov['effective_clusters']:.1f}",
+                help="exp(entropy of the cluster shares): equal to the clusters when they are all the same size")
     m[2].metric("Largest cluster", f"{cov['largest_cluster_share']:.0%}")
-    m[3].metric("Mean nearest-neighbour distance", f"{cov['mean_nearest_neighbour_distance']:.3f}", help="cosine distance; small: rows crowd together")
+    m[3].metric("Mean nearest-neighbour distance", f"{cov['mean_nearest_neighbour_distance']:.3f}",
+                help="cosine distance; small: rows crowd together")
     st.plotly_chart(scatter(dataset.rows, result), key="data_dv_scatter")
     st.dataframe([{"cluster": c.index, "rows": c.size, "share": f"{c.share:.1%}", "top words": ", ".join(c.top_words),
                    "examples": ", ".join(map(str, c.examples))} for c in result.clusters], hide_index=True, width="stretch")

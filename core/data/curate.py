@@ -134,7 +134,8 @@ def operation_from_audit(result: Any, drop: Iterable[int]) -> CurationOperation:
     return CurationOperation(
         name="response_audit",
         label="response audit",
-        params=_jsonable(dict(result.params) | {"flag_counts": result.counts, "flagged_rows": len(result.flags), "dropped_by_rule": reasons}),
+        params=_jsonable(dict(result.params) | {"flag_counts": result.counts, "flagged_rows": len(result.flags),
+                                                "dropped_by_rule": reasons}),
         drop=drop,
         seconds=round(result.seconds, 3),
     )

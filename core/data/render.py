@@ -55,7 +55,8 @@ def visible(text: str) -> str:
     return shown.replace("\n", "↵")
 
 
-KINDS: tuple[str, ...] = ("trained", "masked", "eot", "tool_call", "tool_result", "trained_reasoning", "masked_reasoning", "chosen", "rejected")
+KINDS: tuple[str, ...] = ("trained", "masked", "eot", "tool_call", "tool_result", "trained_reasoning", "masked_reasoning", "chosen",
+                          "rejected")
 PAIR_SIDES: tuple[str, ...] = ("chosen", "rejected")
 
 

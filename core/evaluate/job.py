@@ -290,7 +290,8 @@ def _lm_eval(spec: EvalSpec, base: LoadedModel, variants: list[Variant], progres
         return harness.skipped_note(spec.lm_eval_tasks)
     progress.set_stage("lm-eval tasks")
     out = {"status": "ran", "tasks": spec.lm_eval_tasks, "models": {}}
-    out["models"]["base"] = harness.run_lm_eval(base.model, base.tokenizer, spec.lm_eval_tasks, limit=spec.lm_eval_limit, batch_size=spec.batch_size)
+    out["models"]["base"] = harness.run_lm_eval(base.model, base.tokenizer, spec.lm_eval_tasks, limit=spec.lm_eval_limit,
+                                                batch_size=spec.batch_size)
     for variant in variants:
         with _variant_model(base, variant) as loaded:
             out["models"][variant.label] = harness.run_lm_eval(loaded.model, loaded.tokenizer, spec.lm_eval_tasks,

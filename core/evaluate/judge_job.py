@@ -75,7 +75,8 @@ class JudgeSpec(RunSpec):
         if self.rubric.strip():
             judging.check_rubric(self.rubric)
         if self.judge_runtime == "llama.cpp" and self.judge_source.kind not in ("gguf", "embedded"):
-            raise ValueError("judge_runtime: llama.cpp runs a GGUF file: give the judge as {kind: gguf, ref: file.gguf} or the embedded model")
+            raise ValueError("judge_runtime: llama.cpp runs a GGUF file: give the judge as {kind: gguf, ref: file.gguf} or the embedded "
+                             "model")
         if self.judge_runtime == "llama.cpp" and self.judge_source.adapter:
             raise ValueError("judge: llama.cpp cannot put an adapter on a GGUF here; export the merged model to GGUF, or use torch")
         if not self.eval_path().is_file():

@@ -57,7 +57,8 @@ class PairLogprobs:
         return self.chosen - self.rejected
 
     def as_dict(self) -> dict:
-        return {"chosen": self.chosen, "rejected": self.rejected, "chosen_tokens": self.chosen_tokens, "rejected_tokens": self.rejected_tokens}
+        return {"chosen": self.chosen, "rejected": self.rejected, "chosen_tokens": self.chosen_tokens,
+                "rejected_tokens": self.rejected_tokens}
 
 
 def pair_logprobs(model: Any, tokenizer: Any, pairs: Sequence[dict], *, chat_template: str | None = None, max_length: int | None = 1024,
@@ -69,7 +70,8 @@ def pair_logprobs(model: Any, tokenizer: Any, pairs: Sequence[dict], *, chat_tem
     sequences, scored = [], []
     for index, row in enumerate(pairs):
         if not is_pair(row):
-            raise ValueError(f"pair {index}: not a prompt / chosen / rejected pair (keys: {sorted(row) if isinstance(row, dict) else type(row).__name__})")
+            raise ValueError(f"pair {index}: not a prompt / chosen / rejected pair (keys: "
+                             f"{sorted(row) if isinstance(row, dict) else type(row).__name__})")
         try:
             encoded = encode_pair(row, tokenizer, chat_template=chat_template, max_length=max_length)
         except MaskingError as exc:
