@@ -11,7 +11,8 @@ from core.models import ModelLoadError, ModelSource
 from core.workspace import runs_dir
 from pages_common import active_model_source, cached_arch, cached_hardware, remote_code_checkbox, send_recipe_to_train
 
-TARGET_SETS = {"all-linear": "all-linear", "attention (q, k, v, o)": ("q_proj", "k_proj", "v_proj", "o_proj"), "q and v only": ("q_proj", "v_proj")}
+TARGET_SETS = {"all-linear": "all-linear", "attention (q, k, v, o)": ("q_proj", "k_proj", "v_proj", "o_proj"),
+               "q and v only": ("q_proj", "v_proj")}
 SEQ_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 RANKS = [4, 8, 16, 32, 64, 128, 256]
 
@@ -45,10 +46,12 @@ def settings(arch: memory.ModelArch, device: str) -> memory.MemorySpec:
     device = c1.selectbox("Device", devices, index=devices.index(device), key="budget_device",
                           help="cpu: fp32 everything, no CUDA context. Defaults to this machine's device.")
     precisions = ["fp32"] if device == "cpu" else list(memory.PRECISIONS)
-    precision = c2.selectbox("Precision", precisions, index=min(1, len(precisions) - 1), format_func=memory.PRECISION_LABELS.get, key=f"budget_precision_{device}")
+    precision = c2.selectbox("Precision", precisions, index=min(1, len(precisions) - 1), format_func=memory.PRECISION_LABELS.get,
+                             key=f"budget_precision_{device}")
     optimizer = c2.selectbox("Optimizer", memory.OPTIMIZERS, format_func=memory.OPTIMIZER_LABELS.get, key="budget_optimizer")
     rank = c3.select_slider("LoRA rank r", RANKS, value=16, key="budget_rank", disabled=method == "full")
-    targets = c3.selectbox("LoRA targets", list(TARGET_SETS) if not arch.fused_qkv else ["all-linear"], key="budget_targets", disabled=method == "full")
+    targets = c3.selectbox("LoRA targets", list(TARGET_SETS) if not arch.fused_qkv else ["all-linear"], key="budget_targets",
+                           disabled=method == "full")
     batch = c4.slider("Batch size", 1, 64, 4, key="budget_batch")
     seq = c4.select_slider("Sequence length", SEQ_LENGTHS, value=1024, key="budget_seq")
     c5, c6, c7, c8 = st.columns(4)
@@ -58,8 +61,10 @@ def settings(arch: memory.ModelArch, device: str) -> memory.MemorySpec:
     accumulation = c8.number_input("Gradient accumulation", 1, 512, 1, key="budget_accum")
     c9, c10 = st.columns(2)
     objective = c9.selectbox("Objective", memory.OBJECTIVES, format_func=memory.OBJECTIVE_LABELS.get, key="budget_objective",
-                             help="Preference objectives put pairs through the model: the sequence length is then prompt + the longer answer.")
-    precompute = c10.checkbox("Precompute reference log-probs", key="budget_precompute", disabled=objective not in memory.REFERENCE_OBJECTIVES,
+                             help="Preference objectives put pairs through the model: the sequence length is then prompt + "
+                                  "the longer answer.")
+    precompute = c10.checkbox("Precompute reference log-probs", key="budget_precompute",
+                              disabled=objective not in memory.REFERENCE_OBJECTIVES,
                               help="DPO / KTO: score the reference once before training instead of at every step.")
     grpo = objective == "grpo"
     completion = c9.number_input("GRPO: completion length", 1, 32768, 256, key="budget_completion", disabled=not grpo,
@@ -92,7 +97,8 @@ def past_runs(est: memory.MemoryEstimate) -> None:
     st.subheader("Predicted vs measured on this machine")
     points = memory.past_run_calibration(runs_dir())
     if not points:
-        st.caption("No finished run has recorded its peak memory yet. Every training run writes its predicted and measured peak to its run card; they appear here.")
+        st.caption("No finished run has recorded its peak memory yet. Every training run writes its predicted and measured peak to its run "
+                   "card; they appear here.")
         return
     table = pd.DataFrame([{"run": p.run_id, "device": p.device, "predicted GB": p.predicted_bytes / memory.GB,
                            "measured GB": p.measured_bytes / memory.GB, "measured / predicted": p.ratio} for p in points])
@@ -148,13 +154,15 @@ the policy's activations; a full fine-tune's reference is a second copy of the w
 """
 
 st.title("📐 Budget")
-st.caption("Memory for full / LoRA / QLoRA training, split by component, from the model's config alone — the same estimator the Train page's pre-flight uses.")
+st.caption("Memory for full / LoRA / QLoRA training, split by component, from the model's config alone — the same estimator the Train "
+           "page's pre-flight uses.")
 hardware = cached_hardware()
 arch = choose_model()
 if arch is not None:
     counts = arch.param_counts()
     head = "tied to the embedding" if arch.tie_word_embeddings else f"{counts['lm_head'] / 1e6:.0f} M"
-    st.caption(f"**{arch.name}** · {counts['total'] / 1e9:.3f} B parameters (embedding {counts['embedding'] / 1e6:.0f} M, attention {counts['attention'] / 1e6:.0f} M, "
+    st.caption(f"**{arch.name}** · {counts['total'] / 1e9:.3f} B parameters (embedding {counts['embedding'] / 1e6:.0f} M, "
+               f"attention {counts['attention'] / 1e6:.0f} M, "
                f"MLP {counts['mlp'] / 1e6:.0f} M, norms {counts['norms'] / 1e3:.0f} K, lm_head {head})")
     spec = settings(arch, hardware.device if hardware.device in memory.DEVICES else "cpu")
     est = memory.estimate(spec)
@@ -162,7 +170,8 @@ if arch is not None:
     m1.metric("Peak memory", f"{est.total_bytes / memory.GB:.2f} GB")
     share = f"{100 * est.trainable_params / est.total_params:.2f} % of {est.total_params / 1e9:.2f} B"
     m2.metric("Trainable parameters", f"{est.trainable_params:,}", share, delta_color="off", delta_arrow="off")  # context: no arrow
-    m3.metric("Activations + logits", f"{(est.phases[memory.PHASES[0]]['activations'] + est.phases[memory.PHASES[0]]['logits']) / memory.GB:.2f} GB")
+    m3.metric("Activations + logits",
+              f"{(est.phases[memory.PHASES[0]]['activations'] + est.phases[memory.PHASES[0]]['logits']) / memory.GB:.2f} GB")
     here = next(iter(memory.fit_table(est, hardware)), None)
     m4.metric("Fits this machine?", here["verdict"] if here else "unknown",
               f"{here['used']:.0%} of {here['memory_gb']} GB" if here and here["used"] is not None else None,
@@ -171,7 +180,8 @@ if arch is not None:
     objective_parts(est)
     left, right = st.columns(2)
     with left:
-        stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[m]: e for m, e in memory.compare_methods(spec, ("full", "lora", "qlora")).items()}),
+        stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[m]: e
+                                            for m, e in memory.compare_methods(spec, ("full", "lora", "qlora")).items()}),
                      "Same settings, three methods (peak)")
     with right:
         stacked_bars(memory.breakdown_rows({memory.METHOD_LABELS[spec.method]: est}, phases=True), "The two candidate peaks of this run")
@@ -191,7 +201,8 @@ if arch is not None:
     context = i2.select_slider("Context length", SEQ_LENGTHS, value=4096, key="budget_infer_context")
     users = i3.slider("Concurrent sequences", 1, 64, 1, key="budget_infer_batch")
     parts = memory.inference_estimate(arch, fmt, users, context, device=spec.device)
-    st.caption(" · ".join(f"{k.replace('_', ' ')} {v / memory.GB:.2f} GB" for k, v in parts.items()) + " (KV cache = 2 × layers × kv heads × head dim × tokens × 2 bytes)")
+    st.caption(" · ".join(f"{k.replace('_', ' ')} {v / memory.GB:.2f} GB" for k, v in parts.items())
+               + " (KV cache = 2 × layers × kv heads × head dim × tokens × 2 bytes)")
     past_runs(est)
     if st.button("Use these settings on the Train page", type="primary", key="budget_to_train"):
         send_recipe_to_train(decide.recipe_from_memory_spec(spec), "the Budget page's settings")

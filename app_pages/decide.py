@@ -57,7 +57,8 @@ def questionnaire(hardware) -> decide.Questionnaire:
     cost = c3.checkbox("Per-request cost matters", key="decide_cost")
     arch = model_for_check()
     length = st.select_slider("Typical example length (tokens)", [256, 512, 1024, 2048, 4096], value=1024, key="decide_length")
-    return decide.Questionnaire(gaps=tuple(gaps), knowledge_changes=changes, knowledge_fits_in_prompt=fits_prompt, prompt_success=success if known else None,
+    return decide.Questionnaire(gaps=tuple(gaps), knowledge_changes=changes, knowledge_fits_in_prompt=fits_prompt,
+                                prompt_success=success if known else None,
                                 failure_share=failure, labelled_rows=int(rows), latency_sensitive=latency, cost_sensitive=cost,
                                 model=arch, hardware=hardware, max_length=length,
                                 measured=st.session_state.get("decide_measured") if known else None)
@@ -77,7 +78,8 @@ def render(result: decide.Recommendation) -> None:
     if result.method_fits:
         st.dataframe(pd.DataFrame([{"method": memory.METHOD_LABELS[f.method], "peak GB": round(f.total_bytes / memory.GB, 2),
                                     "fits": {True: "yes", False: "no", None: "unknown"}[f.fits], "batch": f.batch_size,
-                                    "checkpointing": f.gradient_checkpointing} for f in result.method_fits]), hide_index=True, width="stretch")
+                                    "checkpointing": f.gradient_checkpointing} for f in result.method_fits]), hide_index=True,
+                     width="stretch")
     st.subheader("Starting recipe for a fine-tune")
     st.caption("Learning rate ~10× a full fine-tune's for adapters (2e-4 vs 2e-5), α = 2r, all linear layers, 1-3 epochs by data size.")
     st.dataframe(pd.DataFrame([{"field": k, "value": str(v)} for k, v in result.recipe.items()]), hide_index=True, width="stretch")
@@ -98,7 +100,8 @@ def baseline_spec() -> decide.BaselineSpec | None:
     origin = st.radio("Eval rows", list(EVAL_SETS), horizontal=True, key="decide_eval_origin")
     path, scorer, documents = EVAL_SETS[origin]
     if origin == "Upload a file":
-        upload = st.file_uploader("JSONL / JSON / CSV / Parquet with prompts and reference answers (or question / answer rows)", key="decide_upload")
+        upload = st.file_uploader("JSONL / JSON / CSV / Parquet with prompts and reference answers (or question / answer rows)",
+                                  key="decide_upload")
         path = str(decide.save_eval_upload(upload.name, upload.getvalue(), upload_digest(upload))) if upload else ""
     c1, c2, c3 = st.columns(3)
     docs = c1.radio("Documents for the RAG condition", DOCUMENTS, index=DOCUMENTS.index(documents), key=f"decide_docs_{origin[:8]}")
@@ -161,7 +164,8 @@ def baseline_panel() -> None:
 
 
 st.title("🧭 Decide")
-st.caption("Fine-tuning changes behaviour; retrieval supplies facts; prompting is the cheapest fix. Answer a few questions — every score shows its arithmetic.")
+st.caption("Fine-tuning changes behaviour; retrieval supplies facts; prompting is the cheapest fix. Answer a few questions — every score "
+           "shows its arithmetic.")
 hardware = cached_hardware()
 answers = questionnaire(hardware)
 render(decide.recommend(answers))

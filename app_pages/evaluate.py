@@ -52,7 +52,8 @@ def variant_widgets(base) -> tuple[list[dict], str]:
     default = [label for label, folder in adapters.items() if folder == preset]
     picked = st.multiselect("Adapters from finished training runs", list(adapters), default=default, key="eval_adapters",
                             help="Each goes on the model its run trained (usually the base above).")
-    variants = [{"label": label.split(" ")[0], "model": trained_base(Path(adapters[label]).parent, base).with_adapter(adapters[label]).as_dict()}
+    variants = [{"label": label.split(" ")[0],
+                 "model": trained_base(Path(adapters[label]).parent, base).with_adapter(adapters[label]).as_dict()}
                 for label in picked]
     c1, c2 = st.columns(2)
     folder = c1.text_input("…or an adapter folder", value=preset if preset and not default else "", key="eval_adapter_path",
@@ -83,10 +84,12 @@ def new_evaluation_form() -> None:
     variants, checkpoints_of = variant_widgets(base or active_model_source())
     task = st.text_input("Task dataset (held-out rows)", value=FIELDS["task_dataset"].default, key="eval_task_dataset",
                          help=FIELDS["task_dataset"].help)
-    st.markdown("**Sample sizes** — the defaults finish in a few minutes on a laptop CPU with the embedded model; raise them for tighter intervals.")
+    st.markdown("**Sample sizes** — the defaults finish in a few minutes on a laptop CPU with the embedded model; raise them for tighter "
+                "intervals.")
     c = st.columns(4)
     sizes = {name: number_input(name, c[i % 4]) for i, name in enumerate(
-        ("task_samples", "general_samples", "mc_samples", "max_new_tokens", "bootstrap_samples", "forgetting_threshold", "perplexity_threshold", "seed",
+        ("task_samples", "general_samples", "mc_samples", "max_new_tokens", "bootstrap_samples", "forgetting_threshold",
+         "perplexity_threshold", "seed",
          "pair_samples"))}
     pairs = st.text_input("Preference pairs (held-out, optional)", key="eval_pairs_dataset", help=FIELDS["pairs_dataset"].help,
                           placeholder="empty: the pairs a preference-trained run held out")
@@ -161,7 +164,8 @@ def advice_buttons(report: dict, verdict: dict) -> None:
         if recipe is None:
             continue
         if st.button(f"🔁 {action['label']}", key=f"eval_action_{verdict['label']}_{n}",
-                     help="Opens the Train page with this run's spec and " + ", ".join(f"{k} = {v}" for k, v in action["spec_updates"].items())):
+                     help="Opens the Train page with this run's spec and "
+                          + ", ".join(f"{k} = {v}" for k, v in action["spec_updates"].items())):
             model, spec = recipe
             send_recipe_to_train(spec, f"the forgetting report of {verdict['label']}", model=ModelSource.from_dict(model))
 
@@ -176,7 +180,8 @@ def render_examples(report: dict) -> None:
     for title, rows in (("Largest regressions", regressions), ("Largest wins", wins)):
         st.markdown(f"**{title}** ({len(rows)})")
         if rows:
-            st.dataframe(pd.DataFrame([{"row": r["row"], "Δ score": round(100 * r["delta"]), "prompt": r["prompt"], "reference": r["reference"],
+            st.dataframe(pd.DataFrame([{"row": r["row"], "Δ score": round(100 * r["delta"]), "prompt": r["prompt"],
+                                        "reference": r["reference"],
                                         "base answer": r["answers"][base], f"{label} answer": r["answers"][label]} for r in rows]),
                          hide_index=True, width="stretch")
 

@@ -111,7 +111,8 @@ def render_result(run_dir, status, metrics) -> None:
         if kept:
             default = next((i for i, p in enumerate(kept) if p["lambda"] == best), 0)
             chosen = st.selectbox("Use the model at", range(len(kept)), index=default, key=f"merge_point_{run_dir.name}",
-                                  format_func=lambda i: f"λ = {kept[i]['lambda']:g}" + (" (suggested)" if kept[i]["lambda"] == best else ""))
+                                  format_func=lambda i: f"λ = {kept[i]['lambda']:g}"
+                                                        + (" (suggested)" if kept[i]["lambda"] == best else ""))
             send_model_buttons(kept[chosen]["model_dir"], f"merge_send_{run_dir.name}")
         return
     result = read_result(run_dir, "merge")

@@ -120,7 +120,8 @@ def main() -> int:
                                  warmup_ratio=0.0))
         start_adapter = sft["card"]["outputs"]["adapter"]
         print(f"sft: {args.sft_steps} steps in {sft['wall_s']:.0f} s", flush=True)
-    spec = TrainSpec(name="grpo-demo", objective="grpo", rewards=DEFAULT_REWARDS, init_adapter=Path(start_adapter).parent.name if sft else "",
+    spec = TrainSpec(name="grpo-demo", objective="grpo", rewards=DEFAULT_REWARDS,
+                     init_adapter=Path(start_adapter).parent.name if sft else "",
                      num_generations=args.group, batch_size=args.group, max_completion_length=args.completion,
                      max_length=256 + args.completion, beta=args.beta, temperature=1.0, learning_rate=args.learning_rate,
                      max_steps=args.steps, warmup_ratio=0.0, eval_fraction=0.0, logging_steps=1, completions_every=5, save_steps=1000)
@@ -131,7 +132,8 @@ def main() -> int:
     print(f"before: sampled reward {before['sampled']['reward']} · greedy {before['greedy']['reward']} ({before['seconds']} s)", flush=True)
     grpo = run_worker(spec, timeout=6 * 3600)
     card, rows = grpo["card"], [r for r in grpo["rows"] if "loss" in r]
-    print(f"grpo: {card['final_metrics']['global_step']} steps in {grpo['wall_s']:.0f} s (training {card['train_seconds']:.0f} s)", flush=True)
+    print(f"grpo: {card['final_metrics']['global_step']} steps in {grpo['wall_s']:.0f} s (training {card['train_seconds']:.0f} s)",
+          flush=True)
     after = mean_rewards(card["outputs"]["adapter"], prompts, scorer, **settings)
     print(f"after: sampled reward {after['sampled']['reward']} · greedy {after['greedy']['reward']} ({after['seconds']} s)", flush=True)
     if zero_std_share(rows) == 1.0:

@@ -38,11 +38,13 @@ def new_judge_form() -> None:
     runtime = c2.radio("Judge runs on", RUNTIMES, horizontal=True, key="judge_runtime", help=FIELDS["judge_runtime"].help)
     rubric = st.text_area("Rubric (editable; stored with the run)", value=DEFAULT_RUBRIC, height=220, key="judge_rubric",
                           help=FIELDS["rubric"].help)
-    dataset = st.text_input("Eval prompts", value=FIELDS["eval_dataset"].default, key="judge_eval_dataset", help=FIELDS["eval_dataset"].help)
+    dataset = st.text_input("Eval prompts", value=FIELDS["eval_dataset"].default, key="judge_eval_dataset",
+                            help=FIELDS["eval_dataset"].help)
     c = st.columns(3)
     sizes = {name: _number(name, c[i]) for i, name in enumerate(("samples", "max_new_tokens", "verdict_tokens"))}
     arenas = {f"arena {name}": str(arena_folder(name)) for name in list_arenas()}
-    picked = st.selectbox("Human votes (optional, for judge-human agreement)", ["(none)", *arenas, "File or folder…"], key="judge_votes_pick",
+    picked = st.selectbox("Human votes (optional, for judge-human agreement)", ["(none)", *arenas, "File or folder…"],
+                          key="judge_votes_pick",
                           help=FIELDS["human_votes"].help)
     votes = arenas.get(picked, "") if picked != "File or folder…" else st.text_input("Vote file or folder", key="judge_human_votes")
     if None not in (model, baseline, judge):
@@ -89,7 +91,8 @@ def render_result(result: dict) -> None:
         st.info(f"No human vote matches these pairs ({result['human_votes']['votes']} votes read): agreement needs votes on the "
                 "same prompt and the same two answers.")
     st.dataframe(pd.DataFrame([{"prompt": p["prompt"][-160:], "X answer": p["answer_a"], "Y answer": p["answer_b"],
-                                "X shown first": p["first_reply"], "Y shown first": p["second_reply"], "verdict": p["verdict"] or "unparsed",
+                                "X shown first": p["first_reply"], "Y shown first": p["second_reply"],
+                                "verdict": p["verdict"] or "unparsed",
                                 **({"human": p.get("human", "")} if agreement else {})} for p in result["pairs"]]),
                  hide_index=True, width="stretch")
     with st.expander("Rubric used"):
