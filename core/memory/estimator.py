@@ -159,34 +159,47 @@ def model_state_bytes(n_params: int | float, precision: str = "mixed", optimizer
 @dataclass
 class MemorySpec:
     model: ModelArch = field(metadata=meta("Architecture (from a config, a local folder, the Hub or a preset)."))
-    method: str = field(default="lora", metadata=meta("full, lora, dora, qlora (NF4 base + double quantization), or one of the PEFT family: "
+    method: str = field(default="lora", metadata=meta("full, lora, dora, qlora (NF4 base + double quantization), "
+                                                       "or one of the PEFT family: "
                                                        "loha, lokr, ia3, prompt_tuning, prefix_tuning, bitfit, partial.", choices=METHODS))
-    precision: str = field(default="mixed", metadata=meta("fp32, mixed (16-bit compute + fp32 master weights), bf16 (pure), or autocast (bf16 compute over fp32 weights, "
+    precision: str = field(default="mixed", metadata=meta("fp32, mixed (16-bit compute + fp32 master weights), bf16 (pure), "
+                                                           "or autocast (bf16 compute over fp32 weights, "
                                                            "torch.autocast as the CPU trainer uses it).", choices=PRECISIONS))
     optimizer: str = field(default="adamw", metadata=meta("adamw, adamw_8bit, paged_adamw or sgd (with momentum).", choices=OPTIMIZERS))
     lora_r: int = field(default=16, metadata=meta("LoRA rank r.", min=1))
-    lora_targets: str | tuple[str, ...] = field(default="all-linear", metadata=meta("'all-linear' or module names such as ('q_proj', 'v_proj')."))
+    lora_targets: str | tuple[str, ...] = field(default="all-linear",
+                                                metadata=meta("'all-linear' or module names such as ('q_proj', 'v_proj')."))
     batch_size: int = field(default=1, metadata=meta("Sequences per micro-batch.", min=1))
     seq_len: int = field(default=512, metadata=meta("Tokens per sequence (padded length).", min=1))
     gradient_checkpointing: bool = field(default=False, metadata=meta("Recompute each layer in backward; keep only layer inputs."))
-    attention: str = field(default="sdpa", metadata=meta("flash_attention_2, sdpa (padded batches repeat K/V for GQA) or eager (T×T scores).", choices=ATTENTIONS))
-    chunked_loss: bool = field(default=False, metadata=meta("Fused linear + cross-entropy in chunks (Liger / Unsloth): full logits never exist."))
-    grad_accumulation: int = field(default=1, metadata=meta("Micro-batches per optimizer step; >1 keeps gradients alive during forward.", min=1))
+    attention: str = field(default="sdpa", metadata=meta("flash_attention_2, sdpa (padded batches repeat K/V for GQA) "
+                                                          "or eager (T×T scores).", choices=ATTENTIONS))
+    chunked_loss: bool = field(default=False, metadata=meta("Fused linear + cross-entropy in chunks (Liger / Unsloth): "
+                                                             "full logits never exist."))
+    grad_accumulation: int = field(default=1, metadata=meta("Micro-batches per optimizer step; >1 keeps gradients alive during forward.",
+                                                             min=1))
     device: str = field(default="cuda", metadata=meta("cuda, cpu (fp32, no CUDA context) or mps.", choices=DEVICES))
-    double_quant: bool = field(default=True, metadata=meta("QLoRA: quantize the NF4 block constants too (0.127 instead of 0.5 bits/param)."))
-    kbit_upcast: bool = field(default=True, metadata=meta("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, lm_head and norms to fp32 (Unsloth does not)."))
-    lora_dropout: float = field(default=0.0, metadata=meta("LoRA / DoRA / QLoRA: dropout on each adapter's input; above 0 every adapter keeps "
+    double_quant: bool = field(default=True, metadata=meta("QLoRA: quantize the NF4 block constants too "
+                                                            "(0.127 instead of 0.5 bits/param)."))
+    kbit_upcast: bool = field(default=True, metadata=meta("QLoRA: PEFT's prepare_model_for_kbit_training upcasts embeddings, "
+                                                           "lm_head and norms to fp32 (Unsloth does not)."))
+    lora_dropout: float = field(default=0.0, metadata=meta("LoRA / DoRA / QLoRA: dropout on each adapter's input; "
+                                                            "above 0 every adapter keeps "
                                                            "its own dropped-out input and mask for backward.", min=0.0, max=1.0))
     num_virtual_tokens: int = field(default=20, metadata=meta("Prompt / prefix tuning: learned virtual tokens.", min=1))
     frozen_layers: int = field(default=0, metadata=meta("Partial fine-tuning: bottom decoder layers kept frozen (0 = the bottom half)."))
-    objective: str = field(default="sft", metadata=meta("sft, or a preference objective: dpo / orpo / simpo (chosen and rejected in one batch of "
-                                                          "2 x batch_size rows), kto (one answer per row, plus a KL batch); seq_len is then the "
+    objective: str = field(default="sft", metadata=meta("sft, or a preference objective: dpo / orpo / simpo "
+                                                          "(chosen and rejected in one batch of "
+                                                          "2 x batch_size rows), kto (one answer per row, plus a KL batch); "
+                                                          "seq_len is then the "
                                                           "pair's length (prompt + the longer answer).", choices=OBJECTIVES))
     precompute_ref_log_probs: bool = field(default=False, metadata=meta("DPO / KTO: the reference's log-probs computed in one pass before "
                                                                          "training, so no reference forward runs during it."))
-    completion_len: int = field(default=0, metadata=meta("GRPO: the longest sampled completion (max_completion_length); seq_len is then the "
+    completion_len: int = field(default=0, metadata=meta("GRPO: the longest sampled completion (max_completion_length); "
+                                                          "seq_len is then the "
                                                           "prompt plus it. The loss's logits cover only the completion.", min=0))
-    beta: float = field(default=0.0, metadata=meta("GRPO: the KL weight; above 0 a reference scores every sampled completion (TRL's default "
+    beta: float = field(default=0.0, metadata=meta("GRPO: the KL weight; above 0 a reference scores every sampled completion "
+                                                    "(TRL's default "
                                                     "0 keeps none).", min=0.0))
 
     def __post_init__(self) -> None:
@@ -254,7 +267,8 @@ class MemorySpec:
         wanted = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
         unknown = [name for name in wanted if name not in self.model.linear_names]
         if unknown or not wanted:
-            raise ValueError(f"LoRA targets {unknown or wanted} are not linear layers of {self.model.name}; choose from {self.model.linear_names} or 'all-linear'")
+            raise ValueError(f"LoRA targets {unknown or wanted} are not linear layers of {self.model.name}; "
+                             f"choose from {self.model.linear_names} or 'all-linear'")
         return tuple(linear for linear in linears if linear.name in wanted)
 
     def as_dict(self) -> dict:
@@ -351,7 +365,8 @@ def _frozen_weight_bytes(spec: MemorySpec) -> tuple[float, list[str]]:
     how = "upcast to fp32 by prepare_model_for_kbit_training" if spec.kbit_upcast else f"kept {int(base_bytes)}-byte"
     notes.append(
         f"QLoRA: the decoder's linear weights ({linear_params / 1e9:.2f} B params) are NF4 at "
-        f"{weight_bytes_per_param('nf4', spec.double_quant):.4f} B/param (0.5 + {NF4_CONSTANT_BITS_DOUBLE_QUANT if spec.double_quant else NF4_CONSTANT_BITS_SINGLE:.3f} bits of constants); "
+        f"{weight_bytes_per_param('nf4', spec.double_quant):.4f} B/param "
+        f"(0.5 + {NF4_CONSTANT_BITS_DOUBLE_QUANT if spec.double_quant else NF4_CONSTANT_BITS_SINGLE:.3f} bits of constants); "
         f"embeddings, lm_head, norms and biases ({rest / 1e9:.2f} B params) are {how}."
     )
     return linear_params * weight_bytes_per_param("nf4", spec.double_quant) + rest * rest_bytes, notes
@@ -425,7 +440,8 @@ def peft_family_tensor_sizes(spec: MemorySpec) -> list[int]:
         return [l.out_features for l in arch.layer_linears() if l.bias] * layers
     if method == "partial":
         trained = arch.num_layers - frozen_layer_count(spec)
-        per_layer = [l.in_features * l.out_features for l in arch.layer_linears()] + [l.out_features for l in arch.layer_linears() if l.bias]
+        per_layer = ([l.in_features * l.out_features for l in arch.layer_linears()]
+                     + [l.out_features for l in arch.layer_linears() if l.bias])
         per_layer += [arch.hidden_size] * arch.norms_per_layer + ([arch.head_dim] * 2 if arch.qk_norm else [])
         head = [] if arch.tie_word_embeddings else [arch.vocab_size * arch.hidden_size]  # tied: the head is the frozen embedding
         return per_layer * trained + [arch.hidden_size] + head
@@ -454,14 +470,17 @@ def peft_family_sentence(spec: MemorySpec) -> str:
         outputs, inputs = ia3_targets(arch)
         return f"one learned scaling vector on the outputs of {', '.join(outputs)} and the input of {', '.join(inputs)} in every layer."
     if spec.method == "prompt_tuning":
-        return f"{spec.num_virtual_tokens} learned input embeddings prepended to every sequence (activations for {trained_seq_len(spec)} positions)."
+        return (f"{spec.num_virtual_tokens} learned input embeddings prepended to every sequence "
+                f"(activations for {trained_seq_len(spec)} positions).")
     if spec.method == "prefix_tuning":
         return f"{spec.num_virtual_tokens} learned key/value pairs per layer prepended to the attention of every sequence."
     if spec.method == "bitfit":
         return f"only the {bias_params(arch):,} bias terms train; gradients still flow through every layer."
     frozen = frozen_layer_count(spec)
-    return (f"the bottom {frozen} of {arch.num_layers} layers and the embeddings stay frozen, so autograd keeps nothing below layer {frozen}; "
-            f"the top {arch.num_layers - frozen} layers and the final norm{'' if arch.tie_word_embeddings else ' and the lm_head'} train in full.")
+    return (f"the bottom {frozen} of {arch.num_layers} layers and the embeddings stay frozen, "
+            f"so autograd keeps nothing below layer {frozen}; "
+            f"the top {arch.num_layers - frozen} layers and the final norm"
+            f"{'' if arch.tie_word_embeddings else ' and the lm_head'} train in full.")
 
 
 def _trainable_tensor_sizes(spec: MemorySpec) -> list[int]:
@@ -694,7 +713,8 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
     total_params = arch.total_params
     trainable = trainable_params(spec)
     per = model_state_bytes_per_param(spec.precision, spec.optimizer)
-    notes: list[str] = [f"GB = 1e9 bytes. {arch.name}: {total_params / 1e9:.3f} B parameters, {trainable:,} trainable ({100 * trainable / total_params:.3f}%)."]
+    notes: list[str] = [f"GB = 1e9 bytes. {arch.name}: {total_params / 1e9:.3f} B parameters, "
+                        f"{trainable:,} trainable ({100 * trainable / total_params:.3f}%)."]
     notes += list(arch.notes)
 
     if spec.method == "full":
@@ -714,7 +734,8 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
     if spec.device == "cuda":
         runtime = CUDA_CONTEXT_BYTES + CUDA_ALLOCATOR_SLACK * (activations + logits)
         optimizer_temp = 0.0  # fused AdamW (the transformers default) updates in place
-        notes.append(f"Overhead on CUDA: {CUDA_CONTEXT_BYTES / GB:.2f} GB for the CUDA context and cuBLAS workspace plus {CUDA_ALLOCATOR_SLACK:.0%} of activations for caching-allocator fragmentation.")
+        notes.append(f"Overhead on CUDA: {CUDA_CONTEXT_BYTES / GB:.2f} GB for the CUDA context and cuBLAS workspace plus "
+                     f"{CUDA_ALLOCATOR_SLACK:.0%} of activations for caching-allocator fragmentation.")
     elif spec.device == "mps":
         runtime = CUDA_ALLOCATOR_SLACK * (activations + logits)
         optimizer_temp = 2 * 4 * _largest_trainable_tensor(spec)
@@ -770,11 +791,14 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
         parts = objective_parts(spec, activations, logits, reference_weights, reference_forward, weights)
         notes.append(_objective_sentence(spec, parts))
     if spec.optimizer == "paged_adamw":
-        notes.append("Paged AdamW keeps the same 32-bit states but lets them page out to CPU memory under pressure, so spikes do not crash; counted here as resident.")
+        notes.append("Paged AdamW keeps the same 32-bit states but lets them page out to CPU memory under pressure, "
+                     "so spikes do not crash; counted here as resident.")
     if spec.optimizer == "adamw_8bit":
-        notes.append(f"8-bit AdamW: 1 byte per state with one fp32 scale per {BNB_8BIT_BLOCK} values; tensors under {BNB_8BIT_MIN_SIZE} elements keep 32-bit states.")
+        notes.append(f"8-bit AdamW: 1 byte per state with one fp32 scale per {BNB_8BIT_BLOCK} values; "
+                     f"tensors under {BNB_8BIT_MIN_SIZE} elements keep 32-bit states.")
     if spec.precision == "mixed":
-        notes.append("Mixed precision is counted as 16-bit working weights and gradients plus an fp32 master copy (DeepSpeed style); torch autocast over fp32 weights keeps fp32 gradients instead (+2 B per trainable parameter).")
+        notes.append("Mixed precision is counted as 16-bit working weights and gradients plus an fp32 master copy (DeepSpeed style); "
+                     "torch autocast over fp32 weights keeps fp32 gradients instead (+2 B per trainable parameter).")
     return MemoryEstimate(
         spec=spec, breakdown=breakdown, total_bytes=total, peak_phase=peak_phase, phases=phases,
         total_params=total_params, trainable_params=trainable, runtime_bytes=int(round(runtime)), assumptions=notes,
@@ -847,23 +871,30 @@ def _objective_sentence(spec: MemorySpec, parts: Mapping[str, int]) -> str:
 
 
 def _state_sentence(spec: MemorySpec, per: dict[str, float]) -> str:
-    parts = f"weights {per['weights']:g} + gradients {per['gradients']:g} + master {per['master_weights']:g} + optimizer {per['optimizer_states']:g}"
+    parts = (f"weights {per['weights']:g} + gradients {per['gradients']:g} + master {per['master_weights']:g} "
+             f"+ optimizer {per['optimizer_states']:g}")
     if spec.method == "full":
-        return f"Every parameter is trained: {parts} = {sum(per.values()):g} bytes per parameter ({PRECISION_LABELS[spec.precision]}, {OPTIMIZER_LABELS[spec.optimizer]})."
+        return (f"Every parameter is trained: {parts} = {sum(per.values()):g} bytes per parameter "
+                f"({PRECISION_LABELS[spec.precision]}, {OPTIMIZER_LABELS[spec.optimizer]}).")
     base = "NF4" if spec.method == "qlora" else ("fp32" if spec.precision in FP32_WEIGHT_PRECISIONS else "16-bit")
     if spec.method in PEFT_FAMILY_METHODS:
-        return f"{METHOD_LABELS[spec.method]}: {peft_family_sentence(spec)} The rest is frozen ({base} weights only); each trained parameter costs {parts} bytes."
-    return f"The base model is frozen ({base} weights only, no gradients or optimizer states); the adapter parameters cost {parts} bytes each."
+        return (f"{METHOD_LABELS[spec.method]}: {peft_family_sentence(spec)} The rest is frozen ({base} weights only); "
+                f"each trained parameter costs {parts} bytes.")
+    return (f"The base model is frozen ({base} weights only, no gradients or optimizer states); "
+            f"the adapter parameters cost {parts} bytes each.")
 
 
 def _activation_sentence(spec: MemorySpec, activations: float, logits: float) -> str:
     rows = spec.batch_size * spec.sequences_per_row
     tokens = rows * spec.seq_len
-    how = "gradient checkpointing keeps each layer's input and recomputes one layer at a time" if spec.gradient_checkpointing else "every layer's saved tensors stay until backward reaches it"
-    loss = "chunked loss computes the logits a slice of tokens at a time" if spec.chunked_loss else f"{LOGIT_BYTES_PER_ELEMENT} bytes per token per vocabulary entry"
+    how = ("gradient checkpointing keeps each layer's input and recomputes one layer at a time" if spec.gradient_checkpointing
+           else "every layer's saved tensors stay until backward reaches it")
+    loss = ("chunked loss computes the logits a slice of tokens at a time" if spec.chunked_loss
+            else f"{LOGIT_BYTES_PER_ELEMENT} bytes per token per vocabulary entry")
     if spec.objective in FUSED_HEAD_OBJECTIVES:
         loss = "TRL's chunked log-prob head, one tile at a time"
-    return (f"Activations for {tokens:,} tokens ({rows} × {spec.seq_len}): {activations / GB:.2f} GB ({how}; attention: {spec.attention}). "
+    return (f"Activations for {tokens:,} tokens ({rows} × {spec.seq_len}): {activations / GB:.2f} GB "
+            f"({how}; attention: {spec.attention}). "
             f"Logits: {logits / GB:.2f} GB ({loss}).")
 
 
@@ -937,7 +968,8 @@ def inference_estimate(model: Any, weight_format: str = "bf16", batch_size: int 
         weights += head * (2.0 - weight_bytes_per_param("nf4"))
     kv = kv_cache_bytes(arch, batch_size, context_len, kv_bytes)
     act_bytes = 4 if weight_format == "fp32" else 2
-    activations = batch_size * context_len * (2 * arch.intermediate_size + 2 * arch.hidden_size) * act_bytes + batch_size * arch.vocab_size * 4
+    activations = (batch_size * context_len * (2 * arch.intermediate_size + 2 * arch.hidden_size) * act_bytes
+                   + batch_size * arch.vocab_size * 4)
     runtime = CUDA_CONTEXT_BYTES if device == "cuda" else CPU_RUNTIME_BYTES
     parts = {"weights": weights, "kv_cache": kv, "activations": activations, "overhead": runtime}
     parts["total"] = sum(parts.values())
