@@ -29,17 +29,25 @@ EMBEDDINGS_FILE = "embeddings.npy"
 class CurateSpec(DatasetJobSpec):
     kind: ClassVar[str] = "curate"
 
-    engine: str = field(default="local", metadata=meta("Where the work runs: this machine, or Ray (RAY_ADDRESS for a cluster; exact, near and decontamination).",
+    engine: str = field(default="local", metadata=meta("Where the work runs: this machine, or Ray (RAY_ADDRESS for a cluster; exact, near "
+                                                       "and decontamination).",
                                                       "engine", choices=ENGINES))
-    exact: dict | None = field(default=None, metadata=meta("Exact de-duplication settings (core.data.dedup.ExactDedupConfig), or empty to skip.", "operations"))
-    near: dict | None = field(default=None, metadata=meta("Near de-duplication settings (NearDedupConfig), or empty to skip.", "operations"))
-    semantic: dict | None = field(default=None, metadata=meta("Semantic de-duplication settings (SemanticDedupConfig), or empty to skip.", "operations"))
+    exact: dict | None = field(default=None, metadata=meta(
+        "Exact de-duplication settings (core.data.dedup.ExactDedupConfig), or empty to skip.", "operations"))
+    near: dict | None = field(default=None, metadata=meta(
+        "Near de-duplication settings (NearDedupConfig), or empty to skip.", "operations"))
+    semantic: dict | None = field(default=None, metadata=meta(
+        "Semantic de-duplication settings (SemanticDedupConfig), or empty to skip.", "operations"))
     decontam: dict | None = field(default=None, metadata=meta(
-        "Decontamination: DecontamConfig fields plus `benchmarks` (shipped names) and `eval_files` (your own eval sets), or empty to skip.", "operations"))
-    audit: dict | None = field(default=None, metadata=meta("Response audit settings (core.data.audit.AuditConfig), or empty to skip.", "operations"))
-    diversity: dict | None = field(default=None, metadata=meta("Diversity map settings (core.data.diversity.DiversityConfig), or empty to skip.", "operations"))
+        "Decontamination: DecontamConfig fields plus `benchmarks` (shipped names) and `eval_files` (your own eval sets), or empty to skip.",
+        "operations"))
+    audit: dict | None = field(default=None, metadata=meta(
+        "Response audit settings (core.data.audit.AuditConfig), or empty to skip.", "operations"))
+    diversity: dict | None = field(default=None, metadata=meta(
+        "Diversity map settings (core.data.diversity.DiversityConfig), or empty to skip.", "operations"))
     select: dict | None = field(default=None, metadata=meta(
-        "Diversity selection: {n, method, map_run (a run folder holding a diversity map; empty: this run's map)}, or empty to skip.", "operations"))
+        "Diversity selection: {n, method, map_run (a run folder holding a diversity map; empty: this run's map)}, or empty to skip.",
+        "operations"))
     name: str = field(default="", metadata=meta("A label for the run folder."))
 
     def __post_init__(self) -> None:
@@ -50,7 +58,8 @@ class CurateSpec(DatasetJobSpec):
         if not chosen:
             raise ValueError(f"choose at least one operation ({', '.join(OPERATIONS)})")
         if self.engine == "ray" and set(chosen) - set(RAY_OPERATIONS):
-            raise ValueError(f"engine ray runs {', '.join(RAY_OPERATIONS)}; run {', '.join(sorted(set(chosen) - set(RAY_OPERATIONS)))} locally")
+            raise ValueError(f"engine ray runs {', '.join(RAY_OPERATIONS)}; "
+                             f"run {', '.join(sorted(set(chosen) - set(RAY_OPERATIONS)))} locally")
         for name in chosen:
             _config(name, getattr(self, name))  # raises ValueError naming the bad setting
         if self.select is not None and not self.select.get("map_run") and self.diversity is None:
@@ -199,7 +208,8 @@ def _dedup(name: str, engine: str, rows: list, config: Any, progress) -> Any:
 
         finder = {"exact": ray_curate.find_exact_duplicates_ray, "near": ray_curate.find_near_duplicates_ray}[name]
     else:
-        finder = {"exact": dedup.find_exact_duplicates, "near": dedup.find_near_duplicates, "semantic": dedup.find_semantic_duplicates}[name]
+        finder = {"exact": dedup.find_exact_duplicates, "near": dedup.find_near_duplicates,
+                  "semantic": dedup.find_semantic_duplicates}[name]
     return finder(rows, config, progress)
 
 

@@ -451,7 +451,8 @@ PREFILTER_SIGMAS = 6.0
 
 @dataclass
 class NearDedupConfig:
-    threshold: float = dc_field(default=0.8, metadata={"help": "Jaccard similarity of shingle sets at or above which two rows are near-duplicates"})
+    threshold: float = dc_field(default=0.8, metadata={"help": "Jaccard similarity of shingle sets at or above which two rows are "
+                                                               "near-duplicates"})
     num_perm: int = dc_field(default=256, metadata={"help": "MinHash permutations (more: better estimate, slower); 128-256 is usual"})
     ngram: int = dc_field(default=5, metadata={"help": "words per shingle"})
     field: str = dc_field(default="both", metadata={"help": "compare the prompt, the answer or both"})
@@ -459,13 +460,16 @@ class NearDedupConfig:
     seed: int = dc_field(default=1, metadata={"help": "seed of the MinHash permutations (datasketch's default is 1)"})
     lsh_weights: tuple[float, float] = dc_field(
         default=(0.1, 0.9),
-        metadata={"help": "LSH (false-positive, false-negative) weights for choosing bands; recall-heavy because every candidate is verified"},
+        metadata={"help": "LSH (false-positive, false-negative) weights for choosing bands; recall-heavy because every candidate is "
+                          "verified"},
     )
     workers: int = dc_field(default=0, metadata={"help": "processes for signatures; 0 = every core"})
     max_bucket: int = dc_field(default=200, metadata={"help": "an LSH bucket larger than this is linked as a star, not all pairs"})
-    verify: str = dc_field(default="exact", metadata={"help": "verify candidates on the exact Jaccard of the shingle sets, or on the MinHash estimate"})
+    verify: str = dc_field(default="exact", metadata={"help": "verify candidates on the exact Jaccard of the shingle sets, or on the "
+                                                              "MinHash estimate"})
     candidate_margin: float = dc_field(
-        default=0.1, metadata={"help": "LSH bands are chosen for threshold minus this, so pairs at the threshold are candidates almost surely"}
+        default=0.1, metadata={"help": "LSH bands are chosen for threshold minus this, so pairs at the threshold are candidates almost "
+                                       "surely"}
     )
 
     @property
@@ -574,7 +578,8 @@ def find_near_duplicates(
     clusters = _clusters_from_pairs(
         len(texts), i, j, similarity, rows=rows, method="near", keep=config.keep, similarity_to=similarity_to,
     )
-    params = asdict(config) | {"candidate_pairs": int(len(checked)), "exactly_verified_pairs": int(checked.sum()), "verified_pairs": int(len(i))}
+    params = asdict(config) | {"candidate_pairs": int(len(checked)), "exactly_verified_pairs": int(checked.sum()),
+                               "verified_pairs": int(len(i))}
     params["lsh_threshold"] = config.lsh_threshold
     params["lsh_bands"], params["lsh_rows_per_band"] = lsh_bands(config.lsh_threshold, config.num_perm, config.lsh_weights)
     _report(progress, 1.0, f"{len(clusters):,} near-duplicate clusters")
@@ -821,7 +826,8 @@ def find_leakage(
         train_sigs = minhash_signatures(train_texts, **signature_args)
         eval_sigs = minhash_signatures(eval_texts, **signature_args)
         _report(progress, 0.5, "near: LSH candidate pairs")
-        near = NearDedupConfig(threshold=config.near_threshold, num_perm=config.num_perm, ngram=config.ngram, lsh_weights=config.lsh_weights)
+        near = NearDedupConfig(threshold=config.near_threshold, num_perm=config.num_perm, ngram=config.ngram,
+                               lsh_weights=config.lsh_weights)
         bands, rows_per_band = lsh_bands(near.lsh_threshold, config.num_perm, config.lsh_weights)
         lefts, rights = [], []
         for keys_t, keys_e in zip(_band_keys(train_sigs, bands, rows_per_band), _band_keys(eval_sigs, bands, rows_per_band)):
@@ -829,7 +835,8 @@ def find_leakage(
             lefts.append(i)
             rights.append(j)
         i, j = _unique_pairs(np.concatenate(lefts), np.concatenate(rights), len(eval_texts))
-        checked = estimated_jaccard(train_sigs[i], eval_sigs[j]) >= config.near_threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(config.num_perm)
+        checked = (estimated_jaccard(train_sigs[i], eval_sigs[j])
+                   >= config.near_threshold - PREFILTER_SIGMAS * 0.5 / np.sqrt(config.num_perm))
         i, j = i[checked], j[checked]
         similarity = exact_jaccard(PairVerifier(train_texts, config.ngram).sets(i), PairVerifier(eval_texts, config.ngram).sets(j))
         for a, b, s in zip(i.tolist(), j.tolist(), similarity.tolist()):

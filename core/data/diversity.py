@@ -39,7 +39,8 @@ SAMPLE_FOR_SPREAD = 2000
 class DiversityConfig:
     field: str = dc_field(default="both", metadata={"help": "which text of a row is embedded: prompt, answer or both"})
     clusters: int = dc_field(default=0, metadata={"help": "number of k-means clusters; 0 = about sqrt(rows / 2), between 2 and 50"})
-    projection: str = dc_field(default="pca", metadata={"help": "2-D projection of the embeddings: pca (fast) or tsne (slower, local structure)"})
+    projection: str = dc_field(default="pca", metadata={"help": "2-D projection of the embeddings: pca (fast) or tsne (slower, local "
+                                                                "structure)"})
     seed: int = dc_field(default=0, metadata={"help": "seed of k-means and t-SNE"})
     top_words: int = dc_field(default=6, metadata={"help": "words shown per cluster"})
 
@@ -269,7 +270,8 @@ def select_diverse(embeddings: np.ndarray, n: int, method: str = "k_center", lab
     return SelectionResult(method, int(len(embeddings)), selected, coverage, params, round(time.perf_counter() - started, 3))
 
 
-def selection_coverage(embeddings: np.ndarray, selected: Sequence[int], labels: np.ndarray | None = None, block: int = 4096) -> dict[str, float]:
+def selection_coverage(embeddings: np.ndarray, selected: Sequence[int], labels: np.ndarray | None = None,
+                       block: int = 4096) -> dict[str, float]:
     """Distance from every row to its nearest selected row (max = covering radius, mean) and clusters covered."""
     chosen = embeddings[list(selected)]
     nearest = np.empty(len(embeddings), dtype=np.float32)

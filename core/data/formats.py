@@ -361,7 +361,8 @@ def check_conversation(messages: list[dict], answered: bool = True) -> None:
     answered=False (prompts to be answered): no assistant turn is needed and the last turn may be the user's."""
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
-            raise RowInvalid("unknown_role", f"messages[{i}].role", f"unknown role {message['role']!r} in message {i}; expected one of {', '.join(ROLES)}")
+            raise RowInvalid("unknown_role", f"messages[{i}].role",
+                             f"unknown role {message['role']!r} in message {i}; expected one of {', '.join(ROLES)}")
         if not message["content"].strip() and not message.get("tool_calls"):
             raise RowInvalid("empty_content", f"messages[{i}].content", f"message {i} ({message['role']}) has empty content")
         _check_nul(message["content"], f"messages[{i}].content")
@@ -373,13 +374,15 @@ def check_conversation(messages: list[dict], answered: bool = True) -> None:
     for i, role in enumerate(roles):
         if role == "system":
             if i != 0:
-                raise RowInvalid("turn_order", f"messages[{i}].role", f"system message at position {i}; only the first message may be a system message")
+                raise RowInvalid("turn_order", f"messages[{i}].role",
+                                 f"system message at position {i}; only the first message may be a system message")
         elif previous not in allowed_before[role]:
             after = f"after a {previous} turn" if previous else "as the first turn"
             raise RowInvalid("turn_order", f"messages[{i}].role", f"{role} turn at position {i} {after}")
         previous = role
     if roles[-1] != "assistant" and (answered or roles[-1] != "user"):
-        raise RowInvalid("turn_order", f"messages[{len(roles) - 1}].role", f"conversation ends with a {roles[-1]} turn that is never answered")
+        raise RowInvalid("turn_order", f"messages[{len(roles) - 1}].role",
+                         f"conversation ends with a {roles[-1]} turn that is never answered")
 
 
 def _columns(mapping: dict | None) -> dict[str, str]:
@@ -448,7 +451,8 @@ def _message_list(raw: dict, name: str) -> list:
 def _content_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
         return "".join(p["text"] for p in content)  # OpenAI content parts, text only
     if content is None:
         raise RowInvalid("missing_field", where, f"{where} is missing")
@@ -470,7 +474,8 @@ def _messages_from_openai(raw: dict, name: str, notes: list[str]) -> list[dict]:
             notes.append(ROLE_NOTES[role])
             role = ROLE_ALIASES[role]
         calls = message.get("tool_calls") or ([message["function_call"]] if message.get("function_call") else [])
-        reasoning = {k: message[k] for k in REASONING_KEYS if role == "assistant" and isinstance(message.get(k), str) and message[k].strip()}
+        reasoning = {k: message[k] for k in REASONING_KEYS
+                     if role == "assistant" and isinstance(message.get(k), str) and message[k].strip()}
         if calls and role == "assistant":
             text = _content_text(message.get("content") or "", f"{where}.content")
             messages.append({"role": role, "content": text, "tool_calls": _tool_calls(calls, f"{where}.tool_calls"), **reasoning})
@@ -495,12 +500,14 @@ def _messages_from_sharegpt(raw: dict, name: str, notes: list[str]) -> list[dict
             raise RowInvalid("not_a_string", f"{where}.from", f"{where}.from is a {type(speaker).__name__}, expected a string")
         role = SHAREGPT_ROLES.get(speaker.lower())
         if role is None:
-            raise RowInvalid("unknown_role", f"{where}.from", f"unknown speaker {speaker!r} in turn {i}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
+            raise RowInvalid("unknown_role", f"{where}.from",
+                             f"unknown speaker {speaker!r} in turn {i}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
         if speaker.lower() == "model":
             notes.append(ROLE_NOTES["model"])
         value = _content_text(turn.get("value"), f"{where}.value")
         if speaker.lower() == "function_call":  # LLaMA-Factory: the call (or a list of calls) as JSON text
-            messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(_json_or_invalid(value, f"{where}.value", "bad_tool_call"), f"{where}.value")})
+            messages.append({"role": "assistant", "content": "",
+                             "tool_calls": _tool_calls(_json_or_invalid(value, f"{where}.value", "bad_tool_call"), f"{where}.value")})
         else:
             messages.append({"role": role, "content": value})
     return messages
@@ -709,7 +716,8 @@ def text_encoding_problem(head: bytes) -> str | None:
     """Why the first bytes of a file that should be UTF-8 text are not, in words (None when they may be)."""
     if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         return "the file is UTF-32 encoded; save it as UTF-8"
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and (head[1::2].count(0) > len(head) // 4 or head[0::2].count(0) > len(head) // 4)):
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 4 and (head[1::2].count(0) > len(head) // 4
+                                                                           or head[0::2].count(0) > len(head) // 4)):
         return "the file is UTF-16 encoded; save it as UTF-8"
     for signature, what in _BINARY_SIGNATURES:
         if head.startswith(signature):
@@ -947,9 +955,11 @@ def _open_hub(dataset_id: str, split: str | None):
 
     split = split or "train"
     label = f"{dataset_id} [{split}]"
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = (os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+               or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes"))
     if not offline and not hub_reachable(timeout=3.0):
-        raise DatasetLoadError(f"cannot download {dataset_id!r}: the Hugging Face Hub is unreachable from this machine; load a local file instead")
+        raise DatasetLoadError(f"cannot download {dataset_id!r}: the Hugging Face Hub is unreachable from this machine; load a local file "
+                               "instead")
     from datasets import load_dataset
 
     try:
