@@ -149,10 +149,12 @@ def lint_dataset(
     encoded: list[tuple[int, EncodedRow | None]] = []
     if chat_rows:
         results = encode_conversations([r["messages"] for _, r in chat_rows], tokenizer, chat_template=chat_template, policy=policy,
-                                       max_length=max_length, train_eot=train_eot, errors="skip", tools=[r.get("tools") for _, r in chat_rows],
+                                       max_length=max_length, train_eot=train_eot, errors="skip",
+                                       tools=[r.get("tools") for _, r in chat_rows],
                                        reasoning=reasoning)
         encoded += [(i, e) for (i, _), e in zip(chat_rows, results)]
-    encoded += [(i, encode_text(r["text"], tokenizer, max_length=max_length)) for i, r in enumerate(chosen) if "text" in r and "messages" not in r]
+    encoded += [(i, encode_text(r["text"], tokenizer, max_length=max_length)) for i, r in enumerate(chosen)
+                if "text" in r and "messages" not in r]
     encoded.sort(key=lambda pair: pair[0])
     report.n_checked = len(encoded)
     for index, row in encoded:
@@ -165,7 +167,8 @@ def lint_dataset(
             continue
         _check_row(report, index, row, train_eot)
         if row.n_trained and any(span.role == "tool" and label != IGNORE_INDEX for span, label in zip(row.spans, row.labels)):
-            report._add("tool_result_trained", "warning", f"tool results are trained (policy {policy!r}): the model learns to write what tools return", index)
+            report._add("tool_result_trained", "warning",
+                        f"tool results are trained (policy {policy!r}): the model learns to write what tools return", index)
     prompt_ends: dict[tuple[int, int], int] = {}
     if check_inference and chat_rows:
         prompt_ends = _check_inference(report, chat_rows, {i: e for i, e in encoded}, tokenizer, chat_template, reasoning)
@@ -182,7 +185,8 @@ def lint_dataset(
 
 def _encode_error(row: dict, tokenizer: Any, chat_template: str | None, policy: str, reasoning: str | None = None) -> str:
     try:
-        encode_conversation(row["messages"], tokenizer, chat_template=chat_template, policy=policy, tools=row.get("tools"), reasoning=reasoning)
+        encode_conversation(row["messages"], tokenizer, chat_template=chat_template, policy=policy, tools=row.get("tools"),
+                            reasoning=reasoning)
     except MaskingError as exc:
         return str(exc)
     return "unknown reason"
@@ -200,10 +204,12 @@ def _check_row(report: LintReport, index: int, row: EncodedRow, train_eot: bool)
     if row.truncated:
         report._add("over_max_length", "warning", f"rows longer than max_length ({report.max_length} tokens) are truncated", index)
     if not row.has_eot_marker:
-        report._add("no_eot_marker", "warning", "the template writes no end-of-turn marker after the assistant: the model will not learn to stop", index)
+        report._add("no_eot_marker", "warning",
+                    "the template writes no end-of-turn marker after the assistant: the model will not learn to stop", index)
     elif not row.eot_trained and row.n_trained:
         reason = "train_eot is off" if not train_eot else "it was cut by truncation" if row.truncated else "it is masked"
-        report._add("eot_not_trained", "warning", f"the end-of-turn marker is not trained ({reason}): the model may not learn to stop", index)
+        report._add("eot_not_trained", "warning", f"the end-of-turn marker is not trained ({reason}): the model may not learn to stop",
+                    index)
     for note in row.notes:
         report._add("note:" + note[:40], "warning", note, index)
 
@@ -238,15 +244,19 @@ def _check_inference(report: LintReport, chat_rows, encoded: dict, tokenizer: An
             at = len(os.path.commonprefix((full.text, prompt)))
             if THINK_OPEN in prompt[at:] or THINK_CLOSE in prompt[at:]:
                 report._add("reasoning_inference_mismatch", "error",
-                            f"the generation prompt ends with {prompt[at:][-40:]!r} where the training text has {full.text[at:at + 40]!r}: inference "
-                            "opens a think block that the training answers do not have there (the template strips the reasoning from training "
-                            "answers, or the rows lack it): the model is trained on a prefix inference never produces. Use a template that "
-                            "keeps the reasoning in the trained turn (e.g. qwen3), or give every answer its reasoning; where the template drops "
-                            "think blocks from earlier turns, train only the last turn or one row per turn", index)
+                            f"the generation prompt ends with {prompt[at:][-40:]!r} where the training text has {full.text[at:at + 40]!r}: "
+                            "inference opens a think block that the training answers do not have there (the template strips the reasoning "
+                            "from training answers, or the rows lack it): the model is trained on a prefix inference never produces. Use a "
+                            "template that keeps the reasoning in the trained turn (e.g. qwen3), or give every answer its reasoning; where "
+                            "the template drops think blocks from earlier turns, train only the last turn or one row per turn", index)
             elif tool_turn:
-                report._add("tool_inference_mismatch", "error", "at a tool turn (a tool call, or the answer after a tool result) the prompt rendered for generation is not a prefix of the training text: the model is trained on a tool layout it never sees at inference", index)
+                report._add("tool_inference_mismatch", "error",
+                            "at a tool turn (a tool call, or the answer after a tool result) the prompt rendered for generation is not a "
+                            "prefix of the training text: the model is trained on a tool layout it never sees at inference", index)
             else:
-                report._add("inference_mismatch", "error", "the prompt rendered for generation (add_generation_prompt=True) is not a prefix of the training text: the model is trained on a layout it never sees", index)
+                report._add("inference_mismatch", "error",
+                            "the prompt rendered for generation (add_generation_prompt=True) is not a prefix of the training text: the "
+                            "model is trained on a layout it never sees", index)
         elif full.input_ids[: len(ids)] != ids[: len(full.input_ids)]:
             flagged.add(index)
             report._add("inference_token_mismatch", "warning", _token_mismatch_message(tokenizer, prompt), index)
@@ -312,9 +322,9 @@ def _check_reasoning(report: LintReport, chat_rows, encoded: dict, prompt_ends: 
                         "template's enable_thinking off: inference then gets the same block in its prompt) or 'mask'", index)
                 elif context_checked and mode != "strip" and prompt_ends.get((index, turn), -1) < seg.end:
                     add("think_block_context", f"the chat template inserts {what} before answers that have no reasoning; "
-                        "it is masked, but the generation prompt does not hold it (or only its start): the model is trained to answer after "
-                        "a think block it is never taught to write and never shown at inference. Choose reasoning 'strip' (enable_thinking "
-                        "off puts the same block in the prompt)", index)
+                        "it is masked, but the generation prompt does not hold it (or only its start): the model is trained to answer "
+                        "after a think block it is never taught to write and never shown at inference. Choose reasoning 'strip' "
+                        "(enable_thinking off puts the same block in the prompt)", index)
         if row.reasoning_dropped:
             if fields is None:
                 fields = template_reasoning_fields(tokenizer, chat_template=chat_template)

@@ -79,7 +79,8 @@ class MaskingError(ValueError):
 class TokenSpan(NamedTuple):
     role: str  # role of the message the token belongs to ("" for text rows' padding-free tail)
     turn: int  # index of that message in the conversation as given
-    part: str  # "template" (chat-template text), "content" (message text), "tool_call" (an assistant's call), "reasoning" (a think block) or "eot"
+    # "template" (chat-template text), "content" (message text), "tool_call" (an assistant's call), "reasoning" (a think block) or "eot"
+    part: str
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,8 @@ def render_conversation(messages: Sequence[dict], tokenizer: Any, *, chat_templa
 def inference_prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str | None = None, tools: Sequence[dict] | None = None,
                          reasoning: str | None = None) -> list[int]:
     """Token ids the model sees at inference for these messages (`add_generation_prompt=True`)."""
-    text = render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True, tools=tools, reasoning=reasoning)
+    text = render_conversation(messages, tokenizer, chat_template=chat_template, add_generation_prompt=True, tools=tools,
+                               reasoning=reasoning)
     return _tokenize(tokenizer, [text])[0][0]
 
 
@@ -416,7 +418,8 @@ class _Context:
     reasoning: str = "train"
 
     @classmethod
-    def make(cls, tokenizer: Any, chat_template: str | None, policy: str, max_length: int | None, reasoning: str | None = None) -> "_Context":
+    def make(cls, tokenizer: Any, chat_template: str | None, policy: str, max_length: int | None,
+             reasoning: str | None = None) -> "_Context":
         if policy not in POLICIES:
             raise ValueError(f"unknown masking policy {policy!r}; expected one of {', '.join(POLICIES)}")
         if max_length is not None and max_length <= 0:
@@ -501,8 +504,10 @@ def _render(ctx: _Context, messages: list[dict], *, add_generation_prompt: bool 
     return text, spans, messages, notes
 
 
-def _render_raw(ctx: _Context, messages: list[dict], add_generation_prompt: bool, track: bool, tools: Sequence[dict] | None = None) -> tuple[str, list]:
-    kwargs = dict(ctx.kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=list(tools) if tools else None, documents=None)
+def _render_raw(ctx: _Context, messages: list[dict], add_generation_prompt: bool, track: bool,
+                tools: Sequence[dict] | None = None) -> tuple[str, list]:
+    kwargs = dict(ctx.kwargs, messages=messages, add_generation_prompt=add_generation_prompt, tools=list(tools) if tools else None,
+                  documents=None)
     if not track:
         return ctx.compiled.render(**kwargs), []
     blocks: list[str] = []
@@ -585,7 +590,8 @@ def _sentinel_messages(messages: list[dict]) -> tuple[list[dict], list[str], dic
         reasoning = message_reasoning(message)
         if reasoning and reasoning[0] == "inline":  # <think>R</think>A: a sentinel each for R and A, the tags kept
             lead, inner, after = _INLINE_THINK.match(message["content"]).groups()
-            copy["content"] = lead + THINK_OPEN + sentinel(inner, i, "reasoning") + THINK_CLOSE + (sentinel(after, i, "content") if after else "")
+            copy["content"] = (lead + THINK_OPEN + sentinel(inner, i, "reasoning") + THINK_CLOSE
+                               + (sentinel(after, i, "content") if after else ""))
         elif message["content"] or not message.get("tool_calls"):
             copy["content"] = sentinel(message["content"], i, "content")
         if reasoning and reasoning[0] != "inline":
@@ -624,7 +630,8 @@ def _contents_via_skeleton(ctx: _Context, text: str, messages: list[dict], tools
     return _locate_contents(text, skeleton, expected, owner)
 
 
-def _locate_contents(text: str, skeleton: str, expected: Sequence[str], owner: dict[int, tuple[int, str]], *, exact_only: bool = False) -> list[_Content]:
+def _locate_contents(text: str, skeleton: str, expected: Sequence[str], owner: dict[int, tuple[int, str]], *,
+                     exact_only: bool = False) -> list[_Content]:
     """Walk the sentinel render and the real render together to find each sentinel's character span."""
     pieces = _SENTINEL_RE.split(skeleton)  # [literal, index, literal, index, ..., literal]
     literals, indices = pieces[0::2], [int(i) for i in pieces[1::2]]
@@ -856,7 +863,8 @@ def _content_end(text: str, pos: int, content: str, following: str, is_last: boo
         end = text.find(following, pos)
         if end >= 0:
             return end
-    raise MaskingError("could not find where a message's content ends in the rendered template; the template rewrites contents in a way this tool cannot follow")
+    raise MaskingError("could not find where a message's content ends in the rendered template; the template rewrites contents in a way "
+                       "this tool cannot follow")
 
 
 def _alignment_error(text: str, pos: int, literal: str) -> MaskingError:

@@ -108,7 +108,8 @@ def normalise_preference_row(raw: Any, fmt: str) -> dict:
         rejected_prompt, rejected = _side(raw, "rejected")
         prompt = prompt if prompt is not None else chosen_prompt
         if not prompt:
-            raise RowInvalid("missing_field", "prompt", "missing field 'prompt' (and `chosen` does not carry the conversation before its answer)")
+            raise RowInvalid("missing_field", "prompt",
+                             "missing field 'prompt' (and `chosen` does not carry the conversation before its answer)")
         row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if chosen_prompt and chosen_prompt != prompt:
             row["chosen_prompt"] = chosen_prompt
@@ -162,7 +163,8 @@ def _side(raw: dict, name: str) -> tuple[list[dict], list[dict]]:
     messages = _messages_from_openai(raw, name, [])
     for i, message in enumerate(messages):
         if message["role"] not in ROLES:
-            raise RowInvalid("unknown_role", f"{name}[{i}].role", f"unknown role {message['role']!r} in `{name}`; expected one of {', '.join(ROLES)}")
+            raise RowInvalid("unknown_role", f"{name}[{i}].role",
+                             f"unknown role {message['role']!r} in `{name}`; expected one of {', '.join(ROLES)}")
     if messages[-1]["role"] != "assistant":
         raise RowInvalid("turn_order", name, f"`{name}` must end with an assistant message (its last is {messages[-1]['role']})")
     answers = [m for m in messages if m["role"] == "assistant"]
@@ -180,7 +182,8 @@ def _hh(raw: dict) -> dict:
         text = raw[name]
         cut = text.rfind(HH_ASSISTANT)
         if cut < 0:
-            raise RowInvalid("bad_messages", name, f"`{name}` has no \"\\n\\nAssistant:\" turn (expected an Anthropic-HH transcript, or give a `prompt` column)")
+            raise RowInvalid("bad_messages", name,
+                             f"`{name}` has no \"\\n\\nAssistant:\" turn (expected an Anthropic-HH transcript, or give a `prompt` column)")
         answer = text[cut + len(HH_ASSISTANT):].strip()
         if not answer:
             raise RowInvalid("empty_content", name, f"`{name}` is empty (nothing after its last \"Assistant:\")")
@@ -249,14 +252,15 @@ def sniff_preference_format(path_or_id: str | Path, split: str | None = None) ->
     return best if votes[best] * 2 > len(head) else None
 
 
-def load_preference_file(path_or_id: str | Path, *, fmt: str | None = None, split: str | None = None, limit: int | None = None) -> LoadedDataset:
+def load_preference_file(path_or_id: str | Path, *, fmt: str | None = None, split: str | None = None,
+                         limit: int | None = None) -> LoadedDataset:
     """Read a preference file with core.data.formats' readers; rows normalised, row errors in the report."""
     if fmt is not None and fmt not in PREFERENCE_FORMATS:
         raise ValueError(f"unknown preference format {fmt!r}; expected one of {', '.join(PREFERENCE_FORMATS)}")
     fmt = fmt or sniff_preference_format(path_or_id, split)
     if fmt is None:
-        raise DatasetLoadError(f"{path_or_id}: not a preference dataset (expected prompt / chosen / rejected, messages + rejected_response, "
-                               "Anthropic-HH chosen / rejected transcripts, or prompt / completion / label)")
+        raise DatasetLoadError(f"{path_or_id}: not a preference dataset (expected prompt / chosen / rejected, messages + "
+                               "rejected_response, Anthropic-HH chosen / rejected transcripts, or prompt / completion / label)")
     file_notes: list[str] = []
     source, records, hasher = _open_source(path_or_id, split, file_notes)
     report = ValidationReport()
@@ -340,12 +344,14 @@ class PreferenceReport:
         """(level, sentence) per finding: "error" for pairs that teach nothing, "warning" otherwise."""
         out = []
         if self.identical:
-            out.append(("error", f"{len(self.identical)} pair(s) have chosen equal to rejected: they teach nothing (rows {_rows(self.identical)})"))
+            out.append(("error",
+                        f"{len(self.identical)} pair(s) have chosen equal to rejected: they teach nothing (rows {_rows(self.identical)})"))
         if self.empty:
             out.append(("error", f"{len(self.empty)} pair(s) have an empty side (rows {_rows([i.row for i in self.empty])})"))
         if self.prompt_mismatch:
-            out.append(("error", f"{len(self.prompt_mismatch)} pair(s) carry different prompts on the two sides: chosen and rejected must answer "
-                                 f"the same prompt (rows {_rows(self.prompt_mismatch)})"))
+            out.append(("error",
+                        f"{len(self.prompt_mismatch)} pair(s) carry different prompts on the two sides: chosen and rejected must answer "
+                        f"the same prompt (rows {_rows(self.prompt_mismatch)})"))
         if self.shared_prefix:
             out.append(("warning", f"{len(self.shared_prefix)} pair(s) share a long start; the loss only sees the difference "
                                    f"(e.g. row {self.shared_prefix[0].row}: {self.shared_prefix[0].message})"))
@@ -367,7 +373,8 @@ def common_prefix(a: str, b: str) -> int:
     return len(os.path.commonprefix((a, b)))
 
 
-def check_preferences(rows: Sequence[dict], *, length_bias_warn: float = LENGTH_BIAS_WARN, long_prefix_chars: int = LONG_PREFIX_CHARS) -> PreferenceReport:
+def check_preferences(rows: Sequence[dict], *, length_bias_warn: float = LENGTH_BIAS_WARN,
+                      long_prefix_chars: int = LONG_PREFIX_CHARS) -> PreferenceReport:
     """What to know about preference rows before any model loads (no tokenizer needed)."""
     report = PreferenceReport(n_rows=len(rows))
     for index, row in enumerate(rows):
@@ -399,9 +406,9 @@ def check_preferences(rows: Sequence[dict], *, length_bias_warn: float = LENGTH_
             word = len(chosen[:shared].split()) + (1 if chosen[shared - 1].isspace() else 0)  # mid-word: that word differs
             report.shared_prefix.append(PairIssue(index, f"the sides differ from character {shared} (word {word}) on"))
     if report.n_pairs >= LENGTH_BIAS_MIN_PAIRS and report.chosen_longer_share > length_bias_warn:
-        report.warnings.append(f"the chosen answer is the longer one in {report.chosen_longer_share:.0%} of pairs (above {length_bias_warn:.0%}): "
-                               "DPO is known to learn length rather than quality from such data; balance lengths or use a length-normalised "
-                               "objective (SimPO, or DPO with length regularisation)")
+        report.warnings.append(f"the chosen answer is the longer one in {report.chosen_longer_share:.0%} of pairs "
+                               f"(above {length_bias_warn:.0%}): DPO is known to learn length rather than quality from such data; "
+                               "balance lengths or use a length-normalised objective (SimPO, or DPO with length regularisation)")
     unpaired = report.n_desirable + report.n_undesirable
     if unpaired and (not report.n_desirable or not report.n_undesirable):
         missing = "undesirable (label false)" if not report.n_undesirable else "desirable (label true)"
@@ -423,7 +430,8 @@ class EncodedPair:
     diverge: int  # first token index where chosen and rejected ids differ
 
     def as_dict(self) -> dict:
-        return {"chosen": self.chosen.as_features(), "rejected": self.rejected.as_features(), "prompt_tokens": self.prompt_tokens, "diverge": self.diverge}
+        return {"chosen": self.chosen.as_features(), "rejected": self.rejected.as_features(), "prompt_tokens": self.prompt_tokens,
+                "diverge": self.diverge}
 
 
 def encode_pair(row: dict, tokenizer: Any, *, chat_template: str | None = None, max_length: int | None = None, train_eot: bool = True,
