@@ -88,7 +88,8 @@ def render_model_selector() -> None:
         ref = ""
         if kind != "embedded":
             placeholder = {"local": "/path/to/model-folder", "hub": "Qwen/Qwen2.5-0.5B-Instruct", "gguf": "/path/to/model.gguf"}[kind]
-            ref = st.text_input("Path or id", value=current.ref if kind == current.kind else "", placeholder=placeholder, key="sidebar_model_ref")
+            ref = st.text_input("Path or id", value=current.ref if kind == current.kind else "", placeholder=placeholder,
+                                key="sidebar_model_ref")
         trust = st.checkbox("Trust remote code", value=current.trust_remote_code, key="sidebar_model_trust",
                             help="Runs Python code from the model repository. Only for authors you trust.")
         if st.button("Use this model", key="sidebar_model_apply"):
@@ -198,7 +199,8 @@ def remote_code_checkbox(key: str) -> bool:
     """The opt-in for a model's own Python code, on every widget group that names a folder or Hub id (off by default:
     a Hub repo's *.py files are then neither downloaded nor run)."""
     return st.checkbox("Trust remote code", value=False, key=key,
-                       help="Downloads and runs the Python files of the model repository (custom architectures). Only for authors you trust.")
+                       help="Downloads and runs the Python files of the model repository (custom architectures). "
+                            "Only for authors you trust.")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -510,7 +512,8 @@ def upload_digest(upload) -> str:
 
 
 @st.cache_data(max_entries=4, show_spinner="Reading upload…")
-def _dataset_upload(name: str, digest: str, _data: bytes, preference: bool = False,  # noqa: ARG001 - digest keys the cache; the bytes are not re-hashed
+def _dataset_upload(name: str, digest: str,  # noqa: ARG001 - digest keys the cache; the bytes are not re-hashed
+                    _data: bytes, preference: bool = False,
                     mapping: str = ""):
     from core.data.formats import load_uploaded
 

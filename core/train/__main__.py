@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         if info.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif info.type == "dict":
-            parser.add_argument(flag, default=None, metavar="MODEL", help=text + " On the command line: 'embedded', a folder, a .gguf file or a Hub id.")
+            parser.add_argument(flag, default=None, metavar="MODEL",
+                                help=text + " On the command line: 'embedded', a folder, a .gguf file or a Hub id.")
         else:
             parser.add_argument(flag, default=None, choices=info.choices, metavar=None if info.choices else info.type.upper(), help=text)
     return parser

@@ -79,7 +79,8 @@ class UnslothBackend(Backend):
         if spec.model_source.kind == "gguf":
             return "Unsloth loads Hugging Face folders, not .gguf files"
         if spec.objective != "sft":
-            return f"objective {spec.objective} runs on the hf backend (TRL's preference trainers on the PEFT model; Unsloth's patched ones are not wired)"
+            return (f"objective {spec.objective} runs on the hf backend "
+                    "(TRL's preference trainers on the PEFT model; Unsloth's patched ones are not wired)")
         if spec.init_adapter:
             return "continuing from an adapter (init_adapter) loads it trainable through PEFT on the hf backend"
         if spec.distributed_strategy != "ddp":
@@ -270,7 +271,8 @@ def fallback_backend(fallback: dict) -> tuple[Backend, list[str]]:
 
     backend = next(b for b in BACKENDS if b.name == fallback["backend"])
     return backend, [f"{fallback['reason']}: trained with the {backend.name} backend instead, in a fresh process "
-                     f"(process {os.getpid()}, attempt {fallback['attempt']}; the {fallback['from']} attempt was process {fallback['failed_pid']})"]
+                     f"(process {os.getpid()}, attempt {fallback['attempt']}; "
+                     f"the {fallback['from']} attempt was process {fallback['failed_pid']})"]
 
 
 def _first_line(exc: BaseException) -> str:

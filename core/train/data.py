@@ -235,7 +235,8 @@ def prepare_data(spec: TrainSpec, tokenizer: Any, replay_estimate: bool = False)
     else:
         train_rows, eval_rows = held_out(loaded.rows, spec.eval_fraction, spec.seed)
     lint = lint_dataset(train_rows, tokenizer, chat_template=template, policy=spec.masking_policy,
-                        max_length=spec.max_length, train_eot=spec.train_eot, sample=LINT_SAMPLE, check_inference=False, reasoning=spec.reasoning)
+                        max_length=spec.max_length, train_eot=spec.train_eot, sample=LINT_SAMPLE, check_inference=False,
+                        reasoning=spec.reasoning)
     refusal = lint.refusal()
     if refusal:
         raise DataError(f"Refusing to train on {spec.dataset}: {refusal}{_zero_reason(lint)}.")
@@ -527,7 +528,8 @@ class PadCollator:
         if "position_ids" in examples[0]:
             batch["position_ids"] = padded("position_ids", 0)
         else:
-            batch["attention_mask"] = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples], dtype=torch.long)
+            batch["attention_mask"] = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples],
+                                                   dtype=torch.long)
         return batch
 
     @staticmethod

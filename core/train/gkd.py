@@ -66,7 +66,8 @@ class GKDCollator:
             "input_ids": right("input_ids", self.pad_token_id),
             "labels": right("labels", IGNORE_INDEX),
             "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples]),
-            "prompts": torch.tensor([[self.pad_token_id] * (prompt_width - len(e["prompt_ids"])) + list(e["prompt_ids"]) for e in examples]),
+            "prompts": torch.tensor([[self.pad_token_id] * (prompt_width - len(e["prompt_ids"])) + list(e["prompt_ids"])
+                                     for e in examples]),
             "prompt_attention_mask": torch.tensor([[0] * (prompt_width - len(e["prompt_ids"])) + [1] * len(e["prompt_ids"])
                                                    for e in examples]),
         }

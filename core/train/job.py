@@ -454,8 +454,9 @@ def _save_outputs(spec: TrainSpec, run_dir: Path, model: Any, tokenizer: Any, da
     if spec.uses_adapter:
         # Only the trained adapter: a preference trainer adds a frozen "ref" copy beside it to score the reference with.
         selected = ["default"] if len(getattr(model, "peft_config", {}) or {}) > 1 and "default" in model.peft_config else None
-        outputs["adapter"] = str(atomic_write_dir(run_dir / ADAPTER_DIR, lambda tmp: (model.save_pretrained(tmp, selected_adapters=selected),
-                                                                                      tokenizer.save_pretrained(tmp))))
+        outputs["adapter"] = str(atomic_write_dir(run_dir / ADAPTER_DIR,
+                                                  lambda tmp: (model.save_pretrained(tmp, selected_adapters=selected),
+                                                               tokenizer.save_pretrained(tmp))))
     else:
         outputs["model"] = str(save_model(model, tokenizer, run_dir / MODEL_DIR))
     return outputs

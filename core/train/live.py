@@ -271,7 +271,8 @@ def grpo_figures(rows: list[dict]) -> list[Any]:
                         fig.add_trace(go.Scatter(x=xs, y=[mean[s] + sign * spread[s] for s in xs], name=label2, mode="lines",
                                                  line=dict(dash="dot", width=1)))
         if fig.data:
-            fig.update_layout(title=title, xaxis_title="step", height=260, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"))
+            fig.update_layout(title=title, xaxis_title="step", height=260, margin=dict(l=10, r=10, t=40, b=10),
+                              legend=dict(orientation="h"))
             figures.append(fig)
     return figures
 

@@ -55,11 +55,13 @@ class TrainSpec(RunSpec):
     )
     eval_dataset: str = field(
         default="",
-        metadata=meta("Held-out data for the eval loss (a file like `dataset`). Empty: hold out `eval_fraction` of the training rows.", "data"),
+        metadata=meta("Held-out data for the eval loss (a file like `dataset`). "
+                       "Empty: hold out `eval_fraction` of the training rows.", "data"),
     )
     eval_fraction: float = field(
         default=0.1,
-        metadata=meta("Share of the training rows held out for the eval loss when no eval dataset is given (0 = no eval).", "data", min=0.0, max=0.5),
+        metadata=meta("Share of the training rows held out for the eval loss when no eval dataset is given (0 = no eval).",
+                      "data", min=0.0, max=0.5),
     )
     masking_policy: str = field(
         default="all_assistant",
@@ -68,7 +70,8 @@ class TrainSpec(RunSpec):
     )
     train_eot: bool = field(
         default=True,
-        metadata=meta("Train the end-of-turn marker after each trained assistant turn (without it the model never learns to stop).", "data", advanced=True),
+        metadata=meta("Train the end-of-turn marker after each trained assistant turn (without it the model never learns to stop).",
+                      "data", advanced=True),
     )
     reasoning: str = field(
         default="train",
@@ -78,15 +81,18 @@ class TrainSpec(RunSpec):
     )
     chat_template: str = field(
         default="",
-        metadata=meta("Chat template: a shipped template name (e.g. chatml), a .jinja file, or empty for the tokenizer's own.", "data", advanced=True),
+        metadata=meta("Chat template: a shipped template name (e.g. chatml), a .jinja file, or empty for the tokenizer's own.",
+                      "data", advanced=True),
     )
     max_length: int = field(
         default=512,
-        metadata=meta("Longest sequence in tokens; longer rows are cut (the pre-flight counts them). Drives activation memory.", "data", min=16, max=131072),
+        metadata=meta("Longest sequence in tokens; longer rows are cut (the pre-flight counts them). Drives activation memory.",
+                      "data", min=16, max=131072),
     )
     packing: bool = field(
         default=False,
-        metadata=meta("Pack several short rows into one max_length sequence (each row still attends only to itself): fewer pad tokens, faster.", "data"),
+        metadata=meta("Pack several short rows into one max_length sequence (each row still attends only to itself): "
+                       "fewer pad tokens, faster.", "data"),
     )
 
     # ---------------------------------------------------------------- replay (general data mixed in against forgetting)
@@ -130,14 +136,17 @@ class TrainSpec(RunSpec):
                        "measures them side by side on this model and data.", "method", choices=METHODS),
     )
     lora_r: int = field(default=16, metadata=meta("LoRA rank: adapter capacity (and size).", "method", min=1, max=1024))
-    lora_alpha: int = field(default=32, metadata=meta("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) for rslora).", "method", min=1, max=4096))
+    lora_alpha: int = field(default=32, metadata=meta("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) for rslora).",
+                                                      "method", min=1, max=4096))
     lora_dropout: float = field(default=0.05, metadata=meta("Dropout on the adapter input.", "method", min=0.0, max=0.9))
     target_modules: list = field(
         default_factory=lambda: ["all-linear"],
-        metadata=meta("Layers that get adapters (LoRA family, LoHa, LoKr): 'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
+        metadata=meta("Layers that get adapters (LoRA family, LoHa, LoKr): "
+                       "'all-linear' or names such as q_proj, v_proj (comma separated).", "method"),
     )
 
-    # ---------------------------------------------------------------- PEFT family: (IA)³, prompt / prefix tuning, BitFit, partial (issue 16)
+    # ---------------------------------------------------------------- PEFT family: (IA)³, prompt / prefix tuning, BitFit, partial
+    # (issue 16)
     # (IA)³ and BitFit need no fields of their own: (IA)³ scales PEFT's default layers of the architecture,
     # BitFit trains every bias. LoHa / LoKr read lora_r, lora_alpha, lora_dropout and target_modules above.
     num_virtual_tokens: int = field(
@@ -188,7 +197,8 @@ class TrainSpec(RunSpec):
     sft_weight: float = field(
         default=0.0,
         metadata=meta("DPO: weight of the SFT loss on the chosen answers mixed into the DPO loss (TRL loss_type [..., 'sft']). A little "
-                       "(0.1-1) stops the drift where both chosen and rejected rewards fall. 0 = pure DPO.", "objective", min=0.0, max=100.0),
+                       "(0.1-1) stops the drift where both chosen and rejected rewards fall. 0 = pure DPO.",
+                       "objective", min=0.0, max=100.0),
     )
     precompute_ref_log_probs: bool = field(
         default=False,
@@ -248,16 +258,21 @@ class TrainSpec(RunSpec):
     # ---------------------------------------------------------------- schedule
     learning_rate: float = field(default=2e-4, metadata=meta("Peak learning rate.", "schedule", min=1e-8, max=1.0))
     lr_scheduler: str = field(default="linear", metadata=meta("Learning-rate schedule after warmup.", "schedule", choices=SCHEDULERS))
-    warmup_ratio: float = field(default=0.03, metadata=meta("Share of the steps spent warming the learning rate up from 0.", "schedule", min=0.0, max=0.5))
-    num_epochs: float = field(default=1.0, metadata=meta("Passes over the training rows (ignored when max_steps > 0).", "schedule", min=0.0, max=1000.0))
+    warmup_ratio: float = field(default=0.03, metadata=meta("Share of the steps spent warming the learning rate up from 0.",
+                                                            "schedule", min=0.0, max=0.5))
+    num_epochs: float = field(default=1.0, metadata=meta("Passes over the training rows (ignored when max_steps > 0).",
+                                                         "schedule", min=0.0, max=1000.0))
     max_steps: int = field(default=0, metadata=meta("Optimizer steps to run; 0 = run num_epochs.", "schedule", min=0, max=10_000_000))
-    batch_size: int = field(default=4, metadata=meta("Rows per device per forward pass. Drives activation memory.", "schedule", min=1, max=4096))
+    batch_size: int = field(default=4, metadata=meta("Rows per device per forward pass. Drives activation memory.",
+                                                     "schedule", min=1, max=4096))
     gradient_accumulation: int = field(
         default=1, metadata=meta("Forward passes per optimizer step (effective batch = batch_size x this).", "schedule", min=1, max=4096)
     )
     weight_decay: float = field(default=0.0, metadata=meta("AdamW weight decay.", "schedule", advanced=True, min=0.0, max=1.0))
-    max_grad_norm: float = field(default=1.0, metadata=meta("Gradient clipping norm (0 = off).", "schedule", advanced=True, min=0.0, max=1000.0))
-    seed: int = field(default=42, metadata=meta("Seed for adapter init, data order and the eval split.", "schedule", advanced=True, min=0, max=2**31 - 1))
+    max_grad_norm: float = field(default=1.0, metadata=meta("Gradient clipping norm (0 = off).",
+                                                            "schedule", advanced=True, min=0.0, max=1000.0))
+    seed: int = field(default=42, metadata=meta("Seed for adapter init, data order and the eval split.",
+                                                "schedule", advanced=True, min=0, max=2**31 - 1))
 
     # ---------------------------------------------------------------- system
     gradient_checkpointing: bool = field(
@@ -265,22 +280,28 @@ class TrainSpec(RunSpec):
     )
     backend: str = field(
         default="auto",
-        metadata=meta("auto: Unsloth kernels when installed on a CUDA GPU, else transformers + PEFT + TRL; unsloth / hf force one.", "system", choices=BACKENDS),
+        metadata=meta("auto: Unsloth kernels when installed on a CUDA GPU, else transformers + PEFT + TRL; unsloth / hf force one.",
+                      "system", choices=BACKENDS),
     )
     precision: str = field(
         default="auto",
         metadata=meta("Compute precision. auto: bf16 where the GPU supports it, else fp16 on GPU; on CPU fp32 weights, with bf16 "
                       "autocast where the CPU computes bf16 natively (avx512_bf16 / AMX).", "system", advanced=True, choices=PRECISIONS),
     )
-    logging_steps: int = field(default=1, metadata=meta("Write a metrics row every N optimizer steps.", "system", advanced=True, min=1, max=100000))
+    logging_steps: int = field(default=1, metadata=meta("Write a metrics row every N optimizer steps.",
+                                                        "system", advanced=True, min=1, max=100000))
     eval_steps: int = field(
-        default=0, metadata=meta("Evaluate every N steps (0 = only before and after training).", "system", advanced=True, min=0, max=10_000_000)
+        default=0, metadata=meta("Evaluate every N steps (0 = only before and after training).",
+                                 "system", advanced=True, min=0, max=10_000_000)
     )
     eval_on_start: bool = field(
-        default=True, metadata=meta("Measure the eval loss before the first step, so the curve shows where training started.", "system", advanced=True)
+        default=True, metadata=meta("Measure the eval loss before the first step, so the curve shows where training started.",
+                                    "system", advanced=True)
     )
-    save_steps: int = field(default=50, metadata=meta("Save a resumable checkpoint every N steps (one is always saved at the end).", "system", advanced=True, min=1, max=10_000_000))
-    save_total_limit: int = field(default=2, metadata=meta("Checkpoints kept on disk (older ones are deleted).", "system", advanced=True, min=1, max=1000))
+    save_steps: int = field(default=50, metadata=meta("Save a resumable checkpoint every N steps (one is always saved at the end).",
+                                                      "system", advanced=True, min=1, max=10_000_000))
+    save_total_limit: int = field(default=2, metadata=meta("Checkpoints kept on disk (older ones are deleted).",
+                                                           "system", advanced=True, min=1, max=1000))
     merge_after: bool = field(
         default=False, metadata=meta("Also save the base model with the adapter merged in (under merged/), e.g. for export.", "system")
     )
@@ -396,7 +417,8 @@ class TrainSpec(RunSpec):
         if unknown:
             raise ValueError(f"report_to: unknown tracker(s) {', '.join(unknown)} (choose from {', '.join(TRACKERS)})")
         if self.fault_injection and not _FAULT.match(self.fault_injection):
-            raise ValueError("fault_injection: expected 'error@N', 'oom@N' or 'kill@N' (N = the step), optionally ':R' for one rank, or empty")
+            raise ValueError("fault_injection: expected 'error@N', 'oom@N' or 'kill@N' (N = the step), "
+                             "optionally ':R' for one rank, or empty")
         self._check_distribution()
         self._check_objective()
 
@@ -425,7 +447,8 @@ class TrainSpec(RunSpec):
             return
         if fmt == "none":
             raise ValueError(f"dataset: objective {self.objective} needs preference data (prompt / chosen / rejected pairs"
-                             f"{', or prompt / completion / label rows' if info.data == 'pairs_or_unpaired' else ''}); {self.dataset} has none")
+                             f"{', or prompt / completion / label rows' if info.data == 'pairs_or_unpaired' else ''}); "
+                             f"{self.dataset} has none")
         if fmt == "unpaired" and info.data == "pairs":
             raise ValueError(f"dataset: objective {self.objective} needs chosen / rejected pairs; {self.dataset} holds unpaired "
                              "prompt / completion / label rows, which only objective kto trains on")
@@ -608,7 +631,8 @@ def hardware_defaults(hardware: Any, base: TrainSpec | None = None) -> TrainSpec
     """A spec sized to this machine: a few-minute LoRA on CPU; a full epoch pass with checkpointing on a GPU."""
     base = base or TrainSpec()
     if getattr(hardware, "device", "cpu") == "cuda":
-        return replace(base, batch_size=8, num_epochs=3.0, max_steps=0, gradient_checkpointing=True, eval_steps=20, logging_steps=5, save_steps=100)
+        return replace(base, batch_size=8, num_epochs=3.0, max_steps=0, gradient_checkpointing=True, eval_steps=20, logging_steps=5,
+                       save_steps=100)
     # The demo rows are 148-174 tokens: max_length 256 keeps the memory estimate (which assumes full-length
     # batches) honest without cutting any row.
     return replace(base, batch_size=8, max_length=256, max_steps=CPU_DEMO_STEPS, learning_rate=CPU_DEMO_LEARNING_RATE, logging_steps=1,

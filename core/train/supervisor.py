@@ -164,7 +164,8 @@ def _mark_unfinished_ranks(run_dir: Path, state: str) -> None:
     """Ranks the supervisor ended before they could record it: their records say so (the Train page shows them)."""
     for record in read_rank_records(run_dir):
         if record.get("state") == "running":
-            atomic_write_json(rank_record_path(run_dir, record["rank"]), {**record, "state": state, "message": state, "finished_at": time.time()})
+            atomic_write_json(rank_record_path(run_dir, record["rank"]),
+                              {**record, "state": state, "message": state, "finished_at": time.time()})
 
 
 def _terminate(proc: subprocess.Popen) -> None:

@@ -172,7 +172,8 @@ def make_callback(ctx: Any, spec: TrainSpec, probe: MemoryProbe, counter: TokenC
                 if kind == "oom":
                     import torch
 
-                    raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB (simulated by fault_injection at step {step})")
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB "
+                                                 f"(simulated by fault_injection at step {step})")
                 raise RuntimeError(f"injected failure at step {step} (fault_injection)")
 
         def on_step_end(self, args, state, control, **kwargs):
