@@ -32,7 +32,8 @@ def sources(key: str) -> tuple[str, str]:
         return DEMO_DOCUMENTS, DEMO_QUESTIONS
     documents = c1.text_input("Documents: a folder of .txt / .md / .pdf, one file, or a JSONL of {id, title, text}", key=f"{key}_docs")
     questions = c2.text_input("Questions (JSONL of {question, answer, gold_chunk_ids | evidence [+ doc_id]})", key=f"{key}_questions",
-                              help="Optional for the index (it measures recall@k); the RAFT builder needs it unless questions are generated.")
+                              help="Optional for the index (it measures recall@k); the RAFT builder needs it unless questions are "
+                                   "generated.")
     return documents.strip(), questions.strip()
 
 
@@ -47,10 +48,13 @@ def render_index(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 -
         return
     index = result["index"]
     st.caption(f"{index['corpus']['documents']} documents → {index['chunks']} chunks of ≤ {index['chunk_tokens']} tokens "
-               f"(overlap {index['overlap']}) · built in {index['seconds']['total']:.1f} s · corpus sha256 {index['corpus']['sha256'][:12]}")
+               f"(overlap {index['overlap']}) · built in {index['seconds']['total']:.1f} s · "
+               f"corpus sha256 {index['corpus']['sha256'][:12]}")
     if result["retrieval"]:
-        st.dataframe(pd.DataFrame([{"retriever": MODE_LABELS[m], **{k: round(v, 3) for k, v in r.items() if k.startswith(("recall", "mrr"))},
-                                    "queries/s": r["queries_per_s"]} for m, r in result["retrieval"].items()]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame([{"retriever": MODE_LABELS[m],
+                                    **{k: round(v, 3) for k, v in r.items() if k.startswith(("recall", "mrr"))},
+                                    "queries/s": r["queries_per_s"]} for m, r in result["retrieval"].items()]),
+                     hide_index=True, width="stretch")
     query = st.text_input("Try a question", key="rag_query", placeholder="What is the hotel cap per night?")
     c1, c2 = st.columns(2)
     mode = c1.selectbox("Retriever", MODES, format_func=MODE_LABELS.get, key="rag_query_mode")
@@ -70,7 +74,8 @@ def index_tab() -> None:
     top_k = c3.number_input("Recall at k", 1, 100, 5, key="rag_top_k")
     if st.button("▶ Index and measure retrieval", key="rag_index_start", disabled=not documents):
         try:
-            start_run(RagIndexSpec(documents=documents, questions=questions, chunk_tokens=chunk, overlap=overlap, top_k=top_k), "rag_index_run")
+            start_run(RagIndexSpec(documents=documents, questions=questions, chunk_tokens=chunk, overlap=overlap, top_k=top_k),
+                      "rag_index_run")
         except ValueError as exc:
             st.error(str(exc))
         st.rerun()
@@ -85,11 +90,13 @@ def render_raft(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 - 
         return
     counts, name = result["counts"], Path(result["dataset"]).name
     st.success(f"Saved **{name}**: {counts['examples']} examples ({counts['distractor_only']} distractor-only), "
-               f"{result['heldout']} held-out questions" + (f", and the SFT baseline {Path(result['sft_dataset']).name}" if result["sft_dataset"] else ""))
+               f"{result['heldout']} held-out questions"
+               + (f", and the SFT baseline {Path(result['sft_dataset']).name}" if result["sft_dataset"] else ""))
     cols = st.columns(4)
     cols[0].metric("Examples", counts["examples"])
     cols[1].metric("With the oracle", counts["with_oracle"])
-    cols[2].metric("Longest row (tokens)", counts["tokens"].get("longest", "?"), help=counts["tokens"].get("note") or counts["tokens"]["model"])
+    cols[2].metric("Longest row (tokens)", counts["tokens"].get("longest", "?"),
+                   help=counts["tokens"].get("note") or counts["tokens"]["model"])
     cols[3].metric("Oracle positions", " · ".join(f"{p}: {n}" for p, n in counts["oracle_positions"].items()))
     for reason, ids in result["skipped"].items():
         st.warning(f"Skipped {len(ids)}+ questions: {reason}")
@@ -112,7 +119,8 @@ def raft_tab() -> None:
     writer = None
     if values.get("question_source") == "generate":
         writer = model_picker("Model that writes the questions", "raft_writer",
-                              help="One question per chunk, kept only when its answer is in the chunk. A larger instruction model writes better ones.")
+                              help="One question per chunk, kept only when its answer is in the chunk. A larger instruction model writes "
+                                   "better ones.")
     if st.button("▶ Build the RAFT set", key="raft_start", type="primary"):
         try:
             spec = RaftSpec.from_dict({**values, "documents": documents, "questions": questions, "model": active_model_source().as_dict(),
@@ -140,7 +148,8 @@ def render_report(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 
     st.dataframe(pd.DataFrame(delta_table(report)), hide_index=True, width="stretch")
     with st.expander("What to do"):
         st.markdown("\n".join(f"1. {a}" for a in verdict["advice"]))
-    condition = st.radio("Replies under", list(CONDITION_LABELS), format_func=CONDITION_LABELS.get, horizontal=True, key="raft_eval_condition")
+    condition = st.radio("Replies under", list(CONDITION_LABELS), format_func=CONDITION_LABELS.get, horizontal=True,
+                         key="raft_eval_condition")
     st.dataframe(pd.DataFrame([{"question": e["question"], "reference": e["reference"],
                                 **{role: e["replies"][role][condition] for role in e["replies"]}} for e in report["examples"]]),
                  hide_index=True, width="stretch")

@@ -42,7 +42,8 @@ def render_preflight(spec: TrainSpec, hardware):
         st.checkbox("Start anyway (the run may be killed for lack of memory)", key=MEMORY_CONFIRM_KEY)
     notes = check.backend_notes + ([f"{check.truncated_rows} rows cut to max_length"] if check.truncated_rows else [])
     if check.replay_rows:
-        notes.append(f"{check.replay_rows} of the training rows are general replay rows ({check.replay_fraction:.1%}): {check.replay_label}")
+        notes.append(f"{check.replay_rows} of the training rows are general replay rows ({check.replay_fraction:.1%}): "
+                     f"{check.replay_label}")
     template = check.template.get("name") or ("the tokenizer's own" if check.template.get("source") == "tokenizer" else "—")
     st.caption(f"Backend: **{check.backend or '—'}** · chat template: {template} · eval rows: {check.eval_rows}"
                + "".join(f" · {n}" for n in notes))

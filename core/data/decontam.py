@@ -78,7 +78,8 @@ MODES: dict[str, DecontamMode] = {
             "substring50",
             "50-character substring (GPT-4)",
             "OpenAI 2023, GPT-4 Technical Report, appendix C",
-            "letters and digits only; a training row containing any of three sampled 50-character substrings of a test item is contaminated",
+            "letters and digits only; a training row containing any of three sampled 50-character substrings of a test item is "
+            "contaminated",
         ),
     )
 }
@@ -531,7 +532,8 @@ def _substring_matches(
 class DecontamConfig:
     mode: str = dc_field(default="ngram13", metadata={"help": "ngram13 (GPT-3), ngram8_half (Tülu 3) or substring50 (GPT-4)"})
     field: str = dc_field(default="both", metadata={"help": "which text of a training row to check: prompt, answer or both"})
-    substring_samples: int = dc_field(default=3, metadata={"help": "substring50: substrings sampled per test item (GPT-4 used 3); 0 = every window"})
+    substring_samples: int = dc_field(default=3, metadata={"help": "substring50: substrings sampled per test item (GPT-4 used 3); "
+                                                                   "0 = every window"})
 
     def __post_init__(self):
         if self.mode not in MODES:
