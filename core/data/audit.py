@@ -62,7 +62,8 @@ OPEN_CLAUSE_WORDS = frozenset(
     "and or but nor the a an of to with for from into onto than that which whose as because if then when while although "
     "whereas such including their its my your our his these those is are was were".split()
 )
-TRANSLATION = re.compile(r"translat|traduc|übersetz|in (?:french|spanish|german|italian|portuguese|chinese|japanese|russian|arabic|hindi)\b",
+TRANSLATION = re.compile(r"translat|traduc|übersetz|in (?:french|spanish|german|italian|portuguese|"
+                         r"chinese|japanese|russian|arabic|hindi)\b",
                          re.IGNORECASE)
 _FENCE = re.compile(r"^```[\w+-]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 BRACKETS = {"(": ")", "[": "]", "{": "}"}
@@ -75,8 +76,10 @@ LOG_LENGTH_SPREAD_FLOOR = 0.3
 @dataclass
 class AuditConfig:
     min_answer_chars: int = field(default=2, metadata={"help": "answers with fewer non-space characters are flagged as very short"})
-    repeat_containment: float = field(default=0.9, metadata={"help": "share of the answer's word 3-grams found in the prompt that counts as repeating it"})
-    length_z: float = field(default=3.5, metadata={"help": "robust z-score of log answer length beyond which an answer is a length outlier"})
+    repeat_containment: float = field(default=0.9, metadata={"help": "share of the answer's word 3-grams found in the prompt "
+                                                                     "that counts as repeating it"})
+    length_z: float = field(default=3.5, metadata={"help": "robust z-score of log answer length beyond which an answer "
+                                                           "is a length outlier"})
     loss_z: float = field(default=3.0, metadata={"help": "robust z-score of answer loss above which an answer is a high-loss outlier"})
     language_confidence: float = field(default=0.8, metadata={"help": "both texts must be identified with at least this probability"})
     min_language_letters: int = field(default=25, metadata={"help": "texts with fewer letters are not language-checked"})

@@ -68,7 +68,8 @@ def propose_template(tokenizer) -> TemplateProposal:
             return TemplateProposal(name, f"the tokenizer has no chat template, and its vocabulary holds {', '.join(markers)} "
                                           f"as tokens, which is the {name} format")
     eos = getattr(tokenizer, "eos_token", None)
-    ending = f"each answer ends with its end-of-sequence token {eos}" if eos else "it has no end-of-sequence token, so answers end with a blank line only"
+    ending = (f"each answer ends with its end-of-sequence token {eos}" if eos
+              else "it has no end-of-sequence token, so answers end with a blank line only")
     return TemplateProposal(PLAIN_TEMPLATE, "the tokenizer has no chat template and no chat markers among its special tokens, so the "
                                             f"plain '### Instruction / ### Response' layout is used; {ending}")
 

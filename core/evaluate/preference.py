@@ -84,7 +84,8 @@ def held_out_pairs(run: TrainedRun) -> tuple[list[dict], str]:
     pairs = [row for row in held if is_pair(row)]
     if not pairs:
         return [], f"run {name} held out no chosen / rejected pairs (its rows are unpaired): give pairs_dataset"
-    return pairs, f"{dataset}: the {len(pairs)} pairs run {name} held out (eval_fraction {fraction:g}, seed {spec.get('seed', _train_default('seed'))})"
+    return pairs, (f"{dataset}: the {len(pairs)} pairs run {name} held out "
+                   f"(eval_fraction {fraction:g}, seed {spec.get('seed', _train_default('seed'))})")
 
 
 @dataclass
@@ -121,7 +122,8 @@ def plan_preference(pairs_dataset: str, samples: int, seed: int, variants: Seque
         pairs, source = held_out_pairs(preference[0][1])
     pairs = sample_pairs(pairs, samples, seed)
     template_from = next((v.source.adapter for v in variants if v.source.adapter and v.label in dict(preference)), None)
-    plan = PreferencePlan(pairs=pairs, source=source, chat_template=adapter_chat_template(template_from) if template_from else None, notes=notes)
+    plan = PreferencePlan(pairs=pairs, source=source, chat_template=adapter_chat_template(template_from) if template_from else None,
+                          notes=notes)
     for variant in variants:
         run = trained[variant.label]
         plan.objectives[variant.label] = run.objective if run else ""
