@@ -99,7 +99,8 @@ def summarise(result: ModelResult, defs: list[MetricDef], resamples: int, seed: 
         if d.kind == "perplexity":
             rows = result.nll_rows(d.key)
             if rows:
-                out[d.key] = stats.perplexity_interval([r[0] for r in rows], [r[1] for r in rows], **_interval_kwargs(resamples, seed)).as_dict()
+                out[d.key] = stats.perplexity_interval([r[0] for r in rows], [r[1] for r in rows],
+                                                       **_interval_kwargs(resamples, seed)).as_dict()
             continue
         values = result.values(d.key)
         if values:
@@ -173,7 +174,8 @@ def build_report(*, spec: dict, task: dict, general: dict, results: list[ModelRe
         "spec": spec,
         "definitions": {**DEFINITIONS, **({"pair_accuracy": PREFERENCE_DEFINITION} if preference else {})},
         "thresholds": {"forgetting_points": threshold, "perplexity_percent": ppl_threshold},
-        "metrics": [{"key": d.key, "label": d.label, "group": d.group, "kind": d.kind, "higher_is_better": d.higher_is_better} for d in defs],
+        "metrics": [{"key": d.key, "label": d.label, "group": d.group, "kind": d.kind, "higher_is_better": d.higher_is_better}
+                    for d in defs],
         "task": task,
         "general": general,
         "models": models,
@@ -306,7 +308,8 @@ def render_markdown(report: dict) -> str:
     name = report["spec"].get("name") or "evaluation"
     lines = [f"# Forgetting report — {name}", "",
              f"Generated {report['created_at']} · wall time {report['wall_seconds']:.0f} s · "
-             f"{report['task']['n']} task rows, {report['general']['n_texts']} general texts, {report['general']['n_mc']} multiple-choice items", ""]
+             f"{report['task']['n']} task rows, {report['general']['n_texts']} general texts, "
+             f"{report['general']['n_mc']} multiple-choice items", ""]
     lines += ["## Verdict", ""]
     for v in report["verdicts"]:
         lines.append(f"**{v['headline']}**")
@@ -326,9 +329,11 @@ def render_markdown(report: dict) -> str:
             lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
             lines += ["| " + " | ".join(row[h] for h in headers) + " |" for row in pref] + [""]
     if report.get("checkpoints"):
-        lines += ["## Learning vs forgetting across checkpoints", "", "| checkpoint | step | task score | general score | general ppl |", "|---|---|---|---|---|"]
+        lines += ["## Learning vs forgetting across checkpoints", "", "| checkpoint | step | task score | general score | general ppl |",
+                  "|---|---|---|---|---|"]
         for p in report["checkpoints"]:
-            lines.append(f"| {p['label']} | {p['step']} | {_num(p['task_score'])} | {_num(p['general_score'])} | {_num(p['general_perplexity'], 2)} |")
+            lines.append(f"| {p['label']} | {p['step']} | {_num(p['task_score'])} | {_num(p['general_score'])} | "
+                         f"{_num(p['general_perplexity'], 2)} |")
         lines.append("")
     for variant in report["comparisons"]:
         regressions, wins = top_changes(report, variant)
@@ -338,7 +343,8 @@ def render_markdown(report: dict) -> str:
             lines += [f"## {title}", "", "| row | prompt | base answer | fine-tuned answer | Δ score |", "|---|---|---|---|---|"]
             base = report["models"][0]["label"]
             for r in rows:
-                cells = [str(r["row"]), _short(r["prompt"], 80), _short(r["answers"][base], 100), _short(r["answers"][variant], 100), f"{100 * r['delta']:+.0f}"]
+                cells = [str(r["row"]), _short(r["prompt"], 80), _short(r["answers"][base], 100), _short(r["answers"][variant], 100),
+                         f"{100 * r['delta']:+.0f}"]
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
             lines.append("")
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
@@ -356,7 +362,8 @@ def _num(value: Any, digits: int = 1) -> str:
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}"
-        "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}td,th{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}"
+        "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
+        "td,th{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}"
         ".improved{border-left:6px solid #2e7d32}.forgetting{border-left:6px solid #c62828}.no-effect{border-left:6px solid #f9a825}"
         ".verdict{padding:.5rem 1rem;margin:1rem 0;background:#fafafa}")
 
@@ -364,7 +371,8 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto
 def render_html(report: dict) -> str:
     e = html.escape
     name = report["spec"].get("name") or "evaluation"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Forgetting report — {e(name)}</title><style>{_CSS}</style></head><body>",
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Forgetting report — {e(name)}</title>"
+             f"<style>{_CSS}</style></head><body>",
              f"<h1>Forgetting report — {e(name)}</h1>",
              f"<p>Generated {e(report['created_at'])} · wall time {report['wall_seconds']:.0f} s</p>", "<h2>Verdict</h2>"]
     for v in report["verdicts"]:
@@ -378,7 +386,8 @@ def render_html(report: dict) -> str:
         parts += ["<tr>" + "".join(f"<td>{e(row.get(h, '–'))}</td>" for h in headers) + "</tr>" for row in table]
         parts.append("</table>")
     if report.get("preference"):
-        parts.append("<h2>Preference (held-out pairs)</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in preference_lines(report)) + "</ul>")
+        parts.append("<h2>Preference (held-out pairs)</h2><ul>" + "".join(f"<li>{e(line)}</li>" for line in preference_lines(report))
+                     + "</ul>")
         pref = preference_table(report)
         if pref:
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in pref[0]) + "</tr>")
@@ -389,12 +398,16 @@ def render_html(report: dict) -> str:
         regressions, wins = top_changes(report, variant)
         for title, rows in ((f"Largest regressions — {variant}", regressions), (f"Largest wins — {variant}", wins)):
             if rows:
-                parts.append(f"<h2>{e(title)}</h2><table><tr><th>row</th><th>prompt</th><th>reference</th><th>base answer</th><th>fine-tuned answer</th><th>Δ score</th></tr>")
-                parts += [f"<tr><td>{r['row']}</td><td>{e(_short(r['prompt'], 200))}</td><td>{e(r['reference'])}</td><td>{e(r['answers'][base])}</td>"
-                          f"<td>{e(r['answers'][variant])}</td><td>{100 * r['delta']:+.0f}</td></tr>" for r in rows]
+                parts.append(f"<h2>{e(title)}</h2><table><tr><th>row</th><th>prompt</th><th>reference</th><th>base answer</th>"
+                             "<th>fine-tuned answer</th><th>Δ score</th></tr>")
+                parts += [f"<tr><td>{r['row']}</td><td>{e(_short(r['prompt'], 200))}</td><td>{e(r['reference'])}</td>"
+                          f"<td>{e(r['answers'][base])}</td><td>{e(r['answers'][variant])}</td><td>{100 * r['delta']:+.0f}</td></tr>"
+                          for r in rows]
                 parts.append("</table>")
-    parts.append("<h2>Definitions</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in report["definitions"].items()) + "</ul>")
+    parts.append("<h2>Definitions</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in report["definitions"].items())
+                 + "</ul>")
     parts.append(f"<h2>Data</h2><ul><li>Task: {e(report['task']['source'])} ({report['task']['n']} rows)</li>"
-                 f"<li>General text: {e(report['general']['text_set'])}</li><li>General multiple choice: {e(report['general']['mc_set'])}</li></ul>")
+                 f"<li>General text: {e(report['general']['text_set'])}</li>"
+                 f"<li>General multiple choice: {e(report['general']['mc_set'])}</li></ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
