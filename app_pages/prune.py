@@ -8,7 +8,17 @@ import streamlit as st
 from core.prune import MODE_LABELS, MODES, TARGETS, PruneSpec
 from core.prune.job import recovery_train_spec
 from core.runs import read_result
-from pages_common import TRAIN_RUN, human_bytes, live_run, model_picker, run_selector, send_model_buttons, spec_form, start_run, task_rows_note
+from pages_common import (
+    TRAIN_RUN,
+    human_bytes,
+    live_run,
+    model_picker,
+    run_selector,
+    send_model_buttons,
+    spec_form,
+    start_run,
+    task_rows_note,
+)
 
 
 def sparsity_heatmap(layers: list[dict]) -> None:
