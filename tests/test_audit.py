@@ -27,15 +27,18 @@ def clean_rows() -> list[dict]:
         sentences = [f"Fact {i + 1} about {topic} is worth knowing, and it explains a lot about how {topic} behave." for i in range(n)]
         rows.append(chat(f"Tell me something interesting about {topic}.", " ".join(sentences)))
     rows.append(chat("Write a Python function that doubles a number.",
-                     "Here is a small function:\n```python\ndef double(x):\n    \"\"\"Return twice x.\"\"\"\n    return 2 * x\n```\nCall it as double(21) to get 42."))
-    rows.append(chat("List three colours.", "- red, the colour of fire and ripe tomatoes\n- green, the colour of grass in spring\n- blue, the colour of a clear sky"))
+                     "Here is a small function:\n```python\ndef double(x):\n    \"\"\"Return twice x.\"\"\"\n"
+                     "    return 2 * x\n```\nCall it as double(21) to get 42."))
+    rows.append(chat("List three colours.", "- red, the colour of fire and ripe tomatoes\n- green, the colour of grass in spring\n"
+                     "- blue, the colour of a clear sky"))
     rows.append(chat("Translate 'good morning' into French.", "Bonjour, j'espère que vous passez une excellente matinée aujourd'hui."))
     return rows
 
 
 BROKEN = {
     "empty_answer": chat("Explain how tides work in a few sentences.", "."),
-    "truncated": chat("Describe the water cycle.", "Water evaporates from the oceans, rises into the atmosphere, cools into clouds, and then"),
+    "truncated": chat("Describe the water cycle.",
+                      "Water evaporates from the oceans, rises into the atmosphere, cools into clouds, and then"),
     "refusal": chat("Summarise the plot of Hamlet.", "As an AI language model, I cannot summarise copyrighted works for you."),
     "repeats_prompt": chat("Rewrite this sentence: the quick brown fox jumps over the lazy dog near the river.",
                            "The quick brown fox jumps over the lazy dog near the river."),
@@ -59,7 +62,8 @@ def test_truncation_reasons():
     rows = clean_rows()
     rows += [chat("Show me a loop.", "Here it is:\n```python\nfor i in range(3):\n    print(i)"),
              chat("Give a tuple.", "The pair is (1, 2 and that is the end of it for now"),
-             chat("Describe autumn in one sentence.", "Autumn is the season when the leaves turn red and gold and fall from the trees, the")]
+             chat("Describe autumn in one sentence.",
+                  "Autumn is the season when the leaves turn red and gold and fall from the trees, the")]
     result = audit_rows(rows)
     details = {row: [f.detail for f in flags if f.rule == "truncated"] for row, flags in result.flags.items()}
     n = len(clean_rows())
@@ -105,7 +109,8 @@ def test_result_round_trips_and_config_is_checked():
 def test_tool_call_answers_are_audited_as_their_call_text():
     call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     row = {"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
-                        {"role": "tool", "content": "21"}, {"role": "assistant", "content": "It is 21 °C in Paris today, sunny and calm."}]}
+                        {"role": "tool", "content": "21"},
+                        {"role": "assistant", "content": "It is 21 °C in Paris today, sunny and calm."}]}
     result = audit_rows(clean_rows() + [row])
     assert len(clean_rows()) not in result.flags
 

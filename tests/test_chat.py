@@ -47,7 +47,8 @@ def test_seeded_sampling_reproduces(tiny_llama_dir):
 
 def test_transcript_jsonl():
     text = transcript_jsonl(
-        [{"label": "column 1", "model": "m", "history": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "stats": {"new_tokens": 1}}]}],
+        [{"label": "column 1", "model": "m",
+          "history": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "stats": {"new_tokens": 1}}]}],
         GenerationSettings(),
     )
     rows = [json.loads(line) for line in text.splitlines()]

@@ -85,14 +85,16 @@ def messy_file(tmp_path) -> Path:
     rows = [{"messages": [{"role": "user", "content": f"Unique question number {i} about topic {i * 17}?"},
                           {"role": "assistant", "content": f"Unique answer {i} with details {i * 31}."}]} for i in range(30)]
     rows.append({"messages": [{"role": "user", "content": "Explain the method."}, {"role": "assistant", "content": long_answer}]})
-    rows.append({"messages": [{"role": "user", "content": "Explain the method!"}, {"role": "assistant", "content": long_answer + " Done."}]})
+    rows.append({"messages": [{"role": "user", "content": "Explain the method!"},
+                              {"role": "assistant", "content": long_answer + " Done."}]})
     rows.append({"messages": [{"role": "user", "content": "unique question number 3 about topic 51"},
                               {"role": "assistant", "content": "Unique answer 3 with details 93"}]})
     rows.append({"messages": [{"role": "user", "content": f"Solve: {question}"}, {"role": "assistant", "content": "18"}]})
     rows.append({"messages": [{"role": "user", "content": "Summarise the rules of chess in a few sentences."},
                               {"role": "assistant", "content": "As an AI language model, I cannot help with that request today."}]})
     rows.append({"messages": [{"role": "user", "content": "Describe the water cycle."},
-                              {"role": "assistant", "content": "Water evaporates from the sea, rises into the air, cools into clouds, and then"}]})
+                              {"role": "assistant",
+                               "content": "Water evaporates from the sea, rises into the air, cools into clouds, and then"}]})
     path = tmp_path / "messy.jsonl"
     path.write_text("".join(json.dumps(r | {"uid": f"m-{k}"}) + "\n" for k, r in enumerate(rows)) + "{not json\n", encoding="utf-8")
     return path

@@ -146,7 +146,8 @@ def test_users_own_eval_file(tmp_path, clean_rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in eval_rows), encoding="utf-8")
     benchmark = load_benchmark_file(path)
     assert benchmark.name == "my_eval" and len(benchmark.items) == 2
-    rows = clean_rows[:100] + [chat("Summarise the following support ticket about a broken laptop screen and propose the next step for the agent.", "Replace it.")]
+    rows = clean_rows[:100] + [chat("Summarise the following support ticket about a broken laptop screen "
+                                    "and propose the next step for the agent.", "Replace it.")]
     result = decontaminate(rows, [benchmark], DecontamConfig(mode="ngram13"))
     assert result.rows_to_drop == [100]
     assert result.reports[0].matches[0].item_id == "my_eval/0"

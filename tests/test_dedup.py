@@ -89,7 +89,8 @@ def test_system_prompt_is_not_compared():
 
 
 def test_text_rows_are_compared_on_their_text():
-    rows = [{"text": "The quick brown fox jumps over the lazy dog."}, {"text": "the quick brown fox jumps over the lazy dog"}, {"text": "Other."}]
+    rows = [{"text": "The quick brown fox jumps over the lazy dog."}, {"text": "the quick brown fox jumps over the lazy dog"},
+            {"text": "Other."}]
     assert [c.members for c in find_exact_duplicates(rows).clusters] == [[0, 1]]
 
 
@@ -236,7 +237,8 @@ def test_real_alpaca_rows_form_no_near_clusters(alpaca):
 
 def test_near_duplicate_keep_longest_answer():
     base = "Explain why the sky is blue in a few sentences for a curious child who likes science"
-    rows = [chat(base, "Because of scattering."), chat(base + " please", "Because sunlight scatters off air molecules, and blue scatters most.")]
+    rows = [chat(base, "Because of scattering."),
+            chat(base + " please", "Because sunlight scatters off air molecules, and blue scatters most.")]
     result = find_near_duplicates(rows, NearDedupConfig(keep="longest_answer", field="prompt", workers=1))
     assert [c.members for c in result.clusters] == [[0, 1]]
     assert result.clusters[0].representative == 1

@@ -104,7 +104,8 @@ def test_end_to_end_job_writes_a_complete_report(workspace, tiny_llama_dir, adap
     assert status.state == "succeeded", (status.error, runs.log_tail(run_dir))
     assert status.progress == 1.0 and status.result["report"] == result_path(run_dir).name == "report.json"
     report = read_result(run_dir, "evaluate")
-    for section in ("spec", "definitions", "thresholds", "metrics", "task", "general", "models", "comparisons", "verdicts", "examples", "lm_eval"):
+    for section in ("spec", "definitions", "thresholds", "metrics", "task", "general", "models", "comparisons", "verdicts", "examples",
+                    "lm_eval"):
         assert section in report, section
     assert [m["label"] for m in report["models"]] == ["base", "fine-tuned"]
     assert report["task"]["is_json"] and report["task"]["fields"] == {"summary": "rouge_l", "next_step": "exact", "urgency": "exact"}

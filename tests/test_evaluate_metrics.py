@@ -109,7 +109,8 @@ def test_multiple_choice_loglik_matches_manual_computation(tiny):
         {"context": "The capital of France is", "choices": [" Paris", " a large city in Europe", " 42"], "gold": 0},
         {"context": "Two plus two equals ", "choices": ["four", "five"], "gold": 0},  # trailing space moves to the choice
     ]
-    shared = scoring._shared_context_logliks(tiny.model, tok, [[scoring.encode_choice(tok, i["context"], c) for c in i["choices"]] for i in items], 2, None, None)
+    shared = scoring._shared_context_logliks(tiny.model, tok, [[scoring.encode_choice(tok, i["context"], c) for c in i["choices"]]
+                                                               for i in items], 2, None, None)
     got = scoring.choice_logliks(tiny.model, tok, items, batch_size=3, share_context=False)
     assert np.allclose(np.concatenate(shared), np.concatenate(got), atol=1e-3)  # the cached-context path agrees
     for item, values in zip(items, got):
@@ -148,7 +149,8 @@ def test_answer_loss_scores_exactly_the_trained_tokens(tiny):
 
 
 def test_batched_generation_equals_one_by_one(tiny):
-    prompts = [generation.prompt_ids([{"role": "user", "content": text}], tiny.tokenizer) for text in ("Hi", "A much longer prompt here, with more words")]
+    prompts = [generation.prompt_ids([{"role": "user", "content": text}], tiny.tokenizer)
+               for text in ("Hi", "A much longer prompt here, with more words")]
     batched = generation.greedy_answers(tiny.model, tiny.tokenizer, prompts, max_new_tokens=6, batch_size=2)
     single = [generation.greedy_answers(tiny.model, tiny.tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert batched == single
@@ -226,8 +228,10 @@ def _result(label, role, task_scores, acc_norm, nll_scale=1.0, step=None):
     from core.evaluate.report import ModelResult
 
     rows = [{"task_score": s, "json_valid": s, "exact_match": 0.0, "rouge_l": s} for s in task_scores]
-    return ModelResult(label=label, role=role, source={"kind": "embedded"}, answers=[f"<script>alert({i})</script>" for i in range(len(rows))],
-                       task_rows=rows, task_nll=[(10.0 * nll_scale, 5)] * len(rows), text_nll=[(20.0 * nll_scale, 10), (30.0 * nll_scale, 10)],
+    return ModelResult(label=label, role=role, source={"kind": "embedded"},
+                       answers=[f"<script>alert({i})</script>" for i in range(len(rows))],
+                       task_rows=rows, task_nll=[(10.0 * nll_scale, 5)] * len(rows),
+                       text_nll=[(20.0 * nll_scale, 10), (30.0 * nll_scale, 10)],
                        mc=[{"logliks": [0, 0], "acc": a, "acc_norm": a} for a in acc_norm], step=step)
 
 

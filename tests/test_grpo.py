@@ -157,7 +157,8 @@ def test_grpo_rewards_are_checked_and_filled_in(tmp_path):
     spec = _spec(tmp_path, DEMO, rewards=[{"name": "field_match", "params": {"field": "next_step"}, "weight": 2}])
     assert spec.rewards == {"rewards": [{"name": "field_match", "params": {"field": "next_step", "free_text": False, "reference_field": ""},
                                          "weight": 2.0}], "allow_user_code": False}
-    allowed = {"rewards": [{"name": "python", "params": {"source": "def reward(completion, row):\n    return 1.0\n"}}], "allow_user_code": True}
+    allowed = {"rewards": [{"name": "python", "params": {"source": "def reward(completion, row):\n    return 1.0\n"}}],
+               "allow_user_code": True}
     assert _spec(tmp_path, DEMO, rewards=allowed).reward_spec().allow_user_code
 
 

@@ -116,7 +116,8 @@ def test_arena_votes_match_judged_pairs_in_either_order(tmp_path):
     (folder / "manifest.json").write_text("{}")
     votes = judging.read_votes(folder)
     assert len(votes) == 3 and {v["human"] for v in votes} == {"A", "tie"}
-    rows = [{"prompt_key": judging.prompt_key("Say hi"), "answer_a": "hello there", "answer_b": "hi", "model_a": "tuned", "model_b": "base", "judge": "B"},
+    rows = [{"prompt_key": judging.prompt_key("Say hi"), "answer_a": "hello there", "answer_b": "hi", "model_a": "tuned", "model_b": "base",
+             "judge": "B"},
             {"prompt_key": judging.prompt_key([{"role": "system", "content": "s"}, {"role": "user", "content": "Add 1+1"}]),
              "answer_a": "2", "answer_b": "3", "model_a": "tuned", "model_b": "base", "judge": "tie"},
             {"prompt_key": "Name a colour", "answer_a": "red", "answer_b": "green", "model_a": "tuned", "model_b": "base", "judge": "A"}]

@@ -115,7 +115,8 @@ def test_trainable_count_equals_peft(method, targets):
 
     config = _tiny_configs()[2]  # Qwen2: biased q/k/v
     model = get_peft_model(AutoModelForCausalLM.from_config(config),
-                           LoraConfig(r=4, target_modules=targets if isinstance(targets, str) else list(targets), use_dora=method == "dora"))
+                           LoraConfig(r=4, target_modules=targets if isinstance(targets, str) else list(targets),
+                                      use_dora=method == "dora"))
     spec = MemorySpec(memory.arch_from_config(config), method=method, lora_r=4, lora_targets=targets)
     assert memory.trainable_params(spec) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -207,11 +208,14 @@ def test_qlora_below_lora_below_full():
 
 def test_more_tokens_flash_attention_chunked_loss_and_8bit_adam():
     assert estimate(_spec(seq_len=2048)).total_bytes > estimate(_spec(seq_len=1024)).total_bytes
-    assert estimate(_spec(attention="eager")).breakdown["activations"] > estimate(_spec()).breakdown["activations"] > estimate(_spec(attention="flash_attention_2")).breakdown["activations"]
+    assert (estimate(_spec(attention="eager")).breakdown["activations"] > estimate(_spec()).breakdown["activations"]
+            > estimate(_spec(attention="flash_attention_2")).breakdown["activations"])
     assert estimate(_spec(chunked_loss=True)).breakdown["logits"] < estimate(_spec()).breakdown["logits"] / 10
     full = dict(method="full", gradient_checkpointing=True, batch_size=1)
-    assert estimate(_spec(optimizer="adamw_8bit", **full)).breakdown["optimizer_states"] < estimate(_spec(**full)).breakdown["optimizer_states"] / 3
-    assert estimate(_spec(optimizer="sgd", **full)).breakdown["optimizer_states"] == estimate(_spec(**full)).breakdown["optimizer_states"] / 2
+    assert (estimate(_spec(optimizer="adamw_8bit", **full)).breakdown["optimizer_states"]
+            < estimate(_spec(**full)).breakdown["optimizer_states"] / 3)
+    assert (estimate(_spec(optimizer="sgd", **full)).breakdown["optimizer_states"]
+            == estimate(_spec(**full)).breakdown["optimizer_states"] / 2)
 
 
 def test_breakdown_sums_to_total_and_peak_is_the_larger_phase():
@@ -396,7 +400,8 @@ def test_lora_dropout_keeps_each_adapters_own_input_and_mask():
     with_dropout = replace(base, lora_dropout=0.05)
     assert memory.activation_bytes(with_dropout) - memory.activation_bytes(base) == pytest.approx(tokens * ((2 + 4) * inputs - 2 * shared))
     gpu = replace(with_dropout, device="cuda", precision="mixed")
-    assert memory.activation_bytes(gpu) - memory.activation_bytes(replace(gpu, lora_dropout=0.0)) == pytest.approx(tokens * ((2 + 1) * inputs - 2 * shared))
+    assert (memory.activation_bytes(gpu) - memory.activation_bytes(replace(gpu, lora_dropout=0.0))
+            == pytest.approx(tokens * ((2 + 1) * inputs - 2 * shared)))
 
 
 def test_loha_and_lokr_keep_a_16_bit_input_copy_per_layer_under_autocast():

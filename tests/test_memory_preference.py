@@ -113,8 +113,8 @@ def test_the_train_spec_s_objective_reaches_the_estimate(tiny_llama_dir):
     from core.train.spec import TrainSpec
 
     cpu = HardwareInfo("cpu", "CPU", 0, 16.0, 8.0, False, 2, 16.0, False, False)
-    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(ROOT / "assets" / "demo" / "pairs_train.jsonl"), objective="dpo",
-                     precompute_ref_log_probs=True)
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(ROOT / "assets" / "demo" / "pairs_train.jsonl"),
+                     objective="dpo", precompute_ref_log_probs=True)
     mem = memory_spec_from_train_spec(spec, cpu)
     assert mem.objective == "dpo" and mem.precompute_ref_log_probs
     est, note = memory_estimate(replace(spec, precompute_ref_log_probs=False), cpu, backend="hf", seq_len=100)
@@ -144,7 +144,8 @@ def test_dpo_estimate_is_within_10_percent_of_the_measured_job(workspace, tiny_l
     from core import runs
     from core.train.spec import TrainSpec
 
-    spec = TrainSpec(name="dpo-memory", model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(_long_pairs(tmp_path / "pairs.jsonl")),
+    spec = TrainSpec(name="dpo-memory", model={"kind": "local", "ref": str(tiny_llama_dir)},
+                     dataset=str(_long_pairs(tmp_path / "pairs.jsonl")),
                      objective="dpo", method="lora", batch_size=4, max_length=128, max_steps=2, eval_fraction=0.0, eval_on_start=False,
                      learning_rate=5e-5, warmup_ratio=0.0, save_steps=10_000, logging_steps=1, lora_r=8, lora_alpha=16, precision="fp32")
     run_dir = runs.create_run(spec)
@@ -155,5 +156,6 @@ def test_dpo_estimate_is_within_10_percent_of_the_measured_job(workspace, tiny_l
     predicted, measured = card["predicted_memory_bytes"], card["peak_memory_bytes"]
     assert abs(predicted - measured) <= TOLERANCE * measured, (predicted, measured, card["predicted_memory_note"])
     as_sft = memory.estimate_for_model(str(tiny_llama_dir), method="lora", device="cpu", lora_r=8, batch_size=4, seq_len=128)
-    print(f"DPO job: predicted {predicted / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB; SFT estimate {as_sft.measurable_bytes / 1e6:.1f} MB")
+    print(f"DPO job: predicted {predicted / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB; "
+          f"SFT estimate {as_sft.measurable_bytes / 1e6:.1f} MB")
     assert abs(as_sft.measurable_bytes - measured) > TOLERANCE * measured, "the SFT estimate of the same batch would not hold this run"

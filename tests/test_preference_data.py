@@ -61,7 +61,8 @@ def test_prompt_chosen_rejected_strings_and_row_errors(tmp_path):
     ])
     loaded = load_preference_file(path)
     assert loaded.detected_format == "preference"
-    assert loaded.rows == [{"prompt": [user("Capital of France?")], "chosen": [assistant("Paris.")], "rejected": [assistant("Lyon.")], "id": "a"}]
+    assert loaded.rows == [{"prompt": [user("Capital of France?")], "chosen": [assistant("Paris.")], "rejected": [assistant("Lyon.")],
+                            "id": "a"}]
     assert loaded.columns == ["id"] and loaded.id_column == "id"
     errs = errors(loaded)
     assert errs[1] == ("empty_content", "chosen", "`chosen` is empty")
@@ -99,7 +100,8 @@ def test_messages_plus_rejected_response(tmp_path):
         {"messages": [user("Name a fruit"), assistant("Apple")], "rejected_response": ""},
     ])
     loaded = load_preference_file(path)
-    assert loaded.rows == [{"prompt": [user("Name a colour")], "chosen": [assistant("Blue")], "rejected": [assistant("Seven")], "source": "x"}]
+    assert loaded.rows == [{"prompt": [user("Name a colour")], "chosen": [assistant("Blue")], "rejected": [assistant("Seven")],
+                            "source": "x"}]
     errs = errors(loaded)
     assert errs[1][:2] == ("turn_order", "messages")
     assert errs[2] == ("empty_content", "rejected_response", "`rejected_response` is empty")
@@ -192,7 +194,8 @@ def test_check_shared_prefix_names_character_and_word():
 
 
 def test_check_length_bias_warns_above_seventy_percent():
-    biased = [pair(f"q{i}", "a long and detailed answer", "short") for i in range(8)] + [pair("x", "s", "a longer one"), pair("y", "t", "a longer two")]
+    biased = ([pair(f"q{i}", "a long and detailed answer", "short") for i in range(8)]
+              + [pair("x", "s", "a longer one"), pair("y", "t", "a longer two")])
     report = check_preferences(biased)
     assert report.chosen_longer_share == pytest.approx(0.8)
     assert any("80%" in w and "length" in w for w in report.warnings)
@@ -238,12 +241,14 @@ def test_pair_mask_prompt_never_trained_and_sides_exact(template, embedded_token
 
 
 def test_pair_chips_colour_each_side_and_mark_divergence(embedded_tokenizer):
-    encoded = encode_pair(pair("Say hi", "Hi there, friend.", "Hi there, enemy."), embedded_tokenizer, chat_template=load_template("chatml"))
+    encoded = encode_pair(pair("Say hi", "Hi there, friend.", "Hi there, enemy."), embedded_tokenizer,
+                          chat_template=load_template("chatml"))
     body = token_chips_html(encoded.chosen, embedded_tokenizer, side="chosen", mark=encoded.diverge)
     classes = [c.split() for c in re.findall(r'<span class="(tpl-chip [^"]*)"', body)]
     assert len(classes) == encoded.chosen.n_tokens
     assert sum("chosen" in c for c in classes) == sum("trained" in c for c in classes) == encoded.chosen.n_trained > 0
-    assert sum("diverge" in c for c in classes) == 1 and "friend" in html.unescape(re.search(r'class="[^"]* diverge"[^>]*>([^<]*)<', body).group(1))
+    assert (sum("diverge" in c for c in classes) == 1
+            and "friend" in html.unescape(re.search(r'class="[^"]* diverge"[^>]*>([^<]*)<', body).group(1)))
     kinds = {r["kind"] for r in token_table(encoded.rejected, embedded_tokenizer, side="rejected")}
     assert kinds == {"masked", "rejected"}
 
@@ -297,7 +302,8 @@ def test_data_page_loads_a_preference_file(workspace, tmp_path):
 
 
 def test_template_page_draws_a_pair(workspace, embedded_dir):
-    folder = workspace / "datasets" / "prefs"  # the Template page reads curated workspace datasets (a preference set exported by the Data page)
+    # the Template page reads curated workspace datasets (a preference set exported by the Data page)
+    folder = workspace / "datasets" / "prefs"
     folder.mkdir(parents=True)
     write_jsonl(folder / "data.jsonl", [{"prompt": "What is 2+2?", "chosen": "2+2 equals 4.", "rejected": "2+2 equals 5."}])
     at = AppTest.from_file(TEMPLATE_PAGE, default_timeout=120)
@@ -311,14 +317,16 @@ def test_template_page_draws_a_pair(workspace, embedded_dir):
     bodies = [h.proto.body for h in at.html if '<div class="tpl-chips">' in h.proto.body]
     assert len(bodies) == 2 and "tpl-chip trained content chosen" in bodies[0] and "tpl-chip trained content rejected" in bodies[1]
     assert all(b.count(" diverge") == 1 for b in bodies)
-    chosen_text = html.unescape(re.sub(r"<[^>]+>", "", "".join(re.findall(r'<span class="tpl-chip trained [^"]*"[^>]*>[^<]*</span>', bodies[0]))))
+    chosen_text = html.unescape(re.sub(r"<[^>]+>", "",
+                                       "".join(re.findall(r'<span class="tpl-chip trained [^"]*"[^>]*>[^<]*</span>', bodies[0]))))
     assert chosen_text == "2+2 equals 4.<|im_end|>"
 
 
 def test_template_page_draws_an_unpaired_row_as_its_conversation(workspace, embedded_dir):
     folder = workspace / "datasets" / "kto"
     folder.mkdir(parents=True)
-    write_jsonl(folder / "data.jsonl", [{"prompt": "Say yes", "completion": "Yes.", "label": True}, {"prompt": "Say no", "completion": "Maybe", "label": False}])
+    write_jsonl(folder / "data.jsonl", [{"prompt": "Say yes", "completion": "Yes.", "label": True},
+                                        {"prompt": "Say no", "completion": "Maybe", "label": False}])
     at = AppTest.from_file(TEMPLATE_PAGE, default_timeout=120)
     at.session_state["active_model"] = {"kind": "local", "ref": str(embedded_dir)}
     at.run()

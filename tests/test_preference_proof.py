@@ -102,7 +102,8 @@ def test_held_out_pairs_are_the_split_training_held_out(workspace, tiny_llama_di
     from core.evaluate.preference import TrainedRun, held_out_pairs
     from core.train.data import prepare_preference_data
 
-    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(pairs_file), objective="dpo", eval_fraction=0.25, seed=3)
+    spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, dataset=str(pairs_file), objective="dpo", eval_fraction=0.25,
+                     seed=3)
     prepared = prepare_preference_data(spec, embedded_tokenizer)
     run_dir = runs.create_run(spec)
     pairs, source = held_out_pairs(TrainedRun(run_dir, runs.read_spec_dict(run_dir), spec.model_source))
@@ -146,12 +147,14 @@ def test_forgetting_report_has_the_preference_section_of_an_sft_then_dpo_run(wor
     # The section's numbers are pair_accuracy's on the stored per-pair scores (one computation).
     stored = [PairLogprobs(**s) for s in dpo["scores"]]
     assert dpo["logprob_acc"]["value"] == pytest.approx(100 * pair_accuracy(stored))
-    assert dpo["reward_acc"]["value"] == pytest.approx(100 * pair_accuracy(stored, reference=[PairLogprobs(**s) for s in rows[start]["scores"]]))
+    assert dpo["reward_acc"]["value"] == pytest.approx(100 * pair_accuracy(stored,
+                                                                           reference=[PairLogprobs(**s) for s in rows[start]["scores"]]))
     assert set(section["comparisons"]["dpo"]) == {"base", start}
     assert section["win_rate"]["note"] == preference.WIN_RATE_NOTE and "Judge: win rate over base" in preference.WIN_RATE_NOTE
     (verdict,) = report["verdicts"]
     assert verdict["preference"]["general_held"] == (verdict["verdict"] != "forgetting")
-    assert verdict["reasons"][1].startswith("preference pairs: the chosen answer is preferred") and "general ability" in verdict["reasons"][1]
+    assert (verdict["reasons"][1].startswith("preference pairs: the chosen answer is preferred")
+            and "general ability" in verdict["reasons"][1])
 
     markdown, page = render_markdown(report), render_html(report)
     for text in (markdown, page):
@@ -219,7 +222,8 @@ def test_dpo_adapter_continued_from_sft_exports_merged_onto_the_base_and_chats(w
 
     # The merged model is the BASE plus the final DPO adapter only (it already holds the SFT weights training continued):
     # the same logits as base + DPO adapter, and not those of base + SFT adapter.
-    ids = torch.tensor([prompt_ids([{"role": "user", "content": "Capital of France?"}], load_model(ModelSource("local", str(tiny_llama_dir))).tokenizer)])
+    ids = torch.tensor([prompt_ids([{"role": "user", "content": "Capital of France?"}],
+                                   load_model(ModelSource("local", str(tiny_llama_dir))).tokenizer)])
 
     def logits(model) -> torch.Tensor:
         with torch.no_grad():
@@ -241,5 +245,6 @@ def test_dpo_adapter_continued_from_sft_exports_merged_onto_the_base_and_chats(w
 
     # Chat: the page's source (active model + trained adapter) through core.models / core.generation.
     loaded = load_model(ModelSource("local", str(tiny_llama_dir), adapter=str(dpo_dir / "adapter")))
-    answer = generate_text(loaded, [{"role": "user", "content": "Capital of France?"}], GenerationSettings(temperature=0.0, max_new_tokens=6))
+    answer = generate_text(loaded, [{"role": "user", "content": "Capital of France?"}],
+                           GenerationSettings(temperature=0.0, max_new_tokens=6))
     assert isinstance(answer, str) and answer.strip()

@@ -35,7 +35,8 @@ def pairs_file(tmp_path) -> Path:
 
 @pytest.fixture
 def unpaired_file(tmp_path) -> Path:
-    return _write(tmp_path / "kto.jsonl", [{"prompt": q, "completion": a, "label": good} for q, c, r in PAIRS for a, good in ((c, True), (r, False))])
+    return _write(tmp_path / "kto.jsonl", [{"prompt": q, "completion": a, "label": good}
+                                           for q, c, r in PAIRS for a, good in ((c, True), (r, False))])
 
 
 def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:

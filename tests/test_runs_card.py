@@ -75,7 +75,8 @@ def test_card_links_data_masking_memory_curves_and_every_descendant_artifact(wor
     # the worker refreshed the parent's card after each child: it is on disk, not only computed on demand
     card = json.loads((train_dir / CARD_FILE).read_text())
     assert card["data"]["sha256"] and card["data"]["train_rows"] == 8
-    assert card["masking"]["trained_tokens"] > 0 and card["masking"]["policy"] == "all_assistant" and card["masking"]["reasoning"] == "train"
+    assert (card["masking"]["trained_tokens"] > 0 and card["masking"]["policy"] == "all_assistant"
+            and card["masking"]["reasoning"] == "train")
     assert card["memory"]["measured_peak_bytes"] > 0 and card["memory"]["predicted_bytes"] > 0
     assert card["curves"]["logged_steps"] == 3 and card["curves"]["eval_losses"]
     descendants = {d["run_id"]: d for d in card["descendants"]}
@@ -123,7 +124,8 @@ def test_spec_diff_flattens_nested_fields():
 
 def test_lineage_is_read_from_the_specs(workspace, tmp_path):
     parent = runs.create_run_from_dict({"kind": "train", "name": "p"})
-    child = runs.create_run_from_dict({"kind": "evaluate", "variants": [{"label": "tuned", "model": {"kind": "local", "ref": "x", "adapter": str(parent / "adapter")}}]})
+    child = runs.create_run_from_dict({"kind": "evaluate", "variants": [
+        {"label": "tuned", "model": {"kind": "local", "ref": "x", "adapter": str(parent / "adapter")}}]})
     outsider = runs.create_run_from_dict({"kind": "merge", "models": [{"source": {"kind": "local", "ref": str(tmp_path)}}]})
     graph = lineage(scan())
     assert graph.children[parent.name] == [child.name]

@@ -36,7 +36,8 @@ def _preflight_settled(at: AppTest, timeout: float = 120.0) -> AppTest:
 
 def _data(tmp_path):
     path = tmp_path / "qa.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]} for w in ("yes", "no", "maybe", "never")]
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("yes", "no", "maybe", "never")]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -152,7 +153,8 @@ def test_editing_a_training_only_field_does_not_tokenize_the_data_again(workspac
 
     calls = []
     real = core.train.data.prepare_data
-    monkeypatch.setattr(core.train.data, "prepare_data", lambda spec, tokenizer, **kwargs: calls.append(spec.learning_rate) or real(spec, tokenizer, **kwargs))
+    monkeypatch.setattr(core.train.data, "prepare_data",
+                        lambda spec, tokenizer, **kwargs: calls.append(spec.learning_rate) or real(spec, tokenizer, **kwargs))
     at = _page(tiny_llama_dir)
     at.run()
     at.selectbox(key="train_dataset_choice").set_value("File or folder path…").run()

@@ -32,8 +32,8 @@ TRAIN_LOSS_POINTS = """() => {
 def test_every_page_opens(page: Page, app_url: str):
     page.goto(app_url)
     settle(page)
-    for title in ("Decide", "Budget", "Data", "Template", "RAG", "Train", "Compare", "Evaluate", "Chat", "Rewards", "Merge", "Prune", "Distill",
-                  "Runs", "Export"):
+    for title in ("Decide", "Budget", "Data", "Template", "RAG", "Train", "Compare", "Evaluate", "Chat", "Rewards", "Merge", "Prune",
+                  "Distill", "Runs", "Export"):
         go(page, title)
         expect(page.locator("h1").first, f"{title} page has no title").to_be_visible()
         if title == "Budget" and os.environ.get("WORKBENCH_SCREENSHOTS"):  # README's screenshot of the memory breakdown

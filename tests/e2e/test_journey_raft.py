@@ -30,7 +30,8 @@ def test_build_a_raft_set_from_the_demo_handbook(page: Page, app_url: str):
     page.get_by_role("tab", name=re.compile("Build a RAFT set")).click()
     page.get_by_role("button", name=re.compile("Build the RAFT set")).click()
     settle(page)
-    expect(page.get_by_text(re.compile(r"Saved handbook-raft: 120 examples \(24 distractor-only\), 30 held-out"))).to_be_visible(timeout=300_000)
+    expect(page.get_by_text(re.compile(r"Saved handbook-raft: 120 examples \(24 distractor-only\), "
+                                       r"30 held-out"))).to_be_visible(timeout=300_000)
     settle(page)
     snapshot(page, "raft")
     page.get_by_role("button", name=re.compile("See its mask on the Template page")).click()
