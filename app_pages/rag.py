@@ -107,7 +107,8 @@ def render_raft(run_dir: Path, status, metrics_rows) -> None:  # noqa: ARG001 - 
     if c1.button("🎨 See its mask on the Template page", key="raft_to_template"):
         st.session_state.update(tpl_source="Workspace dataset", tpl_workspace_name=name)
         st.switch_page("app_pages/template.py")
-    for column, label, folder in ((c2, "🏋️ Train RAFT on it", result["dataset"]), (c3, "🏋️ Train the SFT baseline", result["sft_dataset"])):
+    for column, label, folder in ((c2, "🏋️ Train RAFT on it", result["dataset"]),
+                                  (c3, "🏋️ Train the SFT baseline", result["sft_dataset"])):
         if folder and column.button(label, key=f"raft_train_{Path(folder).name}"):
             send_recipe_to_train({"dataset": folder, "max_length": max_length, "name": Path(folder).name}, "the RAG / RAFT page's recipe")
 

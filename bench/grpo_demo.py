@@ -129,7 +129,8 @@ def main() -> int:
     prompts = held_out_prompts(args.prompts)
     settings = dict(samples=args.samples, max_new_tokens=args.completion, temperature=spec.temperature, seed=spec.seed)
     before = mean_rewards(start_adapter, prompts, scorer, **settings)
-    print(f"before: sampled reward {before['sampled']['reward']} · greedy {before['greedy']['reward']} ({before['seconds']} s)", flush=True)
+    print(f"before: sampled reward {before['sampled']['reward']} · greedy {before['greedy']['reward']} ({before['seconds']} s)",
+          flush=True)
     grpo = run_worker(spec, timeout=6 * 3600)
     card, rows = grpo["card"], [r for r in grpo["rows"] if "loss" in r]
     print(f"grpo: {card['final_metrics']['global_step']} steps in {grpo['wall_s']:.0f} s (training {card['train_seconds']:.0f} s)",
