@@ -10,9 +10,13 @@ With Ψ trainable parameters on N devices, mixed precision and AdamW (2 B 16-bit
 | DDP | 2Ψ + 2Ψ + 12Ψ, plus DDP's gradient buckets (another 2Ψ) | every rank holds a full copy |
 | ZeRO-1 | 2Ψ + 2Ψ + 16Ψ/N | optimizer states (with master and fp32 gradients) partitioned |
 | ZeRO-2 | 2Ψ + 18Ψ/N | + gradients partitioned; = DeepSpeed's `estimate_zero2_model_states_mem_needs` |
-| ZeRO-3 | 18Ψ/N + 4·L | + weights partitioned; L = the largest layer, gathered with its gradients; = DeepSpeed's `estimate_zero3_model_states_mem_needs` |
-| FSDP full_shard | 16Ψ/N + the gathered units | weights, gradients and optimizer sharded; one decoder layer (and its prefetched neighbour) gathered at a time, the root unit (embedding, lm_head) for the whole pass |
+| ZeRO-3 | 18Ψ/N + 4·L | + weights partitioned; L = the largest layer, gathered with its gradients (1) |
+| FSDP full_shard | 16Ψ/N + the gathered units | weights, gradients and optimizer sharded (2) |
 | FSDP shard_grad_op | 16Ψ/N + every weight gathered from forward to backward | like ZeRO-2 for communication |
+
+(1) = DeepSpeed's `estimate_zero3_model_states_mem_needs`.
+(2) One decoder layer (and its prefetched neighbour) gathered at a time; the root unit (embedding, lm_head) for the
+whole pass.
 
 Offload: ZeRO-Offload moves the optimizer partition (master, moments, fp32 gradients; stage 2 also the 16-bit
 gradient partition) to CPU memory; ZeRO-3 can move the weight partition too; FSDP's CPU offload moves every

@@ -1,7 +1,8 @@
 """The job worker: `python -m core.runs.worker <run_dir>`.
 
 Started by the UI in a new process session (or by hand from a terminal, headless). Reads spec.yaml and
-parses it once into the kind's spec dataclass (an invalid spec fails the run here, naming the field), waits for the exclusive lock as `queued`, runs the job as `running`, and records the end in
+parses it once into the kind's spec dataclass (an invalid spec fails the run here, naming the field), waits
+for the exclusive lock as `queued`, runs the job as `running`, and records the end in
 status.json: succeeded / stopped / failed (with one human sentence; the traceback goes to worker.log).
 SIGTERM asks the job to finish its step and save; a second SIGTERM interrupts it.
 """
