@@ -4,6 +4,7 @@ core.train.live's; this module only places them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -70,12 +71,8 @@ def grpo_panel(run_dir: Path, rows: list[dict]) -> None:
     figures = grpo_figures(rows)
     if not figures:
         return
-    st.markdown("**GRPO metrics** · one point per logged step")
-    charts, guide = st.columns([2, 1])
-    for n, fig in enumerate(figures):
-        charts.plotly_chart(fig, key=f"train_grpo_{n}_{run_dir.name}")
+    guide = _curves_with_guide("**GRPO metrics** · one point per logged step", figures, f"train_grpo_{run_dir.name}")
     with guide:
-        st.markdown("**Reading guide**")
         for line in GRPO_GUIDE:
             st.caption(line)
     table = completions_table(run_dir)
@@ -90,14 +87,21 @@ def preference_panel(run_dir: Path, rows: list[dict]) -> None:
     figures = preference_figures(rows)
     if not figures:
         return
-    st.markdown("**Preference metrics** · lines: train steps · dashed with markers: eval")
-    charts, guide = st.columns([2, 1])
-    for n, fig in enumerate(figures):
-        charts.plotly_chart(fig, key=f"train_pref_{n}_{run_dir.name}")
+    guide = _curves_with_guide("**Preference metrics** · lines: train steps · dashed with markers: eval", figures,
+                               f"train_pref_{run_dir.name}")
     with guide:
-        st.markdown("**Reading guide**")
         for line in reading_guide(rows, read_spec_dict(run_dir)):
             if line.applies:
                 st.warning(f"**This run:** {line.text}\n\n{line.detail}")
             else:
                 st.caption(line.text)
+
+
+def _curves_with_guide(title: str, figures: list, key: str) -> Any:
+    """An objective's charts in the wide column; returns the narrow column, headed "Reading guide", for its lines."""
+    st.markdown(title)
+    charts, guide = st.columns([2, 1])
+    for n, fig in enumerate(figures):
+        charts.plotly_chart(fig, key=f"{key}_{n}")
+    guide.markdown("**Reading guide**")
+    return guide
