@@ -89,8 +89,7 @@ def new_evaluation_form() -> None:
     c = st.columns(4)
     sizes = {name: number_input(name, c[i % 4]) for i, name in enumerate(
         ("task_samples", "general_samples", "mc_samples", "max_new_tokens", "bootstrap_samples", "forgetting_threshold",
-         "perplexity_threshold", "seed",
-         "pair_samples"))}
+         "perplexity_threshold", "seed", "pair_samples"))}
     pairs = st.text_input("Preference pairs (held-out, optional)", key="eval_pairs_dataset", help=FIELDS["pairs_dataset"].help,
                           placeholder="empty: the pairs a preference-trained run held out")
     tasks = st.text_input("lm-eval tasks (optional, comma-separated)", key="eval_lm_tasks", placeholder="hellaswag, arc_easy")
