@@ -25,3 +25,15 @@ def work_here(run_dir: Path) -> RunStatus:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return read_status(run_dir)
+
+
+def run_succeeded(spec: Any) -> Path:
+    """run_in_process, asserting the run succeeded (the worker log's tail in the message when it did not)."""
+    run_dir, status = run_in_process(spec)
+    assert status.state == "succeeded", (status.error, (run_dir / "worker.log").read_text()[-3000:])
+    return run_dir
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    """The training steps' rows of a run's metrics.jsonl (those with a loss)."""
+    return [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in r]

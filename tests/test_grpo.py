@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from inprocess import run_in_process
+from inprocess import run_succeeded, train_rows
 from streamlit.testing.v1 import AppTest
 
 from core import runs, scorers
@@ -43,20 +43,10 @@ def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:
     return TrainSpec(**fields)
 
 
-def _run_here(spec: TrainSpec) -> Path:
-    run_dir, status = run_in_process(spec)
-    assert status.state == "succeeded", (status.error, (run_dir / "worker.log").read_text()[-3000:])
-    return run_dir
-
-
-def _train_rows(run_dir: Path) -> list[dict]:
-    return [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in r]
-
-
 @pytest.mark.slow
 def test_grpo_trains_through_the_worker_writes_its_metrics_and_completions_and_continues_with_beta(workspace, tiny_llama_dir, tickets):
-    run_dir = _run_here(_spec(tiny_llama_dir, tickets))
-    rows = _train_rows(run_dir)
+    run_dir = run_succeeded(_spec(tiny_llama_dir, tickets))
+    rows = train_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     for key in (*OBJECTIVES["grpo"].metrics, "rewards/json_valid/mean", "rewards/json_valid/std", "rewards/field_match:urgency/mean",
                 "clip_ratio/region_mean"):
@@ -94,9 +84,9 @@ def test_grpo_trains_through_the_worker_writes_its_metrics_and_completions_and_c
                                                                                                             for r in step_two]
 
     # beta > 0 continuing this run's adapter: a reference (TRL's frozen copy of the starting adapter) and its KL; no table
-    second = _run_here(_spec(tiny_llama_dir, tickets, beta=0.04, init_adapter=run_dir.name, grpo_loss_type="grpo", max_steps=1,
+    second = run_succeeded(_spec(tiny_llama_dir, tickets, beta=0.04, init_adapter=run_dir.name, grpo_loss_type="grpo", max_steps=1,
                              completions_every=0))
-    assert all(r.get("kl") is not None and math.isfinite(r["kl"]) for r in _train_rows(second))
+    assert all(r.get("kl") is not None and math.isfinite(r["kl"]) for r in train_rows(second))
     assert runs.read_result(second)["parent"]["run_id"] == run_dir.name
     assert not (second / "adapter" / "ref").exists(), "only the trained adapter is saved, not TRL's frozen reference copy"
     assert not (second / COMPLETIONS_FILE).exists(), "completions_every 0 writes no table"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from inprocess import run_in_process
+from inprocess import run_succeeded, train_rows
 from safetensors.torch import load_file
 
 from core import runs
@@ -47,21 +47,11 @@ def _spec(model_dir: Path, data: Path, **changes) -> TrainSpec:
     return TrainSpec(**fields)
 
 
-def _run_here(spec: TrainSpec) -> Path:
-    run_dir, status = run_in_process(spec)
-    assert status.state == "succeeded", (status.error, (run_dir / "worker.log").read_text()[-3000:])
-    return run_dir
-
-
-def _train_rows(run_dir: Path) -> list[dict]:
-    return [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "loss" in r]
-
-
 @pytest.mark.parametrize(("objective", "method"), [("dpo", "lora"), ("kto", "lora"), ("orpo", "lora"), ("simpo", "lora"), ("dpo", "full")])
 def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_dir, pairs_file, objective, method):
-    run_dir = _run_here(_spec(tiny_llama_dir, pairs_file, objective=objective, method=method,
+    run_dir = run_succeeded(_spec(tiny_llama_dir, pairs_file, objective=objective, method=method,
                               learning_rate=1e-2 if method == "lora" else 1e-4))
-    rows = _train_rows(run_dir)
+    rows = train_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     for key in OBJECTIVES[objective].metrics:
         assert all(key in r and r[key] is not None and math.isfinite(r[key]) for r in rows), (key, rows)
@@ -77,8 +67,9 @@ def test_objective_trains_two_steps_and_logs_its_metrics(workspace, tiny_llama_d
 
 
 def test_kto_on_unpaired_rows_and_dpo_refuses_them(workspace, tiny_llama_dir, unpaired_file):
-    run_dir = _run_here(_spec(tiny_llama_dir, unpaired_file, objective="kto", desirable_weight=1.5, eval_fraction=0.25, eval_on_start=True))
-    assert all(math.isfinite(r["kl"]) for r in _train_rows(run_dir))
+    run_dir = run_succeeded(_spec(tiny_llama_dir, unpaired_file, objective="kto", desirable_weight=1.5, eval_fraction=0.25,
+                                  eval_on_start=True))
+    assert all(math.isfinite(r["kl"]) for r in train_rows(run_dir))
     evals = [r for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE) if "eval_loss" in r]
     assert evals and all(math.isfinite(r["eval_kl"]) and "eval_rewards/margins" in r for r in evals), evals
     assert runs.read_result(run_dir)["data"]["format"] == "unpaired"
@@ -89,7 +80,7 @@ def test_kto_on_unpaired_rows_and_dpo_refuses_them(workspace, tiny_llama_dir, un
 def test_dpo_continues_from_an_sft_run(workspace, tiny_llama_dir, tmp_path, pairs_file):
     sft_file = _write(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": c}]}
                                                for q, c, _ in PAIRS])
-    sft_dir = _run_here(_spec(tiny_llama_dir, sft_file))
+    sft_dir = run_succeeded(_spec(tiny_llama_dir, sft_file))
     sft_weights = load_file(str(sft_dir / "adapter" / "adapter_model.safetensors"))
 
     spec = _spec(tiny_llama_dir, pairs_file, objective="dpo", init_adapter=sft_dir.name, sft_weight=0.5)
@@ -107,8 +98,8 @@ def test_dpo_continues_from_an_sft_run(workspace, tiny_llama_dir, tmp_path, pair
     assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
     del model
 
-    dpo_dir = _run_here(spec)
-    rows = _train_rows(dpo_dir)
+    dpo_dir = run_succeeded(spec)
+    rows = train_rows(dpo_dir)
     # The reference is the SFT adapter as the run started (not the bare base): before the first update policy == reference.
     assert rows[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-4) and rows[0]["rewards/rejected"] == pytest.approx(0.0, abs=1e-4)
     assert rows[1]["rewards/chosen"] != pytest.approx(0.0, abs=1e-4), "after one update the policy has moved from the reference"
