@@ -21,6 +21,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from core.data.masking import inference_prompt_ids
+from core.llamacpp import LlamaCppModel, stream_chat
+
 GENERATION_LOCK = threading.Lock()
 
 StopCheck = Callable[[], bool]
@@ -43,8 +46,6 @@ def prompt_ids(messages: Sequence[dict], tokenizer: Any, *, chat_template: str |
     """Token ids the model reads before answering `messages`. `reasoning` (train / mask / strip) renders the template
     the way training rendered the rows; None: the setting the tokenizer was trained with (saved by the Train job)."""
     if chat_template or getattr(tokenizer, "chat_template", None):
-        from core.data.masking import inference_prompt_ids
-
         return inference_prompt_ids(list(messages), tokenizer, chat_template=chat_template, reasoning=reasoning)
     return list(tokenizer(plain_prompt(messages))["input_ids"])
 
@@ -227,8 +228,6 @@ class ChatStream:
 
 
 def _stream(loaded: Any, messages: list[dict], settings: GenerationSettings, stream: ChatStream) -> None:
-    from core.llamacpp import LlamaCppModel
-
     if isinstance(loaded, LlamaCppModel):  # a GGUF export held by llama.cpp
         _stream_llamacpp(loaded, messages, settings, stream)
         return
@@ -279,8 +278,6 @@ def _stream(loaded: Any, messages: list[dict], settings: GenerationSettings, str
 
 def _stream_llamacpp(model: Any, messages: list[dict], settings: GenerationSettings, stream: ChatStream) -> None:
     """The same stream protocol through llama.cpp: the GGUF renders the prompt with the chat template stored in it."""
-    from core.llamacpp import stream_chat
-
     def on_piece(piece: str) -> None:
         if stream.stats.time_to_first_token_s is None:
             stream.stats.time_to_first_token_s = time.perf_counter() - start
