@@ -8,6 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.models import ModelSource, load_config
+
 
 @dataclass(frozen=True)
 class LinearShape:
@@ -205,8 +207,6 @@ def preset_arch(key: str) -> ModelArch:
 
 def arch_from_source(source: Any) -> ModelArch:
     """Config of a `core.models.ModelSource` (local folder, embedded model, cached / reachable Hub id)."""
-    from core.models import load_config
-
     return arch_from_config(load_config(source), name=getattr(source, "label", ""))
 
 
@@ -217,8 +217,6 @@ def resolve_arch(model: Any) -> ModelArch:
         try:
             return preset_arch(model)
         except KeyError:
-            from core.models import ModelSource
-
             return arch_from_source(ModelSource.parse(model))
     if type(model).__name__ == "ModelSource":
         return arch_from_source(model)

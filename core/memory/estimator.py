@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
+from core import hardware
 from core.memory.architecture import _KNOWN_TYPES, LinearShape, ModelArch, resolve_arch
 from core.runs.allocator import CPU_ALLOCATOR_ENV
 from core.runs.spec import check_limits, meta
@@ -930,9 +931,7 @@ def estimate_for_model(config_or_preset: Any, method: str = "lora", **options: A
 
 
 def detected_device() -> str:
-    from core.hardware import detect
-
-    return detect().device
+    return hardware.detect().device
 
 
 def breakdown_rows(estimates: Mapping[str, MemoryEstimate], phases: bool = False) -> list[dict]:
