@@ -11,13 +11,25 @@ also leaves its embeddings (`embeddings.npy`) in the run folder, where a later s
 """
 from __future__ import annotations
 
+import importlib
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from core.runs.jobs import JobContext, JobError
+from core.data import decontam, dedup, ray_curate
+from core.data.audit import AuditConfig, audit_rows
+from core.data.decontam import DecontamConfig
+from core.data.dedup import ExactDedupConfig, NearDedupConfig, SemanticDedupConfig
+from core.data.diversity import SELECTION_METHODS, DiversityConfig, DiversityMap, embedding_map, select_diverse
+from core.data.formats import DatasetLoadError
+from core.data.preference import load_any_dataset
+from core.data.ray_curate import RayUnavailable, decontaminate_ray, describe_cluster, ray_session
+from core.runs import list_runs
+from core.runs.jobs import JobContext, JobError, read_result
 from core.runs.spec import DatasetJobSpec, meta
+from core.workspace import atomic_write_bytes
 
 ENGINES = ("local", "ray")
 OPERATIONS = ("exact", "near", "semantic", "decontam", "audit", "diversity", "select")
@@ -72,11 +84,6 @@ class CurateSpec(DatasetJobSpec):
 
 def _config(name: str, settings: dict) -> Any:
     """The operation's config dataclass from its settings mapping (ValueError names the operation)."""
-    from core.data.audit import AuditConfig
-    from core.data.decontam import DecontamConfig
-    from core.data.dedup import ExactDedupConfig, NearDedupConfig, SemanticDedupConfig
-    from core.data.diversity import SELECTION_METHODS, DiversityConfig
-
     settings = dict(settings or {})
     try:
         if name == "decontam":
@@ -132,9 +139,6 @@ def _payload(spec: CurateSpec, loaded: Any, results: dict, ray_info: dict | None
 
 
 def _load(spec: CurateSpec) -> Any:
-    from core.data.formats import DatasetLoadError
-    from core.data.preference import load_any_dataset
-
     try:  # preference pairs as pairs (the Data page reads them so), so dedup / decontamination see prompt + chosen + rejected
         loaded = load_any_dataset(spec.dataset, split=spec.split or None)
     except (DatasetLoadError, ValueError, OSError) as exc:
@@ -157,8 +161,6 @@ class _NoRay:
 
 class _Ray:
     def __enter__(self):
-        from core.data.ray_curate import RayUnavailable, describe_cluster, ray_session
-
         self._session = ray_session()
         try:
             self._session.__enter__()
@@ -186,12 +188,8 @@ def _run_operation(ctx: JobContext, spec: CurateSpec, name: str, rows: list, res
         if name == "decontam":
             return _decontam(spec, rows, config, progress)
         if name == "audit":
-            from core.data.audit import audit_rows
-
             return audit_rows(rows, config, progress)
         if name == "diversity":
-            from core.data.diversity import embedding_map
-
             result, embeddings = embedding_map(rows, config, progress)
             _save_array(ctx.path(EMBEDDINGS_FILE), embeddings)
             return result
@@ -201,11 +199,7 @@ def _run_operation(ctx: JobContext, spec: CurateSpec, name: str, rows: list, res
 
 
 def _dedup(name: str, engine: str, rows: list, config: Any, progress) -> Any:
-    from core.data import dedup
-
     if engine == "ray":
-        from core.data import ray_curate
-
         finder = {"exact": ray_curate.find_exact_duplicates_ray, "near": ray_curate.find_near_duplicates_ray}[name]
     else:
         finder = {"exact": dedup.find_exact_duplicates, "near": dedup.find_near_duplicates,
@@ -214,26 +208,18 @@ def _dedup(name: str, engine: str, rows: list, config: Any, progress) -> Any:
 
 
 def _decontam(spec: CurateSpec, rows: list, config: Any, progress) -> Any:
-    from core.data import decontam
-
     settings = spec.decontam or {}
     benchmarks = [decontam.load_builtin_benchmark(n) for n in settings.get("benchmarks") or decontam.builtin_benchmark_names()]
     for path in settings.get("eval_files") or []:
         benchmarks.append(decontam.load_benchmark_file(path))
     if spec.engine == "ray":
-        from core.data.ray_curate import decontaminate_ray
-
         return decontaminate_ray(rows, benchmarks, config, progress)
     return decontam.decontaminate(rows, benchmarks, config, progress)
 
 
 def _save_array(path: Path, array: Any) -> None:
     """np.save through temp + rename: a killed job never leaves a half-written map that `select` would load."""
-    import io
-
     import numpy as np
-
-    from core.workspace import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -243,14 +229,10 @@ def _save_array(path: Path, array: Any) -> None:
 def _select(ctx: JobContext, spec: CurateSpec, settings: dict, results: dict, progress) -> Any:
     import numpy as np
 
-    from core.data.diversity import DiversityMap, select_diverse
-
     if "diversity" in results:
         embeddings, labels = np.load(ctx.run_dir / EMBEDDINGS_FILE), results["diversity"].labels
     else:
         folder = Path(settings["map_run"])
-        from core.runs.jobs import read_result
-
         earlier = (read_result(folder, "curate") or {}).get("results", {})
         if "diversity" not in earlier or not (folder / EMBEDDINGS_FILE).is_file():
             raise JobError(f"select: {folder} holds no diversity map; make the map first")
@@ -272,10 +254,6 @@ RESULT_TYPES = {
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
     """The operation results a curate run has written so far, as result objects."""
-    import importlib
-
-    from core.runs.jobs import read_result
-
     payload = read_result(run_dir, "curate") or {}
     out = {}
     for name, data in (payload.get("results") or {}).items():
@@ -286,8 +264,6 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
 
 def curation_runs(dataset_sha256: str, operation: str | None = None) -> list[Any]:
     """This dataset's curate runs (newest first), optionally only those that include `operation`."""
-    from core.runs import list_runs
-
     found = []
     for run in list_runs("curate"):
         spec = run.spec or {}

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from core.data.formats import load_dataset_file
 from core.data.text import FIELDS, WORD, row_texts
 
 Progress = Optional[Callable[[float, str], None]]
@@ -150,8 +151,6 @@ def benchmark_from_rows(name: str, rows: Sequence[Any], field: str = "prompt") -
 
 def load_benchmark_file(path: str | Path, *, name: str | None = None, field: str = "prompt") -> Benchmark:
     """A user's eval file in any format core.data.formats reads."""
-    from core.data.formats import load_dataset_file
-
     loaded = load_dataset_file(path)
     benchmark = benchmark_from_rows(name or Path(path).stem, loaded.rows, field)
     benchmark.source = loaded.source

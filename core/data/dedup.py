@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from core.data.text import FIELDS, answer_length, normalise_for_exact, row_texts, words
+from core.embeddings import embed_texts
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -711,8 +712,6 @@ def find_semantic_duplicates(
     started = time.perf_counter()
     texts = row_texts(rows, config.field)
     if embeddings is None:
-        from core.embeddings import embed_texts
-
         embeddings = embed_texts(
             texts,
             batch_size=config.batch_size,
@@ -845,8 +844,6 @@ def find_leakage(
     _report(progress, 0.7, f"near: {len(matches):,} matches so far")
 
     if config.semantic:
-        from core.embeddings import embed_texts
-
         train_emb = embed_texts(train_texts, progress=lambda f, m: _report(progress, 0.7 + 0.2 * f, m) if progress else None)
         eval_emb = embed_texts(eval_texts)
         i, j, sims = neighbour_pairs(train_emb, eval_emb, threshold=config.semantic_threshold, top_k=5)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from core.data.text import FIELDS, row_texts, words
+from core.embeddings import embed_texts
 
 Progress = Optional[Callable[[float, str], None]]
 
@@ -111,8 +112,6 @@ def embedding_map(rows: Sequence[Any], config: DiversityConfig | None = None, pr
     if len(texts) < 3:
         raise ValueError(f"a diversity map needs at least 3 rows, the dataset has {len(texts)}")
     if embeddings is None:
-        from core.embeddings import embed_texts
-
         embeddings = embed_texts(texts, progress=(lambda f, m: progress(0.8 * f, m)) if progress else None)
     k = min(config.clusters or default_clusters(len(texts)), len(texts) - 1)
     _say(progress, 0.82, f"k-means into {k} clusters")

@@ -49,12 +49,14 @@ import math
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from core.data.masking import REASONING_KEYS
-from core.workspace import REPO_ROOT, datasets_dir, refuse_links_outside
+from core.models import hub_reachable
+from core.workspace import REPO_ROOT, atomic_write_bytes, atomic_write_text, datasets_dir, refuse_links_outside, safe_name, subdir
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -951,8 +953,6 @@ def _open_saved_dataset(path: Path, split: str | None):
 
 
 def _open_hub(dataset_id: str, split: str | None):
-    from core.models import hub_reachable
-
     split = split or "train"
     label = f"{dataset_id} [{split}]"
     offline = (os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -974,8 +974,6 @@ def _open_hub(dataset_id: str, split: str | None):
 
 def load_uploaded(filename: str, data: bytes, **kwargs: Any) -> LoadedDataset:
     """A file the user uploaded in the browser: read from a temporary copy that keeps its file type."""
-    import tempfile
-
     name = upload_name(filename)
     suffix = "".join(Path(name).suffixes[-2:])
     if not suffix:
@@ -999,8 +997,6 @@ def upload_name(filename: str) -> str:
 def save_upload(filename: str, data: bytes, digest: str | None = None) -> Path:
     """Keep an uploaded file in the workspace (``uploads/<sha256 prefix>-<name>``), once per content, so a job
     can read the very bytes the page loaded. `digest`: the bytes' sha256 when the caller has it already."""
-    from core.workspace import atomic_write_bytes, safe_name, subdir
-
     digest = (digest or hashlib.sha256(data).hexdigest())[:16]
     name = upload_name(filename)
     suffix = "".join(Path(name).suffixes[-2:]).lower() or ".jsonl"
@@ -1046,6 +1042,4 @@ def demo_dataset_path(split: str = "train") -> Path:
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
     """Normalised rows to a JSONL file, atomically."""
-    from core.workspace import atomic_write_text
-
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

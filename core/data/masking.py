@@ -53,6 +53,7 @@ training answers.
 from __future__ import annotations
 
 import bisect
+import heapq
 import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -360,8 +361,6 @@ def pack_bins(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     earliest sequence), else a new one. The rooms are integers in [0, max_length]: a bitmask of the rooms some
     sequence has, and a heap of sequence numbers per room, find that sequence with one shift and one lowest-set-bit
     instead of a scan over every sequence, so 1M rows pack in seconds (sorting is the n log n part)."""
-    import heapq
-
     if max_length <= 0:
         raise ValueError("max_length must be positive")
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)

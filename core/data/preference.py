@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,12 +34,15 @@ from core.data.formats import (
     ValidationReport,
     _BadJson,
     _content_text,
+    _json_value,
     _messages_from_openai,
     _open_source,
     check_conversation,
     detect_id_column,
     kept_columns,
     load_dataset_file,
+    load_uploaded,
+    upload_name,
 )
 from core.data.masking import IGNORE_INDEX, EncodedRow, encode_conversation
 
@@ -216,8 +220,6 @@ def _check_pair_side(row: dict, name: str) -> None:
 
 
 def _with_extras(row: dict, raw: dict, used: Sequence[str]) -> dict:
-    from core.data.formats import _json_value
-
     for key, value in raw.items():
         if key in used:
             continue
@@ -451,10 +453,6 @@ def encode_pair(row: dict, tokenizer: Any, *, chat_template: str | None = None, 
 
 def load_uploaded_any(filename: str, data: bytes) -> LoadedDataset:
     """An uploaded file: a preference file when its rows look like one, else formats.load_uploaded."""
-    import tempfile
-
-    from core.data.formats import load_uploaded, upload_name
-
     name = upload_name(filename)
     suffix = "".join(Path(name).suffixes[-2:])
     if suffix:

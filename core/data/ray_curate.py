@@ -20,6 +20,7 @@ Where it runs: `ray_session()` joins the cluster named by ``RAY_ADDRESS`` (for e
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -29,7 +30,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from core.data.decontam import Benchmark, BenchmarkContamination, DecontamConfig, DecontamResult, RowMatch, decontaminate
+from core.data.decontam import MODES, Benchmark, BenchmarkContamination, DecontamConfig, DecontamResult, RowMatch, decontaminate
 from core.data.dedup import (
     KEEP_RULES,
     DedupResult,
@@ -59,8 +60,6 @@ class RayUnavailable(RuntimeError):
 
 
 def ray_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("ray") is not None
 
 
@@ -271,7 +270,6 @@ def decontaminate_ray(rows: Sequence[Any], benchmarks: Sequence[Benchmark], conf
         matches.sort(key=lambda m: (m.row, m.item))  # the in-process order
     reports = [BenchmarkContamination(b.name, config.mode, len(texts), len(b.items), skipped[k], per_benchmark[b.name])
                for k, b in enumerate(benchmarks)]
-    from core.data.decontam import MODES
 
     params = asdict(config) | {"benchmarks": [b.name for b in benchmarks], "rule": MODES[config.mode].rule, "engine": "ray"}
     _report(progress, 1.0, "done")

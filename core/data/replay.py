@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from core.data.formats import DatasetLoadError, load_dataset_file
 from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, resolve_model_path
 from core.runs.jobs import JobError, job_kind
 from core.workspace import REPO_ROOT, atomic_write_text, datasets_dir, safe_name
@@ -182,8 +183,6 @@ def replay_path(source: str) -> Path:
 
 def load_replay_set(source: str, model: ModelSource | None = None) -> ReplaySet:
     """The replay rows of `source` for a run on `model` (see resolve_source: `general` is the model's own answers)."""
-    from core.data.formats import DatasetLoadError, load_dataset_file
-
     if not str(source).strip():
         raise ReplayError("replay_dataset: name the replay data ('general' for the shipped set, or a file)")
     given = source
