@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from core.runs.jobs import JOBS, InvalidSpec, job_kind, kind_names, parse_spec, read_result, read_spec_dict, result_path
 from core.runs.metrics import read_all_metrics, read_new_metrics, tail_text
 from core.runs.spec import spec_to_dict, spec_to_yaml, write_spec
@@ -73,8 +75,6 @@ def create_run(spec: Any, name: str = "") -> Path:
 
 def create_run_from_dict(data: dict, name: str = "") -> Path:
     """The same from a spec.yaml mapping (checked through the registry first: InvalidSpec names the field)."""
-    import yaml
-
     parse_spec(data)
     run_dir = new_run_dir(data["kind"], name or data.get("name", ""))
     atomic_write_text(run_dir / SPEC_FILE, yaml.safe_dump(data, sort_keys=False))
@@ -142,8 +142,6 @@ def stop(run_dir: str | Path) -> bool:
 
 def relaunch(run_dir: str | Path, spec_updates: dict | None = None) -> int:
     """Resume a stopped / failed run, or continue a finished one with changed fields ("train N more")."""
-    import yaml
-
     run_dir = Path(run_dir)
     if spec_updates:
         data = read_spec_dict(run_dir)

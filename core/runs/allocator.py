@@ -7,6 +7,8 @@ with this environment (it costs a page fault per fresh block, a few percent of s
 """
 from __future__ import annotations
 
+import ctypes
+
 CPU_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
@@ -15,8 +17,6 @@ def tune_cpu_allocator(threshold: int = 65536) -> bool:
     """Inside an already running process, the same as CPU_ALLOCATOR_ENV: fix glibc's mmap threshold so
     freed blocks above it go back to the OS. Call it at the start of a CPU training job; False (no change)
     where the C library is not glibc."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 from core.models import ModelSource
 from core.runs.jobs import JOBS, job_kind, read_result, read_spec_dict
 from core.runs.metrics import read_all_metrics
@@ -263,8 +265,6 @@ def _model_label(model: dict) -> str:
 
 def model_card_markdown(card: dict) -> str:
     """A Hugging Face Hub-style README (YAML front matter + sections) for the run."""
-    import yaml
-
     spec = card["spec"]
     base = card.get("base_model") or {}
     front: dict[str, Any] = {"library_name": "peft" if spec.get("method", "lora") != "full" and card["kind"] == "train" else "transformers",

@@ -5,6 +5,7 @@ import errno
 import logging
 import traceback
 
+from core import hardware
 from core.runs.jobs import JobError
 
 OOM_ADVICE = (
@@ -48,9 +49,7 @@ def _memory_facts() -> str:
             return f"the GPU has {total / 1e9:.1f} GB ({free / 1e9:.1f} GB free now; this job peaked at {peak / 1e9:.1f} GB)"
     except Exception:  # noqa: BLE001 - the facts are a courtesy, never a second failure
         pass
-    from core.hardware import _system_ram_gb
-
-    total, free = _system_ram_gb()
+    total, free = hardware._system_ram_gb()
     return f"the machine has {total:.1f} GB of RAM ({free:.1f} GB free now)" if total else "memory size unknown"
 
 

@@ -24,6 +24,7 @@ import yaml
 from core.runs.metrics import append_metrics
 from core.runs.spec import load_yaml, spec_to_dict, write_spec
 from core.runs.status import METRICS_FILE, SPEC_FILE
+from core.workspace import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -220,8 +221,6 @@ class JobContext:
         return path
 
     def write_json(self, name: str, obj: Any) -> Path:
-        from core.workspace import atomic_write_json
-
         return atomic_write_json(self.path(name), obj)
 
     def result_path(self) -> Path:

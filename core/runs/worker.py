@@ -12,12 +12,14 @@ import argparse
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+from core.runs.card import refresh_lineage
 from core.runs.errors import explain_failure, format_traceback, quiet_known_noise
 from core.runs.jobs import InvalidSpec, JobContext, JobError, JobStopped, job_kind, kind_names, read_spec_dict
 from core.runs.status import LOG_FILE, RunStatus, StatusKeeper, read_raw_status, read_status, status_lock, write_status
@@ -176,8 +178,6 @@ def _sweep_leftovers(run_dir: Path) -> None:
     """Remove what an earlier attempt killed mid-write left behind: hidden `.<name>.….tmp / .partial / .old` files and
     folders in the run folder. Never visible as results, but a killed merge or model save leaves gigabytes there. Safe:
     one worker per run folder (launch() holds the run's lock; exclusive jobs also hold the workspace lock)."""
-    import shutil
-
     for path in sorted(run_dir.rglob(".*"), key=lambda p: len(p.parts)):
         if not path.name.endswith(LEFTOVER_SUFFIXES) or not path.exists():
             continue
@@ -191,8 +191,6 @@ def _sweep_leftovers(run_dir: Path) -> None:
 def _refresh_cards(run_dir: Path) -> None:
     """card.json / README.md of this run and of the runs it came from (their lineage grew); never fails the job."""
     try:
-        from core.runs.card import refresh_lineage
-
         refresh_lineage(run_dir)
     except Exception as exc:  # noqa: BLE001 - a card is a summary: the job's own result stands without it
         log.warning("could not write the run card: %s", exc)
