@@ -16,8 +16,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
+from core.data.curate_job import CurateSpec, _load
+from core.data.masking import IGNORE_INDEX, MaskingError, encode_row
+from core.data.templates import chat_template_text
+from core.evaluate.scoring import token_logprobs
+from core.generation import Stopped
+from core.models import ModelLoadError, ModelSource, load_model
 from core.runs.jobs import JobContext, JobError
 from core.runs.spec import DatasetJobSpec, meta
+from core.train.data import DataError
 
 
 @dataclass
@@ -34,7 +41,6 @@ class AnswerLossSpec(DatasetJobSpec):
         super().__post_init__()
         if not str(self.dataset).strip():
             raise ValueError("dataset: name the dataset to score")
-        from core.models import ModelSource
 
         try:
             ModelSource.from_dict(self.model or {})
@@ -46,9 +52,6 @@ def answer_losses(rows: Sequence[dict], model: Any, tokenizer: Any, *, chat_temp
                   batch_size: int = 8, should_stop: Callable[[], bool] | None = None,
                   on_progress: Callable[[int], None] | None = None) -> tuple[list[float | None], list[int]]:
     """(mean loss of each row's trained tokens, number of those tokens); None / 0 where a row cannot be scored."""
-    from core.data.masking import IGNORE_INDEX, MaskingError, encode_row
-    from core.evaluate.scoring import token_logprobs
-
     sequences, scored, index = [], [], []
     for k, row in enumerate(rows):
         try:
@@ -70,11 +73,6 @@ def answer_losses(rows: Sequence[dict], model: Any, tokenizer: Any, *, chat_temp
 
 
 def run(ctx: JobContext) -> dict:
-    from core.data.curate_job import CurateSpec, _load
-    from core.data.templates import chat_template_text
-    from core.models import ModelLoadError, ModelSource, load_model
-    from core.train.data import DataError
-
     spec: AnswerLossSpec = ctx.spec
     loaded = _load(CurateSpec(dataset=spec.dataset, split=spec.split, dataset_sha256=spec.dataset_sha256, exact={}))
     source = ModelSource.from_dict(spec.model or {})
@@ -93,8 +91,6 @@ def run(ctx: JobContext) -> dict:
     def advance(count: int) -> None:
         done[0] += count
         ctx.progress(0.05 + 0.95 * min(done[0], n) / n, f"scored {min(done[0], n):,} / {n:,} rows")
-
-    from core.generation import Stopped
 
     try:
         losses, counts = answer_losses(loaded.rows, model.model, model.tokenizer, chat_template=template, max_length=spec.max_length,

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from core import generation
+from core.download import ensure_weights
 from core.evaluate import harness, scoring
 from core.evaluate import judge as judging
 from core.evaluate.general import MC_SET_NAME, TEXT_SET_NAME, GeneralSetError, load_general_sets
@@ -69,8 +70,6 @@ def run(ctx: JobContext) -> dict:
     progress = _Progress(ctx, n_models * per_model + len(variants) + pair_units + judge_units)
     ctx.log.info("evaluating %s against %d variant(s): %d task rows, %d texts, %d MC items",
                  base_source.label, len(variants), len(setup.examples), len(general.texts), len(general.mc_items))
-
-    from core.download import ensure_weights
 
     ensure_weights(ctx, [base_source] + [v.source for v in variants])  # Hub models not in the cache yet
     progress.set_stage(f"loading {base_source.label}")

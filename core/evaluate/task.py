@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import scorers
+from core.data.formats import DatasetLoadError, load_dataset_file
 from core.evaluate.general import sample_indices
 
 
@@ -34,8 +35,6 @@ class TaskSetup:
 
 
 def load_task(path: str | Path, samples: int, seed: int, free_text_fields: list[str] | None = None) -> TaskSetup:
-    from core.data.formats import DatasetLoadError, load_dataset_file
-
     path = Path(path)
     if not path.exists():
         raise TaskDataError(f"task dataset not found: {path}")

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.models import ModelSource
+from core.runs import read_status
+from core.runs.jobs import read_spec_dict
 from core.workspace import read_json
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -49,8 +51,6 @@ def run_checkpoints(train_run: str | Path) -> list[tuple[int, Path]]:
 
 def final_step(train_run: Path) -> int | None:
     """The step the final adapter was saved at, from the run's status (result.global_step) if recorded."""
-    from core.runs import read_status
-
     try:
         result = read_status(train_run).result or {}
     except Exception:  # noqa: BLE001 - a missing status only loses the x position of the final point
@@ -64,8 +64,6 @@ def final_step(train_run: Path) -> int | None:
 def trained_base(train_run: Path, default: ModelSource) -> ModelSource:
     """The model a training run trained (its spec's `model`; the train spec's default is the embedded
     model), so its adapters go on the right base. A folder without a spec keeps `default`."""
-    from core.runs.jobs import read_spec_dict
-
     try:
         model = read_spec_dict(train_run).get("model") or {"kind": "embedded"}
     except (FileNotFoundError, ValueError):
@@ -101,8 +99,6 @@ def expand_variants(spec_variants: list[dict], checkpoints_of: str, base: ModelS
 
 def training_run_of(source: dict | ModelSource) -> Path | None:
     """The training run folder whose adapter (or checkpoint) a model source names, or None."""
-    from core.runs.jobs import read_spec_dict
-
     adapter = (source.adapter if isinstance(source, ModelSource) else (source or {}).get("adapter")) or ""
     for folder in list(Path(adapter).expanduser().parents)[:3] if adapter else []:
         try:
@@ -116,8 +112,6 @@ def training_run_of(source: dict | ModelSource) -> Path | None:
 def retrain_recipe(report: dict, label: str, updates: dict) -> tuple[dict, dict] | None:
     """(model source dict, train spec fields) to train the run behind a report's variant again with `updates`
     applied (e.g. replay), or None when the variant does not come from a training run of this workspace."""
-    from core.runs.jobs import read_spec_dict
-
     model = next((m for m in report.get("models", []) if m["label"] == label), None)
     run = training_run_of(model.get("source") or {}) if model else None
     if run is None:
