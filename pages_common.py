@@ -4,14 +4,35 @@ Lives beside app.py, not in core/, because it imports streamlit. Pages call thes
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import zlib
+from pathlib import Path
 
 import streamlit as st
 
+from core.data.formats import demo_dataset_path, list_workspace_datasets, load_dataset_file, load_uploaded, workspace_dataset_path
+from core.data.preference import load_any_dataset, load_uploaded_any
+from core.download import DownloadSpec
 from core.hardware import detect
-from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, load_model
+from core.llamacpp import LlamaCppChoice, load_chat_model
+from core.memory import ModelArch, arch_from_source
+from core.models import EMBEDDED_NAME, ModelLoadError, ModelSource, hub_weights_present, load_config, load_model
+from core.runs import (
+    METRICS_FILE,
+    RunStatus,
+    create_run,
+    create_run_from_dict,
+    launch,
+    list_runs,
+    log_tail,
+    read_new_metrics,
+    read_status,
+    stop,
+)
 from core.runs.eta import estimate, machine_busy
+from core.runs.spec import spec_fields
 from core.runs.status import state_label
 
 SOURCE_LABELS = {
@@ -42,17 +63,11 @@ def cached_model(source: ModelSource):
 
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _load_llamacpp(path: str, mtime: float):  # noqa: ARG001 - mtime: a rewritten file is loaded again
-    from core.llamacpp import load_chat_model
-
     return load_chat_model(path)
 
 
 def cached_chat_model(choice):
     """A torch model (ModelSource) through core.models, or a GGUF file (LlamaCppChoice) through llama.cpp."""
-    from pathlib import Path
-
-    from core.llamacpp import LlamaCppChoice
-
     if isinstance(choice, LlamaCppChoice):
         path = Path(choice.path).expanduser()
         if not path.is_file():
@@ -101,7 +116,6 @@ def render_model_selector() -> None:
             try:
                 with st.spinner(f"Reading {chosen.label}…"):
                     if chosen.kind == "hub":  # a Hub id: its config alone (no weights); the download is a job
-                        from core.models import load_config
 
                         load_config(chosen)
                     else:
@@ -118,10 +132,6 @@ def render_model_selector() -> None:
 
 def render_hub_download(source: ModelSource) -> None:
     """Whether the active Hub model's weights are here; if not, a button that starts the download job, and its state."""
-    from core.download import DownloadSpec
-    from core.models import hub_weights_present
-    from core.runs import list_runs
-
     if hub_weights_present(source):
         st.caption("Weights: downloaded (Hub cache)")
         return
@@ -155,8 +165,6 @@ _REF_PLACEHOLDERS = {"local": "/path/to/model-folder", "hub": "org/model", "gguf
 
 def trained_adapter_folders() -> dict[str, str]:
     """Adapters of finished training runs, newest first: label -> folder."""
-    from core.runs import list_runs
-
     found = {}
     for run in list_runs("train"):
         adapter = run.path / "adapter"
@@ -205,15 +213,11 @@ def remote_code_checkbox(key: str) -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _arch_dict(source_json: str) -> dict:
-    from core.memory import arch_from_source
-
     return arch_from_source(ModelSource.from_dict(json.loads(source_json))).as_dict()
 
 
 def cached_arch(source: ModelSource):
     """core.memory's ModelArch of a model source, read from its config once per source."""
-    from core.memory import ModelArch
-
     return ModelArch.from_dict(_arch_dict(json.dumps(source.as_dict(), sort_keys=True)))
 
 
@@ -239,10 +243,6 @@ def time_estimate(kind: str, spec, rows: int | None = None):
     """The line shown before a job's Start button: about how long it takes on this machine (core.runs.eta, from the
     workspace's finished runs) and, when other programs hold the cores, a 'machine busy' note. `spec`: a spec
     dataclass or its spec.yaml mapping; `rows`: the rows the page counted where the spec leaves the size open."""
-    import dataclasses
-
-    from core.runs import list_runs
-
     data = dataclasses.asdict(spec) if dataclasses.is_dataclass(spec) else dict(spec or {})
     summaries = list_runs()
     found = estimate(kind, data, summaries, rows)
@@ -256,8 +256,6 @@ def start_run(spec, key: str, *, query_param: str | None = None):
     """Create the run folder from a spec (a dataclass, or a spec.yaml mapping with its `kind`), launch its worker, and
     remember it for this page (in session_state[key], and in the URL's `query_param` so a refresh or a shared link
     reopens it)."""
-    from core.runs import create_run, create_run_from_dict, launch
-
     run_dir = create_run_from_dict(spec) if isinstance(spec, dict) else create_run(spec)
     launch(run_dir)
     remember_run(run_dir, key, query_param=query_param)
@@ -272,10 +270,6 @@ def remember_run(run_dir, key: str, *, query_param: str | None = None) -> None:
 
 def run_selector(kind: str, key: str, label: str = "Run"):
     """Pick one of this kind's runs (the page's latest launch first). Returns its folder or None."""
-    from pathlib import Path
-
-    from core.runs import list_runs
-
     runs = list_runs(kind)
     if not runs:
         st.info(f"No {kind} runs yet in this workspace.")
@@ -296,8 +290,6 @@ def run_selector(kind: str, key: str, label: str = "Run"):
 
 def run_metrics(run_dir) -> list[dict]:
     """All metrics rows of a run, read incrementally by byte offset across reruns."""
-    from core.runs import METRICS_FILE, read_new_metrics
-
     cache = st.session_state.setdefault("_job_metrics", {})
     offset, rows = cache.get(str(run_dir), (0, []))
     new, offset = read_new_metrics(run_dir / METRICS_FILE, offset)
@@ -307,10 +299,6 @@ def run_metrics(run_dir) -> list[dict]:
 
 
 def _render_status(run_dir, render_body, header=None):
-    from pathlib import Path
-
-    from core.runs import RunStatus, log_tail, read_status, stop
-
     if not Path(run_dir).is_dir():  # deleted (or moved) while this page showed it: say so, stop polling
         st.warning(f"Run {Path(run_dir).name} no longer exists: its folder {run_dir} was deleted or moved.")
         return RunStatus(state="failed", error="the run folder was deleted")
@@ -347,8 +335,6 @@ def live_run(run_dir, render_body, header=None) -> None:
     if given, draws the run's header above the status line from the same status (inside the polling panel, so it never
     shows a state the panel has left).
     """
-    from core.runs import read_status
-
     status = read_status(run_dir)
     if status.is_active:
         _live_status(run_dir, render_body, header, status.state)
@@ -358,8 +344,6 @@ def live_run(run_dir, render_body, header=None) -> None:
 
 def send_model_buttons(folder: str, key: str) -> None:
     """Open a result folder (a model, or an adapter of the active model) on the Chat or Evaluate page."""
-    from pathlib import Path
-
     role = "adapter" if (Path(folder) / "adapter_config.json").is_file() else "model_path"
     c1, c2 = st.columns(2)
     if c1.button("💬 Chat with it", key=f"{key}_to_chat"):
@@ -435,10 +419,6 @@ def spec_form(cls, defaults=None, key_prefix: str = "spec", *, skip: tuple[str, 
     f"{key_prefix}_{field}"), so delete those keys to re-apply new defaults (e.g. a recipe from the Decide page).
     `overrides` changes a field's FieldInfo for this form only (e.g. a maximum sized to the hardware found).
     """
-    import dataclasses
-
-    from core.runs.spec import spec_fields
-
     if dataclasses.is_dataclass(defaults):
         defaults = dataclasses.asdict(defaults)
     defaults = dict(defaults or {})
@@ -477,8 +457,6 @@ def form_problems(key_prefix: str) -> list[str]:
 
 def reset_spec_form(cls, key_prefix: str) -> None:
     """Forget the form's widget values so the next spec_form() shows its defaults again."""
-    from core.runs.spec import spec_fields
-
     for info in spec_fields(cls):
         st.session_state.pop(f"{key_prefix}_{info.name}", None)
 
@@ -490,21 +468,15 @@ def reset_spec_form(cls, key_prefix: str) -> None:
 def cached_dataset_file(path: str, mtime: float, preference: bool = False,  # noqa: ARG001 - mtime keys the cache on the file's version
                         mapping: str = ""):
     """A dataset file read once per version; `mapping`: a column mapping as sorted JSON (core.data.formats' `mapping`)."""
-    from core.data.formats import load_dataset_file
-
     if mapping:  # the user named the columns: read with them (a mapping names SFT fields, never preference ones)
         return load_dataset_file(path, mapping=json.loads(mapping))
     if preference:  # a page that shows preference pairs: such a file is read as one (core.data.preference)
-        from core.data.preference import load_any_dataset
-
         return load_any_dataset(path)
     return load_dataset_file(path)
 
 
 def upload_digest(upload) -> str:
     """sha256 of an uploaded file, computed once per upload (Streamlit's file_id), not on every rerun."""
-    import hashlib
-
     digests = st.session_state.setdefault("_upload_digests", {})
     if upload.file_id not in digests:
         digests[upload.file_id] = hashlib.sha256(upload.getbuffer()).hexdigest()
@@ -515,13 +487,9 @@ def upload_digest(upload) -> str:
 def _dataset_upload(name: str, digest: str,  # noqa: ARG001 - digest keys the cache; the bytes are not re-hashed
                     _data: bytes, preference: bool = False,
                     mapping: str = ""):
-    from core.data.formats import load_uploaded
-
     if mapping:
         return load_uploaded(name, _data, mapping=json.loads(mapping))
     if preference:
-        from core.data.preference import load_uploaded_any
-
         return load_uploaded_any(name, _data)
     return load_uploaded(name, _data)
 
@@ -541,10 +509,6 @@ def choose_dataset(key: str, *, demo_splits: tuple[str, ...] = ("train",), allow
     Returns core.data's loaded dataset (cached by file version or upload digest), or None while incomplete.
     preference=True: a file of preference pairs (or KTO rows) is read as one (rows in core.data.preference's form).
     mapping: the user's column mapping for a file or upload ({field: column}, core.data.formats), None for detection."""
-    from pathlib import Path
-
-    from core.data.formats import demo_dataset_path, list_workspace_datasets, workspace_dataset_path
-
     demos = {f"Demo: support tickets{f' ({split})' if len(demo_splits) > 1 else ''}": split for split in demo_splits}
     sources = list(demos) + ["Workspace dataset"] + (["Path or Hub id"] if allow_path else []) + ["Upload a file"]
     choice = st.radio(label, sources, horizontal=True, key=f"{key}_source")

@@ -5,8 +5,10 @@ import streamlit as st
 
 from app_pages.data_tabs import jobs
 from core.data import curate, decontam, dedup
+from core.data.formats import save_upload
 from core.data.highlight import highlight_html, plain_box_html
 from core.data.text import FIELDS, row_text
+from pages_common import upload_digest
 
 
 def dedup_tab(dataset, reference, engine: str, kept_whole: set) -> dict:
@@ -86,9 +88,6 @@ def decontam_tab(dataset, reference, engine: str):
     own = st.file_uploader("Your own eval set (optional, any format the loader reads)", type=["jsonl", "json", "csv", "parquet"],
                            key="data_dc_upload")
     if st.button("Check contamination", key="data_dc_run", type="primary", disabled=not names and own is None):
-        from core.data.formats import save_upload
-        from pages_common import upload_digest
-
         eval_files = [str(save_upload(own.name, own.getvalue(), upload_digest(own)))] if own is not None else []
         jobs.start(dataset, reference, engine, decontam={"mode": mode, "field": field, "benchmarks": names, "eval_files": eval_files})
     found = jobs.follow(jobs.newest(dataset, "decontam"), "decontamination") or {}

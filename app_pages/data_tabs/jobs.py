@@ -15,9 +15,12 @@ import streamlit as st
 
 from core.data.curate_job import RAY_OPERATIONS, CurateSpec, curation_runs, load_results
 from core.data.formats import save_upload
-from core.runs import log_tail, read_status, result_path, stop
+from core.data.ray_curate import ray_available
+from core.evaluate.answer_loss import AnswerLossSpec
+from core.runs import list_runs, log_tail, read_status, result_path, stop
+from core.runs.jobs import read_result
 from core.workspace import safe_name
-from pages_common import cached_dataset_file, start_run, time_estimate
+from pages_common import cached_dataset_file, start_run, time_estimate, upload_digest
 
 ENGINES = {"local": "This machine", "ray": "Ray"}
 
@@ -25,9 +28,6 @@ ENGINES = {"local": "This machine", "ray": "Ray"}
 def dataset_reference(dataset, upload=None) -> tuple[str, str]:
     """(what a job reads, its split): the file or Hub id the page loaded; an upload is kept in the workspace first."""
     if upload is not None:
-        from core.data.formats import save_upload
-        from pages_common import upload_digest
-
         return str(save_upload(upload.name, upload.getvalue(), upload_digest(upload))), ""
     source = str(dataset.source)
     if source.startswith("hub:"):
@@ -51,8 +51,6 @@ def with_mapping_applied(dataset, mapping: dict):
 
 
 def engine_choice() -> str:
-    from core.data.ray_curate import ray_available
-
     with st.expander("Where heavy curation runs", expanded=False):
         if not ray_available():
             st.caption("Ray is not installed (`pip install -r requirements-ray.txt`): curation runs on this machine.")
@@ -93,15 +91,11 @@ def results_of(run) -> dict:
 
 
 def newest_answer_loss(dataset):
-    from core.runs import list_runs
-
     found = [r for r in list_runs("answer_loss") if (r.spec or {}).get("dataset_sha256") == dataset.source_hash]
     return found[0] if found else None
 
 
 def start_answer_loss(dataset, reference: tuple[str, str], model: dict, chat_template: str) -> None:
-    from core.evaluate.answer_loss import AnswerLossSpec
-
     spec = AnswerLossSpec(dataset=reference[0], split=reference[1], dataset_sha256=dataset.source_hash, model=model,
                           chat_template=chat_template)
     start_run(spec, "data_last_run")
@@ -113,8 +107,6 @@ def answer_loss_estimate(dataset, model: dict) -> None:
 
 
 def answer_loss_of(run) -> dict | None:
-    from core.runs.jobs import read_result
-
     return read_result(run.path, "answer_loss") if run is not None else None
 
 
