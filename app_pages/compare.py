@@ -11,7 +11,7 @@ from core.compare.spec import DEFAULT_METHODS, MethodComparisonSpec
 from core.compare.table import display_rows, live_rows, load_result, pareto_figure, to_csv
 from core.runs import spec_to_yaml
 from core.train.methods import METHODS
-from pages_common import active_model_source, live_run, run_selector, spec_form, start_run
+from pages_common import active_model_source, live_run, run_selector, spec_form, start_run, time_estimate
 
 FORM = "cmp_form"
 
@@ -71,6 +71,7 @@ with st.expander("New comparison", expanded=not st.session_state.get("cmp_run"))
                    + (", one feature-extraction baseline." if spec.feature_field.strip() else "."))
         with st.expander("YAML", expanded=False):
             st.code(spec_to_yaml(spec), language="yaml")
+        time_estimate("method_comparison", spec)
         if st.button("▶️ Start the comparison", type="primary", key="cmp_start"):
             start_run(spec, "cmp_run")
             st.rerun()

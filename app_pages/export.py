@@ -8,9 +8,10 @@ import streamlit as st
 
 from core.export import FORMAT_LABELS, FORMATS, ExportSpec
 from core.export.results import artifact_rows, check_rows, export_sources, gguf_files, read_result, small_files
+from core.export.source import source_parameters
 from core.llamacpp import QUANT_TYPES, available, missing_note
 from core.runs import read_spec_dict, relaunch
-from pages_common import human_bytes, live_run, run_selector, spec_form, start_run
+from pages_common import human_bytes, live_run, run_selector, spec_form, start_run, time_estimate
 
 
 def send_to_chat(run_dir: Path, gguf: str) -> None:
@@ -82,11 +83,15 @@ else:
 with st.expander("Checks and options", expanded=False):
     options = spec_form(ExportSpec, key_prefix="export_opt", skip=("name", "source_run", "model", "formats", "quantize", "verify_only"))
 
+try:
+    spec, problem = ExportSpec.from_dict({"source_run": sources[source_label], "formats": formats, "quantize": quantize, **options}), ""
+except ValueError as exc:
+    spec, problem = None, str(exc)
+if spec is not None:
+    time_estimate("export", spec, rows=source_parameters(spec.source_run))
 if st.button("Export", type="primary", key="export_start"):
-    try:
-        spec = ExportSpec.from_dict({"source_run": sources[source_label], "formats": formats, "quantize": quantize, **options})
-    except ValueError as exc:
-        st.error(str(exc))
+    if spec is None:
+        st.error(problem)
     else:
         start_run(spec, "export_run")
 

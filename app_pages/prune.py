@@ -18,6 +18,7 @@ from pages_common import (
     spec_form,
     start_run,
     task_rows_note,
+    time_estimate,
 )
 
 
@@ -107,6 +108,8 @@ if source is not None:
                          norm=int(norm), evaluate=evaluate, eval_rows=int(rows), task_dataset=task_dataset, name=f"{mode}-{sparsity:g}")
     except ValueError as exc:
         st.error(str(exc))
+if spec is not None:
+    time_estimate("prune", spec)
 if spec is not None and st.button("Start pruning", type="primary", key="prune_start"):
     start_run(spec, "prune_run")
 

@@ -15,7 +15,16 @@ from core.rag.raft import MANIFEST_FILE
 from core.rag.spec import DEMO_DOCUMENTS, DEMO_QUESTIONS, RaftEvalSpec, RaftSpec, RagIndexSpec
 from core.runs import list_runs, read_result
 from core.workspace import datasets_dir, read_json
-from pages_common import active_model_source, live_run, model_picker, run_selector, send_recipe_to_train, spec_form, start_run
+from pages_common import (
+    active_model_source,
+    live_run,
+    model_picker,
+    run_selector,
+    send_recipe_to_train,
+    spec_form,
+    start_run,
+    time_estimate,
+)
 
 VERDICT_BOX = {"better": st.success, "worse": st.error, "no clear difference": st.warning}
 
@@ -72,6 +81,8 @@ def index_tab() -> None:
     chunk = c1.number_input("Chunk tokens", 8, 256, DEFAULT_CHUNK_TOKENS, key="rag_chunk_tokens")
     overlap = c2.number_input("Overlap tokens", 0, 255, DEFAULT_OVERLAP, key="rag_overlap")
     top_k = c3.number_input("Recall at k", 1, 100, 5, key="rag_top_k")
+    if documents:
+        time_estimate("rag_index", {"documents": documents, "questions": questions, "chunk_tokens": int(chunk), "overlap": int(overlap)})
     if st.button("▶ Index and measure retrieval", key="rag_index_start", disabled=not documents):
         try:
             start_run(RagIndexSpec(documents=documents, questions=questions, chunk_tokens=chunk, overlap=overlap, top_k=top_k),
@@ -122,12 +133,16 @@ def raft_tab() -> None:
         writer = model_picker("Model that writes the questions", "raft_writer",
                               help="One question per chunk, kept only when its answer is in the chunk. A larger instruction model writes "
                                    "better ones.")
+    try:
+        spec = RaftSpec.from_dict({**values, "documents": documents, "questions": questions, "model": active_model_source().as_dict(),
+                                   "question_model": writer.as_dict() if writer is not None else {}})
+    except ValueError as exc:
+        spec, problem = None, f"Check the form: {exc}"
+    else:
+        time_estimate("raft", spec)
     if st.button("▶ Build the RAFT set", key="raft_start", type="primary"):
-        try:
-            spec = RaftSpec.from_dict({**values, "documents": documents, "questions": questions, "model": active_model_source().as_dict(),
-                                       "question_model": writer.as_dict() if writer is not None else {}})
-        except ValueError as exc:
-            st.error(f"Check the form: {exc}")
+        if spec is None:
+            st.error(problem)
             return
         start_run(spec, "raft_run")
         st.rerun()

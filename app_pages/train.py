@@ -24,6 +24,7 @@ from core.train.live import PATH_LABEL, dataset_choices, live_summary, rank_rows
 from core.train.methods import hidden_fields, hidden_objective_fields, method_info, objective_info
 from core.train.preflight import model_defaults
 from core.train.spec import DEFAULT_REWARDS, GRPO_BETA
+from core.train.trainer import resume_estimate_spec
 from core.workspace import runs_dir
 from pages_common import (
     TRAIN_RECIPE,
@@ -38,6 +39,7 @@ from pages_common import (
     send_model_buttons,
     spec_form,
     start_run,
+    time_estimate,
 )
 
 FORM = "train_form"
@@ -103,12 +105,18 @@ def run_body(run_dir: Path, status, rows: list[dict]) -> None:
 def run_actions(run_dir: Path, status) -> None:
     has_checkpoint = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("checkpoint-*"))
     cols = st.columns(3)
+    with cols[0]:  # the time each continuation takes, from this run's own pace (core.runs.eta's `resume`)
+        if status.state in ("stopped", "failed"):
+            time_estimate("resume", resume_estimate_spec(run_dir))
+    more = cols[1].number_input("More steps", min_value=1, value=20, step=10, key="train_more_steps")
+    with cols[2]:
+        if has_checkpoint:
+            time_estimate("resume", resume_estimate_spec(run_dir, int(more)))
     if status.state in ("stopped", "failed") and cols[0].button("⏯️ Resume", key="train_resume",
                                                                 help="Continue from the newest checkpoint" if has_checkpoint
                                                                 else "Start again"):
         relaunch(run_dir)
         st.rerun()
-    more = cols[1].number_input("More steps", min_value=1, value=20, step=10, key="train_more_steps")
     if cols[2].button(f"➕ Train {more} more steps", key="train_more", disabled=not has_checkpoint):
         relaunch(run_dir, continue_updates(run_dir, int(more)))
         st.rerun()

@@ -64,6 +64,7 @@ class Exporter:
         self.f16_path: Path | None = None  # llama.cpp's quantiser's input
         self.memory: memory.MemoryPlan | None = None  # dtype, device and RAM of the merge (set by _check_memory)
         self.merge_record: dict = {}  # how the merge ran: dtype, device, RAM figures
+        self.parameters = 0  # of the base model, from its safetensors headers (set by _check_disk)
 
     # ---------------------------------------------------------------- plan
     def run(self) -> dict:
@@ -88,7 +89,9 @@ class Exporter:
             first = failed[0]
             raise JobError(f"export written but a check failed — {first['name']}: {first['summary']}"
                            + (f" (and {len(failed) - 1} more, see export.json)" if len(failed) > 1 else ""))
-        return {k: result[k] for k in ("artifacts_written", "total_bytes", "checks_passed", "checks_failed", "seconds")}
+        # the parameters converted: the size core.runs.eta fits an export's time on
+        return {k: result[k] for k in ("artifacts_written", "total_bytes", "checks_passed", "checks_failed", "seconds")} | {
+            "parameters": self.parameters}
 
     def _steps(self) -> list[tuple[str, Any]]:
         spec = self.spec
@@ -119,7 +122,7 @@ class Exporter:
     def _check_disk(self) -> None:
         spec, source = self.spec, self.source
         base_dir = Path(self._model_path(source.base))
-        parameters = safetensors_parameters(base_dir)
+        parameters = self.parameters = safetensors_parameters(base_dir)
         plan = estimate_bytes(parameters, spec.formats, spec.quantize, spec.merged_dtype, folder_bytes(source.adapter_dir),
                               needs_merged_copy=spec.needs_gguf and "merged" not in spec.formats,
                               needs_f16_copy=bool(spec.quantize) and "gguf_f16" not in spec.formats)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.templates import chat_template_text
-from core.models import ModelSource
+from core.export.disk import safetensors_parameters
+from core.models import ModelLoadError, ModelSource, resolve_model_path
 from core.runs.jobs import JOBS, JobError, job_kind, read_result, read_spec_dict
 from core.runs.status import read_status
 
@@ -53,6 +54,16 @@ def resolve(source_run: str, model: dict) -> ExportSource:
         folder = _model_folder(run_dir, kind)
         return ExportSource(f"{run_dir.name} ({kind})", ModelSource("local", str(folder)), None, folder, run_dir, kind, spec)
     raise JobError(f"source_run: a {kind or 'unknown'} run has no model to export (train, merge, prune or distill runs do)")
+
+
+def source_parameters(source_run: str, model: dict | None = None) -> int | None:
+    """The parameters an export of this source converts (its base model's safetensors headers, as the job's disk plan
+    reads them, without loading any weight): the size of an export's time estimate. None when they cannot be read."""
+    try:
+        source = resolve(source_run, model or {})
+        return safetensors_parameters(Path(resolve_model_path(source.base))) or None
+    except (JobError, ModelLoadError, OSError, ValueError):
+        return None
 
 
 def _from_train(run_dir: Path, spec: dict) -> ExportSource:

@@ -35,6 +35,7 @@ from core.rag.raft import (
     write_dataset,
 )
 from core.rag.spec import RaftEvalSpec, RaftSpec, RagIndexSpec, resolve_path
+from core.runs.eta import source_bytes
 from core.runs.jobs import JobContext, JobError
 from core.workspace import read_json
 
@@ -46,11 +47,12 @@ def _corpus(path: str) -> Corpus:
         raise JobError(str(exc)) from exc
 
 
-def _index(ctx: JobContext, corpus: Corpus, chunk_tokens: int, overlap: int, share: float) -> RagIndex:
+def _index(ctx: JobContext, corpus: Corpus, chunk_tokens: int, overlap: int, share: float) -> tuple[RagIndex, bool]:
+    """The index and whether it was reused (built by an earlier job: then it took no time)."""
     index, built = open_index(corpus, chunk_tokens, overlap, progress=lambda f, m: ctx.progress(share * f, m))
     ctx.log.info("index %s: %d chunks (%s)", index.folder.name, len(index),
                  f"built in {built.seconds:.1f} s" if built.rebuilt else "reused")
-    return index
+    return index, not built.rebuilt
 
 
 def retriever(index: RagIndex, mode: str):
@@ -78,7 +80,7 @@ def greedy_replies(ctx: JobContext, loaded: LoadedModel, chats: Sequence[list[di
 def run_index(ctx: JobContext) -> dict:
     spec: RagIndexSpec = ctx.spec
     corpus = _corpus(spec.documents)
-    index = _index(ctx, corpus, spec.chunk_tokens, spec.overlap, 0.7)
+    index, reused = _index(ctx, corpus, spec.chunk_tokens, spec.overlap, 0.7)
     result = {"index": index.manifest, "folder": str(index.folder), "retrieval": {}, "notes": list(corpus.notes)}
     if str(spec.questions).strip():
         try:
@@ -102,8 +104,8 @@ def run_index(ctx: JobContext) -> dict:
             ctx.metrics(mode=mode, **{k: v for k, v in recall.items() if k != "n"})
         result["questions"] = {"path": str(resolve_path(spec.questions)), "count": len(questions), "with_gold": sum(bool(g) for g in golds)}
     ctx.write_result(result)
-    return {"chunks": len(index), "recall": {m: {k: v for k, v in r.items() if k.startswith("recall")}
-                                             for m, r in result["retrieval"].items()}}
+    return {"chunks": len(index), "corpus_bytes": source_bytes(spec.documents), "index_reused": reused,  # for core.runs.eta
+            "recall": {m: {k: v for k, v in r.items() if k.startswith("recall")} for m, r in result["retrieval"].items()}}
 
 
 # ---------------------------------------------------------------- raft
@@ -143,7 +145,7 @@ def run_raft(ctx: JobContext) -> dict:
         if dataset_folder(name).exists() and not spec.overwrite:
             raise JobError(f"a dataset named {dataset_folder(name).name!r} already exists: pick another name or set overwrite")
     corpus = _corpus(spec.documents)
-    index = _index(ctx, corpus, spec.chunk_tokens, spec.overlap, 0.3)
+    index, _reused = _index(ctx, corpus, spec.chunk_tokens, spec.overlap, 0.3)
     if spec.question_source == "generate":
         try:
             questions, question_info = _generated_questions(ctx, spec, index)
@@ -190,7 +192,8 @@ def run_raft(ctx: JobContext) -> dict:
               "questions": question_info, "index": index_info, "skipped": {k: v[:20] for k, v in build.skipped.items()},
               "example": build.rows[0], "seconds": round(time.time() - started, 2)}
     ctx.write_result(result)
-    return {"dataset": str(folder), "examples": counts["examples"], "distractor_only": counts["distractor_only"], "heldout": len(heldout)}
+    return {"dataset": str(folder), "examples": counts["examples"], "distractor_only": counts["distractor_only"], "heldout": len(heldout),
+            "corpus_bytes": source_bytes(spec.documents)}
 
 
 def _token_lengths(spec: RaftSpec, rows: list[dict]) -> dict:
@@ -257,7 +260,7 @@ def run_raft_eval(ctx: JobContext) -> dict:
     notes = []
     if corpus.sha256 != raft["corpus"].get("sha256"):
         notes.append("the documents changed since the RAFT set was built: the held-out questions are matched to the current documents")
-    index = _index(ctx, corpus, raft["index"]["chunk_tokens"], raft["index"]["overlap"], 0.05)
+    index, _reused = _index(ctx, corpus, raft["index"]["chunk_tokens"], raft["index"]["overlap"], 0.05)
     rule = raft.get("distractors", "hard")
     items, skipped = eval_items(questions, index.chunks, int(raft["k"]), rule, spec.seed,
                                 retriever(index, raft["index"].get("retrieval_mode", "hybrid")) if rule == "hard" else None)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.masking import IGNORE_INDEX
+from core.runs.jobs import read_spec_dict
 from core.train.data import PadCollator, PreparedData, to_hf_dataset
 from core.train.distributed import all_ranks_sum, any_rank, trainer_distribution_kwargs
 from core.train.spec import TrainSpec
@@ -41,6 +42,15 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def resume_estimate_spec(run_dir: str | Path, more_steps: int = 0) -> dict:
+    """What core.runs.eta's `resume` estimate reads: the run folder (its own pace is in its metrics), the step of its
+    newest checkpoint (where a resume restarts) and its step target: the spec's, or `more_steps` past that checkpoint
+    ("train N more", the target core.train.continue_updates sets)."""
+    done = checkpoint_step(latest_checkpoint(Path(run_dir)))
+    target = {"max_steps": done + int(more_steps)} if more_steps else {}
+    return {**read_spec_dict(run_dir), "run_dir": str(run_dir), "from_step": done, **target}
 
 
 def checkpoint_step(path: Path | None) -> int:
