@@ -21,14 +21,13 @@ partial) and full fine-tuning, the preference objectives and GRPO, as a `train` 
 - `core.train.__main__`     `python -m core.train`: create a training run and run it in the foreground
 """
 from core.train.spec import TrainSpec, hardware_defaults
+from core.train.trainer import checkpoint_step, latest_checkpoint
 
 __all__ = ["TrainSpec", "hardware_defaults", "continue_updates"]
 
 
 def continue_updates(run_dir, more_steps: int) -> dict:
     """Spec changes that make a finished / stopped run train `more_steps` further from its last checkpoint."""
-    from core.train.trainer import checkpoint_step, latest_checkpoint
-
     if more_steps < 1:
         raise ValueError("more_steps: must be at least 1")
     done = checkpoint_step(latest_checkpoint(run_dir))

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from core.models import ModelSource
+from core.runs import create_run
 from core.runs.spec import spec_fields, spec_to_yaml
+from core.runs.worker import main as run_worker
 from core.train.spec import TrainSpec
 
 
@@ -36,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def spec_from_args(args: argparse.Namespace) -> TrainSpec:
-    from core.models import ModelSource
-
     data = {}
     if args.spec:
         loaded = yaml.safe_load(args.spec.read_text(encoding="utf-8")) or {}
@@ -62,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(spec_to_yaml(spec), end="")
         return 0
-    from core.runs import create_run
-    from core.runs.worker import main as run_worker
-
     run_dir = create_run(spec)
     print(f"run folder: {run_dir}", file=sys.stderr)
     return run_worker([str(run_dir)])

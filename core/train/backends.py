@@ -10,11 +10,14 @@ never in the process Unsloth has already patched.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from core.models import resolve_model_path
-from core.train.distributed import needs_quant_storage
+from core.models import load_model, resolve_model_path
+from core.runs.errors import is_out_of_memory
+from core.train.distributed import in_launched_process, needs_quant_storage
 from core.train.methods import attach_method, peft_config
 from core.train.spec import TrainSpec
 
@@ -97,8 +100,6 @@ class UnslothBackend(Backend):
         precision = choose_precision(spec, "cuda", hardware.bf16)
         import torch
 
-        from core.train.distributed import in_launched_process
-
         # One model per GPU under DDP (Unsloth's DDP guide): each rank loads onto the GPU it pinned.
         placement = {"device_map": {"": torch.cuda.current_device()}} if in_launched_process() else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
@@ -148,8 +149,6 @@ class HFBackend(Backend):
 
     def load(self, spec: TrainSpec, hardware: Any) -> tuple[Any, Any]:
         import torch
-
-        from core.models import load_model
 
         torch.manual_seed(spec.seed)
         precision = choose_precision(spec, hardware.device, hardware.bf16)
@@ -238,8 +237,6 @@ def load_with_fallback(backend: Backend, spec: TrainSpec, hardware: Any) -> tupl
         model, tokenizer = backend.load(spec, hardware)
         return model, tokenizer, backend, []
     except Exception as exc:  # noqa: BLE001
-        from core.runs.errors import is_out_of_memory
-
         if backend.name != "unsloth" or is_out_of_memory(exc):
             raise
         why = f"Unsloth failed to load or patch the model ({type(exc).__name__}: {_first_line(exc)})"
@@ -258,17 +255,12 @@ def fall_back(spec: TrainSpec, hardware: Any, why: str) -> Backend:
 
 def fallback_from_env() -> dict | None:
     """The fallback this process was relaunched for (FALLBACK_ENV), or None."""
-    import json
-    import os
-
     text = os.environ.get(FALLBACK_ENV)
     return json.loads(text) if text else None
 
 
 def fallback_backend(fallback: dict) -> tuple[Backend, list[str]]:
     """In the relaunched process: the backend named by the fallback, and the note for the log and the run card."""
-    import os
-
     backend = next(b for b in BACKENDS if b.name == fallback["backend"])
     return backend, [f"{fallback['reason']}: trained with the {backend.name} backend instead, in a fresh process "
                      f"(process {os.getpid()}, attempt {fallback['attempt']}; "

@@ -12,10 +12,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.data.formats import resolve_data_path
+from core.data.formats import DatasetLoadError, load_dataset_file, resolve_data_path
 from core.data.lint import LintReport, lint_dataset
-from core.data.masking import IGNORE_INDEX, EncodedRow, MaskingError, encode_conversations, encode_text, inference_prompt_ids, pack_bins
+from core.data.masking import (
+    IGNORE_INDEX,
+    EncodedRow,
+    MaskingError,
+    encode_conversation,
+    encode_conversations,
+    encode_text,
+    inference_prompt_ids,
+    pack_bins,
+)
+from core.data.preference import check_preferences, encode_pair, load_preference_file
+from core.data.replay import SHIPPED, ReplayError, mix, needs_answers
 from core.data.summary import inference_format
+from core.data.templates import chat_template_text, load_template, propose_template
+from core.train.methods import objective_info
 from core.train.spec import TrainSpec
 
 LINT_SAMPLE = 2000
@@ -108,8 +121,6 @@ def manifest_sha256(path: Path) -> str | None:
 
 
 def load_rows(text: str) -> Any:
-    from core.data.formats import DatasetLoadError, load_dataset_file
-
     path = data_file(text)
     try:
         loaded = load_dataset_file(path)
@@ -123,8 +134,6 @@ def load_rows(text: str) -> Any:
 def choose_chat_template(name: str, tokenizer: Any) -> tuple[str | None, dict]:
     """(template text or None for the tokenizer's own, what was chosen and why). A tokenizer without a template
     (a base model) gets the shipped template its special tokens point to, instead of failing to encode."""
-    from core.data.templates import chat_template_text, load_template, propose_template
-
     try:
         text = chat_template_text(name)
     except ValueError as exc:
@@ -186,8 +195,6 @@ def add_replay(split: EncodedSplit, tokenizer: Any, spec: TrainSpec, chat_templa
 
     'general' replays the base model's own answers (core.data.replay.resolve_source). estimate=True (the pre-flight,
     before the job has generated them): counted on the shipped set, and the record says so."""
-    from core.data.replay import SHIPPED, ReplayError, mix, needs_answers
-
     model = spec.replay_model_source
     pending = needs_answers(spec.replay_dataset, model)
     if pending and estimate:
@@ -291,9 +298,6 @@ def _trl_row(row: dict) -> dict:
 def preference_split(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat_template: str | None) -> EncodedSplit:
     """Conversational rows for TRL, counted through the one masking function (encode_pair / encode_conversation):
     tokens, trained (answer) tokens, rows cut at max_length, rows the template cannot render (left out)."""
-    from core.data.masking import MaskingError, encode_conversation
-    from core.data.preference import encode_pair
-
     split = EncodedSplit(features=[], n_rows=len(rows))
     for row in rows:
         try:
@@ -320,10 +324,6 @@ def preference_split(rows: Sequence[dict], tokenizer: Any, spec: TrainSpec, chat
 def prepare_preference_data(spec: TrainSpec, tokenizer: Any) -> PreparedData:
     """Load a preference file (core.data.preference), check it, split it and count it; rows stay conversational (TRL
     tokenises them: see core.train.trainer.build_preference_trainer). Raises DataError naming the file and rows."""
-    from core.data.formats import DatasetLoadError
-    from core.data.preference import check_preferences, load_preference_file
-    from core.train.methods import objective_info
-
     info = objective_info(spec.objective)
     path = data_file(spec.dataset)
 

@@ -20,6 +20,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from core.train.spec import TrainSpec
 from core.workspace import read_json
 
@@ -90,8 +92,6 @@ def _installed(name: str) -> str | None:
 
 
 def _older(have: str, need: str) -> bool:
-    from packaging.version import Version
-
     try:
         return Version(have) < Version(need)
     except Exception:  # noqa: BLE001 - an unparseable local version is taken as new enough

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import yaml
 
 from core.train.distributed import deepspeed_config, fsdp_trainer_config, strategy_label
 from core.train.spec import TrainSpec
-from core.workspace import REPO_ROOT
+from core.workspace import REPO_ROOT, atomic_write_text
 
 LAUNCH_DIR = "launch"
 RANK_MODULE = "core.train.rank"
@@ -247,8 +248,6 @@ def ray_script(spec: TrainSpec, run_dir: str | Path, hardware: Any) -> str:
 
 def loopback_interface() -> str:
     """The name of this machine's loopback interface ("lo" on Linux, "lo0" on macOS)."""
-    import socket
-
     try:
         names = [name for _, name in socket.if_nameindex()]
     except OSError:
@@ -297,8 +296,6 @@ def launch_files(spec: TrainSpec, run_dir: str | Path, hardware: Any, port: int 
 
 
 def write_launch_files(spec: TrainSpec, run_dir: str | Path, hardware: Any, port: int | None = None) -> dict[str, Path]:
-    from core.workspace import atomic_write_text
-
     folder = Path(run_dir) / LAUNCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = {}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from core.data.formats import list_workspace_datasets, workspace_dataset_path
+from core.models import ModelSource
 from core.runs.card import source_run_of
 from core.runs.metrics import metric_series, whole_run_figures
 from core.runs.status import state_label
@@ -22,8 +24,6 @@ DEMO_PAIRS_LABEL = "Demo: support ticket pairs (200, for DPO / ORPO / SimPO / KT
 
 def dataset_choices() -> dict[str, str]:
     """Label -> dataset field value: the demo, then the curated workspace datasets."""
-    from core.data.formats import list_workspace_datasets, workspace_dataset_path
-
     choices = {DEMO_LABEL: DEMO_DATASET, DEMO_PAIRS_LABEL: DEMO_PAIRS_DATASET}
     for name in list_workspace_datasets():
         choices[f"Workspace: {name}"] = str(workspace_dataset_path(name).parent)
@@ -31,8 +31,6 @@ def dataset_choices() -> dict[str, str]:
 
 
 def _model_label(model: dict) -> str:
-    from core.models import ModelSource
-
     try:
         return ModelSource.from_dict(model).label
     except (TypeError, ValueError):

@@ -13,8 +13,13 @@ Not here, on purpose: bottleneck adapters (Houlsby / Pfeiffer). The `adapters` l
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from core.memory import arch_from_source, bias_params
+from core.models import ModelLoadError, apply_adapter, module_names
 
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 
@@ -89,9 +94,6 @@ def merge_refusal(method: str) -> str | None:
 
 def adapter_merge_refusal(adapter_dir: Any) -> str | None:
     """The same, read from an adapter folder's adapter_config.json (for Merge / export of any adapter)."""
-    import json
-    from pathlib import Path
-
     path = Path(adapter_dir) / "adapter_config.json"
     try:
         peft_type = str(json.loads(path.read_text()).get("peft_type", "")).upper()
@@ -106,8 +108,6 @@ def adapter_merge_refusal(adapter_dir: Any) -> str | None:
 
 def method_refusal(spec: Any, arch: Any) -> str | None:
     """Why `spec.method` cannot train this architecture (a core.memory.ModelArch), or None."""
-    from core.memory import bias_params
-
     if spec.method == "bitfit" and bias_params(arch) == 0:
         return (f"method: BitFit trains only bias terms, and {arch.name} ({arch.model_type}) has none in its linear layers "
                 "(Llama-family models are built without biases). Choose (IA)³ for a similarly tiny trainable set, or a "
@@ -135,9 +135,6 @@ def target_modules_refusal(targets: list[str], names: tuple[str, ...]) -> str | 
 
 def method_refusal_for(spec: Any) -> str | None:
     """The same for a TrainSpec, from its model's config only (never the weights)."""
-    from core.memory import arch_from_source
-    from core.models import ModelLoadError, module_names
-
     try:
         arch = arch_from_source(spec.model_source)
     except (ModelLoadError, ValueError, OSError):
@@ -187,8 +184,6 @@ def attach_method(model: Any, spec: Any, tokenizer_path: str | None = None) -> A
     if method_info(spec.method).peft:
         init = getattr(spec, "init_adapter_path", None)
         if init is not None:  # continue an earlier run: its adapter, loaded trainable, is the start (and DPO's reference)
-            from core.models import ModelLoadError, apply_adapter
-
             try:
                 return apply_adapter(model, init, trainable=True)
             except ModelLoadError as exc:

@@ -28,16 +28,18 @@ from typing import Any
 from core.runs.errors import explain_failure, format_traceback
 from core.runs.jobs import JobContext, parse_spec, read_spec_dict
 from core.runs.metrics import append_metrics
-from core.runs.status import METRICS_FILE, RunStatus, StatusKeeper, read_raw_status
+from core.runs.status import METRICS_FILE, RunStatus, StatusKeeper, pid_alive, read_raw_status
 from core.train.distributed import (
     RESULT_FILE,
     STOP_FILE,
+    SUPERVISOR_ENV,
     RankInfo,
     rank_log,
     rank_record_path,
     ranks_dir,
     supervised,
 )
+from core.train.job import run as run_train
 from core.workspace import atomic_write_json
 
 # Fields of a metrics row a rank's own record keeps (its local view: tokens/s of this rank, its device's memory).
@@ -148,8 +150,6 @@ def run_rank(run_dir: str | Path) -> int:
              info.node_rank, socket.gethostname(), os.getpid())
     try:
         _pin_device(info)
-        from core.train.job import run as run_train
-
         result = run_train(ctx) or {}
         state = "stopped" if ctx.stop_requested else "succeeded"
         if info.is_main:
@@ -173,9 +173,6 @@ def run_rank(run_dir: str | Path) -> int:
 
 
 def _supervisor_alive() -> bool:
-    from core.runs.status import pid_alive
-    from core.train.distributed import SUPERVISOR_ENV
-
     pid = os.environ.get(SUPERVISOR_ENV)
     return not pid or pid_alive(int(pid))
 

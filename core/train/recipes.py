@@ -8,10 +8,12 @@ parent that fails or is stopped fails the DPO run with the reason.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from core.runs import create_run, launch
 from core.runs.spec import spec_to_dict
 from core.train.spec import TrainSpec, hardware_defaults
 
@@ -53,10 +55,6 @@ def demo_sft_dpo_specs(model: dict, hardware: Any, *, sft_changes: dict | None =
 def create_sft_dpo(sft: TrainSpec, dpo_fields: dict) -> tuple[Path, Path]:
     """Both run folders (state `created`): the DPO run continues from the SFT run by its id. A DPO spec the rules
     refuse leaves no half chain behind: the SFT folder is removed again."""
-    import shutil
-
-    from core.runs import create_run
-
     sft_dir = create_run(sft)
     try:
         dpo_dir = create_run(TrainSpec.from_dict({**dpo_fields, "init_adapter": sft_dir.name}))
@@ -68,8 +66,6 @@ def create_sft_dpo(sft: TrainSpec, dpo_fields: dict) -> tuple[Path, Path]:
 
 def launch_sft_dpo(sft: TrainSpec, dpo_fields: dict) -> tuple[Path, Path]:
     """Create both runs and start both workers; the DPO worker waits for the SFT run (see the module doc)."""
-    from core.runs import launch
-
     sft_dir, dpo_dir = create_sft_dpo(sft, dpo_fields)
     launch(sft_dir)
     launch(dpo_dir)

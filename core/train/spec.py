@@ -12,11 +12,18 @@ from typing import Any, ClassVar
 
 from core.data.formats import resolve_data_path
 from core.data.masking import POLICIES, REASONING_MODES
+from core.data.preference import sniff_preference_format
+from core.models import ModelSource
 from core.rewards import RewardSpec
+from core.runs.card import source_run_of
+from core.runs.jobs import read_spec_dict
 from core.runs.spec import RunSpec, meta
+from core.runs.status import read_status
 from core.train.methods import DPO_LOSS_TYPES, GRPO_LOSS_TYPES, LORA_FIELDS, merge_refusal, method_info
 from core.train.methods import METHODS as METHOD_TABLE
 from core.train.methods import OBJECTIVES as OBJECTIVE_TABLE
+from core.train.tracking import TRACKERS
+from core.workspace import runs_dir
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
 OBJECTIVES: tuple[str, ...] = tuple(OBJECTIVE_TABLE)
@@ -392,8 +399,6 @@ class TrainSpec(RunSpec):
         if self.replay_fraction > 0 and not str(self.replay_dataset).strip():
             raise ValueError("replay_dataset: name the replay data ('general' for the shipped set, or a file)")
         if self.replay_answered_by:
-            from core.models import ModelSource
-
             try:
                 ModelSource.from_dict(self.replay_answered_by)
             except (TypeError, ValueError) as exc:
@@ -411,8 +416,6 @@ class TrainSpec(RunSpec):
             raise ValueError(f"merge_after: {merge_refusal(self.method)}")
         if self.prompt_init_text.strip() and self.method != "prompt_tuning":
             raise ValueError("prompt_init_text: only prompt tuning starts from a text; clear it or choose method prompt_tuning")
-        from core.train.tracking import TRACKERS
-
         unknown = [t for t in self.report_to if t not in TRACKERS]
         if unknown:
             raise ValueError(f"report_to: unknown tracker(s) {', '.join(unknown)} (choose from {', '.join(TRACKERS)})")
@@ -485,8 +488,6 @@ class TrainSpec(RunSpec):
 
     def preference_format(self) -> str | None:
         """"preference" / "unpaired" / "none" for the dataset file, or None when it cannot be read here (yet)."""
-        from core.data.preference import sniff_preference_format
-
         path = resolve_data_path(self.dataset)
         if path.is_dir() and (path / "data.jsonl").is_file():
             path = path / "data.jsonl"
@@ -520,8 +521,6 @@ class TrainSpec(RunSpec):
             raise ValueError(f"fault_injection: rank {self.fault_rank} does not exist in a run of {self.world_size} processes")
 
     def _check_model(self) -> None:
-        from core.models import ModelSource
-
         if not isinstance(self.model, dict):
             raise ValueError(f"model: expected a mapping like {{kind: embedded}}, got {self.model!r}")
         try:
@@ -534,15 +533,11 @@ class TrainSpec(RunSpec):
     # ---------------------------------------------------------------- helpers
     @property
     def model_source(self):
-        from core.models import ModelSource
-
         return ModelSource.from_dict(self.model)
 
     @property
     def replay_model_source(self):
         """Whose answers replay 'general' rehearses: replay_answered_by, else the base model."""
-        from core.models import ModelSource
-
         return ModelSource.from_dict(self.replay_answered_by) if self.replay_answered_by else self.model_source
 
     @property
@@ -581,8 +576,6 @@ class TrainSpec(RunSpec):
 
 def resolve_init_adapter(text: str) -> Path:
     """init_adapter as typed: a run id (its adapter/ folder), a run folder, or an adapter folder; ValueError naming it."""
-    from core.workspace import runs_dir
-
     text = str(text).strip()
     candidates = [Path(text).expanduser()]
     if "/" not in text:
@@ -593,8 +586,6 @@ def resolve_init_adapter(text: str) -> Path:
                 return folder.resolve()
     run = init_adapter_run(text)
     if run is not None:  # a train run of this workspace that has not written its adapter yet (the SFT of an SFT -> DPO chain)
-        from core.runs.status import read_status
-
         status = read_status(run)
         if not status.is_final:
             return (run / "adapter").resolve()  # the worker waits for the run to succeed (TrainSpec.waits_for)
@@ -605,10 +596,6 @@ def resolve_init_adapter(text: str) -> Path:
 
 def init_adapter_run(text: str) -> Path | None:
     """The train run folder of this workspace that init_adapter names (its id, its folder or its adapter/ path), or None."""
-    from core.runs.card import source_run_of
-    from core.runs.jobs import read_spec_dict
-    from core.workspace import runs_dir
-
     text = str(text).strip()
     run_id = text if text and "/" not in text else source_run_of(text) if text else None
     folder = runs_dir() / run_id if run_id else None
