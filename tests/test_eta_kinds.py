@@ -50,6 +50,15 @@ def test_export_is_fitted_on_parameters_across_models_and_formats_are_a_variant(
     assert estimate("export", {**EXPORT, "source_run": "/runs/new"}, finished).units is None, "the page must count the parameters"
 
 
+def test_a_spec_yaml_that_leaves_fields_out_is_compared_with_their_defaults():
+    # measured: a hand-written spec (kind, model, formats) exported the embedded model twice, and the second got no
+    # estimate, because the page's full spec (merged_dtype, validate, ... at their defaults) did not match the short one
+    short = _summary("export", {"model": {"kind": "embedded"}, "formats": EXPORT["formats"]}, 40, {"parameters": 1000})
+    found = estimate("export", {**EXPORT, "model": {"kind": "embedded"}}, [short], rows=2000)
+    assert len(found.measured) == 1 and found.seconds == pytest.approx(80, rel=0.01)
+    assert not estimate("export", {**EXPORT, "validate": False}, [short], rows=2000).measured, "a field set otherwise still differs"
+
+
 def test_the_export_job_records_the_parameters_it_converted(workspace, tiny_llama_dir):
     from inprocess import run_succeeded
 

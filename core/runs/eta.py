@@ -21,6 +21,7 @@ running jobs account for), because every estimate assumes the cores are the job'
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any, Callable
 
+from core.runs.jobs import JOBS
 from core.runs.metrics import read_all_metrics, run_segments
 from core.runs.status import METRICS_FILE, RunStatus, read_status
 from core.workspace import REPO_ROOT
@@ -209,10 +211,25 @@ def job_size(kind: str, spec: dict, rows: int | None = None, result: dict | None
 
 
 def speed_key(kind: str, spec: dict) -> str:
-    """What must match for one run's speed to predict another's: the kind, the model, the variant."""
+    """What must match for one run's speed to predict another's: the kind, the model, the variant. A field the spec
+    leaves out counts as its default (a spec.yaml written by hand or by `create_run_from_dict` holds only what it set)."""
     size = SIZES[kind]
-    picked = {k: spec.get(k) for k in size.model_keys + size.variant_keys}
+    defaults = _spec_defaults(kind)
+    picked = {k: spec.get(k, defaults.get(k)) for k in size.model_keys + size.variant_keys}
     return kind + ":" + json.dumps(picked, sort_keys=True, default=str)
+
+
+def _spec_defaults(kind: str) -> dict:
+    """The kind's spec dataclass defaults (read from its fields: nothing is validated or loaded); {} for a pseudo-kind."""
+    if kind not in JOBS:
+        return {}
+    found = {}
+    for item in dataclasses.fields(JOBS[kind].spec_class()):
+        if item.default is not dataclasses.MISSING:
+            found[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            found[item.name] = item.default_factory()
+    return found
 
 
 @dataclass(frozen=True)
