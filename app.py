@@ -1,9 +1,11 @@
 """Post-Training Workbench: `streamlit run app.py` (or `make run`)."""
+# pandas and transformers are imported once here, before any page or background thread: neither is safe to import for
+# the first time from two threads at once, and Streamlit runs each session's script and the data check on threads of
+# their own. transformers' lazy package raises "cannot import name 'AutoTokenizer'"; pandas, which plotly and
+# st.dataframe import on first use, deadlocks on pandas.core.frame (a browser journey failed on it: "partially
+# initialized module 'pandas'"). Everything after these lines only looks names up.
+import pandas  # noqa: F401
 import streamlit as st
-
-# Imported once here, before any page or background thread: transformers' lazy package is not safe to import for the first
-# time from two threads at once ("cannot import name 'AutoTokenizer'"), and Streamlit runs each script and the data check
-# on threads of their own. Everything after this line only looks names up.
 import transformers  # noqa: F401
 
 from core.serving import check_address
