@@ -1,26 +1,20 @@
-"""The RAG / RAFT jobs end to end through the real worker: index + recall, the RAFT builder (file questions and
-generated ones), and the RAFT evaluation on a tiny model with real PEFT adapters."""
+"""The RAG / RAFT jobs end to end through the worker's code (in this process: the worker process is not what these test):
+index + recall, the RAFT builder (file questions and generated ones), and the RAFT evaluation on a tiny model with real
+PEFT adapters."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
 from core.rag.evaluation import CONDITIONS
 from core.rag.spec import RaftEvalSpec, RaftSpec, RagIndexSpec
-from core.runs import create_run, launch, read_status
-from core.runs import wait as wait_for
+from core.runs import read_status
 from core.runs.jobs import read_result
 
 pytestmark = pytest.mark.slow
-
-
-def run_job(spec, timeout: float = 600):
-    run_dir = create_run(spec)
-    launch(run_dir)
-    status = wait_for(run_dir, timeout=timeout)
-    return run_dir, status
 
 
 def make_adapter(base_dir: Path, folder: Path, *, trained: bool, seed: int) -> Path:
@@ -37,13 +31,13 @@ def make_adapter(base_dir: Path, folder: Path, *, trained: bool, seed: int) -> P
 
 
 def test_index_job_measures_recall_for_each_mode(workspace):
-    run_dir, status = run_job(RagIndexSpec(top_k=5))
+    run_dir, status = run_in_process(RagIndexSpec(top_k=5))
     assert status.state == "succeeded", status.error
     result = read_result(run_dir)
     assert result["index"]["chunks"] == 79 and result["questions"]["with_gold"] == 150
     for mode in ("dense", "bm25", "hybrid"):
         assert result["retrieval"][mode]["recall@5"] >= 0.97 and result["retrieval"][mode]["n"] == 150
-    again, status = run_job(RagIndexSpec(top_k=5, questions=""))
+    again, status = run_in_process(RagIndexSpec(top_k=5, questions=""))
     assert status.state == "succeeded" and read_result(again)["folder"] == result["folder"]
 
 
@@ -51,7 +45,7 @@ def test_raft_builder_writes_a_chat_dataset_the_train_and_template_pages_read(wo
     from core.data.formats import list_workspace_datasets, load_dataset_file
 
     spec = RaftSpec(name="hb-raft", model={"kind": "local", "ref": str(tiny_llama_dir)}, k=3, distractor_only_fraction=0.3, seed=5)
-    run_dir, status = run_job(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     folder = workspace / "datasets" / "hb-raft"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -68,7 +62,7 @@ def test_raft_builder_writes_a_chat_dataset_the_train_and_template_pages_read(wo
     held = [json.loads(line) for line in (folder / "heldout.jsonl").read_text().splitlines()]
     trained_questions = {r["question"] for r in map(json.loads, (folder / "raft.jsonl").read_text().splitlines())}
     assert len(held) == 30 and not {q["question"] for q in held} & trained_questions
-    _, again = run_job(spec)
+    _, again = run_in_process(spec)
     assert again.state == "failed" and "already exists" in again.error
 
 
@@ -77,7 +71,7 @@ def test_raft_builder_with_generated_questions_reports_what_it_rejected(workspac
     writer = {"kind": "local", "ref": str(tiny_llama_dir)}
     spec = RaftSpec(name="gen", question_source="generate", question_model=writer, max_chunks=3, max_new_tokens=12, also_sft=False)
     assert spec.question_source_model.ref == str(tiny_llama_dir) and RaftSpec(model=writer).question_source_model.ref == str(tiny_llama_dir)
-    run_dir, status = run_job(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "failed" and "no usable questions" in status.error  # a random 2-layer model writes no JSON
     assert "no JSON object" in status.error or "answer not found" in status.error
     log = (run_dir / "worker.log").read_text()
@@ -85,14 +79,14 @@ def test_raft_builder_with_generated_questions_reports_what_it_rejected(workspac
 
 
 def test_raft_evaluation_compares_base_sft_and_raft_under_both_conditions(workspace, tiny_llama_dir, tmp_path):
-    _, built = run_job(RaftSpec(name="ev", k=3, model={"kind": "local", "ref": str(tiny_llama_dir)}, also_sft=False))
+    _, built = run_in_process(RaftSpec(name="ev", k=3, model={"kind": "local", "ref": str(tiny_llama_dir)}, also_sft=False))
     assert built.state == "succeeded", built.error
     sft = make_adapter(tiny_llama_dir, tmp_path / "sft", trained=True, seed=1)
     raft = make_adapter(tiny_llama_dir, tmp_path / "raft", trained=True, seed=2)
     base = {"kind": "local", "ref": str(tiny_llama_dir)}
     spec = RaftEvalSpec(dataset="ev", base=base, sft_model=str(sft), raft_model=str(raft), samples=4, max_new_tokens=6,
                         bootstrap_samples=50)
-    run_dir, status = run_job(spec)
+    run_dir, status = run_in_process(spec)
     assert status.state == "succeeded", status.error
     report = read_result(run_dir)
     assert report["n"] == 4 and [m["role"] for m in report["models"]] == ["base", "sft", "raft"]
