@@ -7,10 +7,12 @@ a `.gguf` file, each optionally with a PEFT adapter folder on top.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import importlib.util
 import json
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -286,19 +288,83 @@ def module_names(source: ModelSource) -> tuple[str, ...]:
 
 
 def load_tokenizer(source: ModelSource) -> Any:
-    from transformers import AutoTokenizer
-
     if source.kind == "gguf":
         path = Path(source.ref).expanduser()
         _check_gguf_file(path)
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return tokenizer_from_folder(path.parent, gguf_file=path.name)
     path = resolve_model_path(source, weights=False)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=source.trust_remote_code)
+        tokenizer = tokenizer_from_folder(path, trust_remote_code=source.trust_remote_code)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"Could not load the tokenizer from {path}: {exc}") from exc
     _ensure_pad_token(tokenizer)
     return tokenizer
+
+
+# Tokenizers loaded in this process: (folder, its files' (name, size, mtime), kwargs) -> (snapshot, backend JSON).
+# A job loads the same folder several times (data preparation, each model load, the GGUF vocabulary); Llama 3's
+# 128k-token tokenizer costs seconds each (transformers json-decodes tokenizer.json in Python, then Rust parses it
+# again). A hit rebuilds only the Rust backend from the saved JSON: about half a load, and an independent object.
+_TOKENIZER_CACHE: dict[tuple, tuple[Any, str]] = {}
+_TOKENIZER_CACHE_SIZE = 4
+_TOKENIZER_CACHE_LOCK = threading.Lock()
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
+_NO_BACKEND = object()  # stands in for the Rust backend inside a cached snapshot
+
+
+def _tokenizer_files_key(folder: Path, gguf_file: str | None) -> tuple:
+    """(name, size, mtime_ns) of every non-weight file of the folder (one level of sub-folders, e.g.
+    additional_chat_templates/), and of the GGUF file a tokenizer is read from: any change means a fresh load."""
+    entries = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        children = sorted(path.iterdir()) if path.is_dir() else [path]
+        for child in children:
+            if child.is_file() and (not child.name.endswith(_WEIGHT_SUFFIXES) or child.name == gguf_file):
+                stat = child.stat()
+                entries.append((str(child.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+def tokenizer_from_folder(folder: str | Path, **kwargs: Any) -> Any:
+    """AutoTokenizer.from_pretrained(folder, **kwargs), each call an independent object (callers set pad tokens and
+    chat templates on what they get); a repeated load of an unchanged folder in this process rebuilds it from a cache."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder).expanduser().resolve()
+    options = tuple(sorted((k, v) for k, v in kwargs.items() if v not in (None, False)))  # False / None: the defaults
+    key = (str(folder), _tokenizer_files_key(folder, kwargs.get("gguf_file")), options)
+    with _TOKENIZER_CACHE_LOCK:
+        cached = _TOKENIZER_CACHE.get(key)
+    if cached is not None:
+        return _rebuild_tokenizer(*cached)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    snapshot = _tokenizer_snapshot(tokenizer)
+    if snapshot is not None:
+        with _TOKENIZER_CACHE_LOCK:
+            for stale in [k for k in _TOKENIZER_CACHE if (k[0], k[2]) == (key[0], key[2])]:  # an older version of the folder
+                del _TOKENIZER_CACHE[stale]
+            _TOKENIZER_CACHE[key] = snapshot
+            while len(_TOKENIZER_CACHE) > _TOKENIZER_CACHE_SIZE:
+                del _TOKENIZER_CACHE[next(iter(_TOKENIZER_CACHE))]
+    return tokenizer
+
+
+def _tokenizer_snapshot(tokenizer: Any) -> tuple[Any, str] | None:
+    """A copy of the Python side sharing nothing with `tokenizer` (its backend left out) + the backend as JSON;
+    None for a tokenizer without a `tokenizers` backend (a slow / remote-code one): it is not cached."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    try:
+        return copy.deepcopy(tokenizer, {id(backend): _NO_BACKEND}), backend.to_str()
+    except Exception:  # noqa: BLE001 - an object deepcopy cannot copy: load it every time instead
+        return None
+
+
+def _rebuild_tokenizer(snapshot: Any, backend_json: str) -> Any:
+    from tokenizers import Tokenizer
+
+    return copy.deepcopy(snapshot, {id(_NO_BACKEND): Tokenizer.from_str(backend_json)})
 
 
 def _ensure_pad_token(tokenizer: Any) -> None:
@@ -359,9 +425,7 @@ def load_model(
 
 
 def _embedded_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = tokenizer_from_folder(path)
     _ensure_pad_token(tokenizer)
     return tokenizer
 

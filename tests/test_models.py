@@ -128,3 +128,41 @@ def test_source_parse_and_roundtrip():
     assert ModelSource.from_dict(src.as_dict()) == src
     with pytest.raises(ValueError):
         ModelSource("local", "")
+
+
+def test_repeated_tokenizer_loads_are_independent_and_a_changed_file_is_re_read(tiny_llama_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from core import models
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for path in tiny_llama_dir.iterdir():
+        if path.is_file() and not path.name.endswith(".safetensors"):
+            shutil.copy(path, folder / path.name)
+    reads = []
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    source = ModelSource("local", str(folder))
+    first, second = load_tokenizer(source), load_tokenizer(source)
+    assert len(reads) == 1 and first is not second and first.backend_tokenizer is not second.backend_tokenizer
+    text = "Hello there <|im_end|> général"
+    assert second(text)["input_ids"] == first(text)["input_ids"] and second.pad_token == first.pad_token
+    first.chat_template, first.pad_token = "{{ 'changed' }}", "<|im_start|>"
+    first.add_tokens(["zzqqxx-new-token"])
+    third = load_tokenizer(source)
+    assert len(reads) == 1  # still from the cache, and none of the changes to `first` leaked into it
+    for other in (second, third):
+        assert other.chat_template != first.chat_template and other.pad_token != first.pad_token
+        assert len(other) == len(first) - 1 and other.convert_tokens_to_ids("zzqqxx-new-token") != first.convert_tokens_to_ids(
+            "zzqqxx-new-token")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 12345
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    changed = load_tokenizer(source)
+    assert len(reads) == 2 and changed.model_max_length == 12345
+    models.tokenizer_from_folder(folder, trust_remote_code=False)  # the default spelled out: the same cached entry
+    assert len(reads) == 2

@@ -25,6 +25,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Callable
 
+from core.models import tokenizer_from_folder
 from core.workspace import fault_point
 
 # HF architecture name -> (gguf arch name, undo the q/k permutation?)
@@ -466,9 +467,8 @@ def pre_tokenizer_name(tokenizer: Any) -> str:
 def bpe_vocab(model_dir: Path, config: dict) -> tuple[list[str], list[int], str]:
     """llama.cpp's get_vocab_base: every id's token text and type (normal / control / user-defined / unused)."""
     import gguf
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = tokenizer_from_folder(model_dir)
     vocab = tokenizer.get_vocab()
     vocab_size = int(config.get("vocab_size") or len(vocab))
     if max(vocab.values()) >= vocab_size:

@@ -279,15 +279,13 @@ class Exporter:
         self._record(qtype, target, seconds, self._gguf_checks(target, quantized=True, min_agreement=None))
 
     def _modelfile(self) -> None:
-        from transformers import AutoTokenizer
-
         started = time.perf_counter()
         ggufs = [a for a in self.artifacts if a["kind"].startswith("gguf_") or a["kind"] in llamacpp.QUANT_TYPES]
         if not ggufs:
             self.notes.append("Modelfile: no GGUF was written to point it at (choose a GGUF format)")
             return
         preferred = next((a for kind in ("gguf_q8_0", "Q4_K_M", "gguf_f16") for a in ggufs if a["kind"] == kind), ggufs[0])
-        tokenizer = self.tokenizer or AutoTokenizer.from_pretrained(self.merged_dir)
+        tokenizer = self.tokenizer or models.tokenizer_from_folder(self.merged_dir)
         add_bos = _gguf_adds_bos(Path(preferred["path"]))
         anatomy, reason = None, ""
         try:
