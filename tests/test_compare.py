@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from inprocess import run_in_process
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 
 from core import runs
 from core.compare.features import FeatureError, feature_baseline, fit_and_score, label_of, load_labelled
@@ -113,7 +114,7 @@ def test_table_chart_and_chapter_check():
 
 
 @pytest.mark.slow
-def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_llama_dir, ticket_files):
+def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_llama_dir, ticket_files, jobs_inline):
     train, test = ticket_files
     spec = MethodComparisonSpec(name="tiny", model={"kind": "local", "ref": str(tiny_llama_dir)},
                                 dataset=str(train), eval_dataset=str(test),
@@ -142,3 +143,4 @@ def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_
     children = json.loads((run_dir / "children.json").read_text())
     assert read_status(Path(children["lora"])).kind == "train" and read_status(Path(children["evaluate"])).state == "succeeded"
     assert [r["method"] for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE)] == ["lora", "prompt_tuning", "bitfit"]
+    assert len(jobs_inline) == 5, "its children ran in this process (4 trains/features and the evaluation)"
