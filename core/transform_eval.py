@@ -21,7 +21,7 @@ from core.evaluate.task import TaskDataError, load_task
 from core.models import ModelSource
 from core.runs.card import source_run_of
 from core.runs.jobs import JobContext, parse_spec, read_result, read_spec_dict, result_path
-from core.runs.spec import write_spec
+from core.runs.spec import spec_to_dict, write_spec
 from core.workspace import REPO_ROOT, runs_dir
 
 EVAL_DIR = "eval"
@@ -133,8 +133,10 @@ def eval_spec(reference: ModelSource, variants: list[tuple[str, ModelSource]], r
 
 def evaluate_variants(reference: ModelSource, variants: list[tuple[str, ModelSource]], ctx: JobContext, *, rows: int = 20,
                       progress_span: tuple[float, float] = (0.0, 1.0), subdir: str = EVAL_DIR,
-                      on_model: Callable[[dict], None] | None = None, task_dataset: str = "") -> dict:
-    """Run core.evaluate's job on `reference` (as the base) and the variants; returns its report dict."""
+                      on_model: Callable[[dict], None] | None = None, task_dataset: str = "", reuse: bool = False) -> dict:
+    """Run core.evaluate's job on `reference` (as the base) and the variants; returns its report dict. reuse: a report
+    that `subdir` already holds from the same evaluate spec is returned instead (a job started again on models it made
+    before and kept)."""
     low, high = progress_span
     data = eval_spec(reference, variants, rows, name=f"{ctx.run_dir.name}-{subdir}", task_dataset=task_dataset)
     sub = _SubContext(
@@ -146,6 +148,10 @@ def evaluate_variants(reference: ModelSource, variants: list[tuple[str, ModelSou
         _stop=lambda: ctx.stop_requested,
         on_metrics=on_model,
     )
+    done = sub.read_result(default={}) if reuse else {}
+    if done and done.get("spec") == spec_to_dict(sub.spec):
+        ctx.log.info("scoring: the report in %s/ is of the same models and settings; kept", subdir)
+        return done
     write_spec(sub.run_dir, sub.spec)  # the sub-folder is a readable evaluate run of its own
     run_evaluation(sub)
     return sub.read_result(default={})

@@ -241,6 +241,23 @@ def test_logit_and_on_policy_refuse_a_student_with_another_tokenizer(workspace, 
     assert not json.loads((tmp_path / "run" / "tokenizer_check.json").read_text())["compatible"]
 
 
+def test_generalized_jsd_is_trls_over_the_labelled_positions_alone():
+    """The held-out JSD hands TRL only the labelled positions: the same mean as TRL's own masking, blind to the rest."""
+    from core.train.gkd import _gkd, generalized_jsd
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, -100, -100]])
+    for beta in (0.0, 0.5, 1.0):
+        expected = _gkd().GKDTrainer.generalized_jsd_loss(student, teacher, labels=labels, beta=beta)
+        assert float(generalized_jsd(student, teacher, labels, beta)) == pytest.approx(float(expected), rel=1e-5)
+        assert float(expected) > 0
+    noisy = student.clone()
+    noisy[labels == -100] = 50 * torch.randn(6, 11)  # what sits at unlabelled positions changes nothing
+    assert float(generalized_jsd(noisy, teacher, labels, 0.5)) == pytest.approx(float(generalized_jsd(student, teacher, labels, 0.5)))
+    assert float(generalized_jsd(student, teacher, torch.full((2, 5), -100), 0.5)) == 0.0  # nothing labelled: 0, as TRL
+
+
 @pytest.mark.slow
 def test_on_policy_distillation_runs_through_gkd_and_lowers_its_loss(workspace, tmp_path, embedded_tokenizer, tiny_llama_dir):
     from core.data.replay import SHIPPED_FILE
@@ -308,6 +325,7 @@ def test_the_comparison_trains_every_variant_at_a_matched_budget_and_scores_it(w
     run(context(tmp_path / "cmp", spec))
     again = json.loads((tmp_path / "cmp" / "timings.json").read_text())
     assert again["logit"] - timings["logit"] < 1.0 and again["sequence-level"] - timings["sequence-level"] < 1.0
+    assert again["evaluation"] - timings["evaluation"] < 1.0  # nor scoring the same students again
 
 
 def test_replay_verdict_needs_a_task_gain_to_call_it_kept():

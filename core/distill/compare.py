@@ -184,7 +184,7 @@ def distill(ctx: JobContext, spec: DistillCompareSpec, init: Path, method: str, 
 def score(ctx: JobContext, spec: DistillCompareSpec, init: Path, made: list[dict]) -> dict:
     variants = [(UNTRAINED, ModelSource("local", str(init)))] + [(m["student"], ModelSource("local", m["folder"])) for m in made]
     report = evaluate_variants(spec.teacher_source, variants, ctx, rows=spec.eval_rows, progress_span=(0.8, 1.0), subdir=EVAL_DIR,
-                               task_dataset=spec.eval_dataset)
+                               task_dataset=spec.eval_dataset, reuse=True)  # started again, the students it scored are the same
     if not report:
         raise JobError("the evaluation of the students did not finish")
     return report
