@@ -1,10 +1,12 @@
 """AppTest of the Distill page: the three variants ("which one when"), the temperature panel on a real model, a
-short logit run, the on-policy knobs, a sequence-level teacher dataset handed to the Train page, and a comparison."""
+short logit run, the on-policy knobs, a sequence-level teacher dataset handed to the Train page, and a comparison.
+The runs a click starts go through the worker's code in this process (jobs_inline): the page's finished view is tested."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 from test_distill import four_layer_teacher
 from test_distill_variants import answering_teacher
@@ -56,7 +58,7 @@ def test_temperature_panel_shows_softening_on_the_users_prompt(workspace, tiny_l
     assert any("Entropy" in c.value for c in at.caption)
 
 
-def test_a_short_logit_run_shows_curves_and_sizes(workspace, tmp_path, embedded_tokenizer):
+def test_a_short_logit_run_shows_curves_and_sizes(workspace, tmp_path, embedded_tokenizer, jobs_inline):
     teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
     at = page(teacher)
     at.radio(key="distill_variant").set_value("logit").run()
@@ -87,7 +89,7 @@ def test_on_policy_shows_the_gkd_knobs_with_their_help(workspace):
     assert "distill_replay_fraction" in keys
 
 
-def test_sequence_level_answers_become_a_dataset_for_the_train_page(workspace, tmp_path, embedded_tokenizer):
+def test_sequence_level_answers_become_a_dataset_for_the_train_page(workspace, tmp_path, embedded_tokenizer, jobs_inline):
     teacher = answering_teacher(tmp_path / "teacher", embedded_tokenizer)
     at = page(teacher)
     at.radio(key="distill_variant").set_value("sequence").run()
@@ -109,7 +111,7 @@ def test_sequence_level_answers_become_a_dataset_for_the_train_page(workspace, t
     assert at.session_state["active_model"] == {"kind": "local", "ref": result["student_dir"]}
 
 
-def test_a_comparison_is_shown_as_a_table_a_chart_and_exports(workspace, tmp_path, embedded_tokenizer):
+def test_a_comparison_is_shown_as_a_table_a_chart_and_exports(workspace, tmp_path, embedded_tokenizer, jobs_inline):
     teacher = four_layer_teacher(tmp_path / "teacher", embedded_tokenizer)
     at = page(teacher)
     at.multiselect(key="distill_cmp_variants").set_value(["logit"]).run()
