@@ -124,6 +124,30 @@ def test_gguf_tensors_are_the_permuted_hf_tensors(family_models, tmp_path):
     assert "output.weight" not in tensors and "token_embd.weight" in tensors
 
 
+def test_a_shared_vocabulary_writes_the_same_bytes_for_every_type(tiny_llama_dir, tmp_path):
+    """The export job reads the vocabulary once for F16 and Q8_0: each file equals the one a fresh conversion writes."""
+    import gguf
+
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    vocabulary = gguf_convert.read_vocabulary(tiny_llama_dir)
+    assert vocabulary.kind.startswith("gpt2/") and "tokenizer.ggml.merges" in vocabulary.packed
+    for outtype in ("f16", "q8_0"):
+        fresh = gguf_convert.convert(tiny_llama_dir, tmp_path / f"fresh-{outtype}.gguf", outtype, chat_template=template, name="t")
+        shared = gguf_convert.convert(tiny_llama_dir, tmp_path / f"shared-{outtype}.gguf", outtype, chat_template=template, name="t",
+                                      vocabulary=vocabulary)
+        assert shared.as_dict() | {"path": ""} == fresh.as_dict() | {"path": ""}
+        assert shared.path.read_bytes() == fresh.path.read_bytes(), outtype
+    reader = gguf.GGUFReader(str(tmp_path / "shared-q8_0.gguf"))
+    assert reader.fields["tokenizer.chat_template"].contents() == template
+    assert len(reader.fields["tokenizer.ggml.tokens"].contents()) == len(vocabulary.entries["tokenizer.ggml.tokens"].value)
+    other = tmp_path / "other"  # another folder (the same files): its own vocabulary is needed
+    other.mkdir()
+    for path in tiny_llama_dir.iterdir():
+        (other / path.name).symlink_to(path)
+    with pytest.raises(gguf_convert.ConversionError, match="vocabulary given was read from"):
+        gguf_convert.convert(other, tmp_path / "x.gguf", vocabulary=vocabulary)
+
+
 def test_unsupported_architecture_is_refused_by_name(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(gguf_convert.ConversionError, match="GPT2LMHeadModel"):

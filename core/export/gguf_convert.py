@@ -574,9 +574,58 @@ def _ftype(outtype: str) -> int:
 # --------------------------------------------------------------------------- entry point
 
 
+@dataclass
+class Vocabulary:
+    """The tokenizer keys `_add_vocab` writes for one folder, read once and packed once, for every GGUF type of it
+    (F16, Q8_0, ...): Llama 3's 128k tokens + 280k merges cost seconds to read and seconds more to serialise."""
+    model_dir: Path
+    arch: str
+    kind: str  # ConversionResult.tokenizer
+    entries: dict  # key -> gguf GGUFValue, in the order _add_vocab sets them
+    packed: dict[str, bytes]  # key -> its bytes in the file (name + typed value), as GGUFWriter packs them
+
+
+def read_vocabulary(model_dir: str | Path) -> Vocabulary:
+    """The folder's vocabulary as `convert` writes it (into a writer with no file; its keys then packed once)."""
+    import gguf
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    arch, _ = preflight(config)
+    scratch = gguf.GGUFWriter(None, arch)
+    before = set(scratch.kv_data[0])  # general.architecture, set by the writer itself
+    kind = _add_vocab(scratch, model_dir, config, arch)
+    entries = {key: value for key, value in scratch.kv_data[0].items() if key not in before}
+    packed = {key: scratch._pack_val(key, gguf.GGUFValueType.STRING, add_vtype=False)
+              + scratch._pack_val(value.value, value.type, add_vtype=True, sub_type=value.sub_type) for key, value in entries.items()}
+    return Vocabulary(model_dir.resolve(), arch, kind, entries, packed)
+
+
+def _write_kv_data(writer: Any, vocabulary: Vocabulary) -> None:
+    """GGUFWriter.write_kv_data_to_file, taking the vocabulary's keys from their packed bytes (the same bytes)."""
+    import gguf
+    from gguf.gguf_writer import WriterState
+
+    if writer.state is not WriterState.HEADER:
+        raise ValueError(f"Expected output file to contain the header, got {writer.state}")
+    for fout, kv_data in zip(writer.fout, writer.kv_data):
+        kv_bytes = bytearray()
+        for key, value in kv_data.items():
+            if vocabulary.entries.get(key) is value:
+                kv_bytes += vocabulary.packed[key]
+                continue
+            kv_bytes += writer._pack_val(key, gguf.GGUFValueType.STRING, add_vtype=False)
+            kv_bytes += writer._pack_val(value.value, value.type, add_vtype=True, sub_type=value.sub_type)
+        fout.write(kv_bytes)
+    writer.flush()
+    writer.state = WriterState.KV_DATA
+
+
 def convert(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", *, chat_template: str | None = None,
-            name: str = "", progress: Callable[[float, str], None] | None = None) -> ConversionResult:
-    """Write `out_path` (.gguf) from a HF model folder; `chat_template` overrides the tokenizer's own."""
+            name: str = "", progress: Callable[[float, str], None] | None = None,
+            vocabulary: Vocabulary | None = None) -> ConversionResult:
+    """Write `out_path` (.gguf) from a HF model folder; `chat_template` overrides the tokenizer's own. `vocabulary`
+    (read_vocabulary of this folder) is shared by several types of one model: the files are byte for byte the same."""
     import gguf
 
     if outtype not in OUTTYPES:
@@ -590,7 +639,14 @@ def convert(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", *
     tmp = out_path.with_name(f".{out_path.name}.partial")
     writer = gguf.GGUFWriter(tmp, arch)
     _add_hparams(writer, config, arch, int(_ftype(outtype)), name or model_dir.name)
-    tokenizer_kind = _add_vocab(writer, model_dir, config, arch)
+    if vocabulary is not None and (vocabulary.model_dir, vocabulary.arch) != (model_dir.resolve(), arch):
+        raise ConversionError(f"the vocabulary given was read from {vocabulary.model_dir} ({vocabulary.arch}), not {model_dir} ({arch})")
+    if vocabulary is None:
+        tokenizer_kind = _add_vocab(writer, model_dir, config, arch)
+    else:
+        tokenizer_kind = vocabulary.kind
+        for key, value in vocabulary.entries.items():  # what _add_vocab's add_* calls set, in their order
+            writer.kv_data[0][key] = value
     if chat_template:
         writer.add_chat_template(chat_template)  # a later key of the same name would be refused: set it once, here
     for plan in planned:
@@ -598,7 +654,10 @@ def convert(model_dir: str | Path, out_path: str | Path, outtype: str = "f16", *
     handles: dict = {}
     try:
         writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
+        if vocabulary is None:
+            writer.write_kv_data_to_file()
+        else:
+            _write_kv_data(writer, vocabulary)
         writer.write_ti_data_to_file()
         for index, plan in enumerate(planned):
             data = _encode(_load_tensor(plan, headers, config, handles), plan.qtype)

@@ -20,7 +20,7 @@ from core import hardware, llamacpp, models
 from core.chat import system_prompt_prefill, training_format
 from core.export import memory, recipes, validate
 from core.export.disk import estimate_bytes, safetensors_parameters, space_problem
-from core.export.gguf_convert import ConversionError, convert, keep_sentencepiece_model, preflight, read_config
+from core.export.gguf_convert import ConversionError, Vocabulary, convert, keep_sentencepiece_model, preflight, read_config, read_vocabulary
 from core.export.gguf_header import read_header
 from core.export.integrity import digest_problems, folder_digest
 from core.export.ollama import TemplateNotMappable, modelfile, read_anatomy
@@ -62,6 +62,7 @@ class Exporter:
         self.references: list[dict] = []  # torch greedy continuations (of the saved merged weights)
         self.merged_dir: Path | None = None  # the GGUF converter's input
         self.f16_path: Path | None = None  # llama.cpp's quantiser's input
+        self.vocabulary: Vocabulary | None = None  # of merged_dir, read once for every GGUF type
         self.memory: memory.MemoryPlan | None = None  # dtype, device and RAM of the merge (set by _check_memory)
         self.merge_record: dict = {}  # how the merge ran: dtype, device, RAM figures
         self.parameters = 0  # of the base model, from its safetensors headers (set by _check_disk)
@@ -247,7 +248,8 @@ class Exporter:
         requested = f"gguf_{outtype}" in self.spec.formats
         target = self._gguf_path(outtype.upper()) if requested else self.work / f"{self.stem}-F16.gguf"
         try:
-            conversion = convert(self.merged_dir, target, outtype, chat_template=self.template, name=self.stem)
+            self.vocabulary = self.vocabulary or read_vocabulary(self.merged_dir)
+            conversion = convert(self.merged_dir, target, outtype, chat_template=self.template, name=self.stem, vocabulary=self.vocabulary)
         except ConversionError as exc:
             raise JobError(f"GGUF {outtype.upper()}: {exc}") from None
         seconds = time.perf_counter() - started
