@@ -1,11 +1,13 @@
 """AppTest of the RAG / RAFT page: index + recall + a live query, build a RAFT set, hand it to Train / Template,
-and show a RAFT evaluation report."""
+and show a RAFT evaluation report. A click's job runs through the worker's code in this process (jobs_inline): the
+finished view is what is tested here."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +33,7 @@ def _wait(at: AppTest, key: str) -> None:
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
 
 
-def test_index_tab_measures_recall_and_answers_a_query(workspace, tiny_llama_dir):
+def test_index_tab_measures_recall_and_answers_a_query(workspace, tiny_llama_dir, jobs_inline):
     at = _open(tiny_llama_dir)
     assert at.title[0].value.startswith("📚 RAG / RAFT") and [t.label for t in at.tabs][:3] == [
         "1 · Index & retrieval", "2 · Build a RAFT set", "3 · Evaluate RAFT"]
@@ -47,7 +49,7 @@ def test_index_tab_measures_recall_and_answers_a_query(workspace, tiny_llama_dir
     assert len(hits) == 3 and hits["doc_id"].iloc[0] == "policy-travel" and list(hits["rank"]) == [1, 2, 3]
 
 
-def test_raft_tab_builds_a_set_and_hands_it_to_train_and_template(workspace, tiny_llama_dir):
+def test_raft_tab_builds_a_set_and_hands_it_to_train_and_template(workspace, tiny_llama_dir, jobs_inline):
     at = _open(tiny_llama_dir)
     at.selectbox(key="raft_form_question_source").set_value("generate").run()
     assert at.selectbox(key="raft_writer_choice").label == "Model that writes the questions"  # only for generated questions
