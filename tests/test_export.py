@@ -16,6 +16,7 @@ from inprocess import run_in_process
 
 from core import runs
 from core.export import gguf_convert, ollama, validate
+from core.export.gguf_header import GGUFHeaderError, read_header
 from core.export.integrity import file_problems
 from core.export.spec import ExportSpec
 
@@ -140,6 +141,14 @@ def test_a_shared_vocabulary_writes_the_same_bytes_for_every_type(tiny_llama_dir
     reader = gguf.GGUFReader(str(tmp_path / "shared-q8_0.gguf"))
     assert reader.fields["tokenizer.chat_template"].contents() == template
     assert len(reader.fields["tokenizer.ggml.tokens"].contents()) == len(vocabulary.entries["tokenizer.ggml.tokens"].value)
+    # the header reader's skim (arrays=False: lengths only, strings skipped unread) agrees with its full read
+    full, skim = read_header(tmp_path / "shared-q8_0.gguf"), read_header(tmp_path / "shared-q8_0.gguf", arrays=False)
+    assert skim.metadata == {k: len(v) if isinstance(v, list) else v for k, v in full.metadata.items()} and skim.tensors == full.tensors
+    tokens_at = (tmp_path / "shared-q8_0.gguf").read_bytes().index("<|im_end|>".encode())
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes((tmp_path / "shared-q8_0.gguf").read_bytes()[:tokens_at + 5])  # ends inside the token list
+    with pytest.raises(GGUFHeaderError, match="truncated"):
+        read_header(cut, arrays=False)
     other = tmp_path / "other"  # another folder (the same files): its own vocabulary is needed
     other.mkdir()
     for path in tiny_llama_dir.iterdir():
