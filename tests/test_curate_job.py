@@ -100,7 +100,8 @@ def test_answer_loss_job_feeds_the_high_loss_rule(workspace, tmp_path):
     from core.data.formats import demo_dataset_path
     from core.evaluate.answer_loss import AnswerLossSpec
 
-    rows = [json.loads(line) for line in demo_dataset_path("train").read_text().splitlines()[:30]]
+    # 20 real rows: the fewest the high_loss rule judges (core.data.audit._flag_losses needs 20 known losses)
+    rows = [json.loads(line) for line in demo_dataset_path("train").read_text().splitlines()[:20]]
     garbled = json.loads(json.dumps(rows[0]))
     garbled["messages"][-1]["content"] = "qz xv 7#k !!plorf wubb ~~ zzkq 0x9 fnord glarb vrrp"
     rows.append(garbled)
@@ -114,7 +115,7 @@ def test_answer_loss_job_feeds_the_high_loss_rule(workspace, tmp_path):
 
     result = read_result(run_dir)
     losses = result["loss"]
-    assert len(losses) == 31 and all(v is not None and v > 0 for v in losses) and result["tokens"][0] > 10
-    assert losses[30] > 2 * result["median_loss"]
+    assert len(losses) == 21 and all(v is not None and v > 0 for v in losses) and result["tokens"][0] > 10
+    assert losses[20] > 2 * result["median_loss"]
     audit = audit_rows(loaded.rows, losses=losses)
-    assert 30 in audit.rows_flagged_by("high_loss")
+    assert 20 in audit.rows_flagged_by("high_loss")
