@@ -49,6 +49,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -seconds(item))  # stable: the tests of one file keep their order
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`'s --dist loadfile, with every browser journey (tests/e2e) one unit of work: they run on one worker,
+    against one app server, and the journeys that need a finished train run (export) reuse the main journey's instead of
+    training their own; the other worker takes the rest of the files meanwhile."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class BrowserJourneysTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "tests/e2e" if scope.startswith("tests/e2e/") else scope
+
+    return BrowserJourneysTogether(config, log)
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
     """A fresh, empty WORKBENCH_HOME sharing only the converted-model cache."""

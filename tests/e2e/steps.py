@@ -1,4 +1,4 @@
-"""The browser journey's page helpers, shared by every tests/e2e file (each file runs on one xdist worker)."""
+"""The browser journey's page helpers, shared by every tests/e2e file (all of them run on one xdist worker: tests/conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -84,8 +84,9 @@ def choose(page: Page, label: str, option, attempts: int = 5) -> None:
 
 
 def finished_train_run(home) -> str:
-    """A succeeded train run of the embedded model in this worker's home (the main journey's, when it ran here); else
-    a 2-step one started headless like the Start button. Which files share a worker is up to xdist's scheduling."""
+    """A succeeded train run of the embedded model in this worker's home: the main journey's (in `make test` every
+    journey runs on one worker, main journey first: tests/conftest.py); else, when a journey runs on its own, a 2-step
+    one started headless like the Start button."""
     from core import runs
     from core.train.spec import TrainSpec
 
