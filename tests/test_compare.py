@@ -135,6 +135,7 @@ def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_
         assert row["steps"] == 2
     assert rows["prompt_tuning"]["trainable_params"] == 4 * 64 and rows["prompt_tuning"]["mergeable"] is False
     assert rows["bitfit"]["state"] == "failed" and "BitFit trains only bias terms" in rows["bitfit"]["error"]
+    assert "bitfit" not in json.loads((run_dir / "children.json").read_text()), "refused from its config: no run started to say so"
     features = rows["feature_extraction"]
     assert features["state"] == "succeeded" and features["label_accuracy"] is not None
     assert features["general_score"] == result["base"]["general_score"], "a frozen backbone keeps the base's general score"
@@ -143,4 +144,4 @@ def test_comparison_job_on_a_tiny_model_writes_a_complete_table(workspace, tiny_
     children = json.loads((run_dir / "children.json").read_text())
     assert read_status(Path(children["lora"])).kind == "train" and read_status(Path(children["evaluate"])).state == "succeeded"
     assert [r["method"] for r in runs.read_all_metrics(run_dir / runs.METRICS_FILE)] == ["lora", "prompt_tuning", "bitfit"]
-    assert len(jobs_inline) == 5, "its children ran in this process (4 trains/features and the evaluation)"
+    assert len(jobs_inline) == 4, "its children ran in this process (2 trains, the evaluation and the features; bitfit refused)"

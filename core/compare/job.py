@@ -25,6 +25,7 @@ from core.runs.jobs import JobContext, JobError, read_result
 from core.runs.spec import spec_to_dict
 from core.train.data import data_file
 from core.train.methods import METHODS
+from core.train.preflight import training_refusal
 from core.train.spec import TrainSpec
 from core.train.trainer import MemoryProbe
 from core.workspace import atomic_write_text
@@ -32,7 +33,7 @@ from core.workspace import atomic_write_text
 HEAD_FILE = "head.json"
 COMPARISON_CSV = "comparison.csv"
 CHILDREN_FILE = "children.json"
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.2  # a status.json read: a child that ends waits at most this long for the next step (runs.wait polls as often)
 
 
 # ---------------------------------------------------------------- feature extraction
@@ -89,10 +90,15 @@ def run_comparison(ctx: JobContext) -> dict:
     for n, method in enumerate(spec.methods):
         if ctx.stop_requested:
             break
-        run_dir = _child(ctx, children, method, lambda m=method: train_spec_for(spec, m))
-        if run_dir is not None:
-            _follow(ctx, run_dir, n, steps, METHODS[method].label)
-        rows[method] = train_row(spec, method, run_dir)
+        refusal = _refusal(spec, method)
+        if refusal:  # the train job's own refusal, asked here: no worker started only to give it
+            ctx.log.info("%s: refused: %s", METHODS[method].label, refusal)
+            rows[method] = {**train_row(spec, method, None), "state": "failed", "error": refusal}
+        else:
+            run_dir = _child(ctx, children, method, lambda m=method: train_spec_for(spec, m))
+            if run_dir is not None:
+                _follow(ctx, run_dir, n, steps, METHODS[method].label)
+            rows[method] = train_row(spec, method, run_dir)
         ctx.metrics(step=n + 1, method=method, **{k: v for k, v in rows[method].items() if k != "method"})
 
     report = None
@@ -138,6 +144,16 @@ def train_spec_for(spec: MethodComparisonSpec, method: str) -> Any:
         save_steps=spec.max_steps, save_total_limit=1, lora_r=spec.lora_r, lora_alpha=2 * spec.lora_r,
         num_virtual_tokens=spec.num_virtual_tokens, frozen_layers=spec.frozen_layers, logging_steps=1,
     )
+
+
+def _refusal(spec: MethodComparisonSpec, method: str) -> str | None:
+    """Why the train run of `method` would fail at once (training_refusal, as the train job asks it), or None; an
+    invalid spec is left to _child, which records it."""
+    try:
+        train_spec = train_spec_for(spec, method)
+    except ValueError:
+        return None
+    return training_refusal(train_spec, detect(), launching_here=False)
 
 
 def evaluate_spec_for(spec: MethodComparisonSpec, trained: dict[str, dict]) -> Any:
