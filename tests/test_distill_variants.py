@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from inprocess import run_succeeded
 from test_distill import four_layer_teacher
 
 from core.runs.jobs import JobContext, JobError
@@ -85,17 +86,13 @@ def test_train_data_mixes_replay_exactly_and_records_it(embedded_tokenizer, tmp_
 
 @pytest.mark.slow
 def test_the_train_job_records_replay_in_its_run_card(workspace, tiny_llama_dir):
-    from core import runs
     from core.data.replay import SHIPPED_FILE
     from core.train.spec import TrainSpec
 
     # the shipped file named explicitly: 'general' on this non-embedded base would replay its own answers (test_replay_base.py)
     spec = TrainSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, max_steps=2, batch_size=2, max_length=192,
                      eval_fraction=0.0, replay_fraction=0.1, replay_dataset=str(SHIPPED_FILE), save_steps=2)
-    run_dir = runs.create_run(spec)
-    runs.launch(run_dir)
-    status = runs.wait(run_dir, timeout=300)
-    assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
+    run_dir = run_succeeded(spec)  # the worker's code in this process: the worker process is not what this tests
     card = json.loads((run_dir / "training.json").read_text())
     assert card["spec"]["replay_fraction"] == 0.1
     assert card["data"]["replay"]["replay_rows"] == 33 and card["data"]["train_rows"] == DEMO_ROWS + 33
@@ -206,7 +203,6 @@ def test_json_curation_and_sampling_settings_are_recorded(workspace, tmp_path, e
 
 @pytest.mark.slow
 def test_sequence_level_accepts_a_student_with_another_tokenizer(workspace, tmp_path, embedded_tokenizer):
-    from core import runs
     from core.distill.tokenizers import check_tokenizers
     from core.models import ModelSource, load_tokenizer
     from core.train.spec import TrainSpec
@@ -215,11 +211,8 @@ def test_sequence_level_accepts_a_student_with_another_tokenizer(workspace, tmp_
     student = other_tokenizer_student(tmp_path / "student", embedded_tokenizer.chat_template)
     assert not check_tokenizers(embedded_tokenizer, load_tokenizer(ModelSource("local", str(student)))).compatible
     dataset = teacher_answers(tmp_path / "answers", teacher, max_rows=8)["dataset_dir"]
-    run_dir = runs.create_run(TrainSpec(model={"kind": "local", "ref": str(student)}, dataset=dataset, method="full", max_steps=2,
-                                        batch_size=2, max_length=256, eval_fraction=0.0, save_steps=2))
-    runs.launch(run_dir)
-    status = runs.wait(run_dir, timeout=300)
-    assert status.state == "succeeded", status.error + runs.log_tail(run_dir)
+    run_dir = run_succeeded(TrainSpec(model={"kind": "local", "ref": str(student)}, dataset=dataset, method="full", max_steps=2,
+                                      batch_size=2, max_length=256, eval_fraction=0.0, save_steps=2))  # in this process
     card = json.loads((run_dir / "training.json").read_text())
     assert card["data"]["train_rows"] == 8 and card["data"]["manifest_sha256"]  # trained on the teacher's curated dataset
 
