@@ -1,4 +1,4 @@
-"""The evaluate job: adapter probe, end-to-end through the worker, checkpoints, stop, spec validation,
+"""The evaluate job: adapter probe, end-to-end through the worker's code (in this process), checkpoints, stop, spec validation,
 and (slow) the demo fine-tune's gain in JSON validity on the embedded model."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
 from core import runs
 from core.evaluate.job import run as run_eval_job
@@ -88,9 +89,7 @@ def test_adapter_wrap_and_unload_leave_the_base_unchanged(tiny_llama_dir, adapte
 
 
 def test_zero_initialised_adapter_stops_with_a_clear_error(workspace, tiny_llama_dir, adapters):
-    run_dir = runs.create_run_from_dict(tiny_spec(tiny_llama_dir, adapters["zero"]))
-    runs.launch(run_dir)
-    status = runs.wait(run_dir, timeout=240)
+    run_dir, status = run_in_process(tiny_spec(tiny_llama_dir, adapters["zero"]))  # the worker's code, in this process
     assert status.state == "failed", runs.log_tail(run_dir)
     assert "adapter not applied / no effect" in status.error
     assert not result_path(run_dir, "evaluate").exists()
@@ -98,9 +97,7 @@ def test_zero_initialised_adapter_stops_with_a_clear_error(workspace, tiny_llama
 
 def test_end_to_end_job_writes_a_complete_report(workspace, tiny_llama_dir, adapters):
     spec = tiny_spec(tiny_llama_dir, adapters["random"], lm_eval_tasks=["hellaswag"])
-    run_dir = runs.create_run_from_dict(spec)
-    runs.launch(run_dir)
-    status = runs.wait(run_dir, timeout=300)
+    run_dir, status = run_in_process(spec)  # the worker's code, in this process: the worker process is not what this tests
     assert status.state == "succeeded", (status.error, runs.log_tail(run_dir))
     assert status.progress == 1.0 and status.result["report"] == result_path(run_dir).name == "report.json"
     report = read_result(run_dir, "evaluate")
