@@ -98,13 +98,18 @@ def _differences(ours: Path, reference: Path, *, padded_from: int | None = None)
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    """Our F16 and Q8_0 file of each family (made lazily, once per module)."""
+    """Our F16 and Q8_0 file of each family (made lazily, once per module), sharing the family's vocabulary as the
+    export job does (so the comparison with llama.cpp holds the shared path to it)."""
     root = tmp_path_factory.mktemp("ours")
     made: dict[tuple[str, str], Path] = {}
+    vocabularies: dict[str, gguf_convert.Vocabulary] = {}
 
     def get(name: str, outtype: str) -> Path:
         if (name, outtype) not in made:
-            made[name, outtype] = gguf_convert.convert(families.family_model_dir(name), root / f"{name}-{outtype}.gguf", outtype).path
+            folder = families.family_model_dir(name)
+            if name not in vocabularies:
+                vocabularies[name] = gguf_convert.read_vocabulary(folder)
+            made[name, outtype] = gguf_convert.convert(folder, root / f"{name}-{outtype}.gguf", outtype, vocabulary=vocabularies[name]).path
         return made[name, outtype]
 
     return get
