@@ -249,6 +249,15 @@ def test_generalized_jsd_is_trls_over_the_labelled_positions_alone():
     noisy[labels == -100] = 50 * torch.randn(6, 11)  # what sits at unlabelled positions changes nothing
     assert float(generalized_jsd(noisy, teacher, labels, 0.5)) == pytest.approx(float(generalized_jsd(student, teacher, labels, 0.5)))
     assert float(generalized_jsd(student, teacher, torch.full((2, 5), -100), 0.5)) == 0.0  # nothing labelled: 0, as TRL
+    # the training loss (GKD's compute_loss passes num_items_in_batch): the same value and the same gradient
+    grads = []
+    for loss_of in (lambda x: _gkd().GKDTrainer.generalized_jsd_loss(x, teacher, labels=labels, beta=0.5, num_items_in_batch=7),
+                    lambda x: generalized_jsd(x, teacher, labels, 0.5, num_items_in_batch=7)):
+        x = student.clone().requires_grad_(True)
+        loss = loss_of(x)
+        loss.backward()
+        grads.append((float(loss), x.grad))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
 
 
 @pytest.mark.slow
