@@ -18,11 +18,20 @@ from core import runs
 from core.compare import job as compare_job
 
 
+class InlineRuns(list):
+    """The run folders run in this process so far; `inline = False` hands later launches to real worker processes again
+    (for a test whose later click starts a run it then stops)."""
+    inline = True
+
+
 @pytest.fixture(name="jobs_inline")
-def jobs_inline_fixture(monkeypatch) -> list[Path]:
-    ran: list[Path] = []
+def jobs_inline_fixture(monkeypatch) -> InlineRuns:
+    ran = InlineRuns()
+    real_launch = runs.launch
 
     def launch_here(run_dir) -> int:
+        if not ran.inline:
+            return real_launch(run_dir)
         run_dir = Path(run_dir).resolve()
         if not (run_dir / runs.SPEC_FILE).is_file():
             raise FileNotFoundError(f"run {run_dir.name}: {runs.SPEC_FILE} not found in {run_dir}")
