@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from inprocess import run_in_process
 
 from core import decide, scorers
 from core.decide import Questionnaire, recommend
@@ -251,20 +252,16 @@ def test_measured_baseline_feeds_the_recommendation():
 
 @pytest.mark.slow
 def test_baseline_job_measures_three_conditions_on_the_handbook(workspace, tiny_llama_dir):
-    from core.runs import create_run, launch, wait
     from core.runs.jobs import read_result
 
     spec = decide.BaselineSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, eval_dataset="assets/handbook/questions.jsonl", n=2,
                                shots=[0, 2], scorer="contains_answer", max_new_tokens=6, documents="assets/handbook/docs", rag_k=2)
-    run_dir = create_run(spec)
-    launch(run_dir)
-    status = wait(run_dir, timeout=600)
+    run_dir, status = run_in_process(spec)  # the worker's code in this process: the worker process is not what this tests
     assert status.state == "succeeded", status.error
     result = read_result(run_dir)
     assert set(result["scores"]) == {"0-shot", "2-shot", "rag"} and result["n"] == 2 and result["scorer"] == "contains_answer"
     assert "hybrid top-2, 79 chunks" in result["labels"]["rag"]
     rag_rows = [e for e in result["examples"] if e["condition"] == "rag"]
     assert len(rag_rows) == 2 and status.result["scores"] == result["scores"]
-    bad = create_run(decide.BaselineSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, eval_dataset="missing.jsonl"))
-    launch(bad)
-    assert wait(bad, timeout=300).state == "failed"
+    _, bad = run_in_process(decide.BaselineSpec(model={"kind": "local", "ref": str(tiny_llama_dir)}, eval_dataset="missing.jsonl"))
+    assert bad.state == "failed"
