@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def test_rare_edge_case_recommends_prompting(workspace):
     assert "Prompting is enough" in _headline(at)
 
 
-def test_baseline_runs_as_a_job_and_measures_rag_beside_prompting(workspace, tiny_llama_dir):
+def test_baseline_runs_as_a_job_and_measures_rag_beside_prompting(workspace, tiny_llama_dir, jobs_inline):
     from core.runs import wait
 
     at = AppTest.from_file(PAGE, default_timeout=300)
@@ -71,7 +72,7 @@ def test_baseline_runs_as_a_job_and_measures_rag_beside_prompting(workspace, tin
     at.button(key="decide_run_baseline").click().run()
     assert not at.exception and not at.error
     run_dir = Path(at.session_state["decide_baseline_run"])
-    assert (run_dir / "spec.yaml").is_file()  # the page only wrote the spec and started the worker
+    assert (run_dir / "spec.yaml").is_file() and jobs_inline == [run_dir.resolve()]  # the click's run (in this process here)
     status = wait(run_dir, timeout=600)
     assert status.state == "succeeded", status.error
     at.run()
