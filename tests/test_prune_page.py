@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 from test_merge_page import chart_traces, decode
 
@@ -35,7 +36,7 @@ def test_form_follows_the_mode(workspace):
     assert any("saved model is smaller" in c.value for c in at.caption)
 
 
-def test_a_prune_run_reports_sparsity_size_and_latency(workspace, tiny_llama_dir):
+def test_a_prune_run_reports_sparsity_size_and_latency(workspace, tiny_llama_dir, jobs_inline):
     at = page()
     at.selectbox(key="prune_model_choice").set_value("Local folder").run()
     at.text_input(key="prune_model_ref").set_value(str(tiny_llama_dir)).run()
@@ -59,6 +60,7 @@ def test_a_prune_run_reports_sparsity_size_and_latency(workspace, tiny_llama_dir
     assert {"💬 Chat with it", "📊 Evaluate it", "Start a short LoRA recovery fine-tune"} <= labels
     pruned_dir = str(run_dir / "pruned")
 
+    jobs_inline.inline = False  # the recovery run is started for real, then stopped
     at.button(key=f"prune_recover_{run_dir.name}").click().run()  # a LoRA recovery run on the pruned folder
     assert not at.exception, at.exception
     train_runs = runs.list_runs("train")
