@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 from test_merge import make_model
 
@@ -80,7 +81,7 @@ def test_preflight_refusal_and_yaml_export(workspace, tmp_path):
     assert at.get("download_button")[0].label == "Download mergekit YAML"
 
 
-def test_start_runs_a_merge_and_shows_the_result(workspace, tmp_path):
+def test_start_runs_a_merge_and_shows_the_result(workspace, tmp_path, jobs_inline):
     base = make_model(tmp_path / "base")
     tuned = make_model(tmp_path / "tuned", seed=1)
     at = task_arithmetic_page()
