@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 from test_runs_card import _data, _train
 
@@ -31,7 +32,7 @@ def test_export_page_without_runs_says_what_to_do(workspace):
     assert any("No finished train" in i.value for i in at.info)
 
 
-def test_export_page_runs_an_export_and_shows_its_checks(workspace, tiny_llama_dir, tmp_path):
+def test_export_page_runs_an_export_and_shows_its_checks(workspace, tiny_llama_dir, tmp_path, jobs_inline):
     train_dir = _train(tiny_llama_dir, _data(tmp_path), name="page-run")
     at = page("export")
     assert at.selectbox(key="export_source").value.startswith(train_dir.name)
