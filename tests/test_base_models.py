@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
@@ -63,7 +64,7 @@ def test_template_page_proposes_a_template_for_a_base_model(workspace, base_mode
 
 
 @pytest.mark.slow
-def test_train_page_proposes_a_template_and_the_run_trains_with_it(workspace, base_model_dir, qa_file):
+def test_train_page_proposes_a_template_and_the_run_trains_with_it(workspace, base_model_dir, qa_file, jobs_inline):
     at = AppTest.from_file(str(ROOT / "app_pages" / "train.py"), default_timeout=180)
     at.session_state["active_model"] = {"kind": "local", "ref": str(base_model_dir)}
     at.run()
