@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from inprocess import run_in_process
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
@@ -215,7 +216,7 @@ def test_forgetting_report_adds_win_rate_over_base(workspace, tiny_llama_dir, tm
 PAGE = str(ROOT / "app_pages" / "evaluate.py")
 
 
-def test_evaluate_page_judge_section_starts_a_run_and_shows_its_result(workspace, tiny_llama_dir, tmp_path):
+def test_evaluate_page_judge_section_starts_a_run_and_shows_its_result(workspace, tiny_llama_dir, tmp_path, jobs_inline):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["active_model"] = {"kind": "local", "ref": str(tiny_llama_dir)}
     at.run()
@@ -228,7 +229,7 @@ def test_evaluate_page_judge_section_starts_a_run_and_shows_its_result(workspace
     at.text_area(key="judge_rubric").set_value("Q {prompt}\nFirst {answer_a}\nSecond {answer_b}\nA, B or tie?")
     assert any("First judge job" in c.value for c in at.caption)  # no measurement yet: the estimate says so
     at.button(key="judge_launch").click()
-    at.run(timeout=60)
+    at.run(timeout=300)  # the judge job runs in this click (jobs_inline)
     assert not at.exception, at.exception
     (run,) = runs.list_runs("judge")
     assert run.spec["judge"] == {"kind": "local", "ref": str(tiny_llama_dir)} and run.spec["rubric"].startswith("Q {prompt}")
