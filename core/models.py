@@ -314,12 +314,15 @@ _NO_BACKEND = object()  # stands in for the Rust backend inside a cached snapsho
 
 def _tokenizer_files_key(folder: Path, gguf_file: str | None) -> tuple:
     """(name, size, mtime_ns) of every non-weight file of the folder (one level of sub-folders, e.g.
-    additional_chat_templates/), and of the GGUF file a tokenizer is read from: any change means a fresh load."""
+    additional_chat_templates/), or of the GGUF file alone that a tokenizer is read from: any change means a fresh load."""
+    if gguf_file:  # its folder may be any folder (Downloads): the tokenizer is all inside the file
+        stat = (folder / gguf_file).stat()
+        return ((gguf_file, stat.st_size, stat.st_mtime_ns),)
     entries = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         children = sorted(path.iterdir()) if path.is_dir() else [path]
         for child in children:
-            if child.is_file() and (not child.name.endswith(_WEIGHT_SUFFIXES) or child.name == gguf_file):
+            if child.is_file() and not child.name.endswith(_WEIGHT_SUFFIXES):
                 stat = child.stat()
                 entries.append((str(child.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return tuple(entries)
@@ -334,7 +337,9 @@ def tokenizer_from_folder(folder: str | Path, **kwargs: Any) -> Any:
     options = tuple(sorted((k, v) for k, v in kwargs.items() if v not in (None, False)))  # False / None: the defaults
     key = (str(folder), _tokenizer_files_key(folder, kwargs.get("gguf_file")), options)
     with _TOKENIZER_CACHE_LOCK:
-        cached = _TOKENIZER_CACHE.get(key)
+        cached = _TOKENIZER_CACHE.pop(key, None)
+        if cached is not None:
+            _TOKENIZER_CACHE[key] = cached  # the most recently used goes last: the first is evicted
     if cached is not None:
         return _rebuild_tokenizer(*cached)
     tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
