@@ -186,11 +186,11 @@ def _check_gguf_file(path: Path) -> None:
 
 
 def _load_from_gguf(path: Path) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     _check_gguf_file(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = tokenizer_from_folder(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
     except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear sentence
         raise ModelLoadError(f"Could not read GGUF file {path}: {exc}") from exc
