@@ -1,7 +1,8 @@
 """AppTest of the Data page: load, de-duplicate, decontaminate, audit, select for diversity, export.
 
 The heavy operations run as curation jobs in worker processes: a test clicks, waits for the run folders
-to finish (as a user waits for the progress bar), and runs the page again, which reattaches to them.
+to finish (as a user waits for the progress bar), and runs the page again, which reattaches to them. Where the worker
+process is not what a test tests, its jobs run through the worker's code in this process (jobs_inline).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 
 from core import runs
@@ -35,7 +37,7 @@ def markdown(at: AppTest) -> str:
     return " ".join(m.value for m in at.markdown)
 
 
-def test_demo_dedup_and_export(workspace):
+def test_demo_dedup_and_export(workspace, jobs_inline):
     """The demo's planted flaws (assets/make_demo_dataset.py PLANTED, issue 29 item 8): every curation tab finds its own
     at the page's defaults, and the export drops them all."""
     at = AppTest.from_file(PAGE, default_timeout=180)
@@ -105,7 +107,7 @@ def open_file(at: AppTest, path: Path) -> AppTest:
     return at.text_input(key="data_path").set_value(str(path)).run()
 
 
-def test_clusters_decisions_decontamination_audit_and_export(workspace, messy_file):
+def test_clusters_decisions_decontamination_audit_and_export(workspace, messy_file, jobs_inline):
     at = open_file(AppTest.from_file(PAGE, default_timeout=180).run(), messy_file)
     no_errors(at)
     assert {m.label: m.value for m in at.metric}["Rejected rows"] == "1"
@@ -179,7 +181,7 @@ def test_notes_for_gemma_roles_and_a_json_array_in_jsonl(workspace, tmp_path):
 
 
 @pytest.mark.slow
-def test_diversity_map_selection_and_export(workspace, shared_data, tmp_path):
+def test_diversity_map_selection_and_export(workspace, shared_data, tmp_path, jobs_inline):
     records = json.loads((shared_data / "alpaca_5000.json").read_text(encoding="utf-8"))[:60]
     path = tmp_path / "alpaca60.json"
     path.write_text(json.dumps(records))
