@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from inprocess import run_in_process
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 
 from core import runs
 from core.export import gguf_convert, ollama, validate
@@ -245,7 +246,7 @@ def test_go_template_renderer_refuses_what_it_does_not_know():
         ollama.render_go_template("{{ range .Messages }}{{ .Content }}{{ end }}", [{"role": "user", "content": "x"}])
 
 
-def test_corrupted_and_truncated_exports_are_detected(workspace, family_models):
+def test_corrupted_and_truncated_exports_are_detected(workspace, family_models, jobs_inline):
     base, adapter = family_models["llama"]
     spec = ExportSpec(model={"kind": "local", "ref": str(base), "adapter": str(adapter)}, formats=["merged", "gguf_f16"])
     run_dir, status = run_in_process(spec)
@@ -259,7 +260,7 @@ def test_corrupted_and_truncated_exports_are_detected(workspace, family_models):
     for offset in range(len(data) - 40_000, len(data) - 20_000, 7):
         data[offset] ^= 0x55
     gguf_path.write_bytes(bytes(data))
-    runs.relaunch(run_dir, {"verify_only": True})
+    runs.relaunch(run_dir, {"verify_only": True})  # its worker runs in this process (jobs_inline)
     status = runs.wait(run_dir, timeout=300)
     assert status.state == "failed" and "changed since the export" in status.error
     checks = {c["name"]: c for c in next(a for a in _result(run_dir)["artifacts"] if a["kind"] == "gguf_f16")["verified"]["checks"]}
