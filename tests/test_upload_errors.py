@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 from streamlit.testing.v1 import AppTest
 
 from core import runs
@@ -45,7 +46,7 @@ def test_a_stray_latin1_byte_is_named_by_its_line_not_called_binary():
         load_uploaded("notes.csv", b"prompt,completion\na,b\ncaf\xe9,c\n")
 
 
-def test_unknown_columns_are_fixed_through_the_mapping_box(workspace):
+def test_unknown_columns_are_fixed_through_the_mapping_box(workspace, jobs_inline):
     rows = [{"question": f"What is {i} + {i}?", "reply": str(2 * i)} for i in range(5)] + [{"question": "What is 0 + 0?", "reply": "0"}]
     at = _upload("quiz.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     errors = _errors(at)
