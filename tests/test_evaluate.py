@@ -3,6 +3,7 @@ and (slow) the demo fine-tune's gain in JSON validity on the embedded model."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from inprocess import run_in_process
 
 from core import runs
+from core.evaluate import job as evaluate_job
 from core.evaluate.job import run as run_eval_job
 from core.evaluate.report import render_html, render_markdown, top_changes
 from core.evaluate.spec import EvalSpec
@@ -92,6 +94,34 @@ def test_zero_initialised_adapter_stops_with_a_clear_error(workspace, tiny_llama
     run_dir, status = run_in_process(tiny_spec(tiny_llama_dir, adapters["zero"]))  # the worker's code, in this process
     assert status.state == "failed", runs.log_tail(run_dir)
     assert "adapter not applied / no effect" in status.error
+    assert not result_path(run_dir, "evaluate").exists()
+
+
+def test_a_model_of_its_own_is_probed_when_loaded_for_scoring_once_not_twice(workspace, tiny_llama_dir, tmp_path, monkeypatch):
+    """A variant that is a model of its own (merged / pruned / distilled) is loaded once: probed, then scored. An unchanged
+    copy of the base still stops with the probe's error, naming the model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    same = Path(shutil.copytree(tiny_llama_dir, tmp_path / "same-weights"))
+    changed = Path(shutil.copytree(tiny_llama_dir, tmp_path / "changed"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(0.05 * torch.randn_like(model.model.layers[0].mlp.down_proj.weight))
+    model.save_pretrained(changed)
+    loads: list[str] = []
+    real = evaluate_job.load_model
+    monkeypatch.setattr(evaluate_job, "load_model", lambda source, *a, **k: loads.append(source.ref) or real(source, *a, **k))
+    finished = {}
+    for folder, label in ((changed, "changed"), (same, "same")):
+        spec = {**tiny_spec(tiny_llama_dir), "variants": [{"label": label, "model": {"kind": "local", "ref": str(folder)}}]}
+        finished[label] = run_in_process(spec)
+        assert loads.count(str(folder)) == 1, loads
+    report = read_result(finished["changed"][0], "evaluate")
+    assert [m["label"] for m in report["models"]] == ["base", "changed"] and report["models"][1]["probe_difference"] > 0
+    run_dir, status = finished["same"]
+    assert status.state == "failed" and "adapter not applied / no effect" in status.error and str(same) in status.error, status.error
     assert not result_path(run_dir, "evaluate").exists()
 
 

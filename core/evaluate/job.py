@@ -87,6 +87,9 @@ def run(ctx: JobContext) -> dict:
                 _score_pairs(ctx, pairs, start.label, loaded, spec, progress, pair_scores)
         for variant in variants:
             with _variant_model(base, variant) as loaded:
+                if variant.label not in probe_differences:  # a model of its own: probed now that it is loaded
+                    probe_differences[variant.label] = _probe_variant(base, base_probe, variant, loaded)
+                    progress.advance(1)
                 result = _evaluate(ctx, variant.label, "variant", loaded, variant.source, setup, general, spec, progress)
                 _score_pairs(ctx, pairs, variant.label, loaded, spec, progress, pair_scores)
             result.step, result.probe_difference = variant.step, probe_differences[variant.label]
@@ -161,7 +164,7 @@ def _variant_model(base: LoadedModel, variant: Variant) -> Iterator[LoadedModel]
     """The variant as a loaded model: the shared base wrapped with the adapter (unwrapped afterwards), or
     its own load when it is a merged model / another base."""
     source = variant.source
-    if source.adapter and _same_base(source, base.source) and not base.source.adapter:
+    if _wraps_base(base, variant):
         try:
             wrapped = apply_adapter(base.model, source.adapter)
         except ModelLoadError as exc:
@@ -184,25 +187,40 @@ def _variant_model(base: LoadedModel, variant: Variant) -> Iterator[LoadedModel]
         gc.collect()
 
 
+def _wraps_base(base: LoadedModel, variant: Variant) -> bool:
+    """The variant is an adapter on the loaded base (wrapped in place), not a model loaded on its own."""
+    source = variant.source
+    return bool(source.adapter) and _same_base(source, base.source) and not base.source.adapter
+
+
 def _check_variants_change_the_model(base: LoadedModel, base_probe: Any, variants: list[Variant], progress: _Progress) -> dict[str, float]:
+    """The probe check of every adapter on the base, before any scoring. A variant that is a model of its own (merged,
+    pruned, distilled) is checked by _probe_variant when it is loaded for its scoring: loaded once, not twice."""
     differences = {}
     for variant in variants:
+        if not _wraps_base(base, variant):
+            continue
         progress.set_stage(f"checking that {variant.label} changes the model")
         with _variant_model(base, variant) as loaded:
-            # the same prompt ids as the base (an adapter's own chat template must not mask an unchanged model)
-            tokenizer = base.tokenizer if _same_base(variant.source, base.source) else loaded.tokenizer
-            difference = scoring.probe_difference(base_probe, scoring.probe_logits(loaded.model, tokenizer))
-        if difference < scoring.PROBE_TOLERANCE:
-            what = f"the adapter {variant.source.adapter}" if variant.source.adapter else f"the model {variant.source.ref}"
-            raise JobError(
-                f"adapter not applied / no effect: {variant.label} gives the same logits as the base model on a probe prompt "
-                f"(largest difference {difference:.1e}), so {what} changes nothing. A LoRA adapter whose B matrices are still "
-                "zero (untrained, or saved before the first optimizer step) does this; check that training ran and that this "
-                "is the adapter folder it saved."
-            )
-        differences[variant.label] = difference
+            differences[variant.label] = _probe_variant(base, base_probe, variant, loaded)
         progress.advance(1)
     return differences
+
+
+def _probe_variant(base: LoadedModel, base_probe: Any, variant: Variant, loaded: LoadedModel) -> float:
+    """The variant's largest logit difference from the base on the probe prompt; a JobError when it changes nothing."""
+    # the same prompt ids as the base (an adapter's own chat template must not mask an unchanged model)
+    tokenizer = base.tokenizer if _same_base(variant.source, base.source) else loaded.tokenizer
+    difference = scoring.probe_difference(base_probe, scoring.probe_logits(loaded.model, tokenizer))
+    if difference < scoring.PROBE_TOLERANCE:
+        what = f"the adapter {variant.source.adapter}" if variant.source.adapter else f"the model {variant.source.ref}"
+        raise JobError(
+            f"adapter not applied / no effect: {variant.label} gives the same logits as the base model on a probe prompt "
+            f"(largest difference {difference:.1e}), so {what} changes nothing. A LoRA adapter whose B matrices are still "
+            "zero (untrained, or saved before the first optimizer step) does this; check that training ran and that this "
+            "is the adapter folder it saved."
+        )
+    return difference
 
 
 def _evaluate(ctx: JobContext, label: str, role: str, loaded: LoadedModel, source: ModelSource, setup: TaskSetup,
