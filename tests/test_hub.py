@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import HubRepo, HubServer, repo_from_folder, write_hub_cache
+from jobs_inline import jobs_inline_fixture  # noqa: F401 - a fixture
 
 from conftest import ROOT
 from core import runs
@@ -291,7 +292,7 @@ def test_gated_and_unknown_models_fail_with_a_sentence_to_act_on(workspace, onli
     assert unknown_status.state == "failed" and "No model 'nobody/no-such-model' on the Hub" in unknown_status.error
 
 
-def test_a_train_job_on_a_hub_model_downloads_it_as_its_first_stage(workspace, online, tiny_llama_dir, tmp_path):
+def test_a_train_job_on_a_hub_model_downloads_it_as_its_first_stage(workspace, online, tiny_llama_dir, tmp_path, jobs_inline):
     from core.train.spec import TrainSpec
 
     repo = repo_from_folder(REPO, tiny_llama_dir)
@@ -303,7 +304,7 @@ def test_a_train_job_on_a_hub_model_downloads_it_as_its_first_stage(workspace, o
         spec = TrainSpec(model={"kind": "hub", "ref": REPO}, dataset=str(data), max_steps=1, batch_size=2, max_length=64,
                          eval_fraction=0.0, eval_on_start=False, lora_r=4, save_steps=100)
         run_dir = runs.create_run(spec)
-        runs.launch(run_dir)
+        runs.launch(run_dir)  # its worker runs in this process (jobs_inline): the worker process is not what this tests
         status = runs.wait(run_dir, timeout=300)
         assert status.state == "succeeded", runs.log_tail(run_dir)
     rows = _rows(run_dir)
