@@ -59,10 +59,12 @@ def wait_until_succeeded(page: Page, timeout: float = 600_000) -> None:
     (instead of waiting out the timeout for a "succeeded" that cannot come)."""
     final = page.locator("strong", has_text=re.compile(r"^\S+\s+(succeeded|failed|stopped)$"))
     expect(final.first).to_be_visible(timeout=timeout)
-    if finished(page).count() == 0:
+    # read from the final line itself (waits for it): a count() of another locator can fall between the panel's last
+    # poll and the page's rerun on the state change, and find nothing although the run succeeded
+    ended = final.first.inner_text()
+    if "succeeded" not in ended:
         alert = page.locator("[data-testid='stAlert']")
-        raise AssertionError(f"the run ended {final.first.inner_text()}: "
-                             + (alert.first.inner_text() if alert.count() else "(no error shown)"))
+        raise AssertionError(f"the run ended {ended}: " + (alert.first.inner_text() if alert.count() else "(no error shown)"))
 
 
 def choose(page: Page, label: str, option, attempts: int = 5) -> None:
