@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from e2e.conftest import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy  # noqa: E402
+from e2e.conftest import CHROMIUM, CHROMIUM_ARGS, serve_app  # noqa: E402
 from steps import go, settle, wait_until_succeeded  # noqa: E402
 
 WAIT_MS = 1_800_000
@@ -39,47 +38,34 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="workbench-first-verdict-"))
     (home / "models").symlink_to(models_dir(), target_is_directory=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "WORKBENCH_HOME": str(home), "HF_HUB_OFFLINE": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
     marks: dict[str, float] = {}
+    started = time.perf_counter()
 
     def mark(name: str) -> None:
         marks[name] = round(time.perf_counter() - started, 1)
         print(f"{marks[name]:7.1f} s  {name}", flush=True)
 
-    try:
-        _wait_healthy(url, server)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(url)
-            settle(page)
-            mark("first page shown")
-            go(page, "Train")
-            page.get_by_role("button", name=re.compile("Start training")).click()
-            settle(page)
-            mark("Start training clicked")
-            wait_until_succeeded(page, timeout=WAIT_MS)
-            settle(page)
-            mark("training succeeded")
-            page.get_by_role("button", name=re.compile("Evaluate it")).click()
-            settle(page)
-            page.get_by_role("button", name=re.compile("Run evaluation")).click()
-            settle(page)
-            mark("Run evaluation clicked")
-            expect(page.get_by_text(re.compile(r"task rows · .* general texts"))).to_be_visible(timeout=WAIT_MS)
-            mark("verdict shown")
-            browser.close()
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
+    with serve_app(home) as url, sync_playwright() as pw:  # the browser journeys' server: its jobs end with it
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(url)
+        settle(page)
+        mark("first page shown")
+        go(page, "Train")
+        page.get_by_role("button", name=re.compile("Start training")).click()
+        settle(page)
+        mark("Start training clicked")
+        wait_until_succeeded(page, timeout=WAIT_MS)
+        settle(page)
+        mark("training succeeded")
+        page.get_by_role("button", name=re.compile("Evaluate it")).click()
+        settle(page)
+        page.get_by_role("button", name=re.compile("Run evaluation")).click()
+        settle(page)
+        mark("Run evaluation clicked")
+        expect(page.get_by_text(re.compile(r"task rows · .* general texts"))).to_be_visible(timeout=WAIT_MS)
+        mark("verdict shown")
+        browser.close()
     report = json.loads(max((home / "runs").glob("*-evaluate/report.json")).read_text())
     verdict = report["verdicts"][0]
     result = {"seconds_to_verdict": marks["verdict shown"], **{f"at_{k.replace(' ', '_')}_s": v for k, v in marks.items()},
